@@ -1,0 +1,35 @@
+// The agent's admin HTTP endpoints: /healthz (the process serves) and /readyz (the fast path is
+// installed and the last policy is applied). Served by civetweb, separate from /metrics.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+struct mg_context;
+
+namespace shunt::agent {
+
+class AdminServer {
+ public:
+  using Check = std::function<absl::Status()>;
+  // `addr` is "host:port" or "[v6]:port".
+  static absl::StatusOr<std::unique_ptr<AdminServer>> Start(const std::string& addr, Check ready);
+  ~AdminServer();
+  AdminServer(const AdminServer&) = delete;
+  AdminServer& operator=(const AdminServer&) = delete;
+
+ private:
+  AdminServer() = default;
+  mg_context* ctx_ = nullptr;
+  Check ready_;
+  friend struct AdminHandlers;
+};
+
+// "host:port" -> civetweb's listening_ports syntax.
+std::string CivetwebListenSpec(const std::string& addr);
+
+}  // namespace shunt::agent

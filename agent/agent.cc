@@ -1,0 +1,198 @@
+#include "agent/agent.h"
+
+#include <signal.h>
+
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "agent/admin_server.h"
+#include "agent/bpf/fastpath.h"
+#include "agent/bpf/kernel_probe.h"
+#include "agent/dataplane/local_dataplane.h"
+#include "agent/metrics/fastpath_collector.h"
+#include "agent/policy/file_source.h"
+#include "agent/policy/policy_store.h"
+#include "common/cgroup.h"
+#include "common/log.h"
+#include "prometheus/exposer.h"
+#include "prometheus/registry.h"
+
+namespace shunt::agent {
+namespace {
+
+// Agent-level series: build info, policy state. Read at scrape time from their owners.
+class AgentCollector : public prometheus::Collectable {
+ public:
+  AgentCollector(const AgentConfig& config, const PolicyStore& store, const Reconciler& reconciler)
+      : config_(config), store_(store), reconciler_(reconciler) {}
+
+  std::vector<prometheus::MetricFamily> Collect() const override {
+    using prometheus::ClientMetric;
+    using prometheus::MetricFamily;
+    using prometheus::MetricType;
+    auto gauge = [](std::string name, std::string help, double v,
+                    std::vector<ClientMetric::Label> labels = {}) {
+      MetricFamily f{std::move(name), std::move(help), MetricType::Gauge, {}};
+      ClientMetric m;
+      m.label = std::move(labels);
+      m.gauge.value = v;
+      f.metric.push_back(std::move(m));
+      return f;
+    };
+    auto snapshot = store_.Current();
+    double local = 0, meshed = 0;
+    if (snapshot) {
+      for (const auto& w : snapshot->bundle.workloads()) {
+        if (w.node() != config_.node_name) continue;
+        ++local;
+        if (w.meshed()) ++meshed;
+      }
+    }
+    MetricFamily errors{"shunt_policy_errors_total",
+                        "Policy updates rejected (malformed or invalid); the previous policy "
+                        "stayed in force.",
+                        MetricType::Counter,
+                        {}};
+    ClientMetric e;
+    e.counter.value = static_cast<double>(store_.errors_total());
+    errors.metric.push_back(e);
+    return {
+        gauge("shunt_agent_info", "Build and node of this agent.", 1,
+              {{"version", SHUNT_VERSION}, {"node", config_.node_name}}),
+        gauge("shunt_policy_version", "Version of the policy in force (0: none yet).",
+              snapshot ? static_cast<double>(snapshot->version) : 0),
+        gauge("shunt_policy_local_workloads", "Pods of this node known to the policy.", local),
+        gauge("shunt_policy_meshed_local_workloads", "Meshed pods of this node.", meshed),
+        gauge("shunt_agent_synced", "1 when the policy in force is applied to the kernel.",
+              reconciler_.synced() && reconciler_.last_error().ok() ? 1 : 0),
+        errors,
+    };
+  }
+
+ private:
+  const AgentConfig& config_;
+  const PolicyStore& store_;
+  const Reconciler& reconciler_;
+};
+
+}  // namespace
+
+std::string PinDir(const AgentConfig& config) {
+  return absl::StrCat(config.bpffs, "/shunt/", config.node_name);
+}
+
+int UninstallAgent(const AgentConfig& config) {
+  absl::Status s = Fastpath::Uninstall(PinDir(config));
+  if (!s.ok()) {
+    SHUNT_LOG(ERROR) << "uninstall incomplete: " << s.message();
+    return 1;
+  }
+  SHUNT_LOG(INFO) << "uninstalled: removed the programs, links, pins and maps under "
+                  << PinDir(config);
+  return 0;
+}
+
+int RunAgent(const AgentConfig& config) {
+  // Block the stop signals before any thread starts, so that only sigwait below sees them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  if (absl::Status s = CheckKernel(); !s.ok()) {
+    SHUNT_LOG(ERROR) << s.message();
+    return 2;
+  }
+  auto mount = FindCgroup2Mount();
+  if (!mount.ok()) {
+    SHUNT_LOG(ERROR) << mount.status().message();
+    return 2;
+  }
+  auto cgroup_root = ResolveCgroupRoot(*mount, config.cgroup_root);
+  if (!cgroup_root.ok()) {
+    SHUNT_LOG(ERROR) << "--cgroup-root: " << cgroup_root.status().message();
+    return 2;
+  }
+  if (absl::Status s = EnsureBpffs(config.bpffs); !s.ok()) {
+    SHUNT_LOG(ERROR) << s.message();
+    return 2;
+  }
+
+  FastpathConfig fc;
+  fc.pin_dir = PinDir(config);
+  fc.cgroup_root = *cgroup_root;
+  fc.sockhash_size = config.sockhash_size;
+  fc.pods_size = config.pods_size;
+  fc.endpoints_size = config.endpoints_size;
+  fc.stats_size = config.stats_size;
+  auto fastpath = Fastpath::Install(fc);
+  if (!fastpath.ok()) {
+    SHUNT_LOG(ERROR) << "install fast path: " << fastpath.status().message();
+    return 1;
+  }
+  SHUNT_LOG(INFO) << "fast path attached to " << fc.cgroup_root << ", pinned under " << fc.pin_dir;
+
+  PolicyStore store;
+  FastpathWriter writer(**fastpath);
+  Reconciler reconciler({config.node_name, fc.cgroup_root, config.resync}, store, writer);
+
+  std::unique_ptr<PolicySource> source;
+  if (!config.policy_file.empty()) {
+    source = std::make_unique<FilePolicySource>(config.policy_file, config.policy_poll);
+  }
+  if (source) {
+    absl::Status s = source->Start([&store, &source](absl::StatusOr<shunt::v1::PolicyBundle> u) {
+      if (!u.ok()) {
+        SHUNT_LOG(ERROR) << "policy rejected, previous policy stays in force: "
+                         << u.status().message();
+      }
+      store.Apply(source->name(), std::move(u));
+    });
+    if (!s.ok()) SHUNT_LOG(ERROR) << "policy source: " << s.message();
+  } else {
+    SHUNT_LOG(WARNING) << "no policy source (--policy-file): no pod is meshed";
+  }
+  if (absl::Status s = reconciler.Start(); !s.ok()) {
+    SHUNT_LOG(WARNING) << "first reconcile: " << s.message();
+  }
+
+  auto ready = [&]() -> absl::Status {
+    if (!store.has_policy()) return absl::UnavailableError("no policy received yet");
+    if (absl::Status s = store.last_error(); !s.ok()) {
+      return absl::UnavailableError(absl::StrCat("last policy update rejected: ", s.message()));
+    }
+    if (!reconciler.synced()) return absl::UnavailableError("policy not applied yet");
+    return reconciler.last_error();
+  };
+
+  std::unique_ptr<prometheus::Exposer> exposer;
+  auto registry_collector = std::make_shared<FastpathCollector>(
+      **fastpath, [&reconciler] { return reconciler.directory(); }, config.max_metric_series);
+  auto agent_collector = std::make_shared<AgentCollector>(config, store, reconciler);
+  try {
+    exposer = std::make_unique<prometheus::Exposer>(config.metrics_addr);
+    exposer->RegisterCollectable(registry_collector);
+    exposer->RegisterCollectable(agent_collector);
+  } catch (const std::exception& e) {
+    SHUNT_LOG(ERROR) << "metrics endpoint " << config.metrics_addr << ": " << e.what();
+    return 1;
+  }
+  auto admin = AdminServer::Start(config.admin_addr, ready);
+  if (!admin.ok()) {
+    SHUNT_LOG(ERROR) << admin.status().message();
+    return 1;
+  }
+  SHUNT_LOG(INFO) << "shunt-agent " << SHUNT_VERSION << " on node " << config.node_name
+                  << ": metrics on " << config.metrics_addr << ", admin on " << config.admin_addr;
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  SHUNT_LOG(INFO) << "signal " << sig << ": stopping; programs and maps stay pinned so that "
+                  << "established connections are not disturbed";
+  if (source) source->Stop();
+  reconciler.Stop();
+  return 0;
+}
+
+}  // namespace shunt::agent

@@ -1,0 +1,37 @@
+// shunt-agent's top level: wires the kernel fast path, the policy sources, the reconciler and the
+// HTTP endpoints together, and runs until SIGINT/SIGTERM. Flags are read in main.cc only.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/time/time.h"
+
+namespace shunt::agent {
+
+struct AgentConfig {
+  std::string node_name;
+  std::string cgroup_root;  // --cgroup-root as given (relative to the cgroup2 mount, or absolute)
+  std::string bpffs = "/sys/fs/bpf";
+  std::string metrics_addr = "0.0.0.0:15090";
+  std::string admin_addr = "0.0.0.0:15021";
+  std::string policy_file;
+  absl::Duration policy_poll = absl::Milliseconds(500);
+  absl::Duration resync = absl::Seconds(1);
+  uint32_t sockhash_size = 65536;
+  uint32_t pods_size = 4096;
+  uint32_t endpoints_size = 8192;
+  uint32_t stats_size = 16384;
+  size_t max_metric_series = 10000;
+};
+
+// <bpffs>/shunt/<node-name>: where this agent pins its maps, links and programs.
+std::string PinDir(const AgentConfig& config);
+
+// Runs the agent; returns the process exit code (0 after a clean SIGTERM, 2 for a missing kernel
+// feature or bad configuration, 1 for other start-up failures).
+int RunAgent(const AgentConfig& config);
+// Removes everything the agent installed in the kernel for this node. Exit code.
+int UninstallAgent(const AgentConfig& config);
+
+}  // namespace shunt::agent

@@ -1,0 +1,313 @@
+#include "agent/bpf/fastpath.h"
+
+#include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/errno_status.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+#include "fastpath.skel.h"
+
+namespace shunt::agent {
+namespace {
+
+constexpr const char* kMapNames[] = {SHUNT_MAP_SOCKHASH,  SHUNT_MAP_SOCKSTATE,
+                                     SHUNT_MAP_PODS,      SHUNT_MAP_ENDPOINTS,
+                                     SHUNT_MAP_MSG_STATS, SHUNT_MAP_SOCK_STATS};
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0;
+}
+
+absl::Status MkdirAll(const std::string& path) {
+  std::string cur;
+  for (size_t i = 0; i <= path.size(); ++i) {
+    if (i == path.size() || (path[i] == '/' && i > 0)) {
+      cur = path.substr(0, i);
+      if (mkdir(cur.c_str(), 0700) != 0 && errno != EEXIST) {
+        return ErrnoStatus(errno, absl::StrCat("mkdir ", cur));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Unpin(const std::string& path) {
+  if (unlink(path.c_str()) != 0 && errno != ENOENT) {
+    return ErrnoStatus(errno, absl::StrCat("unlink ", path));
+  }
+  return absl::OkStatus();
+}
+
+// Sums a per-CPU value array of `n` u64 words per CPU into `out`.
+void SumPerCpu(const std::vector<uint64_t>& values, int ncpus, size_t words, uint64_t* out) {
+  for (size_t w = 0; w < words; ++w) out[w] = 0;
+  for (int c = 0; c < ncpus; ++c) {
+    for (size_t w = 0; w < words; ++w) out[w] += values[c * words + w];
+  }
+}
+
+template <typename Key>
+absl::StatusOr<std::vector<Key>> MapKeys(int fd) {
+  std::vector<Key> keys;
+  Key cur{}, next{};
+  const Key* prev = nullptr;
+  while (bpf_map_get_next_key(fd, prev, &next) == 0) {
+    keys.push_back(next);
+    cur = next;
+    prev = &cur;
+  }
+  if (errno != ENOENT) return ErrnoStatus(errno, "bpf_map_get_next_key");
+  return keys;
+}
+
+}  // namespace
+
+absl::StatusOr<IpKey> ParseIpKey(const std::string& ip) {
+  IpKey key{};
+  in_addr v4;
+  in6_addr v6;
+  if (inet_pton(AF_INET, ip.c_str(), &v4) == 1) {
+    key.addr[2] = htonl(0x0000ffff);
+    key.addr[3] = v4.s_addr;
+    return key;
+  }
+  if (inet_pton(AF_INET6, ip.c_str(), &v6) == 1) {
+    std::memcpy(key.addr, &v6, sizeof(key.addr));
+    return key;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("not an IP address: \"", ip, "\""));
+}
+
+absl::StatusOr<FastpathPtr> Fastpath::Install(const FastpathConfig& config) {
+  FastpathPtr fp(new Fastpath(config));
+  RETURN_IF_ERROR(MkdirAll(config.pin_dir));
+  RETURN_IF_ERROR(fp->Load());
+  fp->cgroup_fd_ = open(config.cgroup_root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fp->cgroup_fd_ < 0) return ErrnoStatus(errno, absl::StrCat("open ", config.cgroup_root));
+  RETURN_IF_ERROR(fp->AttachSkMsg());
+  RETURN_IF_ERROR(fp->AttachSockops());
+  return fp;
+}
+
+absl::Status Fastpath::Load() {
+  ncpus_ = libbpf_num_possible_cpus();
+  if (ncpus_ <= 0) return LibbpfStatus(ncpus_, "libbpf_num_possible_cpus");
+  LIBBPF_OPTS(bpf_object_open_opts, opts, .pin_root_path = config_.pin_dir.c_str());
+  skel_ = shunt_fastpath__open_opts(&opts);
+  if (!skel_) return ErrnoStatus(errno, "open fastpath BPF object");
+  struct {
+    bpf_map* map;
+    uint32_t size;
+  } sizes[] = {{skel_->maps.shunt_sk_v1, config_.sockhash_size},
+               {skel_->maps.shunt_pods_v1, config_.pods_size},
+               {skel_->maps.shunt_ep_v1, config_.endpoints_size},
+               {skel_->maps.shunt_msg_v1, config_.stats_size},
+               {skel_->maps.shunt_sock_v1, config_.stats_size}};
+  for (auto& s : sizes) {
+    if (s.size == 0) return absl::InvalidArgumentError("map sizes must be > 0");
+    RETURN_IF_ERROR(LibbpfStatus(bpf_map__set_max_entries(s.map, s.size), "set map size"));
+  }
+  int err = shunt_fastpath__load(skel_);
+  if (err) {
+    return LibbpfStatus(
+        err, absl::StrCat("load fastpath BPF programs (a pinned map under ", config_.pin_dir,
+                          " with another size or layout cannot be reused: run "
+                          "`shunt-agent --uninstall` first)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Fastpath::AttachSockops() {
+  const std::string pin = absl::StrCat(config_.pin_dir, "/", kSockopsLinkPin);
+  bpf_program* prog = skel_->progs.shunt_sockops;
+  if (Exists(pin)) {
+    bpf_link* link = bpf_link__open(pin.c_str());
+    if (link) {
+      bpf_link_info info{};
+      uint32_t len = sizeof(info);
+      struct stat cg;
+      bool same_cgroup = bpf_obj_get_info_by_fd(bpf_link__fd(link), &info, &len) == 0 &&
+                         fstat(cgroup_fd_, &cg) == 0 && info.cgroup.cgroup_id == cg.st_ino;
+      if (same_cgroup) {
+        // Atomic swap: no window in which new sockets skip the program.
+        int err = bpf_link__update_program(link, prog);
+        bpf_link__destroy(link);  // closes our fd; the pin keeps the link
+        if (err == 0) return absl::OkStatus();
+        SHUNT_LOG(WARNING) << "cannot update pinned sock_ops link (" << std::strerror(-err)
+                           << "); re-attaching";
+      } else {
+        SHUNT_LOG(WARNING) << "pinned sock_ops link is attached elsewhere; moving it to "
+                           << config_.cgroup_root;
+        bpf_link__detach(link);
+        bpf_link__destroy(link);
+      }
+    }
+    RETURN_IF_ERROR(Unpin(pin));
+  }
+  bpf_link* link = bpf_program__attach_cgroup(prog, cgroup_fd_);
+  if (!link) return ErrnoStatus(errno, absl::StrCat("attach sock_ops to ", config_.cgroup_root));
+  int err = bpf_link__pin(link, pin.c_str());
+  if (err) {
+    bpf_link__destroy(link);
+    return LibbpfStatus(err, absl::StrCat("pin ", pin));
+  }
+  bpf_link__destroy(link);  // the pin holds the attachment
+  return absl::OkStatus();
+}
+
+absl::Status Fastpath::AttachSkMsg() {
+  // A sockhash has one sk_msg verdict slot, owned by us: attaching replaces our previous program.
+  const int prog_fd = bpf_program__fd(skel_->progs.shunt_sk_msg);
+  const int map_fd = bpf_map__fd(skel_->maps.shunt_sk_v1);
+  RETURN_IF_ERROR(
+      LibbpfStatus(bpf_prog_attach(prog_fd, map_fd, BPF_SK_MSG_VERDICT, 0), "attach sk_msg"));
+  const std::string pin = absl::StrCat(config_.pin_dir, "/", kSkMsgProgPin);
+  RETURN_IF_ERROR(Unpin(pin));
+  return LibbpfStatus(bpf_obj_pin(prog_fd, pin.c_str()), absl::StrCat("pin ", pin));
+}
+
+absl::Status Fastpath::Uninstall(const std::string& pin_dir) {
+  absl::Status first;
+  auto note = [&](absl::Status s) {
+    if (!s.ok()) {
+      SHUNT_LOG(WARNING) << "uninstall: " << s.message();
+      if (first.ok()) first = s;
+    }
+  };
+  const std::string link_pin = absl::StrCat(pin_dir, "/", kSockopsLinkPin);
+  if (Exists(link_pin)) {
+    bpf_link* link = bpf_link__open(link_pin.c_str());
+    if (link) {
+      note(LibbpfStatus(bpf_link__detach(link), "detach sock_ops link"));
+      bpf_link__destroy(link);
+    }
+    note(Unpin(link_pin));
+  }
+  const std::string prog_pin = absl::StrCat(pin_dir, "/", kSkMsgProgPin);
+  const std::string sockhash_pin = absl::StrCat(pin_dir, "/", SHUNT_MAP_SOCKHASH);
+  if (Exists(prog_pin)) {
+    int prog_fd = bpf_obj_get(prog_pin.c_str());
+    int map_fd = Exists(sockhash_pin) ? bpf_obj_get(sockhash_pin.c_str()) : -1;
+    if (prog_fd >= 0 && map_fd >= 0) {
+      int err = bpf_prog_detach2(prog_fd, map_fd, BPF_SK_MSG_VERDICT);
+      if (err && errno != ENOENT) note(ErrnoStatus(errno, "detach sk_msg"));
+    }
+    if (prog_fd >= 0) close(prog_fd);
+    if (map_fd >= 0) close(map_fd);
+    note(Unpin(prog_pin));
+  }
+  for (const char* name : kMapNames) note(Unpin(absl::StrCat(pin_dir, "/", name)));
+  if (rmdir(pin_dir.c_str()) != 0 && errno != ENOENT) {
+    note(ErrnoStatus(errno, absl::StrCat("rmdir ", pin_dir, " (unknown files left in it?)")));
+  }
+  return first;
+}
+
+Fastpath::~Fastpath() {
+  if (cgroup_fd_ >= 0) close(cgroup_fd_);
+  if (skel_) shunt_fastpath__destroy(skel_);
+}
+
+absl::Status Fastpath::UpsertPod(uint64_t cgroup_id, const shunt_pod& pod) {
+  return LibbpfStatus(
+      bpf_map_update_elem(bpf_map__fd(skel_->maps.shunt_pods_v1), &cgroup_id, &pod, BPF_ANY),
+      "update pods map");
+}
+
+absl::Status Fastpath::DeletePod(uint64_t cgroup_id) {
+  int err = bpf_map_delete_elem(bpf_map__fd(skel_->maps.shunt_pods_v1), &cgroup_id);
+  return err && errno != ENOENT ? ErrnoStatus(errno, "delete from pods map") : absl::OkStatus();
+}
+
+absl::StatusOr<std::map<uint64_t, shunt_pod>> Fastpath::ListPods() const {
+  const int fd = bpf_map__fd(skel_->maps.shunt_pods_v1);
+  ASSIGN_OR_RETURN(auto keys, MapKeys<uint64_t>(fd));
+  std::map<uint64_t, shunt_pod> out;
+  for (uint64_t k : keys) {
+    shunt_pod v{};
+    if (bpf_map_lookup_elem(fd, &k, &v) == 0) out[k] = v;
+  }
+  return out;
+}
+
+absl::Status Fastpath::UpsertEndpoint(const IpKey& ip, uint32_t workload_id) {
+  return LibbpfStatus(
+      bpf_map_update_elem(bpf_map__fd(skel_->maps.shunt_ep_v1), ip.addr, &workload_id, BPF_ANY),
+      "update endpoints map");
+}
+
+absl::Status Fastpath::DeleteEndpoint(const IpKey& ip) {
+  int err = bpf_map_delete_elem(bpf_map__fd(skel_->maps.shunt_ep_v1), ip.addr);
+  return err && errno != ENOENT ? ErrnoStatus(errno, "delete from endpoints map")
+                                : absl::OkStatus();
+}
+
+absl::StatusOr<std::map<IpKey, uint32_t>> Fastpath::ListEndpoints() const {
+  const int fd = bpf_map__fd(skel_->maps.shunt_ep_v1);
+  ASSIGN_OR_RETURN(auto keys, MapKeys<IpKey>(fd));
+  std::map<IpKey, uint32_t> out;
+  for (const IpKey& k : keys) {
+    uint32_t v = 0;
+    if (bpf_map_lookup_elem(fd, k.addr, &v) == 0) out[k] = v;
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<Fastpath::MsgStat>> Fastpath::ReadMsgStats() const {
+  const int fd = bpf_map__fd(skel_->maps.shunt_msg_v1);
+  ASSIGN_OR_RETURN(auto keys, MapKeys<shunt_msg_stats_key>(fd));
+  constexpr size_t kWords = sizeof(shunt_msg_stats) / sizeof(uint64_t);
+  std::vector<uint64_t> percpu(ncpus_ * kWords);
+  std::vector<MsgStat> out;
+  out.reserve(keys.size());
+  for (const auto& k : keys) {
+    if (bpf_map_lookup_elem(fd, &k, percpu.data()) != 0) continue;  // deleted meanwhile
+    uint64_t sum[kWords];
+    SumPerCpu(percpu, ncpus_, kWords, sum);
+    out.push_back({k, {sum[0], sum[1]}});
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<Fastpath::SockStat>> Fastpath::ReadSockStats() const {
+  const int fd = bpf_map__fd(skel_->maps.shunt_sock_v1);
+  ASSIGN_OR_RETURN(auto keys, MapKeys<shunt_sock_stats_key>(fd));
+  std::vector<uint64_t> percpu(ncpus_);
+  std::vector<SockStat> out;
+  out.reserve(keys.size());
+  for (const auto& k : keys) {
+    if (bpf_map_lookup_elem(fd, &k, percpu.data()) != 0) continue;
+    uint64_t sum;
+    SumPerCpu(percpu, ncpus_, 1, &sum);
+    out.push_back({k, sum});
+  }
+  return out;
+}
+
+absl::Status Fastpath::DeleteStatsOf(uint32_t workload_id) {
+  ASSIGN_OR_RETURN(auto msgs, ReadMsgStats());
+  for (const auto& m : msgs) {
+    if (m.key.src_workload == workload_id || m.key.dst_workload == workload_id) {
+      bpf_map_delete_elem(bpf_map__fd(skel_->maps.shunt_msg_v1), &m.key);
+    }
+  }
+  ASSIGN_OR_RETURN(auto socks, ReadSockStats());
+  for (const auto& s : socks) {
+    if (s.key.workload_id == workload_id) {
+      bpf_map_delete_elem(bpf_map__fd(skel_->maps.shunt_sock_v1), &s.key);
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace shunt::agent

@@ -1,0 +1,101 @@
+// The in-node fast path in the kernel: owns the fastpath BPF object (sock_ops + sk_msg), its pins
+// under the bpffs and its attachments. The agent's reconciler writes the pods and endpoints maps
+// through it; the metrics collector reads the per-CPU counters through it at scrape time.
+//
+// Restart safety: maps, the sock_ops link and the sk_msg program are pinned under `pin_dir`. A new
+// agent reuses the pinned maps (established sockets stay in the sockhash and keep being redirected)
+// and swaps its programs in atomically (bpf_link_update); nothing is detached in between.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "shunt/fastpath_abi.h"
+
+struct shunt_fastpath;  // the generated skeleton
+
+namespace shunt::agent {
+
+struct FastpathConfig {
+  std::string pin_dir;      // e.g. /sys/fs/bpf/shunt/<node>; created if absent
+  std::string cgroup_root;  // absolute path of the cgroup v2 dir whose subtree holds the pods
+  uint32_t sockhash_size = 65536;
+  uint32_t pods_size = 4096;
+  uint32_t endpoints_size = 8192;
+  uint32_t stats_size = 16384;
+};
+
+// Names of the pins that are not maps.
+inline constexpr char kSockopsLinkPin[] = "link_sockops";
+inline constexpr char kSkMsgProgPin[] = "prog_sk_msg";
+
+struct IpKey {
+  uint32_t addr[4];  // network order, IPv4 v4-mapped
+  friend bool operator<(const IpKey& a, const IpKey& b) {
+    return std::lexicographical_compare(a.addr, a.addr + 4, b.addr, b.addr + 4);
+  }
+  friend bool operator==(const IpKey& a, const IpKey& b) {
+    return std::equal(a.addr, a.addr + 4, b.addr);
+  }
+};
+// Parses an IPv4 or IPv6 literal into the map's 16-byte form.
+absl::StatusOr<IpKey> ParseIpKey(const std::string& ip);
+
+class Fastpath {
+ public:
+  // Loads the programs (reusing pinned maps), attaches sock_ops to the cgroup root through a
+  // pinned bpf_link (multi-attach: other programs on the cgroup are left alone) and sk_msg to the
+  // sockhash.
+  static absl::StatusOr<std::unique_ptr<Fastpath>> Install(const FastpathConfig& config);
+  // Removes every program, link, pin and map that Install created under `pin_dir`. Works without
+  // a running agent and on a partial install; NotFound-free (missing pieces are skipped).
+  static absl::Status Uninstall(const std::string& pin_dir);
+
+  ~Fastpath();  // closes fds; pinned objects stay in the kernel
+  Fastpath(const Fastpath&) = delete;
+  Fastpath& operator=(const Fastpath&) = delete;
+
+  // Map writers (called by the reconciler).
+  absl::Status UpsertPod(uint64_t cgroup_id, const shunt_pod& pod);
+  absl::Status DeletePod(uint64_t cgroup_id);
+  absl::StatusOr<std::map<uint64_t, shunt_pod>> ListPods() const;
+  absl::Status UpsertEndpoint(const IpKey& ip, uint32_t workload_id);
+  absl::Status DeleteEndpoint(const IpKey& ip);
+  absl::StatusOr<std::map<IpKey, uint32_t>> ListEndpoints() const;
+
+  // Counters, summed over CPUs.
+  struct MsgStat {
+    shunt_msg_stats_key key;
+    shunt_msg_stats value;
+  };
+  absl::StatusOr<std::vector<MsgStat>> ReadMsgStats() const;
+  struct SockStat {
+    shunt_sock_stats_key key;
+    uint64_t value;
+  };
+  absl::StatusOr<std::vector<SockStat>> ReadSockStats() const;
+  // Drops the counters of a workload that left the node (so its series disappear).
+  absl::Status DeleteStatsOf(uint32_t workload_id);
+
+  const FastpathConfig& config() const { return config_; }
+
+ private:
+  explicit Fastpath(FastpathConfig config) : config_(std::move(config)) {}
+  absl::Status Load();
+  absl::Status AttachSockops();
+  absl::Status AttachSkMsg();
+
+  FastpathConfig config_;
+  shunt_fastpath* skel_ = nullptr;
+  int cgroup_fd_ = -1;
+  int ncpus_ = 1;
+};
+using FastpathPtr = std::unique_ptr<Fastpath>;
+
+}  // namespace shunt::agent

@@ -1,0 +1,198 @@
+#include "agent/dataplane/local_dataplane.h"
+
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "agent/policy/pod_cgroups.h"
+#include "common/cgroup.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+
+namespace shunt::agent {
+
+uint32_t WorkloadIds::IdFor(const std::string& uid) {
+  auto it = ids_.find(uid);
+  if (it != ids_.end()) return it->second;
+  std::set<uint32_t> used;
+  for (const auto& [u, id] : ids_) used.insert(id);
+  while (next_ == SHUNT_WORKLOAD_UNKNOWN || used.count(next_)) ++next_;
+  uint32_t id = next_++;
+  ids_[uid] = id;
+  return id;
+}
+
+void WorkloadIds::Adopt(const std::string& uid, uint32_t id) {
+  ids_[uid] = id;
+  if (id >= next_) next_ = id + 1;
+}
+
+void WorkloadIds::Forget(const std::string& uid) { ids_.erase(uid); }
+
+DesiredDataplane CompileLocalDataplane(const PolicySnapshot& snapshot, const std::string& node,
+                                       const std::map<std::string, uint64_t>& pod_cgroup_ids,
+                                       WorkloadIds& ids) {
+  DesiredDataplane out;
+  for (const auto& w : snapshot.bundle.workloads()) {
+    if (w.node() != node || !w.meshed()) continue;  // unmeshed pods are left alone
+    auto cg = pod_cgroup_ids.find(w.uid());
+    if (cg == pod_cgroup_ids.end()) {
+      out.warnings.push_back(absl::StrCat("meshed pod ", w.namespace_(), "/", w.name(), " (uid ",
+                                          w.uid(), ") has no cgroup on this node yet"));
+      continue;
+    }
+    const uint32_t id = ids.IdFor(w.uid());
+    out.pods[cg->second] = shunt_pod{id, SHUNT_POD_MESHED};
+    out.directory[id] = WorkloadInfo{w.uid(), w.namespace_(), w.name(),
+                                     w.owner().empty() ? w.name() : w.owner()};
+    for (const auto& ip : w.ips()) {
+      auto key = ParseIpKey(ip);
+      if (key.ok()) out.endpoints[*key] = id;  // validated by the parser; skip defensively
+    }
+  }
+  return out;
+}
+
+absl::Status ApplyDataplane(const DesiredDataplane& desired, MapWriter& writer) {
+  absl::Status first;
+  auto note = [&first](absl::Status s) {
+    if (!s.ok() && first.ok()) first = std::move(s);
+  };
+  ASSIGN_OR_RETURN(auto pods, writer.ListPods());
+  ASSIGN_OR_RETURN(auto endpoints, writer.ListEndpoints());
+  // Endpoints before pods: a socket is only inserted when its own pod is known, and then only if
+  // its peer is; adding peers first means no half-known pair.
+  for (const auto& [ip, id] : desired.endpoints) {
+    auto it = endpoints.find(ip);
+    if (it == endpoints.end() || it->second != id) note(writer.UpsertEndpoint(ip, id));
+  }
+  for (const auto& [cg, pod] : desired.pods) {
+    auto it = pods.find(cg);
+    if (it == pods.end() || it->second.workload_id != pod.workload_id ||
+        it->second.flags != pod.flags) {
+      note(writer.UpsertPod(cg, pod));
+    }
+  }
+  for (const auto& [cg, pod] : pods) {
+    if (!desired.pods.count(cg)) note(writer.DeletePod(cg));
+  }
+  for (const auto& [ip, id] : endpoints) {
+    if (!desired.endpoints.count(ip)) note(writer.DeleteEndpoint(ip));
+  }
+  return first;
+}
+
+Reconciler::Reconciler(Options options, PolicyStore& store, MapWriter& writer)
+    : options_(std::move(options)), store_(store), writer_(writer) {}
+
+Reconciler::~Reconciler() { Stop(); }
+
+absl::Status Reconciler::Start() {
+  {
+    // Recover ids from the pinned maps so that a restarted agent keeps the ids that live sockets
+    // carry in their sk_storage.
+    absl::MutexLock l(&pass_mu_);
+    auto pods = writer_.ListPods();
+    auto cgroups = FindPodCgroups(options_.cgroup_root);
+    if (pods.ok() && cgroups.ok()) {
+      for (const auto& [uid, path] : *cgroups) {
+        auto id = CgroupId(path);
+        if (!id.ok()) continue;
+        auto it = pods->find(*id);
+        if (it != pods->end()) {
+          ids_.Adopt(uid, it->second.workload_id);
+          live_[it->second.workload_id] = uid;
+        }
+      }
+    }
+  }
+  subscription_ = store_.Subscribe([this](std::shared_ptr<const PolicySnapshot>) {
+    absl::MutexLock l(&mu_);
+    dirty_ = true;
+  });
+  absl::Status first = ReconcileOnce();
+  thread_ = std::thread([this] { Loop(); });
+  return first;
+}
+
+void Reconciler::Stop() {
+  {
+    absl::MutexLock l(&mu_);
+    if (stop_) return;
+    stop_ = true;
+  }
+  if (subscription_ >= 0) store_.Unsubscribe(subscription_);
+  if (thread_.joinable()) thread_.join();
+}
+
+void Reconciler::Loop() {
+  while (true) {
+    {
+      absl::MutexLock l(&mu_);
+      auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || dirty_; };
+      mu_.AwaitWithTimeout(absl::Condition(&wake), options_.resync);
+      if (stop_) return;
+      dirty_ = false;
+    }
+    absl::Status s = ReconcileOnce();
+    if (!s.ok()) {
+      SHUNT_LOG_EVERY_N_SEC(WARNING, 10) << "reconcile: " << s.message();
+    }
+  }
+}
+
+absl::Status Reconciler::ReconcileOnce() {
+  absl::MutexLock pass(&pass_mu_);
+  auto snapshot = store_.Current();
+  if (!snapshot) {
+    absl::MutexLock l(&mu_);
+    last_error_ = absl::UnavailableError("no policy yet");
+    return last_error_;
+  }
+  std::map<std::string, uint64_t> cgroup_ids;
+  ASSIGN_OR_RETURN(auto cgroups, FindPodCgroups(options_.cgroup_root));
+  for (const auto& [uid, path] : cgroups) {
+    auto id = CgroupId(path);
+    if (id.ok()) cgroup_ids[uid] = *id;  // a pod cgroup removed meanwhile: next pass
+  }
+  DesiredDataplane desired = CompileLocalDataplane(*snapshot, options_.node_name, cgroup_ids, ids_);
+  if (!desired.warnings.empty()) {
+    SHUNT_LOG_EVERY_N_SEC(INFO, 30) << absl::StrJoin(desired.warnings, "; ");
+  }
+  absl::Status s = ApplyDataplane(desired, writer_);
+
+  // Workloads that left: drop their ids and counters (their series disappear).
+  std::map<uint32_t, std::string> now;
+  for (const auto& [id, info] : desired.directory) now[id] = info.uid;
+  for (const auto& [id, uid] : live_) {
+    if (!now.count(id)) {
+      if (s.ok()) writer_.DeleteStatsOf(id).IgnoreError();
+      ids_.Forget(uid);
+    }
+  }
+  // ids that were assigned but whose pod has no cgroup yet are kept by IdFor on the next pass.
+  live_ = std::move(now);
+
+  absl::MutexLock l(&mu_);
+  directory_ = std::make_shared<const WorkloadDirectory>(std::move(desired.directory));
+  last_error_ = s;
+  if (s.ok()) synced_ = true;
+  return s;
+}
+
+bool Reconciler::synced() const {
+  absl::MutexLock l(&mu_);
+  return synced_;
+}
+
+absl::Status Reconciler::last_error() const {
+  absl::MutexLock l(&mu_);
+  return last_error_;
+}
+
+std::shared_ptr<const WorkloadDirectory> Reconciler::directory() const {
+  absl::MutexLock l(&mu_);
+  return directory_ ? directory_ : std::make_shared<const WorkloadDirectory>();
+}
+
+}  // namespace shunt::agent

@@ -1,0 +1,140 @@
+// Compiles policy into the fast path's map entries and keeps the kernel in step with it.
+//
+// CompileLocalDataplane is pure (no file descriptors): policy snapshot + the pod cgroups found on
+// this node -> desired map contents. MapWriter is what the kernel side implements (Fastpath) and
+// what unit tests fake. Reconciler runs the loop: on every policy change and every resync tick it
+// rescans the pod cgroups, compiles and applies the difference.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "agent/bpf/fastpath.h"
+#include "agent/policy/policy_store.h"
+
+namespace shunt::agent {
+
+// What a workload id stands for, for metric labels.
+struct WorkloadInfo {
+  std::string uid;
+  std::string k8s_namespace;
+  std::string name;   // pod name
+  std::string owner;  // owning workload, or the pod name
+};
+
+// id -> workload, published by the reconciler, read by the metrics collector.
+using WorkloadDirectory = std::map<uint32_t, WorkloadInfo>;
+
+struct DesiredDataplane {
+  std::map<uint64_t, shunt_pod> pods;       // pod cgroup id -> workload
+  std::map<IpKey, uint32_t> endpoints;      // meshed local pod IP -> workload id
+  WorkloadDirectory directory;              // every id in use
+  std::vector<std::string> warnings;        // e.g. a meshed pod whose cgroup is not found yet
+};
+
+// Assigns workload ids: stable for a uid while it lives, never 0, not reused soon after a pod
+// leaves (so that late counters of a dead pod are not attributed to a new one).
+class WorkloadIds {
+ public:
+  uint32_t IdFor(const std::string& uid);
+  void Adopt(const std::string& uid, uint32_t id);  // recovered from pinned maps
+  void Forget(const std::string& uid);
+  const std::map<std::string, uint32_t>& ids() const { return ids_; }
+
+ private:
+  std::map<std::string, uint32_t> ids_;
+  uint32_t next_ = 1;
+};
+
+// `pod_cgroup_ids`: uid -> cgroup id of the pod cgroups found under the node's cgroup root.
+DesiredDataplane CompileLocalDataplane(const PolicySnapshot& snapshot, const std::string& node,
+                                       const std::map<std::string, uint64_t>& pod_cgroup_ids,
+                                       WorkloadIds& ids);
+
+class MapWriter {
+ public:
+  virtual ~MapWriter() = default;
+  virtual absl::Status UpsertPod(uint64_t cgroup_id, const shunt_pod& pod) = 0;
+  virtual absl::Status DeletePod(uint64_t cgroup_id) = 0;
+  virtual absl::StatusOr<std::map<uint64_t, shunt_pod>> ListPods() const = 0;
+  virtual absl::Status UpsertEndpoint(const IpKey& ip, uint32_t workload_id) = 0;
+  virtual absl::Status DeleteEndpoint(const IpKey& ip) = 0;
+  virtual absl::StatusOr<std::map<IpKey, uint32_t>> ListEndpoints() const = 0;
+  virtual absl::Status DeleteStatsOf(uint32_t workload_id) = 0;
+};
+
+// Brings the maps behind `writer` to `desired`: upserts first, then deletes. Returns the first
+// error; entries already written stay (the next pass retries the rest).
+absl::Status ApplyDataplane(const DesiredDataplane& desired, MapWriter& writer);
+
+// MapWriter over the real maps.
+class FastpathWriter : public MapWriter {
+ public:
+  explicit FastpathWriter(Fastpath& fp) : fp_(fp) {}
+  absl::Status UpsertPod(uint64_t id, const shunt_pod& pod) override { return fp_.UpsertPod(id, pod); }
+  absl::Status DeletePod(uint64_t id) override { return fp_.DeletePod(id); }
+  absl::StatusOr<std::map<uint64_t, shunt_pod>> ListPods() const override { return fp_.ListPods(); }
+  absl::Status UpsertEndpoint(const IpKey& ip, uint32_t id) override {
+    return fp_.UpsertEndpoint(ip, id);
+  }
+  absl::Status DeleteEndpoint(const IpKey& ip) override { return fp_.DeleteEndpoint(ip); }
+  absl::StatusOr<std::map<IpKey, uint32_t>> ListEndpoints() const override {
+    return fp_.ListEndpoints();
+  }
+  absl::Status DeleteStatsOf(uint32_t id) override { return fp_.DeleteStatsOf(id); }
+
+ private:
+  Fastpath& fp_;
+};
+
+class Reconciler {
+ public:
+  struct Options {
+    std::string node_name;
+    std::string cgroup_root;
+    absl::Duration resync = absl::Seconds(1);
+  };
+  Reconciler(Options options, PolicyStore& store, MapWriter& writer);
+  ~Reconciler();  // Stop()
+
+  // Recovers workload ids from the maps (agent restart), runs a first pass, starts the loop.
+  absl::Status Start();
+  void Stop();
+
+  // True once a pass with a policy applied without error.
+  bool synced() const;
+  absl::Status last_error() const;
+  std::shared_ptr<const WorkloadDirectory> directory() const;
+  // Runs one pass now (tests, and the loop).
+  absl::Status ReconcileOnce();
+
+ private:
+  void Loop();
+
+  Options options_;
+  PolicyStore& store_;
+  MapWriter& writer_;
+  int subscription_ = -1;
+  std::thread thread_;
+
+  mutable absl::Mutex mu_;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool dirty_ ABSL_GUARDED_BY(mu_) = true;
+  bool synced_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status last_error_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const WorkloadDirectory> directory_ ABSL_GUARDED_BY(mu_);
+
+  absl::Mutex pass_mu_;  // one pass at a time
+  WorkloadIds ids_ ABSL_GUARDED_BY(pass_mu_);
+  std::map<uint32_t, std::string> live_ ABSL_GUARDED_BY(pass_mu_);  // ids in the maps
+};
+
+}  // namespace shunt::agent

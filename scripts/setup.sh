@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs every Debian package shunt needs to build, test, benchmark and run the demo.
+# Idempotent and non-interactive; only Debian packages, by name.
+set -euo pipefail
+
+PACKAGES=(
+  # toolchain
+  build-essential cmake ninja-build pkg-config clang llvm
+  # eBPF
+  libbpf-dev bpftool libelf-dev zlib1g-dev
+  # gRPC / protobuf / abseil
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
+  # metrics, config
+  prometheus-cpp-dev nlohmann-json3-dev libyaml-cpp-dev
+  # tests and benchmarks
+  libgtest-dev libgmock-dev libbenchmark-dev iperf3 sockperf
+  # the simulated cluster
+  iproute2 procps util-linux
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+echo "setup: all packages present"

@@ -1,0 +1,10 @@
+# End-to-end tests in the simulated cluster: root, real kernel programs, namespaces, cgroups.
+add_library(shunt_e2e_util STATIC e2e/e2e_util.cc)
+target_link_libraries(shunt_e2e_util PUBLIC shunt_testbed shunt_common absl::strings)
+target_compile_definitions(shunt_e2e_util PUBLIC
+  SHUNT_AGENT_BIN="$<TARGET_FILE:shunt-agent>"
+  SHUNT_TESTPEER_BIN="$<TARGET_FILE:shunt-testpeer>")
+
+shunt_test(fastpath_test KERNEL SOURCES e2e/fastpath_test.cc
+           LIBS shunt_e2e_util nlohmann_json::nlohmann_json)
+add_dependencies(fastpath_test shunt-agent shunt-testpeer)

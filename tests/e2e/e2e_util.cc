@@ -1,0 +1,220 @@
+#include "tests/e2e/e2e_util.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <sched.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/errno_status.h"
+
+namespace shunt::e2e {
+namespace {
+
+absl::StatusOr<HttpResponse> HttpGetHere(const std::string& host, int port,
+                                         const std::string& path) {
+  sockaddr_storage ss{};
+  socklen_t len;
+  auto* in4 = reinterpret_cast<sockaddr_in*>(&ss);
+  auto* in6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  if (inet_pton(AF_INET, host.c_str(), &in4->sin_addr) == 1) {
+    in4->sin_family = AF_INET;
+    in4->sin_port = htons(port);
+    len = sizeof(*in4);
+  } else if (inet_pton(AF_INET6, host.c_str(), &in6->sin6_addr) == 1) {
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons(port);
+    len = sizeof(*in6);
+  } else {
+    return absl::InvalidArgumentError("bad host " + host);
+  }
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return ErrnoStatus(errno, "socket");
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  if (connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    int e = errno;
+    close(fd);
+    return ErrnoStatus(e, absl::StrCat("connect ", host, ":", port));
+  }
+  const std::string req =
+      absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: ", host, "\r\nConnection: close\r\n\r\n");
+  if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
+    int e = errno;
+    close(fd);
+    return ErrnoStatus(e, "write");
+  }
+  std::string raw;
+  char buf[16384];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) raw.append(buf, n);
+  close(fd);
+  HttpResponse r;
+  auto sep = raw.find("\r\n\r\n");
+  if (sep == std::string::npos || raw.compare(0, 5, "HTTP/") != 0) {
+    return absl::DataLossError("malformed HTTP response: " + raw.substr(0, 200));
+  }
+  std::vector<std::string> status = absl::StrSplit(raw.substr(0, raw.find("\r\n")), ' ');
+  if (status.size() < 2 || !absl::SimpleAtoi(status[1], &r.code)) {
+    return absl::DataLossError("bad status line");
+  }
+  r.body = raw.substr(sep + 4);
+  return r;
+}
+
+}  // namespace
+
+absl::StatusOr<HttpResponse> HttpGetInNetns(const std::string& netns, const std::string& host,
+                                            int port, const std::string& path) {
+  absl::StatusOr<HttpResponse> result = absl::InternalError("not run");
+  std::thread t([&] {
+    int fd = open(("/run/netns/" + netns).c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      result = ErrnoStatus(errno, "open netns " + netns);
+      return;
+    }
+    // setns moves only this thread; it ends right after.
+    if (setns(fd, CLONE_NEWNET) != 0) {
+      result = ErrnoStatus(errno, "setns " + netns);
+      close(fd);
+      return;
+    }
+    close(fd);
+    result = HttpGetHere(host, port, path);
+  });
+  t.join();
+  return result;
+}
+
+std::vector<Sample> ParsePrometheusText(const std::string& text) {
+  std::vector<Sample> out;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (line.empty() || line[0] == '#') continue;
+    Sample s;
+    size_t brace = line.find('{');
+    size_t space;
+    if (brace != absl::string_view::npos) {
+      s.name = std::string(line.substr(0, brace));
+      size_t end = line.find('}', brace);
+      if (end == absl::string_view::npos) continue;
+      absl::string_view labels = line.substr(brace + 1, end - brace - 1);
+      // label="value",... (values in our tests never contain '",')
+      for (absl::string_view kv : absl::StrSplit(labels, "\",", absl::SkipEmpty())) {
+        size_t eq = kv.find("=\"");
+        if (eq == absl::string_view::npos) continue;
+        absl::string_view v = kv.substr(eq + 2);
+        absl::ConsumeSuffix(&v, "\"");
+        s.labels[std::string(absl::StripLeadingAsciiWhitespace(kv.substr(0, eq)))] =
+            std::string(v);
+      }
+      space = end + 1;
+    } else {
+      space = line.find(' ');
+      if (space == absl::string_view::npos) continue;
+      s.name = std::string(line.substr(0, space));
+    }
+    absl::string_view rest = absl::StripAsciiWhitespace(line.substr(space));
+    std::vector<absl::string_view> parts = absl::StrSplit(rest, ' ');
+    if (parts.empty() || !absl::SimpleAtod(parts[0], &s.value)) continue;
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+double SumSamples(const std::vector<Sample>& samples, const std::string& name,
+                  const std::map<std::string, std::string>& match) {
+  double sum = 0;
+  for (const auto& s : samples) {
+    if (s.name != name) continue;
+    bool ok = true;
+    for (const auto& [k, v] : match) {
+      auto it = s.labels.find(k);
+      if (it == s.labels.end() || it->second != v) {
+        ok = false;
+        break;
+      }
+    }
+    if (ok) sum += s.value;
+  }
+  return sum;
+}
+
+std::string AgentBinary() { return SHUNT_AGENT_BIN; }
+std::string TestpeerBinary() { return SHUNT_TESTPEER_BIN; }
+
+AgentProcess::AgentProcess(testbed::Testbed& bed, const testbed::Node& node,
+                           std::string policy_file, std::vector<std::string> extra_flags)
+    : bed_(bed), node_(node), policy_file_(std::move(policy_file)),
+      extra_flags_(std::move(extra_flags)) {}
+
+std::vector<std::string> AgentProcess::Argv() const {
+  std::vector<std::string> argv = {
+      AgentBinary(),
+      "--node-name=" + node_.name,
+      "--cgroup-root=" + node_.cgroup_root,
+      "--metrics-addr=127.0.0.1:" + std::to_string(kMetricsPort),
+      "--admin-addr=127.0.0.1:" + std::to_string(kAdminPort),
+      "--resync-ms=200",
+      "--policy-poll-ms=100",
+  };
+  if (!policy_file_.empty()) argv.push_back("--policy-file=" + policy_file_);
+  for (const auto& f : extra_flags_) argv.push_back(f);
+  return argv;
+}
+
+absl::Status AgentProcess::Start(std::chrono::milliseconds timeout) {
+  auto p = bed_.SpawnOnNode(node_, Argv());
+  if (!p.ok()) return p.status();
+  process_ = std::move(*p);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  absl::Status last = absl::UnavailableError("not polled");
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (!process_->Running()) {
+      return absl::InternalError("agent exited during start-up: " + process_->Stderr());
+    }
+    auto r = Get("/readyz");
+    if (r.ok() && r->code == 200) return absl::OkStatus();
+    last = r.ok() ? absl::UnavailableError(r->body) : r.status();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return absl::DeadlineExceededError(absl::StrCat("agent not ready: ", last.message(),
+                                                  "\nstderr:\n", process_->Stderr()));
+}
+
+void AgentProcess::Kill() {
+  if (process_) {
+    process_->Stop(SIGKILL, std::chrono::seconds(5)).IgnoreError();
+  }
+}
+
+absl::Status AgentProcess::Stop() {
+  if (!process_) return absl::OkStatus();
+  auto s = process_->Stop(SIGTERM, std::chrono::seconds(10));
+  return s.ok() ? absl::OkStatus() : s.status();
+}
+
+absl::StatusOr<std::vector<Sample>> AgentProcess::Scrape() const {
+  auto r = Get("/metrics", kMetricsPort);
+  if (!r.ok()) return r.status();
+  if (r->code != 200) return absl::UnavailableError(absl::StrCat("/metrics: ", r->code));
+  return ParsePrometheusText(r->body);
+}
+
+absl::StatusOr<HttpResponse> AgentProcess::Get(const std::string& path, int port) const {
+  return HttpGetInNetns(node_.netns, "127.0.0.1", port, path);
+}
+
+absl::StatusOr<testbed::Output> UninstallAgent(testbed::Testbed& bed, const testbed::Node& node) {
+  return bed.RunOnNode(node, {AgentBinary(), "--uninstall", "--node-name=" + node.name},
+                       std::chrono::seconds(30));
+}
+
+}  // namespace shunt::e2e

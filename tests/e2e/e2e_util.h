@@ -1,0 +1,67 @@
+// Helpers for end-to-end tests: HTTP GET from inside a node's network namespace (the agent's
+// endpoints listen there), Prometheus text parsing, and starting an agent in the test bed.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "tests/testbed/testbed.h"
+
+namespace shunt::e2e {
+
+struct HttpResponse {
+  int code = 0;
+  std::string body;
+};
+
+// GET http://host:port/path from a thread that joined `netns` (only that thread moves).
+absl::StatusOr<HttpResponse> HttpGetInNetns(const std::string& netns, const std::string& host,
+                                            int port, const std::string& path);
+
+// One sample of Prometheus text exposition.
+struct Sample {
+  std::string name;
+  std::map<std::string, std::string> labels;
+  double value = 0;
+};
+std::vector<Sample> ParsePrometheusText(const std::string& text);
+// Sum of the samples named `name` whose labels include every pair of `match`.
+double SumSamples(const std::vector<Sample>& samples, const std::string& name,
+                  const std::map<std::string, std::string>& match = {});
+
+inline constexpr int kMetricsPort = 15090;
+inline constexpr int kAdminPort = 15021;
+
+// A shunt-agent running in a node of the test bed.
+class AgentProcess {
+ public:
+  AgentProcess(testbed::Testbed& bed, const testbed::Node& node, std::string policy_file,
+               std::vector<std::string> extra_flags = {});
+  // Starts the agent and waits (bounded) until /readyz answers 200.
+  absl::Status Start(std::chrono::milliseconds timeout = std::chrono::seconds(20));
+  // SIGKILL, no cleanup: what a crash or an OOM kill does.
+  void Kill();
+  absl::Status Stop();  // SIGTERM
+  absl::StatusOr<std::vector<Sample>> Scrape() const;
+  absl::StatusOr<HttpResponse> Get(const std::string& path, int port = kAdminPort) const;
+  std::string Stderr() const { return process_ ? process_->Stderr() : ""; }
+  std::vector<std::string> Argv() const;
+
+ private:
+  testbed::Testbed& bed_;
+  const testbed::Node& node_;
+  std::string policy_file_;
+  std::vector<std::string> extra_flags_;
+  testbed::ProcessPtr process_;
+};
+
+// Runs `shunt-agent --uninstall` for the node (used by tests and by fixtures' teardown).
+absl::StatusOr<testbed::Output> UninstallAgent(testbed::Testbed& bed, const testbed::Node& node);
+
+std::string AgentBinary();
+std::string TestpeerBinary();
+
+}  // namespace shunt::e2e

@@ -1,0 +1,361 @@
+// The in-node fast path end to end: a real shunt-agent in a node of the test bed, real sock_ops and
+// sk_msg programs on the node's pod cgroups, real TCP between pods (network namespaces + veth).
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "tests/e2e/e2e_util.h"
+#include "tests/testbed/testbed.h"
+
+namespace shunt::e2e {
+namespace {
+
+using namespace std::chrono_literals;
+using testbed::Pod;
+using testbed::ProcessPtr;
+using testbed::Testbed;
+
+constexpr uint64_t kMiB = 1 << 20;
+
+bool FileExists(const std::string& p) {
+  struct stat st;
+  return stat(p.c_str(), &st) == 0;
+}
+
+class FastpathTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    testbed::Options opts;
+    opts.nodes = 1;
+    opts.pods_per_node = 3;  // pods 0 and 1 meshed, pod 2 not
+    auto bed = Testbed::Create(opts);
+    ASSERT_TRUE(bed.ok()) << bed.status();
+    bed_ = std::move(*bed);
+    auto policy = bed_->WritePolicyFile("policy.json", {{P(0).name, true}, {P(1).name, true}});
+    ASSERT_TRUE(policy.ok()) << policy.status();
+    policy_ = *policy;
+    agent_ = std::make_unique<AgentProcess>(*bed_, bed_->node(0), policy_);
+    ASSERT_TRUE(agent_->Start().ok()) << agent_->Stderr();
+  }
+
+  void TearDown() override {
+    if (agent_) agent_->Kill();
+    if (bed_) {
+      auto out = UninstallAgent(*bed_, bed_->node(0));
+      EXPECT_TRUE(out.ok() && out->exit_code == 0) << (out.ok() ? out->err : "");
+      bed_->Teardown();
+    }
+  }
+
+  const Pod& P(int i) const { return bed_->pod(0, i); }
+
+  // Starts a testpeer server in `pod` and waits until it listens.
+  ProcessPtr Server(const Pod& pod, int port, const std::string& mode, int conns,
+                    const std::string& bind = "::", std::vector<std::string> extra = {}) {
+    const std::string ready =
+        absl::StrCat(bed_->work_dir(), "/ready-", pod.name, "-", port, "-", ++servers_);
+    std::vector<std::string> argv = {TestpeerBinary(),
+                                     "server",
+                                     absl::StrCat("--port=", port),
+                                     "--bind=" + bind,
+                                     "--mode=" + mode,
+                                     absl::StrCat("--conns=", conns),
+                                     "--ready-file=" + ready};
+    for (auto& e : extra) argv.push_back(e);
+    auto p = bed_->Spawn(pod, argv);
+    EXPECT_TRUE(p.ok()) << p.status();
+    if (!p.ok()) return nullptr;
+    for (int i = 0; i < 200 && !FileExists(ready); ++i) std::this_thread::sleep_for(25ms);
+    EXPECT_TRUE(FileExists(ready)) << (*p)->Stderr();
+    return std::move(*p);
+  }
+
+  // Runs the verify client in `pod`; returns its JSON result (fails the test on error).
+  nlohmann::json Verify(const Pod& pod, const std::string& to, uint64_t bytes,
+                        std::vector<std::string> extra = {}, std::chrono::seconds timeout = 120s) {
+    std::vector<std::string> argv = {TestpeerBinary(), "verify", "--to=" + to,
+                                     absl::StrCat("--bytes=", bytes), "--seed=7"};
+    for (auto& e : extra) argv.push_back(e);
+    auto out = bed_->Run(pod, argv, timeout);
+    EXPECT_TRUE(out.ok()) << out.status();
+    if (!out.ok()) return {};
+    EXPECT_EQ(out->exit_code, 0) << out->out << out->err;
+    try {
+      return nlohmann::json::parse(out->out);
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "bad testpeer output: " << out->out << " " << e.what();
+      return {};
+    }
+  }
+
+  double Redirected(const std::string& metric, const Pod& src, const Pod& dst) {
+    auto s = agent_->Scrape();
+    EXPECT_TRUE(s.ok()) << s.status();
+    if (!s.ok()) return -1;
+    return SumSamples(*s, metric, {{"source_pod", src.name}, {"destination_pod", dst.name}});
+  }
+
+  std::unique_ptr<Testbed> bed_;
+  std::string policy_;
+  std::unique_ptr<AgentProcess> agent_;
+  int servers_ = 0;
+};
+
+TEST_F(FastpathTest, MeshedPodsAreSplicedInTheKernel) {
+  auto server = Server(P(1), 8080, "verify", 1);
+  ASSERT_TRUE(server);
+  auto before0 = bed_->PodLinkStats(P(0));
+  auto before1 = bed_->PodLinkStats(P(1));
+  ASSERT_TRUE(before0.ok() && before1.ok());
+
+  const uint64_t payload = 64 * kMiB;
+  auto r = Verify(P(0), P(1).ipv4 + ":8080", payload);
+  EXPECT_EQ(r.value("ok", 0), 1);
+
+  auto after0 = bed_->PodLinkStats(P(0));
+  auto after1 = bed_->PodLinkStats(P(1));
+  ASSERT_TRUE(after0.ok() && after1.ok());
+  // The payload never crossed the veths: only the handshake, ACKs and FIN did.
+  EXPECT_LT(after0->tx_bytes - before0->tx_bytes, payload / 100);
+  EXPECT_LT(after1->rx_bytes - before1->rx_bytes, payload / 100);
+  EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1)), payload);
+  EXPECT_GT(Redirected("shunt_sockmap_redirected_messages_total", P(0), P(1)), 0);
+  // The reply went the other way through the redirect too.
+  EXPECT_GT(Redirected("shunt_sockmap_redirected_bytes_total", P(1), P(0)), 0);
+}
+
+TEST_F(FastpathTest, HundredMebibyteTransferIsIntact) {
+  auto server = Server(P(1), 8081, "verify", 1);
+  ASSERT_TRUE(server);
+  auto r = Verify(P(0), P(1).ipv4 + ":8081", 100 * kMiB);
+  EXPECT_EQ(r.value("ok", 0), 1);
+  EXPECT_EQ(r.value("bytes", uint64_t{0}), 100 * kMiB);
+  EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1)), 100 * kMiB);
+}
+
+TEST_F(FastpathTest, ThousandConcurrentShortConnectionsAreIntact) {
+  auto server = Server(P(1), 8082, "verify", 1000);
+  ASSERT_TRUE(server);
+  auto r = Verify(P(0), P(1).ipv4 + ":8082", 4096, {"--conns=1000", "--concurrent"});
+  EXPECT_EQ(r.value("connections", 0), 1000);
+  EXPECT_EQ(r.value("ok", 0), 1000);
+  EXPECT_EQ(r.value("failed", -1), 0);
+  EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1)), 1000 * 4096.0);
+  auto s = agent_->Scrape();
+  ASSERT_TRUE(s.ok());
+  // Every closed socket left the sockhash.
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  double live = 0;
+  do {
+    s = agent_->Scrape();
+    ASSERT_TRUE(s.ok());
+    live = SumSamples(*s, "shunt_sockhash_sockets");
+    if (live == 0) break;
+    std::this_thread::sleep_for(100ms);
+  } while (std::chrono::steady_clock::now() < deadline);
+  EXPECT_EQ(live, 0);
+  EXPECT_GE(SumSamples(*s, "shunt_sockhash_socket_events_total", {{"event", "inserted"}}), 2000);
+}
+
+TEST_F(FastpathTest, UnmeshedPodIsUntouched) {
+  auto server = Server(P(2), 8083, "verify", 2);
+  ASSERT_TRUE(server);
+  auto before = bed_->PodLinkStats(P(2));
+  ASSERT_TRUE(before.ok());
+  const uint64_t payload = 8 * kMiB;
+  EXPECT_EQ(Verify(P(0), P(2).ipv4 + ":8083", payload).value("ok", 0), 1);  // meshed -> unmeshed
+  auto after = bed_->PodLinkStats(P(2));
+  ASSERT_TRUE(after.ok());
+  EXPECT_GE(after->rx_bytes - before->rx_bytes, payload) << "the payload took the normal path";
+  EXPECT_EQ(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(2)), 0);
+
+  auto client_server = Server(P(0), 8084, "verify", 1);
+  ASSERT_TRUE(client_server);
+  EXPECT_EQ(Verify(P(2), P(0).ipv4 + ":8084", payload).value("ok", 0), 1);  // unmeshed -> meshed
+  auto s = agent_->Scrape();
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(SumSamples(*s, "shunt_sockmap_redirected_bytes_total", {{"source_pod", P(2).name}}), 0);
+  EXPECT_GE(SumSamples(*s, "shunt_sockhash_socket_events_total",
+                       {{"pod", P(0).name}, {"event", "peer_not_local"}}),
+            2);
+}
+
+TEST_F(FastpathTest, DualStackServerWithIpv4ClientIsRedirected) {
+  auto server = Server(P(1), 8085, "verify", 2, "::");
+  ASSERT_TRUE(server);
+  auto before = bed_->PodLinkStats(P(1));
+  ASSERT_TRUE(before.ok());
+  const uint64_t payload = 16 * kMiB;
+  EXPECT_EQ(Verify(P(0), P(1).ipv4 + ":8085", payload).value("ok", 0), 1);
+  EXPECT_EQ(Verify(P(0), "[" + P(1).ipv6 + "]:8085", payload).value("ok", 0), 1);
+  auto after = bed_->PodLinkStats(P(1));
+  ASSERT_TRUE(after.ok());
+  EXPECT_LT(after->rx_bytes - before->rx_bytes, payload / 50);
+  EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1)), 2 * payload);
+}
+
+TEST_F(FastpathTest, LoopbackInTwoPodsNeverCrosses) {
+  // Both pods run a server on 127.0.0.1:9000 and a client to it, at the same time. Each server
+  // accepts only its own pod's seed: a byte from the other pod would fail the check.
+  auto s0 = Server(P(0), 9000, "verify", 1, "127.0.0.1", {"--expect-seed=100"});
+  auto s1 = Server(P(1), 9000, "verify", 1, "127.0.0.1", {"--expect-seed=200"});
+  ASSERT_TRUE(s0 && s1);
+  auto c0 = bed_->Spawn(P(0), {TestpeerBinary(), "verify", "--to=127.0.0.1:9000",
+                               absl::StrCat("--bytes=", 32 * kMiB), "--seed=100",
+                               "--bind=127.0.0.1:41000"});
+  auto c1 = bed_->Spawn(P(1), {TestpeerBinary(), "verify", "--to=127.0.0.1:9000",
+                               absl::StrCat("--bytes=", 32 * kMiB), "--seed=200",
+                               "--bind=127.0.0.1:41000"});
+  ASSERT_TRUE(c0.ok() && c1.ok());
+  auto r0 = (*c0)->Wait(60s);
+  auto r1 = (*c1)->Wait(60s);
+  ASSERT_TRUE(r0.ok() && r1.ok());
+  EXPECT_TRUE(WIFEXITED(*r0) && WEXITSTATUS(*r0) == 0) << (*c0)->Stdout() << (*c0)->Stderr();
+  EXPECT_TRUE(WIFEXITED(*r1) && WEXITSTATUS(*r1) == 0) << (*c1)->Stdout() << (*c1)->Stderr();
+  auto w0 = s0->Wait(10s);
+  auto w1 = s1->Wait(10s);
+  ASSERT_TRUE(w0.ok() && w1.ok());
+  EXPECT_EQ(WEXITSTATUS(*w0), 0) << s0->Stdout();
+  EXPECT_EQ(WEXITSTATUS(*w1), 0) << s1->Stdout();
+  // Inside each pod, loopback traffic was redirected -- to the same pod.
+  EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(0)), 32 * kMiB);
+  EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(1), P(1)), 32 * kMiB);
+  EXPECT_EQ(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1)), 0);
+  EXPECT_EQ(Redirected("shunt_sockmap_redirected_bytes_total", P(1), P(0)), 0);
+}
+
+TEST_F(FastpathTest, AgentKilledAndRestartedMidTransfer) {
+  auto server = Server(P(1), 8086, "verify", 2);
+  ASSERT_TRUE(server);
+  const uint64_t payload = 96 * kMiB;
+  // ~4 s at 200 Mbit/s: long enough to kill and restart the agent in the middle.
+  auto client = bed_->Spawn(P(0), {TestpeerBinary(), "hold", "--to=" + P(1).ipv4 + ":8086",
+                                   absl::StrCat("--bytes=", payload), "--seed=9",
+                                   "--rate-mbps=200"});
+  ASSERT_TRUE(client.ok());
+  std::this_thread::sleep_for(1s);
+  agent_->Kill();
+  std::this_thread::sleep_for(500ms);
+  ASSERT_TRUE((*client)->Running()) << "the transfer should still be going";
+  agent_ = std::make_unique<AgentProcess>(*bed_, bed_->node(0), policy_);
+  ASSERT_TRUE(agent_->Start().ok()) << agent_->Stderr();
+  auto done = (*client)->Wait(60s);
+  ASSERT_TRUE(done.ok());
+  EXPECT_TRUE(WIFEXITED(*done) && WEXITSTATUS(*done) == 0) << (*client)->Stdout()
+                                                            << (*client)->Stderr();
+  auto r = nlohmann::json::parse((*client)->Stdout(), nullptr, false);
+  EXPECT_EQ(r.value("ok", 0), 1) << (*client)->Stdout();
+  // Counters survived the restart (pinned maps) and the spliced path carried the payload.
+  EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1)), payload);
+  // New connections after the restart are redirected too.
+  EXPECT_EQ(Verify(P(0), P(1).ipv4 + ":8086", 4 * kMiB).value("ok", 0), 1);
+  EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1)), payload + 4 * kMiB);
+}
+
+TEST_F(FastpathTest, MalformedPolicyKeepsThePreviousStateInForce) {
+  {
+    std::string tmp = policy_ + ".tmp";
+    FILE* f = fopen(tmp.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    fputs("{\"workloads\": [ {\"uid\": 42, garbage", f);
+    fclose(f);
+    ASSERT_EQ(rename(tmp.c_str(), policy_.c_str()), 0);
+  }
+  // The agent reports it: a clear log line, the error counter, /readyz.
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  double errors = 0;
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto s = agent_->Scrape();
+    ASSERT_TRUE(s.ok());
+    errors = SumSamples(*s, "shunt_policy_errors_total");
+    if (errors > 0) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_GE(errors, 1);
+  EXPECT_NE(agent_->Stderr().find("policy rejected"), std::string::npos) << agent_->Stderr();
+  EXPECT_NE(agent_->Stderr().find(policy_), std::string::npos) << "the error names the file";
+  auto ready = agent_->Get("/readyz");
+  ASSERT_TRUE(ready.ok());
+  EXPECT_EQ(ready->code, 503);
+  EXPECT_NE(ready->body.find("rejected"), std::string::npos) << ready->body;
+  // The previous policy is still enforced: meshed pods are still spliced.
+  auto server = Server(P(1), 8087, "verify", 1);
+  ASSERT_TRUE(server);
+  const double before = Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1));
+  EXPECT_EQ(Verify(P(0), P(1).ipv4 + ":8087", 4 * kMiB).value("ok", 0), 1);
+  EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1)), before + 4 * kMiB);
+}
+
+// Without the kernel objects of a running agent: uninstall leaves nothing behind.
+TEST(FastpathUninstall, LeavesNoProgramLinkPinOrMap) {
+  testbed::Options opts;
+  opts.nodes = 1;
+  opts.pods_per_node = 2;
+  auto bed = Testbed::Create(opts);
+  ASSERT_TRUE(bed.ok()) << bed.status();
+  auto policy = (*bed)->WritePolicyFile("policy.json", {{(*bed)->pod(0, 0).name, true}});
+  ASSERT_TRUE(policy.ok());
+  const auto& node = (*bed)->node(0);
+  {
+    AgentProcess agent(**bed, node, *policy);
+    ASSERT_TRUE(agent.Start().ok()) << agent.Stderr();
+    agent.Kill();  // a crashed agent: everything is still pinned
+  }
+  const std::string pin_dir = "/sys/fs/bpf/shunt/" + node.name;
+  ASSERT_TRUE(FileExists(pin_dir + "/link_sockops"));
+  auto cg = (*bed)->RunOnNode(node, {"bpftool", "-j", "cgroup", "show", node.cgroup_root}, 10s);
+  ASSERT_TRUE(cg.ok());
+  EXPECT_NE(cg->out.find("shunt_sockops"), std::string::npos) << cg->out;
+
+  auto out = UninstallAgent(**bed, node);
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(out->exit_code, 0) << out->err;
+  EXPECT_FALSE(FileExists(pin_dir));
+
+  cg = (*bed)->RunOnNode(node, {"bpftool", "-j", "cgroup", "show", node.cgroup_root}, 10s);
+  ASSERT_TRUE(cg.ok());
+  EXPECT_EQ(cg->out.find("shunt_sockops"), std::string::npos) << cg->out;
+  // Programs and maps are freed by the kernel asynchronously (RCU): poll, bounded.
+  bool gone = false;
+  std::string progs, maps;
+  for (int i = 0; i < 100 && !gone; ++i) {
+    auto p = (*bed)->RunOnNode(node, {"bpftool", "-j", "prog", "show"}, 10s);
+    auto m = (*bed)->RunOnNode(node, {"bpftool", "-j", "map", "show"}, 10s);
+    ASSERT_TRUE(p.ok() && m.ok());
+    progs = p->out;
+    maps = m->out;
+    gone = progs.find("\"shunt_sockops\"") == std::string::npos &&
+           progs.find("\"shunt_sk_msg\"") == std::string::npos &&
+           maps.find("\"shunt_") == std::string::npos;
+    if (!gone) std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_TRUE(gone) << progs << maps;
+  (*bed)->Teardown();
+}
+
+TEST(FastpathStartup, MissingPrivilegeIsOneClearLineAndExitCode2) {
+  testbed::Options opts;
+  opts.nodes = 1;
+  opts.pods_per_node = 1;
+  auto bed = Testbed::Create(opts);
+  ASSERT_TRUE(bed.ok()) << bed.status();
+  const auto& node = (*bed)->node(0);
+  // Drop every capability: the probe must name what is missing instead of failing later.
+  auto out = (*bed)->RunOnNode(
+      node,
+      {"setpriv", "--inh-caps=-all", "--bounding-set=-all", "--", AgentBinary(),
+       "--node-name=" + node.name, "--cgroup-root=" + node.cgroup_root},
+      30s);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->exit_code, 2) << out->err;
+  EXPECT_NE(out->err.find("kernel feature missing: privileges"), std::string::npos) << out->err;
+  EXPECT_FALSE(FileExists("/sys/fs/bpf/shunt/" + node.name));
+  (*bed)->Teardown();
+}
+
+}  // namespace
+}  // namespace shunt::e2e

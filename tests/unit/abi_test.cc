@@ -1,0 +1,41 @@
+// The BPF/C++ shared structs: sizes and offsets are the ABI of the pinned maps. A change here must
+// come with a new _vN map name.
+#include <gtest/gtest.h>
+
+#include <cstddef>
+
+#include "shunt/fastpath_abi.h"
+
+namespace {
+
+static_assert(sizeof(shunt_sock_key) == 48);
+static_assert(offsetof(shunt_sock_key, local_ip) == 0);
+static_assert(offsetof(shunt_sock_key, remote_ip) == 16);
+static_assert(offsetof(shunt_sock_key, netns) == 32);
+static_assert(offsetof(shunt_sock_key, local_port) == 40);
+static_assert(offsetof(shunt_sock_key, remote_port) == 42);
+static_assert(offsetof(shunt_sock_key, pad) == 44);
+static_assert(sizeof(shunt_pod) == 8);
+static_assert(sizeof(shunt_ip_key) == 16);
+static_assert(sizeof(shunt_sock_state) == 16);
+static_assert(offsetof(shunt_sock_state, mode) == 8);
+static_assert(offsetof(shunt_sock_state, in_map) == 9);
+static_assert(sizeof(shunt_msg_stats_key) == 16);
+static_assert(sizeof(shunt_msg_stats) == 16);
+static_assert(sizeof(shunt_sock_stats_key) == 8);
+
+TEST(Abi, MapNamesFitTheKernelLimit) {
+  for (const char* name : {SHUNT_MAP_SOCKHASH, SHUNT_MAP_SOCKSTATE, SHUNT_MAP_PODS,
+                           SHUNT_MAP_ENDPOINTS, SHUNT_MAP_MSG_STATS, SHUNT_MAP_SOCK_STATS}) {
+    EXPECT_LT(std::char_traits<char>::length(name), 16u) << name;  // BPF_OBJ_NAME_LEN
+  }
+}
+
+TEST(Abi, NoImplicitPadding) {
+  // Keys are hashed byte for byte: every byte must be a named field.
+  EXPECT_EQ(sizeof(shunt_sock_key), 16u + 16u + 8u + 2u + 2u + 4u);
+  EXPECT_EQ(sizeof(shunt_msg_stats_key), 4u * 4u);
+  EXPECT_EQ(sizeof(shunt_sock_state), 4u + 4u + 1u + 1u + 6u);
+}
+
+}  // namespace

@@ -1,0 +1,143 @@
+// Policy -> map entries, without root: CompileLocalDataplane is pure and ApplyDataplane talks to a
+// MapWriter, faked here in memory.
+#include "agent/dataplane/local_dataplane.h"
+
+#include <gtest/gtest.h>
+
+namespace shunt::agent {
+namespace {
+
+class FakeMaps : public MapWriter {
+ public:
+  absl::Status UpsertPod(uint64_t id, const shunt_pod& pod) override {
+    ++writes;
+    if (full && !pods.count(id)) return absl::ResourceExhaustedError("map full");
+    pods[id] = pod;
+    return absl::OkStatus();
+  }
+  absl::Status DeletePod(uint64_t id) override {
+    ++writes;
+    pods.erase(id);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::map<uint64_t, shunt_pod>> ListPods() const override { return pods; }
+  absl::Status UpsertEndpoint(const IpKey& ip, uint32_t id) override {
+    ++writes;
+    endpoints[ip] = id;
+    return absl::OkStatus();
+  }
+  absl::Status DeleteEndpoint(const IpKey& ip) override {
+    ++writes;
+    endpoints.erase(ip);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::map<IpKey, uint32_t>> ListEndpoints() const override { return endpoints; }
+  absl::Status DeleteStatsOf(uint32_t id) override {
+    stats_deleted.push_back(id);
+    return absl::OkStatus();
+  }
+
+  std::map<uint64_t, shunt_pod> pods;
+  std::map<IpKey, uint32_t> endpoints;
+  std::vector<uint32_t> stats_deleted;
+  int writes = 0;
+  bool full = false;
+};
+
+shunt::v1::Workload W(const std::string& uid, const std::string& node, bool meshed,
+                      std::vector<std::string> ips) {
+  shunt::v1::Workload w;
+  w.set_uid(uid);
+  w.set_namespace_("default");
+  w.set_name("pod-" + uid);
+  w.set_node(node);
+  w.set_meshed(meshed);
+  for (auto& ip : ips) w.add_ips(ip);
+  return w;
+}
+
+PolicySnapshot Snapshot(std::vector<shunt::v1::Workload> ws) {
+  PolicySnapshot s;
+  s.version = 1;
+  for (auto& w : ws) *s.bundle.add_workloads() = w;
+  return s;
+}
+
+TEST(CompileLocalDataplane, OnlyMeshedPodsOfThisNodeWithACgroup) {
+  WorkloadIds ids;
+  auto snap = Snapshot({W("a", "n1", true, {"198.18.0.2", "fd5a:1::2"}),
+                        W("b", "n1", false, {"198.18.0.3"}),   // unmeshed: untouched
+                        W("c", "n2", true, {"198.18.1.2"}),    // other node
+                        W("d", "n1", true, {"198.18.0.4"})});  // no cgroup yet
+  auto d = CompileLocalDataplane(snap, "n1", {{"a", 100}, {"b", 101}, {"c", 102}}, ids);
+  ASSERT_EQ(d.pods.size(), 1u);
+  EXPECT_EQ(d.pods.at(100).flags, static_cast<uint32_t>(SHUNT_POD_MESHED));
+  const uint32_t id = d.pods.at(100).workload_id;
+  EXPECT_NE(id, static_cast<uint32_t>(SHUNT_WORKLOAD_UNKNOWN));
+  EXPECT_EQ(d.endpoints.size(), 2u);
+  EXPECT_EQ(d.endpoints.at(*ParseIpKey("198.18.0.2")), id);
+  EXPECT_EQ(d.endpoints.at(*ParseIpKey("fd5a:1::2")), id);
+  EXPECT_EQ(d.directory.at(id).name, "pod-a");
+  ASSERT_EQ(d.warnings.size(), 1u);
+  EXPECT_NE(d.warnings[0].find("uid d"), std::string::npos);
+}
+
+TEST(CompileLocalDataplane, IdsAreStableAndNotReusedAtOnce) {
+  WorkloadIds ids;
+  uint32_t a = ids.IdFor("a");
+  uint32_t b = ids.IdFor("b");
+  EXPECT_NE(a, b);
+  EXPECT_EQ(ids.IdFor("a"), a);
+  ids.Forget("a");
+  uint32_t c = ids.IdFor("c");
+  EXPECT_NE(c, a);
+  EXPECT_NE(c, b);
+  ids.Adopt("z", 50);  // recovered from pinned maps after a restart
+  EXPECT_EQ(ids.IdFor("z"), 50u);
+  EXPECT_GT(ids.IdFor("y"), 50u);
+}
+
+TEST(ParseIpKey, V4MappedAndV6) {
+  auto v4 = ParseIpKey("198.18.0.2");
+  auto mapped = ParseIpKey("::ffff:198.18.0.2");
+  ASSERT_TRUE(v4.ok());
+  ASSERT_TRUE(mapped.ok());
+  EXPECT_EQ(*v4, *mapped);
+  EXPECT_FALSE(ParseIpKey("198.18.0.256").ok());
+  EXPECT_FALSE(ParseIpKey("").ok());
+}
+
+TEST(ApplyDataplane, WritesOnlyTheDifference) {
+  FakeMaps maps;
+  WorkloadIds ids;
+  auto snap = Snapshot({W("a", "n1", true, {"198.18.0.2"}), W("b", "n1", true, {"198.18.0.3"})});
+  auto d = CompileLocalDataplane(snap, "n1", {{"a", 100}, {"b", 101}}, ids);
+  ASSERT_TRUE(ApplyDataplane(d, maps).ok());
+  EXPECT_EQ(maps.pods.size(), 2u);
+  EXPECT_EQ(maps.endpoints.size(), 2u);
+  const int writes = maps.writes;
+  ASSERT_TRUE(ApplyDataplane(d, maps).ok());
+  EXPECT_EQ(maps.writes, writes) << "a second pass with nothing changed must not write";
+
+  // b leaves the mesh: its pod and endpoint entries go, a's stay.
+  auto snap2 = Snapshot({W("a", "n1", true, {"198.18.0.2"}), W("b", "n1", false, {"198.18.0.3"})});
+  auto d2 = CompileLocalDataplane(snap2, "n1", {{"a", 100}, {"b", 101}}, ids);
+  ASSERT_TRUE(ApplyDataplane(d2, maps).ok());
+  EXPECT_EQ(maps.pods.size(), 1u);
+  EXPECT_TRUE(maps.pods.count(100));
+  EXPECT_EQ(maps.endpoints.size(), 1u);
+}
+
+TEST(ApplyDataplane, FullMapIsAnErrorButOtherEntriesAreWritten) {
+  FakeMaps maps;
+  maps.full = true;
+  WorkloadIds ids;
+  auto snap = Snapshot({W("a", "n1", true, {"198.18.0.2"})});
+  auto d = CompileLocalDataplane(snap, "n1", {{"a", 100}}, ids);
+  absl::Status s = ApplyDataplane(d, maps);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(maps.endpoints.size(), 1u) << "endpoints are still written";
+}
+
+}  // namespace
+}  // namespace shunt::agent

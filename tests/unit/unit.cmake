@@ -1,0 +1,7 @@
+# Unit tests: no root, no kernel objects.
+shunt_test(sock_key_test SOURCES unit/sock_key_test.cc)
+target_include_directories(sock_key_test PRIVATE ${PROJECT_SOURCE_DIR}/bpf/include)
+shunt_test(abi_test SOURCES unit/abi_test.cc)
+target_include_directories(abi_test PRIVATE ${PROJECT_SOURCE_DIR}/bpf/include)
+shunt_test(local_dataplane_test SOURCES unit/local_dataplane_test.cc LIBS shunt_dataplane)
+shunt_test(cgroup_test SOURCES unit/cgroup_test.cc LIBS shunt_common)
