@@ -16,6 +16,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev iperf3 sockperf
   # the simulated cluster
   iproute2 procps util-linux
+  # admin HTTP server (also what prometheus-cpp serves with)
+  libcivetweb-dev
 )
 
 missing=()

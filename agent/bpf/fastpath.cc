@@ -210,6 +210,10 @@ absl::Status Fastpath::Uninstall(const std::string& pin_dir) {
   if (rmdir(pin_dir.c_str()) != 0 && errno != ENOENT) {
     note(ErrnoStatus(errno, absl::StrCat("rmdir ", pin_dir, " (unknown files left in it?)")));
   }
+  // <bpffs>/shunt is shared by the agents of a machine; the last one out removes it.
+  if (auto slash = pin_dir.rfind('/'); slash != std::string::npos && slash > 0) {
+    rmdir(pin_dir.substr(0, slash).c_str());  // fails harmlessly while not empty
+  }
   return first;
 }
 

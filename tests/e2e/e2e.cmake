@@ -8,3 +8,9 @@ target_compile_definitions(shunt_e2e_util PUBLIC
 shunt_test(fastpath_test KERNEL SOURCES e2e/fastpath_test.cc
            LIBS shunt_e2e_util nlohmann_json::nlohmann_json)
 add_dependencies(fastpath_test shunt-agent shunt-testpeer)
+
+# README's demo: a 2-node simulated cluster, agents, traffic, counters.
+add_executable(shunt-demo e2e/demo_main.cc)
+target_link_libraries(shunt-demo PRIVATE shunt_e2e_util nlohmann_json::nlohmann_json absl::str_format)
+set_target_properties(shunt-demo PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR})
+add_dependencies(shunt-demo shunt-agent shunt-testpeer)
