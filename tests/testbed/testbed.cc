@@ -1,6 +1,5 @@
 #include "tests/testbed/testbed.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
@@ -23,10 +22,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
 #include "common/errno_status.h"
 #include "common/log.h"
@@ -113,7 +112,7 @@ std::optional<std::string> ReadFile(const std::string& path) {
   return ss.str();
 }
 
-absl::Status WriteFile(const std::string& path, std::string_view content, int flags = O_TRUNC) {
+absl::Status WriteFile(const std::string& path, absl::string_view content, int flags = O_TRUNC) {
   Fd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | flags, 0644));
   if (!fd.valid()) return ErrnoStatus(errno, absl::StrCat("open ", path));
   size_t done = 0;
@@ -139,8 +138,8 @@ uint64_t ProcessStartTime(pid_t pid) {
   if (!stat) return 0;
   size_t paren = stat->rfind(')');
   if (paren == std::string::npos) return 0;
-  std::vector<std::string_view> f =
-      absl::StrSplit(std::string_view(*stat).substr(paren + 1), ' ', absl::SkipEmpty());
+  std::vector<absl::string_view> f =
+      absl::StrSplit(absl::string_view(*stat).substr(paren + 1), ' ', absl::SkipEmpty());
   // f[0] is field 3 (state), so field 22 is f[19].
   uint64_t start = 0;
   if (f.size() < 20 || !absl::SimpleAtoi(f[19], &start)) return 0;
@@ -160,7 +159,7 @@ absl::StatusOr<std::string> ResolveBinary(const std::string& name) {
   }
   const char* env = getenv("PATH");
   std::string path = absl::StrCat(env ? env : "/usr/bin:/bin", ":/usr/local/sbin:/usr/sbin:/sbin");
-  for (std::string_view dir : absl::StrSplit(path, ':', absl::SkipEmpty())) {
+  for (absl::string_view dir : absl::StrSplit(path, ':', absl::SkipEmpty())) {
     std::string candidate = absl::StrCat(dir, "/", name);
     struct stat st;
     if (stat(candidate.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
@@ -274,14 +273,14 @@ absl::Status Ip(const std::vector<std::string>& args) {
   return absl::OkStatus();
 }
 
-bool NetnsExists(const std::string& name) {
-  return Exists(absl::StrCat(kNetnsDir, "/", name));
-}
+bool NetnsExists(const std::string& name) { return Exists(absl::StrCat(kNetnsDir, "/", name)); }
 
 void DeleteNetns(const std::string& name) {
   if (name.empty() || !NetnsExists(name)) return;
   absl::Status s = Ip({"netns", "del", name});
-  if (!s.ok()) SHUNT_LOG(WARNING) << "testbed: " << s;
+  if (!s.ok()) {
+    SHUNT_LOG(WARNING) << "testbed: " << s;
+  }
 }
 
 // Writes sysctl values (paths under /proc/sys/net) inside `netns`: /proc/sys/net shows the
@@ -316,6 +315,52 @@ absl::Status WriteSysctls(const std::string& netns,
       "writing ", i < values.size() ? values[i].first : "sysctl", " in ", netns, " failed"));
 }
 
+// Waits until every veth and every bridge with ports that is administratively up in `netns` is
+// operationally up, and every bridge port forwards. The kernel applies carrier changes
+// asynchronously (linkwatch delays some by up to a second): until then a bridge drops what it
+// would forward through a port, and a bridge has not joined its IPv6 solicited-node groups (its
+// addresses were added before it had a carrier), so neighbor solicitations to it are lost.
+absl::Status WaitLinksReady(const std::string& netns, Clock::time_point deadline) {
+  std::string pending;
+  while (true) {
+    ASSIGN_OR_RETURN(Output out, Exec({"ip", "-n", netns, "-d", "-j", "link", "show"}, kIpTimeout));
+    if (out.exit_code != 0) {
+      return absl::InternalError(absl::StrCat("ip -n ", netns, " link show: ", out.err));
+    }
+    pending.clear();
+    try {
+      const nlohmann::json links = nlohmann::json::parse(out.out);
+      std::vector<std::string> masters;
+      for (const nlohmann::json& link : links) masters.push_back(link.value("master", ""));
+      for (const nlohmann::json& link : links) {
+        const nlohmann::json flags = link.value("flags", nlohmann::json::array());
+        if (std::find(flags.begin(), flags.end(), "UP") == flags.end()) continue;
+        const nlohmann::json info = link.value("linkinfo", nlohmann::json::object());
+        const std::string name = link.value("ifname", "?");
+        const std::string kind = info.value("info_kind", "");
+        const bool has_ports = std::find(masters.begin(), masters.end(), name) != masters.end();
+        const std::string operstate = link.value("operstate", "");
+        if ((kind == "veth" && operstate != "UP") ||
+            (kind == "bridge" && has_ports && operstate == "DOWN")) {
+          absl::StrAppend(&pending, name, " is ", link.value("operstate", "?"), "; ");
+        }
+        if (info.value("info_slave_kind", "") == "bridge") {
+          const std::string state =
+              info.value("info_slave_data", nlohmann::json::object()).value("state", "");
+          if (state != "forwarding") absl::StrAppend(&pending, name, " port is ", state, "; ");
+        }
+      }
+    } catch (const std::exception& e) {
+      return absl::InternalError(absl::StrCat("parsing ip -j link output: ", e.what()));
+    }
+    if (pending.empty()) return absl::OkStatus();
+    if (Clock::now() >= deadline) {
+      return absl::DeadlineExceededError(absl::StrCat("links of ", netns, " not ready: ", pending));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
 // Kills every process in the cgroup subtree at `path` and waits (briefly) until it is empty.
 void KillCgroupTree(const std::string& path) {
   if (!Exists(path)) return;
@@ -330,7 +375,7 @@ void KillCgroupTree(const std::string& path) {
     for (const std::string& dir : dirs) {
       std::optional<std::string> procs = ReadFile(dir + "/cgroup.procs");
       if (!procs) continue;
-      for (std::string_view line : absl::StrSplit(*procs, '\n', absl::SkipEmpty())) {
+      for (absl::string_view line : absl::StrSplit(*procs, '\n', absl::SkipEmpty())) {
         pid_t pid = 0;
         if (absl::SimpleAtoi(line, &pid) && pid > 0) kill(pid, SIGKILL);
       }
@@ -372,18 +417,20 @@ void RemoveCgroupTree(const std::string& path) {
 void RemoveAll(const std::string& path) {
   std::error_code ec;
   fs::remove_all(path, ec);
-  if (ec) SHUNT_LOG(WARNING) << "testbed: remove " << path << ": " << ec.message();
+  if (ec) {
+    SHUNT_LOG(WARNING) << "testbed: remove " << path << ": " << ec.message();
+  }
 }
 
 // Parses "<prefix>-<pid>-<hex>[-rest]" into the run id "<prefix>-<pid>-<hex>" and its pid.
 // With `exact`, nothing may follow the hex part.
-bool ParseRunName(std::string_view name, const std::string& prefix, bool exact, pid_t* pid,
+bool ParseRunName(absl::string_view name, const std::string& prefix, bool exact, pid_t* pid,
                   std::string* run_id) {
-  std::string_view rest = name;
+  absl::string_view rest = name;
   if (!absl::ConsumePrefix(&rest, prefix) || !absl::ConsumePrefix(&rest, "-")) return false;
   size_t dash = rest.find('-');
-  if (dash == std::string_view::npos || dash == 0) return false;
-  std::string_view pid_part = rest.substr(0, dash);
+  if (dash == absl::string_view::npos || dash == 0) return false;
+  absl::string_view pid_part = rest.substr(0, dash);
   if (!std::all_of(pid_part.begin(), pid_part.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
       !absl::SimpleAtoi(pid_part, pid)) {
     return false;
@@ -414,8 +461,8 @@ std::vector<std::string> ListNetns() {
   std::vector<std::string> names;
   absl::StatusOr<Output> out = Exec({"ip", "netns", "list"}, kIpTimeout);
   if (!out.ok() || out->exit_code != 0) return ListDir(kNetnsDir);
-  for (std::string_view line : absl::StrSplit(out->out, '\n', absl::SkipEmpty())) {
-    std::vector<std::string_view> words = absl::StrSplit(line, ' ', absl::SkipEmpty());
+  for (absl::string_view line : absl::StrSplit(out->out, '\n', absl::SkipEmpty())) {
+    std::vector<absl::string_view> words = absl::StrSplit(line, ' ', absl::SkipEmpty());
     if (!words.empty()) names.emplace_back(words[0]);
   }
   return names;
@@ -424,8 +471,8 @@ std::vector<std::string> ListNetns() {
 void KillListedNodeProcesses(const std::string& work_dir) {
   std::optional<std::string> pids = ReadFile(absl::StrCat(work_dir, "/", kNodePidsFile));
   if (!pids) return;
-  for (std::string_view line : absl::StrSplit(*pids, '\n', absl::SkipEmpty())) {
-    std::vector<std::string_view> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
+  for (absl::string_view line : absl::StrSplit(*pids, '\n', absl::SkipEmpty())) {
+    std::vector<absl::string_view> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
     pid_t pid = 0;
     uint64_t start = 0;
     if (f.size() == 2 && absl::SimpleAtoi(f[0], &pid) && absl::SimpleAtoi(f[1], &start)) {
@@ -532,8 +579,8 @@ absl::Status Testbed::Build(const Options& options) {
     node.ipv4 = absl::StrCat("198.19.0.", i + 1);
     node.driver = options.drivers[i % options.drivers.size()];
     const bool systemd = node.driver == CgroupDriver::kSystemd;
-    node.cgroup_root = absl::StrCat(cgroup_run_dir_, "/", node.name, "/",
-                                    systemd ? "kubepods.slice" : "kubepods");
+    node.cgroup_root =
+        absl::StrCat(cgroup_run_dir_, "/", node.name, "/", systemd ? "kubepods.slice" : "kubepods");
     for (int j = 0; j < options.pods_per_node; ++j) {
       Pod pod;
       pod.node_index = i;
@@ -546,9 +593,9 @@ absl::Status Testbed::Build(const Options& options) {
       pod.ipv6 = absl::StrCat("fd5a:", i + 1, "::", j + 2);
       const std::string container_id = RandomHex(64);
       if (systemd) {
-        pod.pod_cgroup = absl::StrCat(node.cgroup_root, "/kubepods-besteffort.slice/",
-                                      "kubepods-besteffort-pod",
-                                      absl::StrReplaceAll(pod.uid, {{"-", "_"}}), ".slice");
+        pod.pod_cgroup =
+            absl::StrCat(node.cgroup_root, "/kubepods-besteffort.slice/", "kubepods-besteffort-pod",
+                         absl::StrReplaceAll(pod.uid, {{"-", "_"}}), ".slice");
         pod.container_cgroup =
             absl::StrCat(pod.pod_cgroup, "/cri-containerd-", container_id, ".scope");
       } else {
@@ -567,7 +614,9 @@ absl::Status Testbed::Build(const Options& options) {
   for (const Node& node : nodes_) {
     std::error_code ec;
     fs::create_directories(node.cgroup_root, ec);
-    if (ec) return absl::InternalError(absl::StrCat("mkdir ", node.cgroup_root, ": ", ec.message()));
+    if (ec) {
+      return absl::InternalError(absl::StrCat("mkdir ", node.cgroup_root, ": ", ec.message()));
+    }
     for (const Pod& pod : node.pods) {
       fs::create_directories(pod.container_cgroup, ec);
       if (ec) {
@@ -579,32 +628,54 @@ absl::Status Testbed::Build(const Options& options) {
 
   // Namespaces. Every veth is created inside a namespace with its peer sent straight to another
   // one: nothing ever appears in the host namespace.
+  //
+  // No IPv6 DAD on any interface, set before the interfaces exist: a node forwarding a packet
+  // solicits the next hop from its link-local address, and silently sends nothing while that
+  // address is still tentative (the first connection would stall for a retransmission).
+  const std::vector<std::pair<std::string, std::string>> no_dad = {
+      {"/proc/sys/net/ipv6/conf/all/accept_dad", "0"},
+      {"/proc/sys/net/ipv6/conf/default/accept_dad", "0"}};
   RETURN_IF_ERROR(Ip({"netns", "add", fabric_netns_}));
+  RETURN_IF_ERROR(WriteSysctls(fabric_netns_, no_dad));
   for (const Node& node : nodes_) {
     RETURN_IF_ERROR(Ip({"netns", "add", node.netns}));
-    for (const Pod& pod : node.pods) RETURN_IF_ERROR(Ip({"netns", "add", pod.netns}));
+    std::vector<std::pair<std::string, std::string>> sysctls = no_dad;
+    sysctls.insert(sysctls.end(), {{"/proc/sys/net/ipv4/ip_forward", "1"},
+                                   {"/proc/sys/net/ipv6/conf/all/forwarding", "1"},
+                                   {"/proc/sys/net/ipv6/conf/default/forwarding", "1"},
+                                   // Answer "unreachable" every time, not once a second per host:
+                                   // tests expect a prompt failure.
+                                   {"/proc/sys/net/ipv4/icmp_ratelimit", "0"},
+                                   {"/proc/sys/net/ipv6/icmp/ratelimit", "0"}});
+    RETURN_IF_ERROR(WriteSysctls(node.netns, sysctls));
+    for (const Pod& pod : node.pods) {
+      RETURN_IF_ERROR(Ip({"netns", "add", pod.netns}));
+      RETURN_IF_ERROR(WriteSysctls(pod.netns, no_dad));
+    }
   }
-  RETURN_IF_ERROR(IpBatch(fabric_netns_, {"link set lo up",
-                                          "link add br0 type bridge mcast_snooping 0",
-                                          "link set br0 up"}));
+  // Bridges never snoop multicast: IPv6 neighbor solicitations must reach every port at once.
+  const std::vector<std::string> fabric_setup = {
+      "link set lo up", "link add br0 type bridge mcast_snooping 0", "link set br0 up"};
+  RETURN_IF_ERROR(IpBatch(fabric_netns_, fabric_setup));
 
   std::vector<std::string> fabric_lines;
   for (const Node& node : nodes_) {
     const int i = node.index;
-    RETURN_IF_ERROR(WriteSysctls(node.netns, {{"/proc/sys/net/ipv4/ip_forward", "1"},
-                                              {"/proc/sys/net/ipv6/conf/all/forwarding", "1"},
-                                              {"/proc/sys/net/ipv6/conf/default/forwarding", "1"}}));
     const std::string uplink_peer = absl::StrCat("n", i);
+    // Creation order matters: no veth may get the same ifindex as its peer has in the other
+    // namespace, or the kernel treats its carrier change as non-urgent and applies it up to a
+    // second later (linkwatch). So the uplink comes first here (fabric: br0 first), and pods'
+    // veths come after br0.
     std::vector<std::string> lines = {
         "link set lo up",
-        "link add br0 type bridge mcast_snooping 0",
-        absl::StrCat("addr add 198.18.", i, ".1/24 dev br0"),
-        absl::StrCat("addr add fd5a:", i + 1, "::1/64 dev br0 nodad"),
-        "link set br0 up",
         absl::StrCat("link add uplink type veth peer name ", uplink_peer, " netns ", fabric_netns_),
         absl::StrCat("addr add ", node.ipv4, "/24 dev uplink"),
         absl::StrCat("addr add fd5a:ffff::", i + 1, "/64 dev uplink nodad"),
         "link set uplink up",
+        "link add br0 type bridge mcast_snooping 0",
+        absl::StrCat("addr add 198.18.", i, ".1/24 dev br0"),
+        absl::StrCat("addr add fd5a:", i + 1, "::1/64 dev br0 nodad"),
+        "link set br0 up",
     };
     for (const Node& other : nodes_) {
       if (other.index == i) continue;
@@ -613,8 +684,8 @@ absl::Status Testbed::Build(const Options& options) {
       lines.push_back(absl::StrCat("route add fd5a:", k + 1, "::/64 via fd5a:ffff::", k + 1));
     }
     for (const Pod& pod : node.pods) {
-      lines.push_back(absl::StrCat("link add ", pod.host_veth, " type veth peer name eth0 netns ",
-                                   pod.netns));
+      lines.push_back(
+          absl::StrCat("link add ", pod.host_veth, " type veth peer name eth0 netns ", pod.netns));
       lines.push_back(absl::StrCat("link set ", pod.host_veth, " master br0"));
       lines.push_back(absl::StrCat("link set ", pod.host_veth, " up"));
     }
@@ -623,20 +694,26 @@ absl::Status Testbed::Build(const Options& options) {
     fabric_lines.push_back(absl::StrCat("link set ", uplink_peer, " up"));
 
     for (const Pod& pod : node.pods) {
-      RETURN_IF_ERROR(IpBatch(pod.netns, {
-                                             "link set lo up",
-                                             absl::StrCat("addr add ", pod.ipv4, "/24 dev eth0"),
-                                             absl::StrCat("addr add ", pod.ipv6,
-                                                          "/64 dev eth0 nodad"),
-                                             "link set eth0 up",
-                                             absl::StrCat("route add default via 198.18.", i,
-                                                          ".1 dev eth0"),
-                                             absl::StrCat("route add ::/0 via fd5a:", i + 1,
-                                                          "::1 dev eth0"),
-                                         }));
+      // The only default routes of the test bed: pod to node (the node has none).
+      const std::vector<std::string> pod_lines = {
+          "link set lo up",
+          absl::StrCat("addr add ", pod.ipv4, "/24 dev eth0"),
+          absl::StrCat("addr add ", pod.ipv6, "/64 dev eth0 nodad"),
+          "link set eth0 up",
+          absl::StrCat("route add default via 198.18.", i, ".1 dev eth0"),
+          absl::StrCat("route add ::/0 via fd5a:", i + 1, "::1 dev eth0"),
+      };
+      RETURN_IF_ERROR(IpBatch(pod.netns, pod_lines));
     }
   }
   RETURN_IF_ERROR(IpBatch(fabric_netns_, fabric_lines));
+
+  const auto deadline = Clock::now() + std::chrono::seconds(10);
+  RETURN_IF_ERROR(WaitLinksReady(fabric_netns_, deadline));
+  for (const Node& node : nodes_) {
+    RETURN_IF_ERROR(WaitLinksReady(node.netns, deadline));
+    for (const Pod& pod : node.pods) RETURN_IF_ERROR(WaitLinksReady(pod.netns, deadline));
+  }
   SHUNT_LOG(INFO) << "testbed " << run_id_ << ": " << nodes_.size() << " nodes x "
                   << options.pods_per_node << " pods up (work dir " << work_dir_ << ")";
   return absl::OkStatus();
@@ -648,8 +725,8 @@ absl::Status Testbed::IpBatch(const std::string& netns, const std::vector<std::s
   RETURN_IF_ERROR(WriteFile(file, absl::StrCat(absl::StrJoin(lines, "\n"), "\n")));
   absl::Status s = Ip({"-n", netns, "-batch", file});
   if (!s.ok()) {
-    return absl::Status(s.code(), absl::StrCat(s.message(), " [batch: ",
-                                               absl::StrJoin(lines, "; "), "]"));
+    return absl::Status(s.code(),
+                        absl::StrCat(s.message(), " [batch: ", absl::StrJoin(lines, "; "), "]"));
   }
   unlink(file.c_str());
   return absl::OkStatus();
@@ -721,7 +798,7 @@ void Testbed::InstallSignalTeardown() {
 
 void Testbed::ReapStale(const std::string& prefix) {
   if (prefix.empty()) return;
-  auto stale = [&prefix](std::string_view name, bool exact, std::string* run_id) {
+  auto stale = [&prefix](absl::string_view name, bool exact, std::string* run_id) {
     pid_t pid = 0;
     return ParseRunName(name, prefix, exact, &pid, run_id) && !PidAlive(pid);
   };
@@ -831,9 +908,10 @@ absl::StatusOr<ProcessPtr> Testbed::SpawnIn(const std::string& netns, const std:
     int status = 0;
     WaitPidNoIntr(pid, &status, 0);
     static constexpr const char* kStage[] = {"?", "join cgroup", "setns", "redirect", "exec"};
-    return ErrnoStatus(failure[1], absl::StrCat(kStage[failure[0] >= 1 && failure[0] <= 4 ? failure[0] : 0], " for ",
-                                                argv[0], " in ", netns,
-                                                cgroup.empty() ? "" : " / " + cgroup));
+    return ErrnoStatus(
+        failure[1],
+        absl::StrCat(kStage[failure[0] >= 1 && failure[0] <= 4 ? failure[0] : 0], " for ", argv[0],
+                     " in ", netns, cgroup.empty() ? "" : " / " + cgroup));
   }
   if (on_node) {
     const uint64_t start = ProcessStartTime(pid);
@@ -887,9 +965,9 @@ absl::StatusOr<Output> Testbed::RunOnNode(const Node& node, const std::vector<st
 // Testbed: observation and configuration
 
 absl::StatusOr<Testbed::LinkStats> Testbed::PodLinkStats(const Pod& pod) {
-  ASSIGN_OR_RETURN(Output out, Exec({"ip", "-n", pod.netns, "-j", "-s", "link", "show", "dev",
-                                     "eth0"},
-                                    kIpTimeout));
+  ASSIGN_OR_RETURN(
+      Output out,
+      Exec({"ip", "-n", pod.netns, "-j", "-s", "link", "show", "dev", "eth0"}, kIpTimeout));
   if (out.exit_code != 0) {
     return absl::InternalError(absl::StrCat("ip -n ", pod.netns, " link show eth0: ", out.err));
   }

@@ -1,9 +1,9 @@
 // shunt-testpeer: the traffic tool of the test bed and the benchmarks.
 //
 //   shunt-testpeer server --port=P [--bind=::] --mode=verify|sink|echo [--conns=N]
-//                         [--ready-file=PATH]
+//                         [--ready-file=PATH] [--expect-seed=S (verify: reject other seeds)]
 //   shunt-testpeer verify --to=HOST:PORT --bytes=N --seed=S [--conns=C] [--concurrent]
-//                         [--chunk=65536] [--bind=SRC_ADDR]
+//                         [--chunk=65536] [--bind=SRC_ADDR[:PORT] or [V6]:PORT]
 //   shunt-testpeer bulk --to=HOST:PORT --seconds=T [--chunk=131072]
 //   shunt-testpeer pingpong --to=HOST:PORT [--size=1024] --count=N [--warmup=W]
 //   shunt-testpeer hold --to=HOST:PORT --bytes=N --seed=S --rate-mbps=R [--chunk=16384]
@@ -131,10 +131,20 @@ class Flags {
     }
     uint64_t mult = 1;
     switch (v.back()) {
-      case 'K': case 'k': mult = 1ULL << 10; break;
-      case 'M': case 'm': mult = 1ULL << 20; break;
-      case 'G': case 'g': mult = 1ULL << 30; break;
-      default: break;
+      case 'K':
+      case 'k':
+        mult = 1ULL << 10;
+        break;
+      case 'M':
+      case 'm':
+        mult = 1ULL << 20;
+        break;
+      case 'G':
+      case 'g':
+        mult = 1ULL << 30;
+        break;
+      default:
+        break;
     }
     if (mult != 1) v.pop_back();
     char* end = nullptr;
@@ -381,6 +391,9 @@ int Connect(const ClientConfig& cfg, std::string* error) {
       close(fd);
       return -1;
     }
+    // A fixed source port must be reusable right after a previous run's TIME_WAIT.
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (bind(fd, reinterpret_cast<const sockaddr*>(&cfg.bind->addr), cfg.bind->len) != 0) {
       *error = Errno("bind " + cfg.bind->text);
       close(fd);
@@ -393,11 +406,31 @@ int Connect(const ClientConfig& cfg, std::string* error) {
   } while (r != 0 && errno == EINTR);
   if (r != 0) {
     *error = (errno == EINPROGRESS || errno == EAGAIN) ? "connect " + cfg.to.text + ": timed out"
-                                                        : Errno("connect " + cfg.to.text);
+                                                       : Errno("connect " + cfg.to.text);
     close(fd);
     return -1;
   }
   return fd;
+}
+
+// A client's --bind: ADDR, ADDR:PORT or [V6]:PORT (port 0 when absent).
+bool ParseClientBind(const std::string& s, Endpoint* ep, std::string* error) {
+  std::string addr = s, port = "0";
+  const size_t close = s.find("]:");
+  if (!s.empty() && s[0] == '[' && close != std::string::npos) {
+    addr = s.substr(1, close - 1);
+    port = s.substr(close + 2);
+  } else if (std::count(s.begin(), s.end(), ':') == 1) {
+    addr = s.substr(0, s.find(':'));
+    port = s.substr(s.find(':') + 1);
+  }
+  char* end = nullptr;
+  const unsigned long p = strtoul(port.c_str(), &end, 10);
+  if (port.empty() || *end != '\0' || p > 65535) {
+    *error = "bad --bind " + s;
+    return false;
+  }
+  return ParseBindAddress(addr, static_cast<uint16_t>(p), ep, error);
 }
 
 ClientConfig ReadClientConfig(Flags& flags) {
@@ -409,7 +442,7 @@ ClientConfig ReadClientConfig(Flags& flags) {
   std::string bind = flags.Str("bind");
   if (!bind.empty()) {
     Endpoint ep;
-    if (!ParseBindAddress(bind, 0, &ep, &error)) Fail(error);
+    if (!ParseClientBind(bind, &ep, &error)) Fail(error);
     cfg.bind = ep;
   }
   return cfg;
@@ -436,16 +469,25 @@ struct ConnArgs {
   int fd;
   ServerMode mode;
   ServerStats* stats;
+  std::optional<uint64_t> expect_seed;  // verify: any other seed is a failure
 };
 
 constexpr size_t kServerBuf = 64 * 1024;
 
-bool ServeVerify(int fd, ServerStats* stats, std::string* error) {
+bool ServeVerify(int fd, ServerStats* stats, std::optional<uint64_t> expect_seed,
+                 std::string* error) {
   uint8_t header[16];
   if (!RecvAll(fd, header, sizeof(header), error)) return false;
   const uint64_t seed = GetU64Le(header), length = GetU64Le(header + 8);
-  const size_t cap = static_cast<size_t>(std::min<uint64_t>(std::max<uint64_t>(length, 1),
-                                                            kServerBuf));
+  if (expect_seed && seed != *expect_seed) {
+    // A stream meant for another server (e.g. another pod's loopback): reject it outright.
+    *error = "seed " + std::to_string(seed) + ", expected " + std::to_string(*expect_seed);
+    std::string ignored;
+    SendAll(fd, "BAD 0\n", 6, &ignored);
+    return false;
+  }
+  const size_t cap =
+      static_cast<size_t>(std::min<uint64_t>(std::max<uint64_t>(length, 1), kServerBuf));
   std::vector<uint8_t> buf(cap), expected(cap);
   Pattern pattern(seed);
   Fnv1a64 fnv;
@@ -515,9 +557,15 @@ void* ServeConnection(void* arg) {
   std::string error;
   bool ok = false;
   switch (c->mode) {
-    case ServerMode::kVerify: ok = ServeVerify(c->fd, c->stats, &error); break;
-    case ServerMode::kSink: ok = ServeSink(c->fd, c->stats, &error); break;
-    case ServerMode::kEcho: ok = ServeEcho(c->fd, c->stats, &error); break;
+    case ServerMode::kVerify:
+      ok = ServeVerify(c->fd, c->stats, c->expect_seed, &error);
+      break;
+    case ServerMode::kSink:
+      ok = ServeSink(c->fd, c->stats, &error);
+      break;
+    case ServerMode::kEcho:
+      ok = ServeEcho(c->fd, c->stats, &error);
+      break;
   }
   close(c->fd);
   if (ok) {
@@ -547,7 +595,10 @@ void* ServeConnection(void* arg) {
   }
   const uint64_t max_conns = flags.Size("conns", 0);  // 0: unlimited
   const std::string ready_file = flags.Str("ready-file");
+  std::optional<uint64_t> expect_seed;
+  if (flags.Has("expect-seed")) expect_seed = flags.Size("expect-seed", std::nullopt);
   flags.CheckAllUsed();
+  if (expect_seed && mode != ServerMode::kVerify) Fail("--expect-seed needs --mode=verify");
 
   // SIGINT/SIGTERM end the server with its summary: block them everywhere, read a signalfd.
   sigset_t sigs;
@@ -607,7 +658,7 @@ void* ServeConnection(void* arg) {
     }
     SetTimeouts(cfd);
     stats.connections++;
-    auto* args = new ConnArgs{cfd, mode, &stats};
+    auto* args = new ConnArgs{cfd, mode, &stats, expect_seed};
     pthread_t tid;
     if (pthread_create(&tid, &attr, &ServeConnection, args) != 0) {
       close(cfd);
