@@ -1,6 +1,8 @@
 // shunt-agent: the node agent of the shunt mesh. See agent/agent.h and docs/agent.md.
 #include <cstdio>
+#include <algorithm>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -30,7 +32,32 @@ ABSL_FLAG(bool, uninstall, false,
 ABSL_FLAG(bool, version, false, "Print the version and exit.");
 ABSL_FLAG(bool, verbose, false, "Debug logging.");
 
-int main(int argc, char** argv) {
+namespace {
+
+// Flags are spelled with dashes (--node-name) on the command line; Abseil names them with
+// underscores. Rewrite "--a-b[=v]" to "--a_b[=v]" before parsing (values are left alone).
+std::vector<std::string> DashesToUnderscores(int argc, char** argv) {
+  std::vector<std::string> args(argv, argv + argc);
+  for (size_t i = 1; i < args.size(); ++i) {
+    std::string& a = args[i];
+    if (a == "--") break;
+    if (a.size() < 3 || a[0] != '-' || a[1] != '-') continue;
+    const size_t end = std::min(a.find('='), a.size());
+    for (size_t j = 2; j < end; ++j) {
+      if (a[j] == '-') a[j] = '_';
+    }
+  }
+  return args;
+}
+
+}  // namespace
+
+int main(int argc_in, char** argv_in) {
+  std::vector<std::string> args = DashesToUnderscores(argc_in, argv_in);
+  std::vector<char*> ptrs;
+  for (auto& a : args) ptrs.push_back(a.data());
+  int argc = static_cast<int>(ptrs.size());
+  char** argv = ptrs.data();
   absl::SetProgramUsageMessage(
       "shunt node agent.\n  shunt-agent --node-name=N [--cgroup-root=kubepods.slice] "
       "[--policy-file=F]\n  shunt-agent --uninstall --node-name=N");

@@ -67,9 +67,8 @@ absl::StatusOr<shunt::v1::PolicyBundle> FilePolicySource::Load(Fingerprint* seen
     return absl::InvalidArgumentError(absl::StrCat(path_, ": not a regular file"));
   }
   if (static_cast<uint64_t>(st.st_size) > kMaxPolicyBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(path_, ": policy is ", st.st_size,
-                                                   " bytes; at most ", kMaxPolicyBytes,
-                                                   " are allowed"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        path_, ": policy is ", st.st_size, " bytes; at most ", kMaxPolicyBytes, " are allowed"));
   }
   // One byte past the limit, so that a file that grew since fstat is still refused by the parser.
   std::string text(static_cast<size_t>(st.st_size) + 1, '\0');

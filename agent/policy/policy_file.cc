@@ -6,7 +6,9 @@
 #include <cstdint>
 #include <deque>
 #include <exception>
+#include <map>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <variant>
@@ -21,7 +23,10 @@
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/util/json_util.h"
 #include "nlohmann/json.hpp"
-#include "yaml-cpp/yaml.h"
+#include "yaml-cpp/eventhandler.h"
+#include "yaml-cpp/exceptions.h"
+#include "yaml-cpp/mark.h"
+#include "yaml-cpp/parser.h"
 
 namespace shunt::agent {
 namespace {
@@ -41,7 +46,8 @@ const FieldDescriptor* FindField(const Descriptor* d, const std::string& key) {
 }
 
 // The schema needs 4 levels (bundle → workloads → workload → labels); anything much deeper is
-// garbage, and refusing it early keeps every recursive step below (ours and nlohmann's dump) shallow.
+// garbage, and refusing it early keeps every recursive step below (ours and nlohmann's dump)
+// shallow.
 constexpr size_t kMaxNestingDepth = 32;
 constexpr size_t kMaxShownValueBytes = 64;
 
@@ -75,7 +81,9 @@ class Path {
     return absl::InvalidArgumentError(absl::StrCat(ToString(), ": ", what));
   }
 
-  static absl::string_view Truncate(absl::string_view s) { return s.substr(0, kMaxShownValueBytes); }
+  static absl::string_view Truncate(absl::string_view s) {
+    return s.substr(0, kMaxShownValueBytes);
+  }
 
  private:
   static bool IsIdentifier(absl::string_view s) {
@@ -263,106 +271,213 @@ absl::StatusOr<Json> ParseJson(absl::string_view text) {
   return std::move(builder.root());
 }
 
-// ---- YAML text → Json. Every scalar becomes a string (YAML is untyped text; the schema walk
-// below decides what a scalar means), plain nulls become null. Aliases share nodes in yaml-cpp but
-// would be copied here, so the output is budgeted by the input size: a "billion laughs" document
-// is an error, not an allocation storm.
-class YamlConverter {
+// ---- YAML text → Json, built from yaml-cpp's parser events (not YAML::Node) so that depth,
+// duplicate keys and size are checked while parsing, and so that we decide how many documents to
+// ask for: yaml-cpp 0.7's LoadAll() loops forever, allocating, on a stray top-level token such as
+// ',' (jbeder/yaml-cpp#1040, fixed upstream after 0.8). Every scalar becomes a string (YAML is
+// untyped text; the schema walk below decides what a scalar means); plain nulls become null.
+// Aliases are copied, so the output is budgeted by the input size: a "billion laughs" document is
+// an error, not an allocation storm.
+class YamlBuilder : public YAML::EventHandler {
  public:
-  explicit YamlConverter(size_t input_bytes) : budget_(2 * input_bytes + 1024) {}
+  explicit YamlBuilder(size_t input_bytes) : budget_(2 * input_bytes + 1024) {}
 
-  absl::StatusOr<Json> Convert(const YAML::Node& node) {
-    if (depth_ >= kMaxNestingDepth) {
-      return path_.Error(absl::StrCat("nested deeper than ", kMaxNestingDepth, " levels"));
-    }
-    if (budget_ == 0) {
-      return path_.Error("YAML aliases expand to more than twice the size of the input");
-    }
-    --budget_;
-    switch (node.Type()) {
-      case YAML::NodeType::Null:
-      case YAML::NodeType::Undefined:
-        return Json(nullptr);
-      case YAML::NodeType::Scalar: {
-        const std::string& s = node.Scalar();
-        RETURN_IF_ERROR(Charge(s));
-        return Json(s);
-      }
-      case YAML::NodeType::Sequence: {
-        Json out = Json::array();
-        ++depth_;
-        size_t i = 0;
-        for (const YAML::Node& child : node) {
-          PathScope scope(path_, i++);
-          absl::StatusOr<Json> v = Convert(child);
-          if (!v.ok()) return v.status();
-          out.push_back(*std::move(v));
-        }
-        --depth_;
-        return out;
-      }
-      case YAML::NodeType::Map: {
-        Json out = Json::object();
-        ++depth_;
-        for (auto it = node.begin(); it != node.end(); ++it) {
-          if (!it->first.IsScalar()) return path_.Error("a mapping key must be a plain string");
-          const std::string& key = it->first.Scalar();
-          PathScope scope(path_, key);
-          RETURN_IF_ERROR(Charge(key));
-          if (out.contains(key)) return path_.Error("duplicate key");
-          absl::StatusOr<Json> v = Convert(it->second);
-          if (!v.ok()) return v.status();
-          out[key] = *std::move(v);
-        }
-        --depth_;
-        return out;
-      }
-    }
-    return path_.Error("unsupported YAML node");
+  void OnDocumentStart(const YAML::Mark&) override {}
+  void OnDocumentEnd() override {}
+
+  void OnNull(const YAML::Mark& mark, YAML::anchor_t anchor) override {
+    Put(mark, Json(nullptr), anchor, 1);
   }
+  void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor,
+                const std::string& value) override {
+    if (!status_.ok()) return;
+    if (!IsValidUtf8(value)) {
+      std::optional<PathScope> scope;
+      EnterNext(scope);
+      Fail(path_.Error("invalid UTF-8"));
+      return;
+    }
+    Put(mark, Json(value), anchor, 1 + value.size());
+  }
+  void OnAlias(const YAML::Mark& mark, YAML::anchor_t anchor) override {
+    if (!status_.ok()) return;
+    auto it = anchors_.find(anchor);
+    if (it == anchors_.end()) {
+      std::optional<PathScope> scope;
+      EnterNext(scope);
+      Fail(path_.Error("an alias may not refer to a node that contains it"));
+      return;
+    }
+    Put(mark, Json(it->second.first), YAML::NullAnchor, it->second.second);
+  }
+  void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor,
+                       YAML::EmitterStyle::value) override {
+    Open(mark, Json::array(), anchor);
+  }
+  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor,
+                  YAML::EmitterStyle::value) override {
+    Open(mark, Json::object(), anchor);
+  }
+  void OnSequenceEnd() override { Close(); }
+  void OnMapEnd() override { Close(); }
+
+  const absl::Status& status() const { return status_; }
+  Json& root() { return root_; }
+  // Where the document's root node starts (null before any event).
+  const YAML::Mark& root_mark() const { return root_mark_; }
 
  private:
-  absl::Status Charge(const std::string& s) {
-    if (s.size() > budget_) {
-      return path_.Error("YAML aliases expand to more than twice the size of the input");
+  struct Frame {
+    Json* node;
+    YAML::anchor_t anchor;
+    size_t budget_at_open;
+    size_t next_index = 0;  // arrays
+    bool want_key = true;   // objects: the next node is a key, else a value
+    std::string key;        // objects: the key of the value being read
+  };
+
+  // Enters the path of the node the next event places (used for errors only); nothing for a key.
+  void EnterNext(std::optional<PathScope>& scope) {
+    if (frames_.empty()) return;
+    const Frame& top = frames_.back();
+    if (top.node->is_array()) {
+      scope.emplace(path_, top.next_index);
+    } else if (!top.want_key) {
+      scope.emplace(path_, top.key);
     }
-    budget_ -= s.size();
-    if (!IsValidUtf8(s)) return path_.Error("invalid UTF-8");
-    return absl::OkStatus();
+  }
+
+  bool Charge(size_t cost) {
+    if (cost > budget_) {
+      Fail(path_.Error("YAML aliases expand to more than twice the size of the input"));
+      return false;
+    }
+    budget_ -= cost;
+    return true;
+  }
+
+  // Stores `v` where the parser is; returns where it went, or nullptr if it was a key or failed.
+  Json* Place(const YAML::Mark& mark, Json&& v) {
+    if (frames_.empty()) {
+      root_ = std::move(v);
+      root_mark_ = mark;
+      return &root_;
+    }
+    Frame& top = frames_.back();
+    if (top.node->is_array()) {
+      ++top.next_index;
+      top.node->push_back(std::move(v));
+      return &top.node->back();
+    }
+    if (top.want_key) {
+      if (!v.is_string()) {
+        Fail(path_.Error("a mapping key must be a plain string"));
+        return nullptr;
+      }
+      top.key = std::move(v.get_ref<std::string&>());
+      if (top.node->contains(top.key)) {
+        PathScope scope(path_, absl::string_view(top.key));
+        Fail(path_.Error("duplicate key"));
+        return nullptr;
+      }
+      top.want_key = false;
+      return nullptr;
+    }
+    top.want_key = true;
+    Json& slot = (*top.node)[top.key];
+    slot = std::move(v);
+    return &slot;
+  }
+
+  void Put(const YAML::Mark& mark, Json&& v, YAML::anchor_t anchor, size_t cost) {
+    if (!status_.ok() || !Charge(cost)) return;
+    if (anchor != YAML::NullAnchor) anchors_[anchor] = {v, cost};
+    Place(mark, std::move(v));
+  }
+
+  void Open(const YAML::Mark& mark, Json&& container, YAML::anchor_t anchor) {
+    if (!status_.ok()) return;
+    if (frames_.size() >= kMaxNestingDepth) {
+      Fail(path_.Error(absl::StrCat("nested deeper than ", kMaxNestingDepth, " levels")));
+      return;
+    }
+    const size_t budget_at_open = budget_;
+    if (!Charge(1)) return;
+    if (!frames_.empty()) {
+      Frame& top = frames_.back();
+      if (top.node->is_array()) {
+        path_.PushIndex(top.next_index);
+      } else if (!top.want_key) {
+        path_.PushKey(top.key);  // stable: `top` stays in the deque until after this one closes
+      } else {
+        Fail(path_.Error("a mapping key must be a plain string"));
+        return;
+      }
+    }
+    Json* node = Place(mark, std::move(container));
+    frames_.push_back(Frame{node, anchor, budget_at_open, 0, true, {}});
+  }
+
+  void Close() {
+    if (!status_.ok()) return;
+    Frame& done = frames_.back();
+    if (done.anchor != YAML::NullAnchor) {
+      anchors_[done.anchor] = {*done.node, done.budget_at_open - budget_};
+    }
+    frames_.pop_back();
+    if (!frames_.empty()) path_.Pop();
+  }
+
+  void Fail(absl::Status s) {
+    if (status_.ok()) status_ = std::move(s);
   }
 
   size_t budget_;  // nodes + scalar bytes still allowed
-  size_t depth_ = 0;
+  Json root_;
+  YAML::Mark root_mark_ = YAML::Mark::null_mark();
+  std::deque<Frame> frames_;  // open containers (deque: references stay valid)
+  std::map<YAML::anchor_t, std::pair<Json, size_t>> anchors_;  // finished anchored nodes, cost
   Path path_;
+  absl::Status status_;
 };
 
+absl::Status YamlSyntaxError(const YAML::Mark& mark, absl::string_view what) {
+  if (mark.is_null()) return absl::InvalidArgumentError(absl::StrCat("YAML syntax error: ", what));
+  return absl::InvalidArgumentError(absl::StrCat("YAML syntax error at line ", mark.line + 1,
+                                                 ", column ", mark.column + 1, ": ", what));
+}
+
 absl::StatusOr<Json> ParseYaml(absl::string_view text) {
-  std::vector<YAML::Node> docs;
+  std::istringstream in{std::string(text)};
+  YAML::Parser parser(in);
+  YamlBuilder doc(text.size());
   try {
-    docs = YAML::LoadAll(std::string(text));
+    if (!parser.HandleNextDocument(doc)) {
+      return absl::InvalidArgumentError("policy is empty (write `workloads: []` for no workloads)");
+    }
+    RETURN_IF_ERROR(doc.status());
+    // Ask for exactly one more document: a second one is an error, and so is the parser handing
+    // back the same position again (the stray-token bug above), which LoadAll would loop on.
+    YamlBuilder next(text.size());
+    if (parser.HandleNextDocument(next)) {
+      if (next.root_mark().pos == doc.root_mark().pos) {
+        return YamlSyntaxError(doc.root_mark(), "unexpected character");
+      }
+      return absl::InvalidArgumentError("policy has more than one YAML document; expected one");
+    }
   } catch (const YAML::Exception& e) {
-    // yaml-cpp's what() repeats the mark; build the message from its parts.
-    if (e.mark.is_null()) return absl::InvalidArgumentError(absl::StrCat("YAML syntax error: ", e.msg));
-    return absl::InvalidArgumentError(absl::StrCat("YAML syntax error at line ", e.mark.line + 1,
-                                                   ", column ", e.mark.column + 1, ": ", e.msg));
+    return YamlSyntaxError(e.mark, e.msg);  // yaml-cpp's what() repeats the mark
   }
-  if (docs.empty() || (docs.size() == 1 && docs[0].IsNull())) {
+  if (doc.root().is_null()) {
     return absl::InvalidArgumentError("policy is empty (write `workloads: []` for no workloads)");
   }
-  if (docs.size() > 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("policy has ", docs.size(), " YAML documents; expected one"));
-  }
-  YamlConverter converter(text.size());
-  return converter.Convert(docs[0]);
+  return std::move(doc.root());
 }
 
 // ---- Schema walk: checks the Json against the message descriptor before protobuf sees it, so that
 // errors name the element (protobuf's own messages are terse), unknown keys are rejected
 // explicitly, and bool fields take "true"/"false" strings (all YAML scalars are strings here).
-bool IsWellKnownType(const Descriptor* d) {
-  return d->file()->package() == "google.protobuf";
-}
+bool IsWellKnownType(const Descriptor* d) { return d->file()->package() == "google.protobuf"; }
 
 absl::Status ConformMessage(Json& j, const Descriptor* d, Path& path);
 
@@ -420,7 +535,9 @@ absl::Status ConformMessage(Json& j, const Descriptor* d, Path& path) {
         RETURN_IF_ERROR(ConformValue(map_value, value_field, path));
       }
     } else if (f->is_repeated()) {
-      if (!value.is_array()) return path.Error(absl::StrCat("expected a list, got ", Describe(value)));
+      if (!value.is_array()) {
+        return path.Error(absl::StrCat("expected a list, got ", Describe(value)));
+      }
       for (size_t i = 0; i < value.size(); ++i) {
         PathScope index_scope(path, i);
         RETURN_IF_ERROR(ConformValue(value[i], f, path));
@@ -436,7 +553,8 @@ absl::Status ConformMessage(Json& j, const Descriptor* d, Path& path) {
 absl::Status CheckDnsName(const Path& path, absl::string_view s) {
   if (s.empty()) return path.Error("must not be empty");
   if (s.size() > kMaxDnsNameLength) {
-    return path.Error(absl::StrCat(Quoted(s), " is longer than ", kMaxDnsNameLength, " characters"));
+    return path.Error(
+        absl::StrCat(Quoted(s), " is longer than ", kMaxDnsNameLength, " characters"));
   }
   bool ok = absl::ascii_isalnum(static_cast<unsigned char>(s.front())) &&
             absl::ascii_isalnum(static_cast<unsigned char>(s.back()));
@@ -508,7 +626,9 @@ absl::Status ValidatePolicyBundle(const shunt::v1::PolicyBundle& bundle) {
     for (int k = 0; k < w.ips_size(); ++k) {
       PathScope scope(path, static_cast<size_t>(k));
       std::optional<IpKey> key = ParseIp(w.ips(k));
-      if (!key) return path.Error(absl::StrCat(Quoted(w.ips(k)), " is not an IPv4 or IPv6 address"));
+      if (!key) {
+        return path.Error(absl::StrCat(Quoted(w.ips(k)), " is not an IPv4 or IPv6 address"));
+      }
       if (auto [it, inserted] = ips.emplace(*key, i); !inserted) {
         const shunt::v1::Workload& owner = bundle.workloads(it->second);
         return path.Error(absl::StrCat(Quoted(w.ips(k)), " is already claimed by workloads[",
@@ -527,22 +647,20 @@ absl::StatusOr<shunt::v1::PolicyBundle> ParsePolicyBundle(std::string_view std_t
   // an error status.
   try {
     if (text.size() > kMaxPolicyBytes) {
-      return absl::InvalidArgumentError(absl::StrCat("policy is ", text.size(),
-                                                     " bytes; at most ", kMaxPolicyBytes,
-                                                     " are allowed"));
+      return absl::InvalidArgumentError(absl::StrCat("policy is ", text.size(), " bytes; at most ",
+                                                     kMaxPolicyBytes, " are allowed"));
     }
     absl::string_view rest = text;
     if (rest.substr(0, 3) == "\xEF\xBB\xBF") rest.remove_prefix(3);  // UTF-8 byte order mark
     const size_t first = rest.find_first_not_of(" \t\r\n");
     if (first == absl::string_view::npos) {
-      return absl::InvalidArgumentError(
-          "policy is empty (write `workloads: []` for no workloads)");
+      return absl::InvalidArgumentError("policy is empty (write `workloads: []` for no workloads)");
     }
     absl::StatusOr<Json> json = rest[first] == '{' ? ParseJson(rest) : ParseYaml(rest);
     if (!json.ok()) return json.status();
     if (!json->is_object()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("policy: expected a mapping with a `workloads` list, got ", Describe(*json)));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "policy: expected a mapping with a `workloads` list, got ", Describe(*json)));
     }
     Path path;
     RETURN_IF_ERROR(ConformMessage(*json, shunt::v1::PolicyBundle::descriptor(), path));

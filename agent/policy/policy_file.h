@@ -24,7 +24,8 @@ inline constexpr size_t kMaxDnsNameLength = 253;
 
 // Parses JSON (the first non-blank character is '{') or YAML. Field names are the proto JSON names
 // (lowerCamelCase, e.g. serviceAccount) or the proto names (service_account); an unknown field is
-// an error. Bool fields take true/false, quoted or not. The result is validated (ValidatePolicyBundle).
+// an error. Bool fields take true/false, quoted or not. The result is validated
+// (ValidatePolicyBundle).
 absl::StatusOr<shunt::v1::PolicyBundle> ParsePolicyBundle(std::string_view text);
 
 // The semantic checks of ParsePolicyBundle, for bundles that did not come from text (the

@@ -15,8 +15,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return true;
   }();
   (void)quiet;
-  auto bundle = shunt::agent::ParsePolicyBundle(
-      std::string_view(reinterpret_cast<const char*>(data), size));
+  auto bundle =
+      shunt::agent::ParsePolicyBundle(std::string_view(reinterpret_cast<const char*>(data), size));
   if (bundle.ok()) {
     // What parses must also pass the standalone validation.
     if (!shunt::agent::ValidatePolicyBundle(*bundle).ok()) __builtin_trap();

@@ -24,7 +24,8 @@ void PolicyStore::Apply(std::string_view source, absl::StatusOr<shunt::v1::Polic
       last_error_ = update.status();
       if (current_ != nullptr) kept_version = current_->version;
     }
-    SHUNT_LOG(ERROR) << "policy update from " << source << " rejected: " << update.status().message()
+    SHUNT_LOG(ERROR) << "policy update from " << source
+                     << " rejected: " << update.status().message()
                      << (kept_version == 0
                              ? std::string("; no policy in force yet")
                              : "; version " + std::to_string(kept_version) + " stays in force");

@@ -27,9 +27,9 @@ namespace shunt::agent {
 // One accepted version of the policy. Immutable once published; shared as
 // std::shared_ptr<const PolicySnapshot>.
 struct PolicySnapshot {
-  uint64_t version = 0;    // 1 for the first good update, +1 for each one after
-  std::string source;      // PolicySource::name() of the update, e.g. "file:/etc/shunt/policy.yaml"
-  absl::Time applied_at;   // when the store accepted it
+  uint64_t version = 0;   // 1 for the first good update, +1 for each one after
+  std::string source;     // PolicySource::name() of the update, e.g. "file:/etc/shunt/policy.yaml"
+  absl::Time applied_at;  // when the store accepted it
   shunt::v1::PolicyBundle bundle;
 
   // The workloads scheduled on `node_name` (Workload.node == node_name), in bundle order. The
