@@ -36,17 +36,21 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-shunt::testbed::ProcessPtr Server(Testbed& bed, const Pod& pod, int port, const std::string& mode) {
+// Processes are pinned with taskset so that both paths see the same CPU placement.
+shunt::testbed::ProcessPtr Server(Testbed& bed, const Pod& pod, int port, const std::string& mode,
+                                  const std::string& cpu) {
   const std::string ready = absl::StrCat(bed.work_dir(), "/ready-", pod.name, "-", port);
-  auto p = bed.Spawn(pod, {TestpeerBinary(), "server", absl::StrCat("--port=", port),
-                           "--mode=" + mode, "--ready-file=" + ready});
+  auto p = bed.Spawn(pod, {"taskset", "-c", cpu, TestpeerBinary(), "server",
+                           absl::StrCat("--port=", port), "--mode=" + mode,
+                           "--ready-file=" + ready});
   if (!p.ok()) return nullptr;
   for (int i = 0; i < 200 && access(ready.c_str(), F_OK) != 0; ++i) std::this_thread::sleep_for(25ms);
   return std::move(*p);
 }
 
-nlohmann::json Client(Testbed& bed, const Pod& pod, std::vector<std::string> argv) {
-  argv.insert(argv.begin(), TestpeerBinary());
+nlohmann::json Client(Testbed& bed, const Pod& pod, const std::string& cpu,
+                      std::vector<std::string> argv) {
+  argv.insert(argv.begin(), {"taskset", "-c", cpu, TestpeerBinary()});
   auto out = bed.Run(pod, argv, 300s);
   if (!out.ok() || out->exit_code != 0) {
     std::fprintf(stderr, "client failed: %s\n",
@@ -78,50 +82,83 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "agent: %s\n", std::string(s.message()).c_str());
     return 1;
   }
-  std::vector<shunt::testbed::ProcessPtr> servers;
-  servers.push_back(Server(bed, b, 9000, "sink"));
-  servers.push_back(Server(bed, d, 9000, "sink"));
-  servers.push_back(Server(bed, b, 9001, "echo"));
-  servers.push_back(Server(bed, d, 9001, "echo"));
-
   const int rounds = absl::GetFlag(FLAGS_rounds);
   const std::string secs = absl::StrCat("--seconds=", absl::GetFlag(FLAGS_seconds));
   const std::string count = absl::StrCat("--count=", absl::GetFlag(FLAGS_pingpong_count));
   const std::string size = absl::StrCat("--size=", absl::GetFlag(FLAGS_message_size));
-  std::vector<double> plain_gbps, shunt_gbps, plain_p50, shunt_p50, plain_p99, shunt_p99;
-  for (int r = 0; r < rounds; ++r) {
-    // Interleaved so that drift of the machine hits both paths alike.
-    plain_gbps.push_back(
-        Client(bed, c, {"bulk", "--to=" + d.ipv4 + ":9000", secs}).value("gbit_per_s", 0.0));
-    shunt_gbps.push_back(
-        Client(bed, a, {"bulk", "--to=" + b.ipv4 + ":9000", secs}).value("gbit_per_s", 0.0));
-    auto pp = Client(bed, c, {"pingpong", "--to=" + d.ipv4 + ":9001", size, count, "--warmup=1000"});
-    auto ps = Client(bed, a, {"pingpong", "--to=" + b.ipv4 + ":9001", size, count, "--warmup=1000"});
-    plain_p50.push_back(pp.value("p50_us", 0.0));
-    plain_p99.push_back(pp.value("p99_us", 0.0));
-    shunt_p50.push_back(ps.value("p50_us", 0.0));
-    shunt_p99.push_back(ps.value("p99_us", 0.0));
-    std::fprintf(stderr, "round %d: plain %.2f Gbit/s p50 %.1f us | shunt %.2f Gbit/s p50 %.1f us\n",
-                 r + 1, plain_gbps.back(), plain_p50.back(), shunt_gbps.back(), shunt_p50.back());
+  const int ncpu = static_cast<int>(std::thread::hardware_concurrency());
+  nlohmann::json report = nlohmann::json::object();
+  std::printf("same-node pod-to-pod, %d interleaved rounds (median), %d B messages, %d CPUs\n",
+              rounds, absl::GetFlag(FLAGS_message_size), ncpu);
+  // CPU placement changes wake-up costs more than anything else on a small VM: measure both
+  // paths with client and server on different CPUs, and on one CPU.
+  struct Placement {
+    const char* name;
+    std::string client_cpu, server_cpu;
+  };
+  std::vector<Placement> placements = {{"split CPUs", "0", ncpu > 1 ? "1" : "0"},
+                                       {"one CPU", "0", "0"}};
+  int port = 9000;
+  for (const auto& pl : placements) {
+    std::vector<shunt::testbed::ProcessPtr> servers;
+    const int sink_port = port++, echo_port = port++;
+    for (const Pod* p : {&b, &d}) {
+      servers.push_back(Server(bed, *p, sink_port, "sink", pl.server_cpu));
+      servers.push_back(Server(bed, *p, echo_port, "echo", pl.server_cpu));
+    }
+    auto to = [](const Pod& p, int port) { return absl::StrCat("--to=", p.ipv4, ":", port); };
+    std::vector<double> plain_gbps, shunt_gbps, plain_p50, shunt_p50, plain_p99, shunt_p99;
+    for (int r = 0; r < rounds; ++r) {
+      // Interleaved so that drift of the machine hits both paths alike.
+      plain_gbps.push_back(Client(bed, c, pl.client_cpu, {"bulk", to(d, sink_port), secs})
+                               .value("gbit_per_s", 0.0));
+      shunt_gbps.push_back(Client(bed, a, pl.client_cpu, {"bulk", to(b, sink_port), secs})
+                               .value("gbit_per_s", 0.0));
+      auto pp = Client(bed, c, pl.client_cpu,
+                       {"pingpong", to(d, echo_port), size, count, "--warmup=1000"});
+      auto ps = Client(bed, a, pl.client_cpu,
+                       {"pingpong", to(b, echo_port), size, count, "--warmup=1000"});
+      plain_p50.push_back(pp.value("p50_us", 0.0));
+      plain_p99.push_back(pp.value("p99_us", 0.0));
+      shunt_p50.push_back(ps.value("p50_us", 0.0));
+      shunt_p99.push_back(ps.value("p99_us", 0.0));
+      std::fprintf(stderr,
+                   "%s round %d: plain %.2f Gbit/s p50 %.1f us | shunt %.2f Gbit/s p50 %.1f us\n",
+                   pl.name, r + 1, plain_gbps.back(), plain_p50.back(), shunt_gbps.back(),
+                   shunt_p50.back());
+    }
+    const double tp = Median(plain_gbps), ts = Median(shunt_gbps);
+    const double p50p = Median(plain_p50), p50s = Median(shunt_p50);
+    const double p99p = Median(plain_p99), p99s = Median(shunt_p99);
+    std::printf("\n[%s: client on CPU %s, server on CPU %s]\n", pl.name, pl.client_cpu.c_str(),
+                pl.server_cpu.c_str());
+    std::printf("%-26s %12s %12s %12s\n", "metric", "plain", "shunt", "shunt/plain");
+    std::printf("%-26s %12.2f %12.2f %11.2fx\n", "bulk throughput (Gbit/s)", tp, ts,
+                tp > 0 ? ts / tp : 0);
+    std::printf("%-26s %12.1f %12.1f %11.2fx\n", "req/resp p50 latency (us)", p50p, p50s,
+                p50p > 0 ? p50s / p50p : 0);
+    std::printf("%-26s %12.1f %12.1f %11.2fx\n", "req/resp p99 latency (us)", p99p, p99s,
+                p99p > 0 ? p99s / p99p : 0);
+    report[pl.name] = {{"throughput_gbit_per_s", {{"plain", tp}, {"shunt", ts}}},
+                       {"p50_us", {{"plain", p50p}, {"shunt", p50s}}},
+                       {"p99_us", {{"plain", p99p}, {"shunt", p99s}}}};
   }
-  const double tp = Median(plain_gbps), ts = Median(shunt_gbps);
-  const double p50p = Median(plain_p50), p50s = Median(shunt_p50);
-  const double p99p = Median(plain_p99), p99s = Median(shunt_p99);
-  std::printf("same-node pod-to-pod, %d rounds (median), %d B messages, %u CPUs\n", rounds,
-              absl::GetFlag(FLAGS_message_size), std::thread::hardware_concurrency());
-  std::printf("%-26s %12s %12s %10s\n", "metric", "plain", "shunt", "shunt/plain");
-  std::printf("%-26s %12.2f %12.2f %9.2fx\n", "bulk throughput (Gbit/s)", tp, ts, tp > 0 ? ts / tp : 0);
-  std::printf("%-26s %12.1f %12.1f %9.2fx\n", "req/resp p50 latency (us)", p50p, p50s,
-              p50p > 0 ? p50s / p50p : 0);
-  std::printf("%-26s %12.1f %12.1f %9.2fx\n", "req/resp p99 latency (us)", p99p, p99s,
-              p99p > 0 ? p99s / p99p : 0);
+  if (auto m = agent.Scrape(); m.ok()) {
+    // How the meshed pair's sends went: a benchmark of the redirect must show that it redirected.
+    std::printf("shunt path sends: redirected %.0f msgs / %.0f bytes", 
+                shunt::e2e::SumSamples(*m, "shunt_sockmap_redirected_messages_total"),
+                shunt::e2e::SumSamples(*m, "shunt_sockmap_redirected_bytes_total"));
+    for (const char* reason : {"peer_not_ready", "socket_on_stack", "peer_gone", "no_state"}) {
+      std::printf(", %s %.0f msgs", reason,
+                  shunt::e2e::SumSamples(*m, "shunt_sockmap_fallback_messages_total",
+                                         {{"reason", reason}}));
+    }
+    std::printf("\n");
+  }
   if (!absl::GetFlag(FLAGS_json_out).empty()) {
-    nlohmann::json j = {{"throughput_gbit_per_s", {{"plain", tp}, {"shunt", ts}}},
-                        {"p50_us", {{"plain", p50p}, {"shunt", p50s}}},
-                        {"p99_us", {{"plain", p99p}, {"shunt", p99s}}}};
     FILE* f = std::fopen(absl::GetFlag(FLAGS_json_out).c_str(), "w");
     if (f) {
-      std::fputs(j.dump(2).c_str(), f);
+      std::fputs(report.dump(2).c_str(), f);
       std::fclose(f);
     }
   }
