@@ -142,11 +142,8 @@ int RunAgent(const AgentConfig& config) {
     source = std::make_unique<FilePolicySource>(config.policy_file, config.policy_poll);
   }
   if (source) {
+    // The store logs and counts a rejected update; the previous policy stays in force.
     absl::Status s = source->Start([&store, &source](absl::StatusOr<shunt::v1::PolicyBundle> u) {
-      if (!u.ok()) {
-        SHUNT_LOG(ERROR) << "policy rejected, previous policy stays in force: "
-                         << u.status().message();
-      }
       store.Apply(source->name(), std::move(u));
     });
     if (!s.ok()) SHUNT_LOG(ERROR) << "policy source: " << s.message();
