@@ -14,3 +14,9 @@ add_executable(shunt-demo e2e/demo_main.cc)
 target_link_libraries(shunt-demo PRIVATE shunt_e2e_util nlohmann_json::nlohmann_json absl::str_format)
 set_target_properties(shunt-demo PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR})
 add_dependencies(shunt-demo shunt-agent shunt-testpeer)
+
+# Another party's sock_ops program, to test coexistence on one cgroup.
+shunt_bpf_object(foreign_sockops SOURCE e2e/foreign_sockops.bpf.c)
+shunt_test(coexistence_test KERNEL SOURCES e2e/coexistence_test.cc
+           LIBS shunt_e2e_util foreign_sockops_skel PkgConfig::LIBBPF nlohmann_json::nlohmann_json)
+add_dependencies(coexistence_test shunt-agent shunt-testpeer)

@@ -26,19 +26,23 @@ bool FileExists(const std::string& p) {
   return stat(p.c_str(), &st) == 0;
 }
 
-class FastpathTest : public ::testing::Test {
+// Every fast-path test runs on a node laid out by each of kubelet's cgroup drivers.
+class FastpathTest : public ::testing::TestWithParam<testbed::CgroupDriver> {
  protected:
+  virtual std::vector<std::string> AgentFlags() const { return {}; }
+
   void SetUp() override {
     testbed::Options opts;
     opts.nodes = 1;
     opts.pods_per_node = 3;  // pods 0 and 1 meshed, pod 2 not
+    opts.drivers = {GetParam()};
     auto bed = Testbed::Create(opts);
     ASSERT_TRUE(bed.ok()) << bed.status();
     bed_ = std::move(*bed);
     auto policy = bed_->WritePolicyFile("policy.json", {{P(0).name, true}, {P(1).name, true}});
     ASSERT_TRUE(policy.ok()) << policy.status();
     policy_ = *policy;
-    agent_ = std::make_unique<AgentProcess>(*bed_, bed_->node(0), policy_);
+    agent_ = std::make_unique<AgentProcess>(*bed_, bed_->node(0), policy_, AgentFlags());
     ASSERT_TRUE(agent_->Start().ok()) << agent_->Stderr();
   }
 
@@ -105,7 +109,7 @@ class FastpathTest : public ::testing::Test {
   int servers_ = 0;
 };
 
-TEST_F(FastpathTest, MeshedPodsAreSplicedInTheKernel) {
+TEST_P(FastpathTest, MeshedPodsAreSplicedInTheKernel) {
   auto server = Server(P(1), 8080, "verify", 1);
   ASSERT_TRUE(server);
   auto before0 = bed_->PodLinkStats(P(0));
@@ -128,7 +132,7 @@ TEST_F(FastpathTest, MeshedPodsAreSplicedInTheKernel) {
   EXPECT_GT(Redirected("shunt_sockmap_redirected_bytes_total", P(1), P(0)), 0);
 }
 
-TEST_F(FastpathTest, HundredMebibyteTransferIsIntact) {
+TEST_P(FastpathTest, HundredMebibyteTransferIsIntact) {
   auto server = Server(P(1), 8081, "verify", 1);
   ASSERT_TRUE(server);
   auto r = Verify(P(0), P(1).ipv4 + ":8081", 100 * kMiB);
@@ -137,7 +141,7 @@ TEST_F(FastpathTest, HundredMebibyteTransferIsIntact) {
   EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1)), 100 * kMiB);
 }
 
-TEST_F(FastpathTest, ThousandConcurrentShortConnectionsAreIntact) {
+TEST_P(FastpathTest, ThousandConcurrentShortConnectionsAreIntact) {
   auto server = Server(P(1), 8082, "verify", 1000);
   ASSERT_TRUE(server);
   auto r = Verify(P(0), P(1).ipv4 + ":8082", 4096, {"--conns=1000", "--concurrent"});
@@ -161,7 +165,7 @@ TEST_F(FastpathTest, ThousandConcurrentShortConnectionsAreIntact) {
   EXPECT_GE(SumSamples(*s, "shunt_sockhash_socket_events_total", {{"event", "inserted"}}), 2000);
 }
 
-TEST_F(FastpathTest, UnmeshedPodIsUntouched) {
+TEST_P(FastpathTest, UnmeshedPodIsUntouched) {
   auto server = Server(P(2), 8083, "verify", 2);
   ASSERT_TRUE(server);
   auto before = bed_->PodLinkStats(P(2));
@@ -184,7 +188,7 @@ TEST_F(FastpathTest, UnmeshedPodIsUntouched) {
             2);
 }
 
-TEST_F(FastpathTest, DualStackServerWithIpv4ClientIsRedirected) {
+TEST_P(FastpathTest, DualStackServerWithIpv4ClientIsRedirected) {
   auto server = Server(P(1), 8085, "verify", 2, "::");
   ASSERT_TRUE(server);
   auto before = bed_->PodLinkStats(P(1));
@@ -198,7 +202,7 @@ TEST_F(FastpathTest, DualStackServerWithIpv4ClientIsRedirected) {
   EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1)), 2 * payload);
 }
 
-TEST_F(FastpathTest, LoopbackInTwoPodsNeverCrosses) {
+TEST_P(FastpathTest, LoopbackInTwoPodsNeverCrosses) {
   // Both pods run a server on 127.0.0.1:9000 and a client to it, at the same time. Each server
   // accepts only its own pod's seed: a byte from the other pod would fail the check.
   auto s0 = Server(P(0), 9000, "verify", 1, "127.0.0.1", {"--expect-seed=100"});
@@ -228,7 +232,7 @@ TEST_F(FastpathTest, LoopbackInTwoPodsNeverCrosses) {
   EXPECT_EQ(Redirected("shunt_sockmap_redirected_bytes_total", P(1), P(0)), 0);
 }
 
-TEST_F(FastpathTest, AgentKilledAndRestartedMidTransfer) {
+TEST_P(FastpathTest, AgentKilledAndRestartedMidTransfer) {
   auto server = Server(P(1), 8086, "verify", 2);
   ASSERT_TRUE(server);
   const uint64_t payload = 96 * kMiB;
@@ -256,7 +260,7 @@ TEST_F(FastpathTest, AgentKilledAndRestartedMidTransfer) {
   EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1)), payload + 4 * kMiB);
 }
 
-TEST_F(FastpathTest, MalformedPolicyKeepsThePreviousStateInForce) {
+TEST_P(FastpathTest, MalformedPolicyKeepsThePreviousStateInForce) {
   {
     std::string tmp = policy_ + ".tmp";
     FILE* f = fopen(tmp.c_str(), "w");
@@ -289,6 +293,54 @@ TEST_F(FastpathTest, MalformedPolicyKeepsThePreviousStateInForce) {
   EXPECT_EQ(Verify(P(0), P(1).ipv4 + ":8087", 4 * kMiB).value("ok", 0), 1);
   EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1)), before + 4 * kMiB);
 }
+
+TEST_P(FastpathTest, HealthAndReadiness) {
+  auto health = agent_->Get("/healthz");
+  ASSERT_TRUE(health.ok());
+  EXPECT_EQ(health->code, 200);
+  auto ready = agent_->Get("/readyz");
+  ASSERT_TRUE(ready.ok());
+  EXPECT_EQ(ready->code, 200) << ready->body;
+  auto s = agent_->Scrape();
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(SumSamples(*s, "shunt_agent_synced"), 1);
+  EXPECT_EQ(SumSamples(*s, "shunt_policy_meshed_local_workloads"), 2);
+  EXPECT_EQ(SumSamples(*s, "shunt_policy_local_workloads"), 3);
+}
+
+std::string DriverName(const ::testing::TestParamInfo<testbed::CgroupDriver>& info) {
+  return info.param == testbed::CgroupDriver::kSystemd ? "systemd" : "cgroupfs";
+}
+
+INSTANTIATE_TEST_SUITE_P(Drivers, FastpathTest,
+                         ::testing::Values(testbed::CgroupDriver::kSystemd,
+                                           testbed::CgroupDriver::kCgroupfs),
+                         DriverName);
+
+// A sockhash of 1 entry: most sockets cannot be inserted. Traffic must still flow, intact, on the
+// normal path, and the agent must say why.
+class FullSockhashTest : public FastpathTest {
+ protected:
+  std::vector<std::string> AgentFlags() const override { return {"--sockhash-size=1"}; }
+};
+
+TEST_P(FullSockhashTest, FullMapFallsBackToTheNormalPathNeverDrops) {
+  auto server = Server(P(1), 8090, "verify", 20);
+  ASSERT_TRUE(server);
+  auto r = Verify(P(0), P(1).ipv4 + ":8090", 256 * 1024, {"--conns=20", "--concurrent"});
+  EXPECT_EQ(r.value("ok", 0), 20);
+  EXPECT_EQ(r.value("failed", -1), 0);
+  auto s = agent_->Scrape();
+  ASSERT_TRUE(s.ok());
+  EXPECT_GT(SumSamples(*s, "shunt_sockhash_socket_events_total", {{"event", "sockhash_full"}}), 0);
+  EXPECT_EQ(SumSamples(*s, "shunt_bpf_map_capacity_entries", {{"map", "shunt_sk_v1"}}), 1);
+  // The one socket that made it in found no peer (it could not get in): it says so.
+  EXPECT_GT(SumSamples(*s, "shunt_sockmap_fallback_messages_total", {{"reason", "peer_not_ready"}}),
+            0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Drivers, FullSockhashTest,
+                         ::testing::Values(testbed::CgroupDriver::kSystemd), DriverName);
 
 // Without the kernel objects of a running agent: uninstall leaves nothing behind.
 TEST(FastpathUninstall, LeavesNoProgramLinkPinOrMap) {
