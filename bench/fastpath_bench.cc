@@ -39,25 +39,21 @@ double Median(std::vector<double> v) {
 // Processes are pinned with taskset so that both paths see the same CPU placement.
 shunt::testbed::ProcessPtr Server(Testbed& bed, const Pod& pod, int port, const std::string& mode,
                                   const std::string& cpu) {
-  const std::string ready = absl::StrCat(bed.work_dir(), "/ready-", pod.name, "-", port);
-  auto p = bed.Spawn(pod, {"taskset", "-c", cpu, TestpeerBinary(), "server",
-                           absl::StrCat("--port=", port), "--mode=" + mode,
-                           "--ready-file=" + ready});
-  if (!p.ok()) return nullptr;
-  for (int i = 0; i < 200 && access(ready.c_str(), F_OK) != 0; ++i) std::this_thread::sleep_for(25ms);
-  return std::move(*p);
+  auto p = shunt::e2e::StartTestpeerServer(
+      bed, pod, {absl::StrCat("--port=", port), "--mode=" + mode}, {"taskset", "-c", cpu});
+  if (!p.ok()) std::fprintf(stderr, "server: %s\n", std::string(p.status().message()).c_str());
+  return p.ok() ? std::move(*p) : nullptr;
 }
 
 nlohmann::json Client(Testbed& bed, const Pod& pod, const std::string& cpu,
-                      std::vector<std::string> argv) {
-  argv.insert(argv.begin(), {"taskset", "-c", cpu, TestpeerBinary()});
-  auto out = bed.Run(pod, argv, 300s);
-  if (!out.ok() || out->exit_code != 0) {
-    std::fprintf(stderr, "client failed: %s\n",
-                 out.ok() ? out->err.c_str() : std::string(out.status().message()).c_str());
+                      std::vector<std::string> args) {
+  auto r = shunt::e2e::RunTestpeer(bed, pod, std::move(args), std::chrono::seconds(300),
+                                   {"taskset", "-c", cpu});
+  if (!r.ok()) {
+    std::fprintf(stderr, "client failed: %s\n", std::string(r.status().message()).c_str());
     return {};
   }
-  return nlohmann::json::parse(out->out, nullptr, false);
+  return *r;
 }
 
 }  // namespace

@@ -121,41 +121,24 @@ static __always_inline const struct shunt_pod *pod_of_sock(struct bpf_sock *bsk)
 	return NULL;
 }
 
-static __always_inline void tuple_from_sock_ops(const struct bpf_sock_ops *skops,
-						struct shunt_sock_tuple *t)
-{
-	t->family = skops->family;
-	t->local_ip4 = skops->local_ip4;
-	t->remote_ip4 = skops->remote_ip4;
-	t->local_ip6[0] = skops->local_ip6[0];
-	t->local_ip6[1] = skops->local_ip6[1];
-	t->local_ip6[2] = skops->local_ip6[2];
-	t->local_ip6[3] = skops->local_ip6[3];
-	t->remote_ip6[0] = skops->remote_ip6[0];
-	t->remote_ip6[1] = skops->remote_ip6[1];
-	t->remote_ip6[2] = skops->remote_ip6[2];
-	t->remote_ip6[3] = skops->remote_ip6[3];
-	t->local_port = skops->local_port;
-	t->remote_port = skops->remote_port;
-}
-
-static __always_inline void tuple_from_sk_msg(const struct sk_msg_md *msg,
-					      struct shunt_sock_tuple *t)
-{
-	t->family = msg->family;
-	t->local_ip4 = msg->local_ip4;
-	t->remote_ip4 = msg->remote_ip4;
-	t->local_ip6[0] = msg->local_ip6[0];
-	t->local_ip6[1] = msg->local_ip6[1];
-	t->local_ip6[2] = msg->local_ip6[2];
-	t->local_ip6[3] = msg->local_ip6[3];
-	t->remote_ip6[0] = msg->remote_ip6[0];
-	t->remote_ip6[1] = msg->remote_ip6[1];
-	t->remote_ip6[2] = msg->remote_ip6[2];
-	t->remote_ip6[3] = msg->remote_ip6[3];
-	t->local_port = msg->local_port;
-	t->remote_port = msg->remote_port;
-}
+/* bpf_sock_ops and sk_msg_md name their address fields alike; each field must be read from the
+ * context directly (the verifier rewrites those loads), hence a macro rather than a function. */
+#define SHUNT_TUPLE_FROM_CTX(ctx, t)                      \
+	do {                                              \
+		(t)->family = (ctx)->family;              \
+		(t)->local_ip4 = (ctx)->local_ip4;        \
+		(t)->remote_ip4 = (ctx)->remote_ip4;      \
+		(t)->local_ip6[0] = (ctx)->local_ip6[0];  \
+		(t)->local_ip6[1] = (ctx)->local_ip6[1];  \
+		(t)->local_ip6[2] = (ctx)->local_ip6[2];  \
+		(t)->local_ip6[3] = (ctx)->local_ip6[3];  \
+		(t)->remote_ip6[0] = (ctx)->remote_ip6[0]; \
+		(t)->remote_ip6[1] = (ctx)->remote_ip6[1]; \
+		(t)->remote_ip6[2] = (ctx)->remote_ip6[2]; \
+		(t)->remote_ip6[3] = (ctx)->remote_ip6[3]; \
+		(t)->local_port = (ctx)->local_port;      \
+		(t)->remote_port = (ctx)->remote_port;    \
+	} while (0)
 
 static __always_inline void on_established(struct bpf_sock_ops *skops)
 {
@@ -168,7 +151,7 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 	__u32 self = pod->workload_id;
 
 	struct shunt_sock_tuple t = {};
-	tuple_from_sock_ops(skops, &t);
+	SHUNT_TUPLE_FROM_CTX(skops, &t);
 	struct shunt_sock_key key = {};
 	if (shunt_sock_key_build(&t, bpf_get_netns_cookie(skops), &key))
 		return;
@@ -258,7 +241,7 @@ int shunt_sk_msg(struct sk_msg_md *msg)
 	}
 
 	struct shunt_sock_tuple t = {};
-	tuple_from_sk_msg(msg, &t);
+	SHUNT_TUPLE_FROM_CTX(msg, &t);
 	struct shunt_sock_key key = {}, peer = {};
 	if (shunt_sock_key_build(&t, bpf_get_netns_cookie(msg), &key)) {
 		st->mode = SHUNT_SOCK_PLAIN;

@@ -71,17 +71,12 @@ class CoexistenceTest : public ::testing::Test {
   bool Transfer(int port) {
     const auto& a = bed_->pod(0, 0);
     const auto& b = bed_->pod(0, 1);
-    const std::string ready = absl::StrCat(bed_->work_dir(), "/ready-", port);
-    auto server = bed_->Spawn(b, {TestpeerBinary(), "server", absl::StrCat("--port=", port),
-                                  "--mode=verify", "--conns=1", "--ready-file=" + ready});
+    auto server = StartTestpeerServer(
+        *bed_, b, {absl::StrCat("--port=", port), "--mode=verify", "--conns=1"});
     if (!server.ok()) return false;
-    for (int i = 0; i < 200 && access(ready.c_str(), F_OK) != 0; ++i) {
-      std::this_thread::sleep_for(25ms);
-    }
-    auto out = bed_->Run(a, {TestpeerBinary(), "verify", absl::StrCat("--to=", b.ipv4, ":", port),
-                             "--bytes=1M", "--seed=3"},
-                         60s);
-    return out.ok() && out->exit_code == 0;
+    auto r = RunTestpeer(*bed_, a,
+                         {"verify", absl::StrCat("--to=", b.ipv4, ":", port), "--bytes=1M", "--seed=3"});
+    return r.ok() && r->value("ok", 0) == 1;
   }
 
   std::string CgroupPrograms() {

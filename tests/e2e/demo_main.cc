@@ -25,28 +25,19 @@ void Say(const std::string& s) {
   std::fflush(stdout);
 }
 
-nlohmann::json Json(const std::string& s) { return nlohmann::json::parse(s, nullptr, false); }
-
 struct Demo {
   Testbed& bed;
 
   shunt::testbed::ProcessPtr Server(const Pod& pod, int port, const std::string& mode) {
-    const std::string ready = absl::StrCat(bed.work_dir(), "/ready-", pod.name, "-", port);
-    auto p = bed.Spawn(pod, {TestpeerBinary(), "server", absl::StrCat("--port=", port),
-                             "--mode=" + mode, "--ready-file=" + ready});
-    if (!p.ok()) return nullptr;
-    for (int i = 0; i < 200 && access(ready.c_str(), F_OK) != 0; ++i) {
-      std::this_thread::sleep_for(25ms);
-    }
-    return std::move(*p);
+    auto p = shunt::e2e::StartTestpeerServer(bed, pod,
+                                             {absl::StrCat("--port=", port), "--mode=" + mode});
+    return p.ok() ? std::move(*p) : nullptr;
   }
 
-  nlohmann::json Client(const Pod& pod, std::vector<std::string> argv) {
-    argv.insert(argv.begin(), TestpeerBinary());
-    auto out = bed.Run(pod, argv, 120s);
-    if (!out.ok()) return {{"error", std::string(out.status().message())}};
-    if (out->exit_code != 0) return {{"error", out->err}};
-    return Json(out->out);
+  nlohmann::json Client(const Pod& pod, std::vector<std::string> args) {
+    auto r = shunt::e2e::RunTestpeer(bed, pod, std::move(args));
+    if (!r.ok()) return {{"error", std::string(r.status().message())}};
+    return *r;
   }
 };
 

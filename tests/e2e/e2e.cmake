@@ -1,6 +1,7 @@
 # End-to-end tests in the simulated cluster: root, real kernel programs, namespaces, cgroups.
 add_library(shunt_e2e_util STATIC e2e/e2e_util.cc)
-target_link_libraries(shunt_e2e_util PUBLIC shunt_testbed shunt_common absl::strings)
+target_link_libraries(shunt_e2e_util PUBLIC shunt_testbed shunt_common absl::strings
+                      nlohmann_json::nlohmann_json)
 target_compile_definitions(shunt_e2e_util PUBLIC
   SHUNT_AGENT_BIN="$<TARGET_FILE:shunt-agent>"
   SHUNT_TESTPEER_BIN="$<TARGET_FILE:shunt-testpeer>")

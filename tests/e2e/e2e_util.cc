@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <thread>
 
 #include "absl/strings/numbers.h"
@@ -149,6 +150,47 @@ double SumSamples(const std::vector<Sample>& samples, const std::string& name,
 }
 
 std::string AgentBinary() { return SHUNT_AGENT_BIN; }
+
+absl::StatusOr<testbed::ProcessPtr> StartTestpeerServer(testbed::Testbed& bed,
+                                                        const testbed::Pod& pod,
+                                                        std::vector<std::string> args,
+                                                        std::vector<std::string> prefix) {
+  static std::atomic<int> seq{0};
+  const std::string ready = absl::StrCat(bed.work_dir(), "/ready-", pod.name, "-", ++seq);
+  std::vector<std::string> argv = std::move(prefix);
+  argv.push_back(TestpeerBinary());
+  argv.push_back("server");
+  for (auto& a : args) argv.push_back(std::move(a));
+  argv.push_back("--ready-file=" + ready);
+  auto p = bed.Spawn(pod, argv);
+  if (!p.ok()) return p.status();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (access(ready.c_str(), F_OK) != 0) {
+    if (!(*p)->Running() || std::chrono::steady_clock::now() > deadline) {
+      return absl::UnavailableError("testpeer server did not start: " + (*p)->Stderr());
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return std::move(*p);
+}
+
+absl::StatusOr<nlohmann::json> RunTestpeer(testbed::Testbed& bed, const testbed::Pod& pod,
+                                           std::vector<std::string> args,
+                                           std::chrono::seconds timeout,
+                                           std::vector<std::string> prefix) {
+  std::vector<std::string> argv = std::move(prefix);
+  argv.push_back(TestpeerBinary());
+  for (auto& a : args) argv.push_back(std::move(a));
+  auto out = bed.Run(pod, argv, timeout);
+  if (!out.ok()) return out.status();
+  if (out->exit_code != 0) {
+    return absl::InternalError(absl::StrCat("testpeer exit ", out->exit_code, ": ", out->out,
+                                            out->err));
+  }
+  auto j = nlohmann::json::parse(out->out, nullptr, false);
+  if (j.is_discarded()) return absl::DataLossError("testpeer output is not JSON: " + out->out);
+  return j;
+}
 std::string TestpeerBinary() { return SHUNT_TESTPEER_BIN; }
 
 AgentProcess::AgentProcess(testbed::Testbed& bed, const testbed::Node& node,

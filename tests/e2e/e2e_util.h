@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
 #include "tests/testbed/testbed.h"
 
 namespace shunt::e2e {
@@ -63,5 +64,18 @@ absl::StatusOr<testbed::Output> UninstallAgent(testbed::Testbed& bed, const test
 
 std::string AgentBinary();
 std::string TestpeerBinary();
+
+// Starts `shunt-testpeer server <args>` in `pod` and waits (bounded) until it listens. `prefix` is
+// prepended to the command line (e.g. {"taskset", "-c", "1"}).
+absl::StatusOr<testbed::ProcessPtr> StartTestpeerServer(testbed::Testbed& bed,
+                                                        const testbed::Pod& pod,
+                                                        std::vector<std::string> args,
+                                                        std::vector<std::string> prefix = {});
+// Runs a `shunt-testpeer <args>` client in `pod` to completion and parses its JSON line. A non-zero
+// exit is an error whose message carries the tool's output.
+absl::StatusOr<nlohmann::json> RunTestpeer(testbed::Testbed& bed, const testbed::Pod& pod,
+                                           std::vector<std::string> args,
+                                           std::chrono::seconds timeout = std::chrono::seconds(120),
+                                           std::vector<std::string> prefix = {});
 
 }  // namespace shunt::e2e

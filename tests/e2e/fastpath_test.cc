@@ -57,43 +57,25 @@ class FastpathTest : public ::testing::TestWithParam<testbed::CgroupDriver> {
 
   const Pod& P(int i) const { return bed_->pod(0, i); }
 
-  // Starts a testpeer server in `pod` and waits until it listens.
   ProcessPtr Server(const Pod& pod, int port, const std::string& mode, int conns,
                     const std::string& bind = "::", std::vector<std::string> extra = {}) {
-    const std::string ready =
-        absl::StrCat(bed_->work_dir(), "/ready-", pod.name, "-", port, "-", ++servers_);
-    std::vector<std::string> argv = {TestpeerBinary(),
-                                     "server",
-                                     absl::StrCat("--port=", port),
-                                     "--bind=" + bind,
-                                     "--mode=" + mode,
-                                     absl::StrCat("--conns=", conns),
-                                     "--ready-file=" + ready};
-    for (auto& e : extra) argv.push_back(e);
-    auto p = bed_->Spawn(pod, argv);
+    std::vector<std::string> args = {absl::StrCat("--port=", port), "--bind=" + bind,
+                                     "--mode=" + mode, absl::StrCat("--conns=", conns)};
+    for (auto& e : extra) args.push_back(e);
+    auto p = StartTestpeerServer(*bed_, pod, args);
     EXPECT_TRUE(p.ok()) << p.status();
-    if (!p.ok()) return nullptr;
-    for (int i = 0; i < 200 && !FileExists(ready); ++i) std::this_thread::sleep_for(25ms);
-    EXPECT_TRUE(FileExists(ready)) << (*p)->Stderr();
-    return std::move(*p);
+    return p.ok() ? std::move(*p) : nullptr;
   }
 
   // Runs the verify client in `pod`; returns its JSON result (fails the test on error).
   nlohmann::json Verify(const Pod& pod, const std::string& to, uint64_t bytes,
-                        std::vector<std::string> extra = {}, std::chrono::seconds timeout = 120s) {
-    std::vector<std::string> argv = {TestpeerBinary(), "verify", "--to=" + to,
-                                     absl::StrCat("--bytes=", bytes), "--seed=7"};
-    for (auto& e : extra) argv.push_back(e);
-    auto out = bed_->Run(pod, argv, timeout);
-    EXPECT_TRUE(out.ok()) << out.status();
-    if (!out.ok()) return {};
-    EXPECT_EQ(out->exit_code, 0) << out->out << out->err;
-    try {
-      return nlohmann::json::parse(out->out);
-    } catch (const std::exception& e) {
-      ADD_FAILURE() << "bad testpeer output: " << out->out << " " << e.what();
-      return {};
-    }
+                        std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {"verify", "--to=" + to, absl::StrCat("--bytes=", bytes),
+                                     "--seed=7"};
+    for (auto& e : extra) args.push_back(e);
+    auto r = RunTestpeer(*bed_, pod, args);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : nlohmann::json{};
   }
 
   double Redirected(const std::string& metric, const Pod& src, const Pod& dst) {
@@ -106,7 +88,6 @@ class FastpathTest : public ::testing::TestWithParam<testbed::CgroupDriver> {
   std::unique_ptr<Testbed> bed_;
   std::string policy_;
   std::unique_ptr<AgentProcess> agent_;
-  int servers_ = 0;
 };
 
 TEST_P(FastpathTest, MeshedPodsAreSplicedInTheKernel) {
