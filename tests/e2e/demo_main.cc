@@ -28,14 +28,20 @@ void Say(const std::string& s) {
 struct Demo {
   Testbed& bed;
 
+  // Servers on the last CPU, clients on CPU 0: both paths get the same placement.
+  std::vector<std::string> server_cpu = {"taskset", "-c",
+                                         std::to_string(std::thread::hardware_concurrency() - 1)};
+  std::vector<std::string> client_cpu = {"taskset", "-c", "0"};
+
   shunt::testbed::ProcessPtr Server(const Pod& pod, int port, const std::string& mode) {
-    auto p = shunt::e2e::StartTestpeerServer(bed, pod,
-                                             {absl::StrCat("--port=", port), "--mode=" + mode});
+    auto p = shunt::e2e::StartTestpeerServer(
+        bed, pod, {absl::StrCat("--port=", port), "--mode=" + mode}, server_cpu);
     return p.ok() ? std::move(*p) : nullptr;
   }
 
   nlohmann::json Client(const Pod& pod, std::vector<std::string> args) {
-    auto r = shunt::e2e::RunTestpeer(bed, pod, std::move(args));
+    auto r = shunt::e2e::RunTestpeer(bed, pod, std::move(args), std::chrono::seconds(120),
+                                     client_cpu);
     if (!r.ok()) return {{"error", std::string(r.status().message())}};
     return *r;
   }
@@ -109,8 +115,8 @@ int RunDemo() {
                                    "--bytes=16777216", "--seed=2"})
                        .dump());
 
-  Say("\n-- 3. throughput, 3 s each: plain (" + c.name + " -> " + d.name + ") vs shunt (" +
-      a.name + " -> " + b.name + ") --");
+  Say("\n-- 3. throughput, 3 s each, client on CPU 0 and server on the last CPU: plain (" +
+      c.name + " -> " + d.name + ") vs shunt (" + a.name + " -> " + b.name + ") --");
   auto sink_plain = demo.Server(d, 9000, "sink");
   auto sink_shunt = demo.Server(b, 9000, "sink");
   auto plain = demo.Client(c, {"bulk", "--to=" + d.ipv4 + ":9000", "--seconds=3"});
