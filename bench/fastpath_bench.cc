@@ -1,10 +1,11 @@
 // Same-node pod-to-pod benchmark: the plain kernel path (two unmeshed pods) against shunt's
-// sockhash redirect (two meshed pods), measured in the same run on the same test bed, rounds
-// interleaved. Prints bulk throughput and 1 KiB request/response latency (p50, p99) and the
+// sockhash redirect (two meshed pods), and loopback inside one pod as the floor, measured in the
+// same run on the same test bed, rounds interleaved. Prints bulk throughput and 1 KiB request/response latency (p50, p99) and the
 // shunt/plain ratios. Not a test: it asserts nothing and is run by hand (see README).
 #include <unistd.h>
 
 #include <algorithm>
+#include <map>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -38,9 +39,10 @@ double Median(std::vector<double> v) {
 
 // Processes are pinned with taskset so that both paths see the same CPU placement.
 shunt::testbed::ProcessPtr Server(Testbed& bed, const Pod& pod, int port, const std::string& mode,
-                                  const std::string& cpu) {
+                                  const std::string& bind, const std::string& cpu) {
   auto p = shunt::e2e::StartTestpeerServer(
-      bed, pod, {absl::StrCat("--port=", port), "--mode=" + mode}, {"taskset", "-c", cpu});
+      bed, pod, {absl::StrCat("--port=", port), "--mode=" + mode, "--bind=" + bind},
+      {"taskset", "-c", cpu});
   if (!p.ok()) std::fprintf(stderr, "server: %s\n", std::string(p.status().message()).c_str());
   return p.ok() ? std::move(*p) : nullptr;
 }
@@ -94,50 +96,60 @@ int main(int argc, char** argv) {
   };
   std::vector<Placement> placements = {{"split CPUs", "0", ncpu > 1 ? "1" : "0"},
                                        {"one CPU", "0", "0"}};
+  // plain: two unmeshed pods; shunt: two meshed pods; loopback: 127.0.0.1 inside one unmeshed pod,
+  // the floor of any TCP path on this machine (no veth, no bridge, no second namespace).
+  struct Path {
+    const char* name;
+    const Pod* client;
+    const Pod* server;
+    std::string server_bind, addr;
+  };
+  const std::vector<Path> paths = {{"plain", &c, &d, "::", d.ipv4},
+                                   {"shunt", &a, &b, "::", b.ipv4},
+                                   {"loopback", &c, &c, "127.0.0.1", "127.0.0.1"}};
   int port = 9000;
   for (const auto& pl : placements) {
     std::vector<shunt::testbed::ProcessPtr> servers;
     const int sink_port = port++, echo_port = port++;
-    for (const Pod* p : {&b, &d}) {
-      servers.push_back(Server(bed, *p, sink_port, "sink", pl.server_cpu));
-      servers.push_back(Server(bed, *p, echo_port, "echo", pl.server_cpu));
+    for (const auto& path : paths) {
+      servers.push_back(Server(bed, *path.server, sink_port, "sink", path.server_bind, pl.server_cpu));
+      servers.push_back(Server(bed, *path.server, echo_port, "echo", path.server_bind, pl.server_cpu));
     }
-    auto to = [](const Pod& p, int port) { return absl::StrCat("--to=", p.ipv4, ":", port); };
-    std::vector<double> plain_gbps, shunt_gbps, plain_p50, shunt_p50, plain_p99, shunt_p99;
+    std::map<std::string, std::vector<double>> gbps, p50, p99;
     for (int r = 0; r < rounds; ++r) {
-      // Interleaved so that drift of the machine hits both paths alike.
-      plain_gbps.push_back(Client(bed, c, pl.client_cpu, {"bulk", to(d, sink_port), secs})
-                               .value("gbit_per_s", 0.0));
-      shunt_gbps.push_back(Client(bed, a, pl.client_cpu, {"bulk", to(b, sink_port), secs})
-                               .value("gbit_per_s", 0.0));
-      auto pp = Client(bed, c, pl.client_cpu,
-                       {"pingpong", to(d, echo_port), size, count, "--warmup=1000"});
-      auto ps = Client(bed, a, pl.client_cpu,
-                       {"pingpong", to(b, echo_port), size, count, "--warmup=1000"});
-      plain_p50.push_back(pp.value("p50_us", 0.0));
-      plain_p99.push_back(pp.value("p99_us", 0.0));
-      shunt_p50.push_back(ps.value("p50_us", 0.0));
-      shunt_p99.push_back(ps.value("p99_us", 0.0));
-      std::fprintf(stderr,
-                   "%s round %d: plain %.2f Gbit/s p50 %.1f us | shunt %.2f Gbit/s p50 %.1f us\n",
-                   pl.name, r + 1, plain_gbps.back(), plain_p50.back(), shunt_gbps.back(),
-                   shunt_p50.back());
+      // Interleaved so that drift of the machine hits every path alike.
+      for (const auto& path : paths) {
+        const std::string to_sink = absl::StrCat("--to=", path.addr, ":", sink_port);
+        const std::string to_echo = absl::StrCat("--to=", path.addr, ":", echo_port);
+        gbps[path.name].push_back(
+            Client(bed, *path.client, pl.client_cpu, {"bulk", to_sink, secs}).value("gbit_per_s", 0.0));
+        auto pp = Client(bed, *path.client, pl.client_cpu,
+                         {"pingpong", to_echo, size, count, "--warmup=1000"});
+        p50[path.name].push_back(pp.value("p50_us", 0.0));
+        p99[path.name].push_back(pp.value("p99_us", 0.0));
+      }
+      std::fprintf(stderr, "%s round %d: plain %.2f Gbit/s p50 %.1f us | shunt %.2f Gbit/s p50 %.1f us\n",
+                   pl.name, r + 1, gbps["plain"].back(), p50["plain"].back(), gbps["shunt"].back(),
+                   p50["shunt"].back());
     }
-    const double tp = Median(plain_gbps), ts = Median(shunt_gbps);
-    const double p50p = Median(plain_p50), p50s = Median(shunt_p50);
-    const double p99p = Median(plain_p99), p99s = Median(shunt_p99);
+    auto row = [&](const char* metric, std::map<std::string, std::vector<double>>& v,
+                   const char* fmt) {
+      const double plain = Median(v["plain"]), fast = Median(v["shunt"]), lo = Median(v["loopback"]);
+      std::printf("%-26s ", metric);
+      std::printf(fmt, plain);
+      std::printf(fmt, fast);
+      std::printf(" %10.2fx ", plain > 0 ? fast / plain : 0);
+      std::printf(fmt, lo);
+      std::printf("\n");
+      return nlohmann::json{{"plain", plain}, {"shunt", fast}, {"loopback", lo}};
+    };
     std::printf("\n[%s: client on CPU %s, server on CPU %s]\n", pl.name, pl.client_cpu.c_str(),
                 pl.server_cpu.c_str());
-    std::printf("%-26s %12s %12s %12s\n", "metric", "plain", "shunt", "shunt/plain");
-    std::printf("%-26s %12.2f %12.2f %11.2fx\n", "bulk throughput (Gbit/s)", tp, ts,
-                tp > 0 ? ts / tp : 0);
-    std::printf("%-26s %12.1f %12.1f %11.2fx\n", "req/resp p50 latency (us)", p50p, p50s,
-                p50p > 0 ? p50s / p50p : 0);
-    std::printf("%-26s %12.1f %12.1f %11.2fx\n", "req/resp p99 latency (us)", p99p, p99s,
-                p99p > 0 ? p99s / p99p : 0);
-    report[pl.name] = {{"throughput_gbit_per_s", {{"plain", tp}, {"shunt", ts}}},
-                       {"p50_us", {{"plain", p50p}, {"shunt", p50s}}},
-                       {"p99_us", {{"plain", p99p}, {"shunt", p99s}}}};
+    std::printf("%-26s %10s %10s %12s %10s\n", "metric", "plain", "shunt", "shunt/plain",
+                "loopback");
+    report[pl.name] = {{"throughput_gbit_per_s", row("bulk throughput (Gbit/s)", gbps, " %10.2f")},
+                       {"p50_us", row("req/resp p50 latency (us)", p50, " %10.1f")},
+                       {"p99_us", row("req/resp p99 latency (us)", p99, " %10.1f")}};
   }
   if (auto m = agent.Scrape(); m.ok()) {
     // How the meshed pair's sends went: a benchmark of the redirect must show that it redirected.
