@@ -5,3 +5,5 @@ shunt_test(abi_test SOURCES unit/abi_test.cc)
 target_include_directories(abi_test PRIVATE ${PROJECT_SOURCE_DIR}/bpf/include)
 shunt_test(local_dataplane_test SOURCES unit/local_dataplane_test.cc LIBS shunt_dataplane)
 shunt_test(cgroup_test SOURCES unit/cgroup_test.cc LIBS shunt_common)
+shunt_test(policy_stream_test SOURCES unit/policy_stream_test.cc
+           LIBS shunt_policy shunt_policy_server)

@@ -1,0 +1,229 @@
+#include "agent/policy/controller_source.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "agent/policy/policy_file.h"
+#include "common/errno_status.h"
+#include "common/log.h"
+#include "common/resources.h"
+
+namespace shunt::agent {
+
+using shunt::v1::PolicyRequest;
+using shunt::v1::PolicyResponse;
+using shunt::v1::Resource;
+
+namespace {
+
+absl::Status ApplyResponse(const PolicyResponse& resp, std::map<std::string, Resource>& state) {
+  for (const auto& r : resp.resources()) {
+    if (r.body_case() == Resource::BODY_NOT_SET) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("resource ", ResourceKeyString(r.key()), " has no body"));
+    }
+    state[ResourceKeyString(r.key())] = r;
+  }
+  for (const auto& k : resp.removed()) state.erase(ResourceKeyString(k));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+ControllerPolicySource::ControllerPolicySource(ControllerSourceOptions options)
+    : options_(std::move(options)), name_(absl::StrCat("controller:", options_.address)) {}
+
+ControllerPolicySource::~ControllerPolicySource() { Stop(); }
+
+std::string ControllerPolicySource::StatePath(const std::string& state_dir) {
+  return absl::StrCat(state_dir, "/policy-state.pb");
+}
+
+absl::Status ControllerPolicySource::LoadPersisted() {
+  if (options_.state_dir.empty()) return absl::OkStatus();
+  const std::string path = StatePath(options_.state_dir);
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return errno == ENOENT ? absl::OkStatus() : ErrnoStatus(errno, "open " + path);
+  PolicyResponse saved;
+  if (!saved.ParseFromIstream(&in)) {
+    return absl::DataLossError(absl::StrCat(path, ": not a saved policy state"));
+  }
+  std::map<std::string, Resource> state;
+  if (absl::Status s = ApplyResponse(saved, state); !s.ok()) return s;
+  if (absl::Status s = ValidatePolicyBundle(ToBundle(state)); !s.ok()) {
+    return absl::DataLossError(absl::StrCat(path, ": ", s.message()));
+  }
+  absl::MutexLock l(&mu_);
+  held_ = std::move(state);
+  version_ = saved.system_version_info();
+  return absl::OkStatus();
+}
+
+absl::Status ControllerPolicySource::Persist() {
+  if (options_.state_dir.empty()) return absl::OkStatus();
+  mkdir(options_.state_dir.c_str(), 0700);
+  PolicyResponse saved;
+  saved.set_system_version_info(version_);
+  for (const auto& [k, r] : held_) *saved.add_resources() = r;
+  const std::string path = StatePath(options_.state_dir);
+  const std::string tmp = path + ".tmp";
+  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return ErrnoStatus(errno, "open " + tmp);
+  const std::string bytes = saved.SerializeAsString();
+  size_t off = 0;
+  while (off < bytes.size()) {
+    ssize_t n = write(fd, bytes.data() + off, bytes.size() - off);
+    if (n < 0) {
+      int e = errno;
+      close(fd);
+      return ErrnoStatus(e, "write " + tmp);
+    }
+    off += static_cast<size_t>(n);
+  }
+  fsync(fd);
+  close(fd);
+  if (rename(tmp.c_str(), path.c_str()) != 0) return ErrnoStatus(errno, "rename " + path);
+  return absl::OkStatus();
+}
+
+absl::Status ControllerPolicySource::Start(UpdateFn on_update) {
+  on_update_ = std::move(on_update);
+  if (absl::Status s = LoadPersisted(); !s.ok()) {
+    SHUNT_LOG(WARNING) << "ignoring the saved policy state: " << s.message();
+  }
+  std::map<std::string, Resource> held;
+  {
+    absl::MutexLock l(&mu_);
+    held = held_;
+  }
+  if (!held.empty()) {
+    SHUNT_LOG(INFO) << "enforcing the saved policy (" << held.size() << " resources, version "
+                    << version() << ") until the controller answers";
+    on_update_(ToBundle(held));
+  }
+  thread_ = std::thread([this] { Run(); });
+  return absl::OkStatus();
+}
+
+void ControllerPolicySource::Stop() {
+  {
+    absl::MutexLock l(&mu_);
+    if (stop_) return;
+    stop_ = true;
+    if (context_) context_->TryCancel();
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+absl::Status ControllerPolicySource::InSync() const {
+  absl::MutexLock l(&mu_);
+  return sync_;
+}
+
+std::string ControllerPolicySource::version() const {
+  absl::MutexLock l(&mu_);
+  return version_;
+}
+
+void ControllerPolicySource::Run() {
+  std::mt19937_64 rng(std::random_device{}());
+  absl::Duration backoff = options_.min_backoff;
+  while (true) {
+    const uint64_t nacks_before = nacks_sent_.load();
+    const std::string version_before = version();
+    Session();
+    {
+      absl::MutexLock l(&mu_);
+      if (stop_) return;
+    }
+    ++reconnects_;
+    // A session that made progress resets the backoff.
+    if (version() != version_before || nacks_sent_.load() != nacks_before) {
+      backoff = options_.min_backoff;
+    }
+    std::uniform_real_distribution<double> jitter(0.5, 1.5);
+    const absl::Duration wait = backoff * jitter(rng);
+    backoff = std::min(backoff * 2, options_.max_backoff);
+    absl::MutexLock l(&mu_);
+    auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_; };
+    if (mu_.AwaitWithTimeout(absl::Condition(&stopping), wait)) return;
+  }
+}
+
+void ControllerPolicySource::Session() {
+  auto channel = grpc::CreateChannel(options_.address, options_.credentials);
+  auto stub = shunt::v1::PolicyDiscovery::NewStub(channel);
+  grpc::ClientContext context;
+  PolicyRequest first;
+  {
+    absl::MutexLock l(&mu_);
+    if (stop_) return;
+    context_ = &context;
+    first.set_node(options_.node);
+    first.set_agent_version(options_.agent_version);
+    first.set_version_info(version_);
+    for (const auto& [k, r] : held_) (*first.mutable_initial_resource_versions())[k] = r.version();
+  }
+  auto stream = stub->Stream(&context);
+  PolicyResponse resp;
+  if (stream->Write(first)) {
+    while (stream->Read(&resp)) {
+      std::map<std::string, Resource> next;
+      std::string current_version;
+      {
+        absl::MutexLock l(&mu_);
+        next = held_;
+        current_version = version_;
+      }
+      absl::Status s = ApplyResponse(resp, next);
+      shunt::v1::PolicyBundle bundle;
+      if (s.ok()) {
+        bundle = ToBundle(next);
+        s = ValidatePolicyBundle(bundle);
+      }
+      PolicyRequest answer;
+      answer.set_response_nonce(resp.nonce());
+      if (s.ok()) {
+        {
+          absl::MutexLock l(&mu_);
+          held_ = std::move(next);
+          version_ = resp.system_version_info();
+          if (absl::Status p = Persist(); !p.ok()) {
+            SHUNT_LOG_EVERY_N_SEC(WARNING, 60) << "cannot save the policy state: " << p.message();
+          }
+          sync_ = absl::OkStatus();
+        }
+        on_update_(std::move(bundle));
+        answer.set_version_info(resp.system_version_info());
+      } else {
+        ++nacks_sent_;
+        SHUNT_LOG(ERROR) << "policy version " << resp.system_version_info()
+                         << " from the controller rejected (NACK), staying on "
+                         << (current_version.empty() ? "no policy" : current_version) << ": "
+                         << s.message();
+        answer.set_version_info(current_version);
+        answer.mutable_error_detail()->set_code(static_cast<int>(s.code()));
+        answer.mutable_error_detail()->set_message(std::string(s.message()));
+        absl::MutexLock l(&mu_);
+        sync_ = absl::FailedPreconditionError(absl::StrCat(
+            "policy version ", resp.system_version_info(), " rejected: ", s.message()));
+      }
+      if (!stream->Write(answer)) break;
+    }
+  }
+  stream->WritesDone();
+  grpc::Status status = stream->Finish();
+  absl::MutexLock l(&mu_);
+  context_ = nullptr;
+  sync_ = absl::UnavailableError(absl::StrCat("no stream to the controller at ", options_.address,
+                                              ": ", status.error_message()));
+}
+
+}  // namespace shunt::agent

@@ -1,0 +1,79 @@
+// The agent's policy source in a cluster: the shunt-controller's delta stream
+// (proto/shunt/v1/discovery.proto).
+//
+// Each response is applied to a copy of the resources held, validated as a whole, and only then
+// reported (the store and the kernel switch to it) and ACKed; an invalid response is NACKed with
+// the reason and the agent stays on its last good version. Every good state is persisted under
+// `state_dir`, so that an agent restarted while the controller is down enforces the last policy it
+// had, and on reconnect tells the controller what it holds (only the difference is sent).
+// Reconnects back off exponentially with jitter.
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "agent/policy/policy_store.h"
+#include "grpcpp/grpcpp.h"
+#include "shunt/v1/discovery.grpc.pb.h"
+
+namespace shunt::agent {
+
+struct ControllerSourceOptions {
+  std::string address;  // host:port of shunt-controller
+  std::string node;
+  std::shared_ptr<grpc::ChannelCredentials> credentials;  // TLS, or insecure when asked for
+  std::string state_dir;  // where the last good snapshot is kept ("" = not persisted)
+  absl::Duration min_backoff = absl::Milliseconds(200);
+  absl::Duration max_backoff = absl::Seconds(30);
+  std::string agent_version;
+};
+
+class ControllerPolicySource : public PolicySource {
+ public:
+  explicit ControllerPolicySource(ControllerSourceOptions options);
+  ~ControllerPolicySource() override;  // Stop()
+
+  absl::string_view name_view() const { return name_; }
+  std::string_view name() const override { return name_; }
+  // Reports the persisted snapshot (if any) at once, then connects in the background.
+  absl::Status Start(UpdateFn on_update) override;
+  void Stop() override;
+
+  // Connected, and the last response was applied (ACK). With the reason when not.
+  absl::Status InSync() const;
+  std::string version() const;  // system_version_info in force ("" if none)
+  uint64_t nacks_sent() const { return nacks_sent_.load(); }
+  uint64_t reconnects() const { return reconnects_.load(); }
+
+  // The persisted state file under `state_dir`.
+  static std::string StatePath(const std::string& state_dir);
+
+ private:
+  void Run();
+  // One stream session; returns when it ends.
+  void Session();
+  absl::Status LoadPersisted();
+  absl::Status Persist() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  ControllerSourceOptions options_;
+  std::string name_;
+  UpdateFn on_update_;
+  std::thread thread_;
+
+  mutable absl::Mutex mu_;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::ClientContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;  // of the live session
+  std::map<std::string, shunt::v1::Resource> held_ ABSL_GUARDED_BY(mu_);
+  std::string version_ ABSL_GUARDED_BY(mu_);
+  absl::Status sync_ ABSL_GUARDED_BY(mu_) = absl::UnavailableError("not connected yet");
+  std::atomic<uint64_t> nacks_sent_{0};
+  std::atomic<uint64_t> reconnects_{0};
+};
+
+}  // namespace shunt::agent

@@ -1,0 +1,26 @@
+// Helpers over the policy resources of proto/shunt/v1 that both the controller and the agent use:
+// resource keys, content versions, and the PolicyBundle view of a set of resources.
+#pragma once
+
+#include <map>
+#include <string>
+
+#include "shunt/v1/discovery.pb.h"
+
+namespace shunt {
+
+// "KIND/namespace/name", e.g. "WORKLOAD/default/<uid>": the key of a resource in snapshots, in
+// the agent's store and in initial_resource_versions.
+std::string ResourceKeyString(const shunt::v1::ResourceKey& key);
+
+// A hash of the resource's deterministic serialization (its `version` field excluded), so that the
+// same content has the same version across controller restarts.
+std::string ResourceVersion(const shunt::v1::Resource& resource);
+
+// Every resource of `resources` in a PolicyBundle, grouped by kind in key order.
+shunt::v1::PolicyBundle ToBundle(const std::map<std::string, shunt::v1::Resource>& resources);
+
+// FNV-1a 64 of `bytes`, as 16 hex digits.
+std::string Fnv1a64Hex(const std::string& bytes);
+
+}  // namespace shunt

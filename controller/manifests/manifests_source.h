@@ -1,0 +1,105 @@
+// The controller's `--manifests DIR` source: a directory of Kubernetes manifests (the same YAML
+// you would `kubectl apply`), for demos, tests and clusters without our CRDs installed.
+//
+// Reads every *.yaml, *.yml and *.json file of the directory (not recursive; dotfiles, e.g. a
+// ConfigMap volume's ..data, are ignored; symlinks are followed), each possibly multi-document,
+// `kind: List` items included, and reports the objects the controller handles (Namespace, Pod,
+// Service, EndpointSlice and our policy CRs) to ClusterState::ReplaceAll(name(), ...). Other kinds
+// (Deployment, ConfigMap...) are ignored. It polls the directory (file added or removed, or a
+// file's inode, size, mtime or ctime changed) and re-reads what changed.
+//
+// Errors are per file. A file is the unit of change: it applies whole or not at all. A file with
+// any problem (YAML syntax, over max_file_bytes, a document that is not a mapping, no
+// apiVersion/kind, an unknown kind of policy.shunt.dev, no metadata.name, an object over
+// max_object_bytes, a CR that breaks its CRD's schema) is logged (file, document index, reason),
+// counted in malformed_total(), listed in errors() until it is fixed, and KEEPS ITS LAST GOOD
+// CONTENT: a half-saved file must not delete policy (a file that never parsed contributes nothing).
+// Deleting the file is how its objects are removed. An object defined twice in the directory
+// (same kind/namespace/name) is kept from the first file in name order (the first document within
+// one file); the later copy is dropped and reported under its file, which otherwise applies.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "controller/cluster_state.h"
+#include "nlohmann/json.hpp"
+
+namespace shunt::controller {
+
+struct ManifestsOptions {
+  std::string dir;
+  // How often the directory is checked for changes; zero: never on its own (call Rescan()).
+  absl::Duration poll_interval = absl::Seconds(1);
+  size_t max_file_bytes = size_t{4} << 20;    // 4 MiB
+  size_t max_object_bytes = size_t{1} << 20;  // 1 MiB, as the object's JSON
+  size_t max_files = 10000;
+};
+
+class ManifestsSource : public ClusterSource {
+ public:
+  explicit ManifestsSource(ManifestsOptions options);
+  ~ManifestsSource() override;  // Stop()s
+  ManifestsSource(const ManifestsSource&) = delete;
+  ManifestsSource& operator=(const ManifestsSource&) = delete;
+
+  absl::string_view name() const override { return "manifests"; }
+  // Reads the directory once and reports it; then polls every poll_interval on a thread of its
+  // own. NotFound / FailedPrecondition if the directory cannot be read (nothing is started).
+  // Malformed files are not an error here: see errors().
+  absl::Status Start(ClusterState& state) override;
+  void Stop() override;
+  bool synced() const override;
+
+  // Checks the directory now and reports any change to the state (the poll thread calls this;
+  // tests call it instead of waiting). Returns the directory's error, if it cannot be listed (the
+  // last good objects stay).
+  absl::Status Rescan();
+
+  // Files (names relative to the directory) with a current problem, and what it is.
+  std::map<std::string, absl::Status> errors() const;
+  // Problems found since start (one per bad version of a file, one per duplicate object found);
+  // exported by the controller as shunt_controller_manifest_errors_total.
+  uint64_t malformed_total() const;
+
+ private:
+  struct FileId {
+    uint64_t dev = 0, ino = 0, size = 0;
+    int64_t mtime_ns = 0, ctime_ns = 0;
+    friend bool operator==(const FileId&, const FileId&) = default;
+  };
+  struct FileState {
+    FileId id;                               // of the version last read (good or not)
+    std::vector<nlohmann::json> objects;     // last good content, in document order
+    absl::Status error;                      // of the version last read
+  };
+
+  // Reads one file: its handled objects, or the file's error.
+  absl::StatusOr<std::vector<nlohmann::json>> ReadFile(const std::string& file) const;
+  void RunPolls();
+
+  const ManifestsOptions options_;
+
+  absl::Mutex scan_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // one Rescan at a time
+  ClusterState* state_ = nullptr;                  // set by Start
+
+  mutable absl::Mutex mu_;
+  std::map<std::string, FileState> files_ ABSL_GUARDED_BY(mu_);  // by name: the apply order
+  std::map<std::string, absl::Status> duplicates_ ABSL_GUARDED_BY(mu_);  // by file
+  std::map<std::string, std::string> reported_duplicates_ ABSL_GUARDED_BY(mu_);  // key → file
+  absl::Status dir_error_ ABSL_GUARDED_BY(mu_);
+  uint64_t malformed_total_ ABSL_GUARDED_BY(mu_) = 0;
+  bool synced_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread poller_;
+};
+
+}  // namespace shunt::controller

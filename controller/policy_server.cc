@@ -1,0 +1,315 @@
+#include "controller/policy_server.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/resources.h"
+
+namespace shunt::controller {
+
+using shunt::v1::PolicyRequest;
+using shunt::v1::PolicyResponse;
+using shunt::v1::Resource;
+
+// One agent's stream. Its state is guarded by the server's mutex; gRPC guarantees at most one
+// outstanding read and we keep at most one outstanding write.
+class AgentStream : public grpc::ServerBidiReactor<PolicyRequest, PolicyResponse> {
+ public:
+  AgentStream(PolicyServer* server, std::string peer) : server_(server), peer_(std::move(peer)) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the agent closed its side or the connection broke
+      FinishOnce(grpc::Status::OK);
+      return;
+    }
+    server_->OnRequest(this, request_);
+    StartRead(&request_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock l(&server_->mu_);
+    writing = false;
+    out.reset();
+    if (finish_pending) {
+      Finish(finish_status);
+      return;
+    }
+    if (ok) server_->MaybeSendLocked(this);
+  }
+
+  void OnDone() override {
+    server_->OnClosed(this);
+    delete this;
+  }
+
+  // Finishes now, or after the write in flight completes (Finish must not race a write).
+  void FinishOnce(grpc::Status status) {
+    absl::MutexLock l(&server_->mu_);
+    if (finished) return;
+    finished = true;
+    if (writing) {
+      finish_pending = true;
+      finish_status = std::move(status);
+    } else {
+      Finish(std::move(status));
+    }
+  }
+
+  // All below: guarded by server_->mu_.
+  std::string node;
+  const std::string& peer() const { return peer_; }
+  bool subscribed = false;
+  std::map<std::string, std::string> initial;  // initial_resource_versions of the first request
+  bool first_acked = false;
+  uint64_t acked_id = 0;  // snapshot version id the agent runs (0: its own initial state)
+  std::string acked_name;
+  std::string inflight_nonce;
+  uint64_t inflight_id = 0;
+  uint64_t nacked_id = 0;
+  std::string last_nack;
+  bool writing = false;
+  bool finished = false;
+  bool finish_pending = false;
+  grpc::Status finish_status;
+  std::shared_ptr<const PolicyResponse> out;  // kept alive while being written
+
+ private:
+  PolicyServer* server_;
+  std::string peer_;
+  PolicyRequest request_;
+};
+
+PolicyServer::PolicyServer(prometheus::Registry* registry) {
+  current_.set = std::make_shared<ResourceSet>();
+  if (!registry) return;
+  connected_ = &prometheus::BuildGauge()
+                    .Name("shunt_controller_connected_agents")
+                    .Help("Agents with an open policy stream.")
+                    .Register(*registry)
+                    .Add({});
+  pushes_metric_ = &prometheus::BuildCounter()
+                        .Name("shunt_controller_pushes_total")
+                        .Help("Policy responses sent to agents.")
+                        .Register(*registry)
+                        .Add({});
+  acks_metric_ = &prometheus::BuildCounter()
+                      .Name("shunt_controller_acks_total")
+                      .Help("Policy responses the agents applied (ACK).")
+                      .Register(*registry)
+                      .Add({});
+  nacks_metric_ = &prometheus::BuildCounter()
+                       .Name("shunt_controller_nacks_total")
+                       .Help("Policy responses the agents rejected (NACK); see the log for why.")
+                       .Register(*registry)
+                       .Add({});
+  propagation_ = &prometheus::BuildHistogram()
+                      .Name("shunt_controller_propagation_seconds")
+                      .Help("Time from a source change to an agent's ACK of it.")
+                      .Register(*registry)
+                      .Add({}, prometheus::Histogram::BucketBoundaries{
+                                   0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                                   2.5, 5, 10});
+  resources_ = &prometheus::BuildGauge()
+                    .Name("shunt_controller_snapshot_resources")
+                    .Help("Resources in the current snapshot.")
+                    .Register(*registry)
+                    .Add({});
+}
+
+PolicyServer::~PolicyServer() {
+  absl::MutexLock l(&mu_);
+  shutting_down_ = true;
+}
+
+void PolicyServer::Publish(std::map<std::string, Resource> resources, absl::Time changed_at) {
+  std::string names;
+  for (const auto& [k, r] : resources) absl::StrAppend(&names, k, "=", r.version(), ";");
+  const std::string name = Fnv1a64Hex(names);
+  absl::MutexLock l(&mu_);
+  if (name == current_.name) return;  // nothing changed for the agents
+  auto set = std::make_shared<ResourceSet>();
+  for (auto& [k, r] : resources) {
+    auto old = current_.set->find(k);
+    if (old != current_.set->end() && old->second->version() == r.version()) {
+      set->emplace(k, old->second);  // share unchanged resources between versions
+    } else {
+      set->emplace(k, std::make_shared<const Resource>(std::move(r)));
+    }
+  }
+  current_ = Version{next_id_++, name, std::move(set), changed_at};
+  history_[current_.id] = current_;
+  delta_cache_.clear();
+  // Forget versions no agent is on any more.
+  std::set<uint64_t> used = {current_.id};
+  for (AgentStream* s : streams_) {
+    used.insert(s->acked_id);
+    used.insert(s->inflight_id);
+  }
+  for (auto it = history_.begin(); it != history_.end();) {
+    it = used.count(it->first) ? std::next(it) : history_.erase(it);
+  }
+  if (resources_) resources_->Set(static_cast<double>(current_.set->size()));
+  for (AgentStream* s : streams_) MaybeSendLocked(s);
+}
+
+grpc::ServerBidiReactor<PolicyRequest, PolicyResponse>* PolicyServer::Stream(
+    grpc::CallbackServerContext* context) {
+  auto* stream = new AgentStream(this, context->peer());
+  absl::MutexLock l(&mu_);
+  streams_.insert(stream);
+  if (connected_) connected_->Increment();
+  return stream;
+}
+
+void PolicyServer::OnClosed(AgentStream* stream) {
+  absl::MutexLock l(&mu_);
+  if (streams_.erase(stream) && connected_) connected_->Decrement();
+  if (!stream->node.empty()) SHUNT_LOG(INFO) << "agent " << stream->node << " disconnected";
+}
+
+std::shared_ptr<const PolicyResponse> PolicyServer::DeltaLocked(uint64_t from_id) {
+  auto cached = delta_cache_.find(from_id);
+  if (cached != delta_cache_.end()) return cached->second;
+  static const ResourceSet kEmpty;
+  const ResourceSet* from = &kEmpty;
+  if (auto h = history_.find(from_id); h != history_.end()) from = h->second.set.get();
+  auto resp = std::make_shared<PolicyResponse>();
+  resp->set_system_version_info(current_.name);
+  resp->set_nonce(absl::StrCat("v", current_.id));  // one response per version per stream
+  resp->set_full_state(from_id == 0);
+  for (const auto& [k, r] : *current_.set) {
+    auto it = from->find(k);
+    if (it == from->end() || it->second->version() != r->version()) *resp->add_resources() = *r;
+  }
+  for (const auto& [k, r] : *from) {
+    if (!current_.set->count(k)) *resp->add_removed() = r->key();
+  }
+  delta_cache_[from_id] = resp;
+  return resp;
+}
+
+void PolicyServer::MaybeSendLocked(AgentStream* s) {
+  if (shutting_down_ || s->finished || !s->subscribed || s->writing || !s->inflight_nonce.empty()) {
+    return;
+  }
+  if (current_.id == 0) return;  // no snapshot yet
+  std::shared_ptr<const PolicyResponse> resp;
+  if (!s->first_acked) {
+    if (s->nacked_id == current_.id) return;
+    if (s->initial.empty()) {
+      resp = DeltaLocked(0);
+    } else {
+      // The agent kept resources across a restart: send only what differs from them.
+      auto r = std::make_shared<PolicyResponse>();
+      r->set_system_version_info(current_.name);
+      r->set_nonce(absl::StrCat("v", current_.id));
+      r->set_full_state(true);
+      for (const auto& [k, res] : *current_.set) {
+        auto it = s->initial.find(k);
+        if (it == s->initial.end() || it->second != res->version()) *r->add_resources() = *res;
+      }
+      for (const auto& [k, version] : s->initial) {
+        if (!current_.set->count(k)) {
+          // Rebuild the key from its string form: KIND/namespace/name.
+          shunt::v1::ResourceKey key;
+          size_t a = k.find('/'), b = k.find('/', a == std::string::npos ? a : a + 1);
+          shunt::v1::ResourceKey::Kind kind;
+          if (a == std::string::npos || b == std::string::npos ||
+              !shunt::v1::ResourceKey::Kind_Parse(k.substr(0, a), &kind)) {
+            continue;
+          }
+          key.set_kind(kind);
+          key.set_namespace_(k.substr(a + 1, b - a - 1));
+          key.set_name(k.substr(b + 1));
+          *r->add_removed() = key;
+        }
+      }
+      resp = r;
+    }
+  } else {
+    if (s->acked_id == current_.id || s->nacked_id == current_.id) return;
+    resp = DeltaLocked(s->acked_id);
+  }
+  s->inflight_nonce = resp->nonce();
+  s->inflight_id = current_.id;
+  s->writing = true;
+  s->out = resp;
+  ++pushes_;
+  if (pushes_metric_) pushes_metric_->Increment();
+  s->StartWrite(resp.get());
+}
+
+void PolicyServer::OnRequest(AgentStream* s, const PolicyRequest& req) {
+  absl::MutexLock l(&mu_);
+  if (!s->subscribed) {
+    if (req.node().empty()) {
+      mu_.Unlock();
+      s->FinishOnce(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                 "the first PolicyRequest must name the node"));
+      mu_.Lock();
+      return;
+    }
+    s->node = req.node();
+    s->initial.insert(req.initial_resource_versions().begin(),
+                      req.initial_resource_versions().end());
+    s->subscribed = true;
+    SHUNT_LOG(INFO) << "agent " << s->node << " (" << s->peer() << ", "
+                    << req.agent_version() << ") subscribed with "
+                    << s->initial.size() << " resources held";
+    MaybeSendLocked(s);
+    return;
+  }
+  if (req.response_nonce().empty() || req.response_nonce() != s->inflight_nonce) return;  // stale
+  s->inflight_nonce.clear();
+  if (req.has_error_detail()) {
+    ++nacks_;
+    if (nacks_metric_) nacks_metric_->Increment();
+    s->nacked_id = s->inflight_id;
+    s->last_nack = req.error_detail().message();
+    auto h = history_.find(s->inflight_id);
+    SHUNT_LOG(WARNING) << "agent " << s->node << " rejected policy version "
+                       << (h != history_.end() ? h->second.name : "?") << " (NACK): "
+                       << req.error_detail().message() << "; it stays on "
+                       << (req.version_info().empty() ? "its previous state" : req.version_info());
+  } else {
+    s->first_acked = true;
+    s->acked_id = s->inflight_id;
+    s->acked_name = req.version_info();
+    s->last_nack.clear();
+    if (acks_metric_) acks_metric_->Increment();
+    auto h = history_.find(s->acked_id);
+    if (propagation_ && h != history_.end()) {
+      propagation_->Observe(absl::ToDoubleSeconds(absl::Now() - h->second.changed_at));
+    }
+  }
+  MaybeSendLocked(s);
+}
+
+std::vector<PolicyServer::AgentInfo> PolicyServer::Agents() const {
+  absl::MutexLock l(&mu_);
+  std::vector<AgentInfo> out;
+  for (const AgentStream* s : streams_) {
+    if (!s->subscribed) continue;
+    out.push_back({s->node, s->peer(), s->acked_name,
+                   s->first_acked && s->acked_id == current_.id, s->last_nack});
+  }
+  return out;
+}
+
+std::string PolicyServer::current_version() const {
+  absl::MutexLock l(&mu_);
+  return current_.name;
+}
+
+uint64_t PolicyServer::nacks_total() const {
+  absl::MutexLock l(&mu_);
+  return nacks_;
+}
+
+uint64_t PolicyServer::pushes_total() const {
+  absl::MutexLock l(&mu_);
+  return pushes_;
+}
+
+}  // namespace shunt::controller

@@ -1,0 +1,96 @@
+// The controller's side of the policy stream (proto/shunt/v1/discovery.proto): one reactor per
+// agent on gRPC's callback API, delta responses against what each agent last ACKed, one response
+// in flight per agent, NACKs recorded and not retried until the snapshot changes.
+//
+// Snapshots are immutable sets of resources shared between versions; the delta from a version to
+// the current one is computed once and reused by every agent on that version, so 1000 agents on
+// the same version cost one diff per change, not 1000.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+#include "shunt/v1/discovery.grpc.pb.h"
+
+namespace shunt::controller {
+
+using ResourcePtr = std::shared_ptr<const shunt::v1::Resource>;
+using ResourceSet = std::map<std::string, ResourcePtr>;  // by ResourceKeyString
+
+class AgentStream;
+
+class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
+ public:
+  // `registry` may be null (tests); metrics are then not exported.
+  explicit PolicyServer(prometheus::Registry* registry);
+  ~PolicyServer() override;
+
+  // Makes `resources` the current snapshot; every agent in sync is sent its delta. `changed_at` is
+  // when the source change that led to it was seen (propagation time is measured from there).
+  void Publish(std::map<std::string, shunt::v1::Resource> resources, absl::Time changed_at);
+
+  grpc::ServerBidiReactor<shunt::v1::PolicyRequest, shunt::v1::PolicyResponse>* Stream(
+      grpc::CallbackServerContext* context) override;
+
+  struct AgentInfo {
+    std::string node;
+    std::string peer;
+    std::string acked_version;  // system_version_info the agent last ACKed
+    bool in_sync = false;       // ACKed the current snapshot
+    std::string last_nack;      // error detail of the last NACK ("" if none)
+  };
+  std::vector<AgentInfo> Agents() const;
+  std::string current_version() const;
+  uint64_t nacks_total() const;
+  uint64_t pushes_total() const;
+
+ private:
+  friend class AgentStream;
+  struct Version {
+    uint64_t id = 0;
+    std::string name;  // system_version_info: a hash of every resource version
+    std::shared_ptr<const ResourceSet> set;
+    absl::Time changed_at;
+  };
+
+  void OnRequest(AgentStream* stream, const shunt::v1::PolicyRequest& request);
+  void OnClosed(AgentStream* stream);
+  // Sends `stream` its next response if it has none in flight and is behind. Requires mu_.
+  void MaybeSendLocked(AgentStream* stream) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::shared_ptr<const shunt::v1::PolicyResponse> DeltaLocked(uint64_t from_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  mutable absl::Mutex mu_;
+  Version current_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, Version> history_ ABSL_GUARDED_BY(mu_);  // versions some agent is on
+  std::map<uint64_t, std::shared_ptr<const shunt::v1::PolicyResponse>> delta_cache_
+      ABSL_GUARDED_BY(mu_);  // from version id -> delta to current_
+  std::set<AgentStream*> streams_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_nonce_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t nacks_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t pushes_ ABSL_GUARDED_BY(mu_) = 0;
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+
+  // Metrics (null without a registry).
+  prometheus::Gauge* connected_ = nullptr;
+  prometheus::Counter* pushes_metric_ = nullptr;
+  prometheus::Counter* acks_metric_ = nullptr;
+  prometheus::Counter* nacks_metric_ = nullptr;
+  prometheus::Histogram* propagation_ = nullptr;
+  prometheus::Gauge* resources_ = nullptr;
+};
+
+}  // namespace shunt::controller

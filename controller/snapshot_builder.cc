@@ -1,0 +1,389 @@
+#include "controller/snapshot_builder.h"
+
+#include <arpa/inet.h>
+
+#include <set>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace shunt::controller {
+namespace {
+
+using nlohmann::json;
+using shunt::v1::Resource;
+using shunt::v1::ResourceKey;
+
+const json& At(const json& o, std::initializer_list<const char*> path) {
+  static const json kNull;
+  const json* v = &o;
+  for (const char* k : path) {
+    if (!v->is_object()) return kNull;
+    auto it = v->find(k);
+    if (it == v->end()) return kNull;
+    v = &*it;
+  }
+  return *v;
+}
+
+std::string Str(const json& o, std::initializer_list<const char*> path) {
+  const json& v = At(o, path);
+  return v.is_string() ? v.get<std::string>() : "";
+}
+
+std::map<std::string, std::string> StrMap(const json& o, std::initializer_list<const char*> path) {
+  std::map<std::string, std::string> out;
+  const json& v = At(o, path);
+  if (!v.is_object()) return out;
+  for (auto it = v.begin(); it != v.end(); ++it) {
+    if (it.value().is_string()) out[it.key()] = it.value().get<std::string>();
+  }
+  return out;
+}
+
+int64_t Int(const json& o, std::initializer_list<const char*> path) {
+  const json& v = At(o, path);
+  return v.is_number_integer() ? v.get<int64_t>() : 0;
+}
+
+bool ValidIp(const std::string& ip) {
+  unsigned char buf[16];
+  return inet_pton(AF_INET, ip.c_str(), buf) == 1 || inet_pton(AF_INET6, ip.c_str(), buf) == 1;
+}
+
+bool ValidCidr(const std::string& cidr) {
+  std::vector<std::string> parts = absl::StrSplit(cidr, '/');
+  if (parts.size() != 2 || !ValidIp(parts[0])) return false;
+  int bits;
+  if (!absl::SimpleAtoi(parts[1], &bits) || bits < 0) return false;
+  return bits <= (parts[0].find(':') == std::string::npos ? 32 : 128);
+}
+
+bool ValidDecimal(const std::string& s) {
+  if (s.empty()) return true;  // unset price
+  size_t dot = s.find('.');
+  auto digits = [](absl::string_view d) {
+    return !d.empty() && std::all_of(d.begin(), d.end(), [](char c) { return c >= '0' && c <= '9'; });
+  };
+  if (dot == std::string::npos) return digits(s);
+  return digits(absl::string_view(s).substr(0, dot)) && digits(absl::string_view(s).substr(dot + 1));
+}
+
+Resource MakeResource(ResourceKey::Kind kind, const std::string& ns, const std::string& name) {
+  Resource r;
+  r.mutable_key()->set_kind(kind);
+  r.mutable_key()->set_namespace_(ns);
+  r.mutable_key()->set_name(name);
+  return r;
+}
+
+// --- Pods -> Workloads --------------------------------------------------------------------------
+
+std::string OwnerOf(const json& pod) {
+  const json& refs = At(pod, {"metadata", "ownerReferences"});
+  if (refs.is_array()) {
+    for (const auto& ref : refs) {
+      if (!At(ref, {"controller"}).is_boolean() || !At(ref, {"controller"}).get<bool>()) continue;
+      std::string name = Str(ref, {"name"});
+      // ReplicaSet "web-7d9f8b" of Deployment "web": strip the pod-template-hash.
+      const std::string hash = Str(pod, {"metadata", "labels", "pod-template-hash"});
+      if (Str(ref, {"kind"}) == "ReplicaSet" && !hash.empty() &&
+          absl::EndsWith(name, absl::StrCat("-", hash))) {
+        name.resize(name.size() - hash.size() - 1);
+      }
+      return name;
+    }
+  }
+  return Str(pod, {"metadata", "name"});
+}
+
+void AddWorkloads(const ObjectMap& objects, Snapshot& out) {
+  std::set<std::string> meshed_namespaces;
+  for (const auto& [key, stored] : objects) {
+    if (key.kind == Kind::kNamespace &&
+        Str(stored.object, {"metadata", "labels", kMeshLabel}) == kMeshEnabled) {
+      meshed_namespaces.insert(key.name);
+    }
+  }
+  for (const auto& [key, stored] : objects) {
+    if (key.kind != Kind::kPod) continue;
+    const json& pod = stored.object;
+    const std::string uid = Str(pod, {"metadata", "uid"});
+    const std::string node = Str(pod, {"spec", "nodeName"});
+    const std::string phase = Str(pod, {"status", "phase"});
+    if (uid.empty()) {
+      out.warnings.push_back(ToString(key) + ": no metadata.uid, skipped");
+      continue;
+    }
+    // A finished pod's IP may already belong to a new pod (PITFALLS 11): forget it.
+    if (node.empty() || phase == "Succeeded" || phase == "Failed") continue;
+    Resource r = MakeResource(ResourceKey::WORKLOAD, key.ns, uid);
+    auto* w = r.mutable_workload();
+    w->set_uid(uid);
+    w->set_namespace_(key.ns);
+    w->set_name(key.name);
+    w->set_node(node);
+    w->set_service_account(Str(pod, {"spec", "serviceAccountName"}));
+    w->set_owner(OwnerOf(pod));
+    for (const auto& [k, v] : StrMap(pod, {"metadata", "labels"})) (*w->mutable_labels())[k] = v;
+    const json& ips = At(pod, {"status", "podIPs"});
+    if (ips.is_array()) {
+      for (const auto& ip : ips) {
+        std::string s = Str(ip, {"ip"});
+        if (ValidIp(s)) w->add_ips(s);
+      }
+    }
+    if (w->ips_size() == 0 && ValidIp(Str(pod, {"status", "podIP"}))) {
+      w->add_ips(Str(pod, {"status", "podIP"}));
+    }
+    const std::string annotation = Str(pod, {"metadata", "annotations", kMeshLabel});
+    const bool host_network = At(pod, {"spec", "hostNetwork"}).is_boolean() &&
+                              At(pod, {"spec", "hostNetwork"}).get<bool>();
+    bool meshed = meshed_namespaces.count(key.ns) > 0 || annotation == kMeshEnabled;
+    if (annotation == kMeshDisabled || host_network) meshed = false;
+    w->set_meshed(meshed);
+    out.resources[ResourceKeyString(r.key())] = std::move(r);
+  }
+}
+
+// --- Services + EndpointSlices -> Services ------------------------------------------------------
+
+void AddServices(const ObjectMap& objects, Snapshot& out) {
+  std::map<std::pair<std::string, std::string>, Resource> services;
+  for (const auto& [key, stored] : objects) {
+    if (key.kind != Kind::kService) continue;
+    const json& svc = stored.object;
+    if (Str(svc, {"spec", "type"}) == "ExternalName") continue;
+    Resource r = MakeResource(ResourceKey::SERVICE, key.ns, key.name);
+    auto* s = r.mutable_service();
+    s->set_namespace_(key.ns);
+    s->set_name(key.name);
+    std::vector<std::string> vips;
+    const json& cips = At(svc, {"spec", "clusterIPs"});
+    if (cips.is_array()) {
+      for (const auto& ip : cips) {
+        if (ip.is_string()) vips.push_back(ip.get<std::string>());
+      }
+    } else if (!Str(svc, {"spec", "clusterIP"}).empty()) {
+      vips.push_back(Str(svc, {"spec", "clusterIP"}));
+    }
+    for (const auto& ip : vips) {
+      if (ValidIp(ip)) s->add_vips(ip);  // "None" (headless) is dropped
+    }
+    const json& ports = At(svc, {"spec", "ports"});
+    if (ports.is_array()) {
+      for (const auto& p : ports) {
+        auto* sp = s->add_ports();
+        sp->set_name(Str(p, {"name"}));
+        sp->set_port(static_cast<uint32_t>(Int(p, {"port"})));
+        sp->set_target_port(static_cast<uint32_t>(Int(p, {"targetPort"})));  // named: 0
+        std::string proto = Str(p, {"protocol"});
+        sp->set_protocol(proto.empty() ? "TCP" : proto);
+        sp->set_app_protocol(Str(p, {"appProtocol"}));
+      }
+    }
+    for (const auto& [k, v] : StrMap(svc, {"metadata", "labels"})) (*s->mutable_labels())[k] = v;
+    for (const auto& [k, v] : StrMap(svc, {"spec", "selector"})) (*s->mutable_selector())[k] = v;
+    services[{key.ns, key.name}] = std::move(r);
+  }
+  for (const auto& [key, stored] : objects) {
+    if (key.kind != Kind::kEndpointSlice) continue;
+    const json& slice = stored.object;
+    const std::string svc = Str(slice, {"metadata", "labels", "kubernetes.io/service-name"});
+    auto it = services.find({key.ns, svc});
+    if (svc.empty() || it == services.end()) continue;
+    std::vector<shunt::v1::EndpointPort> ports;
+    const json& jports = At(slice, {"ports"});
+    if (jports.is_array()) {
+      for (const auto& p : jports) {
+        shunt::v1::EndpointPort ep;
+        ep.set_name(Str(p, {"name"}));
+        ep.set_port(static_cast<uint32_t>(Int(p, {"port"})));
+        ports.push_back(ep);
+      }
+    }
+    const json& eps = At(slice, {"endpoints"});
+    if (!eps.is_array()) continue;
+    for (const auto& e : eps) {
+      auto* ep = it->second.mutable_service()->add_endpoints();
+      const json& addrs = At(e, {"addresses"});
+      if (addrs.is_array()) {
+        for (const auto& a : addrs) {
+          if (a.is_string() && ValidIp(a.get<std::string>())) ep->add_ips(a.get<std::string>());
+        }
+      }
+      if (Str(e, {"targetRef", "kind"}) == "Pod") ep->set_workload_uid(Str(e, {"targetRef", "uid"}));
+      ep->set_node(Str(e, {"nodeName"}));
+      const json& ready = At(e, {"conditions", "ready"});
+      ep->set_ready(!ready.is_boolean() || ready.get<bool>());  // absent means ready
+      for (const auto& p : ports) *ep->add_ports() = p;
+    }
+  }
+  for (auto& [k, r] : services) out.resources[ResourceKeyString(r.key())] = std::move(r);
+}
+
+// --- CRs ----------------------------------------------------------------------------------------
+
+template <typename Msg>
+absl::Status SpecToProto(const json& object, Msg* msg) {
+  const json& spec = At(object, {"spec"});
+  if (!spec.is_object()) return absl::InvalidArgumentError("spec is missing or not an object");
+  google::protobuf::util::JsonParseOptions opts;
+  opts.ignore_unknown_fields = false;
+  auto s = google::protobuf::util::JsonStringToMessage(spec.dump(), msg, opts);
+  if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("spec: ", s.message().as_string()));
+  return absl::OkStatus();
+}
+
+absl::Status ValidateRoute(const shunt::v1::TrafficRoute& r,
+                           const std::set<std::pair<std::string, std::string>>& services) {
+  if (r.service().empty()) return absl::InvalidArgumentError("spec.service is required");
+  if (!services.count({r.namespace_(), r.service()})) {
+    return absl::NotFoundError(absl::StrCat("Service ", r.namespace_(), "/", r.service(),
+                                            " does not exist"));
+  }
+  if (r.rules_size() == 0) return absl::InvalidArgumentError("spec.rules must not be empty");
+  for (int i = 0; i < r.rules_size(); ++i) {
+    const auto& rule = r.rules(i);
+    uint64_t total = 0;
+    for (int j = 0; j < rule.backends_size(); ++j) {
+      const auto& b = rule.backends(j);
+      if (b.target_case() == shunt::v1::RouteBackend::TARGET_NOT_SET) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("spec.rules[", i, "].backends[", j, "]: subset or service is required"));
+      }
+      if (b.weight() > 1000000) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("spec.rules[", i, "].backends[", j, "].weight: must be <= 1000000"));
+      }
+      total += b.weight();
+    }
+    if (total == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("spec.rules[", i, "]: the backends' weights add up to 0"));
+    }
+  }
+  for (uint32_t p : r.ports()) {
+    if (p == 0 || p > 65535) return absl::InvalidArgumentError("spec.ports: must be 1-65535");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateAccess(const shunt::v1::AccessPolicy& p) {
+  if (p.action() == shunt::v1::AccessPolicy::ACTION_UNSPECIFIED) {
+    return absl::InvalidArgumentError("spec.action must be ALLOW or DENY");
+  }
+  for (int i = 0; i < p.from_size(); ++i) {
+    for (const auto& cidr : p.from(i).ip_blocks()) {
+      if (!ValidCidr(cidr)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("spec.from[", i, "].ipBlocks: \"", cidr, "\" is not a CIDR"));
+      }
+    }
+  }
+  for (int i = 0; i < p.ports_size(); ++i) {
+    const auto& r = p.ports(i);
+    if (r.from() == 0 || r.from() > 65535 || r.to() > 65535 || (r.to() != 0 && r.to() < r.from())) {
+      return absl::InvalidArgumentError(absl::StrCat("spec.ports[", i, "]: bad port range"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateCost(const shunt::v1::ApiCostPolicy& p) {
+  if (p.service().empty()) return absl::InvalidArgumentError("spec.service is required");
+  if (p.currency().size() != 3 ||
+      !std::all_of(p.currency().begin(), p.currency().end(), [](char c) { return c >= 'A' && c <= 'Z'; })) {
+    return absl::InvalidArgumentError("spec.currency must be an ISO 4217 code such as USD");
+  }
+  for (int i = 0; i < p.routes_size(); ++i) {
+    const auto& r = p.routes(i);
+    for (const std::string* d : {&r.per_request(), &r.per_gib_request(), &r.per_gib_response()}) {
+      if (!ValidDecimal(*d)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("spec.routes[", i, "]: \"", *d, "\" is not a decimal price"));
+      }
+    }
+  }
+  auto check_model = [](const shunt::v1::ModelPrice& m, const std::string& where) -> absl::Status {
+    for (const std::string* d : {&m.per_million_input(), &m.per_million_cached_input(),
+                                 &m.per_million_output(), &m.per_million_reasoning()}) {
+      if (!ValidDecimal(*d)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": \"", *d, "\" is not a decimal price"));
+      }
+    }
+    return absl::OkStatus();
+  };
+  for (int i = 0; i < p.models_size(); ++i) {
+    auto s = check_model(p.models(i), absl::StrCat("spec.models[", i, "]"));
+    if (!s.ok()) return s;
+  }
+  return check_model(p.default_model(), "spec.defaultModel");
+}
+
+void AddPolicies(const ObjectMap& objects, Snapshot& out) {
+  std::set<std::pair<std::string, std::string>> services;
+  for (const auto& [key, stored] : objects) {
+    if (key.kind == Kind::kService) services.insert({key.ns, key.name});
+  }
+  for (const auto& [key, stored] : objects) {
+    if (key.kind != Kind::kTrafficRoute && key.kind != Kind::kAccessPolicy &&
+        key.kind != Kind::kApiCostPolicy) {
+      continue;
+    }
+    PolicyStatus status;
+    status.key = key;
+    status.observed_generation = Int(stored.object, {"metadata", "generation"});
+    absl::Status s;
+    Resource r;
+    if (key.kind == Kind::kTrafficRoute) {
+      r = MakeResource(ResourceKey::TRAFFIC_ROUTE, key.ns, key.name);
+      auto* m = r.mutable_traffic_route();
+      s = SpecToProto(stored.object, m);
+      m->set_namespace_(key.ns);
+      m->set_name(key.name);
+      if (s.ok()) s = ValidateRoute(*m, services);
+    } else if (key.kind == Kind::kAccessPolicy) {
+      r = MakeResource(ResourceKey::ACCESS_POLICY, key.ns, key.name);
+      auto* m = r.mutable_access_policy();
+      s = SpecToProto(stored.object, m);
+      m->set_namespace_(key.ns);
+      m->set_name(key.name);
+      if (s.ok()) s = ValidateAccess(*m);
+    } else {
+      r = MakeResource(ResourceKey::API_COST_POLICY, key.ns, key.name);
+      auto* m = r.mutable_api_cost_policy();
+      s = SpecToProto(stored.object, m);
+      m->set_namespace_(key.ns);
+      m->set_name(key.name);
+      if (s.ok()) s = ValidateCost(*m);
+    }
+    status.accepted = s.ok();
+    if (s.ok()) {
+      status.reason = "Accepted";
+      status.message = "applied to the mesh";
+      out.resources[ResourceKeyString(r.key())] = std::move(r);
+    } else {
+      status.reason = s.code() == absl::StatusCode::kNotFound ? "ServiceNotFound" : "InvalidSpec";
+      status.message = std::string(s.message());
+    }
+    out.statuses.push_back(std::move(status));
+  }
+}
+
+}  // namespace
+
+Snapshot BuildSnapshot(const ObjectMap& objects) {
+  Snapshot out;
+  AddWorkloads(objects, out);
+  AddServices(objects, out);
+  AddPolicies(objects, out);
+  for (auto& [k, r] : out.resources) r.set_version(ResourceVersion(r));
+  return out;
+}
+
+}  // namespace shunt::controller

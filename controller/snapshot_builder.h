@@ -1,0 +1,33 @@
+// Turns the Kubernetes objects of ClusterState into the mesh's policy resources (proto/shunt/v1):
+// Pods -> Workload, Service + EndpointSlices -> Service, our CRs -> TrafficRoute / AccessPolicy /
+// ApiCostPolicy. Pure: no I/O, deterministic, so it is tested without a cluster.
+//
+// Mesh membership: a pod is meshed when its namespace has the label shunt.dev/mesh=enabled or the
+// pod has the annotation shunt.dev/mesh=enabled; the annotation shunt.dev/mesh=disabled opts a
+// pod out of a meshed namespace. hostNetwork pods are never meshed (they share the node's IP and
+// cgroup layout is theirs alone).
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "controller/cluster_state.h"
+#include "common/resources.h"
+#include "shunt/v1/discovery.pb.h"
+
+namespace shunt::controller {
+
+inline constexpr char kMeshLabel[] = "shunt.dev/mesh";
+inline constexpr char kMeshEnabled[] = "enabled";
+inline constexpr char kMeshDisabled[] = "disabled";
+
+struct Snapshot {
+  std::map<std::string, shunt::v1::Resource> resources;  // by ResourceKeyString
+  std::vector<PolicyStatus> statuses;                     // one per CR seen
+  std::vector<std::string> warnings;                      // objects skipped, and why
+};
+
+Snapshot BuildSnapshot(const ObjectMap& objects);
+
+}  // namespace shunt::controller

@@ -1,0 +1,283 @@
+// The policy stream over a real gRPC channel: the controller's PolicyServer and the agent's
+// ControllerPolicySource, in one process, on 127.0.0.1.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <thread>
+
+#include "agent/policy/controller_source.h"
+#include "agent/policy/policy_store.h"
+#include "common/resources.h"
+#include "controller/policy_server.h"
+#include "grpcpp/grpcpp.h"
+
+namespace shunt {
+namespace {
+
+using namespace std::chrono_literals;
+using shunt::v1::PolicyRequest;
+using shunt::v1::PolicyResponse;
+using shunt::v1::Resource;
+using shunt::v1::ResourceKey;
+
+template <typename F>
+bool Eventually(F f, std::chrono::milliseconds timeout = 10s) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (f()) return true;
+    std::this_thread::sleep_for(5ms);
+  }
+  return f();
+}
+
+Resource Pod(const std::string& uid, const std::string& ip, bool meshed = true) {
+  Resource r;
+  r.mutable_key()->set_kind(ResourceKey::WORKLOAD);
+  r.mutable_key()->set_namespace_("default");
+  r.mutable_key()->set_name(uid);
+  auto* w = r.mutable_workload();
+  w->set_uid(uid);
+  w->set_namespace_("default");
+  w->set_name("pod-" + uid);
+  w->set_node("node-a");
+  w->add_ips(ip);
+  w->set_meshed(meshed);
+  r.set_version(ResourceVersion(r));
+  return r;
+}
+
+std::map<std::string, Resource> Set(std::vector<Resource> rs) {
+  std::map<std::string, Resource> m;
+  for (auto& r : rs) m[ResourceKeyString(r.key())] = r;
+  return m;
+}
+
+class ControllerProcess {
+ public:
+  explicit ControllerProcess(int port = 0) : service(nullptr) {
+    grpc::ServerBuilder b;
+    b.AddListeningPort("127.0.0.1:" + std::to_string(port), grpc::InsecureServerCredentials(),
+                       &bound_port);
+    b.RegisterService(&service);
+    server = b.BuildAndStart();
+  }
+  ~ControllerProcess() { server->Shutdown(std::chrono::system_clock::now() + 2s); }
+  std::string address() const { return "127.0.0.1:" + std::to_string(bound_port); }
+
+  controller::PolicyServer service;
+  std::unique_ptr<grpc::Server> server;
+  int bound_port = 0;
+};
+
+struct Agent {
+  Agent(const std::string& address, const std::string& state_dir = "") {
+    agent::ControllerSourceOptions o;
+    o.address = address;
+    o.node = "node-a";
+    o.credentials = grpc::InsecureChannelCredentials();
+    o.state_dir = state_dir;
+    o.min_backoff = absl::Milliseconds(20);
+    o.max_backoff = absl::Milliseconds(200);
+    source = std::make_unique<agent::ControllerPolicySource>(o);
+    EXPECT_TRUE(source
+                    ->Start([this](absl::StatusOr<shunt::v1::PolicyBundle> u) {
+                      store.Apply(source->name(), std::move(u));
+                    })
+                    .ok());
+  }
+  ~Agent() { source->Stop(); }
+  size_t Workloads() const {
+    auto s = store.Current();
+    return s ? s->bundle.workloads_size() : 0;
+  }
+  agent::PolicyStore store;
+  std::unique_ptr<agent::ControllerPolicySource> source;
+};
+
+class TempDir {
+ public:
+  TempDir() {
+    char t[] = "/tmp/shunt-stream-XXXXXX";
+    path = mkdtemp(t);
+  }
+  ~TempDir() {
+    unlink(agent::ControllerPolicySource::StatePath(path).c_str());
+    rmdir(path.c_str());
+  }
+  std::string path;
+};
+
+TEST(PolicyStream, FullStateThenDeltasReachTheAgent) {
+  ControllerProcess c;
+  c.service.Publish(Set({Pod("a", "198.18.0.2"), Pod("b", "198.18.0.3")}), absl::Now());
+  Agent agent(c.address());
+  ASSERT_TRUE(Eventually([&] { return agent.Workloads() == 2; }));
+  ASSERT_TRUE(Eventually([&] { return agent.source->InSync().ok(); }));
+
+  // b changes, c appears, a goes.
+  c.service.Publish(Set({Pod("b", "198.18.0.3", false), Pod("c", "198.18.0.4")}), absl::Now());
+  ASSERT_TRUE(Eventually([&] {
+    auto s = agent.store.Current();
+    if (!s || s->bundle.workloads_size() != 2) return false;
+    for (const auto& w : s->bundle.workloads()) {
+      if (w.uid() == "a" || (w.uid() == "b" && w.meshed())) return false;
+    }
+    return true;
+  }));
+  EXPECT_EQ(agent.source->version(), c.service.current_version());
+  ASSERT_TRUE(Eventually([&] {
+    auto agents = c.service.Agents();
+    return agents.size() == 1 && agents[0].in_sync && agents[0].node == "node-a";
+  }));
+}
+
+TEST(PolicyStream, ResponsesCarryOnlyChangesAndAreAckedByNonce) {
+  ControllerProcess c;
+  c.service.Publish(Set({Pod("a", "198.18.0.2"), Pod("b", "198.18.0.3")}), absl::Now());
+  auto channel = grpc::CreateChannel(c.address(), grpc::InsecureChannelCredentials());
+  auto stub = shunt::v1::PolicyDiscovery::NewStub(channel);
+  grpc::ClientContext ctx;
+  auto stream = stub->Stream(&ctx);
+  PolicyRequest req;
+  req.set_node("raw");
+  ASSERT_TRUE(stream->Write(req));
+  PolicyResponse first;
+  ASSERT_TRUE(stream->Read(&first));
+  EXPECT_TRUE(first.full_state());
+  EXPECT_EQ(first.resources_size(), 2);
+  EXPECT_FALSE(first.nonce().empty());
+
+  // No next response before this one is answered, even if the snapshot moves on.
+  c.service.Publish(Set({Pod("a", "198.18.0.2"), Pod("c", "198.18.0.4")}), absl::Now());
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(c.service.pushes_total(), 1u);
+
+  PolicyRequest stale;
+  stale.set_response_nonce("not-a-nonce");
+  ASSERT_TRUE(stream->Write(stale));  // ignored
+  PolicyRequest ack;
+  ack.set_response_nonce(first.nonce());
+  ack.set_version_info(first.system_version_info());
+  ASSERT_TRUE(stream->Write(ack));
+  PolicyResponse delta;
+  ASSERT_TRUE(stream->Read(&delta));
+  EXPECT_FALSE(delta.full_state());
+  ASSERT_EQ(delta.resources_size(), 1);
+  EXPECT_EQ(delta.resources(0).workload().uid(), "c");
+  ASSERT_EQ(delta.removed_size(), 1);
+  EXPECT_EQ(delta.removed(0).name(), "b");
+  EXPECT_NE(delta.nonce(), first.nonce());
+  ctx.TryCancel();
+}
+
+TEST(PolicyStream, InitialResourceVersionsLimitTheFirstResponseToTheDifference) {
+  ControllerProcess c;
+  Resource a = Pod("a", "198.18.0.2"), b = Pod("b", "198.18.0.3"), d = Pod("d", "198.18.0.5");
+  c.service.Publish(Set({a, b, Pod("c", "198.18.0.4")}), absl::Now());
+  auto stub = shunt::v1::PolicyDiscovery::NewStub(
+      grpc::CreateChannel(c.address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  auto stream = stub->Stream(&ctx);
+  PolicyRequest req;
+  req.set_node("restarted");
+  // Holds a and b as they are, an outdated version of c's neighbour d that no longer exists.
+  (*req.mutable_initial_resource_versions())[ResourceKeyString(a.key())] = a.version();
+  (*req.mutable_initial_resource_versions())[ResourceKeyString(b.key())] = b.version();
+  (*req.mutable_initial_resource_versions())[ResourceKeyString(d.key())] = d.version();
+  ASSERT_TRUE(stream->Write(req));
+  PolicyResponse first;
+  ASSERT_TRUE(stream->Read(&first));
+  EXPECT_TRUE(first.full_state());
+  ASSERT_EQ(first.resources_size(), 1);
+  EXPECT_EQ(first.resources(0).workload().uid(), "c");
+  ASSERT_EQ(first.removed_size(), 1);
+  EXPECT_EQ(first.removed(0).name(), "d");
+  EXPECT_EQ(first.removed(0).kind(), ResourceKey::WORKLOAD);
+  ctx.TryCancel();
+}
+
+TEST(PolicyStream, FirstRequestWithoutNodeIsRejected) {
+  ControllerProcess c;
+  auto stub = shunt::v1::PolicyDiscovery::NewStub(
+      grpc::CreateChannel(c.address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  auto stream = stub->Stream(&ctx);
+  ASSERT_TRUE(stream->Write(PolicyRequest()));
+  PolicyResponse r;
+  EXPECT_FALSE(stream->Read(&r));
+  grpc::Status s = stream->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST(PolicyStream, InvalidSnapshotIsNackedAndTheAgentKeepsItsLastGoodVersion) {
+  ControllerProcess c;
+  c.service.Publish(Set({Pod("a", "198.18.0.2")}), absl::Now());
+  Agent agent(c.address());
+  ASSERT_TRUE(Eventually([&] { return agent.source->InSync().ok(); }));
+  const std::string good = agent.source->version();
+
+  // Two pods claim one IP: the agent must refuse the whole version.
+  c.service.Publish(Set({Pod("a", "198.18.0.2"), Pod("b", "198.18.0.2")}), absl::Now());
+  ASSERT_TRUE(Eventually([&] { return c.service.nacks_total() == 1; }));
+  EXPECT_EQ(agent.source->version(), good);
+  EXPECT_EQ(agent.Workloads(), 1u);
+  EXPECT_EQ(agent.source->InSync().code(), absl::StatusCode::kFailedPrecondition);
+  auto agents = c.service.Agents();
+  ASSERT_EQ(agents.size(), 1u);
+  EXPECT_FALSE(agents[0].in_sync);
+  EXPECT_NE(agents[0].last_nack.find("198.18.0.2"), std::string::npos) << agents[0].last_nack;
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(c.service.nacks_total(), 1u) << "a NACKed version is not resent in a loop";
+
+  // A good version after it is applied.
+  c.service.Publish(Set({Pod("a", "198.18.0.2"), Pod("b", "198.18.0.9")}), absl::Now());
+  ASSERT_TRUE(Eventually([&] { return agent.Workloads() == 2 && agent.source->InSync().ok(); }));
+}
+
+TEST(PolicyStream, RestartedAgentEnforcesSavedStateAndResumesWithOnlyTheDifference) {
+  TempDir dir;
+  std::string address;
+  {
+    ControllerProcess c;
+    address = c.address();
+    c.service.Publish(Set({Pod("a", "198.18.0.2"), Pod("b", "198.18.0.3")}), absl::Now());
+    Agent agent(c.address(), dir.path);
+    ASSERT_TRUE(Eventually([&] { return agent.source->InSync().ok(); }));
+  }
+  // The controller is gone; a new agent starts from the saved state at once.
+  auto port = std::stoi(address.substr(address.rfind(':') + 1));
+  {
+    Agent agent(address, dir.path);
+    EXPECT_EQ(agent.Workloads(), 2u) << "the saved policy is enforced without a controller";
+    EXPECT_FALSE(agent.source->InSync().ok());
+
+    // The controller comes back with one change: only that is sent.
+    ControllerProcess c(port);
+    c.service.Publish(Set({Pod("a", "198.18.0.2"), Pod("b", "198.18.0.3"), Pod("c", "198.18.0.4")}),
+                      absl::Now());
+    ASSERT_TRUE(Eventually([&] { return agent.source->InSync().ok(); }, 15s));
+    EXPECT_EQ(agent.Workloads(), 3u);
+    EXPECT_EQ(c.service.pushes_total(), 1u);
+  }
+}
+
+TEST(PolicyStream, AgentResyncsAfterTheControllerRestarts) {
+  std::unique_ptr<ControllerProcess> c = std::make_unique<ControllerProcess>();
+  const std::string address = c->address();
+  const int port = c->bound_port;
+  c->service.Publish(Set({Pod("a", "198.18.0.2")}), absl::Now());
+  Agent agent(address);
+  ASSERT_TRUE(Eventually([&] { return agent.source->InSync().ok(); }));
+  c.reset();  // controller dies
+  ASSERT_TRUE(Eventually([&] { return !agent.source->InSync().ok(); }));
+  EXPECT_EQ(agent.Workloads(), 1u) << "enforcement continues";
+  c = std::make_unique<ControllerProcess>(port);
+  c->service.Publish(Set({Pod("a", "198.18.0.2"), Pod("b", "198.18.0.3")}), absl::Now());
+  ASSERT_TRUE(Eventually([&] { return agent.source->InSync().ok() && agent.Workloads() == 2; },
+                         15s));
+}
+
+}  // namespace
+}  // namespace shunt
