@@ -2,14 +2,20 @@
 
 #include <signal.h>
 
+#include <fstream>
 #include <memory>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
-#include "agent/admin_server.h"
+#include "common/admin_server.h"
 #include "agent/bpf/fastpath.h"
 #include "agent/bpf/kernel_probe.h"
+#include "agent/bpf/socklb.h"
+#include "agent/dataplane/service_policy.h"
+#include "agent/metrics/socklb_collector.h"
 #include "agent/dataplane/local_dataplane.h"
 #include "agent/metrics/fastpath_collector.h"
+#include "agent/policy/controller_source.h"
 #include "agent/policy/file_source.h"
 #include "agent/policy/policy_store.h"
 #include "common/cgroup.h"
@@ -75,6 +81,36 @@ class AgentCollector : public prometheus::Collectable {
   const Reconciler& reconciler_;
 };
 
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError("cannot read " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ControllerCredentials(
+    const AgentConfig& config) {
+  if (config.controller_plaintext) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions opts;
+  if (!config.controller_ca.empty()) {
+    auto ca = ReadFile(config.controller_ca);
+    if (!ca.ok()) return ca.status();
+    opts.pem_root_certs = *ca;
+  }
+  if (!config.controller_cert.empty() || !config.controller_key.empty()) {
+    auto cert = ReadFile(config.controller_cert);
+    auto key = ReadFile(config.controller_key);
+    if (!cert.ok() || !key.ok()) {
+      return absl::InvalidArgumentError(
+          "--controller-cert and --controller-key go together and must be readable");
+    }
+    opts.pem_cert_chain = *cert;
+    opts.pem_private_key = *key;
+  }
+  return grpc::SslCredentials(opts);
+}
+
 }  // namespace
 
 std::string PinDir(const AgentConfig& config) {
@@ -82,7 +118,9 @@ std::string PinDir(const AgentConfig& config) {
 }
 
 int UninstallAgent(const AgentConfig& config) {
-  absl::Status s = Fastpath::Uninstall(PinDir(config));
+  // socklb first: the fast path's uninstall removes the pin directory, which must be empty.
+  absl::Status s = SockLb::Uninstall(PinDir(config));
+  if (absl::Status f = Fastpath::Uninstall(PinDir(config)); s.ok()) s = f;
   if (!s.ok()) {
     SHUNT_LOG(ERROR) << "uninstall incomplete: " << s.message();
     return 1;
@@ -133,12 +171,44 @@ int RunAgent(const AgentConfig& config) {
   }
   SHUNT_LOG(INFO) << "fast path attached to " << fc.cgroup_root << ", pinned under " << fc.pin_dir;
 
+  SockLbConfig lc;
+  lc.pin_dir = fc.pin_dir;
+  lc.cgroup_root = fc.cgroup_root;
+  lc.pods_size = fc.pods_size;
+  lc.services_size = config.lb_services_size;
+  lc.slots_size = config.lb_slots_size;
+  lc.policy_sources_size = config.policy_sources_size;
+  lc.policy_dests_size = config.policy_dests_size;
+  lc.stats_size = config.stats_size;
+  auto socklb = SockLb::Install(lc);
+  if (!socklb.ok()) {
+    SHUNT_LOG(ERROR) << "install connect-time load balancing: " << socklb.status().message();
+    return 1;
+  }
+
   PolicyStore store;
   FastpathWriter writer(**fastpath);
   Reconciler reconciler({config.node_name, fc.cgroup_root, config.resync}, store, writer);
 
   std::unique_ptr<PolicySource> source;
-  if (!config.policy_file.empty()) {
+  ControllerPolicySource* controller_source = nullptr;
+  if (!config.controller.empty()) {
+    auto creds = ControllerCredentials(config);
+    if (!creds.ok()) {
+      SHUNT_LOG(ERROR) << creds.status().message();
+      return 2;
+    }
+    ControllerSourceOptions o;
+    o.address = config.controller;
+    o.node = config.node_name;
+    o.credentials = *creds;
+    o.state_dir = config.state_dir.empty() ? "" : absl::StrCat(config.state_dir, "/", config.node_name);
+    o.max_backoff = config.controller_max_backoff;
+    o.agent_version = SHUNT_VERSION;
+    auto cs = std::make_unique<ControllerPolicySource>(std::move(o));
+    controller_source = cs.get();
+    source = std::move(cs);
+  } else if (!config.policy_file.empty()) {
     source = std::make_unique<FilePolicySource>(config.policy_file, config.policy_poll);
   }
   if (source) {
@@ -148,10 +218,21 @@ int RunAgent(const AgentConfig& config) {
     });
     if (!s.ok()) SHUNT_LOG(ERROR) << "policy source: " << s.message();
   } else {
-    SHUNT_LOG(WARNING) << "no policy source (--policy-file): no pod is meshed";
+    SHUNT_LOG(WARNING) << "no policy source (--controller or --policy-file): no pod is meshed";
   }
   if (absl::Status s = reconciler.Start(); !s.ok()) {
     SHUNT_LOG(WARNING) << "first reconcile: " << s.message();
+  }
+  SockLbWriter lb_writer(**socklb);
+  ServicePolicyReconciler::Options lb_options{config.node_name, fc.cgroup_root, config.resync, {}};
+  lb_options.limits.services = config.lb_services_size;
+  lb_options.limits.slots = config.lb_slots_size;
+  lb_options.limits.policy_sources = config.policy_sources_size;
+  lb_options.limits.policy_dests = config.policy_dests_size;
+  lb_options.limits.max_slots_per_service = config.lb_max_slots;
+  ServicePolicyReconciler service_policy(lb_options, store, lb_writer);
+  if (absl::Status s = service_policy.Start(); !s.ok()) {
+    SHUNT_LOG(WARNING) << "first service/policy reconcile: " << s.message();
   }
 
   auto ready = [&]() -> absl::Status {
@@ -160,17 +241,24 @@ int RunAgent(const AgentConfig& config) {
       return absl::UnavailableError(absl::StrCat("last policy update rejected: ", s.message()));
     }
     if (!reconciler.synced()) return absl::UnavailableError("policy not applied yet");
-    return reconciler.last_error();
+    if (absl::Status s = reconciler.last_error(); !s.ok()) return s;
+    // With a controller: ready means in sync with it (the saved policy is enforced meanwhile).
+    if (controller_source) return controller_source->InSync();
+    return absl::OkStatus();
   };
 
   std::unique_ptr<prometheus::Exposer> exposer;
   auto registry_collector = std::make_shared<FastpathCollector>(
       **fastpath, [&reconciler] { return reconciler.directory(); }, config.max_metric_series);
   auto agent_collector = std::make_shared<AgentCollector>(config, store, reconciler);
+  auto socklb_collector = std::make_shared<SockLbCollector>(
+      **socklb, [&reconciler] { return reconciler.directory(); },
+      [&service_policy] { return service_policy.status(); }, config.max_metric_series);
   try {
     exposer = std::make_unique<prometheus::Exposer>(config.metrics_addr);
     exposer->RegisterCollectable(registry_collector);
     exposer->RegisterCollectable(agent_collector);
+    exposer->RegisterCollectable(socklb_collector);
   } catch (const std::exception& e) {
     SHUNT_LOG(ERROR) << "metrics endpoint " << config.metrics_addr << ": " << e.what();
     return 1;
@@ -188,6 +276,7 @@ int RunAgent(const AgentConfig& config) {
   SHUNT_LOG(INFO) << "signal " << sig << ": stopping; programs and maps stay pinned so that "
                   << "established connections are not disturbed";
   if (source) source->Stop();
+  service_policy.Stop();
   reconciler.Stop();
   return 0;
 }

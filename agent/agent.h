@@ -16,12 +16,26 @@ struct AgentConfig {
   std::string metrics_addr = "0.0.0.0:15090";
   std::string admin_addr = "0.0.0.0:15021";
   std::string policy_file;
+  // The controller's policy stream (cluster mode); exclusive with policy_file.
+  std::string controller;       // host:port
+  std::string controller_ca;    // CA of the controller's certificate (default: system roots)
+  std::string controller_cert;  // client certificate for mutual TLS
+  std::string controller_key;
+  bool controller_plaintext = false;
+  absl::Duration controller_max_backoff = absl::Seconds(30);
+  std::string state_dir = "/var/lib/shunt";  // last good policy, per node, survives restarts
   absl::Duration policy_poll = absl::Milliseconds(500);
   absl::Duration resync = absl::Seconds(1);
   uint32_t sockhash_size = 65536;
   uint32_t pods_size = 4096;
   uint32_t endpoints_size = 8192;
   uint32_t stats_size = 16384;
+  // Connect-time load balancing and access policy (socklb).
+  uint32_t lb_services_size = 4096;
+  uint32_t lb_slots_size = 65536;
+  uint32_t lb_max_slots = 1024;  // per VIP:port
+  uint32_t policy_sources_size = 4096;
+  uint32_t policy_dests_size = 16384;
   size_t max_metric_series = 10000;
 };
 

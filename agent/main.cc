@@ -8,6 +8,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "agent/agent.h"
+#include "common/flags.h"
 #include "common/log.h"
 
 ABSL_FLAG(std::string, node_name, "", "Name of this node (Kubernetes node name). Required.");
@@ -20,44 +21,39 @@ ABSL_FLAG(std::string, admin_addr, "0.0.0.0:15021", "/healthz and /readyz listen
 ABSL_FLAG(std::string, policy_file, "",
           "Policy file (Workload resources, JSON or YAML; see docs/policy-file.md), re-read when "
           "it changes. Standalone mode.");
+ABSL_FLAG(std::string, controller, "",
+          "shunt-controller's policy stream, host:port (cluster mode; excludes --policy-file).");
+ABSL_FLAG(std::string, controller_ca, "", "CA (PEM) of the controller's certificate.");
+ABSL_FLAG(std::string, controller_cert, "", "Client certificate (PEM) for mutual TLS.");
+ABSL_FLAG(std::string, controller_key, "", "Client private key (PEM) for mutual TLS.");
+ABSL_FLAG(bool, controller_plaintext, false, "Talk to the controller without TLS (tests, demos).");
+ABSL_FLAG(int, controller_max_backoff_ms, 30000, "Longest wait between reconnects.");
+ABSL_FLAG(std::string, state_dir, "/var/lib/shunt",
+          "Where the last good policy from the controller is kept (per node), so that a restart "
+          "while the controller is down still enforces it.");
 ABSL_FLAG(int, policy_poll_ms, 500, "How often the policy file is checked for changes.");
 ABSL_FLAG(int, resync_ms, 1000, "How often pod cgroups are rescanned and maps reconciled.");
 ABSL_FLAG(uint32_t, sockhash_size, 65536, "Sockets the sockhash can hold; beyond: normal path.");
 ABSL_FLAG(uint32_t, pods_map_size, 4096, "Local pods the pods map can hold.");
 ABSL_FLAG(uint32_t, endpoints_map_size, 8192, "Local pod IPs the endpoints map can hold.");
 ABSL_FLAG(uint32_t, stats_map_size, 16384, "Counter entries (workload pairs x reasons).");
+ABSL_FLAG(uint32_t, lb_services_map_size, 4096,
+          "Service VIP:port entries for connect-time load balancing; beyond: normal path.");
+ABSL_FLAG(uint32_t, lb_slots_map_size, 65536, "Backend slots over all services; beyond: normal path.");
+ABSL_FLAG(uint32_t, lb_max_slots, 1024,
+          "Slot table size cap per VIP:port (weights are reduced by their gcd, then scaled to it).");
+ABSL_FLAG(uint32_t, policy_sources_map_size, 4096,
+          "Local pods with an access-policy source mask; beyond: not subject to policy.");
+ABSL_FLAG(uint32_t, policy_destinations_map_size, 16384,
+          "Pod IPs targeted by access policies; beyond: not protected.");
 ABSL_FLAG(uint32_t, max_metric_series, 10000, "Cap on workload-pair series; beyond: \"other\".");
 ABSL_FLAG(bool, uninstall, false,
           "Remove every program, link, pin and map this node's agent created, then exit.");
 ABSL_FLAG(bool, version, false, "Print the version and exit.");
 ABSL_FLAG(bool, verbose, false, "Debug logging.");
 
-namespace {
-
-// Flags are spelled with dashes (--node-name) on the command line; Abseil names them with
-// underscores. Rewrite "--a-b[=v]" to "--a_b[=v]" before parsing (values are left alone).
-std::vector<std::string> DashesToUnderscores(int argc, char** argv) {
-  std::vector<std::string> args(argv, argv + argc);
-  for (size_t i = 1; i < args.size(); ++i) {
-    std::string& a = args[i];
-    if (a == "--") break;
-    if (a.size() < 3 || a[0] != '-' || a[1] != '-') continue;
-    const size_t end = std::min(a.find('='), a.size());
-    for (size_t j = 2; j < end; ++j) {
-      if (a[j] == '-') a[j] = '_';
-    }
-  }
-  return args;
-}
-
-}  // namespace
-
 int main(int argc_in, char** argv_in) {
-  std::vector<std::string> args = DashesToUnderscores(argc_in, argv_in);
-  std::vector<char*> ptrs;
-  for (auto& a : args) ptrs.push_back(a.data());
-  int argc = static_cast<int>(ptrs.size());
-  char** argv = ptrs.data();
+  return shunt::WithNormalizedFlags(argc_in, argv_in, [](int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "shunt node agent.\n  shunt-agent --node-name=N [--cgroup-root=kubepods.slice] "
       "[--policy-file=F]\n  shunt-agent --uninstall --node-name=N");
@@ -77,17 +73,34 @@ int main(int argc_in, char** argv_in) {
   config.admin_addr = absl::GetFlag(FLAGS_admin_addr);
   config.policy_file = absl::GetFlag(FLAGS_policy_file);
   config.policy_poll = absl::Milliseconds(absl::GetFlag(FLAGS_policy_poll_ms));
+  config.controller = absl::GetFlag(FLAGS_controller);
+  config.controller_ca = absl::GetFlag(FLAGS_controller_ca);
+  config.controller_cert = absl::GetFlag(FLAGS_controller_cert);
+  config.controller_key = absl::GetFlag(FLAGS_controller_key);
+  config.controller_plaintext = absl::GetFlag(FLAGS_controller_plaintext);
+  config.controller_max_backoff = absl::Milliseconds(absl::GetFlag(FLAGS_controller_max_backoff_ms));
+  config.state_dir = absl::GetFlag(FLAGS_state_dir);
   config.resync = absl::Milliseconds(absl::GetFlag(FLAGS_resync_ms));
   config.sockhash_size = absl::GetFlag(FLAGS_sockhash_size);
   config.pods_size = absl::GetFlag(FLAGS_pods_map_size);
   config.endpoints_size = absl::GetFlag(FLAGS_endpoints_map_size);
   config.stats_size = absl::GetFlag(FLAGS_stats_map_size);
   config.max_metric_series = absl::GetFlag(FLAGS_max_metric_series);
+  config.lb_services_size = absl::GetFlag(FLAGS_lb_services_map_size);
+  config.lb_slots_size = absl::GetFlag(FLAGS_lb_slots_map_size);
+  config.lb_max_slots = absl::GetFlag(FLAGS_lb_max_slots);
+  config.policy_sources_size = absl::GetFlag(FLAGS_policy_sources_map_size);
+  config.policy_dests_size = absl::GetFlag(FLAGS_policy_destinations_map_size);
   if (config.node_name.empty() || config.node_name.find('/') != std::string::npos ||
       config.node_name == "." || config.node_name == "..") {
     SHUNT_LOG(ERROR) << "--node-name is required (a node name, without '/')";
     return 2;
   }
+  if (!config.controller.empty() && !config.policy_file.empty()) {
+    SHUNT_LOG(ERROR) << "--controller and --policy-file exclude each other";
+    return 2;
+  }
   if (absl::GetFlag(FLAGS_uninstall)) return shunt::agent::UninstallAgent(config);
   return shunt::agent::RunAgent(config);
+  });
 }

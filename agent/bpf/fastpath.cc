@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/errno_status.h"
+#include "common/files.h"
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "fastpath.skel.h"
@@ -26,19 +27,6 @@ constexpr const char* kMapNames[] = {SHUNT_MAP_SOCKHASH,  SHUNT_MAP_SOCKSTATE,
 bool Exists(const std::string& path) {
   struct stat st;
   return stat(path.c_str(), &st) == 0;
-}
-
-absl::Status MkdirAll(const std::string& path) {
-  std::string cur;
-  for (size_t i = 0; i <= path.size(); ++i) {
-    if (i == path.size() || (path[i] == '/' && i > 0)) {
-      cur = path.substr(0, i);
-      if (mkdir(cur.c_str(), 0700) != 0 && errno != EEXIST) {
-        return ErrnoStatus(errno, absl::StrCat("mkdir ", cur));
-      }
-    }
-  }
-  return absl::OkStatus();
 }
 
 absl::Status Unpin(const std::string& path) {

@@ -1,9 +1,5 @@
 #include "agent/policy/controller_source.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <cerrno>
 #include <fstream>
 #include <random>
@@ -12,8 +8,10 @@
 #include "absl/strings/str_cat.h"
 #include "agent/policy/policy_file.h"
 #include "common/errno_status.h"
+#include "common/files.h"
 #include "common/log.h"
 #include "common/resources.h"
+#include "common/status_macros.h"
 
 namespace shunt::agent {
 
@@ -68,29 +66,11 @@ absl::Status ControllerPolicySource::LoadPersisted() {
 
 absl::Status ControllerPolicySource::Persist() {
   if (options_.state_dir.empty()) return absl::OkStatus();
-  mkdir(options_.state_dir.c_str(), 0700);
+  RETURN_IF_ERROR(MkdirAll(options_.state_dir));
   PolicyResponse saved;
   saved.set_system_version_info(version_);
   for (const auto& [k, r] : held_) *saved.add_resources() = r;
-  const std::string path = StatePath(options_.state_dir);
-  const std::string tmp = path + ".tmp";
-  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return ErrnoStatus(errno, "open " + tmp);
-  const std::string bytes = saved.SerializeAsString();
-  size_t off = 0;
-  while (off < bytes.size()) {
-    ssize_t n = write(fd, bytes.data() + off, bytes.size() - off);
-    if (n < 0) {
-      int e = errno;
-      close(fd);
-      return ErrnoStatus(e, "write " + tmp);
-    }
-    off += static_cast<size_t>(n);
-  }
-  fsync(fd);
-  close(fd);
-  if (rename(tmp.c_str(), path.c_str()) != 0) return ErrnoStatus(errno, "rename " + path);
-  return absl::OkStatus();
+  return WriteFileAtomic(StatePath(options_.state_dir), saved.SerializeAsString());
 }
 
 absl::Status ControllerPolicySource::Start(UpdateFn on_update) {

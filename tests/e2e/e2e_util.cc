@@ -207,6 +207,7 @@ std::vector<std::string> AgentProcess::Argv() const {
       "--admin-addr=127.0.0.1:" + std::to_string(kAdminPort),
       "--resync-ms=200",
       "--policy-poll-ms=100",
+      "--state-dir=" + bed_.work_dir() + "/agent-state",  // removed with the test bed
   };
   if (!policy_file_.empty()) argv.push_back("--policy-file=" + policy_file_);
   for (const auto& f : extra_flags_) argv.push_back(f);

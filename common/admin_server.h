@@ -1,5 +1,5 @@
-// The agent's admin HTTP endpoints: /healthz (the process serves) and /readyz (the fast path is
-// installed and the last policy is applied). Served by civetweb, separate from /metrics.
+// Admin HTTP endpoints of shunt-agent and shunt-controller: /healthz (the process serves) and
+// /readyz (the owner says whether it is ready). Served by civetweb, separate from /metrics.
 #pragma once
 
 #include <functional>
@@ -11,7 +11,7 @@
 
 struct mg_context;
 
-namespace shunt::agent {
+namespace shunt {
 
 class AdminServer {
  public:
@@ -32,4 +32,4 @@ class AdminServer {
 // "host:port" -> civetweb's listening_ports syntax.
 std::string CivetwebListenSpec(const std::string& addr);
 
-}  // namespace shunt::agent
+}  // namespace shunt

@@ -1,4 +1,4 @@
-#include "agent/admin_server.h"
+#include "common/admin_server.h"
 
 #include <civetweb.h>
 
@@ -7,7 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace shunt::agent {
+namespace shunt {
 
 struct AdminHandlers {
   static int Reply(mg_connection* conn, int code, const std::string& body) {
@@ -54,4 +54,4 @@ AdminServer::~AdminServer() {
   if (ctx_) mg_stop(ctx_);
 }
 
-}  // namespace shunt::agent
+}  // namespace shunt
