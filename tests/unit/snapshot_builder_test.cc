@@ -1,0 +1,230 @@
+// Kubernetes objects -> policy resources, without a cluster.
+#include "controller/snapshot_builder.h"
+
+#include <gtest/gtest.h>
+
+#include "common/resources.h"
+
+namespace shunt::controller {
+namespace {
+
+using nlohmann::json;
+
+class Objects {
+ public:
+  Objects& Add(json o) {
+    auto key = KeyOf(o);
+    EXPECT_TRUE(key.ok()) << key.status() << o.dump();
+    if (key.ok()) map_[*key] = StoredObject{"test", std::move(o)};
+    return *this;
+  }
+  const ObjectMap& map() const { return map_; }
+
+ private:
+  ObjectMap map_;
+};
+
+json Namespace(const std::string& name, bool meshed) {
+  json ns = {{"apiVersion", "v1"}, {"kind", "Namespace"}, {"metadata", {{"name", name}}}};
+  if (meshed) ns["metadata"]["labels"] = {{"shunt.dev/mesh", "enabled"}};
+  return ns;
+}
+
+json Pod(const std::string& ns, const std::string& name, const std::string& uid,
+         const std::string& ip, json extra_meta = json::object()) {
+  json p = {{"apiVersion", "v1"},
+            {"kind", "Pod"},
+            {"metadata", {{"namespace", ns}, {"name", name}, {"uid", uid}}},
+            {"spec", {{"nodeName", "node-a"}, {"serviceAccountName", "sa-" + name}}},
+            {"status", {{"phase", "Running"}, {"podIP", ip}, {"podIPs", {{{"ip", ip}}}}}}};
+  for (auto& [k, v] : extra_meta.items()) p["metadata"][k] = v;
+  return p;
+}
+
+const shunt::v1::Workload* FindWorkload(const Snapshot& s, const std::string& uid) {
+  for (const auto& [k, r] : s.resources) {
+    if (r.has_workload() && r.workload().uid() == uid) return &r.workload();
+  }
+  return nullptr;
+}
+
+const PolicyStatus* FindStatus(const Snapshot& s, const std::string& name) {
+  for (const auto& st : s.statuses) {
+    if (st.key.name == name) return &st;
+  }
+  return nullptr;
+}
+
+TEST(BuildSnapshot, MeshMembershipByNamespaceLabelAndPodAnnotation) {
+  Objects o;
+  o.Add(Namespace("mesh", true)).Add(Namespace("plain", false));
+  o.Add(Pod("mesh", "a", "uid-a", "198.18.0.2"));
+  o.Add(Pod("mesh", "b", "uid-b", "198.18.0.3", {{"annotations", {{"shunt.dev/mesh", "disabled"}}}}));
+  o.Add(Pod("plain", "c", "uid-c", "198.18.0.4"));
+  o.Add(Pod("plain", "d", "uid-d", "198.18.0.5", {{"annotations", {{"shunt.dev/mesh", "enabled"}}}}));
+  Snapshot s = BuildSnapshot(o.map());
+  ASSERT_NE(FindWorkload(s, "uid-a"), nullptr);
+  EXPECT_TRUE(FindWorkload(s, "uid-a")->meshed());
+  EXPECT_FALSE(FindWorkload(s, "uid-b")->meshed());
+  EXPECT_FALSE(FindWorkload(s, "uid-c")->meshed());
+  EXPECT_TRUE(FindWorkload(s, "uid-d")->meshed());
+  const auto* a = FindWorkload(s, "uid-a");
+  EXPECT_EQ(a->namespace_(), "mesh");
+  EXPECT_EQ(a->node(), "node-a");
+  EXPECT_EQ(a->service_account(), "sa-a");
+  ASSERT_EQ(a->ips_size(), 1);
+  EXPECT_EQ(a->ips(0), "198.18.0.2");
+}
+
+TEST(BuildSnapshot, FinishedUnscheduledAndHostNetworkPods) {
+  Objects o;
+  o.Add(Namespace("mesh", true));
+  json done = Pod("mesh", "done", "uid-done", "198.18.0.2");
+  done["status"]["phase"] = "Succeeded";
+  json pending = Pod("mesh", "pending", "uid-pending", "");
+  pending["spec"].erase("nodeName");
+  json host = Pod("mesh", "host", "uid-host", "198.19.0.1");
+  host["spec"]["hostNetwork"] = true;
+  o.Add(done).Add(pending).Add(host);
+  Snapshot s = BuildSnapshot(o.map());
+  EXPECT_EQ(FindWorkload(s, "uid-done"), nullptr) << "its IP may already be someone else's";
+  EXPECT_EQ(FindWorkload(s, "uid-pending"), nullptr);
+  ASSERT_NE(FindWorkload(s, "uid-host"), nullptr);
+  EXPECT_FALSE(FindWorkload(s, "uid-host")->meshed());
+}
+
+TEST(BuildSnapshot, OwnerIsTheDeploymentBehindAReplicaSet) {
+  Objects o;
+  o.Add(Pod("default", "web-7d9f8-x2", "u1", "198.18.0.2",
+            {{"labels", {{"pod-template-hash", "7d9f8"}, {"app", "web"}}},
+             {"ownerReferences", {{{"kind", "ReplicaSet"}, {"name", "web-7d9f8"}, {"controller", true}}}}}));
+  o.Add(Pod("default", "db-0", "u2", "198.18.0.3",
+            {{"ownerReferences", {{{"kind", "StatefulSet"}, {"name", "db"}, {"controller", true}}}}}));
+  o.Add(Pod("default", "lonely", "u3", "198.18.0.4"));
+  Snapshot s = BuildSnapshot(o.map());
+  EXPECT_EQ(FindWorkload(s, "u1")->owner(), "web");
+  EXPECT_EQ(FindWorkload(s, "u1")->labels().at("app"), "web");
+  EXPECT_EQ(FindWorkload(s, "u2")->owner(), "db");
+  EXPECT_EQ(FindWorkload(s, "u3")->owner(), "lonely");
+}
+
+TEST(BuildSnapshot, ServiceWithEndpointSlices) {
+  Objects o;
+  o.Add({{"apiVersion", "v1"},
+         {"kind", "Service"},
+         {"metadata", {{"namespace", "default"}, {"name", "web"}}},
+         {"spec",
+          {{"clusterIPs", {"10.96.0.10", "fd00::10"}},
+           {"selector", {{"app", "web"}}},
+           {"ports", {{{"name", "http"}, {"port", 80}, {"targetPort", 8080}, {"appProtocol", "http"}}}}}}});
+  o.Add({{"apiVersion", "discovery.k8s.io/v1"},
+         {"kind", "EndpointSlice"},
+         {"metadata",
+          {{"namespace", "default"}, {"name", "web-abc"}, {"labels", {{"kubernetes.io/service-name", "web"}}}}},
+         {"addressType", "IPv4"},
+         {"ports", {{{"name", "http"}, {"port", 8080}}}},
+         {"endpoints",
+          {{{"addresses", {"198.18.0.2"}}, {"nodeName", "node-a"}, {"targetRef", {{"kind", "Pod"}, {"uid", "u1"}}}},
+           {{"addresses", {"198.18.0.3"}}, {"conditions", {{"ready", false}}}}}}});
+  Snapshot s = BuildSnapshot(o.map());
+  const shunt::v1::Service* svc = nullptr;
+  for (const auto& [k, r] : s.resources) {
+    if (r.has_service()) svc = &r.service();
+  }
+  ASSERT_NE(svc, nullptr);
+  ASSERT_EQ(svc->vips_size(), 2);
+  ASSERT_EQ(svc->ports_size(), 1);
+  EXPECT_EQ(svc->ports(0).target_port(), 8080u);
+  EXPECT_EQ(svc->ports(0).app_protocol(), "http");
+  EXPECT_EQ(svc->ports(0).protocol(), "TCP");
+  ASSERT_EQ(svc->endpoints_size(), 2);
+  EXPECT_TRUE(svc->endpoints(0).ready());
+  EXPECT_EQ(svc->endpoints(0).workload_uid(), "u1");
+  EXPECT_EQ(svc->endpoints(0).ports(0).port(), 8080u);
+  EXPECT_FALSE(svc->endpoints(1).ready());
+}
+
+TEST(BuildSnapshot, HeadlessAndExternalNameServices) {
+  Objects o;
+  o.Add({{"apiVersion", "v1"}, {"kind", "Service"},
+         {"metadata", {{"namespace", "default"}, {"name", "headless"}}},
+         {"spec", {{"clusterIP", "None"}}}});
+  o.Add({{"apiVersion", "v1"}, {"kind", "Service"},
+         {"metadata", {{"namespace", "default"}, {"name", "ext"}}},
+         {"spec", {{"type", "ExternalName"}, {"externalName", "example.org"}}}});
+  Snapshot s = BuildSnapshot(o.map());
+  ASSERT_EQ(s.resources.size(), 1u);
+  EXPECT_EQ(s.resources.begin()->second.service().vips_size(), 0);
+}
+
+json Cr(const std::string& kind, const std::string& name, json spec, int generation = 3) {
+  return {{"apiVersion", "policy.shunt.dev/v1alpha1"},
+          {"kind", kind},
+          {"metadata", {{"namespace", "default"}, {"name", name}, {"generation", generation}}},
+          {"spec", spec}};
+}
+
+TEST(BuildSnapshot, PolicyCrsAreAcceptedOrRejectedWithAReason) {
+  Objects o;
+  o.Add({{"apiVersion", "v1"}, {"kind", "Service"}, {"metadata", {{"namespace", "default"}, {"name", "web"}}}});
+  o.Add(Cr("TrafficRoute", "split",
+           {{"service", "web"},
+            {"rules", {{{"backends", {{{"subset", {{"matchLabels", {{"v", "1"}}}}}, {"weight", 80}},
+                                      {{"subset", {{"matchLabels", {{"v", "2"}}}}}, {"weight", 20}}}}}}}}));
+  o.Add(Cr("TrafficRoute", "orphan", {{"service", "nope"}, {"rules", {{{"backends", {{{"service", "x"}, {"weight", 1}}}}}}}}));
+  o.Add(Cr("TrafficRoute", "zero", {{"service", "web"}, {"rules", {{{"backends", {{{"service", "x"}, {"weight", 0}}}}}}}}));
+  o.Add(Cr("AccessPolicy", "deny", {{"action", "DENY"}, {"from", {{{"namespaces", {"evil"}}}}}}));
+  o.Add(Cr("AccessPolicy", "noaction", {{"from", {{{"namespaces", {"x"}}}}}}));
+  o.Add(Cr("AccessPolicy", "badcidr", {{"action", "ALLOW"}, {"from", {{{"ipBlocks", {"10.0.0.0/33"}}}}}}));
+  o.Add(Cr("AccessPolicy", "typo", {{"action", "ALLOW"}, {"form", json::array()}}));
+  o.Add(Cr("ApiCostPolicy", "price", {{"service", "web"}, {"currency", "USD"},
+                                      {"models", {{{"model", "gpt-x"}, {"perMillionInput", "0.15"}}}}}));
+  o.Add(Cr("ApiCostPolicy", "badprice", {{"service", "web"}, {"currency", "USD"},
+                                         {"routes", {{{"name", "r"}, {"perRequest", "1,5"}}}}}));
+  Snapshot s = BuildSnapshot(o.map());
+  auto accepted = [&](const std::string& name) {
+    const PolicyStatus* st = FindStatus(s, name);
+    EXPECT_NE(st, nullptr) << name;
+    return st && st->accepted;
+  };
+  EXPECT_TRUE(accepted("split"));
+  EXPECT_EQ(FindStatus(s, "split")->observed_generation, 3);
+  EXPECT_FALSE(accepted("orphan"));
+  EXPECT_EQ(FindStatus(s, "orphan")->reason, "ServiceNotFound");
+  EXPECT_FALSE(accepted("zero"));
+  EXPECT_NE(FindStatus(s, "zero")->message.find("add up to 0"), std::string::npos);
+  EXPECT_TRUE(accepted("deny"));
+  EXPECT_FALSE(accepted("noaction"));
+  EXPECT_FALSE(accepted("badcidr"));
+  EXPECT_NE(FindStatus(s, "badcidr")->message.find("10.0.0.0/33"), std::string::npos);
+  EXPECT_FALSE(accepted("typo")) << "unknown spec fields are errors, not ignored";
+  EXPECT_TRUE(accepted("price"));
+  EXPECT_FALSE(accepted("badprice"));
+  // Only accepted ones are sent to the agents.
+  int routes = 0, access = 0, cost = 0;
+  for (const auto& [k, r] : s.resources) {
+    routes += r.has_traffic_route();
+    access += r.has_access_policy();
+    cost += r.has_api_cost_policy();
+  }
+  EXPECT_EQ(routes, 1);
+  EXPECT_EQ(access, 1);
+  EXPECT_EQ(cost, 1);
+}
+
+TEST(BuildSnapshot, VersionsAreContentHashesStableAcrossBuilds) {
+  Objects o;
+  o.Add(Namespace("mesh", true)).Add(Pod("mesh", "a", "uid-a", "198.18.0.2"));
+  Snapshot s1 = BuildSnapshot(o.map());
+  Snapshot s2 = BuildSnapshot(o.map());
+  ASSERT_EQ(s1.resources.size(), 1u);
+  const auto& r1 = s1.resources.begin()->second;
+  EXPECT_EQ(r1.version(), s2.resources.begin()->second.version());
+  EXPECT_EQ(r1.version(), ResourceVersion(r1));
+  o.Add(Pod("mesh", "a", "uid-a", "198.18.0.9"));
+  Snapshot s3 = BuildSnapshot(o.map());
+  EXPECT_NE(s3.resources.begin()->second.version(), r1.version());
+}
+
+}  // namespace
+}  // namespace shunt::controller
