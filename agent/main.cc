@@ -1,6 +1,6 @@
 // shunt-agent: the node agent of the shunt mesh. See agent/agent.h and docs/agent.md.
-#include <cstdio>
 #include <algorithm>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -39,9 +39,11 @@ ABSL_FLAG(uint32_t, endpoints_map_size, 8192, "Local pod IPs the endpoints map c
 ABSL_FLAG(uint32_t, stats_map_size, 16384, "Counter entries (workload pairs x reasons).");
 ABSL_FLAG(uint32_t, lb_services_map_size, 4096,
           "Service VIP:port entries for connect-time load balancing; beyond: normal path.");
-ABSL_FLAG(uint32_t, lb_slots_map_size, 65536, "Backend slots over all services; beyond: normal path.");
-ABSL_FLAG(uint32_t, lb_max_slots, 1024,
-          "Slot table size cap per VIP:port (weights are reduced by their gcd, then scaled to it).");
+ABSL_FLAG(uint32_t, lb_slots_map_size, 65536,
+          "Backend slots over all services; beyond: normal path.");
+ABSL_FLAG(
+    uint32_t, lb_max_slots, 1024,
+    "Slot table size cap per VIP:port (weights are reduced by their gcd, then scaled to it).");
 ABSL_FLAG(uint32_t, policy_sources_map_size, 4096,
           "Local pods with an access-policy source mask; beyond: not subject to policy.");
 ABSL_FLAG(uint32_t, policy_destinations_map_size, 16384,
@@ -54,53 +56,54 @@ ABSL_FLAG(bool, verbose, false, "Debug logging.");
 
 int main(int argc_in, char** argv_in) {
   return shunt::WithNormalizedFlags(argc_in, argv_in, [](int argc, char** argv) {
-  absl::SetProgramUsageMessage(
-      "shunt node agent.\n  shunt-agent --node-name=N [--cgroup-root=kubepods.slice] "
-      "[--policy-file=F]\n  shunt-agent --uninstall --node-name=N");
-  absl::ParseCommandLine(argc, argv);
-  shunt::log::SetProgramName("shunt-agent");
-  if (absl::GetFlag(FLAGS_version)) {
-    std::printf("shunt-agent %s\n", SHUNT_VERSION);
-    return 0;
-  }
-  if (absl::GetFlag(FLAGS_verbose)) shunt::log::SetMinLevel(shunt::log::Level::kDebug);
+    absl::SetProgramUsageMessage(
+        "shunt node agent.\n  shunt-agent --node-name=N [--cgroup-root=kubepods.slice] "
+        "[--policy-file=F]\n  shunt-agent --uninstall --node-name=N");
+    absl::ParseCommandLine(argc, argv);
+    shunt::log::SetProgramName("shunt-agent");
+    if (absl::GetFlag(FLAGS_version)) {
+      std::printf("shunt-agent %s\n", SHUNT_VERSION);
+      return 0;
+    }
+    if (absl::GetFlag(FLAGS_verbose)) shunt::log::SetMinLevel(shunt::log::Level::kDebug);
 
-  shunt::agent::AgentConfig config;
-  config.node_name = absl::GetFlag(FLAGS_node_name);
-  config.cgroup_root = absl::GetFlag(FLAGS_cgroup_root);
-  config.bpffs = absl::GetFlag(FLAGS_bpffs);
-  config.metrics_addr = absl::GetFlag(FLAGS_metrics_addr);
-  config.admin_addr = absl::GetFlag(FLAGS_admin_addr);
-  config.policy_file = absl::GetFlag(FLAGS_policy_file);
-  config.policy_poll = absl::Milliseconds(absl::GetFlag(FLAGS_policy_poll_ms));
-  config.controller = absl::GetFlag(FLAGS_controller);
-  config.controller_ca = absl::GetFlag(FLAGS_controller_ca);
-  config.controller_cert = absl::GetFlag(FLAGS_controller_cert);
-  config.controller_key = absl::GetFlag(FLAGS_controller_key);
-  config.controller_plaintext = absl::GetFlag(FLAGS_controller_plaintext);
-  config.controller_max_backoff = absl::Milliseconds(absl::GetFlag(FLAGS_controller_max_backoff_ms));
-  config.state_dir = absl::GetFlag(FLAGS_state_dir);
-  config.resync = absl::Milliseconds(absl::GetFlag(FLAGS_resync_ms));
-  config.sockhash_size = absl::GetFlag(FLAGS_sockhash_size);
-  config.pods_size = absl::GetFlag(FLAGS_pods_map_size);
-  config.endpoints_size = absl::GetFlag(FLAGS_endpoints_map_size);
-  config.stats_size = absl::GetFlag(FLAGS_stats_map_size);
-  config.max_metric_series = absl::GetFlag(FLAGS_max_metric_series);
-  config.lb_services_size = absl::GetFlag(FLAGS_lb_services_map_size);
-  config.lb_slots_size = absl::GetFlag(FLAGS_lb_slots_map_size);
-  config.lb_max_slots = absl::GetFlag(FLAGS_lb_max_slots);
-  config.policy_sources_size = absl::GetFlag(FLAGS_policy_sources_map_size);
-  config.policy_dests_size = absl::GetFlag(FLAGS_policy_destinations_map_size);
-  if (config.node_name.empty() || config.node_name.find('/') != std::string::npos ||
-      config.node_name == "." || config.node_name == "..") {
-    SHUNT_LOG(ERROR) << "--node-name is required (a node name, without '/')";
-    return 2;
-  }
-  if (!config.controller.empty() && !config.policy_file.empty()) {
-    SHUNT_LOG(ERROR) << "--controller and --policy-file exclude each other";
-    return 2;
-  }
-  if (absl::GetFlag(FLAGS_uninstall)) return shunt::agent::UninstallAgent(config);
-  return shunt::agent::RunAgent(config);
+    shunt::agent::AgentConfig config;
+    config.node_name = absl::GetFlag(FLAGS_node_name);
+    config.cgroup_root = absl::GetFlag(FLAGS_cgroup_root);
+    config.bpffs = absl::GetFlag(FLAGS_bpffs);
+    config.metrics_addr = absl::GetFlag(FLAGS_metrics_addr);
+    config.admin_addr = absl::GetFlag(FLAGS_admin_addr);
+    config.policy_file = absl::GetFlag(FLAGS_policy_file);
+    config.policy_poll = absl::Milliseconds(absl::GetFlag(FLAGS_policy_poll_ms));
+    config.controller = absl::GetFlag(FLAGS_controller);
+    config.controller_ca = absl::GetFlag(FLAGS_controller_ca);
+    config.controller_cert = absl::GetFlag(FLAGS_controller_cert);
+    config.controller_key = absl::GetFlag(FLAGS_controller_key);
+    config.controller_plaintext = absl::GetFlag(FLAGS_controller_plaintext);
+    config.controller_max_backoff =
+        absl::Milliseconds(absl::GetFlag(FLAGS_controller_max_backoff_ms));
+    config.state_dir = absl::GetFlag(FLAGS_state_dir);
+    config.resync = absl::Milliseconds(absl::GetFlag(FLAGS_resync_ms));
+    config.sockhash_size = absl::GetFlag(FLAGS_sockhash_size);
+    config.pods_size = absl::GetFlag(FLAGS_pods_map_size);
+    config.endpoints_size = absl::GetFlag(FLAGS_endpoints_map_size);
+    config.stats_size = absl::GetFlag(FLAGS_stats_map_size);
+    config.max_metric_series = absl::GetFlag(FLAGS_max_metric_series);
+    config.lb_services_size = absl::GetFlag(FLAGS_lb_services_map_size);
+    config.lb_slots_size = absl::GetFlag(FLAGS_lb_slots_map_size);
+    config.lb_max_slots = absl::GetFlag(FLAGS_lb_max_slots);
+    config.policy_sources_size = absl::GetFlag(FLAGS_policy_sources_map_size);
+    config.policy_dests_size = absl::GetFlag(FLAGS_policy_destinations_map_size);
+    if (config.node_name.empty() || config.node_name.find('/') != std::string::npos ||
+        config.node_name == "." || config.node_name == "..") {
+      SHUNT_LOG(ERROR) << "--node-name is required (a node name, without '/')";
+      return 2;
+    }
+    if (!config.controller.empty() && !config.policy_file.empty()) {
+      SHUNT_LOG(ERROR) << "--controller and --policy-file exclude each other";
+      return 2;
+    }
+    if (absl::GetFlag(FLAGS_uninstall)) return shunt::agent::UninstallAgent(config);
+    return shunt::agent::RunAgent(config);
   });
 }

@@ -43,12 +43,23 @@ shunt::v1::PolicyBundle ToBundle(const std::map<std::string, Resource>& resource
   shunt::v1::PolicyBundle b;
   for (const auto& [k, r] : resources) {
     switch (r.body_case()) {
-      case Resource::kWorkload: *b.add_workloads() = r.workload(); break;
-      case Resource::kService: *b.add_services() = r.service(); break;
-      case Resource::kTrafficRoute: *b.add_traffic_routes() = r.traffic_route(); break;
-      case Resource::kAccessPolicy: *b.add_access_policies() = r.access_policy(); break;
-      case Resource::kApiCostPolicy: *b.add_api_cost_policies() = r.api_cost_policy(); break;
-      case Resource::BODY_NOT_SET: break;
+      case Resource::kWorkload:
+        *b.add_workloads() = r.workload();
+        break;
+      case Resource::kService:
+        *b.add_services() = r.service();
+        break;
+      case Resource::kTrafficRoute:
+        *b.add_traffic_routes() = r.traffic_route();
+        break;
+      case Resource::kAccessPolicy:
+        *b.add_access_policies() = r.access_policy();
+        break;
+      case Resource::kApiCostPolicy:
+        *b.add_api_cost_policies() = r.api_cost_policy();
+        break;
+      case Resource::BODY_NOT_SET:
+        break;
     }
   }
   return b;

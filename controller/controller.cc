@@ -65,8 +65,8 @@ void Controller::Rebuild() {
   }
   std::map<ObjectKey, std::string> now;
   for (const auto& st : snap.statuses) {
-    const std::string sig = absl::StrCat(st.accepted, "|", st.reason, "|", st.message, "|",
-                                         st.observed_generation);
+    const std::string sig =
+        absl::StrCat(st.accepted, "|", st.reason, "|", st.message, "|", st.observed_generation);
     now[st.key] = sig;
     if (written.count(st.key) && written[st.key] == sig) continue;
     if (!st.accepted) {
@@ -76,8 +76,8 @@ void Controller::Rebuild() {
     if (status_writer_) {
       absl::Status s = status_writer_->Write(st);
       if (!s.ok()) {
-        SHUNT_LOG_EVERY_N_SEC(WARNING, 10) << "status of " << ToString(st.key) << ": "
-                                           << s.message();
+        SHUNT_LOG_EVERY_N_SEC(WARNING, 10)
+            << "status of " << ToString(st.key) << ": " << s.message();
         now.erase(st.key);  // retried on the next rebuild
       }
     }

@@ -47,7 +47,6 @@ ABSL_FLAG(bool, verbose, false, "Debug logging.");
 
 namespace {
 
-
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError("cannot read " + path);
@@ -152,9 +151,9 @@ int Run() {
     auto watch_client = KubeClient::Create(*config);
     auto status_client = KubeClient::Create(*config);
     if (!watch_client.ok() || !status_client.ok()) {
-      SHUNT_LOG(ERROR) << "Kubernetes client: "
-                       << (watch_client.ok() ? status_client.status() : watch_client.status())
-                              .message();
+      SHUNT_LOG(ERROR)
+          << "Kubernetes client: "
+          << (watch_client.ok() ? status_client.status() : watch_client.status()).message();
       return 2;
     }
     kube = std::make_unique<KubernetesSource>(std::move(*watch_client));
@@ -199,8 +198,8 @@ int Run() {
   }
   SHUNT_LOG(INFO) << "shunt-controller " << SHUNT_VERSION << ": source " << source->name()
                   << ", policy stream on " << absl::GetFlag(FLAGS_listen)
-                  << (absl::GetFlag(FLAGS_plaintext) ? " (plaintext)" : " (TLS)")
-                  << ", metrics on " << absl::GetFlag(FLAGS_metrics_addr);
+                  << (absl::GetFlag(FLAGS_plaintext) ? " (plaintext)" : " (TLS)") << ", metrics on "
+                  << absl::GetFlag(FLAGS_metrics_addr);
   int sig = 0;
   sigwait(&stop_signals, &sig);
   SHUNT_LOG(INFO) << "signal " << sig << ": stopping";
@@ -214,16 +213,16 @@ int Run() {
 
 int main(int argc_in, char** argv_in) {
   return shunt::WithNormalizedFlags(argc_in, argv_in, [](int argc, char** argv) {
-  absl::SetProgramUsageMessage(
-      "shunt control plane.\n  shunt-controller --manifests=DIR --plaintext\n"
-      "  shunt-controller [--kubeconfig=F] --tls-cert=C --tls-key=K [--tls-client-ca=CA]");
-  absl::ParseCommandLine(argc, argv);
-  shunt::log::SetProgramName("shunt-controller");
-  if (absl::GetFlag(FLAGS_version)) {
-    std::printf("shunt-controller %s\n", SHUNT_VERSION);
-    return 0;
-  }
-  if (absl::GetFlag(FLAGS_verbose)) shunt::log::SetMinLevel(shunt::log::Level::kDebug);
-  return Run();
+    absl::SetProgramUsageMessage(
+        "shunt control plane.\n  shunt-controller --manifests=DIR --plaintext\n"
+        "  shunt-controller [--kubeconfig=F] --tls-cert=C --tls-key=K [--tls-client-ca=CA]");
+    absl::ParseCommandLine(argc, argv);
+    shunt::log::SetProgramName("shunt-controller");
+    if (absl::GetFlag(FLAGS_version)) {
+      std::printf("shunt-controller %s\n", SHUNT_VERSION);
+      return 0;
+    }
+    if (absl::GetFlag(FLAGS_verbose)) shunt::log::SetMinLevel(shunt::log::Level::kDebug);
+    return Run();
   });
 }

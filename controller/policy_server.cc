@@ -103,13 +103,13 @@ PolicyServer::PolicyServer(prometheus::Registry* registry) {
                        .Help("Policy responses the agents rejected (NACK); see the log for why.")
                        .Register(*registry)
                        .Add({});
-  propagation_ = &prometheus::BuildHistogram()
-                      .Name("shunt_controller_propagation_seconds")
-                      .Help("Time from a source change to an agent's ACK of it.")
-                      .Register(*registry)
-                      .Add({}, prometheus::Histogram::BucketBoundaries{
-                                   0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
-                                   2.5, 5, 10});
+  propagation_ =
+      &prometheus::BuildHistogram()
+           .Name("shunt_controller_propagation_seconds")
+           .Help("Time from a source change to an agent's ACK of it.")
+           .Register(*registry)
+           .Add({}, prometheus::Histogram::BucketBoundaries{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                            0.1, 0.25, 0.5, 1, 2.5, 5, 10});
   resources_ = &prometheus::BuildGauge()
                     .Name("shunt_controller_snapshot_resources")
                     .Help("Resources in the current snapshot.")
@@ -254,9 +254,8 @@ void PolicyServer::OnRequest(AgentStream* s, const PolicyRequest& req) {
     s->initial.insert(req.initial_resource_versions().begin(),
                       req.initial_resource_versions().end());
     s->subscribed = true;
-    SHUNT_LOG(INFO) << "agent " << s->node << " (" << s->peer() << ", "
-                    << req.agent_version() << ") subscribed with "
-                    << s->initial.size() << " resources held";
+    SHUNT_LOG(INFO) << "agent " << s->node << " (" << s->peer() << ", " << req.agent_version()
+                    << ") subscribed with " << s->initial.size() << " resources held";
     MaybeSendLocked(s);
     return;
   }
@@ -269,8 +268,8 @@ void PolicyServer::OnRequest(AgentStream* s, const PolicyRequest& req) {
     s->last_nack = req.error_detail().message();
     auto h = history_.find(s->inflight_id);
     SHUNT_LOG(WARNING) << "agent " << s->node << " rejected policy version "
-                       << (h != history_.end() ? h->second.name : "?") << " (NACK): "
-                       << req.error_detail().message() << "; it stays on "
+                       << (h != history_.end() ? h->second.name : "?")
+                       << " (NACK): " << req.error_detail().message() << "; it stays on "
                        << (req.version_info().empty() ? "its previous state" : req.version_info());
   } else {
     s->first_acked = true;
@@ -291,8 +290,8 @@ std::vector<PolicyServer::AgentInfo> PolicyServer::Agents() const {
   std::vector<AgentInfo> out;
   for (const AgentStream* s : streams_) {
     if (!s->subscribed) continue;
-    out.push_back({s->node, s->peer(), s->acked_name,
-                   s->first_acked && s->acked_id == current_.id, s->last_nack});
+    out.push_back({s->node, s->peer(), s->acked_name, s->first_acked && s->acked_id == current_.id,
+                   s->last_nack});
   }
   return out;
 }

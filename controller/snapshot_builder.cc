@@ -66,10 +66,12 @@ bool ValidDecimal(const std::string& s) {
   if (s.empty()) return true;  // unset price
   size_t dot = s.find('.');
   auto digits = [](absl::string_view d) {
-    return !d.empty() && std::all_of(d.begin(), d.end(), [](char c) { return c >= '0' && c <= '9'; });
+    return !d.empty() &&
+           std::all_of(d.begin(), d.end(), [](char c) { return c >= '0' && c <= '9'; });
   };
   if (dot == std::string::npos) return digits(s);
-  return digits(absl::string_view(s).substr(0, dot)) && digits(absl::string_view(s).substr(dot + 1));
+  return digits(absl::string_view(s).substr(0, dot)) &&
+         digits(absl::string_view(s).substr(dot + 1));
 }
 
 Resource MakeResource(ResourceKey::Kind kind, const std::string& ns, const std::string& name) {
@@ -215,7 +217,8 @@ void AddServices(const ObjectMap& objects, Snapshot& out) {
           if (a.is_string() && ValidIp(a.get<std::string>())) ep->add_ips(a.get<std::string>());
         }
       }
-      if (Str(e, {"targetRef", "kind"}) == "Pod") ep->set_workload_uid(Str(e, {"targetRef", "uid"}));
+      if (Str(e, {"targetRef", "kind"}) == "Pod")
+        ep->set_workload_uid(Str(e, {"targetRef", "uid"}));
       ep->set_node(Str(e, {"nodeName"}));
       const json& ready = At(e, {"conditions", "ready"});
       ep->set_ready(!ready.is_boolean() || ready.get<bool>());  // absent means ready
@@ -242,8 +245,8 @@ absl::Status ValidateRoute(const shunt::v1::TrafficRoute& r,
                            const std::set<std::pair<std::string, std::string>>& services) {
   if (r.service().empty()) return absl::InvalidArgumentError("spec.service is required");
   if (!services.count({r.namespace_(), r.service()})) {
-    return absl::NotFoundError(absl::StrCat("Service ", r.namespace_(), "/", r.service(),
-                                            " does not exist"));
+    return absl::NotFoundError(
+        absl::StrCat("Service ", r.namespace_(), "/", r.service(), " does not exist"));
   }
   if (r.rules_size() == 0) return absl::InvalidArgumentError("spec.rules must not be empty");
   for (int i = 0; i < r.rules_size(); ++i) {
@@ -295,8 +298,8 @@ absl::Status ValidateAccess(const shunt::v1::AccessPolicy& p) {
 
 absl::Status ValidateCost(const shunt::v1::ApiCostPolicy& p) {
   if (p.service().empty()) return absl::InvalidArgumentError("spec.service is required");
-  if (p.currency().size() != 3 ||
-      !std::all_of(p.currency().begin(), p.currency().end(), [](char c) { return c >= 'A' && c <= 'Z'; })) {
+  if (p.currency().size() != 3 || !std::all_of(p.currency().begin(), p.currency().end(),
+                                               [](char c) { return c >= 'A' && c <= 'Z'; })) {
     return absl::InvalidArgumentError("spec.currency must be an ISO 4217 code such as USD");
   }
   for (int i = 0; i < p.routes_size(); ++i) {

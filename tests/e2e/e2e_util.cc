@@ -214,7 +214,7 @@ std::vector<std::string> AgentProcess::Argv() const {
   return argv;
 }
 
-absl::Status AgentProcess::Start(std::chrono::milliseconds timeout) {
+absl::Status AgentProcess::Start(std::chrono::milliseconds timeout, bool require_ready) {
   auto p = bed_.SpawnOnNode(node_, Argv());
   if (!p.ok()) return p.status();
   process_ = std::move(*p);
@@ -227,6 +227,10 @@ absl::Status AgentProcess::Start(std::chrono::milliseconds timeout) {
     auto r = Get("/readyz");
     if (r.ok() && r->code == 200) return absl::OkStatus();
     last = r.ok() ? absl::UnavailableError(r->body) : r.status();
+    if (!require_ready && r.ok()) {
+      auto m = Scrape();
+      if (m.ok() && SumSamples(*m, "shunt_agent_synced") == 1) return absl::OkStatus();
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   return absl::DeadlineExceededError(absl::StrCat("agent not ready: ", last.message(),

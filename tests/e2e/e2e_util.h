@@ -41,8 +41,11 @@ class AgentProcess {
  public:
   AgentProcess(testbed::Testbed& bed, const testbed::Node& node, std::string policy_file,
                std::vector<std::string> extra_flags = {});
-  // Starts the agent and waits (bounded) until /readyz answers 200.
-  absl::Status Start(std::chrono::milliseconds timeout = std::chrono::seconds(20));
+  // Starts the agent and waits (bounded) until /readyz answers 200, or, with `require_ready`
+  // false, until the policy it has is applied (shunt_agent_synced 1: e.g. a saved policy while
+  // the controller is down).
+  absl::Status Start(std::chrono::milliseconds timeout = std::chrono::seconds(20),
+                     bool require_ready = true);
   // SIGKILL, no cleanup: what a crash or an OOM kill does.
   void Kill();
   absl::Status Stop();  // SIGTERM

@@ -275,8 +275,8 @@ TEST(PolicyStream, AgentResyncsAfterTheControllerRestarts) {
   EXPECT_EQ(agent.Workloads(), 1u) << "enforcement continues";
   c = std::make_unique<ControllerProcess>(port);
   c->service.Publish(Set({Pod("a", "198.18.0.2"), Pod("b", "198.18.0.3")}), absl::Now());
-  ASSERT_TRUE(Eventually([&] { return agent.source->InSync().ok() && agent.Workloads() == 2; },
-                         15s));
+  ASSERT_TRUE(
+      Eventually([&] { return agent.source->InSync().ok() && agent.Workloads() == 2; }, 15s));
 }
 
 }  // namespace

@@ -59,9 +59,11 @@ TEST(BuildSnapshot, MeshMembershipByNamespaceLabelAndPodAnnotation) {
   Objects o;
   o.Add(Namespace("mesh", true)).Add(Namespace("plain", false));
   o.Add(Pod("mesh", "a", "uid-a", "198.18.0.2"));
-  o.Add(Pod("mesh", "b", "uid-b", "198.18.0.3", {{"annotations", {{"shunt.dev/mesh", "disabled"}}}}));
+  o.Add(
+      Pod("mesh", "b", "uid-b", "198.18.0.3", {{"annotations", {{"shunt.dev/mesh", "disabled"}}}}));
   o.Add(Pod("plain", "c", "uid-c", "198.18.0.4"));
-  o.Add(Pod("plain", "d", "uid-d", "198.18.0.5", {{"annotations", {{"shunt.dev/mesh", "enabled"}}}}));
+  o.Add(
+      Pod("plain", "d", "uid-d", "198.18.0.5", {{"annotations", {{"shunt.dev/mesh", "enabled"}}}}));
   Snapshot s = BuildSnapshot(o.map());
   ASSERT_NE(FindWorkload(s, "uid-a"), nullptr);
   EXPECT_TRUE(FindWorkload(s, "uid-a")->meshed());
@@ -97,9 +99,11 @@ TEST(BuildSnapshot, OwnerIsTheDeploymentBehindAReplicaSet) {
   Objects o;
   o.Add(Pod("default", "web-7d9f8-x2", "u1", "198.18.0.2",
             {{"labels", {{"pod-template-hash", "7d9f8"}, {"app", "web"}}},
-             {"ownerReferences", {{{"kind", "ReplicaSet"}, {"name", "web-7d9f8"}, {"controller", true}}}}}));
-  o.Add(Pod("default", "db-0", "u2", "198.18.0.3",
-            {{"ownerReferences", {{{"kind", "StatefulSet"}, {"name", "db"}, {"controller", true}}}}}));
+             {"ownerReferences",
+              {{{"kind", "ReplicaSet"}, {"name", "web-7d9f8"}, {"controller", true}}}}}));
+  o.Add(Pod(
+      "default", "db-0", "u2", "198.18.0.3",
+      {{"ownerReferences", {{{"kind", "StatefulSet"}, {"name", "db"}, {"controller", true}}}}}));
   o.Add(Pod("default", "lonely", "u3", "198.18.0.4"));
   Snapshot s = BuildSnapshot(o.map());
   EXPECT_EQ(FindWorkload(s, "u1")->owner(), "web");
@@ -116,15 +120,20 @@ TEST(BuildSnapshot, ServiceWithEndpointSlices) {
          {"spec",
           {{"clusterIPs", {"10.96.0.10", "fd00::10"}},
            {"selector", {{"app", "web"}}},
-           {"ports", {{{"name", "http"}, {"port", 80}, {"targetPort", 8080}, {"appProtocol", "http"}}}}}}});
+           {"ports",
+            {{{"name", "http"}, {"port", 80}, {"targetPort", 8080}, {"appProtocol", "http"}}}}}}});
   o.Add({{"apiVersion", "discovery.k8s.io/v1"},
          {"kind", "EndpointSlice"},
          {"metadata",
-          {{"namespace", "default"}, {"name", "web-abc"}, {"labels", {{"kubernetes.io/service-name", "web"}}}}},
+          {{"namespace", "default"},
+           {"name", "web-abc"},
+           {"labels", {{"kubernetes.io/service-name", "web"}}}}},
          {"addressType", "IPv4"},
          {"ports", {{{"name", "http"}, {"port", 8080}}}},
          {"endpoints",
-          {{{"addresses", {"198.18.0.2"}}, {"nodeName", "node-a"}, {"targetRef", {{"kind", "Pod"}, {"uid", "u1"}}}},
+          {{{"addresses", {"198.18.0.2"}},
+            {"nodeName", "node-a"},
+            {"targetRef", {{"kind", "Pod"}, {"uid", "u1"}}}},
            {{"addresses", {"198.18.0.3"}}, {"conditions", {{"ready", false}}}}}}});
   Snapshot s = BuildSnapshot(o.map());
   const shunt::v1::Service* svc = nullptr;
@@ -146,10 +155,12 @@ TEST(BuildSnapshot, ServiceWithEndpointSlices) {
 
 TEST(BuildSnapshot, HeadlessAndExternalNameServices) {
   Objects o;
-  o.Add({{"apiVersion", "v1"}, {"kind", "Service"},
+  o.Add({{"apiVersion", "v1"},
+         {"kind", "Service"},
          {"metadata", {{"namespace", "default"}, {"name", "headless"}}},
          {"spec", {{"clusterIP", "None"}}}});
-  o.Add({{"apiVersion", "v1"}, {"kind", "Service"},
+  o.Add({{"apiVersion", "v1"},
+         {"kind", "Service"},
          {"metadata", {{"namespace", "default"}, {"name", "ext"}}},
          {"spec", {{"type", "ExternalName"}, {"externalName", "example.org"}}}});
   Snapshot s = BuildSnapshot(o.map());
@@ -166,21 +177,33 @@ json Cr(const std::string& kind, const std::string& name, json spec, int generat
 
 TEST(BuildSnapshot, PolicyCrsAreAcceptedOrRejectedWithAReason) {
   Objects o;
-  o.Add({{"apiVersion", "v1"}, {"kind", "Service"}, {"metadata", {{"namespace", "default"}, {"name", "web"}}}});
+  o.Add({{"apiVersion", "v1"},
+         {"kind", "Service"},
+         {"metadata", {{"namespace", "default"}, {"name", "web"}}}});
   o.Add(Cr("TrafficRoute", "split",
            {{"service", "web"},
-            {"rules", {{{"backends", {{{"subset", {{"matchLabels", {{"v", "1"}}}}}, {"weight", 80}},
-                                      {{"subset", {{"matchLabels", {{"v", "2"}}}}}, {"weight", 20}}}}}}}}));
-  o.Add(Cr("TrafficRoute", "orphan", {{"service", "nope"}, {"rules", {{{"backends", {{{"service", "x"}, {"weight", 1}}}}}}}}));
-  o.Add(Cr("TrafficRoute", "zero", {{"service", "web"}, {"rules", {{{"backends", {{{"service", "x"}, {"weight", 0}}}}}}}}));
+            {"rules",
+             {{{"backends",
+                {{{"subset", {{"matchLabels", {{"v", "1"}}}}}, {"weight", 80}},
+                 {{"subset", {{"matchLabels", {{"v", "2"}}}}}, {"weight", 20}}}}}}}}));
+  o.Add(
+      Cr("TrafficRoute", "orphan",
+         {{"service", "nope"}, {"rules", {{{"backends", {{{"service", "x"}, {"weight", 1}}}}}}}}));
+  o.Add(Cr("TrafficRoute", "zero",
+           {{"service", "web"}, {"rules", {{{"backends", {{{"service", "x"}, {"weight", 0}}}}}}}}));
   o.Add(Cr("AccessPolicy", "deny", {{"action", "DENY"}, {"from", {{{"namespaces", {"evil"}}}}}}));
   o.Add(Cr("AccessPolicy", "noaction", {{"from", {{{"namespaces", {"x"}}}}}}));
-  o.Add(Cr("AccessPolicy", "badcidr", {{"action", "ALLOW"}, {"from", {{{"ipBlocks", {"10.0.0.0/33"}}}}}}));
+  o.Add(Cr("AccessPolicy", "badcidr",
+           {{"action", "ALLOW"}, {"from", {{{"ipBlocks", {"10.0.0.0/33"}}}}}}));
   o.Add(Cr("AccessPolicy", "typo", {{"action", "ALLOW"}, {"form", json::array()}}));
-  o.Add(Cr("ApiCostPolicy", "price", {{"service", "web"}, {"currency", "USD"},
-                                      {"models", {{{"model", "gpt-x"}, {"perMillionInput", "0.15"}}}}}));
-  o.Add(Cr("ApiCostPolicy", "badprice", {{"service", "web"}, {"currency", "USD"},
-                                         {"routes", {{{"name", "r"}, {"perRequest", "1,5"}}}}}));
+  o.Add(Cr("ApiCostPolicy", "price",
+           {{"service", "web"},
+            {"currency", "USD"},
+            {"models", {{{"model", "gpt-x"}, {"perMillionInput", "0.15"}}}}}));
+  o.Add(Cr("ApiCostPolicy", "badprice",
+           {{"service", "web"},
+            {"currency", "USD"},
+            {"routes", {{{"name", "r"}, {"perRequest", "1,5"}}}}}));
   Snapshot s = BuildSnapshot(o.map());
   auto accepted = [&](const std::string& name) {
     const PolicyStatus* st = FindStatus(s, name);

@@ -1,0 +1,439 @@
+// Control-plane benchmark (issue 3): a real shunt-controller serving a manifests directory of 1000
+// pods and 500 services.
+//  1. Propagation to 1000 agent streams: lightweight in-process stream clients (gRPC callback API)
+//     stand in for agents; each ACKs every response. Time from a manifest write to each client's
+//     receipt of the change (p50, p99, and the last client). Baseline in the same run: 1 stream.
+//  2. The controller's memory (RSS) and CPU with 1000 streams. Baseline: the same controller with
+//     no stream.
+//  3. To the BPF maps of real agents: two agents in the test bed, the same 1000 pods / 500
+//  services;
+//     time from a manifest write (a pod's mesh annotation) to the pod's entry appearing in /
+//     leaving the agent's pinned pods map. Baseline: the same with a 4-pod cluster.
+// Not a test: it asserts nothing; it prints figures and ratios (README has the latest).
+#include <bpf/bpf.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/cgroup.h"
+#include "common/files.h"
+#include "grpcpp/grpcpp.h"
+#include "shunt/v1/discovery.grpc.pb.h"
+#include "tests/e2e/e2e_util.h"
+#include "tests/testbed/testbed.h"
+
+ABSL_FLAG(int, pods, 1000, "Pods in the cluster.");
+ABSL_FLAG(int, services, 500, "Services in the cluster (2 endpoints each).");
+ABSL_FLAG(int, streams, 1000, "Agent streams for parts 1 and 2.");
+ABSL_FLAG(int, changes, 30, "Manifest changes measured per configuration.");
+ABSL_FLAG(int, poll_ms, 10, "The controller's --manifests-poll-ms.");
+ABSL_FLAG(bool, skip_agents, false, "Skip part 3 (real agents in the test bed; needs root).");
+
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t i = static_cast<size_t>(p * (v.size() - 1) + 0.5);
+  return v[std::min(i, v.size() - 1)];
+}
+
+struct Cluster {
+  int pods = 0, services = 0;
+  std::vector<json> extra_pods;  // real test-bed pods
+};
+
+json PodJson(int i, const std::string& node, const std::string& uid, const std::string& ip,
+             bool meshed_annotation) {
+  json p = {{"apiVersion", "v1"},
+            {"kind", "Pod"},
+            {"metadata",
+             {{"namespace", "bench"},
+              {"name", absl::StrCat("pod-", i)},
+              {"uid", uid},
+              {"labels", {{"app", absl::StrCat("app-", i % 500)}}}}},
+            {"spec", {{"nodeName", node}}},
+            {"status", {{"phase", "Running"}, {"podIP", ip}, {"podIPs", {{{"ip", ip}}}}}}};
+  if (meshed_annotation) p["metadata"]["annotations"] = {{"shunt.dev/mesh", "enabled"}};
+  return p;
+}
+
+std::string FakeIp(int i) { return absl::StrCat("198.18.", 100 + i / 250, ".", 2 + i % 250); }
+
+// Writes namespace, pods and services; the toggled pod lives in its own file.
+void WriteCluster(const std::string& dir, int pods, int services) {
+  json ns = {{"apiVersion", "v1"}, {"kind", "Namespace"}, {"metadata", {{"name", "bench"}}}};
+  shunt::WriteFileAtomic(dir + "/ns.json", ns.dump()).IgnoreError();
+  json list = {{"apiVersion", "v1"}, {"kind", "List"}, {"items", json::array()}};
+  for (int i = 0; i < pods; ++i) {
+    list["items"].push_back(PodJson(i, absl::StrCat("node-", i % 50),
+                                    absl::StrFormat("00000000-0000-4000-8000-%012d", i), FakeIp(i),
+                                    true));
+  }
+  for (int s = 0; s < services; ++s) {
+    const std::string name = absl::StrCat("svc-", s);
+    list["items"].push_back(
+        {{"apiVersion", "v1"},
+         {"kind", "Service"},
+         {"metadata", {{"namespace", "bench"}, {"name", name}}},
+         {"spec",
+          {{"clusterIP", absl::StrCat("198.19.", 10 + s / 250, ".", 1 + s % 250)},
+           {"ports", {{{"name", "http"}, {"port", 80}, {"targetPort", 8080}}}}}}});
+    json eps = json::array();
+    for (int e = 0; e < 2 && pods > 0; ++e) {
+      eps.push_back(
+          {{"addresses", {FakeIp((2 * s + e) % pods)}}, {"conditions", {{"ready", true}}}});
+    }
+    list["items"].push_back({{"apiVersion", "discovery.k8s.io/v1"},
+                             {"kind", "EndpointSlice"},
+                             {"metadata",
+                              {{"namespace", "bench"},
+                               {"name", name + "-1"},
+                               {"labels", {{"kubernetes.io/service-name", name}}}}},
+                             {"addressType", "IPv4"},
+                             {"ports", {{{"name", "http"}, {"port", 8080}}}},
+                             {"endpoints", eps}});
+  }
+  shunt::WriteFileAtomic(dir + "/cluster.json", list.dump()).IgnoreError();
+}
+
+// One stand-in agent: opens a stream, ACKs everything, notes when each version arrived.
+class StreamClient
+    : public grpc::ClientBidiReactor<shunt::v1::PolicyRequest, shunt::v1::PolicyResponse> {
+ public:
+  StreamClient(shunt::v1::PolicyDiscovery::Stub* stub, std::string node) {
+    stub->async()->Stream(&ctx_, this);
+    req_.set_node(std::move(node));
+    StartWrite(&req_);
+    StartRead(&resp_);
+    StartCall();
+  }
+  void OnReadDone(bool ok) override {
+    if (!ok) return;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      arrivals_[resp_.system_version_info()] = Clock::now();
+      version_ = resp_.system_version_info();
+    }
+    ack_.Clear();
+    ack_.set_response_nonce(resp_.nonce());
+    ack_.set_version_info(resp_.system_version_info());
+    StartWrite(&ack_);
+    StartRead(&resp_);
+  }
+  void OnWriteDone(bool) override {}
+  void OnDone(const grpc::Status&) override {
+    std::lock_guard<std::mutex> l(mu_);
+    done_ = true;
+    cv_.notify_all();
+  }
+  std::string version() {
+    std::lock_guard<std::mutex> l(mu_);
+    return version_;
+  }
+  bool ArrivalOf(const std::string& v, Clock::time_point* t) {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = arrivals_.find(v);
+    if (it == arrivals_.end()) return false;
+    *t = it->second;
+    return true;
+  }
+  void Cancel() {
+    ctx_.TryCancel();
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait_for(l, std::chrono::seconds(5), [this] { return done_; });
+  }
+
+ private:
+  grpc::ClientContext ctx_;
+  shunt::v1::PolicyRequest req_, ack_;
+  shunt::v1::PolicyResponse resp_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::string version_;
+  std::map<std::string, Clock::time_point> arrivals_;
+};
+
+struct ProcStat {
+  double rss_mib = 0;
+  double cpu_s = 0;
+};
+
+ProcStat Stat(pid_t pid) {
+  ProcStat s;
+  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) s.rss_mib = std::stod(line.substr(6)) / 1024.0;
+  }
+  std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
+  std::string all((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  auto rp = all.rfind(')');
+  std::istringstream rest(all.substr(rp + 2));
+  std::vector<std::string> f;
+  std::string x;
+  while (rest >> x) f.push_back(x);
+  if (f.size() > 13) {
+    s.cpu_s = (std::stod(f[11]) + std::stod(f[12])) / sysconf(_SC_CLK_TCK);
+  }
+  return s;
+}
+
+pid_t StartController(const std::string& dir, int port) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    const std::string m = "--manifests=" + dir;
+    const std::string l = absl::StrCat("--listen=127.0.0.1:", port);
+    const std::string p = absl::StrCat("--manifests-poll-ms=", absl::GetFlag(FLAGS_poll_ms));
+    execl(SHUNT_CONTROLLER_BIN, SHUNT_CONTROLLER_BIN, m.c_str(), "--plaintext", l.c_str(),
+          "--metrics-addr=127.0.0.1:0", "--admin-addr=127.0.0.1:0", p.c_str(), (char*)nullptr);
+    _exit(127);
+  }
+  return pid;
+}
+
+void StopController(pid_t pid) {
+  kill(pid, SIGTERM);
+  int st;
+  waitpid(pid, &st, 0);
+}
+
+// Toggles bench pod 0's label: one changed Workload per write.
+void TouchPod(const std::string& dir, int n) {
+  json p = PodJson(100000 + n % 2, "node-0", "11111111-0000-4000-8000-000000000000", "198.18.99.2",
+                   true);
+  p["metadata"]["name"] = "toggled";
+  p["metadata"]["labels"]["round"] = absl::StrCat(n);
+  shunt::WriteFileAtomic(dir + "/toggled.json", p.dump()).IgnoreError();
+}
+
+struct StreamResult {
+  std::vector<double> latencies_ms;  // every client, every change
+  std::vector<double> last_ms;       // per change: the slowest client
+  ProcStat idle, loaded;
+  double cpu_per_change_ms = 0;
+};
+
+StreamResult MeasureStreams(const std::string& dir, int streams, int changes, int port) {
+  StreamResult r;
+  pid_t pid = StartController(dir, port);
+  auto channel_args = grpc::ChannelArguments();
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
+  std::vector<std::unique_ptr<shunt::v1::PolicyDiscovery::Stub>> stubs;
+  for (int c = 0; c < 8; ++c) {
+    channel_args.SetInt("shunt.bench.channel", c);  // distinct connections
+    channels.push_back(grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", port),
+                                                 grpc::InsecureChannelCredentials(), channel_args));
+    stubs.push_back(shunt::v1::PolicyDiscovery::NewStub(channels.back()));
+  }
+  // Wait for the controller to serve.
+  for (int i = 0; i < 200; ++i) {
+    if (channels[0]->WaitForConnected(std::chrono::system_clock::now() +
+                                      std::chrono::milliseconds(50)))
+      break;
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  r.idle = Stat(pid);
+  std::vector<std::unique_ptr<StreamClient>> clients;
+  for (int i = 0; i < streams; ++i) {
+    clients.push_back(std::make_unique<StreamClient>(stubs[i % stubs.size()].get(),
+                                                     absl::StrCat("bench-node-", i)));
+  }
+  auto all_on = [&](const std::string& v) {
+    for (auto& c : clients) {
+      if (c->version() != v) return false;
+    }
+    return true;
+  };
+  // Initial sync: everyone on the same version.
+  const auto sync_deadline = Clock::now() + std::chrono::seconds(120);
+  while (Clock::now() < sync_deadline) {
+    const std::string v = clients[0]->version();
+    if (!v.empty() && all_on(v)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const ProcStat before = Stat(pid);
+  for (int n = 0; n < changes; ++n) {
+    const std::string old = clients[0]->version();
+    const auto t0 = Clock::now();
+    TouchPod(dir, n + 1);
+    std::string v;
+    const auto deadline = t0 + std::chrono::seconds(30);
+    while (Clock::now() < deadline) {
+      v = clients[0]->version();
+      if (v != old && all_on(v)) break;
+      std::this_thread::sleep_for(std::chrono::microseconds(500));
+    }
+    double last = 0;
+    for (auto& c : clients) {
+      Clock::time_point t;
+      if (!c->ArrivalOf(v, &t)) continue;
+      const double ms = std::chrono::duration<double, std::milli>(t - t0).count();
+      r.latencies_ms.push_back(ms);
+      last = std::max(last, ms);
+    }
+    r.last_ms.push_back(last);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  r.loaded = Stat(pid);
+  r.cpu_per_change_ms = (r.loaded.cpu_s - before.cpu_s) * 1000.0 / std::max(changes, 1);
+  for (auto& c : clients) c->Cancel();
+  StopController(pid);
+  return r;
+}
+
+// Part 3: real agents in the test bed; the change is observed in the agent's pinned pods map.
+void BenchAgents(int pods, int services, int changes) {
+  using shunt::testbed::Pod;
+  shunt::testbed::Testbed::InstallSignalTeardown();
+  shunt::testbed::Options opts;
+  opts.nodes = 2;
+  opts.pods_per_node = 2;
+  auto created = shunt::testbed::Testbed::Create(opts);
+  if (!created.ok()) {
+    std::fprintf(stderr, "test bed: %s\n", std::string(created.status().message()).c_str());
+    return;
+  }
+  auto& bed = **created;
+  const std::string dir = bed.work_dir() + "/manifests";
+  shunt::MkdirAll(dir).IgnoreError();
+  const Pod& target = bed.pod(1, 0);
+  auto write_real_pods = [&](bool meshed) {
+    json list = {{"apiVersion", "v1"}, {"kind", "List"}, {"items", json::array()}};
+    for (const auto& node : bed.nodes()) {
+      for (const auto& pod : node.pods) {
+        json p = {{"apiVersion", "v1"},
+                  {"kind", "Pod"},
+                  {"metadata", {{"namespace", "default"}, {"name", pod.name}, {"uid", pod.uid}}},
+                  {"spec", {{"nodeName", node.name}}},
+                  {"status",
+                   {{"phase", "Running"}, {"podIP", pod.ipv4}, {"podIPs", {{{"ip", pod.ipv4}}}}}}};
+        if (&pod == &target && meshed)
+          p["metadata"]["annotations"] = {{"shunt.dev/mesh", "enabled"}};
+        list["items"].push_back(p);
+      }
+    }
+    shunt::WriteFileAtomic(dir + "/real.json", list.dump()).IgnoreError();
+  };
+  write_real_pods(false);
+  auto controller = bed.SpawnOnNode(
+      bed.node(0),
+      {SHUNT_CONTROLLER_BIN, "--manifests=" + dir, "--plaintext", "--listen=0.0.0.0:15010",
+       "--metrics-addr=127.0.0.1:15014", "--admin-addr=127.0.0.1:15015",
+       absl::StrCat("--manifests-poll-ms=", absl::GetFlag(FLAGS_poll_ms))});
+  if (!controller.ok()) return;
+  std::vector<std::unique_ptr<shunt::e2e::AgentProcess>> agents;
+  for (const auto& node : bed.nodes()) {
+    agents.push_back(std::make_unique<shunt::e2e::AgentProcess>(
+        bed, node, "",
+        std::vector<std::string>{absl::StrCat("--controller=", bed.node(0).ipv4, ":15010"),
+                                 "--controller-plaintext", "--controller-max-backoff-ms=200",
+                                 "--resync-ms=1000"}));
+    if (absl::Status s = agents.back()->Start(std::chrono::seconds(30)); !s.ok()) {
+      std::fprintf(stderr, "agent: %s\n", std::string(s.message()).c_str());
+      return;
+    }
+  }
+  auto cgroup_id = shunt::CgroupId(target.pod_cgroup);
+  const std::string pin = "/sys/fs/bpf/shunt/" + bed.node(1).name + "/shunt_pods_v1";
+  int map_fd = bpf_obj_get(pin.c_str());
+  if (!cgroup_id.ok() || map_fd < 0) {
+    std::fprintf(stderr, "cannot watch %s\n", pin.c_str());
+    return;
+  }
+  auto in_map = [&] {
+    uint64_t key = *cgroup_id;
+    uint8_t value[64];
+    return bpf_map_lookup_elem(map_fd, &key, value) == 0;
+  };
+  auto measure = [&](std::vector<double>& out) {
+    for (int n = 0; n < changes; ++n) {
+      const bool want = (n % 2) == 0;
+      const auto t0 = Clock::now();
+      write_real_pods(want);
+      const auto deadline = t0 + std::chrono::seconds(10);
+      while (in_map() != want && Clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      }
+      out.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+      std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    }
+    if (in_map()) {  // end unmeshed
+      write_real_pods(false);
+      while (in_map()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  };
+  std::vector<double> small, large;
+  measure(small);
+  WriteCluster(dir, pods - 4, services);  // the rest of the cluster arrives
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  measure(large);
+  close(map_fd);
+  std::printf("\n[to the BPF maps of a real agent: manifest write -> pods map entry on node 2]\n");
+  std::printf("%-34s %12s %12s %12s\n", "metric", "4 pods", absl::StrCat(pods, " pods").c_str(),
+              "ratio");
+  const double s50 = Percentile(small, 0.5), l50 = Percentile(large, 0.5);
+  const double s99 = Percentile(small, 0.99), l99 = Percentile(large, 0.99);
+  std::printf("%-34s %12.1f %12.1f %11.2fx\n", "p50 (ms)", s50, l50, s50 > 0 ? l50 / s50 : 0);
+  std::printf("%-34s %12.1f %12.1f %11.2fx\n", "p99 (ms)", s99, l99, s99 > 0 ? l99 / s99 : 0);
+  for (auto& a : agents) a->Kill();
+  (*controller)->Stop(SIGTERM, std::chrono::seconds(5)).IgnoreError();
+  for (const auto& node : bed.nodes()) shunt::e2e::UninstallAgent(bed, node).IgnoreError();
+  bed.Teardown();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  const int pods = absl::GetFlag(FLAGS_pods), services = absl::GetFlag(FLAGS_services);
+  const int streams = absl::GetFlag(FLAGS_streams), changes = absl::GetFlag(FLAGS_changes);
+  char tmpl[] = "/tmp/shunt-cpbench-XXXXXX";
+  const std::string dir = mkdtemp(tmpl);
+  WriteCluster(dir, pods, services);
+  TouchPod(dir, 0);
+
+  std::printf("control plane: %d pods, %d services, manifests polled every %d ms, %u CPUs\n", pods,
+              services, absl::GetFlag(FLAGS_poll_ms), std::thread::hardware_concurrency());
+  StreamResult one = MeasureStreams(dir, 1, changes, 25010);
+  StreamResult many = MeasureStreams(dir, streams, changes, 25011);
+  std::printf("\n[propagation: manifest write -> change received by the agent stream]\n");
+  std::printf("%-34s %12s %12s %12s\n", "metric", "1 stream",
+              absl::StrCat(streams, " streams").c_str(), "ratio");
+  auto row = [](const char* name, double a, double b) {
+    std::printf("%-34s %12.1f %12.1f %11.2fx\n", name, a, b, a > 0 ? b / a : 0);
+  };
+  row("p50 (ms)", Percentile(one.latencies_ms, 0.5), Percentile(many.latencies_ms, 0.5));
+  row("p99 (ms)", Percentile(one.latencies_ms, 0.99), Percentile(many.latencies_ms, 0.99));
+  row("slowest stream, p99 over changes (ms)", Percentile(one.last_ms, 0.99),
+      Percentile(many.last_ms, 0.99));
+  std::printf("\n[controller resources]\n");
+  std::printf("%-34s %12s %12s %12s\n", "metric", "no stream",
+              absl::StrCat(streams, " streams").c_str(), "ratio");
+  row("RSS (MiB)", many.idle.rss_mib, many.loaded.rss_mib);
+  std::printf("%-34s %12.1f %12.1f\n", "CPU per change (ms), 1 vs N", one.cpu_per_change_ms,
+              many.cpu_per_change_ms);
+
+  if (!absl::GetFlag(FLAGS_skip_agents)) BenchAgents(pods, services, changes);
+  std::filesystem::remove_all(dir);
+  return 0;
+}
