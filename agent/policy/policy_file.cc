@@ -8,10 +8,8 @@
 #include <exception>
 #include <map>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <utility>
-#include <variant>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -20,13 +18,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "common/status_macros.h"
+#include "common/yaml_json.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/util/json_util.h"
 #include "nlohmann/json.hpp"
-#include "yaml-cpp/eventhandler.h"
-#include "yaml-cpp/exceptions.h"
-#include "yaml-cpp/mark.h"
-#include "yaml-cpp/parser.h"
 
 namespace shunt::agent {
 namespace {
@@ -49,70 +44,17 @@ const FieldDescriptor* FindField(const Descriptor* d, const std::string& key) {
 // garbage, and refusing it early keeps every recursive step below (ours and nlohmann's dump)
 // shallow.
 constexpr size_t kMaxNestingDepth = 32;
-constexpr size_t kMaxShownValueBytes = 64;
 
-// Where in the document an element sits, formatted only when an error needs it:
-// workloads[3].labels["app.kubernetes.io/name"].
-class Path {
+// Where in the document an element sits: workloads[3].labels["app.kubernetes.io/name"].
+class Path : public JsonPath {
  public:
-  void PushKey(absl::string_view key) { parts_.emplace_back(key); }
-  void PushIndex(size_t index) { parts_.emplace_back(index); }
-  void Pop() { parts_.pop_back(); }
-
-  std::string ToString() const {
-    std::string out;
-    for (const auto& part : parts_) {
-      if (const size_t* index = std::get_if<size_t>(&part)) {
-        absl::StrAppend(&out, "[", *index, "]");
-      } else {
-        absl::string_view key = std::get<absl::string_view>(part);
-        if (IsIdentifier(key)) {
-          absl::StrAppend(&out, out.empty() ? "" : ".", key);
-        } else {
-          absl::StrAppend(&out, "[\"", absl::Utf8SafeCHexEscape(Truncate(key)), "\"]");
-        }
-      }
-    }
-    return out.empty() ? "policy" : out;
-  }
-
-  // InvalidArgumentError "<path>: <what>".
-  absl::Status Error(absl::string_view what) const {
-    return absl::InvalidArgumentError(absl::StrCat(ToString(), ": ", what));
-  }
-
-  static absl::string_view Truncate(absl::string_view s) {
-    return s.substr(0, kMaxShownValueBytes);
-  }
-
- private:
-  static bool IsIdentifier(absl::string_view s) {
-    if (s.empty() || absl::ascii_isdigit(static_cast<unsigned char>(s[0]))) return false;
-    for (char c : s) {
-      if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '_') return false;
-    }
-    return true;
-  }
-
-  std::vector<std::variant<absl::string_view, size_t>> parts_;
+  Path() : JsonPath("policy") {}
 };
-
-// RAII push/pop of one path element.
-class PathScope {
- public:
-  PathScope(Path& path, absl::string_view key) : path_(path) { path_.PushKey(key); }
-  PathScope(Path& path, size_t index) : path_(path) { path_.PushIndex(index); }
-  ~PathScope() { path_.Pop(); }
-  PathScope(const PathScope&) = delete;
-  PathScope& operator=(const PathScope&) = delete;
-
- private:
-  Path& path_;
-};
+using PathScope = JsonPathScope;
 
 std::string Quoted(absl::string_view s) {
   std::string out = absl::StrCat("\"", absl::Utf8SafeCHexEscape(Path::Truncate(s)));
-  if (s.size() > kMaxShownValueBytes) out += "...";
+  if (s.size() > JsonPath::kMaxShownBytes) out += "...";
   out += "\"";
   return out;
 }
@@ -129,40 +71,6 @@ std::string Describe(const Json& j) {
     default:
       return j.dump(-1, ' ', false, Json::error_handler_t::replace);
   }
-}
-
-bool IsValidUtf8(absl::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    size_t len;
-    uint32_t cp;
-    if (c < 0x80) {
-      ++i;
-      continue;
-    } else if ((c & 0xE0) == 0xC0) {
-      len = 2;
-      cp = c & 0x1F;
-    } else if ((c & 0xF0) == 0xE0) {
-      len = 3;
-      cp = c & 0x0F;
-    } else if ((c & 0xF8) == 0xF0) {
-      len = 4;
-      cp = c & 0x07;
-    } else {
-      return false;
-    }
-    if (i + len > s.size()) return false;
-    for (size_t k = 1; k < len; ++k) {
-      const auto cc = static_cast<unsigned char>(s[i + k]);
-      if ((cc & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (cc & 0x3F);
-    }
-    static constexpr uint32_t kMinForLength[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < kMinForLength[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
-    i += len;
-  }
-  return true;
 }
 
 // ---- JSON text → Json, through nlohmann's SAX interface so that depth and duplicate keys are
@@ -271,207 +179,25 @@ absl::StatusOr<Json> ParseJson(absl::string_view text) {
   return std::move(builder.root());
 }
 
-// ---- YAML text → Json, built from yaml-cpp's parser events (not YAML::Node) so that depth,
-// duplicate keys and size are checked while parsing, and so that we decide how many documents to
-// ask for: yaml-cpp 0.7's LoadAll() loops forever, allocating, on a stray top-level token such as
-// ',' (jbeder/yaml-cpp#1040, fixed upstream after 0.8). Every scalar becomes a string (YAML is
-// untyped text; the schema walk below decides what a scalar means); plain nulls become null.
-// Aliases are copied, so the output is budgeted by the input size: a "billion laughs" document is
-// an error, not an allocation storm.
-class YamlBuilder : public YAML::EventHandler {
- public:
-  explicit YamlBuilder(size_t input_bytes) : budget_(2 * input_bytes + 1024) {}
-
-  void OnDocumentStart(const YAML::Mark&) override {}
-  void OnDocumentEnd() override {}
-
-  void OnNull(const YAML::Mark& mark, YAML::anchor_t anchor) override {
-    Put(mark, Json(nullptr), anchor, 1);
-  }
-  void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor,
-                const std::string& value) override {
-    if (!status_.ok()) return;
-    if (!IsValidUtf8(value)) {
-      std::optional<PathScope> scope;
-      EnterNext(scope);
-      Fail(path_.Error("invalid UTF-8"));
-      return;
-    }
-    Put(mark, Json(value), anchor, 1 + value.size());
-  }
-  void OnAlias(const YAML::Mark& mark, YAML::anchor_t anchor) override {
-    if (!status_.ok()) return;
-    auto it = anchors_.find(anchor);
-    if (it == anchors_.end()) {
-      std::optional<PathScope> scope;
-      EnterNext(scope);
-      Fail(path_.Error("an alias may not refer to a node that contains it"));
-      return;
-    }
-    Put(mark, Json(it->second.first), YAML::NullAnchor, it->second.second);
-  }
-  void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor,
-                       YAML::EmitterStyle::value) override {
-    Open(mark, Json::array(), anchor);
-  }
-  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor,
-                  YAML::EmitterStyle::value) override {
-    Open(mark, Json::object(), anchor);
-  }
-  void OnSequenceEnd() override { Close(); }
-  void OnMapEnd() override { Close(); }
-
-  const absl::Status& status() const { return status_; }
-  Json& root() { return root_; }
-  // Where the document's root node starts (null before any event).
-  const YAML::Mark& root_mark() const { return root_mark_; }
-
- private:
-  struct Frame {
-    Json* node;
-    YAML::anchor_t anchor;
-    size_t budget_at_open;
-    size_t next_index = 0;  // arrays
-    bool want_key = true;   // objects: the next node is a key, else a value
-    std::string key;        // objects: the key of the value being read
-  };
-
-  // Enters the path of the node the next event places (used for errors only); nothing for a key.
-  void EnterNext(std::optional<PathScope>& scope) {
-    if (frames_.empty()) return;
-    const Frame& top = frames_.back();
-    if (top.node->is_array()) {
-      scope.emplace(path_, top.next_index);
-    } else if (!top.want_key) {
-      scope.emplace(path_, top.key);
-    }
-  }
-
-  bool Charge(size_t cost) {
-    if (cost > budget_) {
-      Fail(path_.Error("YAML aliases expand to more than twice the size of the input"));
-      return false;
-    }
-    budget_ -= cost;
-    return true;
-  }
-
-  // Stores `v` where the parser is; returns where it went, or nullptr if it was a key or failed.
-  Json* Place(const YAML::Mark& mark, Json&& v) {
-    if (frames_.empty()) {
-      root_ = std::move(v);
-      root_mark_ = mark;
-      return &root_;
-    }
-    Frame& top = frames_.back();
-    if (top.node->is_array()) {
-      ++top.next_index;
-      top.node->push_back(std::move(v));
-      return &top.node->back();
-    }
-    if (top.want_key) {
-      if (!v.is_string()) {
-        Fail(path_.Error("a mapping key must be a plain string"));
-        return nullptr;
-      }
-      top.key = std::move(v.get_ref<std::string&>());
-      if (top.node->contains(top.key)) {
-        PathScope scope(path_, absl::string_view(top.key));
-        Fail(path_.Error("duplicate key"));
-        return nullptr;
-      }
-      top.want_key = false;
-      return nullptr;
-    }
-    top.want_key = true;
-    Json& slot = (*top.node)[top.key];
-    slot = std::move(v);
-    return &slot;
-  }
-
-  void Put(const YAML::Mark& mark, Json&& v, YAML::anchor_t anchor, size_t cost) {
-    if (!status_.ok() || !Charge(cost)) return;
-    if (anchor != YAML::NullAnchor) anchors_[anchor] = {v, cost};
-    Place(mark, std::move(v));
-  }
-
-  void Open(const YAML::Mark& mark, Json&& container, YAML::anchor_t anchor) {
-    if (!status_.ok()) return;
-    if (frames_.size() >= kMaxNestingDepth) {
-      Fail(path_.Error(absl::StrCat("nested deeper than ", kMaxNestingDepth, " levels")));
-      return;
-    }
-    const size_t budget_at_open = budget_;
-    if (!Charge(1)) return;
-    if (!frames_.empty()) {
-      Frame& top = frames_.back();
-      if (top.node->is_array()) {
-        path_.PushIndex(top.next_index);
-      } else if (!top.want_key) {
-        path_.PushKey(top.key);  // stable: `top` stays in the deque until after this one closes
-      } else {
-        Fail(path_.Error("a mapping key must be a plain string"));
-        return;
-      }
-    }
-    Json* node = Place(mark, std::move(container));
-    frames_.push_back(Frame{node, anchor, budget_at_open, 0, true, {}});
-  }
-
-  void Close() {
-    if (!status_.ok()) return;
-    Frame& done = frames_.back();
-    if (done.anchor != YAML::NullAnchor) {
-      anchors_[done.anchor] = {*done.node, done.budget_at_open - budget_};
-    }
-    frames_.pop_back();
-    if (!frames_.empty()) path_.Pop();
-  }
-
-  void Fail(absl::Status s) {
-    if (status_.ok()) status_ = std::move(s);
-  }
-
-  size_t budget_;  // nodes + scalar bytes still allowed
-  Json root_;
-  YAML::Mark root_mark_ = YAML::Mark::null_mark();
-  std::deque<Frame> frames_;  // open containers (deque: references stay valid)
-  std::map<YAML::anchor_t, std::pair<Json, size_t>> anchors_;  // finished anchored nodes, cost
-  Path path_;
-  absl::Status status_;
-};
-
-absl::Status YamlSyntaxError(const YAML::Mark& mark, absl::string_view what) {
-  if (mark.is_null()) return absl::InvalidArgumentError(absl::StrCat("YAML syntax error: ", what));
-  return absl::InvalidArgumentError(absl::StrCat("YAML syntax error at line ", mark.line + 1,
-                                                 ", column ", mark.column + 1, ": ", what));
-}
-
+// ---- YAML text → Json: common/yaml_json.h (never YAML::Load/LoadAll: they loop forever on some
+// input). Every scalar stays a string (the schema walk below decides what a scalar means).
 absl::StatusOr<Json> ParseYaml(absl::string_view text) {
-  std::istringstream in{std::string(text)};
-  YAML::Parser parser(in);
-  YamlBuilder doc(text.size());
-  try {
-    if (!parser.HandleNextDocument(doc)) {
-      return absl::InvalidArgumentError("policy is empty (write `workloads: []` for no workloads)");
-    }
-    RETURN_IF_ERROR(doc.status());
-    // Ask for exactly one more document: a second one is an error, and so is the parser handing
-    // back the same position again (the stray-token bug above), which LoadAll would loop on.
-    YamlBuilder next(text.size());
-    if (parser.HandleNextDocument(next)) {
-      if (next.root_mark().pos == doc.root_mark().pos) {
-        return YamlSyntaxError(doc.root_mark(), "unexpected character");
-      }
+  YamlLimits limits;
+  limits.max_bytes = kMaxPolicyBytes;
+  limits.max_depth = kMaxNestingDepth;
+  limits.max_documents = 1;
+  limits.typed_scalars = false;
+  absl::StatusOr<std::vector<Json>> docs = YamlDocumentsToJson(text, limits);
+  if (!docs.ok()) {
+    if (docs.status().code() == absl::StatusCode::kOutOfRange) {
       return absl::InvalidArgumentError("policy has more than one YAML document; expected one");
     }
-  } catch (const YAML::Exception& e) {
-    return YamlSyntaxError(e.mark, e.msg);  // yaml-cpp's what() repeats the mark
+    return docs.status();
   }
-  if (doc.root().is_null()) {
+  if (docs->empty()) {
     return absl::InvalidArgumentError("policy is empty (write `workloads: []` for no workloads)");
   }
-  return std::move(doc.root());
+  return std::move(docs->front());
 }
 
 // ---- Schema walk: checks the Json against the message descriptor before protobuf sees it, so that

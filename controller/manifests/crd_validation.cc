@@ -138,13 +138,13 @@ NodePtr TrafficRouteSpec() {
                       {"port", Int(1, 65535)}},
                      {"weight"});
   backend->exactly_one_of = {"subset", "service"};
-  auto retries = Obj({{"attempts", Int(0, 10)},
-                      {"perTryTimeoutMs", Int(0, kMaxTimeoutMs)},
-                      {"retryOn", Arr(Enum({"5xx", "gateway-error", "reset", "connect-failure",
-                                            "retriable-4xx", "refused-stream", "cancelled",
-                                            "deadline-exceeded", "internal",
-                                            "resource-exhausted", "unavailable"}),
-                                      16)}});
+  auto retries = Obj(
+      {{"attempts", Int(0, 10)},
+       {"perTryTimeoutMs", Int(0, kMaxTimeoutMs)},
+       {"retryOn", Arr(Enum({"5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx",
+                             "refused-stream", "cancelled", "deadline-exceeded", "internal",
+                             "resource-exhausted", "unavailable"}),
+                       16)}});
   auto rule = Obj({{"name", Str(63, kMetricName)},
                    {"matches", Arr(match, 16)},
                    {"backends", Arr(backend, 16, 1)},
@@ -167,13 +167,14 @@ NodePtr AccessPolicySpec() {
   });
   auto port_range = Obj({{"from", Int(1, 65535)}, {"to", Int(1, 65535)}}, {"from"});
   port_range->rule = [](const Json& j, const JsonPath& path) {
-    if (j.contains("to") && j["to"].get<int64_t>() < j["from"].get<int64_t>()) {
+    if (j.contains("to") && j["to"].is_number_integer() &&
+        j["to"].get<int64_t>() < j["from"].get<int64_t>()) {
       return path.Error("to must not be less than from");
     }
     return absl::OkStatus();
   };
-  auto l7 = Obj({{"methods", Arr(Str(32, kHttpMethod), 16)},
-                 {"paths", Arr(Str(1024, kHttpPath), 64)}});
+  auto l7 =
+      Obj({{"methods", Arr(Str(32, kHttpMethod), 16)}, {"paths", Arr(Str(1024, kHttpPath), 64)}});
   return Obj({{"action", Enum({"ALLOW", "DENY"})},
               {"target", Labels()},
               {"from", Arr(source, 64)},
@@ -237,8 +238,8 @@ bool IsCidr(const std::string& s) {
   if (slash == std::string::npos || s.find('\0') != std::string::npos) return false;
   const std::string addr = s.substr(0, slash);
   int bits;
-  if (!absl::SimpleAtoi(absl::string_view(s).substr(slash + 1), &bits) ||
-      s.size() == slash + 1 || !std::isdigit(static_cast<unsigned char>(s[slash + 1]))) {
+  if (!absl::SimpleAtoi(absl::string_view(s).substr(slash + 1), &bits) || s.size() == slash + 1 ||
+      !std::isdigit(static_cast<unsigned char>(s[slash + 1]))) {
     return false;
   }
   unsigned char buf[16];
@@ -271,8 +272,8 @@ absl::Status CheckObject(const Json& j, const Node& n, JsonPath& path) {
     int given = 0;
     for (const std::string& name : n.exactly_one_of) given += j.contains(name);
     if (given != 1) {
-      return path.Error(absl::StrCat("exactly one of ", absl::StrJoin(n.exactly_one_of, ", "),
-                                     " must be given"));
+      return path.Error(
+          absl::StrCat("exactly one of ", absl::StrJoin(n.exactly_one_of, ", "), " must be given"));
     }
   }
   if (n.rule) return n.rule(j, path);
@@ -300,7 +301,8 @@ absl::Status Check(const Json& j, const Node& n, JsonPath& path) {
         return path.Error(absl::StrCat("at most ", n.max_items, " items, got ", j.size()));
       }
       if (j.size() < n.min_items) {
-        return path.Error(absl::StrCat("at least ", n.min_items, " item(s) needed, got ", j.size()));
+        return path.Error(
+            absl::StrCat("at least ", n.min_items, " item(s) needed, got ", j.size()));
       }
       for (size_t i = 0; i < j.size(); ++i) {
         JsonPathScope scope(path, i);
@@ -309,8 +311,8 @@ absl::Status Check(const Json& j, const Node& n, JsonPath& path) {
           for (size_t k = 0; k < i; ++k) {
             if (j[k][n.map_key] == j[i][n.map_key]) {
               JsonPathScope key_scope(path, n.map_key);
-              return path.Error(absl::StrCat(Describe(j[i][n.map_key]), " is already used by item ",
-                                             k));
+              return path.Error(
+                  absl::StrCat(Describe(j[i][n.map_key]), " is already used by item ", k));
             }
           }
         }
@@ -336,8 +338,8 @@ absl::Status Check(const Json& j, const Node& n, JsonPath& path) {
         for (const std::string& e : n.enums) {
           if (s == e) return absl::OkStatus();
         }
-        return path.Error(absl::StrCat("must be one of ", absl::StrJoin(n.enums, ", "), "; got ",
-                                       Describe(j)));
+        return path.Error(
+            absl::StrCat("must be one of ", absl::StrJoin(n.enums, ", "), "; got ", Describe(j)));
       }
       const size_t length = CodePoints(s);
       if (length > n.max_length) {
@@ -380,8 +382,7 @@ absl::Status ValidatePolicyObject(const Json& object) {
   try {
     JsonPath path("object");
     if (!object.is_object()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("expected a mapping, got ", Describe(object)));
+      return absl::InvalidArgumentError(absl::StrCat("expected a mapping, got ", Describe(object)));
     }
     const Json* api_version = object.contains("apiVersion") ? &object["apiVersion"] : nullptr;
     const Json* kind_name = object.contains("kind") ? &object["kind"] : nullptr;
@@ -391,8 +392,8 @@ absl::Status ValidatePolicyObject(const Json& object) {
     }
     const std::string expected = absl::StrCat(kPolicyGroup, "/", kPolicyVersion);
     if (*api_version != expected) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "apiVersion: ", Describe(*api_version), " is not served; use ", expected));
+      return absl::InvalidArgumentError(
+          absl::StrCat("apiVersion: ", Describe(*api_version), " is not served; use ", expected));
     }
     std::optional<Kind> kind = KindOf(expected, kind_name->get_ref<const std::string&>());
     const Node* spec = kind ? SpecOf(*kind) : nullptr;

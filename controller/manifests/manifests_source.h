@@ -62,9 +62,11 @@ class ManifestsSource : public ClusterSource {
   // Checks the directory now and reports any change to the state (the poll thread calls this;
   // tests call it instead of waiting). Returns the directory's error, if it cannot be listed (the
   // last good objects stay).
-  absl::Status Rescan();
+  // Not to be called from a ClusterState subscriber (it runs inside the report).
+  absl::Status Rescan() ABSL_LOCKS_EXCLUDED(scan_mu_, mu_);
 
-  // Files (names relative to the directory) with a current problem, and what it is.
+  // Files (names relative to the directory) with a current problem, and what it is; the
+  // directory's own path if it cannot be listed.
   std::map<std::string, absl::Status> errors() const;
   // Problems found since start (one per bad version of a file, one per duplicate object found);
   // exported by the controller as shunt_controller_manifest_errors_total.
@@ -77,9 +79,12 @@ class ManifestsSource : public ClusterSource {
     friend bool operator==(const FileId&, const FileId&) = default;
   };
   struct FileState {
-    FileId id;                               // of the version last read (good or not)
-    std::vector<nlohmann::json> objects;     // last good content, in document order
-    absl::Status error;                      // of the version last read
+    FileId id;  // of the version last read (good or not)
+    // Changed less than kRacyWindow before it was read: a same-size rewrite within the file
+    // system's timestamp granularity would look unchanged, so it is read again next time.
+    bool racy = false;
+    std::vector<nlohmann::json> objects;  // last good content, in document order
+    absl::Status error;                   // of the version last read
   };
 
   // Reads one file: its handled objects, or the file's error.
@@ -88,13 +93,14 @@ class ManifestsSource : public ClusterSource {
 
   const ManifestsOptions options_;
 
-  absl::Mutex scan_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // one Rescan at a time
-  ClusterState* state_ = nullptr;                  // set by Start
+  absl::Mutex scan_mu_ ABSL_ACQUIRED_BEFORE(mu_);            // one Rescan at a time
+  ClusterState* state_ ABSL_GUARDED_BY(scan_mu_) = nullptr;  // set by Start
 
   mutable absl::Mutex mu_;
-  std::map<std::string, FileState> files_ ABSL_GUARDED_BY(mu_);  // by name: the apply order
+  std::map<std::string, FileState> files_ ABSL_GUARDED_BY(mu_);          // by name: the apply order
   std::map<std::string, absl::Status> duplicates_ ABSL_GUARDED_BY(mu_);  // by file
-  std::map<std::string, std::string> reported_duplicates_ ABSL_GUARDED_BY(mu_);  // key → file
+  std::map<std::string, std::string> reported_duplicates_
+      ABSL_GUARDED_BY(mu_);  // "file: message" → file
   absl::Status dir_error_ ABSL_GUARDED_BY(mu_);
   uint64_t malformed_total_ ABSL_GUARDED_BY(mu_) = 0;
   bool synced_ ABSL_GUARDED_BY(mu_) = false;
