@@ -12,6 +12,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   # metrics, config
   prometheus-cpp-dev nlohmann-json3-dev libyaml-cpp-dev
+  libcurl4-openssl-dev  # Kubernetes API client
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev iperf3 sockperf
   # the simulated cluster

@@ -47,14 +47,30 @@ absl::Status HttpError(long code, absl::string_view body) {
   }
   absl::StatusCode code_of;
   switch (code) {
-    case 400: code_of = absl::StatusCode::kInvalidArgument; break;
-    case 401: code_of = absl::StatusCode::kUnauthenticated; break;
-    case 403: code_of = absl::StatusCode::kPermissionDenied; break;
-    case 404: code_of = absl::StatusCode::kNotFound; break;
-    case 409: code_of = absl::StatusCode::kAborted; break;
-    case 410: code_of = absl::StatusCode::kOutOfRange; break;
-    case 422: code_of = absl::StatusCode::kInvalidArgument; break;
-    case 429: code_of = absl::StatusCode::kResourceExhausted; break;
+    case 400:
+      code_of = absl::StatusCode::kInvalidArgument;
+      break;
+    case 401:
+      code_of = absl::StatusCode::kUnauthenticated;
+      break;
+    case 403:
+      code_of = absl::StatusCode::kPermissionDenied;
+      break;
+    case 404:
+      code_of = absl::StatusCode::kNotFound;
+      break;
+    case 409:
+      code_of = absl::StatusCode::kAborted;
+      break;
+    case 410:
+      code_of = absl::StatusCode::kOutOfRange;
+      break;
+    case 422:
+      code_of = absl::StatusCode::kInvalidArgument;
+      break;
+    case 429:
+      code_of = absl::StatusCode::kResourceExhausted;
+      break;
     default:
       code_of = code >= 500 ? absl::StatusCode::kUnavailable : absl::StatusCode::kUnknown;
   }
@@ -141,7 +157,8 @@ absl::StatusOr<KubeConfig> ParseKubeConfig(absl::string_view yaml, const std::st
     const YAML::Node root = YAML::Load(std::string(yaml));
     if (!root.IsMap()) return absl::InvalidArgumentError("kubeconfig is not a YAML mapping");
     const std::string context_name = Scalar(root, "current-context");
-    if (context_name.empty()) return absl::InvalidArgumentError("kubeconfig has no current-context");
+    if (context_name.empty())
+      return absl::InvalidArgumentError("kubeconfig has no current-context");
     const YAML::Node context = Named(root, "contexts", context_name, "context");
     if (!context || !context.IsMap()) {
       return absl::InvalidArgumentError(absl::StrCat("kubeconfig: no context ", context_name));
@@ -155,8 +172,8 @@ absl::StatusOr<KubeConfig> ParseKubeConfig(absl::string_view yaml, const std::st
     config.ns = Scalar(context, "namespace");
     config.server = Scalar(cluster, "server");
     if (config.server.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("kubeconfig: cluster ", cluster_name,
-                                                     " has no server"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("kubeconfig: cluster ", cluster_name, " has no server"));
     }
     config.ca_file = ResolvePath(Scalar(cluster, "certificate-authority"), base_dir);
     if (std::string d = Scalar(cluster, "certificate-authority-data"); !d.empty()) {
@@ -181,9 +198,10 @@ absl::StatusOr<KubeConfig> ParseKubeConfig(absl::string_view yaml, const std::st
                                    !config.client_cert_file.empty() ||
                                    !config.client_cert_pem.empty();
       if (!has_credentials && (user["exec"] || user["auth-provider"])) {
-        return absl::UnimplementedError(absl::StrCat(
-            "kubeconfig: user ", user_name, " authenticates with exec/auth-provider plugins, "
-            "which are not supported; use a token or client certificate"));
+        return absl::UnimplementedError(
+            absl::StrCat("kubeconfig: user ", user_name,
+                         " authenticates with exec/auth-provider plugins, "
+                         "which are not supported; use a token or client certificate"));
       }
     } else if (!user_name.empty()) {
       return absl::InvalidArgumentError(absl::StrCat("kubeconfig: no user ", user_name));
@@ -202,10 +220,10 @@ struct KubeClient::Request {
   std::string url;
   std::string send_body;
   long timeout_ms = 0;  // whole transfer; 0 = none
-  std::string body;  // whole body (list, patch, and a watch's error answer)
+  std::string body;     // whole body (list, patch, and a watch's error answer)
   // Watch only.
   const WatchFn* watch_fn = nullptr;
-  std::string pending;      // bytes after the last newline
+  std::string pending;        // bytes after the last newline
   absl::Status stream_error;  // why the write callback aborted
   bool ended_by_callback = false;
 
@@ -235,7 +253,7 @@ struct KubeClient::Request {
       absl::string_view line(pending.data() + start, nl - start);
       if (absl::StripAsciiWhitespace(line).empty()) continue;
       nlohmann::json event = nlohmann::json::parse(line.begin(), line.end(), nullptr,
-                                                    /*allow_exceptions=*/false);
+                                                   /*allow_exceptions=*/false);
       if (!event.is_object() || !event.contains("type") || !event["type"].is_string() ||
           !event.contains("object")) {
         stream_error = absl::DataLossError(
@@ -271,7 +289,7 @@ KubeClient::KubeClient(KubeConfig config, KubeClientOptions options)
 KubeClient::~KubeClient() { Stop(); }
 
 absl::StatusOr<std::unique_ptr<KubeClient>> KubeClient::Create(KubeConfig config,
-                                                              KubeClientOptions options) {
+                                                               KubeClientOptions options) {
   if (!absl::StartsWith(config.server, "https://") && !absl::StartsWith(config.server, "http://")) {
     return absl::InvalidArgumentError(
         absl::StrCat("Kubernetes API server must be an http(s):// URL, not '", config.server, "'"));
@@ -424,9 +442,9 @@ absl::StatusOr<ListResult> KubeClient::List(const ApiResource& resource) {
 absl::Status KubeClient::Watch(const ApiResource& resource, const WatchOptions& options,
                                const WatchFn& fn) {
   Request r;
-  r.url = absl::StrCat(config_.server, resource.group_version_path, "/", resource.plural,
-                       "?watch=1&allowWatchBookmarks=",
-                       options.allow_watch_bookmarks ? "true" : "false");
+  r.url = absl::StrCat(
+      config_.server, resource.group_version_path, "/", resource.plural,
+      "?watch=1&allowWatchBookmarks=", options.allow_watch_bookmarks ? "true" : "false");
   if (!options.resource_version.empty()) {
     absl::StrAppend(&r.url, "&resourceVersion=", options.resource_version);
   }
@@ -447,9 +465,10 @@ absl::StatusOr<nlohmann::json> KubeClient::MergePatchStatus(Kind kind, absl::str
   r.url = resource.namespaced
               ? absl::StrCat(config_.server, resource.group_version_path, "/namespaces/", ns, "/",
                              resource.plural, "/", name, "/status")
-              : absl::StrCat(config_.server, resource.group_version_path, "/", resource.plural,
-                             "/", name, "/status");
-  r.send_body = patch.dump();
+              : absl::StrCat(config_.server, resource.group_version_path, "/", resource.plural, "/",
+                             name, "/status");
+  // Replace, not throw, on invalid UTF-8 (a message may quote a file name).
+  r.send_body = patch.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   r.timeout_ms = absl::ToInt64Milliseconds(options_.request_timeout);
   RETURN_IF_ERROR(Perform(r));
   nlohmann::json out = nlohmann::json::parse(r.body, nullptr, /*allow_exceptions=*/false);

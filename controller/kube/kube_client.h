@@ -84,7 +84,7 @@ inline bool IsGone(const absl::Status& status) { return HttpStatusOf(status) == 
 class KubeClient {
  public:
   static absl::StatusOr<std::unique_ptr<KubeClient>> Create(KubeConfig config,
-                                                           KubeClientOptions options = {});
+                                                            KubeClientOptions options = {});
   ~KubeClient();
   KubeClient(const KubeClient&) = delete;
   KubeClient& operator=(const KubeClient&) = delete;

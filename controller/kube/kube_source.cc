@@ -60,9 +60,9 @@ absl::Status KubernetesSource::Start(ClusterState& state) {
     return stopping_ || listed_kinds_ >= options_.kinds.size();
   };
   if (!mu_.AwaitWithTimeout(absl::Condition(&done), options_.start_timeout)) {
-    return absl::DeadlineExceededError(
-        absl::StrCat("Kubernetes: ", listed_kinds_, " of ", options_.kinds.size(),
-                     " kinds listed after ", absl::FormatDuration(options_.start_timeout)));
+    return absl::DeadlineExceededError(absl::StrCat("Kubernetes: ", listed_kinds_, " of ",
+                                                    options_.kinds.size(), " kinds listed after ",
+                                                    absl::FormatDuration(options_.start_timeout)));
   }
   if (stopping_) return absl::CancelledError("KubernetesSource stopped while starting");
   SHUNT_LOG(INFO) << "kube: listed " << listed_kinds_ << " kinds; watching";
@@ -153,7 +153,9 @@ void KubernetesSource::Run(Kind kind) {
         if (!back_off()) break;
         continue;
       }
-      if (logged_missing) SHUNT_LOG(INFO) << "kube: " << what << " is served now";
+      if (logged_missing) {
+        SHUNT_LOG(INFO) << "kube: " << what << " is served now";
+      }
       logged_missing = false;
       for (auto& item : list->items) FillTypeMeta(item, api_version, kind);
       const size_t n = list->items.size();
@@ -184,8 +186,9 @@ void KubernetesSource::Run(Kind kind) {
         if (code == 410) {
           gone = true;
         } else {
-          event_error = absl::UnknownError(absl::StrCat("watch ", what, ": error event ",
-                                                        o.dump().substr(0, 300)));
+          event_error = absl::UnknownError(absl::StrCat(
+              "watch ", what, ": error event ",
+              o.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).substr(0, 300)));
         }
         return false;
       }
@@ -200,14 +203,13 @@ void KubernetesSource::Run(Kind kind) {
           } else {
             SHUNT_LOG_EVERY_N_SEC(WARNING, 10) << "kube: watch " << what << ": " << key.status();
           }
-        } else if (absl::Status u = state_->Upsert(options_.name, std::move(ev.object));
-                   !u.ok()) {
+        } else if (absl::Status u = state_->Upsert(options_.name, std::move(ev.object)); !u.ok()) {
           SHUNT_LOG_EVERY_N_SEC(WARNING, 10) << "kube: watch " << what << ": " << u;
         }
         ++counters_.events;
       } else {
-        SHUNT_LOG_EVERY_N_SEC(WARNING, 10) << "kube: watch " << what << ": unknown event type "
-                                           << ev.type;
+        SHUNT_LOG_EVERY_N_SEC(WARNING, 10)
+            << "kube: watch " << what << ": unknown event type " << ev.type;
         return true;
       }
       if (!event_rv.empty()) {
@@ -232,8 +234,8 @@ void KubernetesSource::Run(Kind kind) {
     }
     if (!s.ok()) {
       ++counters_.errors;
-      SHUNT_LOG_EVERY_N_SEC(WARNING, 10) << "kube: watch " << what << " from resourceVersion "
-                                         << rv << ": " << s << "; resuming";
+      SHUNT_LOG_EVERY_N_SEC(WARNING, 10)
+          << "kube: watch " << what << ": " << s << "; resuming from resourceVersion " << rv;
     }
     if (progressed) backoff = options_.initial_backoff;
     if (!back_off()) break;
@@ -266,15 +268,14 @@ absl::Status KubernetesStatusWriter::Write(const PolicyStatus& status) {
   {
     absl::MutexLock l(&mu_);
     auto it = last_.find(status.key);
-    transition = it != last_.end() && it->second.first == status.accepted ? it->second.second
-                                                                          : now_();
+    transition =
+        it != last_.end() && it->second.first == status.accepted ? it->second.second : now_();
   }
   auto patched = client_->MergePatchStatus(status.key.kind, status.key.ns, status.key.name,
                                            ConditionsPatch(status, transition));
   if (!patched.ok()) {
-    return absl::Status(patched.status().code(),
-                        absl::StrCat("status of ", ToString(status.key), ": ",
-                                     patched.status().message()));
+    return absl::Status(patched.status().code(), absl::StrCat("status of ", ToString(status.key),
+                                                              ": ", patched.status().message()));
   }
   absl::MutexLock l(&mu_);
   last_[status.key] = {status.accepted, transition};

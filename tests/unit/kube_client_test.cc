@@ -1,0 +1,406 @@
+#include "controller/kube/kube_client.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/fake_kube/fake_kube_server.h"
+
+namespace shunt::controller {
+namespace {
+
+using ::shunt::testing::FakeKubeServer;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+// A unique directory under /tmp, removed with everything in it when the test ends.
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/shunt-kube-client-test-XXXXXX";
+    if (const char* p = ::mkdtemp(tmpl)) path_ = p;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    if (!path_.empty()) std::filesystem::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+  std::string Write(const std::string& name, const std::string& text) const {
+    const std::string p = absl::StrCat(path_, "/", name);
+    std::ofstream(p) << text;
+    return p;
+  }
+
+ private:
+  std::string path_;
+};
+
+// Sets an environment variable for the scope, restoring the old value.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = ::getenv(name)) old_ = old;
+    if (value) {
+      ::setenv(name, value, 1);
+    } else {
+      ::unsetenv(name);
+    }
+  }
+  ~ScopedEnv() {
+    if (old_) {
+      ::setenv(name_, old_->c_str(), 1);
+    } else {
+      ::unsetenv(name_);
+    }
+  }
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+
+constexpr char kKubeconfig[] = R"(apiVersion: v1
+kind: Config
+current-context: dev
+contexts:
+- name: prod
+  context: {cluster: prod-cluster, user: prod-user}
+- name: dev
+  context:
+    cluster: dev-cluster
+    user: dev-user
+    namespace: team-a
+clusters:
+- name: prod-cluster
+  cluster:
+    server: https://prod.example:6443
+- name: dev-cluster
+  cluster:
+    server: https://dev.example:6443/
+    certificate-authority-data: Q0EgUEVN
+users:
+- name: prod-user
+  user: {token: prod-token}
+- name: dev-user
+  user:
+    token: dev-token
+    client-certificate-data: Q0VSVCBQRU0=
+    client-key-data: S0VZIFBFTQ==
+)";
+
+TEST(KubeConfigTest, CurrentContextWithInlineData) {
+  auto config = ParseKubeConfig(kKubeconfig, "/etc/kube");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->server, "https://dev.example:6443/");
+  EXPECT_EQ(config->ca_pem, "CA PEM");
+  EXPECT_EQ(config->client_cert_pem, "CERT PEM");
+  EXPECT_EQ(config->client_key_pem, "KEY PEM");
+  EXPECT_EQ(config->token, "dev-token");
+  EXPECT_EQ(config->ns, "team-a");
+  EXPECT_TRUE(config->ca_file.empty());
+  EXPECT_FALSE(config->insecure_skip_tls_verify);
+}
+
+TEST(KubeConfigTest, FilePathsAreRelativeToTheKubeconfig) {
+  TempDir dir;
+  const std::string path = dir.Write("config", R"(
+current-context: c
+contexts: [{name: c, context: {cluster: k, user: u}}]
+clusters: [{name: k, cluster: {server: "http://127.0.0.1:1", certificate-authority: ca.crt,
+            insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {client-certificate: /abs/cert.pem, client-key: key.pem,
+         tokenFile: tok}}]
+)");
+  auto config = KubeConfigFromFile(path);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->server, "http://127.0.0.1:1");
+  EXPECT_EQ(config->ca_file, dir.path() + "/ca.crt");
+  EXPECT_TRUE(config->insecure_skip_tls_verify);
+  EXPECT_EQ(config->client_cert_file, "/abs/cert.pem");
+  EXPECT_EQ(config->client_key_file, dir.path() + "/key.pem");
+  EXPECT_EQ(config->token_file, dir.path() + "/tok");
+}
+
+TEST(KubeConfigTest, ErrorsAreStatusesNotExceptions) {
+  EXPECT_EQ(ParseKubeConfig("{{{: [", "/").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseKubeConfig("- a\n- b\n", "/").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseKubeConfig("clusters: []\n", "/").status().code(),
+            absl::StatusCode::kInvalidArgument);  // no current-context
+  EXPECT_EQ(ParseKubeConfig("current-context: x\n", "/").status().code(),
+            absl::StatusCode::kInvalidArgument);  // no such context
+  EXPECT_EQ(ParseKubeConfig(R"(
+current-context: c
+contexts: [{name: c, context: {cluster: k, user: u}}]
+clusters: [{name: k, cluster: {server: "https://x", certificate-authority-data: "%%%"}}]
+)",
+                            "/")
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  auto exec = ParseKubeConfig(R"(
+current-context: c
+contexts: [{name: c, context: {cluster: k, user: u}}]
+clusters: [{name: k, cluster: {server: "https://x"}}]
+users: [{name: u, user: {exec: {command: aws}}}]
+)",
+                              "/");
+  EXPECT_EQ(exec.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(KubeConfigFromFile("/nonexistent/kubeconfig").status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST(InClusterConfigTest, FromEnvironmentAndServiceAccount) {
+  TempDir sa;
+  sa.Write("token", "tok-1\n");
+  sa.Write("ca.crt", "CA");
+  sa.Write("namespace", "shunt-system");
+  ScopedEnv host("KUBERNETES_SERVICE_HOST", "10.96.0.1");
+  ScopedEnv port("KUBERNETES_SERVICE_PORT", "443");
+  auto config = InClusterConfig(sa.path());
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->server, "https://10.96.0.1:443");
+  EXPECT_EQ(config->token_file, sa.path() + "/token");
+  EXPECT_EQ(config->ca_file, sa.path() + "/ca.crt");
+  EXPECT_EQ(config->ns, "shunt-system");
+}
+
+TEST(InClusterConfigTest, Ipv6HostIsBracketed) {
+  TempDir sa;
+  sa.Write("token", "t");
+  sa.Write("ca.crt", "CA");
+  ScopedEnv host("KUBERNETES_SERVICE_HOST", "fd00::1");
+  ScopedEnv port("KUBERNETES_SERVICE_PORT", "6443");
+  auto config = InClusterConfig(sa.path());
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->server, "https://[fd00::1]:6443");
+}
+
+TEST(InClusterConfigTest, OutsideAClusterOrWithoutToken) {
+  {
+    ScopedEnv host("KUBERNETES_SERVICE_HOST", nullptr);
+    EXPECT_EQ(InClusterConfig("/nonexistent").status().code(),
+              absl::StatusCode::kFailedPrecondition);
+  }
+  ScopedEnv host("KUBERNETES_SERVICE_HOST", "10.96.0.1");
+  ScopedEnv port("KUBERNETES_SERVICE_PORT", "443");
+  EXPECT_EQ(InClusterConfig("/nonexistent").status().code(), absl::StatusCode::kNotFound);
+}
+
+nlohmann::json Pod(const std::string& ns, const std::string& name) {
+  return {{"apiVersion", "v1"},
+          {"kind", "Pod"},
+          {"metadata", {{"namespace", ns}, {"name", name}}},
+          {"spec", {{"nodeName", "node-1"}}}};
+}
+
+class KubeClientTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(server_.Start().ok()); }
+  std::unique_ptr<KubeClient> Client(KubeConfig config = {}, KubeClientOptions options = {}) {
+    config.server = server_.url();
+    auto client = KubeClient::Create(std::move(config), options);
+    EXPECT_TRUE(client.ok()) << client.status();
+    return client.ok() ? std::move(*client) : nullptr;
+  }
+  FakeKubeServer server_;
+};
+
+TEST_F(KubeClientTest, RejectsNonHttpServers) {
+  KubeConfig config;
+  config.server = "ftp://x";
+  EXPECT_EQ(KubeClient::Create(config).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(KubeClientTest, ListReturnsItemsAndResourceVersion) {
+  ASSERT_TRUE(server_.Create(Pod("default", "a")).ok());
+  ASSERT_TRUE(server_.Create(Pod("other", "b")).ok());
+  auto client = Client();
+  auto list = client->List(ApiResourceOf(Kind::kPod));
+  ASSERT_TRUE(list.ok()) << list.status();
+  ASSERT_EQ(list->items.size(), 2u);
+  EXPECT_EQ(list->items[0]["metadata"]["name"], "a");
+  EXPECT_EQ(list->resource_version, std::to_string(server_.resource_version()));
+}
+
+TEST_F(KubeClientTest, HttpErrorsKeepTheirCode) {
+  server_.SetInstalled(Kind::kTrafficRoute, false);
+  auto client = Client();
+  auto list = client->List(ApiResourceOf(Kind::kTrafficRoute));
+  EXPECT_EQ(list.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(HttpStatusOf(list.status()), 404);
+  auto patch =
+      client->MergePatchStatus(Kind::kAccessPolicy, "default", "missing", {{"status", {{"x", 1}}}});
+  EXPECT_EQ(patch.status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(KubeClientTest, ConnectionRefusedIsUnavailable) {
+  KubeConfig config;
+  config.server = "http://127.0.0.1:1";
+  auto client = KubeClient::Create(config);
+  ASSERT_TRUE(client.ok());
+  EXPECT_EQ((*client)->List(ApiResourceOf(Kind::kPod)).status().code(),
+            absl::StatusCode::kUnavailable);
+}
+
+TEST_F(KubeClientTest, TokenFileIsReadAgain) {
+  TempDir dir;
+  const std::string token = dir.Write("token", "first\n");
+  KubeConfig config;
+  config.token_file = token;
+  KubeClientOptions options;
+  options.token_reload_interval = absl::ZeroDuration();
+  auto client = Client(config, options);
+  ASSERT_TRUE(client->List(ApiResourceOf(Kind::kPod)).ok());
+  EXPECT_EQ(server_.last_authorization(), "Bearer first");
+  dir.Write("token", "second");
+  ASSERT_TRUE(client->List(ApiResourceOf(Kind::kPod)).ok());
+  EXPECT_EQ(server_.last_authorization(), "Bearer second");
+}
+
+TEST_F(KubeClientTest, StaticToken) {
+  KubeConfig config;
+  config.token = "static";
+  auto client = Client(config);
+  ASSERT_TRUE(client->List(ApiResourceOf(Kind::kPod)).ok());
+  EXPECT_EQ(server_.last_authorization(), "Bearer static");
+}
+
+// Collects events from a watch running on its own thread.
+class Watcher {
+ public:
+  Watcher(KubeClient& client, WatchOptions options) {
+    thread_ = std::thread([this, &client, options] {
+      absl::Status s = client.Watch(ApiResourceOf(Kind::kPod), options, [this](WatchEvent ev) {
+        absl::MutexLock l(&mu_);
+        types_.push_back(ev.type);
+        return true;
+      });
+      absl::MutexLock l(&mu_);
+      result_ = s;
+      done_ = true;
+    });
+  }
+  ~Watcher() { thread_.join(); }
+  std::vector<std::string> types() {
+    absl::MutexLock l(&mu_);
+    return types_;
+  }
+  // Waits up to `timeout` for `n` events.
+  bool WaitEvents(size_t n, absl::Duration timeout = absl::Seconds(10)) {
+    absl::MutexLock l(&mu_);
+    auto enough = [this, n]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return types_.size() >= n; };
+    return mu_.AwaitWithTimeout(absl::Condition(&enough), timeout);
+  }
+  std::optional<absl::Status> WaitDone(absl::Duration timeout = absl::Seconds(10)) {
+    absl::MutexLock l(&mu_);
+    if (!mu_.AwaitWithTimeout(absl::Condition(&done_), timeout)) return std::nullopt;
+    return result_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<std::string> types_ ABSL_GUARDED_BY(mu_);
+  absl::Status result_ ABSL_GUARDED_BY(mu_);
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+TEST_F(KubeClientTest, WatchStreamsEventsAsTheyHappen) {
+  auto client = Client();
+  const std::string rv = std::to_string(server_.resource_version());
+  Watcher w(*client, WatchOptions{rv, true, 30});
+  ASSERT_TRUE(server_.Create(Pod("default", "a")).ok());
+  ASSERT_TRUE(w.WaitEvents(1));
+  auto pod = Pod("default", "a");
+  pod["spec"]["nodeName"] = "node-2";
+  ASSERT_TRUE(server_.Update(pod).ok());
+  ASSERT_TRUE(server_.Delete({Kind::kPod, "default", "a"}).ok());
+  server_.SendBookmarks();
+  ASSERT_TRUE(w.WaitEvents(4));
+  EXPECT_THAT(w.types(), ElementsAre("ADDED", "MODIFIED", "DELETED", "BOOKMARK"));
+  client->Stop();
+  auto done = w.WaitDone();
+  ASSERT_TRUE(done.has_value());
+  EXPECT_EQ(done->code(), absl::StatusCode::kCancelled);
+}
+
+TEST_F(KubeClientTest, StopEndsAnIdleWatchPromptly) {
+  auto client = Client();
+  Watcher w(*client, WatchOptions{std::to_string(server_.resource_version()), true, 300});
+  absl::SleepFor(absl::Milliseconds(100));  // let it connect; Stop must work either way
+  const absl::Time start = absl::Now();
+  client->Stop();
+  ASSERT_TRUE(w.WaitDone(absl::Seconds(5)).has_value());
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(500));
+  EXPECT_EQ(client->List(ApiResourceOf(Kind::kPod)).status().code(), absl::StatusCode::kCancelled);
+}
+
+TEST_F(KubeClientTest, DroppedWatchIsAnError) {
+  auto client = Client();
+  Watcher w(*client, WatchOptions{std::to_string(server_.resource_version()), true, 300});
+  ASSERT_TRUE(server_.Create(Pod("default", "a")).ok());
+  ASSERT_TRUE(w.WaitEvents(1));
+  server_.DropWatches();
+  auto done = w.WaitDone();
+  ASSERT_TRUE(done.has_value());
+  EXPECT_EQ(done->code(), absl::StatusCode::kUnavailable) << *done;
+}
+
+TEST_F(KubeClientTest, WatchEndsCleanlyAtTimeoutSeconds) {
+  auto client = Client();
+  Watcher w(*client, WatchOptions{std::to_string(server_.resource_version()), true, 1});
+  auto done = w.WaitDone();
+  ASSERT_TRUE(done.has_value());
+  EXPECT_TRUE(done->ok()) << *done;
+}
+
+TEST_F(KubeClientTest, TooOldResourceVersionIsAnErrorEvent) {
+  ASSERT_TRUE(server_.Create(Pod("default", "a")).ok());
+  server_.CompactHistory();
+  auto client = Client();
+  std::vector<WatchEvent> events;
+  absl::Status s =
+      client->Watch(ApiResourceOf(Kind::kPod), WatchOptions{"1", true, 30}, [&](WatchEvent ev) {
+        events.push_back(std::move(ev));
+        return true;
+      });
+  EXPECT_TRUE(s.ok()) << s;
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].type, "ERROR");
+  EXPECT_EQ(events[0].object["code"], 410);
+}
+
+TEST_F(KubeClientTest, MergePatchStatus) {
+  nlohmann::json policy = {{"apiVersion", "policy.shunt.dev/v1alpha1"},
+                           {"kind", "AccessPolicy"},
+                           {"metadata", {{"namespace", "default"}, {"name", "p"}}},
+                           {"spec", {{"action", "Allow"}}},
+                           {"status", {{"keep", "me"}}}};
+  ASSERT_TRUE(server_.Create(policy).ok());
+  auto client = Client();
+  auto patched =
+      client->MergePatchStatus(Kind::kAccessPolicy, "default", "p",
+                               {{"status", {{"phase", "Ready"}}}, {"spec", {{"action", "Deny"}}}});
+  ASSERT_TRUE(patched.ok()) << patched.status();
+  auto stored = server_.Get({Kind::kAccessPolicy, "default", "p"});
+  ASSERT_TRUE(stored.ok());
+  EXPECT_EQ((*stored)["status"]["phase"], "Ready");
+  EXPECT_EQ((*stored)["status"]["keep"], "me");
+  EXPECT_EQ((*stored)["spec"]["action"], "Allow");  // the status subresource ignores spec
+  EXPECT_EQ(*patched, *stored);
+}
+
+}  // namespace
+}  // namespace shunt::controller
