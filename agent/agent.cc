@@ -230,6 +230,7 @@ int RunAgent(const AgentConfig& config) {
   lb_options.limits.policy_sources = config.policy_sources_size;
   lb_options.limits.policy_dests = config.policy_dests_size;
   lb_options.limits.max_slots_per_service = config.lb_max_slots;
+  lb_options.directory = [&reconciler] { return reconciler.directory(); };
   ServicePolicyReconciler service_policy(lb_options, store, lb_writer);
   if (absl::Status s = service_policy.Start(); !s.ok()) {
     SHUNT_LOG(WARNING) << "first service/policy reconcile: " << s.message();

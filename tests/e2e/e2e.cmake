@@ -22,6 +22,10 @@ shunt_test(coexistence_test KERNEL SOURCES e2e/coexistence_test.cc
            LIBS shunt_e2e_util foreign_sockops_skel PkgConfig::LIBBPF nlohmann_json::nlohmann_json)
 add_dependencies(coexistence_test shunt-agent shunt-testpeer)
 
+shunt_test(socklb_test KERNEL SOURCES e2e/socklb_test.cc
+           LIBS shunt_e2e_util nlohmann_json::nlohmann_json)
+add_dependencies(socklb_test shunt-agent shunt-testpeer)
+
 if(TARGET shunt-controller)
   shunt_test(control_plane_test KERNEL SOURCES e2e/control_plane_test.cc LIBS shunt_e2e_util)
   target_compile_definitions(control_plane_test PRIVATE

@@ -7,6 +7,10 @@
 //   shunt-testpeer bulk --to=HOST:PORT --seconds=T [--chunk=131072]
 //   shunt-testpeer pingpong --to=HOST:PORT [--size=1024] --count=N [--warmup=W]
 //   shunt-testpeer hold --to=HOST:PORT --bytes=N --seed=S --rate-mbps=R [--chunk=16384]
+//   shunt-testpeer server ... --mode=ident --ident=NAME   (sends "NAME\n" and closes)
+//   shunt-testpeer probe --to=HOST:PORT [--conns=1]: connects N times one after the other; counts
+//                         outcomes by errno name, the getpeername() address and the server's ident
+//                         line (ident servers); exits 0 whatever connect() returned
 //   common: [--timeout=30] seconds for every socket send/receive/connect
 //
 // Every mode prints exactly one JSON object line on stdout when it ends and exits 0 on success.
@@ -459,7 +463,7 @@ void RaiseFdLimit() {
 // ---------------------------------------------------------------------------------------------
 // server
 
-enum class ServerMode { kVerify, kSink, kEcho };
+enum class ServerMode { kVerify, kSink, kEcho, kIdent };
 
 struct ServerStats {
   std::atomic<uint64_t> connections{0}, done{0}, ok{0}, bad{0}, bytes{0};
@@ -470,6 +474,7 @@ struct ConnArgs {
   ServerMode mode;
   ServerStats* stats;
   std::optional<uint64_t> expect_seed;  // verify: any other seed is a failure
+  std::string ident;                    // ident: the line sent to every client
 };
 
 constexpr size_t kServerBuf = 64 * 1024;
@@ -566,6 +571,11 @@ void* ServeConnection(void* arg) {
     case ServerMode::kEcho:
       ok = ServeEcho(c->fd, c->stats, &error);
       break;
+    case ServerMode::kIdent: {
+      const std::string line = c->ident + "\n";
+      ok = SendAll(c->fd, line.data(), line.size(), &error);
+      break;
+    }
   }
   close(c->fd);
   if (ok) {
@@ -590,9 +600,12 @@ void* ServeConnection(void* arg) {
     mode = ServerMode::kSink;
   } else if (mode_name == "echo") {
     mode = ServerMode::kEcho;
+  } else if (mode_name == "ident") {
+    mode = ServerMode::kIdent;
   } else {
-    Fail("bad --mode " + mode_name + " (verify|sink|echo)");
+    Fail("bad --mode " + mode_name + " (verify|sink|echo|ident)");
   }
+  const std::string ident = flags.Str("ident");
   const uint64_t max_conns = flags.Size("conns", 0);  // 0: unlimited
   const std::string ready_file = flags.Str("ready-file");
   std::optional<uint64_t> expect_seed;
@@ -658,7 +671,7 @@ void* ServeConnection(void* arg) {
     }
     SetTimeouts(cfd);
     stats.connections++;
-    auto* args = new ConnArgs{cfd, mode, &stats, expect_seed};
+    auto* args = new ConnArgs{cfd, mode, &stats, expect_seed, ident};
     pthread_t tid;
     if (pthread_create(&tid, &attr, &ServeConnection, args) != 0) {
       close(cfd);
@@ -863,6 +876,57 @@ bool CheckReply(VerifyConn& c, uint64_t length) {
          0);
 }
 
+// ---------------------------------------------------------------------------------------------
+// probe
+
+std::string AddressText(const sockaddr_storage& a) {
+  char buf[INET6_ADDRSTRLEN] = "?";
+  if (a.ss_family == AF_INET) {
+    const auto* v4 = reinterpret_cast<const sockaddr_in*>(&a);
+    inet_ntop(AF_INET, &v4->sin_addr, buf, sizeof(buf));
+    return std::string(buf) + ":" + std::to_string(ntohs(v4->sin_port));
+  }
+  const auto* v6 = reinterpret_cast<const sockaddr_in6*>(&a);
+  inet_ntop(AF_INET6, &v6->sin6_addr, buf, sizeof(buf));
+  return "[" + std::string(buf) + "]:" + std::to_string(ntohs(v6->sin6_port));
+}
+
+[[noreturn]] void RunProbe(Flags& flags) {
+  ClientConfig cfg = ReadClientConfig(flags);
+  const uint64_t conns = flags.Size("conns", 1);
+  flags.CheckAllUsed();
+  std::map<std::string, uint64_t> errors, peers, idents;
+  uint64_t connected = 0;
+  for (uint64_t i = 0; i < conns; ++i) {
+    int fd = socket(cfg.to.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) Fail(Errno("socket"));
+    SetTimeouts(fd);
+    int r;
+    do {
+      r = connect(fd, reinterpret_cast<const sockaddr*>(&cfg.to.addr), cfg.to.len);
+    } while (r != 0 && errno == EINTR);
+    if (r != 0) {
+      const char* name = strerrorname_np(errno);
+      errors[name ? name : std::to_string(errno)]++;
+      close(fd);
+      continue;
+    }
+    ++connected;
+    sockaddr_storage peer{};
+    socklen_t len = sizeof(peer);
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) == 0) peers[AddressText(peer)]++;
+    std::string line, error;
+    if (ReadLine(fd, &line, &error)) idents[line]++;
+    close(fd);
+  }
+  Finish({{"connections", conns},
+          {"connected", connected},
+          {"errors", errors},
+          {"peers", peers},
+          {"idents", idents}},
+         0);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -882,6 +946,7 @@ int main(int argc, char** argv) {
     if (mode == "hold") RunVerify(flags, /*hold=*/true);
     if (mode == "bulk") RunBulk(flags);
     if (mode == "pingpong") RunPingpong(flags);
+    if (mode == "probe") RunProbe(flags);
   } catch (const std::exception& e) {
     Fail(std::string("internal error: ") + e.what());
   }

@@ -5,6 +5,7 @@
 #include <cstddef>
 
 #include "shunt/fastpath_abi.h"
+#include "shunt/socklb_abi.h"
 
 namespace {
 
@@ -24,9 +25,32 @@ static_assert(sizeof(shunt_msg_stats_key) == 16);
 static_assert(sizeof(shunt_msg_stats) == 16);
 static_assert(sizeof(shunt_sock_stats_key) == 8);
 
+// socklb
+static_assert(sizeof(shunt_svc_key) == 20);
+static_assert(offsetof(shunt_svc_key, port) == 16);
+static_assert(sizeof(shunt_svc) == 8);
+static_assert(sizeof(shunt_slot_key) == 20);
+static_assert(offsetof(shunt_slot_key, port) == 16);
+static_assert(offsetof(shunt_slot_key, slot) == 18);
+static_assert(sizeof(shunt_backend) == 20);
+static_assert(offsetof(shunt_backend, port) == 16);
+static_assert(sizeof(shunt_lb_sock) == 40);
+static_assert(offsetof(shunt_lb_sock, backend) == 16);
+static_assert(offsetof(shunt_lb_sock, vip_port) == 32);
+static_assert(offsetof(shunt_lb_sock, backend_port) == 34);
+static_assert(sizeof(shunt_ap_dst) == 16);
+static_assert(sizeof(shunt_ap_ports) == 2 * 2 * SHUNT_AP_MAX_PORT_RANGES + 8);
+static_assert(offsetof(shunt_ap_ports, to) == 2 * SHUNT_AP_MAX_PORT_RANGES);
+static_assert(offsetof(shunt_ap_ports, count) == 4 * SHUNT_AP_MAX_PORT_RANGES);
+static_assert(sizeof(shunt_lb_stats_key) == 16);
+static_assert(SHUNT_AP_MAX_POLICIES == 64, "policy masks are a u64");
+
 TEST(Abi, MapNamesFitTheKernelLimit) {
   for (const char* name : {SHUNT_MAP_SOCKHASH, SHUNT_MAP_SOCKSTATE, SHUNT_MAP_PODS,
-                           SHUNT_MAP_ENDPOINTS, SHUNT_MAP_MSG_STATS, SHUNT_MAP_SOCK_STATS}) {
+                           SHUNT_MAP_ENDPOINTS, SHUNT_MAP_MSG_STATS, SHUNT_MAP_SOCK_STATS,
+                           SHUNT_MAP_LB_SERVICES, SHUNT_MAP_LB_SLOTS, SHUNT_MAP_LB_SOCKS,
+                           SHUNT_MAP_AP_SOURCES, SHUNT_MAP_AP_DESTS, SHUNT_MAP_AP_PORTS,
+                           SHUNT_MAP_LB_STATS}) {
     EXPECT_LT(std::char_traits<char>::length(name), 16u) << name;  // BPF_OBJ_NAME_LEN
   }
 }

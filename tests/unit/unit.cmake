@@ -7,4 +7,5 @@ shunt_test(local_dataplane_test SOURCES unit/local_dataplane_test.cc LIBS shunt_
 shunt_test(cgroup_test SOURCES unit/cgroup_test.cc LIBS shunt_common)
 shunt_test(policy_stream_test SOURCES unit/policy_stream_test.cc
            LIBS shunt_policy shunt_policy_server)
+shunt_test(service_policy_test SOURCES unit/service_policy_test.cc LIBS shunt_service_policy)
 shunt_test(snapshot_builder_test SOURCES unit/snapshot_builder_test.cc LIBS shunt_controller_core)

@@ -1,0 +1,654 @@
+#include "agent/dataplane/service_policy.h"
+
+#include <arpa/inet.h>
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+#include <tuple>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "agent/policy/pod_cgroups.h"
+#include "common/cgroup.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+
+namespace shunt::agent {
+namespace {
+
+using shunt::v1::AccessPolicy;
+using shunt::v1::AccessSource;
+using shunt::v1::LabelSelector;
+using shunt::v1::Service;
+using shunt::v1::ServicePort;
+using shunt::v1::TrafficRoute;
+using shunt::v1::Workload;
+
+bool IsV4(const IpKey& ip) {
+  return ip.addr[0] == 0 && ip.addr[1] == 0 && ip.addr[2] == htonl(0x0000ffff);
+}
+
+bool LabelsMatch(const LabelSelector& sel, const Workload& w) {
+  for (const auto& [k, v] : sel.match_labels()) {
+    auto it = w.labels().find(k);
+    if (it == w.labels().end() || it->second != v) return false;
+  }
+  return true;
+}
+
+bool Contains(const google::protobuf::RepeatedPtrField<std::string>& list, const std::string& s) {
+  return std::find(list.begin(), list.end(), s) != list.end();
+}
+
+bool SourceMatches(const AccessSource& s, const Workload& w, const std::string& policy_ns,
+                   const std::vector<std::pair<IpKey, int>>& blocks) {
+  if (!s.namespaces().empty() && !Contains(s.namespaces(), w.namespace_())) return false;
+  if (!s.service_accounts().empty()) {
+    bool any = false;
+    for (const auto& sa : s.service_accounts()) {
+      const size_t slash = sa.find('/');
+      const std::string ns = slash == std::string::npos ? policy_ns : sa.substr(0, slash);
+      const std::string name = slash == std::string::npos ? sa : sa.substr(slash + 1);
+      if (ns == w.namespace_() && name == w.service_account()) any = true;
+    }
+    if (!any) return false;
+  }
+  if (s.has_pods()) {
+    // A pod selector without namespaces selects in the policy's namespace (as Kubernetes does).
+    if (s.namespaces().empty() && w.namespace_() != policy_ns) return false;
+    if (!LabelsMatch(s.pods(), w)) return false;
+  }
+  if (!s.ip_blocks().empty()) {
+    bool any = false;
+    for (const auto& ip : w.ips()) {
+      auto key = ParseIpKey(ip);
+      if (!key.ok()) continue;
+      for (const auto& b : blocks) {
+        if (CidrContains(b, *key)) any = true;
+      }
+    }
+    if (!any) return false;
+  }
+  return true;
+}
+
+// A backend group of the L4 split: its weight and its endpoints (IP, port) per family.
+struct Group {
+  uint64_t weight = 0;
+  std::vector<LbBackend> v4, v6;
+};
+
+// Ready endpoints of `svc` for the service port `sp`, optionally only those whose pod matches.
+void EndpointsOf(const Service& svc, const ServicePort& sp,
+                 const std::map<std::string, const Workload*>& by_uid, const LabelSelector* subset,
+                 Group& g) {
+  for (const auto& ep : svc.endpoints()) {
+    if (!ep.ready()) continue;
+    if (subset) {
+      auto it = by_uid.find(ep.workload_uid());
+      if (it == by_uid.end() || !LabelsMatch(*subset, *it->second)) continue;
+    }
+    uint32_t port = sp.target_port() ? sp.target_port() : sp.port();
+    for (const auto& p : ep.ports()) {
+      if (p.name() == sp.name() && p.port() != 0) port = p.port();
+    }
+    if (port == 0 || port > 65535) continue;
+    for (const auto& ip : ep.ips()) {
+      auto key = ParseIpKey(ip);
+      if (!key.ok()) continue;
+      (IsV4(*key) ? g.v4 : g.v6).push_back({*key, static_cast<uint16_t>(port)});
+    }
+  }
+}
+
+const ServicePort* PortOf(const Service& svc, uint32_t port) {
+  for (const auto& sp : svc.ports()) {
+    if (sp.port() == port) return &sp;
+  }
+  return nullptr;
+}
+
+bool IsTcp(const ServicePort& sp) { return sp.protocol().empty() || sp.protocol() == "TCP"; }
+
+// The backend groups of svc:port: the route's first rule without matches, else every ready
+// endpoint with one weight.
+std::vector<Group> GroupsFor(
+    const Service& svc, const ServicePort& sp, const std::vector<const TrafficRoute*>& routes,
+    const std::map<std::pair<std::string, std::string>, const Service*>& services,
+    const std::map<std::string, const Workload*>& by_uid) {
+  std::vector<Group> groups;
+  const shunt::v1::TrafficRule* rule = nullptr;
+  for (const TrafficRoute* r : routes) {
+    if (r->namespace_() != svc.namespace_() || r->service() != svc.name()) continue;
+    if (!r->ports().empty() &&
+        std::find(r->ports().begin(), r->ports().end(), sp.port()) == r->ports().end()) {
+      continue;
+    }
+    for (const auto& rl : r->rules()) {
+      if (rl.matches().empty()) {
+        rule = &rl;
+        break;
+      }
+    }
+    if (rule) break;
+  }
+  if (rule) {
+    for (const auto& b : rule->backends()) {
+      Group g;
+      g.weight = b.weight();
+      if (b.has_subset()) {
+        EndpointsOf(svc, sp, by_uid, &b.subset(), g);
+      } else if (!b.service().empty()) {
+        auto it = services.find({svc.namespace_(), b.service()});
+        if (it == services.end()) continue;
+        const ServicePort* other = PortOf(*it->second, b.port() ? b.port() : sp.port());
+        if (!other) continue;
+        EndpointsOf(*it->second, *other, by_uid, nullptr, g);
+      } else {
+        EndpointsOf(svc, sp, by_uid, nullptr, g);
+      }
+      if (g.weight > 0 && (!g.v4.empty() || !g.v6.empty())) groups.push_back(std::move(g));
+    }
+  }
+  if (groups.empty()) {  // no route, or only empty / zero-weight backends: every endpoint equally
+    Group g;
+    g.weight = 1;
+    EndpointsOf(svc, sp, by_uid, nullptr, g);
+    groups.push_back(std::move(g));
+  }
+  return groups;
+}
+
+// Slot table of one family: each endpoint weighs group weight / group size.
+std::vector<LbBackend> SlotTable(const std::vector<Group>& groups, bool v4, uint32_t max_slots) {
+  uint64_t lcm = 1;
+  for (const auto& g : groups) {
+    const auto& eps = v4 ? g.v4 : g.v6;
+    if (eps.empty()) continue;
+    lcm = std::lcm(lcm, static_cast<uint64_t>(eps.size()));
+    if (lcm > (1ull << 20)) lcm = 1ull << 20;  // approximate beyond; slots are bounded anyway
+  }
+  std::vector<uint64_t> weights;
+  std::vector<LbBackend> backends;
+  for (const auto& g : groups) {
+    const auto& eps = v4 ? g.v4 : g.v6;
+    for (const auto& e : eps) {
+      weights.push_back(g.weight * std::max<uint64_t>(1, lcm / eps.size()));
+      backends.push_back(e);
+    }
+  }
+  std::vector<uint32_t> counts = WeightsToSlots(weights, max_slots);
+  std::vector<LbBackend> table;
+  for (size_t i = 0; i < backends.size(); ++i) {
+    for (uint32_t k = 0; k < counts[i]; ++k) table.push_back(backends[i]);
+  }
+  return table;
+}
+
+}  // namespace
+
+std::optional<uint32_t> StableIds::IdFor(const std::string& name) {
+  auto it = ids_.find(name);
+  if (it != ids_.end()) return it->second;
+  std::set<uint32_t> used;
+  for (const auto& [n, id] : ids_) used.insert(id);
+  if (reuse_) {
+    for (uint64_t id = first_; id <= last_; ++id) {
+      if (!used.count(static_cast<uint32_t>(id))) {
+        ids_[name] = static_cast<uint32_t>(id);
+        return static_cast<uint32_t>(id);
+      }
+    }
+    return std::nullopt;
+  }
+  if (next_ < first_) next_ = first_;
+  if (used.size() >= static_cast<uint64_t>(last_) - first_ + 1) return std::nullopt;
+  while (used.count(next_)) next_ = next_ == last_ ? first_ : next_ + 1;
+  const uint32_t id = next_;
+  next_ = next_ == last_ ? first_ : next_ + 1;
+  ids_[name] = id;
+  return id;
+}
+
+void StableIds::Adopt(const std::string& name, uint32_t id) {
+  if (ids_.count(name) || id < first_ || id > last_) return;
+  for (const auto& [n, used] : ids_) {
+    if (used == id) return;
+  }
+  ids_[name] = id;
+  if (!reuse_ && id >= next_) next_ = id == last_ ? first_ : id + 1;
+}
+
+void StableIds::Retain(const std::set<std::string>& keep) {
+  for (auto it = ids_.begin(); it != ids_.end();) {
+    it = keep.count(it->first) ? std::next(it) : ids_.erase(it);
+  }
+}
+
+std::vector<uint32_t> WeightsToSlots(const std::vector<uint64_t>& weights, uint32_t max_slots) {
+  std::vector<uint32_t> out(weights.size(), 0);
+  uint64_t g = 0;
+  for (uint64_t w : weights) g = std::gcd(g, w);
+  if (g == 0 || max_slots == 0) return out;
+  long double total = 0;
+  for (uint64_t w : weights) total += static_cast<long double>(w / g);
+  if (total <= max_slots) {
+    for (size_t i = 0; i < weights.size(); ++i) out[i] = static_cast<uint32_t>(weights[i] / g);
+    return out;
+  }
+  // Largest remainder: floor shares, then the leftover slots to the largest fractions.
+  std::vector<std::pair<long double, size_t>> rest;
+  uint64_t given = 0;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const long double exact = static_cast<long double>(weights[i] / g) * max_slots / total;
+    out[i] = static_cast<uint32_t>(exact);
+    given += out[i];
+    rest.push_back({exact - out[i], i});
+  }
+  std::stable_sort(rest.begin(), rest.end(),
+                   [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (size_t k = 0; given < max_slots && k < rest.size(); ++k, ++given) ++out[rest[k].second];
+  return out;
+}
+
+absl::StatusOr<std::pair<IpKey, int>> ParseCidr(const std::string& cidr) {
+  const size_t slash = cidr.find('/');
+  const std::string addr = cidr.substr(0, slash);
+  auto key = ParseIpKey(addr);
+  if (!key.ok()) return absl::InvalidArgumentError(absl::StrCat("bad CIDR \"", cidr, "\""));
+  const bool v4 = addr.find(':') == std::string::npos;
+  int len = v4 ? 32 : 128;
+  if (slash != std::string::npos) {
+    if (!absl::SimpleAtoi(cidr.substr(slash + 1), &len) || len < 0 || len > (v4 ? 32 : 128)) {
+      return absl::InvalidArgumentError(absl::StrCat("bad prefix length in \"", cidr, "\""));
+    }
+  }
+  return std::make_pair(*key, v4 ? len + 96 : len);
+}
+
+bool CidrContains(const std::pair<IpKey, int>& cidr, const IpKey& ip) {
+  int bits = cidr.second;
+  for (int w = 0; w < 4 && bits > 0; ++w, bits -= 32) {
+    const uint32_t mask = bits >= 32 ? 0xffffffffu : ~(0xffffffffu >> bits);
+    if ((ntohl(cidr.first.addr[w]) & mask) != (ntohl(ip.addr[w]) & mask)) return false;
+  }
+  return true;
+}
+
+DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const std::string& node,
+                                          const std::map<std::string, uint64_t>& pod_cgroup_ids,
+                                          const ServicePolicyLimits& limits,
+                                          ServicePolicyIds& ids) {
+  DesiredServicePolicy out;
+  const auto& bundle = snapshot.bundle;
+  std::map<std::string, const Workload*> by_uid;
+  for (const auto& w : bundle.workloads()) by_uid[w.uid()] = &w;
+
+  // --- services -------------------------------------------------------------------------------
+  std::map<std::pair<std::string, std::string>, const Service*> services;
+  for (const auto& s : bundle.services()) services[{s.namespace_(), s.name()}] = &s;
+  std::vector<const TrafficRoute*> routes;
+  for (const auto& r : bundle.traffic_routes()) routes.push_back(&r);
+  std::sort(routes.begin(), routes.end(), [](const TrafficRoute* a, const TrafficRoute* b) {
+    return std::tie(a->namespace_(), a->name()) < std::tie(b->namespace_(), b->name());
+  });
+  const uint32_t max_slots =
+      std::min<uint32_t>(std::max<uint32_t>(limits.max_slots_per_service, 1), SHUNT_LB_MAX_SLOTS);
+  std::set<std::string> live_services;
+  uint64_t slots_used = 0;
+  for (const auto& [name, svc] : services) {
+    for (const auto& sp : svc->ports()) {
+      if (!IsTcp(sp) || sp.port() == 0 || sp.port() > 65535) continue;
+      const std::string id_name = absl::StrCat(name.first, "/", name.second, ":", sp.port());
+      std::vector<Group> groups = GroupsFor(*svc, sp, routes, services, by_uid);
+      for (const auto& vip : svc->vips()) {
+        auto vkey = ParseIpKey(vip);
+        if (!vkey.ok()) continue;
+        LbKey key{*vkey, static_cast<uint16_t>(sp.port())};
+        std::vector<LbBackend> table = SlotTable(groups, IsV4(*vkey), max_slots);
+        if (table.empty()) continue;  // no ready endpoint of this family: normal path
+        if (out.service_ids.size() >= limits.services) {
+          out.overflow[kLbMapServices]++;
+          continue;
+        }
+        if (slots_used + table.size() > limits.slots) {
+          out.overflow[kLbMapSlots] += table.size();
+          continue;
+        }
+        if (auto r = ids.recovered_service_ids.find(key); r != ids.recovered_service_ids.end()) {
+          ids.service_ids.Adopt(id_name, r->second);
+        }
+        auto id = ids.service_ids.IdFor(id_name);
+        if (!id) continue;  // 4 billion live service ports: impossible
+        live_services.insert(id_name);
+        out.service_names[*id] = absl::StrCat(name.first, "/", name.second);
+        out.service_ids[key] = *id;
+        slots_used += table.size();
+        out.slots[key] = std::move(table);
+      }
+    }
+  }
+  ids.service_ids.Retain(live_services);
+  ids.recovered_service_ids.clear();
+
+  // --- access policies ------------------------------------------------------------------------
+  // Deny policies first, so that they get bits before allow policies when over the cap.
+  std::vector<const AccessPolicy*> policies;
+  for (const auto& p : bundle.access_policies()) policies.push_back(&p);
+  auto is_deny = [](const AccessPolicy* p) { return p->action() == AccessPolicy::DENY; };
+  std::sort(policies.begin(), policies.end(), [&](const AccessPolicy* a, const AccessPolicy* b) {
+    return std::make_tuple(!is_deny(a), a->namespace_(), a->name()) <
+           std::make_tuple(!is_deny(b), b->namespace_(), b->name());
+  });
+  std::set<std::string> live_policies;
+  for (const AccessPolicy* p : policies) live_policies.insert(p->namespace_() + "/" + p->name());
+  ids.policy_bits.Retain(live_policies);  // free the bits of removed policies first
+
+  std::vector<const Workload*> local_sources;
+  for (const auto& w : bundle.workloads()) {
+    if (w.node() == node && w.meshed() && pod_cgroup_ids.count(w.uid())) {
+      local_sources.push_back(&w);
+    }
+  }
+  uint64_t over_cap = 0;
+  for (const AccessPolicy* p : policies) {
+    const std::string pname = p->namespace_() + "/" + p->name();
+    shunt_ap_ports ports{};
+    bool bad = false;
+    if (p->ports_size() > SHUNT_AP_MAX_PORT_RANGES) {
+      out.errors.push_back(absl::StrCat("access policy ", pname, ": ", p->ports_size(),
+                                        " port ranges; at most ", SHUNT_AP_MAX_PORT_RANGES,
+                                        " are supported (not enforced)"));
+      continue;
+    }
+    for (const auto& r : p->ports()) {
+      const uint32_t to = r.to() ? r.to() : r.from();
+      if (r.from() == 0 || r.from() > 65535 || to > 65535 || to < r.from()) {
+        out.errors.push_back(
+            absl::StrCat("access policy ", pname, ": bad port range (not enforced)"));
+        bad = true;
+        break;
+      }
+      ports.from[ports.count] = static_cast<uint16_t>(r.from());
+      ports.to[ports.count] = static_cast<uint16_t>(to);
+      ports.count++;
+    }
+    std::vector<std::vector<std::pair<IpKey, int>>> blocks(p->from_size());
+    for (int i = 0; i < p->from_size() && !bad; ++i) {
+      for (const auto& c : p->from(i).ip_blocks()) {
+        auto cidr = ParseCidr(c);
+        if (!cidr.ok()) {
+          out.errors.push_back(absl::StrCat("access policy ", pname, ": ", cidr.status().message(),
+                                            " (not enforced)"));
+          bad = true;
+          break;
+        }
+        blocks[i].push_back(*cidr);
+      }
+    }
+    if (bad) continue;
+    auto bit = ids.policy_bits.IdFor(pname);
+    if (!bit) {
+      ++over_cap;
+      continue;
+    }
+    const uint64_t mask = 1ull << *bit;
+    out.policy_names[*bit] = pname;
+    out.policy_ports[*bit] = ports;
+    for (const Workload* w : local_sources) {
+      bool match = p->from().empty();
+      for (int i = 0; i < p->from_size() && !match; ++i) {
+        match = SourceMatches(p->from(i), *w, p->namespace_(), blocks[i]);
+      }
+      if (match) out.policy_sources[pod_cgroup_ids.at(w->uid())] |= mask;
+    }
+    for (const auto& w : bundle.workloads()) {
+      if (w.namespace_() != p->namespace_() || !LabelsMatch(p->target(), w)) continue;
+      for (const auto& ip : w.ips()) {
+        auto key = ParseIpKey(ip);
+        if (!key.ok()) continue;
+        auto& d = out.policy_dests[*key];
+        (is_deny(p) ? d.deny : d.allow) |= mask;
+      }
+    }
+  }
+  if (over_cap > 0) {
+    out.overflow[kLbMapPolicies] = over_cap;
+    out.errors.push_back(absl::StrCat(over_cap, " access policies over the cap of ",
+                                      SHUNT_AP_MAX_POLICIES, " per node are not enforced"));
+  }
+  // Capacities: the first entries (in key order) fit; the rest take the normal path, counted.
+  auto trim = [&out](auto& m, uint32_t cap, const char* name) {
+    while (m.size() > cap) {
+      m.erase(std::prev(m.end()));
+      out.overflow[name]++;
+    }
+  };
+  trim(out.policy_sources, limits.policy_sources, kLbMapPolicySources);
+  trim(out.policy_dests, limits.policy_dests, kLbMapPolicyDests);
+  return out;
+}
+
+namespace {
+template <typename T>
+std::string Raw(const T& v) {
+  return std::string(reinterpret_cast<const char*>(&v), sizeof(v));
+}
+}  // namespace
+
+EncodedServicePolicy EncodeServicePolicy(const DesiredServicePolicy& d) {
+  std::map<SockLbMap, std::map<std::string, std::string>> out;
+  auto& svcs = out[SockLbMap::kServices];
+  auto& slots = out[SockLbMap::kSlots];
+  for (const auto& [key, id] : d.service_ids) {
+    shunt_svc_key k{};
+    std::memcpy(k.addr, key.vip.addr, sizeof(k.addr));
+    k.port = key.port;
+    auto it = d.slots.find(key);
+    const uint32_t n = it == d.slots.end() ? 0 : static_cast<uint32_t>(it->second.size());
+    svcs[Raw(k)] = Raw(shunt_svc{n, id});
+    for (uint32_t i = 0; i < n; ++i) {
+      shunt_slot_key sk{};
+      std::memcpy(sk.addr, key.vip.addr, sizeof(sk.addr));
+      sk.port = key.port;
+      sk.slot = static_cast<uint16_t>(i);
+      shunt_backend be{};
+      std::memcpy(be.addr, it->second[i].ip.addr, sizeof(be.addr));
+      be.port = it->second[i].port;
+      slots[Raw(sk)] = Raw(be);
+    }
+  }
+  auto& src = out[SockLbMap::kPolicySources];
+  for (const auto& [cg, mask] : d.policy_sources) {
+    if (mask) src[Raw(cg)] = Raw(mask);
+  }
+  auto& dst = out[SockLbMap::kPolicyDests];
+  for (const auto& [ip, v] : d.policy_dests) dst[Raw(ip.addr)] = Raw(v);
+  auto& ports = out[SockLbMap::kPolicyPorts];
+  for (uint32_t i = 0; i < SHUNT_AP_MAX_POLICIES; ++i) ports[Raw(i)] = Raw(d.policy_ports[i]);
+  return out;
+}
+
+absl::Status ApplyServicePolicy(const DesiredServicePolicy& desired, ServicePolicyWriter& writer,
+                                const EncodedServicePolicy* known, EncodedServicePolicy* applied) {
+  absl::Status first;
+  auto note = [&first](absl::Status s) {
+    if (!s.ok() && first.ok()) first = std::move(s);
+  };
+  auto want = EncodeServicePolicy(desired);
+  EncodedServicePolicy have;
+  for (const auto& [map, entries] : want) {
+    if (known) {
+      auto it = known->find(map);
+      if (it != known->end()) have[map] = it->second;
+    } else {
+      ASSIGN_OR_RETURN(have[map], writer.List(map));
+    }
+  }
+  auto upserts = [&](SockLbMap map) {
+    const auto& h = have[map];
+    for (const auto& [k, v] : want[map]) {
+      auto it = h.find(k);
+      if (it == h.end() || it->second != v) note(writer.Upsert(map, k, v));
+    }
+  };
+  auto deletes = [&](SockLbMap map) {
+    const auto& w = want[map];
+    for (const auto& [k, v] : have[map]) {
+      if (!w.count(k)) note(writer.Delete(map, k));
+    }
+  };
+  // Targets before what points at them; policy ports and destinations before the source masks
+  // that make them apply.
+  upserts(SockLbMap::kSlots);
+  upserts(SockLbMap::kPolicyPorts);
+  upserts(SockLbMap::kPolicyDests);
+  upserts(SockLbMap::kPolicySources);
+  upserts(SockLbMap::kServices);
+  deletes(SockLbMap::kServices);
+  deletes(SockLbMap::kPolicySources);
+  deletes(SockLbMap::kPolicyDests);
+  deletes(SockLbMap::kSlots);
+  if (first.ok() && applied) *applied = std::move(want);
+  return first;
+}
+
+ServicePolicyReconciler::ServicePolicyReconciler(Options options, PolicyStore& store,
+                                                 ServicePolicyWriter& writer)
+    : options_(std::move(options)), store_(store), writer_(writer) {}
+
+ServicePolicyReconciler::~ServicePolicyReconciler() { Stop(); }
+
+absl::Status ServicePolicyReconciler::Start() {
+  {
+    absl::MutexLock l(&pass_mu_);
+    auto services = writer_.List(SockLbMap::kServices);
+    if (services.ok()) {
+      for (const auto& [k, v] : *services) {
+        if (k.size() != sizeof(shunt_svc_key) || v.size() != sizeof(shunt_svc)) continue;
+        shunt_svc_key key;
+        shunt_svc svc;
+        std::memcpy(&key, k.data(), sizeof(key));
+        std::memcpy(&svc, v.data(), sizeof(svc));
+        LbKey lk;
+        std::memcpy(lk.vip.addr, key.addr, sizeof(lk.vip.addr));
+        lk.port = key.port;
+        ids_.recovered_service_ids[lk] = svc.service_id;
+      }
+    }
+  }
+  subscription_ = store_.Subscribe([this](PolicySnapshotPtr) {
+    absl::MutexLock l(&mu_);
+    dirty_ = true;
+  });
+  absl::Status first = ReconcileOnce();
+  thread_ = std::thread([this] { Loop(); });
+  return first;
+}
+
+void ServicePolicyReconciler::Stop() {
+  {
+    absl::MutexLock l(&mu_);
+    if (stop_) return;
+    stop_ = true;
+  }
+  if (subscription_ >= 0) store_.Unsubscribe(subscription_);
+  if (thread_.joinable()) thread_.join();
+}
+
+void ServicePolicyReconciler::Loop() {
+  while (true) {
+    {
+      absl::MutexLock l(&mu_);
+      auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || dirty_; };
+      mu_.AwaitWithTimeout(absl::Condition(&wake), options_.resync);
+      if (stop_) return;
+      dirty_ = false;
+    }
+    absl::Status s = ReconcileOnce();
+    if (!s.ok()) {
+      SHUNT_LOG_EVERY_N_SEC(WARNING, 10) << "service policy: " << s.message();
+    }
+  }
+}
+
+absl::Status ServicePolicyReconciler::ReconcileOnce() {
+  absl::MutexLock pass(&pass_mu_);
+  auto snapshot = store_.Current();
+  if (!snapshot) return absl::OkStatus();  // nothing to enforce yet; the maps stay as they are
+  std::map<std::string, uint64_t> cgroup_ids;
+  auto cgroups = FindPodCgroups(options_.cgroup_root);
+  absl::Status s;
+  if (cgroups.ok()) {
+    for (const auto& [uid, path] : *cgroups) {
+      auto id = CgroupId(path);
+      if (id.ok()) cgroup_ids[uid] = *id;
+    }
+  } else {
+    s = cgroups.status();
+  }
+  DesiredServicePolicy desired;
+  if (s.ok()) {
+    desired =
+        CompileServicePolicy(*snapshot, options_.node_name, cgroup_ids, options_.limits, ids_);
+    EncodedServicePolicy applied;
+    s = ApplyServicePolicy(desired, writer_, applied_ ? &*applied_ : nullptr, &applied);
+    // After an error the maps are in an unknown state: list them on the next pass.
+    if (s.ok()) {
+      applied_ = std::move(applied);
+    } else {
+      applied_.reset();
+    }
+    if (s.ok() && !desired.errors.empty()) {
+      s = absl::FailedPreconditionError(absl::StrJoin(desired.errors, "; "));
+    }
+  }
+  if (options_.directory) {
+    // Workloads that left the node: drop their counters (ids are not reused soon).
+    auto dir = options_.directory();
+    std::set<uint32_t> now;
+    for (const auto& [id, info] : *dir) now.insert(id);
+    for (uint32_t id : known_workloads_) {
+      if (!now.count(id)) writer_.DeleteStatsOf(id).IgnoreError();
+    }
+    known_workloads_ = std::move(now);
+  }
+  auto status = std::make_shared<ServicePolicyStatus>();
+  const ServicePolicyLimits& l = options_.limits;
+  uint64_t slots = 0;
+  for (const auto& [k, t] : desired.slots) slots += t.size();
+  status->entries = {{kLbMapServices, desired.service_ids.size()},
+                     {kLbMapSlots, slots},
+                     {kLbMapPolicySources, desired.policy_sources.size()},
+                     {kLbMapPolicyDests, desired.policy_dests.size()},
+                     {kLbMapPolicies, desired.policy_names.size()}};
+  status->capacity = {{kLbMapServices, l.services},
+                      {kLbMapSlots, l.slots},
+                      {kLbMapPolicySources, l.policy_sources},
+                      {kLbMapPolicyDests, l.policy_dests},
+                      {kLbMapPolicies, SHUNT_AP_MAX_POLICIES}};
+  for (const auto& [k, v] : status->entries) status->overflow[k] = 0;
+  for (const auto& [k, v] : desired.overflow) status->overflow[k] = v;
+  status->service_names = std::move(desired.service_names);
+  status->policy_names = std::move(desired.policy_names);
+  absl::MutexLock lock(&mu_);
+  if (!s.ok()) ++errors_total_;
+  status->errors_total = errors_total_;
+  last_error_ = s;
+  status_ = std::move(status);
+  return s;
+}
+
+absl::Status ServicePolicyReconciler::last_error() const {
+  absl::MutexLock l(&mu_);
+  return last_error_;
+}
+
+std::shared_ptr<const ServicePolicyStatus> ServicePolicyReconciler::status() const {
+  absl::MutexLock l(&mu_);
+  return status_ ? status_ : std::make_shared<const ServicePolicyStatus>();
+}
+
+}  // namespace shunt::agent

@@ -1,0 +1,214 @@
+// Compiles Services, TrafficRoutes and AccessPolicies into the socklb maps (connect-time load
+// balancing and access policy, bpf/socklb.bpf.c) and keeps the kernel in step with them.
+//
+// CompileServicePolicy is pure (no file descriptors): policy snapshot + this node's pod cgroups +
+// map capacities -> desired map contents, with what did not fit counted rather than failed.
+// ServicePolicyWriter is what the kernel side implements (SockLbWriter over SockLb) and what unit
+// tests fake. ServicePolicyReconciler runs the loop (on every policy change and every resync tick).
+//
+// Caps: 64 access policies per node (a bit each; more is a reconcile error and the extra policies
+// are not enforced), 8 port ranges per policy, `max_slots_per_service` slots per VIP:port.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "agent/bpf/fastpath.h"  // IpKey, ParseIpKey
+#include "agent/bpf/socklb.h"
+#include "agent/dataplane/local_dataplane.h"  // WorkloadDirectory
+#include "agent/policy/policy_store.h"
+#include "shunt/socklb_abi.h"
+
+namespace shunt::agent {
+
+struct ServicePolicyLimits {
+  uint32_t services = 4096;        // VIP:port entries
+  uint32_t slots = 65536;          // slot entries over all services
+  uint32_t policy_sources = 4096;  // local pods with a non-empty source mask
+  uint32_t policy_dests = 16384;   // pod IPs targeted by a policy
+  uint32_t max_slots_per_service = 1024;
+};
+
+struct LbKey {
+  IpKey vip;
+  uint16_t port = 0;
+  friend bool operator<(const LbKey& a, const LbKey& b) {
+    if (a.vip == b.vip) return a.port < b.port;
+    return a.vip < b.vip;
+  }
+};
+
+struct LbBackend {
+  IpKey ip;
+  uint16_t port = 0;
+  friend bool operator==(const LbBackend& a, const LbBackend& b) {
+    return a.ip == b.ip && a.port == b.port;
+  }
+};
+
+// Map names as used in metrics labels and overflow counts.
+inline constexpr char kLbMapServices[] = "services";
+inline constexpr char kLbMapSlots[] = "slots";
+inline constexpr char kLbMapPolicySources[] = "policy_sources";
+inline constexpr char kLbMapPolicyDests[] = "policy_destinations";
+inline constexpr char kLbMapPolicies[] = "policies";
+
+struct DesiredServicePolicy {
+  std::map<LbKey, uint32_t> service_ids;          // VIP:port -> service id
+  std::map<LbKey, std::vector<LbBackend>> slots;  // VIP:port -> slot table (index = slot)
+  std::map<uint64_t, uint64_t> policy_sources;    // pod cgroup id -> policy mask
+  std::map<IpKey, shunt_ap_dst> policy_dests;     // pod IP -> {deny, allow}
+  std::array<shunt_ap_ports, SHUNT_AP_MAX_POLICIES> policy_ports{};  // by policy bit
+  std::map<uint32_t, std::string> service_names;  // service id -> "namespace/name"
+  std::map<uint32_t, std::string> policy_names;   // policy bit -> "namespace/name"
+  std::map<std::string, uint64_t> overflow;       // map -> entries that did not fit
+  std::vector<std::string> errors;                // reconcile errors (policy over cap...)
+};
+
+// Stable small ids for names: a policy keeps its bit and a service port its id while it exists.
+class StableIds {
+ public:
+  // `first`..`last` inclusive; `reuse`: lowest free id (policy bits) or next unused (ids that
+  // label counters, so a new service does not inherit a dead one's counters).
+  StableIds(uint32_t first, uint32_t last, bool reuse)
+      : first_(first), last_(last), reuse_(reuse) {}
+  // nullopt when every id is taken.
+  std::optional<uint32_t> IdFor(const std::string& name);
+  // Forgets every name not in `keep`.
+  void Retain(const std::set<std::string>& keep);
+  // Gives `name` the id `id` (recovered after a restart) unless either is taken already.
+  void Adopt(const std::string& name, uint32_t id);
+
+ private:
+  uint32_t first_, last_;
+  bool reuse_;
+  uint32_t next_ = 0;
+  std::map<std::string, uint32_t> ids_;
+};
+
+struct ServicePolicyIds {
+  StableIds policy_bits{0, SHUNT_AP_MAX_POLICIES - 1, /*reuse=*/true};
+  StableIds service_ids{1, 0xffffffffu, /*reuse=*/false};
+  // VIP:port -> service id found in the pinned map at start (agent restart): adopted by the
+  // first compile so that counters keep their service.
+  std::map<LbKey, uint32_t> recovered_service_ids;
+};
+
+// `pod_cgroup_ids`: uid -> cgroup id of the pod cgroups on this node.
+DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const std::string& node,
+                                          const std::map<std::string, uint64_t>& pod_cgroup_ids,
+                                          const ServicePolicyLimits& limits, ServicePolicyIds& ids);
+
+// Slot counts for weights: reduced by their gcd; scaled down to `max_slots` (largest remainder)
+// when the reduced total is larger. Zero weights get no slot.
+std::vector<uint32_t> WeightsToSlots(const std::vector<uint64_t>& weights, uint32_t max_slots);
+
+// Parses "a.b.c.d/n" or "v6/n" into the 16-byte form and a prefix length over 128 bits.
+absl::StatusOr<std::pair<IpKey, int>> ParseCidr(const std::string& cidr);
+bool CidrContains(const std::pair<IpKey, int>& cidr, const IpKey& ip);
+
+class ServicePolicyWriter {
+ public:
+  using Bytes = std::string;
+  virtual ~ServicePolicyWriter() = default;
+  virtual absl::StatusOr<std::map<Bytes, Bytes>> List(SockLbMap map) const = 0;
+  virtual absl::Status Upsert(SockLbMap map, const Bytes& key, const Bytes& value) = 0;
+  virtual absl::Status Delete(SockLbMap map, const Bytes& key) = 0;
+  // Drops the counters of a workload that left the node (its series disappear).
+  virtual absl::Status DeleteStatsOf(uint32_t workload_id) = 0;
+};
+
+class SockLbWriter : public ServicePolicyWriter {
+ public:
+  explicit SockLbWriter(SockLb& lb) : lb_(lb) {}
+  absl::StatusOr<std::map<Bytes, Bytes>> List(SockLbMap map) const override {
+    return lb_.List(map);
+  }
+  absl::Status Upsert(SockLbMap map, const Bytes& key, const Bytes& value) override {
+    return lb_.Upsert(map, key, value);
+  }
+  absl::Status Delete(SockLbMap map, const Bytes& key) override { return lb_.Delete(map, key); }
+  absl::Status DeleteStatsOf(uint32_t id) override { return lb_.DeleteStatsOf(id); }
+
+ private:
+  SockLb& lb_;
+};
+
+// Map contents as bytes, in the ABI layout.
+using EncodedServicePolicy = std::map<SockLbMap, std::map<std::string, std::string>>;
+EncodedServicePolicy EncodeServicePolicy(const DesiredServicePolicy& desired);
+
+// Brings the maps to `desired`. Order keeps every intermediate state usable: slots before the
+// services that point into them, deletes of services before their slots. `known`: what the maps
+// hold (the previous successful pass), to diff against without listing them; null: list them.
+// On success, `*applied` (if given) becomes what the maps now hold.
+absl::Status ApplyServicePolicy(const DesiredServicePolicy& desired, ServicePolicyWriter& writer,
+                                const EncodedServicePolicy* known = nullptr,
+                                EncodedServicePolicy* applied = nullptr);
+
+// What the last pass produced, for metrics.
+struct ServicePolicyStatus {
+  std::map<std::string, uint64_t> entries;   // map -> entries written
+  std::map<std::string, uint64_t> capacity;  // map -> size
+  std::map<std::string, uint64_t> overflow;  // map -> entries that did not fit
+  std::map<uint32_t, std::string> service_names;
+  std::map<uint32_t, std::string> policy_names;
+  uint64_t errors_total = 0;  // passes that ended in an error
+};
+
+class ServicePolicyReconciler {
+ public:
+  struct Options {
+    std::string node_name;
+    std::string cgroup_root;
+    absl::Duration resync = absl::Seconds(1);
+    ServicePolicyLimits limits;
+    // The fast path reconciler's workload ids (the counters' source dimension): the counters of
+    // ids that leave it are deleted. Optional.
+    std::function<std::shared_ptr<const WorkloadDirectory>()> directory;
+  };
+  ServicePolicyReconciler(Options options, PolicyStore& store, ServicePolicyWriter& writer);
+  ~ServicePolicyReconciler();
+
+  absl::Status Start();
+  void Stop();
+  absl::Status ReconcileOnce();
+  absl::Status last_error() const;
+  std::shared_ptr<const ServicePolicyStatus> status() const;
+
+ private:
+  void Loop();
+
+  Options options_;
+  PolicyStore& store_;
+  ServicePolicyWriter& writer_;
+  int subscription_ = -1;
+  std::thread thread_;
+
+  mutable absl::Mutex mu_;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool dirty_ ABSL_GUARDED_BY(mu_) = true;
+  absl::Status last_error_ ABSL_GUARDED_BY(mu_);
+  uint64_t errors_total_ ABSL_GUARDED_BY(mu_) = 0;
+  std::shared_ptr<const ServicePolicyStatus> status_ ABSL_GUARDED_BY(mu_);
+
+  absl::Mutex pass_mu_;
+  ServicePolicyIds ids_ ABSL_GUARDED_BY(pass_mu_);
+  std::set<uint32_t> known_workloads_ ABSL_GUARDED_BY(pass_mu_);
+  // What the maps hold after the last successful pass (empty optional: list them next time).
+  std::optional<EncodedServicePolicy> applied_ ABSL_GUARDED_BY(pass_mu_);
+};
+
+}  // namespace shunt::agent

@@ -1,0 +1,337 @@
+// Connect-time load balancing and access policy end to end: a real shunt-agent in a node of the
+// test bed with a policy file holding workloads, services, routes and access policies; real
+// cgroup connect4/6 and getpeername4/6 programs on the node's pod cgroups; real TCP between pods.
+#include <gtest/gtest.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "tests/e2e/e2e_util.h"
+#include "tests/testbed/testbed.h"
+
+namespace shunt::e2e {
+namespace {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+using testbed::Pod;
+using testbed::ProcessPtr;
+using testbed::Testbed;
+
+constexpr char kVip4[] = "10.96.0.10";
+constexpr char kVip6[] = "fd96::10";
+constexpr char kVip4Other[] = "10.96.0.11";
+
+// Pods: 0 client "front" (app=front, sa front), 1 backend v1, 2 backend v2, 3 client "other",
+// 4 unmeshed.
+class SockLbTest : public ::testing::TestWithParam<testbed::CgroupDriver> {
+ protected:
+  virtual std::vector<std::string> AgentFlags() const { return {}; }
+
+  void SetUp() override {
+    testbed::Options opts;
+    opts.nodes = 1;
+    opts.pods_per_node = 5;
+    opts.drivers = {GetParam()};
+    auto bed = Testbed::Create(opts);
+    ASSERT_TRUE(bed.ok()) << bed.status();
+    bed_ = std::move(*bed);
+    policy_ = bed_->work_dir() + "/policy.json";
+    ASSERT_TRUE(WritePolicy({}, {}, {}));
+    agent_ = std::make_unique<AgentProcess>(*bed_, bed_->node(0), policy_, AgentFlags());
+    ASSERT_TRUE(agent_->Start().ok()) << agent_->Stderr();
+    for (int i : {1, 2}) {
+      auto s = StartTestpeerServer(*bed_, P(i),
+                                   {"--port=8080", "--bind=::", "--mode=ident",
+                                    absl::StrCat("--ident=", i == 1 ? "v1" : "v2")});
+      ASSERT_TRUE(s.ok()) << s.status();
+      servers_.push_back(std::move(*s));
+    }
+  }
+
+  void TearDown() override {
+    servers_.clear();
+    if (agent_) agent_->Kill();
+    if (bed_) {
+      auto out = UninstallAgent(*bed_, bed_->node(0));
+      EXPECT_TRUE(out.ok() && out->exit_code == 0) << (out.ok() ? out->err : "");
+      bed_->Teardown();
+    }
+  }
+
+  const Pod& P(int i) const { return bed_->pod(0, i); }
+
+  json Workloads() const {
+    json ws = json::array();
+    const char* labels[][2] = {
+        {"app", "front"}, {"version", "v1"}, {"version", "v2"}, {"app", "other"}, {"app", "front"}};
+    for (int i = 0; i < 5; ++i) {
+      json l = {{labels[i][0], labels[i][1]}};
+      if (i == 1 || i == 2) l["app"] = "api";
+      ws.push_back({{"uid", P(i).uid},
+                    {"namespace", P(i).k8s_namespace},
+                    {"name", P(i).name},
+                    {"node", bed_->node(0).name},
+                    {"ips", {P(i).ipv4, P(i).ipv6}},
+                    {"meshed", i != 4},
+                    {"serviceAccount", i == 0 ? "front" : "default"},
+                    {"labels", l}});
+    }
+    return ws;
+  }
+
+  json ApiService(const std::string& name, std::vector<std::string> vips) const {
+    json eps = json::array();
+    for (int i : {1, 2}) {
+      eps.push_back({{"ips", {P(i).ipv4, P(i).ipv6}},
+                     {"workloadUid", P(i).uid},
+                     {"ready", true},
+                     {"ports", {{{"name", "http"}, {"port", 8080}}}}});
+    }
+    return {{"namespace", "default"},
+            {"name", name},
+            {"vips", vips},
+            {"ports", {{{"name", "http"}, {"port", 80}, {"targetPort", 8080}}}},
+            {"endpoints", eps}};
+  }
+
+  // Writes the policy file atomically (the agent polls it).
+  bool WritePolicy(json services, json routes, json policies) {
+    json bundle = {{"workloads", Workloads()},
+                   {"services", services.is_null() ? json::array() : services},
+                   {"trafficRoutes", routes.is_null() ? json::array() : routes},
+                   {"accessPolicies", policies.is_null() ? json::array() : policies}};
+    const std::string tmp = policy_ + ".tmp";
+    {
+      std::ofstream f(tmp);
+      f << bundle.dump(2) << "\n";
+      if (!f) return false;
+    }
+    return rename(tmp.c_str(), policy_.c_str()) == 0;
+  }
+
+  // Waits until the agent reports `n` entries in socklb map `map`.
+  void AwaitEntries(const std::string& map, double n) {
+    double got = -1;
+    auto deadline = std::chrono::steady_clock::now() + 15s;
+    while (std::chrono::steady_clock::now() < deadline) {
+      auto s = agent_->Scrape();
+      if (s.ok()) {
+        got = SumSamples(*s, "shunt_socklb_map_entries", {{"map", map}});
+        if (got == n) return;
+      }
+      std::this_thread::sleep_for(100ms);
+    }
+    FAIL() << "map " << map << " has " << got << " entries, want " << n << "\n" << agent_->Stderr();
+  }
+
+  json Probe(const Pod& from, const std::string& to, int conns, int timeout_s = 10) {
+    auto r = RunTestpeer(*bed_, from,
+                         {"probe", "--to=" + to, absl::StrCat("--conns=", conns),
+                          absl::StrCat("--timeout=", timeout_s)});
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : json::object();
+  }
+
+  double Metric(const std::string& name, const std::map<std::string, std::string>& labels) {
+    auto s = agent_->Scrape();
+    EXPECT_TRUE(s.ok()) << s.status();
+    return s.ok() ? SumSamples(*s, name, labels) : -1;
+  }
+
+  static json Selector(json labels) { return {{"matchLabels", labels}}; }
+
+  std::unique_ptr<Testbed> bed_;
+  std::string policy_;
+  std::unique_ptr<AgentProcess> agent_;
+  std::vector<ProcessPtr> servers_;
+};
+
+uint64_t Count(const json& r, const std::string& field, const std::string& key) {
+  if (!r.contains(field) || !r[field].contains(key)) return 0;
+  return r[field][key].get<uint64_t>();
+}
+
+TEST_P(SockLbTest, DenyPolicyFailsConnectWithEpermUntilRemoved) {
+  const std::string to = P(1).ipv4 + ":8080";
+  json deny = {{"namespace", "default"},
+               {"name", "deny-front"},
+               {"action", "DENY"},
+               {"target", Selector({{"app", "api"}})},
+               {"from", {{{"pods", Selector({{"app", "front"}})}}}},
+               {"ports", {{{"from", 8000}, {"to", 8999}}}}};
+  ASSERT_TRUE(WritePolicy({}, {}, {deny}));
+  AwaitEntries("policies", 1);
+
+  json r = Probe(P(0), to, 10);
+  EXPECT_EQ(Count(r, "errors", "EPERM"), 10u) << r.dump();
+  EXPECT_EQ(r.value("connected", -1), 0) << r.dump();
+  EXPECT_EQ(
+      Metric("shunt_access_denied_connections_total",
+             {{"source_pod", P(0).name}, {"policy", "default/deny-front"}, {"reason", "deny"}}),
+      10);
+  // Over IPv6 too, and another source is not affected.
+  r = Probe(P(0), "[" + P(1).ipv6 + "]:8080", 3);
+  EXPECT_EQ(Count(r, "errors", "EPERM"), 3u) << r.dump();
+  r = Probe(P(3), to, 3);
+  EXPECT_EQ(r.value("connected", -1), 3) << r.dump();
+  EXPECT_EQ(Count(r, "idents", "v1"), 3u) << r.dump();
+
+  // Removing the policy restores access.
+  ASSERT_TRUE(WritePolicy({}, {}, {}));
+  AwaitEntries("policies", 0);
+  r = Probe(P(0), to, 5);
+  EXPECT_EQ(r.value("connected", -1), 5) << r.dump();
+  EXPECT_EQ(Count(r, "idents", "v1"), 5u) << r.dump();
+}
+
+TEST_P(SockLbTest, AllowPolicyLetsOnlySelectedSourcesIn) {
+  json allow = {{"namespace", "default"},
+                {"name", "allow-front"},
+                {"action", "ALLOW"},
+                {"target", Selector({{"version", "v1"}})},
+                {"from", {{{"serviceAccounts", {"front"}}}}}};
+  ASSERT_TRUE(WritePolicy({}, {}, {allow}));
+  AwaitEntries("policies", 1);
+  const std::string to = P(1).ipv4 + ":8080";
+  json r = Probe(P(0), to, 5);
+  EXPECT_EQ(r.value("connected", -1), 5) << r.dump();
+  r = Probe(P(3), to, 5);
+  EXPECT_EQ(Count(r, "errors", "EPERM"), 5u) << r.dump();
+  EXPECT_EQ(Metric("shunt_access_denied_connections_total",
+                   {{"source_pod", P(3).name}, {"reason", "not_allowed"}}),
+            5);
+  // v2 is selected by no ALLOW policy: open to everyone.
+  r = Probe(P(3), P(2).ipv4 + ":8080", 5);
+  EXPECT_EQ(r.value("connected", -1), 5) << r.dump();
+  EXPECT_EQ(Count(r, "idents", "v2"), 5u) << r.dump();
+}
+
+TEST_P(SockLbTest, WeightedSplitOverTwoThousandConnectionsAndGetpeernameShowsTheVip) {
+  json route = {{"namespace", "default"},
+                {"name", "api-split"},
+                {"service", "api"},
+                {"rules",
+                 {{{"backends",
+                    {{{"subset", Selector({{"version", "v1"}})}, {"weight", 80}},
+                     {{"subset", Selector({{"version", "v2"}})}, {"weight", 20}}}}}}}};
+  ASSERT_TRUE(WritePolicy({ApiService("api", {kVip4, kVip6})}, {route}, {}));
+  AwaitEntries("services", 2);
+  AwaitEntries("slots", 10);  // 4 + 1 per VIP
+
+  constexpr int kConns = 2000;
+  const std::string vip = absl::StrCat(kVip4, ":80");
+  json r = Probe(P(0), vip, kConns);
+  ASSERT_EQ(r.value("connected", -1), kConns) << r.dump();
+  const double v1 = Count(r, "idents", "v1"), v2 = Count(r, "idents", "v2");
+  EXPECT_EQ(v1 + v2, kConns) << r.dump();
+  // Binomial(n, 0.8): 5 standard deviations either side (a false failure ~ 1 in 1.7 million).
+  const double mean = kConns * 0.8, sigma = std::sqrt(kConns * 0.8 * 0.2);
+  EXPECT_NEAR(v1, mean, 5 * sigma) << r.dump();
+  EXPECT_EQ(Count(r, "peers", vip), static_cast<uint64_t>(kConns)) << r.dump();
+  EXPECT_EQ(Metric("shunt_service_connections_total",
+                   {{"source_pod", P(0).name}, {"destination_service_name", "api"}}),
+            kConns);
+
+  // IPv6 VIP: only v1 has... both pods have IPv6 addresses here: the split holds, the VIP shows.
+  const std::string vip6 = absl::StrCat("[", kVip6, "]:80");
+  r = Probe(P(0), vip6, 50);
+  EXPECT_EQ(r.value("connected", -1), 50) << r.dump();
+  EXPECT_EQ(Count(r, "peers", vip6), 50u) << r.dump();
+}
+
+TEST_P(SockLbTest, PolicyAppliesToTheBackendBehindAVip) {
+  json deny = {{"namespace", "default"},
+               {"name", "deny-v2"},
+               {"action", "DENY"},
+               {"target", Selector({{"version", "v2"}})},
+               {"from", json::array()}};
+  json route = {
+      {"namespace", "default"},
+      {"name", "all-v2"},
+      {"service", "api"},
+      {"rules", {{{"backends", {{{"subset", Selector({{"version", "v2"}})}, {"weight", 1}}}}}}}};
+  ASSERT_TRUE(WritePolicy({ApiService("api", {kVip4})}, {route}, {deny}));
+  AwaitEntries("policies", 1);
+  AwaitEntries("services", 1);
+  json r = Probe(P(0), absl::StrCat(kVip4, ":80"), 4);
+  EXPECT_EQ(Count(r, "errors", "EPERM"), 4u) << r.dump();
+}
+
+TEST_P(SockLbTest, UnmeshedPodIsUntouched) {
+  json deny = {{"namespace", "default"},
+               {"name", "deny-all"},
+               {"action", "DENY"},
+               {"target", Selector({{"app", "api"}})},
+               {"from", json::array()}};
+  ASSERT_TRUE(WritePolicy({ApiService("api", {kVip4})}, {}, {deny}));
+  AwaitEntries("policies", 1);
+  AwaitEntries("services", 1);
+  // Pod 4 is labelled like pod 0 but unmeshed: no policy at its connect(), no VIP rewrite.
+  json r = Probe(P(4), P(1).ipv4 + ":8080", 3);
+  EXPECT_EQ(r.value("connected", -1), 3) << r.dump();
+  r = Probe(P(4), absl::StrCat(kVip4, ":80"), 1, 3);
+  EXPECT_EQ(r.value("connected", -1), 0) << r.dump();  // the test bed routes no VIP
+  EXPECT_EQ(Count(r, "errors", "EPERM"), 0u) << r.dump();
+  r = Probe(P(0), P(1).ipv4 + ":8080", 3);
+  EXPECT_EQ(Count(r, "errors", "EPERM"), 3u) << r.dump();
+}
+
+class SockLbFullMapTest : public SockLbTest {
+ protected:
+  std::vector<std::string> AgentFlags() const override { return {"--lb-services-map-size=1"}; }
+};
+
+TEST_P(SockLbFullMapTest, FullServiceMapFallsBackAndIsCounted) {
+  ASSERT_TRUE(WritePolicy({ApiService("api", {kVip4}), ApiService("api2", {kVip4Other})}, {}, {}));
+  AwaitEntries("services", 1);
+  EXPECT_EQ(Metric("shunt_socklb_map_overflow_entries", {{"map", "services"}}), 1);
+  EXPECT_EQ(Metric("shunt_socklb_map_capacity_entries", {{"map", "services"}}), 1);
+  // The service that fits is balanced; the other one takes the normal path: its VIP is not
+  // rewritten (the test bed routes no VIP, so that connect fails, but never with EPERM).
+  json r = Probe(P(0), absl::StrCat(kVip4, ":80"), 10);
+  EXPECT_EQ(r.value("connected", -1), 10) << r.dump();
+  r = Probe(P(0), absl::StrCat(kVip4Other, ":80"), 1, 3);
+  EXPECT_EQ(r.value("connected", -1), 0) << r.dump();
+  EXPECT_EQ(Count(r, "errors", "EPERM"), 0u) << r.dump();
+  // Direct pod IPs keep working.
+  r = Probe(P(0), P(2).ipv4 + ":8080", 10);
+  EXPECT_EQ(r.value("connected", -1), 10) << r.dump();
+  EXPECT_EQ(Count(r, "idents", "v2"), 10u) << r.dump();
+}
+
+TEST_P(SockLbTest, AgentRestartKeepsOneAttachmentAndKeepsBalancing) {
+  ASSERT_TRUE(WritePolicy({ApiService("api", {kVip4})}, {}, {}));
+  AwaitEntries("services", 1);
+  json r = Probe(P(0), absl::StrCat(kVip4, ":80"), 10);
+  EXPECT_EQ(r.value("connected", -1), 10) << r.dump();
+  agent_->Kill();
+  agent_ = std::make_unique<AgentProcess>(*bed_, bed_->node(0), policy_, AgentFlags());
+  ASSERT_TRUE(agent_->Start().ok()) << agent_->Stderr();
+  r = Probe(P(0), absl::StrCat(kVip4, ":80"), 20);
+  EXPECT_EQ(r.value("connected", -1), 20) << r.dump();
+  // The counters live in the pinned map and keep their service across the restart.
+  EXPECT_EQ(Metric("shunt_service_connections_total",
+                   {{"source_pod", P(0).name}, {"destination_service_name", "api"}}),
+            30);
+  auto cg =
+      bed_->RunOnNode(bed_->node(0), {"bpftool", "cgroup", "show", bed_->node(0).cgroup_root}, 10s);
+  ASSERT_TRUE(cg.ok());
+  size_t n = 0;
+  for (size_t at = 0; (at = cg->out.find("shunt_connect4", at)) != std::string::npos; ++at) ++n;
+  EXPECT_EQ(n, 1u) << cg->out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Drivers, SockLbTest,
+                         ::testing::Values(testbed::CgroupDriver::kSystemd,
+                                           testbed::CgroupDriver::kCgroupfs));
+INSTANTIATE_TEST_SUITE_P(Drivers, SockLbFullMapTest,
+                         ::testing::Values(testbed::CgroupDriver::kSystemd));
+
+}  // namespace
+}  // namespace shunt::e2e

@@ -1,0 +1,363 @@
+// Services, routes and access policies -> socklb map entries, without root: CompileServicePolicy
+// is pure and ApplyServicePolicy talks to a ServicePolicyWriter, faked here in memory.
+#include "agent/dataplane/service_policy.h"
+
+#include <arpa/inet.h>
+#include <google/protobuf/util/json_util.h>
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+namespace shunt::agent {
+namespace {
+
+constexpr char kNode[] = "n1";
+
+// Pods: a (client, meshed, local, sa "front", app=front), b (app=api, v1), c (app=api, v2),
+// d (other namespace "ops", sa "robot"), e (local but unmeshed).
+constexpr char kWorkloads[] = R"(
+  {"uid": "a", "namespace": "default", "name": "a", "node": "n1", "meshed": true,
+   "serviceAccount": "front", "labels": {"app": "front"}, "ips": ["10.0.0.1", "fd00::1"]},
+  {"uid": "b", "namespace": "default", "name": "b", "node": "n1", "meshed": true,
+   "labels": {"app": "api", "version": "v1"}, "ips": ["10.0.0.2", "fd00::2"]},
+  {"uid": "c", "namespace": "default", "name": "c", "node": "n2", "meshed": true,
+   "labels": {"app": "api", "version": "v2"}, "ips": ["10.0.1.3"]},
+  {"uid": "d", "namespace": "ops", "name": "d", "node": "n1", "meshed": true,
+   "serviceAccount": "robot", "labels": {"app": "front"}, "ips": ["10.0.0.4"]},
+  {"uid": "e", "namespace": "default", "name": "e", "node": "n1", "meshed": false,
+   "ips": ["10.0.0.5"]}
+)";
+
+constexpr char kApiService[] = R"(
+  {"namespace": "default", "name": "api", "vips": ["10.96.0.10", "fd96::10"],
+   "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+   "endpoints": [
+     {"ips": ["10.0.0.2", "fd00::2"], "workloadUid": "b", "ready": true,
+      "ports": [{"name": "http", "port": 8080}]},
+     {"ips": ["10.0.1.3"], "workloadUid": "c", "ready": true,
+      "ports": [{"name": "http", "port": 8080}]}]}
+)";
+
+const std::map<std::string, uint64_t> kCgroups = {{"a", 101}, {"b", 102}, {"d", 104}, {"e", 105}};
+
+PolicySnapshot Bundle(const std::string& services, const std::string& routes = "",
+                      const std::string& policies = "") {
+  PolicySnapshot s;
+  const std::string json = "{\"workloads\": [" + std::string(kWorkloads) + "], \"services\": [" +
+                           services + "], \"trafficRoutes\": [" + routes +
+                           "], \"accessPolicies\": [" + policies + "]}";
+  auto st = google::protobuf::util::JsonStringToMessage(json, &s.bundle);
+  EXPECT_TRUE(st.ok()) << st.ToString() << "\n" << json;
+  return s;
+}
+
+IpKey Ip(const std::string& s) { return *ParseIpKey(s); }
+LbKey Vip(const std::string& s, uint16_t port) { return LbKey{Ip(s), port}; }
+
+DesiredServicePolicy Compile(const PolicySnapshot& s, ServicePolicyLimits limits = {}) {
+  ServicePolicyIds ids;
+  return CompileServicePolicy(s, kNode, kCgroups, limits, ids);
+}
+
+std::map<std::string, int> Count(const std::vector<LbBackend>& table) {
+  std::map<std::string, int> out;
+  for (const auto& b : table) {
+    char buf[INET6_ADDRSTRLEN];
+    if (b.ip.addr[2] == htonl(0xffff) && b.ip.addr[0] == 0) {
+      inet_ntop(AF_INET, &b.ip.addr[3], buf, sizeof(buf));
+    } else {
+      inet_ntop(AF_INET6, b.ip.addr, buf, sizeof(buf));
+    }
+    out[std::string(buf) + ":" + std::to_string(b.port)]++;
+  }
+  return out;
+}
+
+// --- weights and slots ---------------------------------------------------------------------------
+
+TEST(WeightsToSlots, ReducedByGcd) {
+  EXPECT_EQ(WeightsToSlots({80, 20}, 1024), (std::vector<uint32_t>{4, 1}));
+  EXPECT_EQ(WeightsToSlots({50, 50, 0}, 1024), (std::vector<uint32_t>{1, 1, 0}));
+  EXPECT_EQ(WeightsToSlots({0, 0}, 1024), (std::vector<uint32_t>{0, 0}));
+}
+
+TEST(WeightsToSlots, ScaledDownToTheCapWithLargestRemainder) {
+  auto s = WeightsToSlots({997, 3, 1}, 100);  // 1001 reduced slots > 100
+  EXPECT_EQ(s[0] + s[1] + s[2], 100u);
+  EXPECT_EQ(s[0], 100u * 997 / 1001 + 1);  // 99.6 -> 99 floor, +1 as the largest remainder
+}
+
+// --- services ------------------------------------------------------------------------------------
+
+TEST(ServicePolicy, ServiceWithoutRouteSpreadsOverReadyEndpointsEqually) {
+  auto d = Compile(Bundle(kApiService));
+  ASSERT_EQ(d.service_ids.size(), 2u);  // v4 and v6 VIP
+  auto v4 = Count(d.slots.at(Vip("10.96.0.10", 80)));
+  EXPECT_EQ(v4, (std::map<std::string, int>{{"10.0.0.2:8080", 1}, {"10.0.1.3:8080", 1}}));
+  // The v6 VIP only goes to v6 backends.
+  EXPECT_EQ(Count(d.slots.at(Vip("fd96::10", 80))),
+            (std::map<std::string, int>{{"fd00::2:8080", 1}}));
+  EXPECT_EQ(d.service_names.begin()->second, "default/api");
+}
+
+TEST(ServicePolicy, NotReadyEndpointsAndUdpPortsAreLeftOut) {
+  auto d = Compile(Bundle(R"({"namespace": "default", "name": "s", "vips": ["10.96.0.11"],
+      "ports": [{"port": 53, "protocol": "UDP"}, {"port": 81}],
+      "endpoints": [{"ips": ["10.0.0.2"], "ready": true}, {"ips": ["10.0.1.3"], "ready": false}]})"));
+  ASSERT_EQ(d.service_ids.size(), 1u);
+  EXPECT_EQ(Count(d.slots.at(Vip("10.96.0.11", 81))),
+            (std::map<std::string, int>{{"10.0.0.2:81", 1}}));
+}
+
+TEST(ServicePolicy, RouteSplitsBySubsetWeights) {
+  auto d = Compile(Bundle(kApiService, R"({"namespace": "default", "name": "r", "service": "api",
+      "rules": [{"name": "l7", "matches": [{"pathPrefix": "/x"}], "backends": [{"weight": 1}]},
+                {"backends": [{"subset": {"matchLabels": {"version": "v1"}}, "weight": 80},
+                              {"subset": {"matchLabels": {"version": "v2"}}, "weight": 20}]}]})"));
+  EXPECT_EQ(Count(d.slots.at(Vip("10.96.0.10", 80))),
+            (std::map<std::string, int>{{"10.0.0.2:8080", 4}, {"10.0.1.3:8080", 1}}));
+  // v6: only the v1 subset has an IPv6 endpoint.
+  EXPECT_EQ(Count(d.slots.at(Vip("fd96::10", 80))),
+            (std::map<std::string, int>{{"fd00::2:8080", 1}}));
+}
+
+TEST(ServicePolicy, GroupWeightIsSharedAmongItsEndpoints) {
+  // 50 to {b, c} (two endpoints), 50 to the other service (one endpoint d): 1:1:2.
+  auto d = Compile(Bundle(std::string(kApiService) + R"(,
+      {"namespace": "default", "name": "api-canary", "vips": ["10.96.0.12"],
+       "ports": [{"port": 9000}], "endpoints": [{"ips": ["10.0.0.4"], "ready": true}]})",
+                          R"({"namespace": "default", "name": "r", "service": "api",
+      "rules": [{"backends": [{"subset": {"matchLabels": {"app": "api"}}, "weight": 50},
+                              {"service": "api-canary", "port": 9000, "weight": 50}]}]})"));
+  EXPECT_EQ(Count(d.slots.at(Vip("10.96.0.10", 80))),
+            (std::map<std::string, int>{
+                {"10.0.0.2:8080", 1}, {"10.0.1.3:8080", 1}, {"10.0.0.4:9000", 2}}));
+}
+
+TEST(ServicePolicy, ServicesMapFullIsCountedNotFailed) {
+  ServicePolicyLimits limits;
+  limits.services = 1;
+  auto d = Compile(Bundle(kApiService), limits);
+  EXPECT_EQ(d.service_ids.size(), 1u);
+  EXPECT_EQ(d.overflow.at(kLbMapServices), 1u);
+  EXPECT_TRUE(d.errors.empty());
+  limits.services = 10;
+  limits.slots = 2;  // the v4 table (2 slots) fits, the v6 one (1) does not
+  d = Compile(Bundle(kApiService), limits);
+  EXPECT_EQ(d.service_ids.size(), 1u);
+  EXPECT_EQ(d.overflow.at(kLbMapSlots), 1u);
+}
+
+// --- access policies -----------------------------------------------------------------------------
+
+std::string Policy(const std::string& name, const std::string& action, const std::string& target,
+                   const std::string& from, const std::string& ports = "[]") {
+  return R"({"namespace": "default", "name": ")" + name + R"(", "action": ")" + action +
+         R"(", "target": {"matchLabels": )" + target + R"(}, "from": )" + from + R"(, "ports": )" +
+         ports + "}";
+}
+
+TEST(ServicePolicy, DenyPolicyMarksSourcesAndDestinations) {
+  auto d = Compile(Bundle("", "",
+                          Policy("deny-front", "DENY", R"({"app": "api"})",
+                                 R"([{"pods": {"matchLabels": {"app": "front"}}}])")));
+  ASSERT_EQ(d.policy_names.size(), 1u);
+  const uint64_t bit = 1ull << d.policy_names.begin()->first;
+  // Source a (default, app=front) matches; d is app=front but in "ops" (pod selector without
+  // namespaces is the policy's namespace); e is unmeshed (never a source).
+  EXPECT_EQ(d.policy_sources, (std::map<uint64_t, uint64_t>{{101, bit}}));
+  EXPECT_EQ(d.policy_dests.at(Ip("10.0.0.2")).deny, bit);
+  EXPECT_EQ(d.policy_dests.at(Ip("fd00::2")).deny, bit);
+  EXPECT_EQ(d.policy_dests.at(Ip("10.0.1.3")).deny, bit);  // remote pods are destinations too
+  EXPECT_EQ(d.policy_dests.count(Ip("10.0.0.1")), 0u);
+  EXPECT_EQ(d.policy_ports[d.policy_names.begin()->first].count, 0u);  // every port
+}
+
+TEST(ServicePolicy, DenyPoliciesGetBitsFirstAndAllowOnlyTargetsSelectedPods) {
+  auto d = Compile(Bundle(
+      "", "",
+      Policy("a-allow", "ALLOW", R"({"version": "v1"})",
+             R"([{"serviceAccounts": ["ops/robot"]}])") +
+          "," + Policy("z-deny", "DENY", R"({"app": "api"})", R"([{"namespaces": ["ops"]}])")));
+  ASSERT_EQ(d.policy_names.size(), 2u);
+  EXPECT_EQ(d.policy_names.at(0), "default/z-deny");
+  EXPECT_EQ(d.policy_names.at(1), "default/a-allow");
+  EXPECT_EQ(d.policy_sources, (std::map<uint64_t, uint64_t>{{104, 0b11}}));
+  EXPECT_EQ(d.policy_dests.at(Ip("10.0.0.2")).allow, 0b10u);  // v1 selected by the allow
+  EXPECT_EQ(d.policy_dests.at(Ip("10.0.1.3")).allow, 0u);     // v2 not: open to all
+  EXPECT_EQ(d.policy_dests.at(Ip("10.0.1.3")).deny, 0b01u);
+}
+
+TEST(ServicePolicy, EmptyFromMatchesEveryMeshedLocalSource) {
+  auto d = Compile(Bundle("", "", Policy("all", "DENY", "{}", "[]")));
+  EXPECT_EQ(d.policy_sources,
+            (std::map<uint64_t, uint64_t>{{101, 1}, {102, 1}, {104, 1}}));  // not e (unmeshed)
+  // Target {} is every pod of the policy's namespace (not "ops").
+  EXPECT_EQ(d.policy_dests.count(Ip("10.0.0.4")), 0u);
+  EXPECT_EQ(d.policy_dests.count(Ip("10.0.0.5")), 1u);
+}
+
+TEST(ServicePolicy, IpBlocksMatchTheSourcePodsOwnIps) {
+  auto d =
+      Compile(Bundle("", "",
+                     Policy("blocks", "ALLOW", R"({"app": "api"})",
+                            R"([{"ipBlocks": ["10.0.0.0/30"]}, {"ipBlocks": ["fd00::2/128"]}])")));
+  // a = 10.0.0.1 (in /30), b = fd00::2, d = 10.0.0.4 (outside /30).
+  EXPECT_EQ(d.policy_sources, (std::map<uint64_t, uint64_t>{{101, 1}, {102, 1}}));
+}
+
+TEST(ServicePolicy, AllFieldsOfOneSourceMustMatch) {
+  auto d = Compile(Bundle("", "",
+                          Policy("and", "ALLOW", "{}",
+                                 R"([{"namespaces": ["ops"], "serviceAccounts": ["ops/robot"],
+                                      "pods": {"matchLabels": {"app": "front"}}}])")));
+  EXPECT_EQ(d.policy_sources, (std::map<uint64_t, uint64_t>{{104, 1}}));
+}
+
+TEST(ServicePolicy, PortRanges) {
+  auto d = Compile(Bundle(
+      "", "", Policy("p", "DENY", "{}", "[]", R"([{"from": 80}, {"from": 8000, "to": 8999}])")));
+  const auto& p = d.policy_ports[0];
+  ASSERT_EQ(p.count, 2u);
+  EXPECT_EQ(p.from[0], 80);
+  EXPECT_EQ(p.to[0], 80);
+  EXPECT_EQ(p.from[1], 8000);
+  EXPECT_EQ(p.to[1], 8999);
+  d = Compile(Bundle("", "", Policy("bad", "DENY", "{}", "[]", R"([{"from": 90, "to": 80}])")));
+  EXPECT_TRUE(d.policy_names.empty());
+  EXPECT_EQ(d.errors.size(), 1u);
+  std::string nine = "[";
+  for (int i = 1; i <= 9; ++i)
+    nine += (i > 1 ? "," : "") + ("{\"from\": " + std::to_string(i) + "}");
+  d = Compile(Bundle("", "", Policy("many", "DENY", "{}", "[]", nine + "]")));
+  EXPECT_TRUE(d.policy_names.empty());
+  EXPECT_EQ(d.errors.size(), 1u);
+}
+
+TEST(ServicePolicy, MoreThanSixtyFourPoliciesIsAnErrorAndCounted) {
+  std::string ps;
+  for (int i = 0; i < 66; ++i) {
+    ps += (i ? "," : "") + Policy("p" + std::to_string(100 + i), "DENY", "{}", "[]");
+  }
+  auto d = Compile(Bundle("", "", ps));
+  EXPECT_EQ(d.policy_names.size(), 64u);
+  EXPECT_EQ(d.overflow.at(kLbMapPolicies), 2u);
+  EXPECT_EQ(d.errors.size(), 1u);
+}
+
+TEST(ServicePolicy, PolicyBitsAreStableWhenOthersComeAndGo) {
+  ServicePolicyIds ids;
+  auto d = CompileServicePolicy(
+      Bundle("", "", Policy("x", "DENY", "{}", "[]") + "," + Policy("y", "DENY", "{}", "[]")),
+      kNode, kCgroups, {}, ids);
+  EXPECT_EQ(d.policy_names.at(1), "default/y");
+  d = CompileServicePolicy(Bundle("", "", Policy("y", "DENY", "{}", "[]")), kNode, kCgroups, {},
+                           ids);
+  EXPECT_EQ(d.policy_names, (std::map<uint32_t, std::string>{{1, "default/y"}}));
+}
+
+TEST(ServicePolicy, ServiceIdsRecoveredAfterARestartAreKept) {
+  ServicePolicyIds ids;
+  ids.recovered_service_ids[Vip("10.96.0.10", 80)] = 42;
+  auto d = CompileServicePolicy(Bundle(kApiService), kNode, kCgroups, {}, ids);
+  EXPECT_EQ(d.service_ids.at(Vip("10.96.0.10", 80)), 42u);
+  EXPECT_EQ(d.service_ids.at(Vip("fd96::10", 80)), 42u);  // same service port, same id
+  EXPECT_EQ(d.service_names.at(42), "default/api");
+}
+
+TEST(ServicePolicy, DestinationsMapFullIsCounted) {
+  ServicePolicyLimits limits;
+  limits.policy_dests = 2;
+  auto d = Compile(Bundle("", "", Policy("all", "DENY", "{}", "[]")), limits);
+  EXPECT_EQ(d.policy_dests.size(), 2u);
+  EXPECT_EQ(d.overflow.at(kLbMapPolicyDests), 4u);  // a(2 IPs) b(2) c(1) e(1) = 6 - 2
+}
+
+TEST(Cidr, Parse) {
+  auto c = ParseCidr("10.1.0.0/16");
+  ASSERT_TRUE(c.ok());
+  EXPECT_TRUE(CidrContains(*c, Ip("10.1.200.3")));
+  EXPECT_FALSE(CidrContains(*c, Ip("10.2.0.1")));
+  EXPECT_FALSE(CidrContains(*c, Ip("fd00::1")));
+  EXPECT_TRUE(CidrContains(*ParseCidr("0.0.0.0/0"), Ip("1.2.3.4")));
+  EXPECT_TRUE(CidrContains(*ParseCidr("::/0"), Ip("fd00::1")));
+  EXPECT_FALSE(ParseCidr("10.0.0.0/33").ok());
+  EXPECT_FALSE(ParseCidr("nope/8").ok());
+}
+
+// --- apply ---------------------------------------------------------------------------------------
+
+class FakeWriter : public ServicePolicyWriter {
+ public:
+  absl::StatusOr<std::map<Bytes, Bytes>> List(SockLbMap map) const override {
+    auto it = maps.find(map);
+    return it == maps.end() ? std::map<Bytes, Bytes>{} : it->second;
+  }
+  absl::Status Upsert(SockLbMap map, const Bytes& k, const Bytes& v) override {
+    log.push_back("+" + std::to_string(static_cast<int>(map)));
+    maps[map][k] = v;
+    return absl::OkStatus();
+  }
+  absl::Status Delete(SockLbMap map, const Bytes& k) override {
+    log.push_back("-" + std::to_string(static_cast<int>(map)));
+    maps[map].erase(k);
+    return absl::OkStatus();
+  }
+  absl::Status DeleteStatsOf(uint32_t) override { return absl::OkStatus(); }
+  std::map<SockLbMap, std::map<Bytes, Bytes>> maps;
+  std::vector<std::string> log;
+};
+
+TEST(ApplyServicePolicy, WritesSlotsBeforeServicesAndConverges) {
+  FakeWriter w;
+  auto d = Compile(Bundle(kApiService));
+  ASSERT_TRUE(ApplyServicePolicy(d, w).ok());
+  EXPECT_EQ(w.maps[SockLbMap::kServices].size(), 2u);
+  EXPECT_EQ(w.maps[SockLbMap::kSlots].size(), 3u);
+  // The first slot is written before the first service.
+  auto first = [&](SockLbMap m) {
+    return std::find(w.log.begin(), w.log.end(), "+" + std::to_string(static_cast<int>(m))) -
+           w.log.begin();
+  };
+  EXPECT_LT(first(SockLbMap::kSlots), first(SockLbMap::kServices));
+  w.log.clear();
+  ASSERT_TRUE(ApplyServicePolicy(d, w).ok());
+  EXPECT_TRUE(w.log.empty()) << "a second pass with no change writes nothing";
+  ASSERT_TRUE(ApplyServicePolicy(Compile(Bundle("")), w).ok());
+  EXPECT_TRUE(w.maps[SockLbMap::kServices].empty());
+  EXPECT_TRUE(w.maps[SockLbMap::kSlots].empty());
+  // The service entry goes before its slots.
+  EXPECT_EQ(w.log.front(), "-" + std::to_string(static_cast<int>(SockLbMap::kServices)));
+}
+
+TEST(ApplyServicePolicy, DiffsAgainstTheLastAppliedStateWithoutListing) {
+  FakeWriter w;
+  EncodedServicePolicy applied;
+  ASSERT_TRUE(ApplyServicePolicy(Compile(Bundle(kApiService)), w, nullptr, &applied).ok());
+  w.maps.clear();  // the fake's maps are not consulted when `known` is given
+  w.log.clear();
+  ASSERT_TRUE(ApplyServicePolicy(Compile(Bundle(kApiService)), w, &applied, &applied).ok());
+  EXPECT_TRUE(w.log.empty());
+  ASSERT_TRUE(ApplyServicePolicy(Compile(Bundle("")), w, &applied, &applied).ok());
+  EXPECT_EQ(std::count(w.log.begin(), w.log.end(),
+                       "-" + std::to_string(static_cast<int>(SockLbMap::kServices))),
+            2);
+  EXPECT_TRUE(applied[SockLbMap::kServices].empty());
+}
+
+TEST(ApplyServicePolicy, EncodesTheAbiLayout) {
+  auto enc = EncodeServicePolicy(Compile(Bundle(kApiService)));
+  shunt_svc_key k{};
+  std::memcpy(k.addr, Ip("10.96.0.10").addr, 16);
+  k.port = 80;
+  const std::string key(reinterpret_cast<const char*>(&k), sizeof(k));
+  ASSERT_EQ(enc[SockLbMap::kServices].count(key), 1u);
+  shunt_svc v;
+  std::memcpy(&v, enc[SockLbMap::kServices][key].data(), sizeof(v));
+  EXPECT_EQ(v.slots, 2u);
+  EXPECT_NE(v.service_id, 0u);
+  EXPECT_EQ(enc[SockLbMap::kPolicyPorts].size(), 64u);
+}
+
+}  // namespace
+}  // namespace shunt::agent
