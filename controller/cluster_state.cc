@@ -81,17 +81,34 @@ absl::StatusOr<ObjectKey> KeyOf(const nlohmann::json& o) {
   return key;
 }
 
+namespace {
+
+// The stored object for `key`: the existing one when the source reports it unchanged (so its
+// pointer, and what consumers cached for it, survive), else a new one.
+StoredObject Keep(const ObjectMap& current, const ObjectKey& key, absl::string_view source,
+                  nlohmann::json object) {
+  auto it = current.find(key);
+  if (it != current.end() && it->second.source == source && *it->second.object == object) {
+    return it->second;
+  }
+  return StoredObject{std::string(source),
+                      std::make_shared<const nlohmann::json>(std::move(object))};
+}
+
+}  // namespace
+
 absl::Status ClusterState::Upsert(absl::string_view source, nlohmann::json object) {
   auto key = KeyOf(object);
   if (!key.ok()) return key.status();
   {
     absl::MutexLock l(&mu_);
     auto it = objects_->find(*key);
-    if (it != objects_->end() && it->second.source == source && it->second.object == object) {
+    if (it != objects_->end() && it->second.source == source && *it->second.object == object) {
       return absl::OkStatus();  // no change
     }
     auto next = std::make_shared<ObjectMap>(*objects_);
-    (*next)[*key] = StoredObject{std::string(source), std::move(object)};
+    (*next)[*key] = StoredObject{std::string(source),
+                                 std::make_shared<const nlohmann::json>(std::move(object))};
     objects_ = std::move(next);
     ++generation_;
   }
@@ -134,7 +151,7 @@ absl::Status ClusterState::Replace(absl::string_view source, Kind kind,
         if (first.ok()) first = key.status();
         continue;
       }
-      (*next)[*key] = StoredObject{std::string(source), std::move(o)};
+      (*next)[*key] = Keep(*objects_, *key, source, std::move(o));
     }
     if (*next != *objects_) {
       objects_ = std::move(next);
@@ -162,7 +179,7 @@ absl::Status ClusterState::ReplaceAll(absl::string_view source,
         if (first.ok()) first = key.status();
         continue;
       }
-      (*next)[*key] = StoredObject{std::string(source), std::move(o)};
+      (*next)[*key] = Keep(*objects_, *key, source, std::move(o));
     }
     if (*next != *objects_) {
       objects_ = std::move(next);

@@ -67,11 +67,16 @@ struct ObjectKey {
 };
 std::string ToString(const ObjectKey& key);  // "Pod/default/web-0"
 
+// Objects are immutable and shared: a snapshot copy of the map copies pointers, and an object
+// that a re-list or a directory reload reports unchanged keeps its pointer, so consumers can cache
+// what they derive from it by pointer.
+using ObjectPtr = std::shared_ptr<const nlohmann::json>;
 struct StoredObject {
   std::string source;  // which source reported it
-  nlohmann::json object;
+  ObjectPtr object;
   friend bool operator==(const StoredObject& a, const StoredObject& b) {
-    return a.source == b.source && a.object == b.object;
+    return a.source == b.source &&
+           (a.object == b.object || (a.object && b.object && *a.object == *b.object));
   }
 };
 using ObjectMap = std::map<ObjectKey, StoredObject>;

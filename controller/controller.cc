@@ -53,7 +53,7 @@ void Controller::Rebuild() {
   }
   const uint64_t generation = state_.generation();
   auto objects = state_.Objects();
-  Snapshot snap = BuildSnapshot(*objects);
+  Snapshot snap = builder_.Build(*objects);
   for (const auto& w : snap.warnings) SHUNT_LOG_EVERY_N_SEC(WARNING, 30) << w;
   const size_t n = snap.resources.size();
   server_.Publish(std::move(snap.resources), changed_at);

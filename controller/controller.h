@@ -52,6 +52,7 @@ class Controller {
   uint64_t built_generation_ ABSL_GUARDED_BY(mu_) = ~uint64_t{0};
   std::vector<std::string> warnings_ ABSL_GUARDED_BY(mu_);
   std::map<ObjectKey, std::string> written_status_ ABSL_GUARDED_BY(mu_);
+  SnapshotBuilder builder_;  // only the loop thread (Rebuild) uses it
 };
 
 }  // namespace shunt::controller

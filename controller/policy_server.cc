@@ -1,5 +1,7 @@
 #include "controller/policy_server.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/resources.h"
@@ -32,10 +34,11 @@ class AgentStream : public grpc::ServerBidiReactor<PolicyRequest, PolicyResponse
     writing = false;
     out.reset();
     if (finish_pending) {
+      server_->OnWriteDoneLocked(this, false);
       Finish(finish_status);
       return;
     }
-    if (ok) server_->MaybeSendLocked(this);
+    server_->OnWriteDoneLocked(this, ok);
   }
 
   void OnDone() override {
@@ -71,6 +74,7 @@ class AgentStream : public grpc::ServerBidiReactor<PolicyRequest, PolicyResponse
   bool writing = false;
   bool finished = false;
   bool finish_pending = false;
+  bool queued = false;  // in the server's waiting_ list
   grpc::Status finish_status;
   std::shared_ptr<const PolicyResponse> out;  // kept alive while being written
 
@@ -80,7 +84,8 @@ class AgentStream : public grpc::ServerBidiReactor<PolicyRequest, PolicyResponse
   PolicyRequest request_;
 };
 
-PolicyServer::PolicyServer(prometheus::Registry* registry) {
+PolicyServer::PolicyServer(prometheus::Registry* registry, int max_concurrent_pushes)
+    : max_concurrent_pushes_(std::max(1, max_concurrent_pushes)) {
   current_.set = std::make_shared<ResourceSet>();
   if (!registry) return;
   connected_ = &prometheus::BuildGauge()
@@ -162,8 +167,23 @@ grpc::ServerBidiReactor<PolicyRequest, PolicyResponse>* PolicyServer::Stream(
   return stream;
 }
 
+void PolicyServer::OnWriteDoneLocked(AgentStream* stream, bool ok) {
+  --writes_in_flight_;
+  if (ok) MaybeSendLocked(stream);
+  while (writes_in_flight_ < max_concurrent_pushes_ && !waiting_.empty()) {
+    AgentStream* next = waiting_.front();
+    waiting_.pop_front();
+    next->queued = false;
+    MaybeSendLocked(next);
+  }
+}
+
 void PolicyServer::OnClosed(AgentStream* stream) {
   absl::MutexLock l(&mu_);
+  if (stream->queued) {
+    waiting_.erase(std::find(waiting_.begin(), waiting_.end(), stream));
+    stream->queued = false;
+  }
   if (streams_.erase(stream) && connected_) connected_->Decrement();
   if (!stream->node.empty()) SHUNT_LOG(INFO) << "agent " << stream->node << " disconnected";
 }
@@ -194,6 +214,15 @@ void PolicyServer::MaybeSendLocked(AgentStream* s) {
     return;
   }
   if (current_.id == 0) return;  // no snapshot yet
+  if (s->first_acked && (s->acked_id == current_.id || s->nacked_id == current_.id)) return;
+  if (!s->first_acked && s->nacked_id == current_.id) return;
+  if (writes_in_flight_ >= max_concurrent_pushes_) {
+    if (!s->queued) {
+      s->queued = true;
+      waiting_.push_back(s);
+    }
+    return;
+  }
   std::shared_ptr<const PolicyResponse> resp;
   if (!s->first_acked) {
     if (s->nacked_id == current_.id) return;
@@ -234,6 +263,7 @@ void PolicyServer::MaybeSendLocked(AgentStream* s) {
   s->inflight_nonce = resp->nonce();
   s->inflight_id = current_.id;
   s->writing = true;
+  ++writes_in_flight_;
   s->out = resp;
   ++pushes_;
   if (pushes_metric_) pushes_metric_->Increment();

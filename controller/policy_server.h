@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <set>
@@ -33,8 +34,11 @@ class AgentStream;
 
 class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
  public:
-  // `registry` may be null (tests); metrics are then not exported.
-  explicit PolicyServer(prometheus::Registry* registry);
+  // `registry` may be null (tests); metrics are then not exported. At most
+  // `max_concurrent_pushes` responses are being written at once; other agents wait their turn
+  // (each write holds a serialized copy of the response: 1000 agents connecting at once must not
+  // hold 1000 copies of the full state).
+  explicit PolicyServer(prometheus::Registry* registry, int max_concurrent_pushes = 64);
   ~PolicyServer() override;
 
   // Makes `resources` the current snapshot; every agent in sync is sent its delta. `changed_at` is
@@ -67,6 +71,7 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
 
   void OnRequest(AgentStream* stream, const shunt::v1::PolicyRequest& request);
   void OnClosed(AgentStream* stream);
+  void OnWriteDoneLocked(AgentStream* stream, bool ok) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sends `stream` its next response if it has none in flight and is behind. Requires mu_.
   void MaybeSendLocked(AgentStream* stream) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::shared_ptr<const shunt::v1::PolicyResponse> DeltaLocked(uint64_t from_id)
@@ -83,6 +88,9 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
   uint64_t nacks_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t pushes_ ABSL_GUARDED_BY(mu_) = 0;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  const int max_concurrent_pushes_;
+  int writes_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  std::deque<AgentStream*> waiting_ ABSL_GUARDED_BY(mu_);  // behind, waiting for a write slot
 
   // Metrics (null without a registry).
   prometheus::Gauge* connected_ = nullptr;

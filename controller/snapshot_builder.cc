@@ -102,26 +102,44 @@ std::string OwnerOf(const json& pod) {
   return Str(pod, {"metadata", "name"});
 }
 
-void AddWorkloads(const ObjectMap& objects, Snapshot& out) {
+void AddWorkloads(const ObjectMap& objects, SnapshotBuilder::Cache& cache, Snapshot& out) {
+  std::map<ObjectKey, SnapshotBuilder::Cache::Entry> next;
   std::set<std::string> meshed_namespaces;
   for (const auto& [key, stored] : objects) {
     if (key.kind == Kind::kNamespace &&
-        Str(stored.object, {"metadata", "labels", kMeshLabel}) == kMeshEnabled) {
+        Str(*stored.object, {"metadata", "labels", kMeshLabel}) == kMeshEnabled) {
       meshed_namespaces.insert(key.name);
     }
   }
   for (const auto& [key, stored] : objects) {
     if (key.kind != Kind::kPod) continue;
-    const json& pod = stored.object;
+    const json& pod = *stored.object;
+    const bool ns_meshed = meshed_namespaces.count(key.ns) > 0;
+    if (auto hit = cache.entries.find(key);
+        hit != cache.entries.end() && hit->second.inputs.size() == 1 &&
+        hit->second.inputs[0] == stored.object && hit->second.flag == ns_meshed) {
+      if (hit->second.resource) {
+        out.resources[ResourceKeyString(hit->second.resource->key())] = *hit->second.resource;
+      }
+      next.emplace(key, hit->second);
+      continue;
+    }
+    SnapshotBuilder::Cache::Entry entry;
+    entry.inputs = {stored.object};
+    entry.flag = ns_meshed;
     const std::string uid = Str(pod, {"metadata", "uid"});
     const std::string node = Str(pod, {"spec", "nodeName"});
     const std::string phase = Str(pod, {"status", "phase"});
     if (uid.empty()) {
       out.warnings.push_back(ToString(key) + ": no metadata.uid, skipped");
+      next.emplace(key, std::move(entry));
       continue;
     }
     // A finished pod's IP may already belong to a new pod (PITFALLS 11): forget it.
-    if (node.empty() || phase == "Succeeded" || phase == "Failed") continue;
+    if (node.empty() || phase == "Succeeded" || phase == "Failed") {
+      next.emplace(key, std::move(entry));
+      continue;
+    }
     Resource r = MakeResource(ResourceKey::WORKLOAD, key.ns, uid);
     auto* w = r.mutable_workload();
     w->set_uid(uid);
@@ -144,20 +162,66 @@ void AddWorkloads(const ObjectMap& objects, Snapshot& out) {
     const std::string annotation = Str(pod, {"metadata", "annotations", kMeshLabel});
     const bool host_network = At(pod, {"spec", "hostNetwork"}).is_boolean() &&
                               At(pod, {"spec", "hostNetwork"}).get<bool>();
-    bool meshed = meshed_namespaces.count(key.ns) > 0 || annotation == kMeshEnabled;
+    bool meshed = ns_meshed || annotation == kMeshEnabled;
     if (annotation == kMeshDisabled || host_network) meshed = false;
     w->set_meshed(meshed);
+    r.set_version(ResourceVersion(r));
+    entry.resource = r;
     out.resources[ResourceKeyString(r.key())] = std::move(r);
+    next.emplace(key, std::move(entry));
   }
+  cache.entries.swap(next);
 }
 
 // --- Services + EndpointSlices -> Services ------------------------------------------------------
 
-void AddServices(const ObjectMap& objects, Snapshot& out) {
-  std::map<std::pair<std::string, std::string>, Resource> services;
+std::optional<Resource> BuildService(const ObjectKey& key, const std::vector<ObjectPtr>& inputs);
+
+void AddServices(const ObjectMap& objects, SnapshotBuilder::Cache& cache, Snapshot& out) {
+  // A service's resource depends on the Service and its EndpointSlices: group the slices first.
+  std::map<std::pair<std::string, std::string>, std::vector<ObjectPtr>> slices_of;
+  for (const auto& [key, stored] : objects) {
+    if (key.kind != Kind::kEndpointSlice) continue;
+    const std::string svc = Str(*stored.object, {"metadata", "labels", "kubernetes.io/service-name"});
+    if (!svc.empty()) slices_of[{key.ns, svc}].push_back(stored.object);
+  }
+  std::map<ObjectKey, SnapshotBuilder::Cache::Entry> next;
   for (const auto& [key, stored] : objects) {
     if (key.kind != Kind::kService) continue;
-    const json& svc = stored.object;
+    std::vector<ObjectPtr> inputs = {stored.object};
+    auto sl = slices_of.find({key.ns, key.name});
+    if (sl != slices_of.end()) inputs.insert(inputs.end(), sl->second.begin(), sl->second.end());
+    auto hit = cache.entries.find(key);
+    if (hit != cache.entries.end() && hit->second.inputs == inputs) {
+      if (hit->second.resource) {
+        out.resources[ResourceKeyString(hit->second.resource->key())] = *hit->second.resource;
+      }
+      next.emplace(key, hit->second);
+      continue;
+    }
+    SnapshotBuilder::Cache::Entry entry;
+    entry.inputs = inputs;
+    std::optional<Resource> r = BuildService(key, inputs);
+    if (r) {
+      r->set_version(ResourceVersion(*r));
+      out.resources[ResourceKeyString(r->key())] = *r;
+    }
+    entry.resource = std::move(r);
+    next.emplace(key, std::move(entry));
+  }
+  cache.entries.swap(next);
+}
+
+std::optional<Resource> BuildService(const ObjectKey& key, const std::vector<ObjectPtr>& inputs) {
+  std::map<std::pair<std::string, std::string>, Resource> services;
+  ObjectMap objects;
+  objects[key] = StoredObject{"", inputs[0]};
+  for (size_t i = 1; i < inputs.size(); ++i) {
+    objects[ObjectKey{Kind::kEndpointSlice, key.ns, std::to_string(i)}] = StoredObject{"", inputs[i]};
+  }
+  for (const auto& [key, stored] : objects) {
+    if (key.kind != Kind::kService) continue;
+    const json& svc = *stored.object;
     if (Str(svc, {"spec", "type"}) == "ExternalName") continue;
     Resource r = MakeResource(ResourceKey::SERVICE, key.ns, key.name);
     auto* s = r.mutable_service();
@@ -193,7 +257,7 @@ void AddServices(const ObjectMap& objects, Snapshot& out) {
   }
   for (const auto& [key, stored] : objects) {
     if (key.kind != Kind::kEndpointSlice) continue;
-    const json& slice = stored.object;
+    const json& slice = *stored.object;
     const std::string svc = Str(slice, {"metadata", "labels", "kubernetes.io/service-name"});
     auto it = services.find({key.ns, svc});
     if (svc.empty() || it == services.end()) continue;
@@ -225,7 +289,8 @@ void AddServices(const ObjectMap& objects, Snapshot& out) {
       for (const auto& p : ports) *ep->add_ports() = p;
     }
   }
-  for (auto& [k, r] : services) out.resources[ResourceKeyString(r.key())] = std::move(r);
+  if (services.empty()) return std::nullopt;
+  return std::move(services.begin()->second);
 }
 
 // --- CRs ----------------------------------------------------------------------------------------
@@ -340,27 +405,27 @@ void AddPolicies(const ObjectMap& objects, Snapshot& out) {
     }
     PolicyStatus status;
     status.key = key;
-    status.observed_generation = Int(stored.object, {"metadata", "generation"});
+    status.observed_generation = Int(*stored.object, {"metadata", "generation"});
     absl::Status s;
     Resource r;
     if (key.kind == Kind::kTrafficRoute) {
       r = MakeResource(ResourceKey::TRAFFIC_ROUTE, key.ns, key.name);
       auto* m = r.mutable_traffic_route();
-      s = SpecToProto(stored.object, m);
+      s = SpecToProto(*stored.object, m);
       m->set_namespace_(key.ns);
       m->set_name(key.name);
       if (s.ok()) s = ValidateRoute(*m, services);
     } else if (key.kind == Kind::kAccessPolicy) {
       r = MakeResource(ResourceKey::ACCESS_POLICY, key.ns, key.name);
       auto* m = r.mutable_access_policy();
-      s = SpecToProto(stored.object, m);
+      s = SpecToProto(*stored.object, m);
       m->set_namespace_(key.ns);
       m->set_name(key.name);
       if (s.ok()) s = ValidateAccess(*m);
     } else {
       r = MakeResource(ResourceKey::API_COST_POLICY, key.ns, key.name);
       auto* m = r.mutable_api_cost_policy();
-      s = SpecToProto(stored.object, m);
+      s = SpecToProto(*stored.object, m);
       m->set_namespace_(key.ns);
       m->set_name(key.name);
       if (s.ok()) s = ValidateCost(*m);
@@ -369,6 +434,7 @@ void AddPolicies(const ObjectMap& objects, Snapshot& out) {
     if (s.ok()) {
       status.reason = "Accepted";
       status.message = "applied to the mesh";
+      r.set_version(ResourceVersion(r));
       out.resources[ResourceKeyString(r.key())] = std::move(r);
     } else {
       status.reason = s.code() == absl::StatusCode::kNotFound ? "ServiceNotFound" : "InvalidSpec";
@@ -380,13 +446,14 @@ void AddPolicies(const ObjectMap& objects, Snapshot& out) {
 
 }  // namespace
 
-Snapshot BuildSnapshot(const ObjectMap& objects) {
+Snapshot SnapshotBuilder::Build(const ObjectMap& objects) {
   Snapshot out;
-  AddWorkloads(objects, out);
-  AddServices(objects, out);
+  AddWorkloads(objects, pods_, out);
+  AddServices(objects, services_, out);
   AddPolicies(objects, out);
-  for (auto& [k, r] : out.resources) r.set_version(ResourceVersion(r));
   return out;
 }
+
+Snapshot BuildSnapshot(const ObjectMap& objects) { return SnapshotBuilder().Build(objects); }
 
 }  // namespace shunt::controller

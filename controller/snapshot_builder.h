@@ -9,6 +9,7 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,27 @@ struct Snapshot {
   std::vector<std::string> warnings;                      // objects skipped, and why
 };
 
+// Builds snapshots, reusing what it derived from objects that did not change since the last
+// build (objects are compared by pointer: ClusterState keeps the pointer of an unchanged object),
+// so a change to one pod costs one Workload, not a thousand.
+class SnapshotBuilder {
+ public:
+  Snapshot Build(const ObjectMap& objects);
+
+  struct Cache {
+    struct Entry {
+      std::vector<ObjectPtr> inputs;  // the objects it was derived from
+      bool flag = false;              // other input (a pod: its namespace is meshed)
+      std::optional<shunt::v1::Resource> resource;  // nullopt: derived nothing (skipped)
+    };
+    std::map<ObjectKey, Entry> entries;
+  };
+
+ private:
+  Cache pods_, services_;
+};
+
+// A one-off build (no cache).
 Snapshot BuildSnapshot(const ObjectMap& objects);
 
 }  // namespace shunt::controller

@@ -85,7 +85,7 @@ class KubeSourceTest : public ::testing::Test {
     auto it = objects->find(key);
     if (it == objects->end()) return std::nullopt;
     EXPECT_EQ(it->second.source, "kubernetes");
-    return it->second.object;
+    return *it->second.object;
   }
   bool Has(const ObjectKey& key) { return InState(key).has_value(); }
 

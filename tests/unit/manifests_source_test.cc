@@ -123,7 +123,7 @@ class ManifestsSourceTest : public ::testing::Test {
     std::shared_ptr<const ObjectMap> objects = state_.Objects();
     auto it = objects->find(ObjectKey{kind, ns, name});
     if (it == objects->end()) return std::nullopt;
-    return it->second.object;
+    return *it->second.object;
   }
   std::string ErrorOf(const ManifestsSource& source, const std::string& file) const {
     auto errors = source.errors();

@@ -56,7 +56,7 @@ std::map<std::string, Resource> Set(std::vector<Resource> rs) {
 
 class ControllerProcess {
  public:
-  explicit ControllerProcess(int port = 0) : service(nullptr) {
+  explicit ControllerProcess(int port = 0, int max_pushes = 64) : service(nullptr, max_pushes) {
     grpc::ServerBuilder b;
     b.AddListeningPort("127.0.0.1:" + std::to_string(port), grpc::InsecureServerCredentials(),
                        &bound_port);
@@ -196,6 +196,27 @@ TEST(PolicyStream, InitialResourceVersionsLimitTheFirstResponseToTheDifference) 
   EXPECT_EQ(first.removed(0).name(), "d");
   EXPECT_EQ(first.removed(0).kind(), ResourceKey::WORKLOAD);
   ctx.TryCancel();
+}
+
+TEST(PolicyStream, ManyAgentsShareAFewWriteSlotsAndAllSync) {
+  ControllerProcess c(0, /*max_pushes=*/2);
+  c.service.Publish(Set({Pod("a", "198.18.0.2"), Pod("b", "198.18.0.3")}), absl::Now());
+  std::vector<std::unique_ptr<Agent>> agents;
+  for (int i = 0; i < 20; ++i) agents.push_back(std::make_unique<Agent>(c.address()));
+  ASSERT_TRUE(Eventually([&] {
+    for (auto& a : agents) {
+      if (!a->source->InSync().ok()) return false;
+    }
+    return true;
+  }));
+  c.service.Publish(Set({Pod("a", "198.18.0.2")}), absl::Now());
+  ASSERT_TRUE(Eventually([&] {
+    for (auto& a : agents) {
+      if (a->Workloads() != 1 || !a->source->InSync().ok()) return false;
+    }
+    return true;
+  }));
+  EXPECT_EQ(c.service.pushes_total(), 40u);
 }
 
 TEST(PolicyStream, FirstRequestWithoutNodeIsRejected) {

@@ -15,7 +15,7 @@ class Objects {
   Objects& Add(json o) {
     auto key = KeyOf(o);
     EXPECT_TRUE(key.ok()) << key.status() << o.dump();
-    if (key.ok()) map_[*key] = StoredObject{"test", std::move(o)};
+    if (key.ok()) map_[*key] = StoredObject{"test", std::make_shared<const json>(std::move(o))};
     return *this;
   }
   const ObjectMap& map() const { return map_; }
@@ -247,6 +247,44 @@ TEST(BuildSnapshot, VersionsAreContentHashesStableAcrossBuilds) {
   o.Add(Pod("mesh", "a", "uid-a", "198.18.0.9"));
   Snapshot s3 = BuildSnapshot(o.map());
   EXPECT_NE(s3.resources.begin()->second.version(), r1.version());
+}
+
+// The cached builder must give exactly what a fresh build gives, whatever changed.
+TEST(SnapshotBuilder, CachedBuildsEqualFreshBuilds) {
+  auto same = [](const Snapshot& a, const Snapshot& b) {
+    if (a.resources.size() != b.resources.size()) return false;
+    for (const auto& [k, r] : a.resources) {
+      auto it = b.resources.find(k);
+      if (it == b.resources.end() || it->second.SerializeAsString() != r.SerializeAsString()) {
+        return false;
+      }
+    }
+    return true;
+  };
+  json svc = {{"apiVersion", "v1"}, {"kind", "Service"},
+              {"metadata", {{"namespace", "mesh"}, {"name", "web"}}},
+              {"spec", {{"clusterIP", "10.96.0.10"}, {"ports", {{{"port", 80}}}}}}};
+  auto slice = [](const std::string& ip) {
+    return json{{"apiVersion", "discovery.k8s.io/v1"}, {"kind", "EndpointSlice"},
+                {"metadata", {{"namespace", "mesh"}, {"name", "web-1"},
+                              {"labels", {{"kubernetes.io/service-name", "web"}}}}},
+                {"endpoints", {{{"addresses", {ip}}}}}};
+  };
+  Objects o;
+  o.Add(Namespace("mesh", false)).Add(Pod("mesh", "a", "ua", "198.18.0.2"));
+  o.Add(Pod("mesh", "b", "ub", "198.18.0.3")).Add(svc).Add(slice("198.18.0.2"));
+  SnapshotBuilder builder;
+  EXPECT_TRUE(same(builder.Build(o.map()), BuildSnapshot(o.map())));
+  EXPECT_TRUE(same(builder.Build(o.map()), BuildSnapshot(o.map()))) << "nothing changed";
+  o.Add(Namespace("mesh", true));  // every pod's membership changes
+  Snapshot meshed = builder.Build(o.map());
+  EXPECT_TRUE(same(meshed, BuildSnapshot(o.map())));
+  EXPECT_TRUE(FindWorkload(meshed, "ua")->meshed());
+  o.Add(slice("198.18.0.3"));  // only the slice changes
+  Snapshot moved = builder.Build(o.map());
+  EXPECT_TRUE(same(moved, BuildSnapshot(o.map())));
+  o.Add(Pod("mesh", "a", "ua", "198.18.0.9"));  // one pod changes
+  EXPECT_TRUE(same(builder.Build(o.map()), BuildSnapshot(o.map())));
 }
 
 }  // namespace
