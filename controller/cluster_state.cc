@@ -191,6 +191,40 @@ absl::Status ClusterState::ReplaceAll(absl::string_view source,
   return first;
 }
 
+absl::Status ClusterState::ReplaceAll(absl::string_view source, std::vector<ObjectPtr> objects) {
+  absl::Status first;
+  bool changed = false;
+  {
+    absl::MutexLock l(&mu_);
+    auto next = std::make_shared<ObjectMap>();
+    for (const auto& [k, v] : *objects_) {
+      if (v.source != source) next->emplace(k, v);
+    }
+    for (auto& o : objects) {
+      if (!o) continue;
+      auto key = KeyOf(*o);
+      if (!key.ok()) {
+        if (first.ok()) first = key.status();
+        continue;
+      }
+      auto it = objects_->find(*key);
+      if (it != objects_->end() && it->second.source == source &&
+          (it->second.object == o || *it->second.object == *o)) {
+        (*next)[*key] = it->second;  // unchanged: keep the pointer consumers cached
+      } else {
+        (*next)[*key] = StoredObject{std::string(source), std::move(o)};
+      }
+    }
+    if (*next != *objects_) {
+      objects_ = std::move(next);
+      ++generation_;
+      changed = true;
+    }
+  }
+  if (changed) Changed();
+  return first;
+}
+
 std::shared_ptr<const ObjectMap> ClusterState::Objects() const {
   absl::MutexLock l(&mu_);
   return objects_;

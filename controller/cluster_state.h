@@ -99,6 +99,9 @@ class ClusterState {
   absl::Status Replace(absl::string_view source, Kind kind, std::vector<nlohmann::json> objects);
   // Same, for every kind at once (a directory reload).
   absl::Status ReplaceAll(absl::string_view source, std::vector<nlohmann::json> objects);
+  // Same, with objects the source already holds as shared pointers: an object whose pointer is
+  // unchanged costs no comparison at all.
+  absl::Status ReplaceAll(absl::string_view source, std::vector<ObjectPtr> objects);
 
   // An immutable copy and the generation it was taken at (bumped by every effective change).
   std::shared_ptr<const ObjectMap> Objects() const;

@@ -52,11 +52,14 @@ void Controller::Rebuild() {
     dirty_ = false;
   }
   const uint64_t generation = state_.generation();
+  const absl::Time t0 = absl::Now();
   auto objects = state_.Objects();
   Snapshot snap = builder_.Build(*objects);
+  const absl::Time t1 = absl::Now();
   for (const auto& w : snap.warnings) SHUNT_LOG_EVERY_N_SEC(WARNING, 30) << w;
   const size_t n = snap.resources.size();
   server_.Publish(std::move(snap.resources), changed_at);
+  const absl::Time t2 = absl::Now();
 
   std::map<ObjectKey, std::string> written;
   {
@@ -87,7 +90,10 @@ void Controller::Rebuild() {
   warnings_ = std::move(snap.warnings);
   built_generation_ = generation;
   ++rebuilds_;
-  SHUNT_LOG(DEBUG) << "snapshot " << server_.current_version() << ": " << n << " resources";
+  SHUNT_LOG(DEBUG) << "snapshot " << server_.current_version() << ": " << n << " resources, "
+                   << "source change seen " << absl::FormatDuration(t0 - changed_at)
+                   << " before the rebuild, build " << absl::FormatDuration(t1 - t0)
+                   << ", publish " << absl::FormatDuration(t2 - t1);
 }
 
 uint64_t Controller::rebuilds() const {

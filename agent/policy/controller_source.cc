@@ -175,12 +175,15 @@ void ControllerPolicySource::Session() {
           absl::MutexLock l(&mu_);
           held_ = std::move(next);
           version_ = resp.system_version_info();
+          sync_ = absl::OkStatus();
+        }
+        on_update_(std::move(bundle));  // enforce first, then save (an fsync)
+        {
+          absl::MutexLock l(&mu_);
           if (absl::Status p = Persist(); !p.ok()) {
             SHUNT_LOG_EVERY_N_SEC(WARNING, 60) << "cannot save the policy state: " << p.message();
           }
-          sync_ = absl::OkStatus();
         }
-        on_update_(std::move(bundle));
         answer.set_version_info(resp.system_version_info());
       } else {
         ++nacks_sent_;

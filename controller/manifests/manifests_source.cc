@@ -202,12 +202,17 @@ absl::Status ManifestsSource::Rescan() {
     fs.racy = now_ns - std::max(id.mtime_ns, id.ctime_ns) < absl::ToInt64Nanoseconds(kRacyWindow);
     absl::StatusOr<std::vector<Json>> objects = ReadFile(name);
     if (objects.ok()) {
-      if (known && fs.error.ok() && fs.objects == *objects) continue;  // a racy re-read: same
+      if (known && fs.error.ok() && fs.objects.size() == objects->size() &&
+          std::equal(fs.objects.begin(), fs.objects.end(), objects->begin(),
+                     [](const ObjectPtr& a, const Json& b) { return *a == b; })) {
+        continue;  // a racy re-read: same
+      }
       changed = true;
       if (!fs.error.ok()) {
         SHUNT_LOG(INFO) << "manifests: " << name << " is valid again";
       }
-      fs.objects = std::move(objects).value();
+      fs.objects.clear();
+      for (Json& o : *objects) fs.objects.push_back(std::make_shared<const Json>(std::move(o)));
       fs.error = absl::OkStatus();
       continue;
     }
@@ -229,13 +234,13 @@ absl::Status ManifestsSource::Rescan() {
   if (!changed) return absl::OkStatus();
 
   // Assemble in file-name order; the first definition of an object wins.
-  std::vector<Json> objects;
+  std::vector<ObjectPtr> objects;
   std::map<ObjectKey, std::string> owner;                      // key → file that defines it
   std::map<std::string, std::vector<std::string>> duplicates;  // file → messages
   std::map<std::string, std::string> reported;                 // "key in file" → file
   for (const auto& [name, fs] : next) {
-    for (const Json& o : fs.objects) {
-      absl::StatusOr<ObjectKey> key = KeyOf(o);
+    for (const ObjectPtr& o : fs.objects) {
+      absl::StatusOr<ObjectKey> key = KeyOf(*o);
       if (!key.ok()) continue;  // checked when read
       auto [it, inserted] = owner.emplace(*key, name);
       if (inserted) {

@@ -83,7 +83,7 @@ class ManifestsSource : public ClusterSource {
     // Changed less than kRacyWindow before it was read: a same-size rewrite within the file
     // system's timestamp granularity would look unchanged, so it is read again next time.
     bool racy = false;
-    std::vector<nlohmann::json> objects;  // last good content, in document order
+    std::vector<ObjectPtr> objects;  // last good content, in document order; shared, immutable
     absl::Status error;                   // of the version last read
   };
 
