@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -224,6 +225,164 @@ TEST_F(ControlPlaneTest, ControllerDownThenAgentRestartThenControllerBack) {
       << agents_[0]->Stderr();
   ASSERT_TRUE(
       Eventually([&] { return AgentMetric(1, "shunt_policy_meshed_local_workloads") == 0; }));
+}
+
+// Policy in the kernel, driven by CRs through the controller: pods 0 (app=front) and 3
+// (app=other) are clients; pods 1 and 2 (app=api, version v1 / v2) serve "ident" on 8080.
+class ControlPlanePolicyTest : public ::testing::Test {
+ protected:
+  static constexpr char kVip[] = "198.18.255.10";  // the test bed has no 198.18.255.0/24
+
+  void SetUp() override {
+    testbed::Options opts;
+    opts.nodes = 1;
+    opts.pods_per_node = 4;
+    auto bed = testbed::Testbed::Create(opts);
+    ASSERT_TRUE(bed.ok()) << bed.status();
+    bed_ = std::move(*bed);
+    dir_ = bed_->work_dir() + "/manifests";
+    ASSERT_TRUE(MkdirAll(dir_).ok());
+    WriteCluster();
+    auto c = bed_->SpawnOnNode(bed_->node(0),
+                               {SHUNT_CONTROLLER_BIN, "--manifests=" + dir_, "--plaintext",
+                                absl::StrCat("--listen=0.0.0.0:", kStreamPort),
+                                "--metrics-addr=127.0.0.1:15014", "--admin-addr=127.0.0.1:15015",
+                                "--manifests-poll-ms=100"});
+    ASSERT_TRUE(c.ok()) << c.status();
+    controller_ = std::move(*c);
+    agent_ = std::make_unique<AgentProcess>(
+        *bed_, bed_->node(0), "",
+        std::vector<std::string>{absl::StrCat("--controller=", bed_->node(0).ipv4, ":", kStreamPort),
+                                 "--controller-plaintext", "--controller-max-backoff-ms=300"});
+    ASSERT_TRUE(agent_->Start().ok()) << agent_->Stderr();
+    for (int i : {1, 2}) {
+      auto srv = StartTestpeerServer(*bed_, P(i),
+                                     {"--port=8080", "--bind=::", "--mode=ident",
+                                      absl::StrCat("--ident=", i == 1 ? "v1" : "v2")});
+      ASSERT_TRUE(srv.ok()) << srv.status();
+      servers_.push_back(std::move(*srv));
+    }
+  }
+
+  void TearDown() override {
+    servers_.clear();
+    if (agent_) agent_->Kill();
+    if (controller_) controller_->Stop(SIGKILL, 5s).IgnoreError();
+    if (bed_) {
+      UninstallAgent(*bed_, bed_->node(0)).IgnoreError();
+      bed_->Teardown();
+    }
+  }
+
+  const Pod& P(int i) const { return bed_->pod(0, i); }
+
+  void Write(const std::string& file, const json& doc) {
+    ASSERT_TRUE(WriteFileAtomic(dir_ + "/" + file, doc.dump(2)).ok());
+  }
+
+  void WriteCluster() {
+    json items = json::array();
+    items.push_back({{"apiVersion", "v1"}, {"kind", "Namespace"},
+                     {"metadata", {{"name", "default"}, {"labels", {{"shunt.dev/mesh", "enabled"}}}}}});
+    const char* app[] = {"front", "api", "api", "other"};
+    for (int i = 0; i < 4; ++i) {
+      json labels = {{"app", app[i]}};
+      if (i == 1) labels["version"] = "v1";
+      if (i == 2) labels["version"] = "v2";
+      items.push_back({{"apiVersion", "v1"}, {"kind", "Pod"},
+                       {"metadata", {{"namespace", "default"}, {"name", P(i).name}, {"uid", P(i).uid},
+                                     {"labels", labels}}},
+                       {"spec", {{"nodeName", bed_->node(0).name},
+                                 {"serviceAccountName", i == 0 ? "front" : "default"}}},
+                       {"status", {{"phase", "Running"}, {"podIP", P(i).ipv4},
+                                   {"podIPs", {{{"ip", P(i).ipv4}}, {{"ip", P(i).ipv6}}}}}}});
+    }
+    items.push_back({{"apiVersion", "v1"}, {"kind", "Service"},
+                     {"metadata", {{"namespace", "default"}, {"name", "api"}}},
+                     {"spec", {{"clusterIP", kVip}, {"selector", {{"app", "api"}}},
+                               {"ports", {{{"name", "http"}, {"port", 80}, {"targetPort", 8080}}}}}}});
+    json eps = json::array();
+    for (int i : {1, 2}) {
+      eps.push_back({{"addresses", {P(i).ipv4}}, {"nodeName", bed_->node(0).name},
+                     {"targetRef", {{"kind", "Pod"}, {"uid", P(i).uid}}}});
+    }
+    items.push_back({{"apiVersion", "discovery.k8s.io/v1"}, {"kind", "EndpointSlice"},
+                     {"metadata", {{"namespace", "default"}, {"name", "api-1"},
+                                   {"labels", {{"kubernetes.io/service-name", "api"}}}}},
+                     {"addressType", "IPv4"},
+                     {"ports", {{{"name", "http"}, {"port", 8080}}}},
+                     {"endpoints", eps}});
+    Write("cluster.json", {{"apiVersion", "v1"}, {"kind", "List"}, {"items", items}});
+  }
+
+  json Probe(const Pod& from, const std::string& to, int conns) {
+    auto r = RunTestpeer(*bed_, from, {"probe", "--to=" + to, absl::StrCat("--conns=", conns)});
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : json::object();
+  }
+
+  static uint64_t Count(const json& r, const std::string& field, const std::string& key) {
+    if (!r.contains(field) || !r[field].contains(key)) return 0;
+    return r[field][key].get<uint64_t>();
+  }
+
+  bool AwaitMapEntries(const std::string& map, double n) {
+    return Eventually([&] {
+      auto m = agent_->Scrape();
+      return m.ok() && SumSamples(*m, "shunt_socklb_map_entries", {{"map", map}}) == n;
+    });
+  }
+
+  std::unique_ptr<testbed::Testbed> bed_;
+  std::string dir_;
+  testbed::ProcessPtr controller_;
+  std::unique_ptr<AgentProcess> agent_;
+  std::vector<testbed::ProcessPtr> servers_;
+};
+
+TEST_F(ControlPlanePolicyTest, DenyAccessPolicyFailsConnectWithEpermUntilDeleted) {
+  const std::string to = P(1).ipv4 + ":8080";
+  ASSERT_EQ(Probe(P(0), to, 3).value("connected", -1), 3);
+  Write("deny.yaml", {{"apiVersion", "policy.shunt.dev/v1alpha1"}, {"kind", "AccessPolicy"},
+                      {"metadata", {{"namespace", "default"}, {"name", "deny-front"}}},
+                      {"spec", {{"action", "DENY"},
+                                {"target", {{"matchLabels", {{"app", "api"}}}}},
+                                {"from", {{{"pods", {{"matchLabels", {{"app", "front"}}}}}}}}}}});
+  ASSERT_TRUE(AwaitMapEntries("policies", 1)) << agent_->Stderr();
+  json r = Probe(P(0), to, 10);
+  EXPECT_EQ(Count(r, "errors", "EPERM"), 10u) << r.dump();
+  EXPECT_EQ(r.value("connected", -1), 0) << r.dump();
+  auto m = agent_->Scrape();
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(SumSamples(*m, "shunt_access_denied_connections_total",
+                       {{"source_pod", P(0).name}, {"policy", "default/deny-front"}}),
+            10);
+  EXPECT_EQ(Probe(P(3), to, 3).value("connected", -1), 3) << "other sources are not affected";
+  // kubectl delete accesspolicy deny-front
+  ASSERT_EQ(unlink((dir_ + "/deny.yaml").c_str()), 0);
+  ASSERT_TRUE(AwaitMapEntries("policies", 0));
+  EXPECT_EQ(Probe(P(0), to, 5).value("connected", -1), 5);
+}
+
+TEST_F(ControlPlanePolicyTest, TrafficRouteSplitsEightyTwentyAndGetpeernameShowsTheVip) {
+  Write("route.yaml",
+        {{"apiVersion", "policy.shunt.dev/v1alpha1"}, {"kind", "TrafficRoute"},
+         {"metadata", {{"namespace", "default"}, {"name", "api-split"}}},
+         {"spec", {{"service", "api"},
+                   {"rules", {{{"backends",
+                                {{{"subset", {{"matchLabels", {{"version", "v1"}}}}}, {"weight", 80}},
+                                 {{"subset", {{"matchLabels", {{"version", "v2"}}}}}, {"weight", 20}}}}}}}}}});
+  ASSERT_TRUE(AwaitMapEntries("slots", 5)) << agent_->Stderr();  // 80:20 reduced to 4:1
+  constexpr int kConns = 2000;
+  const std::string vip = absl::StrCat(kVip, ":80");
+  json r = Probe(P(0), vip, kConns);
+  ASSERT_EQ(r.value("connected", -1), kConns) << r.dump();
+  const double v1 = Count(r, "idents", "v1"), v2 = Count(r, "idents", "v2");
+  EXPECT_EQ(v1 + v2, kConns);
+  // Binomial(2000, 0.8): within 5 standard deviations (a false failure ~ 1 in 1.7 million).
+  const double mean = kConns * 0.8, sigma = std::sqrt(kConns * 0.8 * 0.2);
+  EXPECT_NEAR(v1, mean, 5 * sigma) << r.dump();
+  EXPECT_EQ(Count(r, "peers", vip), static_cast<uint64_t>(kConns)) << "getpeername shows the VIP";
 }
 
 }  // namespace

@@ -23,9 +23,9 @@ using testbed::Pod;
 using testbed::ProcessPtr;
 using testbed::Testbed;
 
-constexpr char kVip4[] = "10.96.0.10";
-constexpr char kVip6[] = "fd96::10";
-constexpr char kVip4Other[] = "10.96.0.11";
+constexpr char kVip4[] = "198.18.255.10";  // never routed: the test bed has no 198.18.255.0/24
+constexpr char kVip6[] = "fd5a:ff::10";
+constexpr char kVip4Other[] = "198.18.255.11";
 
 // Pods: 0 client "front" (app=front, sa front), 1 backend v1, 2 backend v2, 3 client "other",
 // 4 unmeshed.
