@@ -10,5 +10,5 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 ./scripts/setup.sh
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build -j"$(nproc)" --target shunt-demo shunt-agent shunt-testpeer
+cmake --build build -j"$(nproc)" --target shunt-demo shunt-agent shunt-testpeer shunt-controller
 exec ./build/shunt-demo "$@"

@@ -1,6 +1,8 @@
-// shunt-demo: README's first command. A simulated 2-node cluster on this machine, shunt-agent on
-// each node, traffic between pods, and what the kernel redirect did with it.
+// shunt-demo: README's first command. A simulated 2-node cluster on this machine, driven the way a
+// real one is: shunt-controller serves a directory of Kubernetes manifests (what `kubectl apply`
+// would give it), shunt-agent runs on each node, and traffic shows what the kernel did.
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -8,17 +10,20 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/files.h"
 #include "tests/e2e/e2e_util.h"
 #include "tests/testbed/testbed.h"
 
 namespace {
 
 using namespace std::chrono_literals;
+using nlohmann::json;
 using shunt::e2e::AgentProcess;
 using shunt::e2e::SumSamples;
-using shunt::e2e::TestpeerBinary;
 using shunt::testbed::Pod;
 using shunt::testbed::Testbed;
+
+constexpr char kVip[] = "198.18.255.10";  // Service "api"; the test bed has no 198.18.255.0/24
 
 void Say(const std::string& s) {
   std::printf("%s\n", s.c_str());
@@ -27,31 +32,93 @@ void Say(const std::string& s) {
 
 struct Demo {
   Testbed& bed;
-
+  std::string dir;  // the manifests directory the controller serves
   // Servers on the last CPU, clients on CPU 0: both paths get the same placement.
   std::vector<std::string> server_cpu = {"taskset", "-c",
                                          std::to_string(std::thread::hardware_concurrency() - 1)};
   std::vector<std::string> client_cpu = {"taskset", "-c", "0"};
 
-  shunt::testbed::ProcessPtr Server(const Pod& pod, int port, const std::string& mode) {
-    auto p = shunt::e2e::StartTestpeerServer(
-        bed, pod, {absl::StrCat("--port=", port), "--mode=" + mode}, server_cpu);
+  shunt::testbed::ProcessPtr Server(const Pod& pod, std::vector<std::string> args) {
+    auto p = shunt::e2e::StartTestpeerServer(bed, pod, std::move(args), server_cpu);
     return p.ok() ? std::move(*p) : nullptr;
   }
 
-  nlohmann::json Client(const Pod& pod, std::vector<std::string> args) {
+  json Client(const Pod& pod, std::vector<std::string> args) {
     auto r = shunt::e2e::RunTestpeer(bed, pod, std::move(args), std::chrono::seconds(120),
                                      client_cpu);
     if (!r.ok()) return {{"error", std::string(r.status().message())}};
     return *r;
   }
+
+  void Apply(const std::string& file, const json& doc) {
+    shunt::WriteFileAtomic(dir + "/" + file, doc.dump(2)).IgnoreError();
+    Say("  applied " + file);
+  }
+  void Delete(const std::string& file) {
+    unlink((dir + "/" + file).c_str());
+    Say("  deleted " + file);
+  }
 };
+
+// Roles: node 0 pod 0 "front" (client), pod 1 "api" v1; node 1 pod 0 "api" v2. Pods 2 and 3 of
+// each node opt out of the mesh (annotation), to compare with the plain path.
+json ClusterManifests(const Testbed& bed) {
+  json items = json::array();
+  items.push_back({{"apiVersion", "v1"},
+                   {"kind", "Namespace"},
+                   {"metadata", {{"name", "default"}, {"labels", {{"shunt.dev/mesh", "enabled"}}}}}});
+  for (const auto& node : bed.nodes()) {
+    for (const auto& pod : node.pods) {
+      json labels = {{"app", "other"}};
+      if (node.index == 0 && pod.index == 0) labels = {{"app", "front"}};
+      if (node.index == 0 && pod.index == 1) labels = {{"app", "api"}, {"version", "v1"}};
+      if (node.index == 1 && pod.index == 0) labels = {{"app", "api"}, {"version", "v2"}};
+      json meta = {{"namespace", "default"}, {"name", pod.name}, {"uid", pod.uid}, {"labels", labels}};
+      if (pod.index >= 2) meta["annotations"] = {{"shunt.dev/mesh", "disabled"}};
+      items.push_back({{"apiVersion", "v1"},
+                       {"kind", "Pod"},
+                       {"metadata", meta},
+                       {"spec", {{"nodeName", node.name}, {"serviceAccountName", "default"}}},
+                       {"status", {{"phase", "Running"}, {"podIP", pod.ipv4},
+                                   {"podIPs", {{{"ip", pod.ipv4}}, {{"ip", pod.ipv6}}}}}}});
+    }
+  }
+  items.push_back({{"apiVersion", "v1"},
+                   {"kind", "Service"},
+                   {"metadata", {{"namespace", "default"}, {"name", "api"}}},
+                   {"spec", {{"clusterIP", kVip}, {"selector", {{"app", "api"}}},
+                             {"ports", {{{"name", "http"}, {"port", 80}, {"targetPort", 8080}}}}}}});
+  json eps = json::array();
+  for (const Pod* p : {&bed.pod(0, 1), &bed.pod(1, 0)}) {
+    eps.push_back({{"addresses", {p->ipv4}},
+                   {"nodeName", bed.node(p->node_index).name},
+                   {"targetRef", {{"kind", "Pod"}, {"uid", p->uid}}}});
+  }
+  items.push_back({{"apiVersion", "discovery.k8s.io/v1"},
+                   {"kind", "EndpointSlice"},
+                   {"metadata", {{"namespace", "default"}, {"name", "api-1"},
+                                 {"labels", {{"kubernetes.io/service-name", "api"}}}}},
+                   {"addressType", "IPv4"},
+                   {"ports", {{{"name", "http"}, {"port", 8080}}}},
+                   {"endpoints", eps}});
+  return {{"apiVersion", "v1"}, {"kind", "List"}, {"items", items}};
+}
+
+bool WaitFor(AgentProcess& agent, const std::string& metric, const std::map<std::string, std::string>& labels,
+             double value) {
+  for (int i = 0; i < 200; ++i) {
+    auto m = agent.Scrape();
+    if (m.ok() && SumSamples(*m, metric, labels) == value) return true;
+    std::this_thread::sleep_for(50ms);
+  }
+  return false;
+}
 
 int RunDemo() {
   Testbed::InstallSignalTeardown();
   shunt::testbed::Options opts;
   opts.nodes = 2;
-  opts.pods_per_node = 4;  // pods 0, 1 meshed; 2, 3 not
+  opts.pods_per_node = 4;
   Say("== shunt demo: a simulated 2-node cluster on this machine ==");
   auto created = Testbed::Create(opts);
   if (!created.ok()) {
@@ -68,87 +135,123 @@ int RunDemo() {
                         node.cgroup_root));
     for (const auto& pod : node.pods) {
       Say(absl::StrFormat("  pod %-8s %-14s %-14s %s", pod.name, pod.ipv4, pod.ipv6,
-                          pod.index < 2 ? "meshed" : "not meshed"));
+                          pod.index < 2 ? "meshed" : "not meshed (annotation)"));
     }
   }
-  std::map<std::string, bool> meshed;
-  for (const auto& node : bed.nodes()) {
-    meshed[node.pods[0].name] = true;
-    meshed[node.pods[1].name] = true;
-  }
-  auto policy = bed.WritePolicyFile("policy.json", meshed);
-  if (!policy.ok()) return 1;
-  Say("policy file: " + *policy);
+  Demo demo{bed, bed.work_dir() + "/manifests"};
+  shunt::MkdirAll(demo.dir).IgnoreError();
+  demo.Apply("cluster.json", ClusterManifests(bed));
 
+  auto controller = bed.SpawnOnNode(
+      bed.node(0), {SHUNT_CONTROLLER_BIN, "--manifests=" + demo.dir, "--plaintext",
+                    "--listen=0.0.0.0:15010", "--metrics-addr=127.0.0.1:15014",
+                    "--admin-addr=127.0.0.1:15015", "--manifests-poll-ms=100"});
+  if (!controller.ok()) return 1;
+  Say(absl::StrCat("shunt-controller serving ", demo.dir, " on ", bed.node(0).ipv4, ":15010"));
   std::vector<std::unique_ptr<AgentProcess>> agents;
   for (const auto& node : bed.nodes()) {
-    agents.push_back(std::make_unique<AgentProcess>(bed, node, *policy));
+    agents.push_back(std::make_unique<AgentProcess>(
+        bed, node, "",
+        std::vector<std::string>{absl::StrCat("--controller=", bed.node(0).ipv4, ":15010"),
+                                 "--controller-plaintext"}));
     if (absl::Status s = agents.back()->Start(); !s.ok()) {
       std::fprintf(stderr, "agent on %s failed: %s\n", node.name.c_str(),
                    std::string(s.message()).c_str());
       return 1;
     }
-    Say("shunt-agent ready on " + node.name);
+    Say("shunt-agent ready and in sync on " + node.name);
   }
 
-  Demo demo{bed};
-  const Pod& a = bed.pod(0, 0);
-  const Pod& b = bed.pod(0, 1);
+  const Pod& front = bed.pod(0, 0);
+  const Pod& api1 = bed.pod(0, 1);
   const Pod& c = bed.pod(0, 2);
   const Pod& d = bed.pod(0, 3);
-  const Pod& remote = bed.pod(1, 0);
+  const Pod& api2 = bed.pod(1, 0);
 
   Say("\n-- 1. same node, meshed -> meshed: 256 MiB, checksummed --");
-  auto srv = demo.Server(b, 8080, "verify");
-  auto before = bed.PodLinkStats(a);
-  auto r = demo.Client(a, {"verify", "--to=" + b.ipv4 + ":8080", "--bytes=268435456", "--seed=1"});
-  auto after = bed.PodLinkStats(a);
+  auto srv = demo.Server(api1, {"--port=9090", "--mode=verify"});
+  auto before = bed.PodLinkStats(front);
+  auto r = demo.Client(front, {"verify", "--to=" + api1.ipv4 + ":9090", "--bytes=256M", "--seed=1"});
+  auto after = bed.PodLinkStats(front);
   Say("result: " + r.dump());
   if (before.ok() && after.ok()) {
-    Say(absl::StrFormat("bytes on %s's veth during the transfer: tx %d (payload 268435456)",
-                        a.name, after->tx_bytes - before->tx_bytes));
+    Say(absl::StrFormat("bytes on %s's veth during the transfer: tx %d (payload 268435456): the "
+                        "payload went socket to socket",
+                        front.name, after->tx_bytes - before->tx_bytes));
   }
 
-  Say("\n-- 2. other node (" + remote.name + "): the normal path (TPROXY comes next) --");
-  auto srv2 = demo.Server(remote, 8080, "verify");
-  Say("result: " + demo.Client(a, {"verify", "--to=" + remote.ipv4 + ":8080",
-                                   "--bytes=16777216", "--seed=2"})
+  Say("\n-- 2. other node (" + api2.name + "): the normal path (TPROXY comes next) --");
+  auto srv2 = demo.Server(api2, {"--port=9090", "--mode=verify"});
+  Say("result: " + demo.Client(front, {"verify", "--to=" + api2.ipv4 + ":9090",
+                                       "--bytes=16M", "--seed=2"})
                        .dump());
 
-  Say("\n-- 3. throughput, 3 s each, client on CPU 0 and server on the last CPU: plain (" +
-      c.name + " -> " + d.name + ") vs shunt (" + a.name + " -> " + b.name + ") --");
-  auto sink_plain = demo.Server(d, 9000, "sink");
-  auto sink_shunt = demo.Server(b, 9000, "sink");
+  Say("\n-- 3. throughput, 3 s each, client on CPU 0, server on the last CPU: plain (" + c.name +
+      " -> " + d.name + ") vs shunt (" + front.name + " -> " + api1.name + ") --");
+  auto sink_plain = demo.Server(d, {"--port=9000", "--mode=sink"});
+  auto sink_shunt = demo.Server(api1, {"--port=9000", "--mode=sink"});
   auto plain = demo.Client(c, {"bulk", "--to=" + d.ipv4 + ":9000", "--seconds=3"});
-  auto fast = demo.Client(a, {"bulk", "--to=" + b.ipv4 + ":9000", "--seconds=3"});
+  auto fast = demo.Client(front, {"bulk", "--to=" + api1.ipv4 + ":9000", "--seconds=3"});
   double pg = plain.value("gbit_per_s", 0.0), fg = fast.value("gbit_per_s", 0.0);
   Say(absl::StrFormat("plain %.2f Gbit/s, shunt %.2f Gbit/s, ratio %.2fx", pg, fg,
                       pg > 0 ? fg / pg : 0));
 
-  Say("\n-- 4. the agent's counters on " + bed.node(0).name + " (/metrics) --");
+  Say(absl::StrCat("\n-- 4. Service api (", kVip, ":80): a TrafficRoute sends 80% to v1, 20% to v2 --"));
+  auto id1 = demo.Server(api1, {"--port=8080", "--mode=ident", "--ident=v1"});
+  auto id2 = demo.Server(api2, {"--port=8080", "--mode=ident", "--ident=v2"});
+  demo.Apply("route.json",
+             {{"apiVersion", "policy.shunt.dev/v1alpha1"}, {"kind", "TrafficRoute"},
+              {"metadata", {{"namespace", "default"}, {"name", "api-split"}}},
+              {"spec", {{"service", "api"},
+                        {"rules", {{{"backends",
+                                     {{{"subset", {{"matchLabels", {{"version", "v1"}}}}}, {"weight", 80}},
+                                      {{"subset", {{"matchLabels", {{"version", "v2"}}}}}, {"weight", 20}}}}}}}}}});
+  WaitFor(*agents[0], "shunt_socklb_map_entries", {{"map", "slots"}}, 5);
+  auto split = demo.Client(front, {"probe", absl::StrCat("--to=", kVip, ":80"), "--conns=500"});
+  Say("500 connections to the VIP: " + split.value("idents", json::object()).dump() +
+      "; the application saw as peer: " + split.value("peers", json::object()).dump());
+
+  Say("\n-- 5. an AccessPolicy denies front -> api: connect() fails with EPERM --");
+  demo.Apply("deny.json",
+             {{"apiVersion", "policy.shunt.dev/v1alpha1"}, {"kind", "AccessPolicy"},
+              {"metadata", {{"namespace", "default"}, {"name", "deny-front"}}},
+              {"spec", {{"action", "DENY"}, {"target", {{"matchLabels", {{"app", "api"}}}}},
+                        {"from", {{{"pods", {{"matchLabels", {{"app", "front"}}}}}}}}}}});
+  WaitFor(*agents[0], "shunt_socklb_map_entries", {{"map", "policies"}}, 1);
+  auto denied = demo.Client(front, {"probe", absl::StrCat("--to=", kVip, ":80"), "--conns=5"});
+  Say("5 connections: " + denied.value("errors", json::object()).dump());
+  demo.Delete("deny.json");
+  WaitFor(*agents[0], "shunt_socklb_map_entries", {{"map", "policies"}}, 0);
+  auto allowed = demo.Client(front, {"probe", absl::StrCat("--to=", kVip, ":80"), "--conns=5"});
+  Say(absl::StrCat("after the delete, connected: ", allowed.value("connected", 0), " of 5"));
+
+  Say("\n-- 6. the counters of the agent on " + bed.node(0).name + " (/metrics) --");
   auto samples = agents[0]->Scrape();
   if (samples.ok()) {
     for (const auto& s : *samples) {
-      if (s.name.rfind("shunt_sockmap_", 0) != 0 && s.name != "shunt_sockhash_socket_events_total")
+      if (s.name != "shunt_sockmap_redirected_bytes_total" &&
+          s.name != "shunt_service_connections_total" &&
+          s.name != "shunt_access_denied_connections_total") {
         continue;
+      }
       std::string labels;
       for (const auto& [k, v] : s.labels) {
-        if (k == "source_workload_namespace" || k == "destination_workload_namespace" ||
-            k == "workload_namespace" || k == "source_workload" || k == "destination_workload" ||
-            k == "workload")
+        if (k.find("namespace") != std::string::npos || k.find("workload") != std::string::npos) {
           continue;
+        }
         absl::StrAppend(&labels, labels.empty() ? "" : ",", k, "=", v);
       }
-      Say(absl::StrFormat("  %-42s {%s} %.0f", s.name, labels, s.value));
+      Say(absl::StrFormat("  %-40s {%s} %.0f", s.name, labels, s.value));
     }
   }
-  Say("\n-- 5. uninstall: every program, link, pin and map removed --");
+  Say("\n-- 7. uninstall: every program, link, pin and map removed --");
   for (size_t i = 0; i < agents.size(); ++i) {
     agents[i]->Stop().IgnoreError();
     auto out = shunt::e2e::UninstallAgent(bed, bed.node(i));
     Say(absl::StrCat(bed.node(i).name, ": ",
                      out.ok() && out->exit_code == 0 ? "uninstalled" : "uninstall FAILED"));
   }
+  (*controller)->Stop(SIGTERM, std::chrono::seconds(5)).IgnoreError();
   bed.Teardown();
   Say("test bed removed. Done.");
   return 0;

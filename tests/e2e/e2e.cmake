@@ -10,11 +10,7 @@ shunt_test(fastpath_test KERNEL SOURCES e2e/fastpath_test.cc
            LIBS shunt_e2e_util nlohmann_json::nlohmann_json)
 add_dependencies(fastpath_test shunt-agent shunt-testpeer)
 
-# README's demo: a 2-node simulated cluster, agents, traffic, counters.
-add_executable(shunt-demo e2e/demo_main.cc)
-target_link_libraries(shunt-demo PRIVATE shunt_e2e_util nlohmann_json::nlohmann_json absl::str_format)
-set_target_properties(shunt-demo PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR})
-add_dependencies(shunt-demo shunt-agent shunt-testpeer)
+
 
 # Another party's sock_ops program, to test coexistence on one cgroup.
 shunt_bpf_object(foreign_sockops SOURCE e2e/foreign_sockops.bpf.c)
@@ -27,6 +23,15 @@ shunt_test(socklb_test KERNEL SOURCES e2e/socklb_test.cc
 add_dependencies(socklb_test shunt-agent shunt-testpeer)
 
 if(TARGET shunt-controller)
+  # README's demo: a 2-node simulated cluster, the controller, agents, traffic, counters.
+  add_executable(shunt-demo e2e/demo_main.cc)
+  target_link_libraries(shunt-demo PRIVATE shunt_e2e_util nlohmann_json::nlohmann_json
+                        absl::str_format)
+  target_compile_definitions(shunt-demo PRIVATE
+    SHUNT_CONTROLLER_BIN="$<TARGET_FILE:shunt-controller>")
+  set_target_properties(shunt-demo PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR})
+  add_dependencies(shunt-demo shunt-agent shunt-testpeer shunt-controller)
+
   shunt_test(control_plane_test KERNEL SOURCES e2e/control_plane_test.cc LIBS shunt_e2e_util)
   target_compile_definitions(control_plane_test PRIVATE
     SHUNT_CONTROLLER_BIN="$<TARGET_FILE:shunt-controller>")
