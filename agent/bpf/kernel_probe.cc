@@ -59,6 +59,8 @@ std::vector<KernelFeature> ProbeKernelFeatures() {
   out.push_back(Feature("BPF map type percpu_hash", libbpf_probe_bpf_map_type(BPF_MAP_TYPE_PERCPU_HASH, nullptr)));
   out.push_back(Feature("BPF program type sock_ops", libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SOCK_OPS, nullptr)));
   out.push_back(Feature("BPF program type sk_msg", libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SK_MSG, nullptr)));
+  out.push_back(Feature("BPF program type cgroup_sock_addr (connect4/6, getpeername4/6)",
+                        libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, nullptr)));
   struct {
     bpf_prog_type type;
     bpf_func_id helper;
@@ -71,6 +73,10 @@ std::vector<KernelFeature> ProbeKernelFeatures() {
       {BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_sk_storage_get, "helper bpf_sk_storage_get in sock_ops"},
       {BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_get_netns_cookie, "helper bpf_get_netns_cookie in sock_ops"},
       {BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_skc_to_tcp_sock, "helper bpf_skc_to_tcp_sock in sock_ops"},
+      {BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_get_current_ancestor_cgroup_id,
+       "helper bpf_get_current_ancestor_cgroup_id in cgroup_sock_addr"},
+      {BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_sk_storage_get,
+       "helper bpf_sk_storage_get in cgroup_sock_addr"},
   };
   for (const auto& h : helpers) {
     out.push_back(Feature(h.name, libbpf_probe_bpf_helper(h.type, h.helper, nullptr)));
