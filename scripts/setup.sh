@@ -15,6 +15,7 @@ PACKAGES=(
   libcurl4-openssl-dev  # Kubernetes API client
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev iperf3 sockperf
+  openssl  # policy_stream_tls_test makes its certificates with the CLI
   # the simulated cluster
   iproute2 procps util-linux
   # admin HTTP server (also what prometheus-cpp serves with)

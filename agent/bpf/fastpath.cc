@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "agent/bpf/pinned_link.h"
 #include "common/errno_status.h"
 #include "common/files.h"
 #include "common/log.h"
@@ -23,18 +24,6 @@ namespace {
 constexpr const char* kMapNames[] = {SHUNT_MAP_SOCKHASH,  SHUNT_MAP_SOCKSTATE,
                                      SHUNT_MAP_PODS,      SHUNT_MAP_ENDPOINTS,
                                      SHUNT_MAP_MSG_STATS, SHUNT_MAP_SOCK_STATS};
-
-bool Exists(const std::string& path) {
-  struct stat st;
-  return stat(path.c_str(), &st) == 0;
-}
-
-absl::Status Unpin(const std::string& path) {
-  if (unlink(path.c_str()) != 0 && errno != ENOENT) {
-    return ErrnoStatus(errno, absl::StrCat("unlink ", path));
-  }
-  return absl::OkStatus();
-}
 
 // Sums a per-CPU value array of `n` u64 words per CPU into `out`.
 void SumPerCpu(const std::vector<uint64_t>& values, int ncpus, size_t words, uint64_t* out) {
@@ -116,41 +105,8 @@ absl::Status Fastpath::Load() {
 }
 
 absl::Status Fastpath::AttachSockops() {
-  const std::string pin = absl::StrCat(config_.pin_dir, "/", kSockopsLinkPin);
-  bpf_program* prog = skel_->progs.shunt_sockops;
-  if (Exists(pin)) {
-    bpf_link* link = bpf_link__open(pin.c_str());
-    if (link) {
-      bpf_link_info info{};
-      uint32_t len = sizeof(info);
-      struct stat cg;
-      bool same_cgroup = bpf_obj_get_info_by_fd(bpf_link__fd(link), &info, &len) == 0 &&
-                         fstat(cgroup_fd_, &cg) == 0 && info.cgroup.cgroup_id == cg.st_ino;
-      if (same_cgroup) {
-        // Atomic swap: no window in which new sockets skip the program.
-        int err = bpf_link__update_program(link, prog);
-        bpf_link__destroy(link);  // closes our fd; the pin keeps the link
-        if (err == 0) return absl::OkStatus();
-        SHUNT_LOG(WARNING) << "cannot update pinned sock_ops link (" << std::strerror(-err)
-                           << "); re-attaching";
-      } else {
-        SHUNT_LOG(WARNING) << "pinned sock_ops link is attached elsewhere; moving it to "
-                           << config_.cgroup_root;
-        bpf_link__detach(link);
-        bpf_link__destroy(link);
-      }
-    }
-    RETURN_IF_ERROR(Unpin(pin));
-  }
-  bpf_link* link = bpf_program__attach_cgroup(prog, cgroup_fd_);
-  if (!link) return ErrnoStatus(errno, absl::StrCat("attach sock_ops to ", config_.cgroup_root));
-  int err = bpf_link__pin(link, pin.c_str());
-  if (err) {
-    bpf_link__destroy(link);
-    return LibbpfStatus(err, absl::StrCat("pin ", pin));
-  }
-  bpf_link__destroy(link);  // the pin holds the attachment
-  return absl::OkStatus();
+  return AttachPinnedCgroupLink(skel_->progs.shunt_sockops, cgroup_fd_, config_.cgroup_root,
+                                absl::StrCat(config_.pin_dir, "/", kSockopsLinkPin));
 }
 
 absl::Status Fastpath::AttachSkMsg() {
@@ -172,20 +128,12 @@ absl::Status Fastpath::Uninstall(const std::string& pin_dir) {
       if (first.ok()) first = s;
     }
   };
-  const std::string link_pin = absl::StrCat(pin_dir, "/", kSockopsLinkPin);
-  if (Exists(link_pin)) {
-    bpf_link* link = bpf_link__open(link_pin.c_str());
-    if (link) {
-      note(LibbpfStatus(bpf_link__detach(link), "detach sock_ops link"));
-      bpf_link__destroy(link);
-    }
-    note(Unpin(link_pin));
-  }
+  note(DetachPinnedLink(absl::StrCat(pin_dir, "/", kSockopsLinkPin)));
   const std::string prog_pin = absl::StrCat(pin_dir, "/", kSkMsgProgPin);
   const std::string sockhash_pin = absl::StrCat(pin_dir, "/", SHUNT_MAP_SOCKHASH);
-  if (Exists(prog_pin)) {
+  if (PathExists(prog_pin)) {
     int prog_fd = bpf_obj_get(prog_pin.c_str());
-    int map_fd = Exists(sockhash_pin) ? bpf_obj_get(sockhash_pin.c_str()) : -1;
+    int map_fd = PathExists(sockhash_pin) ? bpf_obj_get(sockhash_pin.c_str()) : -1;
     if (prog_fd >= 0 && map_fd >= 0) {
       int err = bpf_prog_detach2(prog_fd, map_fd, BPF_SK_MSG_VERDICT);
       if (err && errno != ENOENT) note(ErrnoStatus(errno, "detach sk_msg"));

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "agent/bpf/pinned_link.h"
 #include "common/errno_status.h"
 #include "common/log.h"
 #include "common/status_macros.h"
@@ -23,18 +24,6 @@ namespace {
 constexpr const char* kOwnMaps[] = {SHUNT_MAP_LB_SERVICES, SHUNT_MAP_LB_SLOTS, SHUNT_MAP_LB_SOCKS,
                                     SHUNT_MAP_AP_SOURCES,  SHUNT_MAP_AP_DESTS, SHUNT_MAP_AP_PORTS,
                                     SHUNT_MAP_LB_STATS};
-
-bool Exists(const std::string& path) {
-  struct stat st;
-  return stat(path.c_str(), &st) == 0;
-}
-
-absl::Status Unpin(const std::string& path) {
-  if (unlink(path.c_str()) != 0 && errno != ENOENT) {
-    return ErrnoStatus(errno, absl::StrCat("unlink ", path));
-  }
-  return absl::OkStatus();
-}
 
 }  // namespace
 
@@ -83,44 +72,8 @@ absl::Status SockLb::Load() {
 absl::Status SockLb::Attach(int index) {
   bpf_program* progs[] = {skel_->progs.shunt_connect4, skel_->progs.shunt_connect6,
                           skel_->progs.shunt_getpeername4, skel_->progs.shunt_getpeername6};
-  bpf_program* prog = progs[index];
-  const std::string pin = absl::StrCat(config_.pin_dir, "/", kSockLbLinkPins[index]);
-  if (Exists(pin)) {
-    bpf_link* link = bpf_link__open(pin.c_str());
-    if (link) {
-      bpf_link_info info{};
-      uint32_t len = sizeof(info);
-      struct stat cg;
-      bool same_cgroup = bpf_obj_get_info_by_fd(bpf_link__fd(link), &info, &len) == 0 &&
-                         fstat(cgroup_fd_, &cg) == 0 && info.cgroup.cgroup_id == cg.st_ino;
-      if (same_cgroup) {
-        // Atomic swap: no window in which a connect() skips policy.
-        int err = bpf_link__update_program(link, prog);
-        bpf_link__destroy(link);
-        if (err == 0) return absl::OkStatus();
-        SHUNT_LOG(WARNING) << "cannot update pinned link " << pin << " (" << std::strerror(-err)
-                           << "); re-attaching";
-      } else {
-        SHUNT_LOG(WARNING) << "pinned link " << pin << " is attached elsewhere; moving it to "
-                           << config_.cgroup_root;
-        bpf_link__detach(link);
-        bpf_link__destroy(link);
-      }
-    }
-    RETURN_IF_ERROR(Unpin(pin));
-  }
-  bpf_link* link = bpf_program__attach_cgroup(prog, cgroup_fd_);
-  if (!link) {
-    return ErrnoStatus(errno, absl::StrCat("attach ", bpf_program__section_name(prog), " to ",
-                                           config_.cgroup_root));
-  }
-  int err = bpf_link__pin(link, pin.c_str());
-  if (err) {
-    bpf_link__destroy(link);
-    return LibbpfStatus(err, absl::StrCat("pin ", pin));
-  }
-  bpf_link__destroy(link);  // the pin holds the attachment
-  return absl::OkStatus();
+  return AttachPinnedCgroupLink(progs[index], cgroup_fd_, config_.cgroup_root,
+                                absl::StrCat(config_.pin_dir, "/", kSockLbLinkPins[index]));
 }
 
 absl::Status SockLb::Uninstall(const std::string& pin_dir) {
@@ -131,16 +84,7 @@ absl::Status SockLb::Uninstall(const std::string& pin_dir) {
       if (first.ok()) first = s;
     }
   };
-  for (const char* name : kSockLbLinkPins) {
-    const std::string pin = absl::StrCat(pin_dir, "/", name);
-    if (!Exists(pin)) continue;
-    bpf_link* link = bpf_link__open(pin.c_str());
-    if (link) {
-      note(LibbpfStatus(bpf_link__detach(link), absl::StrCat("detach ", name)));
-      bpf_link__destroy(link);
-    }
-    note(Unpin(pin));
-  }
+  for (const char* name : kSockLbLinkPins) note(DetachPinnedLink(absl::StrCat(pin_dir, "/", name)));
   for (const char* name : kOwnMaps) note(Unpin(absl::StrCat(pin_dir, "/", name)));
   return first;
 }

@@ -1,0 +1,75 @@
+#include "agent/bpf/pinned_link.h"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/errno_status.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+
+namespace shunt::agent {
+
+bool PathExists(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0;
+}
+
+absl::Status Unpin(const std::string& path) {
+  if (unlink(path.c_str()) != 0 && errno != ENOENT) {
+    return ErrnoStatus(errno, absl::StrCat("unlink ", path));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status AttachPinnedCgroupLink(bpf_program* prog, int cgroup_fd,
+                                    const std::string& cgroup_root, const std::string& pin) {
+  if (PathExists(pin)) {
+    bpf_link* link = bpf_link__open(pin.c_str());
+    if (link) {
+      bpf_link_info info{};
+      uint32_t len = sizeof(info);
+      struct stat cg;
+      const bool same_cgroup = bpf_obj_get_info_by_fd(bpf_link__fd(link), &info, &len) == 0 &&
+                               fstat(cgroup_fd, &cg) == 0 && info.cgroup.cgroup_id == cg.st_ino;
+      if (same_cgroup) {
+        const int err = bpf_link__update_program(link, prog);
+        bpf_link__destroy(link);  // closes our fd; the pin keeps the link
+        if (err == 0) return absl::OkStatus();
+        SHUNT_LOG(WARNING) << "cannot update pinned link " << pin << " (" << std::strerror(-err)
+                           << "); re-attaching";
+      } else {
+        SHUNT_LOG(WARNING) << "pinned link " << pin << " is attached elsewhere; moving it to "
+                           << cgroup_root;
+        bpf_link__detach(link);
+        bpf_link__destroy(link);
+      }
+    }
+    RETURN_IF_ERROR(Unpin(pin));
+  }
+  bpf_link* link = bpf_program__attach_cgroup(prog, cgroup_fd);
+  if (!link) {
+    return ErrnoStatus(errno, absl::StrCat("attach ", bpf_program__name(prog), " to ", cgroup_root));
+  }
+  const int err = bpf_link__pin(link, pin.c_str());
+  bpf_link__destroy(link);  // on success the pin holds the attachment
+  return LibbpfStatus(err, absl::StrCat("pin ", pin));
+}
+
+absl::Status DetachPinnedLink(const std::string& pin) {
+  if (!PathExists(pin)) return absl::OkStatus();
+  absl::Status s;
+  if (bpf_link* link = bpf_link__open(pin.c_str())) {
+    s = LibbpfStatus(bpf_link__detach(link), absl::StrCat("detach ", pin));
+    bpf_link__destroy(link);
+  }
+  absl::Status u = Unpin(pin);
+  return s.ok() ? u : s;
+}
+
+}  // namespace shunt::agent

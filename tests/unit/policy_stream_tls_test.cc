@@ -1,0 +1,391 @@
+// The policy stream over TLS and mutual TLS: the controller's PolicyServer and the agent's
+// ControllerPolicySource in one process on 127.0.0.1, with credentials built the way
+// controller/main.cc (ServerCredentials) and agent/agent.cc (ControllerCredentials) build them,
+// from real certificates made at test time with the openssl CLI in a temporary directory.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "agent/policy/controller_source.h"
+#include "agent/policy/policy_store.h"
+#include "common/resources.h"
+#include "controller/policy_server.h"
+#include "grpcpp/grpcpp.h"
+
+extern char** environ;
+
+namespace shunt {
+namespace {
+
+using namespace std::chrono_literals;
+using shunt::v1::Resource;
+using shunt::v1::ResourceKey;
+
+template <typename F>
+bool Eventually(F f, std::chrono::milliseconds timeout = 10s) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (f()) return true;
+    std::this_thread::sleep_for(5ms);
+  }
+  return f();
+}
+
+Resource Pod(const std::string& uid, const std::string& ip) {
+  Resource r;
+  r.mutable_key()->set_kind(ResourceKey::WORKLOAD);
+  r.mutable_key()->set_namespace_("default");
+  r.mutable_key()->set_name(uid);
+  auto* w = r.mutable_workload();
+  w->set_uid(uid);
+  w->set_namespace_("default");
+  w->set_name("pod-" + uid);
+  w->set_node("node-a");
+  w->add_ips(ip);
+  w->set_meshed(true);
+  r.set_version(ResourceVersion(r));
+  return r;
+}
+
+std::map<std::string, Resource> Set(std::vector<Resource> rs) {
+  std::map<std::string, Resource> m;
+  for (auto& r : rs) m[ResourceKeyString(r.key())] = r;
+  return m;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// ---- certificates ---------------------------------------------------------------------------
+
+constexpr char kOpensslConfig[] = R"(
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = unused
+[ca_ext]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server_ext]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+[wrong_ip_server_ext]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.2
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+[client_ext]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+subjectAltName = DNS:node-a
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+)";
+
+// The certificates of one test run, in a mkdtemp directory removed with this object.
+class Certs {
+ public:
+  Certs() {
+    char t[] = "/tmp/shunt-tls-XXXXXX";
+    if (mkdtemp(t) == nullptr) {
+      error_ = "mkdtemp failed";
+      return;
+    }
+    dir_ = t;
+    if (!(std::ofstream(Path("openssl.cnf")) << kOpensslConfig)) {
+      error_ = "cannot write " + Path("openssl.cnf");
+      return;
+    }
+    // ca: signs the controller's and the agent's certificates; other_ca: unrelated.
+    // wrong_ip_server: from the right CA, but for 127.0.0.2, not the address dialled.
+    if (!MakeCa("ca", "shunt-test-ca") || !MakeCa("other_ca", "unrelated-ca") ||
+        !MakeLeaf("server", "shunt-controller", "ca", "server_ext", 2) ||
+        !MakeLeaf("wrong_ip_server", "shunt-controller", "ca", "wrong_ip_server_ext", 5) ||
+        !MakeLeaf("client", "node-a", "ca", "client_ext", 3) ||
+        !MakeLeaf("rogue_client", "node-a", "other_ca", "client_ext", 4)) {
+      return;
+    }
+  }
+  ~Certs() {
+    if (!dir_.empty()) {
+      std::error_code ec;
+      std::filesystem::remove_all(dir_, ec);
+    }
+  }
+  // "" when all were made, else what went wrong (with openssl's output).
+  const std::string& error() const { return error_; }
+  const std::string& dir() const { return dir_; }
+  std::string Path(const std::string& name) const { return dir_ + "/" + name; }
+
+ private:
+  bool MakeCa(const std::string& name, const std::string& cn) {
+    return Openssl({"req", "-x509", "-config", Path("openssl.cnf"), "-extensions", "ca_ext",
+                    "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", Path(name + ".key"), "-out", Path(name + ".crt"), "-days", "2",
+                    "-subj", "/CN=" + cn});
+  }
+  bool MakeLeaf(const std::string& name, const std::string& cn, const std::string& ca,
+                const std::string& ext, int serial) {
+    return Openssl({"req", "-new", "-config", Path("openssl.cnf"), "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", Path(name + ".key"),
+                    "-out", Path(name + ".csr"), "-subj", "/CN=" + cn}) &&
+           Openssl({"x509", "-req", "-in", Path(name + ".csr"), "-CA", Path(ca + ".crt"), "-CAkey",
+                    Path(ca + ".key"), "-set_serial", std::to_string(serial), "-days", "2",
+                    "-extfile", Path("openssl.cnf"), "-extensions", ext, "-out",
+                    Path(name + ".crt")});
+  }
+  // Runs openssl with these arguments (no shell), output to openssl.log; bounded to 30 s.
+  bool Openssl(std::vector<std::string> args) {
+    args.insert(args.begin(), "openssl");
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    const std::string log = Path("openssl.log");
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, log.c_str(),
+                                     O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    posix_spawn_file_actions_adddup2(&fa, STDOUT_FILENO, STDERR_FILENO);
+    pid_t pid;
+    int rc = posix_spawnp(&pid, "openssl", &fa, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+    std::string cmd;
+    for (const auto& a : args) cmd += a + " ";
+    if (rc != 0) {
+      error_ = "cannot run openssl (is the openssl package installed?): " +
+               std::string(strerror(rc));
+      return false;
+    }
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    int status = 0;
+    while (true) {
+      pid_t w = waitpid(pid, &status, WNOHANG);
+      if (w == pid) break;
+      if (w < 0 && errno != EINTR) {
+        error_ = "waitpid: " + std::string(strerror(errno));
+        return false;
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        error_ = "timed out: " + cmd;
+        return false;
+      }
+      std::this_thread::sleep_for(5ms);
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      error_ = "failed: " + cmd + "\n" + ReadFile(log);
+      return false;
+    }
+    return true;
+  }
+
+  std::string dir_;
+  std::string error_;
+};
+
+// ---- credentials, as the binaries build them ----------------------------------------------
+
+// controller/main.cc ServerCredentials(): --tls-cert, --tls-key and optionally --tls-client-ca.
+std::shared_ptr<grpc::ServerCredentials> ControllerTls(const std::string& cert_file,
+                                                       const std::string& key_file,
+                                                       const std::string& client_ca_file = "") {
+  grpc::SslServerCredentialsOptions opts;
+  opts.pem_key_cert_pairs.push_back({ReadFile(key_file), ReadFile(cert_file)});
+  if (!client_ca_file.empty()) {
+    opts.pem_root_certs = ReadFile(client_ca_file);
+    opts.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(opts);
+}
+
+// agent/agent.cc ControllerCredentials(): --controller-ca, optionally --controller-cert/-key.
+std::shared_ptr<grpc::ChannelCredentials> AgentTls(const std::string& ca_file,
+                                                   const std::string& cert_file = "",
+                                                   const std::string& key_file = "") {
+  grpc::SslCredentialsOptions opts;
+  if (!ca_file.empty()) opts.pem_root_certs = ReadFile(ca_file);
+  if (!cert_file.empty() || !key_file.empty()) {
+    opts.pem_cert_chain = ReadFile(cert_file);
+    opts.pem_private_key = ReadFile(key_file);
+  }
+  return grpc::SslCredentials(opts);
+}
+
+class Controller {
+ public:
+  explicit Controller(std::shared_ptr<grpc::ServerCredentials> creds) : service(nullptr) {
+    grpc::ServerBuilder b;
+    b.AddListeningPort("127.0.0.1:0", std::move(creds), &bound_port);
+    b.RegisterService(&service);
+    server = b.BuildAndStart();
+    service.Publish(Set({Pod("a", "198.18.0.2"), Pod("b", "198.18.0.3")}), absl::Now());
+  }
+  ~Controller() {
+    if (server) server->Shutdown(std::chrono::system_clock::now() + 2s);
+  }
+  std::string address() const { return "127.0.0.1:" + std::to_string(bound_port); }
+
+  controller::PolicyServer service;
+  std::unique_ptr<grpc::Server> server;
+  int bound_port = 0;
+};
+
+struct Agent {
+  Agent(const std::string& address, std::shared_ptr<grpc::ChannelCredentials> creds) {
+    agent::ControllerSourceOptions o;
+    o.address = address;
+    o.node = "node-a";
+    o.credentials = std::move(creds);
+    o.min_backoff = absl::Milliseconds(20);
+    o.max_backoff = absl::Milliseconds(200);
+    source = std::make_unique<agent::ControllerPolicySource>(o);
+    EXPECT_TRUE(source
+                    ->Start([this](absl::StatusOr<shunt::v1::PolicyBundle> u) {
+                      store.Apply(source->name(), std::move(u));
+                    })
+                    .ok());
+  }
+  ~Agent() { source->Stop(); }
+  size_t Workloads() const {
+    auto s = store.Current();
+    return s ? s->bundle.workloads_size() : 0;
+  }
+  agent::PolicyStore store;
+  std::unique_ptr<agent::ControllerPolicySource> source;
+};
+
+class PolicyStreamTls : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { certs_ = new Certs(); }
+  static void TearDownTestSuite() {
+    delete certs_;  // removes the directory, whatever the tests' outcome
+    certs_ = nullptr;
+  }
+  void SetUp() override {
+    ASSERT_TRUE(certs_->error().empty()) << "making the test certificates: " << certs_->error();
+  }
+  static std::string P(const std::string& name) { return certs_->Path(name); }
+
+  static std::shared_ptr<grpc::ServerCredentials> Tls() {
+    return ControllerTls(P("server.crt"), P("server.key"));
+  }
+  static std::shared_ptr<grpc::ServerCredentials> MutualTls() {
+    return ControllerTls(P("server.crt"), P("server.key"), P("ca.crt"));
+  }
+
+  static void ExpectSyncs(Agent& agent, Controller& c) {
+    ASSERT_TRUE(Eventually([&] { return agent.source->InSync().ok(); }))
+        << agent.source->InSync().message();
+    EXPECT_EQ(agent.Workloads(), 2u);
+    EXPECT_EQ(agent.source->version(), c.service.current_version());
+  }
+
+  // For ~1 s the agent keeps trying (it reconnects with backoff) and never gets in sync: no
+  // policy arrives and the controller never sees it as a stream.
+  static void ExpectNeverSyncs(Agent& agent, Controller& c) {
+    const auto until = std::chrono::steady_clock::now() + 1s;
+    while (std::chrono::steady_clock::now() < until) {
+      absl::Status s = agent.source->InSync();
+      ASSERT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+      ASSERT_EQ(agent.store.Current(), nullptr);
+      std::this_thread::sleep_for(10ms);
+    }
+    EXPECT_TRUE(agent.source->version().empty());
+    EXPECT_GE(agent.source->reconnects(), 2u) << "the agent kept retrying";
+    for (const auto& a : c.service.Agents()) ADD_FAILURE() << "controller saw agent " << a.node;
+    std::cerr << "  refused agent's status: " << agent.source->InSync() << "\n";
+  }
+
+  static Certs* certs_;
+};
+Certs* PolicyStreamTls::certs_ = nullptr;
+
+TEST_F(PolicyStreamTls, AgentTrustingTheControllersCaSyncs) {
+  Controller c(Tls());
+  Agent agent(c.address(), AgentTls(P("ca.crt")));
+  ExpectSyncs(agent, c);
+  ASSERT_TRUE(Eventually([&] {
+    auto agents = c.service.Agents();
+    return agents.size() == 1 && agents[0].in_sync && agents[0].node == "node-a";
+  }));
+  // Deltas flow over the same TLS stream.
+  c.service.Publish(Set({Pod("a", "198.18.0.2")}), absl::Now());
+  ASSERT_TRUE(Eventually([&] { return agent.Workloads() == 1 && agent.source->InSync().ok(); }));
+}
+
+TEST_F(PolicyStreamTls, AgentTrustingAnotherCaNeverSyncs) {
+  Controller c(Tls());
+  Agent agent(c.address(), AgentTls(P("other_ca.crt")));
+  ExpectNeverSyncs(agent, c);
+  // The controller itself is fine: an agent with the right CA syncs meanwhile.
+  Agent good(c.address(), AgentTls(P("ca.crt")));
+  ExpectSyncs(good, c);
+  EXPECT_FALSE(agent.source->InSync().ok());
+  EXPECT_EQ(agent.store.Current(), nullptr);
+}
+
+TEST_F(PolicyStreamTls, MutualTlsAgentWithAClientCertFromTheCaSyncs) {
+  Controller c(MutualTls());
+  Agent agent(c.address(), AgentTls(P("ca.crt"), P("client.crt"), P("client.key")));
+  ExpectSyncs(agent, c);
+  c.service.Publish(Set({Pod("c", "198.18.0.4")}), absl::Now());
+  ASSERT_TRUE(Eventually([&] { return agent.Workloads() == 1 && agent.source->InSync().ok(); }));
+}
+
+TEST_F(PolicyStreamTls, MutualTlsAgentWithoutAClientCertIsRefused) {
+  Controller c(MutualTls());
+  Agent agent(c.address(), AgentTls(P("ca.crt")));
+  ExpectNeverSyncs(agent, c);
+  Agent good(c.address(), AgentTls(P("ca.crt"), P("client.crt"), P("client.key")));
+  ExpectSyncs(good, c);
+  EXPECT_FALSE(agent.source->InSync().ok());
+  EXPECT_EQ(agent.store.Current(), nullptr);
+}
+
+TEST_F(PolicyStreamTls, MutualTlsAgentWithAClientCertFromAnotherCaIsRefused) {
+  Controller c(MutualTls());
+  Agent agent(c.address(), AgentTls(P("ca.crt"), P("rogue_client.crt"), P("rogue_client.key")));
+  ExpectNeverSyncs(agent, c);
+  Agent good(c.address(), AgentTls(P("ca.crt"), P("client.crt"), P("client.key")));
+  ExpectSyncs(good, c);
+  EXPECT_FALSE(agent.source->InSync().ok());
+  EXPECT_EQ(agent.store.Current(), nullptr);
+}
+
+// gRPC checks the dialled address against the certificate's subjectAltName (the CN is not used):
+// a certificate from the trusted CA for another IP is refused.
+TEST_F(PolicyStreamTls, ServerCertForAnotherAddressIsRefused) {
+  Controller c(ControllerTls(P("wrong_ip_server.crt"), P("wrong_ip_server.key")));
+  Agent agent(c.address(), AgentTls(P("ca.crt")));
+  ExpectNeverSyncs(agent, c);
+}
+
+}  // namespace
+}  // namespace shunt
