@@ -19,6 +19,7 @@
 #include "agent/policy/file_source.h"
 #include "agent/policy/policy_store.h"
 #include "common/cgroup.h"
+#include "common/files.h"
 #include "common/log.h"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
@@ -81,26 +82,18 @@ class AgentCollector : public prometheus::Collectable {
   const Reconciler& reconciler_;
 };
 
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError("cannot read " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ControllerCredentials(
     const AgentConfig& config) {
   if (config.controller_plaintext) return grpc::InsecureChannelCredentials();
   grpc::SslCredentialsOptions opts;
   if (!config.controller_ca.empty()) {
-    auto ca = ReadFile(config.controller_ca);
+    auto ca = ReadFileToString(config.controller_ca);
     if (!ca.ok()) return ca.status();
     opts.pem_root_certs = *ca;
   }
   if (!config.controller_cert.empty() || !config.controller_key.empty()) {
-    auto cert = ReadFile(config.controller_cert);
-    auto key = ReadFile(config.controller_key);
+    auto cert = ReadFileToString(config.controller_cert);
+    auto key = ReadFileToString(config.controller_key);
     if (!cert.ok() || !key.ok()) {
       return absl::InvalidArgumentError(
           "--controller-cert and --controller-key go together and must be readable");
@@ -216,7 +209,9 @@ int RunAgent(const AgentConfig& config) {
     absl::Status s = source->Start([&store, &source](absl::StatusOr<shunt::v1::PolicyBundle> u) {
       store.Apply(source->name(), std::move(u));
     });
-    if (!s.ok()) SHUNT_LOG(ERROR) << "policy source: " << s.message();
+    if (!s.ok()) {
+      SHUNT_LOG(ERROR) << "policy source: " << s.message();
+    }
   } else {
     SHUNT_LOG(WARNING) << "no policy source (--controller or --policy-file): no pod is meshed";
   }
@@ -224,7 +219,10 @@ int RunAgent(const AgentConfig& config) {
     SHUNT_LOG(WARNING) << "first reconcile: " << s.message();
   }
   SockLbWriter lb_writer(**socklb);
-  ServicePolicyReconciler::Options lb_options{config.node_name, fc.cgroup_root, config.resync, {}};
+  ServicePolicyReconciler::Options lb_options;
+  lb_options.node_name = config.node_name;
+  lb_options.cgroup_root = fc.cgroup_root;
+  lb_options.resync = config.resync;
   lb_options.limits.services = config.lb_services_size;
   lb_options.limits.slots = config.lb_slots_size;
   lb_options.limits.policy_sources = config.policy_sources_size;

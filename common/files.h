@@ -4,9 +4,13 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
 namespace shunt {
+
+// The whole content of a (small) file.
+absl::StatusOr<std::string> ReadFileToString(const std::string& path);
 
 // mkdir -p with `mode` for the directories it creates.
 absl::Status MkdirAll(const std::string& path, unsigned mode = 0700);

@@ -165,30 +165,10 @@ absl::Status ClusterState::Replace(absl::string_view source, Kind kind,
 
 absl::Status ClusterState::ReplaceAll(absl::string_view source,
                                       std::vector<nlohmann::json> objects) {
-  absl::Status first;
-  bool changed = false;
-  {
-    absl::MutexLock l(&mu_);
-    auto next = std::make_shared<ObjectMap>();
-    for (const auto& [k, v] : *objects_) {
-      if (v.source != source) next->emplace(k, v);
-    }
-    for (auto& o : objects) {
-      auto key = KeyOf(o);
-      if (!key.ok()) {
-        if (first.ok()) first = key.status();
-        continue;
-      }
-      (*next)[*key] = Keep(*objects_, *key, source, std::move(o));
-    }
-    if (*next != *objects_) {
-      objects_ = std::move(next);
-      ++generation_;
-      changed = true;
-    }
-  }
-  if (changed) Changed();
-  return first;
+  std::vector<ObjectPtr> ptrs;
+  ptrs.reserve(objects.size());
+  for (auto& o : objects) ptrs.push_back(std::make_shared<const nlohmann::json>(std::move(o)));
+  return ReplaceAll(source, std::move(ptrs));
 }
 
 absl::Status ClusterState::ReplaceAll(absl::string_view source, std::vector<ObjectPtr> objects) {

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/admin_server.h"
 #include "common/flags.h"
+#include "common/files.h"
 #include "common/log.h"
 #include "controller/cluster_state.h"
 #include "controller/controller.h"
@@ -47,28 +48,20 @@ ABSL_FLAG(bool, verbose, false, "Debug logging.");
 
 namespace {
 
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError("cannot read " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials() {
   if (absl::GetFlag(FLAGS_plaintext)) return grpc::InsecureServerCredentials();
   if (absl::GetFlag(FLAGS_tls_cert).empty() || absl::GetFlag(FLAGS_tls_key).empty()) {
     return absl::InvalidArgumentError(
         "the policy stream needs --tls-cert and --tls-key (or --plaintext, for tests only)");
   }
-  auto cert = ReadFile(absl::GetFlag(FLAGS_tls_cert));
-  auto key = ReadFile(absl::GetFlag(FLAGS_tls_key));
+  auto cert = shunt::ReadFileToString(absl::GetFlag(FLAGS_tls_cert));
+  auto key = shunt::ReadFileToString(absl::GetFlag(FLAGS_tls_key));
   if (!cert.ok()) return cert.status();
   if (!key.ok()) return key.status();
   grpc::SslServerCredentialsOptions opts;
   opts.pem_key_cert_pairs.push_back({*key, *cert});
   if (!absl::GetFlag(FLAGS_tls_client_ca).empty()) {
-    auto ca = ReadFile(absl::GetFlag(FLAGS_tls_client_ca));
+    auto ca = shunt::ReadFileToString(absl::GetFlag(FLAGS_tls_client_ca));
     if (!ca.ok()) return ca.status();
     opts.pem_root_certs = *ca;
     opts.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
