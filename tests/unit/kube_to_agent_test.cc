@@ -1,0 +1,233 @@
+// The whole control plane in one process, through real protocols: a fake Kubernetes API server
+// (list/watch over HTTP), the controller's Kubernetes source, the snapshot builder and the gRPC
+// policy stream, down to an agent's policy store. Every event type of every kind must reach the
+// agent; every CR gets its status written back.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
+
+#include "agent/policy/controller_source.h"
+#include "agent/policy/policy_store.h"
+#include "controller/cluster_state.h"
+#include "controller/controller.h"
+#include "controller/kube/kube_client.h"
+#include "controller/kube/kube_source.h"
+#include "controller/policy_server.h"
+#include "grpcpp/grpcpp.h"
+#include "tests/fake_kube/fake_kube_server.h"
+
+namespace shunt::controller {
+namespace {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+template <typename F>
+bool Eventually(F f, std::chrono::milliseconds timeout = 10s) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (f()) return true;
+    std::this_thread::sleep_for(5ms);
+  }
+  return f();
+}
+
+class KubeToAgentTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(kube_.Start().ok());
+    KubeConfig config;
+    config.server = kube_.url();
+    auto watch_client = KubeClient::Create(config);
+    auto status_client = KubeClient::Create(config);
+    ASSERT_TRUE(watch_client.ok() && status_client.ok());
+    KubernetesSourceOptions o;
+    o.initial_backoff = absl::Milliseconds(5);
+    o.max_backoff = absl::Milliseconds(50);
+    source_ = std::make_unique<KubernetesSource>(std::move(*watch_client), o);
+    status_writer_ = std::make_unique<KubernetesStatusWriter>(std::move(*status_client));
+    controller_ = std::make_unique<Controller>(Controller::Options{}, state_, server_,
+                                               status_writer_.get());
+    controller_->Start();
+    ASSERT_TRUE(source_->Start(state_).ok());
+
+    grpc::ServerBuilder b;
+    int port = 0;
+    b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    b.RegisterService(&server_);
+    grpc_ = b.BuildAndStart();
+    agent::ControllerSourceOptions ao;
+    ao.address = "127.0.0.1:" + std::to_string(port);
+    ao.node = "node-a";
+    ao.credentials = grpc::InsecureChannelCredentials();
+    ao.min_backoff = absl::Milliseconds(20);
+    ao.max_backoff = absl::Milliseconds(200);
+    agent_ = std::make_unique<agent::ControllerPolicySource>(ao);
+    ASSERT_TRUE(agent_
+                    ->Start([this](absl::StatusOr<shunt::v1::PolicyBundle> u) {
+                      store_.Apply("controller", std::move(u));
+                    })
+                    .ok());
+  }
+
+  void TearDown() override {
+    agent_->Stop();
+    grpc_->Shutdown(std::chrono::system_clock::now() + 1s);
+    source_->Stop();
+    controller_->Stop();
+    kube_.Stop();
+  }
+
+  // The agent's current view.
+  shunt::v1::PolicyBundle Bundle() {
+    auto s = store_.Current();
+    return s ? s->bundle : shunt::v1::PolicyBundle();
+  }
+  template <typename Pred>
+  void Expect(Pred pred, const std::string& what) {
+    EXPECT_TRUE(Eventually([&] { return pred(Bundle()); })) << what << "\n"
+                                                             << Bundle().DebugString();
+  }
+  // status.conditions[Accepted].status of a CR in the fake API server.
+  std::string Accepted(Kind kind, const std::string& name) {
+    auto o = kube_.Get(ObjectKey{kind, "default", name});
+    if (!o.ok()) return "";
+    const json& conds = (*o)["status"]["conditions"];
+    if (!conds.is_array()) return "";
+    for (const auto& c : conds) {
+      if (c.value("type", "") == "Accepted") return c.value("status", "");
+    }
+    return "";
+  }
+
+  static json Obj(const std::string& api_version, const std::string& kind, const std::string& name,
+                  json rest = json::object()) {
+    json o = {{"apiVersion", api_version}, {"kind", kind},
+              {"metadata", {{"name", name}, {"namespace", "default"}}}};
+    for (auto& [k, v] : rest.items()) o[k] = v;
+    return o;
+  }
+  static json Cr(const std::string& kind, const std::string& name, json spec) {
+    return Obj("policy.shunt.dev/v1alpha1", kind, name, {{"spec", spec}});
+  }
+
+  shunt::testing::FakeKubeServer kube_;
+  ClusterState state_;
+  PolicyServer server_{nullptr};
+  std::unique_ptr<KubernetesSource> source_;
+  std::unique_ptr<KubernetesStatusWriter> status_writer_;
+  std::unique_ptr<Controller> controller_;
+  std::unique_ptr<grpc::Server> grpc_;
+  std::unique_ptr<agent::ControllerPolicySource> agent_;
+  agent::PolicyStore store_;
+};
+
+TEST_F(KubeToAgentTest, EveryEventOfEveryKindReachesTheAgent) {
+  // Namespace + Pod.
+  json ns = {{"apiVersion", "v1"}, {"kind", "Namespace"}, {"metadata", {{"name", "default"}}}};
+  ASSERT_TRUE(kube_.Create(ns).ok());
+  auto pod = kube_.Create(Obj("v1", "Pod", "web-0",
+                              {{"spec", {{"nodeName", "node-a"}}},
+                               {"status", {{"phase", "Running"}, {"podIP", "198.18.0.2"}}}}));
+  ASSERT_TRUE(pod.ok());
+  Expect([](const auto& b) { return b.workloads_size() == 1 && !b.workloads(0).meshed(); },
+         "pod added");
+  ns["metadata"]["labels"] = {{"shunt.dev/mesh", "enabled"}};
+  ASSERT_TRUE(kube_.Update(ns).ok());
+  Expect([](const auto& b) { return b.workloads_size() == 1 && b.workloads(0).meshed(); },
+         "namespace modified: pod meshed");
+  json p = *pod;
+  p["status"]["podIP"] = "198.18.0.9";
+  ASSERT_TRUE(kube_.Update(p).ok());
+  Expect([](const auto& b) { return b.workloads_size() == 1 && b.workloads(0).ips(0) == "198.18.0.9"; },
+         "pod modified");
+  ASSERT_TRUE(kube_.Delete(ObjectKey{Kind::kNamespace, "", "default"}).ok());
+  Expect([](const auto& b) { return b.workloads_size() == 1 && !b.workloads(0).meshed(); },
+         "namespace deleted: pod no longer meshed");
+  ASSERT_TRUE(kube_.Delete(ObjectKey{Kind::kPod, "default", "web-0"}).ok());
+  Expect([](const auto& b) { return b.workloads_size() == 0; }, "pod deleted");
+
+  // Service + EndpointSlice.
+  json svc = Obj("v1", "Service", "web",
+                 {{"spec", {{"clusterIP", "198.18.255.10"}, {"ports", {{{"port", 80}}}}}}});
+  ASSERT_TRUE(kube_.Create(svc).ok());
+  Expect([](const auto& b) { return b.services_size() == 1 && b.services(0).ports(0).port() == 80; },
+         "service added");
+  svc["spec"]["ports"][0]["port"] = 81;
+  ASSERT_TRUE(kube_.Update(svc).ok());
+  Expect([](const auto& b) { return b.services_size() == 1 && b.services(0).ports(0).port() == 81; },
+         "service modified");
+  json slice = Obj("discovery.k8s.io/v1", "EndpointSlice", "web-1",
+                   {{"addressType", "IPv4"}, {"endpoints", {{{"addresses", {"198.18.0.2"}}}}}});
+  slice["metadata"]["labels"] = {{"kubernetes.io/service-name", "web"}};
+  ASSERT_TRUE(kube_.Create(slice).ok());
+  Expect([](const auto& b) {
+    return b.services_size() == 1 && b.services(0).endpoints_size() == 1 &&
+           b.services(0).endpoints(0).ips(0) == "198.18.0.2";
+  }, "endpointslice added");
+  slice["endpoints"][0]["addresses"][0] = "198.18.0.3";
+  ASSERT_TRUE(kube_.Update(slice).ok());
+  Expect([](const auto& b) {
+    return b.services_size() == 1 && b.services(0).endpoints_size() == 1 &&
+           b.services(0).endpoints(0).ips(0) == "198.18.0.3";
+  }, "endpointslice modified");
+  ASSERT_TRUE(kube_.Delete(ObjectKey{Kind::kEndpointSlice, "default", "web-1"}).ok());
+  Expect([](const auto& b) { return b.services_size() == 1 && b.services(0).endpoints_size() == 0; },
+         "endpointslice deleted");
+
+  // The three CRs: add (status Accepted=True), modify, delete.
+  json route = Cr("TrafficRoute", "split",
+                  {{"service", "web"}, {"rules", {{{"backends", {{{"service", "web"}, {"weight", 1}}}}}}}});
+  ASSERT_TRUE(kube_.Create(route).ok());
+  Expect([](const auto& b) { return b.traffic_routes_size() == 1; }, "route added");
+  EXPECT_TRUE(Eventually([&] { return Accepted(Kind::kTrafficRoute, "split") == "True"; }));
+  route["spec"]["rules"][0]["backends"][0]["weight"] = 7;
+  ASSERT_TRUE(kube_.Update(route).ok());
+  Expect([](const auto& b) {
+    return b.traffic_routes_size() == 1 && b.traffic_routes(0).rules(0).backends(0).weight() == 7;
+  }, "route modified");
+
+  json deny = Cr("AccessPolicy", "deny", {{"action", "DENY"}, {"from", {{{"namespaces", {"x"}}}}}});
+  ASSERT_TRUE(kube_.Create(deny).ok());
+  Expect([](const auto& b) { return b.access_policies_size() == 1; }, "access policy added");
+  EXPECT_TRUE(Eventually([&] { return Accepted(Kind::kAccessPolicy, "deny") == "True"; }));
+  deny["spec"]["action"] = "ALLOW";
+  ASSERT_TRUE(kube_.Update(deny).ok());
+  Expect([](const auto& b) {
+    return b.access_policies_size() == 1 &&
+           b.access_policies(0).action() == shunt::v1::AccessPolicy::ALLOW;
+  }, "access policy modified");
+
+  json cost = Cr("ApiCostPolicy", "price", {{"service", "web"}, {"currency", "USD"}});
+  ASSERT_TRUE(kube_.Create(cost).ok());
+  Expect([](const auto& b) { return b.api_cost_policies_size() == 1; }, "cost policy added");
+  EXPECT_TRUE(Eventually([&] { return Accepted(Kind::kApiCostPolicy, "price") == "True"; }));
+  cost["spec"]["currency"] = "EUR";
+  ASSERT_TRUE(kube_.Update(cost).ok());
+  Expect([](const auto& b) {
+    return b.api_cost_policies_size() == 1 && b.api_cost_policies(0).currency() == "EUR";
+  }, "cost policy modified");
+
+  // An invalid CR: not sent, status says why.
+  ASSERT_TRUE(kube_.Create(Cr("TrafficRoute", "orphan",
+                              {{"service", "nope"}, {"rules", {{{"backends", {{{"service", "x"}, {"weight", 1}}}}}}}}))
+                  .ok());
+  EXPECT_TRUE(Eventually([&] { return Accepted(Kind::kTrafficRoute, "orphan") == "False"; }));
+  EXPECT_EQ(Bundle().traffic_routes_size(), 1);
+
+  for (auto [kind, name] : {std::pair{Kind::kTrafficRoute, "split"},
+                            std::pair{Kind::kAccessPolicy, "deny"},
+                            std::pair{Kind::kApiCostPolicy, "price"},
+                            std::pair{Kind::kService, "web"}}) {
+    ASSERT_TRUE(kube_.Delete(ObjectKey{kind, "default", name}).ok());
+  }
+  Expect([](const auto& b) {
+    return b.traffic_routes_size() == 0 && b.access_policies_size() == 0 &&
+           b.api_cost_policies_size() == 0 && b.services_size() == 0;
+  }, "CRs and service deleted");
+  EXPECT_TRUE(agent_->InSync().ok());
+}
+
+}  // namespace
+}  // namespace shunt::controller
