@@ -18,6 +18,7 @@
 #include "absl/time/clock.h"
 #include "common/log.h"
 #include "common/status_macros.h"
+#include "common/resources.h"
 #include "common/yaml_json.h"
 #include "controller/manifests/crd_validation.h"
 
@@ -89,6 +90,12 @@ ManifestsSource::ManifestsSource(ManifestsOptions options) : options_(std::move(
 ManifestsSource::~ManifestsSource() { Stop(); }
 
 absl::StatusOr<std::vector<Json>> ManifestsSource::ReadFile(const std::string& file) const {
+  absl::StatusOr<std::string> text = ReadBytes(file);
+  if (!text.ok()) return text.status();
+  return Parse(*text);
+}
+
+absl::StatusOr<std::string> ManifestsSource::ReadBytes(const std::string& file) const {
   const std::string path = absl::StrCat(options_.dir, "/", file);
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return ErrnoError(errno, absl::StrCat("cannot open ", path));
@@ -112,6 +119,10 @@ absl::StatusOr<std::vector<Json>> ManifestsSource::ReadFile(const std::string& f
     return absl::ResourceExhaustedError(absl::StrCat("file is over ", options_.max_file_bytes,
                                                      " bytes (the limit for one manifest file)"));
   }
+  return text;
+}
+
+absl::StatusOr<std::vector<Json>> ManifestsSource::Parse(const std::string& text) const {
   YamlLimits limits;
   limits.max_bytes = options_.max_file_bytes;
   limits.max_documents = 10000;
@@ -200,7 +211,17 @@ absl::Status ManifestsSource::Rescan() {
     fs.id = id;
     const int64_t now_ns = absl::ToUnixNanos(absl::Now());
     fs.racy = now_ns - std::max(id.mtime_ns, id.ctime_ns) < absl::ToInt64Nanoseconds(kRacyWindow);
-    absl::StatusOr<std::vector<Json>> objects = ReadFile(name);
+    absl::StatusOr<std::string> bytes = ReadBytes(name);
+    std::string digest;
+    if (bytes.ok()) {
+      digest = Fnv1a64Hex(*bytes);
+      // The very same bytes (a racy re-read, or a rewrite with equal content): same result,
+      // nothing to parse -- large files are slow to parse.
+      if (!fs.digest.empty() && fs.digest == digest) continue;
+    }
+    absl::StatusOr<std::vector<Json>> objects =
+        bytes.ok() ? Parse(*bytes) : absl::StatusOr<std::vector<Json>>(bytes.status());
+    fs.digest = digest;
     if (objects.ok()) {
       if (known && fs.error.ok() && fs.objects.size() == objects->size() &&
           std::equal(fs.objects.begin(), fs.objects.end(), objects->begin(),

@@ -85,10 +85,13 @@ class ManifestsSource : public ClusterSource {
     bool racy = false;
     std::vector<ObjectPtr> objects;  // last good content, in document order; shared, immutable
     absl::Status error;                   // of the version last read
+    std::string digest;  // of the bytes last read: a racy re-read of the same bytes is not parsed
   };
 
   // Reads one file: its handled objects, or the file's error.
   absl::StatusOr<std::vector<nlohmann::json>> ReadFile(const std::string& file) const;
+  absl::StatusOr<std::string> ReadBytes(const std::string& file) const;
+  absl::StatusOr<std::vector<nlohmann::json>> Parse(const std::string& text) const;
   void RunPolls();
 
   const ManifestsOptions options_;
