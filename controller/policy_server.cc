@@ -74,7 +74,8 @@ class AgentStream : public grpc::ServerBidiReactor<PolicyRequest, PolicyResponse
   bool writing = false;
   bool finished = false;
   bool finish_pending = false;
-  bool queued = false;  // in the server's waiting_ list
+  bool queued = false;          // in the server's waiting_ list
+  bool full_in_flight = false;  // the write in flight holds one of the full-state slots
   grpc::Status finish_status;
   std::shared_ptr<const PolicyResponse> out;  // kept alive while being written
 
@@ -168,7 +169,8 @@ grpc::ServerBidiReactor<PolicyRequest, PolicyResponse>* PolicyServer::Stream(
 }
 
 void PolicyServer::OnWriteDoneLocked(AgentStream* stream, bool ok) {
-  --writes_in_flight_;
+  if (stream->full_in_flight) --writes_in_flight_;
+  stream->full_in_flight = false;
   if (ok) MaybeSendLocked(stream);
   while (writes_in_flight_ < max_concurrent_pushes_ && !waiting_.empty()) {
     AgentStream* next = waiting_.front();
@@ -216,7 +218,10 @@ void PolicyServer::MaybeSendLocked(AgentStream* s) {
   if (current_.id == 0) return;  // no snapshot yet
   if (s->first_acked && (s->acked_id == current_.id || s->nacked_id == current_.id)) return;
   if (!s->first_acked && s->nacked_id == current_.id) return;
-  if (writes_in_flight_ >= max_concurrent_pushes_) {
+  // Only first responses (the full state) are throttled: they are the large ones. Deltas after a
+  // change are small and go out at once.
+  const bool full = !s->first_acked;
+  if (full && writes_in_flight_ >= max_concurrent_pushes_) {
     if (!s->queued) {
       s->queued = true;
       waiting_.push_back(s);
@@ -263,7 +268,8 @@ void PolicyServer::MaybeSendLocked(AgentStream* s) {
   s->inflight_nonce = resp->nonce();
   s->inflight_id = current_.id;
   s->writing = true;
-  ++writes_in_flight_;
+  s->full_in_flight = full;
+  if (full) ++writes_in_flight_;
   s->out = resp;
   ++pushes_;
   if (pushes_metric_) pushes_metric_->Increment();

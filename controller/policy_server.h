@@ -35,9 +35,9 @@ class AgentStream;
 class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
  public:
   // `registry` may be null (tests); metrics are then not exported. At most
-  // `max_concurrent_pushes` responses are being written at once; other agents wait their turn
-  // (each write holds a serialized copy of the response: 1000 agents connecting at once must not
-  // hold 1000 copies of the full state).
+  // `max_concurrent_pushes` full-state responses are being written at once; other agents wait
+  // their turn (each write holds a serialized copy of the response: 1000 agents connecting at once
+  // must not hold 1000 copies of the full state). Deltas are not throttled.
   explicit PolicyServer(prometheus::Registry* registry, int max_concurrent_pushes = 64);
   ~PolicyServer() override;
 
