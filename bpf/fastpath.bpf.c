@@ -37,13 +37,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } shunt_skst_v1 SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u64);
-	__type(value, struct shunt_pod);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} shunt_pods_v1 SEC(".maps");
+#include "shunt/pods_map.bpf.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

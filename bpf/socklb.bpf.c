@@ -24,15 +24,8 @@ char LICENSE[] SEC("license") = "GPL";
 #define SYS_PROCEED 1
 #define SYS_REJECT 0
 
-/* Identical to the fast path's declaration: libbpf reuses the pinned map (same size is set by the
- * agent before load). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u64);
-	__type(value, struct shunt_pod);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} shunt_pods_v1 SEC(".maps");
+/* The fast path's pods map: one definition, one pinned map (same size set by the agent). */
+#include "shunt/pods_map.bpf.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
