@@ -1,0 +1,92 @@
+// Verifier cost of every BPF program, against the baseline committed in bpf/verifier_baseline.txt.
+// A program whose verified instruction count grows by more than 25% fails here, so that a
+// complexity regression shows in review rather than as a load failure on some kernel. When a
+// change is intended, update the baseline with the figures this test prints.
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "fastpath.skel.h"
+#include "socklb.skel.h"
+
+namespace {
+
+std::map<std::string, uint32_t> ReadBaseline() {
+  std::map<std::string, uint32_t> out;
+  std::ifstream in(SHUNT_VERIFIER_BASELINE);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::istringstream ss(line);
+    std::string name;
+    uint32_t n = 0;
+    if (ss >> name >> n) out[name] = n;
+  }
+  return out;
+}
+
+uint32_t VerifiedInsns(bpf_program* prog) {
+  bpf_prog_info info{};
+  uint32_t len = sizeof(info);
+  if (bpf_obj_get_info_by_fd(bpf_program__fd(prog), &info, &len) != 0) return 0;
+  return info.verified_insns;
+}
+
+// Maps pin by name: load into a private directory of the bpffs, removed at the end.
+class PinDir {
+ public:
+  PinDir() : path_("/sys/fs/bpf/shunt-verifier-" + std::to_string(getpid())) {
+    mkdir(path_.c_str(), 0700);
+  }
+  ~PinDir() { std::filesystem::remove_all(path_); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+TEST(VerifierBaseline, NoProgramGrewMoreThanAQuarter) {
+  ASSERT_EQ(access("/sys/fs/bpf", W_OK), 0) << "bpffs must be mounted (the agent mounts it)";
+  const auto baseline = ReadBaseline();
+  ASSERT_FALSE(baseline.empty()) << SHUNT_VERIFIER_BASELINE;
+  PinDir pins;
+  LIBBPF_OPTS(bpf_object_open_opts, opts, .pin_root_path = pins.path().c_str());
+  std::map<std::string, uint32_t> now;
+  {
+    auto* fp = shunt_fastpath__open_opts(&opts);
+    ASSERT_NE(fp, nullptr);
+    ASSERT_EQ(shunt_fastpath__load(fp), 0);
+    bpf_program* prog;
+    bpf_object__for_each_program(prog, fp->obj) now[bpf_program__name(prog)] = VerifiedInsns(prog);
+    shunt_fastpath__destroy(fp);
+  }
+  {
+    auto* lb = shunt_socklb__open_opts(&opts);
+    ASSERT_NE(lb, nullptr);
+    ASSERT_EQ(shunt_socklb__load(lb), 0);
+    bpf_program* prog;
+    bpf_object__for_each_program(prog, lb->obj) now[bpf_program__name(prog)] = VerifiedInsns(prog);
+    shunt_socklb__destroy(lb);
+  }
+  std::string report;
+  for (const auto& [name, n] : now) report += name + " " + std::to_string(n) + "\n";
+  for (const auto& [name, n] : now) {
+    EXPECT_GT(n, 0u) << name << ": no verifier figure (kernel < 5.16?)";
+    auto it = baseline.find(name);
+    ASSERT_NE(it, baseline.end()) << name << " is not in the baseline; current figures:\n"
+                                  << report;
+    EXPECT_LE(n, it->second + it->second / 4)
+        << name << " grew from " << it->second << " to " << n << " verified instructions; "
+        << "if intended, update " << SHUNT_VERIFIER_BASELINE << " with:\n" << report;
+  }
+  std::printf("verified instructions:\n%s", report.c_str());
+}
+
+}  // namespace
