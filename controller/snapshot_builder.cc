@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <set>
 
 #include "absl/strings/match.h"
@@ -446,9 +447,54 @@ void AddPolicies(const ObjectMap& objects, Snapshot& out) {
 
 }  // namespace
 
+// Two pods can briefly claim one IP: a terminating pod's IP handed to its successor (PITFALLS 11).
+// Agents reject a snapshot with a duplicate IP, so the controller settles it first: the IP stays
+// with the pod that is not being deleted, then the newer one; the other pod loses the IP.
+void ResolveDuplicateIps(const ObjectMap& objects, Snapshot& out) {
+  struct Claim {
+    std::string resource_key;
+    bool terminating;
+    std::string created;
+    std::string uid;
+  };
+  std::map<std::string, std::vector<Claim>> claims;
+  for (const auto& [key, stored] : objects) {
+    if (key.kind != Kind::kPod) continue;
+    const std::string uid = Str(*stored.object, {"metadata", "uid"});
+    ResourceKey rk;
+    rk.set_kind(ResourceKey::WORKLOAD);
+    rk.set_namespace_(key.ns);
+    rk.set_name(uid);
+    auto it = out.resources.find(ResourceKeyString(rk));
+    if (it == out.resources.end()) continue;
+    for (const auto& ip : it->second.workload().ips()) {
+      claims[ip].push_back({it->first,
+                            !Str(*stored.object, {"metadata", "deletionTimestamp"}).empty(),
+                            Str(*stored.object, {"metadata", "creationTimestamp"}), uid});
+    }
+  }
+  for (auto& [ip, list] : claims) {
+    if (list.size() < 2) continue;
+    std::sort(list.begin(), list.end(), [](const Claim& a, const Claim& b) {
+      if (a.terminating != b.terminating) return !a.terminating;
+      if (a.created != b.created) return a.created > b.created;  // RFC 3339 sorts as text
+      return a.uid < b.uid;
+    });
+    for (size_t i = 1; i < list.size(); ++i) {
+      Resource& r = out.resources[list[i].resource_key];
+      auto* ips = r.mutable_workload()->mutable_ips();
+      ips->erase(std::remove(ips->begin(), ips->end(), ip), ips->end());
+      r.set_version(ResourceVersion(r));
+      out.warnings.push_back(absl::StrCat("IP ", ip, " is claimed by pods ", list[0].uid, " and ",
+                                          list[i].uid, "; it stays with ", list[0].uid));
+    }
+  }
+}
+
 Snapshot SnapshotBuilder::Build(const ObjectMap& objects) {
   Snapshot out;
   AddWorkloads(objects, pods_, out);
+  ResolveDuplicateIps(objects, out);
   AddServices(objects, services_, out);
   AddPolicies(objects, out);
   return out;

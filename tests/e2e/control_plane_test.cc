@@ -169,27 +169,42 @@ TEST_F(ControlPlaneTest, NamespaceLabelMeshesPodsThroughTheController) {
 
 TEST_F(ControlPlaneTest, InvalidResourceIsNackedAndTheAgentKeepsItsLastGoodState) {
   WriteNamespace(true);
-  ASSERT_TRUE(
-      Eventually([&] { return AgentMetric(0, "shunt_policy_meshed_local_workloads") == 2; }));
+  ASSERT_TRUE(Eventually([&] { return AgentMetric(0, "shunt_policy_meshed_local_workloads") == 2; }));
+  // A pod whose name no API server would accept (manifests are not checked by one): the agents'
+  // validation refuses the version that carries it.
   const Pod& a = bed_->pod(0, 0);
-  // A second pod claiming pod a's IP (a recycled IP seen too early): the agents refuse it.
-  Write("dup.json", PodManifest(a, bed_->node(0).name, "99999999-0000-4000-8000-000000000001",
-                                "impostor", a.ipv4));
+  Write("bad.json", PodManifest(a, bed_->node(0).name, "99999999-0000-4000-8000-000000000001",
+                                "Not_A_DNS_Name", "198.18.0.200"));
   ASSERT_TRUE(Eventually([&] { return ControllerMetric("shunt_controller_nacks_total") >= 2; }))
       << "both agents NACK";
   auto ready = agents_[0]->Get("/readyz");
   ASSERT_TRUE(ready.ok());
   EXPECT_EQ(ready->code, 503);
   EXPECT_NE(ready->body.find("rejected"), std::string::npos) << ready->body;
-  EXPECT_NE(agents_[0]->Stderr().find(a.ipv4), std::string::npos) << "the NACK names the IP";
+  EXPECT_NE(agents_[0]->Stderr().find("Not_A_DNS_Name"), std::string::npos)
+      << "the NACK names the resource";
   EXPECT_EQ(AgentMetric(0, "shunt_policy_meshed_local_workloads"), 2);
   EXPECT_GE(SplicedTransfer(7102), 2 << 20) << "the last good state is still enforced";
   // Fixing the manifests brings the agents back in sync.
-  ASSERT_EQ(unlink((manifests_ + "/dup.json").c_str()), 0);
+  ASSERT_EQ(unlink((manifests_ + "/bad.json").c_str()), 0);
   ASSERT_TRUE(Eventually([&] {
     auto r = agents_[0]->Get("/readyz");
     return r.ok() && r->code == 200;
   }));
+}
+
+TEST_F(ControlPlaneTest, RecycledIpIsSettledByTheControllerNotRejected) {
+  WriteNamespace(true);
+  ASSERT_TRUE(Eventually([&] { return AgentMetric(0, "shunt_policy_meshed_local_workloads") == 2; }));
+  // A terminating pod still shows pod a's IP: the controller gives the IP to the live pod.
+  const Pod& a = bed_->pod(0, 0);
+  json old = PodManifest(a, bed_->node(0).name, "99999999-0000-4000-8000-000000000002",
+                         "terminating", a.ipv4);
+  old["metadata"]["deletionTimestamp"] = "2026-11-25T10:00:00Z";
+  Write("old.json", old);
+  ASSERT_TRUE(Eventually([&] { return AgentMetric(0, "shunt_policy_local_workloads") == 3; }));
+  EXPECT_EQ(ControllerMetric("shunt_controller_nacks_total"), 0);
+  EXPECT_GE(SplicedTransfer(7105), 2 << 20) << "pod a keeps its identity and its fast path";
 }
 
 TEST_F(ControlPlaneTest, ControllerDownThenAgentRestartThenControllerBack) {

@@ -95,6 +95,24 @@ TEST(BuildSnapshot, FinishedUnscheduledAndHostNetworkPods) {
   EXPECT_FALSE(FindWorkload(s, "uid-host")->meshed());
 }
 
+TEST(BuildSnapshot, ARecycledIpStaysWithThePodThatIsNotBeingDeleted) {
+  Objects o;
+  o.Add(Pod("default", "old", "u-old", "198.18.0.2",
+            {{"deletionTimestamp", "2026-11-25T10:00:05Z"},
+             {"creationTimestamp", "2026-11-25T09:00:00Z"}}));
+  o.Add(Pod("default", "new", "u-new", "198.18.0.2",
+            {{"creationTimestamp", "2026-11-25T10:00:04Z"}}));
+  o.Add(Pod("default", "a", "u-a", "198.18.0.3", {{"creationTimestamp", "2026-11-25T08:00:00Z"}}));
+  o.Add(Pod("default", "b", "u-b", "198.18.0.3", {{"creationTimestamp", "2026-11-25T08:00:01Z"}}));
+  Snapshot s = BuildSnapshot(o.map());
+  ASSERT_EQ(FindWorkload(s, "u-new")->ips_size(), 1);
+  EXPECT_EQ(FindWorkload(s, "u-old")->ips_size(), 0) << "the terminating pod loses it";
+  EXPECT_EQ(FindWorkload(s, "u-b")->ips_size(), 1) << "else the newer pod keeps it";
+  EXPECT_EQ(FindWorkload(s, "u-a")->ips_size(), 0);
+  EXPECT_EQ(s.warnings.size(), 2u);
+  for (const auto& [k, r] : s.resources) EXPECT_EQ(r.version(), ResourceVersion(r));
+}
+
 TEST(BuildSnapshot, OwnerIsTheDeploymentBehindAReplicaSet) {
   Objects o;
   o.Add(Pod("default", "web-7d9f8-x2", "u1", "198.18.0.2",
