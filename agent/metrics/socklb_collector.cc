@@ -3,6 +3,7 @@
 #include <map>
 #include <tuple>
 
+#include "agent/metrics/families.h"
 #include "common/log.h"
 
 namespace shunt::agent {
@@ -12,24 +13,8 @@ using prometheus::ClientMetric;
 using prometheus::MetricFamily;
 using prometheus::MetricType;
 
-ClientMetric Sample(std::vector<ClientMetric::Label> labels, double value, bool counter) {
-  ClientMetric m;
-  m.label = std::move(labels);
-  if (counter) {
-    m.counter.value = value;
-  } else {
-    m.gauge.value = value;
-  }
-  return m;
-}
-
-MetricFamily Family(std::string name, std::string help, MetricType type) {
-  MetricFamily f;
-  f.name = std::move(name);
-  f.help = std::move(help);
-  f.type = type;
-  return f;
-}
+using metrics::Family;
+using metrics::Sample;
 
 std::pair<std::string, std::string> SplitName(const std::string& ns_name) {
   const size_t slash = ns_name.find('/');
