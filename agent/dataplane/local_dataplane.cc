@@ -83,7 +83,10 @@ absl::Status ApplyDataplane(const DesiredDataplane& desired, MapWriter& writer) 
 }
 
 Reconciler::Reconciler(Options options, PolicyStore& store, MapWriter& writer)
-    : options_(std::move(options)), store_(store), writer_(writer) {}
+    : options_(std::move(options)),
+      store_(store),
+      writer_(writer),
+      loop_("reconcile", store, options_.resync, [this] { return ReconcileOnce(); }) {}
 
 Reconciler::~Reconciler() { Stop(); }
 
@@ -106,40 +109,12 @@ absl::Status Reconciler::Start() {
       }
     }
   }
-  subscription_ = store_.Subscribe([this](std::shared_ptr<const PolicySnapshot>) {
-    absl::MutexLock l(&mu_);
-    dirty_ = true;
-  });
   absl::Status first = ReconcileOnce();
-  thread_ = std::thread([this] { Loop(); });
+  loop_.Start();
   return first;
 }
 
-void Reconciler::Stop() {
-  {
-    absl::MutexLock l(&mu_);
-    if (stop_) return;
-    stop_ = true;
-  }
-  if (subscription_ >= 0) store_.Unsubscribe(subscription_);
-  if (thread_.joinable()) thread_.join();
-}
-
-void Reconciler::Loop() {
-  while (true) {
-    {
-      absl::MutexLock l(&mu_);
-      auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || dirty_; };
-      mu_.AwaitWithTimeout(absl::Condition(&wake), options_.resync);
-      if (stop_) return;
-      dirty_ = false;
-    }
-    absl::Status s = ReconcileOnce();
-    if (!s.ok()) {
-      SHUNT_LOG_EVERY_N_SEC(WARNING, 10) << "reconcile: " << s.message();
-    }
-  }
-}
+void Reconciler::Stop() { loop_.Stop(); }
 
 absl::Status Reconciler::ReconcileOnce() {
   absl::MutexLock pass(&pass_mu_);

@@ -18,6 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "agent/bpf/fastpath.h"
+#include "agent/dataplane/reconcile_loop.h"
 #include "agent/policy/policy_store.h"
 
 namespace shunt::agent {
@@ -117,17 +118,12 @@ class Reconciler {
   absl::Status ReconcileOnce();
 
  private:
-  void Loop();
-
   Options options_;
   PolicyStore& store_;
   MapWriter& writer_;
-  int subscription_ = -1;
-  std::thread thread_;
+  ReconcileLoop loop_;
 
   mutable absl::Mutex mu_;
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  bool dirty_ ABSL_GUARDED_BY(mu_) = true;
   bool synced_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status last_error_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const WorkloadDirectory> directory_ ABSL_GUARDED_BY(mu_);

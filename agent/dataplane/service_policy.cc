@@ -517,7 +517,10 @@ absl::Status ApplyServicePolicy(const DesiredServicePolicy& desired, ServicePoli
 
 ServicePolicyReconciler::ServicePolicyReconciler(Options options, PolicyStore& store,
                                                  ServicePolicyWriter& writer)
-    : options_(std::move(options)), store_(store), writer_(writer) {}
+    : options_(std::move(options)),
+      store_(store),
+      writer_(writer),
+      loop_("service policy", store, options_.resync, [this] { return ReconcileOnce(); }) {}
 
 ServicePolicyReconciler::~ServicePolicyReconciler() { Stop(); }
 
@@ -539,40 +542,12 @@ absl::Status ServicePolicyReconciler::Start() {
       }
     }
   }
-  subscription_ = store_.Subscribe([this](PolicySnapshotPtr) {
-    absl::MutexLock l(&mu_);
-    dirty_ = true;
-  });
   absl::Status first = ReconcileOnce();
-  thread_ = std::thread([this] { Loop(); });
+  loop_.Start();
   return first;
 }
 
-void ServicePolicyReconciler::Stop() {
-  {
-    absl::MutexLock l(&mu_);
-    if (stop_) return;
-    stop_ = true;
-  }
-  if (subscription_ >= 0) store_.Unsubscribe(subscription_);
-  if (thread_.joinable()) thread_.join();
-}
-
-void ServicePolicyReconciler::Loop() {
-  while (true) {
-    {
-      absl::MutexLock l(&mu_);
-      auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || dirty_; };
-      mu_.AwaitWithTimeout(absl::Condition(&wake), options_.resync);
-      if (stop_) return;
-      dirty_ = false;
-    }
-    absl::Status s = ReconcileOnce();
-    if (!s.ok()) {
-      SHUNT_LOG_EVERY_N_SEC(WARNING, 10) << "service policy: " << s.message();
-    }
-  }
-}
+void ServicePolicyReconciler::Stop() { loop_.Stop(); }
 
 absl::Status ServicePolicyReconciler::ReconcileOnce() {
   absl::MutexLock pass(&pass_mu_);

@@ -28,6 +28,7 @@
 #include "agent/bpf/fastpath.h"  // IpKey, ParseIpKey
 #include "agent/bpf/socklb.h"
 #include "agent/dataplane/local_dataplane.h"  // WorkloadDirectory
+#include "agent/dataplane/reconcile_loop.h"
 #include "agent/policy/policy_store.h"
 #include "shunt/socklb_abi.h"
 
@@ -189,17 +190,13 @@ class ServicePolicyReconciler {
   std::shared_ptr<const ServicePolicyStatus> status() const;
 
  private:
-  void Loop();
 
   Options options_;
   PolicyStore& store_;
   ServicePolicyWriter& writer_;
-  int subscription_ = -1;
-  std::thread thread_;
+  ReconcileLoop loop_;
 
   mutable absl::Mutex mu_;
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  bool dirty_ ABSL_GUARDED_BY(mu_) = true;
   absl::Status last_error_ ABSL_GUARDED_BY(mu_);
   uint64_t errors_total_ ABSL_GUARDED_BY(mu_) = 0;
   std::shared_ptr<const ServicePolicyStatus> status_ ABSL_GUARDED_BY(mu_);
