@@ -18,6 +18,7 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define TCP_CLOSE_STATE 7 /* TCP_CLOSE */
 #define E2BIG 7
+#define EEXIST 17
 #define ENOMEM 12
 
 /* Sizes are set by the agent before load (--sockhash-size etc.); these are defaults. */
@@ -68,11 +69,18 @@ static __always_inline void count_sock_event(__u32 workload_id, __u32 event)
 	struct shunt_sock_stats_key k = { .workload_id = workload_id, .event = event };
 	__u64 *v = bpf_map_lookup_elem(&shunt_sock_v1, &k);
 	if (v) {
-		*v += 1; /* per-CPU slot: no atomics needed */
+		/* Atomic even on a per-CPU slot: a program running in process context (close(),
+		 * sendmsg()) can be preempted or interrupted by a softirq running this program on the
+		 * same CPU, and a plain += would lose that update. */
+		__sync_fetch_and_add(v, 1);
 		return;
 	}
 	__u64 one = 1;
-	bpf_map_update_elem(&shunt_sock_v1, &k, &one, BPF_NOEXIST);
+	if (bpf_map_update_elem(&shunt_sock_v1, &k, &one, BPF_NOEXIST) == -EEXIST) {
+		v = bpf_map_lookup_elem(&shunt_sock_v1, &k); /* created meanwhile by another CPU */
+		if (v)
+			__sync_fetch_and_add(v, 1);
+	}
 }
 
 static __always_inline void count_msg(const struct shunt_sock_state *st, __u32 verdict, __u32 bytes)
@@ -84,13 +92,21 @@ static __always_inline void count_msg(const struct shunt_sock_state *st, __u32 v
 	};
 	struct shunt_msg_stats *v = bpf_map_lookup_elem(&shunt_msg_v1, &k);
 	if (v) {
-		v->msgs += 1;
-		v->bytes += bytes;
+		__sync_fetch_and_add(&v->msgs, 1);
+		__sync_fetch_and_add(&v->bytes, bytes);
 		return;
 	}
 	struct shunt_msg_stats init = { .msgs = 1, .bytes = bytes };
-	if (bpf_map_update_elem(&shunt_msg_v1, &k, &init, BPF_NOEXIST) == -E2BIG)
+	long err = bpf_map_update_elem(&shunt_msg_v1, &k, &init, BPF_NOEXIST);
+	if (err == -EEXIST) {
+		v = bpf_map_lookup_elem(&shunt_msg_v1, &k); /* created meanwhile by another CPU */
+		if (v) {
+			__sync_fetch_and_add(&v->msgs, 1);
+			__sync_fetch_and_add(&v->bytes, bytes);
+		}
+	} else if (err == -E2BIG) {
 		count_sock_event(st->src_workload, SHUNT_SOCK_STATS_FULL);
+	}
 }
 
 /* The pod that owns the socket: its own cgroup or the nearest ancestor in the pods map. */

@@ -21,6 +21,7 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define SOCK_STREAM_TYPE 1
 #define E2BIG 7
+#define EEXIST 17
 #define SYS_PROCEED 1
 #define SYS_REJECT 0
 
@@ -88,16 +89,21 @@ static __always_inline void count_event(__u32 workload_id, __u32 event, __u32 de
 	struct shunt_lb_stats_key k = { .workload_id = workload_id, .event = event, .detail = detail };
 	__u64 *v = bpf_map_lookup_elem(&shunt_lbst_v1, &k);
 	if (v) {
-		*v += 1; /* per-CPU slot */
+		__sync_fetch_and_add(v, 1); /* per-CPU, but connect() is preemptible: atomic */
 		return;
 	}
 	__u64 one = 1;
-	if (bpf_map_update_elem(&shunt_lbst_v1, &k, &one, BPF_NOEXIST) == -E2BIG) {
+	long err = bpf_map_update_elem(&shunt_lbst_v1, &k, &one, BPF_NOEXIST);
+	if (err == -EEXIST) {
+		v = bpf_map_lookup_elem(&shunt_lbst_v1, &k); /* created meanwhile by another CPU */
+		if (v)
+			__sync_fetch_and_add(v, 1);
+	} else if (err == -E2BIG) {
 		struct shunt_lb_stats_key full = { .workload_id = workload_id,
 						   .event = SHUNT_LB_STATS_FULL };
 		v = bpf_map_lookup_elem(&shunt_lbst_v1, &full);
 		if (v)
-			*v += 1;
+			__sync_fetch_and_add(v, 1);
 	}
 }
 
