@@ -12,6 +12,7 @@
 // Not a test: it asserts nothing; it prints figures and ratios (README has the latest).
 #include <bpf/bpf.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -42,6 +43,9 @@ ABSL_FLAG(int, services, 500, "Services in the cluster (2 endpoints each).");
 ABSL_FLAG(int, streams, 1000, "Agent streams for parts 1 and 2.");
 ABSL_FLAG(int, changes, 30, "Manifest changes measured per configuration.");
 ABSL_FLAG(int, poll_ms, 10, "The controller's --manifests-poll-ms.");
+ABSL_FLAG(int, connections, 0, "Connections the streams share (0: one per stream, as agents).");
+ABSL_FLAG(int, settle_ms, 3000, "Pause between the initial sync and the first measured change.");
+ABSL_FLAG(int, change_gap_ms, 50, "Pause after every client got a change, before the next.");
 ABSL_FLAG(bool, skip_agents, false, "Skip part 3 (real agents in the test bed; needs root).");
 
 namespace {
@@ -239,7 +243,12 @@ StreamResult MeasureStreams(const std::string& dir, int streams, int changes, in
   auto channel_args = grpc::ChannelArguments();
   std::vector<std::shared_ptr<grpc::Channel>> channels;
   std::vector<std::unique_ptr<shunt::v1::PolicyDiscovery::Stub>> stubs;
-  for (int c = 0; c < 8; ++c) {
+  // Like real agents, each stream has a connection of its own by default (HTTP/2 flow control is
+  // per connection: 125 streams multiplexed on one would not be what a cluster sees).
+  const int connections = absl::GetFlag(FLAGS_connections) > 0
+                              ? std::min(absl::GetFlag(FLAGS_connections), streams)
+                              : streams;
+  for (int c = 0; c < connections; ++c) {
     channel_args.SetInt("shunt.bench.channel", c);  // distinct connections
     channels.push_back(grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", port),
                                                  grpc::InsecureChannelCredentials(), channel_args));
@@ -271,6 +280,9 @@ StreamResult MeasureStreams(const std::string& dir, int streams, int changes, in
     if (!v.empty() && all_on(v)) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
+  // Steady state: let the controller finish the initial sync's ACKs (1000 full-state pushes)
+  // before measuring. The first change right after a mass (re)connect is reported on its own.
+  std::this_thread::sleep_for(std::chrono::milliseconds(absl::GetFlag(FLAGS_settle_ms)));
   const ProcStat before = Stat(pid);
   for (int n = 0; n < changes; ++n) {
     const std::string old = clients[0]->version();
@@ -286,15 +298,22 @@ StreamResult MeasureStreams(const std::string& dir, int streams, int changes, in
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     double last = 0;
+    std::vector<double> this_change;
     for (auto& c : clients) {
       Clock::time_point t;
       if (!c->ArrivalOf(v, &t)) continue;
       const double ms = std::chrono::duration<double, std::milli>(t - t0).count();
       r.latencies_ms.push_back(ms);
+      this_change.push_back(ms);
       last = std::max(last, ms);
     }
+    if (getenv("SHUNT_BENCH_TRACE")) {
+      std::fprintf(stderr, "change %d: first %.1f p50 %.1f p90 %.1f last %.1f ms\n", n,
+                   Percentile(this_change, 0), Percentile(this_change, 0.5),
+                   Percentile(this_change, 0.9), last);
+    }
     r.last_ms.push_back(last);
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::this_thread::sleep_for(std::chrono::milliseconds(absl::GetFlag(FLAGS_change_gap_ms)));
   }
   r.loaded = Stat(pid);
   r.cpu_per_change_ms = (r.loaded.cpu_s - before.cpu_s) * 1000.0 / std::max(changes, 1);
@@ -407,6 +426,11 @@ void BenchAgents(int pods, int services, int changes) {
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  rlimit nofile;  // one connection per stream on each side
+  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
+    nofile.rlim_cur = nofile.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &nofile);
+  }
   const int pods = absl::GetFlag(FLAGS_pods), services = absl::GetFlag(FLAGS_services);
   const int streams = absl::GetFlag(FLAGS_streams), changes = absl::GetFlag(FLAGS_changes);
   char tmpl[] = "/tmp/shunt-cpbench-XXXXXX";

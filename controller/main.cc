@@ -1,6 +1,7 @@
 // shunt-controller: watches Kubernetes (or a directory of manifests) and streams policy to every
 // shunt-agent over gRPC. See docs/controller.md.
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -108,6 +109,12 @@ class SourceCollector : public prometheus::Collectable {
 
 int Run() {
   using namespace shunt::controller;
+  // One connection per agent: lift the soft fd limit to the hard one.
+  rlimit nofile;
+  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &nofile);
+  }
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGINT);
