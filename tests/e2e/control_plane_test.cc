@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "tests/test_util.h"
 #include "absl/strings/str_cat.h"
 #include "common/files.h"
 #include "tests/e2e/e2e_util.h"
@@ -22,14 +23,10 @@ using testbed::Pod;
 constexpr int kStreamPort = 15010;
 constexpr int kControllerMetricsPort = 15014;
 
+// Kernel tests wait longer, and poll the agents less often.
 template <typename F>
-bool Eventually(F f, std::chrono::milliseconds timeout = 20s) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (f()) return true;
-    std::this_thread::sleep_for(50ms);
-  }
-  return f();
+bool Eventually(F f, std::chrono::milliseconds timeout = std::chrono::seconds(20)) {
+  return shunt::test::Eventually(f, timeout, std::chrono::milliseconds(50));
 }
 
 class ControlPlaneTest : public ::testing::Test {

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/test_util.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -25,22 +26,9 @@ namespace {
 using ::testing::StartsWith;
 
 // A unique directory under /tmp, removed with everything in it when the test ends, pass or fail.
-class TempDir {
+class TempDir : public shunt::test::TempDir {
  public:
-  TempDir() {
-    char tmpl[] = "/tmp/shunt-file-source-test-XXXXXX";
-    if (const char* p = ::mkdtemp(tmpl)) path_ = p;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
+  TempDir() : shunt::test::TempDir("shunt-file-source-test") {}
 };
 
 // What a source reported, in order.

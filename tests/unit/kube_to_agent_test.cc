@@ -7,6 +7,7 @@
 #include <chrono>
 #include <thread>
 
+#include "tests/test_util.h"
 #include "agent/policy/controller_source.h"
 #include "agent/policy/policy_store.h"
 #include "controller/cluster_state.h"
@@ -23,15 +24,7 @@ namespace {
 using namespace std::chrono_literals;
 using nlohmann::json;
 
-template <typename F>
-bool Eventually(F f, std::chrono::milliseconds timeout = 10s) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (f()) return true;
-    std::this_thread::sleep_for(5ms);
-  }
-  return f();
-}
+using shunt::test::Eventually;
 
 class KubeToAgentTest : public ::testing::Test {
  protected:

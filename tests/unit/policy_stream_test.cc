@@ -7,6 +7,7 @@
 #include <chrono>
 #include <thread>
 
+#include "tests/test_util.h"
 #include "agent/policy/controller_source.h"
 #include "agent/policy/policy_store.h"
 #include "common/resources.h"
@@ -22,15 +23,7 @@ using shunt::v1::PolicyResponse;
 using shunt::v1::Resource;
 using shunt::v1::ResourceKey;
 
-template <typename F>
-bool Eventually(F f, std::chrono::milliseconds timeout = 10s) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (f()) return true;
-    std::this_thread::sleep_for(5ms);
-  }
-  return f();
-}
+using shunt::test::Eventually;
 
 Resource Pod(const std::string& uid, const std::string& ip, bool meshed = true) {
   Resource r;
@@ -96,18 +89,6 @@ struct Agent {
   std::unique_ptr<agent::ControllerPolicySource> source;
 };
 
-class TempDir {
- public:
-  TempDir() {
-    char t[] = "/tmp/shunt-stream-XXXXXX";
-    path = mkdtemp(t);
-  }
-  ~TempDir() {
-    unlink(agent::ControllerPolicySource::StatePath(path).c_str());
-    rmdir(path.c_str());
-  }
-  std::string path;
-};
 
 TEST(PolicyStream, FullStateThenDeltasReachTheAgent) {
   ControllerProcess c;
@@ -258,19 +239,19 @@ TEST(PolicyStream, InvalidSnapshotIsNackedAndTheAgentKeepsItsLastGoodVersion) {
 }
 
 TEST(PolicyStream, RestartedAgentEnforcesSavedStateAndResumesWithOnlyTheDifference) {
-  TempDir dir;
+  shunt::test::TempDir dir("shunt-stream");
   std::string address;
   {
     ControllerProcess c;
     address = c.address();
     c.service.Publish(Set({Pod("a", "198.18.0.2"), Pod("b", "198.18.0.3")}), absl::Now());
-    Agent agent(c.address(), dir.path);
+    Agent agent(c.address(), dir.path());
     ASSERT_TRUE(Eventually([&] { return agent.source->InSync().ok(); }));
   }
   // The controller is gone; a new agent starts from the saved state at once.
   auto port = std::stoi(address.substr(address.rfind(':') + 1));
   {
-    Agent agent(address, dir.path);
+    Agent agent(address, dir.path());
     EXPECT_EQ(agent.Workloads(), 2u) << "the saved policy is enforced without a controller";
     EXPECT_FALSE(agent.source->InSync().ok());
 

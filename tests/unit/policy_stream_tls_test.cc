@@ -18,6 +18,7 @@
 #include <sstream>
 #include <thread>
 
+#include "tests/test_util.h"
 #include "agent/policy/controller_source.h"
 #include "agent/policy/policy_store.h"
 #include "common/resources.h"
@@ -33,15 +34,7 @@ using namespace std::chrono_literals;
 using shunt::v1::Resource;
 using shunt::v1::ResourceKey;
 
-template <typename F>
-bool Eventually(F f, std::chrono::milliseconds timeout = 10s) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (f()) return true;
-    std::this_thread::sleep_for(5ms);
-  }
-  return f();
-}
+using shunt::test::Eventually;
 
 Resource Pod(const std::string& uid, const std::string& ip) {
   Resource r;
