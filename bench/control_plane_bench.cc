@@ -1,7 +1,8 @@
 // Control-plane benchmark (issue 3): a real shunt-controller serving a manifests directory of 1000
 // pods and 500 services.
-//  1. Propagation to 1000 agent streams: lightweight in-process stream clients (gRPC callback API)
-//     stand in for agents; each ACKs every response. Time from a manifest write to each client's
+//  1. Propagation to 1000 agent streams: lightweight stream clients (bench/h2_policy_fleet.h: gRPC
+//     over nghttp2, one connection each, one thread for all) stand in for agents; each ACKs every
+//     response. Time from a manifest write to each client's
 //     receipt of the change (p50, p99, and the last client). Baseline in the same run: 1 stream.
 //  2. The controller's memory (RSS) and CPU with 1000 streams. Baseline: the same controller with
 //     no stream.
@@ -18,7 +19,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <fcntl.h>
+
 #include <condition_variable>
+#include <functional>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -35,6 +39,7 @@
 #include "common/files.h"
 #include "grpcpp/grpcpp.h"
 #include "shunt/v1/discovery.grpc.pb.h"
+#include "bench/h2_policy_fleet.h"
 #include "tests/e2e/e2e_util.h"
 #include "tests/testbed/testbed.h"
 
@@ -43,7 +48,6 @@ ABSL_FLAG(int, services, 500, "Services in the cluster (2 endpoints each).");
 ABSL_FLAG(int, streams, 1000, "Agent streams for parts 1 and 2.");
 ABSL_FLAG(int, changes, 30, "Manifest changes measured per configuration.");
 ABSL_FLAG(int, poll_ms, 10, "The controller's --manifests-poll-ms.");
-ABSL_FLAG(int, connections, 0, "Connections the streams share (0: one per stream, as agents).");
 ABSL_FLAG(int, settle_ms, 3000, "Pause between the initial sync and the first measured change.");
 ABSL_FLAG(int, change_gap_ms, 50, "Pause after every client got a change, before the next.");
 ABSL_FLAG(bool, skip_agents, false, "Skip part 3 (real agents in the test bed; needs root).");
@@ -119,64 +123,6 @@ void WriteCluster(const std::string& dir, int pods, int services) {
   shunt::WriteFileAtomic(dir + "/cluster.json", list.dump()).IgnoreError();
 }
 
-// One stand-in agent: opens a stream, ACKs everything, notes when each version arrived.
-class StreamClient
-    : public grpc::ClientBidiReactor<shunt::v1::PolicyRequest, shunt::v1::PolicyResponse> {
- public:
-  StreamClient(shunt::v1::PolicyDiscovery::Stub* stub, std::string node) {
-    stub->async()->Stream(&ctx_, this);
-    req_.set_node(std::move(node));
-    StartWrite(&req_);
-    StartRead(&resp_);
-    StartCall();
-  }
-  void OnReadDone(bool ok) override {
-    if (!ok) return;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      arrivals_[resp_.system_version_info()] = Clock::now();
-      version_ = resp_.system_version_info();
-    }
-    ack_.Clear();
-    ack_.set_response_nonce(resp_.nonce());
-    ack_.set_version_info(resp_.system_version_info());
-    StartWrite(&ack_);
-    StartRead(&resp_);
-  }
-  void OnWriteDone(bool) override {}
-  void OnDone(const grpc::Status&) override {
-    std::lock_guard<std::mutex> l(mu_);
-    done_ = true;
-    cv_.notify_all();
-  }
-  std::string version() {
-    std::lock_guard<std::mutex> l(mu_);
-    return version_;
-  }
-  bool ArrivalOf(const std::string& v, Clock::time_point* t) {
-    std::lock_guard<std::mutex> l(mu_);
-    auto it = arrivals_.find(v);
-    if (it == arrivals_.end()) return false;
-    *t = it->second;
-    return true;
-  }
-  void Cancel() {
-    ctx_.TryCancel();
-    std::unique_lock<std::mutex> l(mu_);
-    cv_.wait_for(l, std::chrono::seconds(5), [this] { return done_; });
-  }
-
- private:
-  grpc::ClientContext ctx_;
-  shunt::v1::PolicyRequest req_, ack_;
-  shunt::v1::PolicyResponse resp_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::string version_;
-  std::map<std::string, Clock::time_point> arrivals_;
-};
-
 struct ProcStat {
   double rss_mib = 0;
   double cpu_s = 0;
@@ -208,8 +154,10 @@ pid_t StartController(const std::string& dir, int port) {
     const std::string m = "--manifests=" + dir;
     const std::string l = absl::StrCat("--listen=127.0.0.1:", port);
     const std::string p = absl::StrCat("--manifests-poll-ms=", absl::GetFlag(FLAGS_poll_ms));
+    const char* verbose = getenv("SHUNT_BENCH_TRACE") ? "--verbose" : "--noverbose";
     execl(SHUNT_CONTROLLER_BIN, SHUNT_CONTROLLER_BIN, m.c_str(), "--plaintext", l.c_str(),
-          "--metrics-addr=127.0.0.1:0", "--admin-addr=127.0.0.1:0", p.c_str(), (char*)nullptr);
+          "--metrics-addr=127.0.0.1:0", "--admin-addr=127.0.0.1:0", p.c_str(), verbose,
+          (char*)nullptr);
     _exit(127);
   }
   return pid;
@@ -240,84 +188,70 @@ struct StreamResult {
 StreamResult MeasureStreams(const std::string& dir, int streams, int changes, int port) {
   StreamResult r;
   pid_t pid = StartController(dir, port);
-  auto channel_args = grpc::ChannelArguments();
-  std::vector<std::shared_ptr<grpc::Channel>> channels;
-  std::vector<std::unique_ptr<shunt::v1::PolicyDiscovery::Stub>> stubs;
-  // Like real agents, each stream has a connection of its own by default (HTTP/2 flow control is
-  // per connection: 125 streams multiplexed on one would not be what a cluster sees).
-  const int connections = absl::GetFlag(FLAGS_connections) > 0
-                              ? std::min(absl::GetFlag(FLAGS_connections), streams)
-                              : streams;
-  for (int c = 0; c < connections; ++c) {
-    channel_args.SetInt("shunt.bench.channel", c);  // distinct connections
-    channels.push_back(grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", port),
-                                                 grpc::InsecureChannelCredentials(), channel_args));
-    stubs.push_back(shunt::v1::PolicyDiscovery::NewStub(channels.back()));
-  }
-  // Wait for the controller to serve.
-  for (int i = 0; i < 200; ++i) {
-    if (channels[0]->WaitForConnected(std::chrono::system_clock::now() +
-                                      std::chrono::milliseconds(50)))
-      break;
+  const std::string target = absl::StrCat("127.0.0.1:", port);
+  {  // Wait for the controller to serve.
+    auto probe = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+    for (int i = 0; i < 200; ++i) {
+      if (probe->WaitForConnected(std::chrono::system_clock::now() +
+                                  std::chrono::milliseconds(50)))
+        break;
+    }
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   r.idle = Stat(pid);
-  std::vector<std::unique_ptr<StreamClient>> clients;
-  for (int i = 0; i < streams; ++i) {
-    clients.push_back(std::make_unique<StreamClient>(stubs[i % stubs.size()].get(),
-                                                     absl::StrCat("bench-node-", i)));
+  auto started = shunt::bench::H2PolicyFleet::Start(port, streams);
+  if (!started.ok()) {
+    std::fprintf(stderr, "stream clients: %s\n",
+                 std::string(started.status().message()).c_str());
+    StopController(pid);
+    return r;
   }
-  auto all_on = [&](const std::string& v) {
-    for (auto& c : clients) {
-      if (c->version() != v) return false;
-    }
-    return true;
-  };
+  auto& fleet = **started;
   // Initial sync: everyone on the same version.
   const auto sync_deadline = Clock::now() + std::chrono::seconds(120);
   while (Clock::now() < sync_deadline) {
-    const std::string v = clients[0]->version();
-    if (!v.empty() && all_on(v)) break;
+    const std::string v = fleet.version(0);
+    if (!v.empty() && fleet.AllOn(v)) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   // Steady state: let the controller finish the initial sync's ACKs (1000 full-state pushes)
-  // before measuring. The first change right after a mass (re)connect is reported on its own.
+  // before measuring.
   std::this_thread::sleep_for(std::chrono::milliseconds(absl::GetFlag(FLAGS_settle_ms)));
   const ProcStat before = Stat(pid);
   for (int n = 0; n < changes; ++n) {
-    const std::string old = clients[0]->version();
+    const std::string old = fleet.version(0);
     const auto t0 = Clock::now();
     TouchPod(dir, n + 1);
     std::string v;
     const auto deadline = t0 + std::chrono::seconds(30);
-    // Arrival times are taken in the clients' callbacks; this loop only waits, and sleeps
-    // enough not to compete with the controller for the 2 CPUs.
+    // Arrival times are taken by the clients; this loop only waits, and sleeps enough not to
+    // compete with the controller for the 2 CPUs.
     while (Clock::now() < deadline) {
-      v = clients[0]->version();
-      if (v != old && all_on(v)) break;
+      v = fleet.version(0);
+      if (v != old && fleet.AllOn(v)) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     double last = 0;
     std::vector<double> this_change;
-    for (auto& c : clients) {
+    for (int i = 0; i < fleet.size(); ++i) {
       Clock::time_point t;
-      if (!c->ArrivalOf(v, &t)) continue;
+      if (!fleet.ArrivalOf(i, v, &t)) continue;
       const double ms = std::chrono::duration<double, std::milli>(t - t0).count();
       r.latencies_ms.push_back(ms);
       this_change.push_back(ms);
       last = std::max(last, ms);
     }
     if (getenv("SHUNT_BENCH_TRACE")) {
-      std::fprintf(stderr, "change %d: first %.1f p50 %.1f p90 %.1f last %.1f ms\n", n,
-                   Percentile(this_change, 0), Percentile(this_change, 0.5),
+      std::fprintf(stderr, "change %d: %zu streams, first %.1f p50 %.1f p90 %.1f last %.1f ms\n",
+                   n, this_change.size(), Percentile(this_change, 0), Percentile(this_change, 0.5),
                    Percentile(this_change, 0.9), last);
     }
     r.last_ms.push_back(last);
     std::this_thread::sleep_for(std::chrono::milliseconds(absl::GetFlag(FLAGS_change_gap_ms)));
   }
+  if (fleet.closed() > 0) std::fprintf(stderr, "%d streams were closed by the controller\n", fleet.closed());
   r.loaded = Stat(pid);
   r.cpu_per_change_ms = (r.loaded.cpu_s - before.cpu_s) * 1000.0 / std::max(changes, 1);
-  for (auto& c : clients) c->Cancel();
   StopController(pid);
   return r;
 }
@@ -431,6 +365,7 @@ int main(int argc, char** argv) {
     nofile.rlim_cur = nofile.rlim_max;
     setrlimit(RLIMIT_NOFILE, &nofile);
   }
+
   const int pods = absl::GetFlag(FLAGS_pods), services = absl::GetFlag(FLAGS_services);
   const int streams = absl::GetFlag(FLAGS_streams), changes = absl::GetFlag(FLAGS_changes);
   char tmpl[] = "/tmp/shunt-cpbench-XXXXXX";

@@ -156,7 +156,17 @@ void PolicyServer::Publish(std::map<std::string, Resource> resources, absl::Time
     it = used.count(it->first) ? std::next(it) : history_.erase(it);
   }
   if (resources_) resources_->Set(static_cast<double>(current_.set->size()));
-  for (AgentStream* s : streams_) MaybeSendLocked(s);
+  fanout_start_ = absl::Now();
+  fanout_writes_ = fanout_acks_ = 0;
+  for (AgentStream* s : streams_) {
+    MaybeSendLocked(s);
+    if (s->inflight_id == current_.id && !s->inflight_nonce.empty()) {
+      ++fanout_writes_;
+      ++fanout_acks_;
+    }
+  }
+  SHUNT_LOG(DEBUG) << "version " << current_.name << ": " << fanout_writes_
+                   << " writes started in " << absl::FormatDuration(absl::Now() - fanout_start_);
 }
 
 grpc::ServerBidiReactor<PolicyRequest, PolicyResponse>* PolicyServer::Stream(
@@ -169,6 +179,10 @@ grpc::ServerBidiReactor<PolicyRequest, PolicyResponse>* PolicyServer::Stream(
 }
 
 void PolicyServer::OnWriteDoneLocked(AgentStream* stream, bool ok) {
+  if (stream->inflight_id == current_.id && fanout_writes_ > 0 && --fanout_writes_ == 0) {
+    SHUNT_LOG(DEBUG) << "version " << current_.name << ": every write done after "
+                     << absl::FormatDuration(absl::Now() - fanout_start_);
+  }
   if (stream->full_in_flight) --writes_in_flight_;
   stream->full_in_flight = false;
   if (ok) MaybeSendLocked(stream);
@@ -313,6 +327,10 @@ void PolicyServer::OnRequest(AgentStream* s, const PolicyRequest& req) {
     s->acked_name = req.version_info();
     s->last_nack.clear();
     if (acks_metric_) acks_metric_->Increment();
+    if (s->acked_id == current_.id && fanout_acks_ > 0 && --fanout_acks_ == 0) {
+      SHUNT_LOG(DEBUG) << "version " << current_.name << ": every ACK in after "
+                       << absl::FormatDuration(absl::Now() - fanout_start_);
+    }
     auto h = history_.find(s->acked_id);
     if (propagation_ && h != history_.end()) {
       propagation_->Observe(absl::ToDoubleSeconds(absl::Now() - h->second.changed_at));

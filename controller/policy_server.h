@@ -91,6 +91,10 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
   const int max_concurrent_pushes_;
   int writes_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   std::deque<AgentStream*> waiting_ ABSL_GUARDED_BY(mu_);  // behind, waiting for a write slot
+  // Fan-out of the current version (debug log): when it was published, writes and ACKs pending.
+  absl::Time fanout_start_ ABSL_GUARDED_BY(mu_);
+  int fanout_writes_ ABSL_GUARDED_BY(mu_) = 0;
+  int fanout_acks_ ABSL_GUARDED_BY(mu_) = 0;
 
   // Metrics (null without a registry).
   prometheus::Gauge* connected_ = nullptr;
