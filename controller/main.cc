@@ -36,6 +36,8 @@ ABSL_FLAG(int, manifests_poll_ms, 500, "How often --manifests is checked for cha
 ABSL_FLAG(std::string, kubeconfig, "",
           "kubeconfig file; without it and without --manifests the in-cluster service account "
           "is used.");
+ABSL_FLAG(int, kube_list_page_size, 500,
+          "Objects per Kubernetes list request (limit/continue); 0 lists each kind in one request.");
 ABSL_FLAG(std::string, listen, "0.0.0.0:15010", "gRPC policy stream listen address.");
 ABSL_FLAG(std::string, tls_cert, "", "Server certificate (PEM) for the policy stream.");
 ABSL_FLAG(std::string, tls_key, "", "Server private key (PEM).");
@@ -156,7 +158,9 @@ int Run() {
           << (watch_client.ok() ? status_client.status() : watch_client.status()).message();
       return 2;
     }
-    kube = std::make_unique<KubernetesSource>(std::move(*watch_client));
+    shunt::controller::KubernetesSourceOptions kube_options;
+    kube_options.list_page_size = std::max(0, absl::GetFlag(FLAGS_kube_list_page_size));
+    kube = std::make_unique<KubernetesSource>(std::move(*watch_client), kube_options);
     status_writer = std::make_unique<KubernetesStatusWriter>(std::move(*status_client));
     source = kube.get();
   }

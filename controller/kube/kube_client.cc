@@ -114,6 +114,22 @@ absl::StatusOr<std::string> DecodeData(const std::string& b64, absl::string_view
   return out;
 }
 
+// RFC 3986 percent-encoding of a query parameter value (continue tokens are base64).
+std::string PercentEncode(absl::string_view in) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : in) {
+    if (absl::ascii_isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out.push_back('%');
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 15]);
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 int HttpStatusOf(const absl::Status& status) {
@@ -419,22 +435,51 @@ absl::Status KubeClient::Perform(Request& r) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<ListResult> KubeClient::List(const ApiResource& resource) {
+absl::StatusOr<ListResult> KubeClient::List(const ApiResource& resource, int64_t page_size) {
+  ListResult out;
+  std::string next;
+  for (bool first = true; first || !next.empty(); first = false) {
+    absl::StatusOr<Page> page = ListPage(resource, page_size, next);
+    if (!page.ok() && !next.empty() && IsGone(page.status())) {
+      // The snapshot the pages come from was compacted away: as client-go's pager does, read
+      // the list whole (one request: consistent by construction).
+      SHUNT_LOG(INFO) << "kube: list of " << resource.plural << " expired after "
+                      << out.items.size() << " objects; listing again in one request";
+      ASSIGN_OR_RETURN(page, ListPage(resource, 0, ""));
+      return std::move(page->result);
+    }
+    if (!page.ok()) return page.status();
+    if (first) out.resource_version = page->result.resource_version;
+    for (auto& item : page->result.items) out.items.push_back(std::move(item));
+    next = std::move(page->next);
+  }
+  return out;
+}
+
+absl::StatusOr<KubeClient::Page> KubeClient::ListPage(const ApiResource& resource, int64_t limit,
+                                                      const std::string& continue_token) {
   Request r;
   r.url = absl::StrCat(config_.server, resource.group_version_path, "/", resource.plural);
+  if (limit > 0) absl::StrAppend(&r.url, "?limit=", limit);
+  if (!continue_token.empty()) {
+    absl::StrAppend(&r.url, limit > 0 ? "&" : "?", "continue=", PercentEncode(continue_token));
+  }
   r.timeout_ms = absl::ToInt64Milliseconds(options_.request_timeout);
   RETURN_IF_ERROR(Perform(r));
   nlohmann::json list = nlohmann::json::parse(r.body, nullptr, /*allow_exceptions=*/false);
   if (!list.is_object() || !list.contains("items")) {
     return absl::DataLossError(absl::StrCat(r.url, ": answer is not a list"));
   }
-  ListResult out;
+  Page out;
   if (list["items"].is_array()) {
-    for (auto& item : list["items"]) out.items.push_back(std::move(item));
+    for (auto& item : list["items"]) out.result.items.push_back(std::move(item));
   }
   const nlohmann::json& md = list.contains("metadata") ? list["metadata"] : nlohmann::json();
   if (md.is_object() && md.contains("resourceVersion") && md["resourceVersion"].is_string()) {
-    out.resource_version = md["resourceVersion"].get<std::string>();
+    out.result.resource_version = md["resourceVersion"].get<std::string>();
+  }
+  if (md.is_object() && md.contains("continue") && md["continue"].is_string()) {
+    out.next = md["continue"].get<std::string>();
   }
   return out;
 }

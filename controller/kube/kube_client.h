@@ -89,8 +89,10 @@ class KubeClient {
   KubeClient(const KubeClient&) = delete;
   KubeClient& operator=(const KubeClient&) = delete;
 
-  // All objects of a resource in every namespace, and the list's resourceVersion.
-  absl::StatusOr<ListResult> List(const ApiResource& resource);
+  // All objects of a resource in every namespace, and the list's resourceVersion. With
+  // `page_size` > 0 the list is read in pages of that many objects (limit/continue), all from one
+  // consistent snapshot; if the continue token expires midway (410), it is read again whole.
+  absl::StatusOr<ListResult> List(const ApiResource& resource, int64_t page_size = 0);
   // Streams events after `options.resource_version` to `fn` until the server ends the watch
   // (OK), `fn` returns false (OK), Stop() (Cancelled), or an error: a non-2xx answer (its code as
   // payload), a dropped connection or a line that is not JSON (Unavailable / DataLoss).
@@ -109,6 +111,12 @@ class KubeClient {
   struct Request;
   KubeClient(KubeConfig config, KubeClientOptions options);
 
+  struct Page {
+    ListResult result;
+    std::string next;  // continue token, "" on the last page
+  };
+  absl::StatusOr<Page> ListPage(const ApiResource& resource, int64_t limit,
+                                const std::string& continue_token);
   // Runs one request to completion (or Stop), feeding the body to `request`.
   absl::Status Perform(Request& request);
   absl::StatusOr<std::string> BearerToken() ABSL_LOCKS_EXCLUDED(token_mu_);

@@ -134,7 +134,7 @@ void KubernetesSource::Run(Kind kind) {
   std::string rv;
   while (!stopping()) {
     if (need_list) {
-      auto list = client_->List(resource);
+      auto list = client_->List(resource, options_.list_page_size);
       if (stopping()) break;
       if (!list.ok()) {
         if (list.status().code() == absl::StatusCode::kNotFound) {

@@ -36,6 +36,9 @@ struct KubernetesSourceOptions {
   // Start() waits at most this long for the first list of every kind.
   absl::Duration start_timeout = absl::Seconds(60);
   int watch_timeout_seconds = 300;  // asked of the server; the watch is then resumed
+  // Objects per list request (limit/continue), as client-go's reflector pages its lists: a
+  // cluster's 50000 pods are not one response held whole by the API server and by us.
+  int64_t list_page_size = 500;
 };
 
 class KubernetesSource : public ClusterSource {

@@ -84,9 +84,13 @@ std::string Rfc3339(absl::Time t) {
 
 FakeKubeServer::~FakeKubeServer() { Stop(); }
 
-std::string FakeKubeServer::url() const { return absl::StrCat("http://127.0.0.1:", port_); }
+std::string FakeKubeServer::url() const {
+  return absl::StrCat(tls_ ? "https" : "http", "://127.0.0.1:", port_);
+}
 
-absl::Status FakeKubeServer::Start() {
+absl::Status FakeKubeServer::Start() { return Start(TlsOptions{}); }
+
+absl::Status FakeKubeServer::Start(const TlsOptions& tls) {
   if (ctx_) return absl::FailedPreconditionError("already started");
   const char* options[] = {"listening_ports",   "127.0.0.1:0", "num_threads", "128",
                            "enable_keep_alive", "no",          nullptr};
@@ -104,10 +108,23 @@ absl::Status FakeKubeServer::Start() {
     return absl::InternalError("civetweb: no listening port");
   }
   port_ = ports[0].port;
+  backend_port_ = port_;
+  if (!tls.cert_chain_and_key_file.empty()) {
+    tls_front_ = std::make_unique<TlsFront>();
+    if (absl::Status s =
+            tls_front_->Start(tls.cert_chain_and_key_file, tls.client_ca_file, backend_port_);
+        !s.ok()) {
+      Stop();
+      return s;
+    }
+    tls_ = true;
+    port_ = tls_front_->port();
+  }
   return absl::OkStatus();
 }
 
 void FakeKubeServer::Stop() {
+  if (tls_front_) tls_front_->Stop();  // first: it holds connections to civetweb
   if (!ctx_) return;
   {
     absl::MutexLock l(&mu_);
@@ -125,7 +142,7 @@ void FakeKubeServer::Stop() {
     if (fd >= 0) {
       sockaddr_in addr{};
       addr.sin_family = AF_INET;
-      addr.sin_port = htons(static_cast<uint16_t>(port_));
+      addr.sin_port = htons(static_cast<uint16_t>(backend_port_));
       addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
       ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
       ::close(fd);
@@ -276,8 +293,19 @@ int FakeKubeServer::HandleRequest(mg_connection* conn) {
   absl::string_view path = info->local_uri ? info->local_uri : "";
   {
     const char* auth = mg_get_header(conn, "Authorization");
+    const char* subject_header = tls_ ? mg_get_header(conn, kClientSubjectHeader) : nullptr;
+    const std::string subject = subject_header ? subject_header : "";
     absl::MutexLock l(&mu_);
     last_authorization_ = auth ? auth : "";
+    last_client_subject_ = subject;
+    if (!required_token_.empty() && last_authorization_ != "Bearer " + required_token_ &&
+        subject.empty()) {
+      ++unauthorized_;
+      mu_.Unlock();
+      SendError(conn, 401, "Unauthorized", "Unauthorized");
+      mu_.Lock();
+      return 401;
+    }
   }
 
   // /api/v1/... or /apis/<group>/<version>/...
@@ -336,7 +364,7 @@ int FakeKubeServer::HandleRequest(mg_connection* conn) {
       ServeWatch(conn, t, query);
       return 200;
     }
-    ServeList(conn, t);
+    ServeList(conn, t, query);
     return 200;
   }
   if (method == "GET") {
@@ -357,26 +385,76 @@ int FakeKubeServer::HandleRequest(mg_connection* conn) {
   return SendError(conn, 405, "MethodNotAllowed", absl::StrCat(method, " ", path));
 }
 
-void FakeKubeServer::ServeList(mg_connection* conn, const Target& t) {
+void FakeKubeServer::ServeList(mg_connection* conn, const Target& t, const std::string& query) {
   const ApiResource r = ApiResourceOf(t.kind);
+  int64_t limit = 0;
+  if (const std::string l = Query(query, "limit"); !l.empty() && !absl::SimpleAtoi(l, &limit)) {
+    SendError(conn, 400, "BadRequest", absl::StrCat("invalid limit: ", l));
+    return;
+  }
+  const std::string cont = Query(query, "continue");
   nlohmann::json list = nlohmann::json::object();
   {
     absl::MutexLock l(&mu_);
     ++lists_[t.kind];
-    nlohmann::json items = nlohmann::json::array();
-    for (const auto& [key, object] : objects_) {
-      if (key.kind != t.kind || !InNamespace(object, t.ns)) continue;
-      nlohmann::json item = object;
-      // As the real server does for built-in types: list items carry no apiVersion/kind.
-      item.erase("apiVersion");
-      item.erase("kind");
-      items.push_back(std::move(item));
+    // A paginated list is served from one snapshot, as etcd serves it at one revision. The
+    // continue token names the snapshot and the offset ("<id>:<offset>", opaque to clients).
+    uint64_t id = 0, offset = 0;
+    if (!cont.empty()) {
+      ++continues_[t.kind];
+      std::vector<std::string> parts = absl::StrSplit(cont, ':');
+      auto it = list_snapshots_.end();
+      if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &id) ||
+          !absl::SimpleAtoi(parts[1], &offset) ||
+          (it = list_snapshots_.find(id)) == list_snapshots_.end()) {
+        mu_.Unlock();
+        SendError(conn, 400, "BadRequest", "continue key is not valid");
+        mu_.Lock();
+        return;
+      }
+      if (it->second.rv < compacted_rv_ || it->second.items.empty()) {
+        list_snapshots_.erase(it);
+        mu_.Unlock();
+        SendError(conn, 410, "Expired",
+                  "The provided continue parameter is too old to display a consistent list "
+                  "result. You can start a new list without the continue parameter.");
+        mu_.Lock();
+        return;
+      }
+    } else {
+      std::vector<nlohmann::json> items;
+      for (const auto& [key, object] : objects_) {
+        if (key.kind != t.kind || !InNamespace(object, t.ns)) continue;
+        nlohmann::json item = object;
+        // As the real server does for built-in types: list items carry no apiVersion/kind.
+        item.erase("apiVersion");
+        item.erase("kind");
+        items.push_back(std::move(item));
+      }
+      id = next_snapshot_++;
+      list_snapshots_[id] = ListSnapshot{rv_, std::move(items)};
     }
+    ListSnapshot& snap = list_snapshots_[id];
+    const uint64_t total = snap.items.size();
+    const uint64_t end =
+        limit > 0 ? std::min<uint64_t>(total, offset + static_cast<uint64_t>(limit)) : total;
+    nlohmann::json items = nlohmann::json::array();
+    for (uint64_t i = std::min(offset, total); i < end; ++i) items.push_back(snap.items[i]);
     std::string api_version(r.group_version_path);
     api_version = api_version.substr(api_version.find('/', 1) + 1);
     list["kind"] = absl::StrCat(KindName(t.kind), "List");
     list["apiVersion"] = api_version;
-    list["metadata"] = {{"resourceVersion", std::to_string(rv_)}};
+    list["metadata"] = {{"resourceVersion", std::to_string(snap.rv)}};
+    if (end < total) {
+      list["metadata"]["continue"] = absl::StrCat(id, ":", end);
+      list["metadata"]["remainingItemCount"] = total - end;
+      if (expire_after_page_) {  // an expired snapshot: kept, emptied, answered with 410
+        expire_after_page_ = false;
+        snap.items.clear();
+      }
+    } else {
+      list_snapshots_.erase(id);
+    }
     list["items"] = std::move(items);
   }
   SendJson(conn, 200, list);
@@ -510,6 +588,32 @@ void FakeKubeServer::ServePatchStatus(mg_connection* conn, const Target& t,
     return;
   }
   SendJson(conn, 200, object);
+}
+
+void FakeKubeServer::ExpireListsAfterNextPage() {
+  absl::MutexLock l(&mu_);
+  expire_after_page_ = true;
+}
+
+void FakeKubeServer::RequireToken(const std::string& token) {
+  absl::MutexLock l(&mu_);
+  required_token_ = token;
+}
+
+std::string FakeKubeServer::last_client_subject() const {
+  absl::MutexLock l(&mu_);
+  return last_client_subject_;
+}
+
+int FakeKubeServer::unauthorized_requests() const {
+  absl::MutexLock l(&mu_);
+  return unauthorized_;
+}
+
+int FakeKubeServer::continue_requests(Kind kind) const {
+  absl::MutexLock l(&mu_);
+  auto it = continues_.find(kind);
+  return it == continues_.end() ? 0 : it->second;
 }
 
 }  // namespace shunt::testing

@@ -1,7 +1,10 @@
-// A fake Kubernetes API server for tests, speaking the real protocol over HTTP on 127.0.0.1:<port
-// 0> (civetweb): list with a resourceVersion, watch with newline-delimited JSON events from a
-// history (410 Gone in an ERROR event when asked for a resourceVersion older than the history
-// kept), bookmarks, merge-patch of the status subresource, and 404 for resources "not installed".
+// A fake Kubernetes API server for tests, speaking the real protocol over HTTP or HTTPS on
+// 127.0.0.1:<port 0> (civetweb; HTTPS through tls_front.h): list with a resourceVersion, paginated lists (limit/continue over
+// a consistent snapshot; 410 Gone "Expired" for a continue token older than the history kept),
+// watch with newline-delimited JSON events from a history (410 Gone in an ERROR event when asked
+// for a resourceVersion older than the history kept), bookmarks, merge-patch of the status
+// subresource, 404 for resources "not installed", and 401 for requests that carry neither the
+// required bearer token nor a client certificate signed by the client CA.
 //
 // Objects of every kind the controller handles (controller/cluster_state.h) share one
 // monotonically increasing resourceVersion, as in etcd. Tests drive it with Create/Update/Delete
@@ -12,6 +15,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -22,6 +26,7 @@
 #include "absl/time/time.h"
 #include "controller/cluster_state.h"
 #include "nlohmann/json.hpp"
+#include "tests/fake_kube/tls_front.h"
 
 struct mg_connection;
 struct mg_context;
@@ -35,12 +40,21 @@ class FakeKubeServer {
   FakeKubeServer(const FakeKubeServer&) = delete;
   FakeKubeServer& operator=(const FakeKubeServer&) = delete;
 
-  // Listens on 127.0.0.1, port chosen by the kernel.
+  struct TlsOptions {
+    std::string cert_chain_and_key_file;  // PEM: the server certificate (chain) and its key
+    std::string client_ca_file;           // set: client certificates signed by it are verified
+  };
+  // Listens on 127.0.0.1, port chosen by the kernel; plain HTTP, or HTTPS with `tls`.
   absl::Status Start();
+  absl::Status Start(const TlsOptions& tls);
   // Ends every open watch cleanly and stops serving.
   void Stop();
   int port() const { return port_; }
-  std::string url() const;  // "http://127.0.0.1:<port>"
+  std::string url() const;  // "http://127.0.0.1:<port>" or "https://..."
+
+  // From now on a request is authenticated by "Authorization: Bearer <token>" or by a verified
+  // client certificate; others get 401 Unauthorized. "" (the default) accepts every request.
+  void RequireToken(const std::string& token);
 
   // Objects (apiVersion, kind, metadata.name[, metadata.namespace]). Each change takes the next
   // resourceVersion and is recorded in the history as a watch event. Create sets uid,
@@ -57,6 +71,9 @@ class FakeKubeServer {
   // Forgets the event history: a watch from any resourceVersion before now gets 410 Gone,
   // including open watches that have not yet been sent every event before now.
   void CompactHistory();
+  // After the next page of a paginated list has been served, its continue token expires (as when
+  // etcd compacts the revision the list is read at): the next page is 410 Gone "Expired".
+  void ExpireListsAfterNextPage();
   // Closes every open watch stream abruptly (no terminating chunk), as a dying server would.
   void DropWatches();
   // While paused, open watches send nothing (events stay queued in the history).
@@ -76,6 +93,12 @@ class FakeKubeServer {
   int open_watches() const;
   // The Authorization header of the latest request ("" if none).
   std::string last_authorization() const;
+  // The subject of the latest request's verified client certificate ("" if none).
+  std::string last_client_subject() const;
+  // Requests answered 401.
+  int unauthorized_requests() const;
+  // List requests of `kind` that carried a continue token (pages after the first).
+  int continue_requests(controller::Kind kind) const;
 
  private:
   struct Event {
@@ -93,14 +116,22 @@ class FakeKubeServer {
 
   static int Handle(mg_connection* conn, void* self);
   int HandleRequest(mg_connection* conn);
-  void ServeList(mg_connection* conn, const Target& t);
+  void ServeList(mg_connection* conn, const Target& t, const std::string& query);
   void ServeWatch(mg_connection* conn, const Target& t, const std::string& query);
   void ServePatchStatus(mg_connection* conn, const Target& t, const std::string& body);
   void Record(controller::Kind kind, const std::string& type, const nlohmann::json& object)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   mg_context* ctx_ = nullptr;
-  int port_ = 0;
+  int port_ = 0;          // what clients dial (the TLS front's with TLS)
+  int backend_port_ = 0;  // civetweb's
+  bool tls_ = false;
+  std::unique_ptr<TlsFront> tls_front_;
+
+  struct ListSnapshot {  // a paginated list in progress: the items as of its resourceVersion
+    uint64_t rv;
+    std::vector<nlohmann::json> items;
+  };
 
   mutable absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
@@ -118,6 +149,13 @@ class FakeKubeServer {
   std::map<controller::Kind, std::vector<std::string>> watch_rvs_ ABSL_GUARDED_BY(mu_);
   int open_watches_ ABSL_GUARDED_BY(mu_) = 0;
   std::string last_authorization_ ABSL_GUARDED_BY(mu_);
+  std::string last_client_subject_ ABSL_GUARDED_BY(mu_);
+  std::string required_token_ ABSL_GUARDED_BY(mu_);
+  int unauthorized_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<controller::Kind, int> continues_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, ListSnapshot> list_snapshots_ ABSL_GUARDED_BY(mu_);  // by snapshot id
+  uint64_t next_snapshot_ ABSL_GUARDED_BY(mu_) = 1;
+  bool expire_after_page_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace shunt::testing

@@ -17,6 +17,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/fake_kube/fake_kube_server.h"
+#include "tests/test_certs.h"
 
 namespace shunt::controller {
 namespace {
@@ -400,6 +401,201 @@ TEST_F(KubeClientTest, MergePatchStatus) {
   EXPECT_EQ((*stored)["status"]["keep"], "me");
   EXPECT_EQ((*stored)["spec"]["action"], "Allow");  // the status subresource ignores spec
   EXPECT_EQ(*patched, *stored);
+}
+
+TEST_F(KubeClientTest, ListIsReadInPagesOfOneSnapshot) {
+  for (int i = 0; i < 7; ++i) ASSERT_TRUE(server_.Create(Pod("default", absl::StrCat("p", i))).ok());
+  const std::string rv = std::to_string(server_.resource_version());
+  auto client = Client();
+  auto list = client->List(ApiResourceOf(Kind::kPod), /*page_size=*/3);
+  ASSERT_TRUE(list.ok()) << list.status();
+  ASSERT_EQ(list->items.size(), 7u);
+  for (int i = 0; i < 7; ++i) EXPECT_EQ(list->items[i]["metadata"]["name"], absl::StrCat("p", i));
+  EXPECT_EQ(list->resource_version, rv);
+  EXPECT_EQ(server_.list_requests(Kind::kPod), 3);  // 3 + 3 + 1
+  EXPECT_EQ(server_.continue_requests(Kind::kPod), 2);
+}
+
+TEST_F(KubeClientTest, ExpiredContinueTokenListsAgainWhole) {
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(server_.Create(Pod("default", absl::StrCat("p", i))).ok());
+  server_.ExpireListsAfterNextPage();
+  auto client = Client();
+  auto list = client->List(ApiResourceOf(Kind::kPod), /*page_size=*/2);
+  ASSERT_TRUE(list.ok()) << list.status();
+  EXPECT_EQ(list->items.size(), 5u);  // not 2 + 5: the pages read before the 410 are dropped
+  EXPECT_EQ(list->resource_version, std::to_string(server_.resource_version()));
+  EXPECT_EQ(server_.list_requests(Kind::kPod), 3);  // page 1, page 2 (410), the whole list
+}
+
+TEST_F(KubeClientTest, UnauthorizedIsUnauthenticated) {
+  server_.RequireToken("right");
+  KubeConfig config;
+  config.token = "wrong";
+  auto client = Client(config);
+  auto list = client->List(ApiResourceOf(Kind::kPod));
+  EXPECT_EQ(list.status().code(), absl::StatusCode::kUnauthenticated) << list.status();
+  EXPECT_EQ(HttpStatusOf(list.status()), 401);
+  EXPECT_EQ(server_.unauthorized_requests(), 1);
+}
+
+// ---- HTTPS, as to a real API server ---------------------------------------------------------
+
+class KubeClientTlsTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { certs_ = new shunt::test::Certs(); }
+  static void TearDownTestSuite() {
+    delete certs_;
+    certs_ = nullptr;
+  }
+  void SetUp() override {
+    ASSERT_EQ(certs_->error(), "");
+    // civetweb takes the certificate and its key from one PEM file.
+    const std::string pem = dir_.Write(
+        "server.pem", shunt::test::ReadWholeFile(Cert("server.crt")) +
+                          shunt::test::ReadWholeFile(Cert("server.key")));
+    ASSERT_TRUE(server_.Start({pem, Cert("ca.crt")}).ok());
+    ASSERT_THAT(server_.url(), ::testing::StartsWith("https://"));
+    server_.RequireToken("sa-token-1");
+    ASSERT_TRUE(server_.Create(Pod("default", "a")).ok());
+  }
+  static std::string Cert(const std::string& name) { return certs_->Path(name); }
+  static std::string B64(const std::string& file) {
+    return absl::Base64Escape(shunt::test::ReadWholeFile(Cert(file)));
+  }
+
+  static shunt::test::Certs* certs_;
+  TempDir dir_;
+  FakeKubeServer server_;
+};
+shunt::test::Certs* KubeClientTlsTest::certs_ = nullptr;
+
+TEST_F(KubeClientTlsTest, InClusterServiceAccountOverHttps) {
+  dir_.Write("token", "sa-token-1\n");
+  dir_.Write("namespace", "shunt-system");
+  std::filesystem::copy_file(Cert("ca.crt"), dir_.path() + "/ca.crt");
+  ScopedEnv host("KUBERNETES_SERVICE_HOST", "127.0.0.1");
+  const std::string port = std::to_string(server_.port());
+  ScopedEnv port_env("KUBERNETES_SERVICE_PORT", port.c_str());
+  auto config = InClusterConfig(dir_.path());
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->server, server_.url());
+  KubeClientOptions options;
+  options.token_reload_interval = absl::ZeroDuration();
+  auto client = KubeClient::Create(*config, options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  auto list = (*client)->List(ApiResourceOf(Kind::kPod));
+  ASSERT_TRUE(list.ok()) << list.status();
+  EXPECT_EQ(list->items.size(), 1u);
+  EXPECT_EQ(server_.last_authorization(), "Bearer sa-token-1");
+
+  // The kubelet rotates the projected token; the API server stops accepting the old one.
+  server_.RequireToken("sa-token-2");
+  EXPECT_EQ((*client)->List(ApiResourceOf(Kind::kPod)).status().code(),
+            absl::StatusCode::kUnauthenticated);
+  dir_.Write("token", "sa-token-2\n");
+  list = (*client)->List(ApiResourceOf(Kind::kPod));
+  ASSERT_TRUE(list.ok()) << list.status();
+  EXPECT_EQ(server_.last_authorization(), "Bearer sa-token-2");
+
+  // A watch over TLS streams events as they happen.
+  std::vector<std::string> types;
+  std::thread writer([&] {
+    absl::SleepFor(absl::Milliseconds(100));
+    server_.Create(Pod("default", "b")).IgnoreError();
+  });
+  absl::Status s = (*client)->Watch(
+      ApiResourceOf(Kind::kPod), WatchOptions{list->resource_version, true, 30},
+      [&](WatchEvent ev) {
+        types.push_back(ev.type);
+        return false;  // one is enough
+      });
+  writer.join();
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_THAT(types, ElementsAre("ADDED"));
+}
+
+TEST_F(KubeClientTlsTest, KubeconfigWithInlineCaAndClientCertificate) {
+  const std::string kubeconfig = absl::StrCat(R"(apiVersion: v1
+kind: Config
+current-context: c
+contexts:
+- name: c
+  context: {cluster: k, user: u}
+clusters:
+- name: k
+  cluster:
+    server: )", server_.url(), R"(
+    certificate-authority-data: )", B64("ca.crt"), R"(
+users:
+- name: u
+  user:
+    client-certificate-data: )", B64("client.crt"), R"(
+    client-key-data: )", B64("client.key"), "\n");
+  auto config = ParseKubeConfig(kubeconfig, dir_.path());
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto client = KubeClient::Create(*config);
+  ASSERT_TRUE(client.ok()) << client.status();
+  auto list = (*client)->List(ApiResourceOf(Kind::kPod));
+  ASSERT_TRUE(list.ok()) << list.status();
+  EXPECT_EQ(list->items.size(), 1u);
+  EXPECT_EQ(server_.last_authorization(), "");  // authenticated by the certificate alone
+  EXPECT_THAT(server_.last_client_subject(), HasSubstr("node-a"));
+}
+
+TEST_F(KubeClientTlsTest, KubeconfigWithCaFileAndToken) {
+  dir_.Write("kubeconfig", absl::StrCat("apiVersion: v1\nkind: Config\ncurrent-context: c\n",
+                                        "contexts: [{name: c, context: {cluster: k, user: u}}]\n",
+                                        "clusters: [{name: k, cluster: {server: '", server_.url(),
+                                        "', certificate-authority: ", Cert("ca.crt"), "}}]\n",
+                                        "users: [{name: u, user: {token: sa-token-1}}]\n"));
+  auto config = KubeConfigFromFile(dir_.path() + "/kubeconfig");
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto client = KubeClient::Create(*config);
+  ASSERT_TRUE(client.ok());
+  auto list = (*client)->List(ApiResourceOf(Kind::kPod), /*page_size=*/1);
+  ASSERT_TRUE(list.ok()) << list.status();
+  EXPECT_EQ(list->items.size(), 1u);
+}
+
+TEST_F(KubeClientTlsTest, ServerCertificateIsVerified) {
+  KubeConfig config;
+  config.server = server_.url();
+  config.token = "sa-token-1";
+  config.ca_file = Cert("other_ca.crt");  // not the CA that signed the server's certificate
+  auto client = KubeClient::Create(config);
+  ASSERT_TRUE(client.ok());
+  auto list = (*client)->List(ApiResourceOf(Kind::kPod));
+  EXPECT_EQ(list.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(list.status().message()), HasSubstr("certificate")) << list.status();
+
+  // The right CA, but the server is reached under a name its certificate does not carry.
+  config.ca_file = Cert("ca.crt");
+  config.server = absl::StrCat("https://localhost:", server_.port());
+  client = KubeClient::Create(config);
+  ASSERT_TRUE(client.ok());
+  list = (*client)->List(ApiResourceOf(Kind::kPod));
+  EXPECT_EQ(list.status().code(), absl::StatusCode::kUnavailable) << list.status();
+  EXPECT_THAT(std::string(list.status().message()), HasSubstr("certificate")) << list.status();
+
+  // insecure-skip-tls-verify: accepted, as kubectl would.
+  config.ca_file.clear();
+  config.insecure_skip_tls_verify = true;
+  client = KubeClient::Create(config);
+  ASSERT_TRUE(client.ok());
+  EXPECT_TRUE((*client)->List(ApiResourceOf(Kind::kPod)).ok());
+}
+
+TEST_F(KubeClientTlsTest, ClientCertificateFromAnotherCaIsNotAccepted) {
+  KubeConfig config;
+  config.server = server_.url();
+  config.ca_file = Cert("ca.crt");
+  config.client_cert_file = Cert("rogue_client.crt");
+  config.client_key_file = Cert("rogue_client.key");
+  auto client = KubeClient::Create(config);
+  ASSERT_TRUE(client.ok());
+  auto list = (*client)->List(ApiResourceOf(Kind::kPod));
+  EXPECT_EQ(list.status().code(), absl::StatusCode::kUnavailable) << list.status();
+  EXPECT_EQ(server_.list_requests(Kind::kPod), 0);  // the handshake failed: no request got in
 }
 
 }  // namespace

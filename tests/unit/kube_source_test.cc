@@ -111,6 +111,22 @@ TEST_F(KubeSourceTest, InitialListOfEveryKindLandsInState) {
   EXPECT_EQ(source_->counters().relists, 0u);
 }
 
+TEST_F(KubeSourceTest, LargeListsArriveInPages) {
+  for (int i = 0; i < 7; ++i) {
+    ASSERT_TRUE(server_.Create(Object(Kind::kPod, "default", absl::StrCat("pod-", i))).ok());
+  }
+  const std::string rv = std::to_string(server_.resource_version());
+  KubernetesSourceOptions options = Options();
+  options.list_page_size = 3;
+  StartSource(std::move(options));
+  for (int i = 0; i < 7; ++i) EXPECT_TRUE(Has(Key(Kind::kPod, "default", absl::StrCat("pod-", i))));
+  EXPECT_EQ(server_.continue_requests(Kind::kPod), 2);
+  // The watch resumes from the list's resourceVersion: nothing is listed twice or missed.
+  EXPECT_EQ(source_->resource_version(Kind::kPod), rv);
+  ASSERT_TRUE(server_.Create(Object(Kind::kPod, "default", "late")).ok());
+  EXPECT_TRUE(WaitFor([&] { return Has(Key(Kind::kPod, "default", "late")); }));
+}
+
 TEST_F(KubeSourceTest, EveryEventOfEveryKindReachesState) {
   StartSource();
   for (Kind kind : kAllKinds) {
