@@ -206,4 +206,16 @@ absl::Status SockLb::DeleteStatsOf(uint32_t workload_id) {
   return absl::OkStatus();
 }
 
+absl::Status SockLb::DeleteStatsOfDetail(std::initializer_list<uint32_t> events,
+                                         uint32_t detail) {
+  ASSIGN_OR_RETURN(auto stats, ReadStats());
+  for (const auto& s : stats) {
+    if (s.key.detail != detail) continue;
+    for (uint32_t e : events) {
+      if (s.key.event == e) bpf_map_delete_elem(bpf_map__fd(skel_->maps.shunt_lbst_v1), &s.key);
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace shunt::agent

@@ -65,6 +65,9 @@ class SockLb {
   };
   absl::StatusOr<std::vector<Stat>> ReadStats() const;
   absl::Status DeleteStatsOf(uint32_t workload_id);
+  // Drops the counters of events whose detail is `detail` (a service id for SHUNT_LB_REWRITTEN,
+  // a policy bit for SHUNT_LB_DENIED / SHUNT_LB_NOT_ALLOWED), in every workload.
+  absl::Status DeleteStatsOfDetail(std::initializer_list<uint32_t> events, uint32_t detail);
 
   const SockLbConfig& config() const { return config_; }
 

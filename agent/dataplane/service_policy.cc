@@ -565,6 +565,7 @@ absl::Status ServicePolicyReconciler::ReconcileOnce() {
     s = cgroups.status();
   }
   DesiredServicePolicy desired;
+  bool applied_now = false;  // the maps now hold `desired`
   if (s.ok()) {
     desired =
         CompileServicePolicy(*snapshot, options_.node_name, cgroup_ids, options_.limits, ids_);
@@ -573,6 +574,7 @@ absl::Status ServicePolicyReconciler::ReconcileOnce() {
     // After an error the maps are in an unknown state: list them on the next pass.
     if (s.ok()) {
       applied_ = std::move(applied);
+      applied_now = true;
     } else {
       applied_.reset();
     }
@@ -589,6 +591,21 @@ absl::Status ServicePolicyReconciler::ReconcileOnce() {
       if (!now.count(id)) writer_.DeleteStatsOf(id).IgnoreError();
     }
     known_workloads_ = std::move(now);
+  }
+  if (applied_now) {
+    // Ids freed or given to another service / policy: their counters go with them.
+    auto forget = [](std::map<uint32_t, std::string>& known,
+                     const std::map<uint32_t, std::string>& now, auto&& del) {
+      for (const auto& [id, name] : known) {
+        auto it = now.find(id);
+        if (it == now.end() || it->second != name) del(id).IgnoreError();
+      }
+      known = now;
+    };
+    forget(known_services_, desired.service_names,
+           [this](uint32_t id) { return writer_.DeleteServiceStats(id); });
+    forget(known_policies_, desired.policy_names,
+           [this](uint32_t bit) { return writer_.DeletePolicyStats(bit); });
   }
   auto status = std::make_shared<ServicePolicyStatus>();
   const ServicePolicyLimits& l = options_.limits;

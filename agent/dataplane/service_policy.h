@@ -129,6 +129,10 @@ class ServicePolicyWriter {
   virtual absl::Status Delete(SockLbMap map, const Bytes& key) = 0;
   // Drops the counters of a workload that left the node (its series disappear).
   virtual absl::Status DeleteStatsOf(uint32_t workload_id) = 0;
+  // Drops the counters of a service id / policy bit that was freed: its series disappear rather
+  // than be shown as "unknown", or be counted for whatever gets the id next.
+  virtual absl::Status DeleteServiceStats(uint32_t service_id) = 0;
+  virtual absl::Status DeletePolicyStats(uint32_t policy_bit) = 0;
 };
 
 class SockLbWriter : public ServicePolicyWriter {
@@ -142,6 +146,12 @@ class SockLbWriter : public ServicePolicyWriter {
   }
   absl::Status Delete(SockLbMap map, const Bytes& key) override { return lb_.Delete(map, key); }
   absl::Status DeleteStatsOf(uint32_t id) override { return lb_.DeleteStatsOf(id); }
+  absl::Status DeleteServiceStats(uint32_t id) override {
+    return lb_.DeleteStatsOfDetail({SHUNT_LB_REWRITTEN}, id);
+  }
+  absl::Status DeletePolicyStats(uint32_t bit) override {
+    return lb_.DeleteStatsOfDetail({SHUNT_LB_DENIED, SHUNT_LB_NOT_ALLOWED}, bit);
+  }
 
  private:
   SockLb& lb_;
@@ -204,6 +214,10 @@ class ServicePolicyReconciler {
   absl::Mutex pass_mu_;
   ServicePolicyIds ids_ ABSL_GUARDED_BY(pass_mu_);
   std::set<uint32_t> known_workloads_ ABSL_GUARDED_BY(pass_mu_);
+  // What each service id / policy bit meant after the last pass (to drop the counters of freed
+  // or reassigned ones).
+  std::map<uint32_t, std::string> known_services_ ABSL_GUARDED_BY(pass_mu_);
+  std::map<uint32_t, std::string> known_policies_ ABSL_GUARDED_BY(pass_mu_);
   // What the maps hold after the last successful pass (empty optional: list them next time).
   std::optional<EncodedServicePolicy> applied_ ABSL_GUARDED_BY(pass_mu_);
 };

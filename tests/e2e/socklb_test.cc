@@ -182,12 +182,24 @@ TEST_P(SockLbTest, DenyPolicyFailsConnectWithEpermUntilRemoved) {
   EXPECT_EQ(r.value("connected", -1), 3) << r.dump();
   EXPECT_EQ(Count(r, "idents", "v1"), 3u) << r.dump();
 
-  // Removing the policy restores access.
+  // Removing the policy restores access, and its series go with it (not left as "unknown").
   ASSERT_TRUE(WritePolicy({}, {}, {}));
   AwaitEntries("policies", 0);
   r = Probe(P(0), to, 5);
   EXPECT_EQ(r.value("connected", -1), 5) << r.dump();
   EXPECT_EQ(Count(r, "idents", "v1"), 5u) << r.dump();
+  EXPECT_EQ(Metric("shunt_access_denied_connections_total", {}), 0);
+
+  // The next policy gets the freed policy slot: it counts its own denials only.
+  deny["name"] = "deny-front-again";
+  ASSERT_TRUE(WritePolicy({}, {}, {deny}));
+  AwaitEntries("policies", 1);
+  r = Probe(P(0), to, 4);
+  EXPECT_EQ(Count(r, "errors", "EPERM"), 4u) << r.dump();
+  EXPECT_EQ(Metric("shunt_access_denied_connections_total",
+                   {{"source_pod", P(0).name}, {"policy", "default/deny-front-again"}}),
+            4);
+  EXPECT_EQ(Metric("shunt_access_denied_connections_total", {}), 4);
 }
 
 TEST_P(SockLbTest, AllowPolicyLetsOnlySelectedSourcesIn) {
