@@ -195,6 +195,8 @@ int RunAgent(const AgentConfig& config) {
     o.address = config.controller;
     o.node = config.node_name;
     o.credentials = *creds;
+    o.tls = !config.controller_plaintext;
+    o.client_certificate = !config.controller_cert.empty();
     o.state_dir = config.state_dir.empty() ? "" : absl::StrCat(config.state_dir, "/", config.node_name);
     o.max_backoff = config.controller_max_backoff;
     o.agent_version = SHUNT_VERSION;

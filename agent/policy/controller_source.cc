@@ -153,8 +153,10 @@ void ControllerPolicySource::Session() {
   }
   auto stream = stub->Stream(&context);
   PolicyResponse resp;
+  bool got_response = false;
   if (stream->Write(first)) {
     while (stream->Read(&resp)) {
+      got_response = true;
       std::map<std::string, Resource> next;
       std::string current_version;
       {
@@ -203,10 +205,24 @@ void ControllerPolicySource::Session() {
   }
   stream->WritesDone();
   grpc::Status status = stream->Finish();
+  std::string why = status.error_message();
+  if (!got_response && (options_.tls || options_.client_certificate) &&
+      status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+      why.find("andshake") == std::string::npos) {
+    // Under TLS 1.3 the server checks the client's certificate after the client has finished
+    // its side of the handshake: a refusal reaches the client only as a closed connection.
+    absl::StrAppend(&why, " (the controller closed the connection before its first response: if ",
+                    "it requires client certificates, ",
+                    options_.client_certificate
+                        ? "check that --controller-cert is signed by the CA in the controller's "
+                          "--tls-client-ca)"
+                        : "give this agent one with --controller-cert and --controller-key)");
+  }
   absl::MutexLock l(&mu_);
   context_ = nullptr;
-  sync_ = absl::UnavailableError(absl::StrCat("no stream to the controller at ", options_.address,
-                                              ": ", status.error_message()));
+  sync_ = absl::UnavailableError(
+      absl::StrCat("no stream to the controller at ", options_.address, ": ", why));
+  if (!stop_) SHUNT_LOG_EVERY_N_SEC(WARNING, 30) << sync_.message();
 }
 
 }  // namespace shunt::agent

@@ -28,6 +28,8 @@ struct ControllerSourceOptions {
   std::string address;  // host:port of shunt-controller
   std::string node;
   std::shared_ptr<grpc::ChannelCredentials> credentials;  // TLS, or insecure when asked for
+  bool tls = false;                 // credentials are TLS (for the hints in InSync())
+  bool client_certificate = false;  // credentials carry a client certificate (mutual TLS)
   std::string state_dir;  // where the last good snapshot is kept ("" = not persisted)
   absl::Duration min_backoff = absl::Milliseconds(200);
   absl::Duration max_backoff = absl::Seconds(30);

@@ -3,6 +3,7 @@
 // controller/main.cc (ServerCredentials) and agent/agent.cc (ControllerCredentials) build them,
 // from real certificates made at test time with the openssl CLI in a temporary directory.
 #include <fcntl.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <spawn.h>
@@ -34,6 +35,7 @@ using shunt::v1::Resource;
 using shunt::v1::ResourceKey;
 
 using shunt::test::Eventually;
+using ::testing::HasSubstr;
 
 Resource Pod(const std::string& uid, const std::string& ip) {
   Resource r;
@@ -108,11 +110,14 @@ class Controller {
 };
 
 struct Agent {
-  Agent(const std::string& address, std::shared_ptr<grpc::ChannelCredentials> creds) {
+  Agent(const std::string& address, std::shared_ptr<grpc::ChannelCredentials> creds,
+        bool client_certificate = false, bool tls = true) {
     agent::ControllerSourceOptions o;
     o.address = address;
     o.node = "node-a";
     o.credentials = std::move(creds);
+    o.client_certificate = client_certificate;
+    o.tls = tls;
     o.min_backoff = absl::Milliseconds(20);
     o.max_backoff = absl::Milliseconds(200);
     source = std::make_unique<agent::ControllerPolicySource>(o);
@@ -213,19 +218,28 @@ TEST_F(PolicyStreamTls, MutualTlsAgentWithoutAClientCertIsRefused) {
   Controller c(MutualTls());
   Agent agent(c.address(), AgentTls(P("ca.crt")));
   ExpectNeverSyncs(agent, c);
-  Agent good(c.address(), AgentTls(P("ca.crt"), P("client.crt"), P("client.key")));
+  Agent good(c.address(), AgentTls(P("ca.crt"), P("client.crt"), P("client.key")),
+             /*client_certificate=*/true);
   ExpectSyncs(good, c);
   EXPECT_FALSE(agent.source->InSync().ok());
+  EXPECT_THAT(std::string(agent.source->InSync().message()),
+              HasSubstr("give this agent one with --controller-cert"))
+      << agent.source->InSync();
   EXPECT_EQ(agent.store.Current(), nullptr);
 }
 
 TEST_F(PolicyStreamTls, MutualTlsAgentWithAClientCertFromAnotherCaIsRefused) {
   Controller c(MutualTls());
-  Agent agent(c.address(), AgentTls(P("ca.crt"), P("rogue_client.crt"), P("rogue_client.key")));
+  Agent agent(c.address(), AgentTls(P("ca.crt"), P("rogue_client.crt"), P("rogue_client.key")),
+              /*client_certificate=*/true);
   ExpectNeverSyncs(agent, c);
   Agent good(c.address(), AgentTls(P("ca.crt"), P("client.crt"), P("client.key")));
   ExpectSyncs(good, c);
   EXPECT_FALSE(agent.source->InSync().ok());
+  // The agent says why it may have been refused (the controller's reason is in its own log).
+  EXPECT_THAT(std::string(agent.source->InSync().message()),
+              HasSubstr("check that --controller-cert is signed by the CA"))
+      << agent.source->InSync();
   EXPECT_EQ(agent.store.Current(), nullptr);
 }
 
