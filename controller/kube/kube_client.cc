@@ -210,14 +210,36 @@ absl::StatusOr<KubeConfig> ParseKubeConfig(absl::string_view yaml, const std::st
       }
       config.token = Scalar(user, "token");
       config.token_file = ResolvePath(Scalar(user, "tokenFile"), base_dir);
+      if (const YAML::Node exec = user["exec"]; exec && exec.IsMap()) {
+        ExecConfig e;
+        e.api_version = Scalar(exec, "apiVersion");
+        e.command = Scalar(exec, "command");
+        // client-go: a command with a path separator is relative to the kubeconfig's directory.
+        if (e.command.find('/') != std::string::npos) e.command = ResolvePath(e.command, base_dir);
+        e.interactive_mode = Scalar(exec, "interactiveMode");
+        if (e.command.empty()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("kubeconfig: user ", user_name, ": exec has no command"));
+        }
+        if (const YAML::Node args = exec["args"]; args && args.IsSequence()) {
+          for (const YAML::Node& a : args) e.args.push_back(a.as<std::string>());
+        }
+        if (const YAML::Node env = exec["env"]; env && env.IsSequence()) {
+          for (const YAML::Node& v : env) {
+            if (v.IsMap()) e.env.emplace_back(Scalar(v, "name"), Scalar(v, "value"));
+          }
+        }
+        config.exec = std::move(e);
+      }
       const bool has_credentials = !config.token.empty() || !config.token_file.empty() ||
                                    !config.client_cert_file.empty() ||
-                                   !config.client_cert_pem.empty();
-      if (!has_credentials && (user["exec"] || user["auth-provider"])) {
-        return absl::UnimplementedError(
-            absl::StrCat("kubeconfig: user ", user_name,
-                         " authenticates with exec/auth-provider plugins, "
-                         "which are not supported; use a token or client certificate"));
+                                   !config.client_cert_pem.empty() || config.exec.has_value();
+      if (!has_credentials && user["auth-provider"]) {
+        return absl::UnimplementedError(absl::StrCat(
+            "kubeconfig: user ", user_name,
+            " authenticates with an auth-provider plugin (removed from kubectl in Kubernetes "
+            "1.26), which is not supported; use its exec plugin, a token or a client "
+            "certificate"));
       }
     } else if (!user_name.empty()) {
       return absl::InvalidArgumentError(absl::StrCat("kubeconfig: no user ", user_name));
@@ -243,11 +265,21 @@ struct KubeClient::Request {
   absl::Status stream_error;  // why the write callback aborted
   bool ended_by_callback = false;
 
-  ~Request() {
+  ~Request() { Reset(); }
+
+  // Back to before Perform: no handles, nothing received (the URL and what to send stay).
+  void Reset() {
     if (multi && easy) curl_multi_remove_handle(multi, easy);
     if (easy) curl_easy_cleanup(easy);
     if (multi) curl_multi_cleanup(multi);
     if (headers) curl_slist_free_all(headers);
+    easy = nullptr;
+    multi = nullptr;
+    headers = nullptr;
+    body.clear();
+    pending.clear();
+    stream_error = absl::OkStatus();
+    ended_by_callback = false;
   }
 
   long ResponseCode() const {
@@ -317,6 +349,27 @@ absl::StatusOr<std::unique_ptr<KubeClient>> KubeClient::Create(KubeConfig config
   return client;
 }
 
+absl::StatusOr<ExecCredential> KubeClient::ExecCredentials(bool stale) {
+  absl::MutexLock l(&token_mu_);
+  if (!stale && exec_credential_ &&
+      absl::Now() + options_.exec_refresh_margin < exec_credential_->expiry) {
+    return *exec_credential_;
+  }
+  ++exec_runs_;
+  auto cred = RunExecCredential(*config_.exec, options_.exec_timeout);
+  if (!cred.ok()) {
+    exec_credential_.reset();
+    return cred.status();
+  }
+  exec_credential_ = *cred;
+  return cred;
+}
+
+int KubeClient::exec_runs() const {
+  absl::MutexLock l(&token_mu_);
+  return exec_runs_;
+}
+
 absl::StatusOr<std::string> KubeClient::BearerToken() {
   if (config_.token_file.empty()) return config_.token;
   absl::MutexLock l(&token_mu_);
@@ -336,7 +389,27 @@ absl::StatusOr<std::string> KubeClient::BearerToken() {
 }
 
 absl::Status KubeClient::Perform(Request& r) {
-  ASSIGN_OR_RETURN(std::string token, BearerToken());
+  absl::Status s = PerformOnce(r, /*stale_credentials=*/false);
+  if (config_.exec && HttpStatusOf(s) == 401) {
+    // The plugin's credential was refused (revoked, or expired early): ask the plugin again,
+    // once, as client-go does. Nothing of the refused answer was handed to the caller.
+    r.Reset();
+    s = PerformOnce(r, /*stale_credentials=*/true);
+  }
+  return s;
+}
+
+absl::Status KubeClient::PerformOnce(Request& r, bool stale_credentials) {
+  std::string token;
+  std::string exec_cert, exec_key;
+  if (config_.exec) {
+    ASSIGN_OR_RETURN(ExecCredential cred, ExecCredentials(stale_credentials));
+    token = std::move(cred.token);
+    exec_cert = std::move(cred.client_cert_pem);
+    exec_key = std::move(cred.client_key_pem);
+  } else {
+    ASSIGN_OR_RETURN(token, BearerToken());
+  }
   r.easy = curl_easy_init();
   r.multi = curl_multi_init();
   if (!r.easy || !r.multi) return absl::ResourceExhaustedError("curl: cannot allocate handles");
@@ -365,13 +438,20 @@ absl::Status KubeClient::Perform(Request& r) {
   } else if (!config_.ca_file.empty()) {
     curl_easy_setopt(e, CURLOPT_CAINFO, config_.ca_file.c_str());
   }
-  if (!config_.client_cert_pem.empty()) {
+  if (!exec_cert.empty()) {
+    blob(CURLOPT_SSLCERT_BLOB, exec_cert);
+    curl_easy_setopt(e, CURLOPT_SSLCERTTYPE, "PEM");
+    blob(CURLOPT_SSLKEY_BLOB, exec_key);
+    curl_easy_setopt(e, CURLOPT_SSLKEYTYPE, "PEM");
+  } else if (!config_.client_cert_pem.empty()) {
     blob(CURLOPT_SSLCERT_BLOB, config_.client_cert_pem);
     curl_easy_setopt(e, CURLOPT_SSLCERTTYPE, "PEM");
   } else if (!config_.client_cert_file.empty()) {
     curl_easy_setopt(e, CURLOPT_SSLCERT, config_.client_cert_file.c_str());
   }
-  if (!config_.client_key_pem.empty()) {
+  if (!exec_key.empty()) {
+    // set above with the certificate
+  } else if (!config_.client_key_pem.empty()) {
     blob(CURLOPT_SSLKEY_BLOB, config_.client_key_pem);
     curl_easy_setopt(e, CURLOPT_SSLKEYTYPE, "PEM");
   } else if (!config_.client_key_file.empty()) {

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -21,6 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "controller/cluster_state.h"
+#include "controller/kube/exec_credential.h"
 #include "nlohmann/json.hpp"
 
 namespace shunt::controller {
@@ -40,6 +42,7 @@ struct KubeConfig {
   std::string client_key_pem;
   std::string token;       // a static bearer token
   std::string token_file;  // re-read periodically (service-account tokens rotate); wins over token
+  std::optional<ExecConfig> exec;  // credentials from a plugin command; win over the above
   std::string ns;          // the context's namespace, "" if none
 };
 
@@ -54,6 +57,9 @@ struct KubeClientOptions {
   absl::Duration connect_timeout = absl::Seconds(10);
   absl::Duration request_timeout = absl::Seconds(60);  // list and patch; not watch
   absl::Duration token_reload_interval = absl::Minutes(1);
+  absl::Duration exec_timeout = absl::Seconds(30);
+  // An exec credential is renewed this long before it expires.
+  absl::Duration exec_refresh_margin = absl::Seconds(10);
 };
 
 struct ListResult {
@@ -119,14 +125,24 @@ class KubeClient {
                                 const std::string& continue_token);
   // Runs one request to completion (or Stop), feeding the body to `request`.
   absl::Status Perform(Request& request);
+  absl::Status PerformOnce(Request& request, bool stale_credentials);
   absl::StatusOr<std::string> BearerToken() ABSL_LOCKS_EXCLUDED(token_mu_);
+  // The exec plugin's credential, run again when expired or when `stale` (a 401).
+  absl::StatusOr<ExecCredential> ExecCredentials(bool stale) ABSL_LOCKS_EXCLUDED(token_mu_);
 
   const KubeConfig config_;
   const KubeClientOptions options_;
 
-  absl::Mutex token_mu_;
+  mutable absl::Mutex token_mu_;
   std::string token_ ABSL_GUARDED_BY(token_mu_);
   absl::Time token_read_at_ ABSL_GUARDED_BY(token_mu_) = absl::InfinitePast();
+  std::optional<ExecCredential> exec_credential_ ABSL_GUARDED_BY(token_mu_);
+  int exec_runs_ ABSL_GUARDED_BY(token_mu_) = 0;
+
+ public:
+  int exec_runs() const ABSL_LOCKS_EXCLUDED(token_mu_);  // times the plugin ran (tests)
+
+ private:
 
   absl::Mutex mu_;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;

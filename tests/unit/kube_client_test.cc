@@ -150,16 +150,84 @@ clusters: [{name: k, cluster: {server: "https://x", certificate-authority-data: 
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
-  auto exec = ParseKubeConfig(R"(
+  auto provider = ParseKubeConfig(R"(
 current-context: c
 contexts: [{name: c, context: {cluster: k, user: u}}]
 clusters: [{name: k, cluster: {server: "https://x"}}]
-users: [{name: u, user: {exec: {command: aws}}}]
+users: [{name: u, user: {auth-provider: {name: gcp}}}]
 )",
-                              "/");
-  EXPECT_EQ(exec.status().code(), absl::StatusCode::kUnimplemented);
+                                  "/");
+  EXPECT_EQ(provider.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(std::string(provider.status().message()), HasSubstr("exec plugin"));
   EXPECT_EQ(KubeConfigFromFile("/nonexistent/kubeconfig").status().code(),
             absl::StatusCode::kNotFound);
+}
+
+TEST(KubeConfigTest, ExecPlugin) {
+  auto config = ParseKubeConfig(R"(
+current-context: c
+contexts: [{name: c, context: {cluster: k, user: u}}]
+clusters: [{name: k, cluster: {server: "https://x"}}]
+users:
+- name: u
+  user:
+    exec:
+      apiVersion: client.authentication.k8s.io/v1beta1
+      command: bin/get-token
+      args: [eks, get-token, --cluster-name, prod]
+      env: [{name: AWS_PROFILE, value: prod}]
+      interactiveMode: Never
+)",
+                                "/etc/kube");
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_TRUE(config->exec.has_value());
+  EXPECT_EQ(config->exec->api_version, "client.authentication.k8s.io/v1beta1");
+  EXPECT_EQ(config->exec->command, "/etc/kube/bin/get-token");  // relative to the kubeconfig
+  EXPECT_THAT(config->exec->args, ElementsAre("eks", "get-token", "--cluster-name", "prod"));
+  ASSERT_EQ(config->exec->env.size(), 1u);
+  EXPECT_EQ(config->exec->env[0].first, "AWS_PROFILE");
+  EXPECT_EQ(config->exec->env[0].second, "prod");
+  EXPECT_EQ(config->exec->interactive_mode, "Never");
+  // A bare name is looked up in PATH.
+  config = ParseKubeConfig(R"(
+current-context: c
+contexts: [{name: c, context: {cluster: k, user: u}}]
+clusters: [{name: k, cluster: {server: "https://x"}}]
+users: [{name: u, user: {exec: {apiVersion: client.authentication.k8s.io/v1, command: aws}}}]
+)",
+                           "/etc/kube");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->exec->command, "aws");
+}
+
+TEST(ExecCredentialTest, ParsesTokenCertificateAndExpiry) {
+  const std::string v1 = "client.authentication.k8s.io/v1";
+  auto c = ParseExecCredential(
+      R"({"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential",
+          "status":{"token":"t","expirationTimestamp":"2030-01-02T03:04:05Z"}})",
+      v1);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->token, "t");
+  EXPECT_EQ(c->expiry, absl::FromUnixSeconds(1893553445));
+  c = ParseExecCredential(
+      R"({"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential",
+          "status":{"clientCertificateData":"C","clientKeyData":"K"}})",
+      v1);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->client_cert_pem, "C");
+  EXPECT_EQ(c->expiry, absl::InfiniteFuture());
+  for (const char* bad : {
+           "not json",
+           R"({"apiVersion":"client.authentication.k8s.io/v1","kind":"Other","status":{"token":"t"}})",
+           R"({"apiVersion":"client.authentication.k8s.io/v1beta1","kind":"ExecCredential","status":{"token":"t"}})",
+           R"({"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential"})",
+           R"({"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{}})",
+           R"({"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"clientKeyData":"K"}})",
+           R"({"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"t","expirationTimestamp":"tomorrow"}})",
+       }) {
+    EXPECT_EQ(ParseExecCredential(bad, v1).status().code(), absl::StatusCode::kInvalidArgument)
+        << bad;
+  }
 }
 
 TEST(InClusterConfigTest, FromEnvironmentAndServiceAccount) {
@@ -596,6 +664,107 @@ TEST_F(KubeClientTlsTest, ClientCertificateFromAnotherCaIsNotAccepted) {
   auto list = (*client)->List(ApiResourceOf(Kind::kPod));
   EXPECT_EQ(list.status().code(), absl::StatusCode::kUnavailable) << list.status();
   EXPECT_EQ(server_.list_requests(Kind::kPod), 0);  // the handshake failed: no request got in
+}
+
+// ---- exec credential plugins ------------------------------------------------------------------
+
+// A plugin as a shell script: checks that it was given KUBERNETES_EXEC_INFO, counts its runs and
+// prints credential.json (which the test rewrites to rotate credentials).
+class ExecPluginTest : public KubeClientTlsTest {
+ protected:
+  void SetUp() override {
+    KubeClientTlsTest::SetUp();
+    if (HasFatalFailure()) return;
+    dir_.Write("plugin.sh",
+               "#!/bin/sh\n"
+               "[ -n \"$KUBERNETES_EXEC_INFO\" ] || { echo 'no KUBERNETES_EXEC_INFO' >&2; exit 3; }\n"
+               "[ -f \"$PLUGIN_DIR/fail\" ] && { cat \"$PLUGIN_DIR/fail\" >&2; exit 1; }\n"
+               "[ -f \"$PLUGIN_DIR/hang\" ] && exec sleep 10\n"
+               "cat \"$PLUGIN_DIR/credential.json\"\n");
+    chmod((dir_.path() + "/plugin.sh").c_str(), 0755);
+  }
+  void WriteCredential(nlohmann::json status,
+                       const std::string& api_version = "client.authentication.k8s.io/v1") {
+    dir_.Write("credential.json", nlohmann::json{{"apiVersion", api_version},
+                                                 {"kind", "ExecCredential"},
+                                                 {"status", std::move(status)}}
+                                      .dump());
+  }
+  std::unique_ptr<KubeClient> ExecClient(KubeClientOptions options = {}) {
+    KubeConfig config;
+    config.server = server_.url();
+    config.ca_file = Cert("ca.crt");
+    config.exec = ExecConfig{"client.authentication.k8s.io/v1", dir_.path() + "/plugin.sh", {},
+                             {{"PLUGIN_DIR", dir_.path()}}, "IfAvailable"};
+    auto client = KubeClient::Create(config, options);
+    EXPECT_TRUE(client.ok()) << client.status();
+    return client.ok() ? std::move(*client) : nullptr;
+  }
+};
+
+TEST_F(ExecPluginTest, TokenIsCachedUntilRefusedOrExpired) {
+  WriteCredential({{"token", "sa-token-1"}, {"expirationTimestamp", "2099-01-01T00:00:00Z"}});
+  auto client = ExecClient();
+  ASSERT_TRUE(client->List(ApiResourceOf(Kind::kPod)).ok());
+  ASSERT_TRUE(client->List(ApiResourceOf(Kind::kPod)).ok());
+  EXPECT_EQ(client->exec_runs(), 1);  // cached until it expires
+  EXPECT_EQ(server_.last_authorization(), "Bearer sa-token-1");
+
+  // Revoked early: the 401 makes the client ask the plugin again, once, and the request passes.
+  server_.RequireToken("sa-token-2");
+  WriteCredential({{"token", "sa-token-2"}, {"expirationTimestamp", "2099-01-01T00:00:00Z"}});
+  auto list = client->List(ApiResourceOf(Kind::kPod));
+  ASSERT_TRUE(list.ok()) << list.status();
+  EXPECT_EQ(client->exec_runs(), 2);
+  EXPECT_EQ(server_.unauthorized_requests(), 1);
+  EXPECT_EQ(server_.last_authorization(), "Bearer sa-token-2");
+
+  // An expired credential is renewed before it is used.
+  WriteCredential({{"token", "sa-token-2"}, {"expirationTimestamp", "2020-01-01T00:00:00Z"}});
+  auto fresh = ExecClient();
+  ASSERT_TRUE(fresh->List(ApiResourceOf(Kind::kPod)).ok());
+  ASSERT_TRUE(fresh->List(ApiResourceOf(Kind::kPod)).ok());
+  EXPECT_EQ(fresh->exec_runs(), 2);
+  EXPECT_EQ(server_.unauthorized_requests(), 1);  // it never sent a stale token
+}
+
+TEST_F(ExecPluginTest, ClientCertificateFromThePlugin) {
+  WriteCredential({{"clientCertificateData", shunt::test::ReadWholeFile(Cert("client.crt"))},
+                   {"clientKeyData", shunt::test::ReadWholeFile(Cert("client.key"))}});
+  auto client = ExecClient();
+  auto list = client->List(ApiResourceOf(Kind::kPod));
+  ASSERT_TRUE(list.ok()) << list.status();
+  EXPECT_THAT(server_.last_client_subject(), HasSubstr("node-a"));
+  EXPECT_EQ(server_.last_authorization(), "");
+}
+
+TEST_F(ExecPluginTest, PluginFailuresAreClearErrors) {
+  KubeClientOptions options;
+  options.exec_timeout = absl::Milliseconds(300);
+  auto client = ExecClient(options);
+
+  dir_.Write("fail", "error: SSO session expired, run 'aws sso login'\n");
+  auto list = client->List(ApiResourceOf(Kind::kPod));
+  EXPECT_EQ(list.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(list.status().message()), HasSubstr("aws sso login"));
+  EXPECT_THAT(std::string(list.status().message()), HasSubstr("exit 1"));
+  std::filesystem::remove(dir_.path() + "/fail");
+
+  WriteCredential({{"token", "sa-token-1"}}, "client.authentication.k8s.io/v1beta1");
+  list = client->List(ApiResourceOf(Kind::kPod));
+  EXPECT_EQ(list.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(list.status().message()), HasSubstr("apiVersion"));
+
+  dir_.Write("hang", "");
+  const absl::Time start = absl::Now();
+  list = client->List(ApiResourceOf(Kind::kPod));
+  EXPECT_EQ(list.status().code(), absl::StatusCode::kDeadlineExceeded) << list.status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));  // killed at the timeout, not after 10 s
+  std::filesystem::remove(dir_.path() + "/hang");
+
+  WriteCredential({{"token", "sa-token-1"}});
+  EXPECT_TRUE(client->List(ApiResourceOf(Kind::kPod)).ok());
+  EXPECT_EQ(server_.list_requests(Kind::kPod), 1);  // no request went out without credentials
 }
 
 }  // namespace
