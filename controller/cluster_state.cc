@@ -173,6 +173,23 @@ absl::Status ClusterState::ReplaceAll(absl::string_view source,
 
 absl::Status ClusterState::ReplaceAll(absl::string_view source, std::vector<ObjectPtr> objects) {
   absl::Status first;
+  std::vector<std::pair<ObjectKey, ObjectPtr>> keyed;
+  keyed.reserve(objects.size());
+  for (auto& o : objects) {
+    if (!o) continue;
+    auto key = KeyOf(*o);
+    if (!key.ok()) {
+      if (first.ok()) first = key.status();
+      continue;
+    }
+    keyed.emplace_back(*std::move(key), std::move(o));
+  }
+  absl::Status s = ReplaceAll(source, std::move(keyed));
+  return first.ok() ? s : first;
+}
+
+absl::Status ClusterState::ReplaceAll(absl::string_view source,
+                                      std::vector<std::pair<ObjectKey, ObjectPtr>> objects) {
   bool changed = false;
   {
     absl::MutexLock l(&mu_);
@@ -180,19 +197,14 @@ absl::Status ClusterState::ReplaceAll(absl::string_view source, std::vector<Obje
     for (const auto& [k, v] : *objects_) {
       if (v.source != source) next->emplace(k, v);
     }
-    for (auto& o : objects) {
+    for (auto& [key, o] : objects) {
       if (!o) continue;
-      auto key = KeyOf(*o);
-      if (!key.ok()) {
-        if (first.ok()) first = key.status();
-        continue;
-      }
-      auto it = objects_->find(*key);
+      auto it = objects_->find(key);
       if (it != objects_->end() && it->second.source == source &&
           (it->second.object == o || *it->second.object == *o)) {
-        (*next)[*key] = it->second;  // unchanged: keep the pointer consumers cached
+        (*next)[key] = it->second;  // unchanged: keep the pointer consumers cached
       } else {
-        (*next)[*key] = StoredObject{std::string(source), std::move(o)};
+        (*next)[key] = StoredObject{std::string(source), std::move(o)};
       }
     }
     if (*next != *objects_) {
@@ -202,7 +214,7 @@ absl::Status ClusterState::ReplaceAll(absl::string_view source, std::vector<Obje
     }
   }
   if (changed) Changed();
-  return first;
+  return absl::OkStatus();
 }
 
 std::shared_ptr<const ObjectMap> ClusterState::Objects() const {

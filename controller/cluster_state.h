@@ -102,6 +102,9 @@ class ClusterState {
   // Same, with objects the source already holds as shared pointers: an object whose pointer is
   // unchanged costs no comparison at all.
   absl::Status ReplaceAll(absl::string_view source, std::vector<ObjectPtr> objects);
+  // Same, with the keys already known (KeyOf of each object, checked by the caller).
+  absl::Status ReplaceAll(absl::string_view source,
+                          std::vector<std::pair<ObjectKey, ObjectPtr>> objects);
 
   // An immutable copy and the generation it was taken at (bumped by every effective change).
   std::shared_ptr<const ObjectMap> Objects() const;

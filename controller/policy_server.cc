@@ -129,18 +129,26 @@ PolicyServer::~PolicyServer() {
 }
 
 void PolicyServer::Publish(std::map<std::string, Resource> resources, absl::Time changed_at) {
+  ResourceSet set;
+  for (auto& [k, r] : resources) set.emplace(k, std::make_shared<const Resource>(std::move(r)));
+  Publish(std::move(set), changed_at);
+}
+
+void PolicyServer::Publish(ResourceSet resources, absl::Time changed_at) {
   std::string names;
-  for (const auto& [k, r] : resources) absl::StrAppend(&names, k, "=", r.version(), ";");
+  names.reserve(resources.size() * 64);
+  for (const auto& [k, r] : resources) absl::StrAppend(&names, k, "=", r->version(), ";");
   const std::string name = Fnv1a64Hex(names);
   absl::MutexLock l(&mu_);
   if (name == current_.name) return;  // nothing changed for the agents
   auto set = std::make_shared<ResourceSet>();
+  auto hint = set->end();
   for (auto& [k, r] : resources) {
     auto old = current_.set->find(k);
-    if (old != current_.set->end() && old->second->version() == r.version()) {
-      set->emplace(k, old->second);  // share unchanged resources between versions
+    if (old != current_.set->end() && old->second->version() == r->version()) {
+      hint = set->emplace_hint(hint, k, old->second);  // keep what deltas were computed from
     } else {
-      set->emplace(k, std::make_shared<const Resource>(std::move(r)));
+      hint = set->emplace_hint(hint, k, std::move(r));
     }
   }
   current_ = Version{next_id_++, name, std::move(set), changed_at};

@@ -43,6 +43,7 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
 
   // Makes `resources` the current snapshot; every agent in sync is sent its delta. `changed_at` is
   // when the source change that led to it was seen (propagation time is measured from there).
+  void Publish(ResourceSet resources, absl::Time changed_at);
   void Publish(std::map<std::string, shunt::v1::Resource> resources, absl::Time changed_at);
 
   grpc::ServerBidiReactor<shunt::v1::PolicyRequest, shunt::v1::PolicyResponse>* Stream(

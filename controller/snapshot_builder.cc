@@ -120,9 +120,9 @@ void AddWorkloads(const ObjectMap& objects, SnapshotBuilder::Cache& cache, Snaps
         hit != cache.entries.end() && hit->second.inputs.size() == 1 &&
         hit->second.inputs[0] == stored.object && hit->second.flag == ns_meshed) {
       if (hit->second.resource) {
-        out.resources[ResourceKeyString(hit->second.resource->key())] = *hit->second.resource;
+        out.resources[ResourceKeyString(hit->second.resource->key())] = hit->second.resource;
       }
-      next.emplace(key, hit->second);
+      next.emplace(key, std::move(hit->second));  // the old cache is dropped after this pass
       continue;
     }
     SnapshotBuilder::Cache::Entry entry;
@@ -167,8 +167,8 @@ void AddWorkloads(const ObjectMap& objects, SnapshotBuilder::Cache& cache, Snaps
     if (annotation == kMeshDisabled || host_network) meshed = false;
     w->set_meshed(meshed);
     r.set_version(ResourceVersion(r));
-    entry.resource = r;
-    out.resources[ResourceKeyString(r.key())] = std::move(r);
+    entry.resource = std::make_shared<const Resource>(std::move(r));
+    out.resources[ResourceKeyString(entry.resource->key())] = entry.resource;
     next.emplace(key, std::move(entry));
   }
   cache.entries.swap(next);
@@ -195,9 +195,9 @@ void AddServices(const ObjectMap& objects, SnapshotBuilder::Cache& cache, Snapsh
     auto hit = cache.entries.find(key);
     if (hit != cache.entries.end() && hit->second.inputs == inputs) {
       if (hit->second.resource) {
-        out.resources[ResourceKeyString(hit->second.resource->key())] = *hit->second.resource;
+        out.resources[ResourceKeyString(hit->second.resource->key())] = hit->second.resource;
       }
-      next.emplace(key, hit->second);
+      next.emplace(key, std::move(hit->second));  // the old cache is dropped after this pass
       continue;
     }
     SnapshotBuilder::Cache::Entry entry;
@@ -205,9 +205,9 @@ void AddServices(const ObjectMap& objects, SnapshotBuilder::Cache& cache, Snapsh
     std::optional<Resource> r = BuildService(key, inputs);
     if (r) {
       r->set_version(ResourceVersion(*r));
-      out.resources[ResourceKeyString(r->key())] = *r;
+      entry.resource = std::make_shared<const Resource>(std::move(*r));
+      out.resources[ResourceKeyString(entry.resource->key())] = entry.resource;
     }
-    entry.resource = std::move(r);
     next.emplace(key, std::move(entry));
   }
   cache.entries.swap(next);
@@ -436,7 +436,8 @@ void AddPolicies(const ObjectMap& objects, Snapshot& out) {
       status.reason = "Accepted";
       status.message = "applied to the mesh";
       r.set_version(ResourceVersion(r));
-      out.resources[ResourceKeyString(r.key())] = std::move(r);
+      const std::string k = ResourceKeyString(r.key());
+      out.resources[k] = std::make_shared<const Resource>(std::move(r));
     } else {
       status.reason = s.code() == absl::StatusCode::kNotFound ? "ServiceNotFound" : "InvalidSpec";
       status.message = std::string(s.message());
@@ -451,44 +452,51 @@ void AddPolicies(const ObjectMap& objects, Snapshot& out) {
 // Agents reject a snapshot with a duplicate IP, so the controller settles it first: the IP stays
 // with the pod that is not being deleted, then the newer one; the other pod loses the IP.
 void ResolveDuplicateIps(const ObjectMap& objects, Snapshot& out) {
+  // Which workloads claim each IP; the pods' objects are only looked at for IPs claimed twice.
+  std::map<std::string, std::vector<const std::string*>> claims;  // ip -> resource keys
+  for (const auto& [k, r] : out.resources) {
+    if (r->key().kind() != ResourceKey::WORKLOAD) continue;
+    for (const auto& ip : r->workload().ips()) claims[ip].push_back(&k);
+  }
   struct Claim {
     std::string resource_key;
     bool terminating;
     std::string created;
     std::string uid;
   };
-  std::map<std::string, std::vector<Claim>> claims;
-  for (const auto& [key, stored] : objects) {
-    if (key.kind != Kind::kPod) continue;
-    const std::string uid = Str(*stored.object, {"metadata", "uid"});
-    ResourceKey rk;
-    rk.set_kind(ResourceKey::WORKLOAD);
-    rk.set_namespace_(key.ns);
-    rk.set_name(uid);
-    auto it = out.resources.find(ResourceKeyString(rk));
-    if (it == out.resources.end()) continue;
-    for (const auto& ip : it->second.workload().ips()) {
-      claims[ip].push_back({it->first,
-                            !Str(*stored.object, {"metadata", "deletionTimestamp"}).empty(),
-                            Str(*stored.object, {"metadata", "creationTimestamp"}), uid});
+  std::map<std::string, ResourcePtr> replaced;
+  for (auto& [ip, keys] : claims) {
+    if (keys.size() < 2) continue;
+    std::vector<Claim> list;
+    for (const std::string* k : keys) {
+      const auto& w = out.resources.at(*k)->workload();
+      auto pod = objects.find(ObjectKey{Kind::kPod, w.namespace_(), w.name()});
+      if (pod == objects.end()) continue;
+      const json& object = *pod->second.object;
+      list.push_back({*k, !Str(object, {"metadata", "deletionTimestamp"}).empty(),
+                      Str(object, {"metadata", "creationTimestamp"}), w.uid()});
     }
-  }
-  for (auto& [ip, list] : claims) {
-    if (list.size() < 2) continue;
     std::sort(list.begin(), list.end(), [](const Claim& a, const Claim& b) {
       if (a.terminating != b.terminating) return !a.terminating;
       if (a.created != b.created) return a.created > b.created;  // RFC 3339 sorts as text
       return a.uid < b.uid;
     });
     for (size_t i = 1; i < list.size(); ++i) {
-      Resource& r = out.resources[list[i].resource_key];
-      auto* ips = r.mutable_workload()->mutable_ips();
+      // Resources are shared (the builder's cache, the server's versions): copy, then change.
+      ResourcePtr& current = replaced.count(list[i].resource_key)
+                                 ? replaced[list[i].resource_key]
+                                 : (replaced[list[i].resource_key] =
+                                        out.resources.at(list[i].resource_key));
+      auto r = std::make_shared<Resource>(*current);
+      auto* ips = r->mutable_workload()->mutable_ips();
       ips->erase(std::remove(ips->begin(), ips->end(), ip), ips->end());
-      r.set_version(ResourceVersion(r));
+      r->set_version(ResourceVersion(*r));
+      current = std::move(r);
       out.warnings.push_back(absl::StrCat("IP ", ip, " is claimed by pods ", list[0].uid, " and ",
                                           list[i].uid, "; it stays with ", list[0].uid));
     }
   }
+  for (auto& [k, r] : replaced) out.resources[k] = std::move(r);
 }
 
 Snapshot SnapshotBuilder::Build(const ObjectMap& objects) {

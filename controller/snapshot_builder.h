@@ -9,6 +9,7 @@
 #pragma once
 
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -23,8 +24,12 @@ inline constexpr char kMeshLabel[] = "shunt.dev/mesh";
 inline constexpr char kMeshEnabled[] = "enabled";
 inline constexpr char kMeshDisabled[] = "disabled";
 
+// Resources are immutable once built and shared: between builds (an unchanged pod's Workload is
+// the same object as last time), with the PolicyServer's versions, and across agents.
+using ResourcePtr = std::shared_ptr<const shunt::v1::Resource>;
+
 struct Snapshot {
-  std::map<std::string, shunt::v1::Resource> resources;  // by ResourceKeyString
+  std::map<std::string, ResourcePtr> resources;  // by ResourceKeyString
   std::vector<PolicyStatus> statuses;                     // one per CR seen
   std::vector<std::string> warnings;                      // objects skipped, and why
 };
@@ -40,7 +45,7 @@ class SnapshotBuilder {
     struct Entry {
       std::vector<ObjectPtr> inputs;  // the objects it was derived from
       bool flag = false;              // other input (a pod: its namespace is meshed)
-      std::optional<shunt::v1::Resource> resource;  // nullopt: derived nothing (skipped)
+      ResourcePtr resource;  // null: derived nothing (skipped)
     };
     std::map<ObjectKey, Entry> entries;
   };

@@ -233,7 +233,13 @@ absl::Status ManifestsSource::Rescan() {
         SHUNT_LOG(INFO) << "manifests: " << name << " is valid again";
       }
       fs.objects.clear();
-      for (Json& o : *objects) fs.objects.push_back(std::make_shared<const Json>(std::move(o)));
+      fs.keys.clear();
+      for (Json& o : *objects) {
+        absl::StatusOr<ObjectKey> key = KeyOf(o);
+        if (!key.ok()) continue;  // checked when read
+        fs.keys.push_back(*std::move(key));
+        fs.objects.push_back(std::make_shared<const Json>(std::move(o)));
+      }
       fs.error = absl::OkStatus();
       continue;
     }
@@ -255,17 +261,16 @@ absl::Status ManifestsSource::Rescan() {
   if (!changed) return absl::OkStatus();
 
   // Assemble in file-name order; the first definition of an object wins.
-  std::vector<ObjectPtr> objects;
+  std::vector<std::pair<ObjectKey, ObjectPtr>> objects;
   std::map<ObjectKey, std::string> owner;                      // key → file that defines it
   std::map<std::string, std::vector<std::string>> duplicates;  // file → messages
   std::map<std::string, std::string> reported;                 // "key in file" → file
   for (const auto& [name, fs] : next) {
-    for (const ObjectPtr& o : fs.objects) {
-      absl::StatusOr<ObjectKey> key = KeyOf(*o);
-      if (!key.ok()) continue;  // checked when read
+    for (size_t i = 0; i < fs.objects.size(); ++i) {
+      const ObjectKey* key = &fs.keys[i];
       auto [it, inserted] = owner.emplace(*key, name);
       if (inserted) {
-        objects.push_back(o);
+        objects.emplace_back(*key, fs.objects[i]);
         continue;
       }
       std::string message =

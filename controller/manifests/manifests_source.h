@@ -84,6 +84,7 @@ class ManifestsSource : public ClusterSource {
     // system's timestamp granularity would look unchanged, so it is read again next time.
     bool racy = false;
     std::vector<ObjectPtr> objects;  // last good content, in document order; shared, immutable
+    std::vector<ObjectKey> keys;     // objects[i]'s key (computed once per read)
     absl::Status error;                   // of the version last read
     std::string digest;  // of the bytes last read: a racy re-read of the same bytes is not parsed
   };

@@ -42,7 +42,8 @@ json Pod(const std::string& ns, const std::string& name, const std::string& uid,
 }
 
 const shunt::v1::Workload* FindWorkload(const Snapshot& s, const std::string& uid) {
-  for (const auto& [k, r] : s.resources) {
+  for (const auto& [k, rp] : s.resources) {
+    const shunt::v1::Resource& r = *rp;
     if (r.has_workload() && r.workload().uid() == uid) return &r.workload();
   }
   return nullptr;
@@ -110,7 +111,7 @@ TEST(BuildSnapshot, ARecycledIpStaysWithThePodThatIsNotBeingDeleted) {
   EXPECT_EQ(FindWorkload(s, "u-b")->ips_size(), 1) << "else the newer pod keeps it";
   EXPECT_EQ(FindWorkload(s, "u-a")->ips_size(), 0);
   EXPECT_EQ(s.warnings.size(), 2u);
-  for (const auto& [k, r] : s.resources) EXPECT_EQ(r.version(), ResourceVersion(r));
+  for (const auto& [k, r] : s.resources) EXPECT_EQ(r->version(), ResourceVersion(*r));
 }
 
 TEST(BuildSnapshot, OwnerIsTheDeploymentBehindAReplicaSet) {
@@ -155,7 +156,8 @@ TEST(BuildSnapshot, ServiceWithEndpointSlices) {
            {{"addresses", {"198.18.0.3"}}, {"conditions", {{"ready", false}}}}}}});
   Snapshot s = BuildSnapshot(o.map());
   const shunt::v1::Service* svc = nullptr;
-  for (const auto& [k, r] : s.resources) {
+  for (const auto& [k, rp] : s.resources) {
+    const shunt::v1::Resource& r = *rp;
     if (r.has_service()) svc = &r.service();
   }
   ASSERT_NE(svc, nullptr);
@@ -183,7 +185,7 @@ TEST(BuildSnapshot, HeadlessAndExternalNameServices) {
          {"spec", {{"type", "ExternalName"}, {"externalName", "example.org"}}}});
   Snapshot s = BuildSnapshot(o.map());
   ASSERT_EQ(s.resources.size(), 1u);
-  EXPECT_EQ(s.resources.begin()->second.service().vips_size(), 0);
+  EXPECT_EQ(s.resources.begin()->second->service().vips_size(), 0);
 }
 
 json Cr(const std::string& kind, const std::string& name, json spec, int generation = 3) {
@@ -243,7 +245,8 @@ TEST(BuildSnapshot, PolicyCrsAreAcceptedOrRejectedWithAReason) {
   EXPECT_FALSE(accepted("badprice"));
   // Only accepted ones are sent to the agents.
   int routes = 0, access = 0, cost = 0;
-  for (const auto& [k, r] : s.resources) {
+  for (const auto& [k, rp] : s.resources) {
+    const shunt::v1::Resource& r = *rp;
     routes += r.has_traffic_route();
     access += r.has_access_policy();
     cost += r.has_api_cost_policy();
@@ -259,12 +262,12 @@ TEST(BuildSnapshot, VersionsAreContentHashesStableAcrossBuilds) {
   Snapshot s1 = BuildSnapshot(o.map());
   Snapshot s2 = BuildSnapshot(o.map());
   ASSERT_EQ(s1.resources.size(), 1u);
-  const auto& r1 = s1.resources.begin()->second;
-  EXPECT_EQ(r1.version(), s2.resources.begin()->second.version());
+  const auto& r1 = *s1.resources.begin()->second;
+  EXPECT_EQ(r1.version(), s2.resources.begin()->second->version());
   EXPECT_EQ(r1.version(), ResourceVersion(r1));
   o.Add(Pod("mesh", "a", "uid-a", "198.18.0.9"));
   Snapshot s3 = BuildSnapshot(o.map());
-  EXPECT_NE(s3.resources.begin()->second.version(), r1.version());
+  EXPECT_NE(s3.resources.begin()->second->version(), r1.version());
 }
 
 // The cached builder must give exactly what a fresh build gives, whatever changed.
@@ -273,7 +276,7 @@ TEST(SnapshotBuilder, CachedBuildsEqualFreshBuilds) {
     if (a.resources.size() != b.resources.size()) return false;
     for (const auto& [k, r] : a.resources) {
       auto it = b.resources.find(k);
-      if (it == b.resources.end() || it->second.SerializeAsString() != r.SerializeAsString()) {
+      if (it == b.resources.end() || it->second->SerializeAsString() != r->SerializeAsString()) {
         return false;
       }
     }
