@@ -18,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "tests/fake_kube/fake_kube_server.h"
 #include "tests/test_certs.h"
+#include "tests/test_util.h"
 
 namespace shunt::controller {
 namespace {
@@ -27,25 +28,9 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
 // A unique directory under /tmp, removed with everything in it when the test ends.
-class TempDir {
+class TempDir : public shunt::test::TempDir {
  public:
-  TempDir() {
-    char tmpl[] = "/tmp/shunt-kube-client-test-XXXXXX";
-    if (const char* p = ::mkdtemp(tmpl)) path_ = p;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-  std::string Write(const std::string& name, const std::string& text) const {
-    const std::string p = absl::StrCat(path_, "/", name);
-    std::ofstream(p) << text;
-    return p;
-  }
-
- private:
-  std::string path_;
+  TempDir() : shunt::test::TempDir("shunt-kube-client-test") {}
 };
 
 // Sets an environment variable for the scope, restoring the old value.
