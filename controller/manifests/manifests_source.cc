@@ -123,8 +123,13 @@ absl::StatusOr<std::string> ManifestsSource::ReadBytes(const std::string& file) 
 }
 
 absl::StatusOr<std::vector<Json>> ManifestsSource::Parse(const std::string& text) const {
+  return ParseManifests(text, options_);
+}
+
+absl::StatusOr<std::vector<Json>> ParseManifests(const std::string& text,
+                                                 const ManifestsOptions& options) {
   YamlLimits limits;
-  limits.max_bytes = options_.max_file_bytes;
+  limits.max_bytes = options.max_file_bytes;
   limits.max_documents = 10000;
   absl::StatusOr<std::vector<Json>> docs = YamlDocumentsToJson(text, limits);
   if (!docs.ok()) return docs.status();
@@ -140,11 +145,11 @@ absl::StatusOr<std::vector<Json>> ManifestsSource::Parse(const std::string& text
       if (items->is_null()) continue;
       for (size_t j = 0; j < items->size(); ++j) {
         RETURN_IF_ERROR(TakeObject(std::move((*items)[j]), absl::StrCat(where, ", items[", j, "]"),
-                                   options_.max_object_bytes, objects));
+                                   options.max_object_bytes, objects));
       }
       continue;
     }
-    RETURN_IF_ERROR(TakeObject(std::move(doc), where, options_.max_object_bytes, objects));
+    RETURN_IF_ERROR(TakeObject(std::move(doc), where, options.max_object_bytes, objects));
   }
   return objects;
 }

@@ -44,6 +44,12 @@ struct ManifestsOptions {
   size_t max_files = 10000;
 };
 
+// The objects of one manifest file's text (YAML or JSON; several documents; v1 Lists unpacked),
+// each checked as the API server would (known kind, names, the CRDs' schemas, size limits), or
+// the first problem found. Untrusted input: fuzzed by manifests_fuzz.cc.
+absl::StatusOr<std::vector<nlohmann::json>> ParseManifests(const std::string& text,
+                                                           const ManifestsOptions& options);
+
 class ManifestsSource : public ClusterSource {
  public:
   explicit ManifestsSource(ManifestsOptions options);
