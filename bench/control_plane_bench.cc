@@ -90,15 +90,15 @@ std::string FakeIp(int i) { return absl::StrCat("198.18.", 100 + i / 250, ".", 2
 void WriteCluster(const std::string& dir, int pods, int services) {
   json ns = {{"apiVersion", "v1"}, {"kind", "Namespace"}, {"metadata", {{"name", "bench"}}}};
   shunt::WriteFileAtomic(dir + "/ns.json", ns.dump()).IgnoreError();
-  json list = {{"apiVersion", "v1"}, {"kind", "List"}, {"items", json::array()}};
+  std::vector<json> items;
   for (int i = 0; i < pods; ++i) {
-    list["items"].push_back(PodJson(i, absl::StrCat("node-", i % 50),
+    items.push_back(PodJson(i, absl::StrCat("node-", i % 50),
                                     absl::StrFormat("00000000-0000-4000-8000-%012d", i), FakeIp(i),
                                     true));
   }
   for (int s = 0; s < services; ++s) {
     const std::string name = absl::StrCat("svc-", s);
-    list["items"].push_back(
+    items.push_back(
         {{"apiVersion", "v1"},
          {"kind", "Service"},
          {"metadata", {{"namespace", "bench"}, {"name", name}}},
@@ -110,7 +110,7 @@ void WriteCluster(const std::string& dir, int pods, int services) {
       eps.push_back(
           {{"addresses", {FakeIp((2 * s + e) % pods)}}, {"conditions", {{"ready", true}}}});
     }
-    list["items"].push_back({{"apiVersion", "discovery.k8s.io/v1"},
+    items.push_back({{"apiVersion", "discovery.k8s.io/v1"},
                              {"kind", "EndpointSlice"},
                              {"metadata",
                               {{"namespace", "bench"},
@@ -120,7 +120,15 @@ void WriteCluster(const std::string& dir, int pods, int services) {
                              {"ports", {{{"name", "http"}, {"port", 8080}}}},
                              {"endpoints", eps}});
   }
-  shunt::WriteFileAtomic(dir + "/cluster.json", list.dump()).IgnoreError();
+  // Files of at most 1000 objects: a manifest file is capped at 4 MiB (ManifestsOptions).
+  for (size_t first = 0, file = 0; first < items.size() || file == 0; first += 1000, ++file) {
+    json list = {{"apiVersion", "v1"}, {"kind", "List"}, {"items", json::array()}};
+    for (size_t i = first; i < std::min(items.size(), first + 1000); ++i) {
+      list["items"].push_back(std::move(items[i]));
+    }
+    shunt::WriteFileAtomic(absl::StrFormat("%s/cluster-%04d.json", dir, file), list.dump())
+        .IgnoreError();
+  }
 }
 
 struct ProcStat {
@@ -213,6 +221,15 @@ StreamResult MeasureStreams(const std::string& dir, int streams, int changes, in
     const std::string v = fleet.version(0);
     if (!v.empty() && fleet.AllOn(v)) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  // The whole cluster must be in the snapshot, or the figures measure an empty one (a manifest
+  // over the controller's size limit is skipped, for instance).
+  const int expected = absl::GetFlag(FLAGS_pods) + absl::GetFlag(FLAGS_services) + 1;
+  if (fleet.first_resources(0) != expected) {
+    std::fprintf(stderr, "the controller's snapshot has %d resources, not %d: see its log\n",
+                 fleet.first_resources(0), expected);
+    StopController(pid);
+    std::exit(1);
   }
   // Steady state: let the controller finish the initial sync's ACKs (1000 full-state pushes)
   // before measuring.

@@ -86,6 +86,7 @@ absl::StatusOr<std::unique_ptr<H2PolicyFleet>> H2PolicyFleet::Start(int port, in
   std::unique_ptr<H2PolicyFleet> f(new H2PolicyFleet());
   f->versions_.resize(clients);
   f->arrivals_.resize(clients);
+  f->first_resources_.assign(clients, -1);
   f->epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
   if (f->epoll_fd_ < 0) return ErrnoStatus(errno, "epoll_create1");
 
@@ -181,8 +182,10 @@ void H2PolicyFleet::OnMessage(Conn& c, const char* data, size_t len) {
                                             static_cast<int>(len));
   in.SetTotalBytesLimit(1 << 30);
   std::string version, nonce;
+  int resources = 0;
   while (uint32_t tag = in.ReadTag()) {
     const int field = WireFormatLite::GetTagFieldNumber(tag);
+    if (field == 4) ++resources;
     if (field == 1 || field == 2) {
       uint32_t n;
       if (!in.ReadVarint32(&n) || !in.ReadString(field == 1 ? &version : &nonce, n)) return;
@@ -194,6 +197,7 @@ void H2PolicyFleet::OnMessage(Conn& c, const char* data, size_t len) {
     std::lock_guard<std::mutex> l(mu_);
     versions_[c.index] = version;
     arrivals_[c.index][version] = now;
+    if (first_resources_[c.index] < 0) first_resources_[c.index] = resources;
   }
   shunt::v1::PolicyRequest ack;
   ack.set_response_nonce(nonce);
@@ -282,6 +286,11 @@ bool H2PolicyFleet::ArrivalOf(int i, const std::string& v, Clock::time_point* at
   if (it == arrivals_[i].end()) return false;
   *at = it->second;
   return true;
+}
+
+int H2PolicyFleet::first_resources(int i) {
+  std::lock_guard<std::mutex> l(mu_);
+  return first_resources_[i];
 }
 
 int H2PolicyFleet::closed() {

@@ -37,6 +37,8 @@ class H2PolicyFleet {
   bool AllOn(const std::string& v);     // every client has received v
   bool ArrivalOf(int i, const std::string& v, Clock::time_point* at);
   int closed();  // streams the server ended (a healthy run has none)
+  // Resources in the first response client i received (-1 before it): the full state.
+  int first_resources(int i);
 
   struct Conn;  // one client; public for the nghttp2 callbacks
 
@@ -55,6 +57,7 @@ class H2PolicyFleet {
   std::mutex mu_;
   std::vector<std::string> versions_;
   std::vector<std::map<std::string, Clock::time_point>> arrivals_;
+  std::vector<int> first_resources_;
   int closed_ = 0;
 };
 

@@ -16,13 +16,14 @@ std::string ResourceKeyString(const ResourceKey& key) {
 }
 
 std::string Fnv1a64Hex(const std::string& bytes) {
-  uint64_t h = 1469598103934665603ULL;
-  for (unsigned char c : bytes) {
-    h ^= c;
-    h *= 1099511628211ULL;
-  }
+  Fnv1a64 h;
+  h.Update(bytes);
+  return h.Hex();
+}
+
+std::string Fnv1a64::Hex() const {
   char buf[17];
-  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
+  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h_));
   return buf;
 }
 

@@ -2,8 +2,11 @@
 // resource keys, content versions, and the PolicyBundle view of a set of resources.
 #pragma once
 
+#include <cstdint>
+
 #include <map>
 #include <string>
+#include <string_view>
 
 #include "shunt/v1/discovery.pb.h"
 
@@ -22,5 +25,20 @@ shunt::v1::PolicyBundle ToBundle(const std::map<std::string, shunt::v1::Resource
 
 // FNV-1a 64 of `bytes`, as 16 hex digits.
 std::string Fnv1a64Hex(const std::string& bytes);
+
+// The same hash, fed piecewise: Update(a); Update(b) == Fnv1a64Hex(a + b).
+class Fnv1a64 {
+ public:
+  void Update(std::string_view bytes) {
+    for (unsigned char c : bytes) {
+      h_ ^= c;
+      h_ *= 1099511628211ULL;
+    }
+  }
+  std::string Hex() const;
+
+ private:
+  uint64_t h_ = 1469598103934665603ULL;
+};
 
 }  // namespace shunt

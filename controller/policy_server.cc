@@ -135,21 +135,26 @@ void PolicyServer::Publish(std::map<std::string, Resource> resources, absl::Time
 }
 
 void PolicyServer::Publish(ResourceSet resources, absl::Time changed_at) {
-  std::string names;
-  names.reserve(resources.size() * 64);
-  for (const auto& [k, r] : resources) absl::StrAppend(&names, k, "=", r->version(), ";");
-  const std::string name = Fnv1a64Hex(names);
+  Fnv1a64 hash;  // of "key=version;" for every resource, in key order
+  for (const auto& [k, r] : resources) {
+    hash.Update(k);
+    hash.Update("=");
+    hash.Update(r->version());
+    hash.Update(";");
+  }
+  const std::string name = hash.Hex();
   absl::MutexLock l(&mu_);
   if (name == current_.name) return;  // nothing changed for the agents
+  // Both sets are sorted by key: one merge pass, keeping the current pointer of every resource
+  // whose version did not change (what deltas and agents already hold).
   auto set = std::make_shared<ResourceSet>();
-  auto hint = set->end();
+  auto old = current_.set->begin();
+  const auto old_end = current_.set->end();
   for (auto& [k, r] : resources) {
-    auto old = current_.set->find(k);
-    if (old != current_.set->end() && old->second->version() == r->version()) {
-      hint = set->emplace_hint(hint, k, old->second);  // keep what deltas were computed from
-    } else {
-      hint = set->emplace_hint(hint, k, std::move(r));
-    }
+    while (old != old_end && old->first < k) ++old;
+    const bool same = old != old_end && old->first == k &&
+                      (old->second == r || old->second->version() == r->version());
+    set->emplace_hint(set->end(), k, same ? old->second : std::move(r));
   }
   current_ = Version{next_id_++, name, std::move(set), changed_at};
   history_[current_.id] = current_;
@@ -222,13 +227,16 @@ std::shared_ptr<const PolicyResponse> PolicyServer::DeltaLocked(uint64_t from_id
   resp->set_system_version_info(current_.name);
   resp->set_nonce(absl::StrCat("v", current_.id));  // one response per version per stream
   resp->set_full_state(from_id == 0);
+  // Both sets are sorted by key: one merge pass. Unchanged resources share their pointer.
+  auto a = from->begin();
   for (const auto& [k, r] : *current_.set) {
-    auto it = from->find(k);
-    if (it == from->end() || it->second->version() != r->version()) *resp->add_resources() = *r;
+    for (; a != from->end() && a->first < k; ++a) *resp->add_removed() = a->second->key();
+    const bool same = a != from->end() && a->first == k &&
+                      (a->second == r || a->second->version() == r->version());
+    if (!same) *resp->add_resources() = *r;
+    if (a != from->end() && a->first == k) ++a;
   }
-  for (const auto& [k, r] : *from) {
-    if (!current_.set->count(k)) *resp->add_removed() = r->key();
-  }
+  for (; a != from->end(); ++a) *resp->add_removed() = a->second->key();
   delta_cache_[from_id] = resp;
   return resp;
 }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <set>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -103,44 +104,72 @@ std::string OwnerOf(const json& pod) {
   return Str(pod, {"metadata", "name"});
 }
 
+using CacheEntry = SnapshotBuilder::Cache::Entry;
+
+// The objects of one kind: a contiguous range of the map (ObjectKey sorts by kind first).
+template <typename F>
+void ForEachOfKind(const ObjectMap& objects, Kind kind, F f) {
+  for (auto it = objects.lower_bound(ObjectKey{kind, "", ""});
+       it != objects.end() && it->first.kind == kind; ++it) {
+    f(it->first, it->second);
+  }
+}
+
+// Walks the objects of `kind` and the cache (both sorted by key) in one pass, updating the cache
+// in place: an entry is reused when `fresh(key, stored, entry)`, else made by `compute(key,
+// stored)`; entries of objects that are gone are dropped. What the entries derived (resource,
+// warning) goes into `out`, so a cached build gives what a fresh one would.
+template <typename Fresh, typename Compute>
+void DeriveCached(const ObjectMap& objects, Kind kind, SnapshotBuilder::Cache& cache,
+                  Snapshot& out, Fresh fresh, Compute compute) {
+  auto c = cache.entries.begin();
+  ForEachOfKind(objects, kind, [&](const ObjectKey& key, const StoredObject& stored) {
+    while (c != cache.entries.end() && c->first < key) c = cache.entries.erase(c);
+    const bool cached = c != cache.entries.end() && c->first == key;
+    if (!cached) {
+      c = cache.entries.emplace_hint(c, key, compute(key, stored));
+    } else if (!fresh(key, stored, c->second)) {
+      c->second = compute(key, stored);
+    }
+    const CacheEntry& e = c->second;
+    if (!e.warning.empty()) out.warnings.push_back(e.warning);
+    if (e.resource) out.resources.insert_or_assign(e.resource_key, e.resource);
+    ++c;
+  });
+  cache.entries.erase(c, cache.entries.end());
+}
+
+void SetResource(CacheEntry& entry, Resource r) {
+  r.set_version(ResourceVersion(r));
+  entry.resource = std::make_shared<const Resource>(std::move(r));
+  entry.resource_key = ResourceKeyString(entry.resource->key());
+}
+
 void AddWorkloads(const ObjectMap& objects, SnapshotBuilder::Cache& cache, Snapshot& out) {
-  std::map<ObjectKey, SnapshotBuilder::Cache::Entry> next;
   std::set<std::string> meshed_namespaces;
-  for (const auto& [key, stored] : objects) {
-    if (key.kind == Kind::kNamespace &&
-        Str(*stored.object, {"metadata", "labels", kMeshLabel}) == kMeshEnabled) {
+  ForEachOfKind(objects, Kind::kNamespace, [&](const ObjectKey& key, const StoredObject& stored) {
+    if (Str(*stored.object, {"metadata", "labels", kMeshLabel}) == kMeshEnabled) {
       meshed_namespaces.insert(key.name);
     }
-  }
-  for (const auto& [key, stored] : objects) {
-    if (key.kind != Kind::kPod) continue;
+  });
+  auto fresh = [&](const ObjectKey& key, const StoredObject& stored, const CacheEntry& e) {
+    return e.inputs.size() == 1 && e.inputs[0] == stored.object &&
+           e.flag == (meshed_namespaces.count(key.ns) > 0);
+  };
+  auto compute = [&](const ObjectKey& key, const StoredObject& stored) {
     const json& pod = *stored.object;
-    const bool ns_meshed = meshed_namespaces.count(key.ns) > 0;
-    if (auto hit = cache.entries.find(key);
-        hit != cache.entries.end() && hit->second.inputs.size() == 1 &&
-        hit->second.inputs[0] == stored.object && hit->second.flag == ns_meshed) {
-      if (hit->second.resource) {
-        out.resources[ResourceKeyString(hit->second.resource->key())] = hit->second.resource;
-      }
-      next.emplace(key, std::move(hit->second));  // the old cache is dropped after this pass
-      continue;
-    }
-    SnapshotBuilder::Cache::Entry entry;
+    CacheEntry entry;
     entry.inputs = {stored.object};
-    entry.flag = ns_meshed;
+    entry.flag = meshed_namespaces.count(key.ns) > 0;
     const std::string uid = Str(pod, {"metadata", "uid"});
     const std::string node = Str(pod, {"spec", "nodeName"});
     const std::string phase = Str(pod, {"status", "phase"});
     if (uid.empty()) {
-      out.warnings.push_back(ToString(key) + ": no metadata.uid, skipped");
-      next.emplace(key, std::move(entry));
-      continue;
+      entry.warning = ToString(key) + ": no metadata.uid, skipped";
+      return entry;
     }
     // A finished pod's IP may already belong to a new pod (PITFALLS 11): forget it.
-    if (node.empty() || phase == "Succeeded" || phase == "Failed") {
-      next.emplace(key, std::move(entry));
-      continue;
-    }
+    if (node.empty() || phase == "Succeeded" || phase == "Failed") return entry;
     Resource r = MakeResource(ResourceKey::WORKLOAD, key.ns, uid);
     auto* w = r.mutable_workload();
     w->set_uid(uid);
@@ -163,15 +192,13 @@ void AddWorkloads(const ObjectMap& objects, SnapshotBuilder::Cache& cache, Snaps
     const std::string annotation = Str(pod, {"metadata", "annotations", kMeshLabel});
     const bool host_network = At(pod, {"spec", "hostNetwork"}).is_boolean() &&
                               At(pod, {"spec", "hostNetwork"}).get<bool>();
-    bool meshed = ns_meshed || annotation == kMeshEnabled;
+    bool meshed = entry.flag || annotation == kMeshEnabled;
     if (annotation == kMeshDisabled || host_network) meshed = false;
     w->set_meshed(meshed);
-    r.set_version(ResourceVersion(r));
-    entry.resource = std::make_shared<const Resource>(std::move(r));
-    out.resources[ResourceKeyString(entry.resource->key())] = entry.resource;
-    next.emplace(key, std::move(entry));
-  }
-  cache.entries.swap(next);
+    SetResource(entry, std::move(r));
+    return entry;
+  };
+  DeriveCached(objects, Kind::kPod, cache, out, fresh, compute);
 }
 
 // --- Services + EndpointSlices -> Services ------------------------------------------------------
@@ -181,36 +208,28 @@ std::optional<Resource> BuildService(const ObjectKey& key, const std::vector<Obj
 void AddServices(const ObjectMap& objects, SnapshotBuilder::Cache& cache, Snapshot& out) {
   // A service's resource depends on the Service and its EndpointSlices: group the slices first.
   std::map<std::pair<std::string, std::string>, std::vector<ObjectPtr>> slices_of;
-  for (const auto& [key, stored] : objects) {
-    if (key.kind != Kind::kEndpointSlice) continue;
-    const std::string svc = Str(*stored.object, {"metadata", "labels", "kubernetes.io/service-name"});
-    if (!svc.empty()) slices_of[{key.ns, svc}].push_back(stored.object);
-  }
-  std::map<ObjectKey, SnapshotBuilder::Cache::Entry> next;
-  for (const auto& [key, stored] : objects) {
-    if (key.kind != Kind::kService) continue;
+  ForEachOfKind(objects, Kind::kEndpointSlice, [&](const ObjectKey& key, const StoredObject& st) {
+    const std::string svc = Str(*st.object, {"metadata", "labels", "kubernetes.io/service-name"});
+    if (!svc.empty()) slices_of[{key.ns, svc}].push_back(st.object);
+  });
+  auto inputs_of = [&](const ObjectKey& key, const StoredObject& stored) {
     std::vector<ObjectPtr> inputs = {stored.object};
     auto sl = slices_of.find({key.ns, key.name});
     if (sl != slices_of.end()) inputs.insert(inputs.end(), sl->second.begin(), sl->second.end());
-    auto hit = cache.entries.find(key);
-    if (hit != cache.entries.end() && hit->second.inputs == inputs) {
-      if (hit->second.resource) {
-        out.resources[ResourceKeyString(hit->second.resource->key())] = hit->second.resource;
-      }
-      next.emplace(key, std::move(hit->second));  // the old cache is dropped after this pass
-      continue;
+    return inputs;
+  };
+  auto fresh = [&](const ObjectKey& key, const StoredObject& stored, const CacheEntry& e) {
+    return e.inputs == inputs_of(key, stored);
+  };
+  auto compute = [&](const ObjectKey& key, const StoredObject& stored) {
+    CacheEntry entry;
+    entry.inputs = inputs_of(key, stored);
+    if (std::optional<Resource> r = BuildService(key, entry.inputs)) {
+      SetResource(entry, std::move(*r));
     }
-    SnapshotBuilder::Cache::Entry entry;
-    entry.inputs = inputs;
-    std::optional<Resource> r = BuildService(key, inputs);
-    if (r) {
-      r->set_version(ResourceVersion(*r));
-      entry.resource = std::make_shared<const Resource>(std::move(*r));
-      out.resources[ResourceKeyString(entry.resource->key())] = entry.resource;
-    }
-    next.emplace(key, std::move(entry));
-  }
-  cache.entries.swap(next);
+    return entry;
+  };
+  DeriveCached(objects, Kind::kService, cache, out, fresh, compute);
 }
 
 std::optional<Resource> BuildService(const ObjectKey& key, const std::vector<ObjectPtr>& inputs) {
@@ -453,7 +472,9 @@ void AddPolicies(const ObjectMap& objects, Snapshot& out) {
 // with the pod that is not being deleted, then the newer one; the other pod loses the IP.
 void ResolveDuplicateIps(const ObjectMap& objects, Snapshot& out) {
   // Which workloads claim each IP; the pods' objects are only looked at for IPs claimed twice.
-  std::map<std::string, std::vector<const std::string*>> claims;  // ip -> resource keys
+  // ip -> resource keys (views into out.resources, which does not change in this loop)
+  absl::flat_hash_map<absl::string_view, std::vector<const std::string*>> claims;
+  claims.reserve(out.resources.size());
   for (const auto& [k, r] : out.resources) {
     if (r->key().kind() != ResourceKey::WORKLOAD) continue;
     for (const auto& ip : r->workload().ips()) claims[ip].push_back(&k);
@@ -465,8 +486,12 @@ void ResolveDuplicateIps(const ObjectMap& objects, Snapshot& out) {
     std::string uid;
   };
   std::map<std::string, ResourcePtr> replaced;
+  std::vector<std::pair<std::string, std::vector<const std::string*>>> contested;
   for (auto& [ip, keys] : claims) {
-    if (keys.size() < 2) continue;
+    if (keys.size() >= 2) contested.emplace_back(std::string(ip), std::move(keys));
+  }
+  std::sort(contested.begin(), contested.end());  // deterministic warnings and resolution
+  for (auto& [ip, keys] : contested) {
     std::vector<Claim> list;
     for (const std::string* k : keys) {
       const auto& w = out.resources.at(*k)->workload();

@@ -46,6 +46,8 @@ class SnapshotBuilder {
       std::vector<ObjectPtr> inputs;  // the objects it was derived from
       bool flag = false;              // other input (a pod: its namespace is meshed)
       ResourcePtr resource;  // null: derived nothing (skipped)
+      std::string resource_key;  // ResourceKeyString(resource->key())
+      std::string warning;       // why the object derived nothing ("" if it did, or no reason)
     };
     std::map<ObjectKey, Entry> entries;
   };

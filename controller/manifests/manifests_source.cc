@@ -228,8 +228,8 @@ absl::Status ManifestsSource::Rescan() {
         bytes.ok() ? Parse(*bytes) : absl::StatusOr<std::vector<Json>>(bytes.status());
     fs.digest = digest;
     if (objects.ok()) {
-      if (known && fs.error.ok() && fs.objects.size() == objects->size() &&
-          std::equal(fs.objects.begin(), fs.objects.end(), objects->begin(),
+      if (known && fs.error.ok() && fs.content->objects.size() == objects->size() &&
+          std::equal(fs.content->objects.begin(), fs.content->objects.end(), objects->begin(),
                      [](const ObjectPtr& a, const Json& b) { return *a == b; })) {
         continue;  // a racy re-read: same
       }
@@ -237,14 +237,14 @@ absl::Status ManifestsSource::Rescan() {
       if (!fs.error.ok()) {
         SHUNT_LOG(INFO) << "manifests: " << name << " is valid again";
       }
-      fs.objects.clear();
-      fs.keys.clear();
+      auto content = std::make_shared<FileState::Content>();
       for (Json& o : *objects) {
         absl::StatusOr<ObjectKey> key = KeyOf(o);
         if (!key.ok()) continue;  // checked when read
-        fs.keys.push_back(*std::move(key));
-        fs.objects.push_back(std::make_shared<const Json>(std::move(o)));
+        content->keys.push_back(*std::move(key));
+        content->objects.push_back(std::make_shared<const Json>(std::move(o)));
       }
+      fs.content = std::move(content);
       fs.error = absl::OkStatus();
       continue;
     }
@@ -259,9 +259,10 @@ absl::Status ManifestsSource::Rescan() {
     ++newly_malformed;
     SHUNT_LOG(WARNING) << "manifests: " << options_.dir << "/" << name << ": " << fs.error.message()
                        << "; file skipped"
-                       << (fs.objects.empty() ? ""
+                       << (fs.content->objects.empty() ? ""
                                               : absl::StrCat(", keeping its last good content (",
-                                                             fs.objects.size(), " objects)"));
+                                                             fs.content->objects.size(),
+                                                             " objects)"));
   }
   if (!changed) return absl::OkStatus();
 
@@ -271,11 +272,11 @@ absl::Status ManifestsSource::Rescan() {
   std::map<std::string, std::vector<std::string>> duplicates;  // file → messages
   std::map<std::string, std::string> reported;                 // "key in file" → file
   for (const auto& [name, fs] : next) {
-    for (size_t i = 0; i < fs.objects.size(); ++i) {
-      const ObjectKey* key = &fs.keys[i];
+    for (size_t i = 0; i < fs.content->objects.size(); ++i) {
+      const ObjectKey* key = &fs.content->keys[i];
       auto [it, inserted] = owner.emplace(*key, name);
       if (inserted) {
-        objects.emplace_back(*key, fs.objects[i]);
+        objects.emplace_back(*key, fs.content->objects[i]);
         continue;
       }
       std::string message =

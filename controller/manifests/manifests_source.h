@@ -89,8 +89,13 @@ class ManifestsSource : public ClusterSource {
     // Changed less than kRacyWindow before it was read: a same-size rewrite within the file
     // system's timestamp granularity would look unchanged, so it is read again next time.
     bool racy = false;
-    std::vector<ObjectPtr> objects;  // last good content, in document order; shared, immutable
-    std::vector<ObjectKey> keys;     // objects[i]'s key (computed once per read)
+    struct Content {
+      std::vector<ObjectPtr> objects;  // in document order; shared, immutable
+      std::vector<ObjectKey> keys;     // objects[i]'s key (computed once per read)
+    };
+    // The last good content: shared, so that carrying a file over to the next scan copies a
+    // pointer, not its thousand objects.
+    std::shared_ptr<const Content> content = std::make_shared<const Content>();
     absl::Status error;                   // of the version last read
     std::string digest;  // of the bytes last read: a racy re-read of the same bytes is not parsed
   };
