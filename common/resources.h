@@ -26,6 +26,12 @@ shunt::v1::PolicyBundle ToBundle(const std::map<std::string, shunt::v1::Resource
 // FNV-1a 64 of `bytes`, as 16 hex digits.
 std::string Fnv1a64Hex(const std::string& bytes);
 
+// Message size limits of the policy stream (gRPC's default receive limit is 4 MiB, which a
+// cluster of ~40000 pods exceeds). Responses carry a full state (~100 bytes per resource);
+// requests only the versions an agent holds after a restart (~50 bytes per resource).
+inline constexpr int kPolicyResponseMaxBytes = 256 << 20;
+inline constexpr int kPolicyRequestMaxBytes = 64 << 20;
+
 // The same hash, fed piecewise: Update(a); Update(b) == Fnv1a64Hex(a + b).
 class Fnv1a64 {
  public:

@@ -176,6 +176,7 @@ int Run() {
   int port = 0;
   builder.AddListeningPort(absl::GetFlag(FLAGS_listen), *creds, &port);
   builder.RegisterService(&server);
+  PolicyServer::ConfigureServer(builder);
   std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
   if (!grpc_server || port == 0) {
     SHUNT_LOG(ERROR) << "cannot listen on " << absl::GetFlag(FLAGS_listen);

@@ -76,6 +76,7 @@ class AgentStream : public grpc::ServerBidiReactor<PolicyRequest, PolicyResponse
   bool finish_pending = false;
   bool queued = false;          // in the server's waiting_ list
   bool full_in_flight = false;  // the write in flight holds one of the full-state slots
+  size_t full_bytes = 0;        // and this many bytes of the full-state budget
   grpc::Status finish_status;
   std::shared_ptr<const PolicyResponse> out;  // kept alive while being written
 
@@ -85,8 +86,9 @@ class AgentStream : public grpc::ServerBidiReactor<PolicyRequest, PolicyResponse
   PolicyRequest request_;
 };
 
-PolicyServer::PolicyServer(prometheus::Registry* registry, int max_concurrent_pushes)
-    : max_concurrent_pushes_(std::max(1, max_concurrent_pushes)) {
+PolicyServer::PolicyServer(prometheus::Registry* registry, int max_concurrent_pushes,
+                           size_t max_push_bytes)
+    : max_concurrent_pushes_(std::max(1, max_concurrent_pushes)), max_push_bytes_(max_push_bytes) {
   current_.set = std::make_shared<ResourceSet>();
   if (!registry) return;
   connected_ = &prometheus::BuildGauge()
@@ -182,6 +184,11 @@ void PolicyServer::Publish(ResourceSet resources, absl::Time changed_at) {
                    << " writes started in " << absl::FormatDuration(absl::Now() - fanout_start_);
 }
 
+void PolicyServer::ConfigureServer(grpc::ServerBuilder& builder) {
+  builder.SetMaxReceiveMessageSize(kPolicyRequestMaxBytes);
+  builder.SetMaxSendMessageSize(kPolicyResponseMaxBytes);
+}
+
 grpc::ServerBidiReactor<PolicyRequest, PolicyResponse>* PolicyServer::Stream(
     grpc::CallbackServerContext* context) {
   auto* stream = new AgentStream(this, context->peer());
@@ -196,14 +203,19 @@ void PolicyServer::OnWriteDoneLocked(AgentStream* stream, bool ok) {
     SHUNT_LOG(DEBUG) << "version " << current_.name << ": every write done after "
                      << absl::FormatDuration(absl::Now() - fanout_start_);
   }
-  if (stream->full_in_flight) --writes_in_flight_;
+  if (stream->full_in_flight) {
+    --writes_in_flight_;
+    bytes_in_flight_ -= stream->full_bytes;
+  }
   stream->full_in_flight = false;
+  stream->full_bytes = 0;
   if (ok) MaybeSendLocked(stream);
   while (writes_in_flight_ < max_concurrent_pushes_ && !waiting_.empty()) {
     AgentStream* next = waiting_.front();
     waiting_.pop_front();
     next->queued = false;
     MaybeSendLocked(next);
+    if (next->queued) break;  // over the byte budget: wait for the next write to complete
   }
 }
 
@@ -295,11 +307,27 @@ void PolicyServer::MaybeSendLocked(AgentStream* s) {
     if (s->acked_id == current_.id || s->nacked_id == current_.id) return;
     resp = DeltaLocked(s->acked_id);
   }
+  size_t bytes = 0;
+  if (full) {
+    bytes = resp->ByteSizeLong();
+    if (writes_in_flight_ > 0 && bytes_in_flight_ + bytes > max_push_bytes_) {
+      if (!s->queued) {  // its turn comes when a full-state write completes
+        s->queued = true;
+        waiting_.push_back(s);
+      }
+      return;
+    }
+  }
   s->inflight_nonce = resp->nonce();
   s->inflight_id = current_.id;
   s->writing = true;
   s->full_in_flight = full;
-  if (full) ++writes_in_flight_;
+  s->full_bytes = bytes;
+  if (full) {
+    ++writes_in_flight_;
+    bytes_in_flight_ += bytes;
+    peak_writes_in_flight_ = std::max(peak_writes_in_flight_, writes_in_flight_);
+  }
   s->out = resp;
   ++pushes_;
   if (pushes_metric_) pushes_metric_->Increment();
@@ -374,6 +402,11 @@ std::string PolicyServer::current_version() const {
 uint64_t PolicyServer::nacks_total() const {
   absl::MutexLock l(&mu_);
   return nacks_;
+}
+
+int PolicyServer::peak_full_pushes() const {
+  absl::MutexLock l(&mu_);
+  return peak_writes_in_flight_;
 }
 
 uint64_t PolicyServer::pushes_total() const {

@@ -23,6 +23,7 @@
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "grpcpp/server_builder.h"
 #include "shunt/v1/discovery.grpc.pb.h"
 
 namespace shunt::controller {
@@ -35,16 +36,21 @@ class AgentStream;
 class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
  public:
   // `registry` may be null (tests); metrics are then not exported. At most
-  // `max_concurrent_pushes` full-state responses are being written at once; other agents wait
-  // their turn (each write holds a serialized copy of the response: 1000 agents connecting at once
-  // must not hold 1000 copies of the full state). Deltas are not throttled.
-  explicit PolicyServer(prometheus::Registry* registry, int max_concurrent_pushes = 64);
+  // `max_concurrent_pushes` full-state responses, and at most `max_push_bytes` of them (the
+  // first always goes), are being written at once; other agents wait their turn (each write
+  // holds a serialized copy of the response: 1000 agents connecting at once must not hold 1000
+  // copies of a 10 MiB full state). Deltas are not throttled.
+  explicit PolicyServer(prometheus::Registry* registry, int max_concurrent_pushes = 64,
+                        size_t max_push_bytes = size_t{128} << 20);
   ~PolicyServer() override;
 
   // Makes `resources` the current snapshot; every agent in sync is sent its delta. `changed_at` is
   // when the source change that led to it was seen (propagation time is measured from there).
   void Publish(ResourceSet resources, absl::Time changed_at);
   void Publish(std::map<std::string, shunt::v1::Resource> resources, absl::Time changed_at);
+
+  // What every server of this service must set (message size limits of the policy stream).
+  static void ConfigureServer(grpc::ServerBuilder& builder);
 
   grpc::ServerBidiReactor<shunt::v1::PolicyRequest, shunt::v1::PolicyResponse>* Stream(
       grpc::CallbackServerContext* context) override;
@@ -60,6 +66,7 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
   std::string current_version() const;
   uint64_t nacks_total() const;
   uint64_t pushes_total() const;
+  int peak_full_pushes() const;  // most full-state responses ever written at once
 
  private:
   friend class AgentStream;
@@ -90,7 +97,10 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
   uint64_t pushes_ ABSL_GUARDED_BY(mu_) = 0;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   const int max_concurrent_pushes_;
-  int writes_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  const size_t max_push_bytes_;
+  int writes_in_flight_ ABSL_GUARDED_BY(mu_) = 0;      // full-state responses being written
+  size_t bytes_in_flight_ ABSL_GUARDED_BY(mu_) = 0;    // their serialized size
+  int peak_writes_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   std::deque<AgentStream*> waiting_ ABSL_GUARDED_BY(mu_);  // behind, waiting for a write slot
   // Fan-out of the current version (debug log): when it was published, writes and ACKs pending.
   absl::Time fanout_start_ ABSL_GUARDED_BY(mu_);

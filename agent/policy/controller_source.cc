@@ -138,7 +138,10 @@ void ControllerPolicySource::Run() {
 }
 
 void ControllerPolicySource::Session() {
-  auto channel = grpc::CreateChannel(options_.address, options_.credentials);
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kPolicyResponseMaxBytes);
+  args.SetMaxSendMessageSize(kPolicyRequestMaxBytes);
+  auto channel = grpc::CreateCustomChannel(options_.address, options_.credentials, args);
   auto stub = shunt::v1::PolicyDiscovery::NewStub(channel);
   grpc::ClientContext context;
   PolicyRequest first;

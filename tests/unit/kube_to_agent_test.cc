@@ -49,6 +49,7 @@ class KubeToAgentTest : public ::testing::Test {
     int port = 0;
     b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
     b.RegisterService(&server_);
+    controller::PolicyServer::ConfigureServer(b);
     grpc_ = b.BuildAndStart();
     agent::ControllerSourceOptions ao;
     ao.address = "127.0.0.1:" + std::to_string(port);

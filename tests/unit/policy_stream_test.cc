@@ -7,6 +7,7 @@
 #include <chrono>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "tests/test_util.h"
 #include "agent/policy/controller_source.h"
 #include "agent/policy/policy_store.h"
@@ -49,11 +50,13 @@ std::map<std::string, Resource> Set(std::vector<Resource> rs) {
 
 class ControllerProcess {
  public:
-  explicit ControllerProcess(int port = 0, int max_pushes = 64) : service(nullptr, max_pushes) {
+  explicit ControllerProcess(int port = 0, int max_pushes = 64, size_t max_push_bytes = 128 << 20)
+      : service(nullptr, max_pushes, max_push_bytes) {
     grpc::ServerBuilder b;
     b.AddListeningPort("127.0.0.1:" + std::to_string(port), grpc::InsecureServerCredentials(),
                        &bound_port);
     b.RegisterService(&service);
+    controller::PolicyServer::ConfigureServer(b);
     server = b.BuildAndStart();
   }
   ~ControllerProcess() { server->Shutdown(std::chrono::system_clock::now() + 2s); }
@@ -112,6 +115,33 @@ TEST(PolicyStream, FullStateThenDeltasReachTheAgent) {
     auto agents = c.service.Agents();
     return agents.size() == 1 && agents[0].in_sync && agents[0].node == "node-a";
   }));
+}
+
+// gRPC's default limit for a received message is 4 MiB. A large cluster's full state (here
+// 100000 workloads, ~9 MiB) must reach the agent, and an agent that restarts holding all of them
+// sends the controller their versions in one request (~5 MiB).
+TEST(PolicyStream, FullStateOverFourMebibytesBothWays) {
+  ControllerProcess c;
+  std::map<std::string, Resource> all;
+  for (int i = 0; i < 100000; ++i) {
+    Resource r = Pod(absl::StrCat("uid-", i),  // unique addresses in 198.18.0.0/15
+                     absl::StrCat("198.", 18 + i / (254 * 256), ".", i / 254 % 256, ".",
+                                  1 + i % 254));
+    all[ResourceKeyString(r.key())] = std::move(r);
+  }
+  c.service.Publish(all, absl::Now());
+  shunt::test::TempDir state;
+  {
+    Agent agent(c.address(), state.path());
+    ASSERT_TRUE(Eventually([&] { return agent.Workloads() == 100000; }, 60s))
+        << agent.source->InSync();
+    ASSERT_TRUE(Eventually([&] { return agent.source->InSync().ok(); }));
+  }
+  Agent again(c.address(), state.path());  // starts from the saved state, then subscribes
+  ASSERT_TRUE(Eventually([&] { return again.source->InSync().ok(); }, 60s))
+      << again.source->InSync();
+  EXPECT_EQ(again.Workloads(), 100000u);
+  EXPECT_EQ(c.service.nacks_total(), 0u);
 }
 
 TEST(PolicyStream, ResponsesCarryOnlyChangesAndAreAckedByNonce) {
@@ -198,6 +228,24 @@ TEST(PolicyStream, ManyAgentsShareAFewWriteSlotsAndAllSync) {
     return true;
   }));
   EXPECT_EQ(c.service.pushes_total(), 40u);
+  EXPECT_LE(c.service.peak_full_pushes(), 2);
+}
+
+// The byte budget: with room for less than one full state, they go out one at a time (the
+// first always goes), and every agent still syncs.
+TEST(PolicyStream, FullStatesOverTheByteBudgetGoOneAtATime) {
+  ControllerProcess c(0, /*max_pushes=*/64, /*max_push_bytes=*/1);
+  c.service.Publish(Set({Pod("a", "198.18.0.2"), Pod("b", "198.18.0.3")}), absl::Now());
+  std::vector<std::unique_ptr<Agent>> agents;
+  for (int i = 0; i < 20; ++i) agents.push_back(std::make_unique<Agent>(c.address()));
+  ASSERT_TRUE(Eventually([&] {
+    for (auto& a : agents) {
+      if (!a->source->InSync().ok() || a->Workloads() != 2) return false;
+    }
+    return true;
+  }));
+  EXPECT_EQ(c.service.peak_full_pushes(), 1);
+  EXPECT_EQ(c.service.pushes_total(), 20u);
 }
 
 TEST(PolicyStream, FirstRequestWithoutNodeIsRejected) {

@@ -96,6 +96,7 @@ class Controller {
     grpc::ServerBuilder b;
     b.AddListeningPort("127.0.0.1:0", std::move(creds), &bound_port);
     b.RegisterService(&service);
+    controller::PolicyServer::ConfigureServer(b);
     server = b.BuildAndStart();
     service.Publish(Set({Pod("a", "198.18.0.2"), Pod("b", "198.18.0.3")}), absl::Now());
   }
