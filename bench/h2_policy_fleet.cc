@@ -147,7 +147,10 @@ absl::StatusOr<std::unique_ptr<H2PolicyFleet>> H2PolicyFleet::Start(int port, in
     c->stream_id = nghttp2_submit_request(c->session, nullptr, headers, 6, &body, c.get());
     if (c->stream_id < 0) {
       nghttp2_session_callbacks_del(cbs);
-      return absl::InternalError(nghttp2_strerror(c->stream_id));
+      const absl::Status s = absl::InternalError(nghttp2_strerror(c->stream_id));
+      nghttp2_session_del(c->session);
+      close(c->fd);
+      return s;
     }
     epoll_event ev{};
     ev.events = EPOLLIN;
@@ -212,7 +215,11 @@ void H2PolicyFleet::Flush(Conn& c) {
       const ssize_t n = send(c.fd, c.pending.data(), c.pending.size(), MSG_NOSIGNAL);
       if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
       if (n <= 0) {
-        c.closed = true;
+        if (!c.closed) {
+          c.closed = true;
+          std::lock_guard<std::mutex> l(mu_);
+          ++closed_;
+        }
         return;
       }
       c.pending.erase(0, static_cast<size_t>(n));

@@ -161,6 +161,7 @@ void PolicyServer::Publish(ResourceSet resources, absl::Time changed_at) {
   current_ = Version{next_id_++, name, std::move(set), changed_at};
   history_[current_.id] = current_;
   delta_cache_.clear();
+  full_state_bytes_ = 0;
   // Forget versions no agent is on any more.
   std::set<uint64_t> used = {current_.id};
   for (AgentStream* s : streams_) {
@@ -174,6 +175,9 @@ void PolicyServer::Publish(ResourceSet resources, absl::Time changed_at) {
   fanout_start_ = absl::Now();
   fanout_writes_ = fanout_acks_ = 0;
   for (AgentStream* s : streams_) {
+    // A stream waiting for a full-state slot gets its turn when one frees (in OnWriteDone):
+    // building its response now would be thrown away.
+    if (s->queued) continue;
     MaybeSendLocked(s);
     if (s->inflight_id == current_.id && !s->inflight_nonce.empty()) {
       ++fanout_writes_;
@@ -309,7 +313,10 @@ void PolicyServer::MaybeSendLocked(AgentStream* s) {
   }
   size_t bytes = 0;
   if (full) {
-    bytes = resp->ByteSizeLong();
+    auto cached = delta_cache_.find(0);
+    const bool shared = cached != delta_cache_.end() && cached->second == resp;
+    if (shared && full_state_bytes_ == 0) full_state_bytes_ = resp->ByteSizeLong();
+    bytes = shared ? full_state_bytes_ : resp->ByteSizeLong();
     if (writes_in_flight_ > 0 && bytes_in_flight_ + bytes > max_push_bytes_) {
       if (!s->queued) {  // its turn comes when a full-state write completes
         s->queued = true;

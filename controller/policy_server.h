@@ -90,6 +90,7 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
   std::map<uint64_t, Version> history_ ABSL_GUARDED_BY(mu_);  // versions some agent is on
   std::map<uint64_t, std::shared_ptr<const shunt::v1::PolicyResponse>> delta_cache_
       ABSL_GUARDED_BY(mu_);  // from version id -> delta to current_
+  size_t full_state_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // of delta_cache_[0] (0: not known yet)
   std::set<AgentStream*> streams_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_nonce_ ABSL_GUARDED_BY(mu_) = 1;

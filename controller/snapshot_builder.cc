@@ -183,7 +183,9 @@ void AddWorkloads(const ObjectMap& objects, SnapshotBuilder::Cache& cache, Snaps
     if (ips.is_array()) {
       for (const auto& ip : ips) {
         std::string s = Str(ip, {"ip"});
-        if (ValidIp(s)) w->add_ips(s);
+        if (ValidIp(s) && std::find(w->ips().begin(), w->ips().end(), s) == w->ips().end()) {
+          w->add_ips(s);  // once: a repeated address would compete with itself
+        }
       }
     }
     if (w->ips_size() == 0 && ValidIp(Str(pod, {"status", "podIP"}))) {
@@ -477,7 +479,10 @@ void ResolveDuplicateIps(const ObjectMap& objects, Snapshot& out) {
   claims.reserve(out.resources.size());
   for (const auto& [k, r] : out.resources) {
     if (r->key().kind() != ResourceKey::WORKLOAD) continue;
-    for (const auto& ip : r->workload().ips()) claims[ip].push_back(&k);
+    for (const auto& ip : r->workload().ips()) {
+      auto& keys = claims[ip];
+      if (keys.empty() || keys.back() != &k) keys.push_back(&k);  // an IP listed twice by one pod
+    }
   }
   struct Claim {
     std::string resource_key;

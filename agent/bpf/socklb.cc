@@ -207,10 +207,11 @@ absl::Status SockLb::DeleteStatsOf(uint32_t workload_id) {
 }
 
 absl::Status SockLb::DeleteStatsOfDetail(std::initializer_list<uint32_t> events,
-                                         uint32_t detail) {
-  ASSIGN_OR_RETURN(auto stats, ReadStats());
+                                         const std::set<uint32_t>& details) {
+  if (details.empty()) return absl::OkStatus();
+  ASSIGN_OR_RETURN(auto stats, ReadStats());  // one pass for all of them
   for (const auto& s : stats) {
-    if (s.key.detail != detail) continue;
+    if (!details.count(s.key.detail)) continue;
     for (uint32_t e : events) {
       if (s.key.event == e) bpf_map_delete_elem(bpf_map__fd(skel_->maps.shunt_lbst_v1), &s.key);
     }

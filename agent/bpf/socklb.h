@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -67,7 +68,8 @@ class SockLb {
   absl::Status DeleteStatsOf(uint32_t workload_id);
   // Drops the counters of events whose detail is `detail` (a service id for SHUNT_LB_REWRITTEN,
   // a policy bit for SHUNT_LB_DENIED / SHUNT_LB_NOT_ALLOWED), in every workload.
-  absl::Status DeleteStatsOfDetail(std::initializer_list<uint32_t> events, uint32_t detail);
+  absl::Status DeleteStatsOfDetail(std::initializer_list<uint32_t> events,
+                                   const std::set<uint32_t>& details);
 
   const SockLbConfig& config() const { return config_; }
 

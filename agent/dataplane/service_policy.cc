@@ -594,18 +594,18 @@ absl::Status ServicePolicyReconciler::ReconcileOnce() {
   }
   if (applied_now) {
     // Ids freed or given to another service / policy: their counters go with them.
-    auto forget = [](std::map<uint32_t, std::string>& known,
-                     const std::map<uint32_t, std::string>& now, auto&& del) {
+    auto freed = [](std::map<uint32_t, std::string>& known,
+                    const std::map<uint32_t, std::string>& now) {
+      std::set<uint32_t> out;
       for (const auto& [id, name] : known) {
         auto it = now.find(id);
-        if (it == now.end() || it->second != name) del(id).IgnoreError();
+        if (it == now.end() || it->second != name) out.insert(id);
       }
       known = now;
+      return out;
     };
-    forget(known_services_, desired.service_names,
-           [this](uint32_t id) { return writer_.DeleteServiceStats(id); });
-    forget(known_policies_, desired.policy_names,
-           [this](uint32_t bit) { return writer_.DeletePolicyStats(bit); });
+    writer_.DeleteServiceStats(freed(known_services_, desired.service_names)).IgnoreError();
+    writer_.DeletePolicyStats(freed(known_policies_, desired.policy_names)).IgnoreError();
   }
   auto status = std::make_shared<ServicePolicyStatus>();
   const ServicePolicyLimits& l = options_.limits;

@@ -131,8 +131,8 @@ class ServicePolicyWriter {
   virtual absl::Status DeleteStatsOf(uint32_t workload_id) = 0;
   // Drops the counters of a service id / policy bit that was freed: its series disappear rather
   // than be shown as "unknown", or be counted for whatever gets the id next.
-  virtual absl::Status DeleteServiceStats(uint32_t service_id) = 0;
-  virtual absl::Status DeletePolicyStats(uint32_t policy_bit) = 0;
+  virtual absl::Status DeleteServiceStats(const std::set<uint32_t>& service_ids) = 0;
+  virtual absl::Status DeletePolicyStats(const std::set<uint32_t>& policy_bits) = 0;
 };
 
 class SockLbWriter : public ServicePolicyWriter {
@@ -146,11 +146,11 @@ class SockLbWriter : public ServicePolicyWriter {
   }
   absl::Status Delete(SockLbMap map, const Bytes& key) override { return lb_.Delete(map, key); }
   absl::Status DeleteStatsOf(uint32_t id) override { return lb_.DeleteStatsOf(id); }
-  absl::Status DeleteServiceStats(uint32_t id) override {
-    return lb_.DeleteStatsOfDetail({SHUNT_LB_REWRITTEN}, id);
+  absl::Status DeleteServiceStats(const std::set<uint32_t>& ids) override {
+    return lb_.DeleteStatsOfDetail({SHUNT_LB_REWRITTEN}, ids);
   }
-  absl::Status DeletePolicyStats(uint32_t bit) override {
-    return lb_.DeleteStatsOfDetail({SHUNT_LB_DENIED, SHUNT_LB_NOT_ALLOWED}, bit);
+  absl::Status DeletePolicyStats(const std::set<uint32_t>& bits) override {
+    return lb_.DeleteStatsOfDetail({SHUNT_LB_DENIED, SHUNT_LB_NOT_ALLOWED}, bits);
   }
 
  private:

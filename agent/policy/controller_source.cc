@@ -209,9 +209,14 @@ void ControllerPolicySource::Session() {
   stream->WritesDone();
   grpc::Status status = stream->Finish();
   std::string why = status.error_message();
+  // Only a connection the controller closed (not refused, not unresolvable, not a handshake that
+  // failed on our side, which says so itself).
+  const bool closed_by_peer = why.find("Socket closed") != std::string::npos ||
+                              why.find("Connection reset") != std::string::npos ||
+                              why.find("End of TCP stream") != std::string::npos ||
+                              why.find("Broken pipe") != std::string::npos;
   if (!got_response && (options_.tls || options_.client_certificate) &&
-      status.error_code() == grpc::StatusCode::UNAVAILABLE &&
-      why.find("andshake") == std::string::npos) {
+      status.error_code() == grpc::StatusCode::UNAVAILABLE && closed_by_peer) {
     // Under TLS 1.3 the server checks the client's certificate after the client has finished
     // its side of the handshake: a refusal reaches the client only as a closed connection.
     absl::StrAppend(&why, " (the controller closed the connection before its first response: if ",

@@ -122,8 +122,23 @@ absl::StatusOr<ExecCredential> RunExecCredential(const ExecConfig& config,
   posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_adddup2(&fa, out[1], STDOUT_FILENO);
   posix_spawn_file_actions_adddup2(&fa, err[1], STDERR_FILENO);
+  // The plugin gets default signal handling and no blocked signals (the controller blocks
+  // SIGTERM/SIGINT in its threads), in a process group of its own so that a timeout kills
+  // whatever it started too.
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t none, defaults;
+  sigemptyset(&none);
+  sigemptyset(&defaults);
+  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGCHLD}) sigaddset(&defaults, sig);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+  posix_spawnattr_setpgroup(&attr, 0);
+  posix_spawnattr_setflags(&attr,
+                           POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
   pid_t pid;
-  const int rc = posix_spawnp(&pid, config.command.c_str(), &fa, nullptr, argv.data(), envp.data());
+  const int rc = posix_spawnp(&pid, config.command.c_str(), &fa, &attr, argv.data(), envp.data());
+  posix_spawnattr_destroy(&attr);
   posix_spawn_file_actions_destroy(&fa);
   close(out[1]);
   close(err[1]);
@@ -132,37 +147,59 @@ absl::StatusOr<ExecCredential> RunExecCredential(const ExecConfig& config,
     close(err[0]);
     return absl::NotFoundError(absl::StrCat(what, " cannot be run: ", strerror(rc)));
   }
+  fcntl(out[0], F_SETFL, O_NONBLOCK);
+  fcntl(err[0], F_SETFL, O_NONBLOCK);
   std::string stdout_text, stderr_text;
+  bool overflow = false;
+  pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
+  // Reads what is there now; false once both pipes are closed.
+  auto drain = [&]() {
+    for (int i = 0; i < 2; ++i) {
+      while (fds[i].fd >= 0) {
+        char buf[4096];
+        const ssize_t n = read(fds[i].fd, buf, sizeof(buf));
+        if (n > 0) {
+          std::string& dst = i == 0 ? stdout_text : stderr_text;
+          if (dst.size() + static_cast<size_t>(n) > kMaxOutput) {
+            overflow = overflow || i == 0;
+          } else {
+            dst.append(buf, static_cast<size_t>(n));
+          }
+          continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) fds[i].fd = -1;  // closed
+        break;
+      }
+    }
+    return fds[0].fd >= 0 || fds[1].fd >= 0;
+  };
+  // Until the plugin exits (not until its pipes close: a helper it leaves behind may hold them)
+  // or the deadline passes.
   const absl::Time deadline = absl::Now() + timeout;
   bool timed_out = false;
-  pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
-  int open_fds = 2;
-  while (open_fds > 0) {
+  int wstatus = 0;
+  while (true) {
+    const pid_t w = waitpid(pid, &wstatus, WNOHANG);
+    if (w == pid || (w < 0 && errno != EINTR)) break;
     const int64_t left = absl::ToInt64Milliseconds(deadline - absl::Now());
     if (left <= 0) {
       timed_out = true;
+      kill(-pid, SIGKILL);  // the plugin's process group
+      while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
+      }
       break;
     }
-    if (poll(fds, 2, static_cast<int>(std::min<int64_t>(left, 1000))) < 0 && errno != EINTR) break;
-    for (int i = 0; i < 2; ++i) {
-      if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
-      char buf[4096];
-      const ssize_t n = read(fds[i].fd, buf, sizeof(buf));
-      std::string& dst = i == 0 ? stdout_text : stderr_text;
-      if (n > 0 && dst.size() < kMaxOutput) {
-        dst.append(buf, static_cast<size_t>(n));
-      } else if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) {
-        fds[i].fd = -1;
-        --open_fds;
-      }
+    const int wait_ms = static_cast<int>(std::min<int64_t>(left, 20));
+    if (drain()) {
+      poll(fds, 2, wait_ms);
+    } else {
+      usleep(static_cast<useconds_t>(wait_ms) * 1000);
     }
   }
+  drain();  // what it wrote before exiting
   close(out[0]);
   close(err[0]);
-  if (timed_out) kill(pid, SIGKILL);
-  int wstatus = 0;
-  while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
-  }
   if (timed_out) {
     return absl::DeadlineExceededError(
         absl::StrCat(what, " did not answer within ", absl::FormatDuration(timeout)));
@@ -173,6 +210,10 @@ absl::StatusOr<ExecCredential> RunExecCredential(const ExecConfig& config,
         WIFEXITED(wstatus) ? absl::StrCat("exit ", WEXITSTATUS(wstatus))
                            : absl::StrCat("signal ", WTERMSIG(wstatus)),
         "): ", Tail(stderr_text)));
+  }
+  if (overflow) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " printed more than ", kMaxOutput, " bytes"));
   }
   auto cred = ParseExecCredential(stdout_text, config.api_version);
   if (!cred.ok()) {

@@ -349,20 +349,30 @@ absl::StatusOr<std::unique_ptr<KubeClient>> KubeClient::Create(KubeConfig config
   return client;
 }
 
-absl::StatusOr<ExecCredential> KubeClient::ExecCredentials(bool stale) {
-  absl::MutexLock l(&token_mu_);
-  if (!stale && exec_credential_ &&
-      absl::Now() + options_.exec_refresh_margin < exec_credential_->expiry) {
-    return *exec_credential_;
+absl::StatusOr<std::pair<ExecCredential, uint64_t>> KubeClient::ExecCredentials(
+    uint64_t refused_generation) {
+  absl::MutexLock l(&token_mu_);  // one run at a time; the others wait for its result
+  const absl::Time now = absl::Now();
+  const bool refused = refused_generation != 0 && refused_generation == exec_generation_;
+  if (exec_credential_ && !refused && now + options_.exec_refresh_margin < exec_credential_->expiry) {
+    return std::make_pair(*exec_credential_, exec_generation_);
+  }
+  if (!exec_error_.ok() && now - exec_error_at_ < options_.exec_failure_hold) return exec_error_;
+  {
+    absl::MutexLock s(&mu_);
+    if (stopped_) return absl::CancelledError("kube client stopped");
   }
   ++exec_runs_;
   auto cred = RunExecCredential(*config_.exec, options_.exec_timeout);
   if (!cred.ok()) {
     exec_credential_.reset();
+    exec_error_ = cred.status();
+    exec_error_at_ = absl::Now();
     return cred.status();
   }
-  exec_credential_ = *cred;
-  return cred;
+  exec_error_ = absl::OkStatus();
+  exec_credential_ = *std::move(cred);
+  return std::make_pair(*exec_credential_, ++exec_generation_);
 }
 
 int KubeClient::exec_runs() const {
@@ -389,24 +399,27 @@ absl::StatusOr<std::string> KubeClient::BearerToken() {
 }
 
 absl::Status KubeClient::Perform(Request& r) {
-  absl::Status s = PerformOnce(r, /*stale_credentials=*/false);
+  uint64_t generation = 0;
+  absl::Status s = PerformOnce(r, /*refused_generation=*/0, &generation);
   if (config_.exec && HttpStatusOf(s) == 401) {
     // The plugin's credential was refused (revoked, or expired early): ask the plugin again,
     // once, as client-go does. Nothing of the refused answer was handed to the caller.
     r.Reset();
-    s = PerformOnce(r, /*stale_credentials=*/true);
+    s = PerformOnce(r, generation, &generation);
   }
   return s;
 }
 
-absl::Status KubeClient::PerformOnce(Request& r, bool stale_credentials) {
+absl::Status KubeClient::PerformOnce(Request& r, uint64_t refused_generation,
+                                     uint64_t* used_generation) {
   std::string token;
   std::string exec_cert, exec_key;
   if (config_.exec) {
-    ASSIGN_OR_RETURN(ExecCredential cred, ExecCredentials(stale_credentials));
-    token = std::move(cred.token);
-    exec_cert = std::move(cred.client_cert_pem);
-    exec_key = std::move(cred.client_key_pem);
+    ASSIGN_OR_RETURN(auto cred, ExecCredentials(refused_generation));
+    *used_generation = cred.second;
+    token = std::move(cred.first.token);
+    exec_cert = std::move(cred.first.client_cert_pem);
+    exec_key = std::move(cred.first.client_key_pem);
   } else {
     ASSIGN_OR_RETURN(token, BearerToken());
   }

@@ -60,6 +60,8 @@ struct KubeClientOptions {
   absl::Duration exec_timeout = absl::Seconds(30);
   // An exec credential is renewed this long before it expires.
   absl::Duration exec_refresh_margin = absl::Seconds(10);
+  // After the plugin failed, requests get that failure for this long without running it again.
+  absl::Duration exec_failure_hold = absl::Seconds(1);
 };
 
 struct ListResult {
@@ -125,10 +127,16 @@ class KubeClient {
                                 const std::string& continue_token);
   // Runs one request to completion (or Stop), feeding the body to `request`.
   absl::Status Perform(Request& request);
-  absl::Status PerformOnce(Request& request, bool stale_credentials);
+  // `refused_generation`: see ExecCredentials; the generation used goes to *used_generation.
+  absl::Status PerformOnce(Request& request, uint64_t refused_generation,
+                           uint64_t* used_generation);
   absl::StatusOr<std::string> BearerToken() ABSL_LOCKS_EXCLUDED(token_mu_);
-  // The exec plugin's credential, run again when expired or when `stale` (a 401).
-  absl::StatusOr<ExecCredential> ExecCredentials(bool stale) ABSL_LOCKS_EXCLUDED(token_mu_);
+  // The exec plugin's credential and its generation. The plugin runs again when the credential
+  // expired, or when `refused_generation` (the generation a request got 401 with; 0: none) is
+  // still the current one: requests refused together run it once. A failure is remembered for
+  // a second (no run per waiting request).
+  absl::StatusOr<std::pair<ExecCredential, uint64_t>> ExecCredentials(uint64_t refused_generation)
+      ABSL_LOCKS_EXCLUDED(token_mu_);
 
   const KubeConfig config_;
   const KubeClientOptions options_;
@@ -137,6 +145,9 @@ class KubeClient {
   std::string token_ ABSL_GUARDED_BY(token_mu_);
   absl::Time token_read_at_ ABSL_GUARDED_BY(token_mu_) = absl::InfinitePast();
   std::optional<ExecCredential> exec_credential_ ABSL_GUARDED_BY(token_mu_);
+  uint64_t exec_generation_ ABSL_GUARDED_BY(token_mu_) = 0;
+  absl::Status exec_error_ ABSL_GUARDED_BY(token_mu_);
+  absl::Time exec_error_at_ ABSL_GUARDED_BY(token_mu_) = absl::InfinitePast();
   int exec_runs_ ABSL_GUARDED_BY(token_mu_) = 0;
 
  public:

@@ -1,8 +1,10 @@
 #include "controller/kube/kube_client.h"
 
+#include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -665,6 +667,8 @@ class ExecPluginTest : public KubeClientTlsTest {
                "[ -n \"$KUBERNETES_EXEC_INFO\" ] || { echo 'no KUBERNETES_EXEC_INFO' >&2; exit 3; }\n"
                "[ -f \"$PLUGIN_DIR/fail\" ] && { cat \"$PLUGIN_DIR/fail\" >&2; exit 1; }\n"
                "[ -f \"$PLUGIN_DIR/hang\" ] && exec sleep 10\n"
+               "[ -f \"$PLUGIN_DIR/quiet-hang\" ] && { exec >/dev/null 2>&1; exec sleep 10; }\n"
+               "[ -f \"$PLUGIN_DIR/helper\" ] && { sleep 10 & echo $! > \"$PLUGIN_DIR/helper.pid\"; }\n"
                "cat \"$PLUGIN_DIR/credential.json\"\n");
     chmod((dir_.path() + "/plugin.sh").c_str(), 0755);
   }
@@ -726,6 +730,7 @@ TEST_F(ExecPluginTest, ClientCertificateFromThePlugin) {
 TEST_F(ExecPluginTest, PluginFailuresAreClearErrors) {
   KubeClientOptions options;
   options.exec_timeout = absl::Milliseconds(300);
+  options.exec_failure_hold = absl::ZeroDuration();  // every request tries the plugin again
   auto client = ExecClient(options);
 
   dir_.Write("fail", "error: SSO session expired, run 'aws sso login'\n");
@@ -747,9 +752,60 @@ TEST_F(ExecPluginTest, PluginFailuresAreClearErrors) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(5));  // killed at the timeout, not after 10 s
   std::filesystem::remove(dir_.path() + "/hang");
 
+  // Closes its output, then never exits: killed at the timeout all the same.
+  dir_.Write("quiet-hang", "");
+  list = client->List(ApiResourceOf(Kind::kPod));
+  EXPECT_EQ(list.status().code(), absl::StatusCode::kDeadlineExceeded) << list.status();
+  std::filesystem::remove(dir_.path() + "/quiet-hang");
+
   WriteCredential({{"token", "sa-token-1"}});
   EXPECT_TRUE(client->List(ApiResourceOf(Kind::kPod)).ok());
   EXPECT_EQ(server_.list_requests(Kind::kPod), 1);  // no request went out without credentials
+}
+
+// Requests refused together, or failing together, run the plugin once.
+TEST_F(ExecPluginTest, ConcurrentRequestsShareOnePluginRun) {
+  WriteCredential({{"token", "sa-token-1"}, {"expirationTimestamp", "2099-01-01T00:00:00Z"}});
+  auto client = ExecClient();
+  ASSERT_TRUE(client->List(ApiResourceOf(Kind::kPod)).ok());
+  ASSERT_EQ(client->exec_runs(), 1);
+  server_.RequireToken("sa-token-2");
+  WriteCredential({{"token", "sa-token-2"}, {"expirationTimestamp", "2099-01-01T00:00:00Z"}});
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&] { ok += client->List(ApiResourceOf(Kind::kPod)).ok() ? 1 : 0; });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 4);
+  EXPECT_EQ(client->exec_runs(), 2);  // one run for the four 401s
+
+  dir_.Write("fail", "no credentials\n");
+  server_.RequireToken("sa-token-3");  // the next requests get 401, and the plugin fails
+  threads.clear();
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&] { client->List(ApiResourceOf(Kind::kPod)).IgnoreError(); });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(client->exec_runs(), 3);  // the failure is held for a second, not re-run 4 times
+}
+
+// A plugin that leaves a helper behind holding its stdout (a token cache daemon, say) has
+// answered when it exits, not when the helper goes.
+TEST_F(ExecPluginTest, AnswerCountsWhenThePluginExits) {
+  WriteCredential({{"token", "sa-token-1"}});
+  dir_.Write("helper", "");
+  KubeClientOptions options;
+  options.exec_timeout = absl::Seconds(5);
+  auto client = ExecClient(options);
+  const absl::Time start = absl::Now();
+  auto list = client->List(ApiResourceOf(Kind::kPod));
+  EXPECT_TRUE(list.ok()) << list.status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+  // The helper is the plugin's, not ours to kill: stop it (it would otherwise linger 10 s).
+  int helper = 0;
+  std::ifstream(dir_.path() + "/helper.pid") >> helper;
+  if (helper > 0) kill(helper, SIGKILL);
 }
 
 }  // namespace

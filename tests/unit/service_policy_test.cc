@@ -304,14 +304,8 @@ class FakeWriter : public ServicePolicyWriter {
     return absl::OkStatus();
   }
   absl::Status DeleteStatsOf(uint32_t) override { return absl::OkStatus(); }
-  absl::Status DeleteServiceStats(uint32_t id) override {
-    log.push_back(absl::StrCat("delete service stats ", id));
-    return absl::OkStatus();
-  }
-  absl::Status DeletePolicyStats(uint32_t bit) override {
-    log.push_back(absl::StrCat("delete policy stats ", bit));
-    return absl::OkStatus();
-  }
+  absl::Status DeleteServiceStats(const std::set<uint32_t>&) override { return absl::OkStatus(); }
+  absl::Status DeletePolicyStats(const std::set<uint32_t>&) override { return absl::OkStatus(); }
   std::map<SockLbMap, std::map<Bytes, Bytes>> maps;
   std::vector<std::string> log;
 };

@@ -1,6 +1,7 @@
 // Kubernetes objects -> policy resources, without a cluster.
 #include "controller/snapshot_builder.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "common/resources.h"
@@ -112,6 +113,17 @@ TEST(BuildSnapshot, ARecycledIpStaysWithThePodThatIsNotBeingDeleted) {
   EXPECT_EQ(FindWorkload(s, "u-a")->ips_size(), 0);
   EXPECT_EQ(s.warnings.size(), 2u);
   for (const auto& [k, r] : s.resources) EXPECT_EQ(r->version(), ResourceVersion(*r));
+}
+
+TEST(BuildSnapshot, AnIpListedTwiceByOnePodIsKeptOnce) {
+  Objects o;
+  nlohmann::json pod = Pod("default", "twice", "u-twice", "198.18.0.2");
+  pod["status"]["podIPs"] = {{{"ip", "198.18.0.2"}}, {{"ip", "198.18.0.2"}}, {{"ip", "fd00::2"}}};
+  o.Add(pod);
+  Snapshot s = BuildSnapshot(o.map());
+  ASSERT_NE(FindWorkload(s, "u-twice"), nullptr);
+  EXPECT_THAT(FindWorkload(s, "u-twice")->ips(), ::testing::ElementsAre("198.18.0.2", "fd00::2"));
+  EXPECT_TRUE(s.warnings.empty());
 }
 
 TEST(BuildSnapshot, OwnerIsTheDeploymentBehindAReplicaSet) {
