@@ -97,6 +97,13 @@ StoredObject Keep(const ObjectMap& current, const ObjectKey& key, absl::string_v
 
 }  // namespace
 
+ObjectMap& ClusterState::MutableObjects() {
+  // Readers get their pointer under mu_ (Objects()), so with the count at 1 under mu_ no one
+  // else holds this map or can get it meanwhile.
+  if (objects_.use_count() > 1) objects_ = std::make_shared<ObjectMap>(*objects_);
+  return *objects_;
+}
+
 absl::Status ClusterState::Upsert(absl::string_view source, nlohmann::json object) {
   auto key = KeyOf(object);
   if (!key.ok()) return key.status();
@@ -106,10 +113,8 @@ absl::Status ClusterState::Upsert(absl::string_view source, nlohmann::json objec
     if (it != objects_->end() && it->second.source == source && *it->second.object == object) {
       return absl::OkStatus();  // no change
     }
-    auto next = std::make_shared<ObjectMap>(*objects_);
-    (*next)[*key] = StoredObject{std::string(source),
-                                 std::make_shared<const nlohmann::json>(std::move(object))};
-    objects_ = std::move(next);
+    MutableObjects()[*key] = StoredObject{
+        std::string(source), std::make_shared<const nlohmann::json>(std::move(object))};
     ++generation_;
   }
   Changed();
@@ -121,9 +126,7 @@ void ClusterState::Remove(absl::string_view source, const ObjectKey& key) {
     absl::MutexLock l(&mu_);
     auto it = objects_->find(key);
     if (it == objects_->end() || it->second.source != source) return;
-    auto next = std::make_shared<ObjectMap>(*objects_);
-    next->erase(key);
-    objects_ = std::move(next);
+    MutableObjects().erase(key);
     ++generation_;
   }
   Changed();

@@ -118,7 +118,11 @@ class ClusterState {
   void Changed() ABSL_LOCKS_EXCLUDED(mu_);
 
   mutable absl::Mutex mu_;
-  std::shared_ptr<const ObjectMap> objects_ ABSL_GUARDED_BY(mu_) = std::make_shared<ObjectMap>();
+  // Handed out as shared_ptr<const>; changed in place when no one holds it (a watch event costs
+  // O(log n), not a copy of the cluster), else copied first.
+  std::shared_ptr<ObjectMap> objects_ ABSL_GUARDED_BY(mu_) = std::make_shared<ObjectMap>();
+  // objects_, made safe to change: a copy if someone else holds it.
+  ObjectMap& MutableObjects() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<int, std::function<void()>> subscribers_ ABSL_GUARDED_BY(mu_);
   int next_id_ ABSL_GUARDED_BY(mu_) = 1;
