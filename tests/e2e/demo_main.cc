@@ -220,6 +220,18 @@ int RunDemo() {
   WaitFor(*agents[0], "shunt_socklb_map_entries", {{"map", "policies"}}, 1);
   auto denied = demo.Client(front, {"probe", absl::StrCat("--to=", kVip, ":80"), "--conns=5"});
   Say("5 connections: " + denied.value("errors", json::object()).dump());
+  if (auto counted = agents[0]->Scrape(); counted.ok()) {
+    for (const auto& s : *counted) {
+      if (s.name != "shunt_access_denied_connections_total") continue;
+      std::string labels;
+      for (const auto& [k, v] : s.labels) {
+        if (k == "source_pod" || k == "policy" || k == "reason") {
+          absl::StrAppend(&labels, labels.empty() ? "" : ",", k, "=", v);
+        }
+      }
+      Say(absl::StrFormat("  counted: %s{%s} %.0f", s.name, labels, s.value));
+    }
+  }
   demo.Delete("deny.json");
   WaitFor(*agents[0], "shunt_socklb_map_entries", {{"map", "policies"}}, 0);
   auto allowed = demo.Client(front, {"probe", absl::StrCat("--to=", kVip, ":80"), "--conns=5"});
