@@ -40,29 +40,40 @@ std::string ResourceVersion(const Resource& resource) {
   return Fnv1a64Hex(bytes);
 }
 
+namespace {
+void AddToBundle(const Resource& r, shunt::v1::PolicyBundle& b) {
+  switch (r.body_case()) {
+    case Resource::kWorkload:
+      *b.add_workloads() = r.workload();
+      break;
+    case Resource::kService:
+      *b.add_services() = r.service();
+      break;
+    case Resource::kTrafficRoute:
+      *b.add_traffic_routes() = r.traffic_route();
+      break;
+    case Resource::kAccessPolicy:
+      *b.add_access_policies() = r.access_policy();
+      break;
+    case Resource::kApiCostPolicy:
+      *b.add_api_cost_policies() = r.api_cost_policy();
+      break;
+    case Resource::BODY_NOT_SET:
+      break;
+  }
+}
+}  // namespace
+
 shunt::v1::PolicyBundle ToBundle(const std::map<std::string, Resource>& resources) {
   shunt::v1::PolicyBundle b;
-  for (const auto& [k, r] : resources) {
-    switch (r.body_case()) {
-      case Resource::kWorkload:
-        *b.add_workloads() = r.workload();
-        break;
-      case Resource::kService:
-        *b.add_services() = r.service();
-        break;
-      case Resource::kTrafficRoute:
-        *b.add_traffic_routes() = r.traffic_route();
-        break;
-      case Resource::kAccessPolicy:
-        *b.add_access_policies() = r.access_policy();
-        break;
-      case Resource::kApiCostPolicy:
-        *b.add_api_cost_policies() = r.api_cost_policy();
-        break;
-      case Resource::BODY_NOT_SET:
-        break;
-    }
-  }
+  for (const auto& [k, r] : resources) AddToBundle(r, b);
+  return b;
+}
+
+shunt::v1::PolicyBundle ToBundle(
+    const std::map<std::string, std::shared_ptr<const Resource>>& resources) {
+  shunt::v1::PolicyBundle b;
+  for (const auto& [k, r] : resources) AddToBundle(*r, b);
   return b;
 }
 

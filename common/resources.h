@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -22,6 +23,8 @@ std::string ResourceVersion(const shunt::v1::Resource& resource);
 
 // Every resource of `resources` in a PolicyBundle, grouped by kind in key order.
 shunt::v1::PolicyBundle ToBundle(const std::map<std::string, shunt::v1::Resource>& resources);
+shunt::v1::PolicyBundle ToBundle(
+    const std::map<std::string, std::shared_ptr<const shunt::v1::Resource>>& resources);
 
 // FNV-1a 64 of `bytes`, as 16 hex digits.
 std::string Fnv1a64Hex(const std::string& bytes);

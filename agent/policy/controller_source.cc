@@ -21,13 +21,18 @@ using shunt::v1::Resource;
 
 namespace {
 
-absl::Status ApplyResponse(const PolicyResponse& resp, std::map<std::string, Resource>& state) {
+// Applies `resp` (whose resources are moved out) to `state`.
+absl::Status ApplyResponse(PolicyResponse& resp,
+                           std::map<std::string, std::shared_ptr<const Resource>>& state) {
   for (const auto& r : resp.resources()) {
     if (r.body_case() == Resource::BODY_NOT_SET) {
       return absl::InvalidArgumentError(
           absl::StrCat("resource ", ResourceKeyString(r.key()), " has no body"));
     }
-    state[ResourceKeyString(r.key())] = r;
+  }
+  for (auto& r : *resp.mutable_resources()) {
+    std::string key = ResourceKeyString(r.key());
+    state[std::move(key)] = std::make_shared<const Resource>(std::move(r));
   }
   for (const auto& k : resp.removed()) state.erase(ResourceKeyString(k));
   return absl::OkStatus();
@@ -53,9 +58,9 @@ absl::Status ControllerPolicySource::LoadPersisted() {
   if (!saved.ParseFromIstream(&in)) {
     return absl::DataLossError(absl::StrCat(path, ": not a saved policy state"));
   }
-  std::map<std::string, Resource> state;
-  if (absl::Status s = ApplyResponse(saved, state); !s.ok()) return s;
-  if (absl::Status s = ValidatePolicyBundle(ToBundle(state)); !s.ok()) {
+  auto state = std::make_shared<HeldMap>();
+  if (absl::Status s = ApplyResponse(saved, *state); !s.ok()) return s;
+  if (absl::Status s = ValidatePolicyBundle(ToBundle(*state)); !s.ok()) {
     return absl::DataLossError(absl::StrCat(path, ": ", s.message()));
   }
   absl::MutexLock l(&mu_);
@@ -64,13 +69,30 @@ absl::Status ControllerPolicySource::LoadPersisted() {
   return absl::OkStatus();
 }
 
-absl::Status ControllerPolicySource::Persist() {
-  if (options_.state_dir.empty()) return absl::OkStatus();
-  RETURN_IF_ERROR(MkdirAll(options_.state_dir));
-  PolicyResponse saved;
-  saved.set_system_version_info(version_);
-  for (const auto& [k, r] : held_) *saved.add_resources() = r;
-  return WriteFileAtomic(StatePath(options_.state_dir), saved.SerializeAsString());
+void ControllerPolicySource::PersistLoop() {
+  while (true) {
+    std::shared_ptr<const HeldMap> state;
+    std::string version;
+    {
+      absl::MutexLock l(&mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return persister_stop_ || to_save_ != nullptr;
+      };
+      mu_.Await(absl::Condition(&ready));
+      if (!to_save_) return;  // stopping, nothing pending
+      state = std::move(to_save_);
+      to_save_ = nullptr;
+      version = to_save_version_;
+    }
+    PolicyResponse saved;
+    saved.set_system_version_info(version);
+    for (const auto& [k, r] : *state) *saved.add_resources() = *r;
+    absl::Status s = MkdirAll(options_.state_dir);
+    if (s.ok()) s = WriteFileAtomic(StatePath(options_.state_dir), saved.SerializeAsString());
+    if (!s.ok()) {
+      SHUNT_LOG_EVERY_N_SEC(WARNING, 60) << "cannot save the policy state: " << s.message();
+    }
+  }
 }
 
 absl::Status ControllerPolicySource::Start(UpdateFn on_update) {
@@ -78,16 +100,17 @@ absl::Status ControllerPolicySource::Start(UpdateFn on_update) {
   if (absl::Status s = LoadPersisted(); !s.ok()) {
     SHUNT_LOG(WARNING) << "ignoring the saved policy state: " << s.message();
   }
-  std::map<std::string, Resource> held;
+  std::shared_ptr<const HeldMap> held;
   {
     absl::MutexLock l(&mu_);
     held = held_;
   }
-  if (!held.empty()) {
-    SHUNT_LOG(INFO) << "enforcing the saved policy (" << held.size() << " resources, version "
+  if (!held->empty()) {
+    SHUNT_LOG(INFO) << "enforcing the saved policy (" << held->size() << " resources, version "
                     << version() << ") until the controller answers";
-    on_update_(ToBundle(held));
+    on_update_(ToBundle(*held));
   }
+  if (!options_.state_dir.empty()) persister_ = std::thread([this] { PersistLoop(); });
   thread_ = std::thread([this] { Run(); });
   return absl::OkStatus();
 }
@@ -100,6 +123,11 @@ void ControllerPolicySource::Stop() {
     if (context_) context_->TryCancel();
   }
   if (thread_.joinable()) thread_.join();
+  {
+    absl::MutexLock l(&mu_);
+    persister_stop_ = true;  // the session wrote its last state: save it, then end
+  }
+  if (persister_.joinable()) persister_.join();
 }
 
 absl::Status ControllerPolicySource::InSync() const {
@@ -152,7 +180,9 @@ void ControllerPolicySource::Session() {
     first.set_node(options_.node);
     first.set_agent_version(options_.agent_version);
     first.set_version_info(version_);
-    for (const auto& [k, r] : held_) (*first.mutable_initial_resource_versions())[k] = r.version();
+    for (const auto& [k, r] : *held_) {
+      (*first.mutable_initial_resource_versions())[k] = r->version();
+    }
   }
   auto stream = stub->Stream(&context);
   PolicyResponse resp;
@@ -160,17 +190,20 @@ void ControllerPolicySource::Session() {
   if (stream->Write(first)) {
     while (stream->Read(&resp)) {
       got_response = true;
-      std::map<std::string, Resource> next;
+      std::shared_ptr<const HeldMap> held;
       std::string current_version;
       {
         absl::MutexLock l(&mu_);
-        next = held_;
+        held = held_;
         current_version = version_;
       }
-      absl::Status s = ApplyResponse(resp, next);
+      // Responses are relative to what the agent holds (a first one too: the agent sent what it
+      // held): change a copy of it, of pointers, not of resources.
+      auto next = std::make_shared<HeldMap>(*held);
+      absl::Status s = ApplyResponse(resp, *next);
       shunt::v1::PolicyBundle bundle;
       if (s.ok()) {
-        bundle = ToBundle(next);
+        bundle = ToBundle(*next);
         s = ValidatePolicyBundle(bundle);
       }
       PolicyRequest answer;
@@ -178,16 +211,15 @@ void ControllerPolicySource::Session() {
       if (s.ok()) {
         {
           absl::MutexLock l(&mu_);
-          held_ = std::move(next);
+          held_ = next;
           version_ = resp.system_version_info();
           sync_ = absl::OkStatus();
         }
-        on_update_(std::move(bundle));  // enforce first, then save (an fsync)
-        {
+        on_update_(std::move(bundle));  // enforce first, then save (off this path)
+        if (!options_.state_dir.empty()) {
           absl::MutexLock l(&mu_);
-          if (absl::Status p = Persist(); !p.ok()) {
-            SHUNT_LOG_EVERY_N_SEC(WARNING, 60) << "cannot save the policy state: " << p.message();
-          }
+          to_save_ = std::move(next);
+          to_save_version_ = resp.system_version_info();
         }
         answer.set_version_info(resp.system_version_info());
       } else {

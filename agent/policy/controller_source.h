@@ -61,18 +61,28 @@ class ControllerPolicySource : public PolicySource {
   // One stream session; returns when it ends.
   void Session();
   absl::Status LoadPersisted();
-  absl::Status Persist() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Saves the state handed to it by Session() off the ACK path, on a thread of its own: the
+  // latest state wins, and a pending one is written before Stop() returns.
+  void PersistLoop();
+
+  // What the agent holds, by ResourceKeyString. Immutable once published: a response copies
+  // pointers, not resources, and the persister writes it without a copy.
+  using HeldMap = std::map<std::string, std::shared_ptr<const shunt::v1::Resource>>;
 
   ControllerSourceOptions options_;
   std::string name_;
   UpdateFn on_update_;
   std::thread thread_;
+  std::thread persister_;
 
   mutable absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   grpc::ClientContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;  // of the live session
-  std::map<std::string, shunt::v1::Resource> held_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const HeldMap> held_ ABSL_GUARDED_BY(mu_) = std::make_shared<const HeldMap>();
   std::string version_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const HeldMap> to_save_ ABSL_GUARDED_BY(mu_);  // null: nothing to save
+  bool persister_stop_ ABSL_GUARDED_BY(mu_) = false;  // set once the session thread ended
+  std::string to_save_version_ ABSL_GUARDED_BY(mu_);
   absl::Status sync_ ABSL_GUARDED_BY(mu_) = absl::UnavailableError("not connected yet");
   std::atomic<uint64_t> nacks_sent_{0};
   std::atomic<uint64_t> reconnects_{0};
