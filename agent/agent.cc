@@ -30,8 +30,12 @@ namespace {
 // Agent-level series: build info, policy state. Read at scrape time from their owners.
 class AgentCollector : public prometheus::Collectable {
  public:
-  AgentCollector(const AgentConfig& config, const PolicyStore& store, const Reconciler& reconciler)
-      : config_(config), store_(store), reconciler_(reconciler) {}
+  AgentCollector(const AgentConfig& config, const PolicyStore& store, const Reconciler& reconciler,
+                 const ControllerPolicySource* controller_source)
+      : config_(config),
+        store_(store),
+        reconciler_(reconciler),
+        controller_source_(controller_source) {}
 
   std::vector<prometheus::MetricFamily> Collect() const override {
     using prometheus::ClientMetric;
@@ -73,6 +77,10 @@ class AgentCollector : public prometheus::Collectable {
         gauge("shunt_agent_synced", "1 when the policy in force is applied to the kernel.",
               reconciler_.synced() && reconciler_.last_error().ok() ? 1 : 0),
         errors,
+        gauge("shunt_agent_policy_saved",
+              "1 when the policy in force is saved in --state-dir: an agent restarted while the "
+              "controller is unreachable enforces it.",
+              controller_source_ && controller_source_->saved() ? 1 : 0),
     };
   }
 
@@ -80,6 +88,7 @@ class AgentCollector : public prometheus::Collectable {
   const AgentConfig& config_;
   const PolicyStore& store_;
   const Reconciler& reconciler_;
+  const ControllerPolicySource* controller_source_;  // null without --controller
 };
 
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ControllerCredentials(
@@ -251,7 +260,8 @@ int RunAgent(const AgentConfig& config) {
   std::unique_ptr<prometheus::Exposer> exposer;
   auto registry_collector = std::make_shared<FastpathCollector>(
       **fastpath, [&reconciler] { return reconciler.directory(); }, config.max_metric_series);
-  auto agent_collector = std::make_shared<AgentCollector>(config, store, reconciler);
+  auto agent_collector =
+      std::make_shared<AgentCollector>(config, store, reconciler, controller_source);
   auto socklb_collector = std::make_shared<SockLbCollector>(
       **socklb, [&reconciler] { return reconciler.directory(); },
       [&service_policy] { return service_policy.status(); }, config.max_metric_series);

@@ -66,10 +66,12 @@ absl::Status ControllerPolicySource::LoadPersisted() {
   absl::MutexLock l(&mu_);
   held_ = std::move(state);
   version_ = saved.system_version_info();
+  saved_version_ = version_;
   return absl::OkStatus();
 }
 
 void ControllerPolicySource::PersistLoop() {
+  absl::Time last_save = absl::InfinitePast();
   while (true) {
     std::shared_ptr<const HeldMap> state;
     std::string version;
@@ -80,6 +82,10 @@ void ControllerPolicySource::PersistLoop() {
       };
       mu_.Await(absl::Condition(&ready));
       if (!to_save_) return;  // stopping, nothing pending
+      // Not sooner than min_save_interval after the last save (unless stopping); changes that
+      // come meanwhile replace the pending state.
+      auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return persister_stop_; };
+      mu_.AwaitWithDeadline(absl::Condition(&stopping), last_save + options_.min_save_interval);
       state = std::move(to_save_);
       to_save_ = nullptr;
       version = to_save_version_;
@@ -89,6 +95,11 @@ void ControllerPolicySource::PersistLoop() {
     for (const auto& [k, r] : *state) *saved.add_resources() = *r;
     absl::Status s = MkdirAll(options_.state_dir);
     if (s.ok()) s = WriteFileAtomic(StatePath(options_.state_dir), saved.SerializeAsString());
+    last_save = absl::Now();
+    if (s.ok()) {
+      absl::MutexLock l(&mu_);
+      saved_version_ = version;
+    }
     if (!s.ok()) {
       SHUNT_LOG_EVERY_N_SEC(WARNING, 60) << "cannot save the policy state: " << s.message();
     }
@@ -133,6 +144,11 @@ void ControllerPolicySource::Stop() {
 absl::Status ControllerPolicySource::InSync() const {
   absl::MutexLock l(&mu_);
   return sync_;
+}
+
+bool ControllerPolicySource::saved() const {
+  absl::MutexLock l(&mu_);
+  return !options_.state_dir.empty() && !version_.empty() && saved_version_ == version_;
 }
 
 std::string ControllerPolicySource::version() const {

@@ -31,6 +31,10 @@ struct ControllerSourceOptions {
   bool tls = false;                 // credentials are TLS (for the hints in InSync())
   bool client_certificate = false;  // credentials carry a client certificate (mutual TLS)
   std::string state_dir;  // where the last good snapshot is kept ("" = not persisted)
+  // At least this long between saves (the latest state wins; a pending one is written at
+  // Stop()). Zero: save as soon as the last save is done -- changes that arrive during a save
+  // are coalesced into the next one, and a crash loses at most what was not saved yet.
+  absl::Duration min_save_interval = absl::ZeroDuration();
   absl::Duration min_backoff = absl::Milliseconds(200);
   absl::Duration max_backoff = absl::Seconds(30);
   std::string agent_version;
@@ -50,6 +54,9 @@ class ControllerPolicySource : public PolicySource {
   // Connected, and the last response was applied (ACK). With the reason when not.
   absl::Status InSync() const;
   std::string version() const;  // system_version_info in force ("" if none)
+  // The policy in force is saved in --state-dir (what a restart would enforce). False without a
+  // state dir.
+  bool saved() const;
   uint64_t nacks_sent() const { return nacks_sent_.load(); }
   uint64_t reconnects() const { return reconnects_.load(); }
 
@@ -82,6 +89,7 @@ class ControllerPolicySource : public PolicySource {
   std::string version_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const HeldMap> to_save_ ABSL_GUARDED_BY(mu_);  // null: nothing to save
   bool persister_stop_ ABSL_GUARDED_BY(mu_) = false;  // set once the session thread ended
+  std::string saved_version_ ABSL_GUARDED_BY(mu_);    // of the last successful save
   std::string to_save_version_ ABSL_GUARDED_BY(mu_);
   absl::Status sync_ ABSL_GUARDED_BY(mu_) = absl::UnavailableError("not connected yet");
   std::atomic<uint64_t> nacks_sent_{0};

@@ -209,6 +209,7 @@ TEST_F(ControlPlaneTest, ControllerDownThenAgentRestartThenControllerBack) {
   ASSERT_TRUE(
       Eventually([&] { return AgentMetric(0, "shunt_policy_meshed_local_workloads") == 2; }));
   ASSERT_TRUE(Eventually([&] { return AgentMetric(0, "shunt_agent_synced") == 1; }));
+  ASSERT_TRUE(Eventually([&] { return AgentMetric(0, "shunt_agent_policy_saved") == 1; }));
 
   ASSERT_TRUE(controller_->Stop(SIGKILL, 5s).ok());
   EXPECT_GE(SplicedTransfer(7103), 2 << 20) << "enforcement continues without the controller";
