@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "tests/test_util.h"
+#include "tests/unit/policy_resources.h"
 #include "agent/policy/controller_source.h"
 #include "agent/policy/policy_store.h"
 #include "common/resources.h"
@@ -27,25 +28,10 @@ using shunt::v1::ResourceKey;
 using shunt::test::Eventually;
 
 Resource Pod(const std::string& uid, const std::string& ip, bool meshed = true) {
-  Resource r;
-  r.mutable_key()->set_kind(ResourceKey::WORKLOAD);
-  r.mutable_key()->set_namespace_("default");
-  r.mutable_key()->set_name(uid);
-  auto* w = r.mutable_workload();
-  w->set_uid(uid);
-  w->set_namespace_("default");
-  w->set_name("pod-" + uid);
-  w->set_node("node-a");
-  w->add_ips(ip);
-  w->set_meshed(meshed);
-  r.set_version(ResourceVersion(r));
-  return r;
+  return shunt::test::PodResource(uid, ip, meshed);
 }
-
 std::map<std::string, Resource> Set(std::vector<Resource> rs) {
-  std::map<std::string, Resource> m;
-  for (auto& r : rs) m[ResourceKeyString(r.key())] = r;
-  return m;
+  return shunt::test::ResourceSetOf(std::move(rs));
 }
 
 class ControllerProcess {
