@@ -71,7 +71,8 @@ absl::StatusOr<ExecCredential> ParseExecCredential(const std::string& text,
 }
 
 absl::StatusOr<ExecCredential> RunExecCredential(const ExecConfig& config,
-                                                 absl::Duration timeout) {
+                                                 absl::Duration timeout,
+                                                 const std::atomic<bool>* cancel) {
   const std::string what = absl::StrCat("kubeconfig exec plugin '", config.command, "'");
   if (config.api_version != "client.authentication.k8s.io/v1" &&
       config.api_version != "client.authentication.k8s.io/v1beta1") {
@@ -177,14 +178,15 @@ absl::StatusOr<ExecCredential> RunExecCredential(const ExecConfig& config,
   // Until the plugin exits (not until its pipes close: a helper it leaves behind may hold them)
   // or the deadline passes.
   const absl::Time deadline = absl::Now() + timeout;
-  bool timed_out = false;
+  bool timed_out = false, cancelled = false;
   int wstatus = 0;
   while (true) {
     const pid_t w = waitpid(pid, &wstatus, WNOHANG);
     if (w == pid || (w < 0 && errno != EINTR)) break;
     const int64_t left = absl::ToInt64Milliseconds(deadline - absl::Now());
-    if (left <= 0) {
-      timed_out = true;
+    cancelled = cancel != nullptr && cancel->load();
+    if (left <= 0 || cancelled) {
+      timed_out = !cancelled;
       kill(-pid, SIGKILL);  // the plugin's process group
       while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
       }
@@ -200,6 +202,7 @@ absl::StatusOr<ExecCredential> RunExecCredential(const ExecConfig& config,
   drain();  // what it wrote before exiting
   close(out[0]);
   close(err[0]);
+  if (cancelled) return absl::CancelledError(absl::StrCat(what, " stopped: shutting down"));
   if (timed_out) {
     return absl::DeadlineExceededError(
         absl::StrCat(what, " did not answer within ", absl::FormatDuration(timeout)));

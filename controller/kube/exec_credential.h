@@ -9,6 +9,7 @@
 // carries its stderr.
 #pragma once
 
+#include <atomic>
 #include <string>
 #include <utility>
 #include <vector>
@@ -33,9 +34,11 @@ struct ExecCredential {
   absl::Time expiry = absl::InfiniteFuture();
 };
 
-// Runs the plugin once (bounded by `timeout`) and parses what it printed.
+// Runs the plugin once (bounded by `timeout`, and ended early -- Cancelled -- when `*cancel`
+// becomes true) and parses what it printed.
 absl::StatusOr<ExecCredential> RunExecCredential(const ExecConfig& config,
-                                                 absl::Duration timeout = absl::Seconds(30));
+                                                 absl::Duration timeout = absl::Seconds(30),
+                                                 const std::atomic<bool>* cancel = nullptr);
 
 // Parses an ExecCredential (exposed for tests and fuzzing).
 absl::StatusOr<ExecCredential> ParseExecCredential(const std::string& json,

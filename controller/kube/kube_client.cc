@@ -363,7 +363,7 @@ absl::StatusOr<std::pair<ExecCredential, uint64_t>> KubeClient::ExecCredentials(
     if (stopped_) return absl::CancelledError("kube client stopped");
   }
   ++exec_runs_;
-  auto cred = RunExecCredential(*config_.exec, options_.exec_timeout);
+  auto cred = RunExecCredential(*config_.exec, options_.exec_timeout, &cancel_exec_);
   if (!cred.ok()) {
     exec_credential_.reset();
     exec_error_ = cred.status();
@@ -615,6 +615,7 @@ absl::StatusOr<nlohmann::json> KubeClient::MergePatchStatus(Kind kind, absl::str
 }
 
 void KubeClient::Stop() {
+  cancel_exec_ = true;
   absl::MutexLock l(&mu_);
   stopped_ = true;
   for (void* multi : active_) curl_multi_wakeup(static_cast<CURLM*>(multi));

@@ -157,6 +157,7 @@ class KubeClient {
 
   absl::Mutex mu_;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
+  std::atomic<bool> cancel_exec_{false};  // Stop(): ends a running exec plugin
   std::set<void*> active_ ABSL_GUARDED_BY(mu_);  // CURLM* of requests in flight
 };
 

@@ -790,6 +790,19 @@ TEST_F(ExecPluginTest, ConcurrentRequestsShareOnePluginRun) {
   EXPECT_EQ(client->exec_runs(), 3);  // the failure is held for a second, not re-run 4 times
 }
 
+TEST_F(ExecPluginTest, StopEndsARunningPlugin) {
+  dir_.Write("hang", "");
+  auto client = ExecClient();  // 30 s timeout
+  absl::Status result;
+  std::thread t([&] { result = client->List(ApiResourceOf(Kind::kPod)).status(); });
+  absl::SleepFor(absl::Milliseconds(200));  // the plugin is running (either way Stop must end it)
+  const absl::Time start = absl::Now();
+  client->Stop();
+  t.join();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+  EXPECT_EQ(result.code(), absl::StatusCode::kCancelled) << result;
+}
+
 // A plugin that leaves a helper behind holding its stdout (a token cache daemon, say) has
 // answered when it exits, not when the helper goes.
 TEST_F(ExecPluginTest, AnswerCountsWhenThePluginExits) {
