@@ -100,12 +100,12 @@ absl::Status TlsFront::Start(const std::string& cert_chain_and_key_file,
 void TlsFront::Stop() {
   stopping_ = true;
   if (acceptor_.joinable()) acceptor_.join();
-  std::list<std::thread> conns;
+  std::list<Connection> conns;
   {
     std::lock_guard<std::mutex> l(mu_);
     conns.swap(connections_);
   }
-  for (auto& t : conns) t.join();
+  for (auto& c : conns) c.thread.join();
   if (listen_fd_ >= 0) close(listen_fd_);
   listen_fd_ = -1;
   if (ctx_) SSL_CTX_free(ctx_);
@@ -119,7 +119,20 @@ void TlsFront::AcceptLoop() {
     const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (fd < 0) continue;
     std::lock_guard<std::mutex> l(mu_);
-    connections_.emplace_back([this, fd] { Serve(fd); });
+    for (auto it = connections_.begin(); it != connections_.end();) {
+      if (!it->done->load()) {
+        ++it;
+        continue;
+      }
+      it->thread.join();  // returning already
+      it = connections_.erase(it);
+    }
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    connections_.push_back({std::thread([this, fd, done] {
+                              Serve(fd);
+                              done->store(true);
+                            }),
+                            done});
   }
 }
 

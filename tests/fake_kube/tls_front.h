@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <list>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -49,8 +50,12 @@ class TlsFront {
   int backend_port_ = 0;
   std::atomic<bool> stopping_{false};
   std::thread acceptor_;
+  struct Connection {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done;  // set by the thread as it returns
+  };
   std::mutex mu_;
-  std::list<std::thread> connections_;
+  std::list<Connection> connections_;  // finished ones are joined by the accept loop
 };
 
 }  // namespace shunt::testing
