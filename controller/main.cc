@@ -38,6 +38,10 @@ ABSL_FLAG(std::string, kubeconfig, "",
           "is used.");
 ABSL_FLAG(int, kube_list_page_size, 500,
           "Objects per Kubernetes list request (limit/continue); 0 lists each kind in one request.");
+ABSL_FLAG(int, max_full_pushes, 64,
+          "Full-state responses (agents connecting) written at once; others wait their turn.");
+ABSL_FLAG(int, max_full_push_mib, 128,
+          "MiB of full-state responses written at once (the first always goes).");
 ABSL_FLAG(std::string, listen, "0.0.0.0:15010", "gRPC policy stream listen address.");
 ABSL_FLAG(std::string, tls_cert, "", "Server certificate (PEM) for the policy stream.");
 ABSL_FLAG(std::string, tls_key, "", "Server private key (PEM).");
@@ -130,7 +134,8 @@ int Run() {
   }
   auto registry = std::make_shared<prometheus::Registry>();
   ClusterState state;
-  PolicyServer server(registry.get());
+  PolicyServer server(registry.get(), std::max(1, absl::GetFlag(FLAGS_max_full_pushes)),
+                      size_t(std::max(1, absl::GetFlag(FLAGS_max_full_push_mib))) << 20);
 
   std::unique_ptr<ManifestsSource> manifests;
   std::unique_ptr<KubernetesSource> kube;
