@@ -9,7 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "tests/test_util.h"
-#include "tests/unit/policy_resources.h"
+#include "tests/unit/policy_stream_util.h"
 #include "agent/policy/controller_source.h"
 #include "agent/policy/policy_store.h"
 #include "common/resources.h"
@@ -34,50 +34,24 @@ std::map<std::string, Resource> Set(std::vector<Resource> rs) {
   return shunt::test::ResourceSetOf(std::move(rs));
 }
 
-class ControllerProcess {
- public:
-  explicit ControllerProcess(int port = 0, int max_pushes = 64, size_t max_push_bytes = 128 << 20)
-      : service(nullptr, max_pushes, max_push_bytes) {
-    grpc::ServerBuilder b;
-    b.AddListeningPort("127.0.0.1:" + std::to_string(port), grpc::InsecureServerCredentials(),
-                       &bound_port);
-    b.RegisterService(&service);
-    controller::PolicyServer::ConfigureServer(b);
-    server = b.BuildAndStart();
-  }
-  ~ControllerProcess() { server->Shutdown(std::chrono::system_clock::now() + 2s); }
-  std::string address() const { return "127.0.0.1:" + std::to_string(bound_port); }
-
-  controller::PolicyServer service;
-  std::unique_ptr<grpc::Server> server;
-  int bound_port = 0;
+// The controller of these tests: plaintext.
+struct ControllerProcess : shunt::test::TestController {
+  explicit ControllerProcess(int port = 0, int max_pushes = 64,
+                             size_t max_push_bytes = size_t{128} << 20)
+      : TestController(grpc::InsecureServerCredentials(), port, max_pushes, max_push_bytes) {}
 };
-
-struct Agent {
-  Agent(const std::string& address, const std::string& state_dir = "") {
+struct Agent : shunt::test::TestAgent {
+  explicit Agent(const std::string& address, const std::string& state_dir = "")
+      : TestAgent(Options(address, state_dir)) {}
+  static agent::ControllerSourceOptions Options(const std::string& address,
+                                                const std::string& state_dir) {
     agent::ControllerSourceOptions o;
     o.address = address;
-    o.node = "node-a";
     o.credentials = grpc::InsecureChannelCredentials();
     o.state_dir = state_dir;
-    o.min_backoff = absl::Milliseconds(20);
-    o.max_backoff = absl::Milliseconds(200);
-    source = std::make_unique<agent::ControllerPolicySource>(o);
-    EXPECT_TRUE(source
-                    ->Start([this](absl::StatusOr<shunt::v1::PolicyBundle> u) {
-                      store.Apply(source->name(), std::move(u));
-                    })
-                    .ok());
+    return o;
   }
-  ~Agent() { source->Stop(); }
-  size_t Workloads() const {
-    auto s = store.Current();
-    return s ? s->bundle.workloads_size() : 0;
-  }
-  agent::PolicyStore store;
-  std::unique_ptr<agent::ControllerPolicySource> source;
 };
-
 
 TEST(PolicyStream, FullStateThenDeltasReachTheAgent) {
   ControllerProcess c;

@@ -21,7 +21,7 @@
 
 #include "tests/test_certs.h"
 #include "tests/test_util.h"
-#include "tests/unit/policy_resources.h"
+#include "tests/unit/policy_stream_util.h"
 #include "agent/policy/controller_source.h"
 #include "agent/policy/policy_store.h"
 #include "common/resources.h"
@@ -76,53 +76,28 @@ std::shared_ptr<grpc::ChannelCredentials> AgentTls(const std::string& ca_file,
   return grpc::SslCredentials(opts);
 }
 
-class Controller {
- public:
-  explicit Controller(std::shared_ptr<grpc::ServerCredentials> creds) : service(nullptr) {
-    grpc::ServerBuilder b;
-    b.AddListeningPort("127.0.0.1:0", std::move(creds), &bound_port);
-    b.RegisterService(&service);
-    controller::PolicyServer::ConfigureServer(b);
-    server = b.BuildAndStart();
+// A controller with a first snapshot of two pods.
+struct Controller : shunt::test::TestController {
+  explicit Controller(std::shared_ptr<grpc::ServerCredentials> creds)
+      : TestController(std::move(creds)) {
     service.Publish(Set({Pod("a", "198.18.0.2"), Pod("b", "198.18.0.3")}), absl::Now());
   }
-  ~Controller() {
-    if (server) server->Shutdown(std::chrono::system_clock::now() + 2s);
-  }
-  std::string address() const { return "127.0.0.1:" + std::to_string(bound_port); }
-
-  controller::PolicyServer service;
-  std::unique_ptr<grpc::Server> server;
-  int bound_port = 0;
 };
-
-struct Agent {
+struct Agent : shunt::test::TestAgent {
   Agent(const std::string& address, std::shared_ptr<grpc::ChannelCredentials> creds,
-        bool client_certificate = false, bool tls = true) {
+        bool client_certificate = false, bool tls = true)
+      : TestAgent(Options(address, std::move(creds), client_certificate, tls)) {}
+  static agent::ControllerSourceOptions Options(const std::string& address,
+                                                std::shared_ptr<grpc::ChannelCredentials> creds,
+                                                bool client_certificate, bool tls) {
     agent::ControllerSourceOptions o;
     o.address = address;
-    o.node = "node-a";
     o.credentials = std::move(creds);
     o.client_certificate = client_certificate;
     o.tls = tls;
-    o.min_backoff = absl::Milliseconds(20);
-    o.max_backoff = absl::Milliseconds(200);
-    source = std::make_unique<agent::ControllerPolicySource>(o);
-    EXPECT_TRUE(source
-                    ->Start([this](absl::StatusOr<shunt::v1::PolicyBundle> u) {
-                      store.Apply(source->name(), std::move(u));
-                    })
-                    .ok());
+    return o;
   }
-  ~Agent() { source->Stop(); }
-  size_t Workloads() const {
-    auto s = store.Current();
-    return s ? s->bundle.workloads_size() : 0;
-  }
-  agent::PolicyStore store;
-  std::unique_ptr<agent::ControllerPolicySource> source;
 };
-
 class PolicyStreamTls : public ::testing::Test {
  protected:
   static void SetUpTestSuite() { certs_ = new Certs(); }
