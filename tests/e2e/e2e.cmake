@@ -10,6 +10,12 @@ shunt_test(fastpath_test KERNEL SOURCES e2e/fastpath_test.cc
            LIBS shunt_e2e_util nlohmann_json::nlohmann_json)
 add_dependencies(fastpath_test shunt-agent shunt-testpeer)
 
+# The application-compatibility suite (ctest -R Compat): shunt-compat cases meshed vs unmeshed.
+shunt_test(compat_test KERNEL SOURCES e2e/compat_test.cc
+           LIBS shunt_e2e_util nlohmann_json::nlohmann_json)
+target_compile_definitions(compat_test PRIVATE SHUNT_COMPAT_BIN="$<TARGET_FILE:shunt-compat>")
+add_dependencies(compat_test shunt-agent shunt-compat)
+
 
 
 # Another party's sock_ops program, to test coexistence on one cgroup.

@@ -1,0 +1,235 @@
+// The application-compatibility suite: every case of shunt-compat (tests/compat/compat.cc) runs
+// between two meshed pods of one node (fast path) and between two unmeshed pods of that node
+// (plain kernel path), at least 200 connections each, and must show the same outcomes: zero
+// differences. Cases where splicing is safe must also have used the fast path.
+//
+// SHUNT_COMPAT_CONNS overrides the number of connections (for a quick local run).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "tests/e2e/e2e_util.h"
+#include "tests/testbed/testbed.h"
+
+namespace shunt::e2e {
+namespace {
+
+using testbed::Pod;
+using testbed::Testbed;
+
+enum class Family { kV4, kV6, kV4Mapped };
+
+struct CompatCase {
+  std::string name;
+  std::string io;
+  Family family = Family::kV4Mapped;
+  // The fast path must have carried this case's data (splicing is safe for what it does).
+  bool expect_spliced = false;
+  uint64_t bytes = 0;  // 0: the tool's default
+};
+
+std::string FamilyName(Family f) {
+  switch (f) {
+    case Family::kV4: return "v4";
+    case Family::kV6: return "v6";
+    case Family::kV4Mapped: return "v4mapped";
+  }
+  return "?";
+}
+
+std::string CaseName(const ::testing::TestParamInfo<CompatCase>& info) {
+  return info.param.name + "_" + info.param.io + "_" + FamilyName(info.param.family);
+}
+
+void PrintTo(const CompatCase& c, std::ostream* os) {
+  *os << c.name << "/" << c.io << "/" << FamilyName(c.family);
+}
+
+int Conns() {
+  const char* e = getenv("SHUNT_COMPAT_CONNS");
+  return e ? atoi(e) : 200;
+}
+
+std::string CompatBinary() { return SHUNT_COMPAT_BIN; }
+
+// One node, pods 0 and 1 meshed, pods 2 and 3 not; one agent for the whole suite.
+class CompatEnv {
+ public:
+  static CompatEnv& Get() {
+    static CompatEnv* env = new CompatEnv();
+    return *env;
+  }
+  absl::Status Ensure() {
+    if (bed_) return absl::OkStatus();
+    testbed::Options opts;
+    opts.nodes = 1;
+    opts.pods_per_node = 4;
+    opts.drivers = {testbed::CgroupDriver::kSystemd};
+    opts.prefix = "shunt-compat";
+    auto bed = Testbed::Create(opts);
+    if (!bed.ok()) return bed.status();
+    bed_ = std::move(*bed);
+    auto policy = bed_->WritePolicyFile(
+        "policy.json", {{bed_->pod(0, 0).name, true}, {bed_->pod(0, 1).name, true}});
+    if (!policy.ok()) return policy.status();
+    agent_ = std::make_unique<AgentProcess>(*bed_, bed_->node(0), *policy);
+    return agent_->Start();
+  }
+  void Teardown() {
+    if (agent_) agent_->Kill();
+    agent_.reset();
+    if (bed_) {
+      UninstallAgent(*bed_, bed_->node(0)).IgnoreError();
+      bed_->Teardown();
+    }
+    bed_.reset();
+  }
+  Testbed& bed() { return *bed_; }
+  AgentProcess& agent() { return *agent_; }
+
+ private:
+  std::unique_ptr<Testbed> bed_;
+  std::unique_ptr<AgentProcess> agent_;
+};
+
+class CompatEnvironment : public ::testing::Environment {
+ public:
+  void TearDown() override { CompatEnv::Get().Teardown(); }
+};
+const auto* const kEnv = ::testing::AddGlobalTestEnvironment(new CompatEnvironment);
+
+struct RunResult {
+  nlohmann::json client, server;
+};
+
+class CompatTest : public ::testing::TestWithParam<CompatCase> {
+ protected:
+  void SetUp() override {
+    Testbed::InstallSignalTeardown();
+    ASSERT_TRUE(CompatEnv::Get().Ensure().ok());
+  }
+
+  // Runs the case with the client in `from` and the server in `to`; the result of each side.
+  absl::StatusOr<RunResult> RunPair(const Pod& from, const Pod& to, int port) {
+    const CompatCase& c = GetParam();
+    Testbed& bed = CompatEnv::Get().bed();
+    std::vector<std::string> common = {"--case=" + c.name, "--io=" + c.io,
+                                       absl::StrCat("--conns=", Conns())};
+    if (c.bytes) common.push_back(absl::StrCat("--bytes=", c.bytes));
+    std::string bind = c.family == Family::kV4 ? "0.0.0.0" : "::";
+    std::string to_addr = c.family == Family::kV6 ? absl::StrCat("[", to.ipv6, "]:", port)
+                                                  : absl::StrCat(to.ipv4, ":", port);
+    const std::string ready = absl::StrCat(bed.work_dir(), "/compat-ready-", port);
+    std::vector<std::string> sargv = {CompatBinary(), "server", absl::StrCat("--port=", port),
+                                      "--bind=" + bind, "--ready-file=" + ready};
+    sargv.insert(sargv.end(), common.begin(), common.end());
+    auto server = bed.Spawn(to, sargv);
+    if (!server.ok()) return server.status();
+    for (int i = 0; access(ready.c_str(), F_OK) != 0; ++i) {
+      if (i > 500 || !(*server)->Running()) {
+        return absl::UnavailableError("compat server did not start: " + (*server)->Stderr());
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    std::vector<std::string> cargv = {CompatBinary(), "client", "--to=" + to_addr};
+    cargv.insert(cargv.end(), common.begin(), common.end());
+    auto out = bed.Run(from, cargv, std::chrono::seconds(300));
+    if (!out.ok()) return out.status();
+    auto st = (*server)->Wait(std::chrono::seconds(30));
+    if (!st.ok()) return absl::DeadlineExceededError("compat server did not finish");
+    RunResult r;
+    r.client = nlohmann::json::parse(out->out, nullptr, false);
+    r.server = nlohmann::json::parse((*server)->Stdout(), nullptr, false);
+    if (r.client.is_discarded() || r.server.is_discarded()) {
+      return absl::DataLossError(absl::StrCat("unparsable output: client ", out->out, out->err,
+                                              " server ", (*server)->Stdout(),
+                                              (*server)->Stderr()));
+    }
+    return r;
+  }
+
+  double Redirected() {
+    auto m = CompatEnv::Get().agent().Scrape();
+    return m.ok() ? SumSamples(*m, "shunt_sockmap_redirected_messages_total") : -1;
+  }
+};
+
+TEST_P(CompatTest, SameOutcomesMeshedAndUnmeshed) {
+  const CompatCase& c = GetParam();
+  Testbed& bed = CompatEnv::Get().bed();
+  static int port = 20000;
+  ++port;
+  double before = Redirected();
+  auto meshed = RunPair(bed.pod(0, 0), bed.pod(0, 1), port);
+  ASSERT_TRUE(meshed.ok()) << meshed.status();
+  double redirected = Redirected() - before;
+  auto plain = RunPair(bed.pod(0, 2), bed.pod(0, 3), port);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+
+  const nlohmann::json ok = {{"ok", Conns()}};
+  // The unmeshed run is the reference: TCP as the kernel defines it, all "ok".
+  EXPECT_EQ(plain->client["outcomes"], ok) << "unmeshed client: " << plain->client.dump();
+  EXPECT_EQ(plain->server["outcomes"], ok) << "unmeshed server: " << plain->server.dump();
+  // Zero differences meshed.
+  EXPECT_EQ(meshed->client["outcomes"], plain->client["outcomes"])
+      << "meshed client: " << meshed->client.dump();
+  EXPECT_EQ(meshed->server["outcomes"], plain->server["outcomes"])
+      << "meshed server: " << meshed->server.dump();
+  if (c.name == "noread") {
+    // The sender blocks at a bound comparable to the plain path's (its TCP buffers), not at the
+    // node's TCP memory.
+    uint64_t m = meshed->client.value("max_buffered", uint64_t{0});
+    uint64_t p = plain->client.value("max_buffered", uint64_t{0});
+    EXPECT_GT(p, 0u);
+    EXPECT_LE(m, 2 * p + (8u << 20)) << "meshed " << m << " plain " << p;
+  }
+  if (c.expect_spliced) {
+    EXPECT_GT(redirected, 0) << "the fast path carried nothing for a case it can carry";
+  }
+  RecordProperty("redirected_msgs", std::to_string(static_cast<int64_t>(redirected)));
+}
+
+std::vector<CompatCase> AllCases() {
+  std::vector<CompatCase> v;
+  auto add = [&](std::string name, std::string io, bool spliced, Family f = Family::kV4Mapped,
+                 uint64_t bytes = 0) { v.push_back({name, io, f, spliced, bytes}); };
+  for (Family f : {Family::kV4, Family::kV6, Family::kV4Mapped}) {
+    add("halfclose", "blocking", false, f);
+    add("halfclose", "nonblocking", true, f);
+    add("splice", "blocking", false, f);
+    add("splice", "nonblocking", false, f);
+    add("bidir", "nonblocking", true, f);
+    add("rst", "nonblocking", true, f);
+  }
+  add("waitall", "blocking", false);
+  add("rcvlowat", "blocking", false);
+  add("rcvlowat", "nonblocking", false);
+  add("sendfile", "blocking", false);
+  add("sendfile", "nonblocking", true);
+  add("peek", "blocking", false);
+  add("peek", "nonblocking", true);
+  add("rcvtimeo", "blocking", false);
+  add("shutdown_both", "blocking", false);
+  add("shutdown_both", "nonblocking", true);
+  add("rst", "blocking", false);
+  add("writev", "blocking", false);
+  add("writev", "nonblocking", true);
+  add("cork", "blocking", false);
+  add("cork", "nonblocking", true);
+  add("nodelay", "blocking", false);
+  add("nodelay", "nonblocking", true);
+  add("bidir", "blocking", false);
+  add("noread", "nonblocking", false, Family::kV4Mapped, 1 << 20);
+  add("zerocopy", "blocking", false);
+  add("zerocopy", "nonblocking", false);
+  add("late_blocking", "blocking", false);
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(Compat, CompatTest, ::testing::ValuesIn(AllCases()), CaseName);
+
+}  // namespace
+}  // namespace shunt::e2e
