@@ -16,7 +16,8 @@
 // Every mode prints exactly one JSON object line on stdout when it ends and exits 0 on success.
 // IPv6 addresses are written [addr]:port. Sizes take K/M/G suffixes (powers of 1024).
 //
-// verify protocol: the client sends a 16-byte header (u64 seed, u64 length, little endian) and
+// verify protocol: the client sends a 16-byte header (u64 seed, u64 length, little endian), waits
+// for the server's "GO\n" (a request/response exchange, as most protocols start with), and sends
 // `length` bytes of the pattern stream (xorshift64* seeded by seed, one 64-bit word at a time,
 // little endian). The server checks every byte and answers "OK <bytes> <fnv1a64 hex>\n" or
 // "BAD <offset>\n", then closes. Connection i of a multi-connection run uses seed S + i.
@@ -244,12 +245,22 @@ uint64_t GetU64Le(const uint8_t* p) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Sockets. Every socket has send and receive timeouts, so a broken peer fails the run.
+// Sockets. Every socket is non-blocking and waits in poll() for at most --timeout, as
+// event-loop programs do, so a broken peer fails the run. (The fast path splices only sockets
+// whose reads are known to be safe to splice: non-blocking ones; see docs/fastpath.md.)
 
-void SetTimeouts(int fd) {
-  struct timeval tv = {g_timeout_s, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+void SetNonblocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
+
+// Waits until `fd` is ready for `events`; false with `error` set after --timeout.
+bool WaitReady(int fd, short events, const char* what, std::string* error) {
+  struct pollfd p = {fd, events, 0};
+  for (;;) {
+    int r = poll(&p, 1, g_timeout_s * 1000);
+    if (r > 0) return true;
+    if (r < 0 && errno == EINTR) continue;
+    *error = r == 0 ? std::string(what) + ": timed out" : Errno("poll");
+    return false;
+  }
 }
 
 bool SendAll(int fd, const void* data, size_t n, std::string* error) {
@@ -257,8 +268,12 @@ bool SendAll(int fd, const void* data, size_t n, std::string* error) {
   while (n > 0) {
     ssize_t r = send(fd, p, n, MSG_NOSIGNAL);
     if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && errno == EAGAIN) {
+      if (!WaitReady(fd, POLLOUT, "send", error)) return false;
+      continue;
+    }
     if (r < 0) {
-      *error = (errno == EAGAIN || errno == EWOULDBLOCK) ? "send: timed out" : Errno("send");
+      *error = Errno("send");
       return false;
     }
     p += r;
@@ -273,7 +288,11 @@ ssize_t RecvSome(int fd, void* data, size_t n, std::string* error) {
     ssize_t r = recv(fd, data, n, 0);
     if (r >= 0) return r;
     if (errno == EINTR) continue;
-    *error = (errno == EAGAIN || errno == EWOULDBLOCK) ? "recv: timed out" : Errno("recv");
+    if (errno == EAGAIN) {
+      if (!WaitReady(fd, POLLIN, "recv", error)) return -1;
+      continue;
+    }
+    *error = Errno("recv");
     return -1;
   }
 }
@@ -381,14 +400,38 @@ struct ClientConfig {
   std::optional<Endpoint> bind;
 };
 
-// A connected socket, or -1 with `error` set. connect() is bounded by SO_SNDTIMEO.
+// connect() on a non-blocking socket, bounded by --timeout. Returns 0 or -1 with errno set
+// (ETIMEDOUT when the handshake did not finish).
+int ConnectFd(int fd, const sockaddr* addr, socklen_t len) {
+  int r;
+  do {
+    r = connect(fd, addr, len);
+  } while (r != 0 && errno == EINTR);
+  if (r == 0 || errno != EINPROGRESS) return r;
+  struct pollfd p = {fd, POLLOUT, 0};
+  int n;
+  do {
+    n = poll(&p, 1, g_timeout_s * 1000);
+  } while (n < 0 && errno == EINTR);
+  if (n == 0) {
+    errno = ETIMEDOUT;
+    return -1;
+  }
+  int err = 0;
+  socklen_t el = sizeof(err);
+  getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
+  errno = err;
+  return err == 0 ? 0 : -1;
+}
+
+// A connected socket, or -1 with `error` set.
 int Connect(const ClientConfig& cfg, std::string* error) {
   int fd = socket(cfg.to.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     *error = Errno("socket");
     return -1;
   }
-  SetTimeouts(fd);
+  SetNonblocking(fd);
   if (cfg.bind) {
     if (cfg.bind->addr.ss_family != cfg.to.addr.ss_family) {
       *error = "--bind family differs from --to family";
@@ -404,13 +447,9 @@ int Connect(const ClientConfig& cfg, std::string* error) {
       return -1;
     }
   }
-  int r;
-  do {
-    r = connect(fd, reinterpret_cast<const sockaddr*>(&cfg.to.addr), cfg.to.len);
-  } while (r != 0 && errno == EINTR);
-  if (r != 0) {
-    *error = (errno == EINPROGRESS || errno == EAGAIN) ? "connect " + cfg.to.text + ": timed out"
-                                                       : Errno("connect " + cfg.to.text);
+  if (ConnectFd(fd, reinterpret_cast<const sockaddr*>(&cfg.to.addr), cfg.to.len) != 0) {
+    *error = errno == ETIMEDOUT ? "connect " + cfg.to.text + ": timed out"
+                                : Errno("connect " + cfg.to.text);
     close(fd);
     return -1;
   }
@@ -491,6 +530,7 @@ bool ServeVerify(int fd, ServerStats* stats, std::optional<uint64_t> expect_seed
     SendAll(fd, "BAD 0\n", 6, &ignored);
     return false;
   }
+  if (!SendAll(fd, "GO\n", 3, error)) return false;
   const size_t cap =
       static_cast<size_t>(std::min<uint64_t>(std::max<uint64_t>(length, 1), kServerBuf));
   std::vector<uint8_t> buf(cap), expected(cap);
@@ -636,6 +676,7 @@ void* ServeConnection(void* arg) {
   if (bind(lfd, reinterpret_cast<const sockaddr*>(&ep.addr), ep.len) != 0) {
     Fail(Errno("bind " + bind_addr + " port " + std::to_string(port)));
   }
+  SetNonblocking(lfd);  // before listen(), as event loops do
   if (listen(lfd, 4096) != 0) Fail(Errno("listen"));
   if (!ready_file.empty()) {
     int rfd = open(ready_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -661,7 +702,7 @@ void* ServeConnection(void* arg) {
       break;
     }
     if (pfds[1].revents == 0) continue;
-    int cfd = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+    int cfd = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (cfd < 0) {
       if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN) continue;
       // EMFILE and friends: drop this one, keep serving.
@@ -669,7 +710,7 @@ void* ServeConnection(void* arg) {
       usleep(10000);
       continue;
     }
-    SetTimeouts(cfd);
+
     stats.connections++;
     auto* args = new ConnArgs{cfd, mode, &stats, expect_seed, ident};
     pthread_t tid;
@@ -707,6 +748,12 @@ bool SendPattern(VerifyConn& c, uint64_t length, std::vector<uint8_t>& buf, doub
   PutU64Le(header, c.seed);
   PutU64Le(header + 8, length);
   if (!SendAll(c.fd, header, sizeof(header), &c.error)) return false;
+  std::string go;
+  if (!ReadLine(c.fd, &go, &c.error)) return false;
+  if (go != "GO") {
+    c.error = "server answered \"" + go + "\" to the header";
+    return false;
+  }
   Pattern pattern(c.seed);
   const double start = NowSeconds();
   uint64_t sent = 0;
@@ -816,9 +863,11 @@ bool CheckReply(VerifyConn& c, uint64_t length) {
   while (NowSeconds() - start < duration) {
     ssize_t r = send(fd, buf.data(), buf.size(), MSG_NOSIGNAL);
     if (r < 0 && errno == EINTR) continue;
-    if (r < 0) {
-      Fail(errno == EAGAIN ? "send: timed out" : Errno("send"), {{"bytes", sent}});
+    if (r < 0 && errno == EAGAIN) {
+      if (!WaitReady(fd, POLLOUT, "send", &error)) Fail(error, {{"bytes", sent}});
+      continue;
     }
+    if (r < 0) Fail(Errno("send"), {{"bytes", sent}});
     sent += r;
   }
   shutdown(fd, SHUT_WR);
@@ -900,12 +949,8 @@ std::string AddressText(const sockaddr_storage& a) {
   for (uint64_t i = 0; i < conns; ++i) {
     int fd = socket(cfg.to.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) Fail(Errno("socket"));
-    SetTimeouts(fd);
-    int r;
-    do {
-      r = connect(fd, reinterpret_cast<const sockaddr*>(&cfg.to.addr), cfg.to.len);
-    } while (r != 0 && errno == EINTR);
-    if (r != 0) {
+    SetNonblocking(fd);
+    if (ConnectFd(fd, reinterpret_cast<const sockaddr*>(&cfg.to.addr), cfg.to.len) != 0) {
       const char* name = strerrorname_np(errno);
       errors[name ? name : std::to_string(errno)]++;
       close(fd);
