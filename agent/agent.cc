@@ -166,6 +166,8 @@ int RunAgent(const AgentConfig& config) {
   fc.pods_size = config.pods_size;
   fc.endpoints_size = config.endpoints_size;
   fc.stats_size = config.stats_size;
+  fc.listeners_size = config.listeners_size;
+  fc.protect = config.fastpath_protect;
   auto fastpath = Fastpath::Install(fc);
   if (!fastpath.ok()) {
     SHUNT_LOG(ERROR) << "install fast path: " << fastpath.status().message();

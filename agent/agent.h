@@ -30,6 +30,8 @@ struct AgentConfig {
   uint32_t pods_size = 4096;
   uint32_t endpoints_size = 8192;
   uint32_t stats_size = 16384;
+  uint32_t listeners_size = 16384;
+  bool fastpath_protect = true;
   // Connect-time load balancing and access policy (socklb).
   uint32_t lb_services_size = 4096;
   uint32_t lb_slots_size = 65536;

@@ -35,6 +35,14 @@ ABSL_FLAG(int, policy_poll_ms, 500, "How often the policy file is checked for ch
 ABSL_FLAG(int, resync_ms, 1000, "How often pod cgroups are rescanned and maps reconciled.");
 ABSL_FLAG(uint32_t, sockhash_size, 65536, "Sockets the sockhash can hold; beyond: normal path.");
 ABSL_FLAG(uint32_t, pods_map_size, 4096, "Local pods the pods map can hold.");
+ABSL_FLAG(uint32_t, listeners_map_size, 16384,
+          "Listening sockets of meshed pods remembered (how their accepted sockets read); least "
+          "recently used forgotten first.");
+ABSL_FLAG(bool, fastpath_protect, true,
+          "Splice only sockets whose reads the kernel's sockmap path serves exactly as TCP "
+          "(docs/fastpath.md). false: splice every meshed pair whatever its programs do, as "
+          "before; for benchmarks only, it breaks blocking, splice(2), SO_RCVLOWAT and "
+          "MSG_WAITALL readers.");
 ABSL_FLAG(uint32_t, endpoints_map_size, 8192, "Local pod IPs the endpoints map can hold.");
 ABSL_FLAG(uint32_t, stats_map_size, 16384, "Counter entries (workload pairs x reasons).");
 ABSL_FLAG(uint32_t, lb_services_map_size, 4096,
@@ -88,6 +96,8 @@ int main(int argc_in, char** argv_in) {
     config.pods_size = absl::GetFlag(FLAGS_pods_map_size);
     config.endpoints_size = absl::GetFlag(FLAGS_endpoints_map_size);
     config.stats_size = absl::GetFlag(FLAGS_stats_map_size);
+    config.listeners_size = absl::GetFlag(FLAGS_listeners_map_size);
+    config.fastpath_protect = absl::GetFlag(FLAGS_fastpath_protect);
     config.max_metric_series = absl::GetFlag(FLAGS_max_metric_series);
     config.lb_services_size = absl::GetFlag(FLAGS_lb_services_map_size);
     config.lb_slots_size = absl::GetFlag(FLAGS_lb_slots_map_size);

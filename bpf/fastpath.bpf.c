@@ -6,17 +6,46 @@
  * Identity comes from the socket's cgroup (the pod cgroup is found by walking up from the
  * container cgroup), never from a probe or the first packet. Anything unknown or full takes the
  * normal path, counted.
+ *
+ * Transparency (docs/fastpath.md): bytes redirected into a socket are read through the kernel's
+ * sockmap receive path (tcp_bpf_recvmsg), which serves non-blocking recvmsg exactly as TCP does but
+ * not blocking reads (EAGAIN after a wake-up with nothing queued), splice(2) (never sees them),
+ * SO_RCVLOWAT or MSG_WAITALL. So:
+ *  - blocking sockets (connect() or listen() on a blocking socket, or a server that read unsafely
+ *    before) never enter the sockhash;
+ *  - a socket in the sockhash receives redirected bytes only once its reads were seen to be safe
+ *    (fentry on tcp_bpf_recvmsg / tcp_splice_read) and only when that is order-safe: every byte
+ *    its peer sent through the stack has been read (peer's write_seq == its copied_seq);
+ *  - a socket read unsafely before any byte was redirected into it is taken out of the sockhash
+ *    at its next state change (nothing is queued for it, so nothing is lost);
+ *  - redirects stop while a receiver has a receive buffer's worth unread (TCP then pushes back);
+ *  - SO_ZEROCOPY senders send through the stack (their completions come from TCP).
+ * Every fallback is counted by reason.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
 
 #include "shunt/fastpath_abi.h"
 #include "shunt/sock_key.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
-#define TCP_CLOSE_STATE 7 /* TCP_CLOSE */
+#define TCP_ESTABLISHED_STATE 1 /* TCP_ESTABLISHED */
+#define TCP_CLOSE_STATE 7       /* TCP_CLOSE */
+#define SHUNT_O_NONBLOCK 00004000
+#define SHUNT_MSG_DONTWAIT 0x40
+#define SHUNT_SK_USER_DATA_PTRMASK (~7UL) /* low bits of sk_user_data are flags */
+
+/* 0: the fast path as it was before the protections (every meshed pair spliced, whatever its
+ * programs do); for benchmarks only (--fastpath-protect=false). */
+const volatile __u8 shunt_protect = 1;
+/* Bytes that may wait unread in a receiver's sockmap queue before its senders take the stack (and
+ * TCP's flow control). As TCP's autotuning: a socket that has not read yet may hold its SO_RCVBUF;
+ * one that reads may hold what TCP would buffer at most for a connection (the agent sets it from
+ * the node's tcp_rmem and tcp_wmem maxima). */
+const volatile __u32 shunt_max_queued = 36 << 20;
 #define E2BIG 7
 #define EEXIST 17
 #define ENOMEM 12
@@ -36,9 +65,25 @@ struct {
 	__type(key, int);
 	__type(value, struct shunt_sock_state);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} shunt_skst_v1 SEC(".maps");
+} shunt_skst_v2 SEC(".maps");
 
 #include "shunt/pods_map.bpf.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536); /* = sockhash size */
+	__type(key, struct shunt_sock_key);
+	__type(value, struct shunt_reader_view);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} shunt_rdr_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct shunt_listener_key);
+	__type(value, struct shunt_listener);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} shunt_lsn_v1 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -150,12 +195,104 @@ static __always_inline const struct shunt_pod *pod_of_sock(struct bpf_sock *bsk)
 		(t)->remote_port = (ctx)->remote_port;    \
 	} while (0)
 
+
+/* The file flags of the socket's file; blocking (0) when it has none (a kernel socket). */
+static __always_inline int sock_nonblocking(struct sock *sk)
+{
+	struct socket *so = BPF_CORE_READ(sk, sk_socket);
+	if (!so)
+		return 0;
+	struct file *f = BPF_CORE_READ(so, file);
+	if (!f)
+		return 0;
+	return (BPF_CORE_READ(f, f_flags) & SHUNT_O_NONBLOCK) != 0;
+}
+
+/* Whether the socket's sockmap queue (psock ingress_msg) is empty. */
+static __always_inline int psock_queue_empty(struct sock *sk)
+{
+	unsigned long ud = (unsigned long)BPF_CORE_READ(sk, sk_user_data);
+	struct sk_psock *ps = (struct sk_psock *)(ud & SHUNT_SK_USER_DATA_PTRMASK);
+	if (!ps)
+		return 1;
+	unsigned long head = (unsigned long)ps + bpf_core_field_offset(struct sk_psock, ingress_msg);
+	struct list_head *next = NULL;
+	bpf_probe_read_kernel(&next, sizeof(next), (void *)head);
+	return (unsigned long)next == head;
+}
+
+static __always_inline void class_key(struct shunt_listener_key *lk, __u64 netns, __u16 port,
+				      __u16 kind)
+{
+	lk->netns = netns;
+	lk->port = port;
+	lk->kind = kind;
+	lk->pad[0] = lk->pad[1] = 0;
+}
+
+/* The reader class of one of our sockets. */
+static __always_inline void class_of(struct shunt_listener_key *lk,
+				     const struct shunt_sock_state *st)
+{
+	if (st->flags & SHUNT_SKST_PASSIVE)
+		class_key(lk, st->netns_cookie, st->key.local_port, SHUNT_CLASS_LISTENER);
+	else
+		class_key(lk, st->netns_cookie, st->key.remote_port, SHUNT_CLASS_CLIENT);
+}
+
+static __always_inline void on_listen(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *bsk = skops->sk;
+	if (!bsk)
+		return;
+	const struct shunt_pod *pod = pod_of_sock(bsk);
+	if (!pod || !(pod->flags & SHUNT_POD_MESHED))
+		return;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(bsk);
+	if (!tp)
+		return;
+	struct shunt_listener_key lk;
+	class_key(&lk, bpf_get_netns_cookie(skops), (__u16)skops->local_port, SHUNT_CLASS_LISTENER);
+	struct shunt_listener v = {};
+	v.blocking = !sock_nonblocking((struct sock *)tp);
+	bpf_map_update_elem(&shunt_lsn_v1, &lk, &v, BPF_ANY);
+}
+
+/* Whether the socket's reads are known to be unsafe to splice (1, counted why), known to be safe
+ * from what its class did before (2), or not known yet (0). */
+static __always_inline int judge_socket(struct bpf_sock_ops *skops, struct sock *sk, __u32 self,
+					const struct shunt_listener_key *lk)
+{
+	if (BPF_CORE_READ(sk, sk_rcvlowat) > 1) {
+		count_sock_event(self, SHUNT_SOCK_SKIP_OPTIONS);
+		return 1;
+	}
+	struct shunt_listener *l = bpf_map_lookup_elem(&shunt_lsn_v1, lk);
+	if (skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
+		if (!sock_nonblocking(sk)) {
+			count_sock_event(self, SHUNT_SOCK_SKIP_BLOCKING);
+			return 1;
+		}
+	} else if (!l || l->blocking) {
+		/* Accepted: it has no file yet; its listener says how the server reads. */
+		count_sock_event(self, SHUNT_SOCK_SKIP_BLOCKING);
+		return 1;
+	}
+	if (!l)
+		return 0;
+	if (l->learned_unsafe) {
+		count_sock_event(self, SHUNT_SOCK_SKIP_LEARNED);
+		return 1;
+	}
+	return l->learned_safe ? 2 : 0;
+}
+
 static __always_inline void on_established(struct bpf_sock_ops *skops)
 {
-	struct bpf_sock *sk = skops->sk;
-	if (!sk)
+	struct bpf_sock *bsk = skops->sk;
+	if (!bsk)
 		return;
-	const struct shunt_pod *pod = pod_of_sock(sk);
+	const struct shunt_pod *pod = pod_of_sock(bsk);
 	if (!pod || !(pod->flags & SHUNT_POD_MESHED))
 		return; /* not a meshed local pod: untouched */
 	__u32 self = pod->workload_id;
@@ -163,7 +300,8 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 	struct shunt_sock_tuple t = {};
 	SHUNT_TUPLE_FROM_CTX(skops, &t);
 	struct shunt_sock_key key = {};
-	if (shunt_sock_key_build(&t, bpf_get_netns_cookie(skops), &key))
+	__u64 netns = bpf_get_netns_cookie(skops);
+	if (shunt_sock_key_build(&t, netns, &key))
 		return;
 
 	__u32 peer;
@@ -181,8 +319,27 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 		peer = *wl;
 	}
 
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(bsk);
+	if (!tp)
+		return;
+	struct sock *sk = (struct sock *)tp;
+	struct shunt_listener_key lk;
+	if (skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+		class_key(&lk, netns, key.local_port, SHUNT_CLASS_LISTENER);
+	else
+		class_key(&lk, netns, key.remote_port, SHUNT_CLASS_CLIENT);
+	int judged = 0;
+	if (shunt_protect) {
+		judged = judge_socket(skops, sk, self, &lk);
+		if (judged == 1)
+			return;
+	}
+	/* A socket whose class read safely before is read the same way: spliced from its first
+	 * byte (a stream never pauses for the order check to pass). */
+	__u8 reader = judged == 2 ? SHUNT_READER_SAFE : SHUNT_READER_UNKNOWN;
+
 	struct shunt_sock_state *st =
-		bpf_sk_storage_get(&shunt_skst_v1, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		bpf_sk_storage_get(&shunt_skst_v2, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st) {
 		count_sock_event(self, SHUNT_SOCK_INSERT_ERROR);
 		return;
@@ -191,12 +348,32 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 	st->dst_workload = peer;
 	st->mode = SHUNT_SOCK_UNDECIDED;
 	st->in_map = 0;
+	st->reader = reader;
+	st->flags = (skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB ? SHUNT_SKST_PASSIVE : 0) |
+		    (reader == SHUNT_READER_SAFE ? SHUNT_SKST_EVER_SAFE : 0);
+	st->netns_cookie = netns;
+	st->key = key;
+
+	if (shunt_protect) {
+		struct shunt_reader_view v = {};
+		v.copied_seq = tp->copied_seq;
+		v.rcvbuf = BPF_CORE_READ(sk, sk_rcvbuf);
+		v.reader = reader;
+		long e = bpf_map_update_elem(&shunt_rdr_v1, &key, &v, BPF_ANY);
+		if (e) {
+			count_sock_event(self, e == -E2BIG || e == -ENOMEM ? SHUNT_SOCK_INSERT_FULL
+									   : SHUNT_SOCK_INSERT_ERROR);
+			st->mode = SHUNT_SOCK_PLAIN;
+			return;
+		}
+	}
 
 	long err = bpf_sock_hash_update(skops, &shunt_sk_v1, &key, BPF_ANY);
 	if (err) {
 		count_sock_event(self, err == -E2BIG || err == -ENOMEM ? SHUNT_SOCK_INSERT_FULL
 								      : SHUNT_SOCK_INSERT_ERROR);
 		st->mode = SHUNT_SOCK_PLAIN;
+		bpf_map_delete_elem(&shunt_rdr_v1, &key);
 		return;
 	}
 	st->in_map = 1;
@@ -206,22 +383,40 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 
 static __always_inline void on_state_change(struct bpf_sock_ops *skops)
 {
-	if (skops->args[1] != TCP_CLOSE_STATE)
-		return;
 	struct bpf_sock *sk = skops->sk;
 	if (!sk)
 		return;
-	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v1, sk, 0, 0);
+	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v2, sk, 0, 0);
 	if (!st || !st->in_map)
 		return;
-	st->in_map = 0; /* the kernel unlinks a closed socket from the sockhash itself */
-	count_sock_event(st->src_workload, SHUNT_SOCK_REMOVED);
+	if (skops->args[1] == TCP_CLOSE_STATE) {
+		st->in_map = 0; /* the kernel unlinks a closed socket from the sockhash itself */
+		bpf_map_delete_elem(&shunt_rdr_v1, &st->key);
+		count_sock_event(st->src_workload, SHUNT_SOCK_REMOVED);
+		return;
+	}
+	/* A socket that was never read safely has nothing queued by redirects (none are made into
+	 * a reader not seen to be safe): take it out now, before a blocking read meets the wake-up
+	 * of this state change (e.g. the ACK of its own FIN after shutdown(SHUT_WR)). It then is a
+	 * plain TCP socket; its peer's later sends find no reader and take the normal path. */
+	if (shunt_protect && !(st->flags & SHUNT_SKST_EVER_SAFE) &&
+	    skops->args[1] != TCP_ESTABLISHED_STATE /* an accepted socket's, after its callback */) {
+		bpf_map_delete_elem(&shunt_rdr_v1, &st->key);
+		if (bpf_map_delete_elem(&shunt_sk_v1, &st->key) == 0) {
+			st->in_map = 0;
+			count_sock_event(st->src_workload, SHUNT_SOCK_EVICTED);
+		}
+	}
 }
 
 SEC("sockops")
 int shunt_sockops(struct bpf_sock_ops *skops)
 {
 	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_LISTEN_CB:
+		if (shunt_protect)
+			on_listen(skops);
+		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		on_established(skops);
@@ -233,36 +428,19 @@ int shunt_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
-/* Ordering: a socket whose first send found no peer in the sockhash has put bytes into the TCP
- * stream; redirecting a later send could overtake them. Such a socket stays on the normal path. */
-SEC("sk_msg")
-int shunt_sk_msg(struct sk_msg_md *msg)
+/* The unprotected fast path (shunt_protect == 0): a socket whose first send found no peer in the
+ * sockhash has put bytes into the TCP stream; redirecting a later send could overtake them, so it
+ * stays on the normal path. */
+static __always_inline int sk_msg_unprotected(struct sk_msg_md *msg, struct shunt_sock_state *st,
+					      const struct shunt_sock_key *peer, __u32 size)
 {
-	struct bpf_sock *sk = msg->sk;
-	if (!sk)
-		return SK_PASS;
-	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v1, sk, 0, 0);
-	if (!st)
-		return SK_PASS; /* not ours: never touched */
-	__u32 size = msg->size;
 	if (st->mode == SHUNT_SOCK_PLAIN) {
 		count_msg(st, SHUNT_MSG_FALLBACK_PLAIN_SOCKET, size);
 		return SK_PASS;
 	}
-
-	struct shunt_sock_tuple t = {};
-	SHUNT_TUPLE_FROM_CTX(msg, &t);
-	struct shunt_sock_key key = {}, peer = {};
-	if (shunt_sock_key_build(&t, bpf_get_netns_cookie(msg), &key)) {
-		st->mode = SHUNT_SOCK_PLAIN;
-		count_msg(st, SHUNT_MSG_FALLBACK_NO_STATE, size);
-		return SK_PASS;
-	}
-	shunt_sock_key_peer(&key, &peer);
-
 	/* On a failed lookup the helper leaves no redirect target; returning SK_PASS then sends the
 	 * message the normal way. */
-	if (bpf_msg_redirect_hash(msg, &shunt_sk_v1, &peer, BPF_F_INGRESS) == SK_PASS) {
+	if (bpf_msg_redirect_hash(msg, &shunt_sk_v1, (void *)peer, BPF_F_INGRESS) == SK_PASS) {
 		st->mode = SHUNT_SOCK_REDIRECT;
 		count_msg(st, SHUNT_MSG_REDIRECTED, size);
 		return SK_PASS;
@@ -274,4 +452,219 @@ int shunt_sk_msg(struct sk_msg_md *msg)
 		count_msg(st, SHUNT_MSG_FALLBACK_PEER_GONE, size);
 	}
 	return SK_PASS;
+}
+
+SEC("sk_msg")
+int shunt_sk_msg(struct sk_msg_md *msg)
+{
+	struct bpf_sock *sk = msg->sk;
+	if (!sk)
+		return SK_PASS;
+	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v2, sk, 0, 0);
+	if (!st)
+		return SK_PASS; /* not ours: never touched */
+	__u32 size = msg->size;
+
+	struct shunt_sock_tuple t = {};
+	SHUNT_TUPLE_FROM_CTX(msg, &t);
+	struct shunt_sock_key key = {}, peer = {};
+	if (shunt_sock_key_build(&t, bpf_get_netns_cookie(msg), &key)) {
+		st->mode = SHUNT_SOCK_PLAIN;
+		count_msg(st, SHUNT_MSG_FALLBACK_NO_STATE, size);
+		return SK_PASS;
+	}
+	shunt_sock_key_peer(&key, &peer);
+	if (!shunt_protect)
+		return sk_msg_unprotected(msg, st, &peer, size);
+
+	/* Every fallback below is order-safe: bytes already redirected sit in the peer's sockmap
+	 * queue, which its reads drain before the TCP receive queue. */
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp) {
+		count_msg(st, SHUNT_MSG_FALLBACK_NO_STATE, size);
+		return SK_PASS;
+	}
+	if (tp->inet_conn.icsk_inet.sk.__sk_common.skc_flags &
+	    (1UL << bpf_core_enum_value(enum sock_flags, SOCK_ZEROCOPY))) {
+		count_msg(st, SHUNT_MSG_FALLBACK_ZEROCOPY, size);
+		return SK_PASS;
+	}
+	struct shunt_reader_view *v = bpf_map_lookup_elem(&shunt_rdr_v1, &peer);
+	if (!v) {
+		count_msg(st, st->mode == SHUNT_SOCK_REDIRECT ? SHUNT_MSG_FALLBACK_PEER_GONE
+							      : SHUNT_MSG_FALLBACK_PEER_NOT_READY,
+			  size);
+		return SK_PASS;
+	}
+	if (v->reader != SHUNT_READER_SAFE) {
+		count_msg(st, v->reader == SHUNT_READER_UNKNOWN ? SHUNT_MSG_FALLBACK_PEER_UNREAD
+								 : SHUNT_MSG_FALLBACK_PEER_UNSAFE,
+			  size);
+		return SK_PASS;
+	}
+	/* Bytes this socket sent through the stack must all have been read by the peer first. */
+	if (tp->write_seq != v->copied_seq) {
+		count_msg(st, SHUNT_MSG_FALLBACK_ORDER, size);
+		return SK_PASS;
+	}
+	if (v->queued + size > v->rcvbuf) {
+		count_msg(st, SHUNT_MSG_FALLBACK_PEER_BACKLOG, size);
+		return SK_PASS;
+	}
+	__sync_fetch_and_add(&v->queued, size);
+	if (bpf_msg_redirect_hash(msg, &shunt_sk_v1, &peer, BPF_F_INGRESS) == SK_PASS) {
+		st->mode = SHUNT_SOCK_REDIRECT;
+		count_msg(st, SHUNT_MSG_REDIRECTED, size);
+		return SK_PASS;
+	}
+	__sync_fetch_and_sub(&v->queued, size);
+	count_msg(st, SHUNT_MSG_FALLBACK_PEER_GONE, size);
+	return SK_PASS;
+}
+
+/* A socket of ours turned out to be read in a way the sockmap receive path does not serve like
+ * TCP: no more redirects into it; its server is remembered; counted. */
+static __always_inline void reader_unsafe(struct sock *sk, struct shunt_sock_state *st, __u32 event)
+{
+	if (st->reader == SHUNT_READER_UNSAFE)
+		return;
+	st->reader = SHUNT_READER_UNSAFE;
+	count_sock_event(st->src_workload, event);
+	struct shunt_reader_view *v = bpf_map_lookup_elem(&shunt_rdr_v1, &st->key);
+	if (v)
+		v->reader = SHUNT_READER_UNSAFE;
+	/* Too late for this socket if bytes were redirected into it and are unread, or if it now
+	 * reads blocking and cannot leave the sockhash (it may hold redirected bytes later). */
+	if ((st->flags & SHUNT_SKST_EVER_SAFE) &&
+	    (event == SHUNT_SOCK_READ_BLOCKING || !psock_queue_empty(sk)))
+		count_sock_event(st->src_workload, SHUNT_SOCK_UNPROTECTED);
+	struct shunt_listener_key lk;
+	class_of(&lk, st);
+	struct shunt_listener *l = bpf_map_lookup_elem(&shunt_lsn_v1, &lk);
+	if (l) {
+		l->learned_unsafe = 1;
+	} else {
+		struct shunt_listener nl = {.learned_unsafe = 1};
+		bpf_map_update_elem(&shunt_lsn_v1, &lk, &nl, BPF_NOEXIST);
+	}
+}
+
+/* How one read call of a socket of ours classifies its reader. Called before the read where the
+ * kernel lets us trace tcp_bpf_recvmsg, else right after it (sock_recv_length). */
+static __always_inline void classify_read(struct sock *sk, struct shunt_sock_state *st, int flags)
+{
+	if (!(flags & SHUNT_MSG_DONTWAIT) && !sock_nonblocking(sk)) {
+		reader_unsafe(sk, st, SHUNT_SOCK_READ_BLOCKING);
+		return;
+	}
+	if (BPF_CORE_READ(sk, sk_rcvlowat) > 1) {
+		reader_unsafe(sk, st, SHUNT_SOCK_READ_LOWAT);
+		return;
+	}
+	if (st->reader == SHUNT_READER_UNKNOWN) {
+		st->reader = SHUNT_READER_SAFE;
+		st->flags |= SHUNT_SKST_EVER_SAFE;
+		struct shunt_reader_view *v = bpf_map_lookup_elem(&shunt_rdr_v1, &st->key);
+		if (v)
+			v->reader = SHUNT_READER_SAFE;
+		struct shunt_listener_key lk;
+		class_of(&lk, st);
+		struct shunt_listener *l = bpf_map_lookup_elem(&shunt_lsn_v1, &lk);
+		if (l) {
+			l->learned_safe = 1;
+		} else {
+			struct shunt_listener nl = {.learned_safe = 1};
+			bpf_map_update_elem(&shunt_lsn_v1, &lk, &nl, BPF_NOEXIST);
+		}
+	}
+}
+
+/* After a read: how far the TCP stream was read (the order check of the peer's sk_msg); an empty
+ * sockmap queue resets the approximate count of queued bytes. */
+static __always_inline void after_read(struct sock *sk, struct shunt_sock_state *st)
+{
+	struct shunt_reader_view *v = bpf_map_lookup_elem(&shunt_rdr_v1, &st->key);
+	if (!v)
+		return;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (tp)
+		v->copied_seq = tp->copied_seq;
+	v->rcvbuf = shunt_max_queued; /* it reads: allowed what TCP would buffer at most */
+	if (psock_queue_empty(sk))
+		v->queued = 0;
+}
+
+/* Variant 1: every read of a socket in the sockhash (only those go through tcp_bpf_recvmsg).
+ * Classified before the read: a blocking read then waits for bytes sent through the stack. */
+SEC("fentry/tcp_bpf_recvmsg")
+int BPF_PROG(shunt_read_enter, struct sock *sk, struct msghdr *m, size_t len, int flags)
+{
+	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v2, sk, 0, 0);
+	if (st && shunt_protect)
+		classify_read(sk, st, flags);
+	return 0;
+}
+
+SEC("fexit/tcp_bpf_recvmsg")
+int BPF_PROG(shunt_read_exit, struct sock *sk)
+{
+	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v2, sk, 0, 0);
+	if (st && shunt_protect)
+		after_read(sk, st);
+	return 0;
+}
+
+/* Variant 2, for kernels that refuse tracing programs on tcp_bpf_recvmsg: the sock_recv_length
+ * tracepoint (Linux >= 6.3) after every recvmsg. The first read of a socket is never of
+ * redirected bytes (none are sent to a reader not yet seen), so classifying after it is as safe. */
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(shunt_read_done, struct sock *sk, int ret, int flags)
+{
+	if (!sk)
+		return 0;
+	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v2, sk, 0, 0);
+	if (!st || !shunt_protect)
+		return 0;
+	classify_read(sk, st, flags);
+	after_read(sk, st);
+	return 0;
+}
+
+/* splice(2) from a socket, seen where the kernel refuses fentry (tcp_splice_read): its reads of
+ * the TCP queue end in tcp_rcv_space_adjust, in the task's splice syscall. */
+#if defined(__TARGET_ARCH_x86)
+#define SHUNT_NR_SPLICE 275
+#define SHUNT_SYSCALL_NR(regs) BPF_CORE_READ((regs), orig_ax)
+#elif defined(__TARGET_ARCH_arm64)
+#define SHUNT_NR_SPLICE 76
+#define SHUNT_SYSCALL_NR(regs) BPF_CORE_READ((struct user_pt_regs *)(regs), regs[8])
+#endif
+SEC("tp_btf/tcp_rcv_space_adjust")
+int BPF_PROG(shunt_space_adjust, struct sock *sk)
+{
+	if (!sk)
+		return 0;
+	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v2, sk, 0, 0);
+	if (!st || !shunt_protect || st->reader == SHUNT_READER_UNSAFE)
+		return 0;
+#ifdef SHUNT_NR_SPLICE
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	if (regs && SHUNT_SYSCALL_NR(regs) == SHUNT_NR_SPLICE)
+		reader_unsafe(sk, st, SHUNT_SOCK_READ_SPLICE);
+#endif
+	return 0;
+}
+
+/* splice(2) from a socket: it reads only the TCP receive queue. */
+SEC("fentry/tcp_splice_read")
+int BPF_PROG(shunt_splice_enter, struct socket *sock)
+{
+	struct sock *sk = sock->sk;
+	if (!sk)
+		return 0;
+	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v2, sk, 0, 0);
+	if (!st || !shunt_protect)
+		return 0;
+	reader_unsafe(sk, st, SHUNT_SOCK_READ_SPLICE);
+	return 0;
 }

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "agent/bpf/kernel_probe.h"
 #include "agent/bpf/pinned_link.h"
 #include "common/errno_status.h"
 #include "common/files.h"
@@ -21,8 +22,8 @@
 namespace shunt::agent {
 namespace {
 
-constexpr const char* kMapNames[] = {SHUNT_MAP_SOCKHASH,  SHUNT_MAP_SOCKSTATE,
-                                     SHUNT_MAP_PODS,      SHUNT_MAP_ENDPOINTS,
+constexpr const char* kMapNames[] = {SHUNT_MAP_SOCKHASH,  SHUNT_MAP_SOCKSTATE, SHUNT_MAP_READERS,
+                                     SHUNT_MAP_LISTENERS, SHUNT_MAP_PODS,      SHUNT_MAP_ENDPOINTS,
                                      SHUNT_MAP_MSG_STATS, SHUNT_MAP_SOCK_STATS};
 
 // Sums a per-CPU value array of `n` u64 words per CPU into `out`.
@@ -45,6 +46,20 @@ absl::StatusOr<std::vector<Key>> MapKeys(int fd) {
   }
   if (errno != ENOENT) return ErrnoStatus(errno, "bpf_map_get_next_key");
   return keys;
+}
+
+// What TCP buffers at most for one connection on this node: the maxima of tcp_rmem and tcp_wmem
+// (receive and send buffers). A sockmap queue may hold as much before senders take the stack.
+uint32_t MaxQueuedBytes() {
+  uint64_t total = 0;
+  for (const char* path : {"/proc/sys/net/ipv4/tcp_rmem", "/proc/sys/net/ipv4/tcp_wmem"}) {
+    uint64_t lo = 0, def = 0, hi = 0;
+    FILE* f = fopen(path, "r");
+    if (f && fscanf(f, "%lu %lu %lu", &lo, &def, &hi) == 3) total += hi;
+    if (f) fclose(f);
+  }
+  if (total == 0) total = 10u << 20;  // Linux defaults: 6 MiB + 4 MiB
+  return static_cast<uint32_t>(std::min<uint64_t>(total, 1u << 30));
 }
 
 }  // namespace
@@ -71,6 +86,8 @@ absl::StatusOr<FastpathPtr> Fastpath::Install(const FastpathConfig& config) {
   RETURN_IF_ERROR(fp->Load());
   fp->cgroup_fd_ = open(config.cgroup_root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fp->cgroup_fd_ < 0) return ErrnoStatus(errno, absl::StrCat("open ", config.cgroup_root));
+  // Readers are watched before any socket can be spliced by the new programs.
+  RETURN_IF_ERROR(fp->AttachTracing());
   RETURN_IF_ERROR(fp->AttachSkMsg());
   RETURN_IF_ERROR(fp->AttachSockops());
   return fp;
@@ -86,6 +103,8 @@ absl::Status Fastpath::Load() {
     bpf_map* map;
     uint32_t size;
   } sizes[] = {{skel_->maps.shunt_sk_v1, config_.sockhash_size},
+               {skel_->maps.shunt_rdr_v1, config_.sockhash_size},
+               {skel_->maps.shunt_lsn_v1, config_.listeners_size},
                {skel_->maps.shunt_pods_v1, config_.pods_size},
                {skel_->maps.shunt_ep_v1, config_.endpoints_size},
                {skel_->maps.shunt_msg_v1, config_.stats_size},
@@ -94,6 +113,31 @@ absl::Status Fastpath::Load() {
     if (s.size == 0) return absl::InvalidArgumentError("map sizes must be > 0");
     RETURN_IF_ERROR(LibbpfStatus(bpf_map__set_max_entries(s.map, s.size), "set map size"));
   }
+  skel_->rodata->shunt_protect = config_.protect ? 1 : 0;
+  skel_->rodata->shunt_max_queued = MaxQueuedBytes();
+  if (config_.protect) {
+    if (CanTrace("tcp_bpf_recvmsg", BPF_TRACE_FENTRY) &&
+        CanTrace("tcp_bpf_recvmsg", BPF_TRACE_FEXIT)) {
+      read_tracking_ = ReadTracking::kTcpBpfRecvmsg;
+    } else if (CanTrace("sock_recv_length", BPF_TRACE_RAW_TP)) {
+      read_tracking_ = ReadTracking::kSockRecvLength;
+    } else {
+      read_tracking_ = ReadTracking::kNone;
+      SHUNT_LOG(WARNING) << "this kernel lets no tracing program see socket reads "
+                            "(fentry/fexit on tcp_bpf_recvmsg, tp_btf/sock_recv_length): no "
+                            "socket is known to read safely, so the fast path redirects "
+                            "nothing (counted as reason peer_not_read_yet)";
+    }
+    trace_splice_ = CanTrace("tcp_splice_read", BPF_TRACE_FENTRY);
+    space_adjust_ = !trace_splice_ && CanTrace("tcp_rcv_space_adjust", BPF_TRACE_RAW_TP);
+  }
+  const bool tbr = read_tracking_ == ReadTracking::kTcpBpfRecvmsg;
+  bpf_program__set_autoload(skel_->progs.shunt_read_enter, tbr);
+  bpf_program__set_autoload(skel_->progs.shunt_read_exit, tbr);
+  bpf_program__set_autoload(skel_->progs.shunt_read_done,
+                            read_tracking_ == ReadTracking::kSockRecvLength);
+  bpf_program__set_autoload(skel_->progs.shunt_splice_enter, trace_splice_);
+  bpf_program__set_autoload(skel_->progs.shunt_space_adjust, space_adjust_);
   int err = shunt_fastpath__load(skel_);
   if (err) {
     return LibbpfStatus(
@@ -107,6 +151,38 @@ absl::Status Fastpath::Load() {
 absl::Status Fastpath::AttachSockops() {
   return AttachPinnedCgroupLink(skel_->progs.shunt_sockops, cgroup_fd_, config_.cgroup_root,
                                 absl::StrCat(config_.pin_dir, "/", kSockopsLinkPin));
+}
+
+const char* ReadTrackingName(ReadTracking t) {
+  switch (t) {
+    case ReadTracking::kOff: return "off";
+    case ReadTracking::kTcpBpfRecvmsg: return "tcp_bpf_recvmsg";
+    case ReadTracking::kSockRecvLength: return "sock_recv_length";
+    case ReadTracking::kNone: return "none";
+  }
+  return "?";
+}
+
+absl::Status Fastpath::AttachTracing() {
+  bpf_program* progs[] = {skel_->progs.shunt_read_enter, skel_->progs.shunt_read_exit,
+                          skel_->progs.shunt_read_done, skel_->progs.shunt_splice_enter,
+                          skel_->progs.shunt_space_adjust};
+  static_assert(std::size(progs) == std::size(kTracingLinkPins));
+  for (size_t i = 0; i < std::size(progs); ++i) {
+    const std::string pin = absl::StrCat(config_.pin_dir, "/", kTracingLinkPins[i]);
+    if (bpf_program__autoload(progs[i])) {
+      RETURN_IF_ERROR(AttachPinnedTracingLink(progs[i], pin));
+    } else {
+      RETURN_IF_ERROR(DetachPinnedLink(pin));  // a previous agent's, of another variant
+    }
+  }
+  SHUNT_LOG(INFO) << "fast path: reads of spliced sockets seen through "
+                  << ReadTrackingName(read_tracking_)
+                  << (!config_.protect     ? ""
+                      : trace_splice_      ? "; splice(2) through tcp_splice_read"
+                      : space_adjust_      ? "; splice(2) through tcp_rcv_space_adjust"
+                                           : "; splice(2) readers not seen");
+  return absl::OkStatus();
 }
 
 absl::Status Fastpath::AttachSkMsg() {
@@ -129,6 +205,7 @@ absl::Status Fastpath::Uninstall(const std::string& pin_dir) {
     }
   };
   note(DetachPinnedLink(absl::StrCat(pin_dir, "/", kSockopsLinkPin)));
+  for (const char* pin : kTracingLinkPins) note(DetachPinnedLink(absl::StrCat(pin_dir, "/", pin)));
   const std::string prog_pin = absl::StrCat(pin_dir, "/", kSkMsgProgPin);
   const std::string sockhash_pin = absl::StrCat(pin_dir, "/", SHUNT_MAP_SOCKHASH);
   if (PathExists(prog_pin)) {

@@ -29,11 +29,28 @@ struct FastpathConfig {
   uint32_t pods_size = 4096;
   uint32_t endpoints_size = 8192;
   uint32_t stats_size = 16384;
+  uint32_t listeners_size = 16384;
+  // Splice only sockets whose reads the sockmap receive path serves like TCP (docs/fastpath.md).
+  // false: the fast path as it was before, every meshed pair spliced; for benchmarks only.
+  bool protect = true;
 };
 
 // Names of the pins that are not maps.
 inline constexpr char kSockopsLinkPin[] = "link_sockops";
 inline constexpr char kSkMsgProgPin[] = "prog_sk_msg";
+inline constexpr const char* kTracingLinkPins[] = {"link_read_enter", "link_read_exit",
+                                                   "link_read_done", "link_splice_enter",
+                                                   "link_space_adjust"};
+
+// How the fast path sees the reads of a spliced socket (docs/fastpath.md), chosen at start-up by
+// what the kernel allows.
+enum class ReadTracking {
+  kOff,              // --fastpath-protect=false
+  kTcpBpfRecvmsg,    // fentry + fexit on tcp_bpf_recvmsg: before and after each read
+  kSockRecvLength,   // tp_btf/sock_recv_length: after each read (Linux >= 6.3)
+  kNone,             // neither: readers are never seen, so nothing is redirected (counted)
+};
+const char* ReadTrackingName(ReadTracking t);
 
 struct IpKey {
   uint32_t addr[4];  // network order, IPv4 v4-mapped
@@ -84,17 +101,22 @@ class Fastpath {
   absl::Status DeleteStatsOf(uint32_t workload_id);
 
   const FastpathConfig& config() const { return config_; }
+  ReadTracking read_tracking() const { return read_tracking_; }
 
  private:
   explicit Fastpath(FastpathConfig config) : config_(std::move(config)) {}
   absl::Status Load();
   absl::Status AttachSockops();
   absl::Status AttachSkMsg();
+  absl::Status AttachTracing();
 
   FastpathConfig config_;
   shunt_fastpath* skel_ = nullptr;
   int cgroup_fd_ = -1;
   int ncpus_ = 1;
+  ReadTracking read_tracking_ = ReadTracking::kOff;
+  bool trace_splice_ = false;     // fentry on tcp_splice_read
+  bool space_adjust_ = false;     // else tp_btf/tcp_rcv_space_adjust in the splice syscall
 };
 using FastpathPtr = std::unique_ptr<Fastpath>;
 

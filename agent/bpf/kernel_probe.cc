@@ -95,6 +95,23 @@ absl::Status CheckKernel() {
   return absl::OkStatus();
 }
 
+bool CanTrace(const char* target, int attach_type) {
+  const auto type = static_cast<bpf_attach_type>(attach_type);
+  const int btf_id = libbpf_find_vmlinux_btf_id(target, type);
+  if (btf_id < 0) return false;
+  const bpf_insn insns[] = {
+      {BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, 0},  // r0 = 0
+      {BPF_JMP | BPF_EXIT, 0, 0, 0, 0},
+  };
+  LIBBPF_OPTS(bpf_prog_load_opts, opts, .expected_attach_type = type,
+              .attach_btf_id = static_cast<uint32_t>(btf_id));
+  const int fd = bpf_prog_load(BPF_PROG_TYPE_TRACING, "shunt_probe", "GPL", insns,
+                               std::size(insns), &opts);
+  if (fd < 0) return false;
+  close(fd);
+  return true;
+}
+
 absl::Status EnsureBpffs(const std::string& path) {
   struct statfs fs;
   if (statfs(path.c_str(), &fs) == 0 && fs.f_type == BPF_FS_MAGIC) return absl::OkStatus();

@@ -61,11 +61,26 @@ absl::Status AttachPinnedCgroupLink(bpf_program* prog, int cgroup_fd,
   return LibbpfStatus(err, absl::StrCat("pin ", pin));
 }
 
+absl::Status AttachPinnedTracingLink(bpf_program* prog, const std::string& pin) {
+  bpf_link* link = bpf_program__attach_trace(prog);
+  if (!link) {
+    return ErrnoStatus(errno, absl::StrCat("attach ", bpf_program__name(prog),
+                                           " (fentry/fexit: needs BTF and BPF trampolines)"));
+  }
+  RETURN_IF_ERROR(DetachPinnedLink(pin));  // the previous agent's: the new one runs already
+  const int err = bpf_link__pin(link, pin.c_str());
+  bpf_link__destroy(link);
+  return LibbpfStatus(err, absl::StrCat("pin ", pin));
+}
+
 absl::Status DetachPinnedLink(const std::string& pin) {
   if (!PathExists(pin)) return absl::OkStatus();
   absl::Status s;
   if (bpf_link* link = bpf_link__open(pin.c_str())) {
-    s = LibbpfStatus(bpf_link__detach(link), absl::StrCat("detach ", pin));
+    const int err = bpf_link__detach(link);
+    // Tracing links cannot be detached (EOPNOTSUPP): they go when their last reference (the pin)
+    // does.
+    if (err != -EOPNOTSUPP) s = LibbpfStatus(err, absl::StrCat("detach ", pin));
     bpf_link__destroy(link);
   }
   absl::Status u = Unpin(pin);

@@ -18,6 +18,11 @@ namespace shunt::agent {
 absl::Status AttachPinnedCgroupLink(bpf_program* prog, int cgroup_fd,
                                     const std::string& cgroup_root, const std::string& pin);
 
+// Attaches a tracing program (fentry/fexit) through a bpf_link pinned at `pin`. A link already
+// pinned there (an agent restart) is replaced after the new one is attached, so the function is
+// never without the program.
+absl::Status AttachPinnedTracingLink(bpf_program* prog, const std::string& pin);
+
 // Detaches and unpins the link pinned at `pin`, if any.
 absl::Status DetachPinnedLink(const std::string& pin);
 

@@ -35,6 +35,11 @@ const char* MsgVerdictReason(uint32_t verdict) {
     case SHUNT_MSG_FALLBACK_PLAIN_SOCKET: return "socket_on_stack";
     case SHUNT_MSG_FALLBACK_PEER_GONE: return "peer_gone";
     case SHUNT_MSG_FALLBACK_NO_STATE: return "no_state";
+    case SHUNT_MSG_FALLBACK_PEER_UNREAD: return "peer_not_read_yet";
+    case SHUNT_MSG_FALLBACK_PEER_UNSAFE: return "peer_reads_unsafely";
+    case SHUNT_MSG_FALLBACK_PEER_BACKLOG: return "peer_backlog";
+    case SHUNT_MSG_FALLBACK_ORDER: return "stack_bytes_unread";
+    case SHUNT_MSG_FALLBACK_ZEROCOPY: return "zerocopy_sender";
   }
   return "other";
 }
@@ -113,11 +118,17 @@ std::vector<MetricFamily> FastpathCollector::Collect() const {
   auto socks = fastpath_.ReadSockStats();
   if (socks.ok()) {
     std::map<uint32_t, std::pair<uint64_t, uint64_t>> in_out;
-    static constexpr const char* kEvents[] = {"inserted",       "removed",          "sockhash_full",
-                                              "insert_error",   "peer_not_local",   "stats_full"};
+    static constexpr const char* kEvents[] = {
+        "inserted",        "removed",       "sockhash_full",    "insert_error",
+        "peer_not_local",  "stats_full",    "skip_blocking",    "skip_learned",
+        "skip_rcvlowat",   "read_blocking", "read_splice",      "read_rcvlowat",
+        "evicted",         "unprotected"};
+    static_assert(std::size(kEvents) == SHUNT_SOCK_EVENT_MAX);
     for (const auto& s : *socks) {
       if (s.key.event == SHUNT_SOCK_INSERTED) in_out[s.key.workload_id].first += s.value;
-      if (s.key.event == SHUNT_SOCK_REMOVED) in_out[s.key.workload_id].second += s.value;
+      if (s.key.event == SHUNT_SOCK_REMOVED || s.key.event == SHUNT_SOCK_EVICTED) {
+        in_out[s.key.workload_id].second += s.value;
+      }
       if (s.key.event >= SHUNT_SOCK_EVENT_MAX) continue;
       Names n = Lookup(*dir, s.key.workload_id);
       sock_events.metric.push_back(Sample({{"workload_namespace", n.ns},

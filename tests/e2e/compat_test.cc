@@ -63,7 +63,7 @@ class CompatEnv {
     return *env;
   }
   absl::Status Ensure() {
-    if (bed_) return absl::OkStatus();
+    if (bed_) return agent_ ? absl::OkStatus() : absl::FailedPreconditionError("no agent");
     testbed::Options opts;
     opts.nodes = 1;
     opts.pods_per_node = 4;
@@ -75,8 +75,10 @@ class CompatEnv {
     auto policy = bed_->WritePolicyFile(
         "policy.json", {{bed_->pod(0, 0).name, true}, {bed_->pod(0, 1).name, true}});
     if (!policy.ok()) return policy.status();
-    agent_ = std::make_unique<AgentProcess>(*bed_, bed_->node(0), *policy);
-    return agent_->Start();
+    auto agent = std::make_unique<AgentProcess>(*bed_, bed_->node(0), *policy);
+    absl::Status s = agent->Start();
+    if (s.ok()) agent_ = std::move(agent);
+    return s;
   }
   void Teardown() {
     if (agent_) agent_->Kill();
@@ -109,7 +111,8 @@ class CompatTest : public ::testing::TestWithParam<CompatCase> {
  protected:
   void SetUp() override {
     Testbed::InstallSignalTeardown();
-    ASSERT_TRUE(CompatEnv::Get().Ensure().ok());
+    absl::Status s = CompatEnv::Get().Ensure();
+    ASSERT_TRUE(s.ok()) << s;
   }
 
   // Runs the case with the client in `from` and the server in `to`; the result of each side.
@@ -151,6 +154,21 @@ class CompatTest : public ::testing::TestWithParam<CompatCase> {
     return r;
   }
 
+  // Fallback and socket-event counters by reason, for failure messages.
+  std::string FastpathCounters() {
+    auto m = CompatEnv::Get().agent().Scrape();
+    if (!m.ok()) return m.status().ToString();
+    std::map<std::string, double> by;
+    for (const auto& s : *m) {
+      if (s.name == "shunt_sockmap_fallback_messages_total") by["fallback " + s.labels.at("reason")] += s.value;
+      if (s.name == "shunt_sockhash_socket_events_total") by["event " + s.labels.at("event")] += s.value;
+      if (s.name == "shunt_sockmap_redirected_messages_total") by["redirected"] += s.value;
+    }
+    std::string out;
+    for (const auto& [k, v] : by) absl::StrAppend(&out, k, "=", v, " ");
+    return out;
+  }
+
   double Redirected() {
     auto m = CompatEnv::Get().agent().Scrape();
     return m.ok() ? SumSamples(*m, "shunt_sockmap_redirected_messages_total") : -1;
@@ -178,6 +196,7 @@ TEST_P(CompatTest, SameOutcomesMeshedAndUnmeshed) {
       << "meshed client: " << meshed->client.dump();
   EXPECT_EQ(meshed->server["outcomes"], plain->server["outcomes"])
       << "meshed server: " << meshed->server.dump();
+  if (HasFailure()) ADD_FAILURE() << "fast-path counters so far: " << FastpathCounters();
   if (c.name == "noread") {
     // The sender blocks at a bound comparable to the plain path's (its TCP buffers), not at the
     // node's TCP memory.
@@ -187,9 +206,12 @@ TEST_P(CompatTest, SameOutcomesMeshedAndUnmeshed) {
     EXPECT_LE(m, 2 * p + (8u << 20)) << "meshed " << m << " plain " << p;
   }
   if (c.expect_spliced) {
-    EXPECT_GT(redirected, 0) << "the fast path carried nothing for a case it can carry";
+    EXPECT_GT(redirected, 0) << "the fast path carried nothing for a case it can carry; counters "
+                             << FastpathCounters();
   }
   RecordProperty("redirected_msgs", std::to_string(static_cast<int64_t>(redirected)));
+  std::cout << "fast-path counters after " << c.name << "/" << c.io << ": " << FastpathCounters()
+            << "\n";
 }
 
 std::vector<CompatCase> AllCases() {
@@ -211,6 +233,7 @@ std::vector<CompatCase> AllCases() {
   add("sendfile", "nonblocking", true);
   add("peek", "blocking", false);
   add("peek", "nonblocking", true);
+  add("fionread", "blocking", false);
   add("rcvtimeo", "blocking", false);
   add("shutdown_both", "blocking", false);
   add("shutdown_both", "nonblocking", true);
@@ -230,6 +253,30 @@ std::vector<CompatCase> AllCases() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Compat, CompatTest, ::testing::ValuesIn(AllCases()), CaseName);
+
+// The one difference left (docs/fastpath.md, "Known differences"): FIONREAD on a socket in the
+// sockhash counts only the bytes queued by redirects on Linux 6.18 (tcp_bpf_ioctl) and only the
+// bytes of the TCP queue on 6.1 (tcp_ioctl). Bytes that reach a spliced socket through the stack
+// -- always its first ones, sent before its reader is known -- are not counted by 6.18. This test
+// pins today's behaviour so that a change (a fix, or a kernel that counts both) is seen; it is
+// not a pass of the zero-difference suite, which FIONREAD users do not get yet.
+class CompatKnownDifference : public CompatTest {};
+TEST_P(CompatKnownDifference, FionreadOfBytesThatCameThroughTheStack) {
+  Testbed& bed = CompatEnv::Get().bed();
+  auto plain = RunPair(bed.pod(0, 2), bed.pod(0, 3), 21900);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(plain->server["outcomes"], (nlohmann::json{{"ok", Conns()}}));
+  auto meshed = RunPair(bed.pod(0, 0), bed.pod(0, 1), 21901);
+  ASSERT_TRUE(meshed.ok()) << meshed.status();
+  const auto& out = meshed->server["outcomes"];
+  int ok = out.value("ok", 0), zero = out.value("FIONREAD 0 after poll said readable", 0);
+  EXPECT_EQ(ok + zero, Conns()) << "a new kind of difference: " << out.dump();
+  RecordProperty("fionread_zero", zero);
+  std::cout << "FIONREAD known difference: " << zero << " of " << Conns()
+            << " meshed connections read 0 (unmeshed: 0)\n";
+}
+INSTANTIATE_TEST_SUITE_P(Compat, CompatKnownDifference,
+                         ::testing::Values(CompatCase{"fionread", "nonblocking"}), CaseName);
 
 }  // namespace
 }  // namespace shunt::e2e

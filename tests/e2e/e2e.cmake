@@ -46,6 +46,6 @@ endif()
 
 # Verifier cost of every BPF program against bpf/verifier_baseline.txt.
 shunt_test(verifier_baseline_test KERNEL SOURCES e2e/verifier_baseline_test.cc
-           LIBS fastpath_skel socklb_skel PkgConfig::LIBBPF)
+           LIBS shunt_fastpath socklb_skel PkgConfig::LIBBPF)
 target_compile_definitions(verifier_baseline_test PRIVATE
   SHUNT_VERIFIER_BASELINE="${PROJECT_SOURCE_DIR}/bpf/verifier_baseline.txt")

@@ -18,9 +18,20 @@ static_assert(offsetof(shunt_sock_key, remote_port) == 42);
 static_assert(offsetof(shunt_sock_key, pad) == 44);
 static_assert(sizeof(shunt_pod) == 8);
 static_assert(sizeof(shunt_ip_key) == 16);
-static_assert(sizeof(shunt_sock_state) == 16);
+static_assert(sizeof(shunt_sock_state) == 72);
 static_assert(offsetof(shunt_sock_state, mode) == 8);
 static_assert(offsetof(shunt_sock_state, in_map) == 9);
+static_assert(offsetof(shunt_sock_state, reader) == 10);
+static_assert(offsetof(shunt_sock_state, flags) == 11);
+static_assert(offsetof(shunt_sock_state, netns_cookie) == 16);
+static_assert(offsetof(shunt_sock_state, key) == 24);
+static_assert(sizeof(shunt_reader_view) == 24);
+static_assert(offsetof(shunt_reader_view, queued) == 8);
+static_assert(offsetof(shunt_reader_view, reader) == 16);
+static_assert(sizeof(shunt_listener_key) == 16);
+static_assert(offsetof(shunt_listener_key, port) == 8);
+static_assert(offsetof(shunt_listener_key, kind) == 10);
+static_assert(sizeof(shunt_listener) == 8);
 static_assert(sizeof(shunt_msg_stats_key) == 16);
 static_assert(sizeof(shunt_msg_stats) == 16);
 static_assert(sizeof(shunt_sock_stats_key) == 8);
@@ -46,7 +57,8 @@ static_assert(sizeof(shunt_lb_stats_key) == 16);
 static_assert(SHUNT_AP_MAX_POLICIES == 64, "policy masks are a u64");
 
 TEST(Abi, MapNamesFitTheKernelLimit) {
-  for (const char* name : {SHUNT_MAP_SOCKHASH, SHUNT_MAP_SOCKSTATE, SHUNT_MAP_PODS,
+  for (const char* name : {SHUNT_MAP_SOCKHASH, SHUNT_MAP_SOCKSTATE, SHUNT_MAP_READERS,
+                           SHUNT_MAP_LISTENERS, SHUNT_MAP_PODS,
                            SHUNT_MAP_ENDPOINTS, SHUNT_MAP_MSG_STATS, SHUNT_MAP_SOCK_STATS,
                            SHUNT_MAP_LB_SERVICES, SHUNT_MAP_LB_SLOTS, SHUNT_MAP_LB_SOCKS,
                            SHUNT_MAP_AP_SOURCES, SHUNT_MAP_AP_DESTS, SHUNT_MAP_AP_PORTS,
@@ -59,7 +71,8 @@ TEST(Abi, NoImplicitPadding) {
   // Keys are hashed byte for byte: every byte must be a named field.
   EXPECT_EQ(sizeof(shunt_sock_key), 16u + 16u + 8u + 2u + 2u + 4u);
   EXPECT_EQ(sizeof(shunt_msg_stats_key), 4u * 4u);
-  EXPECT_EQ(sizeof(shunt_sock_state), 4u + 4u + 1u + 1u + 6u);
+  EXPECT_EQ(sizeof(shunt_sock_state), 4u + 4u + 4u * 1u + 4u + 8u + sizeof(shunt_sock_key));
+  EXPECT_EQ(sizeof(shunt_listener_key), 8u + 2u + 2u + 2u * 2u);
 }
 
 }  // namespace

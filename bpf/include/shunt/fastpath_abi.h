@@ -13,7 +13,9 @@
 
 /* Map names (BPF object names are at most 15 characters). */
 #define SHUNT_MAP_SOCKHASH "shunt_sk_v1"    /* sock key -> socket (sockhash) */
-#define SHUNT_MAP_SOCKSTATE "shunt_skst_v1" /* per-socket state (sk_storage) */
+#define SHUNT_MAP_SOCKSTATE "shunt_skst_v2" /* per-socket state (sk_storage) */
+#define SHUNT_MAP_READERS "shunt_rdr_v1"    /* sock key -> how that socket is read */
+#define SHUNT_MAP_LISTENERS "shunt_lsn_v1"  /* (netns, port) -> how a listener's sockets read */
 #define SHUNT_MAP_PODS "shunt_pods_v1"      /* pod cgroup id -> local workload */
 #define SHUNT_MAP_ENDPOINTS "shunt_ep_v1"   /* local meshed pod IP -> workload id */
 #define SHUNT_MAP_MSG_STATS "shunt_msg_v1"  /* (src, dst, verdict) -> msgs, bytes (per CPU) */
@@ -54,15 +56,62 @@ struct shunt_ip_key {
 enum shunt_sock_mode {
 	SHUNT_SOCK_UNDECIDED = 0, /* no data sent yet */
 	SHUNT_SOCK_REDIRECT = 1,  /* every send goes into the peer socket */
-	SHUNT_SOCK_PLAIN = 2,     /* data went through the stack once; stays there (ordering) */
+	SHUNT_SOCK_PLAIN = 2,     /* unprotected mode only: data went through the stack once */
 };
+
+/* How a socket in the sockhash is read by its program (docs/fastpath.md, "Transparency").
+ * Bytes are redirected into a socket only while its reader is SAFE: every read so far was a
+ * non-blocking recvmsg without SO_RCVLOWAT, which the sockmap receive path serves exactly as
+ * TCP does. A blocking read, splice(2) or SO_RCVLOWAT makes it UNSAFE for good. */
+enum shunt_reader {
+	SHUNT_READER_UNKNOWN = 0, /* not read yet: its peer sends through the stack */
+	SHUNT_READER_SAFE = 1,
+	SHUNT_READER_UNSAFE = 2,
+};
+
+/* shunt_sock_state.flags */
+#define SHUNT_SKST_EVER_SAFE 0x1 /* was SAFE once: bytes may sit in its sockmap queue */
+#define SHUNT_SKST_PASSIVE 0x2   /* accepted (its listener is in the listeners map) */
 
 struct shunt_sock_state {
 	__u32 src_workload;
 	__u32 dst_workload;
 	__u8 mode;      /* enum shunt_sock_mode */
 	__u8 in_map;    /* 1 while this socket is in the sockhash */
-	__u8 pad[6];
+	__u8 reader;    /* enum shunt_reader */
+	__u8 flags;     /* SHUNT_SKST_* */
+	__u32 pad;
+	__u64 netns_cookie;
+	struct shunt_sock_key key; /* this socket's own key (for the tracing programs) */
+};
+
+/* readers map value: what a peer's sk_msg needs to know about this socket before redirecting
+ * into it. Written by this socket's own programs. */
+struct shunt_reader_view {
+	__u32 copied_seq; /* TCP bytes read so far (the last read's tcp_sock.copied_seq) */
+	__u32 rcvbuf;     /* bound of bytes queued for it by redirects (SO_RCVBUF until it reads) */
+	__u64 queued;     /* bytes redirected into it and not read yet (approximate, >= 0) */
+	__u8 reader;      /* enum shunt_reader */
+	__u8 pad[7];
+};
+
+/* Reader classes, learned from the sockets of a meshed pod (its network namespace): the server
+ * behind a listening port (kind LISTENER, port = local port) or the clients of a remote port
+ * (kind CLIENT, port = remote port). A class whose sockets read safely gets later sockets spliced
+ * from their first byte; one that read unsafely once gets none spliced. */
+#define SHUNT_CLASS_LISTENER 0
+#define SHUNT_CLASS_CLIENT 1
+struct shunt_listener_key {
+	__u64 netns;
+	__u16 port; /* host order */
+	__u16 kind; /* SHUNT_CLASS_* */
+	__u16 pad[2];
+};
+struct shunt_listener {
+	__u8 blocking;       /* LISTENER: blocking at listen(): its sockets read blocking */
+	__u8 learned_unsafe; /* a socket of the class read unsafely: later ones are not spliced */
+	__u8 learned_safe;   /* sockets of the class read safely: later ones start SAFE */
+	__u8 pad[5];
 };
 
 /* Message verdicts, the "reason" dimension of the message counters. */
@@ -72,7 +121,12 @@ enum shunt_msg_verdict {
 	SHUNT_MSG_FALLBACK_PLAIN_SOCKET = 2,   /* socket already sent through the stack */
 	SHUNT_MSG_FALLBACK_PEER_GONE = 3,      /* peer left the sockhash (closed) */
 	SHUNT_MSG_FALLBACK_NO_STATE = 4,       /* socket has no shunt state (inserted elsewhere) */
-	SHUNT_MSG_VERDICT_MAX = 5,
+	SHUNT_MSG_FALLBACK_PEER_UNREAD = 5,    /* the peer has not read yet: how it reads is unknown */
+	SHUNT_MSG_FALLBACK_PEER_UNSAFE = 6,    /* the peer reads blocking, with splice or RCVLOWAT */
+	SHUNT_MSG_FALLBACK_PEER_BACKLOG = 7,   /* the peer has a receive buffer's worth unread */
+	SHUNT_MSG_FALLBACK_ORDER = 8,          /* bytes sent through the stack are not read yet */
+	SHUNT_MSG_FALLBACK_ZEROCOPY = 9,       /* SO_ZEROCOPY sender: completions come from TCP */
+	SHUNT_MSG_VERDICT_MAX = 10,
 };
 
 struct shunt_msg_stats_key {
@@ -95,7 +149,16 @@ enum shunt_sock_event {
 	SHUNT_SOCK_INSERT_ERROR = 3,    /* other insert error: normal path */
 	SHUNT_SOCK_PEER_NOT_LOCAL = 4,  /* meshed socket whose peer is no local meshed pod */
 	SHUNT_SOCK_STATS_FULL = 5,      /* a message counter could not be created */
-	SHUNT_SOCK_EVENT_MAX = 6,
+	SHUNT_SOCK_SKIP_BLOCKING = 6,   /* blocking socket (or listener): never spliced */
+	SHUNT_SOCK_SKIP_LEARNED = 7,    /* its server read unsafely before: not spliced */
+	SHUNT_SOCK_SKIP_OPTIONS = 8,    /* SO_RCVLOWAT set before the handshake: not spliced */
+	SHUNT_SOCK_READ_BLOCKING = 9,   /* a spliced socket was read blocking: UNSAFE */
+	SHUNT_SOCK_READ_SPLICE = 10,    /* ... read with splice(2): UNSAFE */
+	SHUNT_SOCK_READ_LOWAT = 11,     /* ... read under SO_RCVLOWAT > 1: UNSAFE */
+	SHUNT_SOCK_EVICTED = 12,        /* taken out of the sockhash (nothing queued): plain TCP */
+	SHUNT_SOCK_UNPROTECTED = 13,    /* turned UNSAFE with redirected bytes unread, or read
+					 * blocking in the sockhash where it could not be evicted */
+	SHUNT_SOCK_EVENT_MAX = 14,
 };
 
 struct shunt_sock_stats_key {
