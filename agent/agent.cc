@@ -168,6 +168,7 @@ int RunAgent(const AgentConfig& config) {
   fc.stats_size = config.stats_size;
   fc.listeners_size = config.listeners_size;
   fc.protect = config.fastpath_protect;
+  fc.max_queued = config.fastpath_max_queued;
   auto fastpath = Fastpath::Install(fc);
   if (!fastpath.ok()) {
     SHUNT_LOG(ERROR) << "install fast path: " << fastpath.status().message();

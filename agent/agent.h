@@ -32,6 +32,7 @@ struct AgentConfig {
   uint32_t stats_size = 16384;
   uint32_t listeners_size = 16384;
   bool fastpath_protect = true;
+  uint32_t fastpath_max_queued = 0;  // 0: from the node's TCP sysctls
   // Connect-time load balancing and access policy (socklb).
   uint32_t lb_services_size = 4096;
   uint32_t lb_slots_size = 65536;

@@ -38,6 +38,10 @@ ABSL_FLAG(uint32_t, pods_map_size, 4096, "Local pods the pods map can hold.");
 ABSL_FLAG(uint32_t, listeners_map_size, 16384,
           "Listening sockets of meshed pods remembered (how their accepted sockets read); least "
           "recently used forgotten first.");
+ABSL_FLAG(uint32_t, fastpath_max_queued_bytes, 0,
+          "Bytes that may wait unread in a spliced socket that reads before its peer's sends take "
+          "the stack (TCP's flow control); 0: tcp_rmem + tcp_wmem maxima of the node, what TCP "
+          "buffers at most for one connection.");
 ABSL_FLAG(bool, fastpath_protect, true,
           "Splice only sockets whose reads the kernel's sockmap path serves exactly as TCP "
           "(docs/fastpath.md). false: splice every meshed pair whatever its programs do, as "
@@ -98,6 +102,7 @@ int main(int argc_in, char** argv_in) {
     config.stats_size = absl::GetFlag(FLAGS_stats_map_size);
     config.listeners_size = absl::GetFlag(FLAGS_listeners_map_size);
     config.fastpath_protect = absl::GetFlag(FLAGS_fastpath_protect);
+    config.fastpath_max_queued = absl::GetFlag(FLAGS_fastpath_max_queued_bytes);
     config.max_metric_series = absl::GetFlag(FLAGS_max_metric_series);
     config.lb_services_size = absl::GetFlag(FLAGS_lb_services_map_size);
     config.lb_slots_size = absl::GetFlag(FLAGS_lb_slots_map_size);

@@ -1,10 +1,14 @@
 // Same-node pod-to-pod benchmark: the plain kernel path (two unmeshed pods) against shunt's
-// sockhash redirect (two meshed pods), and loopback inside one pod as the floor, measured in the
-// same run on the same test bed, rounds interleaved. Prints bulk throughput and 1 KiB request/response latency (p50, p99) and the
+// sockhash redirect (two meshed pods), the redirect without the transparency protections (two
+// meshed pods of a second node whose agent runs --fastpath-protect=false: the fast path as it was
+// before them), and loopback inside one pod as the floor, measured in the same run on the same
+// test bed, rounds interleaved. Then one case of the compatibility suite (shunt-compat
+// halfclose, blocking) runs on both fast paths while a bulk transfer loads the node. Prints bulk throughput and 1 KiB request/response latency (p50, p99) and the
 // shunt/plain ratios. Not a test: it asserts nothing and is run by hand (see README).
 #include <unistd.h>
 
 #include <algorithm>
+#include <tuple>
 #include <map>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -22,6 +26,7 @@ ABSL_FLAG(int, rounds, 3, "Interleaved rounds per path; the median is reported."
 ABSL_FLAG(int, pingpong_count, 20000, "Request/response exchanges per latency run.");
 ABSL_FLAG(int, message_size, 1024, "Request/response message size in bytes.");
 ABSL_FLAG(std::string, json_out, "", "Also write the figures as JSON to this file.");
+ABSL_FLAG(std::vector<std::string>, agent_flags, {}, "Extra flags for the protected agent.");
 
 namespace {
 
@@ -64,7 +69,7 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   Testbed::InstallSignalTeardown();
   shunt::testbed::Options opts;
-  opts.nodes = 1;
+  opts.nodes = 2;
   opts.pods_per_node = 4;
   auto created = Testbed::Create(opts);
   if (!created.ok()) {
@@ -73,12 +78,17 @@ int main(int argc, char** argv) {
   }
   Testbed& bed = **created;
   const Pod &a = bed.pod(0, 0), &b = bed.pod(0, 1), &c = bed.pod(0, 2), &d = bed.pod(0, 3);
-  auto policy = bed.WritePolicyFile("policy.json", {{a.name, true}, {b.name, true}});
+  const Pod &e = bed.pod(1, 0), &f = bed.pod(1, 1);
+  auto policy = bed.WritePolicyFile(
+      "policy.json", {{a.name, true}, {b.name, true}, {e.name, true}, {f.name, true}});
   if (!policy.ok()) return 1;
-  AgentProcess agent(bed, bed.node(0), *policy);
-  if (absl::Status s = agent.Start(); !s.ok()) {
-    std::fprintf(stderr, "agent: %s\n", std::string(s.message()).c_str());
-    return 1;
+  AgentProcess agent(bed, bed.node(0), *policy, absl::GetFlag(FLAGS_agent_flags));
+  AgentProcess unprotected_agent(bed, bed.node(1), *policy, {"--fastpath-protect=false"});
+  for (AgentProcess* ag : {&agent, &unprotected_agent}) {
+    if (absl::Status s = ag->Start(); !s.ok()) {
+      std::fprintf(stderr, "agent: %s\n", std::string(s.message()).c_str());
+      return 1;
+    }
   }
   const int rounds = absl::GetFlag(FLAGS_rounds);
   const std::string secs = absl::StrCat("--seconds=", absl::GetFlag(FLAGS_seconds));
@@ -106,6 +116,7 @@ int main(int argc, char** argv) {
   };
   const std::vector<Path> paths = {{"plain", &c, &d, "::", d.ipv4},
                                    {"shunt", &a, &b, "::", b.ipv4},
+                                   {"unprotected", &e, &f, "::", f.ipv4},
                                    {"loopback", &c, &c, "127.0.0.1", "127.0.0.1"}};
   int port = 9000;
   for (const auto& pl : placements) {
@@ -128,39 +139,77 @@ int main(int argc, char** argv) {
         p50[path.name].push_back(pp.value("p50_us", 0.0));
         p99[path.name].push_back(pp.value("p99_us", 0.0));
       }
-      std::fprintf(stderr, "%s round %d: plain %.2f Gbit/s p50 %.1f us | shunt %.2f Gbit/s p50 %.1f us\n",
+      std::fprintf(stderr,
+                   "%s round %d: plain %.2f Gbit/s p50 %.1f us | shunt %.2f Gbit/s p50 %.1f us | "
+                   "unprotected %.2f Gbit/s p50 %.1f us\n",
                    pl.name, r + 1, gbps["plain"].back(), p50["plain"].back(), gbps["shunt"].back(),
-                   p50["shunt"].back());
+                   p50["shunt"].back(), gbps["unprotected"].back(), p50["unprotected"].back());
     }
     auto row = [&](const char* metric, std::map<std::string, std::vector<double>>& v,
                    const char* fmt) {
-      const double plain = Median(v["plain"]), fast = Median(v["shunt"]), lo = Median(v["loopback"]);
+      const double plain = Median(v["plain"]), fast = Median(v["shunt"]),
+                   unprot = Median(v["unprotected"]), lo = Median(v["loopback"]);
       std::printf("%-26s ", metric);
       std::printf(fmt, plain);
       std::printf(fmt, fast);
-      std::printf(" %10.2fx ", plain > 0 ? fast / plain : 0);
+      std::printf(fmt, unprot);
+      std::printf(" %10.2fx  %10.3fx ", plain > 0 ? fast / plain : 0, unprot > 0 ? fast / unprot : 0);
       std::printf(fmt, lo);
       std::printf("\n");
-      return nlohmann::json{{"plain", plain}, {"shunt", fast}, {"loopback", lo}};
+      return nlohmann::json{
+          {"plain", plain}, {"shunt", fast}, {"unprotected", unprot}, {"loopback", lo}};
     };
     std::printf("\n[%s: client on CPU %s, server on CPU %s]\n", pl.name, pl.client_cpu.c_str(),
                 pl.server_cpu.c_str());
-    std::printf("%-26s %10s %10s %12s %10s\n", "metric", "plain", "shunt", "shunt/plain",
-                "loopback");
+    std::printf("%-26s %10s %10s %11s %12s %12s %10s\n", "metric", "plain", "shunt", "unprotected",
+                "shunt/plain", "shunt/unprot", "loopback");
     report[pl.name] = {{"throughput_gbit_per_s", row("bulk throughput (Gbit/s)", gbps, " %10.2f")},
                        {"p50_us", row("req/resp p50 latency (us)", p50, " %10.1f")},
                        {"p99_us", row("req/resp p99 latency (us)", p99, " %10.1f")}};
   }
-  if (auto m = agent.Scrape(); m.ok()) {
+  // A compatibility case under load: while a bulk transfer runs between the unmeshed pods, each
+  // fast path carries shunt-compat's halfclose case (send, shutdown(SHUT_WR), blocking recv).
+  {
+    auto load_server = Server(bed, d, port, "sink", "::", "1");
+    std::thread load([&] {
+      Client(bed, c, "0", {"bulk", absl::StrCat("--to=", d.ipv4, ":", port), "--seconds=20"});
+    });
+    ++port;
+    std::printf("\n[compatibility case under load: halfclose, blocking, 200 connections]\n");
+    for (const auto& [name, cl, sv] : {std::tuple{"shunt", &a, &b}, {"unprotected", &e, &f}}) {
+      const std::string ready = absl::StrCat(bed.work_dir(), "/compat-ready-", port);
+      auto server = bed.Spawn(*sv, {SHUNT_COMPAT_BIN, "server", absl::StrCat("--port=", port),
+                                    "--case=halfclose", "--io=blocking", "--conns=200",
+                                    "--bytes=1048576", "--ready-file=" + ready});
+      while (server.ok() && access(ready.c_str(), F_OK) != 0 && (*server)->Running()) {
+        std::this_thread::sleep_for(10ms);
+      }
+      auto out = bed.Run(*cl, {SHUNT_COMPAT_BIN, "client",
+                               absl::StrCat("--to=", sv->ipv4, ":", port), "--case=halfclose",
+                               "--io=blocking", "--conns=200", "--bytes=1048576"},
+                         120s);
+      ++port;
+      auto j = out.ok() ? nlohmann::json::parse(out->out, nullptr, false) : nlohmann::json{};
+      std::printf("%-12s client outcomes %s\n", name,
+                  j.is_discarded() ? "?" : j.value("outcomes", nlohmann::json{}).dump().c_str());
+      report["compat_under_load"][name] = j.is_discarded() ? nlohmann::json{} : j["outcomes"];
+    }
+    load.join();
+  }
+  for (const auto& [name, ag] : {std::pair{"shunt", &agent}, {"unprotected", &unprotected_agent}}) {
+    auto m = ag->Scrape();
+    if (!m.ok()) continue;
     // How the meshed pair's sends went: a benchmark of the redirect must show that it redirected.
-    std::printf("shunt path sends: redirected %.0f msgs / %.0f bytes", 
+    std::printf("%s path sends: redirected %.0f msgs / %.0f bytes", name,
                 shunt::e2e::SumSamples(*m, "shunt_sockmap_redirected_messages_total"),
                 shunt::e2e::SumSamples(*m, "shunt_sockmap_redirected_bytes_total"));
-    for (const char* reason : {"peer_not_ready", "socket_on_stack", "peer_gone", "no_state"}) {
-      std::printf(", %s %.0f msgs", reason,
-                  shunt::e2e::SumSamples(*m, "shunt_sockmap_fallback_messages_total",
-                                         {{"reason", reason}}));
+    std::map<std::string, double> reasons;
+    for (const auto& smp : *m) {
+      if (smp.name == "shunt_sockmap_fallback_messages_total") {
+        reasons[smp.labels.at("reason")] += smp.value;
+      }
     }
+    for (const auto& [reason, n] : reasons) std::printf(", %s %.0f msgs", reason.c_str(), n);
     std::printf("\n");
   }
   if (!absl::GetFlag(FLAGS_json_out).empty()) {
@@ -171,7 +220,9 @@ int main(int argc, char** argv) {
     }
   }
   agent.Stop().IgnoreError();
+  unprotected_agent.Stop().IgnoreError();
   shunt::e2e::UninstallAgent(bed, bed.node(0)).IgnoreError();
+  shunt::e2e::UninstallAgent(bed, bed.node(1)).IgnoreError();
   bed.Teardown();
   return 0;
 }

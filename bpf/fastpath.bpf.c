@@ -36,15 +36,15 @@ char LICENSE[] SEC("license") = "GPL";
 #define TCP_CLOSE_STATE 7       /* TCP_CLOSE */
 #define SHUNT_O_NONBLOCK 00004000
 #define SHUNT_MSG_DONTWAIT 0x40
+#define SHUNT_MSG_PEEK 0x2
 #define SHUNT_SK_USER_DATA_PTRMASK (~7UL) /* low bits of sk_user_data are flags */
 
 /* 0: the fast path as it was before the protections (every meshed pair spliced, whatever its
  * programs do); for benchmarks only (--fastpath-protect=false). */
 const volatile __u8 shunt_protect = 1;
 /* Bytes that may wait unread in a receiver's sockmap queue before its senders take the stack (and
- * TCP's flow control). As TCP's autotuning: a socket that has not read yet may hold its SO_RCVBUF;
- * one that reads may hold what TCP would buffer at most for a connection (the agent sets it from
- * the node's tcp_rmem and tcp_wmem maxima). */
+ * TCP's flow control): what TCP would buffer at most for a connection (the agent sets it from the
+ * node's tcp_rmem and tcp_wmem maxima). */
 const volatile __u32 shunt_max_queued = 36 << 20;
 #define E2BIG 7
 #define EEXIST 17
@@ -357,7 +357,9 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 	if (shunt_protect) {
 		struct shunt_reader_view v = {};
 		v.copied_seq = tp->copied_seq;
-		v.rcvbuf = BPF_CORE_READ(sk, sk_rcvbuf);
+		/* Only a reader seen (or learned) to read is redirected into, so it may hold what TCP
+		 * would buffer at most for it. */
+		v.rcvbuf = shunt_max_queued;
 		v.reader = reader;
 		long e = bpf_map_update_elem(&shunt_rdr_v1, &key, &v, BPF_ANY);
 		if (e) {
@@ -579,17 +581,28 @@ static __always_inline void classify_read(struct sock *sk, struct shunt_sock_sta
 	}
 }
 
-/* After a read: how far the TCP stream was read (the order check of the peer's sk_msg); an empty
- * sockmap queue resets the approximate count of queued bytes. */
-static __always_inline void after_read(struct sock *sk, struct shunt_sock_state *st)
+/* After a read that returned `ret` bytes: how far the TCP stream was read (the order check of the
+ * peer's sk_msg), and how many bytes the read took from the sockmap queue (the rest came from the
+ * TCP queue, as copied_seq tells), off the count of queued bytes; an empty queue resets it. */
+static __always_inline void after_read(struct sock *sk, struct shunt_sock_state *st, long ret,
+				       int flags)
 {
 	struct shunt_reader_view *v = bpf_map_lookup_elem(&shunt_rdr_v1, &st->key);
 	if (!v)
 		return;
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
-	if (tp)
-		v->copied_seq = tp->copied_seq;
-	v->rcvbuf = shunt_max_queued; /* it reads: allowed what TCP would buffer at most */
+	if (!tp)
+		return;
+	__u32 cs = tp->copied_seq;
+	__u32 from_tcp = cs - v->copied_seq;
+	v->copied_seq = cs;
+	if (ret > 0 && !(flags & SHUNT_MSG_PEEK) && (__u64)ret > from_tcp) {
+		__u64 from_queue = (__u64)ret - from_tcp;
+		if (v->queued > from_queue)
+			__sync_fetch_and_sub(&v->queued, from_queue);
+		else
+			v->queued = 0;
+	}
 	if (psock_queue_empty(sk))
 		v->queued = 0;
 }
@@ -606,11 +619,14 @@ int BPF_PROG(shunt_read_enter, struct sock *sk, struct msghdr *m, size_t len, in
 }
 
 SEC("fexit/tcp_bpf_recvmsg")
-int BPF_PROG(shunt_read_exit, struct sock *sk)
+int BPF_PROG(shunt_read_exit, struct sock *sk, struct msghdr *m, size_t len, int flags)
 {
 	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v2, sk, 0, 0);
-	if (st && shunt_protect)
-		after_read(sk, st);
+	if (!st || !shunt_protect)
+		return 0;
+	__u64 ret = 0; /* where the return value sits depends on the kernel's signature */
+	bpf_get_func_ret(ctx, &ret);
+	after_read(sk, st, (long)(int)ret, flags);
 	return 0;
 }
 
@@ -626,7 +642,7 @@ int BPF_PROG(shunt_read_done, struct sock *sk, int ret, int flags)
 	if (!st || !shunt_protect)
 		return 0;
 	classify_read(sk, st, flags);
-	after_read(sk, st);
+	after_read(sk, st, ret, flags);
 	return 0;
 }
 

@@ -48,8 +48,12 @@ absl::StatusOr<std::vector<Key>> MapKeys(int fd) {
   return keys;
 }
 
-// What TCP buffers at most for one connection on this node: the maxima of tcp_rmem and tcp_wmem
-// (receive and send buffers). A sockmap queue may hold as much before senders take the stack.
+// Bytes a spliced receiver may hold unread before its sender takes the stack: four times what TCP
+// buffers at most for one connection on this node (tcp_rmem + tcp_wmem maxima). More than TCP,
+// because a sender that meets the bound stays on the stack for as long as it keeps the stream
+// full (bytes it sent there must be read before it may redirect again), so the bound must absorb
+// the burst before a new server's first read (accept, thread start: milliseconds at tens of
+// Gbit/s). Receivers not seen to read get nothing redirected at all.
 uint32_t MaxQueuedBytes() {
   uint64_t total = 0;
   for (const char* path : {"/proc/sys/net/ipv4/tcp_rmem", "/proc/sys/net/ipv4/tcp_wmem"}) {
@@ -59,7 +63,7 @@ uint32_t MaxQueuedBytes() {
     if (f) fclose(f);
   }
   if (total == 0) total = 10u << 20;  // Linux defaults: 6 MiB + 4 MiB
-  return static_cast<uint32_t>(std::min<uint64_t>(total, 1u << 30));
+  return static_cast<uint32_t>(std::min<uint64_t>(4 * total, 1u << 30));
 }
 
 }  // namespace
@@ -114,7 +118,7 @@ absl::Status Fastpath::Load() {
     RETURN_IF_ERROR(LibbpfStatus(bpf_map__set_max_entries(s.map, s.size), "set map size"));
   }
   skel_->rodata->shunt_protect = config_.protect ? 1 : 0;
-  skel_->rodata->shunt_max_queued = MaxQueuedBytes();
+  skel_->rodata->shunt_max_queued = config_.max_queued ? config_.max_queued : MaxQueuedBytes();
   if (config_.protect) {
     if (CanTrace("tcp_bpf_recvmsg", BPF_TRACE_FENTRY) &&
         CanTrace("tcp_bpf_recvmsg", BPF_TRACE_FEXIT)) {

@@ -33,6 +33,8 @@ struct FastpathConfig {
   // Splice only sockets whose reads the sockmap receive path serves like TCP (docs/fastpath.md).
   // false: the fast path as it was before, every meshed pair spliced; for benchmarks only.
   bool protect = true;
+  // Bytes a reading receiver may have queued by redirects; 0: tcp_rmem + tcp_wmem maxima.
+  uint32_t max_queued = 0;
 };
 
 // Names of the pins that are not maps.

@@ -89,7 +89,7 @@ struct shunt_sock_state {
  * into it. Written by this socket's own programs. */
 struct shunt_reader_view {
 	__u32 copied_seq; /* TCP bytes read so far (the last read's tcp_sock.copied_seq) */
-	__u32 rcvbuf;     /* bound of bytes queued for it by redirects (SO_RCVBUF until it reads) */
+	__u32 rcvbuf;     /* bound of bytes queued for it by redirects */
 	__u64 queued;     /* bytes redirected into it and not read yet (approximate, >= 0) */
 	__u8 reader;      /* enum shunt_reader */
 	__u8 pad[7];
