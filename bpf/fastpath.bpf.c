@@ -78,6 +78,22 @@ struct {
 } shunt_rdr_v1 SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} shunt_ctl_v1 SEC(".maps");
+
+/* Uninstall in progress: sockets leave the sockhash once nothing is queued for them. */
+static __always_inline int draining(void)
+{
+	__u32 k = 0;
+	__u32 *v = bpf_map_lookup_elem(&shunt_ctl_v1, &k);
+	return v && (*v & SHUNT_CTL_DRAIN);
+}
+
+struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct shunt_listener_key);
@@ -292,6 +308,8 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 	struct bpf_sock *bsk = skops->sk;
 	if (!bsk)
 		return;
+	if (draining())
+		return;
 	const struct shunt_pod *pod = pod_of_sock(bsk);
 	if (!pod || !(pod->flags & SHUNT_POD_MESHED))
 		return; /* not a meshed local pod: untouched */
@@ -476,6 +494,10 @@ int shunt_sk_msg(struct sk_msg_md *msg)
 		return SK_PASS;
 	}
 	shunt_sock_key_peer(&key, &peer);
+	if (draining()) {
+		count_msg(st, SHUNT_MSG_FALLBACK_DRAINING, size);
+		return SK_PASS;
+	}
 	if (!shunt_protect)
 		return sk_msg_unprotected(msg, st, &peer, size);
 

@@ -8,7 +8,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "agent/bpf/kernel_probe.h"
@@ -23,8 +25,9 @@ namespace shunt::agent {
 namespace {
 
 constexpr const char* kMapNames[] = {SHUNT_MAP_SOCKHASH,  SHUNT_MAP_SOCKSTATE, SHUNT_MAP_READERS,
-                                     SHUNT_MAP_LISTENERS, SHUNT_MAP_PODS,      SHUNT_MAP_ENDPOINTS,
-                                     SHUNT_MAP_MSG_STATS, SHUNT_MAP_SOCK_STATS};
+                                     SHUNT_MAP_LISTENERS, SHUNT_MAP_CONTROL,   SHUNT_MAP_PODS,
+                                     SHUNT_MAP_ENDPOINTS, SHUNT_MAP_MSG_STATS, SHUNT_MAP_SOCK_STATS};
+
 
 // Sums a per-CPU value array of `n` u64 words per CPU into `out`.
 void SumPerCpu(const std::vector<uint64_t>& values, int ncpus, size_t words, uint64_t* out) {
@@ -46,6 +49,49 @@ absl::StatusOr<std::vector<Key>> MapKeys(int fd) {
   }
   if (errno != ENOENT) return ErrnoStatus(errno, "bpf_map_get_next_key");
   return keys;
+}
+
+// Uninstall without losing bytes: a socket leaves the sockhash (and gets TCP's own receive path
+// back) only once nothing redirected waits unread in its sockmap queue, which the kernel would
+// free with it. Sets the drain flag (no more redirects, no new spliced sockets), then removes the
+// sockets whose queue is empty, until none is left or `timeout` passes.
+void DrainSockhash(const std::string& pin_dir, std::chrono::milliseconds timeout) {
+  const std::string ctl_pin = absl::StrCat(pin_dir, "/", SHUNT_MAP_CONTROL);
+  const std::string sk_pin = absl::StrCat(pin_dir, "/", SHUNT_MAP_SOCKHASH);
+  const std::string rdr_pin = absl::StrCat(pin_dir, "/", SHUNT_MAP_READERS);
+  if (!PathExists(ctl_pin) || !PathExists(sk_pin) || !PathExists(rdr_pin)) return;
+  const int ctl = bpf_obj_get(ctl_pin.c_str()), sk = bpf_obj_get(sk_pin.c_str()),
+            rdr = bpf_obj_get(rdr_pin.c_str());
+  if (ctl >= 0 && sk >= 0 && rdr >= 0) {
+    uint32_t zero = 0, drain = SHUNT_CTL_DRAIN;
+    bpf_map_update_elem(ctl, &zero, &drain, BPF_ANY);
+    // Sends that passed the sk_msg verdict just before the flag finish their enqueue.
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    size_t left = 0;
+    for (;;) {
+      auto keys = MapKeys<shunt_sock_key>(sk);
+      left = 0;
+      for (const auto& k : keys.ok() ? *keys : std::vector<shunt_sock_key>{}) {
+        shunt_reader_view v{};
+        if (bpf_map_lookup_elem(rdr, &k, &v) == 0 && v.queued > 0) {
+          ++left;
+          continue;
+        }
+        bpf_map_delete_elem(sk, &k);
+      }
+      if (left == 0 || std::chrono::steady_clock::now() > deadline) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    if (left > 0) {
+      SHUNT_LOG(WARNING) << "uninstall: " << left << " spliced sockets still had unread bytes after "
+                         << timeout.count() << " ms; their programs did not read them, and they "
+                         << "are dropped with the sockhash";
+    }
+  }
+  for (int fd : {ctl, sk, rdr}) {
+    if (fd >= 0) close(fd);
+  }
 }
 
 // Bytes a spliced receiver may hold unread before its sender takes the stack: four times what TCP
@@ -208,6 +254,7 @@ absl::Status Fastpath::Uninstall(const std::string& pin_dir) {
       if (first.ok()) first = s;
     }
   };
+  DrainSockhash(pin_dir, std::chrono::seconds(10));
   note(DetachPinnedLink(absl::StrCat(pin_dir, "/", kSockopsLinkPin)));
   for (const char* pin : kTracingLinkPins) note(DetachPinnedLink(absl::StrCat(pin_dir, "/", pin)));
   const std::string prog_pin = absl::StrCat(pin_dir, "/", kSkMsgProgPin);

@@ -40,6 +40,7 @@ const char* MsgVerdictReason(uint32_t verdict) {
     case SHUNT_MSG_FALLBACK_PEER_BACKLOG: return "peer_backlog";
     case SHUNT_MSG_FALLBACK_ORDER: return "stack_bytes_unread";
     case SHUNT_MSG_FALLBACK_ZEROCOPY: return "zerocopy_sender";
+    case SHUNT_MSG_FALLBACK_DRAINING: return "draining";
   }
   return "other";
 }

@@ -2,6 +2,7 @@
 //
 //   shunt-testpeer server --port=P [--bind=::] --mode=verify|sink|echo [--conns=N]
 //                         [--ready-file=PATH] [--expect-seed=S (verify: reject other seeds)]
+//                         [--read-delay-us=D (verify: pause after each read, a slow reader)]
 //   shunt-testpeer verify --to=HOST:PORT --bytes=N --seed=S [--conns=C] [--concurrent]
 //                         [--chunk=65536] [--bind=SRC_ADDR[:PORT] or [V6]:PORT]
 //   shunt-testpeer bulk --to=HOST:PORT --seconds=T [--chunk=131072]
@@ -59,6 +60,7 @@ namespace {
 using json = nlohmann::json;
 
 int g_timeout_s = 30;
+int g_read_delay_us = 0;  // server --read-delay-us
 
 // Prints the one result line and exits. _exit: connection threads may still be running.
 [[noreturn]] void Finish(json result, int code) {
@@ -542,6 +544,7 @@ bool ServeVerify(int fd, ServerStats* stats, std::optional<uint64_t> expect_seed
     ssize_t n = RecvSome(fd, buf.data(), std::min<uint64_t>(cap, length - offset), error);
     if (n <= 0) break;
     stats->bytes += n;
+    if (g_read_delay_us > 0) usleep(g_read_delay_us);
     if (!bad_at) {
       pattern.Fill(expected.data(), n);
       if (std::memcmp(buf.data(), expected.data(), n) != 0) {
@@ -650,6 +653,7 @@ void* ServeConnection(void* arg) {
   const std::string ready_file = flags.Str("ready-file");
   std::optional<uint64_t> expect_seed;
   if (flags.Has("expect-seed")) expect_seed = flags.Size("expect-seed", std::nullopt);
+  g_read_delay_us = static_cast<int>(flags.Size("read-delay-us", 0));
   flags.CheckAllUsed();
   if (expect_seed && mode != ServerMode::kVerify) Fail("--expect-seed needs --mode=verify");
 

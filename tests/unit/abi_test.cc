@@ -58,7 +58,7 @@ static_assert(SHUNT_AP_MAX_POLICIES == 64, "policy masks are a u64");
 
 TEST(Abi, MapNamesFitTheKernelLimit) {
   for (const char* name : {SHUNT_MAP_SOCKHASH, SHUNT_MAP_SOCKSTATE, SHUNT_MAP_READERS,
-                           SHUNT_MAP_LISTENERS, SHUNT_MAP_PODS,
+                           SHUNT_MAP_LISTENERS, SHUNT_MAP_CONTROL, SHUNT_MAP_PODS,
                            SHUNT_MAP_ENDPOINTS, SHUNT_MAP_MSG_STATS, SHUNT_MAP_SOCK_STATS,
                            SHUNT_MAP_LB_SERVICES, SHUNT_MAP_LB_SLOTS, SHUNT_MAP_LB_SOCKS,
                            SHUNT_MAP_AP_SOURCES, SHUNT_MAP_AP_DESTS, SHUNT_MAP_AP_PORTS,

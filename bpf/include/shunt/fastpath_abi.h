@@ -16,6 +16,10 @@
 #define SHUNT_MAP_SOCKSTATE "shunt_skst_v2" /* per-socket state (sk_storage) */
 #define SHUNT_MAP_READERS "shunt_rdr_v1"    /* sock key -> how that socket is read */
 #define SHUNT_MAP_LISTENERS "shunt_lsn_v1"  /* (netns, port) -> how a listener's sockets read */
+#define SHUNT_MAP_CONTROL "shunt_ctl_v1"    /* [0] -> SHUNT_CTL_* flags set by the agent */
+
+/* shunt_ctl_v1[0] */
+#define SHUNT_CTL_DRAIN 0x1 /* uninstalling: redirect nothing more, splice no new socket */
 #define SHUNT_MAP_PODS "shunt_pods_v1"      /* pod cgroup id -> local workload */
 #define SHUNT_MAP_ENDPOINTS "shunt_ep_v1"   /* local meshed pod IP -> workload id */
 #define SHUNT_MAP_MSG_STATS "shunt_msg_v1"  /* (src, dst, verdict) -> msgs, bytes (per CPU) */
@@ -126,7 +130,8 @@ enum shunt_msg_verdict {
 	SHUNT_MSG_FALLBACK_PEER_BACKLOG = 7,   /* the peer has a receive buffer's worth unread */
 	SHUNT_MSG_FALLBACK_ORDER = 8,          /* bytes sent through the stack are not read yet */
 	SHUNT_MSG_FALLBACK_ZEROCOPY = 9,       /* SO_ZEROCOPY sender: completions come from TCP */
-	SHUNT_MSG_VERDICT_MAX = 10,
+	SHUNT_MSG_FALLBACK_DRAINING = 10,      /* the agent is being uninstalled */
+	SHUNT_MSG_VERDICT_MAX = 11,
 };
 
 struct shunt_msg_stats_key {
