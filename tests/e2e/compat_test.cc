@@ -280,3 +280,79 @@ INSTANTIATE_TEST_SUITE_P(Compat, CompatKnownDifference,
 
 }  // namespace
 }  // namespace shunt::e2e
+
+namespace shunt::e2e {
+namespace {
+
+// Ordinary programs, not the suite's own: Python's standard socket module, a server with a
+// timeout on its sockets (non-blocking underneath, so spliced once its class is learned), and
+// clients of which half block (no timeout: never spliced) and half have a timeout; each connection
+// a send, shutdown(SHUT_WR) and a wait for the reply. Meshed and unmeshed must print the same,
+// and the clients with a timeout must have been spliced.
+constexpr char kPyServer[] = R"(
+import socket, sys
+ls = socket.socket(socket.AF_INET6); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.settimeout(30); ls.bind(("::", int(sys.argv[1]))); ls.listen(64)
+open(sys.argv[3], "w").close()
+for _ in range(int(sys.argv[2])):
+    c, _ = ls.accept(); c.settimeout(30); n = 0
+    while True:
+        b = c.recv(65536)
+        if not b: break
+        n += len(b)
+    c.sendall(b"got %d\n" % n); c.close()
+)";
+constexpr char kPyClient[] = R"(
+import socket, sys, collections
+out = collections.Counter()
+for i in range(int(sys.argv[3])):
+    # Half the clients block (no timeout), half have one (non-blocking underneath).
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30 if i % 2 else None)
+    s.sendall(b"x" * (1 << 20)); s.shutdown(socket.SHUT_WR)
+    try:
+        r = b""
+        while True:
+            b = s.recv(100)
+            if not b: break
+            r += b
+        out[r.decode()] += 1
+    except OSError as e:
+        out[type(e).__name__] += 1
+    s.close()
+print(dict(out))
+)";
+
+TEST(CompatOrdinaryPrograms, PythonHalfCloseSameMeshedAndUnmeshed) {
+  if (access("/usr/bin/python3", X_OK) != 0) GTEST_FAIL() << "python3 is needed (scripts/setup.sh)";
+  ASSERT_TRUE(CompatEnv::Get().Ensure().ok());
+  Testbed& bed = CompatEnv::Get().bed();
+  auto run = [&](const Pod& from, const Pod& to, int port) -> std::string {
+    const std::string ready = absl::StrCat(bed.work_dir(), "/py-ready-", port);
+    auto server = bed.Spawn(to, {"/usr/bin/python3", "-c", kPyServer, std::to_string(port),
+                                 std::to_string(Conns()), ready});
+    EXPECT_TRUE(server.ok());
+    if (!server.ok()) return "";
+    for (int i = 0; i < 1000 && access(ready.c_str(), F_OK) != 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    auto out = bed.Run(from, {"/usr/bin/python3", "-c", kPyClient, to.ipv4, std::to_string(port),
+                              std::to_string(Conns())},
+                       std::chrono::seconds(300));
+    EXPECT_TRUE(out.ok());
+    (*server)->Wait(std::chrono::seconds(30)).IgnoreError();
+    return out.ok() ? out->out + out->err : "";
+  };
+  auto redirected = [&] {
+    auto m = CompatEnv::Get().agent().Scrape();
+    return m.ok() ? SumSamples(*m, "shunt_sockmap_redirected_bytes_total") : -1;
+  };
+  const std::string plain = run(bed.pod(0, 2), bed.pod(0, 3), 22001);
+  const double before = redirected();
+  const std::string meshed = run(bed.pod(0, 0), bed.pod(0, 1), 22002);
+  EXPECT_GT(redirected() - before, 1 << 20) << "the clients with a timeout were not spliced";
+  EXPECT_EQ(plain, absl::StrCat("{'got 1048576\\n': ", Conns(), "}\n"));
+  EXPECT_EQ(meshed, plain);
+}
+
+}  // namespace
+}  // namespace shunt::e2e
