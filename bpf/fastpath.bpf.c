@@ -546,6 +546,23 @@ int shunt_sk_msg(struct sk_msg_md *msg)
 	return SK_PASS;
 }
 
+/* Remembers how a socket of its class read: later sockets of the class start from it. */
+static __always_inline void learn_class(const struct shunt_sock_state *st, int safe)
+{
+	struct shunt_listener_key lk;
+	class_of(&lk, st);
+	struct shunt_listener *l = bpf_map_lookup_elem(&shunt_lsn_v1, &lk);
+	if (l) {
+		if (safe)
+			l->learned_safe = 1;
+		else
+			l->learned_unsafe = 1;
+		return;
+	}
+	struct shunt_listener nl = {.learned_safe = safe, .learned_unsafe = !safe};
+	bpf_map_update_elem(&shunt_lsn_v1, &lk, &nl, BPF_NOEXIST);
+}
+
 /* A socket of ours turned out to be read in a way the sockmap receive path does not serve like
  * TCP: no more redirects into it; its server is remembered; counted. */
 static __always_inline void reader_unsafe(struct sock *sk, struct shunt_sock_state *st, __u32 event)
@@ -562,15 +579,7 @@ static __always_inline void reader_unsafe(struct sock *sk, struct shunt_sock_sta
 	if ((st->flags & SHUNT_SKST_EVER_SAFE) &&
 	    (event == SHUNT_SOCK_READ_BLOCKING || !psock_queue_empty(sk)))
 		count_sock_event(st->src_workload, SHUNT_SOCK_UNPROTECTED);
-	struct shunt_listener_key lk;
-	class_of(&lk, st);
-	struct shunt_listener *l = bpf_map_lookup_elem(&shunt_lsn_v1, &lk);
-	if (l) {
-		l->learned_unsafe = 1;
-	} else {
-		struct shunt_listener nl = {.learned_unsafe = 1};
-		bpf_map_update_elem(&shunt_lsn_v1, &lk, &nl, BPF_NOEXIST);
-	}
+	learn_class(st, 0);
 }
 
 /* How one read call of a socket of ours classifies its reader. Called before the read where the
@@ -591,15 +600,7 @@ static __always_inline void classify_read(struct sock *sk, struct shunt_sock_sta
 		struct shunt_reader_view *v = bpf_map_lookup_elem(&shunt_rdr_v1, &st->key);
 		if (v)
 			v->reader = SHUNT_READER_SAFE;
-		struct shunt_listener_key lk;
-		class_of(&lk, st);
-		struct shunt_listener *l = bpf_map_lookup_elem(&shunt_lsn_v1, &lk);
-		if (l) {
-			l->learned_safe = 1;
-		} else {
-			struct shunt_listener nl = {.learned_safe = 1};
-			bpf_map_update_elem(&shunt_lsn_v1, &lk, &nl, BPF_NOEXIST);
-		}
+		learn_class(st, 1);
 	}
 }
 
