@@ -125,7 +125,8 @@ class CompatTest : public ::testing::TestWithParam<CompatCase> {
     std::string bind = c.family == Family::kV4 ? "0.0.0.0" : "::";
     std::string to_addr = c.family == Family::kV6 ? absl::StrCat("[", to.ipv6, "]:", port)
                                                   : absl::StrCat(to.ipv4, ":", port);
-    const std::string ready = absl::StrCat(bed.work_dir(), "/compat-ready-", port);
+    static int run_seq = 0;  // each run its own ready file: the pairs share a port
+    const std::string ready = absl::StrCat(bed.work_dir(), "/compat-ready-", port, "-", ++run_seq);
     std::vector<std::string> sargv = {CompatBinary(), "server", absl::StrCat("--port=", port),
                                       "--bind=" + bind, "--ready-file=" + ready};
     sargv.insert(sargv.end(), common.begin(), common.end());
@@ -141,8 +142,16 @@ class CompatTest : public ::testing::TestWithParam<CompatCase> {
     cargv.insert(cargv.end(), common.begin(), common.end());
     auto out = bed.Run(from, cargv, std::chrono::seconds(300));
     if (!out.ok()) return out.status();
+    if (out->exit_code != 0) {
+      return absl::InternalError(absl::StrCat("compat client exit ", out->exit_code, ": ",
+                                              out->out, out->err));
+    }
     auto st = (*server)->Wait(std::chrono::seconds(30));
-    if (!st.ok()) return absl::DeadlineExceededError("compat server did not finish");
+    if (!st.ok()) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "compat server did not finish; client: ", out->out, out->err,
+          " server so far: ", (*server)->Stdout(), (*server)->Stderr()));
+    }
     RunResult r;
     r.client = nlohmann::json::parse(out->out, nullptr, false);
     r.server = nlohmann::json::parse((*server)->Stdout(), nullptr, false);
