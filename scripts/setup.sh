@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs every Debian package shunt needs to build, test, benchmark and run the demo.
+# Installs every Debian package shunt needs to build, test, benchmark and run the demo, and caches
+# the second kernel the kernel tests run on (Debian 12's own 6.1, in a VM: scripts/vm/).
 # Idempotent and non-interactive; only Debian packages, by name.
 set -euo pipefail
 
@@ -21,6 +22,10 @@ PACKAGES=(
   iproute2 procps util-linux
   # admin HTTP server (also what prometheus-cpp serves with)
   libcivetweb-dev
+  # the kernel tests on the second kernel (scripts/vm/): qemu (qemu-system-common brings
+  # virtiofsd, the cloud kernel has no 9p), busybox for the initramfs, cpio to pack it, kmod to
+  # resolve module dependencies (and for the guest's module autoloading from the shared root)
+  qemu-system-x86 busybox-static cpio kmod
 )
 
 missing=()
@@ -32,6 +37,39 @@ if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  updated=1
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 echo "setup: all packages present"
+
+# The second kernel: linux-image-cloud-amd64 (Debian 12's 6.1), for scripts/vm/run-kernel-tests.sh.
+# Not installed, only unpacked into a cache: installing it would pull in initramfs-tools, udev and
+# systemd-sysv (a different init for this machine), write an initramfs into /boot and, on a machine
+# booted by grub, add a menu entry that can become the default. The VM boots it with -kernel, so
+# the files are all it needs; this machine boots exactly as before. depmod writes the modules.dep
+# and modules.alias that the package's postinst would have made (initramfs and guest autoloading).
+VM_CACHE=/var/cache/shunt-vm
+if [ ! -e "$VM_CACHE/kernel/.complete" ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  [ -n "${updated:-}" ] || apt-get update -qq
+  # The metapackage depends on exactly one versioned image package (linux-image-6.1.0-N-cloud-amd64).
+  pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '$1 == "Depends:" {print $2; exit}')
+  [ -n "$pkg" ] || { echo "setup: cannot resolve linux-image-cloud-amd64" >&2; exit 1; }
+  echo "setup: unpacking $pkg into $VM_CACHE"
+  mkdir -p "$VM_CACHE"
+  dl=$(mktemp -d "$VM_CACHE/.download.XXXXXX")
+  trap 'rm -rf "$dl"' EXIT
+  # apt drops privileges to _apt for downloads: let it write there.
+  if id _apt >/dev/null 2>&1; then chown _apt "$dl"; fi
+  (cd "$dl" && apt-get download -qq "$pkg")
+  dpkg-deb -x "$dl"/*.deb "$dl/root"
+  kver=$(ls "$dl/root/lib/modules")
+  depmod -b "$dl/root" "$kver"
+  dpkg-deb -W --showformat='${Package} ${Version}\n' "$dl"/*.deb >"$dl/root/.package"
+  touch "$dl/root/.complete"
+  rm -rf "$VM_CACHE/kernel"
+  mv "$dl/root" "$VM_CACHE/kernel"
+  rm -rf "$dl"
+  trap - EXIT
+fi
+echo "setup: second kernel in $VM_CACHE/kernel: $(cat "$VM_CACHE/kernel/.package")"
