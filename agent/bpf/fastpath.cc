@@ -26,7 +26,8 @@ namespace {
 
 constexpr const char* kMapNames[] = {SHUNT_MAP_SOCKHASH,  SHUNT_MAP_SOCKSTATE, SHUNT_MAP_READERS,
                                      SHUNT_MAP_LISTENERS, SHUNT_MAP_CONTROL,   SHUNT_MAP_PODS,
-                                     SHUNT_MAP_ENDPOINTS, SHUNT_MAP_MSG_STATS, SHUNT_MAP_SOCK_STATS};
+                                     SHUNT_MAP_ENDPOINTS, SHUNT_MAP_MSG_STATS, SHUNT_MAP_SOCK_STATS,
+                                     "shunt_skst_v1" /* before the readers (an upgraded node) */};
 
 
 // Sums a per-CPU value array of `n` u64 words per CPU into `out`.
