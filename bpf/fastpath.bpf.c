@@ -85,12 +85,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } shunt_ctl_v1 SEC(".maps");
 
-/* Uninstall in progress: sockets leave the sockhash once nothing is queued for them. */
-static __always_inline int draining(void)
+static __always_inline __u32 ctl_flags(void)
 {
 	__u32 k = 0;
 	__u32 *v = bpf_map_lookup_elem(&shunt_ctl_v1, &k);
-	return v && (*v & SHUNT_CTL_DRAIN);
+	return v ? *v : 0;
+}
+
+/* Uninstall in progress: sockets leave the sockhash once nothing is queued for them. */
+static __always_inline int draining(void)
+{
+	return ctl_flags() & SHUNT_CTL_DRAIN;
 }
 
 struct {
@@ -626,8 +631,12 @@ static __always_inline void after_read(struct sock *sk, struct shunt_sock_state 
 		else
 			v->queued = 0;
 	}
-	if (psock_queue_empty(sk))
+	if (psock_queue_empty(sk)) {
 		v->queued = 0;
+		/* Exact once the drain settled: nothing can be added to the queue any more. */
+		if (ctl_flags() & SHUNT_CTL_SETTLED)
+			v->drained = 1;
+	}
 }
 
 /* Variant 1: every read of a socket in the sockhash (only those go through tcp_bpf_recvmsg).

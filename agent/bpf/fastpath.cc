@@ -64,18 +64,25 @@ void DrainSockhash(const std::string& pin_dir, std::chrono::milliseconds timeout
   const int ctl = bpf_obj_get(ctl_pin.c_str()), sk = bpf_obj_get(sk_pin.c_str()),
             rdr = bpf_obj_get(rdr_pin.c_str());
   if (ctl >= 0 && sk >= 0 && rdr >= 0) {
-    uint32_t zero = 0, drain = SHUNT_CTL_DRAIN;
-    bpf_map_update_elem(ctl, &zero, &drain, BPF_ANY);
-    // Sends that passed the sk_msg verdict just before the flag finish their enqueue.
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    uint32_t zero = 0, flags = SHUNT_CTL_DRAIN;
+    bpf_map_update_elem(ctl, &zero, &flags, BPF_ANY);
+    // Sends that passed the sk_msg verdict just before the flag finish their enqueue; from then
+    // on a sockmap queue seen empty by a read stays empty (the readers' programs note it).
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    flags |= SHUNT_CTL_SETTLED;
+    bpf_map_update_elem(ctl, &zero, &flags, BPF_ANY);
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     size_t left = 0;
     for (;;) {
       auto keys = MapKeys<shunt_sock_key>(sk);
       left = 0;
       for (const auto& k : keys.ok() ? *keys : std::vector<shunt_sock_key>{}) {
+        // Nothing was ever redirected into a socket not seen to read safely; one that was must
+        // have been seen empty by a read since the drain settled. (An idle one waits for the
+        // timeout: its queue is most likely empty, but nothing proves it.)
         shunt_reader_view v{};
-        if (bpf_map_lookup_elem(rdr, &k, &v) == 0 && v.queued > 0) {
+        if (bpf_map_lookup_elem(rdr, &k, &v) == 0 && v.reader == SHUNT_READER_SAFE &&
+            !v.drained) {
           ++left;
           continue;
         }
@@ -85,9 +92,9 @@ void DrainSockhash(const std::string& pin_dir, std::chrono::milliseconds timeout
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     if (left > 0) {
-      SHUNT_LOG(WARNING) << "uninstall: " << left << " spliced sockets still had unread bytes after "
-                         << timeout.count() << " ms; their programs did not read them, and they "
-                         << "are dropped with the sockhash";
+      SHUNT_LOG(WARNING) << "uninstall: " << left << " spliced sockets were not seen empty in "
+                         << timeout.count() << " ms (idle, or their programs did not read); any "
+                         << "bytes still queued for them go with the sockhash";
     }
   }
   for (int fd : {ctl, sk, rdr}) {

@@ -19,7 +19,9 @@
 #define SHUNT_MAP_CONTROL "shunt_ctl_v1"    /* [0] -> SHUNT_CTL_* flags set by the agent */
 
 /* shunt_ctl_v1[0] */
-#define SHUNT_CTL_DRAIN 0x1 /* uninstalling: redirect nothing more, splice no new socket */
+#define SHUNT_CTL_DRAIN 0x1   /* uninstalling: redirect nothing more, splice no new socket */
+#define SHUNT_CTL_SETTLED 0x2 /* ... and every redirect made before is queued: an empty sockmap
+			       * queue seen now stays empty */
 #define SHUNT_MAP_PODS "shunt_pods_v1"      /* pod cgroup id -> local workload */
 #define SHUNT_MAP_ENDPOINTS "shunt_ep_v1"   /* local meshed pod IP -> workload id */
 #define SHUNT_MAP_MSG_STATS "shunt_msg_v1"  /* (src, dst, verdict) -> msgs, bytes (per CPU) */
@@ -96,7 +98,8 @@ struct shunt_reader_view {
 	__u32 rcvbuf;     /* bound of bytes queued for it by redirects */
 	__u64 queued;     /* bytes redirected into it and not read yet (approximate, >= 0) */
 	__u8 reader;      /* enum shunt_reader */
-	__u8 pad[7];
+	__u8 drained;     /* seen empty after the drain settled (uninstall): may leave the sockhash */
+	__u8 pad[6];
 };
 
 /* Reader classes, learned from the sockets of a meshed pod (its network namespace): the server
