@@ -1,13 +1,43 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds everything and runs every test (unit + kernel) with ctest.
+# Installs what is missing, builds everything and runs every test (unit + kernel) with ctest; with
+# SHUNT_TEST_VM=1, runs the kernel tests again on a second kernel: Debian 12's own 6.1, in a VM
+# (scripts/vm/run-kernel-tests.sh; docs/testbed.md, "The second kernel"). Not yet by default: on
+# 6.1 two fast-path tests fail today, and under TCG (KVM here is PVM) the run takes about an hour.
 # Kernel tests need root: they load BPF programs and create namespaces and cgroups (and remove them).
+# Arguments go to both ctest runs; the VM runs the kernel tests among the ones they select, and is
+# not started when they select none (-L unit, -LE kernel, a -R without kernel tests).
+# SHUNT_TEST_VM=1 runs the VM (off by default until the 6.1 failures are fixed: README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then
-  echo "test.sh: the kernel tests need root (run: sudo $0)" >&2
+  echo "test.sh: the kernel tests need root (run it as root)" >&2
   exit 1
 fi
 ./scripts/setup.sh
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc)"
-ctest --test-dir build --output-on-failure -j"$(nproc)" --timeout 900 "$@"
+
+ctest_args=(--output-on-failure --timeout 900 "$@")
+host_rc=0
+ctest --test-dir build -j"$(nproc)" "${ctest_args[@]}" || host_rc=$?
+
+# The same selection, kernel tests only (ctest ANDs repeated -L): empty means no VM.
+vm_rc=0
+if [ "${SHUNT_TEST_VM:-0}" != 1 ]; then
+  echo "test.sh: not running the kernel tests on the second kernel (SHUNT_TEST_VM=1 does)"
+elif ctest --test-dir build -N "$@" -L kernel | grep -q '^Total Tests: [1-9]'; then
+  echo "test.sh: the kernel tests again, on the second kernel (a VM)"
+  ./scripts/vm/run-kernel-tests.sh -- "${ctest_args[@]}" -L kernel || vm_rc=$?
+else
+  echo "test.sh: no kernel test selected: no VM"
+fi
+
+if ((host_rc || vm_rc)); then
+  echo "test.sh: FAILED: ctest on this kernel ($(uname -r)) exited $host_rc, on the second kernel $vm_rc" >&2
+  exit 1
+fi
+if [ "${SHUNT_TEST_VM:-0}" = 1 ]; then
+  echo "test.sh: all passed, on $(uname -r) and on the second kernel"
+else
+  echo "test.sh: all passed, on $(uname -r)"
+fi

@@ -177,7 +177,7 @@ echo "$build_dir" >"$tmp/results/build-dir"
 setpriv --pdeathsig KILL -- unshare --mount --propagation private -- sh -c '
   mount --bind / "$1" && mount -o remount,bind,ro "$1" || exit 1
   exec "$2" --socket-path="$3" -o source="$1" -o cache=always -o sandbox=namespace \
-    -o log_level=err --thread-pool-size=8' \
+    -o log_level=err' \
   sh "$tmp/root" "$virtiofsd" "$tmp/root.sock" 2>>"$tmp/virtiofsd.log" &
 vfs_pids+=($!)
 setpriv --pdeathsig KILL -- "$virtiofsd" --socket-path="$tmp/results.sock" -o source="$tmp/results" \
@@ -213,22 +213,35 @@ sed_pid=$!
 tail -n +1 -f --pid="$qemu_pid" "$tmp/console.log" >&"$console" &
 tail_pid=$!
 
-timed_out=""
-while kill -0 "$qemu_pid" 2>/dev/null; do
+# A child that has exited but is not waited for yet is a zombie: kill -0 still finds it.
+running() {
+  local state
+  state=$(sed 's/.*) //; s/ .*//' "/proc/$1/stat" 2>/dev/null) && [ -n "$state" ] && [ "$state" != Z ]
+}
+vfs_names=("/ (read-only)" "the results dir")
+while running "$qemu_pid"; do
   if ((SECONDS - start > timeout)); then
-    timed_out=1
-    break
+    die "the VM did not finish within ${timeout}s; killed it"
   fi
   # On an emulation failure qemu stops the guest and waits forever: no point waiting for it.
   if grep -q '^KVM internal error' "$tmp/qemu.log"; then
     cat "$tmp/qemu.log" >&2
     die "KVM cannot run this guest (emulation failure above, after $((SECONDS - start))s); try --accel=tcg"
   fi
+  # Without its virtiofsd the guest blocks on every file access until the timeout: fail now.
+  for i in "${!vfs_pids[@]}"; do
+    if ! running "${vfs_pids[$i]}"; then
+      sleep 2
+      running "$qemu_pid" || break 2 # qemu ended first, virtiofsd followed: normal
+      st=0
+      wait "${vfs_pids[$i]}" || st=$?
+      vfs_pids[$i]=""
+      die "virtiofsd serving ${vfs_names[$i]} to the guest exited (status $st) while the VM ran" \
+        "($((SECONDS - start))s in); its log: $(cat "$tmp/virtiofsd.log")"
+    fi
+  done
   sleep 1
 done
-if [ -n "$timed_out" ]; then
-  die "the VM did not finish within ${timeout}s; killed it"
-fi
 qemu_rc=0
 wait "$qemu_pid" || qemu_rc=$?
 qemu_pid=""
