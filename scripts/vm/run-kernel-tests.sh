@@ -100,6 +100,9 @@ build_dir=$(realpath "$build_dir")
 for p in "$repo" "$build_dir" "$modules"; do
   [ "$(findmnt -n -o TARGET -T "$p")" = / ] || die "$p is not on the filesystem mounted at / (the VM would not see it)"
   case "$p" in *[!A-Za-z0-9._/+-]*) die "$p: the guest gets it on the kernel command line, keep it to [A-Za-z0-9._/+-]" ;; esac
+  for d in /tmp /var/tmp /run; do
+    case "$p/" in "$d"/*) die "$p: the guest has a fresh, empty $d (tmpfs); keep it elsewhere" ;; esac
+  done
 done
 
 # --- the initramfs: busybox, the init, and the modules that mount the shared root. Cached,
