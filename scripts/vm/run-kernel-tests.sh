@@ -149,18 +149,34 @@ mkdir -p "$cache"
 # --- the run. Everything it makes is in $tmp and goes with it; qemu and the virtiofsd's die with
 # this script even if it is SIGKILLed (setpriv --pdeathsig).
 tmp=$(mktemp -d /tmp/shunt-vm.XXXXXX)
-qemu_pid="" tail_pid="" sed_pid="" vfs_pids=()
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM HUP
-  for pid in $qemu_pid "${vfs_pids[@]}" $tail_pid $sed_pid; do
+qemu_pid="" tail_pid="" sed_pid="" console="" vfs_pids=()
+# A child that has exited but is not waited for yet is a zombie: kill -0 still finds it.
+running() {
+  local state
+  state=$(sed 's/.*) //; s/ .*//' "/proc/$1/stat" 2>/dev/null) && [ -n "$state" ] && [ "$state" != Z ]
+}
+# stop <pid> <grace>: lets it end by itself for <grace> tenths of a second, then TERM, then KILL.
+stop() {
+  local pid=$1 grace=$2 i
+  [ -n "$pid" ] || return 0
+  for ((i = 0; i < grace; i++)); do running "$pid" || break; sleep 0.1; done
+  if running "$pid"; then
     kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in $qemu_pid "${vfs_pids[@]}" $tail_pid $sed_pid; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for ((i = 0; i < 50; i++)); do running "$pid" || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+  local rc=$? pid
+  trap - EXIT INT TERM HUP
+  stop "$qemu_pid" 0
+  # A virtiofsd exits by itself once qemu is gone; killed, it would leave its sandboxed child
+  # (its own pid namespace) to init for a moment.
+  for pid in "${vfs_pids[@]}"; do stop "$pid" 50; done
+  stop "$tail_pid" 0
+  [ -z "${console:-}" ] || exec {console}>&- # sed's input: it ends at EOF
+  stop "$sed_pid" 10
   # The read-only bind of / is made in virtiofsd's own mount namespace, never here; if anything
   # were mounted under $tmp, rm -rf would walk into it.
   if findmnt -rn -o TARGET | grep -qF "$tmp"; then
@@ -223,11 +239,6 @@ sed_pid=$!
 tail -n +1 -f --pid="$qemu_pid" "$tmp/console.log" >&"$console" &
 tail_pid=$!
 
-# A child that has exited but is not waited for yet is a zombie: kill -0 still finds it.
-running() {
-  local state
-  state=$(sed 's/.*) //; s/ .*//' "/proc/$1/stat" 2>/dev/null) && [ -n "$state" ] && [ "$state" != Z ]
-}
 vfs_names=("/ (read-only)" "the results dir")
 while running "$qemu_pid"; do
   if ((SECONDS - start > timeout)); then
@@ -258,6 +269,7 @@ qemu_pid=""
 wait "$tail_pid" || true
 tail_pid=""
 exec {console}>&-
+console=""
 wait "$sed_pid" || true
 sed_pid=""
 elapsed=$((SECONDS - start))
