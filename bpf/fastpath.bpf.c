@@ -67,6 +67,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } shunt_skst_v2 SEC(".maps");
 
+#include "shunt/map_ops.bpf.h"
 #include "shunt/pods_map.bpf.h"
 
 struct {
@@ -142,7 +143,7 @@ static __always_inline void count_sock_event(__u32 workload_id, __u32 event)
 		return;
 	}
 	__u64 one = 1;
-	if (bpf_map_update_elem(&shunt_sock_v1, &k, &one, BPF_NOEXIST) == -EEXIST) {
+	if (shunt_map_update(&shunt_sock_v1, &k, &one, BPF_NOEXIST) == -EEXIST) {
 		v = bpf_map_lookup_elem(&shunt_sock_v1, &k); /* created meanwhile by another CPU */
 		if (v)
 			__sync_fetch_and_add(v, 1);
@@ -163,7 +164,7 @@ static __always_inline void count_msg(const struct shunt_sock_state *st, __u32 v
 		return;
 	}
 	struct shunt_msg_stats init = { .msgs = 1, .bytes = bytes };
-	long err = bpf_map_update_elem(&shunt_msg_v1, &k, &init, BPF_NOEXIST);
+	int err = shunt_map_update(&shunt_msg_v1, &k, &init, BPF_NOEXIST);
 	if (err == -EEXIST) {
 		v = bpf_map_lookup_elem(&shunt_msg_v1, &k); /* created meanwhile by another CPU */
 		if (v) {
@@ -384,7 +385,7 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 		 * would buffer at most for it. */
 		v.rcvbuf = shunt_max_queued;
 		v.reader = reader;
-		long e = bpf_map_update_elem(&shunt_rdr_v1, &key, &v, BPF_ANY);
+		int e = shunt_map_update(&shunt_rdr_v1, &key, &v, BPF_ANY);
 		if (e) {
 			count_sock_event(self, e == -E2BIG || e == -ENOMEM ? SHUNT_SOCK_INSERT_FULL
 									   : SHUNT_SOCK_INSERT_ERROR);
@@ -393,7 +394,7 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 		}
 	}
 
-	long err = bpf_sock_hash_update(skops, &shunt_sk_v1, &key, BPF_ANY);
+	int err = (int)bpf_sock_hash_update(skops, &shunt_sk_v1, &key, BPF_ANY);
 	if (err) {
 		count_sock_event(self, err == -E2BIG || err == -ENOMEM ? SHUNT_SOCK_INSERT_FULL
 								      : SHUNT_SOCK_INSERT_ERROR);

@@ -26,6 +26,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define SYS_REJECT 0
 
 /* The fast path's pods map: one definition, one pinned map (same size set by the agent). */
+#include "shunt/map_ops.bpf.h"
 #include "shunt/pods_map.bpf.h"
 
 struct {
@@ -95,7 +96,7 @@ __noinline int count_event(__u32 workload_id, __u32 event, __u32 detail)
 		return 0;
 	}
 	__u64 one = 1;
-	long err = bpf_map_update_elem(&shunt_lbst_v1, &k, &one, BPF_NOEXIST);
+	int err = shunt_map_update(&shunt_lbst_v1, &k, &one, BPF_NOEXIST);
 	if (err == -EEXIST) {
 		v = bpf_map_lookup_elem(&shunt_lbst_v1, &k); /* created meanwhile by another CPU */
 		if (v)

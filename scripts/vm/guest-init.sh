@@ -52,6 +52,11 @@ mkdir -p /run/netns
 
 build_dir=$(cat "$results/build-dir")
 mapfile -d '' -t args <"$results/ctest-args"
+if [ -s "$results/env" ]; then
+  mapfile -d '' -t test_env <"$results/env"
+  for kv in "${test_env[@]}"; do export "$kv"; done
+  say "test environment: ${test_env[*]}"
+fi
 say "kernel $kver, $(nproc) CPUs, $(awk '/MemTotal/ {printf "%d MiB", $2 / 1024}' /proc/meminfo)," \
   "no network device but lo: $(ls /sys/class/net | tr '\n' ' ')"
 say "ctest --test-dir $build_dir ${args[*]}"

@@ -194,6 +194,8 @@ trap 'exit 129' HUP
 mkdir "$tmp/results" "$tmp/root"
 printf '%s\0' "${ctest_args[@]}" >"$tmp/results/ctest-args"
 echo "$build_dir" >"$tmp/results/build-dir"
+# The tests' own knobs (SHUNT_COMPAT_CONNS, SHUNT_DEBUG_COUNTERS, ...) reach the guest's ctest.
+env -0 | grep -z '^SHUNT_' | grep -zv '^SHUNT_VM_\|^SHUNT_TEST_VM=' >"$tmp/results/env" || true
 
 # / read-only: virtiofsd (qemu 7.2's; it has no read-only option) serves a read-only bind of /
 # made in a private mount namespace, so even root in the guest cannot write to the host.

@@ -508,7 +508,10 @@ std::vector<Case> Cases() {
                   int64_t dt = NowUs() - t0;
                   if (r >= 0 || errno != EAGAIN) {
                     c.v->Note("recv with nothing sent returned " + std::to_string(r));
-                  } else if (dt < 19000) {
+                  } else if (dt < 10000) {
+                    // The timeout is counted in jiffies: it may end up to one jiffy early (4 ms at
+                    // HZ=250, Debian's cloud kernel), with or without the mesh. What this catches
+                    // is a wait that did not happen (the sockmap path's early EAGAIN, ~0 ms).
                     c.v->Note("SO_RCVTIMEO fired early");
                   }
                   SendText(c, "g");

@@ -167,15 +167,7 @@ class CompatTest : public ::testing::TestWithParam<CompatCase> {
   std::string FastpathCounters() {
     auto m = CompatEnv::Get().agent().Scrape();
     if (!m.ok()) return m.status().ToString();
-    std::map<std::string, double> by;
-    for (const auto& s : *m) {
-      if (s.name == "shunt_sockmap_fallback_messages_total") by["fallback " + s.labels.at("reason")] += s.value;
-      if (s.name == "shunt_sockhash_socket_events_total") by["event " + s.labels.at("event")] += s.value;
-      if (s.name == "shunt_sockmap_redirected_messages_total") by["redirected"] += s.value;
-    }
-    std::string out;
-    for (const auto& [k, v] : by) absl::StrAppend(&out, k, "=", v, " ");
-    return out;
+    return FastpathCounterSummary(*m);
   }
 
   double Redirected() {

@@ -149,6 +149,22 @@ double SumSamples(const std::vector<Sample>& samples, const std::string& name,
   return sum;
 }
 
+std::string FastpathCounterSummary(const std::vector<Sample>& samples) {
+  std::map<std::string, double> by;
+  for (const auto& s : samples) {
+    auto label = [&](const char* k) {
+      auto it = s.labels.find(k);
+      return it == s.labels.end() ? std::string("?") : it->second;
+    };
+    if (s.name == "shunt_sockmap_fallback_messages_total") by["fallback " + label("reason")] += s.value;
+    if (s.name == "shunt_sockhash_socket_events_total") by["event " + label("event")] += s.value;
+    if (s.name == "shunt_sockmap_redirected_messages_total") by["redirected"] += s.value;
+  }
+  std::string out;
+  for (const auto& [k, v] : by) absl::StrAppend(&out, k, "=", v, " ");
+  return out;
+}
+
 std::string AgentBinary() { return SHUNT_AGENT_BIN; }
 
 absl::StatusOr<testbed::ProcessPtr> StartTestpeerServer(testbed::Testbed& bed,

@@ -33,6 +33,10 @@ std::vector<Sample> ParsePrometheusText(const std::string& text);
 double SumSamples(const std::vector<Sample>& samples, const std::string& name,
                   const std::map<std::string, std::string>& match = {});
 
+// The fast path's socket events, fallbacks by reason and redirected messages, one line, for
+// failure messages.
+std::string FastpathCounterSummary(const std::vector<Sample>& samples);
+
 inline constexpr int kMetricsPort = 15090;
 inline constexpr int kAdminPort = 15021;
 

@@ -376,7 +376,8 @@ TEST_P(FullSockhashTest, FullMapFallsBackToTheNormalPathNeverDrops) {
   EXPECT_EQ(r.value("failed", -1), 0);
   auto s = agent_->Scrape();
   ASSERT_TRUE(s.ok());
-  EXPECT_GT(SumSamples(*s, "shunt_sockhash_socket_events_total", {{"event", "sockhash_full"}}), 0);
+  EXPECT_GT(SumSamples(*s, "shunt_sockhash_socket_events_total", {{"event", "sockhash_full"}}), 0)
+      << FastpathCounterSummary(*s);
   EXPECT_EQ(SumSamples(*s, "shunt_bpf_map_capacity_entries", {{"map", "shunt_sk_v1"}}), 1);
   // The one socket that made it in found no peer (it could not get in): it says so.
   EXPECT_GT(SumSamples(*s, "shunt_sockmap_fallback_messages_total", {{"reason", "peer_not_ready"}}),
