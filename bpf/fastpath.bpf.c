@@ -230,6 +230,12 @@ static __always_inline int sock_nonblocking(struct sock *sk)
 	return (BPF_CORE_READ(f, f_flags) & SHUNT_O_NONBLOCK) != 0;
 }
 
+static __always_inline int sock_nonblocking_bsk(struct bpf_sock *bsk)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(bsk);
+	return tp && sock_nonblocking((struct sock *)tp);
+}
+
 /* Whether the socket's sockmap queue (psock ingress_msg) is empty. */
 static __always_inline int psock_queue_empty(struct sock *sk)
 {
@@ -422,11 +428,15 @@ static __always_inline void on_state_change(struct bpf_sock_ops *skops)
 		return;
 	}
 	/* A socket that was never read safely has nothing queued by redirects (none are made into
-	 * a reader not seen to be safe): take it out now, before a blocking read meets the wake-up
-	 * of this state change (e.g. the ACK of its own FIN after shutdown(SHUT_WR)). It then is a
-	 * plain TCP socket; its peer's later sends find no reader and take the normal path. */
+	 * a reader not seen to be safe): take it out now if its file is blocking, before a blocking
+	 * read meets the wake-up of this state change (e.g. the ACK of its own FIN after
+	 * shutdown(SHUT_WR)). It then is a plain TCP socket; its peer's later sends find no reader
+	 * and take the normal path. A non-blocking one stays, so that its first reads can be seen
+	 * (where only reads of sockhash members are, fentry on tcp_bpf_recvmsg, that is the only
+	 * way to learn a class that shuts down before it reads). */
 	if (shunt_protect && !(st->flags & SHUNT_SKST_EVER_SAFE) &&
-	    skops->args[1] != TCP_ESTABLISHED_STATE /* an accepted socket's, after its callback */) {
+	    skops->args[1] != TCP_ESTABLISHED_STATE /* an accepted socket's, after its callback */ &&
+	    !sock_nonblocking_bsk(sk)) {
 		bpf_map_delete_elem(&shunt_rdr_v1, &st->key);
 		if (bpf_map_delete_elem(&shunt_sk_v1, &st->key) == 0) {
 			st->in_map = 0;

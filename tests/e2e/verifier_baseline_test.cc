@@ -6,10 +6,12 @@
 #include <bpf/libbpf.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #include "agent/bpf/kernel_probe.h"
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -20,18 +22,39 @@
 
 namespace {
 
-std::map<std::string, uint32_t> ReadBaseline() {
-  std::map<std::string, uint32_t> out;
+// "major.minor" of the running kernel, as a comparable pair.
+std::pair<int, int> RunningKernel() {
+  utsname u{};
+  uname(&u);
+  int major = 0, minor = 0;
+  std::sscanf(u.release, "%d.%d", &major, &minor);
+  return {major, minor};
+}
+
+// The baseline has a section per kernel ("[6.18]"): verifier figures differ between kernels. The
+// section of the newest kernel not newer than the running one applies (the oldest if all are).
+std::map<std::string, uint32_t> ReadBaseline(std::string* section_name) {
+  std::map<std::pair<int, int>, std::map<std::string, uint32_t>> sections;
   std::ifstream in(SHUNT_VERIFIER_BASELINE);
   std::string line;
+  std::pair<int, int> cur{0, 0};
   while (std::getline(in, line)) {
     if (line.empty() || line[0] == '#') continue;
+    int major = 0, minor = 0;
+    if (std::sscanf(line.c_str(), "[%d.%d]", &major, &minor) == 2) {
+      cur = {major, minor};
+      continue;
+    }
     std::istringstream ss(line);
     std::string name;
     uint32_t n = 0;
-    if (ss >> name >> n) out[name] = n;
+    if (ss >> name >> n) sections[cur][name] = n;
   }
-  return out;
+  if (sections.empty()) return {};
+  auto it = sections.upper_bound(RunningKernel());
+  if (it != sections.begin()) --it;
+  *section_name = std::to_string(it->first.first) + "." + std::to_string(it->first.second);
+  return it->second;
 }
 
 uint32_t VerifiedInsns(bpf_program* prog) {
@@ -56,8 +79,10 @@ class PinDir {
 
 TEST(VerifierBaseline, NoProgramGrewMoreThanAQuarter) {
   ASSERT_EQ(access("/sys/fs/bpf", W_OK), 0) << "bpffs must be mounted (the agent mounts it)";
-  const auto baseline = ReadBaseline();
+  std::string section;
+  const auto baseline = ReadBaseline(&section);
   ASSERT_FALSE(baseline.empty()) << SHUNT_VERIFIER_BASELINE;
+  std::printf("baseline section [%s]\n", section.c_str());
   PinDir pins;
   LIBBPF_OPTS(bpf_object_open_opts, opts, .pin_root_path = pins.path().c_str());
   std::map<std::string, uint32_t> now;
@@ -101,11 +126,13 @@ TEST(VerifierBaseline, NoProgramGrewMoreThanAQuarter) {
   for (const auto& [name, n] : now) {
     EXPECT_GT(n, 0u) << name << ": no verifier figure (kernel < 5.16?)";
     auto it = baseline.find(name);
-    ASSERT_NE(it, baseline.end()) << name << " is not in the baseline; current figures:\n"
+    ASSERT_NE(it, baseline.end()) << name << " is not in section [" << section
+                                  << "] of the baseline; current figures:\n"
                                   << report;
     EXPECT_LE(n, it->second + it->second / 4)
         << name << " grew from " << it->second << " to " << n << " verified instructions; "
-        << "if intended, update " << SHUNT_VERIFIER_BASELINE << " with:\n" << report;
+        << "if intended, update section [" << section << "] of " << SHUNT_VERIFIER_BASELINE
+        << " with:\n" << report;
   }
   std::printf("verified instructions:\n%s", report.c_str());
 }
