@@ -18,6 +18,7 @@ PACKAGES=(
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev iperf3 sockperf
   openssl  # policy_stream_tls_test makes its certificates with the CLI
+  python3  # the compatibility suite tries ordinary programs: Python's socket module
   # the simulated cluster
   iproute2 procps util-linux
   # admin HTTP server (also what prometheus-cpp serves with)
