@@ -186,14 +186,17 @@ static __always_inline const struct shunt_pod *pod_of_sock(struct bpf_sock *bsk)
 	for (int i = 0; i < SHUNT_MAX_CGROUP_WALK; i++) {
 		if (!cg)
 			return NULL;
-		__u64 id = BPF_CORE_READ(cg, kn, id);
+		struct kernfs_node *kn = cg->kn;
+		if (!kn)
+			return NULL;
+		__u64 id = kn->id;
 		const struct shunt_pod *pod = bpf_map_lookup_elem(&shunt_pods_v1, &id);
 		if (pod)
 			return pod;
-		struct cgroup_subsys_state *parent = BPF_CORE_READ(cg, self.parent);
+		struct cgroup_subsys_state *parent = cg->self.parent;
 		if (!parent)
 			return NULL;
-		cg = BPF_CORE_READ(parent, cgroup);
+		cg = parent->cgroup;
 	}
 	return NULL;
 }
@@ -221,13 +224,13 @@ static __always_inline const struct shunt_pod *pod_of_sock(struct bpf_sock *bsk)
 /* The file flags of the socket's file; blocking (0) when it has none (a kernel socket). */
 static __always_inline int sock_nonblocking(struct sock *sk)
 {
-	struct socket *so = BPF_CORE_READ(sk, sk_socket);
+	struct socket *so = sk->sk_socket;
 	if (!so)
 		return 0;
-	struct file *f = BPF_CORE_READ(so, file);
+	struct file *f = so->file;
 	if (!f)
 		return 0;
-	return (BPF_CORE_READ(f, f_flags) & SHUNT_O_NONBLOCK) != 0;
+	return (f->f_flags & SHUNT_O_NONBLOCK) != 0;
 }
 
 static __always_inline int sock_nonblocking_bsk(struct bpf_sock *bsk)
@@ -239,7 +242,7 @@ static __always_inline int sock_nonblocking_bsk(struct bpf_sock *bsk)
 /* Whether the socket's sockmap queue (psock ingress_msg) is empty. */
 static __always_inline int psock_queue_empty(struct sock *sk)
 {
-	unsigned long ud = (unsigned long)BPF_CORE_READ(sk, sk_user_data);
+	unsigned long ud = (unsigned long)sk->sk_user_data;
 	struct sk_psock *ps = (struct sk_psock *)(ud & SHUNT_SK_USER_DATA_PTRMASK);
 	if (!ps)
 		return 1;
@@ -291,7 +294,7 @@ static __always_inline void on_listen(struct bpf_sock_ops *skops)
 static __always_inline int judge_socket(struct bpf_sock_ops *skops, struct sock *sk, __u32 self,
 					const struct shunt_listener_key *lk)
 {
-	if (BPF_CORE_READ(sk, sk_rcvlowat) > 1) {
+	if (sk->sk_rcvlowat > 1) {
 		count_sock_event(self, SHUNT_SOCK_SKIP_OPTIONS);
 		return 1;
 	}
@@ -606,7 +609,7 @@ static __always_inline void classify_read(struct sock *sk, struct shunt_sock_sta
 		reader_unsafe(sk, st, SHUNT_SOCK_READ_BLOCKING);
 		return;
 	}
-	if (BPF_CORE_READ(sk, sk_rcvlowat) > 1) {
+	if (sk->sk_rcvlowat > 1) {
 		reader_unsafe(sk, st, SHUNT_SOCK_READ_LOWAT);
 		return;
 	}

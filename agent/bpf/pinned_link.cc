@@ -61,7 +61,49 @@ absl::Status AttachPinnedCgroupLink(bpf_program* prog, int cgroup_fd,
   return LibbpfStatus(err, absl::StrCat("pin ", pin));
 }
 
+namespace {
+
+bool ProgInfo(int fd, bpf_prog_info* info) {
+  *info = {};
+  uint32_t len = sizeof(*info);
+  return fd >= 0 && bpf_obj_get_info_by_fd(fd, info, &len) == 0;
+}
+
+// Whether the tracing link pinned at `pin` runs the same instructions as `prog`, on the same
+// function: a restarted agent of the same version (the tag is the hash of the instructions, map
+// references left out; both use the same pinned maps).
+bool PinnedTracingLinkRuns(const std::string& pin, bpf_program* prog) {
+  bpf_link* old = bpf_link__open(pin.c_str());
+  if (!old) return false;
+  bpf_link_info li{};
+  uint32_t len = sizeof(li);
+  bool same = false;
+  // fentry/fexit make tracing links; tp_btf programs raw tracepoint links.
+  if (bpf_obj_get_info_by_fd(bpf_link__fd(old), &li, &len) == 0 &&
+      (li.type == BPF_LINK_TYPE_TRACING || li.type == BPF_LINK_TYPE_RAW_TRACEPOINT)) {
+    const int old_fd = bpf_prog_get_fd_by_id(li.prog_id);
+    bpf_prog_info was, now;
+    const bool infos = ProgInfo(old_fd, &was) && ProgInfo(bpf_program__fd(prog), &now);
+    // The tag covers the instructions (fentry and fexit programs differ), the BTF id the
+    // function or tracepoint.
+    same = infos && std::memcmp(was.tag, now.tag, sizeof(was.tag)) == 0 &&
+           was.attach_btf_id == now.attach_btf_id;
+    if (old_fd >= 0) close(old_fd);
+  }
+  if (!same) {
+    SHUNT_LOG(INFO) << "pinned link " << pin << " runs another program than "
+                    << bpf_program__name(prog) << ": replacing it";
+  }
+  bpf_link__destroy(old);  // closes our fd; the pin keeps the link
+  return same;
+}
+
+}  // namespace
+
 absl::Status AttachPinnedTracingLink(bpf_program* prog, const std::string& pin) {
+  // Kept as it is: attaching and detaching patches the traced function's first instruction
+  // (twice) while every CPU may be running it, for nothing.
+  if (PathExists(pin) && PinnedTracingLinkRuns(pin, prog)) return absl::OkStatus();
   bpf_link* link = bpf_program__attach_trace(prog);
   if (!link) {
     return ErrnoStatus(errno, absl::StrCat("attach ", bpf_program__name(prog),

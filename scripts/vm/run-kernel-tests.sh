@@ -228,7 +228,7 @@ setpriv --pdeathsig KILL -- "$qemu" \
   -nodefaults -nographic -no-reboot -nic none -monitor none \
   -serial file:"$tmp/console.log" \
   -kernel "$kernel" -initrd "$initrd" \
-  -append "console=ttyS0 quiet panic=1 SHUNT_STAGE2=$repo/scripts/vm/guest-init.sh SHUNT_VM_MODULES=$modules" \
+  -append "console=ttyS0 quiet panic=1 ${SHUNT_VM_KERNEL_ARGS:-} SHUNT_STAGE2=$repo/scripts/vm/guest-init.sh SHUNT_VM_MODULES=$modules" \
   -chardev socket,id=vfs-root,path="$tmp/root.sock" \
   -device vhost-user-fs-pci,chardev=vfs-root,tag=shunt-root \
   -chardev socket,id=vfs-results,path="$tmp/results.sock" \

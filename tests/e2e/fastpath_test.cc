@@ -4,6 +4,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -92,6 +94,22 @@ class FastpathTest : public ::testing::TestWithParam<testbed::CgroupDriver> {
       }
     }
     return SumSamples(*s, metric, {{"source_pod", src.name}, {"destination_pod", dst.name}});
+  }
+
+  // Link id of each link pinned by the agent of node 0, by pin name.
+  std::map<std::string, int64_t> PinnedLinkIds() {
+    std::map<std::string, int64_t> ids;
+    const std::string dir = "/sys/fs/bpf/shunt/" + bed_->node(0).name;
+    for (const auto& e : std::filesystem::directory_iterator(dir)) {
+      const std::string name = e.path().filename();
+      if (name.rfind("link_", 0) != 0) continue;
+      auto out = bed_->RunOnNode(bed_->node(0),
+                                 {"bpftool", "-j", "link", "show", "pinned", e.path()}, 10s);
+      if (!out.ok()) continue;
+      auto j = nlohmann::json::parse(out->out, nullptr, false);
+      if (j.is_object()) ids[name] = j.value("id", int64_t{-1});
+    }
+    return ids;
   }
 
   std::unique_ptr<Testbed> bed_;
@@ -250,11 +268,16 @@ TEST_P(FastpathTest, AgentKilledAndRestartedMidTransfer) {
                                    "--rate-mbps=200"});
   ASSERT_TRUE(client.ok());
   std::this_thread::sleep_for(1s);
+  const auto links_before = PinnedLinkIds();
+  EXPECT_GE(links_before.size(), 2u) << "the sockops link and read tracing";
   agent_->Kill();
   std::this_thread::sleep_for(500ms);
   ASSERT_TRUE((*client)->Running()) << "the transfer should still be going";
   agent_ = std::make_unique<AgentProcess>(*bed_, bed_->node(0), policy_);
   ASSERT_TRUE(agent_->Start().ok()) << agent_->Stderr();
+  // The same version restarted keeps every attachment: the cgroup link is updated in place, the
+  // tracing links (same instructions) are kept, so no traced function is patched under load.
+  EXPECT_EQ(PinnedLinkIds(), links_before) << agent_->Stderr();
   auto done = (*client)->Wait(60s);
   ASSERT_TRUE(done.ok());
   EXPECT_TRUE(WIFEXITED(*done) && WEXITSTATUS(*done) == 0) << (*client)->Stdout()
