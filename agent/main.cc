@@ -39,9 +39,10 @@ ABSL_FLAG(uint32_t, listeners_map_size, 16384,
           "Listening sockets of meshed pods remembered (how their accepted sockets read); least "
           "recently used forgotten first.");
 ABSL_FLAG(uint32_t, fastpath_max_queued_bytes, 0,
-          "Bytes that may wait unread in a spliced socket that reads before its peer's sends take "
-          "the stack (TCP's flow control); 0: tcp_rmem + tcp_wmem maxima of the node, what TCP "
-          "buffers at most for one connection.");
+          "Bytes that may wait unread in a spliced socket that is reading before its peer's "
+          "sends take the stack (TCP's flow control); 0: 16 x the node's tcp_rmem + tcp_wmem "
+          "maxima. A socket that has not read lately may hold what TCP buffers at most for one "
+          "connection (those maxima), and none grows while TCP's memory is under pressure.");
 ABSL_FLAG(bool, fastpath_protect, true,
           "Splice only sockets whose reads the kernel's sockmap path serves exactly as TCP "
           "(docs/fastpath.md). false: splice every meshed pair whatever its programs do, as "

@@ -43,9 +43,16 @@ char LICENSE[] SEC("license") = "GPL";
  * programs do); for benchmarks only (--fastpath-protect=false). */
 const volatile __u8 shunt_protect = 1;
 /* Bytes that may wait unread in a receiver's sockmap queue before its senders take the stack (and
- * TCP's flow control): what TCP would buffer at most for a connection (the agent sets it from the
- * node's tcp_rmem and tcp_wmem maxima). */
-const volatile __u32 shunt_max_queued = 36 << 20;
+ * TCP's flow control). A receiver that has not read lately may hold what TCP would buffer at most
+ * for a connection (shunt_max_queued_idle: the node's tcp_rmem + tcp_wmem maxima); one that is
+ * reading may fall further behind (shunt_max_queued), unless TCP's memory is under pressure: a
+ * sender on the reader's CPU outruns it by a whole time slice, and a sender that met the bound
+ * stays on the stack for as long as it keeps the stream full (the agent sets both). */
+const volatile __u32 shunt_max_queued_idle = 10 << 20;
+const volatile __u32 shunt_max_queued = 160 << 20;
+/* A receiver that read within this many jiffies is reading (25: 25 ms at HZ=1000, 100 ms at
+ * HZ=250). */
+#define SHUNT_READING_JIFFIES 25
 #define E2BIG 7
 #define EEXIST 17
 #define ENOMEM 12
@@ -467,6 +474,26 @@ int shunt_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
+/* Whether a receiver has read within the last SHUNT_READING_JIFFIES. */
+static __always_inline int reading(const struct shunt_reader_view *v)
+{
+	return v->last_read && (__u32)bpf_jiffies64() - v->last_read <= SHUNT_READING_JIFFIES;
+}
+
+/* TCP's own memory pressure flag (sk_prot->memory_pressure): past tcp_mem[1], where TCP starts to
+ * shrink buffers, queues grow no further here either. */
+static __always_inline int tcp_memory_pressure(struct tcp_sock *tp)
+{
+	struct proto *prot = tp->inet_conn.icsk_inet.sk.__sk_common.skc_prot;
+	if (!prot)
+		return 1;
+	unsigned long *flag = prot->memory_pressure;
+	unsigned long pressure = 0;
+	if (flag)
+		bpf_probe_read_kernel(&pressure, sizeof(pressure), flag);
+	return pressure != 0;
+}
+
 /* The unprotected fast path (shunt_protect == 0): a socket whose first send found no peer in the
  * sockhash has put bytes into the TCP stream; redirecting a later send could overtake them, so it
  * stays on the normal path. */
@@ -550,7 +577,9 @@ int shunt_sk_msg(struct sk_msg_md *msg)
 		count_msg(st, SHUNT_MSG_FALLBACK_ORDER, size);
 		return SK_PASS;
 	}
-	if (v->queued + size > v->rcvbuf) {
+	__u64 after = v->queued + size;
+	if (after > shunt_max_queued_idle &&
+	    (after > v->rcvbuf || !reading(v) || tcp_memory_pressure(tp))) {
 		count_msg(st, SHUNT_MSG_FALLBACK_PEER_BACKLOG, size);
 		return SK_PASS;
 	}
@@ -637,7 +666,12 @@ static __always_inline void after_read(struct sock *sk, struct shunt_sock_state 
 		return;
 	__u32 cs = tp->copied_seq;
 	__u32 from_tcp = cs - v->copied_seq;
-	v->copied_seq = cs;
+	/* Written only when changed: the view's cache line is read by the sender's every send. */
+	if (from_tcp)
+		v->copied_seq = cs;
+	__u32 now = (__u32)bpf_jiffies64();
+	if (v->last_read != now)
+		v->last_read = now ? now : 1;
 	if (ret > 0 && !(flags & SHUNT_MSG_PEEK) && (__u64)ret > from_tcp) {
 		__u64 from_queue = (__u64)ret - from_tcp;
 		if (v->queued > from_queue)

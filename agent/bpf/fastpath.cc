@@ -102,13 +102,10 @@ void DrainSockhash(const std::string& pin_dir, std::chrono::milliseconds timeout
   }
 }
 
-// Bytes a spliced receiver may hold unread before its sender takes the stack: four times what TCP
-// buffers at most for one connection on this node (tcp_rmem + tcp_wmem maxima). More than TCP,
-// because a sender that meets the bound stays on the stack for as long as it keeps the stream
-// full (bytes it sent there must be read before it may redirect again), so the bound must absorb
-// the burst before a new server's first read (accept, thread start: milliseconds at tens of
-// Gbit/s). Receivers not seen to read get nothing redirected at all.
-uint32_t MaxQueuedBytes() {
+// What TCP buffers at most for one connection on this node: the tcp_rmem + tcp_wmem maxima. A
+// spliced receiver that has not read lately may hold that much unread before its sender takes the
+// stack (TCP's flow control then blocks it, as it would without the mesh).
+uint64_t TcpMaxBufferedBytes() {
   uint64_t total = 0;
   for (const char* path : {"/proc/sys/net/ipv4/tcp_rmem", "/proc/sys/net/ipv4/tcp_wmem"}) {
     uint64_t lo = 0, def = 0, hi = 0;
@@ -116,8 +113,15 @@ uint32_t MaxQueuedBytes() {
     if (f && fscanf(f, "%lu %lu %lu", &lo, &def, &hi) == 3) total += hi;
     if (f) fclose(f);
   }
-  if (total == 0) total = 10u << 20;  // Linux defaults: 6 MiB + 4 MiB
-  return static_cast<uint32_t>(std::min<uint64_t>(4 * total, 1u << 30));
+  return total ? total : 10u << 20;  // Linux defaults: 6 MiB + 4 MiB
+}
+
+// A receiver that is reading may fall 16 times further behind: a sender on the reader's CPU runs a
+// whole time slice ahead (tens of MB at tens of Gbit/s), and a sender that meets the bound stays
+// on the stack for as long as it keeps the stream full (bytes it sent there must be read before it
+// may redirect again). TCP's memory pressure stops the growth node-wide (fastpath.bpf.c).
+uint32_t MaxQueuedBytes() {
+  return static_cast<uint32_t>(std::min<uint64_t>(16 * TcpMaxBufferedBytes(), 1u << 30));
 }
 
 }  // namespace
@@ -173,6 +177,8 @@ absl::Status Fastpath::Load() {
   }
   skel_->rodata->shunt_protect = config_.protect ? 1 : 0;
   skel_->rodata->shunt_max_queued = config_.max_queued ? config_.max_queued : MaxQueuedBytes();
+  skel_->rodata->shunt_max_queued_idle = static_cast<uint32_t>(
+      std::min<uint64_t>(TcpMaxBufferedBytes(), skel_->rodata->shunt_max_queued));
   if (config_.protect) {
     if (CanTrace("tcp_bpf_recvmsg", BPF_TRACE_FENTRY) &&
         CanTrace("tcp_bpf_recvmsg", BPF_TRACE_FEXIT)) {

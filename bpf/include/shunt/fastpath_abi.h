@@ -95,11 +95,12 @@ struct shunt_sock_state {
  * into it. Written by this socket's own programs. */
 struct shunt_reader_view {
 	__u32 copied_seq; /* TCP bytes read so far (the last read's tcp_sock.copied_seq) */
-	__u32 rcvbuf;     /* bound of bytes queued for it by redirects */
+	__u32 rcvbuf;     /* bound of bytes queued for it by redirects while it reads */
 	__u64 queued;     /* bytes redirected into it and not read yet (approximate, >= 0) */
 	__u8 reader;      /* enum shunt_reader */
 	__u8 drained;     /* seen empty after the drain settled (uninstall): may leave the sockhash */
-	__u8 pad[6];
+	__u8 pad[2];
+	__u32 last_read;  /* jiffies (low 32 bits) of its last read; 0 before the first */
 };
 
 /* Reader classes, learned from the sockets of a meshed pod (its network namespace): the server
@@ -130,7 +131,7 @@ enum shunt_msg_verdict {
 	SHUNT_MSG_FALLBACK_NO_STATE = 4,       /* socket has no shunt state (inserted elsewhere) */
 	SHUNT_MSG_FALLBACK_PEER_UNREAD = 5,    /* the peer has not read yet: how it reads is unknown */
 	SHUNT_MSG_FALLBACK_PEER_UNSAFE = 6,    /* the peer reads blocking, with splice or RCVLOWAT */
-	SHUNT_MSG_FALLBACK_PEER_BACKLOG = 7,   /* the peer has a receive buffer's worth unread */
+	SHUNT_MSG_FALLBACK_PEER_BACKLOG = 7,   /* the peer has too much unread (docs/fastpath.md) */
 	SHUNT_MSG_FALLBACK_ORDER = 8,          /* bytes sent through the stack are not read yet */
 	SHUNT_MSG_FALLBACK_ZEROCOPY = 9,       /* SO_ZEROCOPY sender: completions come from TCP */
 	SHUNT_MSG_FALLBACK_DRAINING = 10,      /* the agent is being uninstalled */
