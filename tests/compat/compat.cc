@@ -713,43 +713,64 @@ std::vector<Case> Cases() {
   };
   cs.push_back({"bidir", true, true, bidir, bidir});
 
-  // A receiver that never reads: the sender fills what the path buffers and then must block
-  // (its non-blocking send says EAGAIN and poll() does not report POLLOUT). The amount buffered
-  // is reported so that the test can compare it with the unmeshed path.
-  cs.push_back({"noread", false, true,
-                [](Conn& c, const Params& p) {
-                  std::vector<uint8_t> buf(65536);
-                  uint64_t sent = 0;
-                  g_step = "client fill";
-                  for (;;) {
-                    FillPattern(buf.data(), buf.size(), sent);
-                    ssize_t r = send(c.fd, buf.data(), buf.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-                    if (r > 0) {
-                      sent += static_cast<uint64_t>(r);
-                      if (sent > 64 * p.bytes) break;  // the path did not push back
-                      continue;
+  // The sender fills what the path buffers until it must block (its non-blocking send says
+  // EAGAIN and poll() does not report POLLOUT); the amount buffered is reported so that the test
+  // can compare it with the unmeshed path.
+  auto fill_until_blocked = [](Conn& c, const Params& p) {
+    std::vector<uint8_t> buf(65536);
+    uint64_t sent = 0;
+    g_step = "client fill";
+    for (;;) {
+      FillPattern(buf.data(), buf.size(), sent);
+      ssize_t r = send(c.fd, buf.data(), buf.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (r > 0) {
+        sent += static_cast<uint64_t>(r);
+        if (sent > 64 * p.bytes) break;  // the path did not push back
+        continue;
+      }
+      if (r < 0 && errno == EAGAIN) {
+        struct pollfd pf = {c.fd, POLLOUT, 0};
+        if (poll(&pf, 1, 50) == 0) break;  // blocked: the buffers are full
+        continue;
+      }
+      c.v->Note("send: " + ErrName(errno));
+      return;
+    }
+    // The verdict is relative to the request size: the test compares runs.
+    if (sent > 64 * p.bytes) c.v->Note("sender never blocked");
+    // Abort: a FIN would wait behind the unread bytes forever.
+    struct linger lg = {1, 0};
+    setsockopt(c.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    json& mx = g_result["max_buffered"];
+    if (mx.is_null() || mx.get<uint64_t>() < sent) mx = sent;
+  };
+
+  auto wait_for_client = [](Conn& c, const Params&) {
+    g_step = "server wait for the client to go";
+    struct pollfd pf = {c.fd, POLLRDHUP, 0};
+    while (poll(&pf, 1, -1) < 0 && errno == EINTR) {
+    }
+  };
+
+  // A receiver that never reads.
+  cs.push_back({"noread", false, true, fill_until_blocked, wait_for_client});
+
+  // A receiver that reads a quarter of the request, then stops reading: a reader seen to read
+  // safely, so the fast path carries the stream, up to its bound (docs/fastpath.md).
+  cs.push_back({"stopread", false, true, fill_until_blocked,
+                [wait_for_client](Conn& c, const Params& p) {
+                  std::vector<uint8_t> b(65536);
+                  uint64_t got = 0;
+                  g_step = "server read a quarter";
+                  while (got < p.bytes / 4) {
+                    ssize_t r = Recv(c, b.data(), std::min<uint64_t>(b.size(), p.bytes / 4 - got), 0, "recv");
+                    if (r <= 0) {
+                      if (c.v->ok()) c.v->Note("recv returned " + std::to_string(r));
+                      return;
                     }
-                    if (r < 0 && errno == EAGAIN) {
-                      struct pollfd pf = {c.fd, POLLOUT, 0};
-                      if (poll(&pf, 1, 50) == 0) break;  // blocked: the buffers are full
-                      continue;
-                    }
-                    c.v->Note("send: " + ErrName(errno));
-                    return;
+                    got += static_cast<uint64_t>(r);
                   }
-                  // The verdict is relative to the request size: the test compares runs.
-                  if (sent > 64 * p.bytes) c.v->Note("sender never blocked");
-                  // Abort: a FIN would wait behind the unread bytes forever.
-                  struct linger lg = {1, 0};
-                  setsockopt(c.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-                  json& mx = g_result["max_buffered"];
-                  if (mx.is_null() || mx.get<uint64_t>() < sent) mx = sent;
-                },
-                [](Conn& c, const Params&) {
-                  g_step = "server wait for the client to go";
-                  struct pollfd pf = {c.fd, POLLRDHUP, 0};
-                  while (poll(&pf, 1, -1) < 0 && errno == EINTR) {
-                  }
+                  wait_for_client(c, p);
                 }});
 
   // MSG_ZEROCOPY sender: every send's completion arrives on the error queue.
