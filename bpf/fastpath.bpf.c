@@ -18,7 +18,9 @@
  *    its peer sent through the stack has been read (peer's write_seq == its copied_seq);
  *  - a socket read unsafely before any byte was redirected into it is taken out of the sockhash
  *    at its next state change (nothing is queued for it, so nothing is lost);
- *  - redirects stop while a receiver has a receive buffer's worth unread (TCP then pushes back);
+ *  - redirects stop while a receiver has too much unread (TCP then pushes back): what TCP would
+ *    buffer once it has not read lately, more while it reads (a sender on its CPU runs a time
+ *    slice ahead), nothing more under TCP memory pressure;
  *  - SO_ZEROCOPY senders send through the stack (their completions come from TCP).
  * Every fallback is counted by reason.
  */
@@ -53,6 +55,8 @@ const volatile __u32 shunt_max_queued = 160 << 20;
 /* A receiver that read within this many jiffies is reading (25: 25 ms at HZ=1000, 100 ms at
  * HZ=250). */
 #define SHUNT_READING_JIFFIES 25
+/* Queued bytes below which TCP's memory pressure is not checked (request/response traffic). */
+#define SHUNT_QUEUED_FREE (64 << 10)
 #define E2BIG 7
 #define EEXIST 17
 #define ENOMEM 12
@@ -240,12 +244,6 @@ static __always_inline int sock_nonblocking(struct sock *sk)
 	return (f->f_flags & SHUNT_O_NONBLOCK) != 0;
 }
 
-static __always_inline int sock_nonblocking_bsk(struct bpf_sock *bsk)
-{
-	struct tcp_sock *tp = bpf_skc_to_tcp_sock(bsk);
-	return tp && sock_nonblocking((struct sock *)tp);
-}
-
 /* Whether the socket's sockmap queue (psock ingress_msg) is empty. */
 static __always_inline int psock_queue_empty(struct sock *sk)
 {
@@ -397,8 +395,7 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 	if (shunt_protect) {
 		struct shunt_reader_view v = {};
 		v.copied_seq = tp->copied_seq;
-		/* Only a reader seen (or learned) to read is redirected into, so it may hold what TCP
-		 * would buffer at most for it. */
+		/* The bound while it reads (shunt_sk_msg: less once it stops). */
 		v.rcvbuf = shunt_max_queued;
 		v.reader = reader;
 		int e = shunt_map_update(&shunt_rdr_v1, &key, &v, BPF_ANY);
@@ -421,6 +418,25 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 	st->in_map = 1;
 	count_sock_event(self, SHUNT_SOCK_INSERTED);
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+/* Whether a socket of ours reads non-blocking: its file says so, or, for an accepted socket not
+ * accepted yet (no file), its listener did at listen(). */
+static __always_inline int reads_nonblocking(struct bpf_sock *bsk,
+					     const struct shunt_sock_state *st)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(bsk);
+	if (!tp)
+		return 0;
+	struct sock *sk = (struct sock *)tp;
+	if (sk->sk_socket && sk->sk_socket->file)
+		return sock_nonblocking(sk);
+	if (!(st->flags & SHUNT_SKST_PASSIVE))
+		return 0;
+	struct shunt_listener_key lk;
+	class_of(&lk, st);
+	struct shunt_listener *l = bpf_map_lookup_elem(&shunt_lsn_v1, &lk);
+	return l && !l->blocking;
 }
 
 static __always_inline void on_state_change(struct bpf_sock_ops *skops)
@@ -446,7 +462,7 @@ static __always_inline void on_state_change(struct bpf_sock_ops *skops)
 	 * way to learn a class that shuts down before it reads). */
 	if (shunt_protect && !(st->flags & SHUNT_SKST_EVER_SAFE) &&
 	    skops->args[1] != TCP_ESTABLISHED_STATE /* an accepted socket's, after its callback */ &&
-	    !sock_nonblocking_bsk(sk)) {
+	    !reads_nonblocking(sk, st)) {
 		bpf_map_delete_elem(&shunt_rdr_v1, &st->key);
 		if (bpf_map_delete_elem(&shunt_sk_v1, &st->key) == 0) {
 			st->in_map = 0;
@@ -578,8 +594,10 @@ int shunt_sk_msg(struct sk_msg_md *msg)
 		return SK_PASS;
 	}
 	__u64 after = v->queued + size;
-	if (after > shunt_max_queued_idle &&
-	    (after > v->rcvbuf || !reading(v) || tcp_memory_pressure(tp))) {
+	/* Under TCP memory pressure no queue grows past a few messages: charging the receiver at the
+	 * hard limit would fail the send (ENOMEM), where TCP would make the sender wait. */
+	if ((after > shunt_max_queued_idle && (after > v->rcvbuf || !reading(v))) ||
+	    (after > SHUNT_QUEUED_FREE && tcp_memory_pressure(tp))) {
 		count_msg(st, SHUNT_MSG_FALLBACK_PEER_BACKLOG, size);
 		return SK_PASS;
 	}
@@ -622,10 +640,11 @@ static __always_inline void reader_unsafe(struct sock *sk, struct shunt_sock_sta
 	struct shunt_reader_view *v = bpf_map_lookup_elem(&shunt_rdr_v1, &st->key);
 	if (v)
 		v->reader = SHUNT_READER_UNSAFE;
-	/* Too late for this socket if bytes were redirected into it and are unread, or if it now
-	 * reads blocking and cannot leave the sockhash (it may hold redirected bytes later). */
-	if ((st->flags & SHUNT_SKST_EVER_SAFE) &&
-	    (event == SHUNT_SOCK_READ_BLOCKING || !psock_queue_empty(sk)))
+	/* Too late for this socket if bytes were redirected into it and are unread, or if it reads
+	 * blocking while in the sockhash (that read goes through the sockmap receive path, whose
+	 * wake-ups without data end it with EAGAIN). */
+	if ((event == SHUNT_SOCK_READ_BLOCKING && st->in_map) ||
+	    ((st->flags & SHUNT_SKST_EVER_SAFE) && !psock_queue_empty(sk)))
 		count_sock_event(st->src_workload, SHUNT_SOCK_UNPROTECTED);
 	learn_class(st, 0);
 }

@@ -7,7 +7,11 @@
 
 #include <cerrno>
 #include <cstring>
+#include <map>
+#include <string>
+#include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/errno_status.h"
 #include "common/log.h"
@@ -69,9 +73,42 @@ bool ProgInfo(int fd, bpf_prog_info* info) {
   return fd >= 0 && bpf_obj_get_info_by_fd(fd, info, &len) == 0;
 }
 
-// Whether the tracing link pinned at `pin` runs the same instructions as `prog`, on the same
-// function: a restarted agent of the same version (the tag is the hash of the instructions, map
-// references left out; both use the same pinned maps).
+// The maps a loaded program uses, by name: their ids, and the contents of the read-only data
+// (.rodata: the constants the agent set before loading, one map per load).
+std::map<std::string, std::string> ProgMaps(int prog_fd) {
+  std::map<std::string, std::string> out;
+  bpf_prog_info info{};
+  uint32_t len = sizeof(info);
+  if (bpf_obj_get_info_by_fd(prog_fd, &info, &len) != 0) return {{"?", "?"}};
+  std::vector<uint32_t> ids(info.nr_map_ids);
+  info = {};
+  info.nr_map_ids = ids.size();
+  info.map_ids = reinterpret_cast<uintptr_t>(ids.data());
+  len = sizeof(info);
+  if (bpf_obj_get_info_by_fd(prog_fd, &info, &len) != 0) return {{"?", "?"}};
+  for (uint32_t id : ids) {
+    const int fd = bpf_map_get_fd_by_id(id);
+    bpf_map_info mi{};
+    uint32_t mlen = sizeof(mi);
+    if (fd < 0 || bpf_obj_get_info_by_fd(fd, &mi, &mlen) != 0) {
+      if (fd >= 0) close(fd);
+      return {{"?", "?"}};
+    }
+    std::string value = absl::StrCat("id ", id);
+    if (absl::EndsWith(mi.name, ".rodata")) {
+      std::string data(mi.value_size, '\0');
+      uint32_t key = 0;
+      value = bpf_map_lookup_elem(fd, &key, data.data()) == 0 ? data : "?";
+    }
+    out[mi.name] = value;
+    close(fd);
+  }
+  return out;
+}
+
+// Whether the tracing link pinned at `pin` runs the same program as `prog`: the same
+// instructions (the tag hashes them, map references left out), on the same function, with the
+// same maps and constants. A restarted agent of the same version and configuration.
 bool PinnedTracingLinkRuns(const std::string& pin, bpf_program* prog) {
   bpf_link* old = bpf_link__open(pin.c_str());
   if (!old) return false;
@@ -87,7 +124,8 @@ bool PinnedTracingLinkRuns(const std::string& pin, bpf_program* prog) {
     // The tag covers the instructions (fentry and fexit programs differ), the BTF id the
     // function or tracepoint.
     same = infos && std::memcmp(was.tag, now.tag, sizeof(was.tag)) == 0 &&
-           was.attach_btf_id == now.attach_btf_id;
+           was.attach_btf_id == now.attach_btf_id &&
+           ProgMaps(old_fd) == ProgMaps(bpf_program__fd(prog));
     if (old_fd >= 0) close(old_fd);
   }
   if (!same) {

@@ -5,6 +5,7 @@
 //
 // SHUNT_COMPAT_CONNS overrides the number of connections (for a quick local run).
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
@@ -178,6 +179,12 @@ class CompatTest : public ::testing::TestWithParam<CompatCase> {
     return FastpathCounterSummary(*m);
   }
 
+  double Fallbacks(const std::string& reason) {
+    auto m = CompatEnv::Get().agent().Scrape();
+    return m.ok() ? SumSamples(*m, "shunt_sockmap_fallback_messages_total", {{"reason", reason}})
+                  : -1;
+  }
+
   double Redirected() {
     auto m = CompatEnv::Get().agent().Scrape();
     return m.ok() ? SumSamples(*m, "shunt_sockmap_redirected_messages_total") : -1;
@@ -190,9 +197,11 @@ TEST_P(CompatTest, SameOutcomesMeshedAndUnmeshed) {
   static int port = 20000;
   ++port;
   double before = Redirected();
+  double backlog_before = Fallbacks("peer_backlog");
   auto meshed = RunPair(bed.pod(0, 0), bed.pod(0, 1), port);
   ASSERT_TRUE(meshed.ok()) << meshed.status();
   double redirected = Redirected() - before;
+  double backlog = Fallbacks("peer_backlog") - backlog_before;
   auto plain = RunPair(bed.pod(0, 2), bed.pod(0, 3), port);
   ASSERT_TRUE(plain.ok()) << plain.status();
 
@@ -212,6 +221,8 @@ TEST_P(CompatTest, SameOutcomesMeshedAndUnmeshed) {
     uint64_t p = plain->client.value("max_buffered", uint64_t{0});
     EXPECT_GT(p, 0u);
     EXPECT_LE(m, kMaxQueued + 2 * p + (8u << 20)) << "meshed " << m << " plain " << p;
+    // ... and it got there on the fast path: its sends met the bound.
+    EXPECT_GT(backlog, 0) << FastpathCounters();
   }
   if (c.name == "noread") {
     // The sender blocks at a bound comparable to the plain path's (its TCP buffers), not at the
@@ -369,6 +380,134 @@ TEST(CompatOrdinaryPrograms, PythonHalfCloseSameMeshedAndUnmeshed) {
   EXPECT_GT(redirected() - before, 1 << 20) << "the clients with a timeout were not spliced";
   EXPECT_EQ(plain, absl::StrCat("{'got 1048576\\n': ", Conns(), "}\n"));
   EXPECT_EQ(meshed, plain);
+}
+
+// A splice(2)-based TCP forwarder, as Go's io.Copy between two TCP connections and HAProxy's
+// splicing are, written with Python's os.splice: non-blocking sockets and select(), a pipe per
+// direction, half-closes passed on. In pod B it forwards each client of pod A to an upstream on
+// 127.0.0.1 of pod B, which answers with the length and SHA-256 of what it got. The forwarder's
+// sockets read with splice: they must never be redirected into, and everything must arrive.
+constexpr char kPyForwarder[] = R"(
+import os, select, socket, sys
+ls = socket.socket(socket.AF_INET6); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.settimeout(30); ls.bind(("::", int(sys.argv[1]))); ls.listen(64)
+open(sys.argv[4], "w").close()
+for _ in range(int(sys.argv[3])):
+    c, _ = ls.accept(); c.setblocking(False)
+    u = socket.create_connection(("127.0.0.1", int(sys.argv[2])), timeout=30); u.setblocking(False)
+    # per source socket: [destination, pipe (r, w), bytes in the pipe, end of stream, passed on]
+    st = {c: [u, os.pipe(), 0, False, False], u: [c, os.pipe(), 0, False, False]}
+    while True:
+        for v in st.values():
+            if v[3] and v[2] == 0 and not v[4]:
+                v[0].shutdown(socket.SHUT_WR); v[4] = True
+        if all(v[4] for v in st.values()): break
+        rd = [s for s, v in st.items() if not v[3] and v[2] == 0]
+        wr = [v[0] for v in st.values() if v[2] > 0]
+        rr, ww, _ = select.select(rd, wr, [], 30)
+        if not rr and not ww: sys.exit("forwarder stalled")
+        for s in rr:
+            v = st[s]
+            try: k = os.splice(s.fileno(), v[1][1], 65536)
+            except BlockingIOError: continue
+            if k == 0: v[3] = True
+            v[2] += k
+        for v in st.values():
+            if v[2] and v[0] in ww:
+                try: v[2] -= os.splice(v[1][0], v[0].fileno(), v[2])
+                except BlockingIOError: pass
+    for v in st.values(): os.close(v[1][0]); os.close(v[1][1])
+    c.close(); u.close()
+)";
+constexpr char kPyUpstream[] = R"(
+import hashlib, socket, sys
+ls = socket.socket(socket.AF_INET); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.settimeout(30); ls.bind(("127.0.0.1", int(sys.argv[1]))); ls.listen(64)
+open(sys.argv[3], "w").close()
+for _ in range(int(sys.argv[2])):
+    c, _ = ls.accept(); c.settimeout(30); h = hashlib.sha256(); n = 0
+    while True:
+        b = c.recv(65536)
+        if not b: break
+        n += len(b); h.update(b)
+    c.sendall(b"%d %s\n" % (n, h.hexdigest().encode())); c.close()
+)";
+constexpr char kPyForwardClient[] = R"(
+import collections, hashlib, socket, sys
+out = collections.Counter()
+for i in range(int(sys.argv[3])):
+    data = hashlib.sha256(b"%d" % i).digest() * (32768 + i)
+    want = b"%d %s\n" % (len(data), hashlib.sha256(data).hexdigest().encode())
+    try:
+        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+        s.sendall(data); s.shutdown(socket.SHUT_WR); r = b""
+        while True:
+            b = s.recv(100)
+            if not b: break
+            r += b
+        out["ok" if r == want else "wrong reply %r" % r[:80]] += 1
+        s.close()
+    except OSError as e:
+        out[type(e).__name__] += 1
+print(dict(out))
+)";
+
+TEST(CompatOrdinaryPrograms, PythonSpliceForwarderSameMeshedAndUnmeshed) {
+  if (access("/usr/bin/python3", X_OK) != 0) GTEST_FAIL() << "python3 is needed (scripts/setup.sh)";
+  ASSERT_TRUE(CompatEnv::Get().Ensure().ok());
+  Testbed& bed = CompatEnv::Get().bed();
+  const int conns = std::min(Conns(), 200);
+  auto wait_ready = [](const std::string& path) {
+    for (int i = 0; i < 1000 && access(path.c_str(), F_OK) != 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_EQ(access(path.c_str(), F_OK), 0) << path << " not written in 10 s";
+  };
+  auto run = [&](const Pod& from, const Pod& to, int port) -> std::string {
+    const std::string up_ready = absl::StrCat(bed.work_dir(), "/py-up-", port);
+    const std::string fw_ready = absl::StrCat(bed.work_dir(), "/py-fw-", port);
+    auto upstream = bed.Spawn(to, {"/usr/bin/python3", "-c", kPyUpstream, std::to_string(port + 1),
+                                   std::to_string(conns), up_ready});
+    EXPECT_TRUE(upstream.ok());
+    if (!upstream.ok()) return "";
+    wait_ready(up_ready);
+    auto forwarder = bed.Spawn(to, {"/usr/bin/python3", "-c", kPyForwarder, std::to_string(port),
+                                    std::to_string(port + 1), std::to_string(conns), fw_ready});
+    EXPECT_TRUE(forwarder.ok());
+    if (!forwarder.ok()) return "";
+    wait_ready(fw_ready);
+    auto out = bed.Run(from, {"/usr/bin/python3", "-c", kPyForwardClient, to.ipv4,
+                              std::to_string(port), std::to_string(conns)},
+                       std::chrono::seconds(600));
+    EXPECT_TRUE(out.ok());
+    auto fw = (*forwarder)->Wait(std::chrono::seconds(30));
+    EXPECT_TRUE(fw.ok() && WIFEXITED(*fw) && WEXITSTATUS(*fw) == 0)
+        << "forwarder: " << (*forwarder)->Stdout() << (*forwarder)->Stderr();
+    (*upstream)->Wait(std::chrono::seconds(30)).IgnoreError();
+    return out.ok() ? out->out + out->err : "";
+  };
+  auto scrape = [&] {
+    auto m = CompatEnv::Get().agent().Scrape();
+    return m.ok() ? *m : std::vector<Sample>{};
+  };
+  const std::string plain = run(bed.pod(0, 2), bed.pod(0, 3), 22011);
+  const auto before = scrape();
+  const std::string meshed = run(bed.pod(0, 0), bed.pod(0, 1), 22021);
+  const auto after = scrape();
+  EXPECT_EQ(plain, absl::StrCat("{'ok': ", conns, "}\n"));
+  EXPECT_EQ(meshed, plain);
+  auto delta = [&](const char* name, std::map<std::string, std::string> match) {
+    return SumSamples(after, name, match) - SumSamples(before, name, match);
+  };
+  // The forwarder was seen to splice, in time: its classes are then kept off the fast path.
+  EXPECT_GT(delta("shunt_sockhash_socket_events_total", {{"event", "read_splice"}}), 0)
+      << FastpathCounterSummary(after);
+  if (conns > 1) {  // the first connection teaches the class
+    EXPECT_GT(delta("shunt_sockhash_socket_events_total", {{"event", "skip_learned"}}), 0)
+        << FastpathCounterSummary(after);
+  }
+  EXPECT_EQ(delta("shunt_sockhash_socket_events_total", {{"event", "unprotected"}}), 0)
+      << FastpathCounterSummary(after);
 }
 
 }  // namespace

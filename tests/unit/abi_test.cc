@@ -29,6 +29,7 @@ static_assert(sizeof(shunt_reader_view) == 24);
 static_assert(offsetof(shunt_reader_view, queued) == 8);
 static_assert(offsetof(shunt_reader_view, reader) == 16);
 static_assert(offsetof(shunt_reader_view, drained) == 17);
+static_assert(offsetof(shunt_reader_view, last_read) == 20);  // was padding: same layout
 static_assert(sizeof(shunt_listener_key) == 16);
 static_assert(offsetof(shunt_listener_key, port) == 8);
 static_assert(offsetof(shunt_listener_key, kind) == 10);
