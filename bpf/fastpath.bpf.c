@@ -783,3 +783,31 @@ int BPF_PROG(shunt_splice_enter, struct socket *sock)
 	reader_unsafe(sk, st, SHUNT_SOCK_READ_SPLICE);
 	return 0;
 }
+
+/* FIONREAD (SIOCINQ) of a socket in the sockhash counts only TCP's queue on Linux 6.1
+ * (tcp_ioctl) and only the sockmap queue where tcp_bpf_ioctl exists (6.18): an event loop that
+ * sizes its reads with it, or waits for it to be > 0 (libevent, Java's available()), must not be
+ * spliced. Seen before the ioctl runs, which counts right while nothing was redirected yet. */
+#define SHUNT_SIOCINQ 0x541B
+static __always_inline void on_ioctl(struct sock *sk, int cmd)
+{
+	if (cmd != SHUNT_SIOCINQ || !sk)
+		return;
+	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v2, sk, 0, 0);
+	if (st && shunt_protect)
+		reader_unsafe(sk, st, SHUNT_SOCK_READ_FIONREAD);
+}
+
+SEC("fentry/tcp_ioctl")
+int BPF_PROG(shunt_ioctl_enter, struct sock *sk, int cmd)
+{
+	on_ioctl(sk, cmd);
+	return 0;
+}
+
+SEC("fentry/tcp_bpf_ioctl")
+int BPF_PROG(shunt_bpf_ioctl_enter, struct sock *sk, int cmd)
+{
+	on_ioctl(sk, cmd);
+	return 0;
+}

@@ -194,6 +194,8 @@ absl::Status Fastpath::Load() {
     }
     trace_splice_ = CanTrace("tcp_splice_read", BPF_TRACE_FENTRY);
     space_adjust_ = !trace_splice_ && CanTrace("tcp_rcv_space_adjust", BPF_TRACE_RAW_TP);
+    trace_ioctl_ = CanTrace("tcp_ioctl", BPF_TRACE_FENTRY);
+    trace_bpf_ioctl_ = CanTrace("tcp_bpf_ioctl", BPF_TRACE_FENTRY);
   }
   const bool tbr = read_tracking_ == ReadTracking::kTcpBpfRecvmsg;
   bpf_program__set_autoload(skel_->progs.shunt_read_enter, tbr);
@@ -202,6 +204,8 @@ absl::Status Fastpath::Load() {
                             read_tracking_ == ReadTracking::kSockRecvLength);
   bpf_program__set_autoload(skel_->progs.shunt_splice_enter, trace_splice_);
   bpf_program__set_autoload(skel_->progs.shunt_space_adjust, space_adjust_);
+  bpf_program__set_autoload(skel_->progs.shunt_ioctl_enter, trace_ioctl_);
+  bpf_program__set_autoload(skel_->progs.shunt_bpf_ioctl_enter, trace_bpf_ioctl_);
   int err = shunt_fastpath__load(skel_);
   if (err) {
     return LibbpfStatus(
@@ -230,7 +234,8 @@ const char* ReadTrackingName(ReadTracking t) {
 absl::Status Fastpath::AttachTracing() {
   bpf_program* progs[] = {skel_->progs.shunt_read_enter, skel_->progs.shunt_read_exit,
                           skel_->progs.shunt_read_done, skel_->progs.shunt_splice_enter,
-                          skel_->progs.shunt_space_adjust};
+                          skel_->progs.shunt_space_adjust, skel_->progs.shunt_ioctl_enter,
+                          skel_->progs.shunt_bpf_ioctl_enter};
   static_assert(std::size(progs) == std::size(kTracingLinkPins));
   for (size_t i = 0; i < std::size(progs); ++i) {
     const std::string pin = absl::StrCat(config_.pin_dir, "/", kTracingLinkPins[i]);
@@ -245,7 +250,14 @@ absl::Status Fastpath::AttachTracing() {
                   << (!config_.protect     ? ""
                       : trace_splice_      ? "; splice(2) through tcp_splice_read"
                       : space_adjust_      ? "; splice(2) through tcp_rcv_space_adjust"
-                                           : "; splice(2) readers not seen");
+                                           : "; splice(2) readers not seen")
+                  << (!config_.protect ? ""
+                      : trace_ioctl_ || trace_bpf_ioctl_
+                          ? absl::StrCat("; FIONREAD readers through ",
+                                         trace_ioctl_ ? "tcp_ioctl" : "",
+                                         trace_ioctl_ && trace_bpf_ioctl_ ? " and " : "",
+                                         trace_bpf_ioctl_ ? "tcp_bpf_ioctl" : "")
+                          : std::string("; FIONREAD readers not seen"));
   return absl::OkStatus();
 }
 

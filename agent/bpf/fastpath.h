@@ -40,9 +40,9 @@ struct FastpathConfig {
 // Names of the pins that are not maps.
 inline constexpr char kSockopsLinkPin[] = "link_sockops";
 inline constexpr char kSkMsgProgPin[] = "prog_sk_msg";
-inline constexpr const char* kTracingLinkPins[] = {"link_read_enter", "link_read_exit",
-                                                   "link_read_done", "link_splice_enter",
-                                                   "link_space_adjust"};
+inline constexpr const char* kTracingLinkPins[] = {
+    "link_read_enter",   "link_read_exit", "link_read_done",     "link_splice_enter",
+    "link_space_adjust", "link_ioctl",     "link_bpf_ioctl"};
 
 // How the fast path sees the reads of a spliced socket (docs/fastpath.md), chosen at start-up by
 // what the kernel allows.
@@ -119,6 +119,8 @@ class Fastpath {
   ReadTracking read_tracking_ = ReadTracking::kOff;
   bool trace_splice_ = false;     // fentry on tcp_splice_read
   bool space_adjust_ = false;     // else tp_btf/tcp_rcv_space_adjust in the splice syscall
+  bool trace_ioctl_ = false;      // fentry on tcp_ioctl (FIONREAD of sockhash members on 6.1)
+  bool trace_bpf_ioctl_ = false;  // fentry on tcp_bpf_ioctl (theirs where it exists)
 };
 using FastpathPtr = std::unique_ptr<Fastpath>;
 

@@ -98,6 +98,8 @@ TEST(VerifierBaseline, NoProgramGrewMoreThanAQuarter) {
                    {fp->progs.shunt_read_exit, "tcp_bpf_recvmsg", BPF_TRACE_FEXIT},
                    {fp->progs.shunt_read_done, "sock_recv_length", BPF_TRACE_RAW_TP},
                    {fp->progs.shunt_splice_enter, "tcp_splice_read", BPF_TRACE_FENTRY},
+                   {fp->progs.shunt_ioctl_enter, "tcp_ioctl", BPF_TRACE_FENTRY},
+                   {fp->progs.shunt_bpf_ioctl_enter, "tcp_bpf_ioctl", BPF_TRACE_FENTRY},
                    {fp->progs.shunt_space_adjust, "tcp_rcv_space_adjust", BPF_TRACE_RAW_TP}};
     for (auto& t : tracing) {
       if (!shunt::agent::CanTrace(t.target, t.type)) {

@@ -167,7 +167,9 @@ enum shunt_sock_event {
 	SHUNT_SOCK_EVICTED = 12,        /* taken out of the sockhash (nothing queued): plain TCP */
 	SHUNT_SOCK_UNPROTECTED = 13,    /* turned UNSAFE with redirected bytes unread, or read
 					 * blocking in the sockhash where it could not be evicted */
-	SHUNT_SOCK_EVENT_MAX = 14,
+	SHUNT_SOCK_READ_FIONREAD = 14,  /* ... asked FIONREAD (SIOCINQ), which counts one of its two
+					 * queues only: UNSAFE */
+	SHUNT_SOCK_EVENT_MAX = 15,
 };
 
 struct shunt_sock_stats_key {
