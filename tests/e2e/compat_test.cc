@@ -322,6 +322,14 @@ namespace {
 // clients of which half block (no timeout: never spliced) and half have a timeout; each connection
 // a send, shutdown(SHUT_WR) and a wait for the reply. Meshed and unmeshed must print the same,
 // and the clients with a timeout must have been spliced.
+// Waits (10 s at most) for a program to create `path`, its sign that it listens.
+bool WaitForFile(const std::string& path) {
+  for (int i = 0; i < 1000 && access(path.c_str(), F_OK) != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return access(path.c_str(), F_OK) == 0;
+}
+
 constexpr char kPyServer[] = R"(
 import socket, sys
 ls = socket.socket(socket.AF_INET6); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -365,9 +373,7 @@ TEST(CompatOrdinaryPrograms, PythonHalfCloseSameMeshedAndUnmeshed) {
                                  std::to_string(Conns()), ready});
     EXPECT_TRUE(server.ok());
     if (!server.ok()) return "";
-    for (int i = 0; i < 1000 && access(ready.c_str(), F_OK) != 0; ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
+    WaitForFile(ready);
     auto out = bed.Run(from, {"/usr/bin/python3", "-c", kPyClient, to.ipv4, std::to_string(port),
                               std::to_string(Conns())},
                        std::chrono::seconds(300));
@@ -463,10 +469,7 @@ TEST(CompatOrdinaryPrograms, PythonSpliceForwarderSameMeshedAndUnmeshed) {
   Testbed& bed = CompatEnv::Get().bed();
   const int conns = std::min(Conns(), 200);
   auto wait_ready = [](const std::string& path) {
-    for (int i = 0; i < 1000 && access(path.c_str(), F_OK) != 0; ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    EXPECT_EQ(access(path.c_str(), F_OK), 0) << path << " not written in 10 s";
+    EXPECT_TRUE(WaitForFile(path)) << path << " not written in 10 s";
   };
   auto run = [&](const Pod& from, const Pod& to, int port) -> std::string {
     const std::string up_ready = absl::StrCat(bed.work_dir(), "/py-up-", port);
