@@ -52,6 +52,12 @@ const volatile __u8 shunt_protect = 1;
  * stays on the stack for as long as it keeps the stream full (the agent sets both). */
 const volatile __u32 shunt_max_queued_idle = 10 << 20;
 const volatile __u32 shunt_max_queued = 160 << 20;
+/* 1 where FIONREAD users cannot be seen (no fentry on tcp_ioctl / tcp_bpf_ioctl) but reads of
+ * every socket can (sock_recv_length): FIONREAD of a socket in the sockhash counts one of its two
+ * queues only, so a socket enters it only if both its class and its peer's read safely before
+ * (all its bytes are then redirected, and counted); the first connection of a class stays plain
+ * TCP for life, its reads still teach the class. */
+const volatile __u8 shunt_unlearned_plain = 0;
 /* A receiver that read within this many jiffies is reading (25: 25 ms at HZ=1000, 100 ms at
  * HZ=250). */
 #define SHUNT_READING_JIFFIES 25
@@ -294,8 +300,23 @@ static __always_inline void on_listen(struct bpf_sock_ops *skops)
 	bpf_map_update_elem(&shunt_lsn_v1, &lk, &v, BPF_ANY);
 }
 
+/* A socket of the class closed without reading. */
+static __always_inline void learn_quiet(const struct shunt_sock_state *st)
+{
+	struct shunt_listener_key lk;
+	class_of(&lk, st);
+	struct shunt_listener *l = bpf_map_lookup_elem(&shunt_lsn_v1, &lk);
+	if (l) {
+		l->learned_quiet = 1;
+		return;
+	}
+	struct shunt_listener nl = {.learned_quiet = 1};
+	bpf_map_update_elem(&shunt_lsn_v1, &lk, &nl, BPF_NOEXIST);
+}
+
 /* Whether the socket's reads are known to be unsafe to splice (1, counted why), known to be safe
- * from what its class did before (2), or not known yet (0). */
+ * from what its class did before (2), not known yet (0), or not known but its class closed
+ * sockets without reading before (3: a sender; its reads are judged when they come). */
 static __always_inline int judge_socket(struct bpf_sock_ops *skops, struct sock *sk, __u32 self,
 					const struct shunt_listener_key *lk)
 {
@@ -320,7 +341,67 @@ static __always_inline int judge_socket(struct bpf_sock_ops *skops, struct sock 
 		count_sock_event(self, SHUNT_SOCK_SKIP_LEARNED);
 		return 1;
 	}
-	return l->learned_safe ? 2 : 0;
+	return l->learned_safe ? 2 : l->learned_quiet ? 3 : 0;
+}
+
+/* Takes a peer that entered the sockhash back out before anything could be redirected into it
+ * (its own peer, establishing now, is not spliced): it then is a plain TCP socket. Its state
+ * learns it from its reader view, gone with it (in_sockhash). */
+static __always_inline void evict_peer(const struct shunt_sock_key *peer, __u32 peer_workload)
+{
+	if (bpf_map_delete_elem(&shunt_rdr_v1, peer) == 0 &&
+	    bpf_map_delete_elem(&shunt_sk_v1, peer) == 0)
+		count_sock_event(peer_workload, SHUNT_SOCK_EVICTED);
+}
+
+/* Where only pairs are spliced: a server-side socket that cannot enter takes its client out. */
+static __always_inline void drop_lone_peer(struct bpf_sock_ops *skops,
+					   const struct shunt_sock_key *key, __u32 peer)
+{
+	if (!shunt_unlearned_plain || skops->op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+		return;
+	struct shunt_sock_key pk = {};
+	shunt_sock_key_peer(key, &pk);
+	evict_peer(&pk, peer);
+}
+
+/* Whether a socket of ours is still in the sockhash: where first connections stay plain, the
+ * peer that established second may have taken it out, with its reader view (evict_peer). */
+static __always_inline int in_sockhash(struct shunt_sock_state *st)
+{
+	if (!st->in_map)
+		return 0;
+	if (shunt_protect && shunt_unlearned_plain &&
+	    !bpf_map_lookup_elem(&shunt_rdr_v1, &st->key)) {
+		st->in_map = 0;
+		return 0;
+	}
+	return 1;
+}
+
+/* A socket kept out of the sockhash whose reads are still to be seen (sock_recv_length sees
+ * every socket's), so that its class is learned. */
+static __always_inline void plain_for_life(struct bpf_sock_ops *skops, __u32 self, __u32 peer,
+					   __u64 netns, const struct shunt_sock_key *key)
+{
+	struct bpf_sock *bsk = skops->sk;
+	if (!bsk)
+		return;
+	__u32 op = skops->op;
+	struct shunt_sock_state *st =
+		bpf_sk_storage_get(&shunt_skst_v2, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st)
+		return;
+	/* Its close tells a sender class (one that never reads) from one not seen yet. */
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	st->src_workload = self;
+	st->dst_workload = peer;
+	st->mode = SHUNT_SOCK_PLAIN;
+	st->in_map = 0;
+	st->reader = SHUNT_READER_UNKNOWN;
+	st->flags = op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB ? SHUNT_SKST_PASSIVE : 0;
+	st->netns_cookie = netns;
+	st->key = *key;
 }
 
 static __always_inline void on_established(struct bpf_sock_ops *skops)
@@ -369,8 +450,24 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 	int judged = 0;
 	if (shunt_protect) {
 		judged = judge_socket(skops, sk, self, &lk);
-		if (judged == 1)
+		if (shunt_unlearned_plain && judged != 1) {
+			/* The client established first: it entered only if its class is learned. */
+			struct shunt_sock_key pk = {};
+			shunt_sock_key_peer(&key, &pk);
+			int peer_in = bpf_map_lookup_elem(&shunt_rdr_v1, &pk) != 0;
+			if (judged == 0 ||
+			    (skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && !peer_in)) {
+				if (skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && peer_in)
+					evict_peer(&pk, peer);
+				plain_for_life(skops, self, peer, netns, &key);
+				count_sock_event(self, SHUNT_SOCK_SKIP_UNLEARNED);
+				return;
+			}
+		}
+		if (judged == 1) {
+			drop_lone_peer(skops, &key, peer);
 			return;
+		}
 	}
 	/* A socket whose class read safely before is read the same way: spliced from its first
 	 * byte (a stream never pauses for the order check to pass). */
@@ -380,6 +477,7 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 		bpf_sk_storage_get(&shunt_skst_v2, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st) {
 		count_sock_event(self, SHUNT_SOCK_INSERT_ERROR);
+		drop_lone_peer(skops, &key, peer);
 		return;
 	}
 	st->src_workload = self;
@@ -403,6 +501,7 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 			count_sock_event(self, e == -E2BIG || e == -ENOMEM ? SHUNT_SOCK_INSERT_FULL
 									   : SHUNT_SOCK_INSERT_ERROR);
 			st->mode = SHUNT_SOCK_PLAIN;
+			drop_lone_peer(skops, &key, peer);
 			return;
 		}
 	}
@@ -413,6 +512,7 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 								      : SHUNT_SOCK_INSERT_ERROR);
 		st->mode = SHUNT_SOCK_PLAIN;
 		bpf_map_delete_elem(&shunt_rdr_v1, &key);
+		drop_lone_peer(skops, &key, peer);
 		return;
 	}
 	st->in_map = 1;
@@ -445,7 +545,12 @@ static __always_inline void on_state_change(struct bpf_sock_ops *skops)
 	if (!sk)
 		return;
 	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v2, sk, 0, 0);
-	if (!st || !st->in_map)
+	if (!st)
+		return;
+	if (shunt_unlearned_plain && skops->args[1] == TCP_CLOSE_STATE &&
+	    st->reader == SHUNT_READER_UNKNOWN)
+		learn_quiet(st);
+	if (!in_sockhash(st))
 		return;
 	if (skops->args[1] == TCP_CLOSE_STATE) {
 		st->in_map = 0; /* the kernel unlinks a closed socket from the sockhash itself */
@@ -643,7 +748,7 @@ static __always_inline void reader_unsafe(struct sock *sk, struct shunt_sock_sta
 	/* Too late for this socket if bytes were redirected into it and are unread, or if it reads
 	 * blocking while in the sockhash (that read goes through the sockmap receive path, whose
 	 * wake-ups without data end it with EAGAIN). */
-	if ((event == SHUNT_SOCK_READ_BLOCKING && st->in_map) ||
+	if ((event == SHUNT_SOCK_READ_BLOCKING && in_sockhash(st)) ||
 	    ((st->flags & SHUNT_SKST_EVER_SAFE) && !psock_queue_empty(sk)))
 		count_sock_event(st->src_workload, SHUNT_SOCK_UNPROTECTED);
 	learn_class(st, 0);

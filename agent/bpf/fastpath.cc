@@ -197,6 +197,13 @@ absl::Status Fastpath::Load() {
     trace_ioctl_ = CanTrace("tcp_ioctl", BPF_TRACE_FENTRY);
     trace_bpf_ioctl_ = CanTrace("tcp_bpf_ioctl", BPF_TRACE_FENTRY);
   }
+  // FIONREAD of a socket in the sockhash counts one of its two queues only. Where its users
+  // cannot be seen but every socket's reads can, a socket is spliced only if its class and its
+  // peer's read safely before (all its bytes then go through the sockmap queue, which 6.18's
+  // tcp_bpf_ioctl counts); first connections stay plain TCP.
+  unlearned_plain_ = config_.protect && read_tracking_ == ReadTracking::kSockRecvLength &&
+                     !trace_ioctl_ && !trace_bpf_ioctl_;
+  skel_->rodata->shunt_unlearned_plain = unlearned_plain_ ? 1 : 0;
   const bool tbr = read_tracking_ == ReadTracking::kTcpBpfRecvmsg;
   bpf_program__set_autoload(skel_->progs.shunt_read_enter, tbr);
   bpf_program__set_autoload(skel_->progs.shunt_read_exit, tbr);
@@ -257,7 +264,8 @@ absl::Status Fastpath::AttachTracing() {
                                          trace_ioctl_ ? "tcp_ioctl" : "",
                                          trace_ioctl_ && trace_bpf_ioctl_ ? " and " : "",
                                          trace_bpf_ioctl_ ? "tcp_bpf_ioctl" : "")
-                          : std::string("; FIONREAD readers not seen"));
+                          : std::string("; FIONREAD readers not seen"))
+                  << (unlearned_plain_ ? "; first connections of a class stay plain TCP" : "");
   return absl::OkStatus();
 }
 

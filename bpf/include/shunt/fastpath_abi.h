@@ -119,7 +119,10 @@ struct shunt_listener {
 	__u8 blocking;       /* LISTENER: blocking at listen(): its sockets read blocking */
 	__u8 learned_unsafe; /* a socket of the class read unsafely: later ones are not spliced */
 	__u8 learned_safe;   /* sockets of the class read safely: later ones start SAFE */
-	__u8 pad[5];
+	__u8 learned_quiet;  /* a socket of the class closed without a read (a pure sender): where
+			      * only learned pairs are spliced, later ones may enter the sockhash,
+			      * UNKNOWN until they read */
+	__u8 pad[4];
 };
 
 /* Message verdicts, the "reason" dimension of the message counters. */
@@ -169,7 +172,10 @@ enum shunt_sock_event {
 					 * blocking in the sockhash where it could not be evicted */
 	SHUNT_SOCK_READ_FIONREAD = 14,  /* ... asked FIONREAD (SIOCINQ), which counts one of its two
 					 * queues only: UNSAFE */
-	SHUNT_SOCK_EVENT_MAX = 15,
+	SHUNT_SOCK_SKIP_UNLEARNED = 15, /* where FIONREAD users cannot be seen: a socket whose
+					 * class (or whose peer's) has not read safely yet stays
+					 * out of the sockhash, plain TCP for life */
+	SHUNT_SOCK_EVENT_MAX = 16,
 };
 
 struct shunt_sock_stats_key {
