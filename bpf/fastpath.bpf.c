@@ -547,8 +547,11 @@ static __always_inline void on_state_change(struct bpf_sock_ops *skops)
 	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v2, sk, 0, 0);
 	if (!st)
 		return;
+	/* A sender: it sent and was sent nothing, and never read (not a port probe, nor a pooled
+	 * connection closed unused). */
 	if (shunt_unlearned_plain && skops->args[1] == TCP_CLOSE_STATE &&
-	    st->reader == SHUNT_READER_UNKNOWN)
+	    st->reader == SHUNT_READER_UNKNOWN && skops->bytes_acked > 1 &&
+	    skops->bytes_received <= 1)
 		learn_quiet(st);
 	if (!in_sockhash(st))
 		return;
@@ -749,7 +752,7 @@ static __always_inline void reader_unsafe(struct sock *sk, struct shunt_sock_sta
 	 * blocking while in the sockhash (that read goes through the sockmap receive path, whose
 	 * wake-ups without data end it with EAGAIN). */
 	if ((event == SHUNT_SOCK_READ_BLOCKING && in_sockhash(st)) ||
-	    ((st->flags & SHUNT_SKST_EVER_SAFE) && !psock_queue_empty(sk)))
+	    ((st->flags & SHUNT_SKST_EVER_SAFE) && in_sockhash(st) && !psock_queue_empty(sk)))
 		count_sock_event(st->src_workload, SHUNT_SOCK_UNPROTECTED);
 	learn_class(st, 0);
 }

@@ -179,7 +179,12 @@ void AddWorkloads(const ObjectMap& objects, SnapshotBuilder::Cache& cache, Snaps
     w->set_service_account(Str(pod, {"spec", "serviceAccountName"}));
     w->set_owner(OwnerOf(pod));
     for (const auto& [k, v] : StrMap(pod, {"metadata", "labels"})) (*w->mutable_labels())[k] = v;
-    const json& ips = At(pod, {"status", "podIPs"});
+    const bool host_network = At(pod, {"spec", "hostNetwork"}).is_boolean() &&
+                              At(pod, {"spec", "hostNetwork"}).get<bool>();
+    // A hostNetwork pod's IPs are its node's (shared with every other such pod there): none is
+    // sent, so that it is never a policy target, an endpoint or a duplicate-IP claimant.
+    static const json kNoIps;
+    const json& ips = host_network ? kNoIps : At(pod, {"status", "podIPs"});
     if (ips.is_array()) {
       for (const auto& ip : ips) {
         std::string s = Str(ip, {"ip"});
@@ -188,15 +193,14 @@ void AddWorkloads(const ObjectMap& objects, SnapshotBuilder::Cache& cache, Snaps
         }
       }
     }
-    if (w->ips_size() == 0 && ValidIp(Str(pod, {"status", "podIP"}))) {
+    if (!host_network && w->ips_size() == 0 && ValidIp(Str(pod, {"status", "podIP"}))) {
       w->add_ips(Str(pod, {"status", "podIP"}));
     }
     const std::string annotation = Str(pod, {"metadata", "annotations", kMeshLabel});
-    const bool host_network = At(pod, {"spec", "hostNetwork"}).is_boolean() &&
-                              At(pod, {"spec", "hostNetwork"}).get<bool>();
     bool meshed = entry.flag || annotation == kMeshEnabled;
     if (annotation == kMeshDisabled || host_network) meshed = false;
     w->set_meshed(meshed);
+    w->set_host_network(host_network);
     SetResource(entry, std::move(r));
     return entry;
   };

@@ -29,13 +29,13 @@ elif ctest --test-dir build -N "$@" -L kernel | grep -q '^Total Tests: [1-9]'; t
   echo "test.sh: the kernel tests again, on the second kernel (a VM)"
   vm_ran=1
   # Bounded so that the whole command stays within CI's 90 minutes (about 24 min under TCG here).
-  ./scripts/vm/run-kernel-tests.sh --timeout="${SHUNT_VM_TIMEOUT:-2400}" -- "${ctest_args[@]}" -L kernel ||
+  ./scripts/vm/run-kernel-tests.sh --timeout="${SHUNT_VM_TIMEOUT:-3600}" -- "${ctest_args[@]}" -L kernel ||
     vm_rc=$?
   if ((vm_rc == 75)); then
     # The emulator's fault, not a test's (docs/testbed.md): once more, and said loudly.
     echo "test.sh: WARNING: a CPU of the emulated VM locked up; running the kernel tests there once more" >&2
     vm_rc=0
-    ./scripts/vm/run-kernel-tests.sh --timeout="${SHUNT_VM_TIMEOUT:-2400}" -- "${ctest_args[@]}" -L kernel ||
+    ./scripts/vm/run-kernel-tests.sh --timeout="${SHUNT_VM_TIMEOUT:-3600}" -- "${ctest_args[@]}" -L kernel ||
       vm_rc=$?
   fi
 else

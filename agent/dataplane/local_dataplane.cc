@@ -45,7 +45,10 @@ DesiredDataplane CompileLocalDataplane(const PolicySnapshot& snapshot, const std
     out.pods[cg->second] = shunt_pod{id, SHUNT_POD_MESHED};
     out.directory[id] = WorkloadInfo{w.uid(), w.namespace_(), w.name(),
                                      w.owner().empty() ? w.name() : w.owner()};
+    // A hostNetwork pod's IPs are its node's: as an endpoint, every connection to the node
+    // would be taken for one to the pod.
     for (const auto& ip : w.ips()) {
+      if (w.host_network()) break;
       auto key = ParseIpKey(ip);
       if (key.ok()) out.endpoints[*key] = id;  // validated by the parser; skip defensively
     }

@@ -406,6 +406,8 @@ DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const 
     }
     for (const auto& w : bundle.workloads()) {
       if (w.namespace_() != p->namespace_() || !LabelsMatch(p->target(), w)) continue;
+      // Its IPs are its node's: targeting them would block or open every host service.
+      if (w.host_network()) continue;
       for (const auto& ip : w.ips()) {
         auto key = ParseIpKey(ip);
         if (!key.ok()) continue;

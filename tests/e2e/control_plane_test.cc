@@ -382,6 +382,44 @@ TEST_F(ControlPlanePolicyTest, DenyAccessPolicyFailsConnectWithEpermUntilDeleted
   EXPECT_EQ(Probe(P(0), to, 5).value("connected", -1), 5);
 }
 
+// A hostNetwork pod keeps its node's IP as its pod IP. A policy that targets it must not target
+// the node: host services (and NodePorts) of the node stay reachable. Fails without the
+// exclusion: the node's IP lands in the destinations map and the probe gets EPERM.
+TEST_F(ControlPlanePolicyTest, PolicyTargetingAHostNetworkPodLeavesTheNodeAlone) {
+  const testbed::Node& node = bed_->node(0);
+  const std::string ready = bed_->work_dir() + "/host-server-ready";
+  auto host_srv = bed_->SpawnOnNode(
+      node, {TestpeerBinary(), "server", "--port=8090", "--bind=0.0.0.0", "--mode=ident",
+             "--ident=host", "--ready-file=" + ready});
+  ASSERT_TRUE(host_srv.ok()) << host_srv.status();
+  ASSERT_TRUE(Eventually([&] { return access(ready.c_str(), F_OK) == 0; }));
+  const std::string to_node = node.ipv4 + ":8090";
+  ASSERT_EQ(Probe(P(0), to_node, 3).value("connected", -1), 3);
+  Write("host-pod.json",
+        {{"apiVersion", "v1"}, {"kind", "Pod"},
+         {"metadata", {{"namespace", "default"}, {"name", "node-exporter"},
+                       {"uid", "5f0c1a2b-0000-4000-8000-00000000beef"},
+                       {"labels", {{"app", "api"}}}}},
+         {"spec", {{"nodeName", node.name}, {"hostNetwork", true}}},
+         {"status", {{"phase", "Running"}, {"podIP", node.ipv4},
+                     {"podIPs", {{{"ip", node.ipv4}}}}}}});
+  Write("deny.yaml", {{"apiVersion", "policy.shunt.dev/v1alpha1"}, {"kind", "AccessPolicy"},
+                      {"metadata", {{"namespace", "default"}, {"name", "deny-front"}}},
+                      {"spec", {{"action", "DENY"},
+                                {"target", {{"matchLabels", {{"app", "api"}}}}},
+                                {"from", {{{"pods", {{"matchLabels", {{"app", "front"}}}}}}}}}}});
+  ASSERT_TRUE(AwaitMapEntries("policies", 1)) << agent_->Stderr();
+  ASSERT_TRUE(Eventually([&] {
+    auto m = agent_->Scrape();
+    return m.ok() && SumSamples(*m, "shunt_policy_local_workloads") == 5;
+  }))
+      << "the hostNetwork pod reached the agent";
+  EXPECT_EQ(Count(Probe(P(0), P(1).ipv4 + ":8080", 3), "errors", "EPERM"), 3u)
+      << "the policy is enforced on the pods it targets";
+  json r = Probe(P(0), to_node, 3);
+  EXPECT_EQ(r.value("connected", -1), 3) << "the node's own service is no target: " << r.dump();
+}
+
 TEST_F(ControlPlanePolicyTest, TrafficRouteSplitsEightyTwentyAndGetpeernameShowsTheVip) {
   Write("route.yaml",
         {{"apiVersion", "policy.shunt.dev/v1alpha1"}, {"kind", "TrafficRoute"},

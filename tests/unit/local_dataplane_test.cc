@@ -82,6 +82,19 @@ TEST(CompileLocalDataplane, OnlyMeshedPodsOfThisNodeWithACgroup) {
   EXPECT_NE(d.warnings[0].find("uid d"), std::string::npos);
 }
 
+// A hostNetwork pod marked meshed (a policy file may say so): its pod cgroup is classified, but its
+// IP -- the node's -- is no endpoint of the fast path.
+TEST(CompileLocalDataplane, HostNetworkPodIsNoEndpoint) {
+  WorkloadIds ids;
+  auto h = W("h", "n1", true, {"192.0.2.1"});
+  h.set_host_network(true);
+  auto d = CompileLocalDataplane(Snapshot({h, W("a", "n1", true, {"198.18.0.2"})}), "n1",
+                                 {{"h", 100}, {"a", 101}}, ids);
+  EXPECT_EQ(d.pods.size(), 2u);
+  EXPECT_EQ(d.endpoints.count(*ParseIpKey("192.0.2.1")), 0u);
+  EXPECT_EQ(d.endpoints.count(*ParseIpKey("198.18.0.2")), 1u);
+}
+
 TEST(CompileLocalDataplane, IdsAreStableAndNotReusedAtOnce) {
   WorkloadIds ids;
   uint32_t a = ids.IdFor("a");

@@ -25,7 +25,9 @@ constexpr char kWorkloads[] = R"(
   {"uid": "d", "namespace": "ops", "name": "d", "node": "n1", "meshed": true,
    "serviceAccount": "robot", "labels": {"app": "front"}, "ips": ["10.0.0.4"]},
   {"uid": "e", "namespace": "default", "name": "e", "node": "n1", "meshed": false,
-   "ips": ["10.0.0.5"]}
+   "ips": ["10.0.0.5"]},
+  {"uid": "h", "namespace": "default", "name": "h", "node": "n1", "meshed": false,
+   "hostNetwork": true, "labels": {"app": "api"}, "ips": ["192.0.2.1"]}
 )";
 
 constexpr char kApiService[] = R"(
@@ -171,6 +173,18 @@ TEST(ServicePolicy, DenyPolicyMarksSourcesAndDestinations) {
   EXPECT_EQ(d.policy_dests.at(Ip("10.0.1.3")).deny, bit);  // remote pods are destinations too
   EXPECT_EQ(d.policy_dests.count(Ip("10.0.0.1")), 0u);
   EXPECT_EQ(d.policy_ports[d.policy_names.begin()->first].count, 0u);  // every port
+}
+
+// A hostNetwork pod's IP is its node's: a policy selecting it must not put the node's IP in the
+// destinations map (that would block or open every host service and NodePort of the node).
+TEST(ServicePolicy, HostNetworkPodsAreNeverPolicyTargets) {
+  for (const char* action : {"DENY", "ALLOW"}) {
+    auto d = Compile(Bundle("", "",
+                            Policy("p", action, R"({"app": "api"})",
+                                   R"([{"pods": {"matchLabels": {"app": "front"}}}])")));
+    EXPECT_EQ(d.policy_dests.count(Ip("192.0.2.1")), 0u) << action;
+    EXPECT_EQ(d.policy_dests.count(Ip("10.0.0.2")), 1u) << action << ": the other targets stay";
+  }
 }
 
 TEST(ServicePolicy, DenyPoliciesGetBitsFirstAndAllowOnlyTargetsSelectedPods) {

@@ -95,6 +95,9 @@ TEST(BuildSnapshot, FinishedUnscheduledAndHostNetworkPods) {
   EXPECT_EQ(FindWorkload(s, "uid-pending"), nullptr);
   ASSERT_NE(FindWorkload(s, "uid-host"), nullptr);
   EXPECT_FALSE(FindWorkload(s, "uid-host")->meshed());
+  EXPECT_TRUE(FindWorkload(s, "uid-host")->host_network());
+  EXPECT_EQ(FindWorkload(s, "uid-host")->ips_size(), 0) << "its IP is the node's";
+  EXPECT_FALSE(FindWorkload(s, "uid-done") && FindWorkload(s, "uid-done")->host_network());
 }
 
 TEST(BuildSnapshot, ARecycledIpStaysWithThePodThatIsNotBeingDeleted) {
