@@ -333,6 +333,15 @@ class ControlPlanePolicyTest : public ::testing::Test {
     Write("cluster.json", {{"apiVersion", "v1"}, {"kind", "List"}, {"items", items}});
   }
 
+  // kubectl apply: AccessPolicy default/deny-front, DENY from app=front to app=api.
+  void WriteDenyFrontToApi() {
+    Write("deny.yaml", {{"apiVersion", "policy.shunt.dev/v1alpha1"}, {"kind", "AccessPolicy"},
+                        {"metadata", {{"namespace", "default"}, {"name", "deny-front"}}},
+                        {"spec", {{"action", "DENY"},
+                                  {"target", {{"matchLabels", {{"app", "api"}}}}},
+                                  {"from", {{{"pods", {{"matchLabels", {{"app", "front"}}}}}}}}}}});
+  }
+
   json Probe(const Pod& from, const std::string& to, int conns) {
     auto r = RunTestpeer(*bed_, from, {"probe", "--to=" + to, absl::StrCat("--conns=", conns)});
     EXPECT_TRUE(r.ok()) << r.status();
@@ -361,11 +370,7 @@ class ControlPlanePolicyTest : public ::testing::Test {
 TEST_F(ControlPlanePolicyTest, DenyAccessPolicyFailsConnectWithEpermUntilDeleted) {
   const std::string to = P(1).ipv4 + ":8080";
   ASSERT_EQ(Probe(P(0), to, 3).value("connected", -1), 3);
-  Write("deny.yaml", {{"apiVersion", "policy.shunt.dev/v1alpha1"}, {"kind", "AccessPolicy"},
-                      {"metadata", {{"namespace", "default"}, {"name", "deny-front"}}},
-                      {"spec", {{"action", "DENY"},
-                                {"target", {{"matchLabels", {{"app", "api"}}}}},
-                                {"from", {{{"pods", {{"matchLabels", {{"app", "front"}}}}}}}}}}});
+  WriteDenyFrontToApi();
   ASSERT_TRUE(AwaitMapEntries("policies", 1)) << agent_->Stderr();
   json r = Probe(P(0), to, 10);
   EXPECT_EQ(Count(r, "errors", "EPERM"), 10u) << r.dump();
@@ -403,11 +408,7 @@ TEST_F(ControlPlanePolicyTest, PolicyTargetingAHostNetworkPodLeavesTheNodeAlone)
          {"spec", {{"nodeName", node.name}, {"hostNetwork", true}}},
          {"status", {{"phase", "Running"}, {"podIP", node.ipv4},
                      {"podIPs", {{{"ip", node.ipv4}}}}}}});
-  Write("deny.yaml", {{"apiVersion", "policy.shunt.dev/v1alpha1"}, {"kind", "AccessPolicy"},
-                      {"metadata", {{"namespace", "default"}, {"name", "deny-front"}}},
-                      {"spec", {{"action", "DENY"},
-                                {"target", {{"matchLabels", {{"app", "api"}}}}},
-                                {"from", {{{"pods", {{"matchLabels", {{"app", "front"}}}}}}}}}}});
+  WriteDenyFrontToApi();
   ASSERT_TRUE(AwaitMapEntries("policies", 1)) << agent_->Stderr();
   ASSERT_TRUE(Eventually([&] {
     auto m = agent_->Scrape();
