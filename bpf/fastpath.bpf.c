@@ -55,8 +55,8 @@ const volatile __u32 shunt_max_queued = 160 << 20;
 /* 1 where FIONREAD users cannot be seen (no fentry on tcp_ioctl / tcp_bpf_ioctl) but reads of
  * every socket can (sock_recv_length): FIONREAD of a socket in the sockhash counts one of its two
  * queues only, so a socket enters it only if both its class and its peer's read safely before
- * (all its bytes are then redirected, and counted); the first connection of a class stays plain
- * TCP for life, its reads still teach the class. */
+ * (all its bytes are then redirected, and counted) or were senders that never read; the first
+ * connection of a class stays plain TCP for life, its reads still teach the class. */
 const volatile __u8 shunt_unlearned_plain = 0;
 /* A receiver that read within this many jiffies is reading (25: 25 ms at HZ=1000, 100 ms at
  * HZ=250). */
@@ -547,10 +547,10 @@ static __always_inline void on_state_change(struct bpf_sock_ops *skops)
 	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v2, sk, 0, 0);
 	if (!st)
 		return;
-	/* A sender: it sent and was sent nothing, and never read (not a port probe, nor a pooled
-	 * connection closed unused). */
+	/* A sender: it sent data and received none, and never read (not a port probe, nor a pooled
+	 * connection closed unused). The counters include a SYN and a FIN (one each). */
 	if (shunt_unlearned_plain && skops->args[1] == TCP_CLOSE_STATE &&
-	    st->reader == SHUNT_READER_UNKNOWN && skops->bytes_acked > 1 &&
+	    st->reader == SHUNT_READER_UNKNOWN && skops->bytes_acked > 2 &&
 	    skops->bytes_received <= 1)
 		learn_quiet(st);
 	if (!in_sockhash(st))
