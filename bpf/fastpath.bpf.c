@@ -82,7 +82,7 @@ struct {
 	__type(key, int);
 	__type(value, struct shunt_sock_state);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} shunt_skst_v2 SEC(".maps");
+} shunt_skst_v3 SEC(".maps");
 
 #include "shunt/map_ops.bpf.h"
 #include "shunt/pods_map.bpf.h"
@@ -91,9 +91,68 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536); /* = sockhash size */
 	__type(key, struct shunt_sock_key);
+	__type(value, struct shunt_reader_ref);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} shunt_rdr_v2 SEC(".maps");
+
+/* = shunt_reader_slots (the agent sets both: twice the sockhash size). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 131072);
+	__type(key, __u32);
 	__type(value, struct shunt_reader_view);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} shunt_rdr_v1 SEC(".maps");
+} shunt_rdv_v1 SEC(".maps");
+const volatile __u32 shunt_reader_slots = 131072;
+
+/* The reader view in `slot` if `owner` still owns it. */
+static __always_inline struct shunt_reader_view *slot_view(__u32 slot, __u64 owner)
+{
+	struct shunt_reader_view *v = bpf_map_lookup_elem(&shunt_rdv_v1, &slot);
+	return v && owner && v->owner == owner ? v : NULL;
+}
+
+/* A free reader slot for the socket of `cookie`, taken (SHUNT_NO_SLOT if none was free among the
+ * few searched from its cookie's). */
+static __always_inline __u32 slot_take(__u64 cookie)
+{
+	if (!cookie || !shunt_reader_slots)
+		return SHUNT_NO_SLOT;
+	for (__u32 i = 0; i < SHUNT_SLOT_PROBES; i++) {
+		__u32 slot = (__u32)((cookie + i) % shunt_reader_slots);
+		struct shunt_reader_view *v = bpf_map_lookup_elem(&shunt_rdv_v1, &slot);
+		if (v && !v->owner && __sync_val_compare_and_swap(&v->owner, 0, cookie) == 0)
+			return slot;
+	}
+	return SHUNT_NO_SLOT;
+}
+
+/* Gives `slot` back if `owner` still owns it. */
+static __always_inline void slot_give_back(__u32 slot, __u64 owner)
+{
+	struct shunt_reader_view *v = slot_view(slot, owner);
+	if (v)
+		__sync_val_compare_and_swap(&v->owner, owner, 0);
+}
+
+/* The socket's own reader view (none once it left the sockhash). */
+static __always_inline struct shunt_reader_view *own_view(const struct shunt_sock_state *st)
+{
+	return st->slot == SHUNT_NO_SLOT ? NULL : slot_view(st->slot, st->cookie);
+}
+
+/* Takes a socket's reader entry out (it leaves the sockhash): its slot is given back. */
+static __always_inline int reader_remove(const struct shunt_sock_key *key)
+{
+	struct shunt_reader_ref *r = bpf_map_lookup_elem(&shunt_rdr_v2, key);
+	if (!r)
+		return -1;
+	__u32 slot = r->slot;
+	__u64 owner = r->cookie;
+	int err = bpf_map_delete_elem(&shunt_rdr_v2, key);
+	slot_give_back(slot, owner);
+	return err;
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -349,7 +408,7 @@ static __always_inline int judge_socket(struct bpf_sock_ops *skops, struct sock 
  * learns it from its reader view, gone with it (in_sockhash). */
 static __always_inline void evict_peer(const struct shunt_sock_key *peer, __u32 peer_workload)
 {
-	if (bpf_map_delete_elem(&shunt_rdr_v1, peer) == 0 &&
+	if (reader_remove(peer) == 0 &&
 	    bpf_map_delete_elem(&shunt_sk_v1, peer) == 0)
 		count_sock_event(peer_workload, SHUNT_SOCK_EVICTED);
 }
@@ -372,7 +431,7 @@ static __always_inline int in_sockhash(struct shunt_sock_state *st)
 	if (!st->in_map)
 		return 0;
 	if (shunt_protect && shunt_unlearned_plain &&
-	    !bpf_map_lookup_elem(&shunt_rdr_v1, &st->key)) {
+	    !bpf_map_lookup_elem(&shunt_rdr_v2, &st->key)) {
 		st->in_map = 0;
 		return 0;
 	}
@@ -389,7 +448,7 @@ static __always_inline void plain_for_life(struct bpf_sock_ops *skops, __u32 sel
 		return;
 	__u32 op = skops->op;
 	struct shunt_sock_state *st =
-		bpf_sk_storage_get(&shunt_skst_v2, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		bpf_sk_storage_get(&shunt_skst_v3, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st)
 		return;
 	/* Its close tells a sender class (one that never reads) from one not seen yet. */
@@ -402,6 +461,10 @@ static __always_inline void plain_for_life(struct bpf_sock_ops *skops, __u32 sel
 	st->flags = op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB ? SHUNT_SKST_PASSIVE : 0;
 	st->netns_cookie = netns;
 	st->key = *key;
+	st->slot = SHUNT_NO_SLOT;
+	st->cookie = bpf_get_socket_cookie(skops);
+	st->peer_cookie = 0;
+	st->peer_slot = SHUNT_NO_SLOT;
 }
 
 static __always_inline void on_established(struct bpf_sock_ops *skops)
@@ -454,7 +517,7 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 			/* The client established first: it entered only if its class is learned. */
 			struct shunt_sock_key pk = {};
 			shunt_sock_key_peer(&key, &pk);
-			int peer_in = bpf_map_lookup_elem(&shunt_rdr_v1, &pk) != 0;
+			int peer_in = bpf_map_lookup_elem(&shunt_rdr_v2, &pk) != 0;
 			if (judged == 0 ||
 			    (skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && !peer_in)) {
 				if (skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && peer_in)
@@ -474,7 +537,7 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 	__u8 reader = judged == 2 ? SHUNT_READER_SAFE : SHUNT_READER_UNKNOWN;
 
 	struct shunt_sock_state *st =
-		bpf_sk_storage_get(&shunt_skst_v2, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		bpf_sk_storage_get(&shunt_skst_v3, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st) {
 		count_sock_event(self, SHUNT_SOCK_INSERT_ERROR);
 		drop_lone_peer(skops, &key, peer);
@@ -489,18 +552,37 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 		    (reader == SHUNT_READER_SAFE ? SHUNT_SKST_EVER_SAFE : 0);
 	st->netns_cookie = netns;
 	st->key = key;
+	st->slot = SHUNT_NO_SLOT;
+	st->cookie = bpf_get_socket_cookie(skops);
+	st->peer_cookie = 0;
+	st->peer_slot = SHUNT_NO_SLOT;
 
 	if (shunt_protect) {
-		struct shunt_reader_view v = {};
-		v.copied_seq = tp->copied_seq;
+		__u32 slot = slot_take(st->cookie);
+		struct shunt_reader_view *v = slot_view(slot, st->cookie);
+		if (!v) {
+			count_sock_event(self, SHUNT_SOCK_INSERT_FULL);
+			st->mode = SHUNT_SOCK_PLAIN;
+			drop_lone_peer(skops, &key, peer);
+			return;
+		}
+		/* Set before the reference below makes it visible to the peer. */
+		v->copied_seq = tp->copied_seq;
 		/* The bound while it reads (shunt_sk_msg: less once it stops). */
-		v.rcvbuf = shunt_max_queued;
-		v.reader = reader;
-		int e = shunt_map_update(&shunt_rdr_v1, &key, &v, BPF_ANY);
+		v->rcvbuf = shunt_max_queued;
+		v->queued = 0;
+		v->reader = reader;
+		v->drained = 0;
+		v->last_read = 0;
+		st->slot = slot;
+		struct shunt_reader_ref ref = {.cookie = st->cookie, .slot = slot};
+		int e = shunt_map_update(&shunt_rdr_v2, &key, &ref, BPF_ANY);
 		if (e) {
 			count_sock_event(self, e == -E2BIG || e == -ENOMEM ? SHUNT_SOCK_INSERT_FULL
 									   : SHUNT_SOCK_INSERT_ERROR);
 			st->mode = SHUNT_SOCK_PLAIN;
+			slot_give_back(slot, st->cookie);
+			st->slot = SHUNT_NO_SLOT;
 			drop_lone_peer(skops, &key, peer);
 			return;
 		}
@@ -511,7 +593,7 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 		count_sock_event(self, err == -E2BIG || err == -ENOMEM ? SHUNT_SOCK_INSERT_FULL
 								      : SHUNT_SOCK_INSERT_ERROR);
 		st->mode = SHUNT_SOCK_PLAIN;
-		bpf_map_delete_elem(&shunt_rdr_v1, &key);
+		reader_remove(&key);
 		drop_lone_peer(skops, &key, peer);
 		return;
 	}
@@ -544,7 +626,7 @@ static __always_inline void on_state_change(struct bpf_sock_ops *skops)
 	struct bpf_sock *sk = skops->sk;
 	if (!sk)
 		return;
-	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v2, sk, 0, 0);
+	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v3, sk, 0, 0);
 	if (!st)
 		return;
 	/* A sender: it sent data and received none, and never read (not a port probe, nor a pooled
@@ -553,14 +635,16 @@ static __always_inline void on_state_change(struct bpf_sock_ops *skops)
 	    st->reader == SHUNT_READER_UNKNOWN && skops->bytes_acked > 2 &&
 	    skops->bytes_received <= 1)
 		learn_quiet(st);
-	if (!in_sockhash(st))
-		return;
 	if (skops->args[1] == TCP_CLOSE_STATE) {
-		st->in_map = 0; /* the kernel unlinks a closed socket from the sockhash itself */
-		bpf_map_delete_elem(&shunt_rdr_v1, &st->key);
-		count_sock_event(st->src_workload, SHUNT_SOCK_REMOVED);
+		if (in_sockhash(st)) {
+			st->in_map = 0; /* the kernel unlinks a closed socket from the sockhash itself */
+			reader_remove(&st->key);
+			count_sock_event(st->src_workload, SHUNT_SOCK_REMOVED);
+		}
 		return;
 	}
+	if (!in_sockhash(st))
+		return;
 	/* A socket that was never read safely has nothing queued by redirects (none are made into
 	 * a reader not seen to be safe): take it out now if its file is blocking, before a blocking
 	 * read meets the wake-up of this state change (e.g. the ACK of its own FIN after
@@ -571,7 +655,7 @@ static __always_inline void on_state_change(struct bpf_sock_ops *skops)
 	if (shunt_protect && !(st->flags & SHUNT_SKST_EVER_SAFE) &&
 	    skops->args[1] != TCP_ESTABLISHED_STATE /* an accepted socket's, after its callback */ &&
 	    !reads_nonblocking(sk, st)) {
-		bpf_map_delete_elem(&shunt_rdr_v1, &st->key);
+		reader_remove(&st->key);
 		if (bpf_map_delete_elem(&shunt_sk_v1, &st->key) == 0) {
 			st->in_map = 0;
 			count_sock_event(st->src_workload, SHUNT_SOCK_EVICTED);
@@ -644,13 +728,34 @@ static __always_inline int sk_msg_unprotected(struct sk_msg_md *msg, struct shun
 	return SK_PASS;
 }
 
+/* The peer's reader view: through the slot remembered from an earlier send while the peer still
+ * owns it, else found by the peer's key (and remembered). */
+static __always_inline struct shunt_reader_view *peer_view(struct shunt_sock_state *st,
+							   const struct shunt_sock_key *peer)
+{
+	struct shunt_reader_view *v = slot_view(st->peer_slot, st->peer_cookie);
+	if (v)
+		return v;
+	struct shunt_reader_ref *r = bpf_map_lookup_elem(&shunt_rdr_v2, peer);
+	if (!r)
+		return NULL;
+	__u32 slot = r->slot;
+	__u64 owner = r->cookie;
+	v = slot_view(slot, owner);
+	if (v) {
+		st->peer_slot = slot;
+		st->peer_cookie = owner;
+	}
+	return v;
+}
+
 SEC("sk_msg")
 int shunt_sk_msg(struct sk_msg_md *msg)
 {
 	struct bpf_sock *sk = msg->sk;
 	if (!sk)
 		return SK_PASS;
-	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v2, sk, 0, 0);
+	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v3, sk, 0, 0);
 	if (!st)
 		return SK_PASS; /* not ours: never touched */
 	__u32 size = msg->size;
@@ -683,7 +788,7 @@ int shunt_sk_msg(struct sk_msg_md *msg)
 		count_msg(st, SHUNT_MSG_FALLBACK_ZEROCOPY, size);
 		return SK_PASS;
 	}
-	struct shunt_reader_view *v = bpf_map_lookup_elem(&shunt_rdr_v1, &peer);
+	struct shunt_reader_view *v = peer_view(st, &peer);
 	if (!v) {
 		count_msg(st, st->mode == SHUNT_SOCK_REDIRECT ? SHUNT_MSG_FALLBACK_PEER_GONE
 							      : SHUNT_MSG_FALLBACK_PEER_NOT_READY,
@@ -745,7 +850,7 @@ static __always_inline void reader_unsafe(struct sock *sk, struct shunt_sock_sta
 		return;
 	st->reader = SHUNT_READER_UNSAFE;
 	count_sock_event(st->src_workload, event);
-	struct shunt_reader_view *v = bpf_map_lookup_elem(&shunt_rdr_v1, &st->key);
+	struct shunt_reader_view *v = own_view(st);
 	if (v)
 		v->reader = SHUNT_READER_UNSAFE;
 	/* Too late for this socket if bytes were redirected into it and are unread, or if it reads
@@ -772,7 +877,7 @@ static __always_inline void classify_read(struct sock *sk, struct shunt_sock_sta
 	if (st->reader == SHUNT_READER_UNKNOWN) {
 		st->reader = SHUNT_READER_SAFE;
 		st->flags |= SHUNT_SKST_EVER_SAFE;
-		struct shunt_reader_view *v = bpf_map_lookup_elem(&shunt_rdr_v1, &st->key);
+		struct shunt_reader_view *v = own_view(st);
 		if (v)
 			v->reader = SHUNT_READER_SAFE;
 		learn_class(st, 1);
@@ -785,7 +890,7 @@ static __always_inline void classify_read(struct sock *sk, struct shunt_sock_sta
 static __always_inline void after_read(struct sock *sk, struct shunt_sock_state *st, long ret,
 				       int flags)
 {
-	struct shunt_reader_view *v = bpf_map_lookup_elem(&shunt_rdr_v1, &st->key);
+	struct shunt_reader_view *v = own_view(st);
 	if (!v)
 		return;
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
@@ -799,18 +904,19 @@ static __always_inline void after_read(struct sock *sk, struct shunt_sock_state 
 	__u32 now = (__u32)bpf_jiffies64();
 	if (v->last_read != now)
 		v->last_read = now ? now : 1;
-	if (ret > 0 && !(flags & SHUNT_MSG_PEEK) && (__u64)ret > from_tcp) {
+	/* Each write below takes the line from the sender's CPU: none that changes nothing. */
+	if (psock_queue_empty(sk)) {
+		if (v->queued)
+			v->queued = 0;
+		/* Exact once the drain settled: nothing can be added to the queue any more. */
+		if (!v->drained && (ctl_flags() & SHUNT_CTL_SETTLED))
+			v->drained = 1;
+	} else if (ret > 0 && !(flags & SHUNT_MSG_PEEK) && (__u64)ret > from_tcp) {
 		__u64 from_queue = (__u64)ret - from_tcp;
 		if (v->queued > from_queue)
 			__sync_fetch_and_sub(&v->queued, from_queue);
-		else
+		else if (v->queued)
 			v->queued = 0;
-	}
-	if (psock_queue_empty(sk)) {
-		v->queued = 0;
-		/* Exact once the drain settled: nothing can be added to the queue any more. */
-		if (ctl_flags() & SHUNT_CTL_SETTLED)
-			v->drained = 1;
 	}
 }
 
@@ -819,7 +925,7 @@ static __always_inline void after_read(struct sock *sk, struct shunt_sock_state 
 SEC("fentry/tcp_bpf_recvmsg")
 int BPF_PROG(shunt_read_enter, struct sock *sk, struct msghdr *m, size_t len, int flags)
 {
-	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v2, sk, 0, 0);
+	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v3, sk, 0, 0);
 	if (st && shunt_protect)
 		classify_read(sk, st, flags);
 	return 0;
@@ -828,7 +934,7 @@ int BPF_PROG(shunt_read_enter, struct sock *sk, struct msghdr *m, size_t len, in
 SEC("fexit/tcp_bpf_recvmsg")
 int BPF_PROG(shunt_read_exit, struct sock *sk, struct msghdr *m, size_t len, int flags)
 {
-	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v2, sk, 0, 0);
+	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v3, sk, 0, 0);
 	if (!st || !shunt_protect)
 		return 0;
 	__u64 ret = 0; /* where the return value sits depends on the kernel's signature */
@@ -845,7 +951,7 @@ int BPF_PROG(shunt_read_done, struct sock *sk, int ret, int flags)
 {
 	if (!sk)
 		return 0;
-	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v2, sk, 0, 0);
+	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v3, sk, 0, 0);
 	if (!st || !shunt_protect)
 		return 0;
 	classify_read(sk, st, flags);
@@ -867,12 +973,15 @@ int BPF_PROG(shunt_space_adjust, struct sock *sk)
 {
 	if (!sk)
 		return 0;
-	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v2, sk, 0, 0);
-	if (!st || !shunt_protect || st->reader == SHUNT_READER_UNSAFE)
-		return 0;
 #ifdef SHUNT_NR_SPLICE
+	if (!shunt_protect)
+		return 0;
+	/* The syscall first: it is cheaper than the socket's storage, and rarely splice. */
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-	if (regs && SHUNT_SYSCALL_NR(regs) == SHUNT_NR_SPLICE)
+	if (!regs || SHUNT_SYSCALL_NR(regs) != SHUNT_NR_SPLICE)
+		return 0;
+	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v3, sk, 0, 0);
+	if (st && st->reader != SHUNT_READER_UNSAFE)
 		reader_unsafe(sk, st, SHUNT_SOCK_READ_SPLICE);
 #endif
 	return 0;
@@ -885,7 +994,7 @@ int BPF_PROG(shunt_splice_enter, struct socket *sock)
 	struct sock *sk = sock->sk;
 	if (!sk)
 		return 0;
-	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v2, sk, 0, 0);
+	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v3, sk, 0, 0);
 	if (!st || !shunt_protect)
 		return 0;
 	reader_unsafe(sk, st, SHUNT_SOCK_READ_SPLICE);
@@ -901,7 +1010,7 @@ static __always_inline void on_ioctl(struct sock *sk, int cmd)
 {
 	if (cmd != SHUNT_SIOCINQ || !sk)
 		return;
-	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v2, sk, 0, 0);
+	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v3, sk, 0, 0);
 	if (st && shunt_protect)
 		reader_unsafe(sk, st, SHUNT_SOCK_READ_FIONREAD);
 }

@@ -21,7 +21,7 @@ function(shunt_bpf_object name)
   add_custom_command(
     OUTPUT ${obj}
     COMMAND ${CMAKE_COMMAND} -E make_directory ${out_dir}
-    COMMAND ${BPF_CLANG} -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_${arch}
+    COMMAND ${BPF_CLANG} -g -O2 -Wall -Werror -target bpf -mcpu=v3 -D__TARGET_ARCH_${arch}
             -I${PROJECT_SOURCE_DIR}/bpf/vmlinux -I${PROJECT_SOURCE_DIR}/bpf/include
             -c ${src} -o ${obj}
     DEPENDS ${src} ${ARG_DEPENDS}

@@ -24,10 +24,12 @@
 namespace shunt::agent {
 namespace {
 
-constexpr const char* kMapNames[] = {SHUNT_MAP_SOCKHASH,  SHUNT_MAP_SOCKSTATE, SHUNT_MAP_READERS,
-                                     SHUNT_MAP_LISTENERS, SHUNT_MAP_CONTROL,   SHUNT_MAP_PODS,
-                                     SHUNT_MAP_ENDPOINTS, SHUNT_MAP_MSG_STATS, SHUNT_MAP_SOCK_STATS,
-                                     "shunt_skst_v1" /* before the readers (an upgraded node) */};
+// Also the names of earlier layouts, which an upgraded node may still have pinned.
+constexpr const char* kMapNames[] = {
+    SHUNT_MAP_SOCKHASH,  SHUNT_MAP_SOCKSTATE,    SHUNT_MAP_READERS,
+    SHUNT_MAP_READER_SLOTS, SHUNT_MAP_LISTENERS, SHUNT_MAP_CONTROL,
+    SHUNT_MAP_PODS,      SHUNT_MAP_ENDPOINTS,    SHUNT_MAP_MSG_STATS,
+    SHUNT_MAP_SOCK_STATS, "shunt_skst_v1", "shunt_skst_v2", "shunt_rdr_v1"};
 
 
 // Sums a per-CPU value array of `n` u64 words per CPU into `out`.
@@ -60,10 +62,14 @@ void DrainSockhash(const std::string& pin_dir, std::chrono::milliseconds timeout
   const std::string ctl_pin = absl::StrCat(pin_dir, "/", SHUNT_MAP_CONTROL);
   const std::string sk_pin = absl::StrCat(pin_dir, "/", SHUNT_MAP_SOCKHASH);
   const std::string rdr_pin = absl::StrCat(pin_dir, "/", SHUNT_MAP_READERS);
-  if (!PathExists(ctl_pin) || !PathExists(sk_pin) || !PathExists(rdr_pin)) return;
+  const std::string rdv_pin = absl::StrCat(pin_dir, "/", SHUNT_MAP_READER_SLOTS);
+  if (!PathExists(ctl_pin) || !PathExists(sk_pin) || !PathExists(rdr_pin) ||
+      !PathExists(rdv_pin)) {
+    return;
+  }
   const int ctl = bpf_obj_get(ctl_pin.c_str()), sk = bpf_obj_get(sk_pin.c_str()),
-            rdr = bpf_obj_get(rdr_pin.c_str());
-  if (ctl >= 0 && sk >= 0 && rdr >= 0) {
+            rdr = bpf_obj_get(rdr_pin.c_str()), rdv = bpf_obj_get(rdv_pin.c_str());
+  if (ctl >= 0 && sk >= 0 && rdr >= 0 && rdv >= 0) {
     uint32_t zero = 0, flags = SHUNT_CTL_DRAIN;
     bpf_map_update_elem(ctl, &zero, &flags, BPF_ANY);
     // Sends that passed the sk_msg verdict just before the flag finish their enqueue; from then
@@ -80,9 +86,11 @@ void DrainSockhash(const std::string& pin_dir, std::chrono::milliseconds timeout
         // Nothing was ever redirected into a socket not seen to read safely; one that was must
         // have been seen empty by a read since the drain settled. (An idle one waits for the
         // timeout: its queue is most likely empty, but nothing proves it.)
+        shunt_reader_ref ref{};
         shunt_reader_view v{};
-        if (bpf_map_lookup_elem(rdr, &k, &v) == 0 && v.reader == SHUNT_READER_SAFE &&
-            !v.drained) {
+        if (bpf_map_lookup_elem(rdr, &k, &ref) == 0 &&
+            bpf_map_lookup_elem(rdv, &ref.slot, &v) == 0 && v.owner == ref.cookie &&
+            v.reader == SHUNT_READER_SAFE && !v.drained) {
           ++left;
           continue;
         }
@@ -97,7 +105,7 @@ void DrainSockhash(const std::string& pin_dir, std::chrono::milliseconds timeout
                          << "bytes still queued for them go with the sockhash";
     }
   }
-  for (int fd : {ctl, sk, rdr}) {
+  for (int fd : {ctl, sk, rdr, rdv}) {
     if (fd >= 0) close(fd);
   }
 }
@@ -161,11 +169,15 @@ absl::Status Fastpath::Load() {
   LIBBPF_OPTS(bpf_object_open_opts, opts, .pin_root_path = config_.pin_dir.c_str());
   skel_ = shunt_fastpath__open_opts(&opts);
   if (!skel_) return ErrnoStatus(errno, "open fastpath BPF object");
+  // Twice as many reader slots as sockets: a socket finds a free one near its own.
+  const uint32_t reader_slots =
+      static_cast<uint32_t>(std::min<uint64_t>(2ull * config_.sockhash_size, 1u << 30));
   struct {
     bpf_map* map;
     uint32_t size;
   } sizes[] = {{skel_->maps.shunt_sk_v1, config_.sockhash_size},
-               {skel_->maps.shunt_rdr_v1, config_.sockhash_size},
+               {skel_->maps.shunt_rdr_v2, config_.sockhash_size},
+               {skel_->maps.shunt_rdv_v1, reader_slots},
                {skel_->maps.shunt_lsn_v1, config_.listeners_size},
                {skel_->maps.shunt_pods_v1, config_.pods_size},
                {skel_->maps.shunt_ep_v1, config_.endpoints_size},
@@ -176,6 +188,7 @@ absl::Status Fastpath::Load() {
     RETURN_IF_ERROR(LibbpfStatus(bpf_map__set_max_entries(s.map, s.size), "set map size"));
   }
   skel_->rodata->shunt_protect = config_.protect ? 1 : 0;
+  skel_->rodata->shunt_reader_slots = reader_slots;
   skel_->rodata->shunt_max_queued = config_.max_queued ? config_.max_queued : MaxQueuedBytes();
   skel_->rodata->shunt_max_queued_idle = static_cast<uint32_t>(
       std::min<uint64_t>(TcpMaxBufferedBytes(), skel_->rodata->shunt_max_queued));

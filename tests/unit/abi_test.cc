@@ -18,18 +18,23 @@ static_assert(offsetof(shunt_sock_key, remote_port) == 42);
 static_assert(offsetof(shunt_sock_key, pad) == 44);
 static_assert(sizeof(shunt_pod) == 8);
 static_assert(sizeof(shunt_ip_key) == 16);
-static_assert(sizeof(shunt_sock_state) == 72);
+static_assert(sizeof(shunt_sock_state) == 96);
 static_assert(offsetof(shunt_sock_state, mode) == 8);
 static_assert(offsetof(shunt_sock_state, in_map) == 9);
 static_assert(offsetof(shunt_sock_state, reader) == 10);
 static_assert(offsetof(shunt_sock_state, flags) == 11);
 static_assert(offsetof(shunt_sock_state, netns_cookie) == 16);
+static_assert(offsetof(shunt_sock_state, slot) == 12);
 static_assert(offsetof(shunt_sock_state, key) == 24);
-static_assert(sizeof(shunt_reader_view) == 24);
-static_assert(offsetof(shunt_reader_view, queued) == 8);
-static_assert(offsetof(shunt_reader_view, reader) == 16);
-static_assert(offsetof(shunt_reader_view, drained) == 17);
-static_assert(offsetof(shunt_reader_view, last_read) == 20);  // was padding: same layout
+static_assert(offsetof(shunt_sock_state, cookie) == 72);
+static_assert(offsetof(shunt_sock_state, peer_slot) == 88);
+static_assert(sizeof(shunt_reader_ref) == 16);
+static_assert(sizeof(shunt_reader_view) == 64, "one cache line per reader");
+static_assert(offsetof(shunt_reader_view, copied_seq) == 8);
+static_assert(offsetof(shunt_reader_view, queued) == 16);
+static_assert(offsetof(shunt_reader_view, reader) == 24);
+static_assert(offsetof(shunt_reader_view, drained) == 25);
+static_assert(offsetof(shunt_reader_view, last_read) == 28);
 static_assert(sizeof(shunt_listener_key) == 16);
 static_assert(offsetof(shunt_listener_key, port) == 8);
 static_assert(offsetof(shunt_listener_key, kind) == 10);
@@ -60,7 +65,7 @@ static_assert(SHUNT_AP_MAX_POLICIES == 64, "policy masks are a u64");
 
 TEST(Abi, MapNamesFitTheKernelLimit) {
   for (const char* name : {SHUNT_MAP_SOCKHASH, SHUNT_MAP_SOCKSTATE, SHUNT_MAP_READERS,
-                           SHUNT_MAP_LISTENERS, SHUNT_MAP_CONTROL, SHUNT_MAP_PODS,
+                           SHUNT_MAP_READER_SLOTS, SHUNT_MAP_LISTENERS, SHUNT_MAP_CONTROL, SHUNT_MAP_PODS,
                            SHUNT_MAP_ENDPOINTS, SHUNT_MAP_MSG_STATS, SHUNT_MAP_SOCK_STATS,
                            SHUNT_MAP_LB_SERVICES, SHUNT_MAP_LB_SLOTS, SHUNT_MAP_LB_SOCKS,
                            SHUNT_MAP_AP_SOURCES, SHUNT_MAP_AP_DESTS, SHUNT_MAP_AP_PORTS,
@@ -73,7 +78,9 @@ TEST(Abi, NoImplicitPadding) {
   // Keys are hashed byte for byte: every byte must be a named field.
   EXPECT_EQ(sizeof(shunt_sock_key), 16u + 16u + 8u + 2u + 2u + 4u);
   EXPECT_EQ(sizeof(shunt_msg_stats_key), 4u * 4u);
-  EXPECT_EQ(sizeof(shunt_sock_state), 4u + 4u + 4u * 1u + 4u + 8u + sizeof(shunt_sock_key));
+  EXPECT_EQ(sizeof(shunt_sock_state),
+            4u + 4u + 4u * 1u + 4u + 8u + sizeof(shunt_sock_key) + 8u + 8u + 4u + 4u);
+  EXPECT_EQ(sizeof(shunt_reader_ref), 8u + 4u + 4u);
   EXPECT_EQ(sizeof(shunt_listener_key), 8u + 2u + 2u + 2u * 2u);
 }
 

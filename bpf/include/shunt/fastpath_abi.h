@@ -13,8 +13,9 @@
 
 /* Map names (BPF object names are at most 15 characters). */
 #define SHUNT_MAP_SOCKHASH "shunt_sk_v1"    /* sock key -> socket (sockhash) */
-#define SHUNT_MAP_SOCKSTATE "shunt_skst_v2" /* per-socket state (sk_storage) */
-#define SHUNT_MAP_READERS "shunt_rdr_v1"    /* sock key -> how that socket is read */
+#define SHUNT_MAP_SOCKSTATE "shunt_skst_v3" /* per-socket state (sk_storage) */
+#define SHUNT_MAP_READERS "shunt_rdr_v2"    /* sock key -> its reader slot (presence: spliced) */
+#define SHUNT_MAP_READER_SLOTS "shunt_rdv_v1" /* reader slot -> how that socket is read */
 #define SHUNT_MAP_LISTENERS "shunt_lsn_v1"  /* (netns, port) -> how a listener's sockets read */
 #define SHUNT_MAP_CONTROL "shunt_ctl_v1"    /* [0] -> SHUNT_CTL_* flags set by the agent */
 
@@ -86,14 +87,31 @@ struct shunt_sock_state {
 	__u8 in_map;    /* 1 while this socket is in the sockhash */
 	__u8 reader;    /* enum shunt_reader */
 	__u8 flags;     /* SHUNT_SKST_* */
-	__u32 pad;
+	__u32 slot;     /* its reader view's slot (SHUNT_NO_SLOT: none) */
 	__u64 netns_cookie;
 	struct shunt_sock_key key; /* this socket's own key (for the tracing programs) */
+	__u64 cookie;      /* its socket cookie: the owner of its slot */
+	__u64 peer_cookie; /* the peer's socket cookie, once its slot is known (0: not yet) */
+	__u32 peer_slot;   /* the peer's reader view slot, valid while it is owned by peer_cookie */
+	__u32 pad;
+};
+#define SHUNT_NO_SLOT 0xffffffffu
+
+/* readers map value: where the socket's reader view is (an array slot: the per-send and per-read
+ * paths index it instead of hashing a key), and who owns that slot. The entry's presence says
+ * the socket is spliced (in the sockhash). */
+struct shunt_reader_ref {
+	__u64 cookie;
+	__u32 slot;
+	__u32 pad;
 };
 
-/* readers map value: what a peer's sk_msg needs to know about this socket before redirecting
- * into it. Written by this socket's own programs. */
+/* reader slots map value: what a peer's sk_msg needs to know about this socket before
+ * redirecting into it. Written by this socket's own programs; one cache line each (its reader and
+ * its sender run on different CPUs; neighbours must not share the line). A slot is free while
+ * owner is 0; sockets take one at establishment (compare-and-swap) and give it back at close. */
 struct shunt_reader_view {
+	__u64 owner;      /* socket cookie of its socket; 0: free */
 	__u32 copied_seq; /* TCP bytes read so far (the last read's tcp_sock.copied_seq) */
 	__u32 rcvbuf;     /* bound of bytes queued for it by redirects while it reads */
 	__u64 queued;     /* bytes redirected into it and not read yet (approximate, >= 0) */
@@ -101,7 +119,10 @@ struct shunt_reader_view {
 	__u8 drained;     /* seen empty after the drain settled (uninstall): may leave the sockhash */
 	__u8 pad[2];
 	__u32 last_read;  /* jiffies (low 32 bits) of its last read; 0 before the first */
+	__u64 pad2[4];
 };
+/* A socket's slot is searched from its cookie's, this many slots on. */
+#define SHUNT_SLOT_PROBES 8
 
 /* Reader classes, learned from the sockets of a meshed pod (its network namespace): the server
  * behind a listening port (kind LISTENER, port = local port) or the clients of a remote port
