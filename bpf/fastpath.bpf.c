@@ -488,9 +488,19 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 
 	__u32 peer;
 	if (key.netns) {
-		peer = self; /* loopback: the peer is in this pod */
+		peer = self; /* loopback: the peer is in this pod (the key holds its netns) */
 	} else {
+		/* Keys of other addresses are node-wide: a socket may only have its own pod's. A pod
+		 * that puts other pods' IPs on a namespace of its own (user namespaces) and connects
+		 * them would otherwise build their keys, and take their place (or evict them). */
 		struct shunt_ip_key ip = {};
+		for (int i = 0; i < 4; i++)
+			ip.addr[i] = key.local_ip[i];
+		__u32 *own = bpf_map_lookup_elem(&shunt_ep_v1, &ip);
+		if (!own || *own != self) {
+			count_sock_event(self, SHUNT_SOCK_SKIP_FOREIGN);
+			return;
+		}
 		for (int i = 0; i < 4; i++)
 			ip.addr[i] = key.remote_ip[i];
 		__u32 *wl = bpf_map_lookup_elem(&shunt_ep_v1, &ip);
@@ -576,25 +586,32 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 		v->last_read = 0;
 		st->slot = slot;
 		struct shunt_reader_ref ref = {.cookie = st->cookie, .slot = slot};
-		int e = shunt_map_update(&shunt_rdr_v2, &key, &ref, BPF_ANY);
+		/* Never over another socket's entry (nor its peer taken out for it). */
+		int e = shunt_map_update(&shunt_rdr_v2, &key, &ref, BPF_NOEXIST);
 		if (e) {
-			count_sock_event(self, e == -E2BIG || e == -ENOMEM ? SHUNT_SOCK_INSERT_FULL
-									   : SHUNT_SOCK_INSERT_ERROR);
+			count_sock_event(self, e == -EEXIST			? SHUNT_SOCK_INSERT_COLLISION
+					       : e == -E2BIG || e == -ENOMEM ? SHUNT_SOCK_INSERT_FULL
+									     : SHUNT_SOCK_INSERT_ERROR);
 			st->mode = SHUNT_SOCK_PLAIN;
 			slot_give_back(slot, st->cookie);
 			st->slot = SHUNT_NO_SLOT;
-			drop_lone_peer(skops, &key, peer);
+			if (e != -EEXIST)
+				drop_lone_peer(skops, &key, peer);
 			return;
 		}
 	}
 
-	int err = (int)bpf_sock_hash_update(skops, &shunt_sk_v1, &key, BPF_ANY);
+	/* Never displaces a socket already there: its queued bytes would go with its entry. */
+	int err = (int)bpf_sock_hash_update(skops, &shunt_sk_v1, &key, BPF_NOEXIST);
 	if (err) {
-		count_sock_event(self, err == -E2BIG || err == -ENOMEM ? SHUNT_SOCK_INSERT_FULL
-								      : SHUNT_SOCK_INSERT_ERROR);
+		count_sock_event(self, err == -EEXIST			? SHUNT_SOCK_INSERT_COLLISION
+				       : err == -E2BIG || err == -ENOMEM ? SHUNT_SOCK_INSERT_FULL
+									 : SHUNT_SOCK_INSERT_ERROR);
 		st->mode = SHUNT_SOCK_PLAIN;
-		reader_remove(&key);
-		drop_lone_peer(skops, &key, peer);
+		if (shunt_protect)
+			reader_remove(&key); /* its own: inserted above */
+		if (err != -EEXIST)
+			drop_lone_peer(skops, &key, peer);
 		return;
 	}
 	st->in_map = 1;

@@ -297,14 +297,6 @@ namespace {
 // clients of which half block (no timeout: never spliced) and half have a timeout; each connection
 // a send, shutdown(SHUT_WR) and a wait for the reply. Meshed and unmeshed must print the same,
 // and the clients with a timeout must have been spliced.
-// Waits (10 s at most) for a program to create `path`, its sign that it listens.
-bool WaitForFile(const std::string& path) {
-  for (int i = 0; i < 1000 && access(path.c_str(), F_OK) != 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return access(path.c_str(), F_OK) == 0;
-}
-
 constexpr char kPyServer[] = R"(
 import socket, sys
 ls = socket.socket(socket.AF_INET6); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -165,6 +165,13 @@ std::string FastpathCounterSummary(const std::vector<Sample>& samples) {
   return out;
 }
 
+bool WaitForFile(const std::string& path) {
+  for (int i = 0; i < 1000 && access(path.c_str(), F_OK) != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return access(path.c_str(), F_OK) == 0;
+}
+
 std::string AgentBinary() { return SHUNT_AGENT_BIN; }
 
 absl::StatusOr<testbed::ProcessPtr> StartTestpeerServer(testbed::Testbed& bed,

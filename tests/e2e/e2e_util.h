@@ -69,6 +69,9 @@ class AgentProcess {
 // Runs `shunt-agent --uninstall` for the node (used by tests and by fixtures' teardown).
 absl::StatusOr<testbed::Output> UninstallAgent(testbed::Testbed& bed, const testbed::Node& node);
 
+// Waits (10 s at most) for a program to create `path`, its sign that it is ready.
+bool WaitForFile(const std::string& path);
+
 std::string AgentBinary();
 std::string TestpeerBinary();
 

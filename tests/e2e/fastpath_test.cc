@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -32,16 +33,20 @@ bool FileExists(const std::string& p) {
 class FastpathTest : public ::testing::TestWithParam<testbed::CgroupDriver> {
  protected:
   virtual std::vector<std::string> AgentFlags() const { return {}; }
+  // Pods 0 and 1 meshed, pod 2 not; a subclass may mesh pod 2 and add a pod 3 (meshed).
+  virtual bool ThreeMeshedPods() const { return false; }
 
   void SetUp() override {
     testbed::Options opts;
     opts.nodes = 1;
-    opts.pods_per_node = 3;  // pods 0 and 1 meshed, pod 2 not
+    opts.pods_per_node = ThreeMeshedPods() ? 4 : 3;
     opts.drivers = {GetParam()};
     auto bed = Testbed::Create(opts);
     ASSERT_TRUE(bed.ok()) << bed.status();
     bed_ = std::move(*bed);
-    auto policy = bed_->WritePolicyFile("policy.json", {{P(0).name, true}, {P(1).name, true}});
+    std::map<std::string, bool> meshed = {{P(0).name, true}, {P(1).name, true}};
+    if (ThreeMeshedPods()) meshed[P(2).name] = true;
+    auto policy = bed_->WritePolicyFile("policy.json", meshed);
     ASSERT_TRUE(policy.ok()) << policy.status();
     policy_ = *policy;
     agent_ = std::make_unique<AgentProcess>(*bed_, bed_->node(0), policy_, AgentFlags());
@@ -433,6 +438,132 @@ TEST_P(FullSockhashTest, FullMapFallsBackToTheNormalPathNeverDrops) {
 
 INSTANTIATE_TEST_SUITE_P(Drivers, FullSockhashTest,
                          ::testing::Values(testbed::CgroupDriver::kSystemd), DriverName);
+
+// A spliced connection between pods 0 and 1 with bytes queued unread both ways, and pod 2 (meshed
+// too) building a socket pair with that very 4-tuple: it puts both pods' IPs on the loopback of a
+// network namespace of its own (unshare, as user namespaces let any pod) and connects them. Its
+// sockets must not take the pair's place in the sockhash (nor evict it): the bytes queued for
+// pods 0 and 1 would go with their entries, a silent hole in both streams.
+class HijackTest : public FastpathTest {
+ protected:
+  bool ThreeMeshedPods() const override { return true; }
+};
+
+// One end of the pair: a first connection that teaches the fast path (a hello each way, read
+// non-blocking), then the connection: a hello each way (both ends are then known to read safely),
+// 1000 bytes each way left unread, then, once the file argv[5] exists, 100000 more and a
+// half-close; then everything the other end sent is read and checked. Prints its length and
+// whether it is intact.
+constexpr char kPyHijackEnd[] = R"(
+import hashlib, os, select, socket, sys, time
+role, addr, port, ready, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+def wait(s, w=False):
+    r = select.select([] if w else [s], [s] if w else [], [], 30)
+    if not (r[1] if w else r[0]): sys.exit("stalled")
+def send(s, d):
+    while d:
+        wait(s, True); d = d[s.send(d):]
+def recv(s, n=None):
+    out = b""
+    while n is None or len(out) < n:
+        wait(s); k = s.recv(65536 if n is None else n - len(out))
+        if not k: break
+        out += k
+    return out
+def data(tag, n): return (hashlib.sha256(tag).digest() * (n // 32 + 1))[:n]
+if role == "server":
+    ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.setblocking(False); ls.bind(("0.0.0.0", port)); ls.listen(8)
+    open(ready + ".listening", "w").close()
+def conn(src_port):
+    if role == "server":
+        wait(ls); c, _ = ls.accept(); c.setblocking(False); return c
+    c = socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if src_port: c.bind(("0.0.0.0", src_port))
+    c.setblocking(False); c.connect_ex((addr, port)); wait(c, True); return c
+mine, theirs = (b"s", b"c") if role == "server" else (b"c", b"s")
+c = conn(0); send(c, b"hello"); assert recv(c, 5) == b"hello"; c.close()
+c = conn(int(sys.argv[6]) if role == "client" else 0)
+send(c, b"hello"); assert recv(c, 5) == b"hello"
+send(c, data(mine + b"1", 1000)); open(ready, "w").close()
+while not os.path.exists(go): time.sleep(0.01)
+send(c, data(mine + b"2", 100000)); c.shutdown(socket.SHUT_WR)
+got = recv(c); want = data(theirs + b"1", 1000) + data(theirs + b"2", 100000)
+print(len(got), "intact" if got == want else "CORRUPT")
+)";
+
+// The third pod: in a network namespace of its own, both pods' IPs on its loopback and a socket
+// pair between them with the pair's 4-tuple (argv: client address and port, server address and
+// port), which then carries a few bytes.
+constexpr char kPyHijacker[] = R"(
+import select, socket, sys
+ca, cp, sa, sp = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.setblocking(False); ls.bind((sa, sp)); ls.listen(1)
+c = socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+c.setblocking(False); c.bind((ca, cp)); c.connect_ex((sa, sp))
+select.select([ls], [], [], 10); s, _ = ls.accept(); s.setblocking(False)
+select.select([], [c], [], 10); c.send(b"x" * 1000)
+select.select([s], [], [], 10); s.recv(65536)
+print("built", c.getsockname(), c.getpeername())
+)";
+
+TEST_P(HijackTest, AnotherPodCannotTakeOverASplicedConnectionsKeys) {
+  if (access("/usr/bin/python3", X_OK) != 0) GTEST_FAIL() << "python3 is needed (scripts/setup.sh)";
+  const int port = 8097, client_port = 40197;
+  const std::string dir = bed_->work_dir();
+  const std::string go = dir + "/hijack-go";
+  auto server = bed_->Spawn(P(1), {"/usr/bin/python3", "-c", kPyHijackEnd, "server", "-",
+                                   std::to_string(port), dir + "/hijack-server", go});
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_TRUE(WaitForFile(dir + "/hijack-server.listening")) << (*server)->Stderr();
+  auto client = bed_->Spawn(P(0), {"/usr/bin/python3", "-c", kPyHijackEnd, "client", P(1).ipv4,
+                                   std::to_string(port), dir + "/hijack-client", go,
+                                   std::to_string(client_port)});
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE(WaitForFile(dir + "/hijack-server") && WaitForFile(dir + "/hijack-client"))
+      << (*server)->Stderr() << (*client)->Stderr();
+  auto before = agent_->Scrape();
+  ASSERT_TRUE(before.ok());
+
+  const std::string script = absl::StrCat(
+      "ip link set lo up && ip addr add ", P(0).ipv4, "/32 dev lo && ip addr add ", P(1).ipv4,
+      "/32 dev lo && exec /usr/bin/python3 -c \"$0\" ", P(0).ipv4, " ", client_port, " ",
+      P(1).ipv4, " ", port);
+  auto hijack = bed_->Run(P(2), {"unshare", "-n", "sh", "-c", script, kPyHijacker}, 30s);
+  ASSERT_TRUE(hijack.ok()) << hijack.status();
+  EXPECT_EQ(hijack->exit_code, 0) << hijack->err;
+  EXPECT_NE(hijack->out.find("built"), std::string::npos) << hijack->out << hijack->err;
+  auto after = agent_->Scrape();
+  ASSERT_TRUE(after.ok());
+
+  ASSERT_TRUE(std::ofstream(go).good());
+  auto s = (*server)->Wait(30s), c = (*client)->Wait(30s);
+  EXPECT_TRUE(s.ok() && WIFEXITED(*s) && WEXITSTATUS(*s) == 0) << (*server)->Stderr();
+  EXPECT_TRUE(c.ok() && WIFEXITED(*c) && WEXITSTATUS(*c) == 0) << (*client)->Stderr();
+  EXPECT_EQ((*server)->Stdout(), "101000 intact\n");
+  EXPECT_EQ((*client)->Stdout(), "101000 intact\n");
+
+  // The pair was spliced both ways (the bytes queued unread were at risk) ...
+  EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1)), 101000);
+  EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(1), P(0)), 101000);
+  // ... and the third pod's sockets were turned away for their addresses, before anything else.
+  auto delta = [&](const char* event) {
+    return SumSamples(*after, "shunt_sockhash_socket_events_total",
+                      {{"event", event}, {"pod", P(2).name}}) -
+           SumSamples(*before, "shunt_sockhash_socket_events_total",
+                      {{"event", event}, {"pod", P(2).name}});
+  };
+  EXPECT_EQ(delta("skip_foreign_address"), 2) << FastpathCounterSummary(*after);
+  EXPECT_EQ(delta("inserted"), 0) << FastpathCounterSummary(*after);
+  EXPECT_EQ(SumSamples(*after, "shunt_sockhash_socket_events_total", {{"event", "evicted"}}) -
+                SumSamples(*before, "shunt_sockhash_socket_events_total", {{"event", "evicted"}}),
+            0)
+      << FastpathCounterSummary(*after);
+}
+
+INSTANTIATE_TEST_SUITE_P(Drivers, HijackTest, ::testing::Values(testbed::CgroupDriver::kSystemd),
+                         DriverName);
 
 // Without the kernel objects of a running agent: uninstall leaves nothing behind.
 TEST(FastpathUninstall, LeavesNoProgramLinkPinOrMap) {

@@ -196,7 +196,11 @@ enum shunt_sock_event {
 	SHUNT_SOCK_SKIP_UNLEARNED = 15, /* where FIONREAD users cannot be seen: a socket whose
 					 * class (or whose peer's) has not read safely yet stays
 					 * out of the sockhash, plain TCP for life */
-	SHUNT_SOCK_EVENT_MAX = 16,
+	SHUNT_SOCK_SKIP_FOREIGN = 16,   /* its local address is not its own pod's (another pod's
+					 * IP on a namespace of its own): never spliced */
+	SHUNT_SOCK_INSERT_COLLISION = 17, /* its key is in the sockhash already (another socket's):
+					   * never displaced, normal path */
+	SHUNT_SOCK_EVENT_MAX = 18,
 };
 
 struct shunt_sock_stats_key {
