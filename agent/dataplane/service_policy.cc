@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <numeric>
+#include <optional>
 #include <tuple>
 
 #include "absl/strings/numbers.h"
@@ -342,9 +343,14 @@ DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const 
     return std::make_tuple(!is_deny(a), a->namespace_(), a->name()) <
            std::make_tuple(!is_deny(b), b->namespace_(), b->name());
   });
-  std::set<std::string> live_policies;
-  for (const AccessPolicy* p : policies) live_policies.insert(p->namespace_() + "/" + p->name());
-  ids.policy_bits.Retain(live_policies);  // free the bits of removed policies first
+  // Free the bits of policies removed, or no longer matching a source here, first.
+  {
+    std::set<std::string> live_policies;
+    for (const AccessPolicy* p : policies) live_policies.insert(p->namespace_() + "/" + p->name());
+    ids.policy_bits.Retain(live_policies);
+  }
+  std::set<std::string> live_policies_with_bits;
+  std::vector<std::string> shared_allow;
 
   std::vector<const Workload*> local_sources;
   for (const auto& w : bundle.workloads()) {
@@ -389,37 +395,66 @@ DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const 
       }
     }
     if (bad) continue;
-    auto bit = ids.policy_bits.IdFor(pname);
-    if (!bit) {
-      ++over_cap;
-      continue;
-    }
-    const uint64_t mask = 1ull << *bit;
-    out.policy_names[*bit] = pname;
-    out.policy_ports[*bit] = ports;
+    // Which of this node's sources it matches, and the IPs it targets (anywhere).
+    std::vector<uint64_t> sources;
     for (const Workload* w : local_sources) {
       bool match = p->from().empty();
       for (int i = 0; i < p->from_size() && !match; ++i) {
         match = SourceMatches(p->from(i), *w, p->namespace_(), blocks[i]);
       }
-      if (match) out.policy_sources[pod_cgroup_ids.at(w->uid())] |= mask;
+      if (match) sources.push_back(pod_cgroup_ids.at(w->uid()));
     }
+    std::vector<IpKey> targets;
     for (const auto& w : bundle.workloads()) {
       if (w.namespace_() != p->namespace_() || !LabelsMatch(p->target(), w)) continue;
       // Its IPs are its node's: targeting them would block or open every host service.
       if (w.host_network()) continue;
       for (const auto& ip : w.ips()) {
         auto key = ParseIpKey(ip);
-        if (!key.ok()) continue;
-        auto& d = out.policy_dests[*key];
-        (is_deny(p) ? d.deny : d.allow) |= mask;
+        if (key.ok()) targets.push_back(*key);
       }
     }
+    // No effect on this node: nothing it targets, or a DENY none of its sources matches.
+    if (targets.empty() || (sources.empty() && is_deny(p))) continue;
+    std::optional<uint32_t> bit;
+    if (!sources.empty()) {
+      bit = ids.policy_bits.IdFor(pname);
+      if (bit) live_policies_with_bits.insert(pname);
+    }
+    if (!bit && is_deny(p)) {
+      ++over_cap;  // fails open: what it denies is let through
+      continue;
+    }
+    if (!bit) {
+      // An ALLOW without a source here, or over the cap (fails closed: its targets stay
+      // allow-listed, but its sources are refused).
+      if (!sources.empty()) ++over_cap;
+      shared_allow.push_back(pname);
+      for (const auto& key : targets) out.policy_dests[key].allow |= 1ull << kSharedAllowBit;
+      continue;
+    }
+    const uint64_t mask = 1ull << *bit;
+    out.policy_names[*bit] = pname;
+    out.policy_ports[*bit] = ports;
+    for (uint64_t cg : sources) out.policy_sources[cg] |= mask;
+    for (const auto& key : targets) {
+      auto& d = out.policy_dests[key];
+      (is_deny(p) ? d.deny : d.allow) |= mask;
+    }
+  }
+  ids.policy_bits.Retain(live_policies_with_bits);
+  if (!shared_allow.empty()) {
+    out.policy_names[kSharedAllowBit] =
+        shared_allow.size() == 1 ? shared_allow[0]
+                                 : absl::StrCat(shared_allow[0], " (+", shared_allow.size() - 1,
+                                                " allow policies)");
   }
   if (over_cap > 0) {
     out.overflow[kLbMapPolicies] = over_cap;
-    out.errors.push_back(absl::StrCat(over_cap, " access policies over the cap of ",
-                                      SHUNT_AP_MAX_POLICIES, " per node are not enforced"));
+    out.errors.push_back(absl::StrCat(
+        over_cap, " access policies matching sources of this node are over the cap of ",
+        kSharedAllowBit, ": DENY ones are not enforced (their traffic is let through), ALLOW "
+        "ones refuse their sources (their targets stay allow-listed)"));
   }
   // Capacities: the first entries (in key order) fit; the rest take the normal path, counted.
   auto trim = [&out](auto& m, uint32_t cap, const char* name) {

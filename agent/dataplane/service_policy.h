@@ -99,8 +99,15 @@ class StableIds {
   std::map<std::string, uint32_t> ids_;
 };
 
+// The policy bit shared by the ALLOW policies no source of this node matches: such a policy only
+// makes its targets allow-listed (a source of this node must match another ALLOW to reach them),
+// so they need no bit each. The highest bit, so that `not_allowed` counts (lowest allow bit of
+// the destination) name a policy of the destination's own where there is one.
+inline constexpr uint32_t kSharedAllowBit = SHUNT_AP_MAX_POLICIES - 1;
+
 struct ServicePolicyIds {
-  StableIds policy_bits{0, SHUNT_AP_MAX_POLICIES - 1, /*reuse=*/true};
+  // Only policies that some source of this node matches get a bit of their own.
+  StableIds policy_bits{0, kSharedAllowBit - 1, /*reuse=*/true};
   StableIds service_ids{1, 0xffffffffu, /*reuse=*/false};
   // VIP:port -> service id found in the pinned map at start (agent restart): adopted by the
   // first compile so that counters keep their service.

@@ -8,6 +8,8 @@
 
 #include <cstring>
 
+#include "absl/strings/str_format.h"
+
 namespace shunt::agent {
 namespace {
 
@@ -248,15 +250,89 @@ TEST(ServicePolicy, PortRanges) {
   EXPECT_EQ(d.errors.size(), 1u);
 }
 
-TEST(ServicePolicy, MoreThanSixtyFourPoliciesIsAnErrorAndCounted) {
+TEST(ServicePolicy, MoreThanSixtyThreePoliciesWithSourcesHereIsAnErrorAndCounted) {
   std::string ps;
   for (int i = 0; i < 66; ++i) {
     ps += (i ? "," : "") + Policy("p" + std::to_string(100 + i), "DENY", "{}", "[]");
   }
   auto d = Compile(Bundle("", "", ps));
-  EXPECT_EQ(d.policy_names.size(), 64u);
-  EXPECT_EQ(d.overflow.at(kLbMapPolicies), 2u);
+  EXPECT_EQ(d.policy_names.size(), 63u);
+  EXPECT_EQ(d.overflow.at(kLbMapPolicies), 3u);
   EXPECT_EQ(d.errors.size(), 1u);
+}
+
+// The cap is per node: a policy takes a bit only where one of its sources runs. 65 DENY and 65
+// ALLOW policies whose sources all run on another node (pod c, n2), next to two that match a
+// source here: none is dropped; the ALLOW ones still allow-list their targets, with one bit.
+TEST(ServicePolicy, PoliciesWithoutASourceOnThisNodeTakeNoBitOfTheirOwn) {
+  std::string ps;
+  auto name = [](const char* kind, int i) {
+    return absl::StrFormat("%s-%03d", kind, i);
+  };
+  for (int i = 0; i < 65; ++i) {
+    ps += Policy(name("deny-elsewhere", i), "DENY", R"({"app": "front"})",
+                 R"([{"pods": {"matchLabels": {"version": "v2"}}}])") + ",";
+    ps += Policy(name("allow-elsewhere", i), "ALLOW", R"({"app": "api"})",
+                 R"([{"pods": {"matchLabels": {"version": "v2"}}}])") + ",";
+  }
+  ps += Policy("deny-here-1", "DENY", R"({"version": "v2"})",
+               R"([{"pods": {"matchLabels": {"app": "front"}}}])") + ",";
+  ps += Policy("deny-here-2", "DENY", R"({"version": "v1"})", "[]");
+  auto d = Compile(Bundle("", "", ps));
+  EXPECT_TRUE(d.errors.empty()) << d.errors[0];
+  EXPECT_EQ(d.overflow.count(kLbMapPolicies), 0u);
+  EXPECT_EQ(d.policy_names,
+            (std::map<uint32_t, std::string>{
+                {0, "default/deny-here-1"},
+                {1, "default/deny-here-2"},
+                {kSharedAllowBit, "default/allow-elsewhere-000 (+64 allow policies)"}}));
+  // A DENY whose sources are elsewhere has no effect here: pod a's IPs are no destination.
+  EXPECT_EQ(d.policy_dests.count(Ip("10.0.0.1")), 0u);
+  // The ALLOW ones: b and c are allow-listed (no source here matches them: all are refused).
+  const uint64_t shared = 1ull << kSharedAllowBit;
+  EXPECT_EQ(d.policy_dests.at(Ip("10.0.0.2")).allow, shared);
+  EXPECT_EQ(d.policy_dests.at(Ip("10.0.1.3")).allow, shared);
+  EXPECT_EQ(d.policy_dests.at(Ip("10.0.1.3")).deny, 0b01u);  // deny-here-1
+  EXPECT_EQ(d.policy_dests.at(Ip("10.0.0.2")).deny, 0b10u);  // deny-here-2
+  for (const auto& [cg, mask] : d.policy_sources) EXPECT_EQ(mask & shared, 0u) << cg;
+  EXPECT_EQ(d.policy_sources.at(101), 0b11u);  // a: both
+  EXPECT_EQ(d.policy_sources.at(102), 0b10u);  // b: deny-here-2 (every source)
+}
+
+// At the real limit, 63 policies with a source here: a DENY over it is not enforced (fails open,
+// counted, reported); an ALLOW over it fails closed: its targets stay allow-listed, its sources
+// are refused.
+TEST(ServicePolicy, OverTheCapDenyFailsOpenAndAllowFailsClosed) {
+  std::string ps;
+  for (int i = 0; i < 64; ++i) {
+    ps += Policy(absl::StrFormat("deny-%03d", i), "DENY", R"({"app": "api"})", "[]") + ",";
+  }
+  ps += Policy("allow-front", "ALLOW", R"({"version": "v1"})",
+               R"([{"pods": {"matchLabels": {"app": "front"}}}])");
+  auto d = Compile(Bundle("", "", ps));
+  EXPECT_EQ(d.overflow.at(kLbMapPolicies), 2u);
+  ASSERT_EQ(d.errors.size(), 1u);
+  EXPECT_NE(d.errors[0].find("DENY ones are not enforced"), std::string::npos) << d.errors[0];
+  EXPECT_EQ(d.policy_names.size(), 64u);  // 63 DENY + the shared ALLOW bit
+  EXPECT_EQ(d.policy_names.at(62), "default/deny-062");
+  EXPECT_EQ(d.policy_names.at(kSharedAllowBit), "default/allow-front");
+  const uint64_t shared = 1ull << kSharedAllowBit;
+  EXPECT_EQ(d.policy_dests.at(Ip("10.0.0.2")).allow, shared);  // b stays allow-listed
+  EXPECT_EQ(d.policy_sources.at(101) & shared, 0u);             // a is not let through
+  EXPECT_EQ(d.policy_dests.at(Ip("10.0.0.2")).deny, (1ull << 63) - 1);  // deny-063 is not there
+}
+
+// A policy that stops matching any source here gives its bit back.
+TEST(ServicePolicy, APolicyWhoseSourcesLeaveTheNodeGivesItsBitBack) {
+  ServicePolicyIds ids;
+  const std::string here = Policy("p", "DENY", R"({"app": "api"})", "[]");
+  auto d = CompileServicePolicy(Bundle("", "", here), kNode, kCgroups, {}, ids);
+  EXPECT_EQ(d.policy_names, (std::map<uint32_t, std::string>{{0, "default/p"}}));
+  d = CompileServicePolicy(Bundle("", "", here), kNode, {}, {}, ids);  // no pod cgroup here
+  EXPECT_TRUE(d.policy_names.empty());
+  d = CompileServicePolicy(Bundle("", "", Policy("q", "DENY", R"({"app": "api"})", "[]")), kNode,
+                           kCgroups, {}, ids);
+  EXPECT_EQ(d.policy_names, (std::map<uint32_t, std::string>{{0, "default/q"}}));
 }
 
 TEST(ServicePolicy, PolicyBitsAreStableWhenOthersComeAndGo) {
