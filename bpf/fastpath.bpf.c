@@ -95,9 +95,11 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } shunt_rdr_v2 SEC(".maps");
 
-/* = shunt_reader_slots (the agent sets both: twice the sockhash size). */
+/* = shunt_reader_slots (the agent sets both: twice the sockhash size). Mmapable: its values then
+ * start page-aligned, so that each 64-byte view is one cache line of its own. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, 131072);
 	__type(key, __u32);
 	__type(value, struct shunt_reader_view);
@@ -118,8 +120,11 @@ static __always_inline __u32 slot_take(__u64 cookie)
 {
 	if (!cookie || !shunt_reader_slots)
 		return SHUNT_NO_SLOT;
+	/* Cookies come in per-CPU runs: spread them, so that long-lived sockets do not fill runs of
+	 * neighbouring slots. */
+	__u32 start = (__u32)((cookie * 0x9E3779B97F4A7C15ULL) >> 32);
 	for (__u32 i = 0; i < SHUNT_SLOT_PROBES; i++) {
-		__u32 slot = (__u32)((cookie + i) % shunt_reader_slots);
+		__u32 slot = (start + i) % shunt_reader_slots;
 		struct shunt_reader_view *v = bpf_map_lookup_elem(&shunt_rdv_v1, &slot);
 		if (v && !v->owner && __sync_val_compare_and_swap(&v->owner, 0, cookie) == 0)
 			return slot;
@@ -141,16 +146,23 @@ static __always_inline struct shunt_reader_view *own_view(const struct shunt_soc
 	return st->slot == SHUNT_NO_SLOT ? NULL : slot_view(st->slot, st->cookie);
 }
 
-/* Takes a socket's reader entry out (it leaves the sockhash): its slot is given back. */
-static __always_inline int reader_remove(const struct shunt_sock_key *key)
+/* Takes a socket's reader entry out (it leaves the sockhash): its slot is given back. `owner`: the
+ * socket's cookie where the caller is that socket (0: the peer's, whoever owns it); an entry of
+ * another socket under that key is left alone. */
+static __always_inline int reader_remove(const struct shunt_sock_key *key, __u64 owner)
 {
 	struct shunt_reader_ref *r = bpf_map_lookup_elem(&shunt_rdr_v2, key);
 	if (!r)
 		return -1;
 	__u32 slot = r->slot;
-	__u64 owner = r->cookie;
+	__u64 cookie = r->cookie;
+	if (owner && cookie != owner)
+		return -1;
+	/* Only the one that deleted the entry gives its slot back (a deleted entry may be reused at
+	 * once: what was read above may then be another socket's). */
 	int err = bpf_map_delete_elem(&shunt_rdr_v2, key);
-	slot_give_back(slot, owner);
+	if (err == 0)
+		slot_give_back(slot, cookie);
 	return err;
 }
 
@@ -408,7 +420,7 @@ static __always_inline int judge_socket(struct bpf_sock_ops *skops, struct sock 
  * learns it from its reader view, gone with it (in_sockhash). */
 static __always_inline void evict_peer(const struct shunt_sock_key *peer, __u32 peer_workload)
 {
-	if (reader_remove(peer) == 0 &&
+	if (reader_remove(peer, 0) == 0 &&
 	    bpf_map_delete_elem(&shunt_sk_v1, peer) == 0)
 		count_sock_event(peer_workload, SHUNT_SOCK_EVICTED);
 }
@@ -497,7 +509,11 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 		for (int i = 0; i < 4; i++)
 			ip.addr[i] = key.local_ip[i];
 		__u32 *own = bpf_map_lookup_elem(&shunt_ep_v1, &ip);
-		if (!own || *own != self) {
+		if (!own) {
+			count_sock_event(self, SHUNT_SOCK_PEER_NOT_LOCAL); /* not a known pod address */
+			return;
+		}
+		if (*own != self) {
 			count_sock_event(self, SHUNT_SOCK_SKIP_FOREIGN);
 			return;
 		}
@@ -571,7 +587,7 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 		__u32 slot = slot_take(st->cookie);
 		struct shunt_reader_view *v = slot_view(slot, st->cookie);
 		if (!v) {
-			count_sock_event(self, SHUNT_SOCK_INSERT_FULL);
+			count_sock_event(self, SHUNT_SOCK_SLOTS_FULL);
 			st->mode = SHUNT_SOCK_PLAIN;
 			drop_lone_peer(skops, &key, peer);
 			return;
@@ -609,7 +625,7 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 									 : SHUNT_SOCK_INSERT_ERROR);
 		st->mode = SHUNT_SOCK_PLAIN;
 		if (shunt_protect)
-			reader_remove(&key); /* its own: inserted above */
+			reader_remove(&key, st->cookie); /* its own: inserted above */
 		if (err != -EEXIST)
 			drop_lone_peer(skops, &key, peer);
 		return;
@@ -655,7 +671,7 @@ static __always_inline void on_state_change(struct bpf_sock_ops *skops)
 	if (skops->args[1] == TCP_CLOSE_STATE) {
 		if (in_sockhash(st)) {
 			st->in_map = 0; /* the kernel unlinks a closed socket from the sockhash itself */
-			reader_remove(&st->key);
+			reader_remove(&st->key, st->cookie);
 			count_sock_event(st->src_workload, SHUNT_SOCK_REMOVED);
 		}
 		return;
@@ -672,7 +688,7 @@ static __always_inline void on_state_change(struct bpf_sock_ops *skops)
 	if (shunt_protect && !(st->flags & SHUNT_SKST_EVER_SAFE) &&
 	    skops->args[1] != TCP_ESTABLISHED_STATE /* an accepted socket's, after its callback */ &&
 	    !reads_nonblocking(sk, st)) {
-		reader_remove(&st->key);
+		reader_remove(&st->key, st->cookie);
 		if (bpf_map_delete_elem(&shunt_sk_v1, &st->key) == 0) {
 			st->in_map = 0;
 			count_sock_event(st->src_workload, SHUNT_SOCK_EVICTED);

@@ -63,13 +63,22 @@ void DrainSockhash(const std::string& pin_dir, std::chrono::milliseconds timeout
   const std::string sk_pin = absl::StrCat(pin_dir, "/", SHUNT_MAP_SOCKHASH);
   const std::string rdr_pin = absl::StrCat(pin_dir, "/", SHUNT_MAP_READERS);
   const std::string rdv_pin = absl::StrCat(pin_dir, "/", SHUNT_MAP_READER_SLOTS);
-  if (!PathExists(ctl_pin) || !PathExists(sk_pin) || !PathExists(rdr_pin) ||
-      !PathExists(rdv_pin)) {
-    return;
-  }
-  const int ctl = bpf_obj_get(ctl_pin.c_str()), sk = bpf_obj_get(sk_pin.c_str()),
-            rdr = bpf_obj_get(rdr_pin.c_str()), rdv = bpf_obj_get(rdv_pin.c_str());
-  if (ctl >= 0 && sk >= 0 && rdr >= 0 && rdv >= 0) {
+  if (!PathExists(ctl_pin) || !PathExists(sk_pin)) return;
+  const int ctl = bpf_obj_get(ctl_pin.c_str()), sk = bpf_obj_get(sk_pin.c_str());
+  const int rdr = PathExists(rdr_pin) ? bpf_obj_get(rdr_pin.c_str()) : -1;
+  const int rdv = PathExists(rdv_pin) ? bpf_obj_get(rdv_pin.c_str()) : -1;
+  // Sockets spliced by an agent of the layout before (shunt_rdr_v1, views by key), running still
+  // or replaced by this one: where its programs are gone their views are no longer updated, so
+  // one that read safely waits for the timeout (its reads drain its sockmap queue meanwhile).
+  const std::string legacy_pin = absl::StrCat(pin_dir, "/shunt_rdr_v1");
+  const int legacy = PathExists(legacy_pin) ? bpf_obj_get(legacy_pin.c_str()) : -1;
+  struct LegacyView {
+    uint32_t copied_seq, rcvbuf;
+    uint64_t queued;
+    uint8_t reader, drained, pad[2];
+    uint32_t last_read;
+  };
+  if (ctl >= 0 && sk >= 0 && ((rdr >= 0 && rdv >= 0) || legacy >= 0)) {
     uint32_t zero = 0, flags = SHUNT_CTL_DRAIN;
     bpf_map_update_elem(ctl, &zero, &flags, BPF_ANY);
     // Sends that passed the sk_msg verdict just before the flag finish their enqueue; from then
@@ -88,9 +97,16 @@ void DrainSockhash(const std::string& pin_dir, std::chrono::milliseconds timeout
         // timeout: its queue is most likely empty, but nothing proves it.)
         shunt_reader_ref ref{};
         shunt_reader_view v{};
-        if (bpf_map_lookup_elem(rdr, &k, &ref) == 0 &&
+        if (rdr >= 0 && rdv >= 0 && bpf_map_lookup_elem(rdr, &k, &ref) == 0 &&
             bpf_map_lookup_elem(rdv, &ref.slot, &v) == 0 && v.owner == ref.cookie &&
             v.reader == SHUNT_READER_SAFE && !v.drained) {
+          ++left;
+          continue;
+        }
+        LegacyView lv{};
+        if (legacy >= 0 && bpf_map_lookup_elem(legacy, &k, &lv) == 0 &&
+            lv.reader == SHUNT_READER_SAFE && !lv.drained &&
+            std::chrono::steady_clock::now() <= deadline) {
           ++left;
           continue;
         }
@@ -105,7 +121,7 @@ void DrainSockhash(const std::string& pin_dir, std::chrono::milliseconds timeout
                          << "bytes still queued for them go with the sockhash";
     }
   }
-  for (int fd : {ctl, sk, rdr, rdv}) {
+  for (int fd : {ctl, sk, rdr, rdv, legacy}) {
     if (fd >= 0) close(fd);
   }
 }

@@ -108,7 +108,8 @@ struct shunt_reader_ref {
 
 /* reader slots map value: what a peer's sk_msg needs to know about this socket before
  * redirecting into it. Written by this socket's own programs; one cache line each (its reader and
- * its sender run on different CPUs; neighbours must not share the line). A slot is free while
+ * its sender run on different CPUs; neighbours must not share the line: the array is mmapable,
+ * so its values start page-aligned). A slot is free while
  * owner is 0; sockets take one at establishment (compare-and-swap) and give it back at close. */
 struct shunt_reader_view {
 	__u64 owner;      /* socket cookie of its socket; 0: free */
@@ -200,7 +201,8 @@ enum shunt_sock_event {
 					 * IP on a namespace of its own): never spliced */
 	SHUNT_SOCK_INSERT_COLLISION = 17, /* its key is in the sockhash already (another socket's):
 					   * never displaced, normal path */
-	SHUNT_SOCK_EVENT_MAX = 18,
+	SHUNT_SOCK_SLOTS_FULL = 18,     /* no free reader slot near its own: normal path */
+	SHUNT_SOCK_EVENT_MAX = 19,
 };
 
 struct shunt_sock_stats_key {
