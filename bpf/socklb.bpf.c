@@ -77,6 +77,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } shunt_apport_v1 SEC(".maps");
 
+/* Not used by the programs: the agent's record of which policy holds which bit. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SHUNT_AP_MAX_POLICIES);
+	__type(key, __u32);
+	__type(value, struct shunt_ap_name);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} shunt_apnam_v1 SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 16384);

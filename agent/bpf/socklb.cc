@@ -22,7 +22,7 @@ namespace {
 
 // Every map this object owns (the pods map is the fast path's).
 constexpr const char* kOwnMaps[] = {SHUNT_MAP_LB_SERVICES, SHUNT_MAP_LB_SLOTS, SHUNT_MAP_LB_SOCKS,
-                                    SHUNT_MAP_AP_SOURCES,  SHUNT_MAP_AP_DESTS, SHUNT_MAP_AP_PORTS,
+                                    SHUNT_MAP_AP_SOURCES,  SHUNT_MAP_AP_DESTS, SHUNT_MAP_AP_PORTS, SHUNT_MAP_AP_NAMES,
                                     SHUNT_MAP_LB_STATS};
 
 }  // namespace
@@ -106,6 +106,8 @@ int SockLb::MapFd(SockLbMap map) const {
       return bpf_map__fd(skel_->maps.shunt_apdst_v1);
     case SockLbMap::kPolicyPorts:
       return bpf_map__fd(skel_->maps.shunt_apport_v1);
+    case SockLbMap::kPolicyNames:
+      return bpf_map__fd(skel_->maps.shunt_apnam_v1);
   }
   return -1;
 }
@@ -122,6 +124,7 @@ size_t KeySize(SockLbMap map) {
     case SockLbMap::kPolicyDests:
       return sizeof(shunt_ip_key);
     case SockLbMap::kPolicyPorts:
+    case SockLbMap::kPolicyNames:
       return sizeof(uint32_t);
   }
   return 0;
@@ -138,6 +141,8 @@ size_t ValueSize(SockLbMap map) {
       return sizeof(shunt_ap_dst);
     case SockLbMap::kPolicyPorts:
       return sizeof(shunt_ap_ports);
+    case SockLbMap::kPolicyNames:
+      return sizeof(shunt_ap_name);
   }
   return 0;
 }
@@ -167,8 +172,8 @@ absl::Status SockLb::Upsert(SockLbMap map, const Bytes& key, const Bytes& value)
 }
 
 absl::Status SockLb::Delete(SockLbMap map, const Bytes& key) {
-  if (map == SockLbMap::kPolicyPorts) {  // an array: "delete" is zeroing
-    return Upsert(map, key, Bytes(sizeof(shunt_ap_ports), '\0'));
+  if (map == SockLbMap::kPolicyPorts || map == SockLbMap::kPolicyNames) {  // arrays: zeroing
+    return Upsert(map, key, Bytes(ValueSize(map), '\0'));
   }
   int err = bpf_map_delete_elem(MapFd(map), key.data());
   return err && errno != ENOENT ? ErrnoStatus(errno, "delete from socklb map") : absl::OkStatus();

@@ -37,7 +37,14 @@ struct SockLbConfig {
 };
 
 // The kernel maps of the socklb object, as the reconciler names them.
-enum class SockLbMap { kServices, kSlots, kPolicySources, kPolicyDests, kPolicyPorts };
+enum class SockLbMap {
+  kServices,
+  kSlots,
+  kPolicySources,
+  kPolicyDests,
+  kPolicyPorts,
+  kPolicyNames,  // the agent's own record: policy bit -> name
+};
 
 // Link pins (the maps pin under their own names).
 inline constexpr const char* kSockLbLinkPins[] = {"link_connect4", "link_connect6",

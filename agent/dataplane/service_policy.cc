@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "agent/dataplane/policy_stages.h"
 #include "agent/policy/pod_cgroups.h"
 #include "common/cgroup.h"
 #include "common/log.h"
@@ -508,6 +509,44 @@ EncodedServicePolicy EncodeServicePolicy(const DesiredServicePolicy& d) {
   return out;
 }
 
+namespace {
+
+PolicyMaps DecodePolicyMaps(EncodedServicePolicy& e) {
+  PolicyMaps m;
+  for (const auto& [k, v] : e[SockLbMap::kPolicySources]) {
+    uint64_t cg, mask;
+    if (k.size() != sizeof(cg) || v.size() != sizeof(mask)) continue;
+    std::memcpy(&cg, k.data(), sizeof(cg));
+    std::memcpy(&mask, v.data(), sizeof(mask));
+    m.sources[cg] = mask;
+  }
+  for (const auto& [k, v] : e[SockLbMap::kPolicyDests]) {
+    shunt_ap_dst d;
+    if (k.size() != sizeof(IpKey::addr) || v.size() != sizeof(d)) continue;
+    std::memcpy(&d, v.data(), sizeof(d));
+    m.dests[k] = d;
+  }
+  for (const auto& [k, v] : e[SockLbMap::kPolicyPorts]) {
+    uint32_t bit;
+    if (k.size() != sizeof(bit) || v.size() != sizeof(shunt_ap_ports)) continue;
+    std::memcpy(&bit, k.data(), sizeof(bit));
+    if (bit < SHUNT_AP_MAX_POLICIES) std::memcpy(&m.ports[bit], v.data(), v.size());
+  }
+  return m;
+}
+
+EncodedServicePolicy EncodePolicyMaps(const PolicyMaps& m) {
+  EncodedServicePolicy out;
+  for (const auto& [cg, mask] : m.sources) out[SockLbMap::kPolicySources][Raw(cg)] = Raw(mask);
+  for (const auto& [ip, d] : m.dests) out[SockLbMap::kPolicyDests][ip] = Raw(d);
+  for (uint32_t i = 0; i < SHUNT_AP_MAX_POLICIES; ++i) {
+    out[SockLbMap::kPolicyPorts][Raw(i)] = Raw(m.ports[i]);
+  }
+  return out;
+}
+
+}  // namespace
+
 absl::Status ApplyServicePolicy(const DesiredServicePolicy& desired, ServicePolicyWriter& writer,
                                 const EncodedServicePolicy* known, EncodedServicePolicy* applied) {
   absl::Status first;
@@ -537,19 +576,65 @@ absl::Status ApplyServicePolicy(const DesiredServicePolicy& desired, ServicePoli
       if (!w.count(k)) note(writer.Delete(map, k));
     }
   };
-  // Targets before what points at them; policy ports and destinations before the source masks
-  // that make them apply.
+  // Targets before what points at them.
   upserts(SockLbMap::kSlots);
-  upserts(SockLbMap::kPolicyPorts);
-  upserts(SockLbMap::kPolicyDests);
-  upserts(SockLbMap::kPolicySources);
+  // Access policy in stages, each of which decides every connect as the old or the new policy
+  // does (policy_stages.h); a failed write ends them (the next pass lists the maps).
+  EncodedServicePolicy cur;
+  for (SockLbMap m : {SockLbMap::kPolicyPorts, SockLbMap::kPolicyDests, SockLbMap::kPolicySources}) {
+    cur[m] = have[m];
+  }
+  for (const PolicyMaps& stage : PolicyStages(DecodePolicyMaps(have), DecodePolicyMaps(want))) {
+    EncodedServicePolicy next = EncodePolicyMaps(stage);
+    absl::Status failed;
+    for (SockLbMap m : {SockLbMap::kPolicyPorts, SockLbMap::kPolicyDests,
+                        SockLbMap::kPolicySources}) {
+      for (const auto& [k, v] : next[m]) {
+        auto it = cur[m].find(k);
+        if ((it == cur[m].end() || it->second != v) && failed.ok()) failed = writer.Upsert(m, k, v);
+      }
+      for (const auto& [k, v] : cur[m]) {
+        if (!next[m].count(k) && failed.ok()) failed = writer.Delete(m, k);
+      }
+    }
+    if (!failed.ok()) {
+      note(failed);
+      break;
+    }
+    cur = std::move(next);
+  }
   upserts(SockLbMap::kServices);
   deletes(SockLbMap::kServices);
-  deletes(SockLbMap::kPolicySources);
-  deletes(SockLbMap::kPolicyDests);
   deletes(SockLbMap::kSlots);
   if (first.ok() && applied) *applied = std::move(want);
   return first;
+}
+
+std::map<std::string, std::string> EncodePolicyNames(const std::map<uint32_t, std::string>& names) {
+  std::map<std::string, std::string> out;
+  for (uint32_t i = 0; i < SHUNT_AP_MAX_POLICIES; ++i) {
+    shunt_ap_name n{};
+    if (auto it = names.find(i); it != names.end()) {
+      std::memcpy(n.name, it->second.data(), std::min(it->second.size(), sizeof(n.name) - 1));
+    }
+    out[Raw(i)] = Raw(n);
+  }
+  return out;
+}
+
+void RecoverPolicyBits(const std::map<std::string, std::string>& encoded, ServicePolicyIds& ids,
+                       std::map<uint32_t, std::string>* known) {
+  for (const auto& [k, v] : encoded) {
+    uint32_t bit;
+    shunt_ap_name n;
+    if (k.size() != sizeof(bit) || v.size() != sizeof(n)) continue;
+    std::memcpy(&bit, k.data(), sizeof(bit));
+    std::memcpy(&n, v.data(), sizeof(n));
+    const std::string name(n.name, strnlen(n.name, sizeof(n.name)));
+    if (name.empty() || bit >= SHUNT_AP_MAX_POLICIES) continue;
+    ids.policy_bits.Adopt(name, bit);  // the shared ALLOW bit is no policy's own: not adopted
+    if (known) (*known)[bit] = name;
+  }
 }
 
 ServicePolicyReconciler::ServicePolicyReconciler(Options options, PolicyStore& store,
@@ -577,6 +662,11 @@ absl::Status ServicePolicyReconciler::Start() {
         lk.port = key.port;
         ids_.recovered_service_ids[lk] = svc.service_id;
       }
+    }
+    // Policies keep their bits too (and the counters of a bit given to another policy since go).
+    if (auto names = writer_.List(SockLbMap::kPolicyNames); names.ok()) {
+      RecoverPolicyBits(*names, ids_, &known_policies_);
+      written_names_ = *names;
     }
   }
   absl::Status first = ReconcileOnce();
@@ -643,6 +733,20 @@ absl::Status ServicePolicyReconciler::ReconcileOnce() {
     };
     writer_.DeleteServiceStats(freed(known_services_, desired.service_names)).IgnoreError();
     writer_.DeletePolicyStats(freed(known_policies_, desired.policy_names)).IgnoreError();
+    // Which policy holds which bit, for the next agent on this node.
+    const auto names = EncodePolicyNames(desired.policy_names);
+    bool names_ok = true;
+    for (const auto& [k, v] : names) {
+      auto it = written_names_.find(k);
+      if (it == written_names_.end() || it->second != v) {
+        names_ok = writer_.Upsert(SockLbMap::kPolicyNames, k, v).ok() && names_ok;
+      }
+    }
+    if (names_ok) {
+      written_names_ = names;
+    } else {
+      written_names_.clear();  // rewritten in full next time
+    }
   }
   auto status = std::make_shared<ServicePolicyStatus>();
   const ServicePolicyLimits& l = options_.limits;

@@ -176,6 +176,13 @@ absl::Status ApplyServicePolicy(const DesiredServicePolicy& desired, ServicePoli
                                 const EncodedServicePolicy* known = nullptr,
                                 EncodedServicePolicy* applied = nullptr);
 
+// The policy names map (SockLbMap::kPolicyNames) for `names` (bit -> name), and back: a restarted
+// agent gives each policy the bit it had (its counters keep their policy, and its first pass
+// rewrites little); `known` learns what each bit meant.
+std::map<std::string, std::string> EncodePolicyNames(const std::map<uint32_t, std::string>& names);
+void RecoverPolicyBits(const std::map<std::string, std::string>& encoded, ServicePolicyIds& ids,
+                       std::map<uint32_t, std::string>* known);
+
 // What the last pass produced, for metrics.
 struct ServicePolicyStatus {
   std::map<std::string, uint64_t> entries;   // map -> entries written
@@ -225,6 +232,8 @@ class ServicePolicyReconciler {
   // or reassigned ones).
   std::map<uint32_t, std::string> known_services_ ABSL_GUARDED_BY(pass_mu_);
   std::map<uint32_t, std::string> known_policies_ ABSL_GUARDED_BY(pass_mu_);
+  // What the policy names map holds (written after each pass that applied).
+  std::map<std::string, std::string> written_names_ ABSL_GUARDED_BY(pass_mu_);
   // What the maps hold after the last successful pass (empty optional: list them next time).
   std::optional<EncodedServicePolicy> applied_ ABSL_GUARDED_BY(pass_mu_);
 };

@@ -355,6 +355,35 @@ TEST(ServicePolicy, ServiceIdsRecoveredAfterARestartAreKept) {
   EXPECT_EQ(d.service_names.at(42), "default/api");
 }
 
+// After a restart (the policy names map survives in bpffs) policies keep their bits: y and z got
+// 0 and 1, x came later (2) and w was deleted while the agent was down. A fresh start would hand
+// out bits in name order (x 0, y 1, z 2), so every policy's counters would change hands.
+TEST(ServicePolicy, PolicyBitsRecoveredAfterARestartAreKept) {
+  auto deny = [](const char* n) { return Policy(n, "DENY", "{}", "[]"); };
+  ServicePolicyIds before;
+  CompileServicePolicy(Bundle("", "", deny("y") + "," + deny("z")), kNode, kCgroups, {}, before);
+  auto d = CompileServicePolicy(
+      Bundle("", "", deny("w") + "," + deny("x") + "," + deny("y") + "," + deny("z")), kNode,
+      kCgroups, {}, before);
+  ASSERT_EQ(d.policy_names,
+            (std::map<uint32_t, std::string>{
+                {0, "default/y"}, {1, "default/z"}, {2, "default/w"}, {3, "default/x"}}));
+  const auto names = EncodePolicyNames(d.policy_names);
+  EXPECT_EQ(names.size(), static_cast<size_t>(SHUNT_AP_MAX_POLICIES));
+
+  ServicePolicyIds after;
+  std::map<uint32_t, std::string> known;
+  RecoverPolicyBits(names, after, &known);
+  EXPECT_EQ(known, d.policy_names);
+  const auto bundle = Bundle("", "", deny("x") + "," + deny("y") + "," + deny("z"));
+  d = CompileServicePolicy(bundle, kNode, kCgroups, {}, after);
+  EXPECT_EQ(d.policy_names, (std::map<uint32_t, std::string>{
+                                {0, "default/y"}, {1, "default/z"}, {3, "default/x"}}));
+  ServicePolicyIds fresh;
+  d = CompileServicePolicy(bundle, kNode, kCgroups, {}, fresh);
+  EXPECT_EQ(d.policy_names.at(0), "default/x") << "without the names every bit changes hands";
+}
+
 TEST(ServicePolicy, DestinationsMapFullIsCounted) {
   ServicePolicyLimits limits;
   limits.policy_dests = 2;

@@ -21,6 +21,7 @@
 #define SHUNT_MAP_AP_DESTS "shunt_apdst_v1"    /* pod IP -> policies targeting it */
 #define SHUNT_MAP_AP_PORTS "shunt_apport_v1"   /* policy bit -> destination port ranges */
 #define SHUNT_MAP_LB_STATS "shunt_lbst_v1"     /* (workload, event, detail) -> count (per CPU) */
+#define SHUNT_MAP_AP_NAMES "shunt_apnam_v1"    /* policy bit -> its policy's name (agent only) */
 
 /* Access policies are bits of a u64: at most 64 per node (more is a reconcile error). */
 #define SHUNT_AP_MAX_POLICIES 64
@@ -66,6 +67,13 @@ struct shunt_lb_sock {
 struct shunt_ap_dst {
 	__u64 deny;  /* DENY policies that target this pod */
 	__u64 allow; /* ALLOW policies that target this pod */
+};
+
+/* policy names map value: "namespace/name", NUL-terminated; empty: a free bit. Written by the
+ * agent after each pass, read at its start so that policies keep their bits (and counters). */
+#define SHUNT_AP_NAME_LEN 256
+struct shunt_ap_name {
+	char name[SHUNT_AP_NAME_LEN];
 };
 
 struct shunt_ap_ports {
