@@ -56,6 +56,23 @@ bool ValidIp(const std::string& ip) {
   return inet_pton(AF_INET, ip.c_str(), buf) == 1 || inet_pton(AF_INET6, ip.c_str(), buf) == 1;
 }
 
+// The one spelling of an address that everything downstream compares (here as strings, in the
+// agent as bytes): inet_ntop of its bytes, and a v4-mapped IPv6 address as its IPv4 (the agent
+// keys both alike). Empty if it is no address. Every IP of the snapshot goes through it.
+std::string CanonicalIp(const std::string& ip) {
+  unsigned char buf[16];
+  char out[INET6_ADDRSTRLEN];
+  if (inet_pton(AF_INET, ip.c_str(), buf) == 1) {
+    return inet_ntop(AF_INET, buf, out, sizeof(out)) ? out : "";
+  }
+  if (inet_pton(AF_INET6, ip.c_str(), buf) != 1) return "";
+  static const unsigned char kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (std::equal(buf, buf + 12, kMapped)) {
+    return inet_ntop(AF_INET, buf + 12, out, sizeof(out)) ? out : "";
+  }
+  return inet_ntop(AF_INET6, buf, out, sizeof(out)) ? out : "";
+}
+
 bool ValidCidr(const std::string& cidr) {
   std::vector<std::string> parts = absl::StrSplit(cidr, '/');
   if (parts.size() != 2 || !ValidIp(parts[0])) return false;
@@ -187,14 +204,16 @@ void AddWorkloads(const ObjectMap& objects, SnapshotBuilder::Cache& cache, Snaps
     const json& ips = host_network ? kNoIps : At(pod, {"status", "podIPs"});
     if (ips.is_array()) {
       for (const auto& ip : ips) {
-        std::string s = Str(ip, {"ip"});
-        if (ValidIp(s) && std::find(w->ips().begin(), w->ips().end(), s) == w->ips().end()) {
+        const std::string s = CanonicalIp(Str(ip, {"ip"}));
+        if (!s.empty() && std::find(w->ips().begin(), w->ips().end(), s) == w->ips().end()) {
           w->add_ips(s);  // once: a repeated address would compete with itself
         }
       }
     }
-    if (!host_network && w->ips_size() == 0 && ValidIp(Str(pod, {"status", "podIP"}))) {
-      w->add_ips(Str(pod, {"status", "podIP"}));
+    if (!host_network && w->ips_size() == 0) {
+      if (const std::string s = CanonicalIp(Str(pod, {"status", "podIP"})); !s.empty()) {
+        w->add_ips(s);
+      }
     }
     const std::string annotation = Str(pod, {"metadata", "annotations", kMeshLabel});
     bool meshed = entry.flag || annotation == kMeshEnabled;
@@ -263,7 +282,10 @@ std::optional<Resource> BuildService(const ObjectKey& key, const std::vector<Obj
       vips.push_back(Str(svc, {"spec", "clusterIP"}));
     }
     for (const auto& ip : vips) {
-      if (ValidIp(ip)) s->add_vips(ip);  // "None" (headless) is dropped
+      const std::string c = CanonicalIp(ip);  // "None" (headless) is dropped
+      if (!c.empty() && std::find(s->vips().begin(), s->vips().end(), c) == s->vips().end()) {
+        s->add_vips(c);
+      }
     }
     const json& ports = At(svc, {"spec", "ports"});
     if (ports.is_array()) {
@@ -304,7 +326,10 @@ std::optional<Resource> BuildService(const ObjectKey& key, const std::vector<Obj
       const json& addrs = At(e, {"addresses"});
       if (addrs.is_array()) {
         for (const auto& a : addrs) {
-          if (a.is_string() && ValidIp(a.get<std::string>())) ep->add_ips(a.get<std::string>());
+          const std::string c = a.is_string() ? CanonicalIp(a.get<std::string>()) : "";
+          if (!c.empty() && std::find(ep->ips().begin(), ep->ips().end(), c) == ep->ips().end()) {
+            ep->add_ips(c);
+          }
         }
       }
       if (Str(e, {"targetRef", "kind"}) == "Pod")

@@ -129,6 +129,24 @@ TEST(BuildSnapshot, AnIpListedTwiceByOnePodIsKeptOnce) {
   EXPECT_TRUE(s.warnings.empty());
 }
 
+// Two spellings of one address are one address (the agent compares bytes and would refuse the
+// bundle for a duplicate): every IP is sent in one spelling, v4-mapped IPv6 as IPv4.
+TEST(BuildSnapshot, IpsAreSentInOneSpelling) {
+  Objects o;
+  nlohmann::json pod = Pod("default", "p", "u-p", "FD00:0:0::0002");
+  pod["status"]["podIPs"] = {{{"ip", "FD00:0:0::0002"}}, {{"ip", "fd00::2"}},
+                             {{"ip", "::ffff:198.18.0.2"}}, {{"ip", "198.18.0.2"}}};
+  o.Add(pod);
+  o.Add(Pod("default", "q", "u-q", "::FFFF:198.18.0.2"));  // the same IPv4, spelt as IPv6
+  Snapshot s = BuildSnapshot(o.map());
+  ASSERT_NE(FindWorkload(s, "u-p"), nullptr);
+  EXPECT_THAT(FindWorkload(s, "u-p")->ips(), ::testing::ElementsAre("fd00::2", "198.18.0.2"));
+  // Pod q claims p's IPv4 in another spelling: seen as the duplicate it is (one keeps it).
+  ASSERT_NE(FindWorkload(s, "u-q"), nullptr);
+  EXPECT_EQ(FindWorkload(s, "u-p")->ips_size() + FindWorkload(s, "u-q")->ips_size(), 2);
+  EXPECT_EQ(s.warnings.size(), 1u);
+}
+
 TEST(BuildSnapshot, OwnerIsTheDeploymentBehindAReplicaSet) {
   Objects o;
   o.Add(Pod("default", "web-7d9f8-x2", "u1", "198.18.0.2",
