@@ -29,6 +29,25 @@ void WorkloadIds::Adopt(const std::string& uid, uint32_t id) {
 
 void WorkloadIds::Forget(const std::string& uid) { ids_.erase(uid); }
 
+RecoveredIds RecoverWorkloadIds(const std::map<uint64_t, shunt_pod>& pods,
+                                const std::map<std::string, uint64_t>& cgroups,
+                                const std::set<uint32_t>& counted) {
+  RecoveredIds out;
+  std::set<uint32_t> seen = counted, alive;
+  for (const auto& [cg, pod] : pods) seen.insert(pod.workload_id);
+  for (const auto& [uid, cg] : cgroups) {
+    auto it = pods.find(cg);
+    if (it == pods.end() || it->second.workload_id == SHUNT_WORKLOAD_UNKNOWN) continue;
+    out.adopt[uid] = it->second.workload_id;
+    alive.insert(it->second.workload_id);
+  }
+  for (uint32_t id : seen) {
+    if (id != SHUNT_WORKLOAD_UNKNOWN && !alive.count(id)) out.dead.insert(id);
+    if (id >= out.next) out.next = id + 1;
+  }
+  return out;
+}
+
 DesiredDataplane CompileLocalDataplane(const PolicySnapshot& snapshot, const std::string& node,
                                        const std::map<std::string, uint64_t>& pod_cgroup_ids,
                                        WorkloadIds& ids) {
@@ -97,19 +116,25 @@ absl::Status Reconciler::Start() {
   {
     // Recover ids from the pinned maps so that a restarted agent keeps the ids that live sockets
     // carry in their sk_storage.
+    // Ids seen but no longer in use (their pods died while no agent ran) are not given out
+    // again, and their counters go.
     absl::MutexLock l(&pass_mu_);
     auto pods = writer_.ListPods();
     auto cgroups = FindPodCgroups(options_.cgroup_root);
+    auto counted = writer_.CountedWorkloads();
     if (pods.ok() && cgroups.ok()) {
+      std::map<std::string, uint64_t> cgroup_ids;
       for (const auto& [uid, path] : *cgroups) {
-        auto id = CgroupId(path);
-        if (!id.ok()) continue;
-        auto it = pods->find(*id);
-        if (it != pods->end()) {
-          ids_.Adopt(uid, it->second.workload_id);
-          live_[it->second.workload_id] = uid;
-        }
+        if (auto id = CgroupId(path); id.ok()) cgroup_ids[uid] = *id;
       }
+      RecoveredIds r = RecoverWorkloadIds(*pods, cgroup_ids,
+                                          counted.ok() ? *counted : std::set<uint32_t>{});
+      for (const auto& [uid, id] : r.adopt) {
+        ids_.Adopt(uid, id);
+        live_[id] = uid;
+      }
+      ids_.StartAt(r.next);
+      dead_ = std::move(r.dead);
     }
   }
   absl::Status first = ReconcileOnce();
@@ -139,13 +164,23 @@ absl::Status Reconciler::ReconcileOnce() {
   }
   absl::Status s = ApplyDataplane(desired, writer_);
 
-  // Workloads that left: drop their ids and counters (their series disappear).
+  // Workloads that left: drop their ids and counters (their series disappear). After a failed
+  // pass (a socket may still be put under an id the maps hold) the counters go on a later one.
   std::map<uint32_t, std::string> now;
   for (const auto& [id, info] : desired.directory) now[id] = info.uid;
   for (const auto& [id, uid] : live_) {
     if (!now.count(id)) {
-      if (s.ok()) writer_.DeleteStatsOf(id).IgnoreError();
+      dead_.insert(id);
       ids_.Forget(uid);
+    }
+  }
+  if (s.ok()) {
+    for (auto it = dead_.begin(); it != dead_.end();) {
+      if (now.count(*it)) {  // in use again (adopted): its counters are its own
+        it = dead_.erase(it);
+        continue;
+      }
+      it = writer_.DeleteStatsOf(*it).ok() ? dead_.erase(it) : std::next(it);
     }
   }
   // ids that were assigned but whose pod has no cgroup yet are kept by IdFor on the next pass.

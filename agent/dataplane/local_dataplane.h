@@ -6,10 +6,12 @@
 // rescans the pod cgroups, compiles and applies the difference.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -20,6 +22,7 @@
 #include "agent/bpf/fastpath.h"
 #include "agent/dataplane/reconcile_loop.h"
 #include "agent/policy/policy_store.h"
+#include "common/status_macros.h"
 
 namespace shunt::agent {
 
@@ -48,12 +51,27 @@ class WorkloadIds {
   uint32_t IdFor(const std::string& uid);
   void Adopt(const std::string& uid, uint32_t id);  // recovered from pinned maps
   void Forget(const std::string& uid);
+  // No id below `id` is given out any more (ids a restarted agent found in use).
+  void StartAt(uint32_t id) { next_ = std::max(next_, id); }
   const std::map<std::string, uint32_t>& ids() const { return ids_; }
 
  private:
   std::map<std::string, uint32_t> ids_;
   uint32_t next_ = 1;
 };
+
+// What a restarted agent takes over from the pinned maps: the ids of pods that still run here
+// (`pods`: the pods map, `cgroups`: uid -> cgroup id now; their sockets carry the ids), the ids
+// that have counters (`counted`) or a pods map entry but no pod any more (their counters go), and
+// the first id to give out: above every id seen, so that no new pod inherits a dead one's counters.
+struct RecoveredIds {
+  std::map<std::string, uint32_t> adopt;  // uid -> id
+  std::set<uint32_t> dead;
+  uint32_t next = 1;
+};
+RecoveredIds RecoverWorkloadIds(const std::map<uint64_t, shunt_pod>& pods,
+                                const std::map<std::string, uint64_t>& cgroups,
+                                const std::set<uint32_t>& counted);
 
 // `pod_cgroup_ids`: uid -> cgroup id of the pod cgroups found under the node's cgroup root.
 DesiredDataplane CompileLocalDataplane(const PolicySnapshot& snapshot, const std::string& node,
@@ -70,6 +88,10 @@ class MapWriter {
   virtual absl::Status DeleteEndpoint(const IpKey& ip) = 0;
   virtual absl::StatusOr<std::map<IpKey, uint32_t>> ListEndpoints() const = 0;
   virtual absl::Status DeleteStatsOf(uint32_t workload_id) = 0;
+  // Workload ids that have counters.
+  virtual absl::StatusOr<std::set<uint32_t>> CountedWorkloads() const {
+    return std::set<uint32_t>{};
+  }
 };
 
 // Brings the maps behind `writer` to `desired`: upserts first, then deletes. Returns the first
@@ -91,6 +113,15 @@ class FastpathWriter : public MapWriter {
     return fp_.ListEndpoints();
   }
   absl::Status DeleteStatsOf(uint32_t id) override { return fp_.DeleteStatsOf(id); }
+  absl::StatusOr<std::set<uint32_t>> CountedWorkloads() const override {
+    std::set<uint32_t> out;
+    ASSIGN_OR_RETURN(auto msgs, fp_.ReadMsgStats());
+    for (const auto& m : msgs) out.insert({m.key.src_workload, m.key.dst_workload});
+    ASSIGN_OR_RETURN(auto socks, fp_.ReadSockStats());
+    for (const auto& s : socks) out.insert(s.key.workload_id);
+    out.erase(SHUNT_WORKLOAD_UNKNOWN);
+    return out;
+  }
 
  private:
   Fastpath& fp_;
@@ -131,6 +162,9 @@ class Reconciler {
   absl::Mutex pass_mu_;  // one pass at a time
   WorkloadIds ids_ ABSL_GUARDED_BY(pass_mu_);
   std::map<uint32_t, std::string> live_ ABSL_GUARDED_BY(pass_mu_);  // ids in the maps
+  // Ids of pods that left whose counters are still to be deleted (a pass failed, or they died
+  // while no agent ran).
+  std::set<uint32_t> dead_ ABSL_GUARDED_BY(pass_mu_);
 };
 
 }  // namespace shunt::agent

@@ -110,6 +110,24 @@ TEST(CompileLocalDataplane, IdsAreStableAndNotReusedAtOnce) {
   EXPECT_GT(ids.IdFor("y"), 50u);
 }
 
+// A restarted agent: pod a (cgroup 11, id 3) still runs; the pod with id 9 (cgroup 12) and the
+// one with id 7 (counters only) died while no agent ran. a keeps 3; 7 and 9 are dead (their
+// counters go) and no new pod gets an id at or below 9 (it would inherit their counters).
+TEST(RecoverWorkloadIds, DeadPodsIdsAreNeitherKeptNorGivenOutAgain) {
+  std::map<uint64_t, shunt_pod> pods = {{11, {3, SHUNT_POD_MESHED}}, {12, {9, SHUNT_POD_MESHED}}};
+  const std::map<std::string, uint64_t> cgroups = {{"a", 11}, {"new", 13}};
+  RecoveredIds r = RecoverWorkloadIds(pods, cgroups, {3, 7});
+  EXPECT_EQ(r.adopt, (std::map<std::string, uint32_t>{{"a", 3}}));
+  EXPECT_EQ(r.dead, (std::set<uint32_t>{7, 9}));
+  EXPECT_EQ(r.next, 10u);
+  WorkloadIds ids;
+  for (const auto& [uid, id] : r.adopt) ids.Adopt(uid, id);
+  ids.StartAt(r.next);
+  EXPECT_EQ(ids.IdFor("a"), 3u);
+  EXPECT_EQ(ids.IdFor("new"), 10u) << "before: the highest adopted id + 1, i.e. 4, or 7 and 9 "
+                                      "reused once it counted up to them";
+}
+
 TEST(ParseIpKey, V4MappedAndV6) {
   auto v4 = ParseIpKey("198.18.0.2");
   auto mapped = ParseIpKey("::ffff:198.18.0.2");
