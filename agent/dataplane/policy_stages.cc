@@ -10,12 +10,9 @@ namespace {
 constexpr int kBits = SHUNT_AP_MAX_POLICIES;
 using Ranges = std::vector<std::pair<int, int>>;  // sorted, disjoint, inclusive
 
-Ranges ToRanges(const shunt_ap_ports& p) {
-  if (p.count == 0) return {{0, 65535}};
-  Ranges r;
-  for (uint32_t i = 0; i < p.count && i < SHUNT_AP_MAX_PORT_RANGES; ++i) {
-    if (p.from[i] <= p.to[i]) r.push_back({p.from[i], p.to[i]});
-  }
+// Sorted, overlapping and adjacent ranges joined; port 0 is never connected to, so every other
+// port is every port.
+Ranges Merge(Ranges r) {
   std::sort(r.begin(), r.end());
   Ranges out;
   for (const auto& x : r) {
@@ -25,13 +22,23 @@ Ranges ToRanges(const shunt_ap_ports& p) {
       out.push_back(x);
     }
   }
-  // Port 0 is never connected to: every other port is every port.
   if (out.size() == 1 && out[0].first <= 1 && out[0].second == 65535) out[0].first = 0;
   return out;
 }
 
+Ranges ToRanges(const shunt_ap_ports& p) {
+  if (p.count == 0) return {{0, 65535}};
+  Ranges r;
+  for (uint32_t i = 0; i < p.count && i < SHUNT_AP_MAX_PORT_RANGES; ++i) {
+    if (p.from[i] <= p.to[i]) r.push_back({p.from[i], p.to[i]});
+  }
+  return Merge(std::move(r));
+}
+
+// nullopt where the ranges do not fit, or are none (count 0 would mean every port).
 std::optional<shunt_ap_ports> FromRanges(const Ranges& r) {
   shunt_ap_ports p{};
+  if (r.empty()) return std::nullopt;
   if (r.size() == 1 && r[0].first == 0 && r[0].second == 65535) return p;  // every port
   if (r.size() > SHUNT_AP_MAX_PORT_RANGES) return std::nullopt;
   for (const auto& [a, b] : r) {
@@ -45,16 +52,7 @@ std::optional<shunt_ap_ports> FromRanges(const Ranges& r) {
 Ranges Union(const Ranges& a, const Ranges& b) {
   Ranges all = a;
   all.insert(all.end(), b.begin(), b.end());
-  std::sort(all.begin(), all.end());
-  Ranges out;
-  for (const auto& x : all) {
-    if (!out.empty() && x.first <= out.back().second + 1) {
-      out.back().second = std::max(out.back().second, x.second);
-    } else {
-      out.push_back(x);
-    }
-  }
-  return out;
+  return Merge(std::move(all));
 }
 
 Ranges Intersect(const Ranges& a, const Ranges& b) {
@@ -65,8 +63,7 @@ Ranges Intersect(const Ranges& a, const Ranges& b) {
       if (lo <= hi) out.push_back({lo, hi});
     }
   }
-  std::sort(out.begin(), out.end());
-  return out;
+  return Merge(std::move(out));
 }
 
 bool Same(const shunt_ap_ports& a, const shunt_ap_ports& b) { return ToRanges(a) == ToRanges(b); }
@@ -146,17 +143,11 @@ struct Planner {
     Push(std::move(next));
   }
 
-  // Ports of `bits` set to `ranges_of(bit)` (shrinking a mixed bit to what old and new share).
-  void PortsTo(uint64_t bits, bool intersect) {
+  // Ports of `bits` set to their new ranges.
+  void PortsTo(uint64_t bits) {
     PolicyMaps next = cur;
     for (int b = 0; b < kBits; ++b) {
-      if (!(bits & Bit(b))) continue;
-      if (!intersect) {
-        next.ports[b] = to.ports[b];
-        continue;
-      }
-      auto i = FromRanges(Intersect(ToRanges(cur.ports[b]), ToRanges(to.ports[b])));
-      next.ports[b] = i ? *i : to.ports[b];
+      if (bits & Bit(b)) next.ports[b] = to.ports[b];
     }
     Push(std::move(next));
   }
@@ -248,7 +239,7 @@ void Standard(Planner& p, const PolicyMaps& to) {
   // Bits new to the maps: their ports before any entry refers to them (while none does, what they
   // hold decides nothing).
   const uint64_t fresh = (used_n & ~used_o) | kind_changed;
-  if (fresh) q.PortsTo(fresh, false);
+  if (fresh) q.PortsTo(fresh);
   // Sources of bits no destination has yet decide nothing: set to new first (stale ones would meet
   // the bit's new destinations).
   q.Apply(Map::kSources, ~(used_o & ~kind_changed), Step::kShrink);
@@ -270,7 +261,7 @@ void Standard(Planner& p, const PolicyMaps& to) {
   if (mixed) {
     q.ShrinkToCommon(Map::kDests, mixed);
     q.ShrinkToCommon(Map::kSources, mixed);
-    q.PortsTo(mixed, false);
+    q.PortsTo(mixed);
   }
   // Tighten first: more denied (a DENY needs its source, destination and port all set, so any
   // order of the three only adds denials that the new policy makes).
