@@ -74,3 +74,23 @@ if [ ! -e "$VM_CACHE/kernel/.complete" ]; then
   trap - EXIT
 fi
 echo "setup: second kernel in $VM_CACHE/kernel: $(cat "$VM_CACHE/kernel/.package")"
+
+# promtool (Debian package prometheus), for the tests that lint what /metrics serves. Unpacked,
+# not installed: the package would also install and start a Prometheus server on this machine.
+TOOLS_CACHE=/var/cache/shunt-tools
+if [ ! -x "$TOOLS_CACHE/prometheus/usr/bin/promtool" ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  [ -n "${updated:-}" ] || apt-get update -qq
+  echo "setup: unpacking prometheus (promtool) into $TOOLS_CACHE/prometheus"
+  mkdir -p "$TOOLS_CACHE"
+  dl=$(mktemp -d "$TOOLS_CACHE/.download.XXXXXX")
+  trap 'rm -rf "$dl"' EXIT
+  if id _apt >/dev/null 2>&1; then chown _apt "$dl"; fi
+  (cd "$dl" && apt-get download -qq prometheus)
+  dpkg-deb -x "$dl"/prometheus_*.deb "$dl/root"
+  rm -rf "$TOOLS_CACHE/prometheus"
+  mv "$dl/root" "$TOOLS_CACHE/prometheus"
+  rm -rf "$dl"
+  trap - EXIT
+fi
+echo "setup: promtool: $("$TOOLS_CACHE/prometheus/usr/bin/promtool" --version 2>&1 | head -1)"

@@ -61,6 +61,10 @@ std::vector<MetricFamily> SockLbCollector::Collect() const {
   auto collect_error =
       Family("shunt_socklb_collect_error",
              "1 when reading the socklb counters failed in this scrape.", MetricType::Gauge);
+  auto folded = Family("shunt_socklb_series_folded",
+                       "Label sets of the socklb counters folded into source workload \"other\" "
+                       "by the cardinality cap.",
+                       MetricType::Gauge);
 
   auto source = [&](uint32_t id) -> std::vector<ClientMetric::Label> {
     auto it = dir->find(id);
@@ -74,12 +78,28 @@ std::vector<MetricFamily> SockLbCollector::Collect() const {
             {"source_pod", it->second.name}};
   };
 
+  // Counters are summed by label set: several kernel keys name one series (the ports of one
+  // Service, the service ids behind one event). Over the cap, new label sets fold into source
+  // workload "other" (counted), so that series neither flap nor repeat between scrapes.
+  using LabelKey = std::vector<std::pair<std::string, std::string>>;
+  enum Fam { kConns, kDenied, kEvents };
+  std::map<std::pair<Fam, LabelKey>, double> agg;
+  uint64_t folded_count = 0;
+  auto add = [&](Fam fam, const std::vector<ClientMetric::Label>& labels, double v) {
+    std::pair<Fam, LabelKey> key{fam, {}};
+    for (const auto& l : labels) key.second.push_back({l.name, l.value});
+    if (!agg.count(key) && agg.size() >= max_series_) {
+      for (auto& [n, val] : key.second) {
+        if (n.rfind("source_", 0) == 0) val = "other";
+      }
+      ++folded_count;
+    }
+    agg[key] += v;
+  };
   double failed = 0;
   auto stats = lb_.ReadStats();
   if (stats.ok()) {
-    size_t series = 0;
     for (const auto& s : *stats) {
-      if (series++ >= max_series_) break;  // the cap of the fast path's families applies here too
       auto labels = source(s.key.workload_id);
       switch (s.key.event) {
         case SHUNT_LB_REWRITTEN: {
@@ -88,7 +108,7 @@ std::vector<MetricFamily> SockLbCollector::Collect() const {
               SplitName(it == st->service_names.end() ? "unknown/unknown" : it->second);
           labels.push_back({"destination_service_namespace", ns});
           labels.push_back({"destination_service_name", name});
-          lb_conns.metric.push_back(Sample(labels, s.value, true));
+          add(kConns, labels, s.value);
           break;
         }
         case SHUNT_LB_DENIED:
@@ -96,7 +116,7 @@ std::vector<MetricFamily> SockLbCollector::Collect() const {
           auto it = st->policy_names.find(s.key.detail);
           labels.push_back({"policy", it == st->policy_names.end() ? "unknown" : it->second});
           labels.push_back({"reason", s.key.event == SHUNT_LB_DENIED ? "deny" : "not_allowed"});
-          denied.metric.push_back(Sample(labels, s.value, true));
+          add(kDenied, labels, s.value);
           break;
         }
         case SHUNT_LB_NO_BACKEND:
@@ -105,11 +125,17 @@ std::vector<MetricFamily> SockLbCollector::Collect() const {
           labels.push_back({"event", s.key.event == SHUNT_LB_NO_BACKEND   ? "no_backend"
                                      : s.key.event == SHUNT_LB_NO_STORAGE ? "no_storage"
                                                                           : "stats_full"});
-          events.metric.push_back(Sample(labels, s.value, true));
+          add(kEvents, labels, s.value);
           break;
         default:
           break;
       }
+    }
+    for (const auto& [key, v] : agg) {
+      std::vector<ClientMetric::Label> labels;
+      for (const auto& [n, val] : key.second) labels.push_back({n, val});
+      auto& fam = key.first == kConns ? lb_conns : key.first == kDenied ? denied : events;
+      fam.metric.push_back(Sample(labels, v, true));
     }
   } else {
     failed = 1;
@@ -125,7 +151,8 @@ std::vector<MetricFamily> SockLbCollector::Collect() const {
   }
   errors.metric.push_back(Sample({}, st->errors_total, true));
   collect_error.metric.push_back(Sample({}, failed, false));
-  return {lb_conns, denied, events, entries, capacity, overflow, errors, collect_error};
+  folded.metric.push_back(Sample({}, static_cast<double>(folded_count), false));
+  return {lb_conns, denied, events, entries, capacity, overflow, errors, collect_error, folded};
 }
 
 }  // namespace shunt::agent
