@@ -122,20 +122,22 @@ absl::Status Reconciler::Start() {
     auto pods = writer_.ListPods();
     auto cgroups = FindPodCgroups(options_.cgroup_root);
     auto counted = writer_.CountedWorkloads();
-    if (pods.ok() && cgroups.ok()) {
-      std::map<std::string, uint64_t> cgroup_ids;
+    std::map<std::string, uint64_t> cgroup_ids;
+    if (cgroups.ok()) {
       for (const auto& [uid, path] : *cgroups) {
         if (auto id = CgroupId(path); id.ok()) cgroup_ids[uid] = *id;
       }
-      RecoveredIds r = RecoverWorkloadIds(*pods, cgroup_ids,
-                                          counted.ok() ? *counted : std::set<uint32_t>{});
-      for (const auto& [uid, id] : r.adopt) {
-        ids_.Adopt(uid, id);
-        live_[id] = uid;
-      }
-      ids_.StartAt(r.next);
-      dead_ = std::move(r.dead);
     }
+    RecoveredIds r =
+        RecoverWorkloadIds(pods.ok() ? *pods : std::map<uint64_t, shunt_pod>{}, cgroup_ids,
+                           counted.ok() ? *counted : std::set<uint32_t>{});
+    for (const auto& [uid, id] : r.adopt) {
+      ids_.Adopt(uid, id);
+      live_[id] = uid;
+    }
+    ids_.StartAt(r.next);  // even when the pods could not be matched: no id is handed out twice
+    // Only where every pod could be matched is an id without one known to be dead.
+    if (pods.ok() && cgroups.ok() && cgroup_ids.size() == cgroups->size()) dead_ = std::move(r.dead);
   }
   absl::Status first = ReconcileOnce();
   loop_.Start();

@@ -317,7 +317,16 @@ std::vector<PolicyMaps> PolicyStages(const PolicyMaps& from, const PolicyMaps& t
   f.port_shrink &= used_n;
   f.src_grow &= used_n;
   const uint64_t kind_changed = (f.deny_o & f.allow_n) | (f.allow_o & f.deny_n);
-  const uint64_t mixed = (((f.src_grow & (f.dst_shrink | f.port_shrink)) |
+  // Ports whose old and new ranges together do not fit: they cannot widen first, so change in
+  // place only through a spare.
+  uint64_t wide = 0;
+  for (int b = 0; b < kBits; ++b) {
+    if ((f.port_change & used_o & used_n & Bit(b)) &&
+        !FromRanges(Union(ToRanges(from.ports[b]), ToRanges(to.ports[b])))) {
+      wide |= Bit(b);
+    }
+  }
+  const uint64_t mixed = wide | (((f.src_grow & (f.dst_shrink | f.port_shrink)) |
                            (f.dst_grow & (f.src_shrink | f.port_shrink)) |
                            (f.port_grow & (f.src_shrink | f.dst_shrink))) &
                           used_o & used_n) |

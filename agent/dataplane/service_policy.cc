@@ -420,6 +420,14 @@ DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const 
     std::optional<uint32_t> bit;
     if (!sources.empty()) {
       bit = ids.policy_bits.IdFor(pname);
+      // At the cap a DENY takes the bit of the last ALLOW holding one (kept from an earlier
+      // pass): that ALLOW then fails closed rather than this DENY open.
+      for (auto it = policies.rbegin(); !bit && is_deny(p) && it != policies.rend(); ++it) {
+        if (is_deny(*it)) break;
+        if (ids.policy_bits.Release((*it)->namespace_() + "/" + (*it)->name())) {
+          bit = ids.policy_bits.IdFor(pname);
+        }
+      }
       if (bit) live_policies_with_bits.insert(pname);
     }
     if (!bit && is_deny(p)) {

@@ -89,6 +89,8 @@ class StableIds {
   std::optional<uint32_t> IdFor(const std::string& name);
   // Forgets every name not in `keep`.
   void Retain(const std::set<std::string>& keep);
+  // Forgets `name` (its id is free); false if it had none.
+  bool Release(const std::string& name) { return ids_.erase(name) > 0; }
   // Gives `name` the id `id` (recovered after a restart) unless either is taken already.
   void Adopt(const std::string& name, uint32_t id);
 

@@ -322,6 +322,28 @@ TEST(ServicePolicy, OverTheCapDenyFailsOpenAndAllowFailsClosed) {
   EXPECT_EQ(d.policy_dests.at(Ip("10.0.0.2")).deny, (1ull << 63) - 1);  // deny-063 is not there
 }
 
+// The same at the cap reached over two passes: 63 ALLOW policies hold every bit, then a DENY
+// comes. It takes the last ALLOW's bit (that ALLOW fails closed), rather than failing open.
+TEST(ServicePolicy, ADenyAddedAtTheCapTakesAnAllowsBitRatherThanFailOpen) {
+  ServicePolicyIds ids;
+  std::string ps;
+  for (int i = 0; i < 63; ++i) {
+    ps += (i ? "," : "") + Policy(absl::StrFormat("allow-%03d", i), "ALLOW", R"({"app": "api"})",
+                                  R"([{"pods": {"matchLabels": {"app": "front"}}}])");
+  }
+  auto d = CompileServicePolicy(Bundle("", "", ps), kNode, kCgroups, {}, ids);
+  ASSERT_TRUE(d.errors.empty());
+  EXPECT_EQ(d.policy_names.size(), 63u);
+  ps += "," + Policy("deny-front", "DENY", R"({"app": "api"})",
+                     R"([{"pods": {"matchLabels": {"app": "front"}}}])");
+  d = CompileServicePolicy(Bundle("", "", ps), kNode, kCgroups, {}, ids);
+  EXPECT_EQ(d.overflow.at(kLbMapPolicies), 1u);
+  ASSERT_EQ(d.policy_dests.count(Ip("10.0.0.2")), 1u);
+  EXPECT_NE(d.policy_dests.at(Ip("10.0.0.2")).deny & d.policy_sources.at(101), 0u)
+      << "the DENY is enforced";
+  EXPECT_EQ(d.policy_names.at(kSharedAllowBit), "default/allow-062") << "the last ALLOW fails closed";
+}
+
 // A policy that stops matching any source here gives its bit back.
 TEST(ServicePolicy, APolicyWhoseSourcesLeaveTheNodeGivesItsBitBack) {
   ServicePolicyIds ids;

@@ -71,7 +71,7 @@ struct shunt_ap_dst {
 
 /* policy names map value: "namespace/name", NUL-terminated; empty: a free bit. Written by the
  * agent after each pass, read at its start so that policies keep their bits (and counters). */
-#define SHUNT_AP_NAME_LEN 256
+#define SHUNT_AP_NAME_LEN 320 /* namespace (63) + "/" + name (253), NUL */
 struct shunt_ap_name {
 	char name[SHUNT_AP_NAME_LEN];
 };
