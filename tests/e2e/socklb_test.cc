@@ -323,8 +323,9 @@ TEST_P(SockLbTest, MetricsPassPromtoolAndNoSeriesIsThereTwice) {
   }
   EXPECT_EQ(Count(Probe(P(3), "198.18.255.10:81", 2), "errors", "EPERM"), 2u);
 
-  auto text = agent_->Get("/metrics");
+  auto text = agent_->Get("/metrics", kMetricsPort);
   ASSERT_TRUE(text.ok()) << text.status();
+  ASSERT_EQ(text->code, 200);
   const std::string file = bed_->work_dir() + "/metrics.txt";
   {
     std::ofstream f(file);
