@@ -167,6 +167,13 @@ TEST_F(ControlPlaneTest, NamespaceLabelMeshesPodsThroughTheController) {
   EXPECT_GE(ControllerMetric("shunt_controller_connected_agents"), 2);
   EXPECT_GE(ControllerMetric("shunt_controller_acks_total"), 4);
   EXPECT_GE(ControllerMetric("shunt_controller_propagation_seconds_count"), 2);
+  // Both endpoints as a Prometheus server sees them (issue 8 item 11).
+  auto page = HttpGetInNetns(bed_->node(0).netns, "127.0.0.1", kControllerMetricsPort, "/metrics");
+  ASSERT_TRUE(page.ok() && page->code == 200);
+  EXPECT_EQ(MetricsProblems(page->body), "") << "controller";
+  page = agents_[0]->Get("/metrics", kMetricsPort);
+  ASSERT_TRUE(page.ok() && page->code == 200);
+  EXPECT_EQ(MetricsProblems(page->body), "") << "agent";
 }
 
 TEST_F(ControlPlaneTest, InvalidResourceIsNackedAndTheAgentKeepsItsLastGoodState) {

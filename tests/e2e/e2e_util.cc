@@ -165,6 +165,37 @@ std::string FastpathCounterSummary(const std::vector<Sample>& samples) {
   return out;
 }
 
+std::string MetricsProblems(const std::string& text) {
+  std::string promtool = "/var/cache/shunt-tools/prometheus/usr/bin/promtool";
+  if (access(promtool.c_str(), X_OK) != 0) promtool = "/usr/bin/promtool";
+  if (access(promtool.c_str(), X_OK) != 0) {
+    return "promtool is needed (Debian package prometheus; scripts/setup.sh)\n";
+  }
+  char path[] = "/tmp/shunt-metrics-XXXXXX";
+  const int fd = mkstemp(path);
+  if (fd < 0) return "mkstemp failed\n";
+  const bool written = write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+  close(fd);
+  std::string out = written ? "" : "could not write the page\n";
+  if (FILE* p = popen((promtool + " check metrics < " + path + " 2>&1").c_str(), "r")) {
+    char buf[512];
+    while (fgets(buf, sizeof(buf), p)) out += buf;
+    const int rc = pclose(p);
+    if (rc != 0 && out.empty()) out = "promtool exited " + std::to_string(rc) + "\n";
+  }
+  unlink(path);
+  std::map<std::string, int> seen;
+  for (const auto& s : ParsePrometheusText(text)) {
+    std::string key = s.name + "{";
+    for (const auto& [k, v] : s.labels) key += k + "=\"" + v + "\",";
+    ++seen[key + "}"];
+  }
+  for (const auto& [key, n] : seen) {
+    if (n > 1) out += key + " is there " + std::to_string(n) + " times\n";
+  }
+  return out;
+}
+
 bool WaitForFile(const std::string& path) {
   for (int i = 0; i < 1000 && access(path.c_str(), F_OK) != 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));

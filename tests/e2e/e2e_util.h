@@ -69,6 +69,11 @@ class AgentProcess {
 // Runs `shunt-agent --uninstall` for the node (used by tests and by fixtures' teardown).
 absl::StatusOr<testbed::Output> UninstallAgent(testbed::Testbed& bed, const testbed::Node& node);
 
+// What is wrong with a /metrics page, for a Prometheus server: what `promtool check metrics` says
+// (Debian's, unpacked by scripts/setup.sh) and every series that is there more than once
+// (promtool 2.42 does not look for that). Empty: nothing.
+std::string MetricsProblems(const std::string& text);
+
 // Waits (10 s at most) for a program to create `path`, its sign that it is ready.
 bool WaitForFile(const std::string& path);
 
