@@ -28,7 +28,7 @@ if [ "${SHUNT_TEST_VM:-1}" = 0 ]; then
 elif ctest --test-dir build -N "$@" -L kernel | grep -q '^Total Tests: [1-9]'; then
   echo "test.sh: the kernel tests again, on the second kernel (a VM)"
   vm_ran=1
-  # Bounded so that the whole command stays within CI's 90 minutes (about 24 min under TCG here).
+  # Bounded so that the whole command stays within CI's 90 minutes (about 31 min under TCG here).
   ./scripts/vm/run-kernel-tests.sh --timeout="${SHUNT_VM_TIMEOUT:-3600}" -- "${ctest_args[@]}" -L kernel ||
     vm_rc=$?
   if ((vm_rc == 75)); then
