@@ -450,6 +450,26 @@ static __always_inline int in_sockhash(struct shunt_sock_state *st)
 	return 1;
 }
 
+/* A meshed socket's state as it starts: not in the sockhash, no reader slot, its peer's not known. */
+static __always_inline void sock_state_init(struct shunt_sock_state *st, struct bpf_sock_ops *skops,
+					    __u32 self, __u32 peer, __u8 mode, __u8 reader,
+					    __u64 netns, const struct shunt_sock_key *key)
+{
+	st->src_workload = self;
+	st->dst_workload = peer;
+	st->mode = mode;
+	st->in_map = 0;
+	st->reader = reader;
+	st->flags = (skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB ? SHUNT_SKST_PASSIVE : 0) |
+		    (reader == SHUNT_READER_SAFE ? SHUNT_SKST_EVER_SAFE : 0);
+	st->netns_cookie = netns;
+	st->key = *key;
+	st->slot = SHUNT_NO_SLOT;
+	st->cookie = bpf_get_socket_cookie(skops);
+	st->peer_cookie = 0;
+	st->peer_slot = SHUNT_NO_SLOT;
+}
+
 /* A socket kept out of the sockhash whose reads are still to be seen (sock_recv_length sees
  * every socket's), so that its class is learned. */
 static __always_inline void plain_for_life(struct bpf_sock_ops *skops, __u32 self, __u32 peer,
@@ -458,25 +478,13 @@ static __always_inline void plain_for_life(struct bpf_sock_ops *skops, __u32 sel
 	struct bpf_sock *bsk = skops->sk;
 	if (!bsk)
 		return;
-	__u32 op = skops->op;
 	struct shunt_sock_state *st =
 		bpf_sk_storage_get(&shunt_skst_v3, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st)
 		return;
 	/* Its close tells a sender class (one that never reads) from one not seen yet. */
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
-	st->src_workload = self;
-	st->dst_workload = peer;
-	st->mode = SHUNT_SOCK_PLAIN;
-	st->in_map = 0;
-	st->reader = SHUNT_READER_UNKNOWN;
-	st->flags = op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB ? SHUNT_SKST_PASSIVE : 0;
-	st->netns_cookie = netns;
-	st->key = *key;
-	st->slot = SHUNT_NO_SLOT;
-	st->cookie = bpf_get_socket_cookie(skops);
-	st->peer_cookie = 0;
-	st->peer_slot = SHUNT_NO_SLOT;
+	sock_state_init(st, skops, self, peer, SHUNT_SOCK_PLAIN, SHUNT_READER_UNKNOWN, netns, key);
 }
 
 static __always_inline void on_established(struct bpf_sock_ops *skops)
@@ -569,19 +577,7 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 		drop_lone_peer(skops, &key, peer);
 		return;
 	}
-	st->src_workload = self;
-	st->dst_workload = peer;
-	st->mode = SHUNT_SOCK_UNDECIDED;
-	st->in_map = 0;
-	st->reader = reader;
-	st->flags = (skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB ? SHUNT_SKST_PASSIVE : 0) |
-		    (reader == SHUNT_READER_SAFE ? SHUNT_SKST_EVER_SAFE : 0);
-	st->netns_cookie = netns;
-	st->key = key;
-	st->slot = SHUNT_NO_SLOT;
-	st->cookie = bpf_get_socket_cookie(skops);
-	st->peer_cookie = 0;
-	st->peer_slot = SHUNT_NO_SLOT;
+	sock_state_init(st, skops, self, peer, SHUNT_SOCK_UNDECIDED, reader, netns, &key);
 
 	if (shunt_protect) {
 		__u32 slot = slot_take(st->cookie);
