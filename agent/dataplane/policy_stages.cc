@@ -224,6 +224,27 @@ BitFacts Facts(const PolicyMaps& o, const PolicyMaps& n) {
 }
 
 
+// Facts without the changes that wait for the final state: ports, and growing sources, of a bit
+// no destination has in `n` (a bit with sources only decides nothing, and before the end its
+// ports and new sources would meet its old destinations).
+BitFacts Changes(const PolicyMaps& o, const PolicyMaps& n) {
+  BitFacts f = Facts(o, n);
+  const uint64_t used_n = f.deny_n | f.allow_n;
+  f.port_grow &= used_n;
+  f.port_shrink &= used_n;
+  f.port_change &= used_n;
+  f.src_grow &= used_n;
+  return f;
+}
+
+// Bits in use before and after whose one part grows while another shrinks.
+uint64_t Mixed(const BitFacts& f) {
+  return ((f.src_grow & (f.dst_shrink | f.port_shrink)) |
+          (f.dst_grow & (f.src_shrink | f.port_shrink)) |
+          (f.port_grow & (f.src_shrink | f.dst_shrink))) &
+         (f.deny_o | f.allow_o) & (f.deny_n | f.allow_n);
+}
+
 // Stages from p.cur to `to` where no bit is mixed (one part growing while another shrinks) or
 // changes kind; those that are (no spare bit was left for them) are cut down first.
 void Standard(Planner& p, const PolicyMaps& to) {
@@ -243,19 +264,8 @@ void Standard(Planner& p, const PolicyMaps& to) {
   // Sources of bits no destination has yet decide nothing: set to new first (stale ones would meet
   // the bit's new destinations).
   q.Apply(Map::kSources, ~(used_o & ~kind_changed), Step::kShrink);
-  BitFacts g = Facts(q.cur, to);
-  // Ports of a bit that leaves the maps change last (the final state), once no entry refers to it:
-  // before, they would decide for its old entries.
-  g.port_grow &= used_n;
-  g.port_shrink &= used_n;
-  g.port_change &= used_n;
-  // So do the sources of a bit no destination has any more (a bit with sources only decides
-  // nothing): before, they would meet its old destinations.
-  g.src_grow &= used_n;
-  const uint64_t mixed = ((g.src_grow & (g.dst_shrink | g.port_shrink)) |
-                          (g.dst_grow & (g.src_shrink | g.port_shrink)) |
-                          (g.port_grow & (g.src_shrink | g.dst_shrink))) &
-                         used_o & used_n & ~fresh;
+  const BitFacts g = Changes(q.cur, to);
+  const uint64_t mixed = Mixed(g) & ~fresh;
   const uint64_t deny = (g.deny_o | g.deny_n) & ~mixed, allow = (g.allow_o | g.allow_n) & ~mixed;
   // Mixed bits without a spare: cut to what old and new share, then the new ports, then grown.
   if (mixed) {
@@ -308,14 +318,11 @@ std::vector<PolicyMaps> PolicyStages(const PolicyMaps& from, const PolicyMaps& t
   // through what another bit's change did not cover yet. Its new meaning goes into a spare bit
   // first (make before break), its old one is removed, then it takes the new meaning and the spare
   // is removed: each of the two passes has no such bit.
-  BitFacts f = Facts(from, to);
+  const BitFacts f = Changes(from, to);
   const uint64_t used_o = f.deny_o | f.allow_o, used_n = f.deny_n | f.allow_n;
   uint64_t referenced = used_o | used_n;
   for (const auto& [cg, mask] : from.sources) referenced |= mask;
   for (const auto& [cg, mask] : to.sources) referenced |= mask;
-  f.port_grow &= used_n;
-  f.port_shrink &= used_n;
-  f.src_grow &= used_n;
   const uint64_t kind_changed = (f.deny_o & f.allow_n) | (f.allow_o & f.deny_n);
   // Ports whose old and new ranges together do not fit: they cannot widen first, so change in
   // place only through a spare.
@@ -326,11 +333,7 @@ std::vector<PolicyMaps> PolicyStages(const PolicyMaps& from, const PolicyMaps& t
       wide |= Bit(b);
     }
   }
-  const uint64_t mixed = wide | (((f.src_grow & (f.dst_shrink | f.port_shrink)) |
-                           (f.dst_grow & (f.src_shrink | f.port_shrink)) |
-                           (f.port_grow & (f.src_shrink | f.dst_shrink))) &
-                          used_o & used_n) |
-                         kind_changed;
+  const uint64_t mixed = wide | Mixed(f) | kind_changed;
   PolicyMaps middle = to;
   bool moved = false;
   for (int b = 0, spare = kBits - 1; b < kBits; ++b) {
