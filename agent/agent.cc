@@ -240,6 +240,7 @@ int RunAgent(const AgentConfig& config) {
   lb_options.limits.services = config.lb_services_size;
   lb_options.limits.slots = config.lb_slots_size;
   lb_options.limits.policy_sources = config.policy_sources_size;
+  lb_options.limits.pending_sources = fc.pods_size;
   lb_options.limits.policy_dests = config.policy_dests_size;
   lb_options.limits.max_slots_per_service = config.lb_max_slots;
   lb_options.directory = [&reconciler] { return reconciler.directory(); };

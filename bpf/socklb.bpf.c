@@ -11,8 +11,10 @@
  * that does not fit a map pass unmodified, counted.
  */
 #include "vmlinux.h"
+#include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
 
 #include "shunt/fastpath_abi.h"
 #include "shunt/socklb_abi.h"
@@ -76,6 +78,19 @@ struct {
 	__type(value, struct shunt_ap_ports);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } shunt_apport_v1 SEC(".maps");
+
+/* Policy masks of pods of this node that have no cgroup yet, by uid: copied into shunt_apsrc_v1
+ * when the cgroup appears (shunt_cgroup_mkdir). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct shunt_pod_uid);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} shunt_appnd_v1 SEC(".maps");
+
+/* The node's pod cgroup root (--cgroup-root), set by the agent before load. */
+const volatile __u64 shunt_cgroup_root_id = 0;
 
 /* Not used by the programs: the agent's record of which policy holds which bit. */
 struct {
@@ -346,4 +361,119 @@ int shunt_getpeername6(struct bpf_sock_addr *ctx)
 		ctx->user_port = bpf_htons(st->vip_port);
 	}
 	return 1;
+}
+
+/* Pod cgroups from their first instant.
+ *
+ * kubelet names a pod's cgroup after the pod's uid: "pod<uid>" (cgroupfs driver) or
+ * "kubepods[-besteffort|-burstable]-pod<uid with '_' for '-'>.slice" (systemd driver). The agent
+ * puts every pod of this node that policy knows into the pending maps by uid before its cgroup
+ * exists; when kubelet creates the cgroup, this program (cgroup_mkdir fires before the directory
+ * is visible, so before any task can join it) gives it its pods map and policy source entries.
+ * A pod's very first connect() is then decided like every later one, with no rescan in between,
+ * also while no agent runs (the link is pinned). Only cgroups of the unified hierarchy below the
+ * node's pod cgroup root are looked at. */
+
+#define SHUNT_CG_NAME_MAX 80
+
+/* Copies the uid at buf[off], `len` (36 or 32) characters whose dashes are `sep`, into `out` with
+ * dashes; 0 if the separators are not where a UUID has them. */
+static __always_inline int take_uid(const char *buf, int off, int len, char sep,
+				    struct shunt_pod_uid *out)
+{
+	for (int i = 0; i < 36; i++) {
+		if (i >= len)
+			break;
+		char c = buf[(off + i) & 127];
+		const int dash = len == 36 && (i == 8 || i == 13 || i == 18 || i == 23);
+		if (dash) {
+			if (c != sep)
+				return 0;
+			c = '-';
+		} else if (c == '-' || c == '_' || c == 0) {
+			return 0;
+		}
+		out->uid[i] = c;
+	}
+	return 1;
+}
+
+static __always_inline int starts_with(const char *buf, const char *prefix, int n)
+{
+	for (int i = 0; i < 24; i++) {
+		if (i >= n)
+			break;
+		if (buf[i] != prefix[i])
+			return 0;
+	}
+	return 1;
+}
+
+/* The pod uid in a kubelet pod cgroup name of length n (without NUL); 0 if it is none. */
+static __always_inline int pod_uid_of(const char *buf, int n, struct shunt_pod_uid *out)
+{
+	if (starts_with(buf, "pod", 3) && (n == 3 + 36 || n == 3 + 32))
+		return take_uid(buf, 3, n - 3, '-', out);
+	if (n < 6 || buf[(n - 6) & 127] != '.' || buf[(n - 5) & 127] != 's' ||
+	    buf[(n - 4) & 127] != 'l' || buf[(n - 3) & 127] != 'i' || buf[(n - 2) & 127] != 'c' ||
+	    buf[(n - 1) & 127] != 'e')
+		return 0;
+	const int uid_len = n - 6;
+	if (starts_with(buf, "kubepods-pod", 12) && (uid_len == 12 + 36 || uid_len == 12 + 32))
+		return take_uid(buf, 12, uid_len - 12, '_', out);
+	if (starts_with(buf, "kubepods-burstable-pod", 22) &&
+	    (uid_len == 22 + 36 || uid_len == 22 + 32))
+		return take_uid(buf, 22, uid_len - 22, '_', out);
+	if (starts_with(buf, "kubepods-besteffort-pod", 23) &&
+	    (uid_len == 23 + 36 || uid_len == 23 + 32))
+		return take_uid(buf, 23, uid_len - 23, '_', out);
+	return 0;
+}
+
+SEC("tp_btf/cgroup_mkdir")
+int BPF_PROG(shunt_cgroup_mkdir, struct cgroup *cgrp, const char *path)
+{
+	if (!shunt_cgroup_root_id || BPF_CORE_READ(cgrp, root, hierarchy_id) != 0)
+		return 0; /* not the unified hierarchy */
+	/* Below the pod cgroup root? */
+	struct cgroup *cg = cgrp;
+	int below = 0;
+	for (int i = 0; i < SHUNT_MAX_CGROUP_WALK; i++) {
+		struct cgroup_subsys_state *parent = BPF_CORE_READ(cg, self.parent);
+		if (!parent)
+			break;
+		cg = BPF_CORE_READ(parent, cgroup);
+		if (!cg)
+			break;
+		if (BPF_CORE_READ(cg, kn, id) == shunt_cgroup_root_id) {
+			below = 1;
+			break;
+		}
+	}
+	if (!below)
+		return 0;
+	char buf[128] = {};
+	const char *name = BPF_CORE_READ(cgrp, kn, name);
+	long len = bpf_probe_read_kernel_str(buf, SHUNT_CG_NAME_MAX, name);
+	if (len <= 1)
+		return 0;
+	struct shunt_pod_uid uid = {};
+	if (!pod_uid_of(buf, (int)(len - 1) & 127, &uid))
+		return 0; /* a QoS slice or a container: not a pod */
+	const struct shunt_pod *pod = bpf_map_lookup_elem(&shunt_podpnd_v1, &uid);
+	if (!pod) {
+		count_event(SHUNT_WORKLOAD_UNKNOWN, SHUNT_LB_POD_UNKNOWN, 0);
+		return 0;
+	}
+	__u64 id = BPF_CORE_READ(cgrp, kn, id);
+	struct shunt_pod p = *pod;
+	/* Sources first: once the pods map knows the cgroup, its connects are decided. */
+	const __u64 *mask = bpf_map_lookup_elem(&shunt_appnd_v1, &uid);
+	if (mask) {
+		__u64 m = *mask;
+		shunt_map_update(&shunt_apsrc_v1, &id, &m, BPF_ANY);
+	}
+	shunt_map_update(&shunt_pods_v1, &id, &p, BPF_ANY);
+	count_event(SHUNT_WORKLOAD_UNKNOWN, SHUNT_LB_POD_RESOLVED, 0);
+	return 0;
 }

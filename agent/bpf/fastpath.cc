@@ -28,7 +28,7 @@ namespace {
 constexpr const char* kMapNames[] = {
     SHUNT_MAP_SOCKHASH,  SHUNT_MAP_SOCKSTATE,    SHUNT_MAP_READERS,
     SHUNT_MAP_READER_SLOTS, SHUNT_MAP_LISTENERS, SHUNT_MAP_CONTROL,
-    SHUNT_MAP_PODS,      SHUNT_MAP_ENDPOINTS,    SHUNT_MAP_MSG_STATS,
+    SHUNT_MAP_PODS,      SHUNT_MAP_PENDING_PODS, SHUNT_MAP_ENDPOINTS,    SHUNT_MAP_MSG_STATS,
     SHUNT_MAP_SOCK_STATS, "shunt_skst_v1", "shunt_skst_v2", "shunt_rdr_v1"};
 
 
@@ -150,6 +150,17 @@ uint32_t MaxQueuedBytes() {
 
 }  // namespace
 
+std::optional<shunt_pod_uid> PodUidKey(const std::string& uid) {
+  shunt_pod_uid k{};
+  if (uid.empty() || uid.size() >= sizeof(k.uid)) return std::nullopt;
+  std::memcpy(k.uid, uid.data(), uid.size());
+  return k;
+}
+
+std::string UidOfKey(const shunt_pod_uid& key) {
+  return std::string(key.uid, strnlen(key.uid, sizeof(key.uid)));
+}
+
 absl::StatusOr<IpKey> ParseIpKey(const std::string& ip) {
   IpKey key{};
   in_addr v4;
@@ -196,6 +207,7 @@ absl::Status Fastpath::Load() {
                {skel_->maps.shunt_rdv_v1, reader_slots},
                {skel_->maps.shunt_lsn_v1, config_.listeners_size},
                {skel_->maps.shunt_pods_v1, config_.pods_size},
+               {skel_->maps.shunt_podpnd_v1, config_.pods_size},
                {skel_->maps.shunt_ep_v1, config_.endpoints_size},
                {skel_->maps.shunt_msg_v1, config_.stats_size},
                {skel_->maps.shunt_sock_v1, config_.stats_size}};
@@ -367,6 +379,33 @@ absl::StatusOr<std::map<uint64_t, shunt_pod>> Fastpath::ListPods() const {
   for (uint64_t k : keys) {
     shunt_pod v{};
     if (bpf_map_lookup_elem(fd, &k, &v) == 0) out[k] = v;
+  }
+  return out;
+}
+
+absl::Status Fastpath::UpsertPendingPod(const std::string& uid, const shunt_pod& pod) {
+  auto key = PodUidKey(uid);
+  if (!key) return absl::InvalidArgumentError(absl::StrCat("pod uid too long: ", uid));
+  return LibbpfStatus(
+      bpf_map_update_elem(bpf_map__fd(skel_->maps.shunt_podpnd_v1), &*key, &pod, BPF_ANY),
+      "update pending pods map");
+}
+
+absl::Status Fastpath::DeletePendingPod(const std::string& uid) {
+  auto key = PodUidKey(uid);
+  if (!key) return absl::OkStatus();
+  int err = bpf_map_delete_elem(bpf_map__fd(skel_->maps.shunt_podpnd_v1), &*key);
+  return err && errno != ENOENT ? ErrnoStatus(errno, "delete from pending pods map")
+                                : absl::OkStatus();
+}
+
+absl::StatusOr<std::map<std::string, shunt_pod>> Fastpath::ListPendingPods() const {
+  const int fd = bpf_map__fd(skel_->maps.shunt_podpnd_v1);
+  ASSIGN_OR_RETURN(auto keys, MapKeys<shunt_pod_uid>(fd));
+  std::map<std::string, shunt_pod> out;
+  for (const shunt_pod_uid& k : keys) {
+    shunt_pod v{};
+    if (bpf_map_lookup_elem(fd, &k, &v) == 0) out[UidOfKey(k)] = v;
   }
   return out;
 }

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -66,6 +67,10 @@ struct IpKey {
 // Parses an IPv4 or IPv6 literal into the map's 16-byte form.
 absl::StatusOr<IpKey> ParseIpKey(const std::string& ip);
 
+// The pending pods map key of a pod uid (NUL-padded); nullopt if the uid is empty or too long.
+std::optional<shunt_pod_uid> PodUidKey(const std::string& uid);
+std::string UidOfKey(const shunt_pod_uid& key);
+
 class Fastpath {
  public:
   // Loads the programs (reusing pinned maps), attaches sock_ops to the cgroup root through a
@@ -84,6 +89,10 @@ class Fastpath {
   absl::Status UpsertPod(uint64_t cgroup_id, const shunt_pod& pod);
   absl::Status DeletePod(uint64_t cgroup_id);
   absl::StatusOr<std::map<uint64_t, shunt_pod>> ListPods() const;
+  // Pods of this node known to policy, by uid (the pods map entry their cgroup gets at mkdir).
+  absl::Status UpsertPendingPod(const std::string& uid, const shunt_pod& pod);
+  absl::Status DeletePendingPod(const std::string& uid);
+  absl::StatusOr<std::map<std::string, shunt_pod>> ListPendingPods() const;
   absl::Status UpsertEndpoint(const IpKey& ip, uint32_t workload_id);
   absl::Status DeleteEndpoint(const IpKey& ip);
   absl::StatusOr<std::map<IpKey, uint32_t>> ListEndpoints() const;

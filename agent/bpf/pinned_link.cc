@@ -95,7 +95,7 @@ std::map<std::string, std::string> ProgMaps(int prog_fd) {
       return {{"?", "?"}};
     }
     std::string value = absl::StrCat("id ", id);
-    if (absl::EndsWith(mi.name, ".rodata")) {
+    if (absl::StrContains(mi.name, ".rodata")) {  // also .rodata.str1.1 (string literals)
       std::string data(mi.value_size, '\0');
       uint32_t key = 0;
       value = bpf_map_lookup_elem(fd, &key, data.data()) == 0 ? data : "?";

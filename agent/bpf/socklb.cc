@@ -10,7 +10,9 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "agent/bpf/kernel_probe.h"
 #include "agent/bpf/pinned_link.h"
+#include "common/cgroup.h"
 #include "common/errno_status.h"
 #include "common/log.h"
 #include "common/status_macros.h"
@@ -23,7 +25,7 @@ namespace {
 // Every map this object owns (the pods map is the fast path's).
 constexpr const char* kOwnMaps[] = {SHUNT_MAP_LB_SERVICES, SHUNT_MAP_LB_SLOTS, SHUNT_MAP_LB_SOCKS,
                                     SHUNT_MAP_AP_SOURCES,  SHUNT_MAP_AP_DESTS, SHUNT_MAP_AP_PORTS, SHUNT_MAP_AP_NAMES,
-                                    SHUNT_MAP_LB_STATS};
+                                    SHUNT_MAP_AP_PENDING,  SHUNT_MAP_LB_STATS};
 
 }  // namespace
 
@@ -37,6 +39,14 @@ absl::StatusOr<SockLbPtr> SockLb::Install(const SockLbConfig& config) {
   if (lb->cgroup_fd_ < 0) return ErrnoStatus(errno, absl::StrCat("open ", config.cgroup_root));
   // getpeername first: a rewritten socket must never show its backend.
   for (int i : {2, 3, 0, 1}) RETURN_IF_ERROR(lb->Attach(i));
+  const std::string mkdir_pin = absl::StrCat(config.pin_dir, "/", kSockLbLinkPins[4]);
+  if (lb->mkdir_) {
+    RETURN_IF_ERROR(AttachPinnedTracingLink(lb->skel_->progs.shunt_cgroup_mkdir, mkdir_pin));
+  } else {
+    RETURN_IF_ERROR(DetachPinnedLink(mkdir_pin));
+    SHUNT_LOG(WARNING) << "this kernel cannot trace cgroup_mkdir (tp_btf): a new pod is "
+                          "classified at the next cgroup rescan, not from its first connect()";
+  }
   return lb;
 }
 
@@ -46,6 +56,9 @@ absl::Status SockLb::Load() {
   LIBBPF_OPTS(bpf_object_open_opts, opts, .pin_root_path = config_.pin_dir.c_str());
   skel_ = shunt_socklb__open_opts(&opts);
   if (!skel_) return ErrnoStatus(errno, "open socklb BPF object");
+  ASSIGN_OR_RETURN(skel_->rodata->shunt_cgroup_root_id, CgroupId(config_.cgroup_root));
+  mkdir_ = CanTrace("cgroup_mkdir", BPF_TRACE_RAW_TP);
+  bpf_program__set_autoload(skel_->progs.shunt_cgroup_mkdir, mkdir_);
   struct {
     bpf_map* map;
     uint32_t size;
@@ -108,6 +121,8 @@ int SockLb::MapFd(SockLbMap map) const {
       return bpf_map__fd(skel_->maps.shunt_apport_v1);
     case SockLbMap::kPolicyNames:
       return bpf_map__fd(skel_->maps.shunt_apnam_v1);
+    case SockLbMap::kPolicyPending:
+      return bpf_map__fd(skel_->maps.shunt_appnd_v1);
   }
   return -1;
 }
@@ -126,6 +141,8 @@ size_t KeySize(SockLbMap map) {
     case SockLbMap::kPolicyPorts:
     case SockLbMap::kPolicyNames:
       return sizeof(uint32_t);
+    case SockLbMap::kPolicyPending:
+      return sizeof(shunt_pod_uid);
   }
   return 0;
 }
@@ -143,6 +160,8 @@ size_t ValueSize(SockLbMap map) {
       return sizeof(shunt_ap_ports);
     case SockLbMap::kPolicyNames:
       return sizeof(shunt_ap_name);
+    case SockLbMap::kPolicyPending:
+      return sizeof(uint64_t);
   }
   return 0;
 }

@@ -44,11 +44,13 @@ enum class SockLbMap {
   kPolicyDests,
   kPolicyPorts,
   kPolicyNames,  // the agent's own record: policy bit -> name
+  kPolicyPending,  // pod uid (shunt_pod_uid) -> policy mask, copied to kPolicySources at mkdir
 };
 
 // Link pins (the maps pin under their own names).
 inline constexpr const char* kSockLbLinkPins[] = {"link_connect4", "link_connect6",
-                                                  "link_getpeername4", "link_getpeername6"};
+                                                  "link_getpeername4", "link_getpeername6",
+                                                  "link_cgroup_mkdir"};
 
 class SockLb {
  public:
@@ -79,6 +81,9 @@ class SockLb {
                                    const std::set<uint32_t>& details);
 
   const SockLbConfig& config() const { return config_; }
+  // Whether pod cgroups are resolved at mkdir (tp_btf/cgroup_mkdir could be attached); if not,
+  // a new pod is known at the agent's next cgroup rescan.
+  bool resolves_at_mkdir() const { return mkdir_; }
 
  private:
   explicit SockLb(SockLbConfig config) : config_(std::move(config)) {}
@@ -90,6 +95,7 @@ class SockLb {
   shunt_socklb* skel_ = nullptr;
   int cgroup_fd_ = -1;
   int ncpus_ = 1;
+  bool mkdir_ = false;
 };
 using SockLbPtr = std::unique_ptr<SockLb>;
 

@@ -31,15 +31,26 @@ void WorkloadIds::Forget(const std::string& uid) { ids_.erase(uid); }
 
 RecoveredIds RecoverWorkloadIds(const std::map<uint64_t, shunt_pod>& pods,
                                 const std::map<std::string, uint64_t>& cgroups,
-                                const std::set<uint32_t>& counted) {
+                                const std::set<uint32_t>& counted,
+                                const std::map<std::string, shunt_pod>& pending) {
   RecoveredIds out;
   std::set<uint32_t> seen = counted, alive;
   for (const auto& [cg, pod] : pods) seen.insert(pod.workload_id);
+  for (const auto& [uid, pod] : pending) seen.insert(pod.workload_id);
   for (const auto& [uid, cg] : cgroups) {
     auto it = pods.find(cg);
     if (it == pods.end() || it->second.workload_id == SHUNT_WORKLOAD_UNKNOWN) continue;
     out.adopt[uid] = it->second.workload_id;
     alive.insert(it->second.workload_id);
+  }
+  // Pods still waiting for their cgroup keep the id their entry was written with.
+  for (const auto& [uid, pod] : pending) {
+    if (pod.workload_id == SHUNT_WORKLOAD_UNKNOWN || out.adopt.count(uid) ||
+        alive.count(pod.workload_id)) {
+      continue;
+    }
+    out.adopt[uid] = pod.workload_id;
+    alive.insert(pod.workload_id);
   }
   for (uint32_t id : seen) {
     if (id != SHUNT_WORKLOAD_UNKNOWN && !alive.count(id)) out.dead.insert(id);
@@ -54,16 +65,17 @@ DesiredDataplane CompileLocalDataplane(const PolicySnapshot& snapshot, const std
   DesiredDataplane out;
   for (const auto& w : snapshot.bundle.workloads()) {
     if (w.node() != node || !w.meshed()) continue;  // unmeshed pods are left alone
+    const uint32_t id = ids.IdFor(w.uid());
+    out.pending[w.uid()] = shunt_pod{id, SHUNT_POD_MESHED};
+    out.directory[id] = WorkloadInfo{w.uid(), w.namespace_(), w.name(),
+                                     w.owner().empty() ? w.name() : w.owner()};
     auto cg = pod_cgroup_ids.find(w.uid());
     if (cg == pod_cgroup_ids.end()) {
       out.warnings.push_back(absl::StrCat("meshed pod ", w.namespace_(), "/", w.name(), " (uid ",
                                           w.uid(), ") has no cgroup on this node yet"));
-      continue;
+    } else {
+      out.pods[cg->second] = shunt_pod{id, SHUNT_POD_MESHED};
     }
-    const uint32_t id = ids.IdFor(w.uid());
-    out.pods[cg->second] = shunt_pod{id, SHUNT_POD_MESHED};
-    out.directory[id] = WorkloadInfo{w.uid(), w.namespace_(), w.name(),
-                                     w.owner().empty() ? w.name() : w.owner()};
     // A hostNetwork pod's IPs are its node's: as an endpoint, every connection to the node
     // would be taken for one to the pod.
     for (const auto& ip : w.ips()) {
@@ -75,12 +87,31 @@ DesiredDataplane CompileLocalDataplane(const PolicySnapshot& snapshot, const std
   return out;
 }
 
+absl::Status ApplyPendingPods(const DesiredDataplane& desired, MapWriter& writer) {
+  absl::Status first;
+  ASSIGN_OR_RETURN(auto pending, writer.ListPendingPods());
+  for (const auto& [uid, pod] : desired.pending) {
+    auto it = pending.find(uid);
+    if (it == pending.end() || it->second.workload_id != pod.workload_id ||
+        it->second.flags != pod.flags) {
+      absl::Status s = writer.UpsertPendingPod(uid, pod);
+      if (!s.ok() && first.ok()) first = std::move(s);
+    }
+  }
+  return first;
+}
+
 absl::Status ApplyDataplane(const DesiredDataplane& desired, MapWriter& writer) {
   absl::Status first;
   auto note = [&first](absl::Status s) {
     if (!s.ok() && first.ok()) first = std::move(s);
   };
   ASSIGN_OR_RETURN(auto pods, writer.ListPods());
+  ASSIGN_OR_RETURN(auto pending, writer.ListPendingPods());
+  std::set<uint32_t> pending_ids;
+  for (const auto& [uid, pod] : desired.pending) pending_ids.insert(pod.workload_id);
+  std::set<uint32_t> scanned_ids;  // pods whose cgroup the scan found
+  for (const auto& [cg, pod] : desired.pods) scanned_ids.insert(pod.workload_id);
   ASSIGN_OR_RETURN(auto endpoints, writer.ListEndpoints());
   // Endpoints before pods: a socket is only inserted when its own pod is known, and then only if
   // its peer is; adding peers first means no half-known pair.
@@ -96,10 +127,16 @@ absl::Status ApplyDataplane(const DesiredDataplane& desired, MapWriter& writer) 
     }
   }
   for (const auto& [cg, pod] : pods) {
-    if (!desired.pods.count(cg)) note(writer.DeletePod(cg));
+    if (desired.pods.count(cg)) continue;
+    // Made by the tracepoint for a pod cgroup created after the scan: the next pass sees it.
+    if (pending_ids.count(pod.workload_id) && !scanned_ids.count(pod.workload_id)) continue;
+    note(writer.DeletePod(cg));
   }
   for (const auto& [ip, id] : endpoints) {
     if (!desired.endpoints.count(ip)) note(writer.DeleteEndpoint(ip));
+  }
+  for (const auto& [uid, pod] : pending) {
+    if (!desired.pending.count(uid)) note(writer.DeletePendingPod(uid));
   }
   return first;
 }
@@ -120,6 +157,7 @@ absl::Status Reconciler::Start() {
     // again, and their counters go.
     absl::MutexLock l(&pass_mu_);
     auto pods = writer_.ListPods();
+    auto pending = writer_.ListPendingPods();
     auto cgroups = FindPodCgroups(options_.cgroup_root);
     auto counted = writer_.CountedWorkloads();
     std::map<std::string, uint64_t> cgroup_ids;
@@ -130,7 +168,8 @@ absl::Status Reconciler::Start() {
     }
     RecoveredIds r =
         RecoverWorkloadIds(pods.ok() ? *pods : std::map<uint64_t, shunt_pod>{}, cgroup_ids,
-                           counted.ok() ? *counted : std::set<uint32_t>{});
+                           counted.ok() ? *counted : std::set<uint32_t>{},
+                           pending.ok() ? *pending : std::map<std::string, shunt_pod>{});
     for (const auto& [uid, id] : r.adopt) {
       ids_.Adopt(uid, id);
       live_[id] = uid;
@@ -153,6 +192,14 @@ absl::Status Reconciler::ReconcileOnce() {
     absl::MutexLock l(&mu_);
     last_error_ = absl::UnavailableError("no policy yet");
     return last_error_;
+  }
+  // Pending pods before the scan: a pod cgroup created from now on gets its entry at mkdir, one
+  // created before is in the scan.
+  {
+    DesiredDataplane pending = CompileLocalDataplane(*snapshot, options_.node_name, {}, ids_);
+    if (absl::Status s = ApplyPendingPods(pending, writer_); !s.ok()) {
+      SHUNT_LOG_EVERY_N_SEC(WARNING, 30) << "pending pods: " << s.message();
+    }
   }
   std::map<std::string, uint64_t> cgroup_ids;
   ASSIGN_OR_RETURN(auto cgroups, FindPodCgroups(options_.cgroup_root));

@@ -38,6 +38,10 @@ struct WorkloadInfo {
 using WorkloadDirectory = std::map<uint32_t, WorkloadInfo>;
 
 struct DesiredDataplane {
+  // Every meshed pod of this node that policy knows, by uid: what its cgroup gets in the pods map
+  // when kubelet creates it (the cgroup_mkdir tracepoint), so that no connect() of it is ever
+  // decided without it, and what a restarted agent recovers its id from.
+  std::map<std::string, shunt_pod> pending;
   std::map<uint64_t, shunt_pod> pods;       // pod cgroup id -> workload
   std::map<IpKey, uint32_t> endpoints;      // meshed local pod IP -> workload id
   WorkloadDirectory directory;              // every id in use
@@ -69,9 +73,12 @@ struct RecoveredIds {
   std::set<uint32_t> dead;
   uint32_t next = 1;
 };
+// `pending`: the pending pods map (uid -> pod): ids of pods whose cgroup did not exist yet, also
+// adopted (a cgroup made while no agent ran has its entry under that id).
 RecoveredIds RecoverWorkloadIds(const std::map<uint64_t, shunt_pod>& pods,
                                 const std::map<std::string, uint64_t>& cgroups,
-                                const std::set<uint32_t>& counted);
+                                const std::set<uint32_t>& counted,
+                                const std::map<std::string, shunt_pod>& pending = {});
 
 // `pod_cgroup_ids`: uid -> cgroup id of the pod cgroups found under the node's cgroup root.
 DesiredDataplane CompileLocalDataplane(const PolicySnapshot& snapshot, const std::string& node,
@@ -92,10 +99,19 @@ class MapWriter {
   virtual absl::StatusOr<std::set<uint32_t>> CountedWorkloads() const {
     return std::set<uint32_t>{};
   }
+  virtual absl::Status UpsertPendingPod(const std::string& uid, const shunt_pod& pod) = 0;
+  virtual absl::Status DeletePendingPod(const std::string& uid) = 0;
+  virtual absl::StatusOr<std::map<std::string, shunt_pod>> ListPendingPods() const = 0;
 };
 
+// The pending pods of `desired` written (upserts only): before the cgroups are scanned, so that a
+// pod cgroup is either seen by the scan or made after its pod was pending.
+absl::Status ApplyPendingPods(const DesiredDataplane& desired, MapWriter& writer);
+
 // Brings the maps behind `writer` to `desired`: upserts first, then deletes. Returns the first
-// error; entries already written stay (the next pass retries the rest).
+// error; entries already written stay (the next pass retries the rest). A pods map entry of a
+// pending pod's id is kept although its cgroup was not in the scan: the tracepoint made it for a
+// cgroup created since.
 absl::Status ApplyDataplane(const DesiredDataplane& desired, MapWriter& writer);
 
 // MapWriter over the real maps.
@@ -113,6 +129,15 @@ class FastpathWriter : public MapWriter {
     return fp_.ListEndpoints();
   }
   absl::Status DeleteStatsOf(uint32_t id) override { return fp_.DeleteStatsOf(id); }
+  absl::Status UpsertPendingPod(const std::string& uid, const shunt_pod& pod) override {
+    return fp_.UpsertPendingPod(uid, pod);
+  }
+  absl::Status DeletePendingPod(const std::string& uid) override {
+    return fp_.DeletePendingPod(uid);
+  }
+  absl::StatusOr<std::map<std::string, shunt_pod>> ListPendingPods() const override {
+    return fp_.ListPendingPods();
+  }
   absl::StatusOr<std::set<uint32_t>> CountedWorkloads() const override {
     std::set<uint32_t> out;
     ASSIGN_OR_RETURN(auto msgs, fp_.ReadMsgStats());

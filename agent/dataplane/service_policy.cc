@@ -353,11 +353,11 @@ DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const 
   std::set<std::string> live_policies_with_bits;
   std::vector<std::string> shared_allow;
 
+  // Every meshed pod of this node, also those whose cgroup does not exist yet: their masks are
+  // pending (by uid), copied to their cgroup the moment kubelet creates it.
   std::vector<const Workload*> local_sources;
   for (const auto& w : bundle.workloads()) {
-    if (w.node() == node && w.meshed() && pod_cgroup_ids.count(w.uid())) {
-      local_sources.push_back(&w);
-    }
+    if (w.node() == node && w.meshed()) local_sources.push_back(&w);
   }
   uint64_t over_cap = 0;
   for (const AccessPolicy* p : policies) {
@@ -397,13 +397,13 @@ DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const 
     }
     if (bad) continue;
     // Which of this node's sources it matches, and the IPs it targets (anywhere).
-    std::vector<uint64_t> sources;
+    std::vector<const Workload*> sources;
     for (const Workload* w : local_sources) {
       bool match = p->from().empty();
       for (int i = 0; i < p->from_size() && !match; ++i) {
         match = SourceMatches(p->from(i), *w, p->namespace_(), blocks[i]);
       }
-      if (match) sources.push_back(pod_cgroup_ids.at(w->uid()));
+      if (match) sources.push_back(w);
     }
     std::vector<IpKey> targets;
     for (const auto& w : bundle.workloads()) {
@@ -445,7 +445,12 @@ DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const 
     const uint64_t mask = 1ull << *bit;
     out.policy_names[*bit] = pname;
     out.policy_ports[*bit] = ports;
-    for (uint64_t cg : sources) out.policy_sources[cg] |= mask;
+    for (const Workload* w : sources) {
+      out.pending_sources[w->uid()] |= mask;
+      if (auto cg = pod_cgroup_ids.find(w->uid()); cg != pod_cgroup_ids.end()) {
+        out.policy_sources[cg->second] |= mask;
+      }
+    }
     for (const auto& key : targets) {
       auto& d = out.policy_dests[key];
       (is_deny(p) ? d.deny : d.allow) |= mask;
@@ -473,6 +478,7 @@ DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const 
     }
   };
   trim(out.policy_sources, limits.policy_sources, kLbMapPolicySources);
+  trim(out.pending_sources, limits.pending_sources, kLbMapPolicyPending);
   trim(out.policy_dests, limits.policy_dests, kLbMapPolicyDests);
   return out;
 }
@@ -510,6 +516,11 @@ EncodedServicePolicy EncodeServicePolicy(const DesiredServicePolicy& d) {
   for (const auto& [cg, mask] : d.policy_sources) {
     if (mask) src[Raw(cg)] = Raw(mask);
   }
+  auto& pend = out[SockLbMap::kPolicyPending];
+  for (const auto& [uid, mask] : d.pending_sources) {
+    auto key = PodUidKey(uid);
+    if (mask && key) pend[Raw(*key)] = Raw(mask);
+  }
   auto& dst = out[SockLbMap::kPolicyDests];
   for (const auto& [ip, v] : d.policy_dests) dst[Raw(ip.addr)] = Raw(v);
   auto& ports = out[SockLbMap::kPolicyPorts];
@@ -519,14 +530,37 @@ EncodedServicePolicy EncodeServicePolicy(const DesiredServicePolicy& d) {
 
 namespace {
 
-PolicyMaps DecodePolicyMaps(EncodedServicePolicy& e) {
+// Pending sources (by uid) are sources whose cgroup is to come: the stages treat them as sources,
+// under keys no cgroup id has (bit 63 set; kernfs ids are far below), numbered in `uids`.
+constexpr uint64_t kPendingKey = 1ull << 63;
+
+// Every pending source key (uid key bytes) of `maps`, sorted and unique.
+std::vector<std::string> PendingKeys(std::initializer_list<const EncodedServicePolicy*> maps) {
+  std::set<std::string> keys;
+  for (const EncodedServicePolicy* e : maps) {
+    auto it = e->find(SockLbMap::kPolicyPending);
+    if (it == e->end()) continue;
+    for (const auto& [k, v] : it->second) keys.insert(k);
+  }
+  return {keys.begin(), keys.end()};
+}
+
+PolicyMaps DecodePolicyMaps(EncodedServicePolicy& e, const std::vector<std::string>& uids) {
   PolicyMaps m;
   for (const auto& [k, v] : e[SockLbMap::kPolicySources]) {
     uint64_t cg, mask;
     if (k.size() != sizeof(cg) || v.size() != sizeof(mask)) continue;
     std::memcpy(&cg, k.data(), sizeof(cg));
     std::memcpy(&mask, v.data(), sizeof(mask));
+    if (cg & kPendingKey) continue;  // no cgroup has such an id
     m.sources[cg] = mask;
+  }
+  for (const auto& [k, v] : e[SockLbMap::kPolicyPending]) {
+    uint64_t mask;
+    if (v.size() != sizeof(mask)) continue;
+    std::memcpy(&mask, v.data(), sizeof(mask));
+    auto at = std::lower_bound(uids.begin(), uids.end(), k);
+    if (at != uids.end() && *at == k) m.sources[kPendingKey | (at - uids.begin())] = mask;
   }
   for (const auto& [k, v] : e[SockLbMap::kPolicyDests]) {
     shunt_ap_dst d;
@@ -543,9 +577,17 @@ PolicyMaps DecodePolicyMaps(EncodedServicePolicy& e) {
   return m;
 }
 
-EncodedServicePolicy EncodePolicyMaps(const PolicyMaps& m) {
+EncodedServicePolicy EncodePolicyMaps(const PolicyMaps& m, const std::vector<std::string>& uids) {
   EncodedServicePolicy out;
-  for (const auto& [cg, mask] : m.sources) out[SockLbMap::kPolicySources][Raw(cg)] = Raw(mask);
+  out[SockLbMap::kPolicySources];
+  out[SockLbMap::kPolicyPending];
+  for (const auto& [cg, mask] : m.sources) {
+    if (!(cg & kPendingKey)) {
+      out[SockLbMap::kPolicySources][Raw(cg)] = Raw(mask);
+    } else if (const uint64_t i = cg & ~kPendingKey; i < uids.size()) {
+      out[SockLbMap::kPolicyPending][uids[i]] = Raw(mask);
+    }
+  }
   for (const auto& [ip, d] : m.dests) out[SockLbMap::kPolicyDests][ip] = Raw(d);
   for (uint32_t i = 0; i < SHUNT_AP_MAX_POLICIES; ++i) {
     out[SockLbMap::kPolicyPorts][Raw(i)] = Raw(m.ports[i]);
@@ -589,14 +631,15 @@ absl::Status ApplyServicePolicy(const DesiredServicePolicy& desired, ServicePoli
   // Access policy in stages, each of which decides every connect as the old or the new policy
   // does (policy_stages.h); a failed write ends them (the next pass lists the maps).
   EncodedServicePolicy cur;
-  for (SockLbMap m : {SockLbMap::kPolicyPorts, SockLbMap::kPolicyDests, SockLbMap::kPolicySources}) {
-    cur[m] = have[m];
-  }
-  for (const PolicyMaps& stage : PolicyStages(DecodePolicyMaps(have), DecodePolicyMaps(want))) {
-    EncodedServicePolicy next = EncodePolicyMaps(stage);
+  constexpr SockLbMap kAccessMaps[] = {SockLbMap::kPolicyPorts, SockLbMap::kPolicyDests,
+                                       SockLbMap::kPolicySources, SockLbMap::kPolicyPending};
+  for (SockLbMap m : kAccessMaps) cur[m] = have[m];
+  const std::vector<std::string> uids = PendingKeys({&have, &want});
+  for (const PolicyMaps& stage :
+       PolicyStages(DecodePolicyMaps(have, uids), DecodePolicyMaps(want, uids))) {
+    EncodedServicePolicy next = EncodePolicyMaps(stage, uids);
     absl::Status failed;
-    for (SockLbMap m : {SockLbMap::kPolicyPorts, SockLbMap::kPolicyDests,
-                        SockLbMap::kPolicySources}) {
+    for (SockLbMap m : kAccessMaps) {
       for (const auto& [k, v] : next[m]) {
         auto it = cur[m].find(k);
         if ((it == cur[m].end() || it->second != v) && failed.ok()) failed = writer.Upsert(m, k, v);
@@ -688,34 +731,54 @@ absl::Status ServicePolicyReconciler::ReconcileOnce() {
   absl::MutexLock pass(&pass_mu_);
   auto snapshot = store_.Current();
   if (!snapshot) return absl::OkStatus();  // nothing to enforce yet; the maps stay as they are
-  std::map<std::string, uint64_t> cgroup_ids;
-  auto cgroups = FindPodCgroups(options_.cgroup_root);
-  absl::Status s;
-  if (cgroups.ok()) {
-    for (const auto& [uid, path] : *cgroups) {
+  auto scan = [this]() -> absl::StatusOr<std::map<std::string, uint64_t>> {
+    ASSIGN_OR_RETURN(auto cgroups, FindPodCgroups(options_.cgroup_root));
+    std::map<std::string, uint64_t> ids;
+    for (const auto& [uid, path] : cgroups) {
       auto id = CgroupId(path);
-      if (id.ok()) cgroup_ids[uid] = *id;
+      if (id.ok()) ids[uid] = *id;
     }
-  } else {
-    s = cgroups.status();
-  }
+    return ids;
+  };
+  absl::Status s;
   DesiredServicePolicy desired;
   bool applied_now = false;  // the maps now hold `desired`
-  if (s.ok()) {
+  auto cgroup_ids = scan();
+  // A pod cgroup created after the scan but before its pending entry was written (a pod new to
+  // this pass) got nothing at mkdir: a pass whose end finds more cgroups than its start runs
+  // again (bounded).
+  for (int round = 0; round < 3; ++round) {
+    if (!cgroup_ids.ok()) {
+      s = cgroup_ids.status();
+      break;
+    }
+    std::set<uint64_t> scanned;
+    for (const auto& [uid, cg] : *cgroup_ids) scanned.insert(cg);
+    // A cgroup not seen before may have had its source entry written at mkdir, which the maps
+    // as last applied do not show: list them.
+    for (uint64_t cg : scanned) {
+      if (!scanned_cgroups_.count(cg)) applied_.reset();
+    }
     desired =
-        CompileServicePolicy(*snapshot, options_.node_name, cgroup_ids, options_.limits, ids_);
+        CompileServicePolicy(*snapshot, options_.node_name, *cgroup_ids, options_.limits, ids_);
     EncodedServicePolicy applied;
     s = ApplyServicePolicy(desired, writer_, applied_ ? &*applied_ : nullptr, &applied);
     // After an error the maps are in an unknown state: list them on the next pass.
     if (s.ok()) {
       applied_ = std::move(applied);
       applied_now = true;
+      scanned_cgroups_ = std::move(scanned);
     } else {
       applied_.reset();
+      applied_now = false;
+      break;
     }
-    if (s.ok() && !desired.errors.empty()) {
-      s = absl::FailedPreconditionError(absl::StrJoin(desired.errors, "; "));
-    }
+    auto now = scan();
+    if (!now.ok() || *now == *cgroup_ids) break;
+    cgroup_ids = std::move(now);
+  }
+  if (s.ok() && !desired.errors.empty()) {
+    s = absl::FailedPreconditionError(absl::StrJoin(desired.errors, "; "));
   }
   if (options_.directory) {
     // Workloads that left the node: drop their counters (ids are not reused soon).
@@ -763,11 +826,13 @@ absl::Status ServicePolicyReconciler::ReconcileOnce() {
   status->entries = {{kLbMapServices, desired.service_ids.size()},
                      {kLbMapSlots, slots},
                      {kLbMapPolicySources, desired.policy_sources.size()},
+                     {kLbMapPolicyPending, desired.pending_sources.size()},
                      {kLbMapPolicyDests, desired.policy_dests.size()},
                      {kLbMapPolicies, desired.policy_names.size()}};
   status->capacity = {{kLbMapServices, l.services},
                       {kLbMapSlots, l.slots},
                       {kLbMapPolicySources, l.policy_sources},
+                      {kLbMapPolicyPending, l.pending_sources},
                       {kLbMapPolicyDests, l.policy_dests},
                       {kLbMapPolicies, SHUNT_AP_MAX_POLICIES}};
   for (const auto& [k, v] : status->entries) status->overflow[k] = 0;

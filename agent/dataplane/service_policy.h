@@ -38,6 +38,7 @@ struct ServicePolicyLimits {
   uint32_t services = 4096;        // VIP:port entries
   uint32_t slots = 65536;          // slot entries over all services
   uint32_t policy_sources = 4096;  // local pods with a non-empty source mask
+  uint32_t pending_sources = 4096;  // the same by uid (the pods map's size)
   uint32_t policy_dests = 16384;   // pod IPs targeted by a policy
   uint32_t max_slots_per_service = 1024;
 };
@@ -63,6 +64,7 @@ struct LbBackend {
 inline constexpr char kLbMapServices[] = "services";
 inline constexpr char kLbMapSlots[] = "slots";
 inline constexpr char kLbMapPolicySources[] = "policy_sources";
+inline constexpr char kLbMapPolicyPending[] = "policy_pending_sources";
 inline constexpr char kLbMapPolicyDests[] = "policy_destinations";
 inline constexpr char kLbMapPolicies[] = "policies";
 
@@ -70,6 +72,7 @@ struct DesiredServicePolicy {
   std::map<LbKey, uint32_t> service_ids;          // VIP:port -> service id
   std::map<LbKey, std::vector<LbBackend>> slots;  // VIP:port -> slot table (index = slot)
   std::map<uint64_t, uint64_t> policy_sources;    // pod cgroup id -> policy mask
+  std::map<std::string, uint64_t> pending_sources;  // pod uid -> policy mask (with or without cgroup)
   std::map<IpKey, shunt_ap_dst> policy_dests;     // pod IP -> {deny, allow}
   std::array<shunt_ap_ports, SHUNT_AP_MAX_POLICIES> policy_ports{};  // by policy bit
   std::map<uint32_t, std::string> service_names;  // service id -> "namespace/name"
@@ -238,6 +241,8 @@ class ServicePolicyReconciler {
   std::map<std::string, std::string> written_names_ ABSL_GUARDED_BY(pass_mu_);
   // What the maps hold after the last successful pass (empty optional: list them next time).
   std::optional<EncodedServicePolicy> applied_ ABSL_GUARDED_BY(pass_mu_);
+  // Pod cgroups of the last pass that applied (a new one may have a source entry made at mkdir).
+  std::set<uint64_t> scanned_cgroups_ ABSL_GUARDED_BY(pass_mu_);
 };
 
 }  // namespace shunt::agent

@@ -61,6 +61,12 @@ std::vector<MetricFamily> SockLbCollector::Collect() const {
   auto collect_error =
       Family("shunt_socklb_collect_error",
              "1 when reading the socklb counters failed in this scrape.", MetricType::Gauge);
+  auto pod_cgroups = Family(
+      "shunt_pod_cgroups_created_total",
+      "Pod cgroups created under the node's pod cgroup root, by result: resolved at creation to "
+      "a pod that policy knows (enforced from its first connect()), or unknown then (its pod was "
+      "not known to the agent yet: classified at the next cgroup rescan).",
+      MetricType::Counter);
   auto folded = Family("shunt_socklb_series_folded",
                        "Label sets of the socklb counters folded into source workload \"other\" "
                        "by the cardinality cap.",
@@ -97,6 +103,7 @@ std::vector<MetricFamily> SockLbCollector::Collect() const {
     agg[key] += v;
   };
   double failed = 0;
+  double pods_resolved = 0, pods_unknown = 0;
   auto stats = lb_.ReadStats();
   if (stats.ok()) {
     for (const auto& s : *stats) {
@@ -127,6 +134,12 @@ std::vector<MetricFamily> SockLbCollector::Collect() const {
                                                                           : "stats_full"});
           add(kEvents, labels, s.value);
           break;
+        case SHUNT_LB_POD_RESOLVED:
+          pods_resolved += s.value;
+          break;
+        case SHUNT_LB_POD_UNKNOWN:
+          pods_unknown += s.value;
+          break;
         default:
           break;
       }
@@ -152,7 +165,10 @@ std::vector<MetricFamily> SockLbCollector::Collect() const {
   errors.metric.push_back(Sample({}, st->errors_total, true));
   collect_error.metric.push_back(Sample({}, failed, false));
   folded.metric.push_back(Sample({}, static_cast<double>(folded_count), false));
-  return {lb_conns, denied, events, entries, capacity, overflow, errors, collect_error, folded};
+  pod_cgroups.metric.push_back(Sample({{"result", "resolved"}}, pods_resolved, true));
+  pod_cgroups.metric.push_back(Sample({{"result", "unknown"}}, pods_unknown, true));
+  return {lb_conns, denied,        events, entries,    capacity,
+          overflow, errors,        collect_error, folded, pod_cgroups};
 }
 
 }  // namespace shunt::agent

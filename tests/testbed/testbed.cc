@@ -591,17 +591,9 @@ absl::Status Testbed::Build(const Options& options) {
       // The v6 groups use the same decimal digits as the v4 octets (valid hex, canonical form).
       pod.ipv4 = absl::StrCat("198.18.", i, ".", j + 2);
       pod.ipv6 = absl::StrCat("fd5a:", i + 1, "::", j + 2);
-      const std::string container_id = RandomHex(64);
-      if (systemd) {
-        pod.pod_cgroup =
-            absl::StrCat(node.cgroup_root, "/kubepods-besteffort.slice/", "kubepods-besteffort-pod",
-                         absl::StrReplaceAll(pod.uid, {{"-", "_"}}), ".slice");
-        pod.container_cgroup =
-            absl::StrCat(pod.pod_cgroup, "/cri-containerd-", container_id, ".scope");
-      } else {
-        pod.pod_cgroup = absl::StrCat(node.cgroup_root, "/besteffort/pod", pod.uid);
-        pod.container_cgroup = absl::StrCat(pod.pod_cgroup, "/", container_id);
-      }
+      PodCgroupPaths paths = PodCgroupsFor(node, pod.uid);
+      pod.pod_cgroup = std::move(paths.pod);
+      pod.container_cgroup = std::move(paths.container);
       pod.host_veth = absl::StrCat("veth", j);
       node.pods.push_back(std::move(pod));
     }
@@ -922,6 +914,27 @@ absl::StatusOr<ProcessPtr> Testbed::SpawnIn(const std::string& netns, const std:
         .IgnoreError();
   }
   return std::make_unique<Process>(pid, out_path, err_path);
+}
+
+std::string Testbed::NewPodUid() { return NewUuid(); }
+
+PodCgroupPaths Testbed::PodCgroupsFor(const Node& node, const std::string& uid) {
+  const std::string container_id = RandomHex(64);
+  PodCgroupPaths p;
+  if (node.driver == CgroupDriver::kSystemd) {
+    p.pod = absl::StrCat(node.cgroup_root, "/kubepods-besteffort.slice/", "kubepods-besteffort-pod",
+                         absl::StrReplaceAll(uid, {{"-", "_"}}), ".slice");
+    p.container = absl::StrCat(p.pod, "/cri-containerd-", container_id, ".scope");
+  } else {
+    p.pod = absl::StrCat(node.cgroup_root, "/besteffort/pod", uid);
+    p.container = absl::StrCat(p.pod, "/", container_id);
+  }
+  return p;
+}
+
+absl::StatusOr<ProcessPtr> Testbed::SpawnInCgroup(const Pod& netns_of, const std::string& cgroup,
+                                                  const std::vector<std::string>& argv) {
+  return SpawnIn(netns_of.netns, cgroup, argv, /*on_node=*/false);
 }
 
 absl::StatusOr<ProcessPtr> Testbed::Spawn(const Pod& pod, const std::vector<std::string>& argv) {

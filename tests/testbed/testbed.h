@@ -67,6 +67,12 @@ struct Node {
   std::vector<Pod> pods;
 };
 
+// The cgroup dirs kubelet makes for a pod: the pod's, and one container's below it.
+struct PodCgroupPaths {
+  std::string pod;
+  std::string container;
+};
+
 // A process started in a pod or node. Its stdout and stderr are captured to files.
 class Process {
  public:
@@ -119,6 +125,14 @@ class Testbed {
   // Starts argv[0] (resolved through PATH) in the pod: the child joins the pod's container cgroup
   // *before* it enters the pod's network namespace (setns, no remount of /sys), then execs.
   absl::StatusOr<ProcessPtr> Spawn(const Pod& pod, const std::vector<std::string>& argv);
+  // Starts argv in `netns_of`'s network namespace but in `cgroup` (a pod cgroup the caller made
+  // under a node's root, e.g. with PodCgroupsFor: a pod kubelet starts while the test runs).
+  absl::StatusOr<ProcessPtr> SpawnInCgroup(const Pod& netns_of, const std::string& cgroup,
+                                           const std::vector<std::string>& argv);
+  // Where kubelet (with the node's driver) puts the cgroups of a pod `uid`; nothing is created.
+  // Cgroups made there are removed with the rest at teardown.
+  static PodCgroupPaths PodCgroupsFor(const Node& node, const std::string& uid);
+  static std::string NewPodUid();  // a random RFC 4122 UUID
   // Starts argv in the node's network namespace, in the caller's cgroup (e.g. the agent).
   absl::StatusOr<ProcessPtr> SpawnOnNode(const Node& node, const std::vector<std::string>& argv);
   // Spawn + Wait; kills the process and returns DeadlineExceeded after `timeout`.

@@ -17,6 +17,7 @@ static_assert(offsetof(shunt_sock_key, local_port) == 40);
 static_assert(offsetof(shunt_sock_key, remote_port) == 42);
 static_assert(offsetof(shunt_sock_key, pad) == 44);
 static_assert(sizeof(shunt_pod) == 8);
+static_assert(sizeof(shunt_pod_uid) == SHUNT_POD_UID_LEN);  // a UUID (36) and NUL padding
 static_assert(sizeof(shunt_ip_key) == 16);
 static_assert(sizeof(shunt_sock_state) == 96);
 static_assert(offsetof(shunt_sock_state, mode) == 8);

@@ -4,6 +4,11 @@
 
 #include <gtest/gtest.h>
 
+// shunt_pod is a C struct of the global namespace: found there by the comparisons of std::map.
+bool operator==(const shunt_pod& a, const shunt_pod& b) {
+  return a.workload_id == b.workload_id && a.flags == b.flags;
+}
+
 namespace shunt::agent {
 namespace {
 
@@ -36,7 +41,21 @@ class FakeMaps : public MapWriter {
     stats_deleted.push_back(id);
     return absl::OkStatus();
   }
+  absl::Status UpsertPendingPod(const std::string& uid, const shunt_pod& pod) override {
+    ++writes;
+    pending[uid] = pod;
+    return absl::OkStatus();
+  }
+  absl::Status DeletePendingPod(const std::string& uid) override {
+    ++writes;
+    pending.erase(uid);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::map<std::string, shunt_pod>> ListPendingPods() const override {
+    return pending;
+  }
 
+  std::map<std::string, shunt_pod> pending;
   std::map<uint64_t, shunt_pod> pods;
   std::map<IpKey, uint32_t> endpoints;
   std::vector<uint32_t> stats_deleted;
@@ -63,7 +82,7 @@ PolicySnapshot Snapshot(std::vector<shunt::v1::Workload> ws) {
   return s;
 }
 
-TEST(CompileLocalDataplane, OnlyMeshedPodsOfThisNodeWithACgroup) {
+TEST(CompileLocalDataplane, OnlyMeshedPodsOfThisNodeWithACgroupAndEveryMeshedPodPending) {
   WorkloadIds ids;
   auto snap = Snapshot({W("a", "n1", true, {"198.18.0.2", "fd5a:1::2"}),
                         W("b", "n1", false, {"198.18.0.3"}),   // unmeshed: untouched
@@ -74,12 +93,61 @@ TEST(CompileLocalDataplane, OnlyMeshedPodsOfThisNodeWithACgroup) {
   EXPECT_EQ(d.pods.at(100).flags, static_cast<uint32_t>(SHUNT_POD_MESHED));
   const uint32_t id = d.pods.at(100).workload_id;
   EXPECT_NE(id, static_cast<uint32_t>(SHUNT_WORKLOAD_UNKNOWN));
-  EXPECT_EQ(d.endpoints.size(), 2u);
+  EXPECT_EQ(d.endpoints.size(), 3u);
   EXPECT_EQ(d.endpoints.at(*ParseIpKey("198.18.0.2")), id);
   EXPECT_EQ(d.endpoints.at(*ParseIpKey("fd5a:1::2")), id);
   EXPECT_EQ(d.directory.at(id).name, "pod-a");
   ASSERT_EQ(d.warnings.size(), 1u);
   EXPECT_NE(d.warnings[0].find("uid d"), std::string::npos);
+  // d has no cgroup yet: it is pending with its id (its cgroup gets the entry at mkdir), and so
+  // is a.
+  ASSERT_EQ(d.pending.size(), 2u);
+  EXPECT_EQ(d.pending.at("a").workload_id, id);
+  const uint32_t did = d.pending.at("d").workload_id;
+  EXPECT_NE(did, id);
+  EXPECT_EQ(d.pending.at("d").flags, static_cast<uint32_t>(SHUNT_POD_MESHED));
+  EXPECT_EQ(d.endpoints.at(*ParseIpKey("198.18.0.4")), did);
+  EXPECT_EQ(d.directory.at(did).name, "pod-d");
+}
+
+// The cgroup_mkdir tracepoint made a pods map entry for d's cgroup (200) after the pass scanned
+// the cgroups: the pass keeps it (the next one sees the cgroup). Once d leaves the policy, its
+// entry and its pending entry go.
+TEST(ApplyDataplane, KeepsAnEntryMadeAtMkdirAfterTheScanUntilThePodLeaves) {
+  FakeMaps maps;
+  WorkloadIds ids;
+  auto snap = Snapshot({W("a", "n1", true, {"198.18.0.2"}), W("d", "n1", true, {})});
+  auto d = CompileLocalDataplane(snap, "n1", {{"a", 100}}, ids);
+  ASSERT_TRUE(ApplyPendingPods(d, maps).ok());
+  EXPECT_EQ(maps.pending, d.pending);
+  maps.pods[200] = d.pending.at("d");  // what the tracepoint writes
+  ASSERT_TRUE(ApplyDataplane(d, maps).ok());
+  EXPECT_EQ(maps.pods.count(200), 1u) << "deleted as a cgroup no scan found: d's first connects "
+                                         "would be decided without it until the next pass";
+  // A stale entry under d's id for another cgroup than the scanned one goes.
+  auto d2 = CompileLocalDataplane(snap, "n1", {{"a", 100}, {"d", 201}}, ids);
+  ASSERT_TRUE(ApplyDataplane(d2, maps).ok());
+  EXPECT_EQ(maps.pods.count(200), 0u);
+  EXPECT_EQ(maps.pods.count(201), 1u);
+  auto d3 = CompileLocalDataplane(Snapshot({W("a", "n1", true, {"198.18.0.2"})}), "n1",
+                                  {{"a", 100}, {"d", 201}}, ids);
+  ASSERT_TRUE(ApplyDataplane(d3, maps).ok());
+  EXPECT_EQ(maps.pods.count(201), 0u);
+  EXPECT_EQ(maps.pending.count("d"), 0u);
+  EXPECT_EQ(maps.pending.count("a"), 1u);
+}
+
+// A pod that was pending when the agent stopped keeps its id: a cgroup created meanwhile got its
+// pods map entry (and its sockets their counters) under that id.
+TEST(RecoverWorkloadIds, PendingPodsKeepTheirIds) {
+  std::map<uint64_t, shunt_pod> pods = {{11, {3, SHUNT_POD_MESHED}}, {12, {5, SHUNT_POD_MESHED}}};
+  const std::map<std::string, uint64_t> cgroups = {{"a", 11}, {"p", 12}};
+  const std::map<std::string, shunt_pod> pending = {
+      {"a", {3, SHUNT_POD_MESHED}}, {"p", {5, SHUNT_POD_MESHED}}, {"q", {8, SHUNT_POD_MESHED}}};
+  RecoveredIds r = RecoverWorkloadIds(pods, cgroups, {}, pending);
+  EXPECT_EQ(r.adopt, (std::map<std::string, uint32_t>{{"a", 3}, {"p", 5}, {"q", 8}}));
+  EXPECT_TRUE(r.dead.empty());
+  EXPECT_EQ(r.next, 9u);
 }
 
 // A hostNetwork pod marked meshed (a policy file may say so): its pod cgroup is classified, but its

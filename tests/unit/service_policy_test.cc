@@ -344,13 +344,32 @@ TEST(ServicePolicy, ADenyAddedAtTheCapTakesAnAllowsBitRatherThanFailOpen) {
   EXPECT_EQ(d.policy_names.at(kSharedAllowBit), "default/allow-062") << "the last ALLOW fails closed";
 }
 
+// A pod of this node that policy knows but whose cgroup kubelet has not made yet is a source all
+// the same: the policy has its bit, the pod's mask is pending under its uid (copied to its cgroup
+// at mkdir), and its first connect() is denied.
+TEST(ServicePolicy, PodsWithoutACgroupYetArePendingSources) {
+  ServicePolicyIds ids;
+  const std::string deny = Policy("p", "DENY", R"({"app": "api"})", "[]");
+  auto d = CompileServicePolicy(Bundle("", "", deny), kNode, {}, {}, ids);
+  EXPECT_EQ(d.policy_names, (std::map<uint32_t, std::string>{{0, "default/p"}}));
+  EXPECT_TRUE(d.policy_sources.empty());
+  EXPECT_EQ(d.pending_sources.at("a"), 1u);
+  EXPECT_EQ(d.pending_sources.count("e"), 0u) << "unmeshed: no source";
+  // With cgroups: the same masks, under the cgroup ids and still pending by uid.
+  d = CompileServicePolicy(Bundle("", "", deny), kNode, kCgroups, {}, ids);
+  EXPECT_EQ(d.policy_sources.at(101), 1u);
+  EXPECT_EQ(d.pending_sources.at("a"), 1u);
+  auto enc = EncodeServicePolicy(d);
+  EXPECT_EQ(enc.at(SockLbMap::kPolicyPending).size(), d.pending_sources.size());
+}
+
 // A policy that stops matching any source here gives its bit back.
 TEST(ServicePolicy, APolicyWhoseSourcesLeaveTheNodeGivesItsBitBack) {
   ServicePolicyIds ids;
   const std::string here = Policy("p", "DENY", R"({"app": "api"})", "[]");
   auto d = CompileServicePolicy(Bundle("", "", here), kNode, kCgroups, {}, ids);
   EXPECT_EQ(d.policy_names, (std::map<uint32_t, std::string>{{0, "default/p"}}));
-  d = CompileServicePolicy(Bundle("", "", here), kNode, {}, {}, ids);  // no pod cgroup here
+  d = CompileServicePolicy(Bundle("", "", here), "n9", kCgroups, {}, ids);  // no pod of n9
   EXPECT_TRUE(d.policy_names.empty());
   d = CompileServicePolicy(Bundle("", "", Policy("q", "DENY", R"({"app": "api"})", "[]")), kNode,
                            kCgroups, {}, ids);

@@ -24,6 +24,7 @@
 #define SHUNT_CTL_SETTLED 0x2 /* ... and every redirect made before is queued: an empty sockmap
 			       * queue seen now stays empty */
 #define SHUNT_MAP_PODS "shunt_pods_v1"      /* pod cgroup id -> local workload */
+#define SHUNT_MAP_PENDING_PODS "shunt_podpnd_v1" /* pod uid -> local workload, before its cgroup */
 #define SHUNT_MAP_ENDPOINTS "shunt_ep_v1"   /* local meshed pod IP -> workload id */
 #define SHUNT_MAP_MSG_STATS "shunt_msg_v1"  /* (src, dst, verdict) -> msgs, bytes (per CPU) */
 #define SHUNT_MAP_SOCK_STATS "shunt_sock_v1" /* (workload, event) -> count (per CPU) */
@@ -53,6 +54,15 @@ struct shunt_pod {
 	__u32 flags; /* SHUNT_POD_* */
 };
 #define SHUNT_POD_MESHED 0x1
+
+/* pending pods map key: a pod's uid as the API server gives it ("8-4-4-4-12" hex with dashes, or
+ * the 32 hex digits of a static pod), NUL-padded. A pod of this node that policy knows is put
+ * here before its cgroup exists; the cgroup_mkdir tracepoint (socklb) resolves its cgroup to it
+ * from the cgroup's name the moment kubelet creates it (docs/kernel-policy.md). */
+#define SHUNT_POD_UID_LEN 40
+struct shunt_pod_uid {
+	char uid[SHUNT_POD_UID_LEN];
+};
 
 /* endpoints map key: a local meshed pod's IP, 16 bytes, IPv4 v4-mapped. */
 struct shunt_ip_key {

@@ -14,4 +14,13 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } shunt_pods_v1 SEC(".maps");
 
+/* Pods of this node known to policy, by uid (the pods map's value for their cgroup-to-be). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096); /* the pods map's size */
+	__type(key, struct shunt_pod_uid);
+	__type(value, struct shunt_pod);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} shunt_podpnd_v1 SEC(".maps");
+
 #endif /* SHUNT_PODS_MAP_BPF_H */

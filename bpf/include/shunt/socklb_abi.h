@@ -22,6 +22,7 @@
 #define SHUNT_MAP_AP_PORTS "shunt_apport_v1"   /* policy bit -> destination port ranges */
 #define SHUNT_MAP_LB_STATS "shunt_lbst_v1"     /* (workload, event, detail) -> count (per CPU) */
 #define SHUNT_MAP_AP_NAMES "shunt_apnam_v1"    /* policy bit -> its policy's name (agent only) */
+#define SHUNT_MAP_AP_PENDING "shunt_appnd_v1"  /* pod uid -> policy mask, before its cgroup */
 
 /* Access policies are bits of a u64: at most 64 per node (more is a reconcile error). */
 #define SHUNT_AP_MAX_POLICIES 64
@@ -91,7 +92,11 @@ enum shunt_lb_event {
 	SHUNT_LB_NOT_ALLOWED = 4,       /* ALLOW policies target the peer, none matched (detail: the
 					 * lowest such policy bit) */
 	SHUNT_LB_STATS_FULL = 5,        /* a counter could not be created */
-	SHUNT_LB_EVENT_MAX = 6,
+	SHUNT_LB_POD_RESOLVED = 6,      /* a pod cgroup created under the root was resolved to its
+					 * pending pod at mkdir (workload: unknown, so never deleted) */
+	SHUNT_LB_POD_UNKNOWN = 7,       /* a pod cgroup created under the root whose uid was not
+					 * pending: classified at the agent's next rescan */
+	SHUNT_LB_EVENT_MAX = 8,
 };
 
 struct shunt_lb_stats_key {
