@@ -229,9 +229,6 @@ int RunAgent(const AgentConfig& config) {
   } else {
     SHUNT_LOG(WARNING) << "no policy source (--controller or --policy-file): no pod is meshed";
   }
-  if (absl::Status s = reconciler.Start(); !s.ok()) {
-    SHUNT_LOG(WARNING) << "first reconcile: " << s.message();
-  }
   SockLbWriter lb_writer(**socklb);
   ServicePolicyReconciler::Options lb_options;
   lb_options.node_name = config.node_name;
@@ -247,6 +244,13 @@ int RunAgent(const AgentConfig& config) {
   ServicePolicyReconciler service_policy(lb_options, store, lb_writer);
   if (absl::Status s = service_policy.Start(); !s.ok()) {
     SHUNT_LOG(WARNING) << "first service/policy reconcile: " << s.message();
+  }
+  // A pod's pending policy sources are written before the pods map learns of it: no pod is
+  // meshed at its cgroup's creation without its policy (docs/kernel-policy.md).
+  reconciler.SetBeforePendingPods([&service_policy] { service_policy.ReconcileOnce().IgnoreError(); });
+  // After the policy pass (started first for the same reason).
+  if (absl::Status s = reconciler.Start(); !s.ok()) {
+    SHUNT_LOG(WARNING) << "first reconcile: " << s.message();
   }
 
   auto ready = [&]() -> absl::Status {
@@ -291,8 +295,8 @@ int RunAgent(const AgentConfig& config) {
   SHUNT_LOG(INFO) << "signal " << sig << ": stopping; programs and maps stay pinned so that "
                   << "established connections are not disturbed";
   if (source) source->Stop();
+  reconciler.Stop();  // before the policy pass its hook runs
   service_policy.Stop();
-  reconciler.Stop();
   return 0;
 }
 

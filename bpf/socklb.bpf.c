@@ -391,6 +391,9 @@ static __always_inline int take_uid(const char *buf, int off, int len, char sep,
 				return 0;
 			c = '-';
 		} else if (c == '-' || c == '_' || c == 0) {
+			/* Other non-hex characters are let through (checking for hex digits here
+			 * quadrupled the verifier's work): such a name matches no pending uid, all
+			 * of which come from Kubernetes (hex), and is only counted unknown. */
 			return 0;
 		}
 		out->uid[i] = c;
@@ -471,9 +474,18 @@ int BPF_PROG(shunt_cgroup_mkdir, struct cgroup *cgrp, const char *path)
 	const __u64 *mask = bpf_map_lookup_elem(&shunt_appnd_v1, &uid);
 	if (mask) {
 		__u64 m = *mask;
-		shunt_map_update(&shunt_apsrc_v1, &id, &m, BPF_ANY);
+		if (shunt_map_update(&shunt_apsrc_v1, &id, &m, BPF_ANY)) {
+			/* Without its sources the pod's DENY policies would not hold: leave it
+			 * unknown (its connects undecided by policy until the rescan, as any pod
+			 * the agent has not seen) and say so. */
+			count_event(SHUNT_WORKLOAD_UNKNOWN, SHUNT_LB_POD_MAP_FULL, 0);
+			return 0;
+		}
 	}
-	shunt_map_update(&shunt_pods_v1, &id, &p, BPF_ANY);
+	if (shunt_map_update(&shunt_pods_v1, &id, &p, BPF_ANY)) {
+		count_event(SHUNT_WORKLOAD_UNKNOWN, SHUNT_LB_POD_MAP_FULL, 0);
+		return 0;
+	}
 	count_event(SHUNT_WORKLOAD_UNKNOWN, SHUNT_LB_POD_RESOLVED, 0);
 	return 0;
 }

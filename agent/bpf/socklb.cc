@@ -63,6 +63,10 @@ absl::Status SockLb::Load() {
     bpf_map* map;
     uint32_t size;
   } sizes[] = {{skel_->maps.shunt_pods_v1, config_.pods_size},
+               // Shared with the fast path (pinned by name): the same size as its.
+               {skel_->maps.shunt_podpnd_v1, config_.pods_size},
+               // Pending policy sources by pod uid: at most one per pod.
+               {skel_->maps.shunt_appnd_v1, config_.pods_size},
                {skel_->maps.shunt_svc_v1, config_.services_size},
                {skel_->maps.shunt_slot_v1, config_.slots_size},
                {skel_->maps.shunt_apsrc_v1, config_.policy_sources_size},

@@ -194,7 +194,13 @@ absl::Status Reconciler::ReconcileOnce() {
     return last_error_;
   }
   // Pending pods before the scan: a pod cgroup created from now on gets its entry at mkdir, one
-  // created before is in the scan.
+  // created before is in the scan. Their policy sources before them.
+  std::function<void()> before_pending;
+  {
+    absl::MutexLock l(&mu_);
+    before_pending = before_pending_;
+  }
+  if (before_pending) before_pending();
   {
     DesiredDataplane pending = CompileLocalDataplane(*snapshot, options_.node_name, {}, ids_);
     if (absl::Status s = ApplyPendingPods(pending, writer_); !s.ok()) {
@@ -240,6 +246,11 @@ absl::Status Reconciler::ReconcileOnce() {
   last_error_ = s;
   if (s.ok()) synced_ = true;
   return s;
+}
+
+void Reconciler::SetBeforePendingPods(std::function<void()> fn) {
+  absl::MutexLock l(&mu_);
+  before_pending_ = std::move(fn);
 }
 
 bool Reconciler::synced() const {

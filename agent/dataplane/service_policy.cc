@@ -597,6 +597,14 @@ EncodedServicePolicy EncodePolicyMaps(const PolicyMaps& m, const std::vector<std
 
 }  // namespace
 
+absl::StatusOr<EncodedServicePolicy> ListServicePolicy(const ServicePolicyWriter& writer) {
+  EncodedServicePolicy out;
+  for (const auto& [map, entries] : EncodeServicePolicy(DesiredServicePolicy{})) {
+    ASSIGN_OR_RETURN(out[map], writer.List(map));
+  }
+  return out;
+}
+
 absl::Status ApplyServicePolicy(const DesiredServicePolicy& desired, ServicePolicyWriter& writer,
                                 const EncodedServicePolicy* known, EncodedServicePolicy* applied) {
   absl::Status first;
@@ -752,17 +760,33 @@ absl::Status ServicePolicyReconciler::ReconcileOnce() {
       s = cgroup_ids.status();
       break;
     }
+    // A cgroup not seen before may have had its source entry written at mkdir, which the maps
+    // as last applied do not show: list them, then scan again. Listed after the scan, an entry
+    // written in between (a cgroup newer than the scan) would look stale and be deleted.
+    bool relist = !applied_;
+    for (const auto& [uid, cg] : *cgroup_ids) relist |= !scanned_cgroups_.count(cg);
+    std::optional<EncodedServicePolicy> listed;
+    if (relist) {
+      auto l = ListServicePolicy(writer_);
+      if (!l.ok()) {
+        s = l.status();
+        applied_.reset();
+        applied_now = false;
+        break;
+      }
+      listed = std::move(*l);
+      cgroup_ids = scan();
+      if (!cgroup_ids.ok()) {
+        s = cgroup_ids.status();
+        break;
+      }
+    }
     std::set<uint64_t> scanned;
     for (const auto& [uid, cg] : *cgroup_ids) scanned.insert(cg);
-    // A cgroup not seen before may have had its source entry written at mkdir, which the maps
-    // as last applied do not show: list them.
-    for (uint64_t cg : scanned) {
-      if (!scanned_cgroups_.count(cg)) applied_.reset();
-    }
     desired =
         CompileServicePolicy(*snapshot, options_.node_name, *cgroup_ids, options_.limits, ids_);
     EncodedServicePolicy applied;
-    s = ApplyServicePolicy(desired, writer_, applied_ ? &*applied_ : nullptr, &applied);
+    s = ApplyServicePolicy(desired, writer_, listed ? &*listed : &*applied_, &applied);
     // After an error the maps are in an unknown state: list them on the next pass.
     if (s.ok()) {
       applied_ = std::move(applied);

@@ -175,11 +175,18 @@ EncodedServicePolicy EncodeServicePolicy(const DesiredServicePolicy& desired);
 
 // Brings the maps to `desired`. Order keeps every intermediate state usable: slots before the
 // services that point into them, deletes of services before their slots. `known`: what the maps
-// hold (the previous successful pass), to diff against without listing them; null: list them.
-// On success, `*applied` (if given) becomes what the maps now hold.
+// hold (the previous successful pass, or ListServicePolicy), to diff against without listing
+// them; null: list them. On success, `*applied` (if given) becomes what the maps now hold.
+// A source entry that `known` lacks and `desired` has no cgroup for is left alone: one the
+// cgroup_mkdir program wrote after the maps were listed belongs to a cgroup newer than them.
 absl::Status ApplyServicePolicy(const DesiredServicePolicy& desired, ServicePolicyWriter& writer,
                                 const EncodedServicePolicy* known = nullptr,
                                 EncodedServicePolicy* applied = nullptr);
+
+// What the maps ApplyServicePolicy writes hold now. Listed before the cgroups are scanned, so
+// that an entry the cgroup_mkdir program writes afterwards is either in the scan or not seen
+// at all (never taken for a stale one and deleted).
+absl::StatusOr<EncodedServicePolicy> ListServicePolicy(const ServicePolicyWriter& writer);
 
 // The policy names map (SockLbMap::kPolicyNames) for `names` (bit -> name), and back: a restarted
 // agent gives each policy the bit it had (its counters keep their policy, and its first pass

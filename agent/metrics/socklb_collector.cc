@@ -103,7 +103,7 @@ std::vector<MetricFamily> SockLbCollector::Collect() const {
     agg[key] += v;
   };
   double failed = 0;
-  double pods_resolved = 0, pods_unknown = 0;
+  double pods_resolved = 0, pods_unknown = 0, pods_map_full = 0;
   auto stats = lb_.ReadStats();
   if (stats.ok()) {
     for (const auto& s : *stats) {
@@ -140,6 +140,9 @@ std::vector<MetricFamily> SockLbCollector::Collect() const {
         case SHUNT_LB_POD_UNKNOWN:
           pods_unknown += s.value;
           break;
+        case SHUNT_LB_POD_MAP_FULL:
+          pods_map_full += s.value;
+          break;
         default:
           break;
       }
@@ -167,6 +170,7 @@ std::vector<MetricFamily> SockLbCollector::Collect() const {
   folded.metric.push_back(Sample({}, static_cast<double>(folded_count), false));
   pod_cgroups.metric.push_back(Sample({{"result", "resolved"}}, pods_resolved, true));
   pod_cgroups.metric.push_back(Sample({{"result", "unknown"}}, pods_unknown, true));
+  pod_cgroups.metric.push_back(Sample({{"result", "map_full"}}, pods_map_full, true));
   return {lb_conns, denied,        events, entries,    capacity,
           overflow, errors,        collect_error, folded, pod_cgroups};
 }

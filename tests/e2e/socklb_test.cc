@@ -389,6 +389,7 @@ TEST_P(SockLbFreshPodTest, PodsKnownToPolicyAreDeniedFromTheirFirstConnect) {
   for (int i = 0; i < kPods; ++i) uids.push_back(AddFreshWorkload(i));
   ASSERT_TRUE(WritePolicy({}, {}, {DenyFresh()}));
   AwaitEntries("policies", 1);
+  AwaitEntries("policy_pending_sources", kPods);
   int denied = 0;
   std::string seen;
   for (const std::string& uid : uids) {
@@ -414,6 +415,7 @@ TEST_P(SockLbFreshPodTest, PodsStartedWhileTheAgentRestartsAreDeniedFromTheirFir
   for (int i = 0; i < kPods; ++i) uids.push_back(AddFreshWorkload(i));
   ASSERT_TRUE(WritePolicy({}, {}, {DenyFresh()}));
   AwaitEntries("policies", 1);
+  AwaitEntries("policy_pending_sources", kPods);
   agent_->Kill();
   std::string seen;
   int denied = 0;
@@ -489,14 +491,20 @@ TEST_P(SockLbTest, AgentRestartKeepsOneAttachmentAndKeepsBalancing) {
   EXPECT_EQ(n, 1u) << cg->out;
 }
 
+std::string DriverName(const ::testing::TestParamInfo<testbed::CgroupDriver>& info) {
+  return info.param == testbed::CgroupDriver::kSystemd ? "systemd" : "cgroupfs";
+}
+
 INSTANTIATE_TEST_SUITE_P(Drivers, SockLbTest,
                          ::testing::Values(testbed::CgroupDriver::kSystemd,
-                                           testbed::CgroupDriver::kCgroupfs));
+                                           testbed::CgroupDriver::kCgroupfs),
+                         DriverName);
 INSTANTIATE_TEST_SUITE_P(Drivers, SockLbFreshPodTest,
                          ::testing::Values(testbed::CgroupDriver::kSystemd,
-                                           testbed::CgroupDriver::kCgroupfs));
+                                           testbed::CgroupDriver::kCgroupfs),
+                         DriverName);
 INSTANTIATE_TEST_SUITE_P(Drivers, SockLbFullMapTest,
-                         ::testing::Values(testbed::CgroupDriver::kSystemd));
+                         ::testing::Values(testbed::CgroupDriver::kSystemd), DriverName);
 
 }  // namespace
 }  // namespace shunt::e2e

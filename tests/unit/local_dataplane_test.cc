@@ -3,6 +3,7 @@
 #include "agent/dataplane/local_dataplane.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 // shunt_pod is a C struct of the global namespace: found there by the comparisons of std::map.
 bool operator==(const shunt_pod& a, const shunt_pod& b) {
@@ -236,6 +237,33 @@ TEST(ApplyDataplane, FullMapIsAnErrorButOtherEntriesAreWritten) {
   absl::Status s = ApplyDataplane(d, maps);
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(maps.endpoints.size(), 1u) << "endpoints are still written";
+}
+
+// The agent runs the access policy pass there (agent.cc): a pod's pending policy sources are
+// written before the pods map can learn of its cgroup at mkdir.
+TEST(Reconciler, RunsItsHookBeforeItWritesPendingPods) {
+  char tmpl[] = "/tmp/shunt-rec-test-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  PolicyStore store;
+  shunt::v1::PolicyBundle bundle;
+  *bundle.add_workloads() = W("11111111-2222-3333-4444-555555555555", "n1", true, {"10.0.0.1"});
+  store.Apply("test", bundle);
+  FakeMaps maps;
+  Reconciler r({.node_name = "n1", .cgroup_root = tmpl}, store, maps);
+  int calls = 0;
+  size_t pending_at_call = 99;
+  r.SetBeforePendingPods([&] {
+    ++calls;
+    pending_at_call = maps.pending.size();
+  });
+  EXPECT_TRUE(r.ReconcileOnce().ok());
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(pending_at_call, 0u);
+  EXPECT_EQ(maps.pending.size(), 1u);  // the pod has no cgroup yet
+  r.SetBeforePendingPods(nullptr);
+  EXPECT_TRUE(r.ReconcileOnce().ok());
+  EXPECT_EQ(calls, 1);
+  rmdir(tmpl);
 }
 
 }  // namespace

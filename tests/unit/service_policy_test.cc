@@ -6,9 +6,13 @@
 #include <google/protobuf/util/json_util.h>
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cstring>
 
 #include "absl/strings/str_format.h"
+#include "common/cgroup.h"
 
 namespace shunt::agent {
 namespace {
@@ -505,6 +509,97 @@ TEST(ApplyServicePolicy, DiffsAgainstTheLastAppliedStateWithoutListing) {
                        "-" + std::to_string(static_cast<int>(SockLbMap::kServices))),
             2);
   EXPECT_TRUE(applied[SockLbMap::kServices].empty());
+}
+
+// The reconciler lists the maps before it scans the cgroups: an entry the cgroup_mkdir program
+// writes in between belongs to a cgroup the scan then sees. Listed after the scan, the entry of a
+// pod cgroup created between the two looked stale and was deleted (the pod's DENY lifted until
+// the next round).
+template <typename T>
+std::string Raw(const T& v) {
+  return std::string(reinterpret_cast<const char*>(&v), sizeof(v));
+}
+
+class MkdirDuringListWriter : public FakeWriter {
+ public:
+  absl::StatusOr<std::map<Bytes, Bytes>> List(SockLbMap map) const override {
+    if (map == SockLbMap::kPolicySources && on_list) {
+      auto hook = std::move(on_list);
+      on_list = nullptr;
+      hook(const_cast<MkdirDuringListWriter&>(*this));
+    }
+    return FakeWriter::List(map);
+  }
+  absl::Status Delete(SockLbMap map, const Bytes& k) override {
+    if (map == SockLbMap::kPolicySources) deleted_sources.insert(k);
+    return FakeWriter::Delete(map, k);
+  }
+  mutable std::function<void(MkdirDuringListWriter&)> on_list;
+  std::set<Bytes> deleted_sources;
+};
+
+TEST(ServicePolicyReconciler, KeepsASourceEntryWrittenAtMkdirWhileItListsTheMaps) {
+  char tmpl[] = "/tmp/shunt-sp-test-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string root = tmpl;
+  const std::string u1 = "11111111-2222-3333-4444-555555555555";
+  const std::string u2 = "66666666-7777-8888-9999-000000000000";
+  ASSERT_EQ(mkdir((root + "/pod" + u1).c_str(), 0755), 0);
+  PolicyStore store;
+  shunt::v1::PolicyBundle bundle;
+  const std::string json = R"({"workloads": [
+      {"uid": ")" + u1 + R"(", "namespace": "default", "name": "p1", "node": "n1", "meshed": true,
+       "labels": {"app": "front"}, "ips": ["10.0.0.1"]},
+      {"uid": ")" + u2 + R"(", "namespace": "default", "name": "p2", "node": "n1", "meshed": true,
+       "labels": {"app": "front"}, "ips": ["10.0.0.3"]},
+      {"uid": "b", "namespace": "default", "name": "b", "node": "n1", "meshed": true,
+       "labels": {"app": "api"}, "ips": ["10.0.0.2"]}],
+    "accessPolicies": [)" +
+                           Policy("deny-front", "DENY", R"({"app": "api"})",
+                                  R"([{"pods": {"matchLabels": {"app": "front"}}}])") +
+                           "]}";
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(json, &bundle).ok()) << json;
+  store.Apply("test", bundle);
+  MkdirDuringListWriter w;
+  std::string u2_key;
+  // What the cgroup_mkdir program does for p2 (pending, with its DENY bit), while the maps are
+  // being listed.
+  w.on_list = [&](MkdirDuringListWriter& self) {
+    const std::string dir = root + "/pod" + u2;
+    ASSERT_EQ(mkdir(dir.c_str(), 0755), 0);
+    auto id = CgroupId(dir);
+    ASSERT_TRUE(id.ok()) << id.status();
+    u2_key = Raw(*id);
+    const auto& pend = self.maps[SockLbMap::kPolicyPending];
+    ASSERT_EQ(pend.size(), 2u);  // written by an earlier pass, before either cgroup
+    auto uid_key = PodUidKey(u2);
+    ASSERT_TRUE(uid_key.has_value());
+    self.maps[SockLbMap::kPolicySources][u2_key] = pend.at(Raw(*uid_key));
+  };
+  // An earlier pass (the agent before a restart): pending entries for both pods, no cgroup of p2.
+  {
+    ServicePolicyIds ids;
+    auto cg1 = CgroupId(root + "/pod" + u1);
+    ASSERT_TRUE(cg1.ok());
+    auto earlier = CompileServicePolicy(*store.Current(), kNode, {{u1, *cg1}}, {}, ids);
+    auto hook = std::move(w.on_list);
+    ASSERT_TRUE(ApplyServicePolicy(earlier, w).ok());
+    w.on_list = std::move(hook);
+  }
+  ServicePolicyReconciler::Options opts;
+  opts.node_name = kNode;
+  opts.cgroup_root = root;
+  ServicePolicyReconciler r(opts, store, w);
+  EXPECT_TRUE(r.ReconcileOnce().ok());
+  ASSERT_FALSE(u2_key.empty()) << "the maps were never listed";
+  EXPECT_EQ(w.deleted_sources.count(u2_key), 0u) << "p2's entry was deleted at some point";
+  ASSERT_EQ(w.maps[SockLbMap::kPolicySources].count(u2_key), 1u);
+  uint64_t mask = 0;
+  std::memcpy(&mask, w.maps[SockLbMap::kPolicySources][u2_key].data(), sizeof(mask));
+  EXPECT_NE(mask, 0u);
+  rmdir((root + "/pod" + u2).c_str());
+  rmdir((root + "/pod" + u1).c_str());
+  rmdir(root.c_str());
 }
 
 TEST(ApplyServicePolicy, EncodesTheAbiLayout) {

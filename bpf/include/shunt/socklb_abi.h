@@ -96,7 +96,9 @@ enum shunt_lb_event {
 					 * pending pod at mkdir (workload: unknown, so never deleted) */
 	SHUNT_LB_POD_UNKNOWN = 7,       /* a pod cgroup created under the root whose uid was not
 					 * pending: classified at the agent's next rescan */
-	SHUNT_LB_EVENT_MAX = 8,
+	SHUNT_LB_POD_MAP_FULL = 8,      /* a pending pod's cgroup whose pods map (or policy source)
+					 * entry could not be written: classified at the next rescan */
+	SHUNT_LB_EVENT_MAX = 9,
 };
 
 struct shunt_lb_stats_key {
