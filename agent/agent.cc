@@ -211,6 +211,7 @@ int RunAgent(const AgentConfig& config) {
     o.client_certificate = !config.controller_cert.empty();
     o.state_dir = config.state_dir.empty() ? "" : absl::StrCat(config.state_dir, "/", config.node_name);
     o.max_backoff = config.controller_max_backoff;
+    o.keepalive = config.controller_keepalive;
     o.agent_version = SHUNT_VERSION;
     auto cs = std::make_unique<ControllerPolicySource>(std::move(o));
     controller_source = cs.get();

@@ -23,6 +23,7 @@ struct AgentConfig {
   std::string controller_key;
   bool controller_plaintext = false;
   absl::Duration controller_max_backoff = absl::Seconds(30);
+  absl::Duration controller_keepalive = absl::Seconds(10);
   std::string state_dir = "/var/lib/shunt";  // last good policy, per node, survives restarts
   absl::Duration policy_poll = absl::Milliseconds(500);
   absl::Duration resync = absl::Seconds(1);

@@ -28,6 +28,9 @@ ABSL_FLAG(std::string, controller_cert, "", "Client certificate (PEM) for mutual
 ABSL_FLAG(std::string, controller_key, "", "Client private key (PEM) for mutual TLS.");
 ABSL_FLAG(bool, controller_plaintext, false, "Talk to the controller without TLS (tests, demos).");
 ABSL_FLAG(int, controller_max_backoff_ms, 30000, "Longest wait between reconnects.");
+ABSL_FLAG(int, controller_keepalive_ms, 10000,
+          "Keepalive ping interval on the controller stream; unanswered within as long again, the "
+          "stream is given up (/readyz 503) and the agent reconnects. 0: none.");
 ABSL_FLAG(std::string, state_dir, "/var/lib/shunt",
           "Where the last good policy from the controller is kept (per node), so that a restart "
           "while the controller is down still enforces it.");
@@ -95,6 +98,8 @@ int main(int argc_in, char** argv_in) {
     config.controller_plaintext = absl::GetFlag(FLAGS_controller_plaintext);
     config.controller_max_backoff =
         absl::Milliseconds(absl::GetFlag(FLAGS_controller_max_backoff_ms));
+    config.controller_keepalive =
+        absl::Milliseconds(std::max(0, absl::GetFlag(FLAGS_controller_keepalive_ms)));
     config.state_dir = absl::GetFlag(FLAGS_state_dir);
     config.resync = absl::Milliseconds(absl::GetFlag(FLAGS_resync_ms));
     config.sockhash_size = absl::GetFlag(FLAGS_sockhash_size);

@@ -42,6 +42,12 @@ ABSL_FLAG(int, max_full_pushes, 64,
           "Full-state responses (agents connecting) written at once; others wait their turn.");
 ABSL_FLAG(int, max_full_push_mib, 128,
           "MiB of full-state responses written at once (the first always goes).");
+ABSL_FLAG(int, push_timeout_ms, 60000,
+          "A response to an agent not written within this ends its stream (the agent reconnects); "
+          "0: never.");
+ABSL_FLAG(int, keepalive_ms, 10000,
+          "Keepalive ping interval on policy streams; an agent that answers none within as long "
+          "again is disconnected. 0: none.");
 ABSL_FLAG(std::string, listen, "0.0.0.0:15010", "gRPC policy stream listen address.");
 ABSL_FLAG(std::string, tls_cert, "", "Server certificate (PEM) for the policy stream.");
 ABSL_FLAG(std::string, tls_key, "", "Server private key (PEM).");
@@ -135,7 +141,8 @@ int Run() {
   auto registry = std::make_shared<prometheus::Registry>();
   ClusterState state;
   PolicyServer server(registry.get(), std::max(1, absl::GetFlag(FLAGS_max_full_pushes)),
-                      size_t(std::max(1, absl::GetFlag(FLAGS_max_full_push_mib))) << 20);
+                      size_t(std::max(1, absl::GetFlag(FLAGS_max_full_push_mib))) << 20,
+                      absl::Milliseconds(std::max(0, absl::GetFlag(FLAGS_push_timeout_ms))));
 
   std::unique_ptr<ManifestsSource> manifests;
   std::unique_ptr<KubernetesSource> kube;
@@ -181,7 +188,8 @@ int Run() {
   int port = 0;
   builder.AddListeningPort(absl::GetFlag(FLAGS_listen), *creds, &port);
   builder.RegisterService(&server);
-  PolicyServer::ConfigureServer(builder);
+  PolicyServer::ConfigureServer(builder,
+                                absl::Milliseconds(std::max(0, absl::GetFlag(FLAGS_keepalive_ms))));
   std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
   if (!grpc_server || port == 0) {
     SHUNT_LOG(ERROR) << "cannot listen on " << absl::GetFlag(FLAGS_listen);

@@ -1,6 +1,9 @@
 #include "controller/policy_server.h"
 
 #include <algorithm>
+#include <thread>
+
+#include "grpcpp/grpcpp.h"
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
@@ -16,7 +19,8 @@ using shunt::v1::Resource;
 // outstanding read and we keep at most one outstanding write.
 class AgentStream : public grpc::ServerBidiReactor<PolicyRequest, PolicyResponse> {
  public:
-  AgentStream(PolicyServer* server, std::string peer) : server_(server), peer_(std::move(peer)) {
+  AgentStream(PolicyServer* server, grpc::CallbackServerContext* context)
+      : server_(server), context_(context), peer_(context->peer()) {
     StartRead(&request_);
   }
 
@@ -42,9 +46,17 @@ class AgentStream : public grpc::ServerBidiReactor<PolicyRequest, PolicyResponse
   }
 
   void OnDone() override {
+    // The sweeper may be cancelling this stream's context (on its own thread: wait for it; on
+    // this thread, OnDone runs inside its TryCancel, which touches nothing after it).
+    if (std::this_thread::get_id() != server_->sweeper_.get_id()) {
+      absl::MutexLock c(&server_->cancel_mu_);
+    }
     server_->OnClosed(this);
     delete this;
   }
+
+  // The sweeper only (cancel_mu_ held): ends the call, as an error, whatever is in flight.
+  void Cancel() { context_->TryCancel(); }
 
   // Finishes now, or after the write in flight completes (Finish must not race a write).
   void FinishOnce(grpc::Status status) {
@@ -72,6 +84,8 @@ class AgentStream : public grpc::ServerBidiReactor<PolicyRequest, PolicyResponse
   uint64_t nacked_id = 0;
   std::string last_nack;
   bool writing = false;
+  absl::Time write_started;  // of the write in flight
+  bool cancelled = false;    // by the sweeper
   bool finished = false;
   bool finish_pending = false;
   bool queued = false;          // in the server's waiting_ list
@@ -82,15 +96,30 @@ class AgentStream : public grpc::ServerBidiReactor<PolicyRequest, PolicyResponse
 
  private:
   PolicyServer* server_;
+  grpc::CallbackServerContext* context_;
   std::string peer_;
   PolicyRequest request_;
 };
 
 PolicyServer::PolicyServer(prometheus::Registry* registry, int max_concurrent_pushes,
-                           size_t max_push_bytes)
-    : max_concurrent_pushes_(std::max(1, max_concurrent_pushes)), max_push_bytes_(max_push_bytes) {
+                           size_t max_push_bytes, absl::Duration push_timeout)
+    : max_concurrent_pushes_(std::max(1, max_concurrent_pushes)),
+      max_push_bytes_(max_push_bytes),
+      push_timeout_(push_timeout) {
   current_.set = std::make_shared<ResourceSet>();
+  if (push_timeout_ > absl::ZeroDuration()) sweeper_ = std::thread([this] { SweepLoop(); });
   if (!registry) return;
+  full_pushes_metric_ = &prometheus::BuildGauge()
+                             .Name("shunt_controller_full_pushes_in_flight")
+                             .Help("Full-state responses being written (each holds a write slot).")
+                             .Register(*registry)
+                             .Add({});
+  push_timeouts_metric_ =
+      &prometheus::BuildCounter()
+           .Name("shunt_controller_push_timeouts_total")
+           .Help("Streams ended because a response was not written within --push-timeout-ms.")
+           .Register(*registry)
+           .Add({});
   connected_ = &prometheus::BuildGauge()
                     .Name("shunt_controller_connected_agents")
                     .Help("Agents with an open policy stream.")
@@ -126,8 +155,45 @@ PolicyServer::PolicyServer(prometheus::Registry* registry, int max_concurrent_pu
 }
 
 PolicyServer::~PolicyServer() {
-  absl::MutexLock l(&mu_);
-  shutting_down_ = true;
+  {
+    absl::MutexLock l(&mu_);
+    shutting_down_ = true;
+  }
+  if (sweeper_.joinable()) sweeper_.join();
+}
+
+void PolicyServer::SweepLoop() {
+  const absl::Duration tick =
+      std::clamp(push_timeout_ / 4, absl::Milliseconds(10), absl::Seconds(1));
+  while (true) {
+    {
+      absl::MutexLock l(&mu_);
+      auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return shutting_down_; };
+      if (mu_.AwaitWithTimeout(absl::Condition(&stop), tick)) return;
+    }
+    absl::MutexLock c(&cancel_mu_);
+    std::vector<AgentStream*> late;
+    {
+      absl::MutexLock l(&mu_);
+      const absl::Time now = absl::Now();
+      for (AgentStream* s : streams_) {
+        if (s->writing && !s->cancelled && now - s->write_started > push_timeout_) {
+          s->cancelled = true;
+          late.push_back(s);
+          ++push_timeouts_;
+          if (push_timeouts_metric_) push_timeouts_metric_->Increment();
+          SHUNT_LOG(WARNING) << "agent " << (s->node.empty() ? s->peer() : s->node)
+                             << ": a response was not written within "
+                             << absl::FormatDuration(push_timeout_)
+                             << " (the agent stopped reading, or its path is gone): its stream "
+                                "is ended, the agent reconnects";
+        }
+      }
+    }
+    // Without mu_ (the reactions it may run take it). A stream cannot end meanwhile on another
+    // thread: its OnDone waits for cancel_mu_.
+    for (AgentStream* s : late) s->Cancel();
+  }
 }
 
 void PolicyServer::Publish(std::map<std::string, Resource> resources, absl::Time changed_at) {
@@ -188,14 +254,24 @@ void PolicyServer::Publish(ResourceSet resources, absl::Time changed_at) {
                    << " writes started in " << absl::FormatDuration(absl::Now() - fanout_start_);
 }
 
-void PolicyServer::ConfigureServer(grpc::ServerBuilder& builder) {
+void PolicyServer::ConfigureServer(grpc::ServerBuilder& builder, absl::Duration keepalive) {
   builder.SetMaxReceiveMessageSize(kPolicyRequestMaxBytes);
   builder.SetMaxSendMessageSize(kPolicyResponseMaxBytes);
+  if (keepalive <= absl::ZeroDuration()) return;
+  const int ms = static_cast<int>(absl::ToInt64Milliseconds(keepalive));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, ms);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, ms);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);  // the stream is idle
+  // Agents' own pings (every --controller-keepalive-ms, 10 s by default) are welcome down to
+  // 500 ms; faster ones count as abuse (gRPC's default lets a client ping every 5 minutes).
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 500);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
 }
 
 grpc::ServerBidiReactor<PolicyRequest, PolicyResponse>* PolicyServer::Stream(
     grpc::CallbackServerContext* context) {
-  auto* stream = new AgentStream(this, context->peer());
+  auto* stream = new AgentStream(this, context);
   absl::MutexLock l(&mu_);
   streams_.insert(stream);
   if (connected_) connected_->Increment();
@@ -213,6 +289,7 @@ void PolicyServer::OnWriteDoneLocked(AgentStream* stream, bool ok) {
   }
   stream->full_in_flight = false;
   stream->full_bytes = 0;
+  if (full_pushes_metric_) full_pushes_metric_->Set(writes_in_flight_);
   if (ok) MaybeSendLocked(stream);
   while (writes_in_flight_ < max_concurrent_pushes_ && !waiting_.empty()) {
     AgentStream* next = waiting_.front();
@@ -334,7 +411,9 @@ void PolicyServer::MaybeSendLocked(AgentStream* s) {
     ++writes_in_flight_;
     bytes_in_flight_ += bytes;
     peak_writes_in_flight_ = std::max(peak_writes_in_flight_, writes_in_flight_);
+    if (full_pushes_metric_) full_pushes_metric_->Set(writes_in_flight_);
   }
+  s->write_started = absl::Now();
   s->out = resp;
   ++pushes_;
   if (pushes_metric_) pushes_metric_->Increment();
@@ -414,6 +493,16 @@ uint64_t PolicyServer::nacks_total() const {
 int PolicyServer::peak_full_pushes() const {
   absl::MutexLock l(&mu_);
   return peak_writes_in_flight_;
+}
+
+int PolicyServer::full_pushes_in_flight() const {
+  absl::MutexLock l(&mu_);
+  return writes_in_flight_;
+}
+
+uint64_t PolicyServer::push_timeouts_total() const {
+  absl::MutexLock l(&mu_);
+  return push_timeouts_;
 }
 
 uint64_t PolicyServer::pushes_total() const {

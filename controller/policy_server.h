@@ -13,6 +13,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -40,8 +41,12 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
   // first always goes), are being written at once; other agents wait their turn (each write
   // holds a serialized copy of the response: 1000 agents connecting at once must not hold 1000
   // copies of a 10 MiB full state). Deltas are not throttled.
+  // A response (full state or delta) not written within `push_timeout` ends its stream
+  // (cancelled; the agent reconnects): a peer that stopped reading, or whose path died, holds
+  // no write slot for longer than that. Zero: no timeout.
   explicit PolicyServer(prometheus::Registry* registry, int max_concurrent_pushes = 64,
-                        size_t max_push_bytes = size_t{128} << 20);
+                        size_t max_push_bytes = size_t{128} << 20,
+                        absl::Duration push_timeout = absl::Seconds(60));
   ~PolicyServer() override;
 
   // Makes `resources` the current snapshot; every agent in sync is sent its delta. `changed_at` is
@@ -49,8 +54,11 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
   void Publish(ResourceSet resources, absl::Time changed_at);
   void Publish(std::map<std::string, shunt::v1::Resource> resources, absl::Time changed_at);
 
-  // What every server of this service must set (message size limits of the policy stream).
-  static void ConfigureServer(grpc::ServerBuilder& builder);
+  // What every server of this service must set: message size limits of the policy stream, and
+  // keepalive pings every `keepalive` (a peer that does not answer one within `keepalive` is
+  // gone: its stream ends), while agents may ping as often as every half of their own interval.
+  static void ConfigureServer(grpc::ServerBuilder& builder,
+                              absl::Duration keepalive = absl::Seconds(10));
 
   grpc::ServerBidiReactor<shunt::v1::PolicyRequest, shunt::v1::PolicyResponse>* Stream(
       grpc::CallbackServerContext* context) override;
@@ -67,6 +75,8 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
   uint64_t nacks_total() const;
   uint64_t pushes_total() const;
   int peak_full_pushes() const;  // most full-state responses ever written at once
+  int full_pushes_in_flight() const;
+  uint64_t push_timeouts_total() const;  // streams ended for a write over push_timeout
 
  private:
   friend class AgentStream;
@@ -79,6 +89,8 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
 
   void OnRequest(AgentStream* stream, const shunt::v1::PolicyRequest& request);
   void OnClosed(AgentStream* stream);
+  // Cancels the streams whose write has been in flight for longer than push_timeout_.
+  void SweepLoop();
   void OnWriteDoneLocked(AgentStream* stream, bool ok) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sends `stream` its next response if it has none in flight and is behind. Requires mu_.
   void MaybeSendLocked(AgentStream* stream) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -99,6 +111,12 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   const int max_concurrent_pushes_;
   const size_t max_push_bytes_;
+  const absl::Duration push_timeout_;
+  uint64_t push_timeouts_ ABSL_GUARDED_BY(mu_) = 0;
+  // Held while the sweeper cancels streams: a stream's OnDone (on a gRPC thread) waits for it,
+  // so that no context is cancelled after its call ended. Taken before mu_.
+  absl::Mutex cancel_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  std::thread sweeper_;
   int writes_in_flight_ ABSL_GUARDED_BY(mu_) = 0;      // full-state responses being written
   size_t bytes_in_flight_ ABSL_GUARDED_BY(mu_) = 0;    // their serialized size
   int peak_writes_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
@@ -115,6 +133,8 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
   prometheus::Counter* nacks_metric_ = nullptr;
   prometheus::Histogram* propagation_ = nullptr;
   prometheus::Gauge* resources_ = nullptr;
+  prometheus::Gauge* full_pushes_metric_ = nullptr;
+  prometheus::Counter* push_timeouts_metric_ = nullptr;
 };
 
 }  // namespace shunt::controller

@@ -21,6 +21,7 @@ PACKAGES=(
   python3  # the compatibility suite tries ordinary programs: Python's socket module
   # the simulated cluster
   iproute2 procps util-linux
+  nftables  # tests that cut a path inside a test namespace (control_plane_test)
   # admin HTTP server (also what prometheus-cpp serves with)
   libcivetweb-dev
   # the kernel tests on the second kernel (scripts/vm/): qemu (qemu-system-common brings

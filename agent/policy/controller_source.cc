@@ -185,6 +185,15 @@ void ControllerPolicySource::Session() {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kPolicyResponseMaxBytes);
   args.SetMaxSendMessageSize(kPolicyRequestMaxBytes);
+  if (options_.keepalive > absl::ZeroDuration()) {
+    const int ms = static_cast<int>(absl::ToInt64Milliseconds(options_.keepalive));
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, ms);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, ms);
+    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);  // the stream is idle between changes
+    // A connection attempt into a black hole gives up as soon (the minimum connect timeout,
+    // 20 s by default).
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, ms);
+  }
   auto channel = grpc::CreateCustomChannel(options_.address, options_.credentials, args);
   auto stub = shunt::v1::PolicyDiscovery::NewStub(channel);
   grpc::ClientContext context;

@@ -37,6 +37,10 @@ struct ControllerSourceOptions {
   absl::Duration min_save_interval = absl::ZeroDuration();
   absl::Duration min_backoff = absl::Milliseconds(200);
   absl::Duration max_backoff = absl::Seconds(30);
+  // Pings on the stream every `keepalive`; one unanswered for as long again ends the session (a
+  // controller node gone, a partition: the stream would otherwise wait forever, in sync as far as
+  // /readyz could tell). Zero: none.
+  absl::Duration keepalive = absl::Seconds(10);
   std::string agent_version;
 };
 

@@ -65,12 +65,14 @@ class ControlPlaneTest : public ::testing::Test {
         *bed_, bed_->node(node), "",
         std::vector<std::string>{
             absl::StrCat("--controller=", bed_->node(0).ipv4, ":", kStreamPort),
-            "--controller-plaintext", "--controller-max-backoff-ms=300"});
+            "--controller-plaintext", "--controller-max-backoff-ms=300",
+            "--controller-keepalive-ms=1000"});
   }
 
   void StartController() {
     auto p = bed_->SpawnOnNode(bed_->node(0),
                                {ControllerBinary(), "--manifests=" + manifests_, "--plaintext",
+                                "--keepalive-ms=1000",
                                 absl::StrCat("--listen=0.0.0.0:", kStreamPort),
                                 absl::StrCat("--metrics-addr=127.0.0.1:", kControllerMetricsPort),
                                 "--admin-addr=127.0.0.1:15015", "--manifests-poll-ms=100"});
@@ -250,6 +252,56 @@ TEST_F(ControlPlaneTest, ControllerDownThenAgentRestartThenControllerBack) {
       << agents_[0]->Stderr();
   ASSERT_TRUE(
       Eventually([&] { return AgentMetric(1, "shunt_policy_meshed_local_workloads") == 0; }));
+}
+
+// Issue 8 item 6: node 1's packets to and from the controller are dropped (nftables in node 1's
+// network namespace): no FIN, no RST, a stream that looks open from both ends. Before keepalives the agent waited
+// on it for good with /readyz 200, and the controller kept its stream. Now: the agent says it
+// is out of sync within a few keepalive intervals, keeps enforcing what it had, the controller
+// ends its stream, and once the path is back the agent reconnects and gets the change it missed.
+TEST_F(ControlPlaneTest, PartitionedAgentTurnsUnreadyAndCatchesUpWhenThePathIsBack) {
+  ASSERT_TRUE(Eventually([&] { return AgentMetric(1, "shunt_agent_synced") == 1; }));
+  ASSERT_TRUE(Eventually([&] { return ControllerMetric("shunt_controller_connected_agents") == 2; }));
+  const testbed::Node& n1 = bed_->node(1);
+  const std::string rules = absl::StrCat(
+      "table inet shunt_partition {\n"
+      "  chain out {\n"
+      "    type filter hook output priority 0; policy accept;\n"
+      "    ip daddr ", bed_->node(0).ipv4, " tcp dport ", kStreamPort, " drop\n"
+      "  }\n"
+      "  chain in {\n"
+      "    type filter hook input priority 0; policy accept;\n"
+      "    ip saddr ", bed_->node(0).ipv4, " tcp sport ", kStreamPort, " drop\n"
+      "  }\n"
+      "}\n");
+  const std::string rules_file = bed_->work_dir() + "/partition.nft";
+  ASSERT_TRUE(WriteFileAtomic(rules_file, rules).ok());
+  auto add = bed_->RunOnNode(n1, {"nft", "-f", rules_file}, 10s);
+  ASSERT_TRUE(add.ok() && add->exit_code == 0) << (add.ok() ? add->err : add.status().ToString());
+
+  WriteNamespace(true);  // the change agent 1 misses
+  ASSERT_TRUE(
+      Eventually([&] { return AgentMetric(0, "shunt_policy_meshed_local_workloads") == 2; }));
+  ASSERT_TRUE(Eventually([&] {
+    auto r = agents_[1]->Get("/readyz");
+    return r.ok() && r->code == 503;
+  })) << "the partitioned agent still says it is ready";
+  EXPECT_EQ(AgentMetric(1, "shunt_policy_meshed_local_workloads"), 0) << "it enforces what it had";
+  ASSERT_TRUE(Eventually([&] { return ControllerMetric("shunt_controller_connected_agents") == 1; }))
+      << "the controller kept the dead stream";
+  EXPECT_EQ(ControllerMetric("shunt_controller_full_pushes_in_flight"), 0);
+
+  auto del = bed_->RunOnNode(n1, {"nft", "delete", "table", "inet", "shunt_partition"}, 10s);
+  ASSERT_TRUE(del.ok() && del->exit_code == 0) << (del.ok() ? del->err : del.status().ToString());
+  ASSERT_TRUE(Eventually(
+      [&] {
+        auto r = agents_[1]->Get("/readyz");
+        return r.ok() && r->code == 200 &&
+               AgentMetric(1, "shunt_policy_meshed_local_workloads") == 2;
+      },
+      30s))
+      << agents_[1]->Stderr();
+  EXPECT_TRUE(Eventually([&] { return ControllerMetric("shunt_controller_connected_agents") == 2; }));
 }
 
 // Policy in the kernel, driven by CRs through the controller: pods 0 (app=front) and 3

@@ -37,8 +37,10 @@ std::map<std::string, Resource> Set(std::vector<Resource> rs) {
 // The controller of these tests: plaintext.
 struct ControllerProcess : shunt::test::TestController {
   explicit ControllerProcess(int port = 0, int max_pushes = 64,
-                             size_t max_push_bytes = size_t{128} << 20)
-      : TestController(grpc::InsecureServerCredentials(), port, max_pushes, max_push_bytes) {}
+                             size_t max_push_bytes = size_t{128} << 20,
+                             absl::Duration push_timeout = absl::Seconds(60))
+      : TestController(grpc::InsecureServerCredentials(), port, max_pushes, max_push_bytes,
+                       push_timeout) {}
 };
 struct Agent : shunt::test::TestAgent {
   explicit Agent(const std::string& address, const std::string& state_dir = "")
@@ -206,6 +208,36 @@ TEST(PolicyStream, FullStatesOverTheByteBudgetGoOneAtATime) {
   }));
   EXPECT_EQ(c.service.peak_full_pushes(), 1);
   EXPECT_EQ(c.service.pushes_total(), 20u);
+}
+
+// A stream that subscribes and then never reads its full state holds a write slot only until the
+// push timeout: then it is ended and the agent behind it gets the slot. Without the timeout it
+// held the only slot for good, and the agent never synced.
+TEST(PolicyStream, AStreamThatStopsReadingLosesItsWriteSlotAtThePushTimeout) {
+  ControllerProcess c(0, /*max_pushes=*/1, size_t{128} << 20, absl::Seconds(1));
+  std::map<std::string, Resource> all;
+  for (int i = 0; i < 100000; ++i) {  // far more than HTTP/2 and TCP buffer for a reader
+    Resource r = Pod(absl::StrCat("uid-", i),
+                     absl::StrCat("198.", 18 + i / (254 * 256), ".", i / 254 % 256, ".",
+                                  1 + i % 254));
+    all[ResourceKeyString(r.key())] = std::move(r);
+  }
+  c.service.Publish(all, absl::Now());
+  auto stub = shunt::v1::PolicyDiscovery::NewStub(
+      grpc::CreateChannel(c.address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext stuck_ctx;
+  auto stuck = stub->Stream(&stuck_ctx);
+  PolicyRequest hello;
+  hello.set_node("node-stuck");
+  ASSERT_TRUE(stuck->Write(hello));  // and never a Read
+  ASSERT_TRUE(Eventually([&] { return c.service.full_pushes_in_flight() == 1; }));
+  Agent agent(c.address());
+  ASSERT_TRUE(Eventually([&] { return agent.source->InSync().ok(); }, 60s))
+      << agent.source->InSync();
+  EXPECT_EQ(agent.Workloads(), 100000u);
+  EXPECT_GE(c.service.push_timeouts_total(), 1u);
+  stuck_ctx.TryCancel();
+  (void)stuck->Finish();
 }
 
 TEST(PolicyStream, FirstRequestWithoutNodeIsRejected) {

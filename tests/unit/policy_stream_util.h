@@ -50,8 +50,9 @@ inline std::map<std::string, shunt::v1::Resource> ResourceSetOf(
 class TestController {
  public:
   explicit TestController(std::shared_ptr<grpc::ServerCredentials> creds, int port = 0,
-                          int max_pushes = 64, size_t max_push_bytes = size_t{128} << 20)
-      : service(nullptr, max_pushes, max_push_bytes) {
+                          int max_pushes = 64, size_t max_push_bytes = size_t{128} << 20,
+                          absl::Duration push_timeout = absl::Seconds(60))
+      : service(nullptr, max_pushes, max_push_bytes, push_timeout) {
     grpc::ServerBuilder b;
     b.AddListeningPort("127.0.0.1:" + std::to_string(port), std::move(creds), &bound_port);
     b.RegisterService(&service);
