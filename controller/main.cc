@@ -45,6 +45,8 @@ ABSL_FLAG(int, max_full_push_mib, 128,
 ABSL_FLAG(int, push_timeout_ms, 60000,
           "A response to an agent not written within this ends its stream (the agent reconnects); "
           "0: never.");
+ABSL_FLAG(int, max_streams, 20000,
+          "Policy streams open at once (one per agent; more are refused and counted).");
 ABSL_FLAG(int, keepalive_ms, 10000,
           "Keepalive ping interval on policy streams; an agent that answers none within as long "
           "again is disconnected. 0: none.");
@@ -142,7 +144,8 @@ int Run() {
   ClusterState state;
   PolicyServer server(registry.get(), std::max(1, absl::GetFlag(FLAGS_max_full_pushes)),
                       size_t(std::max(1, absl::GetFlag(FLAGS_max_full_push_mib))) << 20,
-                      absl::Milliseconds(std::max(0, absl::GetFlag(FLAGS_push_timeout_ms))));
+                      absl::Milliseconds(std::max(0, absl::GetFlag(FLAGS_push_timeout_ms))),
+                      absl::GetFlag(FLAGS_max_streams));
 
   std::unique_ptr<ManifestsSource> manifests;
   std::unique_ptr<KubernetesSource> kube;

@@ -101,11 +101,19 @@ class AgentStream : public grpc::ServerBidiReactor<PolicyRequest, PolicyResponse
   PolicyRequest request_;
 };
 
+// A stream over the server's bound: refused at once.
+class RefusedStream : public grpc::ServerBidiReactor<PolicyRequest, PolicyResponse> {
+ public:
+  explicit RefusedStream(grpc::Status status) { Finish(std::move(status)); }
+  void OnDone() override { delete this; }
+};
+
 PolicyServer::PolicyServer(prometheus::Registry* registry, int max_concurrent_pushes,
-                           size_t max_push_bytes, absl::Duration push_timeout)
+                           size_t max_push_bytes, absl::Duration push_timeout, int max_streams)
     : max_concurrent_pushes_(std::max(1, max_concurrent_pushes)),
       max_push_bytes_(max_push_bytes),
-      push_timeout_(push_timeout) {
+      push_timeout_(push_timeout),
+      max_streams_(static_cast<size_t>(std::max(1, max_streams))) {
   current_.set = std::make_shared<ResourceSet>();
   if (push_timeout_ > absl::ZeroDuration()) sweeper_ = std::thread([this] { SweepLoop(); });
   if (!registry) return;
@@ -114,6 +122,11 @@ PolicyServer::PolicyServer(prometheus::Registry* registry, int max_concurrent_pu
                              .Help("Full-state responses being written (each holds a write slot).")
                              .Register(*registry)
                              .Add({});
+  refused_metric_ = &prometheus::BuildCounter()
+                        .Name("shunt_controller_refused_streams_total")
+                        .Help("Policy streams refused: --max-streams were open already.")
+                        .Register(*registry)
+                        .Add({});
   push_timeouts_metric_ =
       &prometheus::BuildCounter()
            .Name("shunt_controller_push_timeouts_total")
@@ -271,6 +284,19 @@ void PolicyServer::ConfigureServer(grpc::ServerBuilder& builder, absl::Duration 
 
 grpc::ServerBidiReactor<PolicyRequest, PolicyResponse>* PolicyServer::Stream(
     grpc::CallbackServerContext* context) {
+  {
+    absl::MutexLock l(&mu_);
+    if (streams_.size() >= max_streams_) {
+      ++refused_streams_;
+      if (refused_metric_) refused_metric_->Increment();
+      SHUNT_LOG_EVERY_N_SEC(WARNING, 10)
+          << "policy stream from " << context->peer() << " refused: " << max_streams_
+          << " streams are open (--max-streams)";
+      return new RefusedStream(grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          absl::StrCat("the controller serves at most ", max_streams_, " streams")));
+    }
+  }
   auto* stream = new AgentStream(this, context);
   absl::MutexLock l(&mu_);
   streams_.insert(stream);
@@ -452,6 +478,7 @@ void PolicyServer::OnRequest(AgentStream* s, const PolicyRequest& req) {
                        << " (NACK): " << req.error_detail().message() << "; it stays on "
                        << (req.version_info().empty() ? "its previous state" : req.version_info());
   } else {
+    if (!s->first_acked) std::map<std::string, std::string>().swap(s->initial);  // done with it
     s->first_acked = true;
     s->acked_id = s->inflight_id;
     s->acked_name = req.version_info();
@@ -503,6 +530,11 @@ int PolicyServer::full_pushes_in_flight() const {
 uint64_t PolicyServer::push_timeouts_total() const {
   absl::MutexLock l(&mu_);
   return push_timeouts_;
+}
+
+uint64_t PolicyServer::refused_streams_total() const {
+  absl::MutexLock l(&mu_);
+  return refused_streams_;
 }
 
 uint64_t PolicyServer::pushes_total() const {

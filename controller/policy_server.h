@@ -44,9 +44,11 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
   // A response (full state or delta) not written within `push_timeout` ends its stream
   // (cancelled; the agent reconnects): a peer that stopped reading, or whose path died, holds
   // no write slot for longer than that. Zero: no timeout.
+  // At most `max_streams` streams are open at once; more are refused (RESOURCE_EXHAUSTED,
+  // counted) -- each may hold its first request (up to kPolicyRequestMaxBytes) until its first ACK.
   explicit PolicyServer(prometheus::Registry* registry, int max_concurrent_pushes = 64,
                         size_t max_push_bytes = size_t{128} << 20,
-                        absl::Duration push_timeout = absl::Seconds(60));
+                        absl::Duration push_timeout = absl::Seconds(60), int max_streams = 20000);
   ~PolicyServer() override;
 
   // Makes `resources` the current snapshot; every agent in sync is sent its delta. `changed_at` is
@@ -77,6 +79,7 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
   int peak_full_pushes() const;  // most full-state responses ever written at once
   int full_pushes_in_flight() const;
   uint64_t push_timeouts_total() const;  // streams ended for a write over push_timeout
+  uint64_t refused_streams_total() const;  // over max_streams
 
  private:
   friend class AgentStream;
@@ -112,6 +115,8 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
   const int max_concurrent_pushes_;
   const size_t max_push_bytes_;
   const absl::Duration push_timeout_;
+  const size_t max_streams_;
+  uint64_t refused_streams_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t push_timeouts_ ABSL_GUARDED_BY(mu_) = 0;
   // Held while the sweeper cancels streams: a stream's OnDone (on a gRPC thread) waits for it,
   // so that no context is cancelled after its call ended. Taken before mu_.
@@ -135,6 +140,7 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
   prometheus::Gauge* resources_ = nullptr;
   prometheus::Gauge* full_pushes_metric_ = nullptr;
   prometheus::Counter* push_timeouts_metric_ = nullptr;
+  prometheus::Counter* refused_metric_ = nullptr;
 };
 
 }  // namespace shunt::controller

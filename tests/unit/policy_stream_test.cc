@@ -38,9 +38,10 @@ std::map<std::string, Resource> Set(std::vector<Resource> rs) {
 struct ControllerProcess : shunt::test::TestController {
   explicit ControllerProcess(int port = 0, int max_pushes = 64,
                              size_t max_push_bytes = size_t{128} << 20,
-                             absl::Duration push_timeout = absl::Seconds(60))
+                             absl::Duration push_timeout = absl::Seconds(60),
+                             int max_streams = 20000)
       : TestController(grpc::InsecureServerCredentials(), port, max_pushes, max_push_bytes,
-                       push_timeout) {}
+                       push_timeout, max_streams) {}
 };
 struct Agent : shunt::test::TestAgent {
   explicit Agent(const std::string& address, const std::string& state_dir = "")
@@ -238,6 +239,31 @@ TEST(PolicyStream, AStreamThatStopsReadingLosesItsWriteSlotAtThePushTimeout) {
   EXPECT_GE(c.service.push_timeouts_total(), 1u);
   stuck_ctx.TryCancel();
   (void)stuck->Finish();
+}
+
+// Issue 8 item 10: streams are bounded; one over the bound is refused with a clear status (and
+// counted), and a place that frees is taken by the next agent.
+TEST(PolicyStream, StreamsOverTheBoundAreRefusedUntilOneCloses) {
+  ControllerProcess c(0, 64, size_t{128} << 20, absl::Seconds(60), /*max_streams=*/2);
+  c.service.Publish(Set({Pod("a", "198.18.0.2")}), absl::Now());
+  auto first = std::make_unique<Agent>(c.address());
+  Agent second(c.address());
+  ASSERT_TRUE(Eventually([&] { return first->source->InSync().ok() && second.source->InSync().ok(); }));
+  auto stub = shunt::v1::PolicyDiscovery::NewStub(
+      grpc::CreateChannel(c.address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  auto third = stub->Stream(&ctx);
+  PolicyRequest hello;
+  hello.set_node("node-c");
+  third->Write(hello);
+  PolicyResponse r;
+  EXPECT_FALSE(third->Read(&r));
+  grpc::Status st = third->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  EXPECT_EQ(c.service.refused_streams_total(), 1u);
+  first.reset();  // its stream closes; the next agent gets the place
+  Agent late(c.address());
+  ASSERT_TRUE(Eventually([&] { return late.source->InSync().ok(); }, 20s)) << late.source->InSync();
 }
 
 TEST(PolicyStream, FirstRequestWithoutNodeIsRejected) {

@@ -51,8 +51,9 @@ class TestController {
  public:
   explicit TestController(std::shared_ptr<grpc::ServerCredentials> creds, int port = 0,
                           int max_pushes = 64, size_t max_push_bytes = size_t{128} << 20,
-                          absl::Duration push_timeout = absl::Seconds(60))
-      : service(nullptr, max_pushes, max_push_bytes, push_timeout) {
+                          absl::Duration push_timeout = absl::Seconds(60),
+                          int max_streams = 20000)
+      : service(nullptr, max_pushes, max_push_bytes, push_timeout, max_streams) {
     grpc::ServerBuilder b;
     b.AddListeningPort("127.0.0.1:" + std::to_string(port), std::move(creds), &bound_port);
     b.RegisterService(&service);
