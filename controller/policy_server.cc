@@ -6,6 +6,7 @@
 #include "grpcpp/grpcpp.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/log.h"
 #include "common/resources.h"
 
@@ -21,6 +22,14 @@ class AgentStream : public grpc::ServerBidiReactor<PolicyRequest, PolicyResponse
  public:
   AgentStream(PolicyServer* server, grpc::CallbackServerContext* context)
       : server_(server), context_(context), peer_(context->peer()) {
+    // A verified client certificate (mutual TLS) names the nodes this stream may ask for.
+    if (auto auth = context->auth_context(); auth && auth->IsPeerAuthenticated()) {
+      for (const char* property : {"x509_common_name", "x509_subject_alternative_name"}) {
+        for (const grpc::string_ref& v : auth->FindPropertyValues(property)) {
+          cert_names.emplace_back(v.data(), v.size());
+        }
+      }
+    }
     StartRead(&request_);
   }
 
@@ -70,6 +79,8 @@ class AgentStream : public grpc::ServerBidiReactor<PolicyRequest, PolicyResponse
       Finish(std::move(status));
     }
   }
+
+  std::vector<std::string> cert_names;  // CN and SANs of the client certificate (const)
 
   // All below: guarded by server_->mu_.
   std::string node;
@@ -453,6 +464,20 @@ void PolicyServer::OnRequest(AgentStream* s, const PolicyRequest& req) {
       mu_.Unlock();
       s->FinishOnce(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                  "the first PolicyRequest must name the node"));
+      mu_.Lock();
+      return;
+    }
+    if (!s->cert_names.empty() && std::find(s->cert_names.begin(), s->cert_names.end(),
+                                            req.node()) == s->cert_names.end()) {
+      const std::string names = absl::StrJoin(s->cert_names, ", ");
+      SHUNT_LOG_EVERY_N_SEC(WARNING, 10)
+          << "policy stream from " << s->peer() << " refused: it asks for node " << req.node()
+          << ", its client certificate is for " << names;
+      mu_.Unlock();
+      s->FinishOnce(grpc::Status(
+          grpc::StatusCode::PERMISSION_DENIED,
+          absl::StrCat("node ", req.node(), " is not a name of this client certificate (", names,
+                       "): a certificate gets the policy of its own node only")));
       mu_.Lock();
       return;
     }

@@ -85,12 +85,14 @@ struct Controller : shunt::test::TestController {
 };
 struct Agent : shunt::test::TestAgent {
   Agent(const std::string& address, std::shared_ptr<grpc::ChannelCredentials> creds,
-        bool client_certificate = false, bool tls = true)
-      : TestAgent(Options(address, std::move(creds), client_certificate, tls)) {}
+        bool client_certificate = false, bool tls = true, const std::string& node = "")
+      : TestAgent(Options(address, std::move(creds), client_certificate, tls, node)) {}
   static agent::ControllerSourceOptions Options(const std::string& address,
                                                 std::shared_ptr<grpc::ChannelCredentials> creds,
-                                                bool client_certificate, bool tls) {
+                                                bool client_certificate, bool tls,
+                                                const std::string& node) {
     agent::ControllerSourceOptions o;
+    o.node = node;
     o.address = address;
     o.credentials = std::move(creds);
     o.client_certificate = client_certificate;
@@ -188,6 +190,20 @@ TEST_F(PolicyStreamTls, MutualTlsAgentWithoutAClientCertIsRefused) {
               HasSubstr("give this agent one with --controller-cert"))
       << agent.source->InSync();
   EXPECT_EQ(agent.store.Current(), nullptr);
+}
+
+// Issue 8 item 10: with client certificates, a stream gets the policy of its certificate's node
+// only (its CN or a DNS name): an agent's certificate cannot be used to read another node's.
+TEST_F(PolicyStreamTls, MutualTlsAgentAskingForAnotherNodeThanItsCertificatesIsRefused) {
+  Controller c(MutualTls());
+  Agent agent(c.address(), AgentTls(P("ca.crt"), P("client.crt"), P("client.key")),
+              /*client_certificate=*/true, /*tls=*/true, /*node=*/"node-b");
+  ExpectNeverSyncs(agent, c);
+  EXPECT_THAT(std::string(agent.source->InSync().message()), HasSubstr("node node-b is not"))
+      << agent.source->InSync();
+  Agent good(c.address(), AgentTls(P("ca.crt"), P("client.crt"), P("client.key")),
+             /*client_certificate=*/true, /*tls=*/true, /*node=*/"node-a");
+  ExpectSyncs(good, c);
 }
 
 TEST_F(PolicyStreamTls, MutualTlsAgentWithAClientCertFromAnotherCaIsRefused) {
