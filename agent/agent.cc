@@ -23,6 +23,7 @@
 #include "common/log.h"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
+#include "absl/cleanup/cleanup.h"
 
 namespace shunt::agent {
 namespace {
@@ -77,6 +78,11 @@ class AgentCollector : public prometheus::Collectable {
         gauge("shunt_agent_synced", "1 when the policy in force is applied to the kernel.",
               reconciler_.synced() && reconciler_.last_error().ok() ? 1 : 0),
         errors,
+        gauge("shunt_agent_unknown_resources",
+              "Resources from the controller of kinds this agent does not know (a newer "
+              "controller): ignored.",
+              controller_source_ ? static_cast<double>(controller_source_->unknown_resources())
+                                 : 0),
         gauge("shunt_agent_policy_saved",
               "1 when the policy in force is saved in --state-dir: an agent restarted while the "
               "controller is unreachable enforces it.",
@@ -248,7 +254,15 @@ int RunAgent(const AgentConfig& config) {
   }
   // A pod's pending policy sources are written before the pods map learns of it: no pod is
   // meshed at its cgroup's creation without its policy (docs/kernel-policy.md).
-  reconciler.SetBeforePendingPods([&service_policy] { service_policy.ReconcileOnce().IgnoreError(); });
+  reconciler.SetBeforePendingPods([&service_policy](const PolicySnapshotPtr& snapshot) {
+    bool applied = false;
+    if (absl::Status s = service_policy.ReconcileOnce(snapshot, &applied); !s.ok()) {
+      SHUNT_LOG_EVERY_N_SEC(WARNING, 30) << "service/policy pass: " << s.message();
+    }
+    return applied;
+  });
+  // Every exit from here on stops the fast path's loop before service_policy goes away.
+  absl::Cleanup stop_fast_path = [&reconciler] { reconciler.Stop(); };
   // After the policy pass (started first for the same reason).
   if (absl::Status s = reconciler.Start(); !s.ok()) {
     SHUNT_LOG(WARNING) << "first reconcile: " << s.message();
@@ -296,7 +310,7 @@ int RunAgent(const AgentConfig& config) {
   SHUNT_LOG(INFO) << "signal " << sig << ": stopping; programs and maps stay pinned so that "
                   << "established connections are not disturbed";
   if (source) source->Stop();
-  reconciler.Stop();  // before the policy pass its hook runs
+  reconciler.Stop();  // before the policy pass its hook runs (stop_fast_path does it again)
   service_policy.Stop();
   return 0;
 }

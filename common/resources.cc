@@ -12,7 +12,10 @@ using shunt::v1::Resource;
 using shunt::v1::ResourceKey;
 
 std::string ResourceKeyString(const ResourceKey& key) {
-  return absl::StrCat(ResourceKey::Kind_Name(key.kind()), "/", key.namespace_(), "/", key.name());
+  // A kind newer than this build has no name here: its number keeps the keys of such kinds apart.
+  const std::string& kind = ResourceKey::Kind_Name(key.kind());
+  return absl::StrCat(kind.empty() ? absl::StrCat(static_cast<int>(key.kind())) : kind, "/",
+                      key.namespace_(), "/", key.name());
 }
 
 std::string Fnv1a64Hex(const std::string& bytes) {

@@ -27,6 +27,7 @@
 #include "controller/policy_server.h"
 #include "grpcpp/grpcpp.h"
 #include "prometheus/exposer.h"
+#include "prometheus/gauge.h"
 #include "prometheus/registry.h"
 
 ABSL_FLAG(std::string, manifests, "",
@@ -43,8 +44,8 @@ ABSL_FLAG(int, max_full_pushes, 64,
 ABSL_FLAG(int, max_full_push_mib, 128,
           "MiB of full-state responses written at once (the first always goes).");
 ABSL_FLAG(int, push_timeout_ms, 60000,
-          "A response to an agent not written within this ends its stream (the agent reconnects); "
-          "0: never.");
+          "A full state not written to an agent within this, while another agent waits for a "
+          "write slot, ends its stream (the agent reconnects); 0: never.");
 ABSL_FLAG(int, max_streams, 20000,
           "Policy streams open at once (one per agent; more are refused and counted).");
 ABSL_FLAG(int, keepalive_ms, 10000,
@@ -141,6 +142,12 @@ int Run() {
     return 2;
   }
   auto registry = std::make_shared<prometheus::Registry>();
+  prometheus::BuildGauge()
+      .Name("shunt_controller_info")
+      .Help("Build of this controller (agents export theirs in shunt_agent_info).")
+      .Register(*registry)
+      .Add({{"version", SHUNT_VERSION}})
+      .Set(1);
   ClusterState state;
   PolicyServer server(registry.get(), std::max(1, absl::GetFlag(FLAGS_max_full_pushes)),
                       size_t(std::max(1, absl::GetFlag(FLAGS_max_full_push_mib))) << 20,

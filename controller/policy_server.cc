@@ -55,12 +55,20 @@ class AgentStream : public grpc::ServerBidiReactor<PolicyRequest, PolicyResponse
   }
 
   void OnDone() override {
-    // The sweeper may be cancelling this stream's context (on its own thread: wait for it; on
-    // this thread, OnDone runs inside its TryCancel, which touches nothing after it).
+    // The sweeper may be cancelling this stream's context. On another thread: wait until it is
+    // done (the call, and its context, end when OnDone returns). On its own thread (OnDone run
+    // inside a TryCancel), the sweeper deletes this stream once it is done with it.
     if (std::this_thread::get_id() != server_->sweeper_.get_id()) {
       absl::MutexLock c(&server_->cancel_mu_);
     }
-    server_->OnClosed(this);
+    {
+      absl::MutexLock l(&server_->mu_);
+      server_->OnClosedLocked(this);
+      if (pinned) {
+        done = true;
+        return;
+      }
+    }
     delete this;
   }
 
@@ -97,6 +105,8 @@ class AgentStream : public grpc::ServerBidiReactor<PolicyRequest, PolicyResponse
   bool writing = false;
   absl::Time write_started;  // of the write in flight
   bool cancelled = false;    // by the sweeper
+  bool pinned = false;       // the sweeper is cancelling it: it deletes it if done meanwhile
+  bool done = false;         // OnDone ran while pinned
   bool finished = false;
   bool finish_pending = false;
   bool queued = false;          // in the server's waiting_ list
@@ -201,8 +211,12 @@ void PolicyServer::SweepLoop() {
       absl::MutexLock l(&mu_);
       const absl::Time now = absl::Now();
       for (AgentStream* s : streams_) {
-        if (s->writing && !s->cancelled && now - s->write_started > push_timeout_) {
+        // A full state that is slow only matters while another agent waits for its slot (a
+        // dead peer's stream ends by keepalive anyway).
+        if (s->writing && s->full_in_flight && !waiting_.empty() && !s->cancelled &&
+            now - s->write_started > push_timeout_) {
           s->cancelled = true;
+          s->pinned = true;
           late.push_back(s);
           ++push_timeouts_;
           if (push_timeouts_metric_) push_timeouts_metric_->Increment();
@@ -215,8 +229,23 @@ void PolicyServer::SweepLoop() {
       }
     }
     // Without mu_ (the reactions it may run take it). A stream cannot end meanwhile on another
-    // thread: its OnDone waits for cancel_mu_.
-    for (AgentStream* s : late) s->Cancel();
+    // thread (its OnDone waits for cancel_mu_); on this one, inside a TryCancel, it may.
+    for (AgentStream* s : late) {
+      {
+        absl::MutexLock l(&mu_);
+        if (s->done) continue;  // its call is over: no context to cancel
+      }
+      s->Cancel();
+    }
+    for (AgentStream* s : late) {
+      bool done;
+      {
+        absl::MutexLock l(&mu_);
+        s->pinned = false;
+        done = s->done;
+      }
+      if (done) delete s;
+    }
   }
 }
 
@@ -287,10 +316,10 @@ void PolicyServer::ConfigureServer(grpc::ServerBuilder& builder, absl::Duration 
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, ms);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);  // the stream is idle
-  // Agents' own pings (every --controller-keepalive-ms, 10 s by default) are welcome down to
-  // 500 ms; faster ones count as abuse (gRPC's default lets a client ping every 5 minutes).
+  // Agents' own pings (every --controller-keepalive-ms, 10 s by default) are welcome down to one
+  // every 500 ms (gRPC's default lets a client ping every 5 minutes); a client pinging faster
+  // gets a strike, and after gRPC's default 2 strikes a GOAWAY.
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 500);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
 }
 
 grpc::ServerBidiReactor<PolicyRequest, PolicyResponse>* PolicyServer::Stream(
@@ -337,8 +366,7 @@ void PolicyServer::OnWriteDoneLocked(AgentStream* stream, bool ok) {
   }
 }
 
-void PolicyServer::OnClosed(AgentStream* stream) {
-  absl::MutexLock l(&mu_);
+void PolicyServer::OnClosedLocked(AgentStream* stream) {
   if (stream->queued) {
     waiting_.erase(std::find(waiting_.begin(), waiting_.end(), stream));
     stream->queued = false;

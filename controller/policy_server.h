@@ -41,9 +41,9 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
   // first always goes), are being written at once; other agents wait their turn (each write
   // holds a serialized copy of the response: 1000 agents connecting at once must not hold 1000
   // copies of a 10 MiB full state). Deltas are not throttled.
-  // A response (full state or delta) not written within `push_timeout` ends its stream
-  // (cancelled; the agent reconnects): a peer that stopped reading, or whose path died, holds
-  // no write slot for longer than that. Zero: no timeout.
+  // A full state not written within `push_timeout` while another agent waits for a write slot
+  // ends its stream (cancelled; the agent reconnects): a peer that stopped reading, or whose
+  // path died, holds no slot others need for longer than that. Zero: no timeout.
   // At most `max_streams` streams are open at once; more are refused (RESOURCE_EXHAUSTED,
   // counted) -- each may hold its first request (up to kPolicyRequestMaxBytes) until its first ACK.
   explicit PolicyServer(prometheus::Registry* registry, int max_concurrent_pushes = 64,
@@ -58,7 +58,7 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
 
   // What every server of this service must set: message size limits of the policy stream, and
   // keepalive pings every `keepalive` (a peer that does not answer one within `keepalive` is
-  // gone: its stream ends), while agents may ping as often as every half of their own interval.
+  // gone: its stream ends); agents may ping as often as every 500 ms.
   static void ConfigureServer(grpc::ServerBuilder& builder,
                               absl::Duration keepalive = absl::Seconds(10));
 
@@ -91,7 +91,7 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
   };
 
   void OnRequest(AgentStream* stream, const shunt::v1::PolicyRequest& request);
-  void OnClosed(AgentStream* stream);
+  void OnClosedLocked(AgentStream* stream) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Cancels the streams whose write has been in flight for longer than push_timeout_.
   void SweepLoop();
   void OnWriteDoneLocked(AgentStream* stream, bool ok) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

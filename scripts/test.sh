@@ -23,15 +23,24 @@ ctest --test-dir build -j"$(nproc)" "${ctest_args[@]}" || host_rc=$?
 
 # The same selection, kernel tests only (ctest ANDs repeated -L), less what the VM leaves out
 # (below): empty means no VM.
-vm_select=(-L kernel)
+# ctest keeps only its last -E: the caller's and the VM's are joined into one.
 vm_exclude=${SHUNT_VM_EXCLUDE-'^TestbedTest\.|^ControlPlane|/cgroupfs( |$)'}
+vm_user=()
+while (($#)); do
+  case "$1" in
+    -E | --exclude-regex) vm_exclude="(${2:-})${vm_exclude:+|($vm_exclude)}"; shift 2 || shift ;;
+    --exclude-regex=*) vm_exclude="(${1#*=})${vm_exclude:+|($vm_exclude)}"; shift ;;
+    *) vm_user+=("$1"); shift ;;
+  esac
+done
+vm_select=(-L kernel)
 if [ -n "$vm_exclude" ]; then vm_select+=(-E "$vm_exclude"); fi
-vm_args=("${ctest_args[@]}" "${vm_select[@]}")
+vm_args=(--output-on-failure --timeout 900 "${vm_user[@]}" "${vm_select[@]}")
 vm_rc=0
 vm_ran=""
 if [ "${SHUNT_TEST_VM:-1}" = 0 ]; then
   echo "test.sh: not running the kernel tests on the second kernel (SHUNT_TEST_VM=0)"
-elif ctest --test-dir build -N "$@" "${vm_select[@]}" | grep -q '^Total Tests: [1-9]'; then
+elif ctest --test-dir build -N "${vm_user[@]}" "${vm_select[@]}" | grep -q '^Total Tests: [1-9]'; then
   echo "test.sh: the kernel tests again, on the second kernel (a VM)"
   vm_ran=1
   # Bounded so that the whole command stays within CI's 90 minutes (docs/testbed.md has the

@@ -195,13 +195,15 @@ absl::Status Reconciler::ReconcileOnce() {
   }
   // Pending pods before the scan: a pod cgroup created from now on gets its entry at mkdir, one
   // created before is in the scan. Their policy sources before them.
-  std::function<void()> before_pending;
+  BeforePendingFn before_pending;
   {
     absl::MutexLock l(&mu_);
     before_pending = before_pending_;
   }
-  if (before_pending) before_pending();
-  {
+  if (before_pending && !before_pending(snapshot)) {
+    SHUNT_LOG_EVERY_N_SEC(WARNING, 30)
+        << "access policy not applied for this snapshot: pending pods left as they are";
+  } else {
     DesiredDataplane pending = CompileLocalDataplane(*snapshot, options_.node_name, {}, ids_);
     if (absl::Status s = ApplyPendingPods(pending, writer_); !s.ok()) {
       SHUNT_LOG_EVERY_N_SEC(WARNING, 30) << "pending pods: " << s.message();
@@ -248,7 +250,7 @@ absl::Status Reconciler::ReconcileOnce() {
   return s;
 }
 
-void Reconciler::SetBeforePendingPods(std::function<void()> fn) {
+void Reconciler::SetBeforePendingPods(BeforePendingFn fn) {
   absl::MutexLock l(&mu_);
   before_pending_ = std::move(fn);
 }

@@ -173,12 +173,14 @@ class Reconciler {
   // Runs one pass now (tests, and the loop).
   absl::Status ReconcileOnce();
 
-  // Called at the start of every pass, before the pending pods are written: the access policy
-  // pass, so that a pod the pods map learns of at its cgroup's creation (cgroup_mkdir) has its
-  // pending policy sources already (otherwise a pod new to a snapshot, whose cgroup came between
-  // this pass and the policy one, was meshed with no sources: its DENY policies failed open).
-  // nullptr: none.
-  void SetBeforePendingPods(std::function<void()> fn);
+  // Called at the start of every pass with its snapshot, before the pending pods are written:
+  // the access policy pass, so that a pod the pods map learns of at its cgroup's creation
+  // (cgroup_mkdir) has its pending policy sources already (otherwise a pod new to a snapshot,
+  // whose cgroup came between this pass and the policy one, was meshed with no sources: its DENY
+  // policies failed open). It returns whether the policy maps hold that snapshot's policy; if
+  // not, no pending pod is written in this pass. nullptr: none.
+  using BeforePendingFn = std::function<bool(const PolicySnapshotPtr&)>;
+  void SetBeforePendingPods(BeforePendingFn fn);
 
  private:
   Options options_;
@@ -190,7 +192,7 @@ class Reconciler {
   bool synced_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status last_error_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const WorkloadDirectory> directory_ ABSL_GUARDED_BY(mu_);
-  std::function<void()> before_pending_ ABSL_GUARDED_BY(mu_);
+  BeforePendingFn before_pending_ ABSL_GUARDED_BY(mu_);
 
   absl::Mutex pass_mu_;  // one pass at a time
   WorkloadIds ids_ ABSL_GUARDED_BY(pass_mu_);

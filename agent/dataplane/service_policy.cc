@@ -9,6 +9,8 @@
 #include <tuple>
 
 #include "absl/strings/numbers.h"
+#include "google/protobuf/message.h"
+#include "google/protobuf/unknown_field_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "agent/dataplane/policy_stages.h"
@@ -18,6 +20,28 @@
 #include "common/status_macros.h"
 
 namespace shunt::agent {
+
+namespace {
+// Whether `m` or any message in it carries fields this build does not know (kept by protobuf as
+// unknown fields when a newer peer sent them).
+bool HasUnknownFields(const google::protobuf::Message& m) {
+  const google::protobuf::Reflection* r = m.GetReflection();
+  if (!r->GetUnknownFields(m).empty()) return true;
+  std::vector<const google::protobuf::FieldDescriptor*> fields;
+  r->ListFields(m, &fields);
+  for (const auto* f : fields) {
+    if (f->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE) continue;
+    if (f->is_repeated()) {
+      for (int i = 0; i < r->FieldSize(m, f); ++i) {
+        if (HasUnknownFields(r->GetRepeatedMessage(m, f, i))) return true;
+      }
+    } else if (HasUnknownFields(r->GetMessage(m, f))) {
+      return true;
+    }
+  }
+  return false;
+}
+}  // namespace
 namespace {
 
 using shunt::v1::AccessPolicy;
@@ -339,7 +363,17 @@ DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const 
   // Deny policies first, so that they get bits before allow policies when over the cap.
   std::vector<const AccessPolicy*> policies;
   for (const auto& p : bundle.access_policies()) policies.push_back(&p);
-  auto is_deny = [](const AccessPolicy* p) { return p->action() == AccessPolicy::DENY; };
+  // Version skew (docs/kernel-policy.md): a policy this agent cannot fully read -- an action it
+  // does not know, or fields it does not know anywhere in it (a newer selector form would read
+  // as "every pod") -- fails closed: an unknown action is a DENY, an ALLOW with unknown fields
+  // admits none of its sources (its targets stay allow-listed), a DENY with unknown fields denies
+  // what its known fields select. Reported.
+  auto unknown_action = [](const AccessPolicy* p) {
+    return p->action() != AccessPolicy::ALLOW && p->action() != AccessPolicy::DENY;
+  };
+  auto is_deny = [&](const AccessPolicy* p) {
+    return p->action() == AccessPolicy::DENY || unknown_action(p);
+  };
   std::sort(policies.begin(), policies.end(), [&](const AccessPolicy* a, const AccessPolicy* b) {
     return std::make_tuple(!is_deny(a), a->namespace_(), a->name()) <
            std::make_tuple(!is_deny(b), b->namespace_(), b->name());
@@ -362,6 +396,18 @@ DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const 
   uint64_t over_cap = 0;
   for (const AccessPolicy* p : policies) {
     const std::string pname = p->namespace_() + "/" + p->name();
+    const bool unknown_fields = HasUnknownFields(*p);
+    if (unknown_action(p) || unknown_fields) {
+      ++out.not_understood;
+      out.errors.push_back(absl::StrCat(
+          "access policy ", pname, ": ",
+          unknown_action(p) ? absl::StrCat("action ", static_cast<int>(p->action()),
+                                           " is unknown to this agent")
+                            : "has fields unknown to this agent",
+          " (a newer controller?): enforced closed, ",
+          is_deny(p) ? "as a DENY of what its known fields select"
+                     : "its targets admit none of its sources"));
+    }
     shunt_ap_ports ports{};
     bool bad = false;
     if (p->ports_size() > SHUNT_AP_MAX_PORT_RANGES) {
@@ -399,6 +445,7 @@ DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const 
     // Which of this node's sources it matches, and the IPs it targets (anywhere).
     std::vector<const Workload*> sources;
     for (const Workload* w : local_sources) {
+      if (unknown_fields && !is_deny(p)) break;  // an ALLOW not understood admits no one
       bool match = p->from().empty();
       for (int i = 0; i < p->from_size() && !match; ++i) {
         match = SourceMatches(p->from(i), *w, p->namespace_(), blocks[i]);
@@ -735,9 +782,11 @@ absl::Status ServicePolicyReconciler::Start() {
 
 void ServicePolicyReconciler::Stop() { loop_.Stop(); }
 
-absl::Status ServicePolicyReconciler::ReconcileOnce() {
+absl::Status ServicePolicyReconciler::ReconcileOnce() { return ReconcileOnce(store_.Current()); }
+
+absl::Status ServicePolicyReconciler::ReconcileOnce(PolicySnapshotPtr snapshot, bool* applied_out) {
   absl::MutexLock pass(&pass_mu_);
-  auto snapshot = store_.Current();
+  if (applied_out) *applied_out = false;
   if (!snapshot) return absl::OkStatus();  // nothing to enforce yet; the maps stay as they are
   auto scan = [this]() -> absl::StatusOr<std::map<std::string, uint64_t>> {
     ASSIGN_OR_RETURN(auto cgroups, FindPodCgroups(options_.cgroup_root));
@@ -801,6 +850,7 @@ absl::Status ServicePolicyReconciler::ReconcileOnce() {
     if (!now.ok() || *now == *cgroup_ids) break;
     cgroup_ids = std::move(now);
   }
+  if (applied_out) *applied_out = applied_now;
   if (s.ok() && !desired.errors.empty()) {
     s = absl::FailedPreconditionError(absl::StrJoin(desired.errors, "; "));
   }
@@ -861,6 +911,7 @@ absl::Status ServicePolicyReconciler::ReconcileOnce() {
                       {kLbMapPolicies, SHUNT_AP_MAX_POLICIES}};
   for (const auto& [k, v] : status->entries) status->overflow[k] = 0;
   for (const auto& [k, v] : desired.overflow) status->overflow[k] = v;
+  status->policies_not_understood = desired.not_understood;
   status->service_names = std::move(desired.service_names);
   status->policy_names = std::move(desired.policy_names);
   absl::MutexLock lock(&mu_);

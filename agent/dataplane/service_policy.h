@@ -79,6 +79,7 @@ struct DesiredServicePolicy {
   std::map<uint32_t, std::string> policy_names;   // policy bit -> "namespace/name"
   std::map<std::string, uint64_t> overflow;       // map -> entries that did not fit
   std::vector<std::string> errors;                // reconcile errors (policy over cap...)
+  uint64_t not_understood = 0;  // access policies this agent cannot fully read (enforced closed)
 };
 
 // Stable small ids for names: a policy keeps its bit and a service port its id while it exists.
@@ -203,6 +204,7 @@ struct ServicePolicyStatus {
   std::map<uint32_t, std::string> service_names;
   std::map<uint32_t, std::string> policy_names;
   uint64_t errors_total = 0;  // passes that ended in an error
+  uint64_t policies_not_understood = 0;
 };
 
 class ServicePolicyReconciler {
@@ -222,6 +224,9 @@ class ServicePolicyReconciler {
   absl::Status Start();
   void Stop();
   absl::Status ReconcileOnce();
+  // One pass for `snapshot` (the fast path's, when it runs this first); `*applied`: the maps
+  // now hold its policy (possibly with errors of policies not enforced).
+  absl::Status ReconcileOnce(PolicySnapshotPtr snapshot, bool* applied = nullptr);
   absl::Status last_error() const;
   std::shared_ptr<const ServicePolicyStatus> status() const;
 

@@ -64,9 +64,15 @@ std::vector<MetricFamily> SockLbCollector::Collect() const {
   auto pod_cgroups = Family(
       "shunt_pod_cgroups_created_total",
       "Pod cgroups created under the node's pod cgroup root, by result: resolved at creation to "
-      "a pod that policy knows (enforced from its first connect()), or unknown then (its pod was "
-      "not known to the agent yet: classified at the next cgroup rescan).",
+      "a pod that policy knows (enforced from its first connect()), unknown then (its pod was "
+      "not known to the agent yet: classified at the next cgroup rescan), or map_full (known, "
+      "but its map entries could not be written: classified at the next rescan).",
       MetricType::Counter);
+  auto not_understood = Family(
+      "shunt_access_policies_not_understood",
+      "Access policies this agent cannot fully read (an unknown action or unknown fields: a "
+      "newer controller), enforced closed.",
+      MetricType::Gauge);
   auto folded = Family("shunt_socklb_series_folded",
                        "Label sets of the socklb counters folded into source workload \"other\" "
                        "by the cardinality cap.",
@@ -166,13 +172,14 @@ std::vector<MetricFamily> SockLbCollector::Collect() const {
     overflow.metric.push_back(Sample({{"map", map}}, n, false));
   }
   errors.metric.push_back(Sample({}, st->errors_total, true));
+  not_understood.metric.push_back(Sample({}, st->policies_not_understood, false));
   collect_error.metric.push_back(Sample({}, failed, false));
   folded.metric.push_back(Sample({}, static_cast<double>(folded_count), false));
   pod_cgroups.metric.push_back(Sample({{"result", "resolved"}}, pods_resolved, true));
   pod_cgroups.metric.push_back(Sample({{"result", "unknown"}}, pods_unknown, true));
   pod_cgroups.metric.push_back(Sample({{"result", "map_full"}}, pods_map_full, true));
-  return {lb_conns, denied,        events, entries,    capacity,
-          overflow, errors,        collect_error, folded, pod_cgroups};
+  return {lb_conns, denied,        events, entries,    capacity,      overflow,
+          errors,   collect_error, folded, pod_cgroups, not_understood};
 }
 
 }  // namespace shunt::agent

@@ -25,7 +25,11 @@ namespace {
 absl::Status ApplyResponse(PolicyResponse& resp,
                            std::map<std::string, std::shared_ptr<const Resource>>& state) {
   for (const auto& r : resp.resources()) {
-    if (r.body_case() == Resource::BODY_NOT_SET) {
+    // A body this agent cannot read (a kind newer than it, sent by a newer controller) is kept
+    // as held, so that the controller knows the agent has it, and otherwise ignored: counted in
+    // UnknownResources(). One with no body at all is an error.
+    if (r.body_case() == Resource::BODY_NOT_SET &&
+        r.GetReflection()->GetUnknownFields(r).empty()) {
       return absl::InvalidArgumentError(
           absl::StrCat("resource ", ResourceKeyString(r.key()), " has no body"));
     }
@@ -234,6 +238,12 @@ void ControllerPolicySource::Session() {
       PolicyRequest answer;
       answer.set_response_nonce(resp.nonce());
       if (s.ok()) {
+        uint64_t unknown = 0;
+        for (const auto& [k, r] : *next) unknown += r->body_case() == Resource::BODY_NOT_SET;
+        if (unknown != unknown_resources_.exchange(unknown) && unknown > 0) {
+          SHUNT_LOG(WARNING) << unknown << " resources of kinds this agent does not know (a "
+                                "newer controller) are ignored";
+        }
         {
           absl::MutexLock l(&mu_);
           held_ = next;

@@ -63,6 +63,8 @@ class ControllerPolicySource : public PolicySource {
   bool saved() const;
   uint64_t nacks_sent() const { return nacks_sent_.load(); }
   uint64_t reconnects() const { return reconnects_.load(); }
+  // Resources held whose kind this agent does not know (a newer controller): ignored.
+  uint64_t unknown_resources() const { return unknown_resources_.load(); }
 
   // The persisted state file under `state_dir`.
   static std::string StatePath(const std::string& state_dir);
@@ -98,6 +100,7 @@ class ControllerPolicySource : public PolicySource {
   absl::Status sync_ ABSL_GUARDED_BY(mu_) = absl::UnavailableError("not connected yet");
   std::atomic<uint64_t> nacks_sent_{0};
   std::atomic<uint64_t> reconnects_{0};
+  std::atomic<uint64_t> unknown_resources_{0};
 };
 
 }  // namespace shunt::agent

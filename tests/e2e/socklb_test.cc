@@ -372,6 +372,17 @@ class SockLbFreshPodTest : public SockLbTest {
     return out.empty() ? "no output: " + (*p)->Stderr() : out;
   }
 
+  // `n` pods known to policy and denied by DenyFresh, with no cgroup yet; their pending entries
+  // are in the maps when this returns.
+  std::vector<std::string> KnownFreshPods(int n) {
+    std::vector<std::string> uids;
+    for (int i = 0; i < n; ++i) uids.push_back(AddFreshWorkload(i));
+    EXPECT_TRUE(WritePolicy({}, {}, {DenyFresh()}));
+    AwaitEntries("policies", 1);
+    AwaitEntries("policy_pending_sources", n);
+    return uids;
+  }
+
   json DenyFresh() const {
     return {{"namespace", "default"},
             {"name", "deny-fresh"},
@@ -385,11 +396,8 @@ class SockLbFreshPodTest : public SockLbTest {
 // its first connects got through (18 of 20 with a 1 s rescan; 20 of 20 here).
 TEST_P(SockLbFreshPodTest, PodsKnownToPolicyAreDeniedFromTheirFirstConnect) {
   constexpr int kPods = 20;
-  std::vector<std::string> uids;
-  for (int i = 0; i < kPods; ++i) uids.push_back(AddFreshWorkload(i));
-  ASSERT_TRUE(WritePolicy({}, {}, {DenyFresh()}));
-  AwaitEntries("policies", 1);
-  AwaitEntries("policy_pending_sources", kPods);
+  std::vector<std::string> uids = KnownFreshPods(kPods);
+  ASSERT_FALSE(HasFatalFailure());
   int denied = 0;
   std::string seen;
   for (const std::string& uid : uids) {
@@ -411,11 +419,8 @@ TEST_P(SockLbFreshPodTest, PodsKnownToPolicyAreDeniedFromTheirFirstConnect) {
 // are pinned.
 TEST_P(SockLbFreshPodTest, PodsStartedWhileTheAgentRestartsAreDeniedFromTheirFirstConnect) {
   constexpr int kPods = 20;
-  std::vector<std::string> uids;
-  for (int i = 0; i < kPods; ++i) uids.push_back(AddFreshWorkload(i));
-  ASSERT_TRUE(WritePolicy({}, {}, {DenyFresh()}));
-  AwaitEntries("policies", 1);
-  AwaitEntries("policy_pending_sources", kPods);
+  std::vector<std::string> uids = KnownFreshPods(kPods);
+  ASSERT_FALSE(HasFatalFailure());
   agent_->Kill();
   std::string seen;
   int denied = 0;

@@ -252,17 +252,27 @@ TEST(Reconciler, RunsItsHookBeforeItWritesPendingPods) {
   Reconciler r({.node_name = "n1", .cgroup_root = tmpl}, store, maps);
   int calls = 0;
   size_t pending_at_call = 99;
-  r.SetBeforePendingPods([&] {
+  bool applied = false;
+  PolicySnapshotPtr seen;
+  r.SetBeforePendingPods([&](const PolicySnapshotPtr& snapshot) {
     ++calls;
     pending_at_call = maps.pending.size();
+    seen = snapshot;
+    return applied;
   });
+  // The policy pass failed: no pending pod is written.
   EXPECT_TRUE(r.ReconcileOnce().ok());
   EXPECT_EQ(calls, 1);
+  EXPECT_EQ(seen, store.Current());  // the pass's own snapshot
+  EXPECT_EQ(maps.pending.size(), 0u);
+  applied = true;
+  EXPECT_TRUE(r.ReconcileOnce().ok());
+  EXPECT_EQ(calls, 2);
   EXPECT_EQ(pending_at_call, 0u);
   EXPECT_EQ(maps.pending.size(), 1u);  // the pod has no cgroup yet
   r.SetBeforePendingPods(nullptr);
   EXPECT_TRUE(r.ReconcileOnce().ok());
-  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(calls, 2);
   rmdir(tmpl);
 }
 

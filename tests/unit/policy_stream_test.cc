@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <chrono>
+
+#include <google/protobuf/unknown_field_set.h>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -54,6 +56,29 @@ struct Agent : shunt::test::TestAgent {
     o.state_dir = state_dir;
     return o;
   }
+};
+
+// A bare stream to the controller, without an agent behind it: the test says what it sends.
+struct RawStream {
+  explicit RawStream(const std::string& address)
+      : stub(shunt::v1::PolicyDiscovery::NewStub(
+            grpc::CreateChannel(address, grpc::InsecureChannelCredentials()))),
+        stream(stub->Stream(&ctx)) {}
+  ~RawStream() {
+    if (finished) return;
+    ctx.TryCancel();
+    (void)stream->Finish();
+  }
+  bool Write(const PolicyRequest& r) { return stream->Write(r); }
+  bool Read(PolicyResponse* r) { return stream->Read(r); }
+  grpc::Status Finish() {
+    finished = true;
+    return stream->Finish();
+  }
+  std::unique_ptr<shunt::v1::PolicyDiscovery::Stub> stub;
+  grpc::ClientContext ctx;
+  std::unique_ptr<grpc::ClientReaderWriter<PolicyRequest, PolicyResponse>> stream;
+  bool finished = false;
 };
 
 TEST(PolicyStream, FullStateThenDeltasReachTheAgent) {
@@ -110,10 +135,8 @@ TEST(PolicyStream, FullStateOverFourMebibytesBothWays) {
 TEST(PolicyStream, ResponsesCarryOnlyChangesAndAreAckedByNonce) {
   ControllerProcess c;
   c.service.Publish(Set({Pod("a", "198.18.0.2"), Pod("b", "198.18.0.3")}), absl::Now());
-  auto channel = grpc::CreateChannel(c.address(), grpc::InsecureChannelCredentials());
-  auto stub = shunt::v1::PolicyDiscovery::NewStub(channel);
-  grpc::ClientContext ctx;
-  auto stream = stub->Stream(&ctx);
+  RawStream raw(c.address());
+  auto* stream = &raw;
   PolicyRequest req;
   req.set_node("raw");
   ASSERT_TRUE(stream->Write(req));
@@ -143,17 +166,14 @@ TEST(PolicyStream, ResponsesCarryOnlyChangesAndAreAckedByNonce) {
   ASSERT_EQ(delta.removed_size(), 1);
   EXPECT_EQ(delta.removed(0).name(), "b");
   EXPECT_NE(delta.nonce(), first.nonce());
-  ctx.TryCancel();
 }
 
 TEST(PolicyStream, InitialResourceVersionsLimitTheFirstResponseToTheDifference) {
   ControllerProcess c;
   Resource a = Pod("a", "198.18.0.2"), b = Pod("b", "198.18.0.3"), d = Pod("d", "198.18.0.5");
   c.service.Publish(Set({a, b, Pod("c", "198.18.0.4")}), absl::Now());
-  auto stub = shunt::v1::PolicyDiscovery::NewStub(
-      grpc::CreateChannel(c.address(), grpc::InsecureChannelCredentials()));
-  grpc::ClientContext ctx;
-  auto stream = stub->Stream(&ctx);
+  RawStream raw(c.address());
+  auto* stream = &raw;
   PolicyRequest req;
   req.set_node("restarted");
   // Holds a and b as they are, an outdated version of c's neighbour d that no longer exists.
@@ -169,7 +189,6 @@ TEST(PolicyStream, InitialResourceVersionsLimitTheFirstResponseToTheDifference) 
   ASSERT_EQ(first.removed_size(), 1);
   EXPECT_EQ(first.removed(0).name(), "d");
   EXPECT_EQ(first.removed(0).kind(), ResourceKey::WORKLOAD);
-  ctx.TryCancel();
 }
 
 TEST(PolicyStream, ManyAgentsShareAFewWriteSlotsAndAllSync) {
@@ -224,10 +243,8 @@ TEST(PolicyStream, AStreamThatStopsReadingLosesItsWriteSlotAtThePushTimeout) {
     all[ResourceKeyString(r.key())] = std::move(r);
   }
   c.service.Publish(all, absl::Now());
-  auto stub = shunt::v1::PolicyDiscovery::NewStub(
-      grpc::CreateChannel(c.address(), grpc::InsecureChannelCredentials()));
-  grpc::ClientContext stuck_ctx;
-  auto stuck = stub->Stream(&stuck_ctx);
+  RawStream stuck_stream(c.address());
+  auto* stuck = &stuck_stream;
   PolicyRequest hello;
   hello.set_node("node-stuck");
   ASSERT_TRUE(stuck->Write(hello));  // and never a Read
@@ -237,8 +254,6 @@ TEST(PolicyStream, AStreamThatStopsReadingLosesItsWriteSlotAtThePushTimeout) {
       << agent.source->InSync();
   EXPECT_EQ(agent.Workloads(), 100000u);
   EXPECT_GE(c.service.push_timeouts_total(), 1u);
-  stuck_ctx.TryCancel();
-  (void)stuck->Finish();
 }
 
 // Issue 8 item 10: streams are bounded; one over the bound is refused with a clear status (and
@@ -249,10 +264,8 @@ TEST(PolicyStream, StreamsOverTheBoundAreRefusedUntilOneCloses) {
   auto first = std::make_unique<Agent>(c.address());
   Agent second(c.address());
   ASSERT_TRUE(Eventually([&] { return first->source->InSync().ok() && second.source->InSync().ok(); }));
-  auto stub = shunt::v1::PolicyDiscovery::NewStub(
-      grpc::CreateChannel(c.address(), grpc::InsecureChannelCredentials()));
-  grpc::ClientContext ctx;
-  auto third = stub->Stream(&ctx);
+  RawStream raw(c.address());
+  auto* third = &raw;
   PolicyRequest hello;
   hello.set_node("node-c");
   third->Write(hello);
@@ -266,12 +279,54 @@ TEST(PolicyStream, StreamsOverTheBoundAreRefusedUntilOneCloses) {
   ASSERT_TRUE(Eventually([&] { return late.source->InSync().ok(); }, 20s)) << late.source->InSync();
 }
 
+// Version skew (issue 8 item 7): a newer controller sends a resource of a kind this agent does
+// not know (a body field it has no name for). Before, the whole response was NACKed and the
+// agent stalled on its old version; now it is ignored, counted, and the rest applies.
+TEST(PolicyStream, ResourcesOfUnknownKindsAreIgnoredAndCounted) {
+  ControllerProcess c;
+  Resource future;
+  future.mutable_key()->set_kind(static_cast<ResourceKey::Kind>(99));
+  future.mutable_key()->set_namespace_("default");
+  future.mutable_key()->set_name("from-the-future");
+  future.GetReflection()->MutableUnknownFields(&future)->AddLengthDelimited(15, "a newer body");
+  future.set_version("f1");
+  auto set = Set({Pod("a", "198.18.0.2"), Pod("b", "198.18.0.3")});
+  set[ResourceKeyString(future.key())] = future;
+  c.service.Publish(set, absl::Now());
+  Agent agent(c.address());
+  ASSERT_TRUE(Eventually([&] { return agent.source->InSync().ok(); })) << agent.source->InSync();
+  EXPECT_EQ(agent.Workloads(), 2u);
+  EXPECT_EQ(agent.source->unknown_resources(), 1u);
+  EXPECT_EQ(c.service.nacks_total(), 0u);
+  // It goes away like any resource.
+  c.service.Publish(Set({Pod("a", "198.18.0.2")}), absl::Now());
+  ASSERT_TRUE(Eventually([&] {
+    return agent.source->InSync().ok() && agent.Workloads() == 1 &&
+           agent.source->unknown_resources() == 0;
+  }));
+}
+
+// The other direction: a newer agent's request with fields this controller does not know is
+// served as if they were not there.
+TEST(PolicyStream, RequestFieldsUnknownToTheControllerAreIgnored) {
+  ControllerProcess c;
+  c.service.Publish(Set({Pod("a", "198.18.0.2")}), absl::Now());
+  RawStream raw(c.address());
+  auto* stream = &raw;
+  PolicyRequest hello;
+  hello.set_node("node-new");
+  hello.GetReflection()->MutableUnknownFields(&hello)->AddVarint(77, 1);
+  ASSERT_TRUE(stream->Write(hello));
+  PolicyResponse r;
+  ASSERT_TRUE(stream->Read(&r));
+  EXPECT_EQ(r.resources_size(), 1);
+  EXPECT_TRUE(r.full_state());
+}
+
 TEST(PolicyStream, FirstRequestWithoutNodeIsRejected) {
   ControllerProcess c;
-  auto stub = shunt::v1::PolicyDiscovery::NewStub(
-      grpc::CreateChannel(c.address(), grpc::InsecureChannelCredentials()));
-  grpc::ClientContext ctx;
-  auto stream = stub->Stream(&ctx);
+  RawStream raw(c.address());
+  auto* stream = &raw;
   ASSERT_TRUE(stream->Write(PolicyRequest()));
   PolicyResponse r;
   EXPECT_FALSE(stream->Read(&r));
