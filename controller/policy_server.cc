@@ -5,6 +5,7 @@
 
 #include "grpcpp/grpcpp.h"
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/log.h"
@@ -22,13 +23,15 @@ class AgentStream : public grpc::ServerBidiReactor<PolicyRequest, PolicyResponse
  public:
   AgentStream(PolicyServer* server, grpc::CallbackServerContext* context)
       : server_(server), context_(context), peer_(context->peer()) {
-    // A verified client certificate (mutual TLS) names the nodes this stream may ask for.
+    // A verified client certificate (mutual TLS) names the nodes this stream may ask for: its
+    // CN and its DNS names (not its IP, URI or e-mail names).
     if (auto auth = context->auth_context(); auth && auth->IsPeerAuthenticated()) {
-      for (const char* property : {"x509_common_name", "x509_subject_alternative_name"}) {
+      for (const char* property : {GRPC_X509_CN_PROPERTY_NAME, GRPC_PEER_DNS_PROPERTY_NAME}) {
         for (const grpc::string_ref& v : auth->FindPropertyValues(property)) {
-          cert_names.emplace_back(v.data(), v.size());
+          if (v.size() > 0) cert_names.emplace_back(v.data(), v.size());
         }
       }
+      if (cert_names.empty()) cert_names.push_back("");  // verified, naming no node: none
     }
     StartRead(&request_);
   }
@@ -39,6 +42,7 @@ class AgentStream : public grpc::ServerBidiReactor<PolicyRequest, PolicyResponse
       return;
     }
     server_->OnRequest(this, request_);
+    request_.Clear();  // a first request's versions are kept once, in `initial`
     StartRead(&request_);
   }
 
@@ -105,6 +109,7 @@ class AgentStream : public grpc::ServerBidiReactor<PolicyRequest, PolicyResponse
   bool writing = false;
   absl::Time write_started;  // of the write in flight
   bool cancelled = false;    // by the sweeper
+  absl::Time created = absl::Now();
   bool pinned = false;       // the sweeper is cancelling it: it deletes it if done meanwhile
   bool done = false;         // OnDone ran while pinned
   bool finished = false;
@@ -122,6 +127,9 @@ class AgentStream : public grpc::ServerBidiReactor<PolicyRequest, PolicyResponse
   PolicyRequest request_;
 };
 
+// A stream that has not named its node by then is ended: it holds a place of --max-streams.
+constexpr absl::Duration kSubscribeTimeout = absl::Seconds(30);
+
 // A stream over the server's bound: refused at once.
 class RefusedStream : public grpc::ServerBidiReactor<PolicyRequest, PolicyResponse> {
  public:
@@ -136,7 +144,7 @@ PolicyServer::PolicyServer(prometheus::Registry* registry, int max_concurrent_pu
       push_timeout_(push_timeout),
       max_streams_(static_cast<size_t>(std::max(1, max_streams))) {
   current_.set = std::make_shared<ResourceSet>();
-  if (push_timeout_ > absl::ZeroDuration()) sweeper_ = std::thread([this] { SweepLoop(); });
+  sweeper_ = std::thread([this] { SweepLoop(); });
   if (!registry) return;
   full_pushes_metric_ = &prometheus::BuildGauge()
                              .Name("shunt_controller_full_pushes_in_flight")
@@ -198,7 +206,9 @@ PolicyServer::~PolicyServer() {
 
 void PolicyServer::SweepLoop() {
   const absl::Duration tick =
-      std::clamp(push_timeout_ / 4, absl::Milliseconds(10), absl::Seconds(1));
+      push_timeout_ > absl::ZeroDuration()
+          ? std::clamp(push_timeout_ / 4, absl::Milliseconds(10), absl::Seconds(1))
+          : absl::Seconds(1);
   while (true) {
     {
       absl::MutexLock l(&mu_);
@@ -207,13 +217,20 @@ void PolicyServer::SweepLoop() {
     }
     absl::MutexLock c(&cancel_mu_);
     std::vector<AgentStream*> late;
+    std::vector<AgentStream*> silent;  // open for kSubscribeTimeout without a first request
     {
       absl::MutexLock l(&mu_);
       const absl::Time now = absl::Now();
       for (AgentStream* s : streams_) {
+        if (!s->subscribed && !s->finished && !s->pinned && now - s->created > kSubscribeTimeout) {
+          s->pinned = true;
+          silent.push_back(s);
+          continue;
+        }
         // A full state that is slow only matters while another agent waits for its slot (a
         // dead peer's stream ends by keepalive anyway).
-        if (s->writing && s->full_in_flight && !waiting_.empty() && !s->cancelled &&
+        if (push_timeout_ > absl::ZeroDuration() && s->writing && s->full_in_flight &&
+            !waiting_.empty() && !s->cancelled && !s->pinned &&
             now - s->write_started > push_timeout_) {
           s->cancelled = true;
           s->pinned = true;
@@ -237,6 +254,11 @@ void PolicyServer::SweepLoop() {
       }
       s->Cancel();
     }
+    for (AgentStream* s : silent) {
+      s->FinishOnce(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                                 "no PolicyRequest naming a node within 30 s"));
+    }
+    late.insert(late.end(), silent.begin(), silent.end());
     for (AgentStream* s : late) {
       bool done;
       {
@@ -324,8 +346,8 @@ void PolicyServer::ConfigureServer(grpc::ServerBuilder& builder, absl::Duration 
 
 grpc::ServerBidiReactor<PolicyRequest, PolicyResponse>* PolicyServer::Stream(
     grpc::CallbackServerContext* context) {
+  absl::MutexLock l(&mu_);
   {
-    absl::MutexLock l(&mu_);
     if (streams_.size() >= max_streams_) {
       ++refused_streams_;
       if (refused_metric_) refused_metric_->Increment();
@@ -337,8 +359,7 @@ grpc::ServerBidiReactor<PolicyRequest, PolicyResponse>* PolicyServer::Stream(
           absl::StrCat("the controller serves at most ", max_streams_, " streams")));
     }
   }
-  auto* stream = new AgentStream(this, context);
-  absl::MutexLock l(&mu_);
+  auto* stream = new AgentStream(this, context);  // under mu_: the bound holds
   streams_.insert(stream);
   if (connected_) connected_->Increment();
   return stream;
@@ -437,9 +458,12 @@ void PolicyServer::MaybeSendLocked(AgentStream* s) {
           shunt::v1::ResourceKey key;
           size_t a = k.find('/'), b = k.find('/', a == std::string::npos ? a : a + 1);
           shunt::v1::ResourceKey::Kind kind;
-          if (a == std::string::npos || b == std::string::npos ||
-              !shunt::v1::ResourceKey::Kind_Parse(k.substr(0, a), &kind)) {
-            continue;
+          int number = 0;
+          if (a == std::string::npos || b == std::string::npos) continue;
+          if (!shunt::v1::ResourceKey::Kind_Parse(k.substr(0, a), &kind)) {
+            // A kind the agent had no name for (ResourceKeyString writes its number).
+            if (!absl::SimpleAtoi(k.substr(0, a), &number)) continue;
+            kind = static_cast<shunt::v1::ResourceKey::Kind>(number);
           }
           key.set_kind(kind);
           key.set_namespace_(k.substr(a + 1, b - a - 1));

@@ -28,8 +28,12 @@ vm_exclude=${SHUNT_VM_EXCLUDE-'^TestbedTest\.|^ControlPlane|/cgroupfs( |$)'}
 vm_user=()
 while (($#)); do
   case "$1" in
-    -E | --exclude-regex) vm_exclude="(${2:-})${vm_exclude:+|($vm_exclude)}"; shift 2 || shift ;;
-    --exclude-regex=*) vm_exclude="(${1#*=})${vm_exclude:+|($vm_exclude)}"; shift ;;
+    -E | --exclude-regex)
+      if [ -n "${2:-}" ]; then vm_exclude="(${2})${vm_exclude:+|($vm_exclude)}"; fi
+      shift 2 || shift ;;
+    --exclude-regex=*)
+      if [ -n "${1#*=}" ]; then vm_exclude="(${1#*=})${vm_exclude:+|($vm_exclude)}"; fi
+      shift ;;
     *) vm_user+=("$1"); shift ;;
   esac
 done

@@ -788,6 +788,9 @@ absl::Status ServicePolicyReconciler::ReconcileOnce(PolicySnapshotPtr snapshot, 
   absl::MutexLock pass(&pass_mu_);
   if (applied_out) *applied_out = false;
   if (!snapshot) return absl::OkStatus();  // nothing to enforce yet; the maps stay as they are
+  // The fast path's hook may bring a snapshot older than the one this loop applied already:
+  // never step back (a new DENY would be off until the next pass). Not applied for that one.
+  if (applied_ && snapshot->version < applied_version_) return absl::OkStatus();
   auto scan = [this]() -> absl::StatusOr<std::map<std::string, uint64_t>> {
     ASSIGN_OR_RETURN(auto cgroups, FindPodCgroups(options_.cgroup_root));
     std::map<std::string, uint64_t> ids;
@@ -840,6 +843,7 @@ absl::Status ServicePolicyReconciler::ReconcileOnce(PolicySnapshotPtr snapshot, 
     if (s.ok()) {
       applied_ = std::move(applied);
       applied_now = true;
+      applied_version_ = snapshot->version;
       scanned_cgroups_ = std::move(scanned);
     } else {
       applied_.reset();

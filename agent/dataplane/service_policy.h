@@ -255,6 +255,7 @@ class ServicePolicyReconciler {
   std::optional<EncodedServicePolicy> applied_ ABSL_GUARDED_BY(pass_mu_);
   // Pod cgroups of the last pass that applied (a new one may have a source entry made at mkdir).
   std::set<uint64_t> scanned_cgroups_ ABSL_GUARDED_BY(pass_mu_);
+  uint64_t applied_version_ ABSL_GUARDED_BY(pass_mu_) = 0;  // snapshot version of applied_
 };
 
 }  // namespace shunt::agent

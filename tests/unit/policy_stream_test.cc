@@ -293,6 +293,22 @@ TEST(PolicyStream, ResourcesOfUnknownKindsAreIgnoredAndCounted) {
   auto set = Set({Pod("a", "198.18.0.2"), Pod("b", "198.18.0.3")});
   set[ResourceKeyString(future.key())] = future;
   c.service.Publish(set, absl::Now());
+  shunt::test::TempDir state;
+  {
+    // Removed while an agent that held it was away: its resync (the numbered kind among the
+    // versions it holds) removes it too.
+    Agent away(c.address(), state.path());
+    ASSERT_TRUE(Eventually([&] { return away.source->InSync().ok() && away.source->saved(); }));
+    EXPECT_EQ(away.source->unknown_resources(), 1u);
+  }
+  c.service.Publish(Set({Pod("a", "198.18.0.2"), Pod("b", "198.18.0.3")}), absl::Now());
+  {
+    Agent back(c.address(), state.path());
+    ASSERT_TRUE(Eventually([&] {
+      return back.source->InSync().ok() && back.source->unknown_resources() == 0;
+    })) << back.source->unknown_resources();
+  }
+  c.service.Publish(set, absl::Now());
   Agent agent(c.address());
   ASSERT_TRUE(Eventually([&] { return agent.source->InSync().ok(); })) << agent.source->InSync();
   EXPECT_EQ(agent.Workloads(), 2u);
