@@ -11,6 +11,7 @@
 #include "agent/bpf/fastpath.h"
 #include "agent/bpf/kernel_probe.h"
 #include "agent/bpf/socklb.h"
+#include "agent/dataplane/enforcement.h"
 #include "agent/dataplane/service_policy.h"
 #include "agent/metrics/socklb_collector.h"
 #include "agent/dataplane/local_dataplane.h"
@@ -32,11 +33,13 @@ namespace {
 class AgentCollector : public prometheus::Collectable {
  public:
   AgentCollector(const AgentConfig& config, const PolicyStore& store, const Reconciler& reconciler,
-                 const ControllerPolicySource* controller_source)
+                 const ControllerPolicySource* controller_source,
+                 std::function<Enforcement()> enforcement)
       : config_(config),
         store_(store),
         reconciler_(reconciler),
-        controller_source_(controller_source) {}
+        controller_source_(controller_source),
+        enforcement_(std::move(enforcement)) {}
 
   std::vector<prometheus::MetricFamily> Collect() const override {
     using prometheus::ClientMetric;
@@ -68,6 +71,25 @@ class AgentCollector : public prometheus::Collectable {
     ClientMetric e;
     e.counter.value = static_cast<double>(store_.errors_total());
     errors.metric.push_back(e);
+    const Enforcement enforcement = enforcement_();
+    MetricFamily not_enforced{
+        "shunt_agent_policy_not_enforced",
+        "1 for each policy (namespace/name; \"node\": the node as a whole) of the version in "
+        "force that this agent does not enforce as written (/readyz says why).",
+        MetricType::Gauge,
+        {}};
+    {
+      std::set<std::string> seen;
+      for (const auto& part : enforcement.not_enforced) {
+        const std::string policy = part.policy.empty() ? "node" : part.policy;
+        if (!seen.insert(policy).second) continue;
+        if (seen.size() > config_.max_metric_series) break;  // names from policy: bounded anyway
+        ClientMetric m;
+        m.label = {{"policy", policy}};
+        m.gauge.value = 1;
+        not_enforced.metric.push_back(std::move(m));
+      }
+    }
     return {
         gauge("shunt_agent_info", "Build and node of this agent.", 1,
               {{"version", SHUNT_VERSION}, {"node", config_.node_name}}),
@@ -75,8 +97,14 @@ class AgentCollector : public prometheus::Collectable {
               snapshot ? static_cast<double>(snapshot->version) : 0),
         gauge("shunt_policy_local_workloads", "Pods of this node known to the policy.", local),
         gauge("shunt_policy_meshed_local_workloads", "Meshed pods of this node.", meshed),
-        gauge("shunt_agent_synced", "1 when the policy in force is applied to the kernel.",
-              reconciler_.synced() && reconciler_.last_error().ok() ? 1 : 0),
+        gauge("shunt_agent_synced",
+              "1 when the policy in force is applied to the kernel and enforced as written "
+              "(shunt_agent_policy_not_enforced lists what is not).",
+              reconciler_.synced() && reconciler_.last_error().ok() && enforcement.applied &&
+                      enforcement.not_enforced.empty()
+                  ? 1
+                  : 0),
+        not_enforced,
         errors,
         gauge("shunt_agent_unknown_resources",
               "Resources from the controller of kinds this agent does not know (a newer "
@@ -95,6 +123,31 @@ class AgentCollector : public prometheus::Collectable {
   const PolicyStore& store_;
   const Reconciler& reconciler_;
   const ControllerPolicySource* controller_source_;  // null without --controller
+  const std::function<Enforcement()> enforcement_;
+};
+
+// The source is made before the reconcilers (it reports the saved policy at Start), its ACKs
+// wait for them: through this, which says "not applied yet" until they exist and after they go.
+class LateEnforcement {
+ public:
+  using Fn = std::function<Enforcement(absl::Duration)>;
+  void Set(Fn fn) {
+    absl::MutexLock l(&mu_);  // waits for a call in progress: the reconcilers outlive it
+    fn_ = std::move(fn);
+  }
+  shunt::v1::EnforcementReport Report(absl::Duration wait) {
+    absl::MutexLock l(&mu_);
+    if (!fn_) {
+      Enforcement e;
+      e.not_enforced.push_back({"", "the agent's reconcilers are not running"});
+      return ToReport(e);
+    }
+    return ToReport(fn_(wait));
+  }
+
+ private:
+  absl::Mutex mu_;
+  Fn fn_ ABSL_GUARDED_BY(mu_);
 };
 
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ControllerCredentials(
@@ -201,6 +254,7 @@ int RunAgent(const AgentConfig& config) {
   FastpathWriter writer(**fastpath);
   Reconciler reconciler({config.node_name, fc.cgroup_root, config.resync}, store, writer);
 
+  LateEnforcement late_enforcement;  // outlives the source
   std::unique_ptr<PolicySource> source;
   ControllerPolicySource* controller_source = nullptr;
   if (!config.controller.empty()) {
@@ -219,6 +273,9 @@ int RunAgent(const AgentConfig& config) {
     o.max_backoff = config.controller_max_backoff;
     o.keepalive = config.controller_keepalive;
     o.agent_version = SHUNT_VERSION;
+    o.enforcement = [&late_enforcement](absl::Duration wait) {
+      return late_enforcement.Report(wait);
+    };
     auto cs = std::make_unique<ControllerPolicySource>(std::move(o));
     controller_source = cs.get();
     source = std::move(cs);
@@ -249,6 +306,10 @@ int RunAgent(const AgentConfig& config) {
   lb_options.limits.max_slots_per_service = config.lb_max_slots;
   lb_options.directory = [&reconciler] { return reconciler.directory(); };
   ServicePolicyReconciler service_policy(lb_options, store, lb_writer);
+  late_enforcement.Set([&](absl::Duration wait) {
+    return AwaitEnforcement(store, reconciler, service_policy, wait);
+  });
+  absl::Cleanup unhook_enforcement = [&late_enforcement] { late_enforcement.Set(nullptr); };
   if (absl::Status s = service_policy.Start(); !s.ok()) {
     SHUNT_LOG(WARNING) << "first service/policy reconcile: " << s.message();
   }
@@ -275,6 +336,12 @@ int RunAgent(const AgentConfig& config) {
     }
     if (!reconciler.synced()) return absl::UnavailableError("policy not applied yet");
     if (absl::Status s = reconciler.last_error(); !s.ok()) return s;
+    // ACKed means enforced: what is not, is said here too.
+    if (Enforcement e = CurrentEnforcement(store, reconciler, service_policy);
+        !e.not_enforced.empty()) {
+      return absl::UnavailableError(
+          absl::StrCat("policy not enforced as written: ", DescribeNotEnforced(e.not_enforced)));
+    }
     // With a controller: ready means in sync with it (the saved policy is enforced meanwhile).
     if (controller_source) return controller_source->InSync();
     return absl::OkStatus();
@@ -284,7 +351,9 @@ int RunAgent(const AgentConfig& config) {
   auto registry_collector = std::make_shared<FastpathCollector>(
       **fastpath, [&reconciler] { return reconciler.directory(); }, config.max_metric_series);
   auto agent_collector =
-      std::make_shared<AgentCollector>(config, store, reconciler, controller_source);
+      std::make_shared<AgentCollector>(config, store, reconciler, controller_source, [&] {
+        return CurrentEnforcement(store, reconciler, service_policy);
+      });
   auto socklb_collector = std::make_shared<SockLbCollector>(
       **socklb, [&reconciler] { return reconciler.directory(); },
       [&service_policy] { return service_policy.status(); }, config.max_metric_series);

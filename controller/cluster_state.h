@@ -148,6 +148,10 @@ struct PolicyStatus {
   bool accepted = false;
   std::string reason;   // CamelCase, e.g. "Accepted", "InvalidSpec", "ServiceNotFound"
   std::string message;  // for humans
+  // Enforced (accepted ones only): nodes whose agent reports it does not enforce this policy as
+  // written -> why (docs/controller.md, "What an ACK means"). Empty: every reporting agent does.
+  std::string resource_key;  // ResourceKeyString of what the agents get
+  std::map<std::string, std::string> not_enforced;
 };
 class StatusWriter {
  public:

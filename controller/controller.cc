@@ -17,6 +17,11 @@ void Controller::Start() {
     if (!dirty_) first_change_ = absl::Now();
     dirty_ = true;
   });
+  // An agent's report of what it does not enforce changes the policies' status only.
+  server_.SetEnforcementListener([this] {
+    absl::MutexLock l(&mu_);
+    status_dirty_ = true;
+  });
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -27,21 +32,76 @@ void Controller::Stop() {
     stop_ = true;
   }
   if (subscription_ >= 0) state_.Unsubscribe(subscription_);
+  server_.SetEnforcementListener(nullptr);
   if (thread_.joinable()) thread_.join();
 }
 
 void Controller::Loop() {
   while (true) {
+    bool rebuild = false;
     {
       absl::MutexLock l(&mu_);
-      auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || dirty_; };
+      auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stop_ || dirty_ || status_dirty_;
+      };
       mu_.Await(absl::Condition(&wake));
       if (stop_) return;
+      rebuild = dirty_;
     }
-    // Let a burst of changes (a re-list, a directory reload) land before rebuilding.
+    // Let a burst of changes (a re-list, a directory reload, agents reporting) land first.
     absl::SleepFor(options_.coalesce);
-    Rebuild();
+    if (rebuild) {
+      Rebuild();
+    } else {
+      std::vector<PolicyStatus> statuses;
+      {
+        absl::MutexLock l(&mu_);
+        status_dirty_ = false;
+        statuses = statuses_;
+      }
+      WriteStatuses(std::move(statuses));
+    }
   }
+}
+
+void Controller::WriteStatuses(std::vector<PolicyStatus> statuses) {
+  const PolicyServer::NotEnforcedMap not_enforced = server_.NotEnforced();
+  std::map<ObjectKey, std::string> written;
+  {
+    absl::MutexLock l(&mu_);
+    written = written_status_;
+  }
+  std::map<ObjectKey, std::string> now;
+  for (auto& st : statuses) {
+    if (st.accepted) {
+      if (auto it = not_enforced.find(st.resource_key); it != not_enforced.end()) {
+        st.not_enforced = it->second;
+      }
+    }
+    std::string sig =
+        absl::StrCat(st.accepted, "|", st.reason, "|", st.message, "|", st.observed_generation);
+    for (const auto& [node, why] : st.not_enforced) absl::StrAppend(&sig, "|", node, "=", why);
+    now[st.key] = sig;
+    if (written.count(st.key) && written[st.key] == sig) continue;
+    if (!st.accepted) {
+      SHUNT_LOG(WARNING) << ToString(st.key) << " not accepted (" << st.reason
+                         << "): " << st.message;
+    } else if (!st.not_enforced.empty()) {
+      SHUNT_LOG(WARNING) << ToString(st.key) << " not enforced on " << st.not_enforced.size()
+                         << " nodes, e.g. " << st.not_enforced.begin()->first << ": "
+                         << st.not_enforced.begin()->second;
+    }
+    if (status_writer_) {
+      absl::Status s = status_writer_->Write(st);
+      if (!s.ok()) {
+        SHUNT_LOG_EVERY_N_SEC(WARNING, 10)
+            << "status of " << ToString(st.key) << ": " << s.message();
+        now.erase(st.key);  // retried on the next rebuild or report
+      }
+    }
+  }
+  absl::MutexLock l(&mu_);
+  written_status_ = std::move(now);
 }
 
 void Controller::Rebuild() {
@@ -61,32 +121,13 @@ void Controller::Rebuild() {
   server_.Publish(std::move(snap.resources), changed_at);
   const absl::Time t2 = absl::Now();
 
-  std::map<ObjectKey, std::string> written;
   {
     absl::MutexLock l(&mu_);
-    written = written_status_;
+    statuses_ = snap.statuses;
+    status_dirty_ = false;
   }
-  std::map<ObjectKey, std::string> now;
-  for (const auto& st : snap.statuses) {
-    const std::string sig =
-        absl::StrCat(st.accepted, "|", st.reason, "|", st.message, "|", st.observed_generation);
-    now[st.key] = sig;
-    if (written.count(st.key) && written[st.key] == sig) continue;
-    if (!st.accepted) {
-      SHUNT_LOG(WARNING) << ToString(st.key) << " not accepted (" << st.reason
-                         << "): " << st.message;
-    }
-    if (status_writer_) {
-      absl::Status s = status_writer_->Write(st);
-      if (!s.ok()) {
-        SHUNT_LOG_EVERY_N_SEC(WARNING, 10)
-            << "status of " << ToString(st.key) << ": " << s.message();
-        now.erase(st.key);  // retried on the next rebuild
-      }
-    }
-  }
+  WriteStatuses(std::move(snap.statuses));
   absl::MutexLock l(&mu_);
-  written_status_ = std::move(now);
   warnings_ = std::move(snap.warnings);
   built_generation_ = generation;
   ++rebuilds_;

@@ -31,6 +31,8 @@ class Controller {
   void Stop();
   // Rebuilds and publishes now (tests; the loop calls it).
   void Rebuild();
+  // Writes what changed of `statuses`, with what the agents report they do not enforce.
+  void WriteStatuses(std::vector<PolicyStatus> statuses);
   uint64_t rebuilds() const;
   std::vector<std::string> last_warnings() const;
 
@@ -47,6 +49,8 @@ class Controller {
   mutable absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool dirty_ ABSL_GUARDED_BY(mu_) = true;
+  bool status_dirty_ ABSL_GUARDED_BY(mu_) = false;  // an agent's enforcement report changed
+  std::vector<PolicyStatus> statuses_ ABSL_GUARDED_BY(mu_);  // of the last rebuild
   absl::Time first_change_ ABSL_GUARDED_BY(mu_) = absl::Now();
   uint64_t rebuilds_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t built_generation_ ABSL_GUARDED_BY(mu_) = ~uint64_t{0};

@@ -106,6 +106,8 @@ class AgentStream : public grpc::ServerBidiReactor<PolicyRequest, PolicyResponse
   uint64_t inflight_id = 0;
   uint64_t nacked_id = 0;
   std::string last_nack;
+  bool reports_enforcement = false;  // sent a report (older agents do not)
+  shunt::v1::EnforcementReport enforcement;  // its last one
   bool writing = false;
   absl::Time write_started;  // of the write in flight
   bool cancelled = false;    // by the sweeper
@@ -194,6 +196,20 @@ PolicyServer::PolicyServer(prometheus::Registry* registry, int max_concurrent_pu
                     .Help("Resources in the current snapshot.")
                     .Register(*registry)
                     .Add({});
+  policies_not_enforced_ =
+      &prometheus::BuildGauge()
+           .Name("shunt_controller_policies_not_enforced")
+           .Help("Policies that some connected agent reports it does not enforce as written "
+                 "(their status says where and why).")
+           .Register(*registry)
+           .Add({});
+  nodes_not_enforcing_ =
+      &prometheus::BuildGauge()
+           .Name("shunt_controller_nodes_not_enforcing")
+           .Help("Connected agents that report a part of their policy not enforced (a policy, or "
+                 "node-wide: a map full...; the agent's /readyz says what).")
+           .Register(*registry)
+           .Add({});
 }
 
 PolicyServer::~PolicyServer() {
@@ -393,6 +409,10 @@ void PolicyServer::OnClosedLocked(AgentStream* stream) {
     stream->queued = false;
   }
   if (streams_.erase(stream) && connected_) connected_->Decrement();
+  if (stream->reports_enforcement && stream->enforcement.not_enforced_size() > 0) {
+    stream->enforcement.Clear();
+    EnforcementChangedLocked();
+  }
   if (!stream->node.empty()) SHUNT_LOG(INFO) << "agent " << stream->node << " disconnected";
 }
 
@@ -542,7 +562,12 @@ void PolicyServer::OnRequest(AgentStream* s, const PolicyRequest& req) {
     MaybeSendLocked(s);
     return;
   }
-  if (req.response_nonce().empty() || req.response_nonce() != s->inflight_nonce) return;  // stale
+  if (req.response_nonce().empty()) {
+    // A report alone: what the agent enforces of the version it runs changed.
+    if (req.has_enforcement() && s->first_acked) SetEnforcementLocked(s, req.enforcement());
+    return;
+  }
+  if (req.response_nonce() != s->inflight_nonce) return;  // stale
   s->inflight_nonce.clear();
   if (req.has_error_detail()) {
     ++nacks_;
@@ -560,6 +585,7 @@ void PolicyServer::OnRequest(AgentStream* s, const PolicyRequest& req) {
     s->acked_id = s->inflight_id;
     s->acked_name = req.version_info();
     s->last_nack.clear();
+    if (req.has_enforcement()) SetEnforcementLocked(s, req.enforcement());
     if (acks_metric_) acks_metric_->Increment();
     if (s->acked_id == current_.id && fanout_acks_ > 0 && --fanout_acks_ == 0) {
       SHUNT_LOG(DEBUG) << "version " << current_.name << ": every ACK in after "
@@ -571,6 +597,59 @@ void PolicyServer::OnRequest(AgentStream* s, const PolicyRequest& req) {
     }
   }
   MaybeSendLocked(s);
+}
+
+void PolicyServer::SetEnforcementLocked(AgentStream* s, const shunt::v1::EnforcementReport& r) {
+  const bool was = s->reports_enforcement;
+  s->reports_enforcement = true;
+  if (was && s->enforcement.SerializeAsString() == r.SerializeAsString()) return;
+  if (r.not_enforced_size() > 0 || s->enforcement.not_enforced_size() > 0) {
+    SHUNT_LOG(INFO) << "agent " << s->node << " enforces "
+                    << (r.not_enforced_size() == 0
+                            ? std::string("all of its policy")
+                            : absl::StrCat("its policy but ", r.not_enforced_size(), " parts"));
+  }
+  s->enforcement = r;
+  EnforcementChangedLocked();
+}
+
+void PolicyServer::EnforcementChangedLocked() {
+  if (policies_not_enforced_ || nodes_not_enforcing_) {
+    std::set<std::string> policies, nodes;
+    for (const AgentStream* st : streams_) {
+      if (!st->subscribed) continue;
+      for (const auto& n : st->enforcement.not_enforced()) {
+        nodes.insert(st->node);
+        if (n.key().kind() != shunt::v1::ResourceKey::KIND_UNSPECIFIED) {
+          policies.insert(ResourceKeyString(n.key()));
+        }
+      }
+    }
+    if (policies_not_enforced_) policies_not_enforced_->Set(static_cast<double>(policies.size()));
+    if (nodes_not_enforcing_) nodes_not_enforcing_->Set(static_cast<double>(nodes.size()));
+  }
+  if (enforcement_listener_) enforcement_listener_();
+}
+
+PolicyServer::NotEnforcedMap PolicyServer::NotEnforced() const {
+  absl::MutexLock l(&mu_);
+  NotEnforcedMap out;
+  for (const AgentStream* st : streams_) {
+    if (!st->subscribed) continue;
+    for (const auto& n : st->enforcement.not_enforced()) {
+      const std::string key = n.key().kind() == shunt::v1::ResourceKey::KIND_UNSPECIFIED
+                                  ? std::string()
+                                  : ResourceKeyString(n.key());
+      std::string& reason = out[key][st->node];
+      absl::StrAppend(&reason, reason.empty() ? "" : "; ", n.reason());
+    }
+  }
+  return out;
+}
+
+void PolicyServer::SetEnforcementListener(std::function<void()> fn) {
+  absl::MutexLock l(&mu_);
+  enforcement_listener_ = std::move(fn);
 }
 
 std::vector<PolicyServer::AgentInfo> PolicyServer::Agents() const {

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -81,6 +82,14 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
   uint64_t push_timeouts_total() const;  // streams ended for a write over push_timeout
   uint64_t refused_streams_total() const;  // over max_streams
 
+  // What the agents report they do not enforce of the version they run (docs/controller.md,
+  // "What an ACK means"): ResourceKeyString of the policy ("" for node-wide parts) -> node ->
+  // reason. Only open streams count: a node's parts go with its stream.
+  using NotEnforcedMap = std::map<std::string, std::map<std::string, std::string>>;
+  NotEnforcedMap NotEnforced() const;
+  // Called when that changes, with the server's lock held: it must not call the server.
+  void SetEnforcementListener(std::function<void()> fn);
+
  private:
   friend class AgentStream;
   struct Version {
@@ -92,6 +101,10 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
 
   void OnRequest(AgentStream* stream, const shunt::v1::PolicyRequest& request);
   void OnClosedLocked(AgentStream* stream) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A report from `stream` (with an ACK, or alone).
+  void SetEnforcementLocked(AgentStream* stream, const shunt::v1::EnforcementReport& report)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EnforcementChangedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Cancels the streams whose write has been in flight for longer than push_timeout_.
   void SweepLoop();
   void OnWriteDoneLocked(AgentStream* stream, bool ok) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -130,6 +143,7 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
   absl::Time fanout_start_ ABSL_GUARDED_BY(mu_);
   int fanout_writes_ ABSL_GUARDED_BY(mu_) = 0;
   int fanout_acks_ ABSL_GUARDED_BY(mu_) = 0;
+  std::function<void()> enforcement_listener_ ABSL_GUARDED_BY(mu_);
 
   // Metrics (null without a registry).
   prometheus::Gauge* connected_ = nullptr;
@@ -141,6 +155,8 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
   prometheus::Gauge* full_pushes_metric_ = nullptr;
   prometheus::Counter* push_timeouts_metric_ = nullptr;
   prometheus::Counter* refused_metric_ = nullptr;
+  prometheus::Gauge* policies_not_enforced_ = nullptr;
+  prometheus::Gauge* nodes_not_enforcing_ = nullptr;
 };
 
 }  // namespace shunt::controller

@@ -403,6 +403,13 @@ absl::Status ValidateAccess(const shunt::v1::AccessPolicy& p) {
       }
     }
   }
+  // What an agent's connect() program checks (SHUNT_AP_MAX_PORT_RANGES): more could never be
+  // enforced, on any node. The CRD says so too; this catches a CRD applied before it did.
+  if (p.ports_size() > kAccessPolicyMaxPortRanges) {
+    return absl::InvalidArgumentError(absl::StrCat("spec.ports: ", p.ports_size(),
+                                                   " ranges; at most ", kAccessPolicyMaxPortRanges,
+                                                   " are supported"));
+  }
   for (int i = 0; i < p.ports_size(); ++i) {
     const auto& r = p.ports(i);
     if (r.from() == 0 || r.from() > 65535 || r.to() > 65535 || (r.to() != 0 && r.to() < r.from())) {
@@ -482,6 +489,7 @@ void AddPolicies(const ObjectMap& objects, Snapshot& out) {
       if (s.ok()) s = ValidateCost(*m);
     }
     status.accepted = s.ok();
+    status.resource_key = ResourceKeyString(r.key());
     if (s.ok()) {
       status.reason = "Accepted";
       status.message = "applied to the mesh";

@@ -23,6 +23,9 @@ namespace shunt::controller {
 inline constexpr char kMeshLabel[] = "shunt.dev/mesh";
 inline constexpr char kMeshEnabled[] = "enabled";
 inline constexpr char kMeshDisabled[] = "disabled";
+// Port ranges of one AccessPolicy the agents can check at connect() (SHUNT_AP_MAX_PORT_RANGES
+// in bpf/include/shunt/socklb_abi.h; tests/unit/abi_test.cc keeps the two equal).
+inline constexpr int kAccessPolicyMaxPortRanges = 8;
 
 // Resources are immutable once built and shared: between builds (an unchanged pod's Workload is
 // the same object as last time), with the PolicyServer's versions, and across agents.

@@ -210,8 +210,14 @@ absl::Status Reconciler::ReconcileOnce() {
     }
   }
   std::map<std::string, uint64_t> cgroup_ids;
-  ASSIGN_OR_RETURN(auto cgroups, FindPodCgroups(options_.cgroup_root));
-  for (const auto& [uid, path] : cgroups) {
+  auto cgroups = FindPodCgroups(options_.cgroup_root);
+  if (!cgroups.ok()) {
+    absl::MutexLock l(&mu_);
+    last_error_ = cgroups.status();
+    pass_version_ = snapshot->version;
+    return last_error_;
+  }
+  for (const auto& [uid, path] : *cgroups) {
     auto id = CgroupId(path);
     if (id.ok()) cgroup_ids[uid] = *id;  // a pod cgroup removed meanwhile: next pass
   }
@@ -246,8 +252,14 @@ absl::Status Reconciler::ReconcileOnce() {
   absl::MutexLock l(&mu_);
   directory_ = std::make_shared<const WorkloadDirectory>(std::move(desired.directory));
   last_error_ = s;
+  pass_version_ = snapshot->version;
   if (s.ok()) synced_ = true;
   return s;
+}
+
+uint64_t Reconciler::pass_version() const {
+  absl::MutexLock l(&mu_);
+  return pass_version_;
 }
 
 void Reconciler::SetBeforePendingPods(BeforePendingFn fn) {

@@ -168,6 +168,9 @@ class Reconciler {
 
   // True once a pass with a policy applied without error.
   bool synced() const;
+  // The snapshot version of the last pass that ran to its end (0: none); last_error() is its
+  // outcome.
+  uint64_t pass_version() const;
   absl::Status last_error() const;
   std::shared_ptr<const WorkloadDirectory> directory() const;
   // Runs one pass now (tests, and the loop).
@@ -190,6 +193,7 @@ class Reconciler {
 
   mutable absl::Mutex mu_;
   bool synced_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t pass_version_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status last_error_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const WorkloadDirectory> directory_ ABSL_GUARDED_BY(mu_);
   BeforePendingFn before_pending_ ABSL_GUARDED_BY(mu_);

@@ -309,6 +309,10 @@ DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const 
                                           ServicePolicyIds& ids) {
   DesiredServicePolicy out;
   const auto& bundle = snapshot.bundle;
+  auto not_enforced = [&out](const std::string& policy, std::string reason) {
+    out.errors.push_back(policy.empty() ? reason : absl::StrCat("access policy ", policy, ": ", reason));
+    out.not_enforced.push_back({policy, std::move(reason)});
+  };
   std::map<std::string, const Workload*> by_uid;
   for (const auto& w : bundle.workloads()) by_uid[w.uid()] = &w;
 
@@ -358,6 +362,14 @@ DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const 
   }
   ids.service_ids.Retain(live_services);
   ids.recovered_service_ids.clear();
+  for (const char* m : {kLbMapServices, kLbMapSlots}) {
+    if (auto it = out.overflow.find(m); it != out.overflow.end() && it->second > 0) {
+      // Counted, not a failed pass (overflow): reported as not enforced.
+      out.not_enforced.push_back(
+          {"", absl::StrCat("the ", m, " map is full: ", it->second, " entries not written ",
+                            "(those service ports are not balanced at connect())")});
+    }
+  }
 
   // --- access policies ------------------------------------------------------------------------
   // Deny policies first, so that they get bits before allow policies when over the cap.
@@ -394,33 +406,32 @@ DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const 
     if (w.node() == node && w.meshed()) local_sources.push_back(&w);
   }
   uint64_t over_cap = 0;
+  std::vector<NotEnforcedPart> over_cap_parts;
   for (const AccessPolicy* p : policies) {
     const std::string pname = p->namespace_() + "/" + p->name();
     const bool unknown_fields = HasUnknownFields(*p);
     if (unknown_action(p) || unknown_fields) {
       ++out.not_understood;
-      out.errors.push_back(absl::StrCat(
-          "access policy ", pname, ": ",
-          unknown_action(p) ? absl::StrCat("action ", static_cast<int>(p->action()),
-                                           " is unknown to this agent")
-                            : "has fields unknown to this agent",
-          " (a newer controller?): enforced closed, ",
-          is_deny(p) ? "as a DENY of what its known fields select"
-                     : "its targets admit none of its sources"));
+      not_enforced(pname,
+                   absl::StrCat(unknown_action(p)
+                                    ? absl::StrCat("action ", static_cast<int>(p->action()),
+                                                   " is unknown to this agent")
+                                    : "has fields unknown to this agent",
+                                " (a newer controller?): enforced closed, ",
+                                is_deny(p) ? "as a DENY of what its known fields select"
+                                           : "its targets admit none of its sources"));
     }
     shunt_ap_ports ports{};
     bool bad = false;
     if (p->ports_size() > SHUNT_AP_MAX_PORT_RANGES) {
-      out.errors.push_back(absl::StrCat("access policy ", pname, ": ", p->ports_size(),
-                                        " port ranges; at most ", SHUNT_AP_MAX_PORT_RANGES,
-                                        " are supported (not enforced)"));
+      not_enforced(pname, absl::StrCat(p->ports_size(), " port ranges; at most ",
+                                       SHUNT_AP_MAX_PORT_RANGES, " are supported (not enforced)"));
       continue;
     }
     for (const auto& r : p->ports()) {
       const uint32_t to = r.to() ? r.to() : r.from();
       if (r.from() == 0 || r.from() > 65535 || to > 65535 || to < r.from()) {
-        out.errors.push_back(
-            absl::StrCat("access policy ", pname, ": bad port range (not enforced)"));
+        not_enforced(pname, "bad port range (not enforced)");
         bad = true;
         break;
       }
@@ -433,8 +444,7 @@ DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const 
       for (const auto& c : p->from(i).ip_blocks()) {
         auto cidr = ParseCidr(c);
         if (!cidr.ok()) {
-          out.errors.push_back(absl::StrCat("access policy ", pname, ": ", cidr.status().message(),
-                                            " (not enforced)"));
+          not_enforced(pname, absl::StrCat(cidr.status().message(), " (not enforced)"));
           bad = true;
           break;
         }
@@ -479,12 +489,22 @@ DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const 
     }
     if (!bit && is_deny(p)) {
       ++over_cap;  // fails open: what it denies is let through
+      over_cap_parts.push_back(
+          {pname, absl::StrCat("over the cap of ", kSharedAllowBit,
+                               " access policies matching sources of this node: not enforced "
+                               "(what it denies is let through)")});
       continue;
     }
     if (!bit) {
       // An ALLOW without a source here, or over the cap (fails closed: its targets stay
       // allow-listed, but its sources are refused).
-      if (!sources.empty()) ++over_cap;
+      if (!sources.empty()) {
+        ++over_cap;
+        over_cap_parts.push_back(
+            {pname, absl::StrCat("over the cap of ", kSharedAllowBit,
+                                 " access policies matching sources of this node: enforced "
+                                 "closed (the sources it admits are refused)")});
+      }
       shared_allow.push_back(pname);
       for (const auto& key : targets) out.policy_dests[key].allow |= 1ull << kSharedAllowBit;
       continue;
@@ -516,17 +536,50 @@ DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const 
         over_cap, " access policies matching sources of this node are over the cap of ",
         kSharedAllowBit, ": DENY ones are not enforced (their traffic is let through), ALLOW "
         "ones refuse their sources (their targets stay allow-listed)"));
+    out.not_enforced.insert(out.not_enforced.end(), over_cap_parts.begin(),
+                            over_cap_parts.end());
   }
   // Capacities: the first entries (in key order) fit; the rest take the normal path, counted.
-  auto trim = [&out](auto& m, uint32_t cap, const char* name) {
+  // The policies whose bits the dropped entries held are not enforced there.
+  uint64_t dropped_bits = 0;
+  auto trim = [&out](auto& m, uint32_t cap, const char* name, auto bits_of) {
+    uint64_t n = 0, bits = 0;
     while (m.size() > cap) {
+      bits |= bits_of(std::prev(m.end())->second);
       m.erase(std::prev(m.end()));
-      out.overflow[name]++;
+      ++n;
     }
+    if (n > 0) {
+      out.overflow[name] += n;
+      const std::string reason =
+          absl::StrCat("the ", name, " map is full: ", n, " entries not written (their ",
+                       "pods' connects are decided without this policy)");
+      out.not_enforced.push_back({"", reason});
+    }
+    return bits;
   };
-  trim(out.policy_sources, limits.policy_sources, kLbMapPolicySources);
-  trim(out.pending_sources, limits.pending_sources, kLbMapPolicyPending);
-  trim(out.policy_dests, limits.policy_dests, kLbMapPolicyDests);
+  auto mask = [](uint64_t m) { return m; };
+  dropped_bits |= trim(out.policy_sources, limits.policy_sources, kLbMapPolicySources, mask);
+  dropped_bits |= trim(out.pending_sources, limits.pending_sources, kLbMapPolicyPending, mask);
+  dropped_bits |= trim(out.policy_dests, limits.policy_dests, kLbMapPolicyDests,
+                       [](const shunt_ap_dst& d) { return d.deny | d.allow; });
+  for (uint32_t bit = 0; bit < SHUNT_AP_MAX_POLICIES; ++bit) {
+    if (!(dropped_bits & (1ull << bit))) continue;
+    const std::vector<std::string> names =
+        bit == kSharedAllowBit ? shared_allow
+                               : std::vector<std::string>{out.policy_names.count(bit)
+                                                              ? out.policy_names[bit]
+                                                              : std::string()};
+    for (const auto& n : names) {
+      if (!n.empty()) {
+        out.not_enforced.push_back(
+            {n, "a policy map of this node is full: not enforced for some of its pods"});
+      }
+    }
+  }
+  std::sort(out.not_enforced.begin(), out.not_enforced.end());
+  out.not_enforced.erase(std::unique(out.not_enforced.begin(), out.not_enforced.end()),
+                         out.not_enforced.end());
   return out;
 }
 
@@ -916,6 +969,14 @@ absl::Status ServicePolicyReconciler::ReconcileOnce(PolicySnapshotPtr snapshot, 
   for (const auto& [k, v] : status->entries) status->overflow[k] = 0;
   for (const auto& [k, v] : desired.overflow) status->overflow[k] = v;
   status->policies_not_understood = desired.not_understood;
+  status->version = snapshot->version;
+  status->not_enforced = std::move(desired.not_enforced);
+  if (!applied_now) {
+    // The maps hold an earlier policy, or parts of this one: none of it is known enforced.
+    status->not_enforced.push_back(
+        {"", absl::StrCat("the access policy and service maps were not written: ",
+                          s.ok() ? "a newer snapshot is in force" : s.message())});
+  }
   status->service_names = std::move(desired.service_names);
   status->policy_names = std::move(desired.policy_names);
   absl::MutexLock lock(&mu_);

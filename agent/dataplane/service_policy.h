@@ -68,6 +68,14 @@ inline constexpr char kLbMapPolicyPending[] = "policy_pending_sources";
 inline constexpr char kLbMapPolicyDests[] = "policy_destinations";
 inline constexpr char kLbMapPolicies[] = "policies";
 
+// A part of the policy in force that this agent does not enforce as written, and why: reported
+// to the controller with the ACK (CR status), on /readyz and on /metrics.
+struct NotEnforcedPart {
+  std::string policy;  // "namespace/name" of the AccessPolicy; empty: the node as a whole
+  std::string reason;
+  auto operator<=>(const NotEnforcedPart&) const = default;
+};
+
 struct DesiredServicePolicy {
   std::map<LbKey, uint32_t> service_ids;          // VIP:port -> service id
   std::map<LbKey, std::vector<LbBackend>> slots;  // VIP:port -> slot table (index = slot)
@@ -79,6 +87,7 @@ struct DesiredServicePolicy {
   std::map<uint32_t, std::string> policy_names;   // policy bit -> "namespace/name"
   std::map<std::string, uint64_t> overflow;       // map -> entries that did not fit
   std::vector<std::string> errors;                // reconcile errors (policy over cap...)
+  std::vector<NotEnforcedPart> not_enforced;      // the same, by policy (sorted, unique)
   uint64_t not_understood = 0;  // access policies this agent cannot fully read (enforced closed)
 };
 
@@ -205,6 +214,9 @@ struct ServicePolicyStatus {
   std::map<uint32_t, std::string> policy_names;
   uint64_t errors_total = 0;  // passes that ended in an error
   uint64_t policies_not_understood = 0;
+  uint64_t version = 0;  // of the snapshot the pass was for (0: none yet)
+  // What of that snapshot is not enforced (a failed map write: a node-wide part).
+  std::vector<NotEnforcedPart> not_enforced;
 };
 
 class ServicePolicyReconciler {

@@ -5,6 +5,7 @@
 #include <random>
 #include <sstream>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "agent/policy/policy_file.h"
 #include "common/errno_status.h"
@@ -216,6 +217,38 @@ void ControllerPolicySource::Session() {
   auto stream = stub->Stream(&context);
   PolicyResponse resp;
   bool got_response = false;
+  // One write at a time (gRPC allows one, concurrent with a read): ACKs here, enforcement reports
+  // from the reporter. A report follows the ACK of the version it describes.
+  absl::Mutex write_mu;
+  std::string last_report;  // serialized, as last sent
+  bool acked_once = false;
+  bool session_done = false;
+  std::thread reporter;
+  if (options_.enforcement) {
+    reporter = std::thread([&] {
+      absl::MutexLock l(&write_mu);
+      while (true) {
+        auto done = [&] { return session_done; };
+        write_mu.AwaitWithTimeout(absl::Condition(&done), options_.report_interval);
+        if (session_done) return;
+        if (!acked_once) continue;
+        PolicyRequest report;
+        *report.mutable_enforcement() = options_.enforcement(absl::ZeroDuration());
+        std::string bytes = report.enforcement().SerializeAsString();
+        if (bytes == last_report) continue;
+        report.set_version_info(version());
+        if (!stream->Write(report)) return;
+        last_report = std::move(bytes);
+      }
+    });
+  }
+  absl::Cleanup stop_reporter = [&] {
+    {
+      absl::MutexLock l(&write_mu);
+      session_done = true;
+    }
+    if (reporter.joinable()) reporter.join();
+  };
   if (stream->Write(first)) {
     while (stream->Read(&resp)) {
       got_response = true;
@@ -237,6 +270,7 @@ void ControllerPolicySource::Session() {
       }
       PolicyRequest answer;
       answer.set_response_nonce(resp.nonce());
+      absl::MutexLock write_lock(&write_mu);
       if (s.ok()) {
         uint64_t unknown = 0;
         for (const auto& [k, r] : *next) unknown += r->body_case() == Resource::BODY_NOT_SET;
@@ -251,6 +285,12 @@ void ControllerPolicySource::Session() {
           sync_ = absl::OkStatus();
         }
         on_update_(std::move(bundle));  // enforce first, then save (off this path)
+        if (options_.enforcement) {
+          // ACK once the kernel holds it, saying what it could not enforce.
+          *answer.mutable_enforcement() = options_.enforcement(options_.enforcement_wait);
+          last_report = answer.enforcement().SerializeAsString();
+          acked_once = true;
+        }
         if (!options_.state_dir.empty()) {
           absl::MutexLock l(&mu_);
           to_save_ = std::move(next);
@@ -273,6 +313,7 @@ void ControllerPolicySource::Session() {
       if (!stream->Write(answer)) break;
     }
   }
+  std::move(stop_reporter).Invoke();
   stream->WritesDone();
   grpc::Status status = stream->Finish();
   std::string why = status.error_message();

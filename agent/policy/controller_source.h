@@ -10,6 +10,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -42,6 +43,13 @@ struct ControllerSourceOptions {
   // /readyz could tell). Zero: none.
   absl::Duration keepalive = absl::Seconds(10);
   std::string agent_version;
+  // What of the policy just handed to the update function the kernel enforces, once it is
+  // applied or after `wait` (docs/controller.md, "What an ACK means"): each ACK waits for it and
+  // carries it; when it changes later it is sent alone (checked every `report_interval`). Unset:
+  // ACKs carry no report.
+  std::function<shunt::v1::EnforcementReport(absl::Duration wait)> enforcement;
+  absl::Duration enforcement_wait = absl::Seconds(5);
+  absl::Duration report_interval = absl::Seconds(1);
 };
 
 class ControllerPolicySource : public PolicySource {

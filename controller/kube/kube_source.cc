@@ -247,7 +247,11 @@ KubernetesStatusWriter::KubernetesStatusWriter(std::shared_ptr<KubeClient> clien
     : client_(std::move(client)), now_(std::move(now)) {}
 
 nlohmann::json KubernetesStatusWriter::ConditionsPatch(const PolicyStatus& status,
-                                                       absl::Time transition) {
+                                                       absl::Time transition,
+                                                       absl::Time enforced_transition) {
+  auto time = [](absl::Time t) {
+    return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", t, absl::UTCTimeZone());
+  };
   nlohmann::json condition = nlohmann::json::object();
   condition["type"] = "Accepted";
   condition["status"] = status.accepted ? "True" : "False";
@@ -255,30 +259,70 @@ nlohmann::json KubernetesStatusWriter::ConditionsPatch(const PolicyStatus& statu
       !status.reason.empty() ? status.reason : (status.accepted ? "Accepted" : "Invalid");
   condition["message"] = status.message;
   condition["observedGeneration"] = status.observed_generation;
-  condition["lastTransitionTime"] =
-      absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", transition, absl::UTCTimeZone());
+  condition["lastTransitionTime"] = time(transition);
+  nlohmann::json conditions = nlohmann::json::array({condition});
+  // Agents report what they do not enforce of access policies (the kinds they enforce in the
+  // kernel); for the others Enforced would say nothing.
+  if (status.accepted && status.key.kind == Kind::kAccessPolicy) {
+    nlohmann::json enforced = nlohmann::json::object();
+    enforced["type"] = "Enforced";
+    enforced["observedGeneration"] = status.observed_generation;
+    enforced["lastTransitionTime"] =
+        time(enforced_transition == absl::InfinitePast() ? transition : enforced_transition);
+    if (status.not_enforced.empty()) {
+      enforced["status"] = "True";
+      enforced["reason"] = "Enforced";
+      enforced["message"] = "no connected agent reports a part of it not enforced";
+    } else {
+      // Bounded: a policy over a cap on every node of a large cluster names a few of them.
+      constexpr size_t kMaxNodes = 5;
+      std::string message;
+      size_t i = 0;
+      for (const auto& [node, why] : status.not_enforced) {
+        if (i++ == kMaxNodes) break;
+        absl::StrAppend(&message, message.empty() ? "" : "; ", node, ": ", why);
+      }
+      if (status.not_enforced.size() > kMaxNodes) {
+        absl::StrAppend(&message, " (and ", status.not_enforced.size() - kMaxNodes,
+                        " more nodes)");
+      }
+      enforced["status"] = "False";
+      enforced["reason"] = "NotEnforced";
+      enforced["message"] = absl::StrCat("not enforced as written on ",
+                                         status.not_enforced.size(), " nodes: ", message);
+    }
+    conditions.push_back(std::move(enforced));
+  }
   nlohmann::json patch = nlohmann::json::object();
-  // A merge patch replaces the list as a whole: Accepted is the only condition we own.
-  patch["status"]["conditions"] = nlohmann::json::array({condition});
+  // A merge patch replaces the list as a whole: these are the only conditions we own.
+  patch["status"]["conditions"] = std::move(conditions);
   return patch;
 }
 
 absl::Status KubernetesStatusWriter::Write(const PolicyStatus& status) {
-  absl::Time transition;
+  const bool enforced = status.not_enforced.empty();
+  absl::Time transition, enforced_transition;
   {
     absl::MutexLock l(&mu_);
     auto it = last_.find(status.key);
-    transition =
-        it != last_.end() && it->second.first == status.accepted ? it->second.second : now_();
+    const absl::Time now = now_();
+    transition = it != last_.end() && it->second.accepted == status.accepted
+                     ? it->second.accepted_at
+                     : now;
+    enforced_transition = it != last_.end() && it->second.accepted &&
+                                  it->second.enforced == enforced
+                              ? it->second.enforced_at
+                              : now;
   }
-  auto patched = client_->MergePatchStatus(status.key.kind, status.key.ns, status.key.name,
-                                           ConditionsPatch(status, transition));
+  auto patched = client_->MergePatchStatus(
+      status.key.kind, status.key.ns, status.key.name,
+      ConditionsPatch(status, transition, enforced_transition));
   if (!patched.ok()) {
     return absl::Status(patched.status().code(), absl::StrCat("status of ", ToString(status.key),
                                                               ": ", patched.status().message()));
   }
   absl::MutexLock l(&mu_);
-  last_[status.key] = {status.accepted, transition};
+  last_[status.key] = {status.accepted, transition, enforced, enforced_transition};
   return absl::OkStatus();
 }
 

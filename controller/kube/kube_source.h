@@ -90,8 +90,10 @@ class KubernetesSource : public ClusterSource {
   std::map<Kind, std::string> resource_versions_ ABSL_GUARDED_BY(mu_);
 };
 
-// Writes status.conditions [{type: Accepted, ...}] of policy CRs through the status subresource.
-// lastTransitionTime moves only when the Accepted status flips (as far as this writer knows).
+// Writes status.conditions of policy CRs through the status subresource: Accepted (the controller
+// took the spec) and, for accepted AccessPolicies, Enforced (no connected agent reports it does not enforce
+// it as written; False says on which nodes and why). A condition's lastTransitionTime moves only
+// when its status flips (as far as this writer knows).
 class KubernetesStatusWriter : public StatusWriter {
  public:
   explicit KubernetesStatusWriter(std::shared_ptr<KubeClient> client,
@@ -99,14 +101,21 @@ class KubernetesStatusWriter : public StatusWriter {
   absl::Status Write(const PolicyStatus& status) override;
 
   // The merge patch Write sends (exposed for tests).
-  static nlohmann::json ConditionsPatch(const PolicyStatus& status, absl::Time transition);
+  static nlohmann::json ConditionsPatch(const PolicyStatus& status, absl::Time transition,
+                                        absl::Time enforced_transition = absl::InfinitePast());
 
  private:
   const std::shared_ptr<KubeClient> client_;
   const std::function<absl::Time()> now_;
   absl::Mutex mu_;
-  // Last written Accepted value and its transition time, per object.
-  std::map<ObjectKey, std::pair<bool, absl::Time>> last_ ABSL_GUARDED_BY(mu_);
+  // Last written Accepted and Enforced values and their transition times, per object.
+  struct Written {
+    bool accepted = false;
+    absl::Time accepted_at;
+    bool enforced = false;
+    absl::Time enforced_at;
+  };
+  std::map<ObjectKey, Written> last_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace shunt::controller

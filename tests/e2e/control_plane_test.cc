@@ -10,6 +10,7 @@
 
 #include "tests/test_util.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/files.h"
 #include "tests/e2e/e2e_util.h"
 
@@ -478,6 +479,60 @@ TEST_F(ControlPlanePolicyTest, PolicyTargetingAHostNetworkPodLeavesTheNodeAlone)
       << "the policy is enforced on the pods it targets";
   json r = Probe(P(0), to_node, 3);
   EXPECT_EQ(r.value("connected", -1), 3) << "the node's own service is no target: " << r.dump();
+}
+
+// ACK means enforced (issue 8 item 8): 64 DENY policies whose source (pod 0) runs on this node,
+// one over the node's cap of 63. The agent ACKs, and says which one it does not enforce: /readyz
+// 503 naming it, shunt_agent_policy_not_enforced, shunt_agent_synced 0, and the controller counts
+// it. With one policy fewer everything is enforced again. Fails without the report: /readyz
+// stayed 200 and synced 1 while deny-63 let its traffic through.
+TEST_F(ControlPlanePolicyTest, APolicyOverTheNodesCapIsReportedAsNotEnforced) {
+  auto write_policies = [&](int first, int last) {
+    json items = json::array();
+    for (int i = first; i <= last; ++i) {
+      items.push_back(
+          {{"apiVersion", "policy.shunt.dev/v1alpha1"}, {"kind", "AccessPolicy"},
+           {"metadata", {{"namespace", "default"}, {"name", absl::StrFormat("deny-%02d", i)}}},
+           {"spec", {{"action", "DENY"},
+                     {"target", {{"matchLabels", {{"app", "api"}}}}},
+                     {"from", {{{"pods", {{"matchLabels", {{"app", "front"}}}}}}}}}}});
+    }
+    Write("policies.json", {{"apiVersion", "v1"}, {"kind", "List"}, {"items", items}});
+  };
+  auto readyz = [&] {
+    auto r = agent_->Get("/readyz");
+    return r.ok() ? std::make_pair(r->code, r->body) : std::make_pair(-1, std::string());
+  };
+  auto controller_metric = [&](const std::string& name) {
+    auto r = HttpGetInNetns(bed_->node(0).netns, "127.0.0.1", 15014, "/metrics");
+    return r.ok() && r->code == 200 ? SumSamples(ParsePrometheusText(r->body), name) : -1;
+  };
+  write_policies(0, 63);
+  ASSERT_TRUE(Eventually([&] {
+    auto [code, body] = readyz();
+    return code == 503 && body.find("default/deny-63") != std::string::npos;
+  }))
+      << readyz().second << agent_->Stderr();
+  EXPECT_NE(readyz().second.find("over the cap of 63"), std::string::npos) << readyz().second;
+  EXPECT_EQ(readyz().second.find("default/deny-62"), std::string::npos) << "62 has a bit";
+  auto m = agent_->Scrape();
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(SumSamples(*m, "shunt_agent_policy_not_enforced", {{"policy", "default/deny-63"}}), 1);
+  EXPECT_EQ(SumSamples(*m, "shunt_agent_policy_not_enforced"), 1);
+  EXPECT_EQ(SumSamples(*m, "shunt_agent_synced"), 0);
+  EXPECT_TRUE(Eventually([&] { return controller_metric("shunt_controller_policies_not_enforced") == 1; }));
+  EXPECT_EQ(controller_metric("shunt_controller_nodes_not_enforcing"), 1);
+  EXPECT_EQ(Count(Probe(P(0), P(1).ipv4 + ":8080", 3), "errors", "EPERM"), 3u)
+      << "the 63 with a bit are enforced";
+
+  write_policies(1, 63);  // 63: all of them fit
+  EXPECT_TRUE(Eventually([&] { return readyz().first == 200; })) << readyz().second;
+  m = agent_->Scrape();
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(SumSamples(*m, "shunt_agent_policy_not_enforced"), 0);
+  EXPECT_EQ(SumSamples(*m, "shunt_agent_synced"), 1);
+  EXPECT_TRUE(Eventually([&] { return controller_metric("shunt_controller_policies_not_enforced") == 0; }));
+  EXPECT_EQ(controller_metric("shunt_controller_nodes_not_enforcing"), 0);
 }
 
 TEST_F(ControlPlanePolicyTest, TrafficRouteSplitsEightyTwentyAndGetpeernameShowsTheVip) {

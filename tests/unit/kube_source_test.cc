@@ -280,7 +280,7 @@ TEST_F(KubeSourceTest, StopWhileWatchingIsPrompt) {
   EXPECT_FALSE(Has(Key(Kind::kPod, "default", "after-stop")));
 }
 
-TEST_F(KubeSourceTest, StatusWriterSetsAcceptedCondition) {
+TEST_F(KubeSourceTest, StatusWriterSetsAcceptedAndEnforcedConditions) {
   ASSERT_TRUE(server_.Create(Object(Kind::kAccessPolicy, "default", "p")).ok());
   absl::Time now = absl::FromUnixSeconds(1700000000);
   KubernetesStatusWriter writer(std::shared_ptr<KubeClient>(Client()), [&now] { return now; });
@@ -291,13 +291,31 @@ TEST_F(KubeSourceTest, StatusWriterSetsAcceptedCondition) {
   auto stored = server_.Get(key);
   ASSERT_TRUE(stored.ok());
   const nlohmann::json& conditions = (*stored)["status"]["conditions"];
-  ASSERT_EQ(conditions.size(), 1u);
+  ASSERT_EQ(conditions.size(), 2u);
   EXPECT_EQ(conditions[0]["type"], "Accepted");
   EXPECT_EQ(conditions[0]["status"], "True");
   EXPECT_EQ(conditions[0]["reason"], "Accepted");
   EXPECT_EQ(conditions[0]["message"], "ok");
   EXPECT_EQ(conditions[0]["observedGeneration"], 1);
   EXPECT_EQ(conditions[0]["lastTransitionTime"], "2023-11-14T22:13:20Z");
+  EXPECT_EQ(conditions[1]["type"], "Enforced");
+  EXPECT_EQ(conditions[1]["status"], "True");
+
+  // An agent reports it does not enforce it: Enforced flips (with its own transition time),
+  // Accepted stays.
+  now += absl::Seconds(30);
+  status.not_enforced = {{"node-b", "over the cap of 63"}};
+  ASSERT_TRUE(writer.Write(status).ok());
+  {
+    const nlohmann::json cs = (*server_.Get(key))["status"]["conditions"];
+    EXPECT_EQ(cs[0]["lastTransitionTime"], "2023-11-14T22:13:20Z");
+    EXPECT_EQ(cs[1]["status"], "False");
+    EXPECT_EQ(cs[1]["reason"], "NotEnforced");
+    EXPECT_EQ(cs[1]["message"], "not enforced as written on 1 nodes: node-b: over the cap of 63");
+    EXPECT_EQ(cs[1]["lastTransitionTime"], "2023-11-14T22:13:50Z");
+  }
+  status.not_enforced.clear();
+  now -= absl::Seconds(30);
 
   // Same outcome later: the transition time stays; a flip moves it.
   now += absl::Minutes(1);
@@ -311,6 +329,7 @@ TEST_F(KubeSourceTest, StatusWriterSetsAcceptedCondition) {
   status.reason = "ServiceNotFound";
   status.message = "no Service default/web";
   ASSERT_TRUE(writer.Write(status).ok());
+  ASSERT_EQ((*server_.Get(key))["status"]["conditions"].size(), 1u) << "not accepted: no Enforced";
   const nlohmann::json c = (*server_.Get(key))["status"]["conditions"][0];
   EXPECT_EQ(c["status"], "False");
   EXPECT_EQ(c["reason"], "ServiceNotFound");

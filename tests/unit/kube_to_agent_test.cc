@@ -8,6 +8,9 @@
 #include <thread>
 
 #include "tests/test_util.h"
+#include "absl/strings/str_format.h"
+#include "agent/dataplane/enforcement.h"
+#include "agent/dataplane/service_policy.h"
 #include "agent/policy/controller_source.h"
 #include "agent/policy/policy_store.h"
 #include "controller/cluster_state.h"
@@ -57,6 +60,21 @@ class KubeToAgentTest : public ::testing::Test {
     ao.credentials = grpc::InsecureChannelCredentials();
     ao.min_backoff = absl::Milliseconds(20);
     ao.max_backoff = absl::Milliseconds(200);
+    // What the agent reports it does not enforce: the real compiler's verdict on its policy for
+    // node-a (the kernel side of it is ControlPlanePolicyTest's), under limits the test sets.
+    ao.enforcement = [this](absl::Duration) {
+      agent::Enforcement e;
+      if (auto snapshot = store_.Current()) {
+        agent::ServicePolicyLimits limits;
+        limits.policy_dests = dests_limit_.load();
+        agent::ServicePolicyIds ids;
+        e.applied = true;
+        e.not_enforced =
+            agent::CompileServicePolicy(*snapshot, "node-a", {}, limits, ids).not_enforced;
+      }
+      return agent::ToReport(e);
+    };
+    ao.report_interval = absl::Milliseconds(20);
     agent_ = std::make_unique<agent::ControllerPolicySource>(ao);
     ASSERT_TRUE(agent_
                     ->Start([this](absl::StatusOr<shunt::v1::PolicyBundle> u) {
@@ -83,16 +101,20 @@ class KubeToAgentTest : public ::testing::Test {
     EXPECT_TRUE(Eventually([&] { return pred(Bundle()); })) << what << "\n"
                                                              << Bundle().DebugString();
   }
-  // status.conditions[Accepted].status of a CR in the fake API server.
-  std::string Accepted(Kind kind, const std::string& name) {
+  // status.conditions[type].status (or another field) of a CR in the fake API server.
+  std::string Condition(Kind kind, const std::string& name, const std::string& type,
+                        const std::string& field = "status") {
     auto o = kube_.Get(ObjectKey{kind, "default", name});
     if (!o.ok()) return "";
     const json& conds = (*o)["status"]["conditions"];
     if (!conds.is_array()) return "";
     for (const auto& c : conds) {
-      if (c.value("type", "") == "Accepted") return c.value("status", "");
+      if (c.value("type", "") == type) return c.value(field, "");
     }
     return "";
+  }
+  std::string Accepted(Kind kind, const std::string& name) {
+    return Condition(kind, name, "Accepted");
   }
 
   static json Obj(const std::string& api_version, const std::string& kind, const std::string& name,
@@ -115,6 +137,7 @@ class KubeToAgentTest : public ::testing::Test {
   std::unique_ptr<grpc::Server> grpc_;
   std::unique_ptr<agent::ControllerPolicySource> agent_;
   agent::PolicyStore store_;
+  std::atomic<uint32_t> dests_limit_{1u << 20};
 };
 
 TEST_F(KubeToAgentTest, EveryEventOfEveryKindReachesTheAgent) {
@@ -221,6 +244,53 @@ TEST_F(KubeToAgentTest, EveryEventOfEveryKindReachesTheAgent) {
            b.api_cost_policies_size() == 0 && b.services_size() == 0;
   }, "CRs and service deleted");
   EXPECT_TRUE(agent_->InSync().ok());
+}
+
+// ACK means enforced (issue 8 item 8), as a user sees it: `kubectl get accesspolicy` shows
+// Enforced=False, with the node and why, for the policy an agent reports it does not enforce,
+// and True again once it does. 64 DENY policies from a meshed pod of node-a: deny-63 is over
+// that node's cap (reported with the ACK). Then node-a's destinations map is full (reported
+// alone, no new version): every policy is not enforced there; then it has room again.
+TEST_F(KubeToAgentTest, WhatAnAgentDoesNotEnforceIsInThePolicysStatus) {
+  ASSERT_TRUE(kube_.Create(Obj("v1", "Namespace", "default",
+                               {{"metadata", {{"name", "default"},
+                                              {"labels", {{"shunt.dev/mesh", "enabled"}}}}}}))
+                  .ok());
+  for (const auto& [name, app] : {std::pair{"client", "front"}, {"server", "api"}}) {
+    ASSERT_TRUE(kube_.Create(Obj("v1", "Pod", name,
+                                 {{"metadata", {{"name", name}, {"namespace", "default"},
+                                                {"uid", std::string("uid-") + name},
+                                                {"labels", {{"app", app}}}}},
+                                  {"spec", {{"nodeName", "node-a"}}},
+                                  {"status", {{"phase", "Running"},
+                                              {"podIP", app == std::string("api") ? "198.18.0.3"
+                                                                                  : "198.18.0.2"}}}}))
+                    .ok());
+  }
+  for (int i = 0; i < 64; ++i) {
+    ASSERT_TRUE(kube_.Create(Cr("AccessPolicy", absl::StrFormat("deny-%02d", i),
+                                {{"action", "DENY"},
+                                 {"target", {{"matchLabels", {{"app", "api"}}}}},
+                                 {"from", {{{"pods", {{"matchLabels", {{"app", "front"}}}}}}}}}))
+                    .ok());
+  }
+  ASSERT_TRUE(Eventually([&] { return Condition(Kind::kAccessPolicy, "deny-63", "Enforced") == "False"; }, 20s));
+  const std::string why = Condition(Kind::kAccessPolicy, "deny-63", "Enforced", "message");
+  EXPECT_NE(why.find("node-a: over the cap of 63"), std::string::npos) << why;
+  EXPECT_EQ(Condition(Kind::kAccessPolicy, "deny-63", "Enforced", "reason"), "NotEnforced");
+  EXPECT_EQ(Accepted(Kind::kAccessPolicy, "deny-63"), "True");
+  EXPECT_TRUE(Eventually([&] { return Condition(Kind::kAccessPolicy, "deny-62", "Enforced") == "True"; }));
+  EXPECT_TRUE(agent_->InSync().ok()) << "ACKed: not enforced is not NACKed";
+
+  dests_limit_ = 0;  // no new version: the agent reports it alone
+  EXPECT_TRUE(Eventually([&] { return Condition(Kind::kAccessPolicy, "deny-00", "Enforced") == "False"; }));
+  EXPECT_NE(Condition(Kind::kAccessPolicy, "deny-00", "Enforced", "message").find("map of this node is full"),
+            std::string::npos);
+  dests_limit_ = 1u << 20;
+  EXPECT_TRUE(Eventually([&] { return Condition(Kind::kAccessPolicy, "deny-00", "Enforced") == "True"; }));
+
+  ASSERT_TRUE(kube_.Delete(ObjectKey{Kind::kAccessPolicy, "default", "deny-00"}).ok());
+  EXPECT_TRUE(Eventually([&] { return Condition(Kind::kAccessPolicy, "deny-63", "Enforced") == "True"; }));
 }
 
 }  // namespace

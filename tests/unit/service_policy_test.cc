@@ -151,6 +151,10 @@ TEST(ServicePolicy, ServicesMapFullIsCountedNotFailed) {
   EXPECT_EQ(d.service_ids.size(), 1u);
   EXPECT_EQ(d.overflow.at(kLbMapServices), 1u);
   EXPECT_TRUE(d.errors.empty());
+  // Not a failed pass, but not what the policy says either: reported (issue 8 item 8).
+  ASSERT_EQ(d.not_enforced.size(), 1u);
+  EXPECT_EQ(d.not_enforced[0].policy, "");
+  EXPECT_NE(d.not_enforced[0].reason.find("services map is full"), std::string::npos);
   limits.services = 10;
   limits.slots = 2;  // the v4 table (2 slots) fits, the v6 one (1) does not
   d = Compile(Bundle(kApiService), limits);
@@ -265,6 +269,8 @@ TEST(ServicePolicy, MoreThanSixtyThreePoliciesWithSourcesHereIsAnErrorAndCounted
   EXPECT_EQ(d.policy_names.size(), 63u);
   EXPECT_EQ(d.overflow.at(kLbMapPolicies), 3u);
   EXPECT_EQ(d.errors.size(), 1u);
+  EXPECT_EQ(d.not_enforced.size(), 3u);
+  EXPECT_TRUE(d.not_enforced.empty() || d.not_enforced[0].policy == "default/p163");
 }
 
 // The cap is per node: a policy takes a bit only where one of its sources runs. 65 DENY and 65
@@ -326,6 +332,14 @@ TEST(ServicePolicy, OverTheCapDenyFailsOpenAndAllowFailsClosed) {
   EXPECT_EQ(d.policy_dests.at(Ip("10.0.0.2")).allow, shared);  // b stays allow-listed
   EXPECT_EQ(d.policy_sources.at(101) & shared, 0u);             // a is not let through
   EXPECT_EQ(d.policy_dests.at(Ip("10.0.0.2")).deny, (1ull << 63) - 1);  // deny-063 is not there
+  // ACK means enforced (issue 8 item 8): each policy over the cap is reported by name, with
+  // which way it fails.
+  ASSERT_EQ(d.not_enforced.size(), 2u);
+  EXPECT_EQ(d.not_enforced[0].policy, "default/allow-front");
+  EXPECT_NE(d.not_enforced[0].reason.find("enforced closed"), std::string::npos);
+  EXPECT_EQ(d.not_enforced[1].policy, "default/deny-063");
+  EXPECT_NE(d.not_enforced[1].reason.find("not enforced (what it denies is let through)"),
+            std::string::npos);
 }
 
 // The same at the cap reached over two passes: 63 ALLOW policies hold every bit, then a DENY
@@ -437,6 +451,13 @@ TEST(ServicePolicy, DestinationsMapFullIsCounted) {
   auto d = Compile(Bundle("", "", Policy("all", "DENY", "{}", "[]")), limits);
   EXPECT_EQ(d.policy_dests.size(), 2u);
   EXPECT_EQ(d.overflow.at(kLbMapPolicyDests), 4u);  // a(2 IPs) b(2) c(1) e(1) = 6 - 2
+  // The map, and the policy whose entries were dropped, are reported.
+  ASSERT_EQ(d.not_enforced.size(), 2u);
+  EXPECT_EQ(d.not_enforced[0].policy, "");
+  EXPECT_NE(d.not_enforced[0].reason.find("policy_destinations map is full: 4 entries"),
+            std::string::npos)
+      << d.not_enforced[0].reason;
+  EXPECT_EQ(d.not_enforced[1].policy, "default/all");
 }
 
 // Version skew (issue 8 item 7): what this agent cannot read in a policy fails closed, and says so.

@@ -5,8 +5,12 @@
 #include <gtest/gtest.h>
 
 #include "common/resources.h"
+#include "shunt/socklb_abi.h"
 
 namespace shunt::controller {
+static_assert(shunt::controller::kAccessPolicyMaxPortRanges == SHUNT_AP_MAX_PORT_RANGES,
+              "the controller accepts what the agents check");
+
 namespace {
 
 using nlohmann::json;
@@ -249,6 +253,13 @@ TEST(BuildSnapshot, PolicyCrsAreAcceptedOrRejectedWithAReason) {
   o.Add(Cr("AccessPolicy", "badcidr",
            {{"action", "ALLOW"}, {"from", {{{"ipBlocks", {"10.0.0.0/33"}}}}}}));
   o.Add(Cr("AccessPolicy", "typo", {{"action", "ALLOW"}, {"form", json::array()}}));
+  // More port ranges than an agent checks at connect(): never enforceable, so never sent (an
+  // agent would ACK it unenforced).
+  json ranges = json::array();
+  for (int i = 0; i < kAccessPolicyMaxPortRanges + 1; ++i) ranges.push_back({{"from", 1000 + i}});
+  o.Add(Cr("AccessPolicy", "manyports", {{"action", "DENY"}, {"ports", ranges}}));
+  ranges.erase(ranges.end() - 1);
+  o.Add(Cr("AccessPolicy", "eightports", {{"action", "DENY"}, {"ports", ranges}}));
   o.Add(Cr("ApiCostPolicy", "price",
            {{"service", "web"},
             {"currency", "USD"},
@@ -274,6 +285,10 @@ TEST(BuildSnapshot, PolicyCrsAreAcceptedOrRejectedWithAReason) {
   EXPECT_FALSE(accepted("badcidr"));
   EXPECT_NE(FindStatus(s, "badcidr")->message.find("10.0.0.0/33"), std::string::npos);
   EXPECT_FALSE(accepted("typo")) << "unknown spec fields are errors, not ignored";
+  EXPECT_FALSE(accepted("manyports"));
+  EXPECT_EQ(FindStatus(s, "manyports")->reason, "InvalidSpec");
+  EXPECT_NE(FindStatus(s, "manyports")->message.find("at most 8"), std::string::npos);
+  EXPECT_TRUE(accepted("eightports"));
   EXPECT_TRUE(accepted("price"));
   EXPECT_FALSE(accepted("badprice"));
   // Only accepted ones are sent to the agents.
@@ -285,7 +300,7 @@ TEST(BuildSnapshot, PolicyCrsAreAcceptedOrRejectedWithAReason) {
     cost += r.has_api_cost_policy();
   }
   EXPECT_EQ(routes, 1);
-  EXPECT_EQ(access, 1);
+  EXPECT_EQ(access, 2);
   EXPECT_EQ(cost, 1);
 }
 

@@ -10,6 +10,7 @@ shunt_test(policy_stream_test SOURCES unit/policy_stream_test.cc
 shunt_test(service_policy_test SOURCES unit/service_policy_test.cc LIBS shunt_service_policy)
 shunt_test(policy_stages_test SOURCES unit/policy_stages_test.cc LIBS shunt_service_policy)
 shunt_test(snapshot_builder_test SOURCES unit/snapshot_builder_test.cc LIBS shunt_controller_core)
+target_include_directories(snapshot_builder_test PRIVATE ${PROJECT_SOURCE_DIR}/bpf/include)
 shunt_test(cluster_state_test SOURCES unit/cluster_state_test.cc LIBS shunt_controller_core)
 shunt_test(policy_stream_tls_test SOURCES unit/policy_stream_tls_test.cc
            LIBS shunt_policy shunt_policy_server shunt_test_certs)
