@@ -178,11 +178,14 @@ int main(int argc, char** argv) {
   // A compatibility case under load: while a bulk transfer runs between the unmeshed pods, each
   // fast path carries shunt-compat's halfclose case (send, shutdown(SHUT_WR), blocking recv).
   {
-    auto load_server = Server(bed, d, port, "sink", "::", "1");
-    std::thread load([&] {
-      Client(bed, c, "0", {"bulk", absl::StrCat("--to=", d.ipv4, ":", port), "--seconds=20"});
+    const int load_port = port++;
+    auto load_server = Server(bed, d, load_port, "sink", "::", "1");
+    bool loaded = false;
+    std::thread load([&, load_port] {
+      auto r = Client(bed, c, "0",
+                      {"bulk", absl::StrCat("--to=", d.ipv4, ":", load_port), "--seconds=20"});
+      loaded = !r.empty();
     });
-    ++port;
     std::printf("\n[compatibility case under load: halfclose, blocking, 200 connections]\n");
     for (const auto& [name, cl, sv] : {std::tuple{"shunt", &a, &b}, {"unprotected", &e, &f}}) {
       const std::string ready = absl::StrCat(bed.work_dir(), "/compat-ready-", port);
@@ -203,6 +206,8 @@ int main(int argc, char** argv) {
       report["compat_under_load"][name] = j.is_discarded() ? nlohmann::json{} : j["outcomes"];
     }
     load.join();
+    // Without its load the case proves less: say so rather than print it as measured under load.
+    if (!loaded) std::printf("WARNING: the bulk load did not run; the case ran unloaded\n");
   }
   for (const auto& [name, ag] : {std::pair{"shunt", &agent}, {"unprotected", &unprotected_agent}}) {
     auto m = ag->Scrape();
