@@ -436,6 +436,17 @@ static __always_inline void drop_lone_peer(struct bpf_sock_ops *skops,
 	evict_peer(&pk, peer);
 }
 
+/* Whether the kernel took a socket out of every sockmap: its psock, which sk_user_data points to,
+ * lives as long as a map holds it (sock_ops may look a sockhash up but not release what it finds).
+ * A socket that another program's sockmap holds too reads as still in: counted at TCP_CLOSE. */
+static __always_inline int unlinked(struct bpf_sock *bsk)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(bsk);
+	if (!tp)
+		return 0;
+	return BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.sk_user_data) == NULL;
+}
+
 /* Whether a socket of ours is still in the sockhash: where first connections stay plain, the
  * peer that established second may have taken it out, with its reader view (evict_peer). */
 static __always_inline int in_sockhash(struct shunt_sock_state *st)
@@ -674,6 +685,16 @@ static __always_inline void on_state_change(struct bpf_sock_ops *skops)
 	}
 	if (!in_sockhash(st))
 		return;
+	/* close() unlinks a socket from the sockhash (sock_map_close) before TCP's close runs; its
+	 * state change then (FIN_WAIT1, LAST_ACK) finds it gone: removed now, not at TCP_CLOSE,
+	 * which a FIN_WAIT2 peer that keeps its end open puts off for up to tcp_fin_timeout, so that
+	 * shunt_sockhash_sockets counts what the sockhash holds. shutdown() leaves it in. */
+	if (unlinked(sk)) {
+		st->in_map = 0;
+		reader_remove(&st->key, st->cookie);
+		count_sock_event(st->src_workload, SHUNT_SOCK_REMOVED);
+		return;
+	}
 	/* A socket that was never read safely has nothing queued by redirects (none are made into
 	 * a reader not seen to be safe): take it out now if its file is blocking, before a blocking
 	 * read meets the wake-up of this state change (e.g. the ACK of its own FIN after

@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "tests/e2e/e2e_util.h"
+#include "tests/test_util.h"
 #include "tests/testbed/testbed.h"
 
 namespace shunt::e2e {
@@ -210,6 +211,77 @@ TEST_P(FastpathTest, ThousandConcurrentShortConnectionsAreIntact) {
   }
   EXPECT_EQ(live, 0);
   EXPECT_GE(SumSamples(*s, "shunt_sockhash_socket_events_total", {{"event", "inserted"}}), 2000);
+}
+
+// Python, non-blocking: a server that answers its first connection (which teaches the fast path
+// how both programs read) and never reads the next one, and a client that connects twice: the
+// second time it sends until its socket is full, then close()s. That socket then waits in
+// FIN_WAIT1 behind its unsent bytes (its peer reads nothing), for minutes, but the kernel took
+// it out of the sockhash at close().
+constexpr char kPyCloseOneEnd[] = R"(
+import select, socket, sys, time
+role, addr, port, ready = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+if role == "server":
+    ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.setblocking(False); ls.bind(("0.0.0.0", port)); ls.listen(8)
+    open(ready, "w").close()
+    live, held = [ls], []
+    while True:
+        for s in select.select(live, [], [], 1)[0]:
+            if s is ls:
+                c, _ = ls.accept(); c.setblocking(False); held.append(c)
+                if len(held) == 1: live.append(c)  # the others are never read
+                continue
+            d = s.recv(65536)
+            if d: s.send(d)
+            else: live.remove(s)
+c = socket.socket(); c.setblocking(False); c.connect_ex((addr, port))
+select.select([], [c], [], 10); c.send(b"x" * 1000); got = b""
+while len(got) < 1000:
+    if not select.select([c], [], [], 10)[0]: sys.exit("stalled")
+    got += c.recv(65536)
+c.close()
+c = socket.socket(); c.setblocking(False); c.connect_ex((addr, port))
+select.select([], [c], [], 10); sent = 0
+while select.select([], [c], [], 1)[1] and sent < (256 << 20):
+    try: sent += c.send(b"y" * 65536)
+    except BlockingIOError: pass
+c.close()
+print("done", sent)
+)";
+
+// shunt_sockhash_sockets counts what the sockhash holds: a socket leaves it at close() (the
+// kernel unlinks it then), not when it reaches TCP_CLOSE, which unsent bytes to a peer that does
+// not read put off (FIN_WAIT1, for minutes). Fails without the count at close(): the client's
+// pod read 1 until then.
+TEST_P(FastpathTest, ASocketLeavesTheCountAtCloseNotAtTcpClose) {
+  if (access("/usr/bin/python3", X_OK) != 0) GTEST_FAIL() << "python3 is needed (scripts/setup.sh)";
+  const std::string ready = bed_->work_dir() + "/close-one-end";
+  auto server = bed_->Spawn(P(1), {"/usr/bin/python3", "-c", kPyCloseOneEnd, "server", "-",
+                                   "8096", ready});
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_TRUE(WaitForFile(ready)) << (*server)->Stderr();
+  auto client = bed_->Run(P(0), {"/usr/bin/python3", "-c", kPyCloseOneEnd, "client", P(1).ipv4,
+                                 "8096", ready},
+                          60s);
+  ASSERT_TRUE(client.ok() && client->out.find("done") != std::string::npos)
+      << (client.ok() ? client->out + client->err : client.status().ToString());
+  auto gauge = [&](const Pod& p) {
+    auto s = agent_->Scrape();
+    return s.ok() ? SumSamples(*s, "shunt_sockhash_sockets", {{"pod", p.name}}) : -1;
+  };
+  auto s = agent_->Scrape();
+  ASSERT_TRUE(s.ok());
+  ASSERT_EQ(SumSamples(*s, "shunt_sockhash_socket_events_total",
+                       {{"pod", P(0).name}, {"event", "inserted"}}),
+            1)
+      << "the second connection was spliced: " << FastpathCounterSummary(*s);
+  EXPECT_TRUE(shunt::test::Eventually([&] { return gauge(P(0)) == 0; }, 5s, 50ms)) << gauge(P(0));
+  auto ss = bed_->Run(P(0), {"ss", "-tan", "state", "fin-wait-1"}, 10s);
+  ASSERT_TRUE(ss.ok());
+  EXPECT_NE(ss->out.find(P(1).ipv4 + ":8096"), std::string::npos)
+      << "the closed socket is still in FIN_WAIT1 (what made the count wrong):\n" << ss->out;
+  EXPECT_EQ(gauge(P(1)), 1) << "the server's end is open (CLOSE_WAIT), still spliced";
 }
 
 TEST_P(FastpathTest, UnmeshedPodIsUntouched) {
