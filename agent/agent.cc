@@ -2,6 +2,7 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -100,7 +101,7 @@ class AgentCollector : public prometheus::Collectable {
         gauge("shunt_agent_synced",
               "1 when the policy in force is applied to the kernel and enforced as written "
               "(shunt_agent_policy_not_enforced lists what is not).",
-              reconciler_.synced() && reconciler_.last_error().ok() && enforcement.applied &&
+              reconciler_.synced() && reconciler_.last_error().ok() &&
                       enforcement.not_enforced.empty()
                   ? 1
                   : 0),
@@ -133,21 +134,27 @@ class LateEnforcement {
   using Fn = std::function<Enforcement(absl::Duration)>;
   void Set(Fn fn) {
     absl::MutexLock l(&mu_);  // waits for a call in progress: the reconcilers outlive it
+    closed_ = fn_ != nullptr && fn == nullptr;
     fn_ = std::move(fn);
   }
+  // A response that comes before the reconcilers exist waits for them (at start-up).
   shunt::v1::EnforcementReport Report(absl::Duration wait) {
+    const absl::Time deadline = absl::Now() + wait;
     absl::MutexLock l(&mu_);
+    auto set = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return fn_ != nullptr || closed_; };
+    mu_.AwaitWithDeadline(absl::Condition(&set), deadline);
     if (!fn_) {
       Enforcement e;
-      e.not_enforced.push_back({"", "the agent's reconcilers are not running"});
+      e.not_enforced.push_back({"", "the agent's reconcilers are not running", true});
       return ToReport(e);
     }
-    return ToReport(fn_(wait));
+    return ToReport(fn_(std::max(deadline - absl::Now(), absl::ZeroDuration())));
   }
 
  private:
   absl::Mutex mu_;
   Fn fn_ ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;  // the reconcilers went
 };
 
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ControllerCredentials(
@@ -337,7 +344,7 @@ int RunAgent(const AgentConfig& config) {
     if (!reconciler.synced()) return absl::UnavailableError("policy not applied yet");
     if (absl::Status s = reconciler.last_error(); !s.ok()) return s;
     // ACKed means enforced: what is not, is said here too.
-    if (Enforcement e = CurrentEnforcement(store, reconciler, service_policy);
+    if (Enforcement e = CurrentEnforcement(store, reconciler, service_policy, kEnforcementGrace);
         !e.not_enforced.empty()) {
       return absl::UnavailableError(
           absl::StrCat("policy not enforced as written: ", DescribeNotEnforced(e.not_enforced)));
@@ -352,7 +359,7 @@ int RunAgent(const AgentConfig& config) {
       **fastpath, [&reconciler] { return reconciler.directory(); }, config.max_metric_series);
   auto agent_collector =
       std::make_shared<AgentCollector>(config, store, reconciler, controller_source, [&] {
-        return CurrentEnforcement(store, reconciler, service_policy);
+        return CurrentEnforcement(store, reconciler, service_policy, kEnforcementGrace);
       });
   auto socklb_collector = std::make_shared<SockLbCollector>(
       **socklb, [&reconciler] { return reconciler.directory(); },

@@ -152,6 +152,8 @@ struct PolicyStatus {
   // written -> why (docs/controller.md, "What an ACK means"). Empty: every reporting agent does.
   std::string resource_key;  // ResourceKeyString of what the agents get
   std::map<std::string, std::string> not_enforced;
+  // Reporting agents that have not ACKed a version with this generation yet: Enforced Unknown.
+  size_t enforcement_pending = 0;
 };
 class StatusWriter {
  public:

@@ -48,16 +48,26 @@ void Controller::Loop() {
       if (stop_) return;
       rebuild = dirty_;
     }
-    // Let a burst of changes (a re-list, a directory reload, agents reporting) land first.
+    // Let a burst of changes (a re-list, a directory reload) land first.
     absl::SleepFor(options_.coalesce);
     if (rebuild) {
       Rebuild();
     } else {
+      // Agents' reports: at most one status pass per status_interval (each is a PATCH per
+      // changed CR; 1000 agents ACKing one version would otherwise each start one).
+      {
+        absl::MutexLock l(&mu_);
+        auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || dirty_; };
+        mu_.AwaitWithDeadline(absl::Condition(&woken), last_status_pass_ + options_.status_interval);
+        if (stop_) return;
+        if (dirty_) continue;  // a rebuild writes the statuses too
+      }
       std::vector<PolicyStatus> statuses;
       {
         absl::MutexLock l(&mu_);
         status_dirty_ = false;
         statuses = statuses_;
+        last_status_pass_ = absl::Now();
       }
       WriteStatuses(std::move(statuses));
     }
@@ -65,21 +75,44 @@ void Controller::Loop() {
 }
 
 void Controller::WriteStatuses(std::vector<PolicyStatus> statuses) {
-  const PolicyServer::NotEnforcedMap not_enforced = server_.NotEnforced();
+  const PolicyServer::Enforcement enforcement = server_.NotEnforced();
+  const auto& not_enforced = enforcement.not_enforced;
   std::map<ObjectKey, std::string> written;
+  std::map<ObjectKey, int64_t> settled;
   {
     absl::MutexLock l(&mu_);
     written = written_status_;
+    settled = settled_generation_;
   }
   std::map<ObjectKey, std::string> now;
+  std::map<ObjectKey, int64_t> settled_now;
   for (auto& st : statuses) {
-    if (st.accepted) {
+    if (st.accepted && st.key.kind == Kind::kAccessPolicy) {
       if (auto it = not_enforced.find(st.resource_key); it != not_enforced.end()) {
         st.not_enforced = it->second;
       }
+      // A node none of whose access policies is known enforced (its maps not written yet).
+      if (auto it = not_enforced.find(PolicyServer::kEveryAccessPolicy);
+          it != not_enforced.end()) {
+        for (const auto& [node, why] : it->second) {
+          std::string& r = st.not_enforced[node];
+          absl::StrAppend(&r, r.empty() ? "" : "; ", why);
+        }
+      }
+      // A generation no report covers yet (some agents have not ACKed the version that brought
+      // it): Unknown, rather than True because nobody said otherwise. Once every reporting agent
+      // ACKed a version with it, that generation is settled for good.
+      auto s = settled.find(st.key);
+      if (enforcement.pending_agents == 0) {
+        settled_now[st.key] = st.observed_generation;
+      } else if (s != settled.end() && s->second == st.observed_generation) {
+        settled_now[st.key] = s->second;
+      } else {
+        st.enforcement_pending = enforcement.pending_agents;
+      }
     }
-    std::string sig =
-        absl::StrCat(st.accepted, "|", st.reason, "|", st.message, "|", st.observed_generation);
+    std::string sig = absl::StrCat(st.accepted, "|", st.reason, "|", st.message, "|",
+                                   st.observed_generation, "|", st.enforcement_pending > 0);
     for (const auto& [node, why] : st.not_enforced) absl::StrAppend(&sig, "|", node, "=", why);
     now[st.key] = sig;
     if (written.count(st.key) && written[st.key] == sig) continue;
@@ -102,6 +135,7 @@ void Controller::WriteStatuses(std::vector<PolicyStatus> statuses) {
   }
   absl::MutexLock l(&mu_);
   written_status_ = std::move(now);
+  settled_generation_ = std::move(settled_now);
 }
 
 void Controller::Rebuild() {
@@ -127,14 +161,15 @@ void Controller::Rebuild() {
     status_dirty_ = false;
   }
   WriteStatuses(std::move(snap.statuses));
-  absl::MutexLock l(&mu_);
-  warnings_ = std::move(snap.warnings);
-  built_generation_ = generation;
-  ++rebuilds_;
+  // Never call the server with mu_ held: its enforcement listener takes mu_.
   SHUNT_LOG(DEBUG) << "snapshot " << server_.current_version() << ": " << n << " resources, "
                    << "source change seen " << absl::FormatDuration(t0 - changed_at)
                    << " before the rebuild, build " << absl::FormatDuration(t1 - t0)
                    << ", publish " << absl::FormatDuration(t2 - t1);
+  absl::MutexLock l(&mu_);
+  warnings_ = std::move(snap.warnings);
+  built_generation_ = generation;
+  ++rebuilds_;
 }
 
 uint64_t Controller::rebuilds() const {

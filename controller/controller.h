@@ -21,6 +21,8 @@ class Controller {
  public:
   struct Options {
     absl::Duration coalesce = absl::Milliseconds(5);  // wait for more changes before a rebuild
+    // At most one status pass this often for agents' enforcement reports alone.
+    absl::Duration status_interval = absl::Seconds(1);
   };
   // `status_writer` may be null.
   Controller(Options options, ClusterState& state, PolicyServer& server,
@@ -51,6 +53,10 @@ class Controller {
   bool dirty_ ABSL_GUARDED_BY(mu_) = true;
   bool status_dirty_ ABSL_GUARDED_BY(mu_) = false;  // an agent's enforcement report changed
   std::vector<PolicyStatus> statuses_ ABSL_GUARDED_BY(mu_);  // of the last rebuild
+  absl::Time last_status_pass_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  // Per access policy: the generation every reporting agent had ACKed a version of when its
+  // status was last written.
+  std::map<ObjectKey, int64_t> settled_generation_ ABSL_GUARDED_BY(mu_);
   absl::Time first_change_ ABSL_GUARDED_BY(mu_) = absl::Now();
   uint64_t rebuilds_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t built_generation_ ABSL_GUARDED_BY(mu_) = ~uint64_t{0};

@@ -42,6 +42,7 @@ class AgentStream : public grpc::ServerBidiReactor<PolicyRequest, PolicyResponse
       return;
     }
     server_->OnRequest(this, request_);
+    server_->NotifyEnforcementListener();
     request_.Clear();  // a first request's versions are kept once, in `initial`
     StartRead(&request_);
   }
@@ -65,15 +66,18 @@ class AgentStream : public grpc::ServerBidiReactor<PolicyRequest, PolicyResponse
     if (std::this_thread::get_id() != server_->sweeper_.get_id()) {
       absl::MutexLock c(&server_->cancel_mu_);
     }
+    PolicyServer* server = server_;
+    bool keep = false;
     {
-      absl::MutexLock l(&server_->mu_);
-      server_->OnClosedLocked(this);
+      absl::MutexLock l(&server->mu_);
+      server->OnClosedLocked(this);
       if (pinned) {
         done = true;
-        return;
+        keep = true;  // the sweeper deletes it (this is its thread: not before we return)
       }
     }
-    delete this;
+    server->NotifyEnforcementListener();
+    if (!keep) delete this;
   }
 
   // The sweeper only (cancel_mu_ held): ends the call, as an error, whatever is in flight.
@@ -587,6 +591,8 @@ void PolicyServer::OnRequest(AgentStream* s, const PolicyRequest& req) {
     s->last_nack.clear();
     if (req.has_enforcement()) SetEnforcementLocked(s, req.enforcement());
     if (acks_metric_) acks_metric_->Increment();
+    // A reporting agent that reached the current version: what it reports now covers it.
+    if (s->reports_enforcement && s->acked_id == current_.id) enforcement_changed_ = true;
     if (s->acked_id == current_.id && fanout_acks_ > 0 && --fanout_acks_ == 0) {
       SHUNT_LOG(DEBUG) << "version " << current_.name << ": every ACK in after "
                        << absl::FormatDuration(absl::Now() - fanout_start_);
@@ -613,13 +619,34 @@ void PolicyServer::SetEnforcementLocked(AgentStream* s, const shunt::v1::Enforce
   EnforcementChangedLocked();
 }
 
+namespace {
+
+// The report that speaks for each node: its newest subscribed stream that reports (an older one
+// may linger, half-open, until its keepalive ends it).
+template <typename Streams>
+std::map<std::string, const AgentStream*> ReportingStreams(const Streams& streams) {
+  std::map<std::string, const AgentStream*> out;
+  for (const AgentStream* st : streams) {
+    if (!st->subscribed || !st->reports_enforcement) continue;
+    const AgentStream*& cur = out[st->node];
+    if (!cur || st->created > cur->created) cur = st;
+  }
+  return out;
+}
+
+std::string NotEnforcedKey(const shunt::v1::NotEnforced& n) {
+  if (n.key().kind() != shunt::v1::ResourceKey::KIND_UNSPECIFIED) return ResourceKeyString(n.key());
+  return n.every_access_policy() ? PolicyServer::kEveryAccessPolicy : PolicyServer::kNodeWide;
+}
+
+}  // namespace
+
 void PolicyServer::EnforcementChangedLocked() {
   if (policies_not_enforced_ || nodes_not_enforcing_) {
     std::set<std::string> policies, nodes;
-    for (const AgentStream* st : streams_) {
-      if (!st->subscribed) continue;
+    for (const auto& [node, st] : ReportingStreams(streams_)) {
       for (const auto& n : st->enforcement.not_enforced()) {
-        nodes.insert(st->node);
+        nodes.insert(node);
         if (n.key().kind() != shunt::v1::ResourceKey::KIND_UNSPECIFIED) {
           policies.insert(ResourceKeyString(n.key()));
         }
@@ -628,27 +655,36 @@ void PolicyServer::EnforcementChangedLocked() {
     if (policies_not_enforced_) policies_not_enforced_->Set(static_cast<double>(policies.size()));
     if (nodes_not_enforcing_) nodes_not_enforcing_->Set(static_cast<double>(nodes.size()));
   }
+  enforcement_changed_ = true;
+}
+
+void PolicyServer::NotifyEnforcementListener() {
+  absl::MutexLock listener(&listener_mu_);
+  {
+    absl::MutexLock l(&mu_);
+    if (!enforcement_changed_) return;
+    enforcement_changed_ = false;
+  }
   if (enforcement_listener_) enforcement_listener_();
 }
 
-PolicyServer::NotEnforcedMap PolicyServer::NotEnforced() const {
+PolicyServer::Enforcement PolicyServer::NotEnforced() const {
   absl::MutexLock l(&mu_);
-  NotEnforcedMap out;
-  for (const AgentStream* st : streams_) {
-    if (!st->subscribed) continue;
+  Enforcement out;
+  for (const auto& [node, st] : ReportingStreams(streams_)) {
+    if (st->acked_id != current_.id) ++out.pending_agents;
     for (const auto& n : st->enforcement.not_enforced()) {
-      const std::string key = n.key().kind() == shunt::v1::ResourceKey::KIND_UNSPECIFIED
-                                  ? std::string()
-                                  : ResourceKeyString(n.key());
-      std::string& reason = out[key][st->node];
-      absl::StrAppend(&reason, reason.empty() ? "" : "; ", n.reason());
+      std::string& reason = out.not_enforced[NotEnforcedKey(n)][node];
+      if (reason.find(n.reason()) == std::string::npos) {
+        absl::StrAppend(&reason, reason.empty() ? "" : "; ", n.reason());
+      }
     }
   }
   return out;
 }
 
 void PolicyServer::SetEnforcementListener(std::function<void()> fn) {
-  absl::MutexLock l(&mu_);
+  absl::MutexLock l(&listener_mu_);
   enforcement_listener_ = std::move(fn);
 }
 

@@ -83,12 +83,25 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
   uint64_t refused_streams_total() const;  // over max_streams
 
   // What the agents report they do not enforce of the version they run (docs/controller.md,
-  // "What an ACK means"): ResourceKeyString of the policy ("" for node-wide parts) -> node ->
-  // reason. Only open streams count: a node's parts go with its stream.
+  // "What an ACK means"), from each node's newest stream: ResourceKeyString of the policy ->
+  // node -> reason; node-wide parts under kNodeWide, those that leave every access policy of
+  // the node unenforced under kEveryAccessPolicy. Only open streams count: a node's parts go
+  // with its stream. `pending_agents`: reporting agents that have not ACKed the current version
+  // (their reports may not cover it yet).
+  static constexpr char kNodeWide[] = "";
+  static constexpr char kEveryAccessPolicy[] = "*";
   using NotEnforcedMap = std::map<std::string, std::map<std::string, std::string>>;
-  NotEnforcedMap NotEnforced() const;
-  // Called when that changes, with the server's lock held: it must not call the server.
+  struct Enforcement {
+    NotEnforcedMap not_enforced;
+    size_t pending_agents = 0;
+  };
+  Enforcement NotEnforced() const;
+  // Called when that may have changed (a report, a stream closed, an ACK of the current version),
+  // on a gRPC thread, without the server's lock; SetEnforcementListener waits for a call in
+  // progress, so that the listener's owner may go once it returns.
   void SetEnforcementListener(std::function<void()> fn);
+  // Calls the listener if something changed (AgentStream, after each event).
+  void NotifyEnforcementListener();
 
  private:
   friend class AgentStream;
@@ -143,7 +156,9 @@ class PolicyServer : public shunt::v1::PolicyDiscovery::CallbackService {
   absl::Time fanout_start_ ABSL_GUARDED_BY(mu_);
   int fanout_writes_ ABSL_GUARDED_BY(mu_) = 0;
   int fanout_acks_ ABSL_GUARDED_BY(mu_) = 0;
-  std::function<void()> enforcement_listener_ ABSL_GUARDED_BY(mu_);
+  bool enforcement_changed_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Mutex listener_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // held while the listener runs
+  std::function<void()> enforcement_listener_ ABSL_GUARDED_BY(listener_mu_);
 
   // Metrics (null without a registry).
   prometheus::Gauge* connected_ = nullptr;

@@ -8,7 +8,7 @@
 namespace shunt::agent {
 
 Enforcement CurrentEnforcement(const PolicyStore& store, const Reconciler& fast_path,
-                               const ServicePolicyReconciler& policy) {
+                               const ServicePolicyReconciler& policy, absl::Duration grace) {
   Enforcement e;
   auto snapshot = store.Current();
   if (!snapshot) return e;
@@ -16,13 +16,20 @@ Enforcement CurrentEnforcement(const PolicyStore& store, const Reconciler& fast_
   auto status = policy.status();
   const uint64_t fast_version = fast_path.pass_version();
   e.applied = fast_version >= e.version && status->version >= e.version;
-  if (!e.applied) {
+  if (!e.applied && absl::Now() - snapshot->applied_at >= grace) {
     e.not_enforced.push_back(
-        {"", absl::StrCat("policy version ", e.version, " is not applied to the kernel yet")});
+        {"", absl::StrCat("policy version ", e.version, " is not applied to the kernel yet"),
+         true});
   } else {
     e.not_enforced = status->not_enforced;
     if (absl::Status s = fast_path.last_error(); !s.ok()) {
       e.not_enforced.push_back({"", absl::StrCat("fast path: ", s.message())});
+    }
+    if (!fast_path.pending_written()) {
+      e.not_enforced.push_back(
+          {"", "pods not started yet are not enforced from their first connect(): their pending "
+               "entries were not written in the last pass",
+           true});
     }
   }
   std::sort(e.not_enforced.begin(), e.not_enforced.end());
@@ -46,6 +53,7 @@ shunt::v1::EnforcementReport ToReport(const Enforcement& e) {
   for (const auto& part : e.not_enforced) {
     auto* n = r.add_not_enforced();
     n->set_reason(part.reason);
+    n->set_every_access_policy(part.every_access_policy);
     if (part.policy.empty()) continue;
     std::vector<std::string> ns_name = absl::StrSplit(part.policy, absl::MaxSplits('/', 1));
     if (ns_name.size() != 2) continue;

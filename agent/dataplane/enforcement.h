@@ -24,9 +24,14 @@ struct Enforcement {
   std::vector<NotEnforcedPart> not_enforced;  // sorted; empty and applied: all of it enforced
 };
 
-// Now, without waiting.
+// Now, without waiting. A snapshot the passes have not run for is reported as not applied only
+// once it is older than `grace` (until then, what the last passes left; /readyz and the metrics
+// do not flap at every version).
 Enforcement CurrentEnforcement(const PolicyStore& store, const Reconciler& fast_path,
-                               const ServicePolicyReconciler& policy);
+                               const ServicePolicyReconciler& policy,
+                               absl::Duration grace = absl::ZeroDuration());
+// The grace /readyz and the metrics give a new version: what an ACK waits for it at most.
+inline constexpr absl::Duration kEnforcementGrace = absl::Seconds(5);
 // Once both passes ran for the store's snapshot, or after `wait` (then it says what is not
 // applied yet).
 Enforcement AwaitEnforcement(const PolicyStore& store, const Reconciler& fast_path,

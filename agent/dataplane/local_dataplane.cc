@@ -200,6 +200,7 @@ absl::Status Reconciler::ReconcileOnce() {
     absl::MutexLock l(&mu_);
     before_pending = before_pending_;
   }
+  bool pending_written = false;
   if (before_pending && !before_pending(snapshot)) {
     SHUNT_LOG_EVERY_N_SEC(WARNING, 30)
         << "access policy not applied for this snapshot: pending pods left as they are";
@@ -207,6 +208,8 @@ absl::Status Reconciler::ReconcileOnce() {
     DesiredDataplane pending = CompileLocalDataplane(*snapshot, options_.node_name, {}, ids_);
     if (absl::Status s = ApplyPendingPods(pending, writer_); !s.ok()) {
       SHUNT_LOG_EVERY_N_SEC(WARNING, 30) << "pending pods: " << s.message();
+    } else {
+      pending_written = true;
     }
   }
   std::map<std::string, uint64_t> cgroup_ids;
@@ -215,6 +218,7 @@ absl::Status Reconciler::ReconcileOnce() {
     absl::MutexLock l(&mu_);
     last_error_ = cgroups.status();
     pass_version_ = snapshot->version;
+    pending_written_ = pending_written;
     return last_error_;
   }
   for (const auto& [uid, path] : *cgroups) {
@@ -253,8 +257,14 @@ absl::Status Reconciler::ReconcileOnce() {
   directory_ = std::make_shared<const WorkloadDirectory>(std::move(desired.directory));
   last_error_ = s;
   pass_version_ = snapshot->version;
+  pending_written_ = pending_written;
   if (s.ok()) synced_ = true;
   return s;
+}
+
+bool Reconciler::pending_written() const {
+  absl::MutexLock l(&mu_);
+  return pending_written_;
 }
 
 uint64_t Reconciler::pass_version() const {

@@ -171,6 +171,9 @@ class Reconciler {
   // The snapshot version of the last pass that ran to its end (0: none); last_error() is its
   // outcome.
   uint64_t pass_version() const;
+  // The last pass wrote the pending pods (its access policy hook applied, then they were
+  // written): a pod whose cgroup comes now is enforced from its first connect().
+  bool pending_written() const;
   absl::Status last_error() const;
   std::shared_ptr<const WorkloadDirectory> directory() const;
   // Runs one pass now (tests, and the loop).
@@ -194,6 +197,7 @@ class Reconciler {
   mutable absl::Mutex mu_;
   bool synced_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t pass_version_ ABSL_GUARDED_BY(mu_) = 0;
+  bool pending_written_ ABSL_GUARDED_BY(mu_) = true;
   absl::Status last_error_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const WorkloadDirectory> directory_ ABSL_GUARDED_BY(mu_);
   BeforePendingFn before_pending_ ABSL_GUARDED_BY(mu_);

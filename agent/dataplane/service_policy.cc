@@ -365,9 +365,10 @@ DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const 
   for (const char* m : {kLbMapServices, kLbMapSlots}) {
     if (auto it = out.overflow.find(m); it != out.overflow.end() && it->second > 0) {
       // Counted, not a failed pass (overflow): reported as not enforced.
+      // No count in the reason: it would be a new report each time it moves.
       out.not_enforced.push_back(
-          {"", absl::StrCat("the ", m, " map is full: ", it->second, " entries not written ",
-                            "(those service ports are not balanced at connect())")});
+          {"", absl::StrCat("the ", m, " map is full: the service ports that do not fit are ",
+                            "not balanced at connect() (shunt_socklb_map_overflow_entries)")});
     }
   }
 
@@ -552,8 +553,8 @@ DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const 
     if (n > 0) {
       out.overflow[name] += n;
       const std::string reason =
-          absl::StrCat("the ", name, " map is full: ", n, " entries not written (their ",
-                       "pods' connects are decided without this policy)");
+          absl::StrCat("the ", name, " map is full: entries not written (their pods' ",
+                       "connects are decided without them; shunt_socklb_map_overflow_entries)");
       out.not_enforced.push_back({"", reason});
     }
     return bits;
@@ -975,7 +976,8 @@ absl::Status ServicePolicyReconciler::ReconcileOnce(PolicySnapshotPtr snapshot, 
     // The maps hold an earlier policy, or parts of this one: none of it is known enforced.
     status->not_enforced.push_back(
         {"", absl::StrCat("the access policy and service maps were not written: ",
-                          s.ok() ? "a newer snapshot is in force" : s.message())});
+                          s.ok() ? "a newer snapshot is in force" : s.message()),
+         true});
   }
   status->service_names = std::move(desired.service_names);
   status->policy_names = std::move(desired.policy_names);

@@ -73,6 +73,8 @@ inline constexpr char kLbMapPolicies[] = "policies";
 struct NotEnforcedPart {
   std::string policy;  // "namespace/name" of the AccessPolicy; empty: the node as a whole
   std::string reason;
+  // Node-wide, and no access policy of the node is known enforced (maps not written, not yet).
+  bool every_access_policy = false;
   auto operator<=>(const NotEnforcedPart&) const = default;
 };
 

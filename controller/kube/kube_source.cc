@@ -269,7 +269,12 @@ nlohmann::json KubernetesStatusWriter::ConditionsPatch(const PolicyStatus& statu
     enforced["observedGeneration"] = status.observed_generation;
     enforced["lastTransitionTime"] =
         time(enforced_transition == absl::InfinitePast() ? transition : enforced_transition);
-    if (status.not_enforced.empty()) {
+    if (status.enforcement_pending > 0 && status.not_enforced.empty()) {
+      enforced["status"] = "Unknown";
+      enforced["reason"] = "Pending";
+      enforced["message"] = absl::StrCat(status.enforcement_pending,
+                                         " agents have not applied this generation yet");
+    } else if (status.not_enforced.empty()) {
       enforced["status"] = "True";
       enforced["reason"] = "Enforced";
       enforced["message"] = "no connected agent reports a part of it not enforced";
@@ -300,7 +305,9 @@ nlohmann::json KubernetesStatusWriter::ConditionsPatch(const PolicyStatus& statu
 }
 
 absl::Status KubernetesStatusWriter::Write(const PolicyStatus& status) {
-  const bool enforced = status.not_enforced.empty();
+  const std::string enforced = !status.not_enforced.empty()      ? "False"
+                               : status.enforcement_pending > 0 ? "Unknown"
+                                                                : "True";
   absl::Time transition, enforced_transition;
   {
     absl::MutexLock l(&mu_);

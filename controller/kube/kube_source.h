@@ -112,7 +112,7 @@ class KubernetesStatusWriter : public StatusWriter {
   struct Written {
     bool accepted = false;
     absl::Time accepted_at;
-    bool enforced = false;
+    std::string enforced;  // True, False, Unknown
     absl::Time enforced_at;
   };
   std::map<ObjectKey, Written> last_ ABSL_GUARDED_BY(mu_);

@@ -272,16 +272,17 @@ TEST_P(FastpathTest, ASocketLeavesTheCountAtCloseNotAtTcpClose) {
   };
   auto s = agent_->Scrape();
   ASSERT_TRUE(s.ok());
-  ASSERT_EQ(SumSamples(*s, "shunt_sockhash_socket_events_total",
+  // The second connection at least (where fentry sees reads, 6.1, the first one too).
+  ASSERT_GE(SumSamples(*s, "shunt_sockhash_socket_events_total",
                        {{"pod", P(0).name}, {"event", "inserted"}}),
             1)
-      << "the second connection was spliced: " << FastpathCounterSummary(*s);
+      << "the client was spliced: " << FastpathCounterSummary(*s);
   EXPECT_TRUE(shunt::test::Eventually([&] { return gauge(P(0)) == 0; }, 5s, 50ms)) << gauge(P(0));
   auto ss = bed_->Run(P(0), {"ss", "-tan", "state", "fin-wait-1"}, 10s);
   ASSERT_TRUE(ss.ok());
   EXPECT_NE(ss->out.find(P(1).ipv4 + ":8096"), std::string::npos)
       << "the closed socket is still in FIN_WAIT1 (what made the count wrong):\n" << ss->out;
-  EXPECT_EQ(gauge(P(1)), 1) << "the server's end is open (CLOSE_WAIT), still spliced";
+  EXPECT_GE(gauge(P(1)), 1) << "the server's ends are open (CLOSE_WAIT), still spliced";
 }
 
 TEST_P(FastpathTest, UnmeshedPodIsUntouched) {

@@ -56,6 +56,7 @@ class KubeToAgentTest : public ::testing::Test {
     grpc_ = b.BuildAndStart();
     agent::ControllerSourceOptions ao;
     ao.address = "127.0.0.1:" + std::to_string(port);
+    agent_address_ = ao.address;
     ao.node = "node-a";
     ao.credentials = grpc::InsecureChannelCredentials();
     ao.min_backoff = absl::Milliseconds(20);
@@ -71,6 +72,9 @@ class KubeToAgentTest : public ::testing::Test {
         e.applied = true;
         e.not_enforced =
             agent::CompileServicePolicy(*snapshot, "node-a", {}, limits, ids).not_enforced;
+        if (maps_not_written_) {
+          e.not_enforced.push_back({"", "the access policy maps were not written: test", true});
+        }
       }
       return agent::ToReport(e);
     };
@@ -138,6 +142,8 @@ class KubeToAgentTest : public ::testing::Test {
   std::unique_ptr<agent::ControllerPolicySource> agent_;
   agent::PolicyStore store_;
   std::atomic<uint32_t> dests_limit_{1u << 20};
+  std::atomic<bool> maps_not_written_{false};
+  std::string agent_address_;
 };
 
 TEST_F(KubeToAgentTest, EveryEventOfEveryKindReachesTheAgent) {
@@ -283,14 +289,70 @@ TEST_F(KubeToAgentTest, WhatAnAgentDoesNotEnforceIsInThePolicysStatus) {
   EXPECT_TRUE(agent_->InSync().ok()) << "ACKed: not enforced is not NACKed";
 
   dests_limit_ = 0;  // no new version: the agent reports it alone
-  EXPECT_TRUE(Eventually([&] { return Condition(Kind::kAccessPolicy, "deny-00", "Enforced") == "False"; }));
+  // Statuses are written in name order: once the last is, the pass is done.
+  EXPECT_TRUE(Eventually([&] { return Condition(Kind::kAccessPolicy, "deny-62", "Enforced") == "False"; }));
+  EXPECT_EQ(Condition(Kind::kAccessPolicy, "deny-00", "Enforced"), "False");
   EXPECT_NE(Condition(Kind::kAccessPolicy, "deny-00", "Enforced", "message").find("map of this node is full"),
             std::string::npos);
   dests_limit_ = 1u << 20;
-  EXPECT_TRUE(Eventually([&] { return Condition(Kind::kAccessPolicy, "deny-00", "Enforced") == "True"; }));
+  // Written in name order: the last one that fits is written last.
+  EXPECT_TRUE(Eventually([&] { return Condition(Kind::kAccessPolicy, "deny-62", "Enforced") == "True"; }));
+  EXPECT_EQ(Condition(Kind::kAccessPolicy, "deny-00", "Enforced"), "True");
+
+  // A node-wide part that leaves every access policy of node-a unenforced (its maps not
+  // written): every policy says so.
+  maps_not_written_ = true;
+  EXPECT_TRUE(Eventually([&] { return Condition(Kind::kAccessPolicy, "deny-62", "Enforced") == "False"; }));
+  EXPECT_NE(Condition(Kind::kAccessPolicy, "deny-10", "Enforced", "message").find("node-a: the access policy maps were not written"),
+            std::string::npos)
+      << Condition(Kind::kAccessPolicy, "deny-10", "Enforced", "message");
+  maps_not_written_ = false;
+  EXPECT_TRUE(Eventually([&] { return Condition(Kind::kAccessPolicy, "deny-62", "Enforced") == "True"; }));
+  EXPECT_EQ(Condition(Kind::kAccessPolicy, "deny-10", "Enforced"), "True");
 
   ASSERT_TRUE(kube_.Delete(ObjectKey{Kind::kAccessPolicy, "default", "deny-00"}).ok());
   EXPECT_TRUE(Eventually([&] { return Condition(Kind::kAccessPolicy, "deny-63", "Enforced") == "True"; }));
+}
+
+// A generation no report covers yet is Enforced Unknown, not True because nobody said otherwise:
+// a second agent (node-b) that reports, then takes its time to apply the version with a new
+// policy (its ACK waits for its kernel), holds the policy at Unknown until it ACKs.
+TEST_F(KubeToAgentTest, APolicyIsEnforcedUnknownUntilEveryReportingAgentAppliedIt) {
+  absl::Mutex mu;
+  bool hold = false;
+  agent::PolicyStore store_b;
+  agent::ControllerSourceOptions bo;
+  bo.address = agent_address_;
+  bo.node = "node-b";
+  bo.credentials = grpc::InsecureChannelCredentials();
+  bo.enforcement_wait = absl::Seconds(30);
+  bo.enforcement = [&](absl::Duration) {
+    absl::MutexLock l(&mu);
+    auto released = [&] { return !hold; };
+    mu.Await(absl::Condition(&released));
+    return shunt::v1::EnforcementReport();  // all of it enforced
+  };
+  agent::ControllerPolicySource agent_b(bo);
+  ASSERT_TRUE(agent_b.Start([&](absl::StatusOr<shunt::v1::PolicyBundle> u) {
+                       store_b.Apply("controller", std::move(u));
+                     }).ok());
+  ASSERT_TRUE(Eventually([&] { return agent_b.InSync().ok(); }));
+  {
+    absl::MutexLock l(&mu);
+    hold = true;
+  }
+  ASSERT_TRUE(kube_.Create(Cr("AccessPolicy", "fresh",
+                              {{"action", "DENY"}, {"from", {{{"namespaces", {"x"}}}}}}))
+                  .ok());
+  EXPECT_TRUE(Eventually([&] { return Condition(Kind::kAccessPolicy, "fresh", "Enforced") == "Unknown"; }));
+  EXPECT_EQ(Condition(Kind::kAccessPolicy, "fresh", "Enforced", "reason"), "Pending");
+  EXPECT_EQ(Accepted(Kind::kAccessPolicy, "fresh"), "True");
+  {
+    absl::MutexLock l(&mu);
+    hold = false;
+  }
+  EXPECT_TRUE(Eventually([&] { return Condition(Kind::kAccessPolicy, "fresh", "Enforced") == "True"; }));
+  agent_b.Stop();
 }
 
 }  // namespace

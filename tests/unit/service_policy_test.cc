@@ -454,8 +454,7 @@ TEST(ServicePolicy, DestinationsMapFullIsCounted) {
   // The map, and the policy whose entries were dropped, are reported.
   ASSERT_EQ(d.not_enforced.size(), 2u);
   EXPECT_EQ(d.not_enforced[0].policy, "");
-  EXPECT_NE(d.not_enforced[0].reason.find("policy_destinations map is full: 4 entries"),
-            std::string::npos)
+  EXPECT_NE(d.not_enforced[0].reason.find("policy_destinations map is full"), std::string::npos)
       << d.not_enforced[0].reason;
   EXPECT_EQ(d.not_enforced[1].policy, "default/all");
 }
