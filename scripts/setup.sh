@@ -15,6 +15,7 @@ PACKAGES=(
   prometheus-cpp-dev nlohmann-json3-dev libyaml-cpp-dev
   libcurl4-openssl-dev  # Kubernetes API client
   libnghttp2-dev  # HTTP/2 (control-plane bench stream clients; the L7 proxy)
+  libnftables-dev libmnl-dev  # in-pod capture: nftables tables and policy routing (agent/capture)
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev iperf3 sockperf
   openssl  # policy_stream_tls_test makes its certificates with the CLI

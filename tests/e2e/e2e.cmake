@@ -49,3 +49,6 @@ shunt_test(verifier_baseline_test KERNEL SOURCES e2e/verifier_baseline_test.cc
            LIBS shunt_fastpath socklb_skel PkgConfig::LIBBPF)
 target_compile_definitions(verifier_baseline_test PRIVATE
   SHUNT_VERIFIER_BASELINE="${PROJECT_SOURCE_DIR}/bpf/verifier_baseline.txt")
+
+# In-pod capture: nftables TPROXY, policy routing and transparent sockets in a pod's namespace.
+shunt_test(capture_test KERNEL SOURCES e2e/capture_test.cc LIBS shunt_e2e_util shunt_capture)

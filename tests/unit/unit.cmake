@@ -8,6 +8,7 @@ shunt_test(cgroup_test SOURCES unit/cgroup_test.cc LIBS shunt_common)
 shunt_test(policy_stream_test SOURCES unit/policy_stream_test.cc
            LIBS shunt_policy shunt_policy_server)
 shunt_test(service_policy_test SOURCES unit/service_policy_test.cc LIBS shunt_service_policy)
+shunt_test(pod_capture_test SOURCES unit/pod_capture_test.cc LIBS shunt_capture)
 shunt_test(policy_stages_test SOURCES unit/policy_stages_test.cc LIBS shunt_service_policy)
 shunt_test(snapshot_builder_test SOURCES unit/snapshot_builder_test.cc LIBS shunt_controller_core)
 target_include_directories(snapshot_builder_test PRIVATE ${PROJECT_SOURCE_DIR}/bpf/include)

@@ -1,0 +1,273 @@
+// In-pod capture (agent/capture, issue 9): inside a pod's network namespace, a connection from a
+// pod of another node is handed by TPROXY to a transparent listener there, with the client's
+// address; an upstream connection made as the client's address reaches the pod's server, which
+// sees the client's IP, and its replies come back to the upstream socket, not out of the pod.
+// What is not to be captured (the node's probes, connections already open) is not; removal
+// leaves no table, rule or route. The test plays the agent's part (listener and a copy loop);
+// ordinary Python programs are the client and the server.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "agent/capture/netns.h"
+#include "agent/capture/pod_capture.h"
+#include "common/files.h"
+#include "tests/e2e/e2e_util.h"
+#include "tests/testbed/testbed.h"
+
+namespace shunt::agent {
+namespace {
+
+using namespace std::chrono_literals;
+
+// argv: role, address, port, ready file. The server answers each connection with the peer it
+// sees, then echoes until end of stream. The client sends "hello", half-closes, prints all it got.
+constexpr char kPyPeer[] = R"(
+import socket, sys, threading
+role, addr, port, ready = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+if role == "server":
+    ls = socket.socket(socket.AF_INET6); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0); ls.bind(("::", port)); ls.listen(16)
+    open(ready, "w").close()
+    def serve(c, peer):
+        ip = peer[0][7:] if peer[0].startswith("::ffff:") else peer[0]
+        c.sendall(("peer " + ip + "\n").encode())
+        while True:
+            d = c.recv(65536)
+            if not d: break
+            c.sendall(d)
+        c.close()
+    while True:
+        c, peer = ls.accept(); threading.Thread(target=serve, args=(c, peer), daemon=True).start()
+c = socket.create_connection((addr, port), timeout=20)
+if role == "hold":  # connected before the capture: says so, waits for the go file (argv 4)
+    import os, time
+    c.sendall(b"before"); open(ready + ".connected", "w").close()
+    while not os.path.exists(ready): time.sleep(0.01)
+c.sendall(b"hello"); c.shutdown(socket.SHUT_WR); got = b""
+while True:
+    d = c.recv(65536)
+    if not d: break
+    got += d
+sys.stdout.write(got.decode()); sys.stdout.flush()
+)";
+
+sockaddr_storage Addr(const std::string& ip, uint16_t port) {
+  sockaddr_storage ss{};
+  if (ip.find(':') == std::string::npos) {
+    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+    a->sin_family = AF_INET;
+    a->sin_port = htons(port);
+    inet_pton(AF_INET, ip.c_str(), &a->sin_addr);
+  } else {
+    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+    a->sin6_family = AF_INET6;
+    a->sin6_port = htons(port);
+    inet_pton(AF_INET6, ip.c_str(), &a->sin6_addr);
+  }
+  return ss;
+}
+
+std::string Ip(const sockaddr_storage& ss) {
+  char buf[INET6_ADDRSTRLEN] = {};
+  if (ss.ss_family == AF_INET) {
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&ss)->sin_addr, buf, sizeof(buf));
+  } else {
+    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr, buf, sizeof(buf));
+  }
+  return buf;
+}
+
+uint16_t Port(const sockaddr_storage& ss) {
+  return ntohs(ss.ss_family == AF_INET ? reinterpret_cast<const sockaddr_in*>(&ss)->sin_port
+                                       : reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_port);
+}
+
+// Waits for a connection on `listener` (non-blocking) for up to `timeout`.
+UniqueFd AcceptWithin(int listener, std::chrono::milliseconds timeout) {
+  pollfd p{listener, POLLIN, 0};
+  if (poll(&p, 1, static_cast<int>(timeout.count())) <= 0) return UniqueFd();
+  return UniqueFd(accept4(listener, nullptr, nullptr, SOCK_CLOEXEC));
+}
+
+// Copies both ways until both ends are done, passing half-closes on (the agent's opaque TCP, in
+// its simplest form). Blocking sockets, one thread per direction.
+void Relay(int a, int b) {
+  auto pump = [](int from, int to) {
+    char buf[65536];
+    while (true) {
+      const ssize_t n = read(from, buf, sizeof(buf));
+      if (n <= 0) break;
+      for (ssize_t off = 0; off < n;) {
+        const ssize_t w = write(to, buf + off, n - off);
+        if (w <= 0) return;
+        off += w;
+      }
+    }
+    shutdown(to, SHUT_WR);
+  };
+  std::thread t([&] { pump(a, b); });
+  pump(b, a);
+  t.join();
+}
+
+void SetBlocking(int fd) {
+  pollfd p{fd, POLLOUT, 0};
+  poll(&p, 1, 10000);  // the non-blocking connect
+  int flags = fcntl(fd, F_GETFL);
+  fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+}
+
+class CaptureTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (access("/usr/bin/python3", X_OK) != 0) GTEST_FAIL() << "python3 is needed (scripts/setup.sh)";
+    testbed::Options opts;
+    opts.nodes = 2;
+    opts.pods_per_node = 1;
+    auto bed = testbed::Testbed::Create(opts);
+    ASSERT_TRUE(bed.ok()) << bed.status();
+    bed_ = std::move(*bed);
+    auto ns = OpenNetns("/run/netns/" + Server().netns);
+    ASSERT_TRUE(ns.ok()) << ns.status();
+    netns_ = std::move(*ns);
+    const std::string ready = bed_->work_dir() + "/capture-server";
+    auto server = bed_->Spawn(Server(), {"/usr/bin/python3", "-c", kPyPeer, "server", "-", "8080", ready});
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    ASSERT_TRUE(e2e::WaitForFile(ready)) << server_->Stderr();
+    // The node reaches its pods from its bridge's address: kubelet's probes are not captured.
+    options_.skip_sources = {"198.18.0.1", "fd5a:1::1"};
+  }
+
+  void TearDown() override {
+    if (netns_.valid()) RemoveCapture(netns_.get(), options_).IgnoreError();
+    server_.reset();
+    if (bed_) bed_->Teardown();
+  }
+
+  const testbed::Pod& Server() const { return bed_->pod(0, 0); }
+  const testbed::Pod& Client() const { return bed_->pod(1, 0); }
+
+  // The client pod's Python client against the server pod, in the background.
+  std::thread RunClient(const std::string& addr, std::string* out) {
+    return std::thread([this, addr, out] {
+      auto r = bed_->Run(Client(), {"/usr/bin/python3", "-c", kPyPeer, "client", addr, "8080", "-"}, 30s);
+      *out = r.ok() ? r->out + r->err : r.status().ToString();
+    });
+  }
+
+  std::unique_ptr<testbed::Testbed> bed_;
+  UniqueFd netns_;
+  testbed::ProcessPtr server_;
+  CaptureOptions options_;
+};
+
+TEST_F(CaptureTest, AConnectionFromAnotherNodeIsCapturedAndTheServerSeesTheClientsAddress) {
+  ASSERT_TRUE(InstallCapture(netns_.get(), options_).ok());
+  ASSERT_TRUE(InstallCapture(netns_.get(), options_).ok()) << "idempotent";
+  auto installed = CaptureInstalled(netns_.get());
+  ASSERT_TRUE(installed.ok() && *installed);
+  for (const auto& [family, client_ip, server_ip] :
+       {std::tuple{AF_INET, Client().ipv4, Server().ipv4},
+        std::tuple{AF_INET6, Client().ipv6, Server().ipv6}}) {
+    SCOPED_TRACE(server_ip);
+    auto listener = OpenTransparentListener(netns_.get(), family, options_.port);
+    ASSERT_TRUE(listener.ok()) << listener.status();
+    std::string out;
+    std::thread client = RunClient(server_ip, &out);
+    UniqueFd down = AcceptWithin(listener->get(), 10s);
+    ASSERT_TRUE(down.valid()) << "TPROXY handed the connection to the listener";
+    sockaddr_storage peer{}, local{};
+    socklen_t len = sizeof(peer);
+    getpeername(down.get(), reinterpret_cast<sockaddr*>(&peer), &len);
+    len = sizeof(local);
+    getsockname(down.get(), reinterpret_cast<sockaddr*>(&local), &len);
+    EXPECT_EQ(Ip(peer), client_ip) << "the client's own address";
+    EXPECT_EQ(Ip(local), server_ip) << "the address it connected to";
+    EXPECT_EQ(Port(local), 8080);
+    // Upstream as the client, from inside the pod; its replies must come back here.
+    auto up = ConnectTransparent(netns_.get(), peer, local, options_.agent_mark);
+    ASSERT_TRUE(up.ok()) << up.status();
+    EXPECT_NE(Port(peer), 0);
+    SetBlocking(up->get());
+    int flags = fcntl(down.get(), F_GETFL);
+    fcntl(down.get(), F_SETFL, flags & ~O_NONBLOCK);
+    Relay(down.get(), up->get());
+    client.join();
+    EXPECT_EQ(out, "peer " + client_ip + "\nhello") << "the server saw the client's IP";
+    sockaddr_storage up_local{};
+    len = sizeof(up_local);
+    getsockname(up->get(), reinterpret_cast<sockaddr*>(&up_local), &len);
+    EXPECT_EQ(Ip(up_local), client_ip);
+    EXPECT_NE(Port(up_local), Port(peer)) << "never the client's own port";
+  }
+}
+
+TEST_F(CaptureTest, TheNodesProbesAreNotCaptured) {
+  ASSERT_TRUE(InstallCapture(netns_.get(), options_).ok());
+  auto listener = OpenTransparentListener(netns_.get(), AF_INET, options_.port);
+  ASSERT_TRUE(listener.ok()) << listener.status();
+  // kubelet's probe: from the node, straight to the server.
+  auto probe = bed_->RunOnNode(bed_->node(0),
+                               {"/usr/bin/python3", "-c", kPyPeer, "client", Server().ipv4, "8080", "-"},
+                               30s);
+  ASSERT_TRUE(probe.ok()) << probe.status();
+  EXPECT_EQ(probe->out, "peer 198.18.0.1\nhello") << probe->err;
+  EXPECT_FALSE(AcceptWithin(listener->get(), 100ms).valid());
+}
+
+// Meshing a running pod resets nothing: a connection open before the capture goes on as it was.
+TEST_F(CaptureTest, AConnectionOpenBeforeTheCaptureGoesOnUntouched) {
+  const std::string go = bed_->work_dir() + "/capture-go";
+  std::string out;
+  std::thread client([&] {
+    auto r = bed_->Run(Client(), {"/usr/bin/python3", "-c", kPyPeer, "hold", Server().ipv4, "8080", go},
+                       30s);
+    out = r.ok() ? r->out + r->err : r.status().ToString();
+  });
+  ASSERT_TRUE(e2e::WaitForFile(go + ".connected"));
+  ASSERT_TRUE(InstallCapture(netns_.get(), options_).ok());
+  auto listener = OpenTransparentListener(netns_.get(), AF_INET, options_.port);
+  ASSERT_TRUE(listener.ok()) << listener.status();
+  ASSERT_TRUE(WriteFileAtomic(go, "").ok());
+  client.join();
+  EXPECT_EQ(out, "peer " + Client().ipv4 + "\nbeforehello");
+  EXPECT_FALSE(AcceptWithin(listener->get(), 100ms).valid());
+}
+
+TEST_F(CaptureTest, RemovedItLeavesNoTableRuleOrRouteAndNothingIsCaptured) {
+  ASSERT_TRUE(InstallCapture(netns_.get(), options_).ok());
+  auto rules = bed_->Run(Server(), {"ip", "rule", "show"}, 10s);
+  ASSERT_TRUE(rules.ok());
+  EXPECT_NE(rules->out.find("lookup 1441"), std::string::npos) << rules->out;
+  ASSERT_TRUE(RemoveCapture(netns_.get(), options_).ok());
+  ASSERT_TRUE(RemoveCapture(netns_.get(), options_).ok()) << "idempotent";
+  auto installed = CaptureInstalled(netns_.get());
+  ASSERT_TRUE(installed.ok());
+  EXPECT_FALSE(*installed);
+  for (const char* v : {"-4", "-6"}) {
+    auto r = bed_->Run(Server(), {"ip", v, "rule", "show"}, 10s);
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->out.find("1441"), std::string::npos) << r->out;
+    r = bed_->Run(Server(), {"ip", v, "route", "show", "table", "1441"}, 10s);
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->out, "") << "the capture's table is empty";
+  }
+  std::string out;
+  RunClient(Server().ipv4, &out).join();
+  EXPECT_EQ(out, "peer " + Client().ipv4 + "\nhello") << "straight to the server";
+}
+
+}  // namespace
+}  // namespace shunt::agent

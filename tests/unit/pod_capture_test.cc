@@ -1,0 +1,44 @@
+// The in-pod capture's nftables script, without a namespace (the kernel side is
+// tests/e2e/capture_test.cc).
+#include "agent/capture/pod_capture.h"
+
+#include <gtest/gtest.h>
+
+namespace shunt::agent {
+namespace {
+
+TEST(CaptureRuleset, ReplacesItsOwnTableOnlyAndCapturesBothFamilies) {
+  CaptureOptions o;
+  o.skip_sources = {"198.18.0.1", "10.0.0.0/8", "fd5a:1::1"};
+  auto s = CaptureRuleset(o);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->rfind("table inet shunt_capture\ndelete table inet shunt_capture\n", 0), 0u)
+      << "replaced as a whole, in one transaction";
+  EXPECT_EQ(s->find("flush ruleset"), std::string::npos);
+  EXPECT_NE(s->find("tproxy ip to :15008"), std::string::npos) << *s;
+  EXPECT_NE(s->find("tproxy ip6 to :15008"), std::string::npos) << *s;
+  EXPECT_NE(s->find("elements = { 198.18.0.1, 10.0.0.0/8 }"), std::string::npos) << *s;
+  EXPECT_NE(s->find("elements = { fd5a:1::1 }"), std::string::npos) << *s;
+  EXPECT_NE(s->find("tcp flags & (fin | syn | rst | ack) == syn"), std::string::npos)
+      << "new connections only";
+}
+
+TEST(CaptureRuleset, BadOptionsAreRefused) {
+  CaptureOptions o;
+  o.skip_sources = {"not-an-ip"};
+  EXPECT_EQ(CaptureRuleset(o).status().code(), absl::StatusCode::kInvalidArgument);
+  for (const char* bad : {"10.0.0.1; flush ruleset", "10.0.0.0/8; flush ruleset", "10.0.0.0/33",
+                          "10.0.0.0/", "fd00::/129", "10.0.0.0/+8"}) {
+    o.skip_sources = {bad};
+    EXPECT_EQ(CaptureRuleset(o).status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+  o = {};
+  o.agent_mark = o.route_mark;
+  EXPECT_FALSE(CaptureRuleset(o).ok());
+  o = {};
+  o.route_mark = 0x1000;  // outside the mask
+  EXPECT_FALSE(CaptureRuleset(o).ok());
+}
+
+}  // namespace
+}  // namespace shunt::agent
