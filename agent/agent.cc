@@ -1,6 +1,7 @@
 #include "agent/agent.h"
 
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <fstream>
@@ -10,6 +11,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/admin_server.h"
 #include "agent/bpf/fastpath.h"
+#include "agent/capture/capture_reconciler.h"
+#include "agent/proxy/tcp_relay.h"
 #include "agent/bpf/kernel_probe.h"
 #include "agent/bpf/socklb.h"
 #include "agent/dataplane/enforcement.h"
@@ -91,7 +94,45 @@ class AgentCollector : public prometheus::Collectable {
         not_enforced.metric.push_back(std::move(m));
       }
     }
-    return {
+    std::vector<MetricFamily> relay_families;
+    if (capture_ && relay_) {
+      const RelayStats st = relay_->stats();
+      relay_families.push_back(gauge("shunt_capture_pods",
+                                     "Meshed pods of this node whose inbound connections are "
+                                     "captured into the relay.",
+                                     static_cast<double>(capture_->captured_pods())));
+      relay_families.push_back(gauge("shunt_relay_active_connections",
+                                     "Connections the relay carries now.",
+                                     static_cast<double>(st.active)));
+      MetricFamily conns{"shunt_relay_connections_total",
+                         "Connections handed to the relay, by outcome.", MetricType::Counter, {}};
+      for (const auto& [result, v] :
+           std::vector<std::pair<std::string, uint64_t>>{{"accepted", st.accepted},
+                                                         {"refused", st.refused},
+                                                         {"over_capacity", st.over_capacity},
+                                                         {"upstream_failed", st.upstream_failed},
+                                                         {"connect_timeout", st.connect_timeouts},
+                                                         {"half_close_timeout", st.half_close_timeouts},
+                                                         {"idle_timeout", st.idle_timeouts},
+                                                         {"reset", st.resets}}) {
+        ClientMetric m;
+        m.label = {{"result", result}};
+        m.counter.value = static_cast<double>(v);
+        conns.metric.push_back(std::move(m));
+      }
+      relay_families.push_back(std::move(conns));
+      MetricFamily bytes{"shunt_relay_bytes_total", "Bytes the relay moved, by direction.",
+                         MetricType::Counter, {}};
+      for (const auto& [dir, v] : std::vector<std::pair<std::string, uint64_t>>{
+               {"to_upstream", st.bytes_to_upstream}, {"to_downstream", st.bytes_to_downstream}}) {
+        ClientMetric m;
+        m.label = {{"direction", dir}};
+        m.counter.value = static_cast<double>(v);
+        bytes.metric.push_back(std::move(m));
+      }
+      relay_families.push_back(std::move(bytes));
+    }
+    std::vector<MetricFamily> out = {
         gauge("shunt_agent_info", "Build and node of this agent.", 1,
               {{"version", SHUNT_VERSION}, {"node", config_.node_name}}),
         gauge("shunt_policy_version", "Version of the policy in force (0: none yet).",
@@ -117,6 +158,8 @@ class AgentCollector : public prometheus::Collectable {
               "controller is unreachable enforces it.",
               controller_source_ && controller_source_->saved() ? 1 : 0),
     };
+    for (auto& f : relay_families) out.push_back(std::move(f));
+    return out;
   }
 
  private:
@@ -125,6 +168,14 @@ class AgentCollector : public prometheus::Collectable {
   const Reconciler& reconciler_;
   const ControllerPolicySource* controller_source_;  // null without --controller
   const std::function<Enforcement()> enforcement_;
+  const CaptureReconciler* capture_ = nullptr;  // null without --capture
+  const TcpRelay* relay_ = nullptr;
+
+ public:
+  void SetCapture(const CaptureReconciler* capture, const TcpRelay* relay) {
+    capture_ = capture;
+    relay_ = relay;
+  }
 };
 
 // The source is made before the reconcilers (it reports the saved policy at Start), its ACKs
@@ -186,8 +237,18 @@ std::string PinDir(const AgentConfig& config) {
 }
 
 int UninstallAgent(const AgentConfig& config) {
+  // The pods' capture tables and routes first: no new connection is handed to a listener that
+  // no agent serves any more (without one TPROXY finds no socket and lets it through anyway).
+  absl::Status s;
+  if (auto mount = FindCgroup2Mount(); mount.ok()) {
+    if (auto root = ResolveCgroupRoot(*mount, config.cgroup_root); root.ok()) {
+      CaptureOptions co;
+      co.port = config.capture_port;
+      s = CaptureReconciler::RemoveFromAllPods(*root, co);
+    }
+  }
   // socklb first: the fast path's uninstall removes the pin directory, which must be empty.
-  absl::Status s = SockLb::Uninstall(PinDir(config));
+  if (absl::Status f = SockLb::Uninstall(PinDir(config)); s.ok()) s = f;
   if (absl::Status f = Fastpath::Uninstall(PinDir(config)); s.ok()) s = f;
   if (!s.ok()) {
     SHUNT_LOG(ERROR) << "uninstall incomplete: " << s.message();
@@ -336,6 +397,38 @@ int RunAgent(const AgentConfig& config) {
     SHUNT_LOG(WARNING) << "first reconcile: " << s.message();
   }
 
+  // In-pod capture and the relay behind it (docs/capture.md). Each relayed connection takes six
+  // descriptors (two sockets, two pipes): the soft limit goes up to the hard one.
+  if (config.capture) {
+    rlimit lim{};
+    if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
+      lim.rlim_cur = lim.rlim_max;
+      setrlimit(RLIMIT_NOFILE, &lim);
+    }
+  }
+  std::unique_ptr<TcpRelay> relay;
+  std::unique_ptr<CaptureReconciler> capture;
+  if (config.capture) {
+    auto r = TcpRelay::Start({});
+    if (!r.ok()) {
+      SHUNT_LOG(ERROR) << "relay: " << r.status().message();
+      return 1;
+    }
+    relay = std::move(*r);
+    CaptureReconciler::Options co;
+    co.node_name = config.node_name;
+    co.cgroup_root = fc.cgroup_root;
+    co.resync = config.resync;
+    co.capture.port = config.capture_port;
+    capture = std::make_unique<CaptureReconciler>(co, store, *relay);
+    if (absl::Status s = capture->Start(); !s.ok()) {
+      SHUNT_LOG(WARNING) << "first capture pass: " << s.message();
+    }
+  }
+  absl::Cleanup stop_capture = [&capture] {
+    if (capture) capture->Stop();
+  };
+
   auto ready = [&]() -> absl::Status {
     if (!store.has_policy()) return absl::UnavailableError("no policy received yet");
     if (absl::Status s = store.last_error(); !s.ok()) {
@@ -361,6 +454,7 @@ int RunAgent(const AgentConfig& config) {
       std::make_shared<AgentCollector>(config, store, reconciler, controller_source, [&] {
         return CurrentEnforcement(store, reconciler, service_policy, kEnforcementGrace);
       });
+  agent_collector->SetCapture(capture.get(), relay.get());
   auto socklb_collector = std::make_shared<SockLbCollector>(
       **socklb, [&reconciler] { return reconciler.directory(); },
       [&service_policy] { return service_policy.status(); }, config.max_metric_series);

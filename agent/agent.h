@@ -33,6 +33,9 @@ struct AgentConfig {
   uint32_t stats_size = 16384;
   uint32_t listeners_size = 16384;
   bool fastpath_protect = true;
+  // In-pod capture of inbound connections into the agent's relay (docs/capture.md).
+  bool capture = false;
+  uint16_t capture_port = 15008;
   uint32_t fastpath_max_queued = 0;  // 0: from the node's TCP sysctls
   // Connect-time load balancing and access policy (socklb).
   uint32_t lb_services_size = 4096;

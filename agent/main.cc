@@ -51,6 +51,13 @@ ABSL_FLAG(bool, fastpath_protect, true,
           "(docs/fastpath.md). false: splice every meshed pair whatever its programs do, as "
           "before; for benchmarks only, it breaks blocking, splice(2), SO_RCVLOWAT and "
           "MSG_WAITALL readers.");
+ABSL_FLAG(bool, capture, false,
+          "Capture inbound TCP connections of meshed pods inside their network namespaces "
+          "(TPROXY) into the agent's relay, which connects to the pod as the client "
+          "(docs/capture.md). Off by default while the proxy is being built: no policy is "
+          "enforced there yet.");
+ABSL_FLAG(uint32_t, capture_port, 15008,
+          "Port of the agent's transparent listener inside each captured pod's namespace.");
 ABSL_FLAG(uint32_t, endpoints_map_size, 8192, "Local pod IPs the endpoints map can hold.");
 ABSL_FLAG(uint32_t, stats_map_size, 16384, "Counter entries (workload pairs x reasons).");
 ABSL_FLAG(uint32_t, lb_services_map_size, 4096,
@@ -74,7 +81,7 @@ int main(int argc_in, char** argv_in) {
   return shunt::WithNormalizedFlags(argc_in, argv_in, [](int argc, char** argv) {
     absl::SetProgramUsageMessage(
         "shunt node agent.\n  shunt-agent --node-name=N [--cgroup-root=kubepods.slice] "
-        "[--policy-file=F]\n  shunt-agent --uninstall --node-name=N");
+        "[--policy-file=F]\n  shunt-agent --uninstall --node-name=N [--cgroup-root=R]");
     absl::ParseCommandLine(argc, argv);
     shunt::log::SetProgramName("shunt-agent");
     if (absl::GetFlag(FLAGS_version)) {
@@ -108,6 +115,12 @@ int main(int argc_in, char** argv_in) {
     config.stats_size = absl::GetFlag(FLAGS_stats_map_size);
     config.listeners_size = absl::GetFlag(FLAGS_listeners_map_size);
     config.fastpath_protect = absl::GetFlag(FLAGS_fastpath_protect);
+    config.capture = absl::GetFlag(FLAGS_capture);
+    if (absl::GetFlag(FLAGS_capture_port) == 0 || absl::GetFlag(FLAGS_capture_port) > 65535) {
+      SHUNT_LOG(ERROR) << "--capture-port must be 1-65535";
+      return 2;
+    }
+    config.capture_port = static_cast<uint16_t>(absl::GetFlag(FLAGS_capture_port));
     config.fastpath_max_queued = absl::GetFlag(FLAGS_fastpath_max_queued_bytes);
     config.max_metric_series = absl::GetFlag(FLAGS_max_metric_series);
     config.lb_services_size = absl::GetFlag(FLAGS_lb_services_map_size);

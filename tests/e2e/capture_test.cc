@@ -22,6 +22,7 @@
 #include "agent/capture/pod_capture.h"
 #include "common/files.h"
 #include "tests/e2e/e2e_util.h"
+#include "tests/test_util.h"
 #include "tests/testbed/testbed.h"
 
 namespace shunt::agent {
@@ -151,9 +152,17 @@ class CaptureTest : public ::testing::Test {
   }
 
   void TearDown() override {
+    if (agent_) agent_->Kill();
+    if (bed_ && agent_) e2e::UninstallAgent(*bed_, bed_->node(0)).IgnoreError();
     if (netns_.valid()) RemoveCapture(netns_.get(), options_).IgnoreError();
+    servers_.clear();
     server_.reset();
     if (bed_) bed_->Teardown();
+  }
+
+  double Metric(const std::string& name, const std::map<std::string, std::string>& match = {}) {
+    auto m = agent_->Scrape();
+    return m.ok() ? e2e::SumSamples(*m, name, match) : -1;
   }
 
   const testbed::Pod& Server() const { return bed_->pod(0, 0); }
@@ -170,7 +179,9 @@ class CaptureTest : public ::testing::Test {
   std::unique_ptr<testbed::Testbed> bed_;
   UniqueFd netns_;
   testbed::ProcessPtr server_;
+  std::vector<testbed::ProcessPtr> servers_;
   CaptureOptions options_;
+  std::unique_ptr<e2e::AgentProcess> agent_;
 };
 
 TEST_F(CaptureTest, AConnectionFromAnotherNodeIsCapturedAndTheServerSeesTheClientsAddress) {
@@ -267,6 +278,47 @@ TEST_F(CaptureTest, RemovedItLeavesNoTableRuleOrRouteAndNothingIsCaptured) {
   std::string out;
   RunClient(Server().ipv4, &out).join();
   EXPECT_EQ(out, "peer " + Client().ipv4 + "\nhello") << "straight to the server";
+}
+
+// The agent with --capture: a meshed pod's inbound connections from another node go through the
+// agent's relay (spliced in the kernel), the server sees the client's IP, a checksummed 64 MiB
+// stream arrives whole; a dead agent's pod is reached directly (TPROXY finds no listener and
+// lets the connection through: fail open); uninstall removes the table.
+TEST_F(CaptureTest, TheAgentRelaysAMeshedPodsInboundConnectionsAsTheClient) {
+  auto policy = bed_->WritePolicyFile("policy.json", {{Server().name, true}});
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  agent_ = std::make_unique<e2e::AgentProcess>(*bed_, bed_->node(0), *policy,
+                                               std::vector<std::string>{"--capture"});
+  ASSERT_TRUE(agent_->Start().ok()) << agent_->Stderr();
+  ASSERT_TRUE(shunt::test::Eventually([&] { return Metric("shunt_capture_pods") == 1; }, 10s,
+                                      50ms))
+      << agent_->Stderr();
+  for (const std::string& ip : {Server().ipv4, Server().ipv6}) {
+    std::string out;
+    RunClient(ip, &out).join();
+    const std::string& client_ip = ip == Server().ipv4 ? Client().ipv4 : Client().ipv6;
+    EXPECT_EQ(out, "peer " + client_ip + "\nhello") << agent_->Stderr();
+  }
+  EXPECT_EQ(Metric("shunt_relay_connections_total", {{"result", "accepted"}}), 2);
+  auto verify = e2e::StartTestpeerServer(*bed_, Server(), {"--port=8081", "--mode=verify", "--conns=1"});
+  ASSERT_TRUE(verify.ok()) << verify.status();
+  servers_.push_back(std::move(*verify));
+  auto r = e2e::RunTestpeer(*bed_, Client(), {"verify", "--to=" + Server().ipv4 + ":8081",
+                                              "--bytes=64M", "--seed=9"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->value("ok", 0), 1) << r->dump();
+  EXPECT_GE(Metric("shunt_relay_bytes_total", {{"direction", "to_upstream"}}), 64.0 * (1 << 20));
+  EXPECT_TRUE(shunt::test::Eventually(
+      [&] { return Metric("shunt_relay_active_connections") == 0; }, 5s, 50ms));
+
+  agent_->Kill();
+  std::string out;
+  RunClient(Server().ipv4, &out).join();
+  EXPECT_EQ(out, "peer " + Client().ipv4 + "\nhello") << "no agent: straight to the server";
+  ASSERT_TRUE(e2e::UninstallAgent(*bed_, bed_->node(0)).ok());
+  auto installed = CaptureInstalled(netns_.get());
+  ASSERT_TRUE(installed.ok());
+  EXPECT_FALSE(*installed) << "uninstall removed the pod's table";
 }
 
 }  // namespace

@@ -51,4 +51,9 @@ target_compile_definitions(verifier_baseline_test PRIVATE
   SHUNT_VERIFIER_BASELINE="${PROJECT_SOURCE_DIR}/bpf/verifier_baseline.txt")
 
 # In-pod capture: nftables TPROXY, policy routing and transparent sockets in a pod's namespace.
-shunt_test(capture_test KERNEL SOURCES e2e/capture_test.cc LIBS shunt_e2e_util shunt_capture)
+shunt_test(capture_test KERNEL SOURCES e2e/capture_test.cc LIBS shunt_e2e_util shunt_capture
+           nlohmann_json::nlohmann_json)
+add_dependencies(capture_test shunt-agent shunt-testpeer)
+
+# The opaque TCP relay on loopback (root: IP_TRANSPARENT).
+shunt_test(relay_test KERNEL SOURCES e2e/relay_test.cc LIBS shunt_proxy)

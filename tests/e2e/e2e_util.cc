@@ -315,7 +315,10 @@ absl::StatusOr<HttpResponse> AgentProcess::Get(const std::string& path, int port
 }
 
 absl::StatusOr<testbed::Output> UninstallAgent(testbed::Testbed& bed, const testbed::Node& node) {
-  return bed.RunOnNode(node, {AgentBinary(), "--uninstall", "--node-name=" + node.name},
+  // The node's cgroup root: the pods whose capture uninstall removes are found under it.
+  return bed.RunOnNode(node,
+                       {AgentBinary(), "--uninstall", "--node-name=" + node.name,
+                        "--cgroup-root=" + node.cgroup_root},
                        std::chrono::seconds(30));
 }
 

@@ -1,0 +1,193 @@
+#include "agent/capture/capture_reconciler.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <ifaddrs.h>
+#include <sys/stat.h>
+
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "agent/capture/netns.h"
+#include "agent/policy/pod_cgroups.h"
+#include "common/log.h"
+
+namespace shunt::agent {
+
+pid_t AnyProcessOf(const std::string& dir) {
+  {
+    std::ifstream procs(dir + "/cgroup.procs");
+    pid_t pid = 0;
+    if (procs >> pid && pid > 0) return pid;
+  }
+  DIR* d = opendir(dir.c_str());
+  if (!d) return 0;
+  pid_t found = 0;
+  while (dirent* e = readdir(d)) {
+    if (e->d_type != DT_DIR || e->d_name[0] == '.') continue;
+    found = AnyProcessOf(dir + "/" + e->d_name);
+    if (found) break;
+  }
+  closedir(d);
+  return found;
+}
+
+std::vector<std::string> LocalAddresses() {
+  std::vector<std::string> out;
+  ifaddrs* ifs = nullptr;
+  if (getifaddrs(&ifs) != 0) return out;
+  for (ifaddrs* i = ifs; i; i = i->ifa_next) {
+    if (!i->ifa_addr) continue;
+    char buf[INET6_ADDRSTRLEN] = {};
+    if (i->ifa_addr->sa_family == AF_INET) {
+      inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr, buf, sizeof(buf));
+    } else if (i->ifa_addr->sa_family == AF_INET6) {
+      auto* a6 = reinterpret_cast<sockaddr_in6*>(i->ifa_addr);
+      if (IN6_IS_ADDR_LINKLOCAL(&a6->sin6_addr)) continue;
+      inet_ntop(AF_INET6, &a6->sin6_addr, buf, sizeof(buf));
+    } else {
+      continue;
+    }
+    const std::string s = buf;
+    if (s == "127.0.0.1" || s == "::1") continue;
+    out.push_back(s);
+  }
+  freeifaddrs(ifs);
+  return out;
+}
+
+CaptureReconciler::CaptureReconciler(Options options, PolicyStore& store, TcpRelay& relay)
+    : options_(std::move(options)),
+      store_(store),
+      relay_(relay),
+      loop_("capture", store, options_.resync, [this] { return ReconcileOnce(); }) {
+  for (auto& a : LocalAddresses()) options_.capture.skip_sources.push_back(a);
+}
+
+CaptureReconciler::~CaptureReconciler() { Stop(); }
+
+absl::Status CaptureReconciler::Start() {
+  absl::Status s = ReconcileOnce();
+  loop_.Start();
+  return s;
+}
+
+void CaptureReconciler::Stop() { loop_.Stop(); }
+
+size_t CaptureReconciler::captured_pods() const {
+  absl::MutexLock l(&mu_);
+  return captured_;
+}
+
+absl::Status CaptureReconciler::Capture(const std::string& uid, const std::string& cgroup,
+                                        Pod& pod) {
+  const pid_t pid = AnyProcessOf(cgroup);
+  if (pid == 0) return absl::OkStatus();  // no process yet: next pass
+  auto ns = OpenNetns(absl::StrCat("/proc/", pid, "/ns/net"));
+  if (!ns.ok()) return ns.status();
+  struct stat st{};
+  if (fstat(ns->get(), &st) != 0) return absl::InternalError("fstat of a pod's namespace");
+  if (pod.netns && pod.netns_ino == st.st_ino) return absl::OkStatus();  // as it is
+  if (pod.netns) Release(uid, pod);  // a new sandbox
+  auto shared = std::make_shared<UniqueFd>(std::move(*ns));
+  if (absl::Status s = InstallCapture(shared->get(), options_.capture); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("pod ", uid, ": ", s.message()));
+  }
+  std::vector<int> listeners;
+  for (int family : {AF_INET, AF_INET6}) {
+    auto l = OpenTransparentListener(shared->get(), family, options_.capture.port);
+    if (!l.ok()) {
+      for (int fd : listeners) relay_.RemoveListener(fd);
+      RemoveCapture(shared->get(), options_.capture).IgnoreError();
+      return absl::Status(l.status().code(), absl::StrCat("pod ", uid, ": ", l.status().message()));
+    }
+    const int fd = l->get();
+    const uint32_t mark = options_.capture.agent_mark;
+    // Opaque TCP, allowed (policy where traffic arrives comes with the proxy's next part): an
+    // upstream to where the client connected, as the client.
+    auto decide = [shared, mark](const sockaddr_storage& peer, const sockaddr_storage& local) {
+      RelayDecision d;
+      d.allow = true;
+      d.netns_fd = shared->get();
+      d.as = peer;
+      d.to = local;
+      d.mark = mark;
+      return d;
+    };
+    if (absl::Status s = relay_.AddListener(std::move(*l), decide); !s.ok()) return s;
+    listeners.push_back(fd);
+  }
+  pod.netns = std::move(shared);
+  pod.netns_ino = st.st_ino;
+  pod.listeners = std::move(listeners);
+  SHUNT_LOG(INFO) << "pod " << uid << ": inbound connections captured (port "
+                  << options_.capture.port << ")";
+  return absl::OkStatus();
+}
+
+void CaptureReconciler::Release(const std::string& uid, Pod& pod) {
+  if (!pod.netns) return;
+  // The table first (no new connection for listeners about to go); open connections go on.
+  if (absl::Status s = RemoveCapture(pod.netns->get(), options_.capture); !s.ok()) {
+    SHUNT_LOG_EVERY_N_SEC(WARNING, 10) << "pod " << uid << ": release the capture: " << s.message();
+  }
+  for (int fd : pod.listeners) relay_.RemoveListener(fd);
+  pod = Pod{};
+}
+
+absl::Status CaptureReconciler::ReconcileOnce() {
+  absl::MutexLock pass(&pass_mu_);
+  auto snapshot = store_.Current();
+  if (!snapshot) return absl::OkStatus();
+  auto cgroups = FindPodCgroups(options_.cgroup_root);
+  if (!cgroups.ok()) return cgroups.status();
+  std::set<std::string> want;
+  for (const auto& w : snapshot->bundle.workloads()) {
+    if (w.node() != options_.node_name || !w.meshed() || w.host_network()) continue;
+    if (cgroups->count(w.uid())) want.insert(w.uid());
+  }
+  absl::Status first;
+  for (auto it = pods_.begin(); it != pods_.end();) {
+    if (!want.count(it->first)) {
+      Release(it->first, it->second);
+      it = pods_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (const auto& uid : want) {
+    absl::Status s = Capture(uid, cgroups->at(uid), pods_[uid]);
+    if (!s.ok() && first.ok()) first = s;
+  }
+  size_t n = 0;
+  for (const auto& [uid, p] : pods_) n += p.netns != nullptr;
+  absl::MutexLock l(&mu_);
+  captured_ = n;
+  return first;
+}
+
+void CaptureReconciler::ReleaseAll() {
+  absl::MutexLock pass(&pass_mu_);
+  for (auto& [uid, p] : pods_) Release(uid, p);
+  pods_.clear();
+  absl::MutexLock l(&mu_);
+  captured_ = 0;
+}
+
+absl::Status CaptureReconciler::RemoveFromAllPods(const std::string& cgroup_root,
+                                                  const CaptureOptions& o) {
+  auto cgroups = FindPodCgroups(cgroup_root);
+  if (!cgroups.ok()) return cgroups.status();
+  absl::Status first;
+  for (const auto& [uid, dir] : *cgroups) {
+    const pid_t pid = AnyProcessOf(dir);
+    if (pid == 0) continue;
+    auto ns = OpenNetns(absl::StrCat("/proc/", pid, "/ns/net"));
+    if (!ns.ok()) continue;  // gone meanwhile
+    absl::Status s = RemoveCapture(ns->get(), o);
+    if (!s.ok() && first.ok()) first = s;
+  }
+  return first;
+}
+
+}  // namespace shunt::agent

@@ -1,0 +1,73 @@
+// Keeps every meshed pod of this node captured (docs/capture.md): for each one with a running
+// process, its network namespace (through /proc/<pid>/ns/net of a process of its cgroup) gets the
+// capture table and routes, and transparent listeners (IPv4, IPv6) there are served by the relay.
+// A pod that leaves the mesh, or the node, is released (table, routes and listeners removed);
+// a pod whose namespace changed (a new sandbox) is captured again.
+#pragma once
+
+#include <sys/types.h>
+
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "agent/capture/pod_capture.h"
+#include "agent/dataplane/reconcile_loop.h"
+#include "agent/policy/policy_store.h"
+#include "agent/proxy/tcp_relay.h"
+#include "common/unique_fd.h"
+
+namespace shunt::agent {
+
+class CaptureReconciler {
+ public:
+  struct Options {
+    std::string node_name;
+    std::string cgroup_root;
+    absl::Duration resync = absl::Seconds(1);
+    CaptureOptions capture;  // skip_sources: the node's own addresses are added
+  };
+  CaptureReconciler(Options options, PolicyStore& store, TcpRelay& relay);
+  ~CaptureReconciler();  // Stop(); what is captured stays (a restarted agent takes it over)
+
+  absl::Status Start();
+  void Stop();
+  absl::Status ReconcileOnce();
+  // Releases every pod it captured (uninstall).
+  void ReleaseAll();
+  size_t captured_pods() const;
+
+  // Removes the capture from the namespace of every pod found under `cgroup_root` (uninstall,
+  // without an agent running).
+  static absl::Status RemoveFromAllPods(const std::string& cgroup_root, const CaptureOptions& o);
+
+ private:
+  struct Pod {
+    std::shared_ptr<UniqueFd> netns;  // shared with the relay's decisions
+    ino_t netns_ino = 0;
+    std::vector<int> listeners;
+  };
+  absl::Status Capture(const std::string& uid, const std::string& cgroup, Pod& pod);
+  void Release(const std::string& uid, Pod& pod);
+
+  Options options_;
+  PolicyStore& store_;
+  TcpRelay& relay_;
+  ReconcileLoop loop_;
+  absl::Mutex pass_mu_;
+  std::map<std::string, Pod> pods_ ABSL_GUARDED_BY(pass_mu_);
+  mutable absl::Mutex mu_;
+  size_t captured_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// A process of the cgroup at `dir` or below (0: none yet).
+pid_t AnyProcessOf(const std::string& dir);
+// Every address of the calling thread's network namespace (the node's, for the agent).
+std::vector<std::string> LocalAddresses();
+
+}  // namespace shunt::agent

@@ -1,0 +1,382 @@
+#include "agent/proxy/tcp_relay.h"
+
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+
+#include "absl/strings/str_cat.h"
+#include "agent/capture/pod_capture.h"
+#include "common/errno_status.h"
+#include "common/log.h"
+
+namespace shunt::agent {
+
+// Side 0: the accepted (downstream) socket; side 1: the upstream one. pipe[d] carries direction
+// d, from fd[d] to fd[1 - d].
+struct TcpRelay::Conn {
+  UniqueFd fd[2];
+  UniqueFd pipe_r[2], pipe_w[2];
+  size_t pending[2] = {0, 0};  // bytes in pipe[d]
+  bool eof[2] = {false, false};   // fd[d] ended its stream
+  bool shut[2] = {false, false};  // direction d is done (shutdown(fd[1 - d], SHUT_WR) sent)
+  bool connecting = true;
+  uint32_t events[2] = {0, 0};  // registered with epoll
+  bool gone[2] = {false, false};  // taken out of epoll (done with)
+  absl::Time connect_deadline;
+  absl::Time last_activity;
+  absl::Time half_closed_at = absl::InfiniteFuture();
+  struct End {
+    Conn* conn;
+    int side;
+  } ends[2];
+};
+
+namespace {
+
+constexpr uint64_t kWakeTag = 0;      // epoll data of the eventfd
+constexpr uint64_t kListenerTag = 1;  // listeners: (fd << 1) | 1
+constexpr size_t kChunk = 1 << 16;
+
+// Closes with a reset: what a peer that went away abruptly gets from the kernel too.
+void ResetFd(UniqueFd& fd) {
+  if (!fd.valid()) return;
+  linger l{1, 0};
+  setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+  fd.Reset();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<TcpRelay>> TcpRelay::Start(RelayOptions options) {
+  std::unique_ptr<TcpRelay> r(new TcpRelay(options));
+  r->epoll_ = UniqueFd(epoll_create1(EPOLL_CLOEXEC));
+  if (!r->epoll_.valid()) return ErrnoStatus(errno, "relay: epoll_create1");
+  r->wake_ = UniqueFd(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  if (!r->wake_.valid()) return ErrnoStatus(errno, "relay: eventfd");
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kWakeTag;
+  if (epoll_ctl(r->epoll_.get(), EPOLL_CTL_ADD, r->wake_.get(), &ev) != 0) {
+    return ErrnoStatus(errno, "relay: epoll_ctl");
+  }
+  r->thread_ = std::thread([p = r.get()] { p->Loop(); });
+  return r;
+}
+
+TcpRelay::TcpRelay(RelayOptions options) : options_(options) {}
+
+TcpRelay::~TcpRelay() { Stop(); }
+
+void TcpRelay::Stop() {
+  if (stop_.exchange(true)) return;
+  const uint64_t one = 1;
+  if (write(wake_.get(), &one, sizeof(one)) < 0) {}
+  if (thread_.joinable()) thread_.join();
+}
+
+absl::Status TcpRelay::AddListener(UniqueFd listener, RelayDecide decide) {
+  if (!listener.valid()) return absl::InvalidArgumentError("relay: no listener");
+  const int fd = listener.get();
+  {
+    absl::MutexLock l(&mu_);
+    pending_add_[fd] = std::make_shared<Listener>(Listener{std::move(listener), std::move(decide)});
+  }
+  const uint64_t one = 1;
+  if (write(wake_.get(), &one, sizeof(one)) < 0) {}
+  return absl::OkStatus();
+}
+
+void TcpRelay::RemoveListener(int listener_fd) {
+  {
+    absl::MutexLock l(&mu_);
+    pending_remove_.push_back(listener_fd);
+  }
+  const uint64_t one = 1;
+  if (write(wake_.get(), &one, sizeof(one)) < 0) {}
+}
+
+RelayStats TcpRelay::stats() const {
+  RelayStats s;
+  const Counters& c = counters_;
+  s.accepted = c.accepted.load();
+  s.refused = c.refused.load();
+  s.over_capacity = c.over_capacity.load();
+  s.upstream_failed = c.upstream_failed.load();
+  s.connect_timeouts = c.connect_timeouts.load();
+  s.half_close_timeouts = c.half_close_timeouts.load();
+  s.idle_timeouts = c.idle_timeouts.load();
+  s.resets = c.resets.load();
+  s.active = c.active.load();
+  s.bytes_to_upstream = c.bytes_to_upstream.load();
+  s.bytes_to_downstream = c.bytes_to_downstream.load();
+  return s;
+}
+
+void TcpRelay::Loop() {
+  epoll_event events[256];
+  absl::Time last_sweep = absl::Now();
+  while (!stop_.load()) {
+    const int n = epoll_wait(epoll_.get(), events, 256, 1000);
+    if (n < 0 && errno != EINTR) {
+      SHUNT_LOG_EVERY_N_SEC(ERROR, 10) << ErrnoStatus(errno, "relay: epoll_wait");
+      continue;
+    }
+    for (int i = 0; i < n; ++i) {
+      const uint64_t tag = events[i].data.u64;
+      if (tag == kWakeTag) {
+        uint64_t v;
+        while (read(wake_.get(), &v, sizeof(v)) > 0) {}
+        absl::MutexLock l(&mu_);
+        for (auto& [fd, lst] : pending_add_) {
+          epoll_event ev{};
+          ev.events = EPOLLIN;
+          ev.data.u64 = (static_cast<uint64_t>(fd) << 1) | kListenerTag;
+          if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) == 0) {
+            live_listeners_[fd] = lst;
+          } else {
+            SHUNT_LOG(ERROR) << ErrnoStatus(errno, "relay: add a listener");
+          }
+        }
+        pending_add_.clear();
+        for (int fd : pending_remove_) {
+          epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
+          live_listeners_.erase(fd);  // closes it
+        }
+        pending_remove_.clear();
+      } else if (tag & kListenerTag) {
+        Accept(static_cast<int>(tag >> 1));
+      } else {
+        auto* end = reinterpret_cast<Conn::End*>(events[i].data.ptr);
+        OnEvent(end->conn, end->side, events[i].events);
+      }
+    }
+    const absl::Time now = absl::Now();
+    if (now - last_sweep >= absl::Seconds(1)) {
+      Sweep(now);
+      last_sweep = now;
+    }
+  }
+  for (auto& [p, c] : conns_) {
+    ResetFd(c->fd[0]);
+    ResetFd(c->fd[1]);
+  }
+  counters_.active = 0;
+  conns_.clear();
+  live_listeners_.clear();
+}
+
+void TcpRelay::Accept(int listener_fd) {
+  auto it = live_listeners_.find(listener_fd);
+  if (it == live_listeners_.end()) return;
+  std::shared_ptr<Listener> lst = it->second;
+  for (int i = 0; i < 64; ++i) {  // then the others' turn
+    UniqueFd down(accept4(listener_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    if (!down.valid()) {
+      if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
+        SHUNT_LOG_EVERY_N_SEC(WARNING, 10) << ErrnoStatus(errno, "relay: accept");
+      }
+      return;
+    }
+    ++counters_.accepted;
+    if (conns_.size() >= options_.max_connections) {
+      ++counters_.over_capacity;
+      ResetFd(down);
+      continue;
+    }
+    sockaddr_storage peer{}, local{};
+    socklen_t len = sizeof(peer);
+    getpeername(down.get(), reinterpret_cast<sockaddr*>(&peer), &len);
+    len = sizeof(local);
+    getsockname(down.get(), reinterpret_cast<sockaddr*>(&local), &len);
+    RelayDecision d = lst->decide(peer, local);
+    if (!d.allow) {
+      ++counters_.refused;
+      ResetFd(down);
+      continue;
+    }
+    auto up = ConnectTransparent(d.netns_fd, d.as, d.to, d.mark);
+    if (!up.ok()) {
+      ++counters_.upstream_failed;
+      SHUNT_LOG_EVERY_N_SEC(WARNING, 10) << "relay: " << up.status().message();
+      ResetFd(down);
+      continue;
+    }
+    auto c = std::make_unique<Conn>();
+    c->fd[0] = std::move(down);
+    c->fd[1] = std::move(*up);
+    bool ok = true;
+    for (int d2 = 0; d2 < 2 && ok; ++d2) {
+      int p[2];
+      ok = pipe2(p, O_NONBLOCK | O_CLOEXEC) == 0;
+      if (ok) {
+        c->pipe_r[d2] = UniqueFd(p[0]);
+        c->pipe_w[d2] = UniqueFd(p[1]);
+      }
+    }
+    if (!ok) {
+      SHUNT_LOG_EVERY_N_SEC(WARNING, 10) << ErrnoStatus(errno, "relay: pipe2");
+      ResetFd(c->fd[0]);
+      continue;
+    }
+    const absl::Time now = absl::Now();
+    c->connect_deadline = now + options_.connect_timeout;
+    c->last_activity = now;
+    Conn* raw = c.get();
+    for (int side = 0; side < 2; ++side) {
+      raw->ends[side] = {raw, side};
+      epoll_event ev{};
+      ev.events = 0;
+      ev.data.ptr = &raw->ends[side];
+      epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, raw->fd[side].get(), &ev);
+    }
+    conns_[raw] = std::move(c);
+    ++counters_.active;
+    Interest(raw);
+  }
+}
+
+void TcpRelay::OnEvent(Conn* c, int side, uint32_t events) {
+  if (!conns_.count(c)) return;  // closed by an earlier event of this batch
+  if (c->connecting) {
+    if (side != 1 && !(events & (EPOLLERR | EPOLLHUP))) return;
+    int err = 0;
+    socklen_t len = sizeof(err);
+    getsockopt(c->fd[1].get(), SOL_SOCKET, SO_ERROR, &err, &len);
+    if (side == 1 && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) {
+      if (err != 0 || (events & EPOLLERR)) {
+        ++counters_.upstream_failed;
+        Close(c, /*reset=*/true);
+        return;
+      }
+      c->connecting = false;
+    } else if (side == 0) {  // the client went away before the upstream was up
+      Close(c, true);
+      return;
+    }
+  }
+  if (!Pump(c, 0) || !Pump(c, 1)) return;
+  if (c->shut[0] && c->shut[1]) {
+    Close(c, /*reset=*/false);
+    return;
+  }
+  Interest(c);
+}
+
+bool TcpRelay::Pump(Conn* c, int d) {
+  if (c->connecting || c->shut[d]) return true;
+  const int src = c->fd[d].get(), dst = c->fd[1 - d].get();
+  for (int i = 0; i < 16; ++i) {
+    bool read_blocked = false;
+    if (c->pending[d] == 0 && !c->eof[d]) {
+      const ssize_t n = splice(src, nullptr, c->pipe_w[d].get(), nullptr, kChunk,
+                               SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+      if (n > 0) {
+        c->pending[d] += static_cast<size_t>(n);
+        c->last_activity = absl::Now();
+      } else if (n == 0) {
+        c->eof[d] = true;
+        if (c->half_closed_at == absl::InfiniteFuture()) c->half_closed_at = absl::Now();
+      } else if (errno == EAGAIN || errno == EINTR) {
+        read_blocked = true;
+      } else {  // ECONNRESET...: a reset is passed on
+        ++counters_.resets;
+        Close(c, /*reset=*/true);
+        return false;
+      }
+    }
+    if (c->pending[d] > 0) {
+      const ssize_t m = splice(c->pipe_r[d].get(), nullptr, dst, nullptr, c->pending[d],
+                               SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+      if (m > 0) {
+        c->pending[d] -= static_cast<size_t>(m);
+        (d == 0 ? counters_.bytes_to_upstream : counters_.bytes_to_downstream) += m;
+      } else if (m < 0 && (errno == EAGAIN || errno == EINTR)) {
+        return true;  // the other side's buffer is full: wait until it is writable
+      } else {
+        ++counters_.resets;
+        Close(c, /*reset=*/true);
+        return false;
+      }
+      if (c->pending[d] > 0) return true;
+    }
+    if (c->eof[d] && c->pending[d] == 0) {
+      shutdown(dst, SHUT_WR);
+      c->shut[d] = true;
+      return true;
+    }
+    if (read_blocked) return true;
+  }
+  return true;
+}
+
+void TcpRelay::Interest(Conn* c) {
+  for (int side = 0; side < 2; ++side) {
+    if (c->gone[side]) continue;
+    if (!c->connecting && c->eof[side] && c->shut[1 - side]) {
+      // Nothing more to read from it nor to write to it: out of epoll, whose level-triggered
+      // hang-up would otherwise wake the loop until the other direction is done.
+      epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c->fd[side].get(), nullptr);
+      c->gone[side] = true;
+      continue;
+    }
+    uint32_t want = 0;
+    if (c->connecting) {
+      if (side == 1) want = EPOLLOUT;
+      // The client: only a hang-up (reported anyway) until the upstream is there.
+    } else {
+      if (c->pending[side] == 0 && !c->eof[side]) want |= EPOLLIN;
+      if (c->pending[1 - side] > 0) want |= EPOLLOUT;
+    }
+    if (want == c->events[side]) continue;
+    epoll_event ev{};
+    ev.events = want;
+    ev.data.ptr = &c->ends[side];
+    epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c->fd[side].get(), &ev);
+    c->events[side] = want;
+  }
+}
+
+void TcpRelay::Close(Conn* c, bool reset) {
+  auto it = conns_.find(c);
+  if (it == conns_.end()) return;
+  for (int side = 0; side < 2; ++side) {
+    if (c->fd[side].valid() && !c->gone[side]) {
+      epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c->fd[side].get(), nullptr);
+    }
+    if (reset) {
+      ResetFd(c->fd[side]);
+    } else {
+      c->fd[side].Reset();
+    }
+  }
+  --counters_.active;
+  conns_.erase(it);
+}
+
+void TcpRelay::Sweep(absl::Time now) {
+  std::vector<std::pair<Conn*, int>> expired;  // 0 connect, 1 half-close, 2 idle
+  for (auto& [p, c] : conns_) {
+    if (c->connecting) {
+      if (now > c->connect_deadline) expired.push_back({p, 0});
+    } else if ((c->eof[0] || c->eof[1]) &&
+               now - std::max(c->half_closed_at, c->last_activity) > options_.half_close_timeout) {
+      // Bounded: no pile-up of half-closed pairs; a half-closed stream still moving is not cut.
+      expired.push_back({p, 1});
+    } else if (options_.idle_timeout > absl::ZeroDuration() &&
+               now - c->last_activity > options_.idle_timeout) {
+      expired.push_back({p, 2});
+    }
+  }
+  for (auto [p, why] : expired) {
+    (why == 0 ? counters_.connect_timeouts
+              : why == 1 ? counters_.half_close_timeouts : counters_.idle_timeouts) += 1;
+    if (why == 0) ++counters_.upstream_failed;
+    Close(p, /*reset=*/true);
+  }
+}
+
+}  // namespace shunt::agent

@@ -1,0 +1,123 @@
+// The agent's opaque TCP relay (issue 9, docs/capture.md): connections handed over by TPROXY to
+// a transparent listener in a pod's namespace are decided (allowed: an upstream to the pod as the
+// client's address; refused: reset), then their bytes moved in the kernel with splice(2) through
+// a pipe per direction, never copied to user space.
+//
+// One epoll loop on a thread of its own. Backpressure: a side is read only while its pipe towards
+// the other is empty, so a slow reader holds back its writer (at most a pipe, 64 KiB, is in
+// flight per direction) instead of the relay buffering. Half-closes are passed on (a FIN becomes
+// a shutdown(SHUT_WR) once what came before it is written), a reset becomes a reset, and every
+// connection has a connect timeout, a bounded half-close and an optional idle timeout (off by
+// default: long-lived database connections are not cut).
+#pragma once
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/unique_fd.h"
+
+namespace shunt::agent {
+
+struct RelayOptions {
+  absl::Duration connect_timeout = absl::Seconds(10);
+  // After one side ended its stream (FIN), the other has this long to end its own.
+  absl::Duration half_close_timeout = absl::Seconds(60);
+  absl::Duration idle_timeout = absl::ZeroDuration();  // no byte either way for this long; 0: off
+  size_t max_connections = 65536;  // beyond it new connections are reset, counted
+};
+
+// What to do with an accepted connection (`peer`: the client, `local`: where it connected).
+struct RelayDecision {
+  bool allow = false;
+  std::string reason;  // when refused, for the log and counters
+  int netns_fd = -1;   // the upstream is made inside this namespace (borrowed: outlives the call)
+  sockaddr_storage as{};  // the upstream's source address (the client's; any port)
+  sockaddr_storage to{};  // its destination
+  uint32_t mark = 0;      // SO_MARK of the upstream
+};
+using RelayDecide =
+    std::function<RelayDecision(const sockaddr_storage& peer, const sockaddr_storage& local)>;
+
+struct RelayStats {
+  uint64_t accepted = 0;
+  uint64_t refused = 0;           // by the decision
+  uint64_t over_capacity = 0;     // max_connections reached
+  uint64_t upstream_failed = 0;   // could not connect (refused, timeout, no route)
+  uint64_t connect_timeouts = 0;
+  uint64_t half_close_timeouts = 0;
+  uint64_t idle_timeouts = 0;
+  uint64_t resets = 0;            // a reset passed on
+  uint64_t active = 0;
+  uint64_t bytes_to_upstream = 0;
+  uint64_t bytes_to_downstream = 0;
+};
+
+class TcpRelay {
+ public:
+  static absl::StatusOr<std::unique_ptr<TcpRelay>> Start(RelayOptions options);
+  ~TcpRelay();  // Stop()
+  TcpRelay(const TcpRelay&) = delete;
+  TcpRelay& operator=(const TcpRelay&) = delete;
+
+  // Serves `listener` (non-blocking, listening); `decide` runs on the relay's thread. The relay
+  // owns the listener until RemoveListener (which closes it; open connections go on).
+  absl::Status AddListener(UniqueFd listener, RelayDecide decide);
+  void RemoveListener(int listener_fd);
+  RelayStats stats() const;
+  void Stop();
+
+  struct Conn;  // one relayed connection (tcp_relay.cc)
+
+ private:
+  explicit TcpRelay(RelayOptions options);
+  void Loop();
+  void Accept(int listener_fd);
+  void Sweep(absl::Time now);
+  void OnEvent(Conn* c, int side, uint32_t events);
+  // Moves what can be moved from side `d` to the other; false: the connection was reset.
+  bool Pump(Conn* c, int d);
+  void Interest(Conn* c);
+  void Close(Conn* c, bool reset);
+
+  const RelayOptions options_;
+  UniqueFd epoll_;
+  UniqueFd wake_;  // eventfd: listener changes and Stop()
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+
+  mutable absl::Mutex mu_;
+  // Listeners: fd -> decision; added and removed from other threads, used on the loop's.
+  struct Listener {
+    UniqueFd fd;
+    RelayDecide decide;
+  };
+  std::map<int, std::shared_ptr<Listener>> listeners_ ABSL_GUARDED_BY(mu_);
+  std::map<int, std::shared_ptr<Listener>> pending_add_ ABSL_GUARDED_BY(mu_);
+  std::vector<int> pending_remove_ ABSL_GUARDED_BY(mu_);
+  struct Counters {
+    std::atomic<uint64_t> accepted{0}, refused{0}, over_capacity{0}, upstream_failed{0},
+        connect_timeouts{0}, half_close_timeouts{0}, idle_timeouts{0}, resets{0}, active{0},
+        bytes_to_upstream{0}, bytes_to_downstream{0};
+  };
+  Counters counters_;
+
+  // The loop's own (no lock).
+  std::map<Conn*, std::unique_ptr<Conn>> conns_;
+  std::map<int, std::shared_ptr<Listener>> live_listeners_;
+};
+
+}  // namespace shunt::agent

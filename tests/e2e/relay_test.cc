@@ -1,0 +1,245 @@
+// The opaque TCP relay (agent/proxy/tcp_relay.h) on loopback, as root (IP_TRANSPARENT): what
+// programs see through it is what they see without it -- half-closes both ways, a reset, a
+// server that speaks first, many connections at once -- and refusals and failed upstreams are
+// resets, counted.
+#include "agent/proxy/tcp_relay.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "agent/capture/netns.h"
+#include "tests/test_util.h"
+
+namespace shunt::agent {
+namespace {
+
+using namespace std::chrono_literals;
+
+sockaddr_storage Loopback(uint16_t port) {
+  sockaddr_storage ss{};
+  auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+  a->sin_family = AF_INET;
+  a->sin_port = htons(port);
+  a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  return ss;
+}
+
+uint16_t PortOf(int fd) {
+  sockaddr_in a{};
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  return ntohs(a.sin_port);
+}
+
+UniqueFd Listen(bool nonblocking) {
+  UniqueFd fd(socket(AF_INET, SOCK_STREAM | (nonblocking ? SOCK_NONBLOCK : 0) | SOCK_CLOEXEC, 0));
+  sockaddr_storage a = Loopback(0);
+  EXPECT_EQ(bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(sockaddr_in)), 0);
+  EXPECT_EQ(listen(fd.get(), 4096), 0);
+  return fd;
+}
+
+UniqueFd Connect(uint16_t port) {
+  UniqueFd fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_storage a = Loopback(port);
+  EXPECT_EQ(connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(sockaddr_in)), 0);
+  timeval tv{10, 0};
+  setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  return fd;
+}
+
+std::string ReadAll(int fd, int* err = nullptr) {
+  std::string out;
+  char buf[65536];
+  while (true) {
+    const ssize_t n = read(fd, buf, sizeof(buf));
+    if (n > 0) {
+      out.append(buf, n);
+      continue;
+    }
+    if (err) *err = n < 0 ? errno : 0;
+    return out;
+  }
+}
+
+void WriteAll(int fd, const std::string& s) {
+  for (size_t off = 0; off < s.size();) {
+    const ssize_t n = write(fd, s.data() + off, s.size() - off);
+    ASSERT_GT(n, 0) << strerror(errno);
+    off += n;
+  }
+}
+
+class RelayTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    // 1000 connections through the relay are 8000 descriptors in this process (a VM's init
+    // starts with 1024): root may raise its limit.
+    rlimit lim{65536, 65536};
+    if (setrlimit(RLIMIT_NOFILE, &lim) != 0) {  // not allowed above the hard limit here
+      ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &lim), 0);
+      lim.rlim_cur = lim.rlim_max;
+      ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &lim), 0) << strerror(errno);
+    }
+    ASSERT_GE(lim.rlim_cur, 9000u) << "too few descriptors for the 1000-connection case";
+    auto ns = OpenNetns("/proc/self/ns/net");
+    ASSERT_TRUE(ns.ok());
+    netns_ = std::move(*ns);
+    RelayOptions o;
+    o.connect_timeout = absl::Seconds(2);
+    auto r = TcpRelay::Start(o);
+    ASSERT_TRUE(r.ok()) << r.status();
+    relay_ = std::move(*r);
+    backend_ = Listen(false);
+    UniqueFd front = Listen(true);
+    front_port_ = PortOf(front.get());
+    ASSERT_TRUE(relay_
+                    ->AddListener(std::move(front),
+                                  [this](const sockaddr_storage&, const sockaddr_storage&) {
+                                    RelayDecision d;
+                                    d.allow = allow_.load();
+                                    d.netns_fd = netns_.get();
+                                    d.as = Loopback(0);
+                                    d.to = Loopback(upstream_port_.load());
+                                    return d;
+                                  })
+                    .ok());
+    upstream_port_ = PortOf(backend_.get());
+  }
+
+  UniqueFd AcceptBackend() {
+    UniqueFd fd(accept4(backend_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    timeval tv{10, 0};
+    setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    return fd;
+  }
+
+  UniqueFd netns_;
+  std::unique_ptr<TcpRelay> relay_;
+  UniqueFd backend_;
+  uint16_t front_port_ = 0;
+  std::atomic<uint16_t> upstream_port_{0};
+  std::atomic<bool> allow_{true};
+};
+
+TEST_F(RelayTest, ClientHalfCloseThenServerAnswersAndCloses) {
+  UniqueFd c = Connect(front_port_);
+  UniqueFd s = AcceptBackend();
+  ASSERT_TRUE(s.valid());
+  WriteAll(c.get(), "request");
+  shutdown(c.get(), SHUT_WR);
+  EXPECT_EQ(ReadAll(s.get()), "request") << "the client's FIN reached the server";
+  WriteAll(s.get(), "response");
+  s.Reset();
+  int err = -1;
+  EXPECT_EQ(ReadAll(c.get(), &err), "response");
+  EXPECT_EQ(err, 0) << "then an orderly end of stream";
+  EXPECT_TRUE(shunt::test::Eventually([&] { return relay_->stats().active == 0; }, 5s));
+}
+
+TEST_F(RelayTest, ServerHalfCloseWhileTheClientGoesOnSending) {
+  UniqueFd c = Connect(front_port_);
+  UniqueFd s = AcceptBackend();
+  WriteAll(s.get(), "banner");
+  shutdown(s.get(), SHUT_WR);
+  char buf[6];
+  ASSERT_EQ(recv(c.get(), buf, 6, MSG_WAITALL), 6);
+  EXPECT_EQ(recv(c.get(), buf, 1, 0), 0) << "the server's FIN";
+  WriteAll(c.get(), "still talking");
+  shutdown(c.get(), SHUT_WR);
+  EXPECT_EQ(ReadAll(s.get()), "still talking");
+}
+
+TEST_F(RelayTest, AServerThatSpeaksFirstIsNotStalled) {
+  UniqueFd c = Connect(front_port_);
+  UniqueFd s = AcceptBackend();
+  WriteAll(s.get(), "220 smtp ready\r\n");
+  char buf[64] = {};
+  ASSERT_GT(recv(c.get(), buf, sizeof(buf), 0), 0);
+  EXPECT_STREQ(buf, "220 smtp ready\r\n");
+}
+
+TEST_F(RelayTest, AResetIsPassedOn) {
+  UniqueFd c = Connect(front_port_);
+  UniqueFd s = AcceptBackend();
+  WriteAll(c.get(), "x");
+  char b;
+  ASSERT_EQ(read(s.get(), &b, 1), 1);
+  linger l{1, 0};
+  setsockopt(s.get(), SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+  s.Reset();
+  int err = 0;
+  ReadAll(c.get(), &err);
+  EXPECT_EQ(err, ECONNRESET);
+  EXPECT_TRUE(shunt::test::Eventually([&] { return relay_->stats().resets >= 1; }, 5s));
+}
+
+TEST_F(RelayTest, RefusedAndFailedUpstreamsAreResetsAndCounted) {
+  allow_ = false;
+  {
+    UniqueFd c = Connect(front_port_);
+    int err = 0;
+    ReadAll(c.get(), &err);
+    EXPECT_EQ(err, ECONNRESET);
+  }
+  EXPECT_EQ(relay_->stats().refused, 1u);
+  allow_ = true;
+  UniqueFd closed = Listen(false);
+  upstream_port_ = PortOf(closed.get());
+  closed.Reset();  // nothing listens there now
+  {
+    UniqueFd c = Connect(front_port_);
+    int err = 0;
+    ReadAll(c.get(), &err);
+    EXPECT_EQ(err, ECONNRESET);
+  }
+  EXPECT_TRUE(shunt::test::Eventually([&] { return relay_->stats().upstream_failed == 1; }, 5s));
+}
+
+TEST_F(RelayTest, AThousandConcurrentConnectionsEachGetTheirOwnBytesBack) {
+  std::atomic<bool> done{false};
+  std::thread echo([&] {
+    std::vector<std::thread> ts;
+    for (int i = 0; i < 1000; ++i) {
+      UniqueFd s = AcceptBackend();
+      if (!s.valid()) break;
+      ts.emplace_back([fd = s.Release()] {
+        UniqueFd s(fd);
+        std::string got = ReadAll(s.get());
+        WriteAll(s.get(), got);
+      });
+    }
+    for (auto& t : ts) t.join();
+    done = true;
+  });
+  std::vector<UniqueFd> clients;
+  for (int i = 0; i < 1000; ++i) {
+    clients.push_back(Connect(front_port_));
+    WriteAll(clients.back().get(), "conn " + std::to_string(i) + std::string(4000, 'x'));
+    shutdown(clients.back().get(), SHUT_WR);
+  }
+  int ok = 0;
+  for (int i = 0; i < 1000; ++i) {
+    ok += ReadAll(clients[i].get()) == "conn " + std::to_string(i) + std::string(4000, 'x');
+  }
+  echo.join();
+  EXPECT_EQ(ok, 1000);
+  EXPECT_EQ(relay_->stats().accepted, 1000u);
+  EXPECT_TRUE(shunt::test::Eventually([&] { return relay_->stats().active == 0; }, 10s));
+}
+
+}  // namespace
+}  // namespace shunt::agent
