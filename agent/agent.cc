@@ -266,6 +266,9 @@ int RunAgent(const AgentConfig& config) {
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // A write (or a splice, in the relay) to a socket its peer reset is an EPIPE to handle, not a
+  // signal that ends the agent.
+  signal(SIGPIPE, SIG_IGN);
 
   if (absl::Status s = CheckKernel(); !s.ok()) {
     SHUNT_LOG(ERROR) << s.message();

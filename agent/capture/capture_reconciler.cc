@@ -5,7 +5,9 @@
 #include <ifaddrs.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <fstream>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "agent/capture/netns.h"
@@ -30,6 +32,26 @@ pid_t AnyProcessOf(const std::string& dir) {
   }
   closedir(d);
   return found;
+}
+
+std::vector<pid_t> ProcessesOf(const std::string& dir, size_t max) {
+  std::vector<pid_t> out;
+  std::vector<std::string> dirs = {dir};
+  while (!dirs.empty() && out.size() < max) {
+    const std::string d = dirs.back();
+    dirs.pop_back();
+    std::ifstream procs(d + "/cgroup.procs");
+    for (pid_t pid = 0; out.size() < max && procs >> pid;) {
+      if (pid > 0) out.push_back(pid);
+    }
+    if (DIR* h = opendir(d.c_str())) {
+      while (dirent* e = readdir(h)) {
+        if (e->d_type == DT_DIR && e->d_name[0] != '.') dirs.push_back(d + "/" + e->d_name);
+      }
+      closedir(h);
+    }
+  }
+  return out;
 }
 
 std::vector<std::string> LocalAddresses() {
@@ -80,22 +102,47 @@ size_t CaptureReconciler::captured_pods() const {
 }
 
 absl::Status CaptureReconciler::Capture(const std::string& uid, const std::string& cgroup,
-                                        Pod& pod) {
-  const pid_t pid = AnyProcessOf(cgroup);
-  if (pid == 0) return absl::OkStatus();  // no process yet: next pass
-  auto ns = OpenNetns(absl::StrCat("/proc/", pid, "/ns/net"));
-  if (!ns.ok()) return ns.status();
+                                        const std::vector<std::string>& ips, Pod& pod) {
+  // The pod's namespace is the one that holds its IP: a process of the pod in a namespace of its
+  // own (a sandbox, unshare), or a pid reused by another process between the read of
+  // cgroup.procs and the open, is not taken for it.
+  std::optional<UniqueFd> found;
   struct stat st{};
-  if (fstat(ns->get(), &st) != 0) return absl::InternalError("fstat of a pod's namespace");
+  for (pid_t pid : ProcessesOf(cgroup)) {
+    auto ns = OpenNetns(absl::StrCat("/proc/", pid, "/ns/net"));
+    if (!ns.ok() || fstat(ns->get(), &st) != 0) continue;
+    if (pod.netns && pod.netns_ino == st.st_ino) return absl::OkStatus();  // as it is
+    std::vector<std::string> addrs;
+    {
+      NetnsScope in(ns->get());
+      if (!in.ok()) continue;
+      addrs = LocalAddresses();
+    }
+    bool holds_ip = false;
+    for (const auto& a : addrs) holds_ip |= std::find(ips.begin(), ips.end(), a) != ips.end();
+    if (holds_ip) {
+      found = std::move(*ns);
+      break;
+    }
+  }
+  if (!found) return absl::OkStatus();  // no process in the pod's namespace yet: next pass
+  auto* ns = &*found;
   if (pod.netns && pod.netns_ino == st.st_ino) return absl::OkStatus();  // as it is
   if (pod.netns) Release(uid, pod);  // a new sandbox
   auto shared = std::make_shared<UniqueFd>(std::move(*ns));
+  const uint64_t group = next_group_++;
   if (absl::Status s = InstallCapture(shared->get(), options_.capture); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("pod ", uid, ": ", s.message()));
   }
   std::vector<int> listeners;
   for (int family : {AF_INET, AF_INET6}) {
     auto l = OpenTransparentListener(shared->get(), family, options_.capture.port);
+    if (!l.ok() && family == AF_INET6 && !listeners.empty() &&
+        (absl::IsUnimplemented(l.status()) || l.status().message().find("not supported") !=
+                                                  std::string::npos ||
+         l.status().message().find("not available") != std::string::npos)) {
+      continue;  // no IPv6 in this namespace: IPv4 only
+    }
     if (!l.ok()) {
       for (int fd : listeners) relay_.RemoveListener(fd);
       RemoveCapture(shared->get(), options_.capture).IgnoreError();
@@ -103,10 +150,20 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
     }
     const int fd = l->get();
     const uint32_t mark = options_.capture.agent_mark;
+    const uint16_t port = options_.capture.port;
     // Opaque TCP, allowed (policy where traffic arrives comes with the proxy's next part): an
-    // upstream to where the client connected, as the client.
-    auto decide = [shared, mark](const sockaddr_storage& peer, const sockaddr_storage& local) {
+    // upstream to where the client connected, as the client. Never to the listener's own port
+    // (a connection to it, from outside or from the pod, would be relayed to itself, again and
+    // again).
+    auto decide = [shared, mark, port](const sockaddr_storage& peer, const sockaddr_storage& local) {
       RelayDecision d;
+      const uint16_t to_port =
+          ntohs(local.ss_family == AF_INET ? reinterpret_cast<const sockaddr_in*>(&local)->sin_port
+                                           : reinterpret_cast<const sockaddr_in6*>(&local)->sin6_port);
+      if (to_port == port) {
+        d.reason = "the capture listener's own port";
+        return d;
+      }
       d.allow = true;
       d.netns_fd = shared->get();
       d.as = peer;
@@ -114,12 +171,13 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
       d.mark = mark;
       return d;
     };
-    if (absl::Status s = relay_.AddListener(std::move(*l), decide); !s.ok()) return s;
+    if (absl::Status s = relay_.AddListener(std::move(*l), decide, group); !s.ok()) return s;
     listeners.push_back(fd);
   }
   pod.netns = std::move(shared);
   pod.netns_ino = st.st_ino;
   pod.listeners = std::move(listeners);
+  pod.group = group;
   SHUNT_LOG(INFO) << "pod " << uid << ": inbound connections captured (port "
                   << options_.capture.port << ")";
   return absl::OkStatus();
@@ -127,12 +185,29 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
 
 void CaptureReconciler::Release(const std::string& uid, Pod& pod) {
   if (!pod.netns) return;
-  // The table first (no new connection for listeners about to go); open connections go on.
-  if (absl::Status s = RemoveCapture(pod.netns->get(), options_.capture); !s.ok()) {
+  // New connections first (none for listeners about to go); open ones go on, their replies
+  // still routed to the relay until they end (FinishReleases).
+  if (absl::Status s = StopCapturing(pod.netns->get(), options_.capture); !s.ok()) {
     SHUNT_LOG_EVERY_N_SEC(WARNING, 10) << "pod " << uid << ": release the capture: " << s.message();
   }
   for (int fd : pod.listeners) relay_.RemoveListener(fd);
+  pod.listeners.clear();
+  releasing_.emplace_back(uid, std::move(pod));
   pod = Pod{};
+}
+
+void CaptureReconciler::FinishReleases() {
+  for (auto it = releasing_.begin(); it != releasing_.end();) {
+    if (relay_.ActiveIn(it->second.group) > 0) {
+      ++it;
+      continue;
+    }
+    if (absl::Status s = RemoveCapture(it->second.netns->get(), options_.capture); !s.ok()) {
+      SHUNT_LOG_EVERY_N_SEC(WARNING, 10)
+          << "pod " << it->first << ": remove the capture: " << s.message();
+    }
+    it = releasing_.erase(it);
+  }
 }
 
 absl::Status CaptureReconciler::ReconcileOnce() {
@@ -141,10 +216,12 @@ absl::Status CaptureReconciler::ReconcileOnce() {
   if (!snapshot) return absl::OkStatus();
   auto cgroups = FindPodCgroups(options_.cgroup_root);
   if (!cgroups.ok()) return cgroups.status();
-  std::set<std::string> want;
+  std::map<std::string, std::vector<std::string>> want;  // uid -> its IPs
   for (const auto& w : snapshot->bundle.workloads()) {
     if (w.node() != options_.node_name || !w.meshed() || w.host_network()) continue;
-    if (cgroups->count(w.uid())) want.insert(w.uid());
+    if (cgroups->count(w.uid()) && w.ips_size() > 0) {
+      want[w.uid()] = std::vector<std::string>(w.ips().begin(), w.ips().end());
+    }
   }
   absl::Status first;
   for (auto it = pods_.begin(); it != pods_.end();) {
@@ -155,10 +232,11 @@ absl::Status CaptureReconciler::ReconcileOnce() {
       ++it;
     }
   }
-  for (const auto& uid : want) {
-    absl::Status s = Capture(uid, cgroups->at(uid), pods_[uid]);
+  for (const auto& [uid, ips] : want) {
+    absl::Status s = Capture(uid, cgroups->at(uid), ips, pods_[uid]);
     if (!s.ok() && first.ok()) first = s;
   }
+  FinishReleases();
   size_t n = 0;
   for (const auto& [uid, p] : pods_) n += p.netns != nullptr;
   absl::MutexLock l(&mu_);
@@ -170,6 +248,7 @@ void CaptureReconciler::ReleaseAll() {
   absl::MutexLock pass(&pass_mu_);
   for (auto& [uid, p] : pods_) Release(uid, p);
   pods_.clear();
+  FinishReleases();
   absl::MutexLock l(&mu_);
   captured_ = 0;
 }

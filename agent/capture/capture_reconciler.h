@@ -51,9 +51,14 @@ class CaptureReconciler {
     std::shared_ptr<UniqueFd> netns;  // shared with the relay's decisions
     ino_t netns_ino = 0;
     std::vector<int> listeners;
+    uint64_t group = 0;  // of its listeners in the relay
   };
-  absl::Status Capture(const std::string& uid, const std::string& cgroup, Pod& pod);
+  absl::Status Capture(const std::string& uid, const std::string& cgroup,
+                       const std::vector<std::string>& ips, Pod& pod);
+  // Stops capturing new connections; the pod's table, rules and routes go once the relay
+  // carries none of its connections any more (until then their replies still need them).
   void Release(const std::string& uid, Pod& pod);
+  void FinishReleases();
 
   Options options_;
   PolicyStore& store_;
@@ -61,12 +66,16 @@ class CaptureReconciler {
   ReconcileLoop loop_;
   absl::Mutex pass_mu_;
   std::map<std::string, Pod> pods_ ABSL_GUARDED_BY(pass_mu_);
+  std::vector<std::pair<std::string, Pod>> releasing_ ABSL_GUARDED_BY(pass_mu_);
+  uint64_t next_group_ ABSL_GUARDED_BY(pass_mu_) = 1;
   mutable absl::Mutex mu_;
   size_t captured_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // A process of the cgroup at `dir` or below (0: none yet).
 pid_t AnyProcessOf(const std::string& dir);
+// Up to `max` processes of the cgroup at `dir` or below.
+std::vector<pid_t> ProcessesOf(const std::string& dir, size_t max = 64);
 // Every address of the calling thread's network namespace (the node's, for the agent).
 std::vector<std::string> LocalAddresses();
 

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <ctime>
 #include <memory>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -23,6 +24,7 @@
 #include "absl/strings/str_split.h"
 #include "agent/capture/netns.h"
 #include "common/errno_status.h"
+#include "common/log.h"
 
 namespace shunt::agent {
 namespace {
@@ -156,6 +158,13 @@ absl::Status RoutingAll(const CaptureOptions& o, bool add) {
   absl::Status first;
   for (int family : {AF_INET, AF_INET6}) {
     absl::Status s = Routing(m.nl, o, family, add);
+    // A namespace without IPv6 (ipv6.disable=1, disable_ipv6 on lo): captured in IPv4 only.
+    if (family == AF_INET6 && !s.ok() &&
+        (absl::IsUnimplemented(s) || absl::IsPermissionDenied(s) ||
+         s.message().find("not supported") != std::string::npos)) {
+      SHUNT_LOG_EVERY_N_SEC(INFO, 60) << "capture without IPv6: " << s.message();
+      continue;
+    }
     if (first.ok()) first = s;
   }
   return first;
@@ -163,13 +172,15 @@ absl::Status RoutingAll(const CaptureOptions& o, bool add) {
 
 }  // namespace
 
-absl::StatusOr<std::string> CaptureRuleset(const CaptureOptions& o) {
+absl::StatusOr<std::string> CaptureRuleset(const CaptureOptions& o, bool capture) {
   if ((o.agent_mark & ~o.mark_mask) || (o.route_mark & ~o.mark_mask) || o.agent_mark == 0 ||
       o.route_mark == 0 || o.agent_mark == o.route_mark) {
     return absl::InvalidArgumentError("capture marks must be distinct, non-zero, within the mask");
   }
   std::vector<std::string> skip4, skip6;
+  std::set<std::string> seen;  // one address twice would make nft refuse the set
   for (const auto& c : o.skip_sources) {
+    if (!seen.insert(c).second) continue;
     switch (CidrFamily(c)) {
       case AF_INET: skip4.push_back(c); break;
       case AF_INET6: skip6.push_back(c); break;
@@ -184,27 +195,32 @@ absl::StatusOr<std::string> CaptureRuleset(const CaptureOptions& o) {
   // version left).
   absl::StrAppend(&s, "table inet ", kCaptureTable, "\n", "delete table inet ", kCaptureTable,
                   "\n", "table inet ", kCaptureTable, " {\n");
-  if (!skip4.empty()) {
-    absl::StrAppend(&s, "  set skip4 { type ipv4_addr; flags interval; elements = { ",
+  if (capture && !skip4.empty()) {
+    absl::StrAppend(&s, "  set skip4 { type ipv4_addr; flags interval; auto-merge; elements = { ",
                     absl::StrJoin(skip4, ", "), " } }\n");
   }
-  if (!skip6.empty()) {
-    absl::StrAppend(&s, "  set skip6 { type ipv6_addr; flags interval; elements = { ",
+  if (capture && !skip6.empty()) {
+    absl::StrAppend(&s, "  set skip6 { type ipv6_addr; flags interval; auto-merge; elements = { ",
                     absl::StrJoin(skip6, ", "), " } }\n");
   }
+  if (capture) {
   absl::StrAppend(&s, "  chain prerouting {\n",
                   "    type filter hook prerouting priority mangle; policy accept;\n",
                   "    iifname \"lo\" return\n", "    meta l4proto != tcp return\n");
   if (!skip4.empty()) absl::StrAppend(&s, "    ip saddr @skip4 return\n");
   if (!skip6.empty()) absl::StrAppend(&s, "    ip6 saddr @skip6 return\n");
-  // New connections only: meshing a running pod resets nothing.
+  // The listener's own port is not handed to itself (the relay refuses connections to it).
+  absl::StrAppend(&s, "    tcp dport ", o.port, " return\n");
+  // New connections only: meshing a running pod resets nothing. Their destination is the
+  // pod's own address: no mark is needed to deliver them locally.
   for (const char* fam : {"ip", "ip6"}) {
     absl::StrAppend(&s, "    meta nfproto ", fam == std::string("ip") ? "ipv4" : "ipv6",
                     " tcp flags & (fin | syn | rst | ack) == syn fib daddr type local tproxy ", fam,
-                    " to :", o.port, " meta mark set meta mark & ", keep, " | ", route,
-                    " accept\n");
+                    " to :", o.port, " accept\n");
   }
-  absl::StrAppend(&s, "  }\n", "  chain output {\n",
+  absl::StrAppend(&s, "  }\n");
+  }
+  absl::StrAppend(&s, "  chain output {\n",
                   "    type route hook output priority mangle; policy accept;\n",
                   absl::StrFormat("    meta mark & %s == 0x%x ct mark set ct mark & %s | %s\n",
                                   mask, o.agent_mark, keep, route),
@@ -220,6 +236,14 @@ absl::Status InstallCapture(int netns_fd, const CaptureOptions& o) {
   if (!in.ok()) return in.status();
   // Routes first: a captured connection's upstream needs them from its first packet.
   if (absl::Status s = RoutingAll(o, /*add=*/true); !s.ok()) return s;
+  return RunNft(*script);
+}
+
+absl::Status StopCapturing(int netns_fd, const CaptureOptions& o) {
+  auto script = CaptureRuleset(o, /*capture=*/false);
+  if (!script.ok()) return script.status();
+  NetnsScope in(netns_fd);
+  if (!in.ok()) return in.status();
   return RunNft(*script);
 }
 
@@ -295,20 +319,20 @@ absl::StatusOr<UniqueFd> ConnectTransparent(int netns_fd, const sockaddr_storage
   if (setsockopt(fd.get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0) {
     return ErrnoStatus(errno, "upstream: SO_MARK");
   }
-  // The client's address with a port of the kernel's choosing (at connect(), by the 4-tuple):
-  // never the client's own port, which the pod may see in use already.
-  if (setsockopt(fd.get(), SOL_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one)) != 0) {
+  // The client's address, with the port the caller chose, or (port 0) one of the kernel's
+  // choosing at connect() (IP_BIND_ADDRESS_NO_PORT: by the 4-tuple, but the kernel does not see
+  // the mirror image of a client's own connection, so it may pick the client's port).
+  const uint16_t port =
+      ntohs(v4 ? reinterpret_cast<const sockaddr_in*>(&as)->sin_port
+               : reinterpret_cast<const sockaddr_in6*>(&as)->sin6_port);
+  if (port == 0 &&
+      setsockopt(fd.get(), SOL_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one)) != 0) {
     return ErrnoStatus(errno, "upstream: IP_BIND_ADDRESS_NO_PORT");
   }
-  sockaddr_storage bind_addr = as;
-  if (v4) {
-    reinterpret_cast<sockaddr_in*>(&bind_addr)->sin_port = 0;
-  } else {
-    reinterpret_cast<sockaddr_in6*>(&bind_addr)->sin6_port = 0;
-  }
+  const sockaddr_storage bind_addr = as;
   const socklen_t len = v4 ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
   if (bind(fd.get(), reinterpret_cast<const sockaddr*>(&bind_addr), len) != 0) {
-    return ErrnoStatus(errno, "upstream: bind to the client's address");
+    return ErrnoStatus(errno, absl::StrCat("upstream: bind to the client's address, port ", port));
   }
   if (connect(fd.get(), reinterpret_cast<const sockaddr*>(&to), len) != 0 && errno != EINPROGRESS) {
     return ErrnoStatus(errno, "upstream: connect");

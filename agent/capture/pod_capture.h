@@ -42,10 +42,15 @@ struct CaptureOptions {
 };
 
 // The nftables script InstallCapture runs (one transaction: the table is replaced as a whole).
-absl::StatusOr<std::string> CaptureRuleset(const CaptureOptions& options);
+// `capture` false: the output chain only (StopCapturing).
+absl::StatusOr<std::string> CaptureRuleset(const CaptureOptions& options, bool capture = true);
 
 // Installs (or replaces) the table, rules and routes in the namespace. Idempotent.
 absl::Status InstallCapture(int netns_fd, const CaptureOptions& options);
+// No new connection is captured any more, but the relay's open connections go on (their
+// replies are still routed to it): the first step of releasing a pod; RemoveCapture once they
+// ended.
+absl::Status StopCapturing(int netns_fd, const CaptureOptions& options);
 // Removes them; what is not there is fine.
 absl::Status RemoveCapture(int netns_fd, const CaptureOptions& options);
 // Whether the table is there.
@@ -55,9 +60,10 @@ absl::StatusOr<bool> CaptureInstalled(int netns_fd);
 // IPV6_TRANSPARENT, v6 only), non-blocking, on `port` of every address of `family`.
 absl::StatusOr<UniqueFd> OpenTransparentListener(int netns_fd, int family, uint16_t port);
 
-// A non-blocking connection from inside the namespace to `to`, as `as` (its address, any port:
-// IP_BIND_ADDRESS_NO_PORT, never the client's own port), carrying `mark` (SO_MARK) so that the
-// namespace's rules route the replies to it. The connect is in progress when it returns.
+// A non-blocking connection from inside the namespace to `to`, as `as` (its address and port;
+// port 0: the kernel's choice at connect(), IP_BIND_ADDRESS_NO_PORT), carrying `mark` (SO_MARK)
+// so that the namespace's rules route the replies to it. The connect is in progress when it
+// returns. EADDRINUSE: that port is taken there (choose another).
 absl::StatusOr<UniqueFd> ConnectTransparent(int netns_fd, const sockaddr_storage& as,
                                             const sockaddr_storage& to, uint32_t mark);
 

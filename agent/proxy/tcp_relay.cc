@@ -1,7 +1,9 @@
 #include "agent/proxy/tcp_relay.h"
 
 #include <fcntl.h>
+#include <linux/sockios.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -25,7 +27,11 @@ struct TcpRelay::Conn {
   bool shut[2] = {false, false};  // direction d is done (shutdown(fd[1 - d], SHUT_WR) sent)
   bool connecting = true;
   uint32_t events[2] = {0, 0};  // registered with epoll
-  bool gone[2] = {false, false};  // taken out of epoll (done with)
+  bool in_epoll[2] = {false, false};
+  bool hup[2] = {false, false};  // a hang-up was seen (level-triggered: it cannot be masked)
+  bool closed = false;           // freed after the current batch of events
+  std::string tuples[2];         // the client's 4-tuple, the upstream's (TupleKey)
+  uint64_t group = 0;            // its listener's
   absl::Time connect_deadline;
   absl::Time last_activity;
   absl::Time half_closed_at = absl::InfiniteFuture();
@@ -40,6 +46,34 @@ namespace {
 constexpr uint64_t kWakeTag = 0;      // epoll data of the eventfd
 constexpr uint64_t kListenerTag = 1;  // listeners: (fd << 1) | 1
 constexpr size_t kChunk = 1 << 16;
+
+uint16_t PortOf(const sockaddr_storage& ss) {
+  return ntohs(ss.ss_family == AF_INET ? reinterpret_cast<const sockaddr_in*>(&ss)->sin_port
+                                       : reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_port);
+}
+
+void SetPort(sockaddr_storage& ss, uint16_t port) {
+  if (ss.ss_family == AF_INET) {
+    reinterpret_cast<sockaddr_in*>(&ss)->sin_port = htons(port);
+  } else {
+    reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port = htons(port);
+  }
+}
+
+// "source address:port > destination address:port", as bytes.
+std::string TupleKey(const sockaddr_storage& from, const sockaddr_storage& to) {
+  auto part = [](const sockaddr_storage& ss) {
+    if (ss.ss_family == AF_INET) {
+      const auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
+      return std::string(reinterpret_cast<const char*>(&a->sin_addr), 4) +
+             std::string(reinterpret_cast<const char*>(&a->sin_port), 2);
+    }
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
+    return std::string(reinterpret_cast<const char*>(&a->sin6_addr), 16) +
+           std::string(reinterpret_cast<const char*>(&a->sin6_port), 2);
+  };
+  return part(from) + ">" + part(to);
+}
 
 // Closes with a reset: what a peer that went away abruptly gets from the kernel too.
 void ResetFd(UniqueFd& fd) {
@@ -78,12 +112,13 @@ void TcpRelay::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-absl::Status TcpRelay::AddListener(UniqueFd listener, RelayDecide decide) {
+absl::Status TcpRelay::AddListener(UniqueFd listener, RelayDecide decide, uint64_t group) {
   if (!listener.valid()) return absl::InvalidArgumentError("relay: no listener");
   const int fd = listener.get();
   {
     absl::MutexLock l(&mu_);
-    pending_add_[fd] = std::make_shared<Listener>(Listener{std::move(listener), std::move(decide)});
+    pending_add_[fd] =
+        std::make_shared<Listener>(Listener{std::move(listener), std::move(decide), group});
   }
   const uint64_t one = 1;
   if (write(wake_.get(), &one, sizeof(one)) < 0) {}
@@ -97,6 +132,12 @@ void TcpRelay::RemoveListener(int listener_fd) {
   }
   const uint64_t one = 1;
   if (write(wake_.get(), &one, sizeof(one)) < 0) {}
+}
+
+size_t TcpRelay::ActiveIn(uint64_t group) const {
+  absl::MutexLock l(&mu_);
+  auto it = active_by_group_.find(group);
+  return it == active_by_group_.end() ? 0 : it->second;
 }
 
 RelayStats TcpRelay::stats() const {
@@ -145,6 +186,10 @@ void TcpRelay::Loop() {
         for (int fd : pending_remove_) {
           epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
           live_listeners_.erase(fd);  // closes it
+          paused_listeners_.erase(
+              std::remove_if(paused_listeners_.begin(), paused_listeners_.end(),
+                             [fd](const auto& p) { return p.first == fd; }),
+              paused_listeners_.end());
         }
         pending_remove_.clear();
       } else if (tag & kListenerTag) {
@@ -154,7 +199,21 @@ void TcpRelay::Loop() {
         OnEvent(end->conn, end->side, events[i].events);
       }
     }
+    closed_.clear();
     const absl::Time now = absl::Now();
+    for (auto it = paused_listeners_.begin(); it != paused_listeners_.end();) {
+      if (it->second > now) {
+        ++it;
+        continue;
+      }
+      if (live_listeners_.count(it->first)) {
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.u64 = (static_cast<uint64_t>(it->first) << 1) | kListenerTag;
+        epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, it->first, &ev);
+      }
+      it = paused_listeners_.erase(it);
+    }
     if (now - last_sweep >= absl::Seconds(1)) {
       Sweep(now);
       last_sweep = now;
@@ -166,6 +225,10 @@ void TcpRelay::Loop() {
   }
   counters_.active = 0;
   conns_.clear();
+  {
+    absl::MutexLock l(&mu_);
+    active_by_group_.clear();
+  }
   live_listeners_.clear();
 }
 
@@ -176,7 +239,13 @@ void TcpRelay::Accept(int listener_fd) {
   for (int i = 0; i < 64; ++i) {  // then the others' turn
     UniqueFd down(accept4(listener_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
     if (!down.valid()) {
-      if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        // Out of descriptors: the listener stays readable. Not watched for a while (else the
+        // loop spins on it); the connections wait in its backlog.
+        SHUNT_LOG_EVERY_N_SEC(WARNING, 10) << ErrnoStatus(errno, "relay: accept") << ": paused";
+        epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, listener_fd, nullptr);
+        paused_listeners_.push_back({listener_fd, absl::Now() + absl::Milliseconds(100)});
+      } else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
         SHUNT_LOG_EVERY_N_SEC(WARNING, 10) << ErrnoStatus(errno, "relay: accept");
       }
       return;
@@ -198,7 +267,26 @@ void TcpRelay::Accept(int listener_fd) {
       ResetFd(down);
       continue;
     }
-    auto up = ConnectTransparent(d.netns_fd, d.as, d.to, d.mark);
+    // The upstream's port: chosen here, never the port of a client connection the relay
+    // carries from that address to that destination (nor its own upstreams'): the kernel does
+    // not see those 4-tuples (its sockets hold their mirror images), and one upstream with a
+    // live client connection's tuple would share its conntrack entry and break both. Below the
+    // usual ephemeral range (32768-60999), where clients' ports come from.
+    absl::StatusOr<UniqueFd> up = absl::UnavailableError("no free port");
+    const std::string client_tuple = TupleKey(peer, local);
+    for (int attempt = 0; attempt < 32; ++attempt) {
+      const uint16_t port = static_cast<uint16_t>(1024 + rng_() % (32768 - 1024));
+      sockaddr_storage as = d.as;
+      SetPort(as, port);
+      if (tuples_.count(TupleKey(as, d.to)) || port == PortOf(peer)) continue;
+      up = ConnectTransparent(d.netns_fd, as, d.to, d.mark);
+      if (up.ok()) {
+        d.as = as;
+        break;
+      }
+      // EADDRINUSE (a listener of the pod on that port, say): another port.
+      if (up.status().message().find("in use") == std::string::npos) break;
+    }
     if (!up.ok()) {
       ++counters_.upstream_failed;
       SHUNT_LOG_EVERY_N_SEC(WARNING, 10) << "relay: " << up.status().message();
@@ -231,8 +319,20 @@ void TcpRelay::Accept(int listener_fd) {
       epoll_event ev{};
       ev.events = 0;
       ev.data.ptr = &raw->ends[side];
-      epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, raw->fd[side].get(), &ev);
+      raw->in_epoll[side] = epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, raw->fd[side].get(), &ev) == 0;
+      // Urgent data inline: splice stops at an urgent mark, recv (below) steps over it.
+      const int one = 1;
+      setsockopt(raw->fd[side].get(), SOL_SOCKET, SO_OOBINLINE, &one, sizeof(one));
     }
+    raw->group = lst->group;
+    {
+      absl::MutexLock l(&mu_);
+      ++active_by_group_[raw->group];
+    }
+    raw->tuples[0] = client_tuple;
+    raw->tuples[1] = TupleKey(d.as, d.to);
+    tuples_.insert(raw->tuples[0]);
+    tuples_.insert(raw->tuples[1]);
     conns_[raw] = std::move(c);
     ++counters_.active;
     Interest(raw);
@@ -240,7 +340,14 @@ void TcpRelay::Accept(int listener_fd) {
 }
 
 void TcpRelay::OnEvent(Conn* c, int side, uint32_t events) {
-  if (!conns_.count(c)) return;  // closed by an earlier event of this batch
+  if (c->closed) return;  // by an earlier event of this batch (freed after it)
+  if (events & EPOLLHUP) c->hup[side] = true;
+  if (!c->connecting && (events & EPOLLERR)) {
+    // A reset (or another error) on one side: passed on to the other.
+    ++counters_.resets;
+    Close(c, /*reset=*/true);
+    return;
+  }
   if (c->connecting) {
     if (side != 1 && !(events & (EPOLLERR | EPOLLHUP))) return;
     int err = 0;
@@ -281,7 +388,22 @@ bool TcpRelay::Pump(Conn* c, int d) {
         c->eof[d] = true;
         if (c->half_closed_at == absl::InfiniteFuture()) c->half_closed_at = absl::Now();
       } else if (errno == EAGAIN || errno == EINTR) {
-        read_blocked = true;
+        // At an urgent mark splice moves nothing although bytes wait (tcp_read_sock stops
+        // there): the byte is read inline and written on as any other.
+        int at_mark = 0;
+        char byte;
+        if (ioctl(src, SIOCATMARK, &at_mark) == 0 && at_mark &&
+            recv(src, &byte, 1, MSG_DONTWAIT) == 1) {
+          // Nothing waits in the pipe (this side is read only then): sent on as urgent data,
+          // in its place in the stream; where the other side cannot take it now, as a byte.
+          c->last_activity = absl::Now();
+          if (send(dst, &byte, 1, MSG_OOB | MSG_DONTWAIT | MSG_NOSIGNAL) != 1 &&
+              write(c->pipe_w[d].get(), &byte, 1) == 1) {
+            c->pending[d] += 1;
+          }
+        } else {
+          read_blocked = true;
+        }
       } else {  // ECONNRESET...: a reset is passed on
         ++counters_.resets;
         Close(c, /*reset=*/true);
@@ -293,6 +415,7 @@ bool TcpRelay::Pump(Conn* c, int d) {
                                SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
       if (m > 0) {
         c->pending[d] -= static_cast<size_t>(m);
+        c->last_activity = absl::Now();
         (d == 0 ? counters_.bytes_to_upstream : counters_.bytes_to_downstream) += m;
       } else if (m < 0 && (errno == EAGAIN || errno == EINTR)) {
         return true;  // the other side's buffer is full: wait until it is writable
@@ -315,27 +438,32 @@ bool TcpRelay::Pump(Conn* c, int d) {
 
 void TcpRelay::Interest(Conn* c) {
   for (int side = 0; side < 2; ++side) {
-    if (c->gone[side]) continue;
-    if (!c->connecting && c->eof[side] && c->shut[1 - side]) {
-      // Nothing more to read from it nor to write to it: out of epoll, whose level-triggered
-      // hang-up would otherwise wake the loop until the other direction is done.
-      epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c->fd[side].get(), nullptr);
-      c->gone[side] = true;
-      continue;
-    }
     uint32_t want = 0;
     if (c->connecting) {
       if (side == 1) want = EPOLLOUT;
-      // The client: only a hang-up (reported anyway) until the upstream is there.
+      // The client: only errors and hang-ups (reported anyway) until the upstream is there.
     } else {
       if (c->pending[side] == 0 && !c->eof[side]) want |= EPOLLIN;
       if (c->pending[1 - side] > 0) want |= EPOLLOUT;
     }
-    if (want == c->events[side]) continue;
+    // A socket with nothing to wait for out of epoll: once hung up (or done both ways), its
+    // level-triggered hang-up would wake the loop until the other side drained.
+    const bool done_with = !c->connecting && c->eof[side] && c->shut[1 - side];
+    const bool keep = !done_with && (want != 0 || !c->hup[side]);
+    if (!keep) {
+      if (c->in_epoll[side]) {
+        epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c->fd[side].get(), nullptr);
+        c->in_epoll[side] = false;
+      }
+      continue;
+    }
+    if (c->in_epoll[side] && want == c->events[side]) continue;
     epoll_event ev{};
     ev.events = want;
     ev.data.ptr = &c->ends[side];
-    epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c->fd[side].get(), &ev);
+    epoll_ctl(epoll_.get(), c->in_epoll[side] ? EPOLL_CTL_MOD : EPOLL_CTL_ADD,
+              c->fd[side].get(), &ev);
+    c->in_epoll[side] = true;
     c->events[side] = want;
   }
 }
@@ -344,8 +472,9 @@ void TcpRelay::Close(Conn* c, bool reset) {
   auto it = conns_.find(c);
   if (it == conns_.end()) return;
   for (int side = 0; side < 2; ++side) {
-    if (c->fd[side].valid() && !c->gone[side]) {
+    if (c->fd[side].valid() && c->in_epoll[side]) {
       epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c->fd[side].get(), nullptr);
+      c->in_epoll[side] = false;
     }
     if (reset) {
       ResetFd(c->fd[side]);
@@ -354,6 +483,18 @@ void TcpRelay::Close(Conn* c, bool reset) {
     }
   }
   --counters_.active;
+  {
+    absl::MutexLock l(&mu_);
+    if (auto g = active_by_group_.find(c->group); g != active_by_group_.end() && --g->second == 0) {
+      active_by_group_.erase(g);
+    }
+  }
+  tuples_.erase(c->tuples[0]);
+  tuples_.erase(c->tuples[1]);
+  // Events of this batch may still point at it: freed after the batch, so that no new
+  // connection takes its address meanwhile.
+  c->closed = true;
+  closed_.push_back(std::move(it->second));
   conns_.erase(it);
 }
 

@@ -18,6 +18,8 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <random>
+#include <set>
 #include <memory>
 #include <string>
 #include <thread>
@@ -66,6 +68,8 @@ struct RelayStats {
   uint64_t bytes_to_downstream = 0;
 };
 
+// The process must ignore SIGPIPE (a splice to a socket its peer reset raises it otherwise):
+// the agent does.
 class TcpRelay {
  public:
   static absl::StatusOr<std::unique_ptr<TcpRelay>> Start(RelayOptions options);
@@ -75,8 +79,10 @@ class TcpRelay {
 
   // Serves `listener` (non-blocking, listening); `decide` runs on the relay's thread. The relay
   // owns the listener until RemoveListener (which closes it; open connections go on).
-  absl::Status AddListener(UniqueFd listener, RelayDecide decide);
+  // `group` tags its connections (ActiveIn: a pod being released waits for its own to end).
+  absl::Status AddListener(UniqueFd listener, RelayDecide decide, uint64_t group = 0);
   void RemoveListener(int listener_fd);
+  size_t ActiveIn(uint64_t group) const;
   RelayStats stats() const;
   void Stop();
 
@@ -104,7 +110,9 @@ class TcpRelay {
   struct Listener {
     UniqueFd fd;
     RelayDecide decide;
+    uint64_t group = 0;
   };
+  std::map<uint64_t, size_t> active_by_group_ ABSL_GUARDED_BY(mu_);
   std::map<int, std::shared_ptr<Listener>> listeners_ ABSL_GUARDED_BY(mu_);
   std::map<int, std::shared_ptr<Listener>> pending_add_ ABSL_GUARDED_BY(mu_);
   std::vector<int> pending_remove_ ABSL_GUARDED_BY(mu_);
@@ -117,6 +125,10 @@ class TcpRelay {
 
   // The loop's own (no lock).
   std::map<Conn*, std::unique_ptr<Conn>> conns_;
+  std::vector<std::unique_ptr<Conn>> closed_;  // closed in this batch of events, freed after it
+  std::set<std::string> tuples_;  // 4-tuples of the live connections' both sides (TupleKey)
+  std::mt19937 rng_{std::random_device{}()};
+  std::vector<std::pair<int, absl::Time>> paused_listeners_;  // out of descriptors: until then
   std::map<int, std::shared_ptr<Listener>> live_listeners_;
 };
 

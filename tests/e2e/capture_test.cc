@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -132,6 +133,7 @@ void SetBlocking(int fd) {
 class CaptureTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    signal(SIGPIPE, SIG_IGN);  // the copy loop below writes to sockets that may be reset
     if (access("/usr/bin/python3", X_OK) != 0) GTEST_FAIL() << "python3 is needed (scripts/setup.sh)";
     testbed::Options opts;
     opts.nodes = 2;
@@ -207,8 +209,15 @@ TEST_F(CaptureTest, AConnectionFromAnotherNodeIsCapturedAndTheServerSeesTheClien
     EXPECT_EQ(Ip(peer), client_ip) << "the client's own address";
     EXPECT_EQ(Ip(local), server_ip) << "the address it connected to";
     EXPECT_EQ(Port(local), 8080);
-    // Upstream as the client, from inside the pod; its replies must come back here.
-    auto up = ConnectTransparent(netns_.get(), peer, local, options_.agent_mark);
+    // Upstream as the client (a port of its own, below the client's ephemeral range, as the
+    // relay chooses), from inside the pod; its replies must come back here.
+    sockaddr_storage as = peer;
+    if (as.ss_family == AF_INET) {
+      reinterpret_cast<sockaddr_in*>(&as)->sin_port = htons(23456);
+    } else {
+      reinterpret_cast<sockaddr_in6*>(&as)->sin6_port = htons(23456);
+    }
+    auto up = ConnectTransparent(netns_.get(), as, local, options_.agent_mark);
     ASSERT_TRUE(up.ok()) << up.status();
     EXPECT_NE(Port(peer), 0);
     SetBlocking(up->get());
@@ -221,7 +230,7 @@ TEST_F(CaptureTest, AConnectionFromAnotherNodeIsCapturedAndTheServerSeesTheClien
     len = sizeof(up_local);
     getsockname(up->get(), reinterpret_cast<sockaddr*>(&up_local), &len);
     EXPECT_EQ(Ip(up_local), client_ip);
-    EXPECT_NE(Port(up_local), Port(peer)) << "never the client's own port";
+    EXPECT_EQ(Port(up_local), 23456);
   }
 }
 
@@ -311,6 +320,22 @@ TEST_F(CaptureTest, TheAgentRelaysAMeshedPodsInboundConnectionsAsTheClient) {
   EXPECT_TRUE(shunt::test::Eventually(
       [&] { return Metric("shunt_relay_active_connections") == 0; }, 5s, 50ms));
 
+  // The listener's own port: refused, not relayed to itself again and again.
+  const double accepted = Metric("shunt_relay_connections_total", {{"result", "accepted"}});
+  auto self = bed_->Run(Client(), {"/usr/bin/python3", "-c",
+                                   "import socket,sys; s=socket.create_connection((sys.argv[1],"
+                                   " 15008), 5); s.sendall(b'x'); print(s.recv(10))",
+                                   Server().ipv4},
+                        20s);
+  ASSERT_TRUE(self.ok());
+  EXPECT_NE(self->exit_code, 0) << "reset: " << self->out;
+  EXPECT_TRUE(shunt::test::Eventually(
+      [&] { return Metric("shunt_relay_connections_total", {{"result", "refused"}}) == 1; }, 5s,
+      50ms));
+  EXPECT_EQ(Metric("shunt_relay_connections_total", {{"result", "accepted"}}), accepted + 1)
+      << "one connection, not a loop";
+  EXPECT_EQ(Metric("shunt_relay_active_connections"), 0);
+
   agent_->Kill();
   std::string out;
   RunClient(Server().ipv4, &out).join();
@@ -319,6 +344,50 @@ TEST_F(CaptureTest, TheAgentRelaysAMeshedPodsInboundConnectionsAsTheClient) {
   auto installed = CaptureInstalled(netns_.get());
   ASSERT_TRUE(installed.ok());
   EXPECT_FALSE(*installed) << "uninstall removed the pod's table";
+}
+
+// A pod that leaves the mesh while the relay carries one of its connections: no new connection
+// is captured, the open one goes on to its end (its replies still come to the relay), then the
+// pod's table goes.
+TEST_F(CaptureTest, APodThatLeavesTheMeshKeepsItsRelayedConnectionsToTheirEnd) {
+  auto policy = bed_->WritePolicyFile("policy.json", {{Server().name, true}});
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  agent_ = std::make_unique<e2e::AgentProcess>(
+      *bed_, bed_->node(0), *policy, std::vector<std::string>{"--capture", "--resync-ms=100"});
+  ASSERT_TRUE(agent_->Start().ok()) << agent_->Stderr();
+  ASSERT_TRUE(shunt::test::Eventually([&] { return Metric("shunt_capture_pods") == 1; }, 10s,
+                                      50ms));
+  const std::string go = bed_->work_dir() + "/release-go";
+  std::string out;
+  std::thread client([&] {
+    auto r = bed_->Run(Client(), {"/usr/bin/python3", "-c", kPyPeer, "hold", Server().ipv4, "8080", go},
+                       30s);
+    out = r.ok() ? r->out + r->err : r.status().ToString();
+  });
+  ASSERT_TRUE(e2e::WaitForFile(go + ".connected"));
+  ASSERT_TRUE(shunt::test::Eventually([&] { return Metric("shunt_relay_active_connections") == 1; },
+                                      5s, 50ms));
+  ASSERT_TRUE(bed_->WritePolicyFile("policy.json", {{Server().name, false}}).ok());
+  ASSERT_TRUE(shunt::test::Eventually([&] { return Metric("shunt_capture_pods") == 0; }, 10s,
+                                      50ms));
+  auto installed = CaptureInstalled(netns_.get());
+  ASSERT_TRUE(installed.ok());
+  EXPECT_TRUE(*installed) << "kept for the open connection's replies";
+  ASSERT_TRUE(WriteFileAtomic(go, "").ok());
+  client.join();
+  EXPECT_EQ(out, "peer " + Client().ipv4 + "\nbeforehello") << agent_->Stderr();
+  EXPECT_TRUE(shunt::test::Eventually(
+      [&] {
+        auto i = CaptureInstalled(netns_.get());
+        return i.ok() && !*i;
+      },
+      10s, 50ms))
+      << "removed once the relay carried none of its connections";
+  std::string direct;
+  RunClient(Server().ipv4, &direct).join();
+  EXPECT_EQ(direct, "peer " + Client().ipv4 + "\nhello");
+  EXPECT_EQ(Metric("shunt_relay_connections_total", {{"result", "accepted"}}), 1)
+      << "not captured once released";
 }
 
 }  // namespace

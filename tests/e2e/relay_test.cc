@@ -12,6 +12,7 @@
 #include <poll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -86,6 +87,7 @@ void WriteAll(int fd, const std::string& s) {
 class RelayTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    signal(SIGPIPE, SIG_IGN);  // as the agent does (the relay's contract)
     // 1000 connections through the relay are 8000 descriptors in this process (a VM's init
     // starts with 1024): root may raise its limit.
     rlimit lim{65536, 65536};
@@ -185,6 +187,43 @@ TEST_F(RelayTest, AResetIsPassedOn) {
   ReadAll(c.get(), &err);
   EXPECT_EQ(err, ECONNRESET);
   EXPECT_TRUE(shunt::test::Eventually([&] { return relay_->stats().resets >= 1; }, 5s));
+}
+
+// Urgent data (send(MSG_OOB)) stops splice at its mark: the relay must step over it, not stall
+// (nor spin) with bytes waiting behind it, and pass it on as urgent.
+TEST_F(RelayTest, UrgentDataIsPassedOnAndTheBytesBehindItFollow) {
+  UniqueFd c = Connect(front_port_);
+  UniqueFd s = AcceptBackend();
+  const int one = 1;
+  setsockopt(s.get(), SOL_SOCKET, SO_OOBINLINE, &one, sizeof(one));
+  WriteAll(c.get(), "ab");
+  ASSERT_EQ(send(c.get(), "!", 1, MSG_OOB), 1);
+  WriteAll(c.get(), "cd");
+  shutdown(c.get(), SHUT_WR);
+  EXPECT_EQ(ReadAll(s.get()), "ab!cd");
+}
+
+// A reset from the server while the client's upload waits in the relay (the server stopped
+// reading): passed on, at once, not left spinning.
+TEST_F(RelayTest, AResetWhileBytesWaitIsPassedOn) {
+  UniqueFd c = Connect(front_port_);
+  UniqueFd s = AcceptBackend();
+  const int small = 4096;
+  setsockopt(s.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+  const int flags = fcntl(c.get(), F_GETFL);
+  fcntl(c.get(), F_SETFL, flags | O_NONBLOCK);
+  std::string chunk(1 << 16, 'u');
+  for (int i = 0; i < 200; ++i) {
+    if (write(c.get(), chunk.data(), chunk.size()) < 0) break;  // full: the relay holds a pipe
+  }
+  fcntl(c.get(), F_SETFL, flags);
+  linger l{1, 0};
+  setsockopt(s.get(), SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+  s.Reset();
+  int err = 0;
+  ReadAll(c.get(), &err);
+  EXPECT_EQ(err, ECONNRESET);
+  EXPECT_TRUE(shunt::test::Eventually([&] { return relay_->stats().active == 0; }, 5s));
 }
 
 TEST_F(RelayTest, RefusedAndFailedUpstreamsAreResetsAndCounted) {

@@ -21,6 +21,20 @@ TEST(CaptureRuleset, ReplacesItsOwnTableOnlyAndCapturesBothFamilies) {
   EXPECT_NE(s->find("elements = { fd5a:1::1 }"), std::string::npos) << *s;
   EXPECT_NE(s->find("tcp flags & (fin | syn | rst | ack) == syn"), std::string::npos)
       << "new connections only";
+  EXPECT_NE(s->find("tcp dport 15008 return"), std::string::npos) << "never to itself";
+  // Releasing keeps the replies' routing for open connections: the output chain, no capture.
+  auto draining = CaptureRuleset(o, /*capture=*/false);
+  ASSERT_TRUE(draining.ok());
+  EXPECT_EQ(draining->find("tproxy"), std::string::npos);
+  EXPECT_NE(draining->find("chain output"), std::string::npos);
+}
+
+TEST(CaptureRuleset, AnAddressListedTwiceIsOneElement) {
+  CaptureOptions o;
+  o.skip_sources = {"198.18.0.1", "198.18.0.1"};
+  auto s = CaptureRuleset(o);
+  ASSERT_TRUE(s.ok());
+  EXPECT_NE(s->find("elements = { 198.18.0.1 }"), std::string::npos) << *s;
 }
 
 TEST(CaptureRuleset, BadOptionsAreRefused) {
