@@ -102,51 +102,56 @@ struct Mnl {
   }
 };
 
+// One rule or route request of `family`: added (NLM_F_CREATE | NLM_F_EXCL; there already is
+// fine) or deleted (not there is fine).
+template <typename Header, typename Fill>
+absl::Status RtChange(mnl_socket* nl, uint16_t add_type, uint16_t del_type, bool add,
+                      const char* what, Fill fill) {
+  static unsigned seq = static_cast<unsigned>(time(nullptr));
+  char buf[MNL_SOCKET_BUFFER_SIZE];
+  nlmsghdr* nlh = mnl_nlmsg_put_header(buf);
+  nlh->nlmsg_type = add ? add_type : del_type;
+  nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | (add ? NLM_F_CREATE | NLM_F_EXCL : 0);
+  nlh->nlmsg_seq = ++seq;
+  auto* hdr = static_cast<Header*>(mnl_nlmsg_put_extra_header(nlh, sizeof(Header)));
+  if (absl::Status s = fill(nlh, hdr); !s.ok()) return s;
+  return RtRequest(nl, nlh, add ? std::initializer_list<int>{EEXIST}
+                                : std::initializer_list<int>{ENOENT, ESRCH},
+                   absl::StrCat(add ? "add" : "delete", " the capture's ", what).c_str());
+}
+
 // The rule (fwmark route_mark/mask -> route_table) and the route (local 0/0 dev lo in route_table)
 // of one family, added or deleted.
 absl::Status Routing(mnl_socket* nl, const CaptureOptions& o, int family, bool add) {
-  static unsigned seq = static_cast<unsigned>(time(nullptr));
-  char buf[MNL_SOCKET_BUFFER_SIZE];
   const char* fam = family == AF_INET ? "IPv4" : "IPv6";
-  {
-    nlmsghdr* nlh = mnl_nlmsg_put_header(buf);
-    nlh->nlmsg_type = add ? RTM_NEWRULE : RTM_DELRULE;
-    nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | (add ? NLM_F_CREATE | NLM_F_EXCL : 0);
-    nlh->nlmsg_seq = ++seq;
-    auto* frh = static_cast<fib_rule_hdr*>(mnl_nlmsg_put_extra_header(nlh, sizeof(fib_rule_hdr)));
-    frh->family = static_cast<uint8_t>(family);
-    frh->action = FR_ACT_TO_TBL;
-    frh->table = RT_TABLE_UNSPEC;
-    mnl_attr_put_u32(nlh, FRA_FWMARK, o.route_mark);
-    mnl_attr_put_u32(nlh, FRA_FWMASK, o.mark_mask);
-    mnl_attr_put_u32(nlh, FRA_TABLE, o.route_table);
-    mnl_attr_put_u32(nlh, FRA_PRIORITY, o.route_table);
-    absl::Status s = RtRequest(nl, nlh, add ? std::initializer_list<int>{EEXIST}
-                                            : std::initializer_list<int>{ENOENT, ESRCH},
-                               add ? "add the capture's ip rule" : "delete the capture's ip rule");
-    if (!s.ok()) return absl::Status(s.code(), absl::StrCat(fam, ": ", s.message()));
+  absl::Status s = RtChange<fib_rule_hdr>(
+      nl, RTM_NEWRULE, RTM_DELRULE, add, "ip rule", [&](nlmsghdr* nlh, fib_rule_hdr* frh) {
+        frh->family = static_cast<uint8_t>(family);
+        frh->action = FR_ACT_TO_TBL;
+        frh->table = RT_TABLE_UNSPEC;
+        mnl_attr_put_u32(nlh, FRA_FWMARK, o.route_mark);
+        mnl_attr_put_u32(nlh, FRA_FWMASK, o.mark_mask);
+        mnl_attr_put_u32(nlh, FRA_TABLE, o.route_table);
+        mnl_attr_put_u32(nlh, FRA_PRIORITY, o.route_table);
+        return absl::OkStatus();
+      });
+  if (s.ok()) {
+    s = RtChange<rtmsg>(nl, RTM_NEWROUTE, RTM_DELROUTE, add, "local route",
+                        [&](nlmsghdr* nlh, rtmsg* rtm) {
+                          rtm->rtm_family = static_cast<uint8_t>(family);
+                          rtm->rtm_dst_len = 0;
+                          rtm->rtm_table = RT_TABLE_UNSPEC;
+                          rtm->rtm_protocol = RTPROT_STATIC;
+                          rtm->rtm_scope = RT_SCOPE_HOST;
+                          rtm->rtm_type = RTN_LOCAL;
+                          mnl_attr_put_u32(nlh, RTA_TABLE, o.route_table);
+                          const unsigned lo = if_nametoindex("lo");
+                          if (lo == 0) return ErrnoStatus(errno, "the namespace's lo");
+                          mnl_attr_put_u32(nlh, RTA_OIF, lo);
+                          return absl::OkStatus();
+                        });
   }
-  {
-    nlmsghdr* nlh = mnl_nlmsg_put_header(buf);
-    nlh->nlmsg_type = add ? RTM_NEWROUTE : RTM_DELROUTE;
-    nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | (add ? NLM_F_CREATE | NLM_F_EXCL : 0);
-    nlh->nlmsg_seq = ++seq;
-    auto* rtm = static_cast<rtmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(rtmsg)));
-    rtm->rtm_family = static_cast<uint8_t>(family);
-    rtm->rtm_dst_len = 0;
-    rtm->rtm_table = RT_TABLE_UNSPEC;
-    rtm->rtm_protocol = RTPROT_STATIC;
-    rtm->rtm_scope = RT_SCOPE_HOST;
-    rtm->rtm_type = RTN_LOCAL;
-    mnl_attr_put_u32(nlh, RTA_TABLE, o.route_table);
-    const unsigned lo = if_nametoindex("lo");
-    if (lo == 0) return ErrnoStatus(errno, "the namespace's lo");
-    mnl_attr_put_u32(nlh, RTA_OIF, lo);
-    absl::Status s = RtRequest(nl, nlh, add ? std::initializer_list<int>{EEXIST}
-                                            : std::initializer_list<int>{ENOENT, ESRCH},
-                               add ? "add the capture's local route" : "delete the capture's local route");
-    if (!s.ok()) return absl::Status(s.code(), absl::StrCat(fam, ": ", s.message()));
-  }
+  if (!s.ok()) return absl::Status(s.code(), absl::StrCat(fam, ": ", s.message()));
   return absl::OkStatus();
 }
 

@@ -373,6 +373,24 @@ void TcpRelay::OnEvent(Conn* c, int side, uint32_t events) {
   Interest(c);
 }
 
+bool TcpRelay::StepOverUrgent(Conn* c, int d) {
+  const int src = c->fd[d].get(), dst = c->fd[1 - d].get();
+  int at_mark = 0;
+  char byte;
+  if (ioctl(src, SIOCATMARK, &at_mark) != 0 || !at_mark ||
+      recv(src, &byte, 1, MSG_DONTWAIT) != 1) {
+    return false;
+  }
+  // Nothing waits in the pipe (this side is read only then): sent on as urgent data, in its
+  // place in the stream; where the other side cannot take it now, as a byte.
+  c->last_activity = absl::Now();
+  if (send(dst, &byte, 1, MSG_OOB | MSG_DONTWAIT | MSG_NOSIGNAL) != 1 &&
+      write(c->pipe_w[d].get(), &byte, 1) == 1) {
+    c->pending[d] += 1;
+  }
+  return true;
+}
+
 bool TcpRelay::Pump(Conn* c, int d) {
   if (c->connecting || c->shut[d]) return true;
   const int src = c->fd[d].get(), dst = c->fd[1 - d].get();
@@ -384,26 +402,15 @@ bool TcpRelay::Pump(Conn* c, int d) {
       if (n > 0) {
         c->pending[d] += static_cast<size_t>(n);
         c->last_activity = absl::Now();
+      } else if (const int err = n < 0 ? errno : 0;
+                 (n == 0 || err == EAGAIN || err == EINTR) && StepOverUrgent(c, d)) {
+        // At an urgent mark splice moves nothing although bytes wait (tcp_read_sock stops
+        // there; with the FIN already in it returns 0, as at the end): stepped over.
       } else if (n == 0) {
         c->eof[d] = true;
         if (c->half_closed_at == absl::InfiniteFuture()) c->half_closed_at = absl::Now();
-      } else if (errno == EAGAIN || errno == EINTR) {
-        // At an urgent mark splice moves nothing although bytes wait (tcp_read_sock stops
-        // there): the byte is read inline and written on as any other.
-        int at_mark = 0;
-        char byte;
-        if (ioctl(src, SIOCATMARK, &at_mark) == 0 && at_mark &&
-            recv(src, &byte, 1, MSG_DONTWAIT) == 1) {
-          // Nothing waits in the pipe (this side is read only then): sent on as urgent data,
-          // in its place in the stream; where the other side cannot take it now, as a byte.
-          c->last_activity = absl::Now();
-          if (send(dst, &byte, 1, MSG_OOB | MSG_DONTWAIT | MSG_NOSIGNAL) != 1 &&
-              write(c->pipe_w[d].get(), &byte, 1) == 1) {
-            c->pending[d] += 1;
-          }
-        } else {
-          read_blocked = true;
-        }
+      } else if (err == EAGAIN || err == EINTR) {
+        read_blocked = true;
       } else {  // ECONNRESET...: a reset is passed on
         ++counters_.resets;
         Close(c, /*reset=*/true);

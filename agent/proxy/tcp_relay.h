@@ -96,6 +96,8 @@ class TcpRelay {
   void OnEvent(Conn* c, int side, uint32_t events);
   // Moves what can be moved from side `d` to the other; false: the connection was reset.
   bool Pump(Conn* c, int d);
+  // At an urgent mark of side d: its byte read and sent on (true), else false.
+  bool StepOverUrgent(Conn* c, int d);
   void Interest(Conn* c);
   void Close(Conn* c, bool reset);
 

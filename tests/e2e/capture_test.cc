@@ -162,6 +162,18 @@ class CaptureTest : public ::testing::Test {
     if (bed_) bed_->Teardown();
   }
 
+  // The agent on the server's node, meshing the server pod, with --capture; once it captured it.
+  void StartCapturingAgent(std::vector<std::string> flags = {}) {
+    auto policy = bed_->WritePolicyFile("policy.json", {{Server().name, true}});
+    ASSERT_TRUE(policy.ok()) << policy.status();
+    flags.insert(flags.begin(), "--capture");
+    agent_ = std::make_unique<e2e::AgentProcess>(*bed_, bed_->node(0), *policy, flags);
+    ASSERT_TRUE(agent_->Start().ok()) << agent_->Stderr();
+    ASSERT_TRUE(shunt::test::Eventually([&] { return Metric("shunt_capture_pods") == 1; }, 10s,
+                                        50ms))
+        << agent_->Stderr();
+  }
+
   double Metric(const std::string& name, const std::map<std::string, std::string>& match = {}) {
     auto m = agent_->Scrape();
     return m.ok() ? e2e::SumSamples(*m, name, match) : -1;
@@ -294,14 +306,8 @@ TEST_F(CaptureTest, RemovedItLeavesNoTableRuleOrRouteAndNothingIsCaptured) {
 // stream arrives whole; a dead agent's pod is reached directly (TPROXY finds no listener and
 // lets the connection through: fail open); uninstall removes the table.
 TEST_F(CaptureTest, TheAgentRelaysAMeshedPodsInboundConnectionsAsTheClient) {
-  auto policy = bed_->WritePolicyFile("policy.json", {{Server().name, true}});
-  ASSERT_TRUE(policy.ok()) << policy.status();
-  agent_ = std::make_unique<e2e::AgentProcess>(*bed_, bed_->node(0), *policy,
-                                               std::vector<std::string>{"--capture"});
-  ASSERT_TRUE(agent_->Start().ok()) << agent_->Stderr();
-  ASSERT_TRUE(shunt::test::Eventually([&] { return Metric("shunt_capture_pods") == 1; }, 10s,
-                                      50ms))
-      << agent_->Stderr();
+  StartCapturingAgent();
+  if (HasFatalFailure()) return;
   for (const std::string& ip : {Server().ipv4, Server().ipv6}) {
     std::string out;
     RunClient(ip, &out).join();
@@ -350,13 +356,8 @@ TEST_F(CaptureTest, TheAgentRelaysAMeshedPodsInboundConnectionsAsTheClient) {
 // is captured, the open one goes on to its end (its replies still come to the relay), then the
 // pod's table goes.
 TEST_F(CaptureTest, APodThatLeavesTheMeshKeepsItsRelayedConnectionsToTheirEnd) {
-  auto policy = bed_->WritePolicyFile("policy.json", {{Server().name, true}});
-  ASSERT_TRUE(policy.ok()) << policy.status();
-  agent_ = std::make_unique<e2e::AgentProcess>(
-      *bed_, bed_->node(0), *policy, std::vector<std::string>{"--capture", "--resync-ms=100"});
-  ASSERT_TRUE(agent_->Start().ok()) << agent_->Stderr();
-  ASSERT_TRUE(shunt::test::Eventually([&] { return Metric("shunt_capture_pods") == 1; }, 10s,
-                                      50ms));
+  StartCapturingAgent({"--resync-ms=100"});
+  if (HasFatalFailure()) return;
   const std::string go = bed_->work_dir() + "/release-go";
   std::string out;
   std::thread client([&] {
