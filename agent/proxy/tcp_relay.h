@@ -4,7 +4,7 @@
 // a pipe per direction, never copied to user space.
 //
 // One epoll loop on a thread of its own. Backpressure: a side is read only while its pipe towards
-// the other is empty, so a slow reader holds back its writer (at most a pipe, 64 KiB, is in
+// the other is empty, so a slow reader holds back its writer (at most a pipe, 1 MiB, is in
 // flight per direction) instead of the relay buffering. Half-closes are passed on (a FIN becomes
 // a shutdown(SHUT_WR) once what came before it is written), a reset becomes a reset, and every
 // connection has a connect timeout, a bounded half-close and an optional idle timeout (off by
