@@ -131,6 +131,20 @@ class AgentCollector : public prometheus::Collectable {
         bytes.metric.push_back(std::move(m));
       }
       relay_families.push_back(std::move(bytes));
+      MetricFamily denied{"shunt_arrival_denied_connections_total",
+                          "Captured connections refused (reset) where they arrived, by access "
+                          "policy; the source by its IP (unknown: empty names).",
+                          MetricType::Counter, {}};
+      for (const auto& [k, v] : capture_->denied()) {
+        ClientMetric m;
+        m.label = {{"source_workload_namespace", std::get<0>(k)},
+                   {"source_workload", std::get<1>(k)},
+                   {"destination_pod", std::get<2>(k)},
+                   {"policy", std::get<3>(k)}};
+        m.counter.value = static_cast<double>(v);
+        denied.metric.push_back(std::move(m));
+      }
+      relay_families.push_back(std::move(denied));
     }
     std::vector<MetricFamily> out = {
         gauge("shunt_agent_info", "Build and node of this agent.", 1,

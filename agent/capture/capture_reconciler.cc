@@ -6,11 +6,13 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cstring>
 #include <fstream>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "agent/capture/netns.h"
+#include "agent/dataplane/service_policy.h"
 #include "agent/policy/pod_cgroups.h"
 #include "common/log.h"
 
@@ -96,6 +98,11 @@ absl::Status CaptureReconciler::Start() {
 
 void CaptureReconciler::Stop() { loop_.Stop(); }
 
+std::map<CaptureReconciler::DeniedKey, uint64_t> CaptureReconciler::denied() const {
+  absl::MutexLock l(&denied_->mu);
+  return denied_->counts;
+}
+
 size_t CaptureReconciler::captured_pods() const {
   absl::MutexLock l(&mu_);
   return captured_;
@@ -155,7 +162,14 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
     // upstream to where the client connected, as the client. Never to the listener's own port
     // (a connection to it, from outside or from the pod, would be relayed to itself, again and
     // again).
-    auto decide = [shared, mark, port](const sockaddr_storage& peer, const sockaddr_storage& local) {
+    // Access policy where the connection arrives (the source by its IP): refused with a reset,
+    // counted, what a policy denies -- also what came around the connect-time check (another
+    // node, an unmeshed pod, a NodePort).
+    PolicyStore* store = &store_;
+    std::shared_ptr<Denied> denied = denied_;
+    std::string pod_name = uid;
+    auto decide = [shared, mark, port, store, denied, uid, pod_name](const sockaddr_storage& peer,
+                                                                     const sockaddr_storage& local) {
       RelayDecision d;
       const uint16_t to_port =
           ntohs(local.ss_family == AF_INET ? reinterpret_cast<const sockaddr_in*>(&local)->sin_port
@@ -163,6 +177,30 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
       if (to_port == port) {
         d.reason = "the capture listener's own port";
         return d;
+      }
+      if (auto snapshot = store->Current()) {
+        IpKey src{};
+        if (peer.ss_family == AF_INET) {
+          src.addr[2] = htonl(0xffff);
+          src.addr[3] = reinterpret_cast<const sockaddr_in*>(&peer)->sin_addr.s_addr;
+        } else {
+          std::memcpy(src.addr, &reinterpret_cast<const sockaddr_in6*>(&peer)->sin6_addr, 16);
+        }
+        ArrivalDecision a = DecideArrival(*snapshot, uid, src, to_port);
+        if (!a.allowed) {
+          std::string dest = pod_name;
+          for (const auto& w : snapshot->bundle.workloads()) {
+            if (w.uid() == uid) dest = w.name();
+          }
+          absl::MutexLock l(&denied->mu);
+          if (denied->counts.size() < 10000) {
+            ++denied->counts[{a.source_namespace, a.source_workload, dest, a.policy}];
+          } else {
+            ++denied->counts[{"", "other", "other", "other"}];
+          }
+          d.reason = a.policy;
+          return d;
+        }
       }
       d.allow = true;
       d.netns_fd = shared->get();

@@ -11,6 +11,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -41,6 +42,10 @@ class CaptureReconciler {
   // Releases every pod it captured (uninstall).
   void ReleaseAll();
   size_t captured_pods() const;
+  // Connections refused where they arrived, by (source namespace, source workload, destination
+  // pod, policy); unknown sources have empty names.
+  using DeniedKey = std::tuple<std::string, std::string, std::string, std::string>;
+  std::map<DeniedKey, uint64_t> denied() const;
 
   // Removes the capture from the namespace of every pod found under `cgroup_root` (uninstall,
   // without an agent running).
@@ -70,6 +75,12 @@ class CaptureReconciler {
   uint64_t next_group_ ABSL_GUARDED_BY(pass_mu_) = 1;
   mutable absl::Mutex mu_;
   size_t captured_ ABSL_GUARDED_BY(mu_) = 0;
+  // Shared with the relay's decisions (they may run after this reconciler went).
+  struct Denied {
+    absl::Mutex mu;
+    std::map<DeniedKey, uint64_t> counts ABSL_GUARDED_BY(mu);
+  };
+  std::shared_ptr<Denied> denied_ = std::make_shared<Denied>();
 };
 
 // A process of the cgroup at `dir` or below (0: none yet).

@@ -706,6 +706,79 @@ absl::StatusOr<EncodedServicePolicy> ListServicePolicy(const ServicePolicyWriter
   return out;
 }
 
+ArrivalDecision DecideArrival(const PolicySnapshot& snapshot, const std::string& dest_uid,
+                              const IpKey& source, uint16_t port) {
+  ArrivalDecision out;
+  const auto& bundle = snapshot.bundle;
+  const Workload* dest = nullptr;
+  const Workload* src = nullptr;
+  for (const auto& w : bundle.workloads()) {
+    if (w.uid() == dest_uid) dest = &w;
+    // A hostNetwork pod's IP is its node's: it does not say which pod (only ipBlocks match).
+    if (src || w.host_network()) continue;
+    for (const auto& ip : w.ips()) {
+      auto key = ParseIpKey(ip);
+      if (key.ok() && *key == source) src = &w;
+    }
+  }
+  if (!dest) return out;  // not in policy (any more): nothing targets it
+  Workload unknown;  // a source no workload has: its address only
+  if (!src) {
+    char buf[INET6_ADDRSTRLEN] = {};
+    if (source.addr[0] == 0 && source.addr[1] == 0 && source.addr[2] == htonl(0xffff)) {
+      inet_ntop(AF_INET, &source.addr[3], buf, sizeof(buf));
+    } else {
+      inet_ntop(AF_INET6, source.addr, buf, sizeof(buf));
+    }
+    unknown.add_ips(buf);
+    src = &unknown;
+  } else {
+    out.source_namespace = src->namespace_();
+    out.source_workload = src->owner().empty() ? src->name() : src->owner();
+  }
+  bool any_allow = false;
+  std::string first_allow, allowed_by;
+  for (const auto& p : bundle.access_policies()) {
+    if (p.namespace_() != dest->namespace_() || !LabelsMatch(p.target(), *dest)) continue;
+    bool port_ok = p.ports().empty();
+    for (const auto& r : p.ports()) {
+      const uint32_t to = r.to() ? r.to() : r.from();
+      port_ok |= port >= r.from() && port <= to;
+    }
+    if (!port_ok) continue;
+    const bool unknown_action = p.action() != AccessPolicy::ALLOW && p.action() != AccessPolicy::DENY;
+    const bool deny = p.action() == AccessPolicy::DENY || unknown_action;
+    const bool not_understood = HasUnknownFields(p);
+    bool match = p.from().empty();
+    for (int i = 0; i < p.from_size() && !match; ++i) {
+      std::vector<std::pair<IpKey, int>> blocks;
+      for (const auto& c : p.from(i).ip_blocks()) {
+        if (auto cidr = ParseCidr(c); cidr.ok()) blocks.push_back(*cidr);
+      }
+      match = SourceMatches(p.from(i), *src, p.namespace_(), blocks);
+    }
+    const std::string name = p.namespace_() + "/" + p.name();
+    if (deny && match) {
+      out.allowed = false;
+      out.policy = name;
+      return out;
+    }
+    if (!deny) {
+      if (first_allow.empty()) first_allow = name;
+      any_allow = true;
+      if (match && !not_understood && allowed_by.empty()) allowed_by = name;
+    }
+  }
+  // No DENY matched. ALLOW policies target the pod on that port: one must admit the source.
+  if (any_allow && allowed_by.empty()) {
+    out.allowed = false;
+    out.policy = first_allow;
+  } else {
+    out.policy = allowed_by;
+  }
+  return out;
+}
+
 absl::Status ApplyServicePolicy(const DesiredServicePolicy& desired, ServicePolicyWriter& writer,
                                 const EncodedServicePolicy* known, EncodedServicePolicy* applied) {
   absl::Status first;

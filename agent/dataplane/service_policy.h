@@ -207,6 +207,20 @@ std::map<std::string, std::string> EncodePolicyNames(const std::map<uint32_t, st
 void RecoverPolicyBits(const std::map<std::string, std::string>& encoded, ServicePolicyIds& ids,
                        std::map<uint32_t, std::string>* known);
 
+// Access policy where a captured connection arrives (docs/capture.md): the source by its IP (the
+// workload that has it, else only ipBlocks can match it), the destination the captured pod
+// `dest_uid`, port `port`. Denied when a DENY policy targeting the pod on that port matches the
+// source, or when ALLOW policies target it there and none matches the source. Policies this
+// agent cannot fully read fail closed as at connect() (an unknown action is a DENY, an ALLOW
+// with unknown fields admits no one).
+struct ArrivalDecision {
+  bool allowed = true;
+  std::string policy;  // the deciding policy, "namespace/name" (denied: the DENY or an ALLOW)
+  std::string source_namespace, source_workload;  // of the source's workload ("" unknown)
+};
+ArrivalDecision DecideArrival(const PolicySnapshot& snapshot, const std::string& dest_uid,
+                              const IpKey& source, uint16_t port);
+
 // What the last pass produced, for metrics.
 struct ServicePolicyStatus {
   std::map<std::string, uint64_t> entries;   // map -> entries written

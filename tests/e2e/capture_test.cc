@@ -22,6 +22,7 @@
 #include "agent/capture/netns.h"
 #include "agent/capture/pod_capture.h"
 #include "common/files.h"
+#include <nlohmann/json.hpp>
 #include "tests/e2e/e2e_util.h"
 #include "tests/test_util.h"
 #include "tests/testbed/testbed.h"
@@ -389,6 +390,46 @@ TEST_F(CaptureTest, APodThatLeavesTheMeshKeepsItsRelayedConnectionsToTheirEnd) {
   EXPECT_EQ(direct, "peer " + Client().ipv4 + "\nhello");
   EXPECT_EQ(Metric("shunt_relay_connections_total", {{"result", "accepted"}}), 1)
       << "not captured once released";
+}
+
+// Access policy where the connection arrives: a DENY of the client's namespace refuses it with a
+// reset, counted by source, destination and policy; the server never sees it. The client is on
+// another node, where no connect-time check runs.
+TEST_F(CaptureTest, ADeniedClientOfAnotherNodeIsResetWhereItArrivesAndCounted) {
+  StartCapturingAgent();
+  if (HasFatalFailure()) return;
+  auto policy = bed_->WritePolicyFile("policy.json", {{Server().name, true}});
+  ASSERT_TRUE(policy.ok());
+  auto text = ReadFileToString(*policy);
+  ASSERT_TRUE(text.ok());
+  nlohmann::json doc = nlohmann::json::parse(*text);
+  doc["accessPolicies"] = {{{"namespace", "default"},
+                            {"name", "deny-default"},
+                            {"action", "DENY"},
+                            {"target", nlohmann::json::object()},
+                            {"from", {{{"namespaces", {"default"}}}}}}};
+  ASSERT_TRUE(WriteFileAtomic(*policy, doc.dump()).ok());
+  ASSERT_TRUE(shunt::test::Eventually(
+      [&] { return Metric("shunt_policy_version") >= 2; }, 10s, 50ms));
+  auto r = bed_->Run(Client(), {"/usr/bin/python3", "-c", kPyPeer, "client", Server().ipv4, "8080", "-"},
+                     30s);
+  ASSERT_TRUE(r.ok());
+  EXPECT_NE(r->exit_code, 0) << "reset: " << r->out;
+  EXPECT_NE(r->err.find("Connection reset"), std::string::npos) << r->err;
+  EXPECT_EQ(Metric("shunt_arrival_denied_connections_total",
+                   {{"source_workload", Client().name},
+                    {"source_workload_namespace", "default"},
+                    {"destination_pod", Server().name},
+                    {"policy", "default/deny-default"}}),
+            1);
+  EXPECT_EQ(Metric("shunt_relay_connections_total", {{"result", "refused"}}), 1);
+  // Allowed again without the policy.
+  ASSERT_TRUE(bed_->WritePolicyFile("policy.json", {{Server().name, true}}).ok());
+  ASSERT_TRUE(shunt::test::Eventually(
+      [&] { return Metric("shunt_policy_version") >= 3; }, 10s, 50ms));
+  std::string out;
+  RunClient(Server().ipv4, &out).join();
+  EXPECT_EQ(out, "peer " + Client().ipv4 + "\nhello");
 }
 
 }  // namespace

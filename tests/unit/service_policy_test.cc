@@ -777,3 +777,44 @@ TEST(ApplyServicePolicy, EncodesTheAbiLayout) {
 
 }  // namespace
 }  // namespace shunt::agent
+
+namespace shunt::agent {
+namespace {
+
+// Access policy where a captured connection arrives (issue 9): the source by its IP.
+TEST(DecideArrival, DenyAllowPortsAndSourcesKnownOnlyByTheirAddress) {
+  const IpKey a = Ip("10.0.0.1"), d = Ip("10.0.0.4"), stranger = Ip("203.0.113.9");
+  EXPECT_TRUE(DecideArrival(Bundle(""), "b", a, 8080).allowed) << "no policy";
+  auto deny = Bundle("", "", Policy("deny", "DENY", R"({"app": "api"})",
+                                    R"([{"pods": {"matchLabels": {"app": "front"}}}])"));
+  ArrivalDecision r = DecideArrival(deny, "b", a, 8080);
+  EXPECT_FALSE(r.allowed);
+  EXPECT_EQ(r.policy, "default/deny");
+  EXPECT_EQ(r.source_workload, "a");
+  EXPECT_TRUE(DecideArrival(deny, "b", d, 8080).allowed) << "another namespace's app=front";
+  EXPECT_TRUE(DecideArrival(deny, "b", stranger, 8080).allowed) << "no labels to match";
+  EXPECT_TRUE(DecideArrival(deny, "a", a, 8080).allowed) << "not a target";
+  auto blocks = Bundle("", "", Policy("deny-net", "DENY", R"({"app": "api"})",
+                                      R"([{"ipBlocks": ["203.0.113.0/24"]}])"));
+  EXPECT_FALSE(DecideArrival(blocks, "b", stranger, 8080).allowed) << "by its address";
+  EXPECT_TRUE(DecideArrival(blocks, "b", a, 8080).allowed);
+  auto ports = Bundle("", "", Policy("deny-9000", "DENY", R"({"app": "api"})", "[]",
+                                     R"([{"from": 9000, "to": 9010}])"));
+  EXPECT_TRUE(DecideArrival(ports, "b", a, 8080).allowed);
+  EXPECT_FALSE(DecideArrival(ports, "b", a, 9005).allowed);
+  auto allow = Bundle("", "", Policy("allow-front", "ALLOW", R"({"app": "api"})",
+                                     R"([{"pods": {"matchLabels": {"app": "front"}}}])"));
+  EXPECT_TRUE(DecideArrival(allow, "b", a, 8080).allowed);
+  r = DecideArrival(allow, "b", stranger, 8080);
+  EXPECT_FALSE(r.allowed) << "ALLOW policies target it: only their sources";
+  EXPECT_EQ(r.policy, "default/allow-front");
+  auto both = Bundle("", "", Policy("allow-front", "ALLOW", R"({"app": "api"})",
+                                    R"([{"pods": {"matchLabels": {"app": "front"}}}])") + "," +
+                                 Policy("deny-all", "DENY", R"({"app": "api"})", "[]"));
+  r = DecideArrival(both, "b", a, 8080);
+  EXPECT_FALSE(r.allowed) << "a DENY wins, whatever the order";
+  EXPECT_EQ(r.policy, "default/deny-all");
+}
+
+}  // namespace
+}  // namespace shunt::agent
