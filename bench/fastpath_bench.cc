@@ -18,6 +18,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "bench/bench_util.h"
 #include "tests/e2e/e2e_util.h"
 #include "tests/testbed/testbed.h"
 
@@ -36,11 +37,7 @@ using shunt::e2e::TestpeerBinary;
 using shunt::testbed::Pod;
 using shunt::testbed::Testbed;
 
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using shunt::bench::Median;
 
 // Processes are pinned with taskset so that both paths see the same CPU placement.
 shunt::testbed::ProcessPtr Server(Testbed& bed, const Pod& pod, int port, const std::string& mode,
@@ -54,13 +51,7 @@ shunt::testbed::ProcessPtr Server(Testbed& bed, const Pod& pod, int port, const 
 
 nlohmann::json Client(Testbed& bed, const Pod& pod, const std::string& cpu,
                       std::vector<std::string> args) {
-  auto r = shunt::e2e::RunTestpeer(bed, pod, std::move(args), std::chrono::seconds(300),
-                                   {"taskset", "-c", cpu});
-  if (!r.ok()) {
-    std::fprintf(stderr, "client failed: %s\n", std::string(r.status().message()).c_str());
-    return {};
-  }
-  return *r;
+  return shunt::bench::Client(bed, pod, std::move(args), {"taskset", "-c", cpu});
 }
 
 }  // namespace

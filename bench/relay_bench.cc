@@ -14,6 +14,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
+#include "bench/bench_util.h"
 #include "tests/e2e/e2e_util.h"
 #include "tests/testbed/testbed.h"
 
@@ -26,20 +27,8 @@ namespace {
 using shunt::testbed::Pod;
 using shunt::testbed::Testbed;
 
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-nlohmann::json Client(Testbed& bed, const Pod& pod, std::vector<std::string> args) {
-  auto r = shunt::e2e::RunTestpeer(bed, pod, std::move(args), std::chrono::seconds(300));
-  if (!r.ok()) {
-    std::fprintf(stderr, "client failed: %s\n", std::string(r.status().message()).c_str());
-    return {};
-  }
-  return *r;
-}
+using shunt::bench::Client;
+using shunt::bench::Median;
 
 }  // namespace
 

@@ -183,6 +183,16 @@ class CaptureTest : public ::testing::Test {
   const testbed::Pod& Server() const { return bed_->pod(0, 0); }
   const testbed::Pod& Client() const { return bed_->pod(1, 0); }
 
+  // The client pod's Python client in "hold" mode (connected, then waits for the file `go`), in
+  // the background.
+  std::thread RunHoldClient(const std::string& go, std::string* out) {
+    return std::thread([this, go, out] {
+      auto r = bed_->Run(Client(),
+                         {"/usr/bin/python3", "-c", kPyPeer, "hold", Server().ipv4, "8080", go}, 30s);
+      *out = r.ok() ? r->out + r->err : r.status().ToString();
+    });
+  }
+
   // The client pod's Python client against the server pod, in the background.
   std::thread RunClient(const std::string& addr, std::string* out) {
     return std::thread([this, addr, out] {
@@ -264,11 +274,7 @@ TEST_F(CaptureTest, TheNodesProbesAreNotCaptured) {
 TEST_F(CaptureTest, AConnectionOpenBeforeTheCaptureGoesOnUntouched) {
   const std::string go = bed_->work_dir() + "/capture-go";
   std::string out;
-  std::thread client([&] {
-    auto r = bed_->Run(Client(), {"/usr/bin/python3", "-c", kPyPeer, "hold", Server().ipv4, "8080", go},
-                       30s);
-    out = r.ok() ? r->out + r->err : r.status().ToString();
-  });
+  std::thread client = RunHoldClient(go, &out);
   ASSERT_TRUE(e2e::WaitForFile(go + ".connected"));
   ASSERT_TRUE(InstallCapture(netns_.get(), options_).ok());
   auto listener = OpenTransparentListener(netns_.get(), AF_INET, options_.port);
@@ -361,11 +367,7 @@ TEST_F(CaptureTest, APodThatLeavesTheMeshKeepsItsRelayedConnectionsToTheirEnd) {
   if (HasFatalFailure()) return;
   const std::string go = bed_->work_dir() + "/release-go";
   std::string out;
-  std::thread client([&] {
-    auto r = bed_->Run(Client(), {"/usr/bin/python3", "-c", kPyPeer, "hold", Server().ipv4, "8080", go},
-                       30s);
-    out = r.ok() ? r->out + r->err : r.status().ToString();
-  });
+  std::thread client = RunHoldClient(go, &out);
   ASSERT_TRUE(e2e::WaitForFile(go + ".connected"));
   ASSERT_TRUE(shunt::test::Eventually([&] { return Metric("shunt_relay_active_connections") == 1; },
                                       5s, 50ms));
