@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -28,6 +29,19 @@ inline nlohmann::json Client(testbed::Testbed& bed, const testbed::Pod& pod,
     return {};
   }
   return *r;
+}
+
+// A test bed of `nodes` x `pods_per_node`, or null (said on stderr).
+inline std::unique_ptr<testbed::Testbed> CreateTestbed(int nodes, int pods_per_node) {
+  testbed::Options opts;
+  opts.nodes = nodes;
+  opts.pods_per_node = pods_per_node;
+  auto created = testbed::Testbed::Create(opts);
+  if (!created.ok()) {
+    std::fprintf(stderr, "test bed: %s\n", std::string(created.status().message()).c_str());
+    return nullptr;
+  }
+  return std::move(*created);
 }
 
 }  // namespace shunt::bench

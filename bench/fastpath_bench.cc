@@ -59,15 +59,9 @@ nlohmann::json Client(Testbed& bed, const Pod& pod, const std::string& cpu,
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   Testbed::InstallSignalTeardown();
-  shunt::testbed::Options opts;
-  opts.nodes = 2;
-  opts.pods_per_node = 4;
-  auto created = Testbed::Create(opts);
-  if (!created.ok()) {
-    std::fprintf(stderr, "test bed: %s\n", std::string(created.status().message()).c_str());
-    return 1;
-  }
-  Testbed& bed = **created;
+  auto created = shunt::bench::CreateTestbed(2, 4);
+  if (!created) return 1;
+  Testbed& bed = *created;
   const Pod &a = bed.pod(0, 0), &b = bed.pod(0, 1), &c = bed.pod(0, 2), &d = bed.pod(0, 3);
   const Pod &e = bed.pod(1, 0), &f = bed.pod(1, 1);
   auto policy = bed.WritePolicyFile(

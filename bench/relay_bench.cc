@@ -35,15 +35,9 @@ using shunt::bench::Median;
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   Testbed::InstallSignalTeardown();
-  shunt::testbed::Options opts;
-  opts.nodes = 2;
-  opts.pods_per_node = 2;
-  auto created = Testbed::Create(opts);
-  if (!created.ok()) {
-    std::fprintf(stderr, "test bed: %s\n", std::string(created.status().message()).c_str());
-    return 1;
-  }
-  Testbed& bed = **created;
+  auto created = shunt::bench::CreateTestbed(2, 2);
+  if (!created) return 1;
+  Testbed& bed = *created;
   // Servers on node 0: pod 0 meshed (captured), pod 1 not; clients on node 1.
   const Pod &meshed = bed.pod(0, 0), &plain = bed.pod(0, 1);
   const Pod &c0 = bed.pod(1, 0), &c1 = bed.pod(1, 1);

@@ -84,6 +84,20 @@ void WriteAll(int fd, const std::string& s) {
   }
 }
 
+// Closes with a reset (what a peer that went away abruptly sends).
+void Abort(UniqueFd& fd) {
+  linger l{1, 0};
+  setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+  fd.Reset();
+}
+
+// Reads `fd` to its end; the error that ended it (0: an orderly end).
+int ErrorAtEnd(int fd) {
+  int err = 0;
+  ReadAll(fd, &err);
+  return err;
+}
+
 class RelayTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -180,12 +194,8 @@ TEST_F(RelayTest, AResetIsPassedOn) {
   WriteAll(c.get(), "x");
   char b;
   ASSERT_EQ(read(s.get(), &b, 1), 1);
-  linger l{1, 0};
-  setsockopt(s.get(), SOL_SOCKET, SO_LINGER, &l, sizeof(l));
-  s.Reset();
-  int err = 0;
-  ReadAll(c.get(), &err);
-  EXPECT_EQ(err, ECONNRESET);
+  Abort(s);
+  EXPECT_EQ(ErrorAtEnd(c.get()), ECONNRESET);
   EXPECT_TRUE(shunt::test::Eventually([&] { return relay_->stats().resets >= 1; }, 5s));
 }
 
@@ -217,12 +227,8 @@ TEST_F(RelayTest, AResetWhileBytesWaitIsPassedOn) {
     if (write(c.get(), chunk.data(), chunk.size()) < 0) break;  // full: the relay holds a pipe
   }
   fcntl(c.get(), F_SETFL, flags);
-  linger l{1, 0};
-  setsockopt(s.get(), SOL_SOCKET, SO_LINGER, &l, sizeof(l));
-  s.Reset();
-  int err = 0;
-  ReadAll(c.get(), &err);
-  EXPECT_EQ(err, ECONNRESET);
+  Abort(s);
+  EXPECT_EQ(ErrorAtEnd(c.get()), ECONNRESET);
   EXPECT_TRUE(shunt::test::Eventually([&] { return relay_->stats().active == 0; }, 5s));
 }
 
@@ -230,9 +236,7 @@ TEST_F(RelayTest, RefusedAndFailedUpstreamsAreResetsAndCounted) {
   allow_ = false;
   {
     UniqueFd c = Connect(front_port_);
-    int err = 0;
-    ReadAll(c.get(), &err);
-    EXPECT_EQ(err, ECONNRESET);
+    EXPECT_EQ(ErrorAtEnd(c.get()), ECONNRESET);
   }
   EXPECT_EQ(relay_->stats().refused, 1u);
   allow_ = true;
@@ -241,9 +245,7 @@ TEST_F(RelayTest, RefusedAndFailedUpstreamsAreResetsAndCounted) {
   closed.Reset();  // nothing listens there now
   {
     UniqueFd c = Connect(front_port_);
-    int err = 0;
-    ReadAll(c.get(), &err);
-    EXPECT_EQ(err, ECONNRESET);
+    EXPECT_EQ(ErrorAtEnd(c.get()), ECONNRESET);
   }
   EXPECT_TRUE(shunt::test::Eventually([&] { return relay_->stats().upstream_failed == 1; }, 5s));
 }
