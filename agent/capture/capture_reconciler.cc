@@ -188,10 +188,7 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
         }
         ArrivalDecision a = DecideArrival(*snapshot, uid, src, to_port);
         if (!a.allowed) {
-          std::string dest = pod_name;
-          for (const auto& w : snapshot->bundle.workloads()) {
-            if (w.uid() == uid) dest = w.name();
-          }
+          const std::string& dest = a.destination_pod.empty() ? pod_name : a.destination_pod;
           absl::MutexLock l(&denied->mu);
           if (denied->counts.size() < 10000) {
             ++denied->counts[{a.source_namespace, a.source_workload, dest, a.policy}];

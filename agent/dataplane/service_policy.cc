@@ -722,6 +722,7 @@ ArrivalDecision DecideArrival(const PolicySnapshot& snapshot, const std::string&
     }
   }
   if (!dest) return out;  // not in policy (any more): nothing targets it
+  out.destination_pod = dest->name();
   Workload unknown;  // a source no workload has: its address only
   if (!src) {
     char buf[INET6_ADDRSTRLEN] = {};

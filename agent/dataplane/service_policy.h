@@ -217,6 +217,7 @@ struct ArrivalDecision {
   bool allowed = true;
   std::string policy;  // the deciding policy, "namespace/name" (denied: the DENY or an ALLOW)
   std::string source_namespace, source_workload;  // of the source's workload ("" unknown)
+  std::string destination_pod;                    // the captured pod's name
 };
 ArrivalDecision DecideArrival(const PolicySnapshot& snapshot, const std::string& dest_uid,
                               const IpKey& source, uint16_t port);
