@@ -211,10 +211,21 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
   }
   pod.netns = std::move(shared);
   pod.netns_ino = st.st_ino;
+  pod.mesh_sources = options_.capture.mesh_sources;
   pod.listeners = std::move(listeners);
   pod.group = group;
   SHUNT_LOG(INFO) << "pod " << uid << ": inbound connections captured (port "
                   << options_.capture.port << ")";
+  return absl::OkStatus();
+}
+
+absl::Status CaptureReconciler::Refresh(const std::string& uid, Pod& pod) {
+  if (!pod.netns || pod.mesh_sources == options_.capture.mesh_sources) return absl::OkStatus();
+  // The table replaced in one transaction: no moment without capture.
+  if (absl::Status s = InstallCapture(pod.netns->get(), options_.capture); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("pod ", uid, ": ", s.message()));
+  }
+  pod.mesh_sources = options_.capture.mesh_sources;
   return absl::OkStatus();
 }
 
@@ -252,12 +263,23 @@ absl::Status CaptureReconciler::ReconcileOnce() {
   auto cgroups = FindPodCgroups(options_.cgroup_root);
   if (!cgroups.ok()) return cgroups.status();
   std::map<std::string, std::vector<std::string>> want;  // uid -> its IPs
+  // The node's meshed pods (also those without a cgroup yet: enforced from their first
+  // connect(), issue 8) are the fast path's sources: their connections are not relayed.
+  std::set<std::string> mesh;
   for (const auto& w : snapshot->bundle.workloads()) {
     if (w.node() != options_.node_name || !w.meshed() || w.host_network()) continue;
+    for (const auto& ip : w.ips()) {
+      unsigned char a[sizeof(in6_addr)];
+      // Not an address (policy is not trusted to be well formed): left out, not the table.
+      if (inet_pton(AF_INET, ip.c_str(), a) == 1 || inet_pton(AF_INET6, ip.c_str(), a) == 1) {
+        mesh.insert(ip);
+      }
+    }
     if (cgroups->count(w.uid()) && w.ips_size() > 0) {
       want[w.uid()] = std::vector<std::string>(w.ips().begin(), w.ips().end());
     }
   }
+  options_.capture.mesh_sources.assign(mesh.begin(), mesh.end());
   absl::Status first;
   for (auto it = pods_.begin(); it != pods_.end();) {
     if (!want.count(it->first)) {
@@ -268,7 +290,9 @@ absl::Status CaptureReconciler::ReconcileOnce() {
     }
   }
   for (const auto& [uid, ips] : want) {
-    absl::Status s = Capture(uid, cgroups->at(uid), ips, pods_[uid]);
+    Pod& pod = pods_[uid];
+    absl::Status s = Capture(uid, cgroups->at(uid), ips, pod);
+    if (s.ok()) s = Refresh(uid, pod);
     if (!s.ok() && first.ok()) first = s;
   }
   FinishReleases();

@@ -31,7 +31,9 @@ class CaptureReconciler {
     std::string node_name;
     std::string cgroup_root;
     absl::Duration resync = absl::Seconds(1);
-    CaptureOptions capture;  // skip_sources: the node's own addresses are added
+    // skip_sources: the node's own addresses are added; mesh_sources: set by each pass (the
+    // node's meshed pods).
+    CaptureOptions capture;
   };
   CaptureReconciler(Options options, PolicyStore& store, TcpRelay& relay);
   ~CaptureReconciler();  // Stop(); what is captured stays (a restarted agent takes it over)
@@ -57,9 +59,12 @@ class CaptureReconciler {
     ino_t netns_ino = 0;
     std::vector<int> listeners;
     uint64_t group = 0;  // of its listeners in the relay
+    std::vector<std::string> mesh_sources;  // as its table has them
   };
   absl::Status Capture(const std::string& uid, const std::string& cgroup,
                        const std::vector<std::string>& ips, Pod& pod);
+  // A captured pod's table again, with the pass's meshed pods.
+  absl::Status Refresh(const std::string& uid, Pod& pod);
   // Stops capturing new connections; the pod's table, rules and routes go once the relay
   // carries none of its connections any more (until then their replies still need them).
   void Release(const std::string& uid, Pod& pod);

@@ -182,16 +182,30 @@ absl::StatusOr<std::string> CaptureRuleset(const CaptureOptions& o, bool capture
       o.route_mark == 0 || o.agent_mark == o.route_mark) {
     return absl::InvalidArgumentError("capture marks must be distinct, non-zero, within the mask");
   }
-  std::vector<std::string> skip4, skip6;
-  std::set<std::string> seen;  // one address twice would make nft refuse the set
-  for (const auto& c : o.skip_sources) {
-    if (!seen.insert(c).second) continue;
-    switch (CidrFamily(c)) {
-      case AF_INET: skip4.push_back(c); break;
-      case AF_INET6: skip6.push_back(c); break;
-      default: return absl::InvalidArgumentError(absl::StrCat("not an address or CIDR: \"", c, "\""));
+  // Each list by family, one entry once (an address twice would make nft refuse the set).
+  struct Split {
+    std::vector<std::string> v4, v6;
+  };
+  auto split = [](const std::vector<std::string>& list) -> absl::StatusOr<Split> {
+    Split out;
+    std::set<std::string> seen;
+    for (const auto& c : list) {
+      if (!seen.insert(c).second) continue;
+      switch (CidrFamily(c)) {
+        case AF_INET: out.v4.push_back(c); break;
+        case AF_INET6: out.v6.push_back(c); break;
+        default:
+          return absl::InvalidArgumentError(absl::StrCat("not an address or CIDR: \"", c, "\""));
+      }
     }
-  }
+    return out;
+  };
+  auto skip = split(o.skip_sources);
+  if (!skip.ok()) return skip.status();
+  auto mesh = split(o.mesh_sources);
+  if (!mesh.ok()) return mesh.status();
+  const std::vector<std::string>& skip4 = skip->v4;
+  const std::vector<std::string>& skip6 = skip->v6;
   const std::string keep = absl::StrFormat("0x%x", ~o.mark_mask);
   const std::string route = absl::StrFormat("0x%x", o.route_mark);
   const std::string mask = absl::StrFormat("0x%x", o.mark_mask);
@@ -208,12 +222,23 @@ absl::StatusOr<std::string> CaptureRuleset(const CaptureOptions& o, bool capture
     absl::StrAppend(&s, "  set skip6 { type ipv6_addr; flags interval; auto-merge; elements = { ",
                     absl::StrJoin(skip6, ", "), " } }\n");
   }
+  if (capture && !mesh->v4.empty()) {
+    absl::StrAppend(&s, "  set mesh4 { type ipv4_addr; flags interval; auto-merge; elements = { ",
+                    absl::StrJoin(mesh->v4, ", "), " } }\n");
+  }
+  if (capture && !mesh->v6.empty()) {
+    absl::StrAppend(&s, "  set mesh6 { type ipv6_addr; flags interval; auto-merge; elements = { ",
+                    absl::StrJoin(mesh->v6, ", "), " } }\n");
+  }
   if (capture) {
   absl::StrAppend(&s, "  chain prerouting {\n",
                   "    type filter hook prerouting priority mangle; policy accept;\n",
                   "    iifname \"lo\" return\n", "    meta l4proto != tcp return\n");
   if (!skip4.empty()) absl::StrAppend(&s, "    ip saddr @skip4 return\n");
   if (!skip6.empty()) absl::StrAppend(&s, "    ip6 saddr @skip6 return\n");
+  // Meshed pods of this node: checked at connect(), spliced by the fast path.
+  if (!mesh->v4.empty()) absl::StrAppend(&s, "    ip saddr @mesh4 return\n");
+  if (!mesh->v6.empty()) absl::StrAppend(&s, "    ip6 saddr @mesh6 return\n");
   // The listener's own port is not handed to itself (the relay refuses connections to it).
   absl::StrAppend(&s, "    tcp dport ", o.port, " return\n");
   // New connections only: meshing a running pod resets nothing. Their destination is the

@@ -7,7 +7,8 @@
 //
 //   prerouting: new TCP connections (a SYN) to an address of the pod, not from `lo` (the pod's
 //     own and the agent's upstream connections) nor from `skip_sources` (kubelet's probes, from
-//     the node): tproxy to `port`, marked `route_mark`;
+//     the node) nor from `mesh_sources` (meshed pods of the node: the fast path's): tproxy to
+//     `port`;
 //   output: the agent's sockets carry `agent_mark`: their connections get the connection mark
 //     `route_mark`, and every packet of such a connection (the pod's replies) the packet mark;
 //   ip rule fwmark route_mark/mask lookup route_table; route_table: local 0/0 dev lo (v4 and v6).
@@ -39,6 +40,9 @@ struct CaptureOptions {
   uint32_t route_table = 1441;  // policy routing table, and the rule's priority
   // Sources never captured: kubelet's health probes (the node's addresses), as CIDRs.
   std::vector<std::string> skip_sources;
+  // The meshed pods of this node, as addresses: their connections were checked at connect() and
+  // are spliced by the fast path, not relayed.
+  std::vector<std::string> mesh_sources;
 };
 
 // The nftables script InstallCapture runs (one transaction: the table is replaced as a whole).

@@ -138,7 +138,7 @@ class CaptureTest : public ::testing::Test {
     if (access("/usr/bin/python3", X_OK) != 0) GTEST_FAIL() << "python3 is needed (scripts/setup.sh)";
     testbed::Options opts;
     opts.nodes = 2;
-    opts.pods_per_node = 1;
+    opts.pods_per_node = 2;  // pod(0, 1): a neighbour of the server on its node
     auto bed = testbed::Testbed::Create(opts);
     ASSERT_TRUE(bed.ok()) << bed.status();
     bed_ = std::move(*bed);
@@ -164,8 +164,10 @@ class CaptureTest : public ::testing::Test {
   }
 
   // The agent on the server's node, meshing the server pod, with --capture; once it captured it.
-  void StartCapturingAgent(std::vector<std::string> flags = {}) {
-    auto policy = bed_->WritePolicyFile("policy.json", {{Server().name, true}});
+  void StartCapturingAgent(std::vector<std::string> flags = {},
+                           std::map<std::string, bool> meshed = {}) {
+    meshed[Server().name] = true;
+    auto policy = bed_->WritePolicyFile("policy.json", meshed);
     ASSERT_TRUE(policy.ok()) << policy.status();
     flags.insert(flags.begin(), "--capture");
     agent_ = std::make_unique<e2e::AgentProcess>(*bed_, bed_->node(0), *policy, flags);
@@ -182,6 +184,7 @@ class CaptureTest : public ::testing::Test {
 
   const testbed::Pod& Server() const { return bed_->pod(0, 0); }
   const testbed::Pod& Client() const { return bed_->pod(1, 0); }
+  const testbed::Pod& Neighbour() const { return bed_->pod(0, 1); }
 
   // The client pod's Python client in "hold" mode (connected, then waits for the file `go`), in
   // the background.
@@ -392,6 +395,51 @@ TEST_F(CaptureTest, APodThatLeavesTheMeshKeepsItsRelayedConnectionsToTheirEnd) {
   EXPECT_EQ(direct, "peer " + Client().ipv4 + "\nhello");
   EXPECT_EQ(Metric("shunt_relay_connections_total", {{"result", "accepted"}}), 1)
       << "not captured once released";
+}
+
+// A meshed pod of the server's node is the fast path's: checked at its connect(), spliced in the
+// kernel, not relayed. Once it leaves the mesh, its connections are captured like any other's.
+TEST_F(CaptureTest, AMeshedPodOfTheSameNodeIsLeftToTheFastPath) {
+  StartCapturingAgent({"--resync-ms=100"}, {{Neighbour().name, true}});
+  if (HasFatalFailure()) return;
+  auto verify = e2e::StartTestpeerServer(*bed_, Server(), {"--port=8081", "--mode=verify", "--conns=3"});
+  ASSERT_TRUE(verify.ok()) << verify.status();
+  servers_.push_back(std::move(*verify));
+  // The first connection of a class stays plain TCP while it is learned (docs/fastpath.md); the
+  // next ones are spliced.
+  for (int i = 0; i < 3; ++i) {
+    auto r = e2e::RunTestpeer(*bed_, Neighbour(), {"verify", "--to=" + Server().ipv4 + ":8081",
+                                                   "--bytes=4M", absl::StrCat("--seed=", i)});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->value("ok", 0), 1) << r->dump();
+  }
+  EXPECT_EQ(Metric("shunt_relay_connections_total", {{"result", "accepted"}}), 0)
+      << "not relayed";
+  EXPECT_GE(Metric("shunt_sockhash_socket_events_total", {{"event", "inserted"}}), 2)
+      << "spliced: both ends of a connection in the sockhash";
+  for (const std::string& ip : {Server().ipv4, Server().ipv6}) {
+    auto py = bed_->Run(Neighbour(), {"/usr/bin/python3", "-c", kPyPeer, "client", ip, "8080", "-"},
+                        30s);
+    ASSERT_TRUE(py.ok());
+    const std::string& own = ip == Server().ipv4 ? Neighbour().ipv4 : Neighbour().ipv6;
+    EXPECT_EQ(py->out, "peer " + own + "\nhello") << py->err;
+  }
+  EXPECT_EQ(Metric("shunt_relay_connections_total", {{"result", "accepted"}}), 0);
+
+  // Out of the mesh: an ordinary source, captured (the table of the server's pod follows).
+  ASSERT_TRUE(bed_->WritePolicyFile("policy.json", {{Server().name, true}}).ok());
+  ASSERT_TRUE(shunt::test::Eventually(
+      [&] { return Metric("shunt_policy_version") >= 2; }, 10s, 50ms));
+  ASSERT_TRUE(shunt::test::Eventually(
+      [&] {
+        auto py = bed_->Run(Neighbour(),
+                            {"/usr/bin/python3", "-c", kPyPeer, "client", Server().ipv4, "8080", "-"},
+                            30s);
+        return py.ok() && py->out == "peer " + Neighbour().ipv4 + "\nhello" &&
+               Metric("shunt_relay_connections_total", {{"result", "accepted"}}) >= 1;
+      },
+      10s, 100ms))
+      << agent_->Stderr();
 }
 
 // Access policy where the connection arrives: a DENY of the client's namespace refuses it with a

@@ -29,6 +29,31 @@ TEST(CaptureRuleset, ReplacesItsOwnTableOnlyAndCapturesBothFamilies) {
   EXPECT_NE(draining->find("chain output"), std::string::npos);
 }
 
+// The node's meshed pods are the fast path's: their new connections return before the tproxy
+// rule, in sets of their own (not the node's, which stay skipped whatever the port).
+TEST(CaptureRuleset, TheNodesMeshedPodsAreLeftToTheFastPath) {
+  CaptureOptions o;
+  o.mesh_sources = {"10.1.0.5", "fd5a:2::5", "not-an-ip"};
+  EXPECT_EQ(CaptureRuleset(o).status().code(), absl::StatusCode::kInvalidArgument);
+  o.mesh_sources = {"10.1.0.5", "fd5a:2::5", "10.1.0.6"};
+  auto s = CaptureRuleset(o);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_NE(s->find("set mesh4 { type ipv4_addr; flags interval; auto-merge; elements = { "
+                    "10.1.0.5, 10.1.0.6 } }"),
+            std::string::npos)
+      << *s;
+  EXPECT_NE(s->find("elements = { fd5a:2::5 }"), std::string::npos) << *s;
+  const size_t v4 = s->find("ip saddr @mesh4 return"), v6 = s->find("ip6 saddr @mesh6 return");
+  ASSERT_NE(v4, std::string::npos) << *s;
+  ASSERT_NE(v6, std::string::npos) << *s;
+  EXPECT_LT(v4, s->find("tproxy ip to")) << "before the capture";
+  EXPECT_LT(v6, s->find("tproxy ip to"));
+  o.mesh_sources.clear();
+  s = CaptureRuleset(o);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->find("mesh4"), std::string::npos) << "no empty set";
+}
+
 TEST(CaptureRuleset, AnAddressListedTwiceIsOneElement) {
   CaptureOptions o;
   o.skip_sources = {"198.18.0.1", "198.18.0.1"};
