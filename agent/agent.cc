@@ -114,7 +114,8 @@ class AgentCollector : public prometheus::Collectable {
                                                          {"connect_timeout", st.connect_timeouts},
                                                          {"half_close_timeout", st.half_close_timeouts},
                                                          {"idle_timeout", st.idle_timeouts},
-                                                         {"reset", st.resets}}) {
+                                                         {"reset", st.resets},
+                                                         {"policy_closed", st.policy_closed}}) {
         ClientMetric m;
         m.label = {{"result", result}};
         m.counter.value = static_cast<double>(v);
@@ -131,20 +132,31 @@ class AgentCollector : public prometheus::Collectable {
         bytes.metric.push_back(std::move(m));
       }
       relay_families.push_back(std::move(bytes));
-      MetricFamily denied{"shunt_arrival_denied_connections_total",
-                          "Captured connections refused (reset) where they arrived, by access "
-                          "policy; the source by its IP (unknown: empty names).",
-                          MetricType::Counter, {}};
-      for (const auto& [k, v] : capture_->denied()) {
-        ClientMetric m;
-        m.label = {{"source_workload_namespace", std::get<0>(k)},
-                   {"source_workload", std::get<1>(k)},
-                   {"destination_pod", std::get<2>(k)},
-                   {"policy", std::get<3>(k)}};
-        m.counter.value = static_cast<double>(v);
-        denied.metric.push_back(std::move(m));
-      }
-      relay_families.push_back(std::move(denied));
+      // By source (namespace, workload), destination pod and policy.
+      auto by_policy = [](const char* name, const char* help,
+                          const std::map<CaptureReconciler::DeniedKey, uint64_t>& counts) {
+        MetricFamily f{name, help, MetricType::Counter, {}};
+        for (const auto& [k, v] : counts) {
+          ClientMetric m;
+          m.label = {{"source_workload_namespace", std::get<0>(k)},
+                     {"source_workload", std::get<1>(k)},
+                     {"destination_pod", std::get<2>(k)},
+                     {"policy", std::get<3>(k)}};
+          m.counter.value = static_cast<double>(v);
+          f.metric.push_back(std::move(m));
+        }
+        return f;
+      };
+      relay_families.push_back(by_policy("shunt_arrival_denied_connections_total",
+                                         "Captured connections refused (reset) where they "
+                                         "arrived, by access policy; the source by its IP "
+                                         "(unknown: empty names).",
+                                         capture_->denied()));
+      relay_families.push_back(by_policy("shunt_policy_closed_connections_total",
+                                         "Open relayed connections closed (reset both ways) "
+                                         "because a policy change denied them; the source by "
+                                         "its IP (unknown: empty names).",
+                                         capture_->closed_by_policy()));
     }
     std::vector<MetricFamily> out = {
         gauge("shunt_agent_info", "Build and node of this agent.", 1,

@@ -18,6 +18,7 @@ PACKAGES=(
   libnftables-dev libmnl-dev  # in-pod capture: nftables tables and policy routing (agent/capture)
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev iperf3 sockperf
+  libhttp-parser-dev  # the HTTP/1.1 framer's differential fuzz target (scripts/run-http1-fuzz.sh)
   openssl  # policy_stream_tls_test makes its certificates with the CLI
   python3  # the compatibility suite tries ordinary programs: Python's socket module
   # the simulated cluster

@@ -103,6 +103,11 @@ std::map<CaptureReconciler::DeniedKey, uint64_t> CaptureReconciler::denied() con
   return denied_->counts;
 }
 
+std::map<CaptureReconciler::DeniedKey, uint64_t> CaptureReconciler::closed_by_policy() const {
+  absl::MutexLock l(&denied_->mu);
+  return denied_->closed;
+}
+
 size_t CaptureReconciler::captured_pods() const {
   absl::MutexLock l(&mu_);
   return captured_;
@@ -168,8 +173,9 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
     PolicyStore* store = &store_;
     std::shared_ptr<Denied> denied = denied_;
     std::string pod_name = uid;
-    auto decide = [shared, mark, port, store, denied, uid, pod_name](const sockaddr_storage& peer,
-                                                                     const sockaddr_storage& local) {
+    auto decide = [shared, mark, port, store, denied, uid, pod_name](
+                      const sockaddr_storage& peer, const sockaddr_storage& local,
+                      RelayCheck when) {
       RelayDecision d;
       const uint16_t to_port =
           ntohs(local.ss_family == AF_INET ? reinterpret_cast<const sockaddr_in*>(&local)->sin_port
@@ -190,10 +196,11 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
         if (!a.allowed) {
           const std::string& dest = a.destination_pod.empty() ? pod_name : a.destination_pod;
           absl::MutexLock l(&denied->mu);
-          if (denied->counts.size() < 10000) {
-            ++denied->counts[{a.source_namespace, a.source_workload, dest, a.policy}];
+          auto& counts = when == RelayCheck::kArrival ? denied->counts : denied->closed;
+          if (counts.size() < 10000) {
+            ++counts[{a.source_namespace, a.source_workload, dest, a.policy}];
           } else {
-            ++denied->counts[{"", "other", "other", "other"}];
+            ++counts[{"", "other", "other", "other"}];
           }
           d.reason = a.policy;
           return d;
@@ -296,6 +303,12 @@ absl::Status CaptureReconciler::ReconcileOnce() {
     if (!s.ok() && first.ok()) first = s;
   }
   FinishReleases();
+  // A new policy applies to the connections already open too (as ztunnel does): the relay
+  // decides each again, and closes what it now denies.
+  if (snapshot->version != rechecked_version_) {
+    if (rechecked_version_ != 0) relay_.Recheck();
+    rechecked_version_ = snapshot->version;
+  }
   size_t n = 0;
   for (const auto& [uid, p] : pods_) n += p.netns != nullptr;
   absl::MutexLock l(&mu_);

@@ -48,6 +48,8 @@ class CaptureReconciler {
   // pod, policy); unknown sources have empty names.
   using DeniedKey = std::tuple<std::string, std::string, std::string, std::string>;
   std::map<DeniedKey, uint64_t> denied() const;
+  // Open connections closed because a policy change denied them, by the same key.
+  std::map<DeniedKey, uint64_t> closed_by_policy() const;
 
   // Removes the capture from the namespace of every pod found under `cgroup_root` (uninstall,
   // without an agent running).
@@ -78,12 +80,14 @@ class CaptureReconciler {
   std::map<std::string, Pod> pods_ ABSL_GUARDED_BY(pass_mu_);
   std::vector<std::pair<std::string, Pod>> releasing_ ABSL_GUARDED_BY(pass_mu_);
   uint64_t next_group_ ABSL_GUARDED_BY(pass_mu_) = 1;
+  uint64_t rechecked_version_ ABSL_GUARDED_BY(pass_mu_) = 0;  // the policy open connections had
   mutable absl::Mutex mu_;
   size_t captured_ ABSL_GUARDED_BY(mu_) = 0;
   // Shared with the relay's decisions (they may run after this reconciler went).
   struct Denied {
     absl::Mutex mu;
     std::map<DeniedKey, uint64_t> counts ABSL_GUARDED_BY(mu);
+    std::map<DeniedKey, uint64_t> closed ABSL_GUARDED_BY(mu);
   };
   std::shared_ptr<Denied> denied_ = std::make_shared<Denied>();
 };

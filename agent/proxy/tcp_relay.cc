@@ -32,6 +32,8 @@ struct TcpRelay::Conn {
   bool closed = false;           // freed after the current batch of events
   std::string tuples[2];         // the client's 4-tuple, the upstream's (TupleKey)
   uint64_t group = 0;            // its listener's
+  sockaddr_storage peer{}, local{};                  // the client, where it connected
+  std::shared_ptr<const RelayDecide> decide;         // its listener's (Recheck)
   absl::Time connect_deadline;
   absl::Time last_activity;
   absl::Time half_closed_at = absl::InfiniteFuture();
@@ -117,8 +119,8 @@ absl::Status TcpRelay::AddListener(UniqueFd listener, RelayDecide decide, uint64
   const int fd = listener.get();
   {
     absl::MutexLock l(&mu_);
-    pending_add_[fd] =
-        std::make_shared<Listener>(Listener{std::move(listener), std::move(decide), group});
+    pending_add_[fd] = std::make_shared<Listener>(Listener{
+        std::move(listener), std::make_shared<const RelayDecide>(std::move(decide)), group});
   }
   const uint64_t one = 1;
   if (write(wake_.get(), &one, sizeof(one)) < 0) {}
@@ -132,6 +134,28 @@ void TcpRelay::RemoveListener(int listener_fd) {
   }
   const uint64_t one = 1;
   if (write(wake_.get(), &one, sizeof(one)) < 0) {}
+}
+
+void TcpRelay::Recheck() {
+  recheck_ = true;
+  const uint64_t one = 1;
+  if (write(wake_.get(), &one, sizeof(one)) < 0) {}
+}
+
+void TcpRelay::RecheckOpen() {
+  std::vector<Conn*> denied;
+  for (auto& [p, c] : conns_) {
+    if (!c->decide) continue;
+    if (!(*c->decide)(c->peer, c->local, RelayCheck::kPolicyChange).allow) denied.push_back(p);
+  }
+  for (Conn* c : denied) {
+    ++counters_.policy_closed;
+    Close(c, /*reset=*/true);
+  }
+  if (!denied.empty()) {
+    SHUNT_LOG(INFO) << "relay: " << denied.size() << " open connection(s) closed: a policy change "
+                    << "denies them";
+  }
 }
 
 size_t TcpRelay::ActiveIn(uint64_t group) const {
@@ -151,6 +175,7 @@ RelayStats TcpRelay::stats() const {
   s.half_close_timeouts = c.half_close_timeouts.load();
   s.idle_timeouts = c.idle_timeouts.load();
   s.resets = c.resets.load();
+  s.policy_closed = c.policy_closed.load();
   s.active = c.active.load();
   s.bytes_to_upstream = c.bytes_to_upstream.load();
   s.bytes_to_downstream = c.bytes_to_downstream.load();
@@ -199,6 +224,7 @@ void TcpRelay::Loop() {
         OnEvent(end->conn, end->side, events[i].events);
       }
     }
+    if (recheck_.exchange(false)) RecheckOpen();
     closed_.clear();
     const absl::Time now = absl::Now();
     for (auto it = paused_listeners_.begin(); it != paused_listeners_.end();) {
@@ -261,7 +287,7 @@ void TcpRelay::Accept(int listener_fd) {
     getpeername(down.get(), reinterpret_cast<sockaddr*>(&peer), &len);
     len = sizeof(local);
     getsockname(down.get(), reinterpret_cast<sockaddr*>(&local), &len);
-    RelayDecision d = lst->decide(peer, local);
+    RelayDecision d = (*lst->decide)(peer, local, RelayCheck::kArrival);
     if (!d.allow) {
       ++counters_.refused;
       ResetFd(down);
@@ -328,6 +354,9 @@ void TcpRelay::Accept(int listener_fd) {
       setsockopt(raw->fd[side].get(), SOL_SOCKET, SO_OOBINLINE, &one, sizeof(one));
     }
     raw->group = lst->group;
+    raw->peer = peer;
+    raw->local = local;
+    raw->decide = lst->decide;
     {
       absl::MutexLock l(&mu_);
       ++active_by_group_[raw->group];

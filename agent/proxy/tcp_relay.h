@@ -51,8 +51,11 @@ struct RelayDecision {
   sockaddr_storage to{};  // its destination
   uint32_t mark = 0;      // SO_MARK of the upstream
 };
-using RelayDecide =
-    std::function<RelayDecision(const sockaddr_storage& peer, const sockaddr_storage& local)>;
+// When a decision is asked: for a connection just accepted, or for an open one again after a
+// policy change (Recheck: refused, it is closed with a reset).
+enum class RelayCheck { kArrival, kPolicyChange };
+using RelayDecide = std::function<RelayDecision(const sockaddr_storage& peer,
+                                                const sockaddr_storage& local, RelayCheck when)>;
 
 struct RelayStats {
   uint64_t accepted = 0;
@@ -63,6 +66,7 @@ struct RelayStats {
   uint64_t half_close_timeouts = 0;
   uint64_t idle_timeouts = 0;
   uint64_t resets = 0;            // a reset passed on
+  uint64_t policy_closed = 0;     // open, then denied by a policy change (Recheck)
   uint64_t active = 0;
   uint64_t bytes_to_upstream = 0;
   uint64_t bytes_to_downstream = 0;
@@ -83,6 +87,10 @@ class TcpRelay {
   absl::Status AddListener(UniqueFd listener, RelayDecide decide, uint64_t group = 0);
   void RemoveListener(int listener_fd);
   size_t ActiveIn(uint64_t group) const;
+  // Every open connection is decided again (RelayCheck::kPolicyChange) on the relay's thread, soon;
+  // the ones now refused are closed with a reset both ways, counted (policy_closed). Calls made
+  // before it ran are one.
+  void Recheck();
   RelayStats stats() const;
   void Stop();
 
@@ -100,18 +108,20 @@ class TcpRelay {
   bool StepOverUrgent(Conn* c, int d);
   void Interest(Conn* c);
   void Close(Conn* c, bool reset);
+  void RecheckOpen();
 
   const RelayOptions options_;
   UniqueFd epoll_;
   UniqueFd wake_;  // eventfd: listener changes and Stop()
   std::thread thread_;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> recheck_{false};
 
   mutable absl::Mutex mu_;
   // Listeners: fd -> decision; added and removed from other threads, used on the loop's.
   struct Listener {
     UniqueFd fd;
-    RelayDecide decide;
+    std::shared_ptr<const RelayDecide> decide;  // its connections keep it (Recheck)
     uint64_t group = 0;
   };
   std::map<uint64_t, size_t> active_by_group_ ABSL_GUARDED_BY(mu_);
@@ -120,7 +130,8 @@ class TcpRelay {
   std::vector<int> pending_remove_ ABSL_GUARDED_BY(mu_);
   struct Counters {
     std::atomic<uint64_t> accepted{0}, refused{0}, over_capacity{0}, upstream_failed{0},
-        connect_timeouts{0}, half_close_timeouts{0}, idle_timeouts{0}, resets{0}, active{0},
+        connect_timeouts{0}, half_close_timeouts{0}, idle_timeouts{0}, resets{0},
+        policy_closed{0}, active{0},
         bytes_to_upstream{0}, bytes_to_downstream{0};
   };
   Counters counters_;

@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "agent/capture/netns.h"
 #include "agent/capture/pod_capture.h"
 #include "common/files.h"
@@ -395,6 +396,51 @@ TEST_F(CaptureTest, APodThatLeavesTheMeshKeepsItsRelayedConnectionsToTheirEnd) {
   EXPECT_EQ(direct, "peer " + Client().ipv4 + "\nhello");
   EXPECT_EQ(Metric("shunt_relay_connections_total", {{"result", "accepted"}}), 1)
       << "not captured once released";
+}
+
+// A policy change applies to open connections: one the new policy denies is closed (reset),
+// counted by source, destination and policy; an allowed one goes on.
+TEST_F(CaptureTest, AnOpenConnectionANewPolicyDeniesIsClosedAndCounted) {
+  StartCapturingAgent();
+  if (HasFatalFailure()) return;
+  const std::string go = bed_->work_dir() + "/deny-go";
+  std::string out;
+  std::thread client = RunHoldClient(go, &out);
+  ASSERT_TRUE(e2e::WaitForFile(go + ".connected"));
+  ASSERT_TRUE(shunt::test::Eventually([&] { return Metric("shunt_relay_active_connections") == 1; },
+                                      5s, 50ms));
+  // A policy that does not concern it (another namespace): it stays.
+  auto policy = bed_->WritePolicyFile("policy.json", {{Server().name, true}});
+  ASSERT_TRUE(policy.ok());
+  auto text = ReadFileToString(*policy);
+  ASSERT_TRUE(text.ok());
+  nlohmann::json doc = nlohmann::json::parse(*text);
+  auto deny = [&](const std::string& ns) {
+    doc["accessPolicies"] = {{{"namespace", "default"},
+                              {"name", "deny-" + ns},
+                              {"action", "DENY"},
+                              {"target", nlohmann::json::object()},
+                              {"from", {{{"namespaces", {ns}}}}}}};
+    return WriteFileAtomic(*policy, doc.dump());
+  };
+  ASSERT_TRUE(deny("elsewhere").ok());
+  ASSERT_TRUE(shunt::test::Eventually([&] { return Metric("shunt_policy_version") >= 2; }, 10s,
+                                      50ms));
+  absl::SleepFor(absl::Milliseconds(300));  // a recheck would have run
+  EXPECT_EQ(Metric("shunt_relay_active_connections"), 1) << "not denied: untouched";
+  ASSERT_TRUE(deny("default").ok());
+  EXPECT_TRUE(shunt::test::Eventually(
+      [&] { return Metric("shunt_relay_active_connections") == 0; }, 10s, 50ms));
+  ASSERT_TRUE(WriteFileAtomic(go, "").ok());
+  client.join();
+  EXPECT_NE(out.find("Connection reset"), std::string::npos) << out;
+  EXPECT_EQ(Metric("shunt_policy_closed_connections_total",
+                   {{"source_workload", Client().name},
+                    {"source_workload_namespace", "default"},
+                    {"destination_pod", Server().name},
+                    {"policy", "default/deny-default"}}),
+            1);
+  EXPECT_EQ(Metric("shunt_relay_connections_total", {{"result", "policy_closed"}}), 1);
 }
 
 // A meshed pod of the server's node is the fast path's: checked at its connect(), spliced in the

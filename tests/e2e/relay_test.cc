@@ -124,9 +124,11 @@ class RelayTest : public ::testing::Test {
     front_port_ = PortOf(front.get());
     ASSERT_TRUE(relay_
                     ->AddListener(std::move(front),
-                                  [this](const sockaddr_storage&, const sockaddr_storage&) {
+                                  [this](const sockaddr_storage&, const sockaddr_storage&,
+                                         RelayCheck when) {
                                     RelayDecision d;
-                                    d.allow = allow_.load();
+                                    d.allow = when == RelayCheck::kArrival ? allow_.load()
+                                                                           : allow_open_.load();
                                     d.netns_fd = netns_.get();
                                     d.as = Loopback(0);
                                     d.to = Loopback(upstream_port_.load());
@@ -149,6 +151,7 @@ class RelayTest : public ::testing::Test {
   uint16_t front_port_ = 0;
   std::atomic<uint16_t> upstream_port_{0};
   std::atomic<bool> allow_{true};
+  std::atomic<bool> allow_open_{true};  // the decision for open connections on a Recheck
 };
 
 TEST_F(RelayTest, ClientHalfCloseThenServerAnswersAndCloses) {
@@ -248,6 +251,32 @@ TEST_F(RelayTest, RefusedAndFailedUpstreamsAreResetsAndCounted) {
     EXPECT_EQ(ErrorAtEnd(c.get()), ECONNRESET);
   }
   EXPECT_TRUE(shunt::test::Eventually([&] { return relay_->stats().upstream_failed == 1; }, 5s));
+}
+
+// A policy change: every open connection is decided again, and the ones now denied are reset
+// both ways (the client and the server both see it), counted; the others go on untouched.
+TEST_F(RelayTest, AnOpenConnectionAPolicyChangeDeniesIsResetBothWaysAndCounted) {
+  UniqueFd c = Connect(front_port_);
+  UniqueFd s = AcceptBackend();
+  WriteAll(c.get(), "before");
+  char buf[6];
+  ASSERT_EQ(recv(s.get(), buf, 6, MSG_WAITALL), 6);
+  relay_->Recheck();  // still allowed: nothing happens
+  WriteAll(c.get(), "still");
+  ASSERT_EQ(recv(s.get(), buf, 5, MSG_WAITALL), 5);
+  EXPECT_EQ(std::string(buf, 5), "still");
+  EXPECT_EQ(relay_->stats().policy_closed, 0u);
+  allow_open_ = false;
+  relay_->Recheck();
+  EXPECT_EQ(ErrorAtEnd(c.get()), ECONNRESET) << "the client";
+  EXPECT_EQ(ErrorAtEnd(s.get()), ECONNRESET) << "the server";
+  EXPECT_EQ(relay_->stats().policy_closed, 1u);
+  EXPECT_TRUE(shunt::test::Eventually([&] { return relay_->stats().active == 0; }, 5s));
+  // New connections are decided at arrival as before.
+  UniqueFd c2 = Connect(front_port_);
+  UniqueFd s2 = AcceptBackend();
+  WriteAll(c2.get(), "new");
+  ASSERT_EQ(recv(s2.get(), buf, 3, MSG_WAITALL), 3);
 }
 
 TEST_F(RelayTest, AThousandConcurrentConnectionsEachGetTheirOwnBytesBack) {
