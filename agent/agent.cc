@@ -1,5 +1,6 @@
 #include "agent/agent.h"
 
+#include <pthread.h>
 #include <signal.h>
 #include <sys/resource.h>
 
@@ -7,11 +8,13 @@
 #include <fstream>
 #include <memory>
 #include <sstream>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "common/admin_server.h"
 #include "agent/bpf/fastpath.h"
 #include "agent/capture/capture_reconciler.h"
+#include "agent/capture/handoff.h"
 #include "agent/proxy/tcp_relay.h"
 #include "agent/bpf/kernel_probe.h"
 #include "agent/bpf/socklb.h"
@@ -296,6 +299,20 @@ int RunAgent(const AgentConfig& config) {
   // signal that ends the agent.
   signal(SIGPIPE, SIG_IGN);
 
+  // The agent this one replaces, if one runs, stops its policy work and its HTTP endpoints and
+  // hands over its capture listeners before this one starts its own (docs/capture.md, "Restarts").
+  std::vector<HandedListener> inherited;
+  if (!config.handoff_socket.empty()) {
+    auto taken = TakeOver(config.handoff_socket, absl::Seconds(5));
+    if (!taken.ok()) {
+      SHUNT_LOG(WARNING) << taken.status().message() << ": starting without its listeners";
+    } else if (!taken->empty()) {
+      SHUNT_LOG(INFO) << "took over " << taken->size() << " capture listener(s) from the agent "
+                      << "this one replaces";
+      inherited = std::move(*taken);
+    }
+  }
+
   if (absl::Status s = CheckKernel(); !s.ok()) {
     SHUNT_LOG(ERROR) << s.message();
     return 2;
@@ -449,7 +466,8 @@ int RunAgent(const AgentConfig& config) {
     co.cgroup_root = fc.cgroup_root;
     co.resync = config.resync;
     co.capture.port = config.capture_port;
-    capture = std::make_unique<CaptureReconciler>(co, store, *relay);
+    co.inherited = std::move(inherited);
+    capture = std::make_unique<CaptureReconciler>(std::move(co), store, *relay);
     if (absl::Status s = capture->Start(); !s.ok()) {
       SHUNT_LOG(WARNING) << "first capture pass: " << s.message();
     }
@@ -504,13 +522,99 @@ int RunAgent(const AgentConfig& config) {
   SHUNT_LOG(INFO) << "shunt-agent " << SHUNT_VERSION << " on node " << config.node_name
                   << ": metrics on " << config.metrics_addr << ", admin on " << config.admin_addr;
 
+  // Until SIGTERM/SIGINT (seen by a thread of its own), or a successor asking for the handoff.
+  struct Wait {
+    absl::Mutex mu;
+    int signal ABSL_GUARDED_BY(mu) = 0;
+    bool asked ABSL_GUARDED_BY(mu) = false;        // a successor asked for the listeners
+    bool surrendered ABSL_GUARDED_BY(mu) = false;  // `handed` is ready
+    bool exiting ABSL_GUARDED_BY(mu) = false;      // a successor asking now gets nothing
+    std::vector<HandedListener> handed ABSL_GUARDED_BY(mu);
+  } w;
+  std::thread signals([&w, &stop_signals] {
+    int sig = 0;
+    sigwait(&stop_signals, &sig);
+    absl::MutexLock l(&w.mu);
+    w.signal = sig;
+  });
+  absl::Cleanup join_signals = [&] {
+    bool signalled;
+    {
+      absl::MutexLock l(&w.mu);
+      signalled = w.signal != 0;
+    }
+    if (!signalled) pthread_kill(signals.native_handle(), SIGTERM);  // blocked: sigwait takes it
+    signals.join();
+  };
+  std::unique_ptr<HandoffServer> handoff;
+  if (!config.handoff_socket.empty()) {
+    auto h = HandoffServer::Start(config.handoff_socket, [&w] {
+      absl::MutexLock l(&w.mu);
+      w.asked = true;
+      w.mu.Await(absl::Condition(
+          +[](Wait* w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(w->mu) { return w->surrendered || w->exiting; },
+          &w));
+      return std::move(w.handed);
+    });
+    if (!h.ok()) {
+      SHUNT_LOG(WARNING) << h.status().message() << ": no handoff to a successor";
+    } else {
+      handoff = std::move(*h);
+    }
+  }
+  auto stop_policy_work = [&] {
+    if (source) source->Stop();
+    reconciler.Stop();  // before the policy pass its hook runs (stop_fast_path does it again)
+    service_policy.Stop();
+  };
+
+  bool handed_over = false;
   int sig = 0;
-  sigwait(&stop_signals, &sig);
+  while (true) {
+    {
+      absl::MutexLock l(&w.mu);
+      w.mu.Await(absl::Condition(
+          +[](Wait* w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(w->mu) {
+            return w->signal != 0 || (w->asked && !w->surrendered);
+          },
+          &w));
+      sig = w.signal;
+      if (sig != 0) break;
+    }
+    // A successor takes over: it writes the maps from now on, serves the HTTP ports and the
+    // capture listeners; this agent relays what it has until it ends, then waits for SIGTERM.
+    stop_policy_work();
+    admin->reset();
+    exposer.reset();
+    std::vector<HandedListener> handed;
+    if (capture) handed = capture->Surrender();
+    {
+      absl::MutexLock l(&w.mu);
+      w.handed = std::move(handed);
+      w.surrendered = true;
+    }
+    handed_over = true;
+    SHUNT_LOG(INFO) << "handed over to a new agent: relaying the open connections until they end";
+  }
+  {
+    absl::MutexLock l(&w.mu);
+    w.exiting = true;
+  }
   SHUNT_LOG(INFO) << "signal " << sig << ": stopping; programs and maps stay pinned so that "
                   << "established connections are not disturbed";
-  if (source) source->Stop();
-  reconciler.Stop();  // before the policy pass its hook runs (stop_fast_path does it again)
-  service_policy.Stop();
+  if (!handed_over) {
+    stop_policy_work();
+    // No new connection (those go to their pod directly until an agent captures it again); the
+    // open ones are drained.
+    if (capture) capture->Surrender();
+  }
+  if (relay) {
+    const absl::Time deadline = absl::Now() + config.drain_timeout;
+    while (relay->stats().active > 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(50));
+    if (const uint64_t left = relay->stats().active; left > 0) {
+      SHUNT_LOG(WARNING) << left << " relayed connection(s) still open after the drain timeout: reset";
+    }
+  }
   return 0;
 }
 

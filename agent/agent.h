@@ -36,6 +36,9 @@ struct AgentConfig {
   // In-pod capture of inbound connections into the agent's relay (docs/capture.md).
   bool capture = false;
   uint16_t capture_port = 15008;
+  // Where this agent hands its capture listeners to its successor (empty: no handoff).
+  std::string handoff_socket;
+  absl::Duration drain_timeout = absl::Seconds(25);  // after SIGTERM, for relayed connections
   uint32_t fastpath_max_queued = 0;  // 0: from the node's TCP sysctls
   // Connect-time load balancing and access policy (socklb).
   uint32_t lb_services_size = 4096;

@@ -58,6 +58,12 @@ ABSL_FLAG(bool, capture, false,
           "enforced there yet.");
 ABSL_FLAG(uint32_t, capture_port, 15008,
           "Port of the agent's transparent listener inside each captured pod's namespace.");
+ABSL_FLAG(std::string, handoff_socket, "",
+          "Unix socket where a running agent hands its capture listeners to the agent replacing "
+          "it (docs/capture.md, \"Restarts\"); empty: /run/shunt/<node-name>/handoff.sock; "
+          "\"off\": no handoff.");
+ABSL_FLAG(int, drain_timeout_ms, 25000,
+          "After SIGTERM, how long relayed connections may take to end before they are reset.");
 ABSL_FLAG(uint32_t, endpoints_map_size, 8192, "Local pod IPs the endpoints map can hold.");
 ABSL_FLAG(uint32_t, stats_map_size, 16384, "Counter entries (workload pairs x reasons).");
 ABSL_FLAG(uint32_t, lb_services_map_size, 4096,
@@ -121,6 +127,8 @@ int main(int argc_in, char** argv_in) {
       return 2;
     }
     config.capture_port = static_cast<uint16_t>(absl::GetFlag(FLAGS_capture_port));
+    config.handoff_socket = absl::GetFlag(FLAGS_handoff_socket);
+    config.drain_timeout = absl::Milliseconds(std::max(0, absl::GetFlag(FLAGS_drain_timeout_ms)));
     config.fastpath_max_queued = absl::GetFlag(FLAGS_fastpath_max_queued_bytes);
     config.max_metric_series = absl::GetFlag(FLAGS_max_metric_series);
     config.lb_services_size = absl::GetFlag(FLAGS_lb_services_map_size);
@@ -136,6 +144,11 @@ int main(int argc_in, char** argv_in) {
     if (!config.controller.empty() && !config.policy_file.empty()) {
       SHUNT_LOG(ERROR) << "--controller and --policy-file exclude each other";
       return 2;
+    }
+    if (config.handoff_socket.empty()) {
+      config.handoff_socket = "/run/shunt/" + config.node_name + "/handoff.sock";
+    } else if (config.handoff_socket == "off") {
+      config.handoff_socket.clear();
     }
     if (absl::GetFlag(FLAGS_uninstall)) return shunt::agent::UninstallAgent(config);
     return shunt::agent::RunAgent(config);

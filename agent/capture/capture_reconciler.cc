@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <fcntl.h>
 #include <ifaddrs.h>
 #include <sys/stat.h>
 
@@ -146,9 +147,18 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
   if (absl::Status s = InstallCapture(shared->get(), options_.capture); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("pod ", uid, ": ", s.message()));
   }
-  std::vector<int> listeners;
+  std::vector<int> listeners, families;
   for (int family : {AF_INET, AF_INET6}) {
-    auto l = OpenTransparentListener(shared->get(), family, options_.capture.port);
+    absl::StatusOr<UniqueFd> l = absl::NotFoundError("");
+    for (auto& h : options_.inherited) {
+      if (h.fd.valid() && h.pod_uid == uid && h.netns_ino == st.st_ino && h.family == family &&
+          h.port == options_.capture.port) {
+        l = std::move(h.fd);  // the old agent's, with its backlog
+        SHUNT_LOG(INFO) << "pod " << uid << ": serving the listener handed over ("
+                        << (family == AF_INET ? "IPv4" : "IPv6") << ")";
+      }
+    }
+    if (!l.ok()) l = OpenTransparentListener(shared->get(), family, options_.capture.port);
     if (!l.ok() && family == AF_INET6 && !listeners.empty() &&
         (absl::IsUnimplemented(l.status()) || l.status().message().find("not supported") !=
                                                   std::string::npos ||
@@ -215,11 +225,13 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
     };
     if (absl::Status s = relay_.AddListener(std::move(*l), decide, group); !s.ok()) return s;
     listeners.push_back(fd);
+    families.push_back(family);
   }
   pod.netns = std::move(shared);
   pod.netns_ino = st.st_ino;
   pod.mesh_sources = options_.capture.mesh_sources;
   pod.listeners = std::move(listeners);
+  pod.families = std::move(families);
   pod.group = group;
   SHUNT_LOG(INFO) << "pod " << uid << ": inbound connections captured (port "
                   << options_.capture.port << ")";
@@ -303,6 +315,8 @@ absl::Status CaptureReconciler::ReconcileOnce() {
     if (!s.ok() && first.ok()) first = s;
   }
   FinishReleases();
+  // Handed-over listeners of pods this pass did not capture in the same namespace: closed.
+  options_.inherited.clear();
   // A new policy applies to the connections already open too (as ztunnel does): the relay
   // decides each again, and closes what it now denies.
   if (snapshot->version != rechecked_version_) {
@@ -314,6 +328,34 @@ absl::Status CaptureReconciler::ReconcileOnce() {
   absl::MutexLock l(&mu_);
   captured_ = n;
   return first;
+}
+
+std::vector<HandedListener> CaptureReconciler::Surrender() {
+  loop_.Stop();
+  absl::MutexLock pass(&pass_mu_);
+  std::vector<HandedListener> out;
+  for (auto& [uid, p] : pods_) {
+    for (size_t i = 0; i < p.listeners.size(); ++i) {
+      HandedListener h;
+      h.pod_uid = uid;
+      h.netns_ino = p.netns_ino;
+      h.family = p.families[i];
+      h.port = options_.capture.port;
+      h.fd = UniqueFd(fcntl(p.listeners[i], F_DUPFD_CLOEXEC, 0));
+      if (!h.fd.valid()) {
+        SHUNT_LOG(ERROR) << "pod " << uid << ": duplicate a listener for the handoff: "
+                         << std::strerror(errno);
+      } else {
+        out.push_back(std::move(h));
+      }
+      relay_.RemoveListener(p.listeners[i]);  // the relay's copy; the socket lives on in `out`
+    }
+  }
+  pods_.clear();
+  releasing_.clear();  // the successor's to finish (their pods are not meshed: not captured)
+  absl::MutexLock l(&mu_);
+  captured_ = 0;
+  return out;
 }
 
 void CaptureReconciler::ReleaseAll() {

@@ -17,6 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "agent/capture/handoff.h"
 #include "agent/capture/pod_capture.h"
 #include "agent/dataplane/reconcile_loop.h"
 #include "agent/policy/policy_store.h"
@@ -34,6 +35,9 @@ class CaptureReconciler {
     // skip_sources: the node's own addresses are added; mesh_sources: set by each pass (the
     // node's meshed pods).
     CaptureOptions capture;
+    // Listeners handed over by the agent this one replaces (handoff.h): a pod found in the same
+    // namespace is served on them instead of new ones; those not taken by the first pass close.
+    std::vector<HandedListener> inherited;
   };
   CaptureReconciler(Options options, PolicyStore& store, TcpRelay& relay);
   ~CaptureReconciler();  // Stop(); what is captured stays (a restarted agent takes it over)
@@ -43,6 +47,10 @@ class CaptureReconciler {
   absl::Status ReconcileOnce();
   // Releases every pod it captured (uninstall).
   void ReleaseAll();
+  // For the agent replacing this one: stops (no pass from now on), stops serving its listeners and
+  // returns them (duplicates), the pods' tables left as they are. The relay goes on with the
+  // connections it has.
+  std::vector<HandedListener> Surrender();
   size_t captured_pods() const;
   // Connections refused where they arrived, by (source namespace, source workload, destination
   // pod, policy); unknown sources have empty names.
@@ -60,6 +68,7 @@ class CaptureReconciler {
     std::shared_ptr<UniqueFd> netns;  // shared with the relay's decisions
     ino_t netns_ino = 0;
     std::vector<int> listeners;
+    std::vector<int> families;  // of each listener
     uint64_t group = 0;  // of its listeners in the relay
     std::vector<std::string> mesh_sources;  // as its table has them
   };

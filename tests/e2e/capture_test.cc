@@ -443,6 +443,113 @@ TEST_F(CaptureTest, AnOpenConnectionANewPolicyDeniesIsClosedAndCounted) {
   EXPECT_EQ(Metric("shunt_relay_connections_total", {{"result", "policy_closed"}}), 1);
 }
 
+// argv: address, port, stop file, the answer expected. Connects again and again until the stop
+// file exists; prints how many connections got the expected answer and how many did not.
+constexpr char kPyLoad[] = R"(
+import socket, sys, os, time
+addr, port, stop, expect = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ok = fail = 0
+while not os.path.exists(stop):
+    try:
+        c = socket.create_connection((addr, port), timeout=10)
+        c.sendall(b"hello"); c.shutdown(socket.SHUT_WR); got = b""
+        while True:
+            d = c.recv(65536)
+            if not d: break
+            got += d
+        c.close()
+        if got.decode() == expect: ok += 1
+        else: fail += 1
+    except OSError:
+        fail += 1
+    time.sleep(0.005)
+print(ok, fail)
+)";
+
+// Replacing the agent as a rolling update with maxSurge does (the new one starts while the old
+// one runs): the new agent takes over the capture listeners, with no moment without one (a
+// denied client never gets through, an allowed one never fails), and the old one relays its
+// open connection to its end, then exits on SIGTERM.
+TEST_F(CaptureTest, ANewAgentTakesOverTheListenersAndTheOldOneDrainsItsConnections) {
+  StartCapturingAgent();
+  if (HasFatalFailure()) return;
+  const testbed::Pod& denied = bed_->pod(1, 1);
+  auto policy = bed_->WritePolicyFile("policy.json", {{Server().name, true}});
+  ASSERT_TRUE(policy.ok());
+  auto text = ReadFileToString(*policy);
+  ASSERT_TRUE(text.ok());
+  nlohmann::json doc = nlohmann::json::parse(*text);
+  for (auto& w : doc["workloads"]) {
+    if (w["name"] == denied.name) w["labels"] = {{"role", "denied"}};
+  }
+  doc["accessPolicies"] = {{{"namespace", "default"},
+                            {"name", "deny-role"},
+                            {"action", "DENY"},
+                            {"target", nlohmann::json::object()},
+                            {"from", {{{"pods", {{"matchLabels", {{"role", "denied"}}}}}}}}}};
+  ASSERT_TRUE(WriteFileAtomic(*policy, doc.dump()).ok());
+  ASSERT_TRUE(shunt::test::Eventually([&] { return Metric("shunt_policy_version") >= 2; }, 10s,
+                                      50ms));
+  const std::string go = bed_->work_dir() + "/handoff-go";
+  std::string held;
+  std::thread hold = RunHoldClient(go, &held);
+  ASSERT_TRUE(e2e::WaitForFile(go + ".connected"));
+  ASSERT_TRUE(shunt::test::Eventually([&] { return Metric("shunt_relay_active_connections") == 1; },
+                                      5s, 50ms));
+  const std::string stop = bed_->work_dir() + "/handoff-stop";
+  auto load = [&](const testbed::Pod& from, std::string* out) {
+    return std::thread([this, &from, stop, out] {
+      auto r = bed_->Run(from, {"/usr/bin/python3", "-c", kPyLoad, Server().ipv4, "8080", stop,
+                                "peer " + from.ipv4 + "\nhello"},
+                         60s);
+      *out = r.ok() ? r->out + r->err : r.status().ToString();
+    });
+  };
+  std::string allowed_out, denied_out;
+  std::thread allowed_load = load(Client(), &allowed_out);
+  std::thread denied_load = load(denied, &denied_out);
+  absl::SleepFor(absl::Milliseconds(300));
+
+  e2e::AgentProcess successor(*bed_, bed_->node(0), *policy, {"--capture"});
+  ASSERT_TRUE(successor.Start().ok()) << successor.Stderr();
+  auto metric = [&](const std::string& name, const std::map<std::string, std::string>& match) {
+    auto m = successor.Scrape();
+    return m.ok() ? e2e::SumSamples(*m, name, match) : -1;
+  };
+  EXPECT_TRUE(shunt::test::Eventually(
+      [&] { return metric("shunt_capture_pods", {}) == 1 &&
+                   metric("shunt_relay_connections_total", {{"result", "accepted"}}) >= 4; },
+      10s, 50ms))
+      << successor.Stderr();
+  absl::SleepFor(absl::Milliseconds(300));
+  ASSERT_TRUE(WriteFileAtomic(stop, "").ok());
+  allowed_load.join();
+  denied_load.join();
+  int ok = -1, fail = -1;
+  ASSERT_EQ(sscanf(allowed_out.c_str(), "%d %d", &ok, &fail), 2) << allowed_out;
+  EXPECT_GT(ok, 0);
+  EXPECT_EQ(fail, 0) << "an allowed connection failed during the handoff";
+  ASSERT_EQ(sscanf(denied_out.c_str(), "%d %d", &ok, &fail), 2) << denied_out;
+  EXPECT_EQ(ok, 0) << "a denied client got through: a moment without a listener";
+  EXPECT_GT(fail, 0);
+  EXPECT_GT(metric("shunt_arrival_denied_connections_total", {{"policy", "default/deny-role"}}), 0);
+
+  // The old agent's open connection goes on to its end, not reset; then it exits on SIGTERM.
+  ASSERT_TRUE(WriteFileAtomic(go, "").ok());
+  hold.join();
+  EXPECT_EQ(held, "peer " + Client().ipv4 + "\nbeforehello") << agent_->Stderr();
+  EXPECT_TRUE(agent_->Stop().ok()) << agent_->Stderr();
+  EXPECT_NE(agent_->Stderr().find("listener(s) handed over"), std::string::npos)
+      << agent_->Stderr();
+  EXPECT_NE(successor.Stderr().find("took over 2 capture listener(s)"), std::string::npos)
+      << successor.Stderr();
+  // The successor still serves after the old one is gone.
+  std::string out;
+  RunClient(Server().ipv4, &out).join();
+  EXPECT_EQ(out, "peer " + Client().ipv4 + "\nhello");
+  successor.Kill();
+}
+
 // A meshed pod of the server's node is the fast path's: checked at its connect(), spliced in the
 // kernel, not relayed. Once it leaves the mesh, its connections are captured like any other's.
 TEST_F(CaptureTest, AMeshedPodOfTheSameNodeIsLeftToTheFastPath) {

@@ -262,6 +262,7 @@ std::vector<std::string> AgentProcess::Argv() const {
       "--resync-ms=200",
       "--policy-poll-ms=100",
       "--state-dir=" + bed_.work_dir() + "/agent-state",  // removed with the test bed
+      "--handoff-socket=" + bed_.work_dir() + "/handoff-" + node_.name + ".sock",
   };
   if (!policy_file_.empty()) argv.push_back("--policy-file=" + policy_file_);
   for (const auto& f : extra_flags_) argv.push_back(f);
