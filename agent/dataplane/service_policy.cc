@@ -422,6 +422,16 @@ DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const 
                                 is_deny(p) ? "as a DENY of what its known fields select"
                                            : "its targets admit none of its sources"));
     }
+    if (p->l7_size() > 0) {
+      // Said, not silently widened or narrowed: per-request rules need the agent's HTTP proxy,
+      // which is not built yet (issue 9). Until then the policy acts on whole connections.
+      not_enforced(pname, is_deny(p) ? "L7 rules (methods, paths) need the agent's HTTP proxy, "
+                                       "not built yet: enforced as a DENY of whole connections "
+                                       "on its ports (stricter than written)"
+                                     : "L7 rules (methods, paths) need the agent's HTTP proxy, "
+                                       "not built yet: enforced on whole connections (its "
+                                       "sources may make any request)");
+    }
     shunt_ap_ports ports{};
     bool bad = false;
     if (p->ports_size() > SHUNT_AP_MAX_PORT_RANGES) {

@@ -260,6 +260,26 @@ TEST(ServicePolicy, PortRanges) {
   EXPECT_EQ(d.errors.size(), 1u);
 }
 
+// Per-request rules are not enforced anywhere yet (no HTTP proxy): the policy says so, in each
+// direction it errs, instead of acting on whole connections silently.
+TEST(ServicePolicy, LSevenRulesAreReportedAsNotEnforcedAsWritten) {
+  std::string allow = Policy("allow-get", "ALLOW", R"({"app": "api"})",
+                             R"([{"pods": {"matchLabels": {"app": "front"}}}])");
+  allow.insert(allow.size() - 1, R"(, "l7": [{"methods": ["GET"], "paths": ["/v1/*"]}])");
+  std::string deny = Policy("deny-post", "DENY", R"({"app": "api"})",
+                            R"([{"pods": {"matchLabels": {"app": "front"}}}])");
+  deny.insert(deny.size() - 1, R"(, "l7": [{"methods": ["POST"]}])");
+  auto d = Compile(Bundle("", "", allow + "," + deny));
+  ASSERT_EQ(d.not_enforced.size(), 2u);
+  EXPECT_EQ(d.not_enforced[0].policy, "default/allow-get");
+  EXPECT_NE(d.not_enforced[0].reason.find("any request"), std::string::npos)
+      << d.not_enforced[0].reason;
+  EXPECT_EQ(d.not_enforced[1].policy, "default/deny-post");
+  EXPECT_NE(d.not_enforced[1].reason.find("stricter than written"), std::string::npos)
+      << d.not_enforced[1].reason;
+  EXPECT_EQ(d.policy_names.size(), 2u) << "both still enforced on whole connections";
+}
+
 TEST(ServicePolicy, MoreThanSixtyThreePoliciesWithSourcesHereIsAnErrorAndCounted) {
   std::string ps;
   for (int i = 0; i < 66; ++i) {
