@@ -113,6 +113,7 @@ class AgentCollector : public prometheus::Collectable {
            std::vector<std::pair<std::string, uint64_t>>{{"accepted", st.accepted},
                                                          {"refused", st.refused},
                                                          {"over_capacity", st.over_capacity},
+                                                         {"over_pod_budget", st.over_pod_budget},
                                                          {"upstream_failed", st.upstream_failed},
                                                          {"connect_timeout", st.connect_timeouts},
                                                          {"half_close_timeout", st.half_close_timeouts},
@@ -455,7 +456,9 @@ int RunAgent(const AgentConfig& config) {
   std::unique_ptr<TcpRelay> relay;
   std::unique_ptr<CaptureReconciler> capture;
   if (config.capture) {
-    auto r = TcpRelay::Start({});
+    RelayOptions ro;
+    ro.max_connections_per_group = std::max<uint32_t>(1, config.capture_max_connections_per_pod);
+    auto r = TcpRelay::Start(ro);
     if (!r.ok()) {
       SHUNT_LOG(ERROR) << "relay: " << r.status().message();
       return 1;

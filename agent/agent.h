@@ -36,6 +36,7 @@ struct AgentConfig {
   // In-pod capture of inbound connections into the agent's relay (docs/capture.md).
   bool capture = false;
   uint16_t capture_port = 15008;
+  uint32_t capture_max_connections_per_pod = 16384;
   // Where this agent hands its capture listeners to its successor (empty: no handoff).
   std::string handoff_socket;
   absl::Duration drain_timeout = absl::Seconds(25);  // after SIGTERM, for relayed connections

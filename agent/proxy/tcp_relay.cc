@@ -170,6 +170,7 @@ RelayStats TcpRelay::stats() const {
   s.accepted = c.accepted.load();
   s.refused = c.refused.load();
   s.over_capacity = c.over_capacity.load();
+  s.over_pod_budget = c.over_pod_budget.load();
   s.upstream_failed = c.upstream_failed.load();
   s.connect_timeouts = c.connect_timeouts.load();
   s.half_close_timeouts = c.half_close_timeouts.load();
@@ -281,6 +282,15 @@ void TcpRelay::Accept(int listener_fd) {
       ++counters_.over_capacity;
       ResetFd(down);
       continue;
+    }
+    {
+      absl::MutexLock l(&mu_);
+      auto g = active_by_group_.find(lst->group);
+      if (g != active_by_group_.end() && g->second >= options_.max_connections_per_group) {
+        ++counters_.over_pod_budget;
+        ResetFd(down);
+        continue;
+      }
     }
     sockaddr_storage peer{}, local{};
     socklen_t len = sizeof(peer);

@@ -40,6 +40,9 @@ struct RelayOptions {
   absl::Duration half_close_timeout = absl::Seconds(60);
   absl::Duration idle_timeout = absl::ZeroDuration();  // no byte either way for this long; 0: off
   size_t max_connections = 65536;  // beyond it new connections are reset, counted
+  // Per listener group (a pod): one pod flooded with connections does not take the others'
+  // share. Beyond it the pod's new connections are reset, counted (over_pod_budget).
+  size_t max_connections_per_group = 16384;
 };
 
 // What to do with an accepted connection (`peer`: the client, `local`: where it connected).
@@ -61,6 +64,7 @@ struct RelayStats {
   uint64_t accepted = 0;
   uint64_t refused = 0;           // by the decision
   uint64_t over_capacity = 0;     // max_connections reached
+  uint64_t over_pod_budget = 0;   // max_connections_per_group reached
   uint64_t upstream_failed = 0;   // could not connect (refused, timeout, no route)
   uint64_t connect_timeouts = 0;
   uint64_t half_close_timeouts = 0;
@@ -129,7 +133,8 @@ class TcpRelay {
   std::map<int, std::shared_ptr<Listener>> pending_add_ ABSL_GUARDED_BY(mu_);
   std::vector<int> pending_remove_ ABSL_GUARDED_BY(mu_);
   struct Counters {
-    std::atomic<uint64_t> accepted{0}, refused{0}, over_capacity{0}, upstream_failed{0},
+    std::atomic<uint64_t> accepted{0}, refused{0}, over_capacity{0}, over_pod_budget{0},
+        upstream_failed{0},
         connect_timeouts{0}, half_close_timeouts{0}, idle_timeouts{0}, resets{0},
         policy_closed{0}, active{0},
         bytes_to_upstream{0}, bytes_to_downstream{0};

@@ -279,6 +279,62 @@ TEST_F(RelayTest, AnOpenConnectionAPolicyChangeDeniesIsResetBothWaysAndCounted) 
   ASSERT_EQ(recv(s2.get(), buf, 3, MSG_WAITALL), 3);
 }
 
+// A pod's budget: its listener group holds at most max_connections_per_group connections; beyond
+// it its new ones are reset, counted, while another pod's are still relayed.
+TEST(RelayBudget, APodOverItsConnectionBudgetIsResetWhileAnotherIsServed) {
+  signal(SIGPIPE, SIG_IGN);
+  auto ns = OpenNetns("/proc/self/ns/net");
+  ASSERT_TRUE(ns.ok());
+  RelayOptions o;
+  o.max_connections_per_group = 2;
+  auto relay = TcpRelay::Start(o);
+  ASSERT_TRUE(relay.ok()) << relay.status();
+  UniqueFd backend = Listen(false);
+  const uint16_t backend_port = PortOf(backend.get());
+  uint16_t front[2];
+  for (int g = 0; g < 2; ++g) {
+    UniqueFd l = Listen(true);
+    front[g] = PortOf(l.get());
+    ASSERT_TRUE((*relay)
+                    ->AddListener(std::move(l),
+                                  [&](const sockaddr_storage&, const sockaddr_storage&,
+                                      RelayCheck) {
+                                    RelayDecision d;
+                                    d.allow = true;
+                                    d.netns_fd = ns->get();
+                                    d.as = Loopback(0);
+                                    d.to = Loopback(backend_port);
+                                    return d;
+                                  },
+                                  /*group=*/g + 1)
+                    .ok());
+  }
+  std::vector<UniqueFd> clients, servers;
+  for (int i = 0; i < 2; ++i) {
+    clients.push_back(Connect(front[0]));
+    servers.emplace_back(accept4(backend.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    ASSERT_TRUE(servers.back().valid());
+  }
+  EXPECT_TRUE(shunt::test::Eventually([&] { return (*relay)->ActiveIn(1) == 2; }, 5s));
+  UniqueFd over = Connect(front[0]);
+  EXPECT_EQ(ErrorAtEnd(over.get()), ECONNRESET) << "the third of pod 1";
+  EXPECT_EQ((*relay)->stats().over_pod_budget, 1u);
+  UniqueFd other = Connect(front[1]);
+  UniqueFd other_server(accept4(backend.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  WriteAll(other.get(), "pod 2");
+  char buf[5];
+  ASSERT_EQ(recv(other_server.get(), buf, 5, MSG_WAITALL), 5) << "pod 2 is still served";
+  // One of pod 1's ends: room for another.
+  clients[0].Reset();
+  servers[0].Reset();
+  EXPECT_TRUE(shunt::test::Eventually([&] { return (*relay)->ActiveIn(1) == 1; }, 5s));
+  UniqueFd again = Connect(front[0]);
+  UniqueFd again_server(accept4(backend.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  WriteAll(again.get(), "again");
+  ASSERT_EQ(recv(again_server.get(), buf, 5, MSG_WAITALL), 5);
+  EXPECT_EQ((*relay)->stats().over_pod_budget, 1u);
+}
+
 TEST_F(RelayTest, AThousandConcurrentConnectionsEachGetTheirOwnBytesBack) {
   std::atomic<bool> done{false};
   std::thread echo([&] {

@@ -8,7 +8,6 @@
 #include <utility>
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace shunt::agent::http1 {
@@ -37,6 +36,15 @@ bool IsValueChar(char c) {
   return (u > 0x20 && u != 0x7f) || c == ' ' || c == '\t';
 }
 
+// Debian's Abseil has its own absl::string_view (ABSL_OPTION_USE_STD_STRING_VIEW 0): the few
+// string helpers needed are here, on std::string_view.
+bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return absl::ascii_tolower(static_cast<unsigned char>(x)) ==
+                  absl::ascii_tolower(static_cast<unsigned char>(y));
+         });
+}
+
 bool IsToken(std::string_view s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), IsTokenChar);
 }
@@ -62,7 +70,7 @@ bool ForEachElement(std::string_view list, F f) {
 template <typename F>
 void ForEachConnectionOption(const Headers& headers, F f) {
   for (const Header& h : headers) {
-    if (!absl::EqualsIgnoreCase(h.name, "connection")) continue;
+    if (!EqualsIgnoreCase(h.name, "connection")) continue;
     ForEachElement(h.value, [&](std::string_view option) {
       if (!option.empty()) f(option);
       return true;
@@ -73,8 +81,8 @@ void ForEachConnectionOption(const Headers& headers, F f) {
 bool KeepAlive(const Headers& headers, int version_minor) {
   bool close = false, keep_alive = false;
   ForEachConnectionOption(headers, [&](std::string_view option) {
-    close |= absl::EqualsIgnoreCase(option, "close");
-    keep_alive |= absl::EqualsIgnoreCase(option, "keep-alive");
+    close |= EqualsIgnoreCase(option, "close");
+    keep_alive |= EqualsIgnoreCase(option, "keep-alive");
   });
   return !close && (version_minor == 1 || keep_alive);
 }
@@ -82,7 +90,7 @@ bool KeepAlive(const Headers& headers, int version_minor) {
 bool HasConnectionOption(const Headers& headers, std::string_view wanted) {
   bool found = false;
   ForEachConnectionOption(headers, [&](std::string_view option) {
-    found |= absl::EqualsIgnoreCase(option, wanted);
+    found |= EqualsIgnoreCase(option, wanted);
   });
   return found;
 }
@@ -90,9 +98,9 @@ bool HasConnectionOption(const Headers& headers, std::string_view wanted) {
 bool ExpectsContinue(const Headers& headers) {
   bool found = false;
   for (const Header& h : headers) {
-    if (!absl::EqualsIgnoreCase(h.name, "expect")) continue;
+    if (!EqualsIgnoreCase(h.name, "expect")) continue;
     ForEachElement(h.value, [&](std::string_view e) {
-      found |= absl::EqualsIgnoreCase(e, "100-continue");
+      found |= EqualsIgnoreCase(e, "100-continue");
       return true;
     });
   }
@@ -137,7 +145,7 @@ Error CheckTarget(std::string_view method, std::string_view target) {
 }
 
 Error ParseVersion(std::string_view v, int& minor) {
-  if (v.size() != 8 || !absl::StartsWith(v, "HTTP/") || !IsDigit(v[5]) || v[6] != '.' ||
+  if (v.size() != 8 || v.substr(0, 5) != "HTTP/" || !IsDigit(v[5]) || v[6] != '.' ||
       !IsDigit(v[7])) {
     return Error::kBadVersion;
   }
@@ -160,7 +168,7 @@ Error ParseContentLength(std::string_view value, uint64_t& length) {
 
 bool IsKnownCoding(std::string_view coding) {
   for (std::string_view known : {"chunked", "gzip", "x-gzip", "deflate", "compress", "x-compress"}) {
-    if (absl::EqualsIgnoreCase(coding, known)) return true;
+    if (EqualsIgnoreCase(coding, known)) return true;
   }
   return false;
 }
@@ -172,17 +180,17 @@ Error ReadFraming(const Headers& headers, int version_minor, bool request, BodyF
   int chunked = 0;
   uint64_t length = 0;
   for (const Header& h : headers) {
-    if (absl::EqualsIgnoreCase(h.name, "content-length")) {
+    if (EqualsIgnoreCase(h.name, "content-length")) {
       if (has_length || h.value.find(',') != std::string::npos) {
         return Error::kDuplicateContentLength;
       }
       has_length = true;
       if (Error e = ParseContentLength(h.value, length); e != Error::kNone) return e;
-    } else if (absl::EqualsIgnoreCase(h.name, "transfer-encoding")) {
+    } else if (EqualsIgnoreCase(h.name, "transfer-encoding")) {
       has_coding = true;
       const bool tokens = ForEachElement(h.value, [&](std::string_view coding) {
         if (!IsToken(coding)) return false;
-        chunked_final = absl::EqualsIgnoreCase(coding, "chunked");
+        chunked_final = EqualsIgnoreCase(coding, "chunked");
         chunked += chunked_final;
         unknown |= !IsKnownCoding(coding);
         return true;
@@ -242,7 +250,7 @@ int HexValue(char c) {
 bool IsForbiddenTrailer(std::string_view name) {
   for (std::string_view f : {"content-length", "transfer-encoding", "trailer", "host", "connection",
                              "keep-alive", "proxy-connection", "upgrade", "te", "expect"}) {
-    if (absl::EqualsIgnoreCase(name, f)) return true;
+    if (EqualsIgnoreCase(name, f)) return true;
   }
   return false;
 }
@@ -250,7 +258,7 @@ bool IsForbiddenTrailer(std::string_view name) {
 void AppendFields(std::string& out, const Headers& headers) {
   for (const Header& h : headers) {
     assert(IsFieldName(h.name) && IsFieldValue(h.value));
-    absl::StrAppend(&out, h.name, ": ", h.value, "\r\n");
+    out.append(h.name).append(": ").append(h.value).append("\r\n");
   }
 }
 
@@ -317,7 +325,7 @@ int ErrorStatus(Error error) {
 
 absl::Status ErrorToStatus(Error error) {
   if (error == Error::kNone) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat("http1: ", ErrorName(error)));
+  return absl::InvalidArgumentError(std::string("http1: ").append(ErrorName(error)));
 }
 
 Parser::Parser(Kind kind, ParserCallbacks& callbacks, Limits limits)
@@ -566,7 +574,7 @@ Action Parser::EndRequestHead() {
   RequestHead& head = request_;
   const Header* host = nullptr;
   for (const Header& h : head.headers) {
-    if (!absl::EqualsIgnoreCase(h.name, "host")) continue;
+    if (!EqualsIgnoreCase(h.name, "host")) continue;
     if (host != nullptr) return Fail(Error::kDuplicateHost);
     host = &h;
   }
@@ -672,8 +680,9 @@ bool IsFieldValue(std::string_view value) {
 
 std::string SerializeRequestHead(const RequestHead& head) {
   assert(IsToken(head.method) && CheckTarget(head.method, head.target) == Error::kNone);
-  std::string out = absl::StrCat(head.method, " ", head.target, " HTTP/1.",
-                                 head.version_minor, "\r\n");
+  std::string out;
+  out.append(head.method).append(" ").append(head.target).append(" HTTP/1.");
+  out.append(absl::StrCat(head.version_minor, "\r\n"));
   AppendFields(out, head.headers);
   out += "\r\n";
   return out;
@@ -682,8 +691,8 @@ std::string SerializeRequestHead(const RequestHead& head) {
 std::string SerializeResponseHead(const ResponseHead& head) {
   assert(head.status >= 100 && head.status <= 599 &&
          std::all_of(head.reason.begin(), head.reason.end(), IsValueChar));
-  std::string out =
-      absl::StrCat("HTTP/1.", head.version_minor, " ", head.status, " ", head.reason, "\r\n");
+  std::string out = absl::StrCat("HTTP/1.", head.version_minor, " ", head.status, " ");
+  out.append(head.reason).append("\r\n");
   AppendFields(out, head.headers);
   out += "\r\n";
   return out;
@@ -691,7 +700,7 @@ std::string SerializeResponseHead(const ResponseHead& head) {
 
 const Header* FindHeader(const Headers& headers, std::string_view name) {
   for (const Header& h : headers) {
-    if (absl::EqualsIgnoreCase(h.name, name)) return &h;
+    if (EqualsIgnoreCase(h.name, name)) return &h;
   }
   return nullptr;
 }
@@ -700,7 +709,8 @@ std::vector<std::string> HopByHopNames(const Headers& headers) {
   std::vector<std::string> names = {"connection", "proxy-connection", "keep-alive",
                                     "te",         "transfer-encoding", "upgrade"};
   ForEachConnectionOption(headers, [&](std::string_view option) {
-    std::string name = absl::AsciiStrToLower(option);
+    std::string name(option);
+    absl::AsciiStrToLower(&name);
     if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
   });
   return names;
@@ -710,7 +720,7 @@ void RemoveHopByHop(Headers& headers) {
   const std::vector<std::string> names = HopByHopNames(headers);
   std::erase_if(headers, [&](const Header& h) {
     return std::any_of(names.begin(), names.end(),
-                       [&](const std::string& n) { return absl::EqualsIgnoreCase(h.name, n); });
+                       [&](const std::string& n) { return EqualsIgnoreCase(h.name, n); });
   });
 }
 

@@ -1,0 +1,273 @@
+// libFuzzer target for the HTTP/1.1 framer (framer.h); built and run by scripts/run-http1-fuzz.sh.
+//  1. Resumability: the request parser gives the same events fed all at once, cut in two at a
+//     point taken from the data, and in small pieces with a pause after every event.
+//  2. Differential: where both the framer and Debian's libhttp-parser 2.9.4 take the input's first
+//     request as complete, they must agree on its method, target, fields, body and trailers (and,
+//     on HTTP/1.1, on keep-alive and on it being an upgrade). The library is laxer (Debian builds
+//     it with HTTP_PARSER_STRICT=0: bare LF, obs-fold, spaces in names...), so inputs only one
+//     side accepts are not compared.
+//  3. The same resumability check for the response parser, answering methods taken from the data.
+// Any disagreement is a __builtin_trap(); ASan/UBSan catch the rest.
+#include <http_parser.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "agent/proxy/http1/framer.h"
+
+namespace shunt::agent::http1 {
+namespace {
+
+void Check(bool ok) {
+  if (!ok) __builtin_trap();
+}
+
+std::string Fields(const Headers& headers) {
+  std::string out;
+  for (const Header& h : headers) out += h.name + ": " + h.value + "\n";
+  return out;
+}
+
+class Recorder : public ParserCallbacks {
+ public:
+  explicit Recorder(bool pause) : pause_(pause) {}
+  Action OnRequestHead(RequestHead&& h) override {
+    return Add("req " + h.method + " " + h.target + " " + std::to_string(h.version_minor) +
+               Flags(h.framing) + (h.keep_alive ? "k" : "") + (h.expect_continue ? "e" : "") +
+               (h.upgrade ? "u" : "") + (h.is_connect ? "c" : "") + "\n" + Fields(h.headers));
+  }
+  Action OnResponseHead(ResponseHead&& h) override {
+    return Add("resp " + std::to_string(h.status) + " " + h.reason + " " +
+               std::to_string(h.version_minor) + Flags(h.framing) + (h.keep_alive ? "k" : "") +
+               (h.interim ? "i" : "") + (h.tunnel ? "t" : "") + "\n" + Fields(h.headers));
+  }
+  Action OnBody(std::string_view data) override {
+    Check(!data.empty());
+    if (!events.empty() && events.back().rfind("body:", 0) == 0) {
+      events.back().append(data);
+      return pause_ ? Action::kPause : Action::kContinue;
+    }
+    return Add("body:" + std::string(data));
+  }
+  Action OnTrailers(Headers&& trailers) override { return Add("trailers:" + Fields(trailers)); }
+  Action OnMessageComplete() override { return Add("complete"); }
+
+  std::vector<std::string> events;
+
+ private:
+  static std::string Flags(const BodyFraming& f) {
+    return " " + std::to_string(static_cast<int>(f.kind)) + ":" + std::to_string(f.length) + " ";
+  }
+  Action Add(std::string e) {
+    events.push_back(std::move(e));
+    return pause_ ? Action::kPause : Action::kContinue;
+  }
+  bool pause_;
+};
+
+struct Way {
+  size_t cut = 0;    // two pieces, cut here (0: one piece)
+  size_t piece = 0;  // or pieces of this size
+  bool pause = false;
+};
+
+std::vector<std::string> Drive(Parser::Kind kind, std::string_view input, const Way& way,
+                               const std::vector<std::string_view>& methods, bool to_opaque) {
+  Recorder rec(way.pause);
+  Parser parser(kind, rec);
+  for (std::string_view m : methods) parser.ExpectResponseTo(m);
+  size_t off = 0;
+  while (off < input.size()) {
+    size_t n = input.size() - off;
+    if (way.piece > 0) n = std::min(n, way.piece);
+    if (way.cut > 0 && off < way.cut) n = way.cut - off;
+    std::string_view chunk = input.substr(off, n);
+    for (bool more = true; more;) {
+      const FeedResult r = parser.Feed(chunk);
+      Check(r.consumed <= chunk.size());
+      off += r.consumed;
+      chunk.remove_prefix(r.consumed);
+      switch (r.status) {
+        case FeedStatus::kOk:
+          Check(chunk.empty());
+          more = false;
+          break;
+        case FeedStatus::kPaused:
+          break;
+        case FeedStatus::kUpgradePending:
+          rec.events.push_back("upgrade-pending");
+          to_opaque ? parser.SwitchToOpaque() : parser.ContinueHttp();
+          break;
+        case FeedStatus::kOpaque:
+          rec.events.push_back("opaque:" + std::string(input.substr(off)));
+          return rec.events;
+        case FeedStatus::kError:
+          Check(r.error != Error::kNone && r.error == parser.error());
+          rec.events.push_back("error:" + std::string(ErrorName(r.error)));
+          return rec.events;
+      }
+    }
+  }
+  const FeedResult r = parser.Finish();
+  rec.events.push_back("finish:" + std::string(ErrorName(r.error)));
+  return rec.events;
+}
+
+void CheckResumable(Parser::Kind kind, std::string_view input, const uint8_t* data, size_t size,
+                    const std::vector<std::string_view>& methods) {
+  const bool to_opaque = size > 0 && (data[size / 2] & 1);
+  const auto whole = Drive(kind, input, {}, methods, to_opaque);
+  if (size < 2) return;
+  Way cut;
+  cut.cut = 1 + (data[0] * 131u + data[size - 1] * 7u + size) % (size - 1);
+  Check(Drive(kind, input, cut, methods, to_opaque) == whole);
+  Way pieces;
+  pieces.piece = 1 + data[size / 3] % 13;
+  pieces.pause = true;
+  Check(Drive(kind, input, pieces, methods, to_opaque) == whole);
+}
+
+// --- The differential against libhttp-parser -------------------------------------------------
+
+struct FirstRequest {
+  std::string method, target, body;
+  Headers headers, trailers;
+  int version_minor = 0;
+  bool keep_alive = false, upgrade = false, complete = false;
+};
+
+// What libhttp-parser makes of the first request; `complete` false when it did not finish it.
+FirstRequest ByHttpParser(std::string_view input) {
+  struct State {
+    FirstRequest r;
+    bool in_trailers = false, last_was_value = true;
+  } state;
+  http_parser_settings settings;
+  http_parser_settings_init(&settings);
+  auto field = [](http_parser* p, const char* at, size_t n) {
+    State& s = *static_cast<State*>(p->data);
+    Headers& into = s.in_trailers ? s.r.trailers : s.r.headers;
+    if (s.last_was_value || into.empty()) into.emplace_back();
+    into.back().name.append(at, n);
+    s.last_was_value = false;
+    return 0;
+  };
+  auto value = [](http_parser* p, const char* at, size_t n) {
+    State& s = *static_cast<State*>(p->data);
+    Headers& into = s.in_trailers ? s.r.trailers : s.r.headers;
+    if (into.empty()) return 1;
+    into.back().value.append(at, n);
+    s.last_was_value = true;
+    return 0;
+  };
+  settings.on_url = [](http_parser* p, const char* at, size_t n) {
+    static_cast<State*>(p->data)->r.target.append(at, n);
+    return 0;
+  };
+  settings.on_header_field = field;
+  settings.on_header_value = value;
+  settings.on_headers_complete = [](http_parser* p) {
+    State& s = *static_cast<State*>(p->data);
+    s.in_trailers = true;
+    s.last_was_value = true;
+    return 0;
+  };
+  settings.on_body = [](http_parser* p, const char* at, size_t n) {
+    static_cast<State*>(p->data)->r.body.append(at, n);
+    return 0;
+  };
+  settings.on_message_complete = [](http_parser* p) {
+    State& s = *static_cast<State*>(p->data);
+    s.r.complete = true;
+    s.r.method = http_method_str(static_cast<http_method>(p->method));
+    s.r.version_minor = p->http_minor;
+    s.r.keep_alive = http_should_keep_alive(p) != 0;
+    s.r.upgrade = p->upgrade;
+    return 1;  // stop: only the first message is compared
+  };
+  http_parser parser;
+  http_parser_init(&parser, HTTP_REQUEST);
+  parser.data = &state;
+  http_parser_execute(&parser, &settings, input.data(), input.size());
+  return state.r;
+}
+
+class FirstRequestRecorder : public ParserCallbacks {
+ public:
+  Action OnRequestHead(RequestHead&& h) override {
+    r.method = h.method;
+    r.target = h.target;
+    r.headers = h.headers;
+    r.version_minor = h.version_minor;
+    r.keep_alive = h.keep_alive;
+    r.upgrade = h.upgrade || h.is_connect;
+    return Action::kContinue;
+  }
+  Action OnResponseHead(ResponseHead&&) override { return Action::kPause; }
+  Action OnBody(std::string_view data) override {
+    r.body.append(data);
+    return Action::kContinue;
+  }
+  Action OnTrailers(Headers&& trailers) override {
+    r.trailers = std::move(trailers);
+    return Action::kContinue;
+  }
+  Action OnMessageComplete() override {
+    r.complete = true;
+    return Action::kPause;
+  }
+  FirstRequest r;
+};
+
+std::string_view TrimOws(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+bool SameFields(const Headers& ours, const Headers& theirs) {
+  if (ours.size() != theirs.size()) return false;
+  for (size_t i = 0; i < ours.size(); ++i) {
+    if (ours[i].name != theirs[i].name || ours[i].value != TrimOws(theirs[i].value)) return false;
+  }
+  return true;
+}
+
+void CheckAgainstHttpParser(std::string_view input) {
+  FirstRequestRecorder rec;
+  Parser parser(Parser::Kind::kRequest, rec);
+  parser.Feed(input);
+  if (!rec.r.complete) return;
+  const FirstRequest theirs = ByHttpParser(input);
+  if (!theirs.complete) return;
+  const FirstRequest& ours = rec.r;
+  Check(ours.method == theirs.method);
+  Check(ours.target == theirs.target);
+  Check(SameFields(ours.headers, theirs.headers));
+  Check(ours.body == theirs.body);
+  Check(SameFields(ours.trailers, theirs.trailers));
+  Check(ours.version_minor == theirs.version_minor);
+  // libhttp-parser reads Proxy-Connection as Connection, and upgrades HTTP/1.0 too: not compared.
+  if (ours.version_minor == 1 && FindHeader(ours.headers, "proxy-connection") == nullptr) {
+    Check(ours.upgrade == theirs.upgrade);
+    if (!ours.upgrade) Check(ours.keep_alive == theirs.keep_alive);
+  }
+}
+
+}  // namespace
+}  // namespace shunt::agent::http1
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  using namespace shunt::agent::http1;
+  const std::string_view input(reinterpret_cast<const char*>(data), size);
+  CheckResumable(Parser::Kind::kRequest, input, data, size, {});
+  CheckAgainstHttpParser(input);
+  static constexpr std::string_view kMethods[] = {"GET", "HEAD", "CONNECT", "POST"};
+  std::vector<std::string_view> methods;
+  for (int i = 0; i < 4; ++i) methods.push_back(kMethods[size > 0 ? (data[size - 1] >> (2 * i)) & 3 : 0]);
+  CheckResumable(Parser::Kind::kResponse, input, data, size, methods);
+  return 0;
+}
