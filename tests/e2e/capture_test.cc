@@ -178,6 +178,34 @@ class CaptureTest : public ::testing::Test {
         << agent_->Stderr();
   }
 
+  // The policy file: the server meshed, `policies` as its accessPolicies, `labels` given to the
+  // named pods. Then waits until the agent runs a version at least `version`.
+  void WritePolicies(nlohmann::json policies, uint64_t version,
+                     const std::map<std::string, nlohmann::json>& labels = {}) {
+    auto policy = bed_->WritePolicyFile("policy.json", {{Server().name, true}});
+    ASSERT_TRUE(policy.ok()) << policy.status();
+    auto text = ReadFileToString(*policy);
+    ASSERT_TRUE(text.ok());
+    nlohmann::json doc = nlohmann::json::parse(*text);
+    for (auto& w : doc["workloads"]) {
+      if (auto it = labels.find(w["name"]); it != labels.end()) w["labels"] = it->second;
+    }
+    doc["accessPolicies"] = std::move(policies);
+    ASSERT_TRUE(WriteFileAtomic(*policy, doc.dump()).ok());
+    ASSERT_TRUE(shunt::test::Eventually(
+        [&] { return Metric("shunt_policy_version") >= static_cast<double>(version); }, 10s,
+        50ms));
+  }
+
+  // A DENY, targeting every pod of namespace default, of the sources `from`.
+  static nlohmann::json Deny(const std::string& name, nlohmann::json from) {
+    return nlohmann::json::array({{{"namespace", "default"},
+                                   {"name", name},
+                                   {"action", "DENY"},
+                                   {"target", nlohmann::json::object()},
+                                   {"from", std::move(from)}}});
+  }
+
   double Metric(const std::string& name, const std::map<std::string, std::string>& match = {}) {
     auto m = agent_->Scrape();
     return m.ok() ? e2e::SumSamples(*m, name, match) : -1;
@@ -410,25 +438,15 @@ TEST_F(CaptureTest, AnOpenConnectionANewPolicyDeniesIsClosedAndCounted) {
   ASSERT_TRUE(shunt::test::Eventually([&] { return Metric("shunt_relay_active_connections") == 1; },
                                       5s, 50ms));
   // A policy that does not concern it (another namespace): it stays.
-  auto policy = bed_->WritePolicyFile("policy.json", {{Server().name, true}});
-  ASSERT_TRUE(policy.ok());
-  auto text = ReadFileToString(*policy);
-  ASSERT_TRUE(text.ok());
-  nlohmann::json doc = nlohmann::json::parse(*text);
-  auto deny = [&](const std::string& ns) {
-    doc["accessPolicies"] = {{{"namespace", "default"},
-                              {"name", "deny-" + ns},
-                              {"action", "DENY"},
-                              {"target", nlohmann::json::object()},
-                              {"from", {{{"namespaces", {ns}}}}}}};
-    return WriteFileAtomic(*policy, doc.dump());
+  auto deny = [](const std::string& ns) {
+    return Deny("deny-" + ns, {{{"namespaces", {ns}}}});
   };
-  ASSERT_TRUE(deny("elsewhere").ok());
-  ASSERT_TRUE(shunt::test::Eventually([&] { return Metric("shunt_policy_version") >= 2; }, 10s,
-                                      50ms));
+  WritePolicies(deny("elsewhere"), 2);
+  if (HasFatalFailure()) return;
   absl::SleepFor(absl::Milliseconds(300));  // a recheck would have run
   EXPECT_EQ(Metric("shunt_relay_active_connections"), 1) << "not denied: untouched";
-  ASSERT_TRUE(deny("default").ok());
+  WritePolicies(deny("default"), 3);
+  if (HasFatalFailure()) return;
   EXPECT_TRUE(shunt::test::Eventually(
       [&] { return Metric("shunt_relay_active_connections") == 0; }, 10s, 50ms));
   ASSERT_TRUE(WriteFileAtomic(go, "").ok());
@@ -474,22 +492,9 @@ TEST_F(CaptureTest, ANewAgentTakesOverTheListenersAndTheOldOneDrainsItsConnectio
   StartCapturingAgent();
   if (HasFatalFailure()) return;
   const testbed::Pod& denied = bed_->pod(1, 1);
-  auto policy = bed_->WritePolicyFile("policy.json", {{Server().name, true}});
-  ASSERT_TRUE(policy.ok());
-  auto text = ReadFileToString(*policy);
-  ASSERT_TRUE(text.ok());
-  nlohmann::json doc = nlohmann::json::parse(*text);
-  for (auto& w : doc["workloads"]) {
-    if (w["name"] == denied.name) w["labels"] = {{"role", "denied"}};
-  }
-  doc["accessPolicies"] = {{{"namespace", "default"},
-                            {"name", "deny-role"},
-                            {"action", "DENY"},
-                            {"target", nlohmann::json::object()},
-                            {"from", {{{"pods", {{"matchLabels", {{"role", "denied"}}}}}}}}}};
-  ASSERT_TRUE(WriteFileAtomic(*policy, doc.dump()).ok());
-  ASSERT_TRUE(shunt::test::Eventually([&] { return Metric("shunt_policy_version") >= 2; }, 10s,
-                                      50ms));
+  WritePolicies(Deny("deny-role", {{{"pods", {{"matchLabels", {{"role", "denied"}}}}}}}), 2,
+                {{denied.name, {{"role", "denied"}}}});
+  if (HasFatalFailure()) return;
   const std::string go = bed_->work_dir() + "/handoff-go";
   std::string held;
   std::thread hold = RunHoldClient(go, &held);
@@ -510,7 +515,8 @@ TEST_F(CaptureTest, ANewAgentTakesOverTheListenersAndTheOldOneDrainsItsConnectio
   std::thread denied_load = load(denied, &denied_out);
   absl::SleepFor(absl::Milliseconds(300));
 
-  e2e::AgentProcess successor(*bed_, bed_->node(0), *policy, {"--capture"});
+  e2e::AgentProcess successor(*bed_, bed_->node(0), bed_->work_dir() + "/policy.json",
+                              {"--capture"});
   ASSERT_TRUE(successor.Start().ok()) << successor.Stderr();
   auto metric = [&](const std::string& name, const std::map<std::string, std::string>& match) {
     auto m = successor.Scrape();
@@ -601,19 +607,8 @@ TEST_F(CaptureTest, AMeshedPodOfTheSameNodeIsLeftToTheFastPath) {
 TEST_F(CaptureTest, ADeniedClientOfAnotherNodeIsResetWhereItArrivesAndCounted) {
   StartCapturingAgent();
   if (HasFatalFailure()) return;
-  auto policy = bed_->WritePolicyFile("policy.json", {{Server().name, true}});
-  ASSERT_TRUE(policy.ok());
-  auto text = ReadFileToString(*policy);
-  ASSERT_TRUE(text.ok());
-  nlohmann::json doc = nlohmann::json::parse(*text);
-  doc["accessPolicies"] = {{{"namespace", "default"},
-                            {"name", "deny-default"},
-                            {"action", "DENY"},
-                            {"target", nlohmann::json::object()},
-                            {"from", {{{"namespaces", {"default"}}}}}}};
-  ASSERT_TRUE(WriteFileAtomic(*policy, doc.dump()).ok());
-  ASSERT_TRUE(shunt::test::Eventually(
-      [&] { return Metric("shunt_policy_version") >= 2; }, 10s, 50ms));
+  WritePolicies(Deny("deny-default", {{{"namespaces", {"default"}}}}), 2);
+  if (HasFatalFailure()) return;
   auto r = bed_->Run(Client(), {"/usr/bin/python3", "-c", kPyPeer, "client", Server().ipv4, "8080", "-"},
                      30s);
   ASSERT_TRUE(r.ok());
