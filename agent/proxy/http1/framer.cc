@@ -337,6 +337,7 @@ FeedResult Parser::Feed(std::string_view data) {
     switch (state_) {
       case State::kError: return {pos, FeedStatus::kError, error_};
       case State::kOpaque: return {pos, FeedStatus::kOpaque};
+      case State::kClose: return {pos, FeedStatus::kClose};
       case State::kUpgradePending: return {pos, FeedStatus::kUpgradePending};
       case State::kComplete:  // needs no byte: also runs on the Feed after a pause
         state_ = after_complete_;
@@ -593,7 +594,10 @@ Action Parser::EndRequestHead() {
   head.upgrade = head.version_minor == 1 && HasConnectionOption(head.headers, "upgrade") &&
                  FindHeader(head.headers, "upgrade") != nullptr;
   head.expect_continue = head.version_minor == 1 && ExpectsContinue(head.headers);
-  after_complete_ = head.upgrade || head.is_connect ? State::kUpgradePending : State::kStartLine;
+  keep_alive_ = head.keep_alive;
+  after_complete_ = head.upgrade || head.is_connect ? State::kUpgradePending
+                    : keep_alive_                   ? State::kStartLine
+                                                    : State::kClose;
   StartBody(framing);
   return callbacks_.OnRequestHead(std::move(request_));
 }
@@ -626,6 +630,7 @@ Action Parser::EndResponseHead() {
   head.framing = framing;
   head.keep_alive = !head.tunnel && framing.kind != BodyKind::kUntilClose &&
                     KeepAlive(head.headers, head.version_minor);
+  if (!head.keep_alive && !head.interim && !head.tunnel) after_complete_ = State::kClose;
   StartBody(framing);
   return callbacks_.OnResponseHead(std::move(response_));
 }
@@ -669,7 +674,7 @@ void Parser::SwitchToOpaque() {
 
 void Parser::ContinueHttp() {
   assert(state_ == State::kUpgradePending);
-  if (state_ == State::kUpgradePending) state_ = State::kStartLine;
+  if (state_ == State::kUpgradePending) state_ = keep_alive_ ? State::kStartLine : State::kClose;
 }
 
 bool IsFieldName(std::string_view name) { return IsToken(name); }
@@ -679,6 +684,7 @@ bool IsFieldValue(std::string_view value) {
 }
 
 std::string SerializeRequestHead(const RequestHead& head) {
+  assert(head.version_minor == 0 || head.version_minor == 1);
   assert(IsToken(head.method) && CheckTarget(head.method, head.target) == Error::kNone);
   std::string out;
   out.append(head.method).append(" ").append(head.target).append(" HTTP/1.");
@@ -689,6 +695,7 @@ std::string SerializeRequestHead(const RequestHead& head) {
 }
 
 std::string SerializeResponseHead(const ResponseHead& head) {
+  assert(head.version_minor == 0 || head.version_minor == 1);
   assert(head.status >= 100 && head.status <= 599 &&
          std::all_of(head.reason.begin(), head.reason.end(), IsValueChar));
   std::string out = absl::StrCat("HTTP/1.", head.version_minor, " ", head.status, " ");
@@ -709,18 +716,20 @@ std::vector<std::string> HopByHopNames(const Headers& headers) {
   std::vector<std::string> names = {"connection", "proxy-connection", "keep-alive",
                                     "te",         "transfer-encoding", "upgrade"};
   ForEachConnectionOption(headers, [&](std::string_view option) {
-    std::string name(option);
-    absl::AsciiStrToLower(&name);
-    if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
+    absl::AsciiStrToLower(&names.emplace_back(option));
   });
+  // Sorted, not searched per option: a 64 KiB Connection list would make that quadratic.
+  std::sort(names.begin(), names.end());
+  names.erase(std::unique(names.begin(), names.end()), names.end());
   return names;
 }
 
 void RemoveHopByHop(Headers& headers) {
   const std::vector<std::string> names = HopByHopNames(headers);
   std::erase_if(headers, [&](const Header& h) {
-    return std::any_of(names.begin(), names.end(),
-                       [&](const std::string& n) { return EqualsIgnoreCase(h.name, n); });
+    std::string name = h.name;
+    absl::AsciiStrToLower(&name);
+    return std::binary_search(names.begin(), names.end(), name);
   });
 }
 

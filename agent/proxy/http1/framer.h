@@ -27,6 +27,8 @@
 //  - Versions other than HTTP/1.0 and HTTP/1.1 (505); more than max_leading_empty_lines CRLFs
 //    before a request line (RFC 9112 2.2 asks servers to ignore at least one).
 //  - Heads and trailers over the Limits (431), start lines over it (414).
+// Not checked here: that an absolute-form target's authority matches Host (RFC 9112 3.2.2: the
+// target wins, so route by it), and which Upgrade or Expect values are acceptable (policy).
 //
 // Parser is push-based and incremental: Feed() takes whatever a socket read returned, any split,
 // and calls ParserCallbacks as it goes; body data is passed as slices of the caller's buffer
@@ -162,10 +164,13 @@ class ParserCallbacks {
 
 enum class FeedStatus : uint8_t {
   kOk,              // all of the data consumed; feed more (or Finish() at the close)
-  kPaused,          // a callback paused: feed data.substr(consumed) when ready
+  kPaused,          // a callback paused: feed data.substr(consumed) when ready (even if empty:
+                    // an event may be pending, e.g. the completion of a body-less message)
   kUpgradePending,  // requests: an Upgrade or CONNECT request is complete; the response decides
                     // (Parser::SwitchToOpaque or ContinueHttp); nothing more consumed until then
   kOpaque,          // the connection is a tunnel from data.substr(consumed) on: relay it as is
+  kClose,           // the message that completed was the connection's last (keep_alive false):
+                    // nothing after it is framed (the server will not read it); close once done
   kError,           // see `error`; the connection cannot be used any more (answer, then close)
 };
 struct FeedResult {
@@ -203,7 +208,7 @@ class Parser {
  private:
   enum class State : uint8_t {
     kStartLine, kHeaderLine, kBody, kChunkSize, kChunkData, kChunkDataCr, kChunkDataLf,
-    kTrailerLine, kUntilClose, kComplete, kUpgradePending, kOpaque, kError,
+    kTrailerLine, kUntilClose, kComplete, kUpgradePending, kOpaque, kClose, kError,
   };
   enum class Answers : uint8_t { kHead, kConnect, kOther };  // what a response is to
 
@@ -227,6 +232,7 @@ class Parser {
   std::string line_;  // a line cut by the end of a Feed(), up to the current line limit
   size_t section_bytes_ = 0;  // of the head's field lines or the trailers so far
   size_t empty_lines_ = 0;
+  bool keep_alive_ = true;    // of the current message
   uint64_t remaining_ = 0;    // of a Content-Length body or of a chunk
   RequestHead request_;
   ResponseHead response_;

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Builds the HTTP/1.1 framer's libFuzzer target (agent/proxy/http1/http1_fuzz.cc: resumability,
+# and a differential against libhttp-parser) with ASan and UBSan, and runs it over a copy of the
+# seed corpus. Usage: run-http1-fuzz.sh OUT_DIR [SECONDS (60)]. OUT_DIR receives the binary, the
+# working corpus and any crash-* input; the exit status is non-zero when the target crashed (a
+# trap is a disagreement: the crash file reproduces it with `OUT_DIR/http1_fuzz crash-...`).
+# Needs clang, libabsl-dev and libhttp-parser-dev (scripts/setup.sh). Run by ctest (label unit).
+set -euo pipefail
+if (($# < 1)); then
+  echo "usage: $0 OUT_DIR [SECONDS]" >&2
+  exit 2
+fi
+repo=$(cd "$(dirname "$0")/.." && pwd)
+out=$1
+seconds=${2:-60}
+src=$repo/agent/proxy/http1
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+# shellcheck disable=SC2046  # pkg-config prints one flag per word
+clang++ -std=c++20 -O1 -g -fno-omit-frame-pointer \
+  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+  -I"$repo" "$src/framer.cc" "$src/http1_fuzz.cc" \
+  $(pkg-config --libs absl_strings absl_status) -lhttp_parser \
+  -o "$out/http1_fuzz"
+
+# The seeds stay as they are; what the run adds goes to the copy.
+rm -rf "$out/corpus"
+cp -r "$src/corpus" "$out/corpus"
+cd "$out"
+exec ./http1_fuzz -max_total_time="$seconds" -max_len=16384 -timeout=10 -print_final_stats=1 \
+  -artifact_prefix="$out/" corpus
