@@ -1,13 +1,14 @@
 // The HTTP/1.1 framer (agent/proxy/http1/framer.h): what it accepts, what it refuses and why,
 // and that any split of the input (down to single bytes) and any pause give the same events.
-#include "agent/proxy/http1/framer.h"
-
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <ostream>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "agent/proxy/http1/framer.h"
 
 namespace shunt::agent::http1 {
 namespace {
@@ -26,10 +27,14 @@ std::string Fields(const Headers& headers) {
 
 std::string Framing(const BodyFraming& f) {
   switch (f.kind) {
-    case BodyKind::kNone: return "none";
-    case BodyKind::kContentLength: return "cl:" + std::to_string(f.length);
-    case BodyKind::kChunked: return "chunked";
-    case BodyKind::kUntilClose: return "until-close";
+    case BodyKind::kNone:
+      return "none";
+    case BodyKind::kContentLength:
+      return "cl:" + std::to_string(f.length);
+    case BodyKind::kChunked:
+      return "chunked";
+    case BodyKind::kUntilClose:
+      return "until-close";
   }
   return "?";
 }
@@ -80,11 +85,11 @@ class Recorder : public ParserCallbacks {
 };
 
 struct Feeding {
-  size_t piece = 0;      // feed in pieces of this many bytes; 0: all at once
-  size_t cut = 0;        // or in two pieces, cut here (when piece is 0 and cut > 0)
-  bool pause = false;    // every callback pauses
-  bool finish = true;    // Finish() at the end of the input
-  bool upgrade = true;   // kUpgradePending: SwitchToOpaque (else ContinueHttp)
+  size_t piece = 0;     // feed in pieces of this many bytes; 0: all at once
+  size_t cut = 0;       // or in two pieces, cut here (when piece is 0 and cut > 0)
+  bool pause = false;   // every callback pauses
+  bool finish = true;   // Finish() at the end of the input
+  bool upgrade = true;  // kUpgradePending: SwitchToOpaque (else ContinueHttp)
   std::vector<std::string> methods = {"GET", "GET", "GET", "GET"};  // responses answer these
   Limits limits;
 };
@@ -168,6 +173,7 @@ struct Valid {
   std::string input;
   Events events;
 };
+void PrintTo(const Valid& c, std::ostream* os) { *os << c.name; }
 
 class ValidRequest : public testing::TestWithParam<Valid> {};
 
@@ -179,13 +185,15 @@ TEST_P(ValidRequest, GivesItsEventsHoweverFed) {
 INSTANTIATE_TEST_SUITE_P(
     Http1Framer, ValidRequest,
     testing::Values(
-        Valid{"GetWithoutBody", "GET /index.html?q=1 HTTP/1.1\r\nHost: example.com\r\n\r\n",
+        Valid{"GetWithoutBody",
+              "GET /index.html?q=1 HTTP/1.1\r\nHost: example.com\r\n\r\n",
               {"req GET /index.html?q=1 1.1 none ka {Host: example.com}", "complete"}},
         Valid{"PostWithContentLength",
               "POST /submit HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
               {"req POST /submit 1.1 cl:5 ka {Host: a, Content-Length: 5}", "body:hello",
                "complete"}},
-        Valid{"ZeroContentLength", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+        Valid{"ZeroContentLength",
+              "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
               {"req POST / 1.1 cl:0 ka {Host: a, Content-Length: 0}", "complete"}},
         Valid{"ChunkedWithExtensionsAndTrailers",
               "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -197,8 +205,8 @@ INSTANTIATE_TEST_SUITE_P(
         Valid{"ChunkedWithUpperCaseHexAndLeadingZeros",
               "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n"
               "000A\r\n0123456789\r\n0\r\n\r\n",
-              {"req POST / 1.1 chunked ka {Host: a, Transfer-Encoding: Chunked}",
-               "body:0123456789", "complete"}},
+              {"req POST / 1.1 chunked ka {Host: a, Transfer-Encoding: Chunked}", "body:0123456789",
+               "complete"}},
         Valid{"GzipThenChunked",
               "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n"
               "Transfer-Encoding: chunked\r\n\r\n2\r\nzz\r\n0\r\n\r\n",
@@ -213,16 +221,17 @@ INSTANTIATE_TEST_SUITE_P(
                "req POST /b 1.1 cl:3 ka {Host: h, Content-Length: 3}", "body:abc", "complete",
                "req GET /c 1.1 chunked ka {Host: h, Transfer-Encoding: chunked}", "body:x",
                "complete"}},
-        Valid{"Http10ClosesByDefault", "GET / HTTP/1.0\r\n\r\nGET /ignored HTTP/1.0\r\n\r\n",
-              {"req GET / 1.0 none close {}", "complete",
-               "close:GET /ignored HTTP/1.0\r\n\r\n"}},
-        Valid{"Http10KeepAlive", "GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
+        Valid{"Http10ClosesByDefault",
+              "GET / HTTP/1.0\r\n\r\nGET /ignored HTTP/1.0\r\n\r\n",
+              {"req GET / 1.0 none close {}", "complete", "close:GET /ignored HTTP/1.0\r\n\r\n"}},
+        Valid{"Http10KeepAlive",
+              "GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
               {"req GET / 1.0 none ka {Connection: Keep-Alive}", "complete"}},
         Valid{"ConnectionCloseInAList",
               "GET / HTTP/1.1\r\nHost: a\r\nConnection: foo, close\r\n\r\n",
-              {"req GET / 1.1 none close {Host: a, Connection: foo, close}", "complete",
-               "close:"}},
-        Valid{"LeadingEmptyLinesAreIgnored", "\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+              {"req GET / 1.1 none close {Host: a, Connection: foo, close}", "complete", "close:"}},
+        Valid{"LeadingEmptyLinesAreIgnored",
+              "\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
               {"req GET / 1.1 none ka {Host: a}", "complete"}},
         Valid{"EmptyLinesBetweenPipelinedRequests",
               "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx\r\n"
@@ -233,18 +242,22 @@ INSTANTIATE_TEST_SUITE_P(
               "PUT /f HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 2\r\n\r\nok",
               {"req PUT /f 1.1 cl:2 ka expect {Host: a, Expect: 100-Continue, Content-Length: 2}",
                "body:ok", "complete"}},
-        Valid{"ValuesLoseTheirOptionalWhitespace",
-              "GET / HTTP/1.1\r\nHost:a\r\nX-A: \t v  w \t\r\nX-Empty:\r\nX-Obs: caf\xc3\xa9\r\n\r\n",
-              {"req GET / 1.1 none ka {Host: a, X-A: v  w, X-Empty: , X-Obs: caf\xc3\xa9}",
-               "complete"}},
+        Valid{
+            "ValuesLoseTheirOptionalWhitespace",
+            "GET / HTTP/1.1\r\nHost:a\r\nX-A: \t v  w \t\r\nX-Empty:\r\nX-Obs: caf\xc3\xa9\r\n\r\n",
+            {"req GET / 1.1 none ka {Host: a, X-A: v  w, X-Empty: , X-Obs: caf\xc3\xa9}",
+             "complete"}},
         Valid{"HeaderNamesKeepTheirCase",
               "POST / HTTP/1.1\r\nhOsT: a\r\ncontent-LENGTH: 1\r\n\r\nz",
               {"req POST / 1.1 cl:1 ka {hOsT: a, content-LENGTH: 1}", "body:z", "complete"}},
-        Valid{"AbsoluteFormTarget", "GET http://a.example/x HTTP/1.1\r\nHost: a.example\r\n\r\n",
+        Valid{"AbsoluteFormTarget",
+              "GET http://a.example/x HTTP/1.1\r\nHost: a.example\r\n\r\n",
               {"req GET http://a.example/x 1.1 none ka {Host: a.example}", "complete"}},
-        Valid{"AsteriskForOptions", "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+        Valid{"AsteriskForOptions",
+              "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
               {"req OPTIONS * 1.1 none ka {Host: a}", "complete"}},
-        Valid{"ExtensionMethod", "PURGE /x HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
+        Valid{"ExtensionMethod",
+              "PURGE /x HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
               {"req PURGE /x 1.1 none ka {Host: [::1]:8080}", "complete"}},
         Valid{"UpgradeSwitchesToOpaque",
               "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\n"
@@ -258,10 +271,14 @@ INSTANTIATE_TEST_SUITE_P(
               {"req POST /u 1.1 cl:2 ka upgrade {Host: a, Connection: upgrade, Upgrade: x, "
                "Content-Length: 2}",
                "body:hi", "complete", "upgrade-pending", "opaque:RAW"}},
+        Valid{"UpgradeWithoutAProtocolIsNotAnUpgrade",
+              "GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: , \r\n\r\n"
+              "GET /next HTTP/1.1\r\nHost: a\r\n\r\n",
+              {"req GET / 1.1 none ka {Host: a, Connection: upgrade, Upgrade: ,}", "complete",
+               "req GET /next 1.1 none ka {Host: a}", "complete"}},
         Valid{"UpgradeOnHttp10IsIgnored",
               "GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n",
-              {"req GET / 1.0 none close {Connection: upgrade, Upgrade: x}", "complete",
-               "close:"}},
+              {"req GET / 1.0 none close {Connection: upgrade, Upgrade: x}", "complete", "close:"}},
         Valid{"ConnectSwitchesToOpaque",
               "CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\n\x00\x01pg"s,
               {"req CONNECT db.internal:5432 1.1 none ka connect {Host: db.internal:5432}",
@@ -276,6 +293,7 @@ struct Rejected {
   Error error;
   int status;
 };
+void PrintTo(const Rejected& c, std::ostream* os) { *os << c.name; }
 
 class RejectedRequest : public testing::TestWithParam<Rejected> {};
 
@@ -307,11 +325,10 @@ INSTANTIATE_TEST_SUITE_P(
         Rejected{"TransferEncodingOnHttp10",
                  "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
                  Error::kTransferEncodingOnHttp10, 400},
-        Rejected{"TransferEncodingNotEndingInChunked",
-                 S(kPost, "Transfer-Encoding: gzip\r\n\r\n"), Error::kChunkedNotFinal, 400},
-        Rejected{"ChunkedBeforeAnotherCoding",
-                 S(kPost, "Transfer-Encoding: chunked, gzip\r\n\r\n"), Error::kChunkedNotFinal,
-                 400},
+        Rejected{"TransferEncodingNotEndingInChunked", S(kPost, "Transfer-Encoding: gzip\r\n\r\n"),
+                 Error::kChunkedNotFinal, 400},
+        Rejected{"ChunkedBeforeAnotherCoding", S(kPost, "Transfer-Encoding: chunked, gzip\r\n\r\n"),
+                 Error::kChunkedNotFinal, 400},
         Rejected{"ChunkedThenGzipOnTwoLines",
                  S(kPost, "Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n"),
                  Error::kChunkedNotFinal, 400},
@@ -324,12 +341,10 @@ INSTANTIATE_TEST_SUITE_P(
                  Error::kChunkedNotFinal, 400},
         Rejected{"UnknownTransferCoding", S(kPost, "Transfer-Encoding: foo, chunked\r\n\r\n"),
                  Error::kUnknownTransferCoding, 501},
-        Rejected{"IdentityTransferCoding",
-                 S(kPost, "Transfer-Encoding: identity, chunked\r\n\r\n"),
+        Rejected{"IdentityTransferCoding", S(kPost, "Transfer-Encoding: identity, chunked\r\n\r\n"),
                  Error::kUnknownTransferCoding, 501},
-        Rejected{"TransferCodingWithParameter",
-                 S(kPost, "Transfer-Encoding: chunked;q=1\r\n\r\n"), Error::kBadTransferEncoding,
-                 400},
+        Rejected{"TransferCodingWithParameter", S(kPost, "Transfer-Encoding: chunked;q=1\r\n\r\n"),
+                 Error::kBadTransferEncoding, 400},
         Rejected{"TransferEncodingWithAnEmptyElement",
                  S(kPost, "Transfer-Encoding: , chunked\r\n\r\n"), Error::kBadTransferEncoding,
                  400},
@@ -338,8 +353,7 @@ INSTANTIATE_TEST_SUITE_P(
         Rejected{"TransferEncodingWithVerticalTab",
                  S(kPost, "Transfer-Encoding: \vchunked\r\n\r\n"), Error::kBadHeaderValue, 400},
         // Content-Length.
-        Rejected{"TwoContentLengths",
-                 S(kPost, "Content-Length: 1\r\nContent-Length: 2\r\n\r\nab"),
+        Rejected{"TwoContentLengths", S(kPost, "Content-Length: 1\r\nContent-Length: 2\r\n\r\nab"),
                  Error::kDuplicateContentLength, 400},
         Rejected{"TwoEqualContentLengths",
                  S(kPost, "Content-Length: 2\r\nContent-Length: 2\r\n\r\nab"),
@@ -359,8 +373,7 @@ INSTANTIATE_TEST_SUITE_P(
         Rejected{"ContentLengthOverflowingUint64",
                  S(kPost, "Content-Length: 99999999999999999999\r\n\r\n"),
                  Error::kContentLengthOverflow, 400},
-        Rejected{"ContentLengthAboveInt64",
-                 S(kPost, "Content-Length: 9223372036854775808\r\n\r\n"),
+        Rejected{"ContentLengthAboveInt64", S(kPost, "Content-Length: 9223372036854775808\r\n\r\n"),
                  Error::kContentLengthOverflow, 400},
         // Field lines.
         Rejected{"SpaceBeforeColon", S(kPost, "Content-Length : 2\r\n\r\nab"),
@@ -369,59 +382,52 @@ INSTANTIATE_TEST_SUITE_P(
                  Error::kWhitespaceBeforeColon, 400},
         Rejected{"ObsFold", S(kGet, "X-A: one\r\n two\r\n\r\n"), Error::kObsFold, 400},
         Rejected{"ObsFoldWithTab", S(kGet, "X-A: one\r\n\ttwo\r\n\r\n"), Error::kObsFold, 400},
-        Rejected{"FieldLineStartingWithSpaceAfterRequestLine",
-                 "GET / HTTP/1.1\r\n Host: a\r\n\r\n", Error::kObsFold, 400},
+        Rejected{"FieldLineStartingWithSpaceAfterRequestLine", "GET / HTTP/1.1\r\n Host: a\r\n\r\n",
+                 Error::kObsFold, 400},
         Rejected{"MissingColon", S(kGet, "X-A one\r\n\r\n"), Error::kMissingColon, 400},
         Rejected{"EmptyHeaderName", S(kGet, ": v\r\n\r\n"), Error::kBadHeaderName, 400},
         Rejected{"SpaceInHeaderName", S(kGet, "X A: v\r\n\r\n"), Error::kBadHeaderName, 400},
-        Rejected{"SeparatorInHeaderName", S(kGet, "X(A): v\r\n\r\n"), Error::kBadHeaderName,
-                 400},
-        Rejected{"NulInHeaderName", S(kGet, "X\0A: v\r\n\r\n"s),
-                 Error::kBadHeaderName, 400},
-        Rejected{"NulInHeaderValue", S(kGet, "X-A: a\0b\r\n\r\n"s),
+        Rejected{"SeparatorInHeaderName", S(kGet, "X(A): v\r\n\r\n"), Error::kBadHeaderName, 400},
+        Rejected{"NulInHeaderName", S(kGet, "X\0A: v\r\n\r\n"s), Error::kBadHeaderName, 400},
+        Rejected{"NulInHeaderValue", S(kGet, "X-A: a\0b\r\n\r\n"s), Error::kBadHeaderValue, 400},
+        Rejected{"ControlInHeaderValue",
+                 S(kGet,
+                   "X-A: a\x01"
+                   "b\r\n\r\n"),
                  Error::kBadHeaderValue, 400},
-        Rejected{"ControlInHeaderValue", S(kGet, "X-A: a\x01" "b\r\n\r\n"),
-                 Error::kBadHeaderValue, 400},
-        Rejected{"DelInHeaderValue", S(kGet, "X-A: a\x7f\r\n\r\n"), Error::kBadHeaderValue,
-                 400},
+        Rejected{"DelInHeaderValue", S(kGet, "X-A: a\x7f\r\n\r\n"), Error::kBadHeaderValue, 400},
         // Line ends.
         Rejected{"BareCrInHeaderValue", S(kGet, "X-A: a\rb\r\n\r\n"), Error::kBareCr, 400},
-        Rejected{"BareCrInRequestLine", "GET /\r HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBareCr,
+        Rejected{"BareCrInRequestLine", "GET /\r HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBareCr, 400},
+        Rejected{"BareLfEndsAFieldLine", "GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n", Error::kBareLf,
                  400},
-        Rejected{"BareLfEndsAFieldLine", "GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",
-                 Error::kBareLf, 400},
         Rejected{"BareLfEndsTheHead", "GET / HTTP/1.1\r\nHost: a\r\n\n", Error::kBareLf, 400},
         Rejected{"BareLfEndsTheRequestLine", "GET / HTTP/1.1\nHost: a\r\n\r\n", Error::kBareLf,
                  400},
-        Rejected{"BareLfAsLeadingEmptyLine", "\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
-                 Error::kBareLf, 400},
+        Rejected{"BareLfAsLeadingEmptyLine", "\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBareLf,
+                 400},
         Rejected{"TooManyLeadingEmptyLines", "\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\n",
                  Error::kTooManyEmptyLines, 400},
         // Request line.
-        Rejected{"SeparatorInMethod", "G(T / HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadMethod,
-                 400},
-        Rejected{"NulInMethod", "G\0T / HTTP/1.1\r\nHost: a\r\n\r\n"s,
-                 Error::kBadMethod, 400},
+        Rejected{"SeparatorInMethod", "G(T / HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadMethod, 400},
+        Rejected{"NulInMethod", "G\0T / HTTP/1.1\r\nHost: a\r\n\r\n"s, Error::kBadMethod, 400},
         Rejected{"RequestLineWithoutVersion", "GET /\r\nHost: a\r\n\r\n", Error::kBadRequestLine,
                  400},
         Rejected{"RequestLineStartingWithSpace", " GET / HTTP/1.1\r\nHost: a\r\n\r\n",
                  Error::kBadRequestLine, 400},
         Rejected{"TwoSpacesAfterMethod", "GET  / HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadTarget,
                  400},
-        Rejected{"SpaceInTarget", "GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadTarget,
-                 400},
+        Rejected{"SpaceInTarget", "GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadTarget, 400},
         Rejected{"TabInTarget", "GET /a\tb HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadTarget, 400},
-        Rejected{"NulInTarget", "GET /a\0 HTTP/1.1\r\nHost: a\r\n\r\n"s,
-                 Error::kBadTarget, 400},
+        Rejected{"NulInTarget", "GET /a\0 HTTP/1.1\r\nHost: a\r\n\r\n"s, Error::kBadTarget, 400},
         Rejected{"HighByteInTarget", "GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n",
                  Error::kBadTarget, 400},
         Rejected{"FragmentInTarget", "GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadTarget,
                  400},
-        Rejected{"RelativeTarget", "GET a/b HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadTarget,
-                 400},
+        Rejected{"RelativeTarget", "GET a/b HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadTarget, 400},
         Rejected{"AsteriskForGet", "GET * HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadTarget, 400},
-        Rejected{"OriginFormForConnect", "CONNECT / HTTP/1.1\r\nHost: a\r\n\r\n",
-                 Error::kBadTarget, 400},
+        Rejected{"OriginFormForConnect", "CONNECT / HTTP/1.1\r\nHost: a\r\n\r\n", Error::kBadTarget,
+                 400},
         Rejected{"ConnectWithoutPort", "CONNECT a.example HTTP/1.1\r\nHost: a\r\n\r\n",
                  Error::kBadTarget, 400},
         Rejected{"ConnectWithABody",
@@ -435,30 +441,27 @@ INSTANTIATE_TEST_SUITE_P(
         Rejected{"Http12Version", "GET / HTTP/1.2\r\nHost: a\r\n\r\n", Error::kUnsupportedVersion,
                  505},
         Rejected{"Http09Version", "GET / HTTP/0.9\r\n\r\n", Error::kUnsupportedVersion, 505},
-        Rejected{"LowerCaseVersion", "GET / http/1.1\r\nHost: a\r\n\r\n", Error::kBadVersion,
+        Rejected{"LowerCaseVersion", "GET / http/1.1\r\nHost: a\r\n\r\n", Error::kBadVersion, 400},
+        Rejected{"TwoDigitMinorVersion", "GET / HTTP/1.10\r\nHost: a\r\n\r\n", Error::kBadVersion,
                  400},
-        Rejected{"TwoDigitMinorVersion", "GET / HTTP/1.10\r\nHost: a\r\n\r\n",
-                 Error::kBadVersion, 400},
         Rejected{"TrailingSpaceAfterVersion", "GET / HTTP/1.1 \r\nHost: a\r\n\r\n",
                  Error::kBadVersion, 400},
         // Host.
-        Rejected{"MissingHostOnHttp11", "GET / HTTP/1.1\r\nX: y\r\n\r\n", Error::kMissingHost,
-                 400},
+        Rejected{"MissingHostOnHttp11", "GET / HTTP/1.1\r\nX: y\r\n\r\n", Error::kMissingHost, 400},
         Rejected{"DuplicateHost", "GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
                  Error::kDuplicateHost, 400},
         Rejected{"DuplicateHostOnHttp10", "GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n",
                  Error::kDuplicateHost, 400},
         Rejected{"ListValuedHost", "GET / HTTP/1.1\r\nHost: a, b\r\n\r\n", Error::kBadHost, 400},
-        Rejected{"HostWithUserinfo", "GET / HTTP/1.1\r\nHost: u@b\r\n\r\n", Error::kBadHost,
-                 400},
+        Rejected{"HostWithUserinfo", "GET / HTTP/1.1\r\nHost: u@b\r\n\r\n", Error::kBadHost, 400},
         Rejected{"HostWithPath", "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", Error::kBadHost, 400},
         // Chunked framing.
         Rejected{"NonHexChunkSize", S(kChunked, "g\r\n\r\n"), Error::kBadChunkSize, 400},
         Rejected{"EmptyChunkSize", S(kChunked, "\r\nabc\r\n"), Error::kBadChunkSize, 400},
-        Rejected{"ChunkSizeWith0x", S(kChunked, "0x5\r\nhello\r\n0\r\n\r\n"),
-                 Error::kBadChunkSize, 400},
-        Rejected{"NegativeChunkSize", S(kChunked, "-5\r\nhello\r\n0\r\n\r\n"),
-                 Error::kBadChunkSize, 400},
+        Rejected{"ChunkSizeWith0x", S(kChunked, "0x5\r\nhello\r\n0\r\n\r\n"), Error::kBadChunkSize,
+                 400},
+        Rejected{"NegativeChunkSize", S(kChunked, "-5\r\nhello\r\n0\r\n\r\n"), Error::kBadChunkSize,
+                 400},
         Rejected{"ChunkSizeWithTrailingSpace", S(kChunked, "5 \r\nhello\r\n0\r\n\r\n"),
                  Error::kBadChunkSize, 400},
         Rejected{"ChunkSizeWithLeadingSpace", S(kChunked, " 5\r\nhello\r\n0\r\n\r\n"),
@@ -473,8 +476,8 @@ INSTANTIATE_TEST_SUITE_P(
                  Error::kMissingChunkCrlf, 400},
         Rejected{"ChunkDataLongerThanItsSize", S(kChunked, "2\r\nhello\r\n0\r\n\r\n"),
                  Error::kMissingChunkCrlf, 400},
-        Rejected{"ChunkSizeLineEndedByBareLf", S(kChunked, "5\nhello\r\n0\r\n\r\n"),
-                 Error::kBareLf, 400},
+        Rejected{"ChunkSizeLineEndedByBareLf", S(kChunked, "5\nhello\r\n0\r\n\r\n"), Error::kBareLf,
+                 400},
         Rejected{"BareLfInChunkExtension", S(kChunked, "5;a\nb\r\nhello\r\n0\r\n\r\n"),
                  Error::kBareLf, 400},
         Rejected{"BareCrInChunkExtension", S(kChunked, "5;a\rb\r\nhello\r\n0\r\n\r\n"),
@@ -488,20 +491,18 @@ INSTANTIATE_TEST_SUITE_P(
         Rejected{"ChunkExtensionWithUnterminatedQuote",
                  S(kChunked, "5;a=\"b\r\nhello\r\n0\r\n\r\n"), Error::kBadChunkExtension, 400},
         Rejected{"ChunkExtensionWithControlCharacter",
-                 S(kChunked, "5;a=\"\x01\"\r\nhello\r\n0\r\n\r\n"), Error::kBadChunkExtension,
-                 400},
+                 S(kChunked, "5;a=\"\x01\"\r\nhello\r\n0\r\n\r\n"), Error::kBadChunkExtension, 400},
         Rejected{"ChunkLineTooLong", S(kChunked, "5;a=" + std::string(1100, 'b') + "\r\n"),
                  Error::kChunkLineTooLong, 400},
         // Trailers.
         Rejected{"ContentLengthInTrailers", S(kChunked, "0\r\nContent-Length: 5\r\n\r\n"),
                  Error::kForbiddenTrailer, 400},
         Rejected{"TransferEncodingInTrailers",
-                 S(kChunked, "0\r\nTransfer-Encoding: chunked\r\n\r\n"),
-                 Error::kForbiddenTrailer, 400},
+                 S(kChunked, "0\r\nTransfer-Encoding: chunked\r\n\r\n"), Error::kForbiddenTrailer,
+                 400},
         Rejected{"HostInTrailers", S(kChunked, "0\r\nHost: b\r\n\r\n"), Error::kForbiddenTrailer,
                  400},
-        Rejected{"ObsFoldInTrailers", S(kChunked, "0\r\nX: a\r\n b\r\n\r\n"), Error::kObsFold,
-                 400},
+        Rejected{"ObsFoldInTrailers", S(kChunked, "0\r\nX: a\r\n b\r\n\r\n"), Error::kObsFold, 400},
         Rejected{"BareLfInTrailers", S(kChunked, "0\r\nX: a\n\r\n"), Error::kBareLf, 400},
         Rejected{"TrailersTooLarge",
                  S(kChunked, "0\r\nX: " + std::string(17 * 1024, 'v') + "\r\n\r\n"),
@@ -510,8 +511,7 @@ INSTANTIATE_TEST_SUITE_P(
         Rejected{"RequestLineTooLong",
                  "GET /" + std::string(9000, 'a') + " HTTP/1.1\r\nHost: a\r\n\r\n",
                  Error::kStartLineTooLong, 414},
-        Rejected{"HeaderSectionTooLarge",
-                 S(kGet, "X: " + std::string(65 * 1024, 'v') + "\r\n\r\n"),
+        Rejected{"HeaderSectionTooLarge", S(kGet, "X: " + std::string(65 * 1024, 'v') + "\r\n\r\n"),
                  Error::kHeaderSectionTooLarge, 431},
         Rejected{"TooManyHeaders",
                  [] {
@@ -530,6 +530,7 @@ struct Response {
   std::string input;
   Events events;
 };
+void PrintTo(const Response& c, std::ostream* os) { *os << c.name; }
 
 class ResponseFraming : public testing::TestWithParam<Response> {};
 
@@ -543,7 +544,9 @@ TEST_P(ResponseFraming, GivesItsEventsHoweverFed) {
 INSTANTIATE_TEST_SUITE_P(
     Http1Framer, ResponseFraming,
     testing::Values(
-        Response{"ContentLength", {"GET"}, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+        Response{"ContentLength",
+                 {"GET"},
+                 "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
                  {"resp 200 OK 1.1 cl:2 ka {Content-Length: 2}", "body:hi", "complete"}},
         Response{"Chunked",
                  {"GET"},
@@ -558,12 +561,16 @@ INSTANTIATE_TEST_SUITE_P(
                  {"resp 200 OK 1.1 none ka {Content-Length: 5}", "complete",
                   "resp 200 OK 1.1 cl:1 ka {Content-Length: 1}", "body:x", "complete"}},
         Response{"ChunkedToHeadHasNoBody",
-                 {"HEAD"}, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                 {"HEAD"},
+                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
                  {"resp 200 OK 1.1 none ka {Transfer-Encoding: chunked}", "complete"}},
-        Response{"NoContentHasNoBody", {"DELETE"}, "HTTP/1.1 204 No Content\r\n\r\n",
+        Response{"NoContentHasNoBody",
+                 {"DELETE"},
+                 "HTTP/1.1 204 No Content\r\n\r\n",
                  {"resp 204 No Content 1.1 none ka {}", "complete"}},
         Response{"NotModifiedHasNoBody",
-                 {"GET"}, "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
+                 {"GET"},
+                 "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
                  {"resp 304 Not Modified 1.1 none ka {Content-Length: 10}", "complete"}},
         Response{"InterimThenFinal",
                  {"PUT"},
@@ -580,7 +587,8 @@ INSTANTIATE_TEST_SUITE_P(
                   "Connection: Upgrade}",
                   "complete", "opaque:\x81\x02hi"}},
         Response{"ConnectEstablishedIsOpaque",
-                 {"CONNECT"}, "HTTP/1.1 200 Connection Established\r\n\r\nSSH-2.0",
+                 {"CONNECT"},
+                 "HTTP/1.1 200 Connection Established\r\n\r\nSSH-2.0",
                  {"resp 200 Connection Established 1.1 none close tunnel {}", "complete",
                   "opaque:SSH-2.0"}},
         Response{"ConnectRefusedHasABody",
@@ -589,7 +597,8 @@ INSTANTIATE_TEST_SUITE_P(
                  {"resp 407 Proxy Authentication Required 1.1 cl:1 ka {Content-Length: 1}",
                   "body:x", "complete"}},
         Response{"WithoutFramingLastsUntilClose",
-                 {"GET"}, "HTTP/1.1 200 OK\r\n\r\nall of it",
+                 {"GET"},
+                 "HTTP/1.1 200 OK\r\n\r\nall of it",
                  {"resp 200 OK 1.1 until-close close {}", "body:all of it", "complete"}},
         Response{"ConnectionCloseEndsTheConnection",
                  {"GET", "GET"},
@@ -598,18 +607,25 @@ INSTANTIATE_TEST_SUITE_P(
                  {"resp 200 OK 1.1 cl:1 close {Connection: close, Content-Length: 1}", "body:x",
                   "complete", "close:HTTP/1.1 200 OK\r\n\r\n"}},
         Response{"NonChunkedCodingLastsUntilClose",
-                 {"GET"}, "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8b",
+                 {"GET"},
+                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8b",
                  {"resp 200 OK 1.1 until-close close {Transfer-Encoding: gzip}", "body:\x1f\x8b",
                   "complete"}},
-        Response{"Http10", {"GET"}, "HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx",
-                 {"resp 200 OK 1.0 cl:1 close {Content-Length: 1}", "body:x", "complete",
-                  "close:"}},
-        Response{"WithoutReason", {"GET"}, "HTTP/1.1 204\r\n\r\n",
+        Response{
+            "Http10",
+            {"GET"},
+            "HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx",
+            {"resp 200 OK 1.0 cl:1 close {Content-Length: 1}", "body:x", "complete", "close:"}},
+        Response{"WithoutReason",
+                 {"GET"},
+                 "HTTP/1.1 204\r\n\r\n",
                  {"resp 204  1.1 none ka {}", "complete"}},
-        Response{"Unsolicited", {}, "HTTP/1.1 408 Request Timeout\r\n\r\n",
+        Response{"Unsolicited",
+                 {},
+                 "HTTP/1.1 408 Request Timeout\r\n\r\n",
                  {"error:unsolicited_response"}},
-        Response{"LeadingEmptyLine", {"GET"}, "\r\nHTTP/1.1 204 x\r\n\r\n",
-                 {"error:bad_status_line"}},
+        Response{
+            "LeadingEmptyLine", {"GET"}, "\r\nHTTP/1.1 204 x\r\n\r\n", {"error:bad_status_line"}},
         Response{"TwoDigitStatus", {"GET"}, "HTTP/1.1 20 OK\r\n\r\n", {"error:bad_status_line"}},
         Response{"StatusAbove599", {"GET"}, "HTTP/1.1 600 X\r\n\r\n", {"error:bad_status_line"}},
         Response{"Http2", {"GET"}, "HTTP/2.0 200 OK\r\n\r\n", {"error:unsupported_version"}},
@@ -618,27 +634,30 @@ INSTANTIATE_TEST_SUITE_P(
                  "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
                  {"error:content_length_with_transfer_encoding"}},
         Response{"TwoContentLengths",
-                 {"GET"}, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
+                 {"GET"},
+                 "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
                  {"error:duplicate_content_length"}},
         Response{"TransferEncodingOnHttp10",
-                 {"GET"}, "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                 {"GET"},
+                 "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
                  {"error:transfer_encoding_on_http10"}},
-        Response{"BareLf", {"GET"}, "HTTP/1.1 200 OK\nContent-Length: 0\r\n\r\n",
-                 {"error:bare_lf"}},
-        Response{"ControlInReason", {"GET"}, "HTTP/1.1 200 O\x01K\r\n\r\n",
-                 {"error:bad_status_line"}},
+        Response{
+            "BareLf", {"GET"}, "HTTP/1.1 200 OK\nContent-Length: 0\r\n\r\n", {"error:bare_lf"}},
+        Response{
+            "ControlInReason", {"GET"}, "HTTP/1.1 200 O\x01K\r\n\r\n", {"error:bad_status_line"}},
         Response{"TruncatedBody",
-                 {"GET"}, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel",
+                 {"GET"},
+                 "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel",
                  {"resp 200 OK 1.1 cl:5 ka {Content-Length: 5}", "body:hel", "finish:truncated"}}),
     [](const testing::TestParamInfo<Response>& info) { return info.param.name; });
 
 // --- Single behaviours ----------------------------------------------------------------------
 
 TEST(Http1Framer, ContentLengthWithTransferEncodingIsRejected) {
-  const Events events = Drive(
-      Parser::Kind::kRequest,
-      "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n"
-      "0\r\n\r\nGET /admin HTTP/1.1\r\nHost: a\r\n\r\n");
+  const Events events =
+      Drive(Parser::Kind::kRequest,
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n"
+            "0\r\n\r\nGET /admin HTTP/1.1\r\nHost: a\r\n\r\n");
   EXPECT_EQ(events, Events{"error:content_length_with_transfer_encoding"});
 }
 
@@ -691,13 +710,13 @@ TEST(Http1Framer, BodySlicesPointIntoTheFedBuffer) {
 TEST(Http1Framer, RefusedUpgradeContinuesWithTheNextRequest) {
   Feeding run;
   run.upgrade = false;
-  EXPECT_EQ(Drive(Parser::Kind::kRequest,
-                  "GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
-                  "GET /next HTTP/1.1\r\nHost: a\r\n\r\n",
-                  run),
-            (Events{"req GET / 1.1 none ka upgrade {Host: a, Connection: upgrade, Upgrade: h2c}",
-                    "complete", "upgrade-pending", "req GET /next 1.1 none ka {Host: a}",
-                    "complete"}));
+  EXPECT_EQ(
+      Drive(Parser::Kind::kRequest,
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
+            "GET /next HTTP/1.1\r\nHost: a\r\n\r\n",
+            run),
+      (Events{"req GET / 1.1 none ka upgrade {Host: a, Connection: upgrade, Upgrade: h2c}",
+              "complete", "upgrade-pending", "req GET /next 1.1 none ka {Host: a}", "complete"}));
 }
 
 TEST(Http1Framer, UpgradeWaitsForTheDecisionWithoutConsuming) {
@@ -723,8 +742,7 @@ TEST(Http1Framer, ResponseWaitsForItsRequestsMethodInOrder) {
   parser.ExpectResponseTo("HEAD");
   EXPECT_EQ(parser.Feed("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n").status, FeedStatus::kOk);
   parser.ExpectResponseTo("GET");
-  EXPECT_EQ(parser.Feed("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc").status,
-            FeedStatus::kOk);
+  EXPECT_EQ(parser.Feed("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc").status, FeedStatus::kOk);
   EXPECT_EQ(rec.events,
             (Events{"resp 200 OK 1.1 none ka {Content-Length: 3}", "complete",
                     "resp 200 OK 1.1 cl:3 ka {Content-Length: 3}", "body:abc", "complete"}));
@@ -746,6 +764,7 @@ struct Truncated {
   std::string name;
   std::string input;
 };
+void PrintTo(const Truncated& c, std::ostream* os) { *os << c.name; }
 class TruncatedRequest : public testing::TestWithParam<Truncated> {};
 
 TEST_P(TruncatedRequest, IsAnErrorAtFinish) {
@@ -837,8 +856,7 @@ TEST(Http1Framer, SerialisedRequestHeadIsNormalised) {
   EXPECT_EQ(out, "POST /p?q HTTP/1.1\r\nhost: a\r\nX-Y: z\r\nContent-Length: 0\r\n\r\n");
   // What it writes parses back to the same head.
   EXPECT_EQ(Drive(Parser::Kind::kRequest, out),
-            (Events{"req POST /p?q 1.1 cl:0 ka {host: a, X-Y: z, Content-Length: 0}",
-                    "complete"}));
+            (Events{"req POST /p?q 1.1 cl:0 ka {host: a, X-Y: z, Content-Length: 0}", "complete"}));
 }
 
 TEST(Http1Framer, SerialisedResponseHeadIsNormalised) {
@@ -857,14 +875,16 @@ TEST(Http1Framer, ChunkEncoderOutputParsesBack) {
   EXPECT_EQ(LastChunk(), "0\r\n\r\n");
   EXPECT_EQ(Drive(Parser::Kind::kRequest, S(kChunked, body)),
             (Events{"req POST / 1.1 chunked ka {Host: a, Transfer-Encoding: chunked}",
-                    "body:abcdefghijklmnopqrstuvwxyz", "trailers:{grpc-status: 0}",
-                    "complete"}));
+                    "body:abcdefghijklmnopqrstuvwxyz", "trailers:{grpc-status: 0}", "complete"}));
 }
 
 TEST(Http1Framer, HopByHopHeadersIncludeTheConnectionNominated) {
-  Headers headers = {{"Host", "a"},         {"Connection", "keep-alive, X-Secret"},
-                     {"x-secret", "1"},     {"Keep-Alive", "timeout=5"},
-                     {"Transfer-Encoding", "chunked"}, {"X-Kept", "2"}};
+  Headers headers = {{"Host", "a"},
+                     {"Connection", "keep-alive, X-Secret"},
+                     {"x-secret", "1"},
+                     {"Keep-Alive", "timeout=5"},
+                     {"Transfer-Encoding", "chunked"},
+                     {"X-Kept", "2"}};
   const std::vector<std::string> names = HopByHopNames(headers);
   EXPECT_NE(std::find(names.begin(), names.end(), "x-secret"), names.end());
   RemoveHopByHop(headers);

@@ -89,10 +89,20 @@ bool KeepAlive(const Headers& headers, int version_minor) {
 
 bool HasConnectionOption(const Headers& headers, std::string_view wanted) {
   bool found = false;
-  ForEachConnectionOption(headers, [&](std::string_view option) {
-    found |= EqualsIgnoreCase(option, wanted);
-  });
+  ForEachConnectionOption(
+      headers, [&](std::string_view option) { found |= EqualsIgnoreCase(option, wanted); });
   return found;
+}
+
+// An Upgrade field offering at least one protocol: an empty list asks for nothing, and servers
+// do not switch on it.
+bool OffersUpgrade(const Headers& headers) {
+  for (const Header& h : headers) {
+    if (!EqualsIgnoreCase(h.name, "upgrade")) continue;
+    const bool empty = ForEachElement(h.value, [](std::string_view p) { return p.empty(); });
+    if (!empty) return true;
+  }
+  return false;
 }
 
 bool ExpectsContinue(const Headers& headers) {
@@ -167,7 +177,8 @@ Error ParseContentLength(std::string_view value, uint64_t& length) {
 }
 
 bool IsKnownCoding(std::string_view coding) {
-  for (std::string_view known : {"chunked", "gzip", "x-gzip", "deflate", "compress", "x-compress"}) {
+  for (std::string_view known :
+       {"chunked", "gzip", "x-gzip", "deflate", "compress", "x-compress"}) {
     if (EqualsIgnoreCase(coding, known)) return true;
   }
   return false;
@@ -266,60 +277,106 @@ void AppendFields(std::string& out, const Headers& headers) {
 
 std::string_view ErrorName(Error error) {
   switch (error) {
-    case Error::kNone: return "none";
-    case Error::kBareCr: return "bare_cr";
-    case Error::kBareLf: return "bare_lf";
-    case Error::kTooManyEmptyLines: return "too_many_empty_lines";
-    case Error::kStartLineTooLong: return "start_line_too_long";
-    case Error::kBadRequestLine: return "bad_request_line";
-    case Error::kBadMethod: return "bad_method";
-    case Error::kBadTarget: return "bad_target";
-    case Error::kBadVersion: return "bad_version";
-    case Error::kUnsupportedVersion: return "unsupported_version";
-    case Error::kBadStatusLine: return "bad_status_line";
-    case Error::kHeaderSectionTooLarge: return "header_section_too_large";
-    case Error::kTooManyHeaders: return "too_many_headers";
-    case Error::kObsFold: return "obs_fold";
-    case Error::kMissingColon: return "missing_colon";
-    case Error::kWhitespaceBeforeColon: return "whitespace_before_colon";
-    case Error::kBadHeaderName: return "bad_header_name";
-    case Error::kBadHeaderValue: return "bad_header_value";
-    case Error::kMissingHost: return "missing_host";
-    case Error::kDuplicateHost: return "duplicate_host";
-    case Error::kBadHost: return "bad_host";
-    case Error::kContentLengthWithTransferEncoding: return "content_length_with_transfer_encoding";
-    case Error::kDuplicateContentLength: return "duplicate_content_length";
-    case Error::kBadContentLength: return "bad_content_length";
-    case Error::kContentLengthOverflow: return "content_length_overflow";
-    case Error::kTransferEncodingOnHttp10: return "transfer_encoding_on_http10";
-    case Error::kBadTransferEncoding: return "bad_transfer_encoding";
-    case Error::kChunkedNotFinal: return "chunked_not_final";
-    case Error::kUnknownTransferCoding: return "unknown_transfer_coding";
-    case Error::kBodyOnConnect: return "body_on_connect";
-    case Error::kBadChunkSize: return "bad_chunk_size";
-    case Error::kChunkSizeOverflow: return "chunk_size_overflow";
-    case Error::kChunkLineTooLong: return "chunk_line_too_long";
-    case Error::kBadChunkExtension: return "bad_chunk_extension";
-    case Error::kMissingChunkCrlf: return "missing_chunk_crlf";
-    case Error::kTrailersTooLarge: return "trailers_too_large";
-    case Error::kForbiddenTrailer: return "forbidden_trailer";
-    case Error::kUnsolicitedResponse: return "unsolicited_response";
-    case Error::kTruncated: return "truncated";
+    case Error::kNone:
+      return "none";
+    case Error::kBareCr:
+      return "bare_cr";
+    case Error::kBareLf:
+      return "bare_lf";
+    case Error::kTooManyEmptyLines:
+      return "too_many_empty_lines";
+    case Error::kStartLineTooLong:
+      return "start_line_too_long";
+    case Error::kBadRequestLine:
+      return "bad_request_line";
+    case Error::kBadMethod:
+      return "bad_method";
+    case Error::kBadTarget:
+      return "bad_target";
+    case Error::kBadVersion:
+      return "bad_version";
+    case Error::kUnsupportedVersion:
+      return "unsupported_version";
+    case Error::kBadStatusLine:
+      return "bad_status_line";
+    case Error::kHeaderSectionTooLarge:
+      return "header_section_too_large";
+    case Error::kTooManyHeaders:
+      return "too_many_headers";
+    case Error::kObsFold:
+      return "obs_fold";
+    case Error::kMissingColon:
+      return "missing_colon";
+    case Error::kWhitespaceBeforeColon:
+      return "whitespace_before_colon";
+    case Error::kBadHeaderName:
+      return "bad_header_name";
+    case Error::kBadHeaderValue:
+      return "bad_header_value";
+    case Error::kMissingHost:
+      return "missing_host";
+    case Error::kDuplicateHost:
+      return "duplicate_host";
+    case Error::kBadHost:
+      return "bad_host";
+    case Error::kContentLengthWithTransferEncoding:
+      return "content_length_with_transfer_encoding";
+    case Error::kDuplicateContentLength:
+      return "duplicate_content_length";
+    case Error::kBadContentLength:
+      return "bad_content_length";
+    case Error::kContentLengthOverflow:
+      return "content_length_overflow";
+    case Error::kTransferEncodingOnHttp10:
+      return "transfer_encoding_on_http10";
+    case Error::kBadTransferEncoding:
+      return "bad_transfer_encoding";
+    case Error::kChunkedNotFinal:
+      return "chunked_not_final";
+    case Error::kUnknownTransferCoding:
+      return "unknown_transfer_coding";
+    case Error::kBodyOnConnect:
+      return "body_on_connect";
+    case Error::kBadChunkSize:
+      return "bad_chunk_size";
+    case Error::kChunkSizeOverflow:
+      return "chunk_size_overflow";
+    case Error::kChunkLineTooLong:
+      return "chunk_line_too_long";
+    case Error::kBadChunkExtension:
+      return "bad_chunk_extension";
+    case Error::kMissingChunkCrlf:
+      return "missing_chunk_crlf";
+    case Error::kTrailersTooLarge:
+      return "trailers_too_large";
+    case Error::kForbiddenTrailer:
+      return "forbidden_trailer";
+    case Error::kUnsolicitedResponse:
+      return "unsolicited_response";
+    case Error::kTruncated:
+      return "truncated";
   }
   return "unknown";
 }
 
 int ErrorStatus(Error error) {
   switch (error) {
-    case Error::kNone: return 0;
-    case Error::kStartLineTooLong: return 414;
+    case Error::kNone:
+      return 0;
+    case Error::kStartLineTooLong:
+      return 414;
     case Error::kHeaderSectionTooLarge:
     case Error::kTooManyHeaders:
-    case Error::kTrailersTooLarge: return 431;
-    case Error::kUnknownTransferCoding: return 501;
-    case Error::kUnsupportedVersion: return 505;
-    case Error::kUnsolicitedResponse: return 502;
-    default: return 400;
+    case Error::kTrailersTooLarge:
+      return 431;
+    case Error::kUnknownTransferCoding:
+      return 501;
+    case Error::kUnsupportedVersion:
+      return 505;
+    case Error::kUnsolicitedResponse:
+      return 502;
+    default:
+      return 400;
   }
 }
 
@@ -335,10 +392,14 @@ FeedResult Parser::Feed(std::string_view data) {
   size_t pos = 0;
   for (;;) {
     switch (state_) {
-      case State::kError: return {pos, FeedStatus::kError, error_};
-      case State::kOpaque: return {pos, FeedStatus::kOpaque};
-      case State::kClose: return {pos, FeedStatus::kClose};
-      case State::kUpgradePending: return {pos, FeedStatus::kUpgradePending};
+      case State::kError:
+        return {pos, FeedStatus::kError, error_};
+      case State::kOpaque:
+        return {pos, FeedStatus::kOpaque};
+      case State::kClose:
+        return {pos, FeedStatus::kClose};
+      case State::kUpgradePending:
+        return {pos, FeedStatus::kUpgradePending};
       case State::kComplete:  // needs no byte: also runs on the Feed after a pause
         state_ = after_complete_;
         if (callbacks_.OnMessageComplete() == Action::kPause) return {pos, FeedStatus::kPaused};
@@ -592,7 +653,7 @@ Action Parser::EndRequestHead() {
   head.framing = framing;
   head.keep_alive = KeepAlive(head.headers, head.version_minor);
   head.upgrade = head.version_minor == 1 && HasConnectionOption(head.headers, "upgrade") &&
-                 FindHeader(head.headers, "upgrade") != nullptr;
+                 OffersUpgrade(head.headers);
   head.expect_continue = head.version_minor == 1 && ExpectsContinue(head.headers);
   keep_alive_ = head.keep_alive;
   after_complete_ = head.upgrade || head.is_connect ? State::kUpgradePending
@@ -641,9 +702,15 @@ void Parser::StartBody(const BodyFraming& framing) {
       remaining_ = framing.length;
       state_ = framing.length > 0 ? State::kBody : State::kComplete;
       break;
-    case BodyKind::kChunked: state_ = State::kChunkSize; break;
-    case BodyKind::kUntilClose: state_ = State::kUntilClose; break;
-    case BodyKind::kNone: state_ = State::kComplete; break;
+    case BodyKind::kChunked:
+      state_ = State::kChunkSize;
+      break;
+    case BodyKind::kUntilClose:
+      state_ = State::kUntilClose;
+      break;
+    case BodyKind::kNone:
+      state_ = State::kComplete;
+      break;
   }
 }
 
@@ -713,7 +780,7 @@ const Header* FindHeader(const Headers& headers, std::string_view name) {
 }
 
 std::vector<std::string> HopByHopNames(const Headers& headers) {
-  std::vector<std::string> names = {"connection", "proxy-connection", "keep-alive",
+  std::vector<std::string> names = {"connection", "proxy-connection",  "keep-alive",
                                     "te",         "transfer-encoding", "upgrade"};
   ForEachConnectionOption(headers, [&](std::string_view option) {
     absl::AsciiStrToLower(&names.emplace_back(option));

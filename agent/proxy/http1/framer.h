@@ -35,7 +35,9 @@
 // (never copied), lines cut by a read are carried over in one buffer bounded by Limits. A callback
 // can pause the parser (e.g. to decide a policy on a head); Feed() then says how far it consumed
 // and the caller feeds the rest later. One parser reads one direction of one connection, many
-// messages in a row (keep-alive, pipelining). Not thread-safe; one owner, the connection.
+// messages in a row (keep-alive, pipelining) until one that ends the connection (keep_alive
+// false: nothing after it is framed, the server will not read it), a tunnel (Upgrade, CONNECT)
+// or an error. Not thread-safe; one owner, the connection.
 #pragma once
 
 #include <cstddef>
@@ -67,8 +69,8 @@ struct BodyFraming {
 };
 
 struct RequestHead {
-  std::string method;  // case-sensitive token
-  std::string target;  // as received
+  std::string method;     // case-sensitive token
+  std::string target;     // as received
   int version_minor = 1;  // HTTP/1.<minor>: 0 or 1
   Headers headers;
   BodyFraming framing;
@@ -89,8 +91,8 @@ struct ResponseHead {
   bool tunnel = false;   // 101, or 2xx to CONNECT: after this head the bytes are opaque
 };
 
-// Why a message was refused. Names are stable (logs, metrics labels); Status() is what a server
-// answers to a request with that error (a proxy answers 502 to a response it cannot frame).
+// Why a message was refused. Names are stable (logs, metrics labels); ErrorStatus() is what a
+// server answers to a request with that error (a proxy answers 502 to a response it cannot frame).
 enum class Error : uint8_t {
   kNone,
   kBareCr,
@@ -137,12 +139,12 @@ int ErrorStatus(Error error);             // 400, 414, 431, 501, 505 (502: unsol
 absl::Status ErrorToStatus(Error error);  // InvalidArgument("http1: bad_chunk_size"), OK for kNone
 
 struct Limits {
-  size_t max_start_line = 8 * 1024;     // request or status line, CRLF included
-  size_t max_header_bytes = 64 * 1024;  // the field lines of a head and its empty line
-  size_t max_headers = 100;             // field lines of a head, and of trailers
-  size_t max_chunk_line = 1024;         // chunk size and extensions, CRLF included
-  size_t max_trailer_bytes = 16 * 1024; // the trailer field lines and the final empty line
-  size_t max_leading_empty_lines = 4;   // CRLFs ignored before a request line
+  size_t max_start_line = 8 * 1024;      // request or status line, CRLF included
+  size_t max_header_bytes = 64 * 1024;   // the field lines of a head and its empty line
+  size_t max_headers = 100;              // field lines of a head, and of trailers
+  size_t max_chunk_line = 1024;          // chunk size and extensions, CRLF included
+  size_t max_trailer_bytes = 16 * 1024;  // the trailer field lines and the final empty line
+  size_t max_leading_empty_lines = 4;    // CRLFs ignored before a request line
 };
 
 // What a callback wants next: kPause makes Feed() return right after this event.
@@ -190,12 +192,14 @@ class Parser {
   FeedResult Feed(std::string_view data);
   // The peer closed its side. Completes a body that lasts until the close; any other message
   // left incomplete (or a partial line) is kTruncated. Pauses are ignored: nothing is left to
-  // hold back.
+  // hold back. Otherwise the status is kOk between messages, or the kClose / kOpaque /
+  // kUpgradePending the connection was in.
   FeedResult Finish();
 
   // Response parsers: the method of the next request sent on this connection, in order (one call
-  // per request: pipelined requests queue). It decides the framing of the response: HEAD has
-  // none, 2xx to CONNECT opens a tunnel.
+  // per request: pipelined requests queue; the caller bounds how many it sends ahead). It
+  // decides the framing of the response: HEAD has none, 2xx to CONNECT opens a tunnel. A
+  // response with no request left to answer is kUnsolicitedResponse.
   void ExpectResponseTo(std::string_view method);
 
   // Request parsers, after kUpgradePending: the server switched (101 or 2xx to CONNECT): the
@@ -207,8 +211,20 @@ class Parser {
 
  private:
   enum class State : uint8_t {
-    kStartLine, kHeaderLine, kBody, kChunkSize, kChunkData, kChunkDataCr, kChunkDataLf,
-    kTrailerLine, kUntilClose, kComplete, kUpgradePending, kOpaque, kClose, kError,
+    kStartLine,
+    kHeaderLine,
+    kBody,
+    kChunkSize,
+    kChunkData,
+    kChunkDataCr,
+    kChunkDataLf,
+    kTrailerLine,
+    kUntilClose,
+    kComplete,
+    kUpgradePending,
+    kOpaque,
+    kClose,
+    kError,
   };
   enum class Answers : uint8_t { kHead, kConnect, kOther };  // what a response is to
 
@@ -229,11 +245,11 @@ class Parser {
   State state_ = State::kStartLine;
   State after_complete_ = State::kStartLine;
   Error error_ = Error::kNone;
-  std::string line_;  // a line cut by the end of a Feed(), up to the current line limit
+  std::string line_;          // a line cut by the end of a Feed(), up to the current line limit
   size_t section_bytes_ = 0;  // of the head's field lines or the trailers so far
   size_t empty_lines_ = 0;
-  bool keep_alive_ = true;    // of the current message
-  uint64_t remaining_ = 0;    // of a Content-Length body or of a chunk
+  bool keep_alive_ = true;  // of the current message
+  uint64_t remaining_ = 0;  // of a Content-Length body or of a chunk
   RequestHead request_;
   ResponseHead response_;
   Headers trailers_;
@@ -250,8 +266,8 @@ bool IsFieldValue(std::string_view value);
 
 // The first header named `name` (case-insensitively), or null.
 const Header* FindHeader(const Headers& headers, std::string_view name);
-// Lower-case names that do not cross a proxy: Connection, Proxy-Connection, Keep-Alive, TE,
-// Transfer-Encoding, Upgrade, and those the Connection header nominates. The caller re-frames
+// Lower-case names (sorted) that do not cross a proxy: Connection, Proxy-Connection, Keep-Alive,
+// TE, Transfer-Encoding, Upgrade, and those the Connection header nominates. The caller re-frames
 // (Transfer-Encoding, Content-Length) and re-adds what it forwards on purpose (Upgrade).
 std::vector<std::string> HopByHopNames(const Headers& headers);
 void RemoveHopByHop(Headers& headers);
