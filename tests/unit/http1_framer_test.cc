@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include "agent/proxy/http1/event_log.h"
 #include "agent/proxy/http1/framer.h"
 
 namespace shunt::agent::http1 {
@@ -16,133 +17,13 @@ namespace {
 using Events = std::vector<std::string>;
 using std::string_literals::operator""s;  // inputs with NULs in them
 
-std::string Fields(const Headers& headers) {
-  std::string out = "{";
-  for (const Header& h : headers) {
-    if (out.size() > 1) out += ", ";
-    out += h.name + ": " + h.value;
-  }
-  return out + "}";
-}
-
-std::string Framing(const BodyFraming& f) {
-  switch (f.kind) {
-    case BodyKind::kNone:
-      return "none";
-    case BodyKind::kContentLength:
-      return "cl:" + std::to_string(f.length);
-    case BodyKind::kChunked:
-      return "chunked";
-    case BodyKind::kUntilClose:
-      return "until-close";
-  }
-  return "?";
-}
-
-// Writes every event down as a line; bodies are joined, since their slicing follows the reads.
-class Recorder : public ParserCallbacks {
- public:
-  explicit Recorder(bool pause) : pause_(pause) {}
-
-  Action OnRequestHead(RequestHead&& h) override {
-    requests.push_back(h);
-    std::string e = "req " + h.method + " " + h.target + " 1." + std::to_string(h.version_minor) +
-                    " " + Framing(h.framing) + (h.keep_alive ? " ka" : " close");
-    if (h.expect_continue) e += " expect";
-    if (h.upgrade) e += " upgrade";
-    if (h.is_connect) e += " connect";
-    return Add(e + " " + Fields(h.headers));
-  }
-  Action OnResponseHead(ResponseHead&& h) override {
-    responses.push_back(h);
-    std::string e = "resp " + std::to_string(h.status) + " " + h.reason + " 1." +
-                    std::to_string(h.version_minor) + " " + Framing(h.framing) +
-                    (h.keep_alive ? " ka" : " close");
-    if (h.interim) e += " interim";
-    if (h.tunnel) e += " tunnel";
-    return Add(e + " " + Fields(h.headers));
-  }
-  Action OnBody(std::string_view data) override {
-    if (!events.empty() && events.back().rfind("body:", 0) == 0) {
-      events.back().append(data);
-      return pause_ ? Action::kPause : Action::kContinue;
-    }
-    return Add("body:" + std::string(data));
-  }
-  Action OnTrailers(Headers&& trailers) override { return Add("trailers:" + Fields(trailers)); }
-  Action OnMessageComplete() override { return Add("complete"); }
-
-  Events events;
-  std::vector<RequestHead> requests;
-  std::vector<ResponseHead> responses;
-
- private:
-  Action Add(std::string e) {
-    events.push_back(std::move(e));
-    return pause_ ? Action::kPause : Action::kContinue;
-  }
-  bool pause_;
-};
-
-struct Feeding {
-  size_t piece = 0;     // feed in pieces of this many bytes; 0: all at once
-  size_t cut = 0;       // or in two pieces, cut here (when piece is 0 and cut > 0)
-  bool pause = false;   // every callback pauses
-  bool finish = true;   // Finish() at the end of the input
-  bool upgrade = true;  // kUpgradePending: SwitchToOpaque (else ContinueHttp)
-  std::vector<std::string> methods = {"GET", "GET", "GET", "GET"};  // responses answer these
-  Limits limits;
-};
+using event_log::Feeding;
+using event_log::Fields;
+using Recorder = event_log::EventLog;
 
 // Feeds `input` as a connection would and returns the events, ended by what stopped it.
 Events Drive(Parser::Kind kind, std::string_view input, const Feeding& run = {}) {
-  Recorder rec(run.pause);
-  Parser parser(kind, rec, run.limits);
-  if (kind == Parser::Kind::kResponse) {
-    for (const std::string& m : run.methods) parser.ExpectResponseTo(m);
-  }
-  size_t off = 0;
-  while (off < input.size()) {
-    size_t n = input.size() - off;
-    if (run.piece > 0) n = std::min(n, run.piece);
-    if (run.piece == 0 && run.cut > 0 && off < run.cut) n = run.cut - off;
-    std::string_view chunk = input.substr(off, n);
-    for (bool more = true; more;) {
-      const FeedResult r = parser.Feed(chunk);
-      EXPECT_LE(r.consumed, chunk.size());
-      off += r.consumed;
-      chunk.remove_prefix(r.consumed);
-      switch (r.status) {
-        case FeedStatus::kOk:
-          EXPECT_TRUE(chunk.empty());
-          more = false;
-          break;
-        case FeedStatus::kPaused:
-          break;
-        case FeedStatus::kUpgradePending:
-          rec.events.push_back("upgrade-pending");
-          run.upgrade ? parser.SwitchToOpaque() : parser.ContinueHttp();
-          break;
-        case FeedStatus::kOpaque:
-          rec.events.push_back("opaque:" + std::string(input.substr(off)));
-          return rec.events;
-        case FeedStatus::kClose:
-          rec.events.push_back("close:" + std::string(input.substr(off)));
-          return rec.events;
-        case FeedStatus::kError:
-          EXPECT_EQ(r.error, parser.error());
-          rec.events.push_back("error:" + std::string(ErrorName(r.error)));
-          return rec.events;
-      }
-    }
-  }
-  if (run.finish) {
-    const FeedResult r = parser.Finish();
-    if (r.status == FeedStatus::kError) {
-      rec.events.push_back("finish:" + std::string(ErrorName(r.error)));
-    }
-  }
-  return rec.events;
+  return event_log::Drive(kind, input, run, [](bool ok, const char* what) { EXPECT_TRUE(ok) << what; });
 }
 
 // Every way of feeding gives the events of feeding all at once: single bytes, every two-piece

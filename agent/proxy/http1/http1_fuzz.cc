@@ -19,6 +19,7 @@
 #include <string_view>
 #include <vector>
 
+#include "agent/proxy/http1/event_log.h"
 #include "agent/proxy/http1/framer.h"
 
 namespace shunt::agent::http1 {
@@ -28,106 +29,20 @@ void Check(bool ok) {
   if (!ok) __builtin_trap();
 }
 
-std::string Fields(const Headers& headers) {
-  std::string out;
-  for (const Header& h : headers) out += h.name + ": " + h.value + "\n";
-  return out;
-}
-
-class Recorder : public ParserCallbacks {
- public:
-  explicit Recorder(bool pause) : pause_(pause) {}
-  Action OnRequestHead(RequestHead&& h) override {
-    return Add("req " + h.method + " " + h.target + " " + std::to_string(h.version_minor) +
-               Flags(h.framing) + (h.keep_alive ? "k" : "") + (h.expect_continue ? "e" : "") +
-               (h.upgrade ? "u" : "") + (h.is_connect ? "c" : "") + "\n" + Fields(h.headers));
-  }
-  Action OnResponseHead(ResponseHead&& h) override {
-    return Add("resp " + std::to_string(h.status) + " " + h.reason + " " +
-               std::to_string(h.version_minor) + Flags(h.framing) + (h.keep_alive ? "k" : "") +
-               (h.interim ? "i" : "") + (h.tunnel ? "t" : "") + "\n" + Fields(h.headers));
-  }
-  Action OnBody(std::string_view data) override {
-    Check(!data.empty());
-    if (!events.empty() && events.back().rfind("body:", 0) == 0) {
-      events.back().append(data);
-      return pause_ ? Action::kPause : Action::kContinue;
-    }
-    return Add("body:" + std::string(data));
-  }
-  Action OnTrailers(Headers&& trailers) override { return Add("trailers:" + Fields(trailers)); }
-  Action OnMessageComplete() override { return Add("complete"); }
-
-  std::vector<std::string> events;
-
- private:
-  static std::string Flags(const BodyFraming& f) {
-    return " " + std::to_string(static_cast<int>(f.kind)) + ":" + std::to_string(f.length) + " ";
-  }
-  Action Add(std::string e) {
-    events.push_back(std::move(e));
-    return pause_ ? Action::kPause : Action::kContinue;
-  }
-  bool pause_;
-};
-
-struct Way {
-  size_t cut = 0;    // two pieces, cut here (0: one piece)
-  size_t piece = 0;  // or pieces of this size
-  bool pause = false;
-  Limits limits;
-};
-
-std::vector<std::string> Drive(Parser::Kind kind, std::string_view input, const Way& way,
-                               const std::vector<std::string_view>& methods, bool to_opaque) {
-  Recorder rec(way.pause);
-  Parser parser(kind, rec, way.limits);
-  for (std::string_view m : methods) parser.ExpectResponseTo(m);
-  size_t off = 0;
-  while (off < input.size()) {
-    size_t n = input.size() - off;
-    if (way.piece > 0) n = std::min(n, way.piece);
-    if (way.cut > 0 && off < way.cut) n = way.cut - off;
-    std::string_view chunk = input.substr(off, n);
-    for (bool more = true; more;) {
-      const FeedResult r = parser.Feed(chunk);
-      Check(r.consumed <= chunk.size());
-      off += r.consumed;
-      chunk.remove_prefix(r.consumed);
-      switch (r.status) {
-        case FeedStatus::kOk:
-          Check(chunk.empty());
-          more = false;
-          break;
-        case FeedStatus::kPaused:
-          break;
-        case FeedStatus::kUpgradePending:
-          rec.events.push_back("upgrade-pending");
-          to_opaque ? parser.SwitchToOpaque() : parser.ContinueHttp();
-          break;
-        case FeedStatus::kOpaque:
-        case FeedStatus::kClose:
-          rec.events.push_back(std::to_string(static_cast<int>(r.status)) + ":" +
-                               std::string(input.substr(off)));
-          return rec.events;
-        case FeedStatus::kError:
-          Check(r.error != Error::kNone && r.error == parser.error());
-          rec.events.push_back("error:" + std::string(ErrorName(r.error)));
-          return rec.events;
-      }
-    }
-  }
-  const FeedResult r = parser.Finish();
-  rec.events.push_back("finish:" + std::string(ErrorName(r.error)));
-  return rec.events;
+std::vector<std::string> Drive(Parser::Kind kind, std::string_view input,
+                               const event_log::Feeding& way,
+                               const std::vector<std::string_view>& methods) {
+  event_log::Feeding run = way;
+  run.methods.assign(methods.begin(), methods.end());
+  return event_log::Drive(kind, input, run, [](bool ok, const char*) { Check(ok); });
 }
 
 // How to feed, from the input: its length picks the limits (so the fuzzer can choose them without
 // touching the message), a hash of its bytes the rest.
 void CheckResumable(Parser::Kind kind, std::string_view input, uint64_t hash,
                     const std::vector<std::string_view>& methods) {
-  const bool to_opaque = hash & 1;
-  Way whole_way;
+  event_log::Feeding whole_way;
+  whole_way.upgrade = hash & 1;
   if (input.size() % 3 == 0) {
     whole_way.limits = {.max_start_line = 40,
                         .max_header_bytes = 120,
@@ -136,15 +51,15 @@ void CheckResumable(Parser::Kind kind, std::string_view input, uint64_t hash,
                         .max_trailer_bytes = 40,
                         .max_leading_empty_lines = 1};
   }
-  const auto whole = Drive(kind, input, whole_way, methods, to_opaque);
+  const auto whole = Drive(kind, input, whole_way, methods);
   if (input.size() < 2) return;
-  Way cut = whole_way;
+  event_log::Feeding cut = whole_way;
   cut.cut = 1 + (hash >> 8) % (input.size() - 1);
-  Check(Drive(kind, input, cut, methods, to_opaque) == whole);
-  Way pieces = whole_way;
+  Check(Drive(kind, input, cut, methods) == whole);
+  event_log::Feeding pieces = whole_way;
   pieces.piece = 1 + (hash >> 40) % 13;
   pieces.pause = true;
-  Check(Drive(kind, input, pieces, methods, to_opaque) == whole);
+  Check(Drive(kind, input, pieces, methods) == whole);
 }
 
 // --- The differential against libhttp-parser -------------------------------------------------
