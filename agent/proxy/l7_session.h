@@ -1,0 +1,87 @@
+// What the relay (tcp_relay.h) runs for a connection it understands at L7 (HTTP/1.1:
+// http1_session.h; HTTP/2 and gRPC: http2/): bytes in from each side, bytes out to each side, no
+// sockets. The relay reads, offers what it read (FromClient/FromServer take what they can; the
+// rest is offered again once the outputs drained), writes to_client/to_server out, and acts on
+// the flags. Requests are authorized one by one (`authorize`): denied ones are answered by the
+// session (403, or gRPC PERMISSION_DENIED) and never reach the server. Every finished exchange is
+// reported (`on_exchange`) with what the metrics export.
+//
+// Backpressure: a session never holds more than it was given plus its own small framing; the
+// relay stops reading a side while the output towards the other is over its budget.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include "absl/time/time.h"
+
+namespace shunt::agent {
+
+// What an L7 access rule looks at (AccessPolicy l7: methods, paths).
+struct L7Request {
+  std::string method;     // "GET"; gRPC: "POST"
+  std::string path;       // the target's path, without the query ("/pkg.Service/Method" for gRPC)
+  std::string authority;  // Host or :authority
+  bool grpc = false;
+};
+struct L7Verdict {
+  bool allow = true;
+  std::string policy;  // "namespace/name" of the deciding policy (denied: the one that refused)
+};
+using L7Authorize = std::function<L7Verdict(const L7Request&)>;
+
+// One request and its response, as the metrics issue exports it.
+struct ExchangeRecord {
+  L7Request request;
+  int status = 0;           // HTTP status sent to the client (0: none, the exchange broke)
+  int grpc_status = -1;     // gRPC: from the trailers (-1: not gRPC or none)
+  bool denied = false;      // answered by the proxy (policy)
+  std::string policy;       // when denied
+  uint64_t request_bytes = 0;   // body bytes client -> server
+  uint64_t response_bytes = 0;  // body bytes server -> client
+  absl::Time start;         // request head complete
+  absl::Time first_byte;    // response head from the server (InfinitePast: none)
+  absl::Time end;           // response complete (or broken)
+  // The time the proxy itself spent on this exchange's bytes (parsing, serialising).
+  absl::Duration proxy_time;
+};
+using ExchangeSink = std::function<void(const ExchangeRecord&)>;
+
+class L7Session {
+ public:
+  virtual ~L7Session() = default;
+
+  // Bytes read from the client / the server. Returns how many were taken (0..size); the relay
+  // offers the rest again later (after the outputs drained, or an upgrade was decided). A session
+  // that takes nothing while its outputs are empty and it is not waiting for the other side is
+  // broken: the relay treats it as an error.
+  virtual size_t FromClient(std::string_view data) = 0;
+  virtual size_t FromServer(std::string_view data) = 0;
+  // The client / server ended its stream (FIN): no more bytes from it.
+  virtual void ClientClosed() = 0;
+  virtual void ServerClosed() = 0;
+  // The agent is going away: finish what is in flight, take no new request (HTTP/1.1:
+  // "Connection: close" on the next response; HTTP/2: GOAWAY), then ask to close.
+  virtual void Drain() = 0;
+  // Policy changed: requests from now on are authorized with this (an open HTTP connection is
+  // not closed for a policy that denies some of its requests; the requests are).
+  virtual void SetAuthorize(L7Authorize authorize) = 0;
+
+  // Outputs: the relay writes them out and erases what it wrote.
+  std::string to_client, to_server;
+
+  // What the relay does once the outputs are written (checked after every call):
+  bool shut_client = false;  // send a FIN to the client (nothing more for it)
+  bool shut_server = false;  // send a FIN to the server
+  bool abort = false;        // reset both sides now (outputs dropped)
+  // The connection became a tunnel (Upgrade: 101, CONNECT: 2xx): once the outputs are written,
+  // the relay moves the rest of both streams as opaque bytes (the bytes not taken are its first).
+  bool tunnel = false;
+  // True while the session waits for the other side before it can take more of a side's bytes
+  // (an Upgrade waiting for its response, too many pipelined requests): not an error.
+  bool waiting_client = false, waiting_server = false;
+};
+
+}  // namespace shunt::agent

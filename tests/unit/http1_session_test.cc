@@ -1,0 +1,291 @@
+// The proxy's HTTP/1.1 session (agent/proxy/http1_session.h), bytes in and out without sockets:
+// what the server receives for what the client sent and the other way round, requests refused
+// by policy or by the framer, tunnels, drain, backpressure, and the records it reports. The
+// relay's sockets around it are tested in tests/e2e (RelayHttp, CaptureTest).
+#include "agent/proxy/http1_session.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+
+namespace shunt::agent {
+namespace {
+
+class Session : public ::testing::Test {
+ protected:
+  void Make(Http1Options options = {}) {
+    session_ = std::make_unique<Http1Session>(
+        options,
+        [this](const L7Request& r) {
+          seen_.push_back(r);
+          L7Verdict v;
+          if (absl::StartsWith(r.path, "/admin")) {
+            v.allow = false;
+            v.policy = "ns/no-admin";
+          }
+          return v;
+        },
+        [this](const ExchangeRecord& r) { records_.push_back(r); });
+  }
+  void SetUp() override { Make(); }
+
+  // Offers everything, as the relay does; returns what was not taken.
+  std::string Client(std::string_view bytes) {
+    const size_t n = session_->FromClient(bytes);
+    return std::string(bytes.substr(n));
+  }
+  std::string Server(std::string_view bytes) {
+    const size_t n = session_->FromServer(bytes);
+    return std::string(bytes.substr(n));
+  }
+  std::string ToServer() { return std::exchange(session_->to_server, ""); }
+  std::string ToClient() { return std::exchange(session_->to_client, ""); }
+
+  std::unique_ptr<Http1Session> session_;
+  std::vector<L7Request> seen_;
+  std::vector<ExchangeRecord> records_;
+};
+
+TEST_F(Session, KeepAliveRequestsAreForwardedReserialisedAndAnsweredInOrder) {
+  EXPECT_EQ(Client("GET /a?x=1 HTTP/1.1\r\nHost:   svc  \r\nX-A: 1\r\n\r\n"
+                   "GET /b HTTP/1.1\r\nHost: svc\r\n\r\n"),
+            "");
+  // What the server gets is what the framer read, written out again: spaces gone.
+  EXPECT_EQ(ToServer(),
+            "GET /a?x=1 HTTP/1.1\r\nHost: svc\r\nX-A: 1\r\n\r\n"
+            "GET /b HTTP/1.1\r\nHost: svc\r\n\r\n");
+  ASSERT_EQ(seen_.size(), 2u);
+  EXPECT_EQ(seen_[0].path, "/a");
+  EXPECT_EQ(seen_[0].authority, "svc");
+  EXPECT_EQ(Server("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                   "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+            "");
+  EXPECT_EQ(ToClient(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+  ASSERT_EQ(records_.size(), 2u);
+  EXPECT_EQ(records_[0].status, 200);
+  EXPECT_EQ(records_[0].response_bytes, 2u);
+  EXPECT_EQ(records_[1].status, 404);
+  EXPECT_FALSE(session_->shut_client || session_->shut_server || session_->abort);
+}
+
+TEST_F(Session, ChunkedBodiesAreRechunkedWithTheirTrailersAndTheirExtensionsDropped) {
+  Client("POST /up HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n"
+         "3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Sum: 9\r\n\r\n");
+  EXPECT_EQ(ToServer(),
+            "POST /up HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n"
+            "3\r\nabc\r\n2\r\nde\r\n0\r\nX-Sum: 9\r\n\r\n");
+  Server("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nz\r\n0\r\n\r\n");
+  EXPECT_EQ(ToClient(), "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nz\r\n0\r\n\r\n");
+  ASSERT_EQ(records_.size(), 1u);
+  EXPECT_EQ(records_[0].request_bytes, 5u);
+  EXPECT_EQ(records_[0].response_bytes, 1u);
+}
+
+TEST_F(Session, ADeniedRequestIsAnsweredInItsPlaceAndNeverReachesTheServer) {
+  Client("GET /a HTTP/1.1\r\nHost: s\r\n\r\n"
+         "POST /admin/x HTTP/1.1\r\nHost: s\r\nContent-Length: 5\r\n\r\nhello"
+         "GET /b HTTP/1.1\r\nHost: s\r\n\r\n");
+  EXPECT_EQ(ToServer(), "GET /a HTTP/1.1\r\nHost: s\r\n\r\nGET /b HTTP/1.1\r\nHost: s\r\n\r\n");
+  EXPECT_EQ(ToClient(), "") << "the 403 waits for the answer to /a";
+  Server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na");
+  const std::string first = ToClient();
+  EXPECT_TRUE(absl::StartsWith(first, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naHTTP/1.1 403 "))
+      << first;
+  EXPECT_FALSE(absl::StrContains(first, "connection: close"));
+  Server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb");
+  EXPECT_EQ(ToClient(), "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb");
+  ASSERT_EQ(records_.size(), 3u);
+  EXPECT_TRUE(records_[1].denied);
+  EXPECT_EQ(records_[1].status, 403);
+  EXPECT_EQ(records_[1].policy, "ns/no-admin");
+  EXPECT_FALSE(session_->shut_client);
+}
+
+TEST_F(Session, ADeniedRequestWaitingForContinueEndsTheConnectionWithItsAnswer) {
+  Client("PUT /admin HTTP/1.1\r\nHost: s\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n");
+  EXPECT_EQ(ToServer(), "");
+  const std::string answer = ToClient();
+  EXPECT_TRUE(absl::StartsWith(answer, "HTTP/1.1 403 Forbidden\r\n")) << answer;
+  EXPECT_TRUE(absl::StrContains(answer, "connection: close"));
+  EXPECT_TRUE(session_->shut_client && session_->shut_server);
+  // The client may still send its body: read and dropped, not forwarded.
+  EXPECT_EQ(Client(std::string(100, 'x')), "");
+  EXPECT_EQ(ToServer(), "");
+}
+
+TEST_F(Session, ContinueAndInterimResponsesPassOn) {
+  Client("PUT /f HTTP/1.1\r\nHost: s\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n");
+  EXPECT_TRUE(absl::StrContains(ToServer(), "Expect: 100-continue"));
+  Server("HTTP/1.1 100 Continue\r\n\r\n");
+  EXPECT_EQ(ToClient(), "HTTP/1.1 100 Continue\r\n\r\n");
+  Client("abc");
+  EXPECT_EQ(ToServer(), "abc");
+  Server("HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
+  EXPECT_EQ(ToClient(), "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
+  ASSERT_EQ(records_.size(), 1u);
+  EXPECT_EQ(records_[0].status, 201);
+}
+
+TEST_F(Session, SmugglingAttemptsAreRefusedAndNothingOfThemIsForwarded) {
+  for (const char* attack : {
+           "POST / HTTP/1.1\r\nHost: s\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+           "0\r\n\r\nGET /admin HTTP/1.1\r\nHost: s\r\n\r\n",
+           "POST / HTTP/1.1\r\nHost: s\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+           "POST / HTTP/1.1\r\nHost: s\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+           "GET / HTTP/1.1\nHost: s\n\n",
+           "GET / HTTP/1.1\r\nHost: s\r\nX: a\r\n b\r\n\r\n",
+       }) {
+    SCOPED_TRACE(attack);
+    Make();
+    EXPECT_EQ(Client(attack), "");
+    EXPECT_EQ(ToServer(), "");
+    const std::string answer = ToClient();
+    EXPECT_TRUE(absl::StartsWith(answer, "HTTP/1.1 400 Bad Request\r\n")) << answer;
+    EXPECT_TRUE(absl::StrContains(answer, "connection: close"));
+    EXPECT_TRUE(session_->shut_client && session_->shut_server);
+  }
+}
+
+TEST_F(Session, ABadRequestAfterAGoodOneIsAnsweredAfterTheGoodOnesResponse) {
+  Client("GET /a HTTP/1.1\r\nHost: s\r\n\r\nGET /b HTTP/1.1\r\nHost: s\r\nHost: t\r\n\r\n");
+  EXPECT_EQ(ToServer(), "GET /a HTTP/1.1\r\nHost: s\r\n\r\n");
+  EXPECT_EQ(ToClient(), "");
+  EXPECT_FALSE(session_->shut_client);
+  Server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+  const std::string out = ToClient();
+  EXPECT_TRUE(absl::StartsWith(out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 400 "))
+      << out;
+  EXPECT_TRUE(session_->shut_client && session_->shut_server);
+}
+
+TEST_F(Session, AnUpgradeAnsweredWith101BecomesATunnel) {
+  EXPECT_EQ(Client("GET /ws HTTP/1.1\r\nHost: s\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+                   "\x81\x05hello"),
+            "\x81\x05hello")
+      << "the bytes after an Upgrade wait for its answer";
+  EXPECT_TRUE(session_->waiting_client);
+  EXPECT_TRUE(absl::StartsWith(ToServer(), "GET /ws HTTP/1.1\r\n"));
+  EXPECT_EQ(Server("HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket"
+                   "\r\n\r\n\x82\x01z"),
+            "\x82\x01z");
+  EXPECT_TRUE(session_->tunnel);
+  EXPECT_TRUE(absl::StartsWith(ToClient(), "HTTP/1.1 101 Switching Protocols\r\n"));
+}
+
+TEST_F(Session, AnUpgradeTheServerRefusesLeavesTheConnectionHttp) {
+  EXPECT_EQ(Client("GET /ws HTTP/1.1\r\nHost: s\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
+                   "GET /next HTTP/1.1\r\nHost: s\r\n\r\n"),
+            "GET /next HTTP/1.1\r\nHost: s\r\n\r\n");
+  ToServer();
+  Server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+  EXPECT_FALSE(session_->tunnel);
+  EXPECT_FALSE(session_->waiting_client);
+  EXPECT_EQ(Client("GET /next HTTP/1.1\r\nHost: s\r\n\r\n"), "");
+  EXPECT_EQ(ToServer(), "GET /next HTTP/1.1\r\nHost: s\r\n\r\n");
+}
+
+TEST_F(Session, DrainClosesAnIdleConnectionAtOnceAndABusyOneAfterItsResponse) {
+  session_->Drain();
+  EXPECT_TRUE(session_->shut_client && session_->shut_server);
+
+  Make();
+  Client("GET /a HTTP/1.1\r\nHost: s\r\n\r\n");
+  ToServer();
+  session_->Drain();
+  EXPECT_FALSE(session_->shut_client);
+  Server("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n"
+         "Content-Length: 0\r\n\r\n");
+  EXPECT_EQ(ToClient(), "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+  EXPECT_TRUE(session_->shut_client && session_->shut_server);
+}
+
+TEST_F(Session, AResponseTheFramerRefusesIsA502WhenNothingOfItWasSent) {
+  Client("GET /a HTTP/1.1\r\nHost: s\r\n\r\n");
+  ToServer();
+  Server("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab");
+  const std::string out = ToClient();
+  EXPECT_TRUE(absl::StartsWith(out, "HTTP/1.1 502 Bad Gateway\r\n")) << out;
+  EXPECT_TRUE(session_->shut_client && session_->shut_server);
+  ASSERT_EQ(records_.size(), 1u);
+  EXPECT_EQ(records_[0].status, 502);
+
+  Make();  // broken inside a body already on its way: nothing clean to say, a reset
+  Client("GET /a HTTP/1.1\r\nHost: s\r\n\r\n");
+  Server("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\nzz\r\n");
+  EXPECT_TRUE(session_->abort);
+}
+
+TEST_F(Session, ABodyUntilTheCloseEndsWithTheServersClose) {
+  Client("GET /a HTTP/1.0\r\n\r\n");
+  EXPECT_EQ(ToServer(), "GET /a HTTP/1.0\r\n\r\n");
+  Server("HTTP/1.0 200 OK\r\n\r\nsome bytes");
+  EXPECT_EQ(ToClient(), "HTTP/1.0 200 OK\r\n\r\nsome bytes");
+  EXPECT_TRUE(records_.empty());
+  session_->ServerClosed();
+  ASSERT_EQ(records_.size(), 1u);
+  EXPECT_EQ(records_[0].status, 200);
+  EXPECT_EQ(records_[0].response_bytes, 10u);
+  EXPECT_TRUE(session_->shut_client);
+}
+
+TEST_F(Session, AFullOutputHoldsItsSourceBack) {
+  Http1Options small;
+  small.output_budget = 1000;
+  Make(small);
+  const std::string body(300000, 'b');
+  const std::string request =
+      "POST /u HTTP/1.1\r\nHost: s\r\nContent-Length: 300000\r\n\r\n" + body;
+  std::string rest = Client(request);
+  EXPECT_FALSE(rest.empty()) << "it stopped taking once over its budget";
+  EXPECT_LE(session_->to_server.size(), 1000u + 64 * 1024);
+  std::string forwarded;
+  for (int i = 0; i < 1000 && !rest.empty(); ++i) {
+    forwarded += ToServer();
+    rest = Client(rest);
+  }
+  forwarded += ToServer();
+  EXPECT_EQ(rest, "");
+  EXPECT_TRUE(absl::EndsWith(forwarded, body));
+}
+
+TEST_F(Session, PipelinedRequestsBeyondTheCapWaitForResponses) {
+  Http1Options options;
+  options.max_pipelined = 2;
+  Make(options);
+  std::string requests;
+  for (int i = 0; i < 4; ++i) requests += "GET /p HTTP/1.1\r\nHost: s\r\n\r\n";
+  std::string rest = Client(requests);
+  EXPECT_EQ(rest.size(), requests.size() / 2);
+  EXPECT_TRUE(session_->waiting_client);
+  Server("HTTP/1.1 204 No Content\r\n\r\n");
+  EXPECT_FALSE(session_->waiting_client);
+  rest = Client(rest);
+  EXPECT_EQ(rest.size(), requests.size() / 4);
+  EXPECT_EQ(session_->in_flight(), 2u);
+}
+
+TEST_F(Session, TheServersCloseLeavesUnansweredRequestsUnansweredAndIsPassedOn) {
+  Client("GET /a HTTP/1.1\r\nHost: s\r\n\r\nGET /admin HTTP/1.1\r\nHost: s\r\n\r\n");
+  session_->ServerClosed();
+  EXPECT_EQ(ToClient(), "") << "a 403 now would be read as the answer to /a";
+  EXPECT_TRUE(session_->shut_client);
+  EXPECT_EQ(records_.size(), 2u);
+  EXPECT_EQ(records_[0].status, 0);
+}
+
+TEST(TargetPath, IsThePathWithoutQueryInEveryForm) {
+  EXPECT_EQ(TargetPath("/a/b?c=d"), "/a/b");
+  EXPECT_EQ(TargetPath("http://h:80/x?y"), "/x");
+  EXPECT_EQ(TargetPath("http://h:80"), "/");
+  EXPECT_EQ(TargetPath("http://h?q"), "/");
+  EXPECT_EQ(TargetPath("h:443"), "");
+  EXPECT_EQ(TargetPath("*"), "*");
+}
+
+}  // namespace
+}  // namespace shunt::agent
