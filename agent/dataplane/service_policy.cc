@@ -8,6 +8,7 @@
 #include <optional>
 #include <tuple>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "google/protobuf/message.h"
 #include "google/protobuf/unknown_field_set.h"
@@ -716,8 +717,79 @@ absl::StatusOr<EncodedServicePolicy> ListServicePolicy(const ServicePolicyWriter
   return out;
 }
 
-ArrivalDecision DecideArrival(const PolicySnapshot& snapshot, const std::string& dest_uid,
-                              const IpKey& source, uint16_t port) {
+std::string NormalizePathForPolicy(std::string_view path) {
+  // Every escape decoded, "%2F" and "\" included: what some server might take for a separator
+  // is one here, so that "/admin" cannot be reached as "/%61dmin", "/a%2F../admin" or "//admin".
+  std::string decoded;
+  decoded.reserve(path.size());
+  auto hex = [](char c) {
+    return c >= '0' && c <= '9' ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+  };
+  for (size_t i = 0; i < path.size(); ++i) {
+    char c = path[i];
+    if (c == '%' && i + 2 < path.size() && hex(path[i + 1]) >= 0 && hex(path[i + 2]) >= 0) {
+      c = static_cast<char>(hex(path[i + 1]) * 16 + hex(path[i + 2]));
+      i += 2;
+    }
+    decoded += c == '\\' ? '/' : c;
+  }
+  // Segments: empty ones merged, "." dropped, ".." takes the one before (never above the root).
+  std::vector<std::string_view> segments;
+  const bool absolute = !decoded.empty() && decoded.front() == '/';
+  bool trailing_slash = false;
+  std::string_view rest = decoded;
+  while (!rest.empty()) {
+    const size_t slash = rest.find('/');
+    const std::string_view seg = rest.substr(0, slash);
+    rest = slash == std::string_view::npos ? std::string_view() : rest.substr(slash + 1);
+    trailing_slash = slash != std::string_view::npos && rest.empty();
+    if (seg.empty() || seg == ".") {
+      trailing_slash = trailing_slash || (seg == "." && rest.empty());
+      continue;
+    }
+    if (seg == "..") {
+      if (!segments.empty()) segments.pop_back();
+      trailing_slash = rest.empty();
+      continue;
+    }
+    segments.push_back(seg);
+  }
+  std::string out = absolute || segments.empty() ? "/" : "";
+  for (size_t i = 0; i < segments.size(); ++i) {
+    if (i > 0) out += '/';
+    out.append(segments[i]);
+  }
+  if (trailing_slash && !segments.empty()) out += '/';
+  return out;
+}
+
+namespace {
+
+enum class View { kOpaque, kHttpArrival, kRequest };
+
+bool L7Matches(const AccessPolicy& p, std::string_view method, const std::string& path) {
+  for (const auto& r : p.l7()) {
+    bool method_ok = r.methods().empty();
+    for (const auto& m : r.methods()) method_ok |= m == method;
+    bool path_ok = r.paths().empty();
+    for (const auto& want : r.paths()) {
+      if (!want.empty() && want.back() == '*') {
+        path_ok |= path.compare(0, want.size() - 1, want, 0, want.size() - 1) == 0;
+      } else {
+        path_ok |= path == want;
+      }
+    }
+    if (method_ok && path_ok) return true;
+  }
+  return false;
+}
+
+ArrivalDecision Decide(const PolicySnapshot& snapshot, const std::string& dest_uid,
+                       const IpKey& source, uint16_t port, View view, std::string_view method,
+                       std::string_view raw_path) {
   ArrivalDecision out;
   const auto& bundle = snapshot.bundle;
   const Workload* dest = nullptr;
@@ -747,6 +819,7 @@ ArrivalDecision DecideArrival(const PolicySnapshot& snapshot, const std::string&
     out.source_namespace = src->namespace_();
     out.source_workload = src->owner().empty() ? src->name() : src->owner();
   }
+  const std::string path = view == View::kRequest ? NormalizePathForPolicy(raw_path) : "";
   bool any_allow = false;
   std::string first_allow, allowed_by;
   for (const auto& p : bundle.access_policies()) {
@@ -757,6 +830,8 @@ ArrivalDecision DecideArrival(const PolicySnapshot& snapshot, const std::string&
       port_ok |= port >= r.from() && port <= to;
     }
     if (!port_ok) continue;
+    const bool has_l7 = p.l7_size() > 0;
+    out.l7 |= has_l7;
     const bool unknown_action = p.action() != AccessPolicy::ALLOW && p.action() != AccessPolicy::DENY;
     const bool deny = p.action() == AccessPolicy::DENY || unknown_action;
     const bool not_understood = HasUnknownFields(p);
@@ -768,8 +843,21 @@ ArrivalDecision DecideArrival(const PolicySnapshot& snapshot, const std::string&
       }
       match = SourceMatches(p.from(i), *src, p.namespace_(), blocks);
     }
+    // L7 rules: on opaque bytes they cannot be checked, and fail closed (a DENY refuses the whole
+    // connection, an ALLOW admits none of it, as Istio does); on HTTP they are decided per
+    // request, and at the connection's arrival only its source counts.
+    bool l7_ok = true;
+    if (has_l7) {
+      if (view == View::kOpaque) {
+        l7_ok = deny;
+      } else if (view == View::kHttpArrival) {
+        l7_ok = !deny;
+      } else {
+        l7_ok = L7Matches(p, method, path);
+      }
+    }
     const std::string name = p.namespace_() + "/" + p.name();
-    if (deny && match) {
+    if (deny && match && l7_ok) {
       out.allowed = false;
       out.policy = name;
       return out;
@@ -777,7 +865,7 @@ ArrivalDecision DecideArrival(const PolicySnapshot& snapshot, const std::string&
     if (!deny) {
       if (first_allow.empty()) first_allow = name;
       any_allow = true;
-      if (match && !not_understood && allowed_by.empty()) allowed_by = name;
+      if (match && l7_ok && !not_understood && allowed_by.empty()) allowed_by = name;
     }
   }
   // No DENY matched. ALLOW policies target the pod on that port: one must admit the source.
@@ -788,6 +876,20 @@ ArrivalDecision DecideArrival(const PolicySnapshot& snapshot, const std::string&
     out.policy = allowed_by;
   }
   return out;
+}
+
+}  // namespace
+
+ArrivalDecision DecideArrival(const PolicySnapshot& snapshot, const std::string& dest_uid,
+                              const IpKey& source, uint16_t port, ArrivalView view) {
+  return Decide(snapshot, dest_uid, source, port,
+                view == ArrivalView::kHttp ? View::kHttpArrival : View::kOpaque, "", "");
+}
+
+ArrivalDecision DecideRequest(const PolicySnapshot& snapshot, const std::string& dest_uid,
+                              const IpKey& source, uint16_t port, std::string_view method,
+                              std::string_view path) {
+  return Decide(snapshot, dest_uid, source, port, View::kRequest, method, path);
 }
 
 absl::Status ApplyServicePolicy(const DesiredServicePolicy& desired, ServicePolicyWriter& writer,

@@ -18,6 +18,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -213,14 +214,31 @@ void RecoverPolicyBits(const std::map<std::string, std::string>& encoded, Servic
 // source, or when ALLOW policies target it there and none matches the source. Policies this
 // agent cannot fully read fail closed as at connect() (an unknown action is a DENY, an ALLOW
 // with unknown fields admits no one).
+// Policies with L7 rules (methods, paths) depend on how the connection is read: as opaque bytes
+// (kOpaque) they fail closed: a DENY refuses the whole connection of a source it matches, an
+// ALLOW admits none; read as HTTP (kHttp) only their sources count at arrival, and each request
+// is then decided by DecideRequest.
+enum class ArrivalView { kOpaque, kHttp };
 struct ArrivalDecision {
   bool allowed = true;
   std::string policy;  // the deciding policy, "namespace/name" (denied: the DENY or an ALLOW)
   std::string source_namespace, source_workload;  // of the source's workload ("" unknown)
   std::string destination_pod;                    // the captured pod's name
+  bool l7 = false;  // a policy with L7 rules targets the pod on that port: read it as HTTP
 };
 ArrivalDecision DecideArrival(const PolicySnapshot& snapshot, const std::string& dest_uid,
-                              const IpKey& source, uint16_t port);
+                              const IpKey& source, uint16_t port,
+                              ArrivalView view = ArrivalView::kOpaque);
+// One HTTP request on a connection admitted with kHttp: its method and path (the target without
+// query; gRPC: "/package.Service/Method") against the L7 rules, on the normalised path
+// (NormalizePathForPolicy). A rule path ending in "*" is a prefix.
+ArrivalDecision DecideRequest(const PolicySnapshot& snapshot, const std::string& dest_uid,
+                              const IpKey& source, uint16_t port, std::string_view method,
+                              std::string_view path);
+// The path as policy compares it: percent-escapes decoded (all of them, "%2F" too), "\" as "/",
+// empty and "." segments dropped, ".." resolved (never above the root). A server may read a path
+// more literally than this, never less: what a rule names cannot be reached around it.
+std::string NormalizePathForPolicy(std::string_view path);
 
 // What the last pass produced, for metrics.
 struct ServicePolicyStatus {

@@ -836,5 +836,68 @@ TEST(DecideArrival, DenyAllowPortsAndSourcesKnownOnlyByTheirAddress) {
   EXPECT_EQ(r.policy, "default/deny-all");
 }
 
+// A policy with L7 rules, as JSON: Policy() with its "l7" field.
+std::string L7Policy(const std::string& name, const std::string& action, const std::string& from,
+                     const std::string& l7) {
+  std::string p = Policy(name, action, R"({"app": "api"})", from);
+  p.insert(p.size() - 1, R"(, "l7": )" + l7);
+  return p;
+}
+
+// L7 rules decide requests on HTTP; on opaque bytes they fail closed.
+TEST(DecideRequest, LSevenRulesDecideRequestsAndFailClosedOnOpaqueBytes) {
+  const IpKey a = Ip("10.0.0.1"), stranger = Ip("203.0.113.9");
+  const std::string front = R"([{"pods": {"matchLabels": {"app": "front"}}}])";
+  auto deny = Bundle("", "", L7Policy("no-admin", "DENY", front, R"([{"paths": ["/admin/*"]}])"));
+  ArrivalDecision r = DecideArrival(deny, "b", a, 8080, ArrivalView::kHttp);
+  EXPECT_TRUE(r.allowed) << "on HTTP the connection is admitted; its requests are decided";
+  EXPECT_TRUE(r.l7);
+  EXPECT_FALSE(DecideArrival(deny, "b", a, 8080, ArrivalView::kOpaque).allowed)
+      << "opaque: the DENY refuses the whole connection";
+  EXPECT_TRUE(DecideArrival(deny, "b", stranger, 8080, ArrivalView::kOpaque).allowed)
+      << "not its source";
+  EXPECT_TRUE(DecideRequest(deny, "b", a, 8080, "GET", "/api/x").allowed);
+  r = DecideRequest(deny, "b", a, 8080, "GET", "/admin/users");
+  EXPECT_FALSE(r.allowed);
+  EXPECT_EQ(r.policy, "default/no-admin");
+  for (const char* around : {"/%61dmin/users", "//admin/users", "/x/../admin/users",
+                             "/api/..%2Fadmin/u", "/./admin/u", "\\admin\\u", "/api/%2e%2e/admin/u"}) {
+    EXPECT_FALSE(DecideRequest(deny, "b", a, 8080, "GET", around).allowed) << around;
+  }
+  EXPECT_TRUE(DecideRequest(deny, "b", stranger, 8080, "GET", "/admin/users").allowed);
+
+  auto allow = Bundle("", "", L7Policy("read-only", "ALLOW", front,
+                                        R"([{"methods": ["GET", "HEAD"], "paths": ["/api/*", "/health"]}])"));
+  EXPECT_TRUE(DecideArrival(allow, "b", a, 8080, ArrivalView::kHttp).allowed);
+  EXPECT_FALSE(DecideArrival(allow, "b", stranger, 8080, ArrivalView::kHttp).allowed);
+  EXPECT_FALSE(DecideArrival(allow, "b", a, 8080, ArrivalView::kOpaque).allowed)
+      << "opaque: an ALLOW with L7 rules admits none of it";
+  EXPECT_TRUE(DecideRequest(allow, "b", a, 8080, "GET", "/api/v1").allowed);
+  EXPECT_TRUE(DecideRequest(allow, "b", a, 8080, "HEAD", "/health").allowed);
+  EXPECT_FALSE(DecideRequest(allow, "b", a, 8080, "POST", "/api/v1").allowed) << "method";
+  EXPECT_FALSE(DecideRequest(allow, "b", a, 8080, "GET", "/health/x").allowed) << "exact path";
+  EXPECT_FALSE(DecideRequest(allow, "b", a, 8080, "GET", "/api/../secret").allowed);
+  EXPECT_FALSE(DecideRequest(allow, "b", a, 8080, "get", "/api/v1").allowed)
+      << "methods are case-sensitive";
+  // Another ALLOW without L7 rules for the same source admits every request.
+  auto wider = Bundle("", "", L7Policy("read-only", "ALLOW", front, R"([{"methods": ["GET"]}])") +
+                                  "," + Policy("all", "ALLOW", R"({"app": "api"})", front));
+  EXPECT_TRUE(DecideRequest(wider, "b", a, 8080, "DELETE", "/x").allowed);
+  EXPECT_TRUE(DecideArrival(wider, "b", a, 8080, ArrivalView::kOpaque).allowed);
+}
+
+TEST(NormalizePathForPolicy, DecodesMergesAndResolvesDotSegments) {
+  EXPECT_EQ(NormalizePathForPolicy("/a/b"), "/a/b");
+  EXPECT_EQ(NormalizePathForPolicy("/a/b/"), "/a/b/");
+  EXPECT_EQ(NormalizePathForPolicy("//a///b"), "/a/b");
+  EXPECT_EQ(NormalizePathForPolicy("/a/./b/../c"), "/a/c");
+  EXPECT_EQ(NormalizePathForPolicy("/../../a"), "/a");
+  EXPECT_EQ(NormalizePathForPolicy("/%41%2fb%5Cc"), "/A/b/c");
+  EXPECT_EQ(NormalizePathForPolicy("/a/%zz/%4"), "/a/%zz/%4");
+  EXPECT_EQ(NormalizePathForPolicy("/a/.."), "/");
+  EXPECT_EQ(NormalizePathForPolicy(""), "/");
+  EXPECT_EQ(NormalizePathForPolicy("*"), "*");
+}
+
 }  // namespace
 }  // namespace shunt::agent
