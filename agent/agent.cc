@@ -136,6 +136,25 @@ class AgentCollector : public prometheus::Collectable {
         bytes.metric.push_back(std::move(m));
       }
       relay_families.push_back(std::move(bytes));
+      MetricFamily l7{"shunt_relay_l7_total",
+                      "Connections to ports that need L7 (access policies with L7 rules) and their "
+                      "HTTP requests, by outcome.",
+                      MetricType::Counter, {}};
+      for (const auto& [result, v] : std::vector<std::pair<std::string, uint64_t>>{
+               {"http1_connection", st.http1_connections},
+               {"opaque_connection", st.opaque_l7},
+               {"opaque_refused", st.opaque_refused},
+               {"tunnel", st.tunnels},
+               {"request", st.http_requests},
+               {"request_denied", st.http_denied},
+               {"request_refused", st.http_refused},
+               {"bad_response", st.http_bad_responses}}) {
+        ClientMetric m;
+        m.label = {{"result", result}};
+        m.counter.value = static_cast<double>(v);
+        l7.metric.push_back(std::move(m));
+      }
+      relay_families.push_back(std::move(l7));
       // By source (namespace, workload), destination pod and policy.
       auto by_policy = [](const char* name, const char* help,
                           const std::map<CaptureReconciler::DeniedKey, uint64_t>& counts) {
@@ -161,6 +180,11 @@ class AgentCollector : public prometheus::Collectable {
                                          "because a policy change denied them; the source by "
                                          "its IP (unknown: empty names).",
                                          capture_->closed_by_policy()));
+      relay_families.push_back(by_policy("shunt_policy_denied_requests_total",
+                                         "HTTP requests answered 403 by an access policy's L7 "
+                                         "rules where they arrived; the source by its IP "
+                                         "(unknown: empty names).",
+                                         capture_->denied_requests()));
     }
     std::vector<MetricFamily> out = {
         gauge("shunt_agent_info", "Build and node of this agent.", 1,
@@ -612,6 +636,9 @@ int RunAgent(const AgentConfig& config) {
     if (capture) capture->Surrender();
   }
   if (relay) {
+    // HTTP connections end after their current response ("Connection: close"), idle ones now:
+    // their clients' next requests go to the next agent. Opaque ones end when their peers end them.
+    relay->Drain();
     const absl::Time deadline = absl::Now() + config.drain_timeout;
     while (relay->stats().active > 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(50));
     if (const uint64_t left = relay->stats().active; left > 0) {

@@ -109,6 +109,11 @@ std::map<CaptureReconciler::DeniedKey, uint64_t> CaptureReconciler::closed_by_po
   return denied_->closed;
 }
 
+std::map<CaptureReconciler::DeniedKey, uint64_t> CaptureReconciler::denied_requests() const {
+  absl::MutexLock l(&denied_->mu);
+  return denied_->requests;
+}
+
 size_t CaptureReconciler::captured_pods() const {
   absl::MutexLock l(&mu_);
   return captured_;
@@ -202,18 +207,46 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
         } else {
           std::memcpy(src.addr, &reinterpret_cast<const sockaddr_in6*>(&peer)->sin6_addr, 16);
         }
-        ArrivalDecision a = DecideArrival(*snapshot, uid, src, to_port);
+        // Read as HTTP where its port needs L7 (then each request is decided), else as bytes
+        // (without L7 rules at the port both views are one).
+        const ArrivalDecision a = DecideArrival(*snapshot, uid, src, to_port, ArrivalView::kHttp);
+        const std::string dest = a.destination_pod.empty() ? pod_name : a.destination_pod;
         if (!a.allowed) {
-          const std::string& dest = a.destination_pod.empty() ? pod_name : a.destination_pod;
           absl::MutexLock l(&denied->mu);
-          auto& counts = when == RelayCheck::kArrival ? denied->counts : denied->closed;
-          if (counts.size() < 10000) {
-            ++counts[{a.source_namespace, a.source_workload, dest, a.policy}];
-          } else {
-            ++counts[{"", "other", "other", "other"}];
-          }
+          denied->Count(when == RelayCheck::kArrival ? denied->counts : denied->closed,
+                        {a.source_namespace, a.source_workload, dest, a.policy});
           d.reason = a.policy;
           return d;
+        }
+        if (a.l7) {
+          d.l7 = true;
+          const ArrivalDecision opaque =
+              DecideArrival(*snapshot, uid, src, to_port, ArrivalView::kOpaque);
+          d.opaque_allow = opaque.allowed;
+          const DeniedKey opaque_key{opaque.source_namespace, opaque.source_workload, dest,
+                                     opaque.policy};
+          d.opaque_refused = [denied, opaque_key] {
+            absl::MutexLock l(&denied->mu);
+            denied->Count(denied->counts, opaque_key);
+          };
+          // Each request against the policy in force when it comes.
+          d.authorize = [store, uid, src, to_port](const L7Request& r) {
+            L7Verdict v;
+            if (auto now = store->Current()) {
+              const ArrivalDecision q = DecideRequest(*now, uid, src, to_port, r.method, r.path);
+              v.allow = q.allowed;
+              v.policy = q.policy;
+            }
+            return v;
+          };
+          const DeniedKey who{a.source_namespace, a.source_workload, dest, ""};
+          d.exchanges = [denied, who](const ExchangeRecord& r) {
+            if (!r.denied) return;
+            DeniedKey key = who;
+            std::get<3>(key) = r.policy;
+            absl::MutexLock l(&denied->mu);
+            denied->Count(denied->requests, std::move(key));
+          };
         }
       }
       d.allow = true;

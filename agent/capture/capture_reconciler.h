@@ -58,6 +58,8 @@ class CaptureReconciler {
   std::map<DeniedKey, uint64_t> denied() const;
   // Open connections closed because a policy change denied them, by the same key.
   std::map<DeniedKey, uint64_t> closed_by_policy() const;
+  // HTTP requests answered 403 by an L7 rule, by the same labels.
+  std::map<DeniedKey, uint64_t> denied_requests() const;
 
   // Removes the capture from the namespace of every pod found under `cgroup_root` (uninstall,
   // without an agent running).
@@ -97,6 +99,16 @@ class CaptureReconciler {
     absl::Mutex mu;
     std::map<DeniedKey, uint64_t> counts ABSL_GUARDED_BY(mu);
     std::map<DeniedKey, uint64_t> closed ABSL_GUARDED_BY(mu);
+    std::map<DeniedKey, uint64_t> requests ABSL_GUARDED_BY(mu);
+    // Bounded: a flood of sources does not grow the agent without end.
+    void Count(std::map<DeniedKey, uint64_t>& into, DeniedKey key)
+        ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+      if (into.size() < 10000 || into.count(key)) {
+        ++into[std::move(key)];
+      } else {
+        ++into[{"", "other", "other", "other"}];
+      }
+    }
   };
   std::shared_ptr<Denied> denied_ = std::make_shared<Denied>();
 };

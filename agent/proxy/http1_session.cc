@@ -257,6 +257,7 @@ void Http1Session::EmitLocalAnswers() {
                     "\r\ncontent-type: text/plain\r\ncontent-length: ", body.size(), "\r\n",
                     close ? "connection: close\r\n" : "", "\r\n", body);
     e.record.status = e.local_status;
+    e.record.proxy_answered = true;
     Finish(e);
     queue_.pop_front();
     if (close) {

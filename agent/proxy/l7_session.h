@@ -38,6 +38,8 @@ struct ExchangeRecord {
   int status = 0;           // HTTP status sent to the client (0: none, the exchange broke)
   int grpc_status = -1;     // gRPC: from the trailers (-1: not gRPC or none)
   bool denied = false;      // answered by the proxy (policy)
+  bool proxy_answered = false;  // answered by the proxy: denied, or refused as malformed (then a
+                                // 4xx/5xx for a bad request, 502 for a bad response)
   std::string policy;       // when denied
   uint64_t request_bytes = 0;   // body bytes client -> server
   uint64_t response_bytes = 0;  // body bytes server -> client

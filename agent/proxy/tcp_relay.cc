@@ -9,9 +9,11 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "agent/capture/pod_capture.h"
+#include "agent/proxy/sniff.h"
 #include "common/errno_status.h"
 #include "common/log.h"
 
@@ -41,6 +43,18 @@ struct TcpRelay::Conn {
     Conn* conn;
     int side;
   } ends[2];
+
+  // Read in user space (an L7 port): sniffing its first bytes, then through its session; kRaw:
+  // what was read and not passed on yet, written out before the kernel moves the rest.
+  enum class Mode : uint8_t { kSplice, kSniff, kSession, kRaw } mode = Mode::kSplice;
+  bool l7 = false;  // decided as a connection to an L7 port (Recheck: viewed as it is read now)
+  std::unique_ptr<L7Session> session;
+  std::string unsent[2];         // read from fd[d], not taken yet
+  bool told_closed[2] = {false, false};
+  L7Authorize authorize;
+  ExchangeSink exchanges;
+  std::function<void()> opaque_refused;
+  bool opaque_allow = true;
 };
 
 namespace {
@@ -142,11 +156,31 @@ void TcpRelay::Recheck() {
   if (write(wake_.get(), &one, sizeof(one)) < 0) {}
 }
 
+void TcpRelay::Drain() {
+  drain_ = true;
+  const uint64_t one = 1;
+  if (write(wake_.get(), &one, sizeof(one)) < 0) {}
+}
+
 void TcpRelay::RecheckOpen() {
   std::vector<Conn*> denied;
   for (auto& [p, c] : conns_) {
     if (!c->decide) continue;
-    if (!(*c->decide)(c->peer, c->local, RelayCheck::kPolicyChange).allow) denied.push_back(p);
+    RelayDecision d = (*c->decide)(c->peer, c->local, RelayCheck::kPolicyChange);
+    // Read as HTTP, a connection is admitted as its source is (its requests are decided one by
+    // one); read as opaque bytes, L7 rules at its port fail closed.
+    const bool as_http = c->mode == Conn::Mode::kSniff || c->mode == Conn::Mode::kSession;
+    const bool ok = d.allow && (as_http || !d.l7 || d.opaque_allow);
+    if (!ok) {
+      denied.push_back(p);
+      continue;
+    }
+    c->opaque_allow = d.opaque_allow;
+    c->l7 = c->l7 || d.l7;
+    if (d.authorize) {
+      c->authorize = d.authorize;
+      if (c->session) c->session->SetAuthorize(d.authorize);
+    }
   }
   for (Conn* c : denied) {
     ++counters_.policy_closed;
@@ -180,6 +214,14 @@ RelayStats TcpRelay::stats() const {
   s.active = c.active.load();
   s.bytes_to_upstream = c.bytes_to_upstream.load();
   s.bytes_to_downstream = c.bytes_to_downstream.load();
+  s.http1_connections = c.http1_connections.load();
+  s.opaque_l7 = c.opaque_l7.load();
+  s.opaque_refused = c.opaque_refused.load();
+  s.tunnels = c.tunnels.load();
+  s.http_requests = c.http_requests.load();
+  s.http_denied = c.http_denied.load();
+  s.http_refused = c.http_refused.load();
+  s.http_bad_responses = c.http_bad_responses.load();
   return s;
 }
 
@@ -187,7 +229,7 @@ void TcpRelay::Loop() {
   epoll_event events[256];
   absl::Time last_sweep = absl::Now();
   while (!stop_.load()) {
-    const int n = epoll_wait(epoll_.get(), events, 256, 1000);
+    const int n = epoll_wait(epoll_.get(), events, 256, again_.empty() ? 1000 : 0);
     if (n < 0 && errno != EINTR) {
       SHUNT_LOG_EVERY_N_SEC(ERROR, 10) << ErrnoStatus(errno, "relay: epoll_wait");
       continue;
@@ -226,6 +268,24 @@ void TcpRelay::Loop() {
       }
     }
     if (recheck_.exchange(false)) RecheckOpen();
+    for (std::vector<Conn*> again = std::exchange(again_, {}); Conn* c : again) {
+      if (!c->closed && conns_.count(c) && PumpUser(c) && c->mode != Conn::Mode::kSplice) {
+        InterestUser(c);
+      } else if (!c->closed && conns_.count(c) && c->mode == Conn::Mode::kSplice) {
+        OnEvent(c, 0, 0);
+      }
+    }
+    if (drain_.exchange(false)) {
+      draining_ = true;
+      std::vector<Conn*> sessions;
+      for (auto& [p, c] : conns_) {
+        if (c->session) sessions.push_back(p);
+      }
+      for (Conn* c : sessions) {
+        c->session->Drain();
+        if (PumpUser(c) && c->mode != Conn::Mode::kSplice) InterestUser(c);
+      }
+    }
     closed_.clear();
     const absl::Time now = absl::Now();
     for (auto it = paused_listeners_.begin(); it != paused_listeners_.end();) {
@@ -364,6 +424,14 @@ void TcpRelay::Accept(int listener_fd) {
       setsockopt(raw->fd[side].get(), SOL_SOCKET, SO_OOBINLINE, &one, sizeof(one));
     }
     raw->group = lst->group;
+    if (d.l7) {
+      raw->mode = Conn::Mode::kSniff;
+      raw->l7 = true;
+      raw->authorize = std::move(d.authorize);
+      raw->exchanges = std::move(d.exchanges);
+      raw->opaque_refused = std::move(d.opaque_refused);
+      raw->opaque_allow = d.opaque_allow;
+    }
     raw->peer = peer;
     raw->local = local;
     raw->decide = lst->decide;
@@ -377,7 +445,11 @@ void TcpRelay::Accept(int listener_fd) {
     tuples_.insert(raw->tuples[1]);
     conns_[raw] = std::move(c);
     ++counters_.active;
-    Interest(raw);
+    if (raw->mode == Conn::Mode::kSplice) {
+      Interest(raw);
+    } else {
+      InterestUser(raw);
+    }
   }
 }
 
@@ -404,6 +476,13 @@ void TcpRelay::OnEvent(Conn* c, int side, uint32_t events) {
       c->connecting = false;
     } else if (side == 0) {  // the client went away before the upstream was up
       Close(c, true);
+      return;
+    }
+  }
+  if (c->mode != Conn::Mode::kSplice) {
+    if (!PumpUser(c)) return;
+    if (c->mode != Conn::Mode::kSplice) {
+      InterestUser(c);
       return;
     }
   }
@@ -547,12 +626,220 @@ void TcpRelay::Close(Conn* c, bool reset) {
   conns_.erase(it);
 }
 
+void TcpRelay::StartSession(Conn* c) {
+  L7Authorize authorize = c->authorize;
+  ExchangeSink exchanges = c->exchanges;
+  Counters* counters = &counters_;
+  c->session = std::make_unique<Http1Session>(
+      options_.http1, std::move(authorize),
+      [counters, exchanges](const ExchangeRecord& r) {
+        ++counters->http_requests;
+        if (r.denied) {
+          ++counters->http_denied;
+        } else if (r.proxy_answered) {
+          ++(r.status == 502 ? counters->http_bad_responses : counters->http_refused);
+        }
+        if (exchanges) exchanges(r);
+      });
+  c->mode = Conn::Mode::kSession;
+  ++counters_.http1_connections;
+  if (draining_) c->session->Drain();
+}
+
+bool TcpRelay::PumpUser(Conn* c) {
+  if (c->connecting) return true;
+  char buf[64 << 10];
+  bool progress = false;
+  for (int round = 0; round < 64; ++round) {
+    progress = false;
+    // Out: what the session wrote for each side, or (kRaw) what was read and not passed on.
+    for (int side = 0; side < 2; ++side) {
+      std::string* out = nullptr;
+      if (c->session) {
+        out = side == 0 ? &c->session->to_client : &c->session->to_server;
+      } else if (c->mode == Conn::Mode::kRaw) {
+        out = &c->unsent[1 - side];
+      }
+      while (out && !out->empty() && !(c->mode == Conn::Mode::kRaw && c->shut[1 - side])) {
+        const ssize_t n = send(c->fd[side].get(), out->data(), out->size(),
+                               MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+          out->erase(0, static_cast<size_t>(n));
+          (side == 1 ? counters_.bytes_to_upstream : counters_.bytes_to_downstream) += n;
+          c->last_activity = absl::Now();
+          progress = true;
+        } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+          break;
+        } else {
+          ++counters_.resets;
+          Close(c, /*reset=*/true);
+          return false;
+        }
+      }
+    }
+    if (c->session) {
+      L7Session& s = *c->session;
+      if (s.abort) {
+        ++counters_.resets;
+        Close(c, /*reset=*/true);
+        return false;
+      }
+      if (s.shut_client && s.to_client.empty() && !c->shut[1]) {
+        shutdown(c->fd[0].get(), SHUT_WR);
+        c->shut[1] = true;
+        c->half_closed_at = std::min(c->half_closed_at, absl::Now());
+        progress = true;
+      }
+      if (s.shut_server && s.to_server.empty() && !c->shut[0]) {
+        shutdown(c->fd[1].get(), SHUT_WR);
+        c->shut[0] = true;
+        c->half_closed_at = std::min(c->half_closed_at, absl::Now());
+        progress = true;
+      }
+      if (s.tunnel && s.to_client.empty() && s.to_server.empty()) {
+        // 101 or CONNECT: the bytes the session did not take are the tunnel's first.
+        ++counters_.tunnels;
+        c->session.reset();
+        c->mode = Conn::Mode::kRaw;
+        progress = true;
+      }
+    }
+    if (c->mode == Conn::Mode::kRaw) {
+      if (!c->unsent[0].empty() || !c->unsent[1].empty()) {
+        if (!progress) break;
+        continue;
+      }
+      // All passed on: the kernel moves the rest (an end already read is passed on by Pump).
+      c->mode = Conn::Mode::kSplice;
+      Interest(c);
+      return true;
+    }
+    // In: each side read while what waits from it is small and its session's output towards the
+    // other side is within budget (backpressure: a slow reader holds its writer back).
+    for (int d = 0; d < 2; ++d) {
+      if (c->eof[d] || c->unsent[d].size() >= options_.max_unsent) continue;
+      if (c->session) {
+        const std::string& towards = d == 0 ? c->session->to_server : c->session->to_client;
+        if (towards.size() >= options_.http1.output_budget) continue;
+      }
+      const ssize_t n = recv(c->fd[d].get(), buf, sizeof(buf), MSG_DONTWAIT);
+      if (n > 0) {
+        c->unsent[d].append(buf, static_cast<size_t>(n));
+        c->last_activity = absl::Now();
+        progress = true;
+      } else if (n == 0) {
+        c->eof[d] = true;
+        c->half_closed_at = std::min(c->half_closed_at, absl::Now());
+        progress = true;
+      } else if (errno != EAGAIN && errno != EINTR) {
+        ++counters_.resets;
+        Close(c, /*reset=*/true);
+        return false;
+      }
+    }
+    if (c->mode == Conn::Mode::kSniff) {
+      // The server speaking (or closing) first is a server-first protocol: opaque at once, never
+      // stalled. Otherwise the client's first bytes decide.
+      Sniffed what = Sniffed::kNeedMore;
+      if (!c->unsent[1].empty() || c->eof[1]) {
+        what = Sniffed::kOther;
+      } else if (!c->unsent[0].empty()) {
+        what = SniffProtocol(c->unsent[0]);
+        if (what == Sniffed::kNeedMore && c->eof[0]) what = Sniffed::kOther;
+      } else if (c->eof[0]) {
+        what = Sniffed::kOther;
+      }
+      if (what == Sniffed::kHttp1) {
+        StartSession(c);
+        progress = true;
+      } else if (what == Sniffed::kHttp2 || what == Sniffed::kOther) {
+        // HTTP/2 is opaque until the proxy reads it (issue 9): its L7 rules fail closed.
+        if (!c->opaque_allow) {
+          ++counters_.opaque_refused;
+          ++counters_.refused;
+          if (c->opaque_refused) c->opaque_refused();
+          Close(c, /*reset=*/true);
+          return false;
+        }
+        ++counters_.opaque_l7;
+        c->mode = Conn::Mode::kRaw;
+        continue;
+      }
+    }
+    if (c->session) {
+      L7Session& s = *c->session;
+      for (int d = 0; d < 2; ++d) {
+        if (!c->unsent[d].empty()) {
+          const size_t n = d == 0 ? s.FromClient(c->unsent[d]) : s.FromServer(c->unsent[d]);
+          if (n > 0) {
+            c->unsent[d].erase(0, n);
+            progress = true;
+          }
+        }
+        if (c->eof[d] && c->unsent[d].empty() && !c->told_closed[d] && !s.tunnel) {
+          c->told_closed[d] = true;
+          d == 0 ? s.ClientClosed() : s.ServerClosed();
+          progress = true;
+        }
+      }
+    }
+    if (!progress) break;
+  }
+  // Still moving after its share of the loop: taken up again after this batch of events (it may
+  // wait on nothing epoll reports, e.g. bytes already read for a session that can take them).
+  if (progress) again_.push_back(c);
+  // Done both ways: each side ended its stream and was sent the end of the other's.
+  if (c->shut[0] && c->shut[1] && c->eof[0] && c->eof[1] &&
+      (!c->session || (c->session->to_client.empty() && c->session->to_server.empty()))) {
+    Close(c, /*reset=*/false);
+    return false;
+  }
+  return true;
+}
+
+void TcpRelay::InterestUser(Conn* c) {
+  for (int side = 0; side < 2; ++side) {
+    uint32_t want = 0;
+    if (c->connecting) {
+      if (side == 1) want = EPOLLOUT;
+    } else {
+      bool read = !c->eof[side] && c->unsent[side].size() < options_.max_unsent;
+      if (c->session) {
+        const std::string& towards = side == 0 ? c->session->to_server : c->session->to_client;
+        read = read && towards.size() < options_.http1.output_budget;
+        const std::string& out = side == 0 ? c->session->to_client : c->session->to_server;
+        if (!out.empty()) want |= EPOLLOUT;
+      } else if (c->mode == Conn::Mode::kRaw) {
+        read = false;
+        if (!c->unsent[1 - side].empty()) want |= EPOLLOUT;
+      }
+      if (read) want |= EPOLLIN;
+    }
+    const bool keep = want != 0 || !c->hup[side];
+    if (!keep) {
+      if (c->in_epoll[side]) {
+        epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c->fd[side].get(), nullptr);
+        c->in_epoll[side] = false;
+      }
+      continue;
+    }
+    if (c->in_epoll[side] && want == c->events[side]) continue;
+    epoll_event ev{};
+    ev.events = want;
+    ev.data.ptr = &c->ends[side];
+    epoll_ctl(epoll_.get(), c->in_epoll[side] ? EPOLL_CTL_MOD : EPOLL_CTL_ADD,
+              c->fd[side].get(), &ev);
+    c->in_epoll[side] = true;
+    c->events[side] = want;
+  }
+}
+
 void TcpRelay::Sweep(absl::Time now) {
   std::vector<std::pair<Conn*, int>> expired;  // 0 connect, 1 half-close, 2 idle
   for (auto& [p, c] : conns_) {
     if (c->connecting) {
       if (now > c->connect_deadline) expired.push_back({p, 0});
-    } else if ((c->eof[0] || c->eof[1]) &&
+    } else if ((c->eof[0] || c->eof[1] || c->shut[0] || c->shut[1]) &&
                now - std::max(c->half_closed_at, c->last_activity) > options_.half_close_timeout) {
       // Bounded: no pile-up of half-closed pairs; a half-closed stream still moving is not cut.
       expired.push_back({p, 1});

@@ -1,7 +1,10 @@
-// The agent's opaque TCP relay (issue 9, docs/capture.md): connections handed over by TPROXY to
+// The agent's transparent relay (issue 9, docs/capture.md): connections handed over by TPROXY to
 // a transparent listener in a pod's namespace are decided (allowed: an upstream to the pod as the
 // client's address; refused: reset), then their bytes moved in the kernel with splice(2) through
-// a pipe per direction, never copied to user space.
+// a pipe per direction, never copied to user space. A connection to a port that needs L7 (an
+// access policy with L7 rules there) is sniffed first (sniff.h): HTTP/1.1 goes through an
+// L7Session (http1_session.h) that decides each request; anything else, or a server that speaks
+// first, is opaque (where the policy allows opaque bytes there; else it is reset).
 //
 // One epoll loop on a thread of its own. Backpressure: a side is read only while its pipe towards
 // the other is empty, so a slow reader holds back its writer (at most a pipe, 1 MiB, is in
@@ -30,6 +33,8 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "agent/proxy/http1_session.h"
+#include "agent/proxy/l7_session.h"
 #include "common/unique_fd.h"
 
 namespace shunt::agent {
@@ -43,6 +48,10 @@ struct RelayOptions {
   // Per listener group (a pod): one pod flooded with connections does not take the others'
   // share. Beyond it the pod's new connections are reset, counted (over_pod_budget).
   size_t max_connections_per_group = 16384;
+  Http1Options http1;
+  // Bytes read from a side and not yet taken by its session (waiting for the other side): at
+  // most this many before that side is not read.
+  size_t max_unsent = 256 << 10;
 };
 
 // What to do with an accepted connection (`peer`: the client, `local`: where it connected).
@@ -53,6 +62,14 @@ struct RelayDecision {
   sockaddr_storage as{};  // the upstream's source address (the client's; any port)
   sockaddr_storage to{};  // its destination
   uint32_t mark = 0;      // SO_MARK of the upstream
+  // The port needs L7: the connection is sniffed; HTTP/1.1 is read request by request
+  // (`authorize` decides each, `exchanges` hears of each), anything else is opaque bytes, which
+  // `opaque_allow` says the policy admits (else reset, `opaque_refused` told).
+  bool l7 = false;
+  bool opaque_allow = true;
+  L7Authorize authorize;
+  ExchangeSink exchanges;
+  std::function<void()> opaque_refused;
 };
 // When a decision is asked: for a connection just accepted, or for an open one again after a
 // policy change (Recheck: refused, it is closed with a reset).
@@ -74,6 +91,15 @@ struct RelayStats {
   uint64_t active = 0;
   uint64_t bytes_to_upstream = 0;
   uint64_t bytes_to_downstream = 0;
+  // L7 ports.
+  uint64_t http1_connections = 0;   // sniffed as HTTP/1 and read as such
+  uint64_t opaque_l7 = 0;           // sniffed as something else: opaque, where allowed
+  uint64_t opaque_refused = 0;      // ... reset: the policy does not admit it as opaque bytes
+  uint64_t tunnels = 0;             // HTTP that became opaque (101, CONNECT)
+  uint64_t http_requests = 0;       // exchanges finished, all outcomes
+  uint64_t http_denied = 0;         // answered 403 by policy
+  uint64_t http_refused = 0;        // requests the framer refused (400, 414, 431, 501, 505)
+  uint64_t http_bad_responses = 0;  // responses it refused (502)
 };
 
 // The process must ignore SIGPIPE (a splice to a socket its peer reset raises it otherwise):
@@ -95,6 +121,9 @@ class TcpRelay {
   // the ones now refused are closed with a reset both ways, counted (policy_closed). Calls made
   // before it ran are one.
   void Recheck();
+  // The agent is going away: HTTP connections end after their current response (idle ones now);
+  // opaque ones are left to end by themselves. Soon, on the relay's thread.
+  void Drain();
   RelayStats stats() const;
   void Stop();
 
@@ -108,6 +137,11 @@ class TcpRelay {
   void OnEvent(Conn* c, int side, uint32_t events);
   // Moves what can be moved from side `d` to the other; false: the connection was reset.
   bool Pump(Conn* c, int d);
+  // Connections read in user space (sniffing, an L7 session, the bytes left when it ends):
+  // false: the connection was closed.
+  bool PumpUser(Conn* c);
+  void InterestUser(Conn* c);
+  void StartSession(Conn* c);
   // At an urgent mark of side d: its byte read and sent on (true), else false.
   bool StepOverUrgent(Conn* c, int d);
   void Interest(Conn* c);
@@ -120,6 +154,8 @@ class TcpRelay {
   std::thread thread_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> recheck_{false};
+  std::atomic<bool> drain_{false};
+  bool draining_ = false;  // the loop's
 
   mutable absl::Mutex mu_;
   // Listeners: fd -> decision; added and removed from other threads, used on the loop's.
@@ -137,13 +173,16 @@ class TcpRelay {
         upstream_failed{0},
         connect_timeouts{0}, half_close_timeouts{0}, idle_timeouts{0}, resets{0},
         policy_closed{0}, active{0},
-        bytes_to_upstream{0}, bytes_to_downstream{0};
+        bytes_to_upstream{0}, bytes_to_downstream{0}, http1_connections{0}, opaque_l7{0},
+        opaque_refused{0}, tunnels{0}, http_requests{0}, http_denied{0}, http_refused{0},
+        http_bad_responses{0};
   };
   Counters counters_;
 
   // The loop's own (no lock).
   std::map<Conn*, std::unique_ptr<Conn>> conns_;
   std::vector<std::unique_ptr<Conn>> closed_;  // closed in this batch of events, freed after it
+  std::vector<Conn*> again_;  // read in user space, not done at the end of their turn
   std::set<std::string> tuples_;  // 4-tuples of the live connections' both sides (TupleKey)
   std::mt19937 rng_{std::random_device{}()};
   std::vector<std::pair<int, absl::Time>> paused_listeners_;  // out of descriptors: until then

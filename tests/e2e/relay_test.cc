@@ -13,6 +13,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -21,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "agent/capture/netns.h"
 #include "tests/test_util.h"
 
@@ -132,6 +134,20 @@ class RelayTest : public ::testing::Test {
                                     d.netns_fd = netns_.get();
                                     d.as = Loopback(0);
                                     d.to = Loopback(upstream_port_.load());
+                                    if (l7_) {  // as an L7 rule "DENY /admin*" makes it
+                                      d.l7 = true;
+                                      d.opaque_allow = opaque_allow_.load();
+                                      d.authorize = [](const L7Request& r) {
+                                        L7Verdict v;
+                                        v.allow = r.path.rfind("/admin", 0) != 0;
+                                        v.policy = "test/no-admin";
+                                        return v;
+                                      };
+                                      d.exchanges = [this](const ExchangeRecord& r) {
+                                        absl::MutexLock l(&mu_);
+                                        records_.push_back(r);
+                                      };
+                                    }
                                     return d;
                                   })
                     .ok());
@@ -152,6 +168,10 @@ class RelayTest : public ::testing::Test {
   std::atomic<uint16_t> upstream_port_{0};
   std::atomic<bool> allow_{true};
   std::atomic<bool> allow_open_{true};  // the decision for open connections on a Recheck
+  std::atomic<bool> l7_{false};           // the port needs L7 (set before connecting)
+  std::atomic<bool> opaque_allow_{true};  // ... and admits opaque bytes
+  absl::Mutex mu_;
+  std::vector<ExchangeRecord> records_ ABSL_GUARDED_BY(mu_);
 };
 
 TEST_F(RelayTest, ClientHalfCloseThenServerAnswersAndCloses) {
@@ -365,6 +385,216 @@ TEST_F(RelayTest, AThousandConcurrentConnectionsEachGetTheirOwnBytesBack) {
   EXPECT_EQ(ok, 1000);
   EXPECT_EQ(relay_->stats().accepted, 1000u);
   EXPECT_TRUE(shunt::test::Eventually([&] { return relay_->stats().active == 0; }, 10s));
+}
+
+
+// --- An L7 port: sniffed, HTTP/1.1 read request by request (http1_session.h) -------------------
+
+namespace l7 {
+
+// A child process killed (and reaped) when it goes out of scope.
+struct Child {
+  pid_t pid = -1;
+  ~Child() {
+    if (pid > 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+};
+
+// An HTTP/1.1 keep-alive server (Python's http.server) on loopback: GET /<anything> answers
+// "hello <path>"; POST answers the body's length.
+uint16_t StartPythonServer(Child& child) {
+  UniqueFd probe = Listen(false);
+  const uint16_t port = PortOf(probe.get());
+  probe.Reset();
+  const std::string script = R"PY(
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def reply(self, body):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Client", self.client_address[0])
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self): self.reply(("hello " + self.path).encode())
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        data = self.rfile.read(n)
+        self.reply(str(len(data)).encode())
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+)PY";
+  child.pid = fork();
+  if (child.pid == 0) {
+    execlp("python3", "python3", "-c", script.c_str(), std::to_string(port).c_str(), nullptr);
+    _exit(127);
+  }
+  shunt::test::Eventually(
+      [&] {
+        UniqueFd fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        sockaddr_storage a = Loopback(port);
+        return connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(sockaddr_in)) == 0;
+      },
+      10s);
+  return port;
+}
+
+// Runs a shell command; its standard output.
+std::string Output(const std::string& command) {
+  std::string out;
+  FILE* f = popen(command.c_str(), "r");
+  if (!f) return out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
+  pclose(f);
+  return out;
+}
+
+}  // namespace l7
+
+TEST_F(RelayTest, CurlThroughAnLSevenPortGetsItsAnswersAndA403ForADeniedPathOnOneConnection) {
+  l7_ = true;
+  l7::Child server;
+  upstream_port_ = l7::StartPythonServer(server);
+  const std::string base = "http://127.0.0.1:" + std::to_string(front_port_);
+  // One curl, three URLs: one connection (curl reuses it), the denied one in the middle.
+  const std::string out = l7::Output(
+      "timeout 20 curl -s -w '|%{http_code}|%{num_connects}\n' " + base + "/one " + base +
+      "/admin/secret " + base + "/two");
+  EXPECT_EQ(out,
+            "hello /one|200|1\n"
+            "access denied\n|403|0\n"
+            "hello /two|200|0\n");
+  // A body (the re-chunking of chunked ones: http1_session_test; Python's server reads none).
+  const std::string posted = l7::Output(
+      "head -c 300000 /dev/zero | timeout 20 curl -s --data-binary @- " + base + "/upload");
+  EXPECT_EQ(posted, "300000");
+  EXPECT_TRUE(shunt::test::Eventually([&] { return relay_->stats().active == 0; }, 5s));
+  const RelayStats st = relay_->stats();
+  EXPECT_EQ(st.http1_connections, 2u);
+  EXPECT_EQ(st.http_requests, 4u);
+  EXPECT_EQ(st.http_denied, 1u);
+  absl::MutexLock l(&mu_);
+  ASSERT_EQ(records_.size(), 4u);
+  EXPECT_EQ(records_[1].request.path, "/admin/secret");
+  EXPECT_TRUE(records_[1].denied);
+  EXPECT_EQ(records_[1].policy, "test/no-admin");
+  EXPECT_EQ(records_[3].status, 200);
+  EXPECT_EQ(records_[3].request_bytes, 300000u);
+}
+
+TEST_F(RelayTest, ASmugglingAttemptIsAnswered400AndNothingOfItReachesTheServer) {
+  l7_ = true;
+  UniqueFd c = Connect(front_port_);
+  UniqueFd s = AcceptBackend();
+  WriteAll(c.get(),
+           "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n"
+           "0\r\n\r\nGET /admin HTTP/1.1\r\nHost: a\r\n\r\n");
+  int err = -1;
+  const std::string answer = ReadAll(c.get(), &err);
+  EXPECT_TRUE(absl::StartsWith(answer, "HTTP/1.1 400 Bad Request\r\n")) << answer;
+  EXPECT_EQ(err, 0) << "then an orderly close";
+  EXPECT_EQ(ReadAll(s.get()), "") << "the server saw nothing, then the end of the stream";
+  EXPECT_EQ(relay_->stats().http_refused, 1u);
+}
+
+TEST_F(RelayTest, AServerThatSpeaksFirstOnAnLSevenPortIsOpaqueAtOnce) {
+  l7_ = true;
+  UniqueFd c = Connect(front_port_);
+  UniqueFd s = AcceptBackend();
+  WriteAll(s.get(), "220 smtp ready\r\n");
+  char buf[64] = {};
+  ASSERT_GT(recv(c.get(), buf, sizeof(buf), 0), 0) << "not stalled by the sniffing";
+  EXPECT_STREQ(buf, "220 smtp ready\r\n");
+  WriteAll(c.get(), "EHLO x\r\n");
+  ASSERT_EQ(recv(s.get(), buf, 8, MSG_WAITALL), 8);
+  shutdown(c.get(), SHUT_WR);
+  EXPECT_EQ(ReadAll(s.get()), "");
+  s.Reset();
+  EXPECT_EQ(ErrorAtEnd(c.get()), 0);
+  EXPECT_EQ(relay_->stats().opaque_l7, 1u);
+}
+
+TEST_F(RelayTest, OpaqueBytesWhereTheL7PolicyAdmitsNoneAreReset) {
+  l7_ = true;
+  opaque_allow_ = false;
+  UniqueFd c = Connect(front_port_);
+  UniqueFd s = AcceptBackend();  // the upstream is made while the first bytes are awaited
+  WriteAll(c.get(), std::string("\x16\x03\x01\x00\x05hello", 10));  // a TLS record, say
+  EXPECT_EQ(ErrorAtEnd(c.get()), ECONNRESET);
+  EXPECT_EQ(ErrorAtEnd(s.get()), ECONNRESET) << "none of it reached the server";
+  EXPECT_EQ(relay_->stats().opaque_refused, 1u);
+  // HTTP on the same port is served.
+  UniqueFd c2 = Connect(front_port_);
+  UniqueFd s2 = AcceptBackend();
+  WriteAll(c2.get(), "GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+  char buf[64] = {};
+  ASSERT_EQ(recv(s2.get(), buf, 28, MSG_WAITALL), 28);
+  EXPECT_EQ(std::string(buf), "GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+}
+
+TEST_F(RelayTest, AnUpgradeBecomesATunnelThatCarriesAMebibyteBothWays) {
+  l7_ = true;
+  UniqueFd c = Connect(front_port_);
+  UniqueFd s = AcceptBackend();
+  const std::string request =
+      "GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+  WriteAll(c.get(), request + "early");  // bytes right behind the request: the tunnel's first
+  std::string got(request.size(), '\0');
+  ASSERT_EQ(recv(s.get(), got.data(), got.size(), MSG_WAITALL), static_cast<ssize_t>(got.size()));
+  EXPECT_EQ(got, request);
+  const std::string switched =
+      "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+  WriteAll(s.get(), switched + "server-first");
+  got.assign(switched.size() + 12, '\0');
+  ASSERT_EQ(recv(c.get(), got.data(), got.size(), MSG_WAITALL), static_cast<ssize_t>(got.size()));
+  EXPECT_EQ(got, switched + "server-first");
+  got.assign(5, '\0');
+  ASSERT_EQ(recv(s.get(), got.data(), 5, MSG_WAITALL), 5);
+  EXPECT_EQ(got, "early");
+  std::string mib(1 << 20, '\0');
+  for (size_t i = 0; i < mib.size(); ++i) mib[i] = static_cast<char>(i * 7);
+  std::thread writer([&] {
+    WriteAll(c.get(), mib);
+    shutdown(c.get(), SHUT_WR);
+  });
+  EXPECT_EQ(ReadAll(s.get()), mib);
+  writer.join();
+  WriteAll(s.get(), mib);
+  s.Reset();
+  EXPECT_EQ(ReadAll(c.get()), mib);
+  EXPECT_EQ(relay_->stats().tunnels, 1u);
+}
+
+TEST_F(RelayTest, DrainEndsKeepAliveConnectionsAfterTheirResponseAndIdleOnesAtOnce) {
+  l7_ = true;
+  UniqueFd busy = Connect(front_port_);
+  UniqueFd busy_s = AcceptBackend();
+  UniqueFd idle = Connect(front_port_);
+  UniqueFd idle_s = AcceptBackend();
+  const std::string get = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+  for (int fd : {busy.get(), idle.get()}) WriteAll(fd, get);
+  for (int fd : {busy_s.get(), idle_s.get()}) {
+    std::string got(get.size(), '\0');
+    ASSERT_EQ(recv(fd, got.data(), got.size(), MSG_WAITALL), static_cast<ssize_t>(got.size()));
+  }
+  const std::string ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+  WriteAll(idle_s.get(), ok);
+  std::string got(ok.size(), '\0');
+  ASSERT_EQ(recv(idle.get(), got.data(), got.size(), MSG_WAITALL), static_cast<ssize_t>(ok.size()));
+  relay_->Drain();
+  int err = -1;
+  EXPECT_EQ(ReadAll(idle.get(), &err), "") << "idle: closed at once";
+  EXPECT_EQ(err, 0);
+  WriteAll(busy_s.get(), ok);  // the answer to the request in flight
+  EXPECT_EQ(ReadAll(busy.get(), &err),
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+  EXPECT_EQ(err, 0);
+  EXPECT_EQ(ReadAll(busy_s.get()), "") << "the server sees the end too";
 }
 
 }  // namespace
