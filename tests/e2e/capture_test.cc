@@ -18,6 +18,7 @@
 #include <string>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "agent/capture/netns.h"
@@ -628,6 +629,62 @@ TEST_F(CaptureTest, ADeniedClientOfAnotherNodeIsResetWhereItArrivesAndCounted) {
   std::string out;
   RunClient(Server().ipv4, &out).join();
   EXPECT_EQ(out, "peer " + Client().ipv4 + "\nhello");
+}
+
+// L7 rules where the connection arrives: a DENY of "/admin*" for the client's namespace lets
+// curl's other requests through, on the same connection, and answers that one 403, counted; the
+// server sees the client's own address. On opaque bytes the same policy fails closed.
+TEST_F(CaptureTest, AnLSevenDenyAnswers403ToItsPathsAndLetsTheRestThroughOnOneConnection) {
+  StartCapturingAgent();
+  if (HasFatalFailure()) return;
+  static constexpr char kHttpServer[] = R"PY(
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        body = ("%s from %s" % (self.path, self.client_address[0])).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+http.server.ThreadingHTTPServer(("", 8081), H).serve_forever()
+)PY";
+  auto http = bed_->Spawn(Server(), {"/usr/bin/python3", "-c", kHttpServer});
+  ASSERT_TRUE(http.ok()) << http.status();
+  servers_.push_back(std::move(*http));
+  nlohmann::json policy = Deny("no-admin", {{{"namespaces", {"default"}}}});
+  policy[0]["l7"] = {{{"paths", {"/admin*"}}}};
+  WritePolicies(policy, 2);
+  if (HasFatalFailure()) return;
+  const std::string base = "http://" + Server().ipv4 + ":8081";
+  std::string out;
+  ASSERT_TRUE(shunt::test::Eventually(
+      [&] {
+        auto r = bed_->Run(Client(), {"/usr/bin/curl", "-s", "-w", "|%{http_code}|%{num_connects}\n",
+                                      base + "/hello", base + "/admin/users", base + "/bye"},
+                           20s);
+        out = r.ok() ? r->out : r.status().ToString();
+        return absl::StartsWith(out, "/hello");  // the server up
+      },
+      10s, 100ms))
+      << out;
+  EXPECT_EQ(out, "/hello from " + Client().ipv4 + "|200|1\n" + "access denied\n|403|0\n" +
+                     "/bye from " + Client().ipv4 + "|200|0\n");
+  EXPECT_EQ(Metric("shunt_policy_denied_requests_total",
+                   {{"source_workload", Client().name},
+                    {"source_workload_namespace", "default"},
+                    {"destination_pod", Server().name},
+                    {"policy", "default/no-admin"}}),
+            1);
+  EXPECT_GE(Metric("shunt_relay_l7_total", {{"result", "http1_connection"}}), 1);
+  // The Python peer's opaque protocol on 8080: the rule cannot be checked there, so the DENY
+  // refuses the whole connection.
+  auto r = bed_->Run(Client(), {"/usr/bin/python3", "-c", kPyPeer, "client", Server().ipv4, "8080", "-"},
+                     30s);
+  ASSERT_TRUE(r.ok());
+  EXPECT_NE(r->exit_code, 0) << r->out;
+  EXPECT_GE(Metric("shunt_relay_l7_total", {{"result", "opaque_refused"}}), 1);
 }
 
 }  // namespace
