@@ -443,6 +443,7 @@ int RunAgent(const AgentConfig& config) {
   lb_options.limits.pending_sources = fc.pods_size;
   lb_options.limits.policy_dests = config.policy_dests_size;
   lb_options.limits.max_slots_per_service = config.lb_max_slots;
+  lb_options.limits.l7_proxy = config.capture;
   lb_options.directory = [&reconciler] { return reconciler.directory(); };
   ServicePolicyReconciler service_policy(lb_options, store, lb_writer);
   late_enforcement.Set([&](absl::Duration wait) {

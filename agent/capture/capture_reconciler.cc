@@ -149,7 +149,7 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
   if (pod.netns) Release(uid, pod);  // a new sandbox
   auto shared = std::make_shared<UniqueFd>(std::move(*ns));
   const uint64_t group = next_group_++;
-  if (absl::Status s = InstallCapture(shared->get(), options_.capture); !s.ok()) {
+  if (absl::Status s = InstallCapture(shared->get(), ForPod(pod)); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("pod ", uid, ": ", s.message()));
   }
   std::vector<int> listeners, families;
@@ -263,6 +263,7 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
   pod.netns = std::move(shared);
   pod.netns_ino = st.st_ino;
   pod.mesh_sources = options_.capture.mesh_sources;
+  pod.l7_ports = pod.want_l7_ports;
   pod.listeners = std::move(listeners);
   pod.families = std::move(families);
   pod.group = group;
@@ -271,13 +272,23 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
   return absl::OkStatus();
 }
 
+CaptureOptions CaptureReconciler::ForPod(const Pod& pod) const {
+  CaptureOptions o = options_.capture;
+  o.l7_ports = pod.want_l7_ports;
+  return o;
+}
+
 absl::Status CaptureReconciler::Refresh(const std::string& uid, Pod& pod) {
-  if (!pod.netns || pod.mesh_sources == options_.capture.mesh_sources) return absl::OkStatus();
+  if (!pod.netns || (pod.mesh_sources == options_.capture.mesh_sources &&
+                     pod.l7_ports == pod.want_l7_ports)) {
+    return absl::OkStatus();
+  }
   // The table replaced in one transaction: no moment without capture.
-  if (absl::Status s = InstallCapture(pod.netns->get(), options_.capture); !s.ok()) {
+  if (absl::Status s = InstallCapture(pod.netns->get(), ForPod(pod)); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("pod ", uid, ": ", s.message()));
   }
   pod.mesh_sources = options_.capture.mesh_sources;
+  pod.l7_ports = pod.want_l7_ports;
   return absl::OkStatus();
 }
 
@@ -315,6 +326,7 @@ absl::Status CaptureReconciler::ReconcileOnce() {
   auto cgroups = FindPodCgroups(options_.cgroup_root);
   if (!cgroups.ok()) return cgroups.status();
   std::map<std::string, std::vector<std::string>> want;  // uid -> its IPs
+  std::map<std::string, std::vector<std::string>> want_l7;  // uid -> its ports that need L7
   // The node's meshed pods (also those without a cgroup yet: enforced from their first
   // connect(), issue 8) are the fast path's sources: their connections are not relayed.
   std::set<std::string> mesh;
@@ -329,6 +341,7 @@ absl::Status CaptureReconciler::ReconcileOnce() {
     }
     if (cgroups->count(w.uid()) && w.ips_size() > 0) {
       want[w.uid()] = std::vector<std::string>(w.ips().begin(), w.ips().end());
+      want_l7[w.uid()] = L7PortsOf(snapshot->bundle, w);
     }
   }
   options_.capture.mesh_sources.assign(mesh.begin(), mesh.end());
@@ -343,6 +356,7 @@ absl::Status CaptureReconciler::ReconcileOnce() {
   }
   for (const auto& [uid, ips] : want) {
     Pod& pod = pods_[uid];
+    pod.want_l7_ports = want_l7[uid];
     absl::Status s = Capture(uid, cgroups->at(uid), ips, pod);
     if (s.ok()) s = Refresh(uid, pod);
     if (!s.ok() && first.ok()) first = s;

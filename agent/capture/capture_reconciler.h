@@ -73,7 +73,10 @@ class CaptureReconciler {
     std::vector<int> families;  // of each listener
     uint64_t group = 0;  // of its listeners in the relay
     std::vector<std::string> mesh_sources;  // as its table has them
+    std::vector<std::string> l7_ports;      // as its table has them
+    std::vector<std::string> want_l7_ports;  // as the pass's policy has them
   };
+  CaptureOptions ForPod(const Pod& pod) const;
   absl::Status Capture(const std::string& uid, const std::string& cgroup,
                        const std::vector<std::string>& ips, Pod& pod);
   // A captured pod's table again, with the pass's meshed pods.

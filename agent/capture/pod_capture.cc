@@ -1,5 +1,7 @@
 #include "agent/capture/pod_capture.h"
 
+#include <algorithm>
+
 #include <arpa/inet.h>
 #include <linux/fib_rules.h>
 #include <linux/rtnetlink.h>
@@ -200,6 +202,16 @@ absl::StatusOr<std::string> CaptureRuleset(const CaptureOptions& o, bool capture
     }
     return out;
   };
+  for (const std::string& p : o.l7_ports) {
+    // Ours, but written into a script: only digits, one dash between them, or "*".
+    const bool ok = p == "*" || (!p.empty() && p.size() <= 11 && p.front() != '-' &&
+                                 p.back() != '-' &&
+                                 std::all_of(p.begin(), p.end(), [](char c) {
+                                   return (c >= '0' && c <= '9') || c == '-';
+                                 }) &&
+                                 std::count(p.begin(), p.end(), '-') <= 1);
+    if (!ok) return absl::InvalidArgumentError(absl::StrCat("not a port or range: \"", p, "\""));
+  }
   auto skip = split(o.skip_sources);
   if (!skip.ok()) return skip.status();
   auto mesh = split(o.mesh_sources);
@@ -236,9 +248,15 @@ absl::StatusOr<std::string> CaptureRuleset(const CaptureOptions& o, bool capture
                   "    iifname \"lo\" return\n", "    meta l4proto != tcp return\n");
   if (!skip4.empty()) absl::StrAppend(&s, "    ip saddr @skip4 return\n");
   if (!skip6.empty()) absl::StrAppend(&s, "    ip6 saddr @skip6 return\n");
-  // Meshed pods of this node: checked at connect(), spliced by the fast path.
-  if (!mesh->v4.empty()) absl::StrAppend(&s, "    ip saddr @mesh4 return\n");
-  if (!mesh->v6.empty()) absl::StrAppend(&s, "    ip6 saddr @mesh6 return\n");
+  // Meshed pods of this node: checked at connect(), spliced by the fast path; but for the ports
+  // that need L7, which only the proxy can decide.
+  const bool all_l7 = std::find(o.l7_ports.begin(), o.l7_ports.end(), "*") != o.l7_ports.end();
+  std::string not_l7;
+  if (!o.l7_ports.empty() && !all_l7) {
+    not_l7 = absl::StrCat("tcp dport != { ", absl::StrJoin(o.l7_ports, ", "), " } ");
+  }
+  if (!mesh->v4.empty() && !all_l7) absl::StrAppend(&s, "    ip saddr @mesh4 ", not_l7, "return\n");
+  if (!mesh->v6.empty() && !all_l7) absl::StrAppend(&s, "    ip6 saddr @mesh6 ", not_l7, "return\n");
   // The listener's own port is not handed to itself (the relay refuses connections to it).
   absl::StrAppend(&s, "    tcp dport ", o.port, " return\n");
   // New connections only: meshing a running pod resets nothing. Their destination is the

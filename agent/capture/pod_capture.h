@@ -43,6 +43,9 @@ struct CaptureOptions {
   // The meshed pods of this node, as addresses: their connections were checked at connect() and
   // are spliced by the fast path, not relayed.
   std::vector<std::string> mesh_sources;
+  // Ports of the pod that need L7 (access policies with L7 rules there): "8081", "9000-9010",
+  // or "*" for all. Captured from the mesh sources too: only the proxy can decide requests.
+  std::vector<std::string> l7_ports;
 };
 
 // The nftables script InstallCapture runs (one transaction: the table is replaced as a whole).

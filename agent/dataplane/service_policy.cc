@@ -6,6 +6,7 @@
 #include <cstring>
 #include <numeric>
 #include <optional>
+#include <set>
 #include <tuple>
 
 #include "absl/strings/match.h"
@@ -423,15 +424,28 @@ DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const 
                                 is_deny(p) ? "as a DENY of what its known fields select"
                                            : "its targets admit none of its sources"));
     }
-    if (p->l7_size() > 0) {
-      // Said, not silently widened or narrowed: per-request rules need the agent's HTTP proxy,
-      // which is not built yet (issue 9). Until then the policy acts on whole connections.
-      not_enforced(pname, is_deny(p) ? "L7 rules (methods, paths) need the agent's HTTP proxy, "
-                                       "not built yet: enforced as a DENY of whole connections "
-                                       "on its ports (stricter than written)"
-                                     : "L7 rules (methods, paths) need the agent's HTTP proxy, "
-                                       "not built yet: enforced on whole connections (its "
-                                       "sources may make any request)");
+    // L7 rules (methods, paths) are decided per request by the proxy where the connection
+    // arrives: at a meshed target captured with --capture (its L7 ports also from this node's
+    // meshed pods). Elsewhere the policy acts on whole connections, and says so.
+    const bool l7 = p->l7_size() > 0;
+    bool l7_unproxied_target = false;
+    if (l7) {
+      for (const auto& w : bundle.workloads()) {
+        if (w.namespace_() == p->namespace_() && LabelsMatch(p->target(), w) && !w.host_network() &&
+            (!limits.l7_proxy || !w.meshed())) {
+          l7_unproxied_target = true;
+        }
+      }
+    }
+    if (l7_unproxied_target) {
+      const std::string where = limits.l7_proxy ? "at targets outside the mesh"
+                                                : "without the agent's proxy (--capture)";
+      not_enforced(pname, is_deny(p) ? absl::StrCat("L7 rules (methods, paths) ", where,
+                                                    ": enforced as a DENY of whole connections "
+                                                    "on its ports (stricter than written)")
+                                     : absl::StrCat("L7 rules (methods, paths) ", where,
+                                                    ": enforced on whole connections (its "
+                                                    "sources may make any request)"));
     }
     shunt_ap_ports ports{};
     bool bad = false;
@@ -479,6 +493,9 @@ DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const 
       if (w.namespace_() != p->namespace_() || !LabelsMatch(p->target(), w)) continue;
       // Its IPs are its node's: targeting them would block or open every host service.
       if (w.host_network()) continue;
+      // The proxy at the target decides each request: a DENY of some requests refuses no
+      // connection at connect().
+      if (l7 && is_deny(p) && limits.l7_proxy && w.meshed()) continue;
       for (const auto& ip : w.ips()) {
         auto key = ParseIpKey(ip);
         if (key.ok()) targets.push_back(*key);
@@ -879,6 +896,22 @@ ArrivalDecision Decide(const PolicySnapshot& snapshot, const std::string& dest_u
 }
 
 }  // namespace
+
+std::vector<std::string> L7PortsOf(const shunt::v1::PolicyBundle& bundle, const Workload& w) {
+  std::set<std::string> ports;
+  for (const auto& p : bundle.access_policies()) {
+    if (p.l7_size() == 0 || p.namespace_() != w.namespace_() || !LabelsMatch(p.target(), w)) {
+      continue;
+    }
+    if (p.ports().empty()) return {"*"};
+    for (const auto& r : p.ports()) {
+      const uint32_t to = r.to() ? r.to() : r.from();
+      if (r.from() == 0 || r.from() > 65535 || to > 65535 || to < r.from()) continue;
+      ports.insert(to == r.from() ? absl::StrCat(r.from()) : absl::StrCat(r.from(), "-", to));
+    }
+  }
+  return {ports.begin(), ports.end()};
+}
 
 ArrivalDecision DecideArrival(const PolicySnapshot& snapshot, const std::string& dest_uid,
                               const IpKey& source, uint16_t port, ArrivalView view) {

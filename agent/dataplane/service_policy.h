@@ -42,6 +42,9 @@ struct ServicePolicyLimits {
   uint32_t pending_sources = 4096;  // the same by uid (the pods map's size)
   uint32_t policy_dests = 16384;   // pod IPs targeted by a policy
   uint32_t max_slots_per_service = 1024;
+  // The agents' proxy captures meshed pods (--capture): L7 rules at meshed targets are decided
+  // there per request, not at connect().
+  bool l7_proxy = false;
 };
 
 struct LbKey {
@@ -239,6 +242,10 @@ ArrivalDecision DecideRequest(const PolicySnapshot& snapshot, const std::string&
 // empty and "." segments dropped, ".." resolved (never above the root). A server may read a path
 // more literally than this, never less: what a rule names cannot be reached around it.
 std::string NormalizePathForPolicy(std::string_view path);
+// The ports of workload `w` that access policies with L7 rules cover, for the capture (nft
+// syntax: "8081", "9000-9010"; "*": every port), sorted, without repeats.
+std::vector<std::string> L7PortsOf(const shunt::v1::PolicyBundle& bundle,
+                                   const shunt::v1::Workload& w);
 
 // What the last pass produced, for metrics.
 struct ServicePolicyStatus {

@@ -182,8 +182,10 @@ class CaptureTest : public ::testing::Test {
   // The policy file: the server meshed, `policies` as its accessPolicies, `labels` given to the
   // named pods. Then waits until the agent runs a version at least `version`.
   void WritePolicies(nlohmann::json policies, uint64_t version,
-                     const std::map<std::string, nlohmann::json>& labels = {}) {
-    auto policy = bed_->WritePolicyFile("policy.json", {{Server().name, true}});
+                     const std::map<std::string, nlohmann::json>& labels = {},
+                     std::map<std::string, bool> meshed = {}) {
+    meshed[Server().name] = true;
+    auto policy = bed_->WritePolicyFile("policy.json", meshed);
     ASSERT_TRUE(policy.ok()) << policy.status();
     auto text = ReadFileToString(*policy);
     ASSERT_TRUE(text.ok());
@@ -635,7 +637,7 @@ TEST_F(CaptureTest, ADeniedClientOfAnotherNodeIsResetWhereItArrivesAndCounted) {
 // curl's other requests through, on the same connection, and answers that one 403, counted; the
 // server sees the client's own address. On opaque bytes the same policy fails closed.
 TEST_F(CaptureTest, AnLSevenDenyAnswers403ToItsPathsAndLetsTheRestThroughOnOneConnection) {
-  StartCapturingAgent();
+  StartCapturingAgent({"--resync-ms=100"}, {{Neighbour().name, true}});
   if (HasFatalFailure()) return;
   static constexpr char kHttpServer[] = R"PY(
 import http.server, sys
@@ -655,28 +657,42 @@ http.server.ThreadingHTTPServer(("", 8081), H).serve_forever()
   servers_.push_back(std::move(*http));
   nlohmann::json policy = Deny("no-admin", {{{"namespaces", {"default"}}}});
   policy[0]["l7"] = {{{"paths", {"/admin*"}}}};
-  WritePolicies(policy, 2);
+  policy[0]["ports"] = {{{"from", 8081}}};
+  WritePolicies(policy, 2, {}, {{Neighbour().name, true}});
   if (HasFatalFailure()) return;
   const std::string base = "http://" + Server().ipv4 + ":8081";
-  std::string out;
-  ASSERT_TRUE(shunt::test::Eventually(
-      [&] {
-        auto r = bed_->Run(Client(), {"/usr/bin/curl", "-s", "-w", "|%{http_code}|%{num_connects}\n",
-                                      base + "/hello", base + "/admin/users", base + "/bye"},
-                           20s);
-        out = r.ok() ? r->out : r.status().ToString();
-        return absl::StartsWith(out, "/hello");  // the server up
-      },
-      10s, 100ms))
-      << out;
-  EXPECT_EQ(out, "/hello from " + Client().ipv4 + "|200|1\n" + "access denied\n|403|0\n" +
-                     "/bye from " + Client().ipv4 + "|200|0\n");
-  EXPECT_EQ(Metric("shunt_policy_denied_requests_total",
-                   {{"source_workload", Client().name},
-                    {"source_workload_namespace", "default"},
-                    {"destination_pod", Server().name},
-                    {"policy", "default/no-admin"}}),
-            1);
+  // From another node, and from a meshed pod of the server's own node (whose connections to
+  // that port are captured too: the fast path cannot read requests).
+  for (const testbed::Pod* from : {&Client(), &Neighbour()}) {
+    std::string out;
+    ASSERT_TRUE(shunt::test::Eventually(
+        [&] {
+          auto r = bed_->Run(*from, {"/usr/bin/curl", "-s", "-w", "|%{http_code}|%{num_connects}\n",
+                                     base + "/hello", base + "/admin/users", base + "/bye"},
+                             20s);
+          out = r.ok() ? r->out : r.status().ToString();
+          return absl::StartsWith(out, "/hello") && absl::StrContains(out, "|403|");
+        },
+        10s, 100ms))
+        << out;
+    EXPECT_EQ(out, "/hello from " + from->ipv4 + "|200|1\n" + "access denied\n|403|0\n" +
+                       "/bye from " + from->ipv4 + "|200|0\n");
+    EXPECT_EQ(Metric("shunt_policy_denied_requests_total",
+                     {{"source_workload", from->name},
+                      {"source_workload_namespace", "default"},
+                      {"destination_pod", Server().name},
+                      {"policy", "default/no-admin"}}),
+              1);
+  }
+  // The neighbour's other connections are still the fast path's.
+  auto py = bed_->Run(Neighbour(), {"/usr/bin/python3", "-c", kPyPeer, "client", Server().ipv4,
+                                    "8080", "-"}, 30s);
+  ASSERT_TRUE(py.ok());
+  EXPECT_EQ(py->out, "peer " + Neighbour().ipv4 + "\nhello") << py->err;
+  const double relayed = Metric("shunt_relay_connections_total", {{"result", "accepted"}});
+  policy[0].erase("ports");  // every port: the opaque one below too
+  WritePolicies(policy, 3, {}, {{Neighbour().name, true}});
+  if (HasFatalFailure()) return;
   EXPECT_GE(Metric("shunt_relay_l7_total", {{"result", "http1_connection"}}), 1);
   // The Python peer's opaque protocol on 8080: the rule cannot be checked there, so the DENY
   // refuses the whole connection.
@@ -685,6 +701,7 @@ http.server.ThreadingHTTPServer(("", 8081), H).serve_forever()
   ASSERT_TRUE(r.ok());
   EXPECT_NE(r->exit_code, 0) << r->out;
   EXPECT_GE(Metric("shunt_relay_l7_total", {{"result", "opaque_refused"}}), 1);
+  EXPECT_EQ(relayed, 2) << "the two curls, not the neighbour's opaque connection";
 }
 
 }  // namespace

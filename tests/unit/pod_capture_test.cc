@@ -54,6 +54,27 @@ TEST(CaptureRuleset, TheNodesMeshedPodsAreLeftToTheFastPath) {
   EXPECT_EQ(s->find("mesh4"), std::string::npos) << "no empty set";
 }
 
+// Ports that need L7 are captured from the node's meshed pods too: only the proxy decides
+// requests.
+TEST(CaptureRuleset, PortsThatNeedLSevenAreCapturedFromMeshedPodsToo) {
+  CaptureOptions o;
+  o.mesh_sources = {"10.1.0.5", "fd5a:2::5"};
+  o.l7_ports = {"8081", "9000-9010"};
+  auto s = CaptureRuleset(o);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_NE(s->find("ip saddr @mesh4 tcp dport != { 8081, 9000-9010 } return"), std::string::npos)
+      << *s;
+  EXPECT_NE(s->find("ip6 saddr @mesh6 tcp dport != { 8081, 9000-9010 } return"), std::string::npos);
+  o.l7_ports = {"*"};
+  s = CaptureRuleset(o);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->find("@mesh4"), std::string::npos) << "every port: nothing left to the fast path";
+  for (const char* bad : {"80; drop", "-1", "1-", "", "1--2", "123456789012"}) {
+    o.l7_ports = {bad};
+    EXPECT_EQ(CaptureRuleset(o).status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+}
+
 TEST(CaptureRuleset, AnAddressListedTwiceIsOneElement) {
   CaptureOptions o;
   o.skip_sources = {"198.18.0.1", "198.18.0.1"};

@@ -280,6 +280,32 @@ TEST(ServicePolicy, LSevenRulesAreReportedAsNotEnforcedAsWritten) {
   EXPECT_EQ(d.policy_names.size(), 2u) << "both still enforced on whole connections";
 }
 
+// With the proxy (--capture) the L7 rules at meshed targets are its to decide per request: no
+// report, and a DENY of some requests refuses no connection at connect().
+TEST(ServicePolicy, WithTheProxyLSevenRulesAtMeshedTargetsAreLeftToIt) {
+  std::string allow = Policy("allow-get", "ALLOW", R"({"app": "api"})",
+                             R"([{"pods": {"matchLabels": {"app": "front"}}}])");
+  allow.insert(allow.size() - 1, R"(, "l7": [{"methods": ["GET"], "paths": ["/v1/*"]}])");
+  std::string deny = Policy("deny-post", "DENY", R"({"app": "api"})",
+                            R"([{"pods": {"matchLabels": {"app": "front"}}}])");
+  deny.insert(deny.size() - 1, R"(, "l7": [{"methods": ["POST"]}])");
+  ServicePolicyLimits limits;
+  limits.l7_proxy = true;
+  auto d = Compile(Bundle("", "", allow + "," + deny), limits);
+  EXPECT_TRUE(d.not_enforced.empty()) << d.not_enforced[0].reason;
+  ASSERT_EQ(d.policy_names.size(), 1u) << "the ALLOW admits its sources' connections";
+  EXPECT_EQ(d.policy_names.begin()->second, "default/allow-get");
+  for (const auto& [ip, dest] : d.policy_dests) EXPECT_EQ(dest.deny, 0u);
+  // At a target outside the mesh no proxy reads its requests: whole connections, said.
+  std::string unmeshed = Policy("deny-e", "DENY", R"({})", "[]");
+  unmeshed.insert(unmeshed.size() - 1, R"(, "l7": [{"paths": ["/x"]}])");
+  d = Compile(Bundle("", "", unmeshed), limits);
+  ASSERT_EQ(d.not_enforced.size(), 1u);
+  EXPECT_NE(d.not_enforced[0].reason.find("outside the mesh"), std::string::npos);
+  EXPECT_NE(d.policy_dests.at(Ip("10.0.0.5")).deny, 0u) << "e: denied whole";
+  EXPECT_EQ(d.policy_dests.count(Ip("10.0.0.2")), 0u) << "b: its proxy decides";
+}
+
 TEST(ServicePolicy, MoreThanSixtyThreePoliciesWithSourcesHereIsAnErrorAndCounted) {
   std::string ps;
   for (int i = 0; i < 66; ++i) {
