@@ -153,7 +153,7 @@ int RunDemo() {
     agents.push_back(std::make_unique<AgentProcess>(
         bed, node, "",
         std::vector<std::string>{absl::StrCat("--controller=", bed.node(0).ipv4, ":15010"),
-                                 "--controller-plaintext"}));
+                                 "--controller-plaintext", "--capture"}));
     if (absl::Status s = agents.back()->Start(); !s.ok()) {
       std::fprintf(stderr, "agent on %s failed: %s\n", node.name.c_str(),
                    std::string(s.message()).c_str());
@@ -182,11 +182,82 @@ int RunDemo() {
                         front.name, after->tx_bytes - before->tx_bytes));
   }
 
-  Say("\n-- 2. other node (" + api2.name + "): the normal path (TPROXY comes next) --");
+  Say("\n-- 2. other node (" + api2.name + "): TPROXY in its namespace, relayed by " +
+      bed.node(1).name + "'s agent as the client --");
   auto srv2 = demo.Server(api2, {"--port=9090", "--mode=verify"});
-  Say("result: " + demo.Client(front, {"verify", "--to=" + api2.ipv4 + ":9090",
-                                       "--bytes=16M", "--seed=2"})
-                       .dump());
+  Say("16 MiB checksummed: " + demo.Client(front, {"verify", "--to=" + api2.ipv4 + ":9090",
+                                                  "--bytes=16M", "--seed=2"})
+                                   .dump());
+  // An ordinary HTTP server (Python's) that answers with the address it sees.
+  auto http = bed.Spawn(api2, {"/usr/bin/python3", "-c", R"PY(
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        body = ("%s: hello, %s" % (self.path, self.client_address[0])).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+http.server.ThreadingHTTPServer(("", 8081), H).serve_forever()
+)PY"});
+  const std::string base = "http://" + api2.ipv4 + ":8081";
+  auto curl = [&](const Pod& from, const std::string& path) {
+    auto r = bed.Run(from, {"/usr/bin/curl", "-sS", "-w", "[%{http_code}]", base + path}, 20s);
+    if (!r.ok()) return std::string(r.status().message());
+    return r->exit_code == 0 ? r->out : absl::StrCat("curl failed (", r->exit_code, "): ", r->err);
+  };
+  std::string hello;
+  for (int i = 0; i < 50 && hello.find("[200]") == std::string::npos; ++i) {
+    hello = curl(front, "/hello");
+    if (hello.find("[200]") == std::string::npos) std::this_thread::sleep_for(100ms);
+  }
+  Say("curl from " + front.name + " (" + front.ipv4 + "): " + hello +
+      "  <- the server saw the client's own address");
+  Say("  an AccessPolicy: front may not call /admin* on api's port 8081 (L7, decided per request "
+      "by the proxy); pods labelled app=other may not reach api at all");
+  demo.Apply("deny-cross.json",
+             {{"apiVersion", "v1"}, {"kind", "List"},
+              {"items",
+               {{{"apiVersion", "policy.shunt.dev/v1alpha1"}, {"kind", "AccessPolicy"},
+                 {"metadata", {{"namespace", "default"}, {"name", "no-admin"}}},
+                 {"spec", {{"action", "DENY"}, {"target", {{"matchLabels", {{"app", "api"}}}}},
+                           {"from", {{{"pods", {{"matchLabels", {{"app", "front"}}}}}}}},
+                           {"ports", {{{"from", 8081}}}},
+                           {"l7", {{{"paths", {"/admin*"}}}}}}}},
+                {{"apiVersion", "policy.shunt.dev/v1alpha1"}, {"kind", "AccessPolicy"},
+                 {"metadata", {{"namespace", "default"}, {"name", "no-others"}}},
+                 {"spec", {{"action", "DENY"}, {"target", {{"matchLabels", {{"app", "api"}}}}},
+                           {"from", {{{"pods", {{"matchLabels", {{"app", "other"}}}}}}}}}}}}}});
+  std::string admin;
+  for (int i = 0; i < 50 && admin.find("[403]") == std::string::npos; ++i) {
+    admin = curl(front, "/admin/users");
+    if (admin.find("[403]") == std::string::npos) std::this_thread::sleep_for(100ms);
+  }
+  std::string plain_out;
+  for (int i = 0; i < 50; ++i) {  // until the policy is in force on node 1 too
+    plain_out = curl(c, "/hello");
+    if (plain_out.find("failed") != std::string::npos) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  Say("curl " + front.name + " /hello: " + curl(front, "/hello"));
+  Say("curl " + front.name + " /admin/users: " + admin);
+  Say("curl from " + c.name + " (unmeshed, app=other, node 0: no connect() check there): " +
+      plain_out + "  <- reset where it arrived");
+  if (auto counted = agents[1]->Scrape(); counted.ok()) {
+    for (const auto& sample : *counted) {
+      if (sample.name != "shunt_policy_denied_requests_total" &&
+          sample.name != "shunt_arrival_denied_connections_total") {
+        continue;
+      }
+      std::string labels;
+      for (const auto& [k, v] : sample.labels) absl::StrAppend(&labels, labels.empty() ? "" : ",", k, "=", v);
+      Say(absl::StrFormat("  counted on %s: %s{%s} %.0f", bed.node(1).name, sample.name, labels,
+                          sample.value));
+    }
+  }
+  demo.Delete("deny-cross.json");
 
   Say("\n-- 3. throughput, 3 s each, client on CPU 0, server on the last CPU: plain (" + c.name +
       " -> " + d.name + ") vs shunt (" + front.name + " -> " + api1.name + ") --");
