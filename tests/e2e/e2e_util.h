@@ -57,6 +57,7 @@ class AgentProcess {
   absl::StatusOr<HttpResponse> Get(const std::string& path, int port = kAdminPort) const;
   std::string Stderr() const { return process_ ? process_->Stderr() : ""; }
   std::vector<std::string> Argv() const;
+  pid_t pid() const { return process_ ? process_->pid() : -1; }
 
  private:
   testbed::Testbed& bed_;
