@@ -266,6 +266,12 @@ absl::StatusOr<std::string> CaptureRuleset(const CaptureOptions& o, bool capture
                     " tcp flags & (fin | syn | rst | ack) == syn fib daddr type local tproxy ", fam,
                     " to :", o.port, " accept\n");
   }
+  // No listener (the agent crashed, and its successor is not up yet): tproxy finds no socket and
+  // lets the packet on, which would reach the pod unenforced. Dropped instead: the client's TCP
+  // sends its SYN again (after 1 s, then 2 s...) and is served once an agent listens. A stopped
+  // agent (SIGTERM without successor) removes this chain first (StopCapturing): that is the
+  // deliberate way out.
+  absl::StrAppend(&s, "    tcp flags & (fin | syn | rst | ack) == syn fib daddr type local drop\n");
   absl::StrAppend(&s, "  }\n");
   }
   absl::StrAppend(&s, "  chain output {\n",

@@ -386,10 +386,24 @@ TEST_F(CaptureTest, TheAgentRelaysAMeshedPodsInboundConnectionsAsTheClient) {
       << "one connection, not a loop";
   EXPECT_EQ(Metric("shunt_relay_active_connections"), 0);
 
+  // A crash: no listener, but the pod's table stays. A new connection is not let through to the
+  // pod unenforced: its SYN is dropped (the client's TCP sends it again)...
   agent_->Kill();
+  auto waiting = bed_->Run(Client(), {"/usr/bin/python3", "-c",
+                                      "import socket, sys\n"
+                                      "socket.create_connection((sys.argv[1], 8080), timeout=1.5)",
+                                      Server().ipv4},
+                           10s);
+  ASSERT_TRUE(waiting.ok());
+  EXPECT_NE(waiting->exit_code, 0) << "no agent, yet connected: unenforced";
+  EXPECT_NE(waiting->err.find("timed out"), std::string::npos) << waiting->err;
+  // ... until an agent serves it again.
+  StartCapturingAgent();
+  if (HasFatalFailure()) return;
   std::string out;
   RunClient(Server().ipv4, &out).join();
-  EXPECT_EQ(out, "peer " + Client().ipv4 + "\nhello") << "no agent: straight to the server";
+  EXPECT_EQ(out, "peer " + Client().ipv4 + "\nhello") << "served again, as the client";
+  agent_->Kill();
   ASSERT_TRUE(e2e::UninstallAgent(*bed_, bed_->node(0)).ok());
   auto installed = CaptureInstalled(netns_.get());
   ASSERT_TRUE(installed.ok());
