@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Builds the HTTP/1.1 framer's libFuzzer target (agent/proxy/http1/http1_fuzz.cc: resumability,
-# and a differential against libhttp-parser) with ASan and UBSan, and runs it over a copy of the
-# seed corpus. Usage: run-http1-fuzz.sh OUT_DIR [SECONDS (60)]. OUT_DIR receives the binary, the
-# working corpus and any crash-* input; the exit status is non-zero when the target crashed (a
-# trap is a disagreement: the crash file reproduces it with `OUT_DIR/http1_fuzz crash-...`).
+# Builds the HTTP/1.1 libFuzzer targets with ASan and UBSan and runs each over a copy of the seed
+# corpus: the framer's (agent/proxy/http1/http1_fuzz.cc: resumability, and a differential against
+# libhttp-parser) and the proxy session's (agent/proxy/http1_session_fuzz.cc: what reaches the
+# server frames as the requests forwarded, never a denied one). Usage: run-http1-fuzz.sh OUT_DIR
+# [SECONDS (60), each]. OUT_DIR receives the binaries, the working corpora and any crash-* input;
+# the exit status is non-zero when a target crashed (a trap is a broken invariant: the crash file
+# reproduces it with `OUT_DIR/http1_fuzz crash-...` or `OUT_DIR/http1_session_fuzz crash-...`).
 # Needs clang, libabsl-dev and libhttp-parser-dev (scripts/setup.sh). Run by ctest (label unit).
 set -euo pipefail
 if (($# < 1)); then
@@ -24,9 +26,18 @@ clang++ -std=c++20 -O1 -g -fno-omit-frame-pointer \
   $(pkg-config --libs absl_strings absl_status) -lhttp_parser \
   -o "$out/http1_fuzz"
 
-# The seeds stay as they are; what the run adds goes to the copy.
-rm -rf "$out/corpus"
-cp -r "$src/corpus" "$out/corpus"
+clang++ -std=c++20 -O1 -g -fno-omit-frame-pointer \
+  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+  -I"$repo" "$src/framer.cc" "$repo/agent/proxy/http1_session.cc" \
+  "$repo/agent/proxy/http1_session_fuzz.cc" \
+  $(pkg-config --libs absl_strings absl_status absl_time) \
+  -o "$out/http1_session_fuzz"
+
+# The seeds stay as they are; what the runs add goes to the copies.
 cd "$out"
-exec ./http1_fuzz -max_total_time="$seconds" -max_len=16384 -timeout=10 -print_final_stats=1 \
-  -artifact_prefix="$out/" corpus
+for target in http1_fuzz http1_session_fuzz; do
+  rm -rf "$out/corpus-$target"
+  cp -r "$src/corpus" "$out/corpus-$target"
+  ./"$target" -max_total_time="$seconds" -max_len=16384 -timeout=10 -print_final_stats=1 \
+    -artifact_prefix="$out/" "corpus-$target"
+done
