@@ -107,6 +107,19 @@ class AgentCollector : public prometheus::Collectable {
       relay_families.push_back(gauge("shunt_relay_active_connections",
                                      "Connections the relay carries now.",
                                      static_cast<double>(st.active)));
+      relay_families.push_back(gauge("shunt_relay_buffered_bytes",
+                                     "Bytes the relay holds now (read, not yet written).",
+                                     static_cast<double>(st.buffered)));
+      {
+        MetricFamily waits{"shunt_relay_buffer_budget_waits_total",
+                           "Times a connection stopped reading because its pod held "
+                           "--capture-max-buffered-per-pod bytes in the relay.",
+                           MetricType::Counter, {}};
+        ClientMetric m;
+        m.counter.value = static_cast<double>(st.buffer_budget_waits);
+        waits.metric.push_back(std::move(m));
+        relay_families.push_back(std::move(waits));
+      }
       MetricFamily conns{"shunt_relay_connections_total",
                          "Connections handed to the relay, by outcome.", MetricType::Counter, {}};
       for (const auto& [result, v] :
@@ -483,6 +496,7 @@ int RunAgent(const AgentConfig& config) {
   if (config.capture) {
     RelayOptions ro;
     ro.max_connections_per_group = std::max<uint32_t>(1, config.capture_max_connections_per_pod);
+    ro.max_buffered_per_group = std::max<uint64_t>(64 << 10, config.capture_max_buffered_per_pod);
     auto r = TcpRelay::Start(ro);
     if (!r.ok()) {
       SHUNT_LOG(ERROR) << "relay: " << r.status().message();

@@ -61,6 +61,9 @@ ABSL_FLAG(uint32_t, capture_port, 15008,
 ABSL_FLAG(uint32_t, capture_max_connections_per_pod, 16384,
           "Relayed connections one captured pod may have at once; beyond it its new ones are "
           "reset, counted (one pod flooded does not take the others' share).");
+ABSL_FLAG(uint64_t, capture_max_buffered_per_pod, 64 << 20,
+          "Bytes the relay holds for one captured pod's connections (read, not yet written); "
+          "beyond it they read no more until the pod's readers catch up (backpressure).");
 ABSL_FLAG(std::string, handoff_socket, "",
           "Unix socket where a running agent hands its capture listeners to the agent replacing "
           "it (docs/capture.md, \"Restarts\"); empty: /run/shunt/<node-name>/handoff.sock; "
@@ -131,6 +134,7 @@ int main(int argc_in, char** argv_in) {
     }
     config.capture_port = static_cast<uint16_t>(absl::GetFlag(FLAGS_capture_port));
     config.capture_max_connections_per_pod = absl::GetFlag(FLAGS_capture_max_connections_per_pod);
+    config.capture_max_buffered_per_pod = absl::GetFlag(FLAGS_capture_max_buffered_per_pod);
     config.handoff_socket = absl::GetFlag(FLAGS_handoff_socket);
     config.drain_timeout = absl::Milliseconds(std::max(0, absl::GetFlag(FLAGS_drain_timeout_ms)));
     config.fastpath_max_queued = absl::GetFlag(FLAGS_fastpath_max_queued_bytes);

@@ -55,6 +55,7 @@ struct TcpRelay::Conn {
   ExchangeSink exchanges;
   std::function<void()> opaque_refused;
   bool opaque_allow = true;
+  size_t buffered = 0;  // as last accounted in its group
 };
 
 namespace {
@@ -214,6 +215,8 @@ RelayStats TcpRelay::stats() const {
   s.active = c.active.load();
   s.bytes_to_upstream = c.bytes_to_upstream.load();
   s.bytes_to_downstream = c.bytes_to_downstream.load();
+  s.buffered = c.buffered.load();
+  s.buffer_budget_waits = c.buffer_budget_waits.load();
   s.http1_connections = c.http1_connections.load();
   s.opaque_l7 = c.opaque_l7.load();
   s.opaque_refused = c.opaque_refused.load();
@@ -269,10 +272,16 @@ void TcpRelay::Loop() {
     }
     if (recheck_.exchange(false)) RecheckOpen();
     for (std::vector<Conn*> again = std::exchange(again_, {}); Conn* c : again) {
-      if (!c->closed && conns_.count(c) && PumpUser(c) && c->mode != Conn::Mode::kSplice) {
-        InterestUser(c);
-      } else if (!c->closed && conns_.count(c) && c->mode == Conn::Mode::kSplice) {
+      if (!conns_.count(c) || c->closed) continue;  // (freed only after the batch)
+      if (c->mode == Conn::Mode::kSplice) {
         OnEvent(c, 0, 0);
+      } else if (PumpUser(c)) {
+        if (c->mode == Conn::Mode::kSplice) {
+          OnEvent(c, 0, 0);
+        } else {
+          InterestUser(c);
+          Account(c);
+        }
       }
     }
     if (drain_.exchange(false)) {
@@ -284,6 +293,7 @@ void TcpRelay::Loop() {
       for (Conn* c : sessions) {
         c->session->Drain();
         if (PumpUser(c) && c->mode != Conn::Mode::kSplice) InterestUser(c);
+        Account(c);
       }
     }
     closed_.clear();
@@ -455,6 +465,11 @@ void TcpRelay::Accept(int listener_fd) {
 
 void TcpRelay::OnEvent(Conn* c, int side, uint32_t events) {
   if (c->closed) return;  // by an earlier event of this batch (freed after it)
+  HandleEvent(c, side, events);
+  Account(c);
+}
+
+void TcpRelay::HandleEvent(Conn* c, int side, uint32_t events) {
   if (events & EPOLLHUP) c->hup[side] = true;
   if (!c->connecting && (events & EPOLLERR)) {
     // A reset (or another error) on one side: passed on to the other.
@@ -517,6 +532,7 @@ bool TcpRelay::Pump(Conn* c, int d) {
   const int src = c->fd[d].get(), dst = c->fd[1 - d].get();
   for (int i = 0; i < 16; ++i) {
     bool read_blocked = false;
+    if (c->pending[d] == 0 && !c->eof[d] && !MayRead(c)) return true;
     if (c->pending[d] == 0 && !c->eof[d]) {
       const ssize_t n = splice(src, nullptr, c->pipe_w[d].get(), nullptr, kChunk,
                                SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
@@ -571,7 +587,7 @@ void TcpRelay::Interest(Conn* c) {
       if (side == 1) want = EPOLLOUT;
       // The client: only errors and hang-ups (reported anyway) until the upstream is there.
     } else {
-      if (c->pending[side] == 0 && !c->eof[side]) want |= EPOLLIN;
+      if (c->pending[side] == 0 && !c->eof[side] && MayRead(c)) want |= EPOLLIN;
       if (c->pending[1 - side] > 0) want |= EPOLLOUT;
     }
     // A socket with nothing to wait for out of epoll: once hung up (or done both ways), its
@@ -622,8 +638,36 @@ void TcpRelay::Close(Conn* c, bool reset) {
   // Events of this batch may still point at it: freed after the batch, so that no new
   // connection takes its address meanwhile.
   c->closed = true;
+  Account(c);
   closed_.push_back(std::move(it->second));
   conns_.erase(it);
+}
+
+bool TcpRelay::MayRead(Conn* c) {
+  GroupBytes& g = group_bytes_[c->group];
+  if (g.bytes < options_.max_buffered_per_group) return true;
+  if (g.held.insert(c).second) ++counters_.buffer_budget_waits;
+  return false;
+}
+
+void TcpRelay::Account(Conn* c) {
+  size_t now = 0;
+  if (!c->closed) {
+    now = c->pending[0] + c->pending[1] + c->unsent[0].size() + c->unsent[1].size();
+    if (c->session) now += c->session->to_client.size() + c->session->to_server.size();
+  }
+  if (now == c->buffered) return;
+  GroupBytes& g = group_bytes_[c->group];
+  g.bytes = g.bytes + now - c->buffered;
+  counters_.buffered += now;
+  counters_.buffered -= c->buffered;
+  c->buffered = now;
+  if (c->closed) g.held.erase(c);
+  if (g.bytes < options_.max_buffered_per_group && !g.held.empty()) {
+    for (Conn* h : g.held) again_.push_back(h);  // their turn again: they read what they may
+    g.held.clear();
+  }
+  if (g.bytes == 0 && g.held.empty()) group_bytes_.erase(c->group);
 }
 
 void TcpRelay::StartSession(Conn* c) {
@@ -718,6 +762,7 @@ bool TcpRelay::PumpUser(Conn* c) {
     // other side is within budget (backpressure: a slow reader holds its writer back).
     for (int d = 0; d < 2; ++d) {
       if (c->eof[d] || c->unsent[d].size() >= options_.max_unsent) continue;
+      if (!MayRead(c)) break;
       if (c->session) {
         const std::string& towards = d == 0 ? c->session->to_server : c->session->to_client;
         if (towards.size() >= options_.http1.output_budget) continue;
@@ -813,7 +858,7 @@ void TcpRelay::InterestUser(Conn* c) {
         read = false;
         if (!c->unsent[1 - side].empty()) want |= EPOLLOUT;
       }
-      if (read) want |= EPOLLIN;
+      if (read && MayRead(c)) want |= EPOLLIN;
     }
     const bool keep = want != 0 || !c->hup[side];
     if (!keep) {

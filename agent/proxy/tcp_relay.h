@@ -48,6 +48,10 @@ struct RelayOptions {
   // Per listener group (a pod): one pod flooded with connections does not take the others'
   // share. Beyond it the pod's new connections are reset, counted (over_pod_budget).
   size_t max_connections_per_group = 16384;
+  // Bytes a group's (a pod's) connections hold in the relay (read, not yet written: user-space
+  // buffers and the splice pipes). Beyond it none of them reads more until the pod's readers
+  // took some (backpressure towards the senders; nothing is dropped).
+  size_t max_buffered_per_group = 64 << 20;
   Http1Options http1;
   // Bytes read from a side and not yet taken by its session (waiting for the other side): at
   // most this many before that side is not read.
@@ -91,6 +95,8 @@ struct RelayStats {
   uint64_t active = 0;
   uint64_t bytes_to_upstream = 0;
   uint64_t bytes_to_downstream = 0;
+  uint64_t buffered = 0;             // bytes the relay holds now (all pods)
+  uint64_t buffer_budget_waits = 0;  // reads held back by a pod's max_buffered_per_group
   // L7 ports.
   uint64_t http1_connections = 0;   // sniffed as HTTP/1 and read as such
   uint64_t opaque_l7 = 0;           // sniffed as something else: opaque, where allowed
@@ -134,7 +140,8 @@ class TcpRelay {
   void Loop();
   void Accept(int listener_fd);
   void Sweep(absl::Time now);
-  void OnEvent(Conn* c, int side, uint32_t events);
+  void OnEvent(Conn* c, int side, uint32_t events);  // HandleEvent, then Account
+  void HandleEvent(Conn* c, int side, uint32_t events);
   // Moves what can be moved from side `d` to the other; false: the connection was reset.
   bool Pump(Conn* c, int d);
   // Connections read in user space (sniffing, an L7 session, the bytes left when it ends):
@@ -142,6 +149,9 @@ class TcpRelay {
   bool PumpUser(Conn* c);
   void InterestUser(Conn* c);
   void StartSession(Conn* c);
+  // The group's buffered bytes: whether c may read; Account after every change of c's buffers.
+  bool MayRead(Conn* c);
+  void Account(Conn* c);
   // At an urgent mark of side d: its byte read and sent on (true), else false.
   bool StepOverUrgent(Conn* c, int d);
   void Interest(Conn* c);
@@ -173,7 +183,8 @@ class TcpRelay {
         upstream_failed{0},
         connect_timeouts{0}, half_close_timeouts{0}, idle_timeouts{0}, resets{0},
         policy_closed{0}, active{0},
-        bytes_to_upstream{0}, bytes_to_downstream{0}, http1_connections{0}, opaque_l7{0},
+        bytes_to_upstream{0}, bytes_to_downstream{0}, buffered{0}, buffer_budget_waits{0},
+        http1_connections{0}, opaque_l7{0},
         opaque_refused{0}, tunnels{0}, http_requests{0}, http_denied{0}, http_refused{0},
         http_bad_responses{0};
   };
@@ -183,6 +194,11 @@ class TcpRelay {
   std::map<Conn*, std::unique_ptr<Conn>> conns_;
   std::vector<std::unique_ptr<Conn>> closed_;  // closed in this batch of events, freed after it
   std::vector<Conn*> again_;  // read in user space, not done at the end of their turn
+  struct GroupBytes {
+    size_t bytes = 0;
+    std::set<Conn*> held;  // not reading for the budget: pumped again once under it
+  };
+  std::map<uint64_t, GroupBytes> group_bytes_;
   std::set<std::string> tuples_;  // 4-tuples of the live connections' both sides (TupleKey)
   std::mt19937 rng_{std::random_device{}()};
   std::vector<std::pair<int, absl::Time>> paused_listeners_;  // out of descriptors: until then

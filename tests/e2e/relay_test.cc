@@ -597,5 +597,70 @@ TEST_F(RelayTest, DrainEndsKeepAliveConnectionsAfterTheirResponseAndIdleOnesAtOn
   EXPECT_EQ(ReadAll(busy_s.get()), "") << "the server sees the end too";
 }
 
+// A pod's buffered bytes: over max_buffered_per_group its connections read no more (the bytes
+// stay with their senders) until its readers took some; then they go on, nothing lost; another
+// pod is not held back.
+TEST(RelayBudget, APodOverItsBufferBudgetIsHeldBackUntilItsReadersCatchUp) {
+  signal(SIGPIPE, SIG_IGN);
+  auto ns = OpenNetns("/proc/self/ns/net");
+  ASSERT_TRUE(ns.ok());
+  RelayOptions o;
+  o.max_buffered_per_group = 256 << 10;
+  auto relay = TcpRelay::Start(o);
+  ASSERT_TRUE(relay.ok()) << relay.status();
+  UniqueFd backend = Listen(false);
+  const uint16_t backend_port = PortOf(backend.get());
+  uint16_t front[2];
+  for (int g = 0; g < 2; ++g) {
+    UniqueFd l = Listen(true);
+    front[g] = PortOf(l.get());
+    ASSERT_TRUE((*relay)
+                    ->AddListener(std::move(l),
+                                  [&](const sockaddr_storage&, const sockaddr_storage&,
+                                      RelayCheck) {
+                                    RelayDecision d;
+                                    d.allow = true;
+                                    d.netns_fd = ns->get();
+                                    d.as = Loopback(0);
+                                    d.to = Loopback(backend_port);
+                                    return d;
+                                  },
+                                  /*group=*/g + 1)
+                    .ok());
+  }
+  // Pod 1's first connection: 16 MiB towards a server that does not read yet.
+  UniqueFd slow = Connect(front[0]);
+  UniqueFd slow_server(accept4(backend.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  const int small = 64 << 10;
+  setsockopt(slow_server.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+  std::string big(16 << 20, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 31 + (i >> 12));
+  std::thread writer([&] { WriteAll(slow.get(), big); });
+  EXPECT_TRUE(shunt::test::Eventually([&] { return (*relay)->stats().buffered >= (256u << 10); }, 5s));
+  // Pod 1's second connection reads nothing while the pod is over its budget.
+  UniqueFd held = Connect(front[0]);
+  UniqueFd held_server(accept4(backend.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  WriteAll(held.get(), "held");
+  EXPECT_TRUE(shunt::test::Eventually(
+      [&] { return (*relay)->stats().buffer_budget_waits >= 1; }, 5s));
+  pollfd p{held_server.get(), POLLIN, 0};
+  EXPECT_EQ(poll(&p, 1, 200), 0) << "pod 1 over its budget: not read";
+  EXPECT_LE((*relay)->stats().buffered, (256u << 10) + (1u << 20)) << "at most a read beyond it";
+  // Pod 2 is served meanwhile.
+  UniqueFd other = Connect(front[1]);
+  UniqueFd other_server(accept4(backend.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  WriteAll(other.get(), "pod 2");
+  char buf[5];
+  ASSERT_EQ(recv(other_server.get(), buf, 5, MSG_WAITALL), 5) << "another pod is not held back";
+  // The slow reader catches up: everything arrives, in order, and the held one goes on.
+  std::string got(big.size(), '\0');
+  ASSERT_EQ(recv(slow_server.get(), got.data(), got.size(), MSG_WAITALL),
+            static_cast<ssize_t>(got.size()));
+  EXPECT_TRUE(got == big);
+  writer.join();
+  ASSERT_EQ(recv(held_server.get(), buf, 4, MSG_WAITALL), 4);
+  EXPECT_EQ(std::string(buf, 4), "held");
+}
+
 }  // namespace
 }  // namespace shunt::agent
