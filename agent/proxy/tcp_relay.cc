@@ -593,23 +593,26 @@ void TcpRelay::Interest(Conn* c) {
     // A socket with nothing to wait for out of epoll: once hung up (or done both ways), its
     // level-triggered hang-up would wake the loop until the other side drained.
     const bool done_with = !c->connecting && c->eof[side] && c->shut[1 - side];
-    const bool keep = !done_with && (want != 0 || !c->hup[side]);
-    if (!keep) {
-      if (c->in_epoll[side]) {
-        epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c->fd[side].get(), nullptr);
-        c->in_epoll[side] = false;
-      }
-      continue;
-    }
-    if (c->in_epoll[side] && want == c->events[side]) continue;
-    epoll_event ev{};
-    ev.events = want;
-    ev.data.ptr = &c->ends[side];
-    epoll_ctl(epoll_.get(), c->in_epoll[side] ? EPOLL_CTL_MOD : EPOLL_CTL_ADD,
-              c->fd[side].get(), &ev);
-    c->in_epoll[side] = true;
-    c->events[side] = want;
+    Watch(c, side, want, /*keep=*/!done_with && (want != 0 || !c->hup[side]));
   }
+}
+
+void TcpRelay::Watch(Conn* c, int side, uint32_t want, bool keep) {
+  if (!keep) {
+    if (c->in_epoll[side]) {
+      epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c->fd[side].get(), nullptr);
+      c->in_epoll[side] = false;
+    }
+    return;
+  }
+  if (c->in_epoll[side] && want == c->events[side]) return;
+  epoll_event ev{};
+  ev.events = want;
+  ev.data.ptr = &c->ends[side];
+  epoll_ctl(epoll_.get(), c->in_epoll[side] ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, c->fd[side].get(),
+            &ev);
+  c->in_epoll[side] = true;
+  c->events[side] = want;
 }
 
 void TcpRelay::Close(Conn* c, bool reset) {
@@ -860,22 +863,7 @@ void TcpRelay::InterestUser(Conn* c) {
       }
       if (read && MayRead(c)) want |= EPOLLIN;
     }
-    const bool keep = want != 0 || !c->hup[side];
-    if (!keep) {
-      if (c->in_epoll[side]) {
-        epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c->fd[side].get(), nullptr);
-        c->in_epoll[side] = false;
-      }
-      continue;
-    }
-    if (c->in_epoll[side] && want == c->events[side]) continue;
-    epoll_event ev{};
-    ev.events = want;
-    ev.data.ptr = &c->ends[side];
-    epoll_ctl(epoll_.get(), c->in_epoll[side] ? EPOLL_CTL_MOD : EPOLL_CTL_ADD,
-              c->fd[side].get(), &ev);
-    c->in_epoll[side] = true;
-    c->events[side] = want;
+    Watch(c, side, want, /*keep=*/want != 0 || !c->hup[side]);
   }
 }
 

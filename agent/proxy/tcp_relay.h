@@ -148,6 +148,9 @@ class TcpRelay {
   // false: the connection was closed.
   bool PumpUser(Conn* c);
   void InterestUser(Conn* c);
+  // Side `side` in epoll for `want` (out of it unless `keep`: a hung-up socket with nothing to
+  // wait for would wake the loop, level-triggered, until the other side drained).
+  void Watch(Conn* c, int side, uint32_t want, bool keep);
   void StartSession(Conn* c);
   // The group's buffered bytes: whether c may read; Account after every change of c's buffers.
   bool MayRead(Conn* c);
