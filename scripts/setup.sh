@@ -19,6 +19,8 @@ PACKAGES=(
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev iperf3 sockperf
   libhttp-parser-dev  # the HTTP/1.1 framer's differential fuzz target (scripts/run-http1-fuzz.sh)
+  curl  # the proxy's tests and the demo speak HTTP through it with an ordinary client
+  haproxy nginx libnginx-mod-stream wrk  # the relay bench's peers (bench/relay_bench.cc)
   openssl  # policy_stream_tls_test makes its certificates with the CLI
   python3  # the compatibility suite tries ordinary programs: Python's socket module
   # the simulated cluster
