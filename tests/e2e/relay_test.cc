@@ -299,6 +299,27 @@ TEST_F(RelayTest, AnOpenConnectionAPolicyChangeDeniesIsResetBothWaysAndCounted) 
   ASSERT_EQ(recv(s2.get(), buf, 3, MSG_WAITALL), 3);
 }
 
+// Two pods' listeners (groups 1 and 2) relaying to `backend_port`; their ports in `front`.
+void AddTwoPods(TcpRelay& relay, int netns_fd, uint16_t backend_port, uint16_t front[2]) {
+  for (int g = 0; g < 2; ++g) {
+    UniqueFd l = Listen(true);
+    front[g] = PortOf(l.get());
+    ASSERT_TRUE(relay
+                    .AddListener(std::move(l),
+                                 [netns_fd, backend_port](const sockaddr_storage&,
+                                                          const sockaddr_storage&, RelayCheck) {
+                                   RelayDecision d;
+                                   d.allow = true;
+                                   d.netns_fd = netns_fd;
+                                   d.as = Loopback(0);
+                                   d.to = Loopback(backend_port);
+                                   return d;
+                                 },
+                                 /*group=*/g + 1)
+                    .ok());
+  }
+}
+
 // A pod's budget: its listener group holds at most max_connections_per_group connections; beyond
 // it its new ones are reset, counted, while another pod's are still relayed.
 TEST(RelayBudget, APodOverItsConnectionBudgetIsResetWhileAnotherIsServed) {
@@ -310,25 +331,8 @@ TEST(RelayBudget, APodOverItsConnectionBudgetIsResetWhileAnotherIsServed) {
   auto relay = TcpRelay::Start(o);
   ASSERT_TRUE(relay.ok()) << relay.status();
   UniqueFd backend = Listen(false);
-  const uint16_t backend_port = PortOf(backend.get());
   uint16_t front[2];
-  for (int g = 0; g < 2; ++g) {
-    UniqueFd l = Listen(true);
-    front[g] = PortOf(l.get());
-    ASSERT_TRUE((*relay)
-                    ->AddListener(std::move(l),
-                                  [&](const sockaddr_storage&, const sockaddr_storage&,
-                                      RelayCheck) {
-                                    RelayDecision d;
-                                    d.allow = true;
-                                    d.netns_fd = ns->get();
-                                    d.as = Loopback(0);
-                                    d.to = Loopback(backend_port);
-                                    return d;
-                                  },
-                                  /*group=*/g + 1)
-                    .ok());
-  }
+  AddTwoPods(**relay, ns->get(), PortOf(backend.get()), front);
   std::vector<UniqueFd> clients, servers;
   for (int i = 0; i < 2; ++i) {
     clients.push_back(Connect(front[0]));
@@ -609,25 +613,8 @@ TEST(RelayBudget, APodOverItsBufferBudgetIsHeldBackUntilItsReadersCatchUp) {
   auto relay = TcpRelay::Start(o);
   ASSERT_TRUE(relay.ok()) << relay.status();
   UniqueFd backend = Listen(false);
-  const uint16_t backend_port = PortOf(backend.get());
   uint16_t front[2];
-  for (int g = 0; g < 2; ++g) {
-    UniqueFd l = Listen(true);
-    front[g] = PortOf(l.get());
-    ASSERT_TRUE((*relay)
-                    ->AddListener(std::move(l),
-                                  [&](const sockaddr_storage&, const sockaddr_storage&,
-                                      RelayCheck) {
-                                    RelayDecision d;
-                                    d.allow = true;
-                                    d.netns_fd = ns->get();
-                                    d.as = Loopback(0);
-                                    d.to = Loopback(backend_port);
-                                    return d;
-                                  },
-                                  /*group=*/g + 1)
-                    .ok());
-  }
+  AddTwoPods(**relay, ns->get(), PortOf(backend.get()), front);
   // Pod 1's first connection: 16 MiB towards a server that does not read yet.
   UniqueFd slow = Connect(front[0]);
   UniqueFd slow_server(accept4(backend.get(), nullptr, nullptr, SOCK_CLOEXEC));
