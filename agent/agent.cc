@@ -646,9 +646,13 @@ int RunAgent(const AgentConfig& config) {
                   << "established connections are not disturbed";
   if (!handed_over) {
     stop_policy_work();
-    // No new connection (those go to their pod directly until an agent captures it again); the
-    // open ones are drained.
-    if (capture) capture->Surrender();
+    // No new connection (those go to their pod directly until an agent captures it again: the
+    // pods' capture chains go, their drop of SYNs without a listener with them); the open ones
+    // are drained.
+    if (capture) {
+      capture->Stop();
+      capture->ReleaseAll();
+    }
   }
   if (relay) {
     // HTTP connections end after their current response ("Connection: close"), idle ones now:

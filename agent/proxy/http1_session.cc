@@ -93,8 +93,15 @@ class Http1Session::RequestEvents final : public http1::ParserCallbacks {
       e.close_after = !head.keep_alive || (head.expect_continue && HasBody(head.framing)) ||
                       head.upgrade || head.is_connect;
       s_.discard_request_ = true;
+      const bool closes = e.close_after;
       s_.queue_.push_back(std::move(e));
       s_.EmitLocalAnswers();
+      if (closes) {
+        // Nothing after it is read: a request behind it would reach the server while the client,
+        // seeing the close, may send it again elsewhere.
+        s_.client_done_ = true;
+        return Action::kPause;
+      }
       return Action::kContinue;
     }
     s_.discard_request_ = false;
@@ -255,7 +262,8 @@ void Http1Session::EmitLocalAnswers() {
                                                    : absl::StrCat(Reason(e.local_status), "\n");
     absl::StrAppend(&to_client, "HTTP/1.1 ", e.local_status, " ", Reason(e.local_status),
                     "\r\ncontent-type: text/plain\r\ncontent-length: ", body.size(), "\r\n",
-                    close ? "connection: close\r\n" : "", "\r\n", body);
+                    close ? "connection: close\r\n" : "", "\r\n",
+                    e.method == "HEAD" ? "" : body);  // a HEAD's answer has no body
     e.record.status = e.local_status;
     e.record.proxy_answered = true;
     Finish(e);
@@ -289,9 +297,11 @@ size_t Http1Session::FromClient(std::string_view data) {
     taken += r.consumed;
     switch (r.status) {
       case FeedStatus::kOk:
-      case FeedStatus::kOpaque:  // only after SwitchToOpaque: the relay has taken over
         break;
+      case FeedStatus::kOpaque:  // only after SwitchToOpaque: the rest is the tunnel's
+        return taken;
       case FeedStatus::kPaused:
+        if (client_done_) return data.size();  // a refusal that ends the connection
         waiting_client = true;
         return taken;
       case FeedStatus::kUpgradePending:

@@ -814,7 +814,7 @@ bool TcpRelay::PumpUser(Conn* c) {
         continue;
       }
     }
-    if (c->session) {
+    if (c->session && !c->session->tunnel) {  // a tunnel's bytes are not the session's
       L7Session& s = *c->session;
       for (int d = 0; d < 2; ++d) {
         if (!c->unsent[d].empty()) {

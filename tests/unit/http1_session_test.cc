@@ -44,9 +44,9 @@ class Session : public ::testing::Test {
   std::string ToServer() { return std::exchange(session_->to_server, ""); }
   std::string ToClient() { return std::exchange(session_->to_client, ""); }
 
-  std::unique_ptr<Http1Session> session_;
   std::vector<L7Request> seen_;
   std::vector<ExchangeRecord> records_;
+  std::unique_ptr<Http1Session> session_;  // last: its destructor reports into records_
 };
 
 TEST_F(Session, KeepAliveRequestsAreForwardedReserialisedAndAnsweredInOrder) {
@@ -276,6 +276,23 @@ TEST_F(Session, TheServersCloseLeavesUnansweredRequestsUnansweredAndIsPassedOn) 
   EXPECT_TRUE(session_->shut_client);
   EXPECT_EQ(records_.size(), 2u);
   EXPECT_EQ(records_[0].status, 0);
+}
+
+TEST_F(Session, NothingAfterARefusalThatClosesIsForwardedAndAHeadsRefusalHasNoBody) {
+  Client("GET /admin HTTP/1.1\r\nHost: s\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
+         "POST /pay HTTP/1.1\r\nHost: s\r\nContent-Length: 0\r\n\r\n");
+  EXPECT_EQ(ToServer(), "") << "/pay must not reach the server behind a closing 403";
+  EXPECT_TRUE(absl::StartsWith(ToClient(), "HTTP/1.1 403 "));
+  Make();
+  Client("HEAD /admin HTTP/1.1\r\nHost: s\r\n\r\n");
+  EXPECT_TRUE(absl::EndsWith(ToClient(), "content-length: 14\r\n\r\n"));
+}
+
+TEST_F(Session, AfterATunnelTheClientsBytesAreLeftToTheRelay) {
+  Client("GET /ws HTTP/1.1\r\nHost: s\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
+  Server("HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
+  ASSERT_TRUE(session_->tunnel);
+  EXPECT_EQ(session_->FromClient("raw bytes"), 0u) << "returns at once, takes nothing";
 }
 
 TEST(TargetPath, IsThePathWithoutQueryInEveryForm) {
