@@ -602,8 +602,8 @@ TEST_F(RelayTest, DrainEndsKeepAliveConnectionsAfterTheirResponseAndIdleOnesAtOn
 }
 
 // A pod's buffered bytes: over max_buffered_per_group its connections read no more (the bytes
-// stay with their senders) until its readers took some; then they go on, nothing lost; another
-// pod is not held back.
+// stay with their senders) until its readers took some; then they go on, nothing lost (32 MiB to
+// a slow reader); another pod is not held back.
 TEST(RelayBudget, APodOverItsBufferBudgetIsHeldBackUntilItsReadersCatchUp) {
   signal(SIGPIPE, SIG_IGN);
   auto ns = OpenNetns("/proc/self/ns/net");
@@ -616,11 +616,13 @@ TEST(RelayBudget, APodOverItsBufferBudgetIsHeldBackUntilItsReadersCatchUp) {
   uint16_t front[2];
   AddTwoPods(**relay, ns->get(), PortOf(backend.get()), front);
   // Pod 1's first connection: 16 MiB towards a server that does not read yet.
+  // A small receive buffer, set on the listener so that the accepted socket has it from its
+  // handshake on (no window autotuning swallowing what the relay would hold).
+  const int small = 64 << 10;
+  setsockopt(backend.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
   UniqueFd slow = Connect(front[0]);
   UniqueFd slow_server(accept4(backend.get(), nullptr, nullptr, SOCK_CLOEXEC));
-  const int small = 64 << 10;
-  setsockopt(slow_server.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
-  std::string big(16 << 20, '\0');
+  std::string big(32 << 20, '\0');
   for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 31 + (i >> 12));
   std::thread writer([&] { WriteAll(slow.get(), big); });
   EXPECT_TRUE(shunt::test::Eventually([&] { return (*relay)->stats().buffered >= (256u << 10); }, 5s));
