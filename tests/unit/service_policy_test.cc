@@ -171,6 +171,14 @@ std::string Policy(const std::string& name, const std::string& action, const std
          ports + "}";
 }
 
+// A policy with L7 rules, as JSON: Policy() with its "l7" field.
+std::string L7Policy(const std::string& name, const std::string& action, const std::string& from,
+                     const std::string& l7) {
+  std::string p = Policy(name, action, R"({"app": "api"})", from);
+  p.insert(p.size() - 1, R"(, "l7": )" + l7);
+  return p;
+}
+
 TEST(ServicePolicy, DenyPolicyMarksSourcesAndDestinations) {
   auto d = Compile(Bundle("", "",
                           Policy("deny-front", "DENY", R"({"app": "api"})",
@@ -263,12 +271,10 @@ TEST(ServicePolicy, PortRanges) {
 // Per-request rules are not enforced anywhere yet (no HTTP proxy): the policy says so, in each
 // direction it errs, instead of acting on whole connections silently.
 TEST(ServicePolicy, LSevenRulesAreReportedAsNotEnforcedAsWritten) {
-  std::string allow = Policy("allow-get", "ALLOW", R"({"app": "api"})",
-                             R"([{"pods": {"matchLabels": {"app": "front"}}}])");
-  allow.insert(allow.size() - 1, R"(, "l7": [{"methods": ["GET"], "paths": ["/v1/*"]}])");
-  std::string deny = Policy("deny-post", "DENY", R"({"app": "api"})",
-                            R"([{"pods": {"matchLabels": {"app": "front"}}}])");
-  deny.insert(deny.size() - 1, R"(, "l7": [{"methods": ["POST"]}])");
+  const std::string front = R"([{"pods": {"matchLabels": {"app": "front"}}}])";
+  const std::string allow =
+      L7Policy("allow-get", "ALLOW", front, R"([{"methods": ["GET"], "paths": ["/v1/*"]}])");
+  const std::string deny = L7Policy("deny-post", "DENY", front, R"([{"methods": ["POST"]}])");
   auto d = Compile(Bundle("", "", allow + "," + deny));
   ASSERT_EQ(d.not_enforced.size(), 2u);
   EXPECT_EQ(d.not_enforced[0].policy, "default/allow-get");
@@ -283,12 +289,10 @@ TEST(ServicePolicy, LSevenRulesAreReportedAsNotEnforcedAsWritten) {
 // With the proxy (--capture) the L7 rules at meshed targets are its to decide per request: no
 // report, and a DENY of some requests refuses no connection at connect().
 TEST(ServicePolicy, WithTheProxyLSevenRulesAtMeshedTargetsAreLeftToIt) {
-  std::string allow = Policy("allow-get", "ALLOW", R"({"app": "api"})",
-                             R"([{"pods": {"matchLabels": {"app": "front"}}}])");
-  allow.insert(allow.size() - 1, R"(, "l7": [{"methods": ["GET"], "paths": ["/v1/*"]}])");
-  std::string deny = Policy("deny-post", "DENY", R"({"app": "api"})",
-                            R"([{"pods": {"matchLabels": {"app": "front"}}}])");
-  deny.insert(deny.size() - 1, R"(, "l7": [{"methods": ["POST"]}])");
+  const std::string front = R"([{"pods": {"matchLabels": {"app": "front"}}}])";
+  const std::string allow =
+      L7Policy("allow-get", "ALLOW", front, R"([{"methods": ["GET"], "paths": ["/v1/*"]}])");
+  const std::string deny = L7Policy("deny-post", "DENY", front, R"([{"methods": ["POST"]}])");
   ServicePolicyLimits limits;
   limits.l7_proxy = true;
   auto d = Compile(Bundle("", "", allow + "," + deny), limits);
@@ -860,14 +864,6 @@ TEST(DecideArrival, DenyAllowPortsAndSourcesKnownOnlyByTheirAddress) {
   r = DecideArrival(both, "b", a, 8080);
   EXPECT_FALSE(r.allowed) << "a DENY wins, whatever the order";
   EXPECT_EQ(r.policy, "default/deny-all");
-}
-
-// A policy with L7 rules, as JSON: Policy() with its "l7" field.
-std::string L7Policy(const std::string& name, const std::string& action, const std::string& from,
-                     const std::string& l7) {
-  std::string p = Policy(name, action, R"({"app": "api"})", from);
-  p.insert(p.size() - 1, R"(, "l7": )" + l7);
-  return p;
 }
 
 // L7 rules decide requests on HTTP; on opaque bytes they fail closed.
