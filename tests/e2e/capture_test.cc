@@ -211,6 +211,53 @@ class CaptureTest : public ::testing::Test {
                                    {"from", std::move(from)}}});
   }
 
+  // Python's HTTP/1.1 server on the server pod's 8081, answering every GET with "<path> from
+  // <client address>" (echo) or "ok"; returns once it listens (Python starts slowly in the 6.1
+  // VM: a first connection could be refused otherwise).
+  void StartHttpServer(bool echo) {
+    static constexpr char kHttpServer[] = R"PY(
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        if sys.argv[1] == "echo":
+            body = ("%s from %s" % (self.path, self.client_address[0])).encode()
+        else:
+            body = b"ok"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+s = http.server.ThreadingHTTPServer(("", 8081), H)
+open(sys.argv[2], "w").close()
+s.serve_forever()
+)PY";
+    const std::string ready = bed_->work_dir() + "/http-server";
+    auto http = bed_->Spawn(Server(), {"/usr/bin/python3", "-c", kHttpServer,
+                                       echo ? "echo" : "ok", ready});
+    ASSERT_TRUE(http.ok()) << http.status();
+    servers_.push_back(std::move(*http));
+    ASSERT_TRUE(e2e::WaitForFile(ready)) << servers_.back()->Stderr();
+  }
+
+  // The relay's and capture's series, for a failure's message.
+  std::string RelayMetrics() {
+    std::string out;
+    auto m = agent_->Scrape();
+    if (!m.ok()) return m.status().ToString();
+    for (const auto& s : *m) {
+      if (s.name.rfind("shunt_relay", 0) != 0 && s.name.rfind("shunt_capture", 0) != 0 &&
+          s.name.rfind("shunt_policy_denied", 0) != 0) {
+        continue;
+      }
+      absl::StrAppend(&out, s.name);
+      for (const auto& [k, v] : s.labels) absl::StrAppend(&out, " ", k, "=", v);
+      absl::StrAppend(&out, " ", s.value, "\n");
+    }
+    return out;
+  }
+
   double Metric(const std::string& name, const std::map<std::string, std::string>& match = {}) {
     auto m = agent_->Scrape();
     return m.ok() ? e2e::SumSamples(*m, name, match) : -1;
@@ -655,22 +702,8 @@ TEST_F(CaptureTest, ADeniedClientOfAnotherNodeIsResetWhereItArrivesAndCounted) {
 TEST_F(CaptureTest, AnLSevenDenyAnswers403ToItsPathsAndLetsTheRestThroughOnOneConnection) {
   StartCapturingAgent({"--resync-ms=100"}, {{Neighbour().name, true}});
   if (HasFatalFailure()) return;
-  static constexpr char kHttpServer[] = R"PY(
-import http.server, sys
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def log_message(self, *a): pass
-    def do_GET(self):
-        body = ("%s from %s" % (self.path, self.client_address[0])).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-http.server.ThreadingHTTPServer(("", 8081), H).serve_forever()
-)PY";
-  auto http = bed_->Spawn(Server(), {"/usr/bin/python3", "-c", kHttpServer});
-  ASSERT_TRUE(http.ok()) << http.status();
-  servers_.push_back(std::move(*http));
+  StartHttpServer(/*echo=*/true);
+  if (HasFatalFailure()) return;
   nlohmann::json policy = Deny("no-admin", {{{"namespaces", {"default"}}}});
   policy[0]["l7"] = {{{"paths", {"/admin*"}}}};
   policy[0]["ports"] = {{{"from", 8081}}};
@@ -744,21 +777,8 @@ TEST_F(CaptureTest, SoakConnectionsOpenedAndClosedLeaveMemoryAndDescriptorsFlat)
   auto ident = e2e::StartTestpeerServer(*bed_, Server(), {"--port=8082", "--mode=ident", "--ident=soak"});
   ASSERT_TRUE(ident.ok()) << ident.status();
   servers_.push_back(std::move(*ident));
-  static constexpr char kHttpServer[] = R"PY(
-import http.server
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def log_message(self, *a): pass
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-http.server.ThreadingHTTPServer(("", 8081), H).serve_forever()
-)PY";
-  auto http = bed_->Spawn(Server(), {"/usr/bin/python3", "-c", kHttpServer});
-  ASSERT_TRUE(http.ok());
-  servers_.push_back(std::move(*http));
+  StartHttpServer(/*echo=*/false);
+  if (HasFatalFailure()) return;
   nlohmann::json policy = Deny("no-admin", {{{"namespaces", {"default"}}}});
   policy[0]["l7"] = {{{"paths", {"/admin*"}}}};
   policy[0]["ports"] = {{{"from", 8081}}};
@@ -785,7 +805,8 @@ print(ok, denied)
                                   std::to_string(requests)}, 120s);
     EXPECT_TRUE(h.ok());
     if (h.ok()) {
-      EXPECT_EQ(h->out, absl::StrCat(requests / 2, " ", requests / 2, "\n")) << h->err;
+      EXPECT_EQ(h->out, absl::StrCat(requests / 2, " ", requests / 2, "\n"))
+          << h->err << agent_->Stderr() << RelayMetrics();
     }
   };
   const pid_t pid = agent_->pid();
