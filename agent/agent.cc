@@ -155,6 +155,7 @@ class AgentCollector : public prometheus::Collectable {
                       MetricType::Counter, {}};
       for (const auto& [result, v] : std::vector<std::pair<std::string, uint64_t>>{
                {"http1_connection", st.http1_connections},
+               {"http2_connection", st.http2_connections},
                {"opaque_connection", st.opaque_l7},
                {"opaque_refused", st.opaque_refused},
                {"tunnel", st.tunnels},

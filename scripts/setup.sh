@@ -21,6 +21,7 @@ PACKAGES=(
   libhttp-parser-dev  # the HTTP/1.1 framer's differential fuzz target (scripts/run-http1-fuzz.sh)
   curl  # the proxy's tests and the demo speak HTTP through it with an ordinary client
   haproxy nginx libnginx-mod-stream wrk  # the relay bench's peers (bench/relay_bench.cc)
+  nghttp2-client  # nghttp and h2load: HTTP/2 through the proxy (relay tests, the relay bench)
   openssl  # policy_stream_tls_test makes its certificates with the CLI
   python3  # the compatibility suite tries ordinary programs: Python's socket module
   # the simulated cluster

@@ -1,11 +1,16 @@
 #include "agent/proxy/http1_session.h"
 
 #include <algorithm>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 
 namespace shunt::agent {
 
@@ -17,6 +22,32 @@ using http1::FeedStatus;
 
 // A read's worth: what one Feed() gets, so that what it produces stays near the output budget.
 constexpr size_t kPiece = 64 << 10;
+
+// An Upgrade request made plain HTTP: its Upgrade and HTTP2-Settings fields go, and their tokens
+// in Connection (a Connection left empty goes too).
+void StripUpgrade(http1::RequestHead& head) {
+  std::erase_if(head.headers, [](const http1::Header& h) {
+    return absl::EqualsIgnoreCase(h.name, "upgrade") ||
+           absl::EqualsIgnoreCase(h.name, "http2-settings");
+  });
+  for (http1::Header& h : head.headers) {
+    if (!absl::EqualsIgnoreCase(h.name, "connection")) continue;
+    std::vector<std::string> kept;
+    for (absl::string_view token : absl::StrSplit(h.value, ',')) {
+      token = absl::StripAsciiWhitespace(token);
+      if (token.empty() || absl::EqualsIgnoreCase(token, "upgrade") ||
+          absl::EqualsIgnoreCase(token, "http2-settings")) {
+        continue;
+      }
+      kept.emplace_back(token);
+    }
+    h.value = absl::StrJoin(kept, ", ");
+  }
+  std::erase_if(head.headers, [](const http1::Header& h) {
+    return absl::EqualsIgnoreCase(h.name, "connection") && h.value.empty();
+  });
+  head.upgrade = false;
+}
 
 const char* Reason(int status) {
   switch (status) {
@@ -83,7 +114,14 @@ class Http1Session::RequestEvents final : public http1::ParserCallbacks {
     e.record.start = absl::Now();
     e.record.first_byte = absl::InfinitePast();
     e.method = head.method;
-    const L7Verdict verdict = s_.authorize_ ? s_.authorize_(e.record.request) : L7Verdict{};
+    L7Verdict verdict = s_.authorize_ ? s_.authorize_(e.record.request) : L7Verdict{};
+    if (verdict.allow && head.is_connect && !s_.tunnels_) {
+      verdict = {.allow = false, .policy = ""};  // a tunnel of opaque bytes the policy does not admit
+    }
+    if (verdict.allow && head.upgrade && !s_.tunnels_) {
+      StripUpgrade(head);
+      e.no_tunnel = true;
+    }
     if (!verdict.allow) {
       e.local_status = 403;
       e.record.denied = true;
@@ -158,6 +196,10 @@ class Http1Session::ResponseEvents final : public http1::ParserCallbacks {
     // written the moment they get there.
     Exchange& e = s_.queue_.front();
     if (e.record.first_byte == absl::InfinitePast()) e.record.first_byte = absl::Now();
+    if (head.tunnel && e.no_tunnel) {
+      s_.refused_tunnel_ = true;  // FromServer answers 502 in its place
+      return Action::kPause;
+    }
     s_.response_interim_ = head.interim;
     s_.response_tunnel_ = head.tunnel;
     if (!head.interim) {
@@ -236,7 +278,9 @@ Http1Session::Http1Session(Http1Options options, L7Authorize authorize, Exchange
       request_events_(std::make_unique<RequestEvents>(*this)),
       response_events_(std::make_unique<ResponseEvents>(*this)),
       requests_(http1::Parser::Kind::kRequest, *request_events_, options.limits),
-      responses_(http1::Parser::Kind::kResponse, *response_events_, options.limits) {}
+      responses_(http1::Parser::Kind::kResponse, *response_events_, options.limits) {
+  tunnels_ = options.tunnels;
+}
 
 Http1Session::~Http1Session() {
   for (Exchange& e : queue_) Finish(e);  // broken: status 0 unless answered
@@ -354,9 +398,10 @@ size_t Http1Session::FromServer(std::string_view data) {
     if (to_client.size() >= options_.output_budget) return taken;
     const std::string_view piece = data.substr(taken, kPiece);
     const absl::Time t0 = absl::Now();
-    const http1::FeedResult r = responses_.Feed(piece);
+    http1::FeedResult r = responses_.Feed(piece);
     if (!queue_.empty()) queue_.front().record.proxy_time += absl::Now() - t0;
     taken += r.consumed;
+    if (refused_tunnel_) r.status = FeedStatus::kError;
     switch (r.status) {
       case FeedStatus::kOk:
       case FeedStatus::kPaused:

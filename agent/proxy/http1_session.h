@@ -29,6 +29,12 @@ struct Http1Options {
   http1::Limits limits;
   size_t max_pipelined = 64;         // requests read ahead of their responses
   size_t output_budget = 256 << 10;  // bytes queued towards a side before its source is not read
+  // Whether a request may turn the connection into a tunnel (opaque bytes the proxy cannot
+  // decide on). When not (the port's policy admits no opaque bytes): CONNECT is answered 403,
+  // and an Upgrade is forwarded without its Upgrade (and HTTP2-Settings) fields, so that the
+  // server answers it as HTTP (RFC 9110 7.8 lets it ignore them); a 101 anyway is a bad
+  // response (502).
+  bool tunnels = true;
 };
 
 class Http1Session final : public L7Session {
@@ -42,6 +48,7 @@ class Http1Session final : public L7Session {
   void ServerClosed() override;
   void Drain() override;
   void SetAuthorize(L7Authorize authorize) override;
+  void SetTunnelsAllowed(bool allowed) override { tunnels_ = allowed; }
 
   // How many exchanges are waiting for their response (for tests and the relay's drain).
   size_t in_flight() const { return queue_.size(); }
@@ -54,6 +61,7 @@ class Http1Session final : public L7Session {
     bool close_after = false;    // the proxy's answer ends the connection
     bool complete = false;       // the request is all read
     std::string method;          // for the response parser
+    bool no_tunnel = false;      // its Upgrade was removed: a 101 to it is refused
   };
   class RequestEvents;
   class ResponseEvents;
@@ -88,6 +96,8 @@ class Http1Session final : public L7Session {
   bool response_head_sent_ = false;  // of the front exchange's final response
   bool response_closes_ = false;     // the response being read ends the connection
   bool server_done_ = false;
+  bool refused_tunnel_ = false;  // a 101 to a request whose Upgrade was removed
+  bool tunnels_ = true;          // options_.tunnels, then as SetTunnelsAllowed says
 
   bool draining_ = false;
 };

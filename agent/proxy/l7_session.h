@@ -10,6 +10,7 @@
 // relay stops reading a side while the output towards the other is over its budget.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -70,6 +71,12 @@ class L7Session {
   // Policy changed: requests from now on are authorized with this (an open HTTP connection is
   // not closed for a policy that denies some of its requests; the requests are).
   virtual void SetAuthorize(L7Authorize authorize) = 0;
+  // Whether the connection may become a tunnel (opaque bytes: Upgrade, CONNECT), as the port's
+  // policy admits opaque bytes or not; may change with the policy.
+  virtual void SetTunnelsAllowed(bool allowed) { (void)allowed; }
+  // Bytes held inside the session (beyond to_client and to_server) for the other side: the
+  // relay's per-pod buffer budget counts them.
+  virtual size_t held_bytes() const { return 0; }
 
   // Outputs: the relay writes them out and erases what it wrote.
   std::string to_client, to_server;

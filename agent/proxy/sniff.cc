@@ -23,4 +23,21 @@ Sniffed SniffProtocol(std::string_view first) {
   return prefix ? Sniffed::kNeedMore : Sniffed::kOther;
 }
 
+Sniffed SniffServerFirst(std::string_view bytes) {
+  // A frame header: length (24 bits, a multiple of 6 for SETTINGS, at most 16384 by default),
+  // type 0x4, flags 0 (not an ACK: nothing was sent to acknowledge), stream id 0.
+  const auto at = [&](size_t i) { return static_cast<unsigned char>(bytes[i]); };
+  if (bytes.size() >= 1 && at(0) != 0) return Sniffed::kOther;  // length < 65536
+  if (bytes.size() >= 3) {
+    const unsigned length = (at(1) << 8) | at(2);
+    if (length % 6 != 0 || length > 16384) return Sniffed::kOther;
+  }
+  if (bytes.size() >= 4 && at(3) != 0x4) return Sniffed::kOther;
+  if (bytes.size() >= 5 && at(4) != 0) return Sniffed::kOther;
+  for (size_t i = 5; i < 9 && i < bytes.size(); ++i) {
+    if (at(i) != 0) return Sniffed::kOther;
+  }
+  return bytes.size() >= 9 ? Sniffed::kHttp2 : Sniffed::kNeedMore;
+}
+
 }  // namespace shunt::agent

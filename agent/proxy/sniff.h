@@ -1,4 +1,4 @@
-// What a captured connection speaks, from the client's first bytes (docs/capture.md, "Protocol"):
+// What a captured connection speaks, from the client's first bytes (docs/capture.md, "L7"):
 // an HTTP/1 request line's method and its space, or the HTTP/2 client preface. Conservative:
 // only methods HTTP clients send (RFC 9110, PATCH, WebDAV's), so that a binary protocol whose
 // first bytes happen to be capitals is not taken for HTTP.
@@ -15,6 +15,13 @@ enum class Sniffed {
   kOther,     // opaque
 };
 Sniffed SniffProtocol(std::string_view first_bytes);
+
+// The server's bytes, when they come before the client's: an HTTP/2 server may send its
+// connection preface (a SETTINGS frame on stream 0) without waiting for the client's (gRPC's
+// servers do), which is no server-first protocol: kHttp2 for a SETTINGS frame header (then the
+// client's preface decides), kNeedMore for a prefix of one, kOther for anything else (a greeting:
+// MySQL, SMTP, Redis' replies).
+Sniffed SniffServerFirst(std::string_view server_bytes);
 
 inline constexpr std::string_view kHttp2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

@@ -55,6 +55,7 @@ struct TcpRelay::Conn {
   ExchangeSink exchanges;
   std::function<void()> opaque_refused;
   bool opaque_allow = true;
+  bool http2 = false;   // its session is HTTP/2
   size_t buffered = 0;  // as last accounted in its group
 };
 
@@ -177,6 +178,7 @@ void TcpRelay::RecheckOpen() {
       continue;
     }
     c->opaque_allow = d.opaque_allow;
+    if (c->session) c->session->SetTunnelsAllowed(d.opaque_allow);
     c->l7 = c->l7 || d.l7;
     if (d.authorize) {
       c->authorize = d.authorize;
@@ -218,6 +220,7 @@ RelayStats TcpRelay::stats() const {
   s.buffered = c.buffered.load();
   s.buffer_budget_waits = c.buffer_budget_waits.load();
   s.http1_connections = c.http1_connections.load();
+  s.http2_connections = c.http2_connections.load();
   s.opaque_l7 = c.opaque_l7.load();
   s.opaque_refused = c.opaque_refused.load();
   s.tunnels = c.tunnels.load();
@@ -657,7 +660,10 @@ void TcpRelay::Account(Conn* c) {
   size_t now = 0;
   if (!c->closed) {
     now = c->pending[0] + c->pending[1] + c->unsent[0].size() + c->unsent[1].size();
-    if (c->session) now += c->session->to_client.size() + c->session->to_server.size();
+    if (c->session) {
+      now += c->session->to_client.size() + c->session->to_server.size() +
+             c->session->held_bytes();
+    }
   }
   if (now == c->buffered) return;
   GroupBytes& g = group_bytes_[c->group];
@@ -673,24 +679,45 @@ void TcpRelay::Account(Conn* c) {
   if (g.bytes == 0 && g.held.empty()) group_bytes_.erase(c->group);
 }
 
-void TcpRelay::StartSession(Conn* c) {
+bool TcpRelay::StartSession(Conn* c, bool http2) {
   L7Authorize authorize = c->authorize;
   ExchangeSink exchanges = c->exchanges;
   Counters* counters = &counters_;
-  c->session = std::make_unique<Http1Session>(
-      options_.http1, std::move(authorize),
-      [counters, exchanges](const ExchangeRecord& r) {
-        ++counters->http_requests;
-        if (r.denied) {
-          ++counters->http_denied;
-        } else if (r.proxy_answered) {
-          ++(r.status == 502 ? counters->http_bad_responses : counters->http_refused);
-        }
-        if (exchanges) exchanges(r);
-      });
+  ExchangeSink sink = [counters, exchanges](const ExchangeRecord& r) {
+    ++counters->http_requests;
+    if (r.denied) {
+      ++counters->http_denied;
+    } else if (r.proxy_answered) {
+      ++(r.status == 502 ? counters->http_bad_responses : counters->http_refused);
+    }
+    if (exchanges) exchanges(r);
+  };
+  if (http2) {
+    Http2Options o = options_.http2;
+    o.tunnels = c->opaque_allow;
+    auto s = Http2Session::Create(std::move(o), std::move(authorize), std::move(sink));
+    if (!s.ok()) {  // out of memory, or options that cannot work: refused, never unread
+      SHUNT_LOG_EVERY_N_SEC(WARNING, 10) << "relay: HTTP/2 session: " << s.status();
+      ++counters_.resets;
+      Close(c, /*reset=*/true);
+      return false;
+    }
+    c->session = std::move(*s);
+    ++counters_.http2_connections;
+  } else {
+    Http1Options o = options_.http1;
+    o.tunnels = c->opaque_allow;
+    c->session = std::make_unique<Http1Session>(o, std::move(authorize), std::move(sink));
+    ++counters_.http1_connections;
+  }
   c->mode = Conn::Mode::kSession;
-  ++counters_.http1_connections;
+  c->http2 = http2;
   if (draining_) c->session->Drain();
+  return true;
+}
+
+size_t TcpRelay::OutputBudget(const Conn* c) const {
+  return c->http2 ? options_.http2.output_budget : options_.http1.output_budget;
 }
 
 bool TcpRelay::PumpUser(Conn* c) {
@@ -768,7 +795,7 @@ bool TcpRelay::PumpUser(Conn* c) {
       if (!MayRead(c)) break;
       if (c->session) {
         const std::string& towards = d == 0 ? c->session->to_server : c->session->to_client;
-        if (towards.size() >= options_.http1.output_budget) continue;
+        if (towards.size() >= OutputBudget(c)) continue;
       }
       const ssize_t n = recv(c->fd[d].get(), buf, sizeof(buf), MSG_DONTWAIT);
       if (n > 0) {
@@ -787,21 +814,24 @@ bool TcpRelay::PumpUser(Conn* c) {
     }
     if (c->mode == Conn::Mode::kSniff) {
       // The server speaking (or closing) first is a server-first protocol: opaque at once, never
-      // stalled. Otherwise the client's first bytes decide.
+      // stalled -- unless what it says is an HTTP/2 server's preface (gRPC's servers send theirs
+      // at once). Otherwise the client's first bytes decide.
       Sniffed what = Sniffed::kNeedMore;
-      if (!c->unsent[1].empty() || c->eof[1]) {
+      const bool server_spoke = !c->unsent[1].empty() || c->eof[1];
+      if (server_spoke && (c->eof[1] || SniffServerFirst(c->unsent[1]) == Sniffed::kOther)) {
         what = Sniffed::kOther;
       } else if (!c->unsent[0].empty()) {
         what = SniffProtocol(c->unsent[0]);
         if (what == Sniffed::kNeedMore && c->eof[0]) what = Sniffed::kOther;
+        // An HTTP/2 server's preface, then something else than HTTP/2 from the client: opaque.
+        if (server_spoke && what == Sniffed::kHttp1) what = Sniffed::kOther;
       } else if (c->eof[0]) {
         what = Sniffed::kOther;
       }
-      if (what == Sniffed::kHttp1) {
-        StartSession(c);
+      if (what == Sniffed::kHttp1 || what == Sniffed::kHttp2) {
+        if (!StartSession(c, what == Sniffed::kHttp2)) return false;
         progress = true;
-      } else if (what == Sniffed::kHttp2 || what == Sniffed::kOther) {
-        // HTTP/2 is opaque until the proxy reads it (issue 9): its L7 rules fail closed.
+      } else if (what == Sniffed::kOther) {
         if (!c->opaque_allow) {
           ++counters_.opaque_refused;
           ++counters_.refused;
@@ -854,7 +884,7 @@ void TcpRelay::InterestUser(Conn* c) {
       bool read = !c->eof[side] && c->unsent[side].size() < options_.max_unsent;
       if (c->session) {
         const std::string& towards = side == 0 ? c->session->to_server : c->session->to_client;
-        read = read && towards.size() < options_.http1.output_budget;
+        read = read && towards.size() < OutputBudget(c);
         const std::string& out = side == 0 ? c->session->to_client : c->session->to_server;
         if (!out.empty()) want |= EPOLLOUT;
       } else if (c->mode == Conn::Mode::kRaw) {

@@ -2,9 +2,10 @@
 // a transparent listener in a pod's namespace are decided (allowed: an upstream to the pod as the
 // client's address; refused: reset), then their bytes moved in the kernel with splice(2) through
 // a pipe per direction, never copied to user space. A connection to a port that needs L7 (an
-// access policy with L7 rules there) is sniffed first (sniff.h): HTTP/1.1 goes through an
-// L7Session (http1_session.h) that decides each request; anything else, or a server that speaks
-// first, is opaque (where the policy allows opaque bytes there; else it is reset).
+// access policy with L7 rules there) is sniffed first (sniff.h): HTTP/1.1 and HTTP/2 (h2c with
+// prior knowledge, which is what gRPC speaks) go through an L7Session (http1_session.h,
+// http2/h2_session.h) that decides each request; anything else, or a server that speaks first,
+// is opaque (where the policy allows opaque bytes there; else it is reset).
 //
 // One epoll loop on a thread of its own. Backpressure: a side is read only while its pipe towards
 // the other is empty, so a slow reader holds back its writer (at most a pipe, 1 MiB, is in
@@ -34,6 +35,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "agent/proxy/http1_session.h"
+#include "agent/proxy/http2/h2_session.h"
 #include "agent/proxy/l7_session.h"
 #include "common/unique_fd.h"
 
@@ -53,6 +55,7 @@ struct RelayOptions {
   // took some (backpressure towards the senders; nothing is dropped).
   size_t max_buffered_per_group = 64 << 20;
   Http1Options http1;
+  Http2Options http2;
   // Bytes read from a side and not yet taken by its session (waiting for the other side): at
   // most this many before that side is not read.
   size_t max_unsent = 256 << 10;
@@ -99,6 +102,7 @@ struct RelayStats {
   uint64_t buffer_budget_waits = 0;  // reads held back by a pod's max_buffered_per_group
   // L7 ports.
   uint64_t http1_connections = 0;   // sniffed as HTTP/1 and read as such
+  uint64_t http2_connections = 0;   // sniffed as HTTP/2 (h2c prior knowledge: gRPC) and read as such
   uint64_t opaque_l7 = 0;           // sniffed as something else: opaque, where allowed
   uint64_t opaque_refused = 0;      // ... reset: the policy does not admit it as opaque bytes
   uint64_t tunnels = 0;             // HTTP that became opaque (101, CONNECT)
@@ -151,7 +155,10 @@ class TcpRelay {
   // Side `side` in epoll for `want` (out of it unless `keep`: a hung-up socket with nothing to
   // wait for would wake the loop, level-triggered, until the other side drained).
   void Watch(Conn* c, int side, uint32_t want, bool keep);
-  void StartSession(Conn* c);
+  // Reads the connection as `http2` or HTTP/1.1 from now on; false: it was reset (no session).
+  bool StartSession(Conn* c, bool http2);
+  // A side is not read while its session's output towards the other is over this.
+  size_t OutputBudget(const Conn* c) const;
   // The group's buffered bytes: whether c may read; Account after every change of c's buffers.
   bool MayRead(Conn* c);
   void Account(Conn* c);
@@ -187,7 +194,7 @@ class TcpRelay {
         connect_timeouts{0}, half_close_timeouts{0}, idle_timeouts{0}, resets{0},
         policy_closed{0}, active{0},
         bytes_to_upstream{0}, bytes_to_downstream{0}, buffered{0}, buffer_budget_waits{0},
-        http1_connections{0}, opaque_l7{0},
+        http1_connections{0}, http2_connections{0}, opaque_l7{0},
         opaque_refused{0}, tunnels{0}, http_requests{0}, http_denied{0}, http_refused{0},
         http_bad_responses{0};
   };

@@ -57,3 +57,22 @@ add_dependencies(capture_test shunt-agent shunt-testpeer)
 
 # The opaque TCP relay on loopback (root: IP_TRANSPARENT).
 shunt_test(relay_test KERNEL SOURCES e2e/relay_test.cc LIBS shunt_proxy)
+
+# HTTP/2 and gRPC through the relay: ordinary clients (curl, nghttp2's h2load, a gRPC client of
+# the test's Echo service) against nginx (h2c) and the Echo server.
+set(echo_gen ${CMAKE_CURRENT_BINARY_DIR}/echo_gen)
+file(MAKE_DIRECTORY ${echo_gen})
+set(echo_proto ${CMAKE_CURRENT_SOURCE_DIR}/e2e/proto/echo.proto)
+add_custom_command(
+  OUTPUT ${echo_gen}/echo.pb.cc ${echo_gen}/echo.pb.h ${echo_gen}/echo.grpc.pb.cc
+         ${echo_gen}/echo.grpc.pb.h
+  COMMAND protobuf::protoc --proto_path=${CMAKE_CURRENT_SOURCE_DIR}/e2e/proto
+          --cpp_out=${echo_gen} --grpc_out=${echo_gen}
+          --plugin=protoc-gen-grpc=$<TARGET_FILE:gRPC::grpc_cpp_plugin> ${echo_proto}
+  DEPENDS ${echo_proto}
+  COMMENT "protoc echo.proto"
+  VERBATIM)
+add_library(shunt_test_echo_proto STATIC ${echo_gen}/echo.pb.cc ${echo_gen}/echo.grpc.pb.cc)
+target_include_directories(shunt_test_echo_proto PUBLIC ${echo_gen})
+target_link_libraries(shunt_test_echo_proto PUBLIC protobuf::libprotobuf gRPC::grpc++)
+shunt_test(relay_h2_test KERNEL SOURCES e2e/relay_h2_test.cc LIBS shunt_proxy shunt_test_echo_proto)

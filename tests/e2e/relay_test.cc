@@ -24,67 +24,13 @@
 
 #include "absl/strings/match.h"
 #include "agent/capture/netns.h"
+#include "tests/e2e/relay_util.h"
 #include "tests/test_util.h"
 
 namespace shunt::agent {
 namespace {
 
 using namespace std::chrono_literals;
-
-sockaddr_storage Loopback(uint16_t port) {
-  sockaddr_storage ss{};
-  auto* a = reinterpret_cast<sockaddr_in*>(&ss);
-  a->sin_family = AF_INET;
-  a->sin_port = htons(port);
-  a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  return ss;
-}
-
-uint16_t PortOf(int fd) {
-  sockaddr_in a{};
-  socklen_t len = sizeof(a);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  return ntohs(a.sin_port);
-}
-
-UniqueFd Listen(bool nonblocking) {
-  UniqueFd fd(socket(AF_INET, SOCK_STREAM | (nonblocking ? SOCK_NONBLOCK : 0) | SOCK_CLOEXEC, 0));
-  sockaddr_storage a = Loopback(0);
-  EXPECT_EQ(bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(sockaddr_in)), 0);
-  EXPECT_EQ(listen(fd.get(), 4096), 0);
-  return fd;
-}
-
-UniqueFd Connect(uint16_t port) {
-  UniqueFd fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_storage a = Loopback(port);
-  EXPECT_EQ(connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(sockaddr_in)), 0);
-  timeval tv{10, 0};
-  setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  return fd;
-}
-
-std::string ReadAll(int fd, int* err = nullptr) {
-  std::string out;
-  char buf[65536];
-  while (true) {
-    const ssize_t n = read(fd, buf, sizeof(buf));
-    if (n > 0) {
-      out.append(buf, n);
-      continue;
-    }
-    if (err) *err = n < 0 ? errno : 0;
-    return out;
-  }
-}
-
-void WriteAll(int fd, const std::string& s) {
-  for (size_t off = 0; off < s.size();) {
-    const ssize_t n = write(fd, s.data() + off, s.size() - off);
-    ASSERT_GT(n, 0) << strerror(errno);
-    off += n;
-  }
-}
 
 // Closes with a reset (what a peer that went away abruptly sends).
 void Abort(UniqueFd& fd) {
@@ -396,17 +342,6 @@ TEST_F(RelayTest, AThousandConcurrentConnectionsEachGetTheirOwnBytesBack) {
 
 namespace l7 {
 
-// A child process killed (and reaped) when it goes out of scope.
-struct Child {
-  pid_t pid = -1;
-  ~Child() {
-    if (pid > 0) {
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-    }
-  }
-};
-
 // An HTTP/1.1 keep-alive server (Python's http.server) on loopback: GET /<anything> answers
 // "hello <path>"; POST answers the body's length.
 uint16_t StartPythonServer(Child& child) {
@@ -446,27 +381,15 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_foreve
   return port;
 }
 
-// Runs a shell command; its standard output.
-std::string Output(const std::string& command) {
-  std::string out;
-  FILE* f = popen(command.c_str(), "r");
-  if (!f) return out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
-  pclose(f);
-  return out;
-}
-
 }  // namespace l7
 
 TEST_F(RelayTest, CurlThroughAnLSevenPortGetsItsAnswersAndA403ForADeniedPathOnOneConnection) {
   l7_ = true;
-  l7::Child server;
+  Child server;
   upstream_port_ = l7::StartPythonServer(server);
   const std::string base = "http://127.0.0.1:" + std::to_string(front_port_);
   // One curl, three URLs: one connection (curl reuses it), the denied one in the middle.
-  const std::string out = l7::Output(
+  const std::string out = Output(
       "timeout 20 curl -s -w '|%{http_code}|%{num_connects}\n' " + base + "/one " + base +
       "/admin/secret " + base + "/two");
   EXPECT_EQ(out,
@@ -474,7 +397,7 @@ TEST_F(RelayTest, CurlThroughAnLSevenPortGetsItsAnswersAndA403ForADeniedPathOnOn
             "access denied\n|403|0\n"
             "hello /two|200|0\n");
   // A body (the re-chunking of chunked ones: http1_session_test; Python's server reads none).
-  const std::string posted = l7::Output(
+  const std::string posted = Output(
       "head -c 300000 /dev/zero | timeout 20 curl -s --data-binary @- " + base + "/upload");
   EXPECT_EQ(posted, "300000");
   EXPECT_TRUE(shunt::test::Eventually([&] { return relay_->stats().active == 0; }, 5s));

@@ -633,6 +633,25 @@ TEST_F(H2Test, DeniedGrpcRequestGetsPermissionDeniedTrailersOnly) {
   EXPECT_EQ(records_[0].policy, "ns/no-grpc");
 }
 
+// CONNECT over HTTP/2 is a tunnel of opaque bytes: forwarded where they are admitted, else 403
+// (the port's policy cannot decide on what the tunnel carries).
+TEST_F(H2Test, ConnectIsATunnelOnlyWhereOpaqueBytesAreAdmitted) {
+  Start();
+  const Fields connect = {{":method", "CONNECT"}, {":authority", "db:5432"}};
+  const int32_t allowed = client_->Request(connect, "ab", /*end=*/false);
+  Pump();
+  ASSERT_EQ(server_->requests.size(), 1u) << "tunnels allowed: forwarded";
+  session_->SetTunnelsAllowed(false);
+  const int32_t refused = client_->Request(connect, "ab", /*end=*/false);
+  Pump();
+  EXPECT_EQ(server_->requests.size(), 1u) << "not admitted: the server never sees it";
+  ASSERT_FALSE(client_->streams[refused].blocks.empty());
+  EXPECT_EQ(Get(client_->streams[refused].blocks[0], ":status"), "403");
+  EXPECT_TRUE(client_->streams[allowed].blocks.empty()) << "the open tunnel is not touched";
+  ASSERT_EQ(records_.size(), 1u);
+  EXPECT_TRUE(records_[0].denied);
+}
+
 TEST_F(H2Test, SetAuthorizeAppliesToLaterRequests) {
   Start();
   const int32_t first = client_->Request(Get_("/x"));

@@ -189,6 +189,40 @@ TEST_F(Session, AnUpgradeTheServerRefusesLeavesTheConnectionHttp) {
   EXPECT_EQ(ToServer(), "GET /next HTTP/1.1\r\nHost: s\r\n\r\n");
 }
 
+// Where the port's policy admits no opaque bytes, no request makes a tunnel: an Upgrade reaches
+// the server without its Upgrade fields (answered as HTTP), a 101 anyway is a 502, CONNECT a 403.
+TEST_F(Session, WithoutTunnelsAnUpgradeIsPlainHttpAndConnectIsRefused) {
+  Http1Options o;
+  o.tunnels = false;
+  Make(o);
+  Client("GET /x HTTP/1.1\r\nHost: s\r\nConnection: Upgrade, HTTP2-Settings, keep-alive\r\n"
+         "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n");
+  EXPECT_EQ(ToServer(), "GET /x HTTP/1.1\r\nHost: s\r\nConnection: keep-alive\r\n\r\n");
+  Server("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+  EXPECT_EQ(ToClient(), "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+  EXPECT_FALSE(session_->tunnel);
+  EXPECT_EQ(Client("GET /ws HTTP/1.1\r\nHost: s\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"),
+            "");
+  EXPECT_EQ(ToServer(), "GET /ws HTTP/1.1\r\nHost: s\r\n\r\n");
+  EXPECT_EQ(Server("HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket"
+                   "\r\n\r\n\x82\x01z"),
+            "");
+  EXPECT_FALSE(session_->tunnel);
+  EXPECT_TRUE(absl::StartsWith(ToClient(), "HTTP/1.1 502 Bad Gateway\r\n"));
+  EXPECT_TRUE(session_->shut_client);
+  ASSERT_EQ(records_.size(), 2u);
+  EXPECT_EQ(records_[1].status, 502);
+
+  Make(o);
+  records_.clear();
+  EXPECT_EQ(Client("CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n\x00\x01"), "");
+  EXPECT_EQ(ToServer(), "");
+  EXPECT_TRUE(absl::StartsWith(ToClient(), "HTTP/1.1 403 Forbidden\r\n"));
+  EXPECT_FALSE(session_->tunnel);
+  ASSERT_EQ(records_.size(), 1u);
+  EXPECT_TRUE(records_[0].denied);
+}
+
 TEST_F(Session, DrainClosesAnIdleConnectionAtOnceAndABusyOneAfterItsResponse) {
   session_->Drain();
   EXPECT_TRUE(session_->shut_client && session_->shut_server);

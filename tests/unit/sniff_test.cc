@@ -30,5 +30,35 @@ TEST(SniffProtocol, MethodsThePrefaceAndTheirPrefixes) {
   EXPECT_EQ(SniffProtocol("EHLO mail\r\n"), Sniffed::kOther);
 }
 
+// A server's bytes before the client's: an HTTP/2 server's SETTINGS (gRPC's servers send it at
+// once) leaves the decision to the client; any other greeting is a server-first protocol.
+TEST(SniffServerFirst, AnHttp2ServersSettingsIsNoGreeting) {
+  // gRPC C++'s server preface: SETTINGS, 4 entries (24 bytes), flags 0, stream 0.
+  const std::string settings("\x00\x00\x18\x04\x00\x00\x00\x00\x00", 9);
+  EXPECT_EQ(SniffServerFirst(settings), Sniffed::kHttp2);
+  EXPECT_EQ(SniffServerFirst(settings + std::string(24, '\x01')), Sniffed::kHttp2);
+  EXPECT_EQ(SniffServerFirst(std::string("\x00\x00\x00\x04\x00\x00\x00\x00\x00", 9)),
+            Sniffed::kHttp2)
+      << "an empty SETTINGS";
+  for (size_t n = 1; n < settings.size(); ++n) {
+    EXPECT_EQ(SniffServerFirst(settings.substr(0, n)), Sniffed::kNeedMore) << n;
+  }
+  EXPECT_EQ(SniffServerFirst(std::string("\x00\x00\x18\x04\x01\x00\x00\x00\x00", 9)),
+            Sniffed::kOther)
+      << "an ACK: nothing was sent to acknowledge";
+  EXPECT_EQ(SniffServerFirst(std::string("\x00\x00\x18\x04\x00\x00\x00\x00\x01", 9)),
+            Sniffed::kOther)
+      << "on a stream";
+  EXPECT_EQ(SniffServerFirst(std::string("\x00\x00\x07\x04", 4)), Sniffed::kOther)
+      << "a length that is no list of settings";
+  EXPECT_EQ(SniffServerFirst(std::string("\x00\x00\x08\x07\x00\x00\x00\x00\x00", 9)),
+            Sniffed::kOther)
+      << "GOAWAY";
+  // Greetings: MySQL's handshake (length 0x4a, sequence 0), SMTP, Redis.
+  EXPECT_EQ(SniffServerFirst(std::string("\x4a\x00\x00\x00\x0a", 5)), Sniffed::kOther);
+  EXPECT_EQ(SniffServerFirst("220 mail ESMTP\r\n"), Sniffed::kOther);
+  EXPECT_EQ(SniffServerFirst("-ERR\r\n"), Sniffed::kOther);
+}
+
 }  // namespace
 }  // namespace shunt::agent

@@ -447,7 +447,9 @@ absl::StatusOr<std::unique_ptr<Http2Session>> Http2Session::Create(Http2Options 
 Http2Session::Http2Session(Http2Options options, L7Authorize authorize, ExchangeSink on_exchange)
     : options_(std::move(options)),
       authorize_(std::move(authorize)),
-      on_exchange_(std::move(on_exchange)) {}
+      on_exchange_(std::move(on_exchange)) {
+  tunnels_ = options_.tunnels;
+}
 
 absl::Status Http2Session::Init() {
   nghttp2_session_callbacks* raw = nullptr;
@@ -574,7 +576,10 @@ void Http2Session::OnRequestHead(Stream& s, bool end_stream) {
     ResetClient(s, NGHTTP2_REFUSED_STREAM);
     return;
   }
-  const L7Verdict verdict = authorize_ ? authorize_(req) : L7Verdict{};
+  L7Verdict verdict = authorize_ ? authorize_(req) : L7Verdict{};
+  if (verdict.allow && !tunnels_ && req.method == "CONNECT") {
+    verdict = {.allow = false, .policy = ""};  // opaque bytes the policy does not admit
+  }
   if (!verdict.allow) {
     s.record.denied = true;
     s.record.policy = verdict.policy;

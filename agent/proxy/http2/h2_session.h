@@ -78,6 +78,8 @@ struct Http2Options {
   size_t max_continuations = 8;
   size_t max_outbound_ack = 1000;
   size_t max_settings = 32;
+  // Whether CONNECT streams (tunnels of opaque bytes) are forwarded; else answered 403.
+  bool tunnels = true;
   // Injected so that tests control time; absl::Now when empty.
   std::function<absl::Time()> clock;
 };
@@ -99,6 +101,10 @@ class Http2Session : public L7Session {
   void ServerClosed() override;
   void Drain() override;
   void SetAuthorize(L7Authorize authorize) override;
+  // A CONNECT stream is a tunnel of opaque bytes: where they are not admitted, it is answered
+  // 403 (extended CONNECT, RFC 8441, is not advertised).
+  void SetTunnelsAllowed(bool allowed) override { tunnels_ = allowed; }
+  size_t held_bytes() const override { return buffered_bytes_; }
 
   // DATA held for the other side (both directions), and the streams not finished yet: for the
   // relay's budgets and metrics.
@@ -168,6 +174,7 @@ class Http2Session : public L7Session {
   absl::flat_hash_map<int32_t, int32_t> server_to_client_;
   size_t buffered_bytes_ = 0;
 
+  bool tunnels_ = true;    // options_.tunnels, then as SetTunnelsAllowed says
   bool draining_ = false;  // no new streams; shut once the last one finished
   bool client_eof_ = false;
   bool upstream_lost_ = false;  // server closed or broke the protocol

@@ -1,0 +1,101 @@
+// What the relay's tests (relay_test.cc, relay_h2_test.cc) share: loopback sockets, blocking
+// reads and writes, child processes.
+#pragma once
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "common/unique_fd.h"
+
+namespace shunt::agent {
+
+inline sockaddr_storage Loopback(uint16_t port) {
+  sockaddr_storage ss{};
+  auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+  a->sin_family = AF_INET;
+  a->sin_port = htons(port);
+  a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  return ss;
+}
+
+inline uint16_t PortOf(int fd) {
+  sockaddr_in a{};
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  return ntohs(a.sin_port);
+}
+
+inline UniqueFd Listen(bool nonblocking) {
+  UniqueFd fd(socket(AF_INET, SOCK_STREAM | (nonblocking ? SOCK_NONBLOCK : 0) | SOCK_CLOEXEC, 0));
+  sockaddr_storage a = Loopback(0);
+  EXPECT_EQ(bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(sockaddr_in)), 0);
+  EXPECT_EQ(listen(fd.get(), 4096), 0);
+  return fd;
+}
+
+inline UniqueFd Connect(uint16_t port) {
+  UniqueFd fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_storage a = Loopback(port);
+  EXPECT_EQ(connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(sockaddr_in)), 0);
+  timeval tv{10, 0};
+  setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  return fd;
+}
+
+inline std::string ReadAll(int fd, int* err = nullptr) {
+  std::string out;
+  char buf[65536];
+  while (true) {
+    const ssize_t n = read(fd, buf, sizeof(buf));
+    if (n > 0) {
+      out.append(buf, n);
+      continue;
+    }
+    if (err) *err = n < 0 ? errno : 0;
+    return out;
+  }
+}
+
+inline void WriteAll(int fd, const std::string& s) {
+  for (size_t off = 0; off < s.size();) {
+    const ssize_t n = write(fd, s.data() + off, s.size() - off);
+    ASSERT_GT(n, 0) << strerror(errno);
+    off += n;
+  }
+}
+
+// A child process killed (and reaped) when it goes out of scope.
+struct Child {
+  pid_t pid = -1;
+  ~Child() {
+    if (pid > 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+};
+
+// Runs a shell command; its standard output.
+inline std::string Output(const std::string& command) {
+  std::string out;
+  FILE* f = popen(command.c_str(), "r");
+  if (!f) return out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
+  pclose(f);
+  return out;
+}
+
+}  // namespace shunt::agent
