@@ -734,7 +734,9 @@ absl::StatusOr<EncodedServicePolicy> ListServicePolicy(const ServicePolicyWriter
   return out;
 }
 
-std::string NormalizePathForPolicy(std::string_view path) {
+namespace {
+
+std::string Normalize(std::string_view path, bool strip_params) {
   // Every escape decoded, "%2F" and "\" included: what some server might take for a separator
   // is one here, so that "/admin" cannot be reached as "/%61dmin", "/a%2F../admin" or "//admin".
   std::string decoded;
@@ -760,8 +762,9 @@ std::string NormalizePathForPolicy(std::string_view path) {
   std::string_view rest = decoded;
   while (!rest.empty()) {
     const size_t slash = rest.find('/');
-    const std::string_view seg = rest.substr(0, slash);
+    std::string_view seg = rest.substr(0, slash);
     rest = slash == std::string_view::npos ? std::string_view() : rest.substr(slash + 1);
+    if (strip_params) seg = seg.substr(0, seg.find(';'));
     trailing_slash = slash != std::string_view::npos && rest.empty();
     if (seg.empty() || seg == ".") {
       trailing_slash = trailing_slash || (seg == "." && rest.empty());
@@ -783,11 +786,23 @@ std::string NormalizePathForPolicy(std::string_view path) {
   return out;
 }
 
+}  // namespace
+
+std::string NormalizePathForPolicy(std::string_view path) { return Normalize(path, false); }
+
+std::vector<std::string> PathViewsForPolicy(std::string_view path) {
+  std::vector<std::string> views = {Normalize(path, false), Normalize(path, true),
+                                    std::string(path)};
+  std::sort(views.begin(), views.end());
+  views.erase(std::unique(views.begin(), views.end()), views.end());
+  return views;
+}
+
 namespace {
 
 enum class View { kOpaque, kHttpArrival, kRequest };
 
-bool L7Matches(const AccessPolicy& p, std::string_view method, const std::string& path) {
+bool L7Matches(const AccessPolicy& p, std::string_view method, std::string_view path) {
   for (const auto& r : p.l7()) {
     bool method_ok = r.methods().empty();
     for (const auto& m : r.methods()) method_ok |= m == method;
@@ -836,7 +851,10 @@ ArrivalDecision Decide(const PolicySnapshot& snapshot, const std::string& dest_u
     out.source_namespace = src->namespace_();
     out.source_workload = src->owner().empty() ? src->name() : src->owner();
   }
-  const std::string path = view == View::kRequest ? NormalizePathForPolicy(raw_path) : "";
+  // Every reading of the path a server may make: a DENY matches when one of them does, an ALLOW
+  // admits only when all of them do.
+  const std::vector<std::string> paths =
+      view == View::kRequest ? PathViewsForPolicy(raw_path) : std::vector<std::string>{};
   bool any_allow = false;
   std::string first_allow, allowed_by;
   for (const auto& p : bundle.access_policies()) {
@@ -869,8 +887,12 @@ ArrivalDecision Decide(const PolicySnapshot& snapshot, const std::string& dest_u
         l7_ok = deny;
       } else if (view == View::kHttpArrival) {
         l7_ok = !deny;
+      } else if (deny) {
+        l7_ok = std::any_of(paths.begin(), paths.end(),
+                            [&](const std::string& v) { return L7Matches(p, method, v); });
       } else {
-        l7_ok = L7Matches(p, method, path);
+        l7_ok = std::all_of(paths.begin(), paths.end(),
+                            [&](const std::string& v) { return L7Matches(p, method, v); });
       }
     }
     const std::string name = p.namespace_() + "/" + p.name();

@@ -233,8 +233,10 @@ ArrivalDecision DecideArrival(const PolicySnapshot& snapshot, const std::string&
                               const IpKey& source, uint16_t port,
                               ArrivalView view = ArrivalView::kOpaque);
 // One HTTP request on a connection admitted with kHttp: its method and path (the target without
-// query; gRPC: "/package.Service/Method") against the L7 rules, on the normalised path
-// (NormalizePathForPolicy). A rule path ending in "*" is a prefix.
+// query; gRPC: "/package.Service/Method") against the L7 rules, on every reading of the path a
+// server may make (PathViewsForPolicy: the request goes to the server as the client wrote it):
+// a DENY rule matches when one reading does, an ALLOW rule admits only when all of them do. A
+// rule path ending in "*" is a prefix.
 ArrivalDecision DecideRequest(const PolicySnapshot& snapshot, const std::string& dest_uid,
                               const IpKey& source, uint16_t port, std::string_view method,
                               std::string_view path);
@@ -242,6 +244,10 @@ ArrivalDecision DecideRequest(const PolicySnapshot& snapshot, const std::string&
 // empty and "." segments dropped, ".." resolved (never above the root). A server may read a path
 // more literally than this, never less: what a rule names cannot be reached around it.
 std::string NormalizePathForPolicy(std::string_view path);
+// The readings of a path policy checks: the normalised one, the same with each segment's
+// parameters (";...") cut first (Tomcat and Jetty resolve "/x/..;/admin" to "/admin"), and the
+// path as written (a server that decodes nothing); without repeats.
+std::vector<std::string> PathViewsForPolicy(std::string_view path);
 // The ports of workload `w` that access policies with L7 rules cover, for the capture (nft
 // syntax: "8081", "9000-9010"; "*": every port), sorted, without repeats.
 std::vector<std::string> L7PortsOf(const shunt::v1::PolicyBundle& bundle,

@@ -908,6 +908,30 @@ TEST(DecideRequest, LSevenRulesDecideRequestsAndFailClosedOnOpaqueBytes) {
   EXPECT_TRUE(DecideArrival(wider, "b", a, 8080, ArrivalView::kOpaque).allowed);
 }
 
+// Every reading of a path a server may make is checked: a DENY cannot be gone around with a
+// path a server resolves differently from the normalised one (Tomcat's "..;"), and an ALLOW
+// admits a path only when every reading of it is admitted.
+TEST(DecideRequest, EveryReadingOfThePathIsChecked) {
+  const IpKey a = Ip("10.0.0.1");
+  const std::string front = R"([{"pods": {"matchLabels": {"app": "front"}}}])";
+  auto deny = Bundle("", "", L7Policy("no-admin", "DENY", front, R"([{"paths": ["/admin*"]}])"));
+  for (const char* around : {"/x/..;/admin", "/x/..;jsessionid=1/admin/u", "/x/%2e%2e;/admin",
+                             "/x/..%3B/admin", "/admin;x"}) {
+    EXPECT_FALSE(DecideRequest(deny, "b", a, 8080, "GET", around).allowed) << around;
+  }
+  EXPECT_TRUE(DecideRequest(deny, "b", a, 8080, "GET", "/x/a;b/c").allowed);
+  auto allow = Bundle("", "", L7Policy("api", "ALLOW", front, R"([{"paths": ["/api/*"]}])"));
+  EXPECT_TRUE(DecideRequest(allow, "b", a, 8080, "GET", "/api/v1").allowed);
+  EXPECT_TRUE(DecideRequest(allow, "b", a, 8080, "GET", "/api/v1;jsessionid=1").allowed);
+  for (const char* out_of_it : {"/api/..;/admin", "/api/%2e%2e/admin", "/api//../admin",
+                                "/%61pi/v1"}) {
+    EXPECT_FALSE(DecideRequest(allow, "b", a, 8080, "GET", out_of_it).allowed) << out_of_it;
+  }
+  EXPECT_EQ(PathViewsForPolicy("/api/v1"), std::vector<std::string>{"/api/v1"});
+  EXPECT_EQ(PathViewsForPolicy("/x/..;/admin"),
+            (std::vector<std::string>{"/admin", "/x/..;/admin"}));
+}
+
 TEST(NormalizePathForPolicy, DecodesMergesAndResolvesDotSegments) {
   EXPECT_EQ(NormalizePathForPolicy("/a/b"), "/a/b");
   EXPECT_EQ(NormalizePathForPolicy("/a/b/"), "/a/b/");
