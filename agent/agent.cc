@@ -458,6 +458,19 @@ int RunAgent(const AgentConfig& config) {
   lb_options.limits.policy_dests = config.policy_dests_size;
   lb_options.limits.max_slots_per_service = config.lb_max_slots;
   lb_options.limits.l7_proxy = config.capture;
+  // Which of the node's pods the capture covers (made below): an L7 DENY at a pod it does not
+  // cover is enforced on whole connections at connect(). Until the capture's first pass, every
+  // pod counts as covered (a restart inherits its predecessor's capture).
+  struct CaptureView {
+    absl::Mutex mu;
+    const CaptureReconciler* capture ABSL_GUARDED_BY(mu) = nullptr;
+    bool started ABSL_GUARDED_BY(mu) = false;
+  } capture_view;
+  lb_options.captured = [&capture_view](const std::string& uid) {
+    absl::MutexLock l(&capture_view.mu);
+    if (!capture_view.started) return true;
+    return capture_view.capture != nullptr && capture_view.capture->IsCaptured(uid);
+  };
   lb_options.directory = [&reconciler] { return reconciler.directory(); };
   ServicePolicyReconciler service_policy(lb_options, store, lb_writer);
   late_enforcement.Set([&](absl::Duration wait) {
@@ -514,8 +527,18 @@ int RunAgent(const AgentConfig& config) {
     if (absl::Status s = capture->Start(); !s.ok()) {
       SHUNT_LOG(WARNING) << "first capture pass: " << s.message();
     }
+    absl::MutexLock l(&capture_view.mu);
+    capture_view.capture = capture.get();
+    capture_view.started = true;
   }
-  absl::Cleanup stop_capture = [&capture] {
+  absl::Cleanup stop_capture = [&capture, &capture_view] {
+    {
+      absl::MutexLock l(&capture_view.mu);
+      // Going away: a last service/policy pass leaves the L7 DENYs to the successor's capture
+      // (or, stopped for good, released: fail open, as documented).
+      capture_view.capture = nullptr;
+      capture_view.started = false;
+    }
     if (capture) capture->Stop();
   };
 

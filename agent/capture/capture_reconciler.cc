@@ -119,6 +119,11 @@ size_t CaptureReconciler::captured_pods() const {
   return captured_;
 }
 
+bool CaptureReconciler::IsCaptured(const std::string& uid) const {
+  absl::MutexLock l(&mu_);
+  return captured_uids_.count(uid) > 0;
+}
+
 absl::Status CaptureReconciler::Capture(const std::string& uid, const std::string& cgroup,
                                         const std::vector<std::string>& ips, Pod& pod) {
   // The pod's namespace is the one that holds its IP: a process of the pod in a namespace of its
@@ -370,10 +375,13 @@ absl::Status CaptureReconciler::ReconcileOnce() {
     if (rechecked_version_ != 0) relay_.Recheck();
     rechecked_version_ = snapshot->version;
   }
-  size_t n = 0;
-  for (const auto& [uid, p] : pods_) n += p.netns != nullptr;
+  std::set<std::string> uids;
+  for (const auto& [uid, p] : pods_) {
+    if (p.netns != nullptr) uids.insert(uid);
+  }
   absl::MutexLock l(&mu_);
-  captured_ = n;
+  captured_ = uids.size();
+  captured_uids_ = std::move(uids);
   return first;
 }
 
@@ -402,6 +410,8 @@ std::vector<HandedListener> CaptureReconciler::Surrender() {
   releasing_.clear();  // the successor's to finish (their pods are not meshed: not captured)
   absl::MutexLock l(&mu_);
   captured_ = 0;
+  // captured_uids_ kept: the pods stay captured (by the successor's listeners), so that a last
+  // service/policy pass of this agent does not turn their L7 DENYs into whole-connection ones.
   return out;
 }
 
@@ -412,6 +422,7 @@ void CaptureReconciler::ReleaseAll() {
   FinishReleases();
   absl::MutexLock l(&mu_);
   captured_ = 0;
+  captured_uids_.clear();
 }
 
 absl::Status CaptureReconciler::RemoveFromAllPods(const std::string& cgroup_root,

@@ -432,14 +432,15 @@ DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const 
     if (l7) {
       for (const auto& w : bundle.workloads()) {
         if (w.namespace_() == p->namespace_() && LabelsMatch(p->target(), w) && !w.host_network() &&
-            (!limits.l7_proxy || !w.meshed())) {
+            (!limits.l7_proxy || !w.meshed() || limits.uncaptured.count(w.uid()))) {
           l7_unproxied_target = true;
         }
       }
     }
     if (l7_unproxied_target) {
-      const std::string where = limits.l7_proxy ? "at targets outside the mesh"
-                                                : "without the agent's proxy (--capture)";
+      const std::string where = limits.l7_proxy
+                                    ? "at targets outside the mesh or not captured (yet)"
+                                    : "without the agent's proxy (--capture)";
       not_enforced(pname, is_deny(p) ? absl::StrCat("L7 rules (methods, paths) ", where,
                                                     ": enforced as a DENY of whole connections "
                                                     "on its ports (stricter than written)")
@@ -495,7 +496,9 @@ DesiredServicePolicy CompileServicePolicy(const PolicySnapshot& snapshot, const 
       if (w.host_network()) continue;
       // The proxy at the target decides each request: a DENY of some requests refuses no
       // connection at connect().
-      if (l7 && is_deny(p) && limits.l7_proxy && w.meshed()) continue;
+      if (l7 && is_deny(p) && limits.l7_proxy && w.meshed() && !limits.uncaptured.count(w.uid())) {
+        continue;
+      }
       for (const auto& ip : w.ips()) {
         auto key = ParseIpKey(ip);
         if (key.ok()) targets.push_back(*key);
@@ -1130,8 +1133,16 @@ absl::Status ServicePolicyReconciler::ReconcileOnce(PolicySnapshotPtr snapshot, 
     }
     std::set<uint64_t> scanned;
     for (const auto& [uid, cg] : *cgroup_ids) scanned.insert(cg);
-    desired =
-        CompileServicePolicy(*snapshot, options_.node_name, *cgroup_ids, options_.limits, ids_);
+    ServicePolicyLimits limits = options_.limits;
+    if (limits.l7_proxy && options_.captured) {
+      for (const auto& w : snapshot->bundle.workloads()) {
+        if (w.node() == options_.node_name && w.meshed() && !w.host_network() &&
+            !options_.captured(w.uid())) {
+          limits.uncaptured.insert(w.uid());
+        }
+      }
+    }
+    desired = CompileServicePolicy(*snapshot, options_.node_name, *cgroup_ids, limits, ids_);
     EncodedServicePolicy applied;
     s = ApplyServicePolicy(desired, writer_, listed ? &*listed : &*applied_, &applied);
     // After an error the maps are in an unknown state: list them on the next pass.

@@ -45,6 +45,11 @@ struct ServicePolicyLimits {
   // The agents' proxy captures meshed pods (--capture): L7 rules at meshed targets are decided
   // there per request, not at connect().
   bool l7_proxy = false;
+  // Meshed pods of this node whose capture is not in place (not yet, or it failed: a namespace
+  // gone, the capture port taken): no proxy decides their requests, so an L7 DENY targeting them
+  // refuses whole connections at connect(), as without --capture. (A target on another node is
+  // trusted to be captured by its agent.)
+  std::set<std::string> uncaptured;
 };
 
 struct LbKey {
@@ -274,6 +279,10 @@ class ServicePolicyReconciler {
     std::string cgroup_root;
     absl::Duration resync = absl::Seconds(1);
     ServicePolicyLimits limits;
+    // Whether the capture covers this node's pod `uid` now (--capture; unset: every pod is taken
+    // as covered). Asked on every pass for the meshed pods of the node (ServicePolicyLimits
+    // uncaptured).
+    std::function<bool(const std::string& uid)> captured;
     // The fast path reconciler's workload ids (the counters' source dimension): the counters of
     // ids that leave it are deleted. Optional.
     std::function<std::shared_ptr<const WorkloadDirectory>()> directory;

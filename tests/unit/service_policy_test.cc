@@ -310,6 +310,23 @@ TEST(ServicePolicy, WithTheProxyLSevenRulesAtMeshedTargetsAreLeftToIt) {
   EXPECT_EQ(d.policy_dests.count(Ip("10.0.0.2")), 0u) << "b: its proxy decides";
 }
 
+// A meshed pod of this node whose capture is not in place (not yet, or failed) has no proxy to
+// decide its requests: an L7 DENY there refuses whole connections at connect(), said, instead of
+// being left to a proxy that is not there (enforced nowhere).
+TEST(ServicePolicy, WithTheProxyAnUncapturedTargetsLSevenDenyIsEnforcedOnWholeConnections) {
+  const std::string front = R"([{"pods": {"matchLabels": {"app": "front"}}}])";
+  const std::string deny = L7Policy("deny-post", "DENY", front, R"([{"methods": ["POST"]}])");
+  ServicePolicyLimits limits;
+  limits.l7_proxy = true;
+  limits.uncaptured = {"b"};
+  auto d = Compile(Bundle("", "", deny), limits);
+  ASSERT_EQ(d.not_enforced.size(), 1u);
+  EXPECT_NE(d.not_enforced[0].reason.find("not captured"), std::string::npos)
+      << d.not_enforced[0].reason;
+  ASSERT_EQ(d.policy_dests.count(Ip("10.0.0.2")), 1u);
+  EXPECT_NE(d.policy_dests.at(Ip("10.0.0.2")).deny, 0u) << "b: denied whole until captured";
+}
+
 TEST(ServicePolicy, MoreThanSixtyThreePoliciesWithSourcesHereIsAnErrorAndCounted) {
   std::string ps;
   for (int i = 0; i < 66; ++i) {
