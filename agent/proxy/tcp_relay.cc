@@ -644,6 +644,9 @@ void TcpRelay::Close(Conn* c, bool reset) {
   // Events of this batch may still point at it: freed after the batch, so that no new
   // connection takes its address meanwhile.
   c->closed = true;
+  // Out of its group's held list whatever it held (Account returns early when nothing changed):
+  // no pointer to it outlives the batch.
+  if (auto g = group_bytes_.find(c->group); g != group_bytes_.end()) g->second.held.erase(c);
   Account(c);
   closed_.push_back(std::move(it->second));
   conns_.erase(it);

@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <signal.h>
 #include <unistd.h>
@@ -28,6 +29,7 @@
 #include "common/files.h"
 #include <nlohmann/json.hpp>
 #include "tests/e2e/e2e_util.h"
+#include "tests/e2e/relay_util.h"
 #include "tests/test_util.h"
 #include "tests/testbed/testbed.h"
 
@@ -752,6 +754,59 @@ TEST_F(CaptureTest, AnLSevenDenyAnswers403ToItsPathsAndLetsTheRestThroughOnOneCo
   ASSERT_TRUE(r.ok());
   EXPECT_NE(r->exit_code, 0) << r->out;
   EXPECT_GE(Metric("shunt_relay_l7_total", {{"result", "opaque_refused"}}), 1);
+}
+
+// HTTP/2 across nodes: nginx speaking h2c in the server pod, curl and h2load (nghttp2's) in a
+// client pod of the other node; the server's agent reads every stream (the preface sniffed) and
+// answers the denied path 403 in place, on the same connection as the allowed ones.
+TEST_F(CaptureTest, HttpTwoFromAnotherNodeIsReadStreamByStreamAndADeniedPathGets403) {
+  StartCapturingAgent();
+  if (HasFatalFailure()) return;
+  const std::string dir = bed_->work_dir() + "/nginx-h2";
+  ASSERT_EQ(mkdir(dir.c_str(), 0755), 0);
+  {
+    std::ofstream conf(dir + "/nginx.conf");
+    conf << NginxH2Config(dir, "8083");
+  }
+  auto nginx = bed_->Spawn(Server(), {"nginx", "-p", dir + "/", "-c", dir + "/nginx.conf", "-e",
+                                      dir + "/error.log"});
+  ASSERT_TRUE(nginx.ok()) << nginx.status();
+  servers_.push_back(std::move(*nginx));
+  nlohmann::json policy = Deny("no-admin", {{{"namespaces", {"default"}}}});
+  policy[0]["l7"] = {{{"paths", {"/admin*"}}}};
+  policy[0]["ports"] = {{{"from", 8083}}};
+  WritePolicies(policy, 2);
+  if (HasFatalFailure()) return;
+  const std::string base = "http://" + Server().ipv4 + ":8083";
+  auto curl = [&](const std::string& path) {
+    auto r = bed_->Run(Client(), {"/usr/bin/curl", "-s", "--http2-prior-knowledge", "-w",
+                                  "|%{http_code}|%{http_version}", base + path},
+                       20s);
+    return r.ok() ? r->out : r.status().ToString();
+  };
+  std::string out;
+  ASSERT_TRUE(shunt::test::Eventually([&] { return (out = curl("/one")) == "hello /one\n|200|2"; },
+                                      10s, 100ms))
+      << out << Output("cat " + dir + "/error.log");
+  EXPECT_EQ(curl("/admin/users"), "denied by policy\n|403|2");
+  // 2000 requests on 4 connections, 16 streams at once each, then 200 denied ones.
+  auto load = [&](const std::string& path, int n) {
+    auto r = bed_->Run(Client(), {"/usr/bin/h2load", "-n", std::to_string(n), "-c", "4", "-m", "16",
+                                  base + path},
+                       60s);
+    return r.ok() ? r->out : r.status().ToString();
+  };
+  const std::string ok = load("/one", 2000);
+  EXPECT_TRUE(absl::StrContains(ok, "status codes: 2000 2xx, 0 3xx, 0 4xx, 0 5xx")) << ok;
+  const std::string denied = load("/admin/x", 200);
+  EXPECT_TRUE(absl::StrContains(denied, "status codes: 0 2xx, 0 3xx, 200 4xx, 0 5xx")) << denied;
+  EXPECT_GE(Metric("shunt_relay_l7_total", {{"result", "http2_connection"}}), 10);
+  EXPECT_EQ(Metric("shunt_policy_denied_requests_total",
+                   {{"source_workload", Client().name},
+                    {"source_workload_namespace", "default"},
+                    {"destination_pod", Server().name},
+                    {"policy", "default/no-admin"}}),
+            201);
 }
 
 // Resident memory (KiB) and open descriptors of a process.

@@ -43,14 +43,7 @@ class NginxH2 {
     UniqueFd probe = Listen(false);
     const uint16_t port = PortOf(probe.get());
     probe.Reset();
-    std::ofstream(dir_ + "/nginx.conf") << absl::StrCat(
-        "pid ", dir_, "/nginx.pid;\nuser root;\nworker_processes 1;\nmaster_process off;\n",
-        "daemon off;\nerror_log ", dir_, "/error.log;\nevents { worker_connections 1024; }\n",
-        "http {\n  access_log off;\n", "  client_body_temp_path ", dir_, "/body;\n",
-        "  proxy_temp_path ", dir_, "/proxy;\n  fastcgi_temp_path ", dir_, "/fastcgi;\n",
-        "  uwsgi_temp_path ", dir_, "/uwsgi;\n  scgi_temp_path ", dir_, "/scgi;\n",
-        "  server {\n    listen 127.0.0.1:", port, " http2;\n",
-        "    location / { default_type text/plain; return 200 \"hello $uri\\n\"; }\n  }\n}\n");
+    std::ofstream(dir_ + "/nginx.conf") << NginxH2Config(dir_, absl::StrCat("127.0.0.1:", port));
     child_.pid = fork();
     if (child_.pid == 0) {
       execlp("nginx", "nginx", "-p", (dir_ + "/").c_str(), "-c", (dir_ + "/nginx.conf").c_str(),

@@ -98,4 +98,16 @@ inline std::string Output(const std::string& command) {
   return out;
 }
 
+// nginx's configuration (one process, files under `dir`) for an h2c origin (HTTP/2 with prior
+// knowledge) on `listen` ("address:port"): every path answers 200 "hello <path>\n".
+inline std::string NginxH2Config(const std::string& dir, const std::string& listen) {
+  return "pid " + dir + "/nginx.pid;\nuser root;\nworker_processes 1;\nmaster_process off;\n"
+         "daemon off;\nerror_log " + dir + "/error.log;\nevents { worker_connections 1024; }\n"
+         "http {\n  access_log off;\n  client_body_temp_path " + dir + "/body;\n"
+         "  proxy_temp_path " + dir + "/proxy;\n  fastcgi_temp_path " + dir + "/fastcgi;\n"
+         "  uwsgi_temp_path " + dir + "/uwsgi;\n  scgi_temp_path " + dir + "/scgi;\n"
+         "  server {\n    listen " + listen + " http2;\n"
+         "    location / { default_type text/plain; return 200 \"hello $uri\\n\"; }\n  }\n}\n";
+}
+
 }  // namespace shunt::agent
