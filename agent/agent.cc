@@ -158,6 +158,7 @@ class AgentCollector : public prometheus::Collectable {
                {"http2_connection", st.http2_connections},
                {"opaque_connection", st.opaque_l7},
                {"opaque_refused", st.opaque_refused},
+               {"not_http", st.not_http},
                {"tunnel", st.tunnels},
                {"request", st.http_requests},
                {"request_denied", st.http_denied},

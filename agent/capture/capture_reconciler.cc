@@ -11,6 +11,7 @@
 #include <fstream>
 #include <optional>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "agent/capture/netns.h"
 #include "agent/dataplane/service_policy.h"
@@ -225,6 +226,12 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
         }
         if (a.l7) {
           d.l7 = true;
+          const std::string app = absl::AsciiStrToLower(AppProtocolOf(snapshot->bundle, uid, to_port));
+          if (app == "http" || app == "grpc-web") {
+            d.protocol = RelayDecision::Protocol::kHttp;
+          } else if (app == "http2" || app == "grpc" || app == "kubernetes.io/h2c" || app == "h2c") {
+            d.protocol = RelayDecision::Protocol::kHttp2;
+          }
           const ArrivalDecision opaque =
               DecideArrival(*snapshot, uid, src, to_port, ArrivalView::kOpaque);
           d.opaque_allow = opaque.allowed;
@@ -236,7 +243,7 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
           };
           // Each request against the policy in force when it comes.
           d.authorize = [store, uid, src, to_port](const L7Request& r) {
-            L7Verdict v;
+            L7Verdict v{.allow = false, .policy = ""};  // no policy (cannot happen): closed
             if (auto now = store->Current()) {
               const ArrivalDecision q = DecideRequest(*now, uid, src, to_port, r.method, r.path);
               v.allow = q.allowed;

@@ -922,6 +922,22 @@ ArrivalDecision Decide(const PolicySnapshot& snapshot, const std::string& dest_u
 
 }  // namespace
 
+std::string AppProtocolOf(const shunt::v1::PolicyBundle& bundle, const std::string& uid,
+                          uint16_t port) {
+  for (const auto& s : bundle.services()) {
+    for (const auto& e : s.endpoints()) {
+      if (e.workload_uid() != uid) continue;
+      for (const auto& ep : e.ports()) {
+        if (ep.port() != port) continue;
+        for (const auto& sp : s.ports()) {
+          if (sp.name() == ep.name() && !sp.app_protocol().empty()) return sp.app_protocol();
+        }
+      }
+    }
+  }
+  return "";
+}
+
 std::vector<std::string> L7PortsOf(const shunt::v1::PolicyBundle& bundle, const Workload& w) {
   std::set<std::string> ports;
   for (const auto& p : bundle.access_policies()) {

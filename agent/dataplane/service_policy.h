@@ -253,6 +253,10 @@ std::string NormalizePathForPolicy(std::string_view path);
 // parameters (";...") cut first (Tomcat and Jetty resolve "/x/..;/admin" to "/admin"), and the
 // path as written (a server that decodes nothing); without repeats.
 std::vector<std::string> PathViewsForPolicy(std::string_view path);
+// The Kubernetes appProtocol of pod `uid`'s port `port`, from the Service ports whose endpoints
+// name that pod on that port ("" when none says).
+std::string AppProtocolOf(const shunt::v1::PolicyBundle& bundle, const std::string& uid,
+                          uint16_t port);
 // The ports of workload `w` that access policies with L7 rules cover, for the capture (nft
 // syntax: "8081", "9000-9010"; "*": every port), sorted, without repeats.
 std::vector<std::string> L7PortsOf(const shunt::v1::PolicyBundle& bundle,

@@ -55,6 +55,7 @@ struct TcpRelay::Conn {
   ExchangeSink exchanges;
   std::function<void()> opaque_refused;
   bool opaque_allow = true;
+  RelayDecision::Protocol protocol = RelayDecision::Protocol::kSniff;
   bool http2 = false;   // its session is HTTP/2
   size_t buffered = 0;  // as last accounted in its group
 };
@@ -223,6 +224,7 @@ RelayStats TcpRelay::stats() const {
   s.http2_connections = c.http2_connections.load();
   s.opaque_l7 = c.opaque_l7.load();
   s.opaque_refused = c.opaque_refused.load();
+  s.not_http = c.not_http.load();
   s.tunnels = c.tunnels.load();
   s.http_requests = c.http_requests.load();
   s.http_denied = c.http_denied.load();
@@ -444,6 +446,7 @@ void TcpRelay::Accept(int listener_fd) {
       raw->exchanges = std::move(d.exchanges);
       raw->opaque_refused = std::move(d.opaque_refused);
       raw->opaque_allow = d.opaque_allow;
+      raw->protocol = d.protocol;
     }
     raw->peer = peer;
     raw->local = local;
@@ -821,7 +824,9 @@ bool TcpRelay::PumpUser(Conn* c) {
       // at once). Otherwise the client's first bytes decide.
       Sniffed what = Sniffed::kNeedMore;
       const bool server_spoke = !c->unsent[1].empty() || c->eof[1];
-      if (server_spoke && (c->eof[1] || SniffServerFirst(c->unsent[1]) == Sniffed::kOther)) {
+      if (c->protocol == RelayDecision::Protocol::kHttp2) {
+        what = Sniffed::kHttp2;  // declared: the session judges the bytes
+      } else if (server_spoke && (c->eof[1] || SniffServerFirst(c->unsent[1]) == Sniffed::kOther)) {
         what = Sniffed::kOther;
       } else if (!c->unsent[0].empty()) {
         what = SniffProtocol(c->unsent[0]);
@@ -834,6 +839,11 @@ bool TcpRelay::PumpUser(Conn* c) {
       if (what == Sniffed::kHttp1 || what == Sniffed::kHttp2) {
         if (!StartSession(c, what == Sniffed::kHttp2)) return false;
         progress = true;
+      } else if (what == Sniffed::kOther && c->protocol == RelayDecision::Protocol::kHttp) {
+        ++counters_.not_http;  // declared HTTP: never opaque
+        ++counters_.refused;
+        Close(c, /*reset=*/true);
+        return false;
       } else if (what == Sniffed::kOther) {
         if (!c->opaque_allow) {
           ++counters_.opaque_refused;

@@ -74,6 +74,11 @@ struct RelayDecision {
   // `opaque_allow` says the policy admits (else reset, `opaque_refused` told).
   bool l7 = false;
   bool opaque_allow = true;
+  // What the port is declared to speak (its Service port's appProtocol), for an l7 connection:
+  // kHttp (http, grpc-web): HTTP/1.1 or HTTP/2 as sniffed, never opaque (anything else, or a
+  // server that speaks first, is reset: counted not_http); kHttp2 (http2, grpc,
+  // kubernetes.io/h2c): HTTP/2 from the first byte, no sniffing.
+  enum class Protocol : uint8_t { kSniff, kHttp, kHttp2 } protocol = Protocol::kSniff;
   L7Authorize authorize;
   ExchangeSink exchanges;
   std::function<void()> opaque_refused;
@@ -105,6 +110,7 @@ struct RelayStats {
   uint64_t http2_connections = 0;   // sniffed as HTTP/2 (h2c prior knowledge: gRPC) and read as such
   uint64_t opaque_l7 = 0;           // sniffed as something else: opaque, where allowed
   uint64_t opaque_refused = 0;      // ... reset: the policy does not admit it as opaque bytes
+  uint64_t not_http = 0;            // declared HTTP (appProtocol), spoke something else: reset
   uint64_t tunnels = 0;             // HTTP that became opaque (101, CONNECT)
   uint64_t http_requests = 0;       // exchanges finished, all outcomes
   uint64_t http_denied = 0;         // answered 403 by policy
@@ -195,7 +201,7 @@ class TcpRelay {
         policy_closed{0}, active{0},
         bytes_to_upstream{0}, bytes_to_downstream{0}, buffered{0}, buffer_budget_waits{0},
         http1_connections{0}, http2_connections{0}, opaque_l7{0},
-        opaque_refused{0}, tunnels{0}, http_requests{0}, http_denied{0}, http_refused{0},
+        opaque_refused{0}, not_http{0}, tunnels{0}, http_requests{0}, http_denied{0}, http_refused{0},
         http_bad_responses{0};
   };
   Counters counters_;

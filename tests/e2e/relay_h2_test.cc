@@ -127,6 +127,7 @@ class H2RelayTest : public ::testing::Test {
       d.to = Loopback(upstream_port_.load());
       d.l7 = true;
       d.opaque_allow = false;
+      d.protocol = protocol_.load();
       d.authorize = [](const L7Request& r) {
         L7Verdict v;
         v.allow = !r.path.starts_with("/admin") && r.path != "/shunt.test.Echo/Admin";
@@ -170,6 +171,7 @@ class H2RelayTest : public ::testing::Test {
   int front_fd_ = -1;
   UniqueFd front_dup_;
   std::atomic<uint16_t> upstream_port_{0};
+  std::atomic<RelayDecision::Protocol> protocol_{RelayDecision::Protocol::kSniff};  // appProtocol
   EchoService echo_;
   std::unique_ptr<grpc::Server> grpc_server_;
   absl::Mutex mu_;
@@ -335,6 +337,47 @@ TEST_F(H2RelayTest, DrainSendsAGoawayTheOpenStreamFinishesAndTheNextCallTakesANe
   EXPECT_EQ(relay_->stats().resets, 0u);
   EXPECT_EQ((*successor)->stats().http2_connections, 1u);
   EXPECT_EQ(echo_.unary_calls.load(), 1);
+}
+
+// A port declared HTTP (appProtocol http) is never opaque: a server that greets first, or a client
+// that speaks something else, is reset (counted not_http); declared HTTP/2 (grpc) is read as such
+// from the first byte.
+TEST_F(H2RelayTest, APortDeclaredHttpIsNeverOpaqueAndOneDeclaredGrpcIsReadAsHttp2AtOnce) {
+  UniqueFd backend = Listen(false);
+  upstream_port_ = PortOf(backend.get());
+  protocol_ = RelayDecision::Protocol::kHttp;
+  {
+    UniqueFd c = Connect(front_port_);
+    UniqueFd s(accept4(backend.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    WriteAll(s.get(), "220 mail ESMTP\r\n");  // a greeting: not HTTP
+    int err = 0;
+    EXPECT_EQ(ReadAll(c.get(), &err), "");
+    EXPECT_EQ(err, ECONNRESET);
+  }
+  {
+    UniqueFd c = Connect(front_port_);
+    UniqueFd s(accept4(backend.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    WriteAll(c.get(), std::string("\x16\x03\x01\x00\x05hello", 10));  // TLS: not HTTP
+    int err = 0;
+    EXPECT_EQ(ReadAll(c.get(), &err), "");
+    EXPECT_EQ(err, ECONNRESET);
+  }
+  EXPECT_EQ(relay_->stats().not_http, 2u);
+  EXPECT_EQ(relay_->stats().opaque_l7, 0u);
+  // Declared grpc: the session starts before the client's first byte (its SETTINGS go out at
+  // once), and the call works as sniffed ones do.
+  protocol_ = RelayDecision::Protocol::kHttp2;
+  StartEcho();
+  if (HasFatalFailure()) return;
+  auto stub = EchoThroughTheRelay();
+  shunt::test::Chunk req, resp;
+  req.set_data("declared");
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 20s);
+  grpc::Status st = stub->Unary(&ctx, req, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  EXPECT_EQ(resp.data(), "declared");
+  EXPECT_EQ(relay_->stats().http2_connections, 1u);
 }
 
 }  // namespace

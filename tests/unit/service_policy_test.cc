@@ -949,6 +949,18 @@ TEST(DecideRequest, EveryReadingOfThePathIsChecked) {
             (std::vector<std::string>{"/admin", "/x/..;/admin"}));
 }
 
+TEST(AppProtocolOf, IsTheServicePortsOfThePodsEndpointPort) {
+  std::string svc = kApiService;
+  svc.replace(svc.find(R"("targetPort": 8080})"), 19,
+              R"("targetPort": 8080, "appProtocol": "kubernetes.io/h2c"})");
+  auto s = Bundle(svc);
+  EXPECT_EQ(AppProtocolOf(s.bundle, "b", 8080), "kubernetes.io/h2c");
+  EXPECT_EQ(AppProtocolOf(s.bundle, "c", 8080), "kubernetes.io/h2c");
+  EXPECT_EQ(AppProtocolOf(s.bundle, "b", 9090), "") << "another port";
+  EXPECT_EQ(AppProtocolOf(s.bundle, "a", 8080), "") << "not an endpoint";
+  EXPECT_EQ(AppProtocolOf(Bundle(kApiService).bundle, "b", 8080), "") << "none declared";
+}
+
 TEST(NormalizePathForPolicy, DecodesMergesAndResolvesDotSegments) {
   EXPECT_EQ(NormalizePathForPolicy("/a/b"), "/a/b");
   EXPECT_EQ(NormalizePathForPolicy("/a/b/"), "/a/b/");
