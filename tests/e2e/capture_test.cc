@@ -260,6 +260,14 @@ s.serve_forever()
     return out;
   }
 
+  // A per-policy series of the server pod's: from `from` (namespace default), by `policy`.
+  double PolicyMetric(const std::string& name, const testbed::Pod& from, const std::string& policy) {
+    return Metric(name, {{"source_workload", from.name},
+                         {"source_workload_namespace", "default"},
+                         {"destination_pod", Server().name},
+                         {"policy", policy}});
+  }
+
   double Metric(const std::string& name, const std::map<std::string, std::string>& match = {}) {
     auto m = agent_->Scrape();
     return m.ok() ? e2e::SumSamples(*m, name, match) : -1;
@@ -520,11 +528,7 @@ TEST_F(CaptureTest, AnOpenConnectionANewPolicyDeniesIsClosedAndCounted) {
   ASSERT_TRUE(WriteFileAtomic(go, "").ok());
   client.join();
   EXPECT_NE(out.find("Connection reset"), std::string::npos) << out;
-  EXPECT_EQ(Metric("shunt_policy_closed_connections_total",
-                   {{"source_workload", Client().name},
-                    {"source_workload_namespace", "default"},
-                    {"destination_pod", Server().name},
-                    {"policy", "default/deny-default"}}),
+  EXPECT_EQ(PolicyMetric("shunt_policy_closed_connections_total", Client(), "default/deny-default"),
             1);
   EXPECT_EQ(Metric("shunt_relay_connections_total", {{"result", "policy_closed"}}), 1);
 }
@@ -682,11 +686,7 @@ TEST_F(CaptureTest, ADeniedClientOfAnotherNodeIsResetWhereItArrivesAndCounted) {
   ASSERT_TRUE(r.ok());
   EXPECT_NE(r->exit_code, 0) << "reset: " << r->out;
   EXPECT_NE(r->err.find("Connection reset"), std::string::npos) << r->err;
-  EXPECT_EQ(Metric("shunt_arrival_denied_connections_total",
-                   {{"source_workload", Client().name},
-                    {"source_workload_namespace", "default"},
-                    {"destination_pod", Server().name},
-                    {"policy", "default/deny-default"}}),
+  EXPECT_EQ(PolicyMetric("shunt_arrival_denied_connections_total", Client(), "default/deny-default"),
             1);
   EXPECT_EQ(Metric("shunt_relay_connections_total", {{"result", "refused"}}), 1);
   // Allowed again without the policy.
@@ -728,11 +728,7 @@ TEST_F(CaptureTest, AnLSevenDenyAnswers403ToItsPathsAndLetsTheRestThroughOnOneCo
         << out;
     EXPECT_EQ(out, "/hello from " + from->ipv4 + "|200|1\n" + "access denied\n|403|0\n" +
                        "/bye from " + from->ipv4 + "|200|0\n");
-    EXPECT_EQ(Metric("shunt_policy_denied_requests_total",
-                     {{"source_workload", from->name},
-                      {"source_workload_namespace", "default"},
-                      {"destination_pod", Server().name},
-                      {"policy", "default/no-admin"}}),
+    EXPECT_EQ(PolicyMetric("shunt_policy_denied_requests_total", *from, "default/no-admin"),
               1);
   }
   // The neighbour's other connections are still the fast path's.
@@ -801,11 +797,7 @@ TEST_F(CaptureTest, HttpTwoFromAnotherNodeIsReadStreamByStreamAndADeniedPathGets
   const std::string denied = load("/admin/x", 200);
   EXPECT_TRUE(absl::StrContains(denied, "status codes: 0 2xx, 0 3xx, 200 4xx, 0 5xx")) << denied;
   EXPECT_GE(Metric("shunt_relay_l7_total", {{"result", "http2_connection"}}), 10);
-  EXPECT_EQ(Metric("shunt_policy_denied_requests_total",
-                   {{"source_workload", Client().name},
-                    {"source_workload_namespace", "default"},
-                    {"destination_pod", Server().name},
-                    {"policy", "default/no-admin"}}),
+  EXPECT_EQ(PolicyMetric("shunt_policy_denied_requests_total", Client(), "default/no-admin"),
             201);
 }
 

@@ -128,16 +128,8 @@ class H2RelayTest : public ::testing::Test {
       d.l7 = true;
       d.opaque_allow = false;
       d.protocol = protocol_.load();
-      d.authorize = [](const L7Request& r) {
-        L7Verdict v;
-        v.allow = !r.path.starts_with("/admin") && r.path != "/shunt.test.Echo/Admin";
-        v.policy = "test/no-admin";
-        return v;
-      };
-      d.exchanges = [this](const ExchangeRecord& r) {
-        absl::MutexLock l(&mu_);
-        records_.push_back(r);
-      };
+      d.authorize = DenyAdmin("/shunt.test.Echo/Admin");
+      d.exchanges = RecordInto(mu_, records_);
       return d;
     };
   }

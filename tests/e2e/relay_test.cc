@@ -83,16 +83,8 @@ class RelayTest : public ::testing::Test {
                                     if (l7_) {  // as an L7 rule "DENY /admin*" makes it
                                       d.l7 = true;
                                       d.opaque_allow = opaque_allow_.load();
-                                      d.authorize = [](const L7Request& r) {
-                                        L7Verdict v;
-                                        v.allow = r.path.rfind("/admin", 0) != 0;
-                                        v.policy = "test/no-admin";
-                                        return v;
-                                      };
-                                      d.exchanges = [this](const ExchangeRecord& r) {
-                                        absl::MutexLock l(&mu_);
-                                        records_.push_back(r);
-                                      };
+                                      d.authorize = DenyAdmin();
+                                      d.exchanges = RecordInto(mu_, records_);
                                     }
                                     return d;
                                   })

@@ -13,9 +13,13 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include <gtest/gtest.h>
 
+#include "absl/synchronization/mutex.h"
+#include "agent/proxy/l7_session.h"
 #include "common/unique_fd.h"
 
 namespace shunt::agent {
@@ -96,6 +100,25 @@ inline std::string Output(const std::string& command) {
   while ((n = fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
   pclose(f);
   return out;
+}
+
+// The tests' L7 rule, as a policy "test/no-admin" would make it: requests whose path starts with
+// /admin, or is `also` (a gRPC method), are denied.
+inline L7Authorize DenyAdmin(std::string also = "") {
+  return [also](const L7Request& r) {
+    L7Verdict v;
+    v.allow = !r.path.starts_with("/admin") && (also.empty() || r.path != also);
+    v.policy = "test/no-admin";
+    return v;
+  };
+}
+
+// An exchange sink that keeps every record under `mu`.
+inline ExchangeSink RecordInto(absl::Mutex& mu, std::vector<ExchangeRecord>& records) {
+  return [&mu, &records](const ExchangeRecord& r) {
+    absl::MutexLock l(&mu);
+    records.push_back(r);
+  };
 }
 
 // nginx's configuration (one process, files under `dir`) for an h2c origin (HTTP/2 with prior
