@@ -36,17 +36,17 @@ using L7Authorize = std::function<L7Verdict(const L7Request&)>;
 // One request and its response, as the metrics issue exports it.
 struct ExchangeRecord {
   L7Request request;
-  int status = 0;           // HTTP status sent to the client (0: none, the exchange broke)
-  int grpc_status = -1;     // gRPC: from the trailers (-1: not gRPC or none)
-  bool denied = false;      // answered by the proxy (policy)
+  int status = 0;               // HTTP status sent to the client (0: none, the exchange broke)
+  int grpc_status = -1;         // gRPC: from the trailers (-1: not gRPC or none)
+  bool denied = false;          // answered by the proxy (policy)
   bool proxy_answered = false;  // answered by the proxy: denied, or refused as malformed (then a
                                 // 4xx/5xx for a bad request, 502 for a bad response)
-  std::string policy;       // when denied
+  std::string policy;           // when denied
   uint64_t request_bytes = 0;   // body bytes client -> server
   uint64_t response_bytes = 0;  // body bytes server -> client
-  absl::Time start;         // request head complete
-  absl::Time first_byte;    // response head from the server (InfinitePast: none)
-  absl::Time end;           // response complete (or broken)
+  absl::Time start;             // request head complete
+  absl::Time first_byte;        // response head from the server (InfinitePast: none)
+  absl::Time end;               // response complete (or broken)
   // The time the proxy itself spent on this exchange's bytes (parsing, serialising).
   absl::Duration proxy_time;
 };
@@ -77,6 +77,10 @@ class L7Session {
   // Bytes held inside the session (beyond to_client and to_server) for the other side: the
   // relay's per-pod buffer budget counts them.
   virtual size_t held_bytes() const { return 0; }
+  // Of those, what waits for something to be read from `side` (0 client, 1 server): an HTTP/2
+  // peer's WINDOW_UPDATE. The relay reads that side even when its pod is over its buffer budget,
+  // since nothing else frees those bytes (what the read may bring is bounded by the windows).
+  virtual size_t held_towards(int /*side*/) const { return 0; }
 
   // Outputs: the relay writes them out and erases what it wrote.
   std::string to_client, to_server;

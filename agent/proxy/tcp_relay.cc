@@ -3,8 +3,8 @@
 #include <fcntl.h>
 #include <linux/sockios.h>
 #include <sys/epoll.h>
-#include <sys/ioctl.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -24,18 +24,18 @@ namespace shunt::agent {
 struct TcpRelay::Conn {
   UniqueFd fd[2];
   UniqueFd pipe_r[2], pipe_w[2];
-  size_t pending[2] = {0, 0};  // bytes in pipe[d]
+  size_t pending[2] = {0, 0};     // bytes in pipe[d]
   bool eof[2] = {false, false};   // fd[d] ended its stream
   bool shut[2] = {false, false};  // direction d is done (shutdown(fd[1 - d], SHUT_WR) sent)
   bool connecting = true;
   uint32_t events[2] = {0, 0};  // registered with epoll
   bool in_epoll[2] = {false, false};
-  bool hup[2] = {false, false};  // a hang-up was seen (level-triggered: it cannot be masked)
-  bool closed = false;           // freed after the current batch of events
-  std::string tuples[2];         // the client's 4-tuple, the upstream's (TupleKey)
-  uint64_t group = 0;            // its listener's
-  sockaddr_storage peer{}, local{};                  // the client, where it connected
-  std::shared_ptr<const RelayDecide> decide;         // its listener's (Recheck)
+  bool hup[2] = {false, false};      // a hang-up was seen (level-triggered: it cannot be masked)
+  bool closed = false;               // freed after the current batch of events
+  std::string tuples[2];             // the client's 4-tuple, the upstream's (TupleKey)
+  uint64_t group = 0;                // its listener's
+  sockaddr_storage peer{}, local{};  // the client, where it connected
+  std::shared_ptr<const RelayDecide> decide;  // its listener's (Recheck)
   absl::Time connect_deadline;
   absl::Time last_activity;
   absl::Time half_closed_at = absl::InfiniteFuture();
@@ -49,7 +49,7 @@ struct TcpRelay::Conn {
   enum class Mode : uint8_t { kSplice, kSniff, kSession, kRaw } mode = Mode::kSplice;
   bool l7 = false;  // decided as a connection to an L7 port (Recheck: viewed as it is read now)
   std::unique_ptr<L7Session> session;
-  std::string unsent[2];         // read from fd[d], not taken yet
+  std::string unsent[2];  // read from fd[d], not taken yet
   bool told_closed[2] = {false, false};
   L7Authorize authorize;
   ExchangeSink exchanges;
@@ -64,7 +64,7 @@ namespace {
 
 constexpr uint64_t kWakeTag = 0;      // epoll data of the eventfd
 constexpr uint64_t kListenerTag = 1;  // listeners: (fd << 1) | 1
-constexpr size_t kChunk = 1 << 20;  // a pipe of 1 MiB (F_SETPIPE_SZ), moved per splice
+constexpr size_t kChunk = 1 << 20;    // a pipe of 1 MiB (F_SETPIPE_SZ), moved per splice
 
 uint16_t PortOf(const sockaddr_storage& ss) {
   return ntohs(ss.ss_family == AF_INET ? reinterpret_cast<const sockaddr_in*>(&ss)->sin_port
@@ -127,7 +127,8 @@ TcpRelay::~TcpRelay() { Stop(); }
 void TcpRelay::Stop() {
   if (stop_.exchange(true)) return;
   const uint64_t one = 1;
-  if (write(wake_.get(), &one, sizeof(one)) < 0) {}
+  if (write(wake_.get(), &one, sizeof(one)) < 0) {
+  }
   if (thread_.joinable()) thread_.join();
 }
 
@@ -140,7 +141,8 @@ absl::Status TcpRelay::AddListener(UniqueFd listener, RelayDecide decide, uint64
         std::move(listener), std::make_shared<const RelayDecide>(std::move(decide)), group});
   }
   const uint64_t one = 1;
-  if (write(wake_.get(), &one, sizeof(one)) < 0) {}
+  if (write(wake_.get(), &one, sizeof(one)) < 0) {
+  }
   return absl::OkStatus();
 }
 
@@ -150,19 +152,22 @@ void TcpRelay::RemoveListener(int listener_fd) {
     pending_remove_.push_back(listener_fd);
   }
   const uint64_t one = 1;
-  if (write(wake_.get(), &one, sizeof(one)) < 0) {}
+  if (write(wake_.get(), &one, sizeof(one)) < 0) {
+  }
 }
 
 void TcpRelay::Recheck() {
   recheck_ = true;
   const uint64_t one = 1;
-  if (write(wake_.get(), &one, sizeof(one)) < 0) {}
+  if (write(wake_.get(), &one, sizeof(one)) < 0) {
+  }
 }
 
 void TcpRelay::Drain() {
   drain_ = true;
   const uint64_t one = 1;
-  if (write(wake_.get(), &one, sizeof(one)) < 0) {}
+  if (write(wake_.get(), &one, sizeof(one)) < 0) {
+  }
 }
 
 void TcpRelay::RecheckOpen() {
@@ -246,7 +251,8 @@ void TcpRelay::Loop() {
       const uint64_t tag = events[i].data.u64;
       if (tag == kWakeTag) {
         uint64_t v;
-        while (read(wake_.get(), &v, sizeof(v)) > 0) {}
+        while (read(wake_.get(), &v, sizeof(v)) > 0) {
+        }
         absl::MutexLock l(&mu_);
         for (auto& [fd, lst] : pending_add_) {
           epoll_event ev{};
@@ -262,10 +268,9 @@ void TcpRelay::Loop() {
         for (int fd : pending_remove_) {
           epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
           live_listeners_.erase(fd);  // closes it
-          paused_listeners_.erase(
-              std::remove_if(paused_listeners_.begin(), paused_listeners_.end(),
-                             [fd](const auto& p) { return p.first == fd; }),
-              paused_listeners_.end());
+          paused_listeners_.erase(std::remove_if(paused_listeners_.begin(), paused_listeners_.end(),
+                                                 [fd](const auto& p) { return p.first == fd; }),
+                                  paused_listeners_.end());
         }
         pending_remove_.clear();
       } else if (tag & kListenerTag) {
@@ -276,7 +281,7 @@ void TcpRelay::Loop() {
       }
     }
     if (recheck_.exchange(false)) RecheckOpen();
-    for (std::vector<Conn*> again = std::exchange(again_, {}); Conn* c : again) {
+    for (std::vector<Conn*> again = std::exchange(again_, {}); Conn * c : again) {
       if (!conns_.count(c) || c->closed) continue;  // (freed only after the batch)
       if (c->mode == Conn::Mode::kSplice) {
         OnEvent(c, 0, 0);
@@ -519,8 +524,7 @@ bool TcpRelay::StepOverUrgent(Conn* c, int d) {
   const int src = c->fd[d].get(), dst = c->fd[1 - d].get();
   int at_mark = 0;
   char byte;
-  if (ioctl(src, SIOCATMARK, &at_mark) != 0 || !at_mark ||
-      recv(src, &byte, 1, MSG_DONTWAIT) != 1) {
+  if (ioctl(src, SIOCATMARK, &at_mark) != 0 || !at_mark || recv(src, &byte, 1, MSG_DONTWAIT) != 1) {
     return false;
   }
   // Nothing waits in the pipe (this side is read only then): sent on as urgent data, in its
@@ -667,8 +671,7 @@ void TcpRelay::Account(Conn* c) {
   if (!c->closed) {
     now = c->pending[0] + c->pending[1] + c->unsent[0].size() + c->unsent[1].size();
     if (c->session) {
-      now += c->session->to_client.size() + c->session->to_server.size() +
-             c->session->held_bytes();
+      now += c->session->to_client.size() + c->session->to_server.size() + c->session->held_bytes();
     }
   }
   if (now == c->buffered) return;
@@ -722,6 +725,10 @@ bool TcpRelay::StartSession(Conn* c, bool http2) {
   return true;
 }
 
+bool TcpRelay::DrainsByReading(const Conn* c, int side) {
+  return c->session && c->session->held_towards(side) > 0;
+}
+
 size_t TcpRelay::OutputBudget(const Conn* c) const {
   return c->http2 ? options_.http2.output_budget : options_.http1.output_budget;
 }
@@ -741,8 +748,8 @@ bool TcpRelay::PumpUser(Conn* c) {
         out = &c->unsent[1 - side];
       }
       while (out && !out->empty() && !(c->mode == Conn::Mode::kRaw && c->shut[1 - side])) {
-        const ssize_t n = send(c->fd[side].get(), out->data(), out->size(),
-                               MSG_NOSIGNAL | MSG_DONTWAIT);
+        const ssize_t n =
+            send(c->fd[side].get(), out->data(), out->size(), MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n > 0) {
           out->erase(0, static_cast<size_t>(n));
           (side == 1 ? counters_.bytes_to_upstream : counters_.bytes_to_downstream) += n;
@@ -798,7 +805,7 @@ bool TcpRelay::PumpUser(Conn* c) {
     // other side is within budget (backpressure: a slow reader holds its writer back).
     for (int d = 0; d < 2; ++d) {
       if (c->eof[d] || c->unsent[d].size() >= options_.max_unsent) continue;
-      if (!MayRead(c)) break;
+      if (!DrainsByReading(c, d) && !MayRead(c)) continue;
       if (c->session) {
         const std::string& towards = d == 0 ? c->session->to_server : c->session->to_client;
         if (towards.size() >= OutputBudget(c)) continue;
@@ -904,7 +911,7 @@ void TcpRelay::InterestUser(Conn* c) {
         read = false;
         if (!c->unsent[1 - side].empty()) want |= EPOLLOUT;
       }
-      if (read && MayRead(c)) want |= EPOLLIN;
+      if (read && (DrainsByReading(c, side) || MayRead(c))) want |= EPOLLIN;
     }
     Watch(c, side, want, /*keep=*/want != 0 || !c->hup[side]);
   }
@@ -925,8 +932,9 @@ void TcpRelay::Sweep(absl::Time now) {
     }
   }
   for (auto [p, why] : expired) {
-    (why == 0 ? counters_.connect_timeouts
-              : why == 1 ? counters_.half_close_timeouts : counters_.idle_timeouts) += 1;
+    (why == 0   ? counters_.connect_timeouts
+     : why == 1 ? counters_.half_close_timeouts
+                : counters_.idle_timeouts) += 1;
     if (why == 0) ++counters_.upstream_failed;
     Close(p, /*reset=*/true);
   }

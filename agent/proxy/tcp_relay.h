@@ -22,9 +22,9 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <random>
 #include <set>
-#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -91,30 +91,30 @@ using RelayDecide = std::function<RelayDecision(const sockaddr_storage& peer,
 
 struct RelayStats {
   uint64_t accepted = 0;
-  uint64_t refused = 0;           // by the decision
-  uint64_t over_capacity = 0;     // max_connections reached
-  uint64_t over_pod_budget = 0;   // max_connections_per_group reached
-  uint64_t upstream_failed = 0;   // could not connect (refused, timeout, no route)
+  uint64_t refused = 0;          // by the decision
+  uint64_t over_capacity = 0;    // max_connections reached
+  uint64_t over_pod_budget = 0;  // max_connections_per_group reached
+  uint64_t upstream_failed = 0;  // could not connect (refused, timeout, no route)
   uint64_t connect_timeouts = 0;
   uint64_t half_close_timeouts = 0;
   uint64_t idle_timeouts = 0;
-  uint64_t resets = 0;            // a reset passed on
-  uint64_t policy_closed = 0;     // open, then denied by a policy change (Recheck)
+  uint64_t resets = 0;         // a reset passed on
+  uint64_t policy_closed = 0;  // open, then denied by a policy change (Recheck)
   uint64_t active = 0;
   uint64_t bytes_to_upstream = 0;
   uint64_t bytes_to_downstream = 0;
   uint64_t buffered = 0;             // bytes the relay holds now (all pods)
   uint64_t buffer_budget_waits = 0;  // reads held back by a pod's max_buffered_per_group
   // L7 ports.
-  uint64_t http1_connections = 0;   // sniffed as HTTP/1 and read as such
-  uint64_t http2_connections = 0;   // sniffed as HTTP/2 (h2c prior knowledge: gRPC) and read as such
-  uint64_t opaque_l7 = 0;           // sniffed as something else: opaque, where allowed
-  uint64_t opaque_refused = 0;      // ... reset: the policy does not admit it as opaque bytes
-  uint64_t not_http = 0;            // declared HTTP (appProtocol), spoke something else: reset
-  uint64_t tunnels = 0;             // HTTP that became opaque (101, CONNECT)
-  uint64_t http_requests = 0;       // exchanges finished, all outcomes
-  uint64_t http_denied = 0;         // answered 403 by policy
-  uint64_t http_refused = 0;        // requests the framer refused (400, 414, 431, 501, 505)
+  uint64_t http1_connections = 0;  // sniffed as HTTP/1 and read as such
+  uint64_t http2_connections = 0;  // sniffed as HTTP/2 (h2c prior knowledge: gRPC) and read as such
+  uint64_t opaque_l7 = 0;          // sniffed as something else: opaque, where allowed
+  uint64_t opaque_refused = 0;     // ... reset: the policy does not admit it as opaque bytes
+  uint64_t not_http = 0;           // declared HTTP (appProtocol), spoke something else: reset
+  uint64_t tunnels = 0;            // HTTP that became opaque (101, CONNECT)
+  uint64_t http_requests = 0;      // exchanges finished, all outcomes
+  uint64_t http_denied = 0;        // answered 403 by policy
+  uint64_t http_refused = 0;       // requests the framer refused (400, 414, 431, 501, 505)
   uint64_t http_bad_responses = 0;  // responses it refused (502)
 };
 
@@ -167,6 +167,10 @@ class TcpRelay {
   size_t OutputBudget(const Conn* c) const;
   // The group's buffered bytes: whether c may read; Account after every change of c's buffers.
   bool MayRead(Conn* c);
+  // Side `side` is read whatever the group's budget: its session holds bytes only a read of it
+  // frees (an HTTP/2 peer's WINDOW_UPDATE). Not reading it would hold the pod over its budget,
+  // every connection of it frozen, for good.
+  static bool DrainsByReading(const Conn* c, int side);
   void Account(Conn* c);
   // At an urgent mark of side d: its byte read and sent on (true), else false.
   bool StepOverUrgent(Conn* c, int d);
@@ -196,13 +200,11 @@ class TcpRelay {
   std::vector<int> pending_remove_ ABSL_GUARDED_BY(mu_);
   struct Counters {
     std::atomic<uint64_t> accepted{0}, refused{0}, over_capacity{0}, over_pod_budget{0},
-        upstream_failed{0},
-        connect_timeouts{0}, half_close_timeouts{0}, idle_timeouts{0}, resets{0},
-        policy_closed{0}, active{0},
-        bytes_to_upstream{0}, bytes_to_downstream{0}, buffered{0}, buffer_budget_waits{0},
-        http1_connections{0}, http2_connections{0}, opaque_l7{0},
-        opaque_refused{0}, not_http{0}, tunnels{0}, http_requests{0}, http_denied{0}, http_refused{0},
-        http_bad_responses{0};
+        upstream_failed{0}, connect_timeouts{0}, half_close_timeouts{0}, idle_timeouts{0},
+        resets{0}, policy_closed{0}, active{0}, bytes_to_upstream{0}, bytes_to_downstream{0},
+        buffered{0}, buffer_budget_waits{0}, http1_connections{0}, http2_connections{0},
+        opaque_l7{0}, opaque_refused{0}, not_http{0}, tunnels{0}, http_requests{0}, http_denied{0},
+        http_refused{0}, http_bad_responses{0};
   };
   Counters counters_;
 

@@ -60,6 +60,7 @@ class NginxH2 {
     return up ? port : 0;
   }
   std::string Log() const { return Output("cat " + dir_ + "/error.log 2>&1"); }
+  const std::string& Dir() const { return dir_; }
 
  private:
   struct RemovedAtEnd {
@@ -370,6 +371,40 @@ TEST_F(H2RelayTest, APortDeclaredHttpIsNeverOpaqueAndOneDeclaredGrpcIsReadAsHttp
   ASSERT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
   EXPECT_EQ(resp.data(), "declared");
   EXPECT_EQ(relay_->stats().http2_connections, 1u);
+}
+
+// A pod over its buffer budget still reads the WINDOW_UPDATEs that move the DATA its HTTP/2
+// sessions hold: nghttp's 64 KiB windows against the relay's 1 MiB ones make the relay hold
+// most of each response for the client, far over a 64 KiB budget. Without reading the client's
+// WINDOW_UPDATEs nothing would ever move again (the downloads would time out).
+TEST_F(H2RelayTest, APodOverItsBufferBudgetStillReadsTheWindowUpdatesItsHeldDataWaitsFor) {
+  NginxH2 nginx;
+  upstream_port_ = nginx.Start();
+  ASSERT_NE(upstream_port_.load(), 0);
+  Output("mkdir -p " + nginx.Dir() + "/files && head -c 8388608 /dev/urandom > " + nginx.Dir() +
+         "/files/big");
+  const std::string want = Output("sha256sum < " + nginx.Dir() + "/files/big");
+  RelayOptions o;
+  o.max_buffered_per_group = 64 << 10;
+  auto small = TcpRelay::Start(o);
+  ASSERT_TRUE(small.ok()) << small.status();
+  UniqueFd front = Listen(true);
+  const uint16_t port = PortOf(front.get());
+  ASSERT_TRUE((*small)->AddListener(std::move(front), Decide()).ok());
+  const std::string url = absl::StrCat("http://127.0.0.1:", port, "/files/big");
+  // Four at once, each on a connection of its own; each download checksummed.
+  std::vector<std::string> got(4);
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < got.size(); ++i) {
+    clients.emplace_back(
+        [&, i] { got[i] = Output("timeout 60 nghttp -w 16 -W 16 " + url + " | sha256sum"); });
+  }
+  for (auto& t : clients) t.join();
+  for (const std::string& g : got) EXPECT_EQ(g, want);
+  const RelayStats st = (*small)->stats();
+  EXPECT_GT(st.buffer_budget_waits, 0u);  // the budget was reached, and held the others back
+  EXPECT_EQ(st.http2_connections, 4u);
+  EXPECT_TRUE(shunt::test::Eventually([&] { return (*small)->stats().buffered == 0; }, 10s));
 }
 
 }  // namespace

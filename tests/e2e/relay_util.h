@@ -122,7 +122,8 @@ inline ExchangeSink RecordInto(absl::Mutex& mu, std::vector<ExchangeRecord>& rec
 }
 
 // nginx's configuration (one process, files under `dir`) for an h2c origin (HTTP/2 with prior
-// knowledge) on `listen` ("address:port"): every path answers 200 "hello <path>\n".
+// knowledge) on `listen` ("address:port"): every path answers 200 "hello <path>\n", but
+// /files/<name>, which is `dir`/files/<name>.
 inline std::string NginxH2Config(const std::string& dir, const std::string& listen) {
   return "pid " + dir + "/nginx.pid;\nuser root;\nworker_processes 1;\nmaster_process off;\n"
          "daemon off;\nerror_log " + dir + "/error.log;\nevents { worker_connections 1024; }\n"
@@ -130,7 +131,8 @@ inline std::string NginxH2Config(const std::string& dir, const std::string& list
          "  proxy_temp_path " + dir + "/proxy;\n  fastcgi_temp_path " + dir + "/fastcgi;\n"
          "  uwsgi_temp_path " + dir + "/uwsgi;\n  scgi_temp_path " + dir + "/scgi;\n"
          "  server {\n    listen " + listen + " http2;\n"
-         "    location / { default_type text/plain; return 200 \"hello $uri\\n\"; }\n  }\n}\n";
+         "    location / { default_type text/plain; return 200 \"hello $uri\\n\"; }\n"
+         "    location /files/ { root " + dir + "; }\n  }\n}\n";
 }
 
 }  // namespace shunt::agent

@@ -244,9 +244,9 @@ class Http2Session::Callbacks {
     // Framed into to_client: the server may send that much more (a proxy answer came from no
     // server).
     const bool from_server = !s->local && s->server_id != 0;
-    const ssize_t n =
-        ReadBody(self, self.down_, stream_id, s->resp_body, s->resp_end, s->resp_trailers,
-                 from_server ? self.up_ : nullptr, s->server_id, buf, length, data_flags);
+    const ssize_t n = ReadBody(self, self.down_, stream_id, s->resp_body, self.held_[kToClient],
+                               s->resp_end, s->resp_trailers, from_server ? self.up_ : nullptr,
+                               s->server_id, buf, length, data_flags);
     if (n > 0) s->record.response_bytes += static_cast<size_t>(n);
     self.Touch(*s);
     return n;
@@ -255,11 +255,11 @@ class Http2Session::Callbacks {
   // One DATA frame's payload from |body| towards |session|, giving the window back on the
   // session it came from; at the end the trailers, or END_STREAM.
   static ssize_t ReadBody(Http2Session& self, nghttp2_session* session, int32_t stream_id,
-                          ByteQueue& body, bool end, std::vector<Field>& trailers,
+                          ByteQueue& body, size_t& held, bool end, std::vector<Field>& trailers,
                           nghttp2_session* source, int32_t source_id, uint8_t* buf, size_t length,
                           uint32_t* data_flags) {
     const size_t n = body.Read(buf, std::min(length, kMaxDataChunk));
-    self.buffered_bytes_ -= n;
+    held -= n;
     if (n > 0 && source != nullptr) nghttp2_session_consume(source, source_id, n);
     if (body.empty()) {
       if (end) {
@@ -366,8 +366,9 @@ class Http2Session::Callbacks {
     if (s == nullptr) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     // Framed into to_server: the client may send that much more. On a stream the client has
     // closed already this gives back the connection window only, as it should.
-    const ssize_t n = ReadBody(self, self.up_, stream_id, s->req_body, s->req_end, s->req_trailers,
-                               self.down_, s->client_id, buf, length, data_flags);
+    const ssize_t n =
+        ReadBody(self, self.up_, stream_id, s->req_body, self.held_[kToServer], s->req_end,
+                 s->req_trailers, self.down_, s->client_id, buf, length, data_flags);
     self.Touch(*s);
     return n;
   }
@@ -627,7 +628,7 @@ void Http2Session::OnRequestData(Stream& s, const uint8_t* data, size_t len) {
   s.record.request_bytes += len;
   if (s.upstream == Stream::Upstream::kOpen && !s.local) {
     s.req_body.Append(View(data, len));
-    buffered_bytes_ += len;
+    held_[kToServer] += len;
     nghttp2_session_resume_data(up_, s.server_id);
   } else {
     // Denied or refused: discarded, but the client's window must not shrink for it.
@@ -733,7 +734,7 @@ void Http2Session::OnResponseData(Stream& s, const uint8_t* data, size_t len) {
     return;
   }
   s.resp_body.Append(View(data, len));
-  buffered_bytes_ += len;
+  held_[kToClient] += len;
   nghttp2_session_resume_data(down_, s.client_id);
 }
 
@@ -792,7 +793,7 @@ void Http2Session::AnswerLocally(Stream& s, int status, int grpc_status, std::st
     head.push_back({"content-length", absl::StrCat(message.size())});
   }
   s.resp_body.Append(message);
-  buffered_bytes_ += message.size();
+  held_[kToClient] += message.size();
   s.resp_end = true;
   std::vector<nghttp2_nv> nva = Callbacks::Nva(head);
   nghttp2_data_provider body{};
@@ -826,7 +827,7 @@ void Http2Session::ResetServer(Stream& s, uint32_t error_code) {
 void Http2Session::DropRequestBody(Stream& s) {
   const size_t n = s.req_body.size();
   if (n == 0) return;
-  buffered_bytes_ -= n;
+  held_[kToServer] -= n;
   s.req_body.Clear();
   nghttp2_session_consume(down_, s.client_id, n);
 }
@@ -834,7 +835,7 @@ void Http2Session::DropRequestBody(Stream& s) {
 void Http2Session::DropResponseBody(Stream& s) {
   const size_t n = s.resp_body.size();
   if (n == 0) return;
-  buffered_bytes_ -= n;
+  held_[kToClient] -= n;
   s.resp_body.Clear();
   if (!s.local && s.server_id != 0) nghttp2_session_consume(up_, s.server_id, n);
 }

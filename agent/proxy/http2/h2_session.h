@@ -104,11 +104,13 @@ class Http2Session : public L7Session {
   // A CONNECT stream is a tunnel of opaque bytes: where they are not admitted, it is answered
   // 403 (extended CONNECT, RFC 8441, is not advertised).
   void SetTunnelsAllowed(bool allowed) override { tunnels_ = allowed; }
-  size_t held_bytes() const override { return buffered_bytes_; }
+  size_t held_bytes() const override { return held_[kToClient] + held_[kToServer]; }
+  // DATA held until that side's window opens: only a WINDOW_UPDATE read from it moves it on.
+  size_t held_towards(int side) const override { return held_[side == 0 ? kToClient : kToServer]; }
 
   // DATA held for the other side (both directions), and the streams not finished yet: for the
   // relay's budgets and metrics.
-  size_t buffered_bytes() const { return buffered_bytes_; }
+  size_t buffered_bytes() const { return held_bytes(); }
   size_t open_streams() const { return streams_.size(); }
 
  private:
@@ -172,7 +174,8 @@ class Http2Session : public L7Session {
 
   absl::flat_hash_map<int32_t, std::unique_ptr<Stream>> streams_;  // by client stream id
   absl::flat_hash_map<int32_t, int32_t> server_to_client_;
-  size_t buffered_bytes_ = 0;
+  enum { kToClient = 0, kToServer = 1 };
+  size_t held_[2] = {0, 0};  // DATA waiting for that side's window, per direction
 
   bool tunnels_ = true;    // options_.tunnels, then as SetTunnelsAllowed says
   bool draining_ = false;  // no new streams; shut once the last one finished
