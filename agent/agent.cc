@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <fstream>
 #include <memory>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -460,17 +461,34 @@ int RunAgent(const AgentConfig& config) {
   lb_options.limits.max_slots_per_service = config.lb_max_slots;
   lb_options.limits.l7_proxy = config.capture;
   // Which of the node's pods the capture covers (made below): an L7 DENY at a pod it does not
-  // cover is enforced on whole connections at connect(). Until the capture's first pass, every
-  // pod counts as covered (a restart inherits its predecessor's capture).
+  // cover is enforced on whole connections at connect(). Until the capture's first pass, the
+  // pods whose listeners this agent inherits count as covered (a restart takes over its
+  // predecessor's capture), no other; once this agent is going away, every pod does (its
+  // successor's capture takes them over, or, stopped for good, they are released: fail open,
+  // as documented).
   struct CaptureView {
     absl::Mutex mu;
     const CaptureReconciler* capture ABSL_GUARDED_BY(mu) = nullptr;
-    bool started ABSL_GUARDED_BY(mu) = false;
+    enum class State { kStarting, kRunning, kLeaving } state ABSL_GUARDED_BY(mu) =
+        State::kStarting;
+    std::set<std::string> inherited ABSL_GUARDED_BY(mu);
   } capture_view;
-  lb_options.captured = [&capture_view](const std::string& uid) {
+  {
     absl::MutexLock l(&capture_view.mu);
-    if (!capture_view.started) return true;
-    return capture_view.capture != nullptr && capture_view.capture->IsCaptured(uid);
+    for (const HandedListener& h : inherited) capture_view.inherited.insert(h.pod_uid);
+  }
+  lb_options.captured = [&capture_view](const std::string& uid,
+                                        const std::vector<std::string>& l7_ports) {
+    absl::MutexLock l(&capture_view.mu);
+    switch (capture_view.state) {
+      case CaptureView::State::kStarting:
+        return capture_view.inherited.count(uid) > 0;
+      case CaptureView::State::kLeaving:
+        return true;
+      case CaptureView::State::kRunning:
+        break;
+    }
+    return capture_view.capture != nullptr && capture_view.capture->IsCaptured(uid, l7_ports);
   };
   lb_options.directory = [&reconciler] { return reconciler.directory(); };
   ServicePolicyReconciler service_policy(lb_options, store, lb_writer);
@@ -530,7 +548,7 @@ int RunAgent(const AgentConfig& config) {
     }
     absl::MutexLock l(&capture_view.mu);
     capture_view.capture = capture.get();
-    capture_view.started = true;
+    capture_view.state = CaptureView::State::kRunning;
   }
   absl::Cleanup stop_capture = [&capture, &capture_view] {
     {
@@ -538,7 +556,7 @@ int RunAgent(const AgentConfig& config) {
       // Going away: a last service/policy pass leaves the L7 DENYs to the successor's capture
       // (or, stopped for good, released: fail open, as documented).
       capture_view.capture = nullptr;
-      capture_view.started = false;
+      capture_view.state = CaptureView::State::kLeaving;
     }
     if (capture) capture->Stop();
   };

@@ -120,9 +120,15 @@ size_t CaptureReconciler::captured_pods() const {
   return captured_;
 }
 
-bool CaptureReconciler::IsCaptured(const std::string& uid) const {
+bool CaptureReconciler::IsCaptured(const std::string& uid,
+                                   const std::vector<std::string>& l7_ports) const {
   absl::MutexLock l(&mu_);
-  return captured_uids_.count(uid) > 0;
+  auto it = captured_uids_.find(uid);
+  if (it == captured_uids_.end()) return false;
+  for (const std::string& p : l7_ports) {
+    if (!it->second.count(p)) return false;
+  }
+  return true;
 }
 
 absl::Status CaptureReconciler::Capture(const std::string& uid, const std::string& cgroup,
@@ -382,9 +388,9 @@ absl::Status CaptureReconciler::ReconcileOnce() {
     if (rechecked_version_ != 0) relay_.Recheck();
     rechecked_version_ = snapshot->version;
   }
-  std::set<std::string> uids;
+  std::map<std::string, std::set<std::string>> uids;
   for (const auto& [uid, p] : pods_) {
-    if (p.netns != nullptr) uids.insert(uid);
+    if (p.netns != nullptr) uids[uid] = std::set<std::string>(p.l7_ports.begin(), p.l7_ports.end());
   }
   absl::MutexLock l(&mu_);
   captured_ = uids.size();

@@ -52,8 +52,10 @@ class CaptureReconciler {
   // connections it has.
   std::vector<HandedListener> Surrender();
   size_t captured_pods() const;
-  // Whether pod `uid`'s inbound connections are captured now (as of the last pass).
-  bool IsCaptured(const std::string& uid) const;
+  // Whether pod `uid`'s inbound connections are captured now (as of the last pass) and its
+  // table sends each of `l7_ports` (the ports its policy wants read request by request) to the
+  // proxy: one the table does not have yet (a new policy, a failed refresh) is not covered.
+  bool IsCaptured(const std::string& uid, const std::vector<std::string>& l7_ports = {}) const;
   // Connections refused where they arrived, by (source namespace, source workload, destination
   // pod, policy); unknown sources have empty names.
   using DeniedKey = std::tuple<std::string, std::string, std::string, std::string>;
@@ -99,7 +101,8 @@ class CaptureReconciler {
   uint64_t rechecked_version_ ABSL_GUARDED_BY(pass_mu_) = 0;  // the policy open connections had
   mutable absl::Mutex mu_;
   size_t captured_ ABSL_GUARDED_BY(mu_) = 0;
-  std::set<std::string> captured_uids_ ABSL_GUARDED_BY(mu_);
+  // Captured pods, each with the L7 ports its table has.
+  std::map<std::string, std::set<std::string>> captured_uids_ ABSL_GUARDED_BY(mu_);
   // Shared with the relay's decisions (they may run after this reconciler went).
   struct Denied {
     absl::Mutex mu;

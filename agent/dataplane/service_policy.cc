@@ -1153,7 +1153,7 @@ absl::Status ServicePolicyReconciler::ReconcileOnce(PolicySnapshotPtr snapshot, 
     if (limits.l7_proxy && options_.captured) {
       for (const auto& w : snapshot->bundle.workloads()) {
         if (w.node() == options_.node_name && w.meshed() && !w.host_network() &&
-            !options_.captured(w.uid())) {
+            !options_.captured(w.uid(), L7PortsOf(snapshot->bundle, w))) {
           limits.uncaptured.insert(w.uid());
         }
       }

@@ -283,10 +283,13 @@ class ServicePolicyReconciler {
     std::string cgroup_root;
     absl::Duration resync = absl::Seconds(1);
     ServicePolicyLimits limits;
-    // Whether the capture covers this node's pod `uid` now (--capture; unset: every pod is taken
-    // as covered). Asked on every pass for the meshed pods of the node (ServicePolicyLimits
-    // uncaptured).
-    std::function<bool(const std::string& uid)> captured;
+    // Whether the capture covers this node's pod `uid` now, with each of `l7_ports` (as
+    // L7PortsOf says for the pass's policy) sent to the proxy by its table (--capture; unset:
+    // every pod is taken as covered). Asked on every pass for the meshed pods of the node
+    // (ServicePolicyLimits uncaptured): until the capture applied a new L7 port, its DENYs stay
+    // whole-connection ones at connect().
+    std::function<bool(const std::string& uid, const std::vector<std::string>& l7_ports)>
+        captured;
     // The fast path reconciler's workload ids (the counters' source dimension): the counters of
     // ids that leave it are deleted. Optional.
     std::function<std::shared_ptr<const WorkloadDirectory>()> directory;

@@ -769,6 +769,69 @@ TEST(ServicePolicyReconciler, KeepsASourceEntryWrittenAtMkdirWhileItListsTheMaps
   rmdir(root.c_str());
 }
 
+// The capture is asked about the L7 ports the pass's policy wants at each meshed pod of the node:
+// until the pod's table sends a new one to the proxy (the capture's next pass, or a refresh that
+// failed), the DENY stays a whole-connection one at connect(), said; once it does, the proxy
+// decides each request.
+TEST(ServicePolicyReconciler, AnLSevenPortThePodsTableDoesNotHaveYetKeepsTheDenyAtConnect) {
+  char tmpl[] = "/tmp/shunt-sp-l7-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string root = tmpl;
+  const std::string u1 = "11111111-2222-3333-4444-555555555555";
+  MakePodDir(root + "/pod" + u1);
+  const std::string json =
+      absl::StrFormat(R"({"workloads": [
+          {"uid": "%s", "namespace": "default", "name": "p1", "node": "n1", "meshed": true,
+           "labels": {"app": "front"}, "ips": ["10.0.0.10"]},
+          {"uid": "b", "namespace": "default", "name": "b", "node": "n1", "meshed": true,
+           "labels": {"app": "api"}, "ips": ["10.0.0.2"]}],
+          "accessPolicies": [)",
+                      u1) +
+      [] {
+        std::string p = Policy("deny-admin", "DENY", R"({"app": "api"})",
+                               R"([{"pods": {"matchLabels": {"app": "front"}}}])",
+                               R"([{"from": 8081}])");
+        p.insert(p.size() - 1, R"(, "l7": [{"paths": ["/admin*"]}])");
+        return p;
+      }() +
+      "]}";
+  shunt::v1::PolicyBundle bundle;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(json, &bundle).ok()) << json;
+  PolicyStore store;
+  store.Apply("test", bundle);
+  std::set<std::string> table = {"80"};  // what b's table sends to the proxy
+  std::map<std::string, std::vector<std::string>> asked;
+  ServicePolicyReconciler::Options opts;
+  opts.node_name = kNode;
+  opts.cgroup_root = root;
+  opts.limits.l7_proxy = true;
+  opts.captured = [&](const std::string& uid, const std::vector<std::string>& ports) {
+    asked[uid] = ports;
+    for (const std::string& p : ports) {
+      if (!table.count(p)) return false;
+    }
+    return true;
+  };
+  FakeWriter w;
+  ServicePolicyReconciler r(opts, store, w);
+  absl::Status pass = r.ReconcileOnce();  // applied, with a part not as written
+  EXPECT_EQ(pass.code(), absl::StatusCode::kFailedPrecondition) << pass;
+  EXPECT_EQ(asked["b"], std::vector<std::string>{"8081"});
+  auto st = r.status();
+  ASSERT_EQ(st->not_enforced.size(), 1u);
+  EXPECT_NE(st->not_enforced[0].reason.find("not captured (yet)"), std::string::npos)
+      << st->not_enforced[0].reason;
+  EXPECT_EQ(st->policy_names.size(), 1u) << "the DENY holds a bit: enforced at connect()";
+  table.insert("8081");  // the capture applied it
+  pass = r.ReconcileOnce();
+  EXPECT_TRUE(pass.ok()) << pass;
+  st = r.status();
+  EXPECT_TRUE(st->not_enforced.empty()) << st->not_enforced[0].reason;
+  EXPECT_TRUE(st->policy_names.empty()) << "left to the proxy at b";
+  rmdir((root + "/pod" + u1).c_str());
+  rmdir(root.c_str());
+}
+
 // The agent's wiring (agent.cc): the policy pass as the fast path's hook. When the fast path
 // writes a pod's pending pods map entry, that pod's pending policy mask is there already.
 class CheckingPendingPods : public MapWriter {
