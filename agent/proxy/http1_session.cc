@@ -196,7 +196,8 @@ class Http1Session::ResponseEvents final : public http1::ParserCallbacks {
     // written the moment they get there.
     Exchange& e = s_.queue_.front();
     if (e.record.first_byte == absl::InfinitePast()) e.record.first_byte = absl::Now();
-    if (head.tunnel && e.no_tunnel) {
+    // Its Upgrade removed, or admitted by a policy that no longer admits opaque bytes.
+    if (head.tunnel && (e.no_tunnel || !s_.tunnels_)) {
       s_.refused_tunnel_ = true;  // FromServer answers 502 in its place
       return Action::kPause;
     }

@@ -634,8 +634,9 @@ TEST_F(H2Test, DeniedGrpcRequestGetsPermissionDeniedTrailersOnly) {
 }
 
 // CONNECT over HTTP/2 is a tunnel of opaque bytes: forwarded where they are admitted, else 403
-// (the port's policy cannot decide on what the tunnel carries).
-TEST_F(H2Test, ConnectIsATunnelOnlyWhereOpaqueBytesAreAdmitted) {
+// (the port's policy cannot decide on what the tunnel carries); a policy change that no longer
+// admits them resets the tunnels open.
+TEST_F(H2Test, ConnectIsATunnelOnlyWhereOpaqueBytesAreAdmittedAndOneOpenIsResetWhenTheyAreNoMore) {
   Start();
   const Fields connect = {{":method", "CONNECT"}, {":authority", "db:5432"}};
   const int32_t allowed = client_->Request(connect, "ab", /*end=*/false);
@@ -647,9 +648,14 @@ TEST_F(H2Test, ConnectIsATunnelOnlyWhereOpaqueBytesAreAdmitted) {
   EXPECT_EQ(server_->requests.size(), 1u) << "not admitted: the server never sees it";
   ASSERT_FALSE(client_->streams[refused].blocks.empty());
   EXPECT_EQ(Get(client_->streams[refused].blocks[0], ":status"), "403");
-  EXPECT_TRUE(client_->streams[allowed].blocks.empty()) << "the open tunnel is not touched";
-  ASSERT_EQ(records_.size(), 1u);
-  EXPECT_TRUE(records_[0].denied);
+  ASSERT_EQ(records_.size(), 2u);
+  EXPECT_TRUE(records_[0].denied || records_[1].denied);
+  // The tunnel opened under the old policy: reset both ways, never carried on.
+  EXPECT_TRUE(client_->streams[allowed].rst_received);
+  EXPECT_EQ(client_->streams[allowed].rst_code, NGHTTP2_CONNECT_ERROR);
+  EXPECT_TRUE(client_->streams[allowed].blocks.empty());
+  ASSERT_EQ(server_->requests.size(), 1u);
+  EXPECT_EQ(server_->streams[server_->requests[0]].rst_code, NGHTTP2_CANCEL);
 }
 
 TEST_F(H2Test, SetAuthorizeAppliesToLaterRequests) {

@@ -191,6 +191,9 @@ TEST_F(Session, AnUpgradeTheServerRefusesLeavesTheConnectionHttp) {
 
 // Where the port's policy admits no opaque bytes, no request makes a tunnel: an Upgrade reaches
 // the server without its Upgrade fields (answered as HTTP), a 101 anyway is a 502, CONNECT a 403.
+constexpr char kBadGateway[] =
+    "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain\r\ncontent-length: 12\r\nconnection: close\r\n\r\nBad Gateway\n";
+
 TEST_F(Session, WithoutTunnelsAnUpgradeIsPlainHttpAndConnectIsRefused) {
   Http1Options o;
   o.tunnels = false;
@@ -208,7 +211,7 @@ TEST_F(Session, WithoutTunnelsAnUpgradeIsPlainHttpAndConnectIsRefused) {
                    "\r\n\r\n\x82\x01z"),
             "");
   EXPECT_FALSE(session_->tunnel);
-  EXPECT_TRUE(absl::StartsWith(ToClient(), "HTTP/1.1 502 Bad Gateway\r\n"));
+  EXPECT_EQ(ToClient(), kBadGateway);
   EXPECT_TRUE(session_->shut_client);
   ASSERT_EQ(records_.size(), 2u);
   EXPECT_EQ(records_[1].status, 502);
@@ -221,6 +224,20 @@ TEST_F(Session, WithoutTunnelsAnUpgradeIsPlainHttpAndConnectIsRefused) {
   EXPECT_FALSE(session_->tunnel);
   ASSERT_EQ(records_.size(), 1u);
   EXPECT_TRUE(records_[0].denied);
+}
+
+// A tunnel asked for under a policy that admitted opaque bytes and answered after one that no
+// longer does: refused (502), never opened.
+TEST_F(Session, ATunnelAnsweredAfterThePolicyStoppedAdmittingTunnelsIsRefused) {
+  EXPECT_EQ(Client("CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n"), "");
+  EXPECT_EQ(ToServer(), "CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n");
+  session_->SetTunnelsAllowed(false);
+  Server("HTTP/1.1 200 Connection established\r\n\r\n\x00\x01");
+  EXPECT_FALSE(session_->tunnel);
+  EXPECT_EQ(ToClient(), kBadGateway);
+  EXPECT_TRUE(session_->shut_client);
+  ASSERT_EQ(records_.size(), 1u);
+  EXPECT_EQ(records_[0].status, 502);
 }
 
 TEST_F(Session, DrainClosesAnIdleConnectionAtOnceAndABusyOneAfterItsResponse) {

@@ -806,6 +806,22 @@ void Http2Session::AnswerLocally(Stream& s, int status, int grpc_status, std::st
   s.final_submitted = true;
 }
 
+void Http2Session::SetTunnelsAllowed(bool allowed) {
+  tunnels_ = allowed;
+  if (allowed || dead_) return;
+  std::vector<Stream*> tunnels;
+  for (auto& [id, s] : streams_) {
+    if (!s->local && !s->client_closed && s->record.request.method == "CONNECT") {
+      tunnels.push_back(s.get());
+    }
+  }
+  for (Stream* s : tunnels) {
+    ResetServer(*s, NGHTTP2_CANCEL);
+    ResetClient(*s, NGHTTP2_CONNECT_ERROR);
+  }
+  if (!tunnels.empty()) Flush();
+}
+
 void Http2Session::ResetClient(Stream& s, uint32_t error_code) {
   if (!s.client_closed) {
     nghttp2_submit_rst_stream(down_, NGHTTP2_FLAG_NONE, s.client_id, error_code);

@@ -102,8 +102,9 @@ class Http2Session : public L7Session {
   void Drain() override;
   void SetAuthorize(L7Authorize authorize) override;
   // A CONNECT stream is a tunnel of opaque bytes: where they are not admitted, it is answered
-  // 403 (extended CONNECT, RFC 8441, is not advertised).
-  void SetTunnelsAllowed(bool allowed) override { tunnels_ = allowed; }
+  // 403 (extended CONNECT, RFC 8441, is not advertised). Not admitted any more, the tunnels
+  // open are reset both ways (CONNECT_ERROR to the client, CANCEL to the server).
+  void SetTunnelsAllowed(bool allowed) override;
   size_t held_bytes() const override { return held_[kToClient] + held_[kToServer]; }
   // DATA held until that side's window opens: only a WINDOW_UPDATE read from it moves it on.
   size_t held_towards(int side) const override { return held_[side == 0 ? kToClient : kToServer]; }
