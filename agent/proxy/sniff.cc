@@ -40,4 +40,11 @@ Sniffed SniffServerFirst(std::string_view bytes) {
   return bytes.size() >= 9 ? Sniffed::kHttp2 : Sniffed::kNeedMore;
 }
 
+Sniffed SniffDeclaredHttp2(std::string_view first_bytes) {
+  if (first_bytes.empty()) return Sniffed::kNeedMore;
+  if (first_bytes[0] != 0x16) return Sniffed::kHttp2;
+  if (first_bytes.size() < 2) return Sniffed::kNeedMore;
+  return first_bytes[1] == 0x03 ? Sniffed::kOther : Sniffed::kHttp2;
+}
+
 }  // namespace shunt::agent

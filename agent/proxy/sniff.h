@@ -23,6 +23,12 @@ Sniffed SniffProtocol(std::string_view first_bytes);
 // MySQL, SMTP, Redis' replies).
 Sniffed SniffServerFirst(std::string_view server_bytes);
 
+// The client's first bytes on a port declared to speak HTTP/2 (appProtocol http2, grpc,
+// kubernetes.io/h2c): a TLS record (handshake, version 3.x: the workload's own TLS, gRPC over
+// TLS) is kOther, to be passed on opaque; anything else is the HTTP/2 session's to judge
+// (kHttp2); kNeedMore for the first byte of a TLS record alone.
+Sniffed SniffDeclaredHttp2(std::string_view first_bytes);
+
 inline constexpr std::string_view kHttp2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 }  // namespace shunt::agent

@@ -832,7 +832,16 @@ bool TcpRelay::PumpUser(Conn* c) {
       Sniffed what = Sniffed::kNeedMore;
       const bool server_spoke = !c->unsent[1].empty() || c->eof[1];
       if (c->protocol == RelayDecision::Protocol::kHttp2) {
-        what = Sniffed::kHttp2;  // declared: the session judges the bytes
+        // Declared: the session judges the bytes, but for the workload's own TLS (opaque) and a
+        // server that speaks first with something else than an HTTP/2 server's preface.
+        if (server_spoke && (c->eof[1] || SniffServerFirst(c->unsent[1]) == Sniffed::kOther)) {
+          what = Sniffed::kOther;
+        } else if (!c->unsent[0].empty()) {
+          what = SniffDeclaredHttp2(c->unsent[0]);
+          if (what == Sniffed::kNeedMore && c->eof[0]) what = Sniffed::kOther;
+        } else if (c->eof[0]) {
+          what = Sniffed::kHttp2;  // nothing said: the session sees the close
+        }
       } else if (server_spoke && (c->eof[1] || SniffServerFirst(c->unsent[1]) == Sniffed::kOther)) {
         what = Sniffed::kOther;
       } else if (!c->unsent[0].empty()) {

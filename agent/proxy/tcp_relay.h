@@ -77,7 +77,8 @@ struct RelayDecision {
   // What the port is declared to speak (its Service port's appProtocol), for an l7 connection:
   // kHttp (http, grpc-web): HTTP/1.1 or HTTP/2 as sniffed, never opaque (anything else, or a
   // server that speaks first, is reset: counted not_http); kHttp2 (http2, grpc,
-  // kubernetes.io/h2c): HTTP/2 from the first byte, no sniffing.
+  // kubernetes.io/h2c): HTTP/2 from the client's first byte, but for a TLS record (the
+  // workload's own TLS) or a server speaking first, which are opaque (SniffDeclaredHttp2).
   enum class Protocol : uint8_t { kSniff, kHttp, kHttp2 } protocol = Protocol::kSniff;
   L7Authorize authorize;
   ExchangeSink exchanges;

@@ -127,7 +127,7 @@ class H2RelayTest : public ::testing::Test {
       d.as = Loopback(0);
       d.to = Loopback(upstream_port_.load());
       d.l7 = true;
-      d.opaque_allow = false;
+      d.opaque_allow = opaque_allow_.load();
       d.protocol = protocol_.load();
       d.authorize = DenyAdmin("/shunt.test.Echo/Admin");
       d.exchanges = RecordInto(mu_, records_);
@@ -165,6 +165,7 @@ class H2RelayTest : public ::testing::Test {
   UniqueFd front_dup_;
   std::atomic<uint16_t> upstream_port_{0};
   std::atomic<RelayDecision::Protocol> protocol_{RelayDecision::Protocol::kSniff};  // appProtocol
+  std::atomic<bool> opaque_allow_{false};
   EchoService echo_;
   std::unique_ptr<grpc::Server> grpc_server_;
   absl::Mutex mu_;
@@ -335,10 +336,11 @@ TEST_F(H2RelayTest, DrainSendsAGoawayTheOpenStreamFinishesAndTheNextCallTakesANe
 // A port declared HTTP (appProtocol http) is never opaque: a server that greets first, or a client
 // that speaks something else, is reset (counted not_http); declared HTTP/2 (grpc) is read as such
 // from the first byte.
-TEST_F(H2RelayTest, APortDeclaredHttpIsNeverOpaqueAndOneDeclaredGrpcIsReadAsHttp2AtOnce) {
+TEST_F(H2RelayTest, APortDeclaredHttpIsNeverOpaqueAndOneDeclaredGrpcIsHttp2ButForTheWorkloadsOwnTls) {
   UniqueFd backend = Listen(false);
   upstream_port_ = PortOf(backend.get());
   protocol_ = RelayDecision::Protocol::kHttp;
+  opaque_allow_ = true;  // declared HTTP is never opaque, even where opaque bytes are admitted
   {
     UniqueFd c = Connect(front_port_);
     UniqueFd s(accept4(backend.get(), nullptr, nullptr, SOCK_CLOEXEC));
@@ -357,9 +359,38 @@ TEST_F(H2RelayTest, APortDeclaredHttpIsNeverOpaqueAndOneDeclaredGrpcIsReadAsHttp
   }
   EXPECT_EQ(relay_->stats().not_http, 2u);
   EXPECT_EQ(relay_->stats().opaque_l7, 0u);
-  // Declared grpc: the session starts before the client's first byte (its SETTINGS go out at
-  // once), and the call works as sniffed ones do.
+  // Declared grpc, and the workload's own TLS on it (gRPC over TLS): opaque bytes, both ways.
   protocol_ = RelayDecision::Protocol::kHttp2;
+  {
+    UniqueFd c = Connect(front_port_);
+    const std::string hello("\x16\x03\x01\x00\x05hello", 10);
+    WriteAll(c.get(), hello);
+    UniqueFd s(accept4(backend.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    ASSERT_TRUE(s.valid());
+    std::string got(hello.size(), '\0');
+    ASSERT_EQ(recv(s.get(), got.data(), got.size(), MSG_WAITALL), ssize_t(hello.size()));
+    EXPECT_EQ(got, hello);
+    WriteAll(s.get(), std::string("\x16\x03\x03\x00\x02ok", 7));
+    shutdown(s.get(), SHUT_WR);
+    shutdown(c.get(), SHUT_WR);
+    int err = 0;
+    EXPECT_EQ(ReadAll(c.get(), &err), std::string("\x16\x03\x03\x00\x02ok", 7));
+    EXPECT_EQ(err, 0);
+  }
+  EXPECT_EQ(relay_->stats().opaque_l7, 1u);
+  EXPECT_EQ(relay_->stats().http2_connections, 0u);
+  // Where opaque bytes are not admitted, that TLS is refused (reset).
+  opaque_allow_ = false;
+  {
+    UniqueFd c = Connect(front_port_);
+    WriteAll(c.get(), std::string("\x16\x03\x01\x00\x05hello", 10));
+    int err = 0;
+    EXPECT_EQ(ReadAll(c.get(), &err), "");
+    EXPECT_EQ(err, ECONNRESET);
+  }
+  EXPECT_EQ(relay_->stats().opaque_refused, 1u);
+  // Anything else is HTTP/2 at once, and the call works as sniffed ones do.
+  backend.Reset();
   StartEcho();
   if (HasFatalFailure()) return;
   auto stub = EchoThroughTheRelay();

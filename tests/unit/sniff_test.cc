@@ -61,4 +61,16 @@ TEST(SniffServerFirst, AnHttp2ServersSettingsIsNoGreeting) {
 }
 
 }  // namespace
+// On a port declared HTTP/2: the workload's own TLS is opaque, everything else the session's.
+TEST(SniffDeclaredHttp2, ATlsRecordIsOpaqueAndAnythingElseIsTheSessionsToJudge) {
+  EXPECT_EQ(SniffDeclaredHttp2(""), Sniffed::kNeedMore);
+  EXPECT_EQ(SniffDeclaredHttp2("\x16"), Sniffed::kNeedMore);
+  EXPECT_EQ(SniffDeclaredHttp2(std::string("\x16\x03\x01\x02\x00\x01", 6)), Sniffed::kOther);
+  EXPECT_EQ(SniffDeclaredHttp2(std::string("\x16\x03", 2)), Sniffed::kOther);
+  EXPECT_EQ(SniffDeclaredHttp2(kHttp2Preface), Sniffed::kHttp2);
+  EXPECT_EQ(SniffDeclaredHttp2("P"), Sniffed::kHttp2);
+  EXPECT_EQ(SniffDeclaredHttp2("GET / HTTP/1.1\r\n"), Sniffed::kHttp2) << "the session refuses it";
+  EXPECT_EQ(SniffDeclaredHttp2(std::string("\x16\x01", 2)), Sniffed::kHttp2);
+}
+
 }  // namespace shunt::agent
