@@ -9,6 +9,7 @@
 #include <set>
 #include <tuple>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "google/protobuf/message.h"
@@ -805,12 +806,27 @@ namespace {
 
 enum class View { kOpaque, kHttpArrival, kRequest };
 
-bool L7Matches(const AccessPolicy& p, std::string_view method, std::string_view path) {
+// A DENY's reading of a path or of a rule's: letters folded, trailing "/"s cut ("/" stays).
+std::string Loosened(std::string_view path) {
+  std::string out = absl::AsciiStrToLower(std::string(path));
+  while (out.size() > 1 && out.back() == '/') out.pop_back();
+  return out;
+}
+
+// `loose`: the path is Loosened, and so is each rule path (a prefix's folded only).
+bool L7Matches(const AccessPolicy& p, std::string_view method, std::string_view path,
+               bool loose = false) {
   for (const auto& r : p.l7()) {
     bool method_ok = r.methods().empty();
     for (const auto& m : r.methods()) method_ok |= m == method;
     bool path_ok = r.paths().empty();
-    for (const auto& want : r.paths()) {
+    for (const auto& rule : r.paths()) {
+      std::string folded;
+      std::string_view want = rule;
+      if (loose) {
+        folded = !rule.empty() && rule.back() == '*' ? absl::AsciiStrToLower(rule) : Loosened(rule);
+        want = folded;
+      }
       if (!want.empty() && want.back() == '*') {
         path_ok |= path.compare(0, want.size() - 1, want, 0, want.size() - 1) == 0;
       } else {
@@ -891,8 +907,9 @@ ArrivalDecision Decide(const PolicySnapshot& snapshot, const std::string& dest_u
       } else if (view == View::kHttpArrival) {
         l7_ok = !deny;
       } else if (deny) {
-        l7_ok = std::any_of(paths.begin(), paths.end(),
-                            [&](const std::string& v) { return L7Matches(p, method, v); });
+        l7_ok = std::any_of(paths.begin(), paths.end(), [&](const std::string& v) {
+          return L7Matches(p, method, v) || L7Matches(p, method, Loosened(v), /*loose=*/true);
+        });
       } else {
         l7_ok = std::all_of(paths.begin(), paths.end(),
                             [&](const std::string& v) { return L7Matches(p, method, v); });

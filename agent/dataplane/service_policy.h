@@ -241,7 +241,9 @@ ArrivalDecision DecideArrival(const PolicySnapshot& snapshot, const std::string&
 // query; gRPC: "/package.Service/Method") against the L7 rules, on every reading of the path a
 // server may make (PathViewsForPolicy: the request goes to the server as the client wrote it):
 // a DENY rule matches when one reading does, an ALLOW rule admits only when all of them do. A
-// rule path ending in "*" is a prefix.
+// rule path ending in "*" is a prefix. A DENY also matches whatever the letters' case and a
+// trailing "/" of either side (servers that fold case or route "/admin/" as "/admin" are many):
+// stricter than written, never looser.
 ArrivalDecision DecideRequest(const PolicySnapshot& snapshot, const std::string& dest_uid,
                               const IpKey& source, uint16_t port, std::string_view method,
                               std::string_view path);

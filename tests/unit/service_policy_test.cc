@@ -1007,6 +1007,18 @@ TEST(DecideRequest, EveryReadingOfThePathIsChecked) {
                                 "/%61pi/v1"}) {
     EXPECT_FALSE(DecideRequest(allow, "b", a, 8080, "GET", out_of_it).allowed) << out_of_it;
   }
+  // A DENY whatever the case and a trailing "/" (of the request or of the rule); an ALLOW as
+  // written.
+  auto exact = Bundle("", "", L7Policy("no-admin", "DENY", front,
+                                       R"([{"paths": ["/admin", "/Metrics/", "/Debug/*"]}])"));
+  for (const char* around : {"/admin", "/admin/", "/Admin", "/ADMIN//", "/x/../Admin/", "/metrics",
+                             "/Metrics", "/metrics/", "/debug/pprof", "/DEBUG/x"}) {
+    EXPECT_FALSE(DecideRequest(exact, "b", a, 8080, "GET", around).allowed) << around;
+  }
+  for (const char* other : {"/admins", "/admin/x", "/", "/debug", "/metricsx"}) {
+    EXPECT_TRUE(DecideRequest(exact, "b", a, 8080, "GET", other).allowed) << other;
+  }
+  EXPECT_FALSE(DecideRequest(allow, "b", a, 8080, "GET", "/API/v1").allowed) << "ALLOW: as written";
   EXPECT_EQ(PathViewsForPolicy("/api/v1"), std::vector<std::string>{"/api/v1"});
   EXPECT_EQ(PathViewsForPolicy("/x/..;/admin"),
             (std::vector<std::string>{"/admin", "/x/..;/admin"}));
