@@ -941,18 +941,23 @@ ArrivalDecision Decide(const PolicySnapshot& snapshot, const std::string& dest_u
 
 std::string AppProtocolOf(const shunt::v1::PolicyBundle& bundle, const std::string& uid,
                           uint16_t port) {
+  std::string found;
   for (const auto& s : bundle.services()) {
     for (const auto& e : s.endpoints()) {
       if (e.workload_uid() != uid) continue;
       for (const auto& ep : e.ports()) {
         if (ep.port() != port) continue;
         for (const auto& sp : s.ports()) {
-          if (sp.name() == ep.name() && !sp.app_protocol().empty()) return sp.app_protocol();
+          if (sp.name() != ep.name() || sp.app_protocol().empty()) continue;
+          // Two Services that say different things of one port: neither is believed (sniffed).
+          std::string app = absl::AsciiStrToLower(sp.app_protocol());
+          if (!found.empty() && found != app) return "";
+          found = std::move(app);
         }
       }
     }
   }
-  return "";
+  return found;
 }
 
 std::vector<std::string> L7PortsOf(const shunt::v1::PolicyBundle& bundle, const Workload& w) {

@@ -256,7 +256,8 @@ std::string NormalizePathForPolicy(std::string_view path);
 // path as written (a server that decodes nothing); without repeats.
 std::vector<std::string> PathViewsForPolicy(std::string_view path);
 // The Kubernetes appProtocol of pod `uid`'s port `port`, from the Service ports whose endpoints
-// name that pod on that port ("" when none says).
+// name that pod on that port, lower-cased ("" when none says, or when two say different
+// things).
 std::string AppProtocolOf(const shunt::v1::PolicyBundle& bundle, const std::string& uid,
                           uint16_t port);
 // The ports of workload `w` that access policies with L7 rules cover, for the capture (nft

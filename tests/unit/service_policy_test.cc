@@ -1034,6 +1034,16 @@ TEST(AppProtocolOf, IsTheServicePortsOfThePodsEndpointPort) {
   EXPECT_EQ(AppProtocolOf(s.bundle, "b", 9090), "") << "another port";
   EXPECT_EQ(AppProtocolOf(s.bundle, "a", 8080), "") << "not an endpoint";
   EXPECT_EQ(AppProtocolOf(Bundle(kApiService).bundle, "b", 8080), "") << "none declared";
+  // A second Service of the same pod port: saying the same (whatever the case) it agrees; saying
+  // something else, neither is believed.
+  auto second = [&](const std::string& app) {
+    std::string other = svc;
+    other.replace(other.find(R"("name": "api")"), 13, R"("name": "api2")");
+    other.replace(other.find("kubernetes.io/h2c"), 17, app);
+    return Bundle(svc + "," + other);
+  };
+  EXPECT_EQ(AppProtocolOf(second("Kubernetes.io/H2C").bundle, "b", 8080), "kubernetes.io/h2c");
+  EXPECT_EQ(AppProtocolOf(second("tcp").bundle, "b", 8080), "") << "two Services disagree";
 }
 
 TEST(NormalizePathForPolicy, DecodesMergesAndResolvesDotSegments) {
