@@ -698,7 +698,8 @@ int RunAgent(const AgentConfig& config) {
     }
   }
   if (relay) {
-    // HTTP connections end after their current response ("Connection: close"), idle ones now:
+    // HTTP connections end after their current response ("Connection: close"), idle ones once
+    // idle a second, HTTP/2 ones after a GOAWAY:
     // their clients' next requests go to the next agent. Opaque ones end when their peers end them.
     relay->Drain();
     const absl::Time deadline = absl::Now() + config.drain_timeout;

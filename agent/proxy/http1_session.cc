@@ -468,13 +468,20 @@ void Http1Session::ServerClosed() {
 }
 
 void Http1Session::Drain() {
+  // "Connection: close" on the next response; an idle connection is closed by CloseIdle (the
+  // relay's sweep, once it stayed idle), not here.
   draining_ = true;
-  if (!in_request_ && queue_.empty() && !upgrade_pending_) {
-    // Idle keep-alive connection: closed now, as servers close idle connections.
-    client_done_ = true;
-    server_done_ = true;
-    ShutBoth();
-  }
+}
+
+bool Http1Session::Idle() const {
+  return !in_request_ && queue_.empty() && !upgrade_pending_ && !client_done_ && !tunnel;
+}
+
+void Http1Session::CloseIdle() {
+  if (!Idle()) return;
+  client_done_ = true;
+  server_done_ = true;
+  ShutBoth();
 }
 
 }  // namespace shunt::agent

@@ -47,6 +47,8 @@ class Http1Session final : public L7Session {
   void ClientClosed() override;
   void ServerClosed() override;
   void Drain() override;
+  bool Idle() const override;
+  void CloseIdle() override;
   void SetAuthorize(L7Authorize authorize) override;
   void SetTunnelsAllowed(bool allowed) override { tunnels_ = allowed; }
 

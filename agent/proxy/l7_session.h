@@ -68,6 +68,12 @@ class L7Session {
   // The agent is going away: finish what is in flight, take no new request (HTTP/1.1:
   // "Connection: close" on the next response; HTTP/2: GOAWAY), then ask to close.
   virtual void Drain() = 0;
+  // Whether nothing is in flight (HTTP/1.1: between a response and the next request), and
+  // closing now that way (both sides shut). A drained HTTP/1.1 connection is closed so only once
+  // it has been idle a while (the relay's sweep): closed at once, a request its client sends at
+  // that moment would fail (most clients do not retry it).
+  virtual bool Idle() const { return false; }
+  virtual void CloseIdle() {}
   // Policy changed: requests from now on are authorized with this (an open HTTP connection is
   // not closed for a policy that denies some of its requests; the requests are).
   virtual void SetAuthorize(L7Authorize authorize) = 0;

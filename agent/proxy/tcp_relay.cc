@@ -65,6 +65,8 @@ namespace {
 constexpr uint64_t kWakeTag = 0;      // epoll data of the eventfd
 constexpr uint64_t kListenerTag = 1;  // listeners: (fd << 1) | 1
 constexpr size_t kChunk = 1 << 20;    // a pipe of 1 MiB (F_SETPIPE_SZ), moved per splice
+// A drained HTTP/1.1 connection idle this long is closed.
+constexpr absl::Duration kDrainIdleGrace = absl::Seconds(1);
 
 uint16_t PortOf(const sockaddr_storage& ss) {
   return ntohs(ss.ss_family == AF_INET ? reinterpret_cast<const sockaddr_in*>(&ss)->sin_port
@@ -938,6 +940,24 @@ void TcpRelay::Sweep(absl::Time now) {
     } else if (options_.idle_timeout > absl::ZeroDuration() &&
                now - c->last_activity > options_.idle_timeout) {
       expired.push_back({p, 2});
+    }
+  }
+  // Draining: HTTP/1.1 connections idle for a while are closed (busy ones close after their
+  // next response), so that their clients' next requests go to the next agent.
+  if (draining_) {
+    std::vector<Conn*> idle;
+    for (auto& [p, c] : conns_) {
+      if (c->session && c->session->Idle() && c->unsent[0].empty() && c->unsent[1].empty() &&
+          now - c->last_activity >= kDrainIdleGrace) {
+        idle.push_back(p);
+      }
+    }
+    for (Conn* c : idle) {
+      c->session->CloseIdle();
+      if (PumpUser(c) && c->mode != Conn::Mode::kSplice) {
+        InterestUser(c);
+        Account(c);
+      }
     }
   }
   for (auto [p, why] : expired) {

@@ -489,29 +489,47 @@ TEST_F(RelayTest, AnUpgradeBecomesATunnelThatCarriesAMebibyteBothWays) {
   EXPECT_EQ(relay_->stats().tunnels, 1u);
 }
 
-TEST_F(RelayTest, DrainEndsKeepAliveConnectionsAfterTheirResponseAndIdleOnesAtOnce) {
+// Drain: a keep-alive connection ends after the response in flight ("Connection: close"); an idle
+// one is closed once it stayed idle a second (its client's next request then goes to the next
+// agent), and one whose client sends its next request in the meantime gets its answer, with
+// "Connection: close": no request fails for the drain.
+TEST_F(RelayTest, DrainEndsKeepAliveConnectionsAfterTheirResponseAndIdleOnesOnceIdleAWhile) {
   l7_ = true;
   UniqueFd busy = Connect(front_port_);
   UniqueFd busy_s = AcceptBackend();
   UniqueFd idle = Connect(front_port_);
   UniqueFd idle_s = AcceptBackend();
+  UniqueFd late = Connect(front_port_);
+  UniqueFd late_s = AcceptBackend();
   const std::string get = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
-  for (int fd : {busy.get(), idle.get()}) WriteAll(fd, get);
-  for (int fd : {busy_s.get(), idle_s.get()}) {
+  for (int fd : {busy.get(), idle.get(), late.get()}) WriteAll(fd, get);
+  for (int fd : {busy_s.get(), idle_s.get(), late_s.get()}) {
     std::string got(get.size(), '\0');
     ASSERT_EQ(recv(fd, got.data(), got.size(), MSG_WAITALL), static_cast<ssize_t>(got.size()));
   }
   const std::string ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-  WriteAll(idle_s.get(), ok);
-  std::string got(ok.size(), '\0');
-  ASSERT_EQ(recv(idle.get(), got.data(), got.size(), MSG_WAITALL), static_cast<ssize_t>(ok.size()));
+  for (auto [c, s] : {std::pair{idle.get(), idle_s.get()}, {late.get(), late_s.get()}}) {
+    WriteAll(s, ok);
+    std::string got(ok.size(), '\0');
+    ASSERT_EQ(recv(c, got.data(), got.size(), MSG_WAITALL), static_cast<ssize_t>(ok.size()));
+  }
   relay_->Drain();
+  absl::SleepFor(absl::Milliseconds(200));
+  WriteAll(late.get(), get);  // its next request, just after the drain began
+  std::string got(get.size(), '\0');
+  ASSERT_EQ(recv(late_s.get(), got.data(), got.size(), MSG_WAITALL),
+            static_cast<ssize_t>(got.size()));
+  WriteAll(late_s.get(), ok);
+  const std::string closing = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
   int err = -1;
-  EXPECT_EQ(ReadAll(idle.get(), &err), "") << "idle: closed at once";
+  EXPECT_EQ(ReadAll(late.get(), &err), closing) << "answered, then closed";
   EXPECT_EQ(err, 0);
+  const absl::Time t0 = absl::Now();
+  EXPECT_EQ(ReadAll(idle.get(), &err), "") << "idle: closed";
+  EXPECT_EQ(err, 0);
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(5)) << "closed by the sweep, not left open";
   WriteAll(busy_s.get(), ok);  // the answer to the request in flight
-  EXPECT_EQ(ReadAll(busy.get(), &err),
-            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+  EXPECT_EQ(ReadAll(busy.get(), &err), closing);
   EXPECT_EQ(err, 0);
   EXPECT_EQ(ReadAll(busy_s.get()), "") << "the server sees the end too";
 }

@@ -240,8 +240,25 @@ TEST_F(Session, ATunnelAnsweredAfterThePolicyStoppedAdmittingTunnelsIsRefused) {
   EXPECT_EQ(records_[0].status, 502);
 }
 
-TEST_F(Session, DrainClosesAnIdleConnectionAtOnceAndABusyOneAfterItsResponse) {
+// Drained, an idle connection stays open until CloseIdle (the relay's sweep, once it stayed
+// idle): a request that comes meanwhile is answered, with "Connection: close"; a busy one closes
+// after its response.
+TEST_F(Session, DrainClosesABusyConnectionAfterItsResponseAndAnIdleOneWhenToldItStayedIdle) {
+  EXPECT_TRUE(session_->Idle());
   session_->Drain();
+  EXPECT_FALSE(session_->shut_client || session_->shut_server);
+  session_->CloseIdle();
+  EXPECT_TRUE(session_->shut_client && session_->shut_server);
+
+  Make();
+  session_->Drain();
+  Client("GET /b HTTP/1.1\r\nHost: s\r\n\r\n");
+  EXPECT_FALSE(session_->Idle());
+  session_->CloseIdle();  // not idle: nothing happens
+  EXPECT_FALSE(session_->shut_client);
+  EXPECT_EQ(ToServer(), "GET /b HTTP/1.1\r\nHost: s\r\n\r\n");
+  Server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+  EXPECT_EQ(ToClient(), "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
   EXPECT_TRUE(session_->shut_client && session_->shut_server);
 
   Make();
