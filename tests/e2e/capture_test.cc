@@ -628,6 +628,144 @@ TEST_F(CaptureTest, ANewAgentTakesOverTheListenersAndTheOldOneDrainsItsConnectio
   successor.Kill();
 }
 
+constexpr char kPyKeepAlive[] = R"(
+import http.client, sys, os, time
+addr, port, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ok = fail = conns = 0
+err = ""
+c = None
+while not os.path.exists(stop):
+    try:
+        if c is None:
+            c = http.client.HTTPConnection(addr, port, timeout=10)
+            conns += 1
+        c.request("GET", "/hello")
+        r = c.getresponse()
+        body = r.read()
+        if r.status == 200 and body == b"ok":
+            ok += 1
+        else:
+            fail += 1
+            err = err or "status %d" % r.status
+        if r.will_close:
+            c.close()
+            c = None
+    except Exception as e:
+        fail += 1
+        err = err or repr(e)
+        c = None
+    time.sleep(0.002)
+print(ok, fail, conns, err.replace(" ", "_") or "-")
+)";
+
+// The rolling update under load: HTTP/1.1 keep-alive requests (Python's http.client), gRPC unary
+// calls and bidirectional streams (the suite's gRPC client) and short opaque connections, all
+// from a pod of the other node, while a new agent takes over and the old one is stopped
+// (SIGTERM: it drains: "Connection: close" on the next response, GOAWAY, streams finish). No
+// request, call, stream or connection fails; both ports are L7 (a DENY of other paths), so the
+// agents read every request.
+TEST_F(CaptureTest, AHandoffUnderHttpGrpcAndOpaqueLoadFailsNoRequestCallStreamOrConnection) {
+  StartCapturingAgent({"--resync-ms=100"});
+  if (HasFatalFailure()) return;
+  StartHttpServer(/*echo=*/false);
+  if (HasFatalFailure()) return;
+  const std::string grpc_ready = bed_->work_dir() + "/grpc-server";
+  auto grpc = bed_->Spawn(Server(), {SHUNT_GRPC_BIN, "server", "--port=8084", "--ready=" + grpc_ready});
+  ASSERT_TRUE(grpc.ok()) << grpc.status();
+  servers_.push_back(std::move(*grpc));
+  ASSERT_TRUE(e2e::WaitForFile(grpc_ready)) << servers_.back()->Stderr();
+  nlohmann::json policy = Deny("no-admin", {{{"namespaces", {"default"}}}});
+  policy[0]["l7"] = {{{"paths", {"/admin*", "/shunt.test.Echo/Admin"}}}};
+  policy[0]["ports"] = {{{"from", 8081}}, {{"from", 8084}}};
+  policy[0]["target"] = {{"matchLabels", {{"app", "server"}}}};  // the meshed pod only
+  WritePolicies(policy, 2, {{Server().name, {{"app", "server"}}}});
+  if (HasFatalFailure()) return;
+  const std::string stop = bed_->work_dir() + "/restart-stop";
+  std::string http_out, grpc_out, opaque_out;
+  std::thread http, grpc_load, opaque;
+  struct Loads {  // stopped and joined however the test ends
+    std::string stop;
+    std::vector<std::thread*> threads;
+    ~Loads() {
+      WriteFileAtomic(stop, "").IgnoreError();
+      for (std::thread* t : threads) {
+        if (t->joinable()) t->join();
+      }
+    }
+  } loads{stop, {&http, &grpc_load, &opaque}};
+  http = std::thread([&] {
+    auto r = bed_->Run(Client(), {"/usr/bin/python3", "-c", kPyKeepAlive, Server().ipv4, "8081", stop},
+                       90s);
+    http_out = r.ok() ? r->out + r->err : r.status().ToString();
+  });
+  grpc_load = std::thread([&] {
+    auto r = bed_->Run(Client(), {SHUNT_GRPC_BIN, "load", "--to=" + Server().ipv4 + ":8084",
+                                  "--until=" + stop},
+                       90s);
+    grpc_out = r.ok() ? r->out + r->err : r.status().ToString();
+  });
+  opaque = std::thread([&] {
+    auto r = bed_->Run(Client(), {"/usr/bin/python3", "-c", kPyLoad, Server().ipv4, "8080", stop,
+                                  "peer " + Client().ipv4 + "\nhello"},
+                       90s);
+    opaque_out = r.ok() ? r->out + r->err : r.status().ToString();
+  });
+  // Load through the first agent, then the successor takes over, then the first one is stopped.
+  ASSERT_TRUE(shunt::test::Eventually(
+      [&] {
+        return Metric("shunt_relay_l7_total", {{"result", "http1_connection"}}) >= 1 &&
+               Metric("shunt_relay_l7_total", {{"result", "http2_connection"}}) >= 1;
+      },
+      20s, 50ms))
+      << RelayMetrics();
+  absl::SleepFor(absl::Milliseconds(500));
+  e2e::AgentProcess successor(*bed_, bed_->node(0), bed_->work_dir() + "/policy.json",
+                              {"--capture", "--resync-ms=100"});
+  ASSERT_TRUE(successor.Start().ok()) << successor.Stderr();
+  auto metric = [&](const std::string& name, const std::map<std::string, std::string>& match) {
+    auto m = successor.Scrape();
+    return m.ok() ? e2e::SumSamples(*m, name, match) : -1;
+  };
+  EXPECT_TRUE(shunt::test::Eventually(
+      [&] { return metric("shunt_relay_connections_total", {{"result", "accepted"}}) >= 3; }, 20s,
+      50ms))
+      << successor.Stderr();
+  absl::SleepFor(absl::Milliseconds(500));
+  EXPECT_TRUE(agent_->Stop().ok()) << agent_->Stderr();  // SIGTERM: drains, then exits
+  // The successor serves everything now, the long-lived HTTP/1.1 and HTTP/2 clients too.
+  EXPECT_TRUE(shunt::test::Eventually(
+      [&] {
+        return metric("shunt_relay_l7_total", {{"result", "http1_connection"}}) >= 1 &&
+               metric("shunt_relay_l7_total", {{"result", "http2_connection"}}) >= 1;
+      },
+      20s, 50ms))
+      << successor.Stderr();
+  absl::SleepFor(absl::Milliseconds(1000));
+  ASSERT_TRUE(WriteFileAtomic(stop, "").ok());
+  http.join();
+  grpc_load.join();
+  opaque.join();
+  std::fprintf(stderr, "http/1.1 (ok fail connections): %sgrpc: %sopaque (ok fail): %s",
+               http_out.c_str(), grpc_out.c_str(), opaque_out.c_str());
+  int ok = -1, fail = -1, conns = -1;
+  char err[512] = {0};
+  ASSERT_EQ(sscanf(http_out.c_str(), "%d %d %d %511s", &ok, &fail, &conns, err), 4) << http_out;
+  EXPECT_GT(ok, 20) << http_out;
+  EXPECT_EQ(fail, 0) << "HTTP/1.1 requests failed across the handoff: " << err;
+  EXPECT_GE(conns, 2) << "the drained connection was closed after a response, then a new one";
+  const nlohmann::json g = nlohmann::json::parse(grpc_out.substr(0, grpc_out.find('\n')), nullptr,
+                                                 false);
+  ASSERT_FALSE(g.is_discarded()) << grpc_out;
+  EXPECT_GT(g.value("unary_ok", 0), 20) << grpc_out;
+  EXPECT_EQ(g.value("unary_fail", -1), 0) << grpc_out;
+  EXPECT_GT(g.value("streams_ok", 0), 3) << grpc_out;
+  EXPECT_EQ(g.value("streams_fail", -1), 0) << grpc_out;
+  ASSERT_EQ(sscanf(opaque_out.c_str(), "%d %d", &ok, &fail), 2) << opaque_out;
+  EXPECT_GT(ok, 10) << opaque_out;
+  EXPECT_EQ(fail, 0) << "opaque connections failed across the handoff";
+  successor.Kill();
+}
+
 // A meshed pod of the server's node is the fast path's: checked at its connect(), spliced in the
 // kernel, not relayed. Once it leaves the mesh, its connections are captured like any other's.
 TEST_F(CaptureTest, AMeshedPodOfTheSameNodeIsLeftToTheFastPath) {

@@ -76,3 +76,8 @@ add_library(shunt_test_echo_proto STATIC ${echo_gen}/echo.pb.cc ${echo_gen}/echo
 target_include_directories(shunt_test_echo_proto PUBLIC ${echo_gen})
 target_link_libraries(shunt_test_echo_proto PUBLIC protobuf::libprotobuf gRPC::grpc++)
 shunt_test(relay_h2_test KERNEL SOURCES e2e/relay_h2_test.cc LIBS shunt_proxy shunt_test_echo_proto)
+# The Echo service's server and load client as a program, for the test bed's pods.
+add_executable(shunt-test-grpc e2e/grpc_echo_main.cc)
+target_link_libraries(shunt-test-grpc PRIVATE shunt_test_echo_proto)
+target_compile_definitions(capture_test PRIVATE SHUNT_GRPC_BIN="$<TARGET_FILE:shunt-test-grpc>")
+add_dependencies(capture_test shunt-test-grpc)
