@@ -403,7 +403,7 @@ TEST_F(CaptureTest, RemovedItLeavesNoTableRuleOrRouteAndNothingIsCaptured) {
 }
 
 // The agent with --capture: a meshed pod's inbound connections from another node go through the
-// agent's relay (spliced in the kernel), the server sees the client's IP, a checksummed 64 MiB
+// agent's relay (spliced in the kernel), the server sees the client's IP, a checksummed 1 GiB
 // stream arrives whole; a dead agent's pod is reached directly (TPROXY finds no listener and
 // lets the connection through: fail open); uninstall removes the table.
 TEST_F(CaptureTest, TheAgentRelaysAMeshedPodsInboundConnectionsAsTheClient) {
@@ -420,10 +420,10 @@ TEST_F(CaptureTest, TheAgentRelaysAMeshedPodsInboundConnectionsAsTheClient) {
   ASSERT_TRUE(verify.ok()) << verify.status();
   servers_.push_back(std::move(*verify));
   auto r = e2e::RunTestpeer(*bed_, Client(), {"verify", "--to=" + Server().ipv4 + ":8081",
-                                              "--bytes=64M", "--seed=9"});
+                                              "--bytes=1G", "--seed=9"});
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->value("ok", 0), 1) << r->dump();
-  EXPECT_GE(Metric("shunt_relay_bytes_total", {{"direction", "to_upstream"}}), 64.0 * (1 << 20));
+  EXPECT_GE(Metric("shunt_relay_bytes_total", {{"direction", "to_upstream"}}), 1024.0 * (1 << 20));
   EXPECT_TRUE(shunt::test::Eventually(
       [&] { return Metric("shunt_relay_active_connections") == 0; }, 5s, 50ms));
 
