@@ -6,7 +6,10 @@
 // as the client's IP, one thread (process) each as shunt's relay. One server pod per path, so one
 // path's rules never touch another's. Measured in the same run, rounds interleaved, medians:
 // bulk throughput (testpeer, iperf3), 1 KiB request/response latency (p50, p99), HTTP/1.1
-// keep-alive requests per second (wrk against an nginx origin; shunt's relay is opaque to it),
+// keep-alive requests per second (wrk against an nginx origin: a port shunt passes opaque, one
+// it reads request by request), HTTP/2 requests per second (h2load, h2c, read by shunt stream by
+// stream), the CPU and memory at a fixed 1000 req/s and with 10,000 idle connections (shunt and
+// HAProxy),
 // the ratios against direct and the latency each proxy adds, and issue 9's targets. Not a test:
 // it asserts nothing and is run by hand (README).
 #include <algorithm>
@@ -14,10 +17,15 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <sstream>
 #include <thread>
+
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -34,6 +42,9 @@ ABSL_FLAG(int, pingpong_count, 20000, "Request/response exchanges per latency ru
 ABSL_FLAG(bool, iperf3, true, "Also measure bulk throughput with iperf3 (if installed).");
 ABSL_FLAG(bool, wrk, true, "Also measure HTTP/1.1 keep-alive req/s with wrk (if installed).");
 ABSL_FLAG(int, wrk_connections, 16, "wrk's keep-alive connections (one wrk thread).");
+ABSL_FLAG(bool, h2load, true, "Also measure HTTP/2 req/s with h2load (if installed).");
+ABSL_FLAG(int, fixed_rps_seconds, 10, "Duration of the fixed 1000 req/s run (CPU, RSS); 0: off.");
+ABSL_FLAG(int, idle_connections, 10000, "Idle connections held for the memory figure; 0: off.");
 
 namespace {
 
@@ -45,6 +56,9 @@ using shunt::bench::Client;
 using shunt::bench::Median;
 
 constexpr int kSinkPort = 9100, kEchoPort = 9101, kIperfPort = 5201, kHttpPort = 8080;
+// The origin's ports that shunt reads as HTTP (an L7 rule there): HTTP/1.1 and h2c.
+constexpr int kHttpL7Port = 8081, kH2Port = 8082;
+constexpr int kIdlePort = 9102;  // the idle connections' server
 // The peers' TPROXY target, the port shunt's listener has (--capture-port).
 constexpr int kPeerPort = 15008;
 constexpr char kPeerTable[] = "shunt_bench_peer";
@@ -177,7 +191,7 @@ class PeerCapture {
 absl::StatusOr<ProcessPtr> StartHaproxy(Testbed& bed, const Pod& pod) {
   const std::string cfg = absl::StrCat(bed.work_dir(), "/", pod.name, "-haproxy.cfg");
   RETURN_IF_ERROR(WriteFile(
-      cfg, absl::StrCat("global\n  nbthread 1\n  maxconn 4096\n", "defaults\n  mode tcp\n",
+      cfg, absl::StrCat("global\n  nbthread 1\n  maxconn 9000\n", "defaults\n  mode tcp\n",
                         "  timeout connect 10s\n  timeout client 10m\n  timeout server 10m\n",
                         "listen relay\n  bind 0.0.0.0:", kPeerPort, " transparent\n",
                         "  source 0.0.0.0 usesrc clientip\n",
@@ -252,7 +266,8 @@ absl::StatusOr<ProcessPtr> StartNginxOrigin(Testbed& bed, const Pod& pod) {
   RETURN_IF_ERROR(
       WriteFile(conf, absl::StrCat(NginxMain(dir), "http {\n  access_log off;\n", temp,
                                    "  keepalive_requests 100000000;\n  server {\n    listen ",
-                                   kHttpPort, ";\n    location / { return 200 \"",
+                                   kHttpPort, ";\n    listen ", kHttpL7Port, ";\n    listen ",
+                                   kH2Port, " http2;\n    location / { return 200 \"",
                                    std::string(63, 'x'), "\\n\"; }\n  }\n}\n")));
   ASSIGN_OR_RETURN(ProcessPtr p, bed.Spawn(pod, {"nginx", "-p", dir + "/", "-e", dir + "/error.log",
                                                  "-c", conf}));
@@ -283,10 +298,11 @@ double Iperf3(Testbed& bed, const Pod& pod, const std::string& ip, int seconds) 
 }
 
 // wrk (one thread, keep-alive) in `pod` against the origin at `ip`: requests per second, or 0.
-double Wrk(Testbed& bed, const Pod& pod, const std::string& ip, int seconds, int connections) {
+double Wrk(Testbed& bed, const Pod& pod, const std::string& ip, int seconds, int connections,
+           int port = kHttpPort) {
   auto out = RunIn(bed, pod,
                    {"wrk", "-t1", absl::StrCat("-c", connections), absl::StrCat("-d", seconds, "s"),
-                    absl::StrCat("http://", ip, ":", kHttpPort, "/")},
+                    absl::StrCat("http://", ip, ":", port, "/")},
                    std::chrono::seconds(seconds + 30));
   std::smatch m;
   if (!out.ok() || !std::regex_search(out->out, m, std::regex("Requests/sec:\\s+([0-9.]+)"))) {
@@ -299,11 +315,103 @@ double Wrk(Testbed& bed, const Pod& pod, const std::string& ip, int seconds, int
   return std::stod(m[1]);
 }
 
+// h2load (one thread) in `pod` against `url`: requests per second, or 0 when any request did not
+// succeed. `extra`: more options (--h1, -c, -m, --rps, -D).
+double H2load(Testbed& bed, const Pod& pod, const std::string& url,
+              const std::vector<std::string>& extra, int seconds) {
+  std::vector<std::string> argv = {"h2load", "-t1"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  argv.push_back(url);
+  auto out = RunIn(bed, pod, argv, std::chrono::seconds(seconds + 30));
+  std::smatch m, codes;
+  if (!out.ok() ||
+      !std::regex_search(out->out, m, std::regex("finished in [^,]+, ([0-9.]+) req/s")) ||
+      !std::regex_search(out->out, codes,
+                         std::regex("requests: ([0-9]+) total, [0-9]+ started, [0-9]+ done, "
+                                    "([0-9]+) succeeded, ([0-9]+) failed"))) {
+    std::fprintf(stderr, "h2load: %s\n",
+                 out.ok() ? out->out.c_str() : std::string(out.status().message()).c_str());
+    return 0;
+  }
+  if (std::stol(codes[3]) != 0 || out->out.find(" 0 2xx") != std::string::npos) {
+    std::fprintf(stderr, "h2load: requests failed: %s\n", out->out.c_str());
+    return 0;
+  }
+  return std::stod(m[1]);
+}
+
+// CPU seconds (user + system) a process used so far, and its resident memory (KiB).
+double CpuSeconds(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const size_t close = stat.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::istringstream rest(stat.substr(close + 2));
+  std::string field;
+  double utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && rest >> field; ++i) {
+    if (i == 14) utime = std::stod(field);
+    if (i == 15) stime = std::stod(field);
+  }
+  return (utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+double RssKiB(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(f, line);) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6));
+  }
+  return 0;
+}
+
+// Python's asyncio holding every connection until its client closes it: the idle connections'
+// server (argv: port, ready file).
+constexpr char kPyIdleServer[] = R"(
+import asyncio, resource, sys
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+async def hold(r, w):
+    await r.read()
+    w.close()
+async def main():
+    s = await asyncio.start_server(hold, "0.0.0.0", int(sys.argv[1]), backlog=8192)
+    open(sys.argv[2], "w").close()
+    await s.serve_forever()
+asyncio.run(main())
+)";
+// The idle connections themselves: argv: address, port, count, ready file, stop file. Opened
+// 500 at a time; the ready file says how many connected.
+constexpr char kPyIdleClient[] = R"(
+import os, resource, socket, sys, time
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+addr, port, n, ready, stop = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+socks, failed = [], 0
+for i in range(n):
+    try:
+        socks.append(socket.create_connection((addr, port), timeout=10))
+    except OSError:
+        failed += 1
+    if i % 500 == 499:
+        time.sleep(0.05)
+with open(ready + ".tmp", "w") as f:
+    f.write("%d %d" % (len(socks), failed))
+os.rename(ready + ".tmp", ready)
+while not os.path.exists(stop):
+    time.sleep(0.1)
+)";
+
 }  // namespace
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   Testbed::InstallSignalTeardown();
+  // Descriptors for the idle connections (the relay takes six per connection, HAProxy two), as
+  // many as the hard limit allows (inherited by the agent and the peers).
+  rlimit nofile{};
+  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
+    nofile.rlim_cur = nofile.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &nofile);
+  }
   // Servers on node 0, one pod per path; clients on node 1, one pod per path.
   auto created = shunt::bench::CreateTestbed(2, 4);
   if (!created) return 1;
@@ -322,6 +430,32 @@ int main(int argc, char** argv) {
     if (m.ok() && shunt::e2e::SumSamples(*m, "shunt_capture_pods") == 1) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
+  // An L7 rule (a DENY of /admin* no request makes) at the meshed pod's ports kHttpL7Port and
+  // kH2Port: shunt reads every request there (HTTP/1.1, HTTP/2); kHttpPort stays opaque.
+  {
+    std::ifstream in(*policy);
+    nlohmann::json doc = nlohmann::json::parse(in, nullptr, false);
+    if (doc.is_discarded()) return fail("policy", absl::InternalError("unreadable policy file"));
+    for (auto& w : doc["workloads"]) {
+      if (w["name"] == meshed.name) w["labels"] = {{"bench", "shunt"}};
+    }
+    doc["accessPolicies"] = nlohmann::json::array(
+        {{{"namespace", "default"},
+          {"name", "l7-read"},
+          {"action", "DENY"},
+          {"target", {{"matchLabels", {{"bench", "shunt"}}}}},
+          {"from", nlohmann::json::array()},
+          {"ports", {{{"from", kHttpL7Port}}, {{"from", kH2Port}}}},
+          {"l7", {{{"paths", {"/admin*"}}}}}}});
+    if (absl::Status w = WriteFile(*policy + ".tmp", doc.dump()); !w.ok()) return fail("policy", w);
+    std::filesystem::rename(*policy + ".tmp", *policy);
+    for (int i = 0; i < 200; ++i) {
+      auto m = agent.Scrape();
+      if (m.ok() && shunt::e2e::SumSamples(*m, "shunt_policy_version") >= 2) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    std::this_thread::sleep_for(std::chrono::seconds(1));  // the capture's pass: its L7 ports
+  }
   struct Path {
     const char* name;
     const Pod* client;
@@ -333,6 +467,7 @@ int main(int argc, char** argv) {
                                    {"nginx", &bed.pod(1, 3), &bed.pod(0, 3)}};
   const bool iperf3 = absl::GetFlag(FLAGS_iperf3) && Installed("iperf3");
   const bool wrk = absl::GetFlag(FLAGS_wrk) && Installed("wrk") && Installed("nginx");
+  const bool h2load = absl::GetFlag(FLAGS_h2load) && Installed("h2load") && Installed("nginx");
   std::vector<ProcessPtr> servers,
       nginxes;  // nginxes: stopped with SIGTERM (a master and a worker)
   for (const auto& p : paths) {
@@ -351,7 +486,7 @@ int main(int argc, char** argv) {
         return fail("iperf3 server", w);
       }
     }
-    if (wrk) {
+    if (wrk || h2load) {
       auto s = StartNginxOrigin(bed, *p.server);
       if (!s.ok()) return fail("nginx origin", s.status());
       nginxes.push_back(std::move(*s));
@@ -359,6 +494,7 @@ int main(int argc, char** argv) {
   }
   // The peers, each in its own server pod with its own capture rules.
   std::map<std::string, std::unique_ptr<PeerCapture>> captures;
+  pid_t haproxy_pid = -1;
   for (const auto& p : paths) {
     const std::string name = p.name;
     if (name != "haproxy" && name != "nginx") continue;
@@ -367,13 +503,14 @@ int main(int argc, char** argv) {
     captures[name] = std::move(*c);
     auto proc = name == "haproxy" ? StartHaproxy(bed, *p.server) : StartNginxStream(bed, *p.server);
     if (!proc.ok()) return fail(p.name, proc.status());
+    if (name == "haproxy") haproxy_pid = (*proc)->pid();
     (name == "nginx" ? nginxes : servers).push_back(std::move(*proc));
   }
 
   const int seconds = absl::GetFlag(FLAGS_seconds), rounds = absl::GetFlag(FLAGS_rounds);
   const std::string secs = absl::StrCat("--seconds=", seconds);
   const std::string count = absl::StrCat("--count=", absl::GetFlag(FLAGS_pingpong_count));
-  std::map<std::string, std::vector<double>> gbps, iperf, p50, p99, rps;
+  std::map<std::string, std::vector<double>> gbps, iperf, p50, p99, rps, rps_l7, h2rps;
   for (int r = 0; r < rounds; ++r) {
     std::string line = absl::StrCat("round ", r + 1, ":");
     for (size_t k = 0; k < paths.size(); ++k) {
@@ -391,6 +528,12 @@ int main(int argc, char** argv) {
       if (wrk) {
         rps[p.name].push_back(
             Wrk(bed, *p.client, ip, seconds, absl::GetFlag(FLAGS_wrk_connections)));
+        rps_l7[p.name].push_back(Wrk(bed, *p.client, ip, seconds,
+                                     absl::GetFlag(FLAGS_wrk_connections), kHttpL7Port));
+      }
+      if (h2load) {
+        h2rps[p.name].push_back(H2load(bed, *p.client, absl::StrCat("http://", ip, ":", kH2Port, "/"),
+                                       {"-c16", "-m10", "-D", absl::StrCat(seconds)}, seconds));
       }
       char figures[96];
       std::snprintf(figures, sizeof(figures), " %s %.2f Gbit/s p50 %.1f us |", p.name,
@@ -424,6 +567,8 @@ int main(int argc, char** argv) {
   row("req/resp p50 latency (us)", p50);
   row("req/resp p99 latency (us)", p99);
   row("HTTP/1.1 keep-alive (req/s)", rps);
+  row("HTTP/1.1, shunt L7 (req/s)", rps_l7);
+  row("HTTP/2 h2c, shunt L7 (req/s)", h2rps);
 
   std::printf("\n%-34s %10s", "against direct", "");
   for (size_t i = 1; i < cols.size(); ++i) std::printf(" %10s", cols[i].c_str());
@@ -448,6 +593,8 @@ int main(int argc, char** argv) {
   ratio("req/resp p50 latency", p50);
   ratio("req/resp p99 latency", p99);
   ratio("HTTP/1.1 req/s (shunt: opaque TCP)", rps);
+  ratio("HTTP/1.1 req/s (shunt: L7)", rps_l7);
+  ratio("HTTP/2 req/s (shunt: L7)", h2rps);
   added("added p50 latency (us)", p50);
   added("added p99 latency (us)", p99);
 
@@ -481,6 +628,95 @@ int main(int argc, char** argv) {
     std::printf("; %.2fx (iperf3): %s", ib, ib >= 0.9 ? "met" : "not met");
   }
   std::printf("\n");
+  auto vs_haproxy = [&](const char* what, std::map<std::string, std::vector<double>>& v) {
+    if (v.empty()) return;
+    const double h = Median(v["haproxy"]), x = Median(v["shunt"]);
+    std::printf("  %s at least HAProxy's (1 thread each; HAProxy in TCP mode): shunt %.0f, "
+                "HAProxy %.0f: %.2fx: %s\n",
+                what, x, h, h > 0 ? x / h : 0, h > 0 && x >= h ? "met" : "not met");
+  };
+  vs_haproxy("HTTP/1.1 req/s (shunt reading every request)", rps_l7);
+  vs_haproxy("HTTP/2 req/s (shunt reading every stream)", h2rps);
+
+  // The agent's CPU and memory at a fixed 1000 req/s (h2load: 10 keep-alive HTTP/1.1
+  // connections, 100 req/s each), through shunt's L7 port, its opaque port, and HAProxy.
+  const int fixed = absl::GetFlag(FLAGS_fixed_rps_seconds);
+  if (fixed > 0 && h2load) {
+    std::printf("\nat a fixed 1000 req/s for %d s (HTTP/1.1, 10 connections):\n", fixed);
+    struct Fixed {
+      const char* name;
+      const Path* path;
+      int port;
+      pid_t pid;
+    };
+    const std::vector<Fixed> runs = {{"shunt, L7 (every request read)", &paths[1], kHttpL7Port,
+                                      agent.pid()},
+                                     {"shunt, opaque TCP", &paths[1], kHttpPort, agent.pid()},
+                                     {"HAProxy, TCP mode", &paths[2], kHttpPort, haproxy_pid}};
+    for (const Fixed& f : runs) {
+      const double cpu0 = CpuSeconds(f.pid);
+      const auto t0 = std::chrono::steady_clock::now();
+      const double got = H2load(bed, *f.path->client,
+                                absl::StrCat("http://", f.path->server->ipv4, ":", f.port, "/"),
+                                {"--h1", "-c10", "--rps=100", "-D", absl::StrCat(fixed)}, fixed);
+      const double wall =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const double vcpu = (CpuSeconds(f.pid) - cpu0) / wall;
+      std::printf("  %-32s %7.0f req/s  %.3f vCPU  RSS %.1f MB%s\n", f.name, got, vcpu,
+                  RssKiB(f.pid) / 1024.0,
+                  f.pid == agent.pid() ? " (the whole agent: fast path, policy, metrics too)" : "");
+    }
+    std::printf("  target (issue 9): at most 0.05 vCPU and 12 MB per 1000 req/s\n");
+  }
+
+  // Memory held by idle connections through shunt and through HAProxy.
+  // At most what the agent's descriptors allow (six per relayed connection, a margin kept).
+  const int idle_n = std::min<int>(absl::GetFlag(FLAGS_idle_connections),
+                                   static_cast<int>((nofile.rlim_cur - 2000) / 6));
+  if (idle_n > 0) {
+    std::printf("\n%d idle connections held open (asked %d; the descriptor limit here is %llu: "
+                "six per relayed connection):\n",
+                idle_n, absl::GetFlag(FLAGS_idle_connections),
+                static_cast<unsigned long long>(nofile.rlim_cur));
+    for (const Path* p : {&paths[1], &paths[2]}) {
+      const pid_t pid = std::string(p->name) == "shunt" ? agent.pid() : haproxy_pid;
+      const std::string tag = absl::StrCat(bed.work_dir(), "/idle-", p->name);
+      auto server = bed.Spawn(*p->server, {"/usr/bin/python3", "-c", kPyIdleServer,
+                                           absl::StrCat(kIdlePort), tag + "-server"});
+      if (!server.ok()) return fail("idle server", server.status());
+      if (!shunt::e2e::WaitForFile(tag + "-server")) return fail("idle server", absl::DeadlineExceededError("not up"));
+      const double rss0 = RssKiB(pid), cpu0 = CpuSeconds(pid);
+      auto avail = [] {
+        std::ifstream f("/proc/meminfo");
+        for (std::string line; std::getline(f, line);) {
+          if (line.rfind("MemAvailable:", 0) == 0) return std::stod(line.substr(13));
+        }
+        return 0.0;
+      };
+      const double avail0 = avail();
+      auto client = bed.Spawn(*p->client, {"/usr/bin/python3", "-c", kPyIdleClient,
+                                           p->server->ipv4, absl::StrCat(kIdlePort),
+                                           absl::StrCat(idle_n), tag + "-ready", tag + "-stop"});
+      if (!client.ok()) return fail("idle client", client.status());
+      std::string counts;
+      for (int i = 0; i < 1200 && counts.empty(); ++i) {
+        std::ifstream r(tag + "-ready");
+        std::getline(r, counts);
+        if (counts.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      const double rss1 = RssKiB(pid), avail1 = avail();
+      std::printf("  %-8s connected/failed %-12s process RSS %+.1f MB (%.1f KB each), node memory "
+                  "%+.1f MB (%.1f KB each; both sides' sockets, pipes), %.2f CPU s to open them\n",
+                  p->name, counts.c_str(), (rss1 - rss0) / 1024.0, (rss1 - rss0) / idle_n,
+                  (avail0 - avail1) / 1024.0, (avail0 - avail1) / idle_n, CpuSeconds(pid) - cpu0);
+      WriteFile(tag + "-stop", "").IgnoreError();
+      (*client)->Stop(SIGTERM, std::chrono::seconds(20)).IgnoreError();
+      (*server)->Stop(SIGTERM, std::chrono::seconds(5)).IgnoreError();
+      std::this_thread::sleep_for(std::chrono::seconds(2));
+    }
+  }
+
   std::printf("through the proxies, not around them: shunt relayed %.0f bytes to the server pod",
               relayed);
   for (auto& [name, c] : captures)
