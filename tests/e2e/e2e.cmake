@@ -78,6 +78,7 @@ target_link_libraries(shunt_test_echo_proto PUBLIC protobuf::libprotobuf gRPC::g
 shunt_test(relay_h2_test KERNEL SOURCES e2e/relay_h2_test.cc LIBS shunt_proxy shunt_test_echo_proto)
 # The Echo service's server and load client as a program, for the test bed's pods.
 add_executable(shunt-test-grpc e2e/grpc_echo_main.cc)
+target_include_directories(shunt-test-grpc PRIVATE ${PROJECT_SOURCE_DIR})
 target_link_libraries(shunt-test-grpc PRIVATE shunt_test_echo_proto)
 target_compile_definitions(capture_test PRIVATE SHUNT_GRPC_BIN="$<TARGET_FILE:shunt-test-grpc>")
 add_dependencies(capture_test shunt-test-grpc)

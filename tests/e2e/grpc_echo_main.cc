@@ -1,7 +1,7 @@
 // shunt-test-grpc: the test suite's gRPC peer (tests/e2e/proto/echo.proto), run inside the test
 // bed's pods by the kernel tests.
 //   server --port=N --ready=FILE
-//       the Echo service on [::]:N (Unary echoes, Chat echoes every message, Admin answers OK);
+//       the Echo service (echo_service.h) on [::]:N;
 //       FILE is created once it listens.
 //   load --to=HOST:PORT --until=FILE
 //       until FILE exists, on one channel: unary calls one after the other, and at the same time
@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "echo.grpc.pb.h"
+#include "tests/e2e/echo_service.h"
 
 namespace {
 
@@ -34,35 +35,13 @@ std::string Arg(int argc, char** argv, const char* name) {
   return "";
 }
 
-class EchoService final : public shunt::test::Echo::Service {
- public:
-  grpc::Status Unary(grpc::ServerContext*, const shunt::test::Chunk* req,
-                     shunt::test::Chunk* resp) override {
-    *resp = *req;
-    return grpc::Status::OK;
-  }
-  grpc::Status Chat(grpc::ServerContext*,
-                    grpc::ServerReaderWriter<shunt::test::Chunk, shunt::test::Chunk>* stream)
-      override {
-    shunt::test::Chunk c;
-    while (stream->Read(&c)) {
-      if (!stream->Write(c)) break;
-    }
-    return grpc::Status::OK;
-  }
-  grpc::Status Admin(grpc::ServerContext*, const shunt::test::Chunk*,
-                     shunt::test::Chunk*) override {
-    return grpc::Status::OK;
-  }
-};
-
 int Server(int argc, char** argv) {
   const std::string port = Arg(argc, argv, "port"), ready = Arg(argc, argv, "ready");
   if (port.empty()) {
     std::fprintf(stderr, "server: --port is needed\n");
     return 2;
   }
-  EchoService echo;
+  shunt::test::EchoService echo;
   grpc::ServerBuilder b;
   b.AddListeningPort("[::]:" + port, grpc::InsecureServerCredentials());
   b.RegisterService(&echo);

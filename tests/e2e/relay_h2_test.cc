@@ -22,6 +22,7 @@
 #include "agent/capture/netns.h"
 #include "agent/proxy/tcp_relay.h"
 #include "echo.grpc.pb.h"
+#include "tests/e2e/echo_service.h"
 #include "tests/e2e/relay_util.h"
 #include "tests/test_util.h"
 
@@ -74,32 +75,7 @@ class NginxH2 {
   Child child_;
 };
 
-// The Echo service: what it was asked, for the tests to check what reached it.
-class EchoService final : public shunt::test::Echo::Service {
- public:
-  grpc::Status Unary(grpc::ServerContext* ctx, const shunt::test::Chunk* req,
-                     shunt::test::Chunk* resp) override {
-    ++unary_calls;
-    *resp = *req;
-    ctx->AddTrailingMetadata("x-echo-seq", std::to_string(req->seq()));
-    return grpc::Status::OK;
-  }
-  grpc::Status Chat(grpc::ServerContext*,
-                    grpc::ServerReaderWriter<shunt::test::Chunk, shunt::test::Chunk>* stream)
-      override {
-    shunt::test::Chunk c;
-    while (stream->Read(&c)) {
-      if (!stream->Write(c)) break;
-    }
-    return grpc::Status::OK;
-  }
-  grpc::Status Admin(grpc::ServerContext*, const shunt::test::Chunk*,
-                     shunt::test::Chunk*) override {
-    ++admin_calls;
-    return grpc::Status::OK;
-  }
-  std::atomic<int> unary_calls{0}, admin_calls{0};
-};
+using shunt::test::EchoService;
 
 class H2RelayTest : public ::testing::Test {
  protected:
