@@ -590,16 +590,30 @@ int RunAgent(const AgentConfig& config) {
   auto socklb_collector = std::make_shared<SockLbCollector>(
       **socklb, [&reconciler] { return reconciler.directory(); },
       [&service_policy] { return service_policy.status(); }, config.max_metric_series);
-  try {
-    exposer = std::make_unique<prometheus::Exposer>(config.metrics_addr);
-    exposer->RegisterCollectable(registry_collector);
-    exposer->RegisterCollectable(agent_collector);
-    exposer->RegisterCollectable(socklb_collector);
-  } catch (const std::exception& e) {
-    SHUNT_LOG(ERROR) << "metrics endpoint " << config.metrics_addr << ": " << e.what();
-    return 1;
+  // A predecessor that was stopping already when this agent asked (draining its connections)
+  // holds its ports until it sees the ask (it then closes them, below): retried a while.
+  const absl::Time bind_deadline =
+      absl::Now() + (config.handoff_socket.empty() ? absl::ZeroDuration() : absl::Seconds(10));
+  while (true) {
+    try {
+      exposer = std::make_unique<prometheus::Exposer>(config.metrics_addr);
+      break;
+    } catch (const std::exception& e) {
+      if (absl::Now() >= bind_deadline) {
+        SHUNT_LOG(ERROR) << "metrics endpoint " << config.metrics_addr << ": " << e.what();
+        return 1;
+      }
+      absl::SleepFor(absl::Milliseconds(100));
+    }
   }
+  exposer->RegisterCollectable(registry_collector);
+  exposer->RegisterCollectable(agent_collector);
+  exposer->RegisterCollectable(socklb_collector);
   auto admin = AdminServer::Start(config.admin_addr, ready);
+  while (!admin.ok() && absl::Now() < bind_deadline) {
+    absl::SleepFor(absl::Milliseconds(100));
+    admin = AdminServer::Start(config.admin_addr, ready);
+  }
   if (!admin.ok()) {
     SHUNT_LOG(ERROR) << admin.status().message();
     return 1;
@@ -664,7 +678,18 @@ int RunAgent(const AgentConfig& config) {
           },
           &w));
       sig = w.signal;
-      if (sig != 0) break;
+      // A stop signal before any successor asked: one may be starting (a rolling update stops
+      // the old agent once the new pod is ready, and the new pod's readiness probe may have been
+      // answered by this agent, which still held the admin port; the new agent asks first thing,
+      // but only once its process is up). Still serving everything, this agent waits a moment
+      // for it: handed over, the pods' capture never lapses; released, new connections would
+      // reach their pods unenforced until the new agent captures them again.
+      if (sig != 0 && !w.asked && handoff != nullptr && config.handoff_wait > absl::ZeroDuration()) {
+        SHUNT_LOG(INFO) << "signal " << sig << ": waiting up to " << config.handoff_wait
+                        << " for a successor to take over";
+        w.mu.AwaitWithTimeout(absl::Condition(&w.asked), config.handoff_wait);
+      }
+      if (sig != 0 && (!w.asked || w.surrendered)) break;
     }
     // A successor takes over: it writes the maps from now on, serves the HTTP ports and the
     // capture listeners; this agent relays what it has until it ends, then waits for SIGTERM.
@@ -703,7 +728,18 @@ int RunAgent(const AgentConfig& config) {
     // their clients' next requests go to the next agent. Opaque ones end when their peers end them.
     relay->Drain();
     const absl::Time deadline = absl::Now() + config.drain_timeout;
-    while (relay->stats().active > 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(50));
+    while (relay->stats().active > 0 && absl::Now() < deadline) {
+      // A successor that asks now gets no listener (they are released), but the ports: it
+      // serves its own metrics and probes while this one drains.
+      if (admin.ok() && *admin != nullptr) {
+        absl::MutexLock l(&w.mu);
+        if (w.asked) {
+          admin->reset();
+          exposer.reset();
+        }
+      }
+      absl::SleepFor(absl::Milliseconds(50));
+    }
     if (const uint64_t left = relay->stats().active; left > 0) {
       SHUNT_LOG(WARNING) << left << " relayed connection(s) still open after the drain timeout: reset";
     }

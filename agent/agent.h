@@ -41,6 +41,8 @@ struct AgentConfig {
   // Where this agent hands its capture listeners to its successor (empty: no handoff).
   std::string handoff_socket;
   absl::Duration drain_timeout = absl::Seconds(25);  // after SIGTERM, for relayed connections
+  // After SIGTERM with no successor yet, how long to go on serving while one may be starting.
+  absl::Duration handoff_wait = absl::Seconds(5);
   uint32_t fastpath_max_queued = 0;  // 0: from the node's TCP sysctls
   // Connect-time load balancing and access policy (socklb).
   uint32_t lb_services_size = 4096;

@@ -68,6 +68,10 @@ ABSL_FLAG(std::string, handoff_socket, "",
           "Unix socket where a running agent hands its capture listeners to the agent replacing "
           "it (docs/capture.md, \"Restarts\"); empty: /run/shunt/<node-name>/handoff.sock; "
           "\"off\": no handoff.");
+ABSL_FLAG(int, handoff_wait_ms, 5000,
+          "After SIGTERM, when no successor has asked for the listeners yet, how long this agent "
+          "goes on serving while one may be starting (a rolling update's new agent) before it "
+          "releases the pods' capture; 0: no wait.");
 ABSL_FLAG(int, drain_timeout_ms, 25000,
           "After SIGTERM, how long relayed connections may take to end before they are reset.");
 ABSL_FLAG(uint32_t, endpoints_map_size, 8192, "Local pod IPs the endpoints map can hold.");
@@ -136,6 +140,7 @@ int main(int argc_in, char** argv_in) {
     config.capture_max_connections_per_pod = absl::GetFlag(FLAGS_capture_max_connections_per_pod);
     config.capture_max_buffered_per_pod = absl::GetFlag(FLAGS_capture_max_buffered_per_pod);
     config.handoff_socket = absl::GetFlag(FLAGS_handoff_socket);
+    config.handoff_wait = absl::Milliseconds(std::max(0, absl::GetFlag(FLAGS_handoff_wait_ms)));
     config.drain_timeout = absl::Milliseconds(std::max(0, absl::GetFlag(FLAGS_drain_timeout_ms)));
     config.fastpath_max_queued = absl::GetFlag(FLAGS_fastpath_max_queued_bytes);
     config.max_metric_series = absl::GetFlag(FLAGS_max_metric_series);

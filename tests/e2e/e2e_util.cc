@@ -270,14 +270,31 @@ std::vector<std::string> AgentProcess::Argv() const {
 }
 
 absl::Status AgentProcess::Start(std::chrono::milliseconds timeout, bool require_ready) {
+  if (absl::Status s = Spawn(); !s.ok()) return s;
+  return WaitReady(timeout, require_ready);
+}
+
+absl::Status AgentProcess::Spawn() {
   auto p = bed_.SpawnOnNode(node_, Argv());
   if (!p.ok()) return p.status();
   process_ = std::move(*p);
+  return absl::OkStatus();
+}
+
+absl::Status AgentProcess::WaitReady(std::chrono::milliseconds timeout, bool require_ready) {
+  if (!process_) return absl::FailedPreconditionError("agent not spawned");
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   absl::Status last = absl::UnavailableError("not polled");
   while (std::chrono::steady_clock::now() < deadline) {
     if (!process_->Running()) {
       return absl::InternalError("agent exited during start-up: " + process_->Stderr());
+    }
+    // Until this agent has bound its ports, another one may answer on them (the one it takes
+    // over from, during a handoff): its readiness is not this one's.
+    if (process_->Stderr().find(": metrics on ") == std::string::npos) {
+      last = absl::UnavailableError("ports not bound yet");
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      continue;
     }
     auto r = Get("/readyz");
     if (r.ok() && r->code == 200) return absl::OkStatus();

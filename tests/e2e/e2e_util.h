@@ -50,6 +50,10 @@ class AgentProcess {
   // the controller is down).
   absl::Status Start(std::chrono::milliseconds timeout = std::chrono::seconds(20),
                      bool require_ready = true);
+  // Start in two steps: the process, then the wait.
+  absl::Status Spawn();
+  absl::Status WaitReady(std::chrono::milliseconds timeout = std::chrono::seconds(20),
+                         bool require_ready = true);
   // SIGKILL, no cleanup: what a crash or an OOM kill does.
   void Kill();
   absl::Status Stop();  // SIGTERM
