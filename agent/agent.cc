@@ -112,6 +112,28 @@ class AgentCollector : public prometheus::Collectable {
                                      "Bytes the relay holds now (read, not yet written).",
                                      static_cast<double>(st.buffered)));
       {
+        MetricFamily pipes{"shunt_relay_pipes",
+                           "Splice pipes of the relay: in_use (held by connections with bytes "
+                           "in flight), pooled (empty, kept for the next ones).",
+                           MetricType::Gauge, {}};
+        for (const auto& [state, v] : std::vector<std::pair<std::string, uint64_t>>{
+                 {"in_use", st.pipes_in_use}, {"pooled", st.pipes_pooled}}) {
+          ClientMetric m;
+          m.label = {{"state", state}};
+          m.gauge.value = static_cast<double>(v);
+          pipes.metric.push_back(std::move(m));
+        }
+        relay_families.push_back(std::move(pipes));
+        MetricFamily failures{"shunt_relay_pipe_failures_total",
+                              "Times no splice pipe could be made (the descriptor limit): those "
+                              "bytes were copied through user space instead.",
+                              MetricType::Counter, {}};
+        ClientMetric m;
+        m.counter.value = static_cast<double>(st.pipe_failures);
+        failures.metric.push_back(std::move(m));
+        relay_families.push_back(std::move(failures));
+      }
+      {
         MetricFamily waits{"shunt_relay_buffer_budget_waits_total",
                            "Times a connection stopped reading because its pod held "
                            "--capture-max-buffered-per-pod bytes in the relay.",
@@ -515,8 +537,9 @@ int RunAgent(const AgentConfig& config) {
     SHUNT_LOG(WARNING) << "first reconcile: " << s.message();
   }
 
-  // In-pod capture and the relay behind it (docs/capture.md). Each relayed connection takes six
-  // descriptors (two sockets, two pipes): the soft limit goes up to the hard one.
+  // In-pod capture and the relay behind it (docs/capture.md). Each relayed connection takes two
+  // descriptors (its sockets), four more while bytes are in flight (its pipes, pooled between
+  // uses): the soft limit goes up to the hard one.
   if (config.capture) {
     rlimit lim{};
     if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {

@@ -405,7 +405,7 @@ while not os.path.exists(stop):
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   Testbed::InstallSignalTeardown();
-  // Descriptors for the idle connections (the relay takes six per connection, HAProxy two), as
+  // Descriptors for the idle connections (two per connection in the relay and HAProxy), as
   // many as the hard limit allows (inherited by the agent and the peers).
   rlimit nofile{};
   if (getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
@@ -670,12 +670,12 @@ int main(int argc, char** argv) {
   }
 
   // Memory held by idle connections through shunt and through HAProxy.
-  // At most what the agent's descriptors allow (six per relayed connection, a margin kept).
+  // At most what the agent's descriptors allow (two per idle relayed connection, a margin kept).
   const int idle_n = std::min<int>(absl::GetFlag(FLAGS_idle_connections),
-                                   static_cast<int>((nofile.rlim_cur - 2000) / 6));
+                                   static_cast<int>((nofile.rlim_cur - 2000) / 2));
   if (idle_n > 0) {
     std::printf("\n%d idle connections held open (asked %d; the descriptor limit here is %llu: "
-                "six per relayed connection):\n",
+                "two per idle relayed connection):\n",
                 idle_n, absl::GetFlag(FLAGS_idle_connections),
                 static_cast<unsigned long long>(nofile.rlim_cur));
     for (const Path* p : {&paths[1], &paths[2]}) {

@@ -243,6 +243,10 @@ RelayStats TcpRelay::stats() const {
   s.http_denied = c.http_denied.load();
   s.http_refused = c.http_refused.load();
   s.http_bad_responses = c.http_bad_responses.load();
+  s.pipes_in_use = c.pipes_in_use.load();
+  s.pipes_pooled = c.pipes_pooled.load();
+  s.pipes_created = c.pipes_created.load();
+  s.pipe_failures = c.pipe_failures.load();
   return s;
 }
 
@@ -420,23 +424,7 @@ void TcpRelay::Accept(int listener_fd) {
     auto c = std::make_unique<Conn>();
     c->fd[0] = std::move(down);
     c->fd[1] = std::move(*up);
-    bool ok = true;
-    for (int d2 = 0; d2 < 2 && ok; ++d2) {
-      int p[2];
-      ok = pipe2(p, O_NONBLOCK | O_CLOEXEC) == 0;
-      // Larger than the default 64 KiB where allowed (fs.pipe-max-size, 1 MiB by default): fewer
-      // splices per byte. Pages are only referenced (splice), not allocated up front.
-      if (ok) fcntl(p[1], F_SETPIPE_SZ, static_cast<int>(kChunk));
-      if (ok) {
-        c->pipe_r[d2] = UniqueFd(p[0]);
-        c->pipe_w[d2] = UniqueFd(p[1]);
-      }
-    }
-    if (!ok) {
-      SHUNT_LOG_EVERY_N_SEC(WARNING, 10) << ErrnoStatus(errno, "relay: pipe2");
-      ResetFd(c->fd[0]);
-      continue;
-    }
+    // Its pipes come when it has bytes to move (AcquirePipe).
     const absl::Time now = absl::Now();
     c->connect_deadline = now + options_.connect_timeout;
     c->last_activity = now;
@@ -539,20 +527,102 @@ bool TcpRelay::StepOverUrgent(Conn* c, int d) {
   // Nothing waits in the pipe (this side is read only then): sent on as urgent data, in its
   // place in the stream; where the other side cannot take it now, as a byte.
   c->last_activity = absl::Now();
-  if (send(dst, &byte, 1, MSG_OOB | MSG_DONTWAIT | MSG_NOSIGNAL) != 1 &&
-      write(c->pipe_w[d].get(), &byte, 1) == 1) {
-    c->pending[d] += 1;
+  if (send(dst, &byte, 1, MSG_OOB | MSG_DONTWAIT | MSG_NOSIGNAL) != 1) {
+    c->unsent[d].push_back(byte);  // Pump writes it out first
   }
   return true;
 }
 
+bool TcpRelay::AcquirePipe(Conn* c, int d) {
+  if (c->pipe_w[d].valid()) return true;
+  if (!pipe_pool_.empty()) {
+    c->pipe_r[d] = std::move(pipe_pool_.back().first);
+    c->pipe_w[d] = std::move(pipe_pool_.back().second);
+    pipe_pool_.pop_back();
+    --counters_.pipes_pooled;
+    ++counters_.pipes_in_use;
+    return true;
+  }
+  int p[2];
+  if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) {
+    ++counters_.pipe_failures;
+    SHUNT_LOG_EVERY_N_SEC(WARNING, 10)
+        << ErrnoStatus(errno, "relay: pipe2") << ": bytes copied through user space meanwhile";
+    return false;
+  }
+  // Larger than the default 64 KiB where allowed (fs.pipe-max-size, 1 MiB by default): fewer
+  // splices per byte. Pages are only referenced (splice), not allocated up front.
+  fcntl(p[1], F_SETPIPE_SZ, static_cast<int>(kChunk));
+  c->pipe_r[d] = UniqueFd(p[0]);
+  c->pipe_w[d] = UniqueFd(p[1]);
+  ++counters_.pipes_created;
+  ++counters_.pipes_in_use;
+  return true;
+}
+
+void TcpRelay::ReleasePipe(Conn* c, int d) {
+  if (!c->pipe_w[d].valid() || c->pending[d] != 0) return;
+  --counters_.pipes_in_use;
+  if (pipe_pool_.size() < options_.pipe_pool) {
+    pipe_pool_.emplace_back(std::move(c->pipe_r[d]), std::move(c->pipe_w[d]));
+    ++counters_.pipes_pooled;
+  }
+  c->pipe_r[d].Reset();
+  c->pipe_w[d].Reset();
+}
+
 bool TcpRelay::Pump(Conn* c, int d) {
+  const bool alive = PumpPipe(c, d);
+  // Empty: back to the pool (an idle connection holds no pipe).
+  if (alive && c->pending[d] == 0) ReleasePipe(c, d);
+  return alive;
+}
+
+bool TcpRelay::PumpPipe(Conn* c, int d) {
   if (c->connecting || c->shut[d]) return true;
   const int src = c->fd[d].get(), dst = c->fd[1 - d].get();
   for (int i = 0; i < 16; ++i) {
     bool read_blocked = false;
+    // Bytes of this direction in user space (read without a pipe, an urgent byte): out first,
+    // in their place in the stream.
+    while (!c->unsent[d].empty()) {
+      const ssize_t n = send(dst, c->unsent[d].data(), c->unsent[d].size(),
+                             MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n > 0) {
+        c->unsent[d].erase(0, static_cast<size_t>(n));
+        c->last_activity = absl::Now();
+        (d == 0 ? counters_.bytes_to_upstream : counters_.bytes_to_downstream) += n;
+      } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+        return true;  // the other side's buffer is full: wait until it is writable
+      } else {
+        ++counters_.resets;
+        Close(c, /*reset=*/true);
+        return false;
+      }
+    }
     if (c->pending[d] == 0 && !c->eof[d] && !MayRead(c)) return true;
     if (c->pending[d] == 0 && !c->eof[d] && !c->readable[d]) return true;  // epoll tells
+    if (c->pending[d] == 0 && !c->eof[d] && !AcquirePipe(c, d)) {
+      // No pipe to be had (the descriptor limit): this once through user space (kRaw writes it
+      // out, then the kernel moves the rest again); never left unread, never lost.
+      char buf[16 << 10];
+      const ssize_t n = recv(src, buf, sizeof(buf), MSG_DONTWAIT);
+      if (n > 0) {
+        c->unsent[d].append(buf, static_cast<size_t>(n));
+        c->last_activity = absl::Now();
+        if (static_cast<size_t>(n) < sizeof(buf)) c->readable[d] = false;
+        continue;  // written out at the top
+      }
+      if (n < 0 && errno == EAGAIN) c->readable[d] = false;
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) return true;
+      if (n < 0) {
+        ++counters_.resets;
+        Close(c, /*reset=*/true);
+        return false;
+      }
+      c->eof[d] = true;
+      if (c->half_closed_at == absl::InfiniteFuture()) c->half_closed_at = absl::Now();
+    }
     if (c->pending[d] == 0 && !c->eof[d]) {
       const ssize_t n = splice(src, nullptr, c->pipe_w[d].get(), nullptr, kChunk,
                                SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
@@ -595,7 +665,7 @@ bool TcpRelay::Pump(Conn* c, int d) {
       }
       if (c->pending[d] > 0) return true;
     }
-    if (c->eof[d] && c->pending[d] == 0) {
+    if (c->eof[d] && c->pending[d] == 0 && c->unsent[d].empty()) {
       shutdown(dst, SHUT_WR);
       c->shut[d] = true;
       return true;
@@ -612,8 +682,10 @@ void TcpRelay::Interest(Conn* c) {
       if (side == 1) want = EPOLLOUT;
       // The client: only errors and hang-ups (reported anyway) until the upstream is there.
     } else {
-      if (c->pending[side] == 0 && !c->eof[side] && MayRead(c)) want |= EPOLLIN;
-      if (c->pending[1 - side] > 0) want |= EPOLLOUT;
+      if (c->pending[side] == 0 && c->unsent[side].empty() && !c->eof[side] && MayRead(c)) {
+        want |= EPOLLIN;
+      }
+      if (c->pending[1 - side] > 0 || !c->unsent[1 - side].empty()) want |= EPOLLOUT;
     }
     // A socket with nothing to wait for out of epoll: once hung up (or done both ways), its
     // level-triggered hang-up would wake the loop until the other side drained.
@@ -652,6 +724,16 @@ void TcpRelay::Close(Conn* c, bool reset) {
       ResetFd(c->fd[side]);
     } else {
       c->fd[side].Reset();
+    }
+  }
+  for (int d = 0; d < 2; ++d) {
+    if (!c->pipe_w[d].valid()) continue;
+    if (c->pending[d] == 0) {
+      ReleasePipe(c, d);
+    } else {  // bytes that will never be read: not a pipe to reuse
+      c->pipe_r[d].Reset();
+      c->pipe_w[d].Reset();
+      --counters_.pipes_in_use;
     }
   }
   --counters_.active;

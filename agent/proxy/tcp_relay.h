@@ -59,6 +59,9 @@ struct RelayOptions {
   // Bytes read from a side and not yet taken by its session (waiting for the other side): at
   // most this many before that side is not read.
   size_t max_unsent = 256 << 10;
+  // Empty splice pipes kept for the next connections with bytes to move (two descriptors each);
+  // beyond, an emptied pipe is closed.
+  size_t pipe_pool = 256;
 };
 
 // What to do with an accepted connection (`peer`: the client, `local`: where it connected).
@@ -117,6 +120,13 @@ struct RelayStats {
   uint64_t http_denied = 0;        // answered 403 by policy
   uint64_t http_refused = 0;       // requests the framer refused (400, 414, 431, 501, 505)
   uint64_t http_bad_responses = 0;  // responses it refused (502)
+  // Splice pipes: held by connections with bytes in flight, kept empty in a small pool between
+  // uses (an idle connection holds none: two descriptors, not six). Copied: moved through user
+  // space because no pipe could be had (the descriptor limit).
+  uint64_t pipes_in_use = 0;
+  uint64_t pipes_pooled = 0;
+  uint64_t pipes_created = 0;
+  uint64_t pipe_failures = 0;
 };
 
 // The process must ignore SIGPIPE (a splice to a socket its peer reset raises it otherwise):
@@ -154,7 +164,8 @@ class TcpRelay {
   void OnEvent(Conn* c, int side, uint32_t events);  // HandleEvent, then Account
   void HandleEvent(Conn* c, int side, uint32_t events);
   // Moves what can be moved from side `d` to the other; false: the connection was reset.
-  bool Pump(Conn* c, int d);
+  bool Pump(Conn* c, int d);  // PumpPipe, then an emptied pipe goes back to the pool
+  bool PumpPipe(Conn* c, int d);
   // Connections read in user space (sniffing, an L7 session, the bytes left when it ends):
   // false: the connection was closed.
   bool PumpUser(Conn* c);
@@ -204,6 +215,7 @@ class TcpRelay {
         upstream_failed{0}, connect_timeouts{0}, half_close_timeouts{0}, idle_timeouts{0},
         resets{0}, policy_closed{0}, active{0}, bytes_to_upstream{0}, bytes_to_downstream{0},
         buffered{0}, buffer_budget_waits{0}, http1_connections{0}, http2_connections{0},
+        pipes_in_use{0}, pipes_pooled{0}, pipes_created{0}, pipe_failures{0},
         opaque_l7{0}, opaque_refused{0}, not_http{0}, tunnels{0}, http_requests{0}, http_denied{0},
         http_refused{0}, http_bad_responses{0};
   };
@@ -213,6 +225,10 @@ class TcpRelay {
   std::map<Conn*, std::unique_ptr<Conn>> conns_;
   std::vector<std::unique_ptr<Conn>> closed_;  // closed in this batch of events, freed after it
   std::vector<Conn*> again_;  // read in user space, not done at the end of their turn
+  // Empty pipes between uses (read end, write end); at most kPipePool.
+  std::vector<std::pair<UniqueFd, UniqueFd>> pipe_pool_;
+  bool AcquirePipe(Conn* c, int d);
+  void ReleasePipe(Conn* c, int d);
   struct GroupBytes {
     size_t bytes = 0;
     std::set<Conn*> held;  // not reading for the budget: pumped again once under it
