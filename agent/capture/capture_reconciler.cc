@@ -232,7 +232,7 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
         }
         if (a.l7) {
           d.l7 = true;
-          const std::string app = absl::AsciiStrToLower(AppProtocolOf(snapshot->bundle, uid, to_port));
+          const std::string app = AppProtocolOf(*snapshot, uid, to_port);
           if (app == "http" || app == "grpc-web") {
             d.protocol = RelayDecision::Protocol::kHttp;
           } else if (app == "http2" || app == "grpc" || app == "kubernetes.io/h2c" || app == "h2c") {

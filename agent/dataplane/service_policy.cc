@@ -9,6 +9,8 @@
 #include <set>
 #include <tuple>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -838,22 +840,72 @@ bool L7Matches(const AccessPolicy& p, std::string_view method, std::string_view 
   return false;
 }
 
+// What the relay looks up per connection and per request, from a snapshot's bundle once (not a
+// scan of every workload, with every IP parsed, per request).
+struct ArrivalIndex {
+  absl::flat_hash_map<std::string, const Workload*> by_uid;  // the last of a uid, as a scan finds
+  absl::flat_hash_map<std::string, const Workload*> by_ip;   // 16 bytes (v4-mapped): the first
+  // "<uid>/<port>": the appProtocol the Services say of it ("" where two say different things).
+  absl::flat_hash_map<std::string, std::string> app_protocol;
+  // Each `from` clause's ipBlocks, parsed.
+  absl::flat_hash_map<const void*, std::vector<std::pair<IpKey, int>>> blocks;
+};
+
+std::string IpBytes(const IpKey& k) { return std::string(reinterpret_cast<const char*>(k.addr), 16); }
+
+const ArrivalIndex& IndexOf(const PolicySnapshot& snapshot) {
+  absl::MutexLock l(&snapshot.derived.mu);
+  if (snapshot.derived.value == nullptr) {
+    auto x = std::make_shared<ArrivalIndex>();
+    const auto& bundle = snapshot.bundle;
+    for (const auto& w : bundle.workloads()) {
+      x->by_uid[w.uid()] = &w;
+      // A hostNetwork pod's IP is its node's: it does not say which pod (only ipBlocks match).
+      if (w.host_network()) continue;
+      for (const auto& ip : w.ips()) {
+        if (auto key = ParseIpKey(ip); key.ok()) x->by_ip.emplace(IpBytes(*key), &w);
+      }
+    }
+    absl::flat_hash_set<std::string> conflicting;
+    for (const auto& s : bundle.services()) {
+      for (const auto& e : s.endpoints()) {
+        for (const auto& ep : e.ports()) {
+          for (const auto& sp : s.ports()) {
+            if (sp.name() != ep.name() || sp.app_protocol().empty()) continue;
+            // Two Services that say different things of one port: neither is believed (sniffed).
+            const std::string key = absl::StrCat(e.workload_uid(), "/", ep.port());
+            std::string app = absl::AsciiStrToLower(sp.app_protocol());
+            auto [it, fresh] = x->app_protocol.emplace(key, app);
+            if (!fresh && it->second != app) conflicting.insert(key);
+          }
+        }
+      }
+    }
+    for (const std::string& key : conflicting) x->app_protocol[key] = "";
+    for (const auto& p : bundle.access_policies()) {
+      for (const auto& f : p.from()) {
+        auto& b = x->blocks[&f];
+        for (const auto& c : f.ip_blocks()) {
+          if (auto cidr = ParseCidr(c); cidr.ok()) b.push_back(*cidr);
+        }
+      }
+    }
+    snapshot.derived.value = std::move(x);
+  }
+  // Kept alive by the snapshot, which the caller holds.
+  return *static_cast<const ArrivalIndex*>(snapshot.derived.value.get());
+}
+
 ArrivalDecision Decide(const PolicySnapshot& snapshot, const std::string& dest_uid,
                        const IpKey& source, uint16_t port, View view, std::string_view method,
                        std::string_view raw_path) {
   ArrivalDecision out;
   const auto& bundle = snapshot.bundle;
+  const ArrivalIndex& index = IndexOf(snapshot);
   const Workload* dest = nullptr;
   const Workload* src = nullptr;
-  for (const auto& w : bundle.workloads()) {
-    if (w.uid() == dest_uid) dest = &w;
-    // A hostNetwork pod's IP is its node's: it does not say which pod (only ipBlocks match).
-    if (src || w.host_network()) continue;
-    for (const auto& ip : w.ips()) {
-      auto key = ParseIpKey(ip);
-      if (key.ok() && *key == source) src = &w;
-    }
-  }
+  if (auto it = index.by_uid.find(dest_uid); it != index.by_uid.end()) dest = it->second;
+  if (auto it = index.by_ip.find(IpBytes(source)); it != index.by_ip.end()) src = it->second;
   if (!dest) return out;  // not in policy (any more): nothing targets it
   out.destination_pod = dest->name();
   Workload unknown;  // a source no workload has: its address only
@@ -891,11 +943,9 @@ ArrivalDecision Decide(const PolicySnapshot& snapshot, const std::string& dest_u
     const bool not_understood = HasUnknownFields(p);
     bool match = p.from().empty();
     for (int i = 0; i < p.from_size() && !match; ++i) {
-      std::vector<std::pair<IpKey, int>> blocks;
-      for (const auto& c : p.from(i).ip_blocks()) {
-        if (auto cidr = ParseCidr(c); cidr.ok()) blocks.push_back(*cidr);
-      }
-      match = SourceMatches(p.from(i), *src, p.namespace_(), blocks);
+      static const std::vector<std::pair<IpKey, int>> kNone;
+      auto b = index.blocks.find(&p.from(i));
+      match = SourceMatches(p.from(i), *src, p.namespace_(), b == index.blocks.end() ? kNone : b->second);
     }
     // L7 rules: on opaque bytes they cannot be checked, and fail closed (a DENY refuses the whole
     // connection, an ALLOW admits none of it, as Istio does); on HTTP they are decided per
@@ -939,25 +989,10 @@ ArrivalDecision Decide(const PolicySnapshot& snapshot, const std::string& dest_u
 
 }  // namespace
 
-std::string AppProtocolOf(const shunt::v1::PolicyBundle& bundle, const std::string& uid,
-                          uint16_t port) {
-  std::string found;
-  for (const auto& s : bundle.services()) {
-    for (const auto& e : s.endpoints()) {
-      if (e.workload_uid() != uid) continue;
-      for (const auto& ep : e.ports()) {
-        if (ep.port() != port) continue;
-        for (const auto& sp : s.ports()) {
-          if (sp.name() != ep.name() || sp.app_protocol().empty()) continue;
-          // Two Services that say different things of one port: neither is believed (sniffed).
-          std::string app = absl::AsciiStrToLower(sp.app_protocol());
-          if (!found.empty() && found != app) return "";
-          found = std::move(app);
-        }
-      }
-    }
-  }
-  return found;
+std::string AppProtocolOf(const PolicySnapshot& snapshot, const std::string& uid, uint16_t port) {
+  const ArrivalIndex& index = IndexOf(snapshot);
+  auto it = index.app_protocol.find(absl::StrCat(uid, "/", port));
+  return it == index.app_protocol.end() ? "" : it->second;
 }
 
 std::vector<std::string> L7PortsOf(const shunt::v1::PolicyBundle& bundle, const Workload& w) {

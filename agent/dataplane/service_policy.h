@@ -258,8 +258,7 @@ std::vector<std::string> PathViewsForPolicy(std::string_view path);
 // The Kubernetes appProtocol of pod `uid`'s port `port`, from the Service ports whose endpoints
 // name that pod on that port, lower-cased ("" when none says, or when two say different
 // things).
-std::string AppProtocolOf(const shunt::v1::PolicyBundle& bundle, const std::string& uid,
-                          uint16_t port);
+std::string AppProtocolOf(const PolicySnapshot& snapshot, const std::string& uid, uint16_t port);
 // The ports of workload `w` that access policies with L7 rules cover, for the capture (nft
 // syntax: "8081", "9000-9010"; "*": every port), sorted, without repeats.
 std::vector<std::string> L7PortsOf(const shunt::v1::PolicyBundle& bundle,

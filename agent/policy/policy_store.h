@@ -35,6 +35,22 @@ struct PolicySnapshot {
   // The workloads scheduled on `node_name` (Workload.node == node_name), in bundle order. The
   // pointers point into `bundle`: valid as long as this snapshot is.
   std::vector<const shunt::v1::Workload*> LocalWorkloads(std::string_view node_name) const;
+
+  // Lookups derived from `bundle`, built once on first use by whoever needs them (the relay's
+  // per-connection and per-request policy: service_policy.cc), then shared by every reader. A
+  // snapshot is not changed once shared; a copy starts without them.
+  struct Derived {
+    Derived() = default;
+    Derived(const Derived&) {}
+    Derived& operator=(const Derived&) {
+      absl::MutexLock l(&mu);
+      value.reset();
+      return *this;
+    }
+    absl::Mutex mu;
+    std::shared_ptr<const void> value ABSL_GUARDED_BY(mu);
+  };
+  mutable Derived derived;
 };
 
 using PolicySnapshotPtr = std::shared_ptr<const PolicySnapshot>;

@@ -203,7 +203,13 @@ bool WaitForFile(const std::string& path) {
   return access(path.c_str(), F_OK) == 0;
 }
 
-std::string AgentBinary() { return SHUNT_AGENT_BIN; }
+std::string AgentBinary() {
+  // Another build of the agent (a benchmark of the one before a change, in the same test bed).
+  if (const char* other = getenv("SHUNT_AGENT_BINARY"); other != nullptr && *other != '\0') {
+    return other;
+  }
+  return SHUNT_AGENT_BIN;
+}
 
 absl::StatusOr<testbed::ProcessPtr> StartTestpeerServer(testbed::Testbed& bed,
                                                         const testbed::Pod& pod,

@@ -82,6 +82,7 @@ std::string MetricsProblems(const std::string& text);
 // Waits (10 s at most) for a program to create `path`, its sign that it is ready.
 bool WaitForFile(const std::string& path);
 
+// The shunt-agent this build made, or $SHUNT_AGENT_BINARY where set (benchmarks of another build).
 std::string AgentBinary();
 std::string TestpeerBinary();
 

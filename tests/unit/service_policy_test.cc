@@ -1029,11 +1029,11 @@ TEST(AppProtocolOf, IsTheServicePortsOfThePodsEndpointPort) {
   svc.replace(svc.find(R"("targetPort": 8080})"), 19,
               R"("targetPort": 8080, "appProtocol": "kubernetes.io/h2c"})");
   auto s = Bundle(svc);
-  EXPECT_EQ(AppProtocolOf(s.bundle, "b", 8080), "kubernetes.io/h2c");
-  EXPECT_EQ(AppProtocolOf(s.bundle, "c", 8080), "kubernetes.io/h2c");
-  EXPECT_EQ(AppProtocolOf(s.bundle, "b", 9090), "") << "another port";
-  EXPECT_EQ(AppProtocolOf(s.bundle, "a", 8080), "") << "not an endpoint";
-  EXPECT_EQ(AppProtocolOf(Bundle(kApiService).bundle, "b", 8080), "") << "none declared";
+  EXPECT_EQ(AppProtocolOf(s, "b", 8080), "kubernetes.io/h2c");
+  EXPECT_EQ(AppProtocolOf(s, "c", 8080), "kubernetes.io/h2c");
+  EXPECT_EQ(AppProtocolOf(s, "b", 9090), "") << "another port";
+  EXPECT_EQ(AppProtocolOf(s, "a", 8080), "") << "not an endpoint";
+  EXPECT_EQ(AppProtocolOf(Bundle(kApiService), "b", 8080), "") << "none declared";
   // A second Service of the same pod port: saying the same (whatever the case) it agrees; saying
   // something else, neither is believed.
   auto second = [&](const std::string& app) {
@@ -1042,8 +1042,8 @@ TEST(AppProtocolOf, IsTheServicePortsOfThePodsEndpointPort) {
     other.replace(other.find("kubernetes.io/h2c"), 17, app);
     return Bundle(svc + "," + other);
   };
-  EXPECT_EQ(AppProtocolOf(second("Kubernetes.io/H2C").bundle, "b", 8080), "kubernetes.io/h2c");
-  EXPECT_EQ(AppProtocolOf(second("tcp").bundle, "b", 8080), "") << "two Services disagree";
+  EXPECT_EQ(AppProtocolOf(second("Kubernetes.io/H2C"), "b", 8080), "kubernetes.io/h2c");
+  EXPECT_EQ(AppProtocolOf(second("tcp"), "b", 8080), "") << "two Services disagree";
 }
 
 TEST(NormalizePathForPolicy, DecodesMergesAndResolvesDotSegments) {
