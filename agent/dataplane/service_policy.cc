@@ -849,6 +849,8 @@ struct ArrivalIndex {
   absl::flat_hash_map<std::string, std::string> app_protocol;
   // Each `from` clause's ipBlocks, parsed.
   absl::flat_hash_map<const void*, std::vector<std::pair<IpKey, int>>> blocks;
+  // The access policies with fields this agent does not know (read through reflection: once).
+  absl::flat_hash_set<const void*> not_understood;
 };
 
 std::string IpBytes(const IpKey& k) { return std::string(reinterpret_cast<const char*>(k.addr), 16); }
@@ -883,6 +885,7 @@ const ArrivalIndex& IndexOf(const PolicySnapshot& snapshot) {
     }
     for (const std::string& key : conflicting) x->app_protocol[key] = "";
     for (const auto& p : bundle.access_policies()) {
+      if (HasUnknownFields(p)) x->not_understood.insert(&p);
       for (const auto& f : p.from()) {
         auto& b = x->blocks[&f];
         for (const auto& c : f.ip_blocks()) {
@@ -940,7 +943,7 @@ ArrivalDecision Decide(const PolicySnapshot& snapshot, const std::string& dest_u
     out.l7 |= has_l7;
     const bool unknown_action = p.action() != AccessPolicy::ALLOW && p.action() != AccessPolicy::DENY;
     const bool deny = p.action() == AccessPolicy::DENY || unknown_action;
-    const bool not_understood = HasUnknownFields(p);
+    const bool not_understood = index.not_understood.contains(&p);
     bool match = p.from().empty();
     for (int i = 0; i < p.from_size() && !match; ++i) {
       static const std::vector<std::pair<IpKey, int>> kNone;
