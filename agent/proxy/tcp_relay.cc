@@ -603,8 +603,8 @@ bool TcpRelay::PumpPipe(Conn* c, int d) {
     if (c->pending[d] == 0 && !c->eof[d] && !MayRead(c)) return true;
     if (c->pending[d] == 0 && !c->eof[d] && !c->readable[d]) return true;  // epoll tells
     if (c->pending[d] == 0 && !c->eof[d] && !AcquirePipe(c, d)) {
-      // No pipe to be had (the descriptor limit): this once through user space (kRaw writes it
-      // out, then the kernel moves the rest again); never left unread, never lost.
+      // No pipe to be had (the descriptor limit): this read through user space (written out at
+      // the top of the loop, then the kernel moves the rest again); never left unread, never lost.
       char buf[16 << 10];
       const ssize_t n = recv(src, buf, sizeof(buf), MSG_DONTWAIT);
       if (n > 0) {
