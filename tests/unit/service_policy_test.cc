@@ -946,6 +946,21 @@ TEST(DecideArrival, DenyAllowPortsAndSourcesKnownOnlyByTheirAddress) {
   EXPECT_EQ(r.policy, "default/deny-all");
 }
 
+// The lookups behind these decisions (workloads by IP and uid, ipBlocks, appProtocols) are built
+// once per snapshot; a snapshot given another bundle decides by the new one, not by its old index.
+TEST(DecideArrival, ASnapshotGivenAnotherBundleDecidesByIt) {
+  const IpKey a = Ip("10.0.0.1");
+  PolicySnapshot s = Bundle("");
+  EXPECT_TRUE(DecideArrival(s, "b", a, 8080).allowed);
+  s = Bundle("", "", Policy("deny", "DENY", R"({"app": "api"})",
+                            R"([{"pods": {"matchLabels": {"app": "front"}}}])"));
+  const ArrivalDecision r = DecideArrival(s, "b", a, 8080);
+  EXPECT_FALSE(r.allowed) << "decided by the first bundle's index";
+  EXPECT_EQ(r.source_workload, "a");
+  PolicySnapshot copy = s;
+  EXPECT_FALSE(DecideArrival(copy, "b", a, 8080).allowed) << "a copy indexes its own bundle";
+}
+
 // L7 rules decide requests on HTTP; on opaque bytes they fail closed.
 TEST(DecideRequest, LSevenRulesDecideRequestsAndFailClosedOnOpaqueBytes) {
   const IpKey a = Ip("10.0.0.1"), stranger = Ip("203.0.113.9");
