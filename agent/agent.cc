@@ -365,8 +365,10 @@ int RunAgent(const AgentConfig& config) {
   // The agent this one replaces, if one runs, stops its policy work and its HTTP endpoints and
   // hands over its capture listeners before this one starts its own (docs/capture.md, "Restarts").
   std::vector<HandedListener> inherited;
+  bool predecessor = false;  // an agent answered on the handoff socket
   if (!config.handoff_socket.empty()) {
-    auto taken = TakeOver(config.handoff_socket, absl::Seconds(5));
+    // Long enough for a predecessor that is stopping for good to release its pods first.
+    auto taken = TakeOver(config.handoff_socket, absl::Seconds(30), &predecessor);
     if (!taken.ok()) {
       SHUNT_LOG(WARNING) << taken.status().message() << ": starting without its listeners";
     } else if (!taken->empty()) {
@@ -616,7 +618,7 @@ int RunAgent(const AgentConfig& config) {
   // A predecessor that was stopping already when this agent asked (draining its connections)
   // holds its ports until it sees the ask (it then closes them, below): retried a while.
   const absl::Time bind_deadline =
-      absl::Now() + (config.handoff_socket.empty() ? absl::ZeroDuration() : absl::Seconds(10));
+      absl::Now() + (predecessor ? absl::Seconds(10) : absl::ZeroDuration());
   while (true) {
     try {
       exposer = std::make_unique<prometheus::Exposer>(config.metrics_addr);
@@ -650,7 +652,10 @@ int RunAgent(const AgentConfig& config) {
     int signal ABSL_GUARDED_BY(mu) = 0;
     bool asked ABSL_GUARDED_BY(mu) = false;        // a successor asked for the listeners
     bool surrendered ABSL_GUARDED_BY(mu) = false;  // `handed` is ready
-    bool exiting ABSL_GUARDED_BY(mu) = false;      // a successor asking now gets nothing
+    // Stopping for good, the pods released (policy work stopped, capture tables gone): a successor
+    // asking now gets no listener, and starts after the release, never racing it in the pods'
+    // namespaces.
+    bool released ABSL_GUARDED_BY(mu) = false;
     std::vector<HandedListener> handed ABSL_GUARDED_BY(mu);
   } w;
   std::thread signals([&w, &stop_signals] {
@@ -674,7 +679,7 @@ int RunAgent(const AgentConfig& config) {
       absl::MutexLock l(&w.mu);
       w.asked = true;
       w.mu.Await(absl::Condition(
-          +[](Wait* w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(w->mu) { return w->surrendered || w->exiting; },
+          +[](Wait* w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(w->mu) { return w->surrendered || w->released; },
           &w));
       return std::move(w.handed);
     });
@@ -692,6 +697,7 @@ int RunAgent(const AgentConfig& config) {
 
   bool handed_over = false;
   int sig = 0;
+  absl::Duration waited;  // for a successor, after the signal: taken from the drain's time
   while (true) {
     {
       absl::MutexLock l(&w.mu);
@@ -710,7 +716,9 @@ int RunAgent(const AgentConfig& config) {
       if (sig != 0 && !w.asked && handoff != nullptr && config.handoff_wait > absl::ZeroDuration()) {
         SHUNT_LOG(INFO) << "signal " << sig << ": waiting up to " << config.handoff_wait
                         << " for a successor to take over";
+        const absl::Time since = absl::Now();
         w.mu.AwaitWithTimeout(absl::Condition(&w.asked), config.handoff_wait);
+        waited = absl::Now() - since;
       }
       if (sig != 0 && (!w.asked || w.surrendered)) break;
     }
@@ -729,10 +737,6 @@ int RunAgent(const AgentConfig& config) {
     handed_over = true;
     SHUNT_LOG(INFO) << "handed over to a new agent: relaying the open connections until they end";
   }
-  {
-    absl::MutexLock l(&w.mu);
-    w.exiting = true;
-  }
   SHUNT_LOG(INFO) << "signal " << sig << ": stopping; programs and maps stay pinned so that "
                   << "established connections are not disturbed";
   if (!handed_over) {
@@ -745,22 +749,35 @@ int RunAgent(const AgentConfig& config) {
       capture->ReleaseAll();
     }
   }
+  // A successor that asks from now on gets no listener (they are released), but the ports: it
+  // serves its own metrics and probes while this one drains.
+  auto give_ports = [&] {
+    bool asked;
+    {
+      absl::MutexLock l(&w.mu);
+      asked = w.asked;
+    }
+    if (asked && admin.ok() && *admin != nullptr) {
+      admin->reset();
+      exposer.reset();
+    }
+  };
+  give_ports();
+  {
+    absl::MutexLock l(&w.mu);
+    w.released = true;
+  }
   if (relay) {
     // HTTP connections end after their current response ("Connection: close"), idle ones once
     // idle a second, HTTP/2 ones after a GOAWAY:
     // their clients' next requests go to the next agent. Opaque ones end when their peers end them.
+    // The wait for a successor came out of the drain's time: the whole stop fits the pod's
+    // termination grace period as before.
     relay->Drain();
-    const absl::Time deadline = absl::Now() + config.drain_timeout;
+    const absl::Time deadline =
+        absl::Now() + std::max(absl::ZeroDuration(), config.drain_timeout - waited);
     while (relay->stats().active > 0 && absl::Now() < deadline) {
-      // A successor that asks now gets no listener (they are released), but the ports: it
-      // serves its own metrics and probes while this one drains.
-      if (admin.ok() && *admin != nullptr) {
-        absl::MutexLock l(&w.mu);
-        if (w.asked) {
-          admin->reset();
-          exposer.reset();
-        }
-      }
+      give_ports();
       absl::SleepFor(absl::Milliseconds(50));
     }
     if (const uint64_t left = relay->stats().active; left > 0) {

@@ -145,7 +145,8 @@ void HandoffServer::Serve() {
 }
 
 absl::StatusOr<std::vector<HandedListener>> TakeOver(const std::string& path,
-                                                     absl::Duration timeout) {
+                                                     absl::Duration timeout, bool* reached) {
+  if (reached) *reached = false;
   std::vector<HandedListener> out;
   auto addr = UnixAddress(path);
   if (!addr.ok()) return addr.status();
@@ -159,6 +160,7 @@ absl::StatusOr<std::vector<HandedListener>> TakeOver(const std::string& path,
   if (send(fd.get(), kHello, std::strlen(kHello), MSG_NOSIGNAL) < 0) {
     return ErrnoStatus(errno, "handoff: send");
   }
+  if (reached) *reached = true;
   while (true) {
     char text[kMaxMessage + 1] = {};
     iovec iov{text, kMaxMessage};

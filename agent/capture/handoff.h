@@ -67,7 +67,9 @@ class HandoffServer {
 // The new agent's side: the listeners of the agent serving `path`, which stopped serving them.
 // None (and OK) when no agent serves it (no file, or a stale one); an error when one answered
 // wrongly or not within `timeout`.
+// `reached` (optional): set when an agent answered.
 absl::StatusOr<std::vector<HandedListener>> TakeOver(const std::string& path,
-                                                     absl::Duration timeout);
+                                                     absl::Duration timeout,
+                                                     bool* reached = nullptr);
 
 }  // namespace shunt::agent

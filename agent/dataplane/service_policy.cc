@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <numeric>
 #include <optional>
@@ -844,7 +845,7 @@ bool L7Matches(const AccessPolicy& p, std::string_view method, std::string_view 
 // scan of every workload, with every IP parsed, per request).
 struct ArrivalIndex {
   absl::flat_hash_map<std::string, const Workload*> by_uid;  // the last of a uid, as a scan finds
-  absl::flat_hash_map<std::string, const Workload*> by_ip;   // 16 bytes (v4-mapped): the first
+  absl::flat_hash_map<std::array<uint32_t, 4>, const Workload*> by_ip;  // v4-mapped: the first
   // "<uid>/<port>": the appProtocol the Services say of it ("" where two say different things).
   absl::flat_hash_map<std::string, std::string> app_protocol;
   // Each `from` clause's ipBlocks, parsed.
@@ -853,7 +854,7 @@ struct ArrivalIndex {
   absl::flat_hash_set<const void*> not_understood;
 };
 
-std::string IpBytes(const IpKey& k) { return std::string(reinterpret_cast<const char*>(k.addr), 16); }
+std::array<uint32_t, 4> IpBytes(const IpKey& k) { return {k.addr[0], k.addr[1], k.addr[2], k.addr[3]}; }
 
 const ArrivalIndex& IndexOf(const PolicySnapshot& snapshot) {
   absl::MutexLock l(&snapshot.derived.mu);

@@ -362,6 +362,9 @@ void TcpRelay::Accept(int listener_fd) {
         // Out of descriptors: the listener stays readable. Not watched for a while (else the
         // loop spins on it); the connections wait in its backlog.
         SHUNT_LOG_EVERY_N_SEC(WARNING, 10) << ErrnoStatus(errno, "relay: accept") << ": paused";
+        // The pooled pipes' descriptors are worth more as connections now.
+        counters_.pipes_pooled -= pipe_pool_.size();
+        pipe_pool_.clear();
         epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, listener_fd, nullptr);
         paused_listeners_.push_back({listener_fd, absl::Now() + absl::Milliseconds(100)});
       } else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {

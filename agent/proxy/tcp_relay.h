@@ -225,7 +225,8 @@ class TcpRelay {
   std::map<Conn*, std::unique_ptr<Conn>> conns_;
   std::vector<std::unique_ptr<Conn>> closed_;  // closed in this batch of events, freed after it
   std::vector<Conn*> again_;  // read in user space, not done at the end of their turn
-  // Empty pipes between uses (read end, write end); at most kPipePool.
+  // Empty pipes between uses (read end, write end); at most options_.pipe_pool; emptied when
+  // accept runs out of descriptors.
   std::vector<std::pair<UniqueFd, UniqueFd>> pipe_pool_;
   bool AcquirePipe(Conn* c, int d);
   void ReleasePipe(Conn* c, int d);

@@ -620,7 +620,7 @@ TEST_F(CaptureTest, ANewAgentTakesOverTheListenersAndTheOldOneDrainsItsConnectio
 // never gets through, an allowed one never fails. Fails without the wait: the old agent releases
 // the pods on its signal, and the denied client's next connections reach the server.
 TEST_F(CaptureTest, AStopSignalBeforeTheSuccessorAskedWaitsForItAndHandsOver) {
-  StartCapturingAgent();
+  StartCapturingAgent({"--handoff-wait-ms=20000"});  // the default (5 s), with room for a slow bed
   if (HasFatalFailure()) return;
   const testbed::Pod& denied = bed_->pod(1, 1);
   WritePolicies(Deny("deny-role", {{{"pods", {{"matchLabels", {{"role", "denied"}}}}}}}), 2,

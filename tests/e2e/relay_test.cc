@@ -405,14 +405,19 @@ class RelayWithoutPipePool : public RelayTest {
 };
 
 TEST_F(RelayWithoutPipePool, WithNoDescriptorLeftForAPipeBytesAreCopiedAndNoneIsLost) {
-  rlimit saved{};
-  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
-  rlimit low = saved;
-  low.rlim_cur = std::min<rlim_t>(saved.rlim_cur, 4096);
+  struct Limit {  // restored however the test ends
+    rlimit saved{};
+    Limit() { getrlimit(RLIMIT_NOFILE, &saved); }
+    ~Limit() { setrlimit(RLIMIT_NOFILE, &saved); }
+  } limit;
+  rlimit low = limit.saved;
+  low.rlim_cur = std::min<rlim_t>(limit.saved.rlim_cur, 4096);
   ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  UniqueFd null(open("/dev/null", O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(null.valid());
   std::vector<UniqueFd> filler;
   while (true) {
-    int fd = dup(0);
+    int fd = dup(null.get());
     if (fd < 0) break;
     filler.emplace_back(fd);
   }
@@ -427,7 +432,7 @@ TEST_F(RelayWithoutPipePool, WithNoDescriptorLeftForAPipeBytesAreCopiedAndNoneIs
   ASSERT_TRUE(shunt::test::Eventually([&] { return relay_->stats().pipes_in_use == 0; }, 5s));
   const uint64_t created_before = relay_->stats().pipes_created;
   while (true) {
-    int fd = dup(0);
+    int fd = dup(null.get());
     if (fd < 0) break;
     filler.emplace_back(fd);
   }
@@ -447,7 +452,6 @@ TEST_F(RelayWithoutPipePool, WithNoDescriptorLeftForAPipeBytesAreCopiedAndNoneIs
   answer.join();
   const RelayStats st = relay_->stats();
   filler.clear();
-  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
   EXPECT_TRUE(got_up == up) << got_up.size() << " of " << up.size() << " bytes, or not in order";
   EXPECT_TRUE(got_down == down) << got_down.size() << " of " << down.size();
   EXPECT_EQ(err, 0) << "an orderly end";
