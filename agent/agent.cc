@@ -111,88 +111,66 @@ class AgentCollector : public prometheus::Collectable {
       relay_families.push_back(gauge("shunt_relay_buffered_bytes",
                                      "Bytes the relay holds now (read, not yet written).",
                                      static_cast<double>(st.buffered)));
-      {
-        MetricFamily pipes{"shunt_relay_pipes",
-                           "Splice pipes of the relay: in_use (held by connections with bytes "
-                           "in flight), pooled (empty, kept for the next ones).",
-                           MetricType::Gauge, {}};
-        for (const auto& [state, v] : std::vector<std::pair<std::string, uint64_t>>{
-                 {"in_use", st.pipes_in_use}, {"pooled", st.pipes_pooled}}) {
+      // One family, a series per value of `label`.
+      auto by_label = [](std::string name, std::string help, MetricType type, std::string label,
+                         const std::vector<std::pair<std::string, uint64_t>>& values) {
+        MetricFamily f{std::move(name), std::move(help), type, {}};
+        for (const auto& [value, v] : values) {
           ClientMetric m;
-          m.label = {{"state", state}};
-          m.gauge.value = static_cast<double>(v);
-          pipes.metric.push_back(std::move(m));
+          if (!label.empty()) m.label = {{label, value}};
+          (type == MetricType::Gauge ? m.gauge.value : m.counter.value) = static_cast<double>(v);
+          f.metric.push_back(std::move(m));
         }
-        relay_families.push_back(std::move(pipes));
-        MetricFamily failures{"shunt_relay_pipe_failures_total",
-                              "Times no splice pipe could be made (the descriptor limit): those "
-                              "bytes were copied through user space instead.",
-                              MetricType::Counter, {}};
-        ClientMetric m;
-        m.counter.value = static_cast<double>(st.pipe_failures);
-        failures.metric.push_back(std::move(m));
-        relay_families.push_back(std::move(failures));
-      }
-      {
-        MetricFamily waits{"shunt_relay_buffer_budget_waits_total",
-                           "Times a connection stopped reading because its pod held "
-                           "--capture-max-buffered-per-pod bytes in the relay.",
-                           MetricType::Counter, {}};
-        ClientMetric m;
-        m.counter.value = static_cast<double>(st.buffer_budget_waits);
-        waits.metric.push_back(std::move(m));
-        relay_families.push_back(std::move(waits));
-      }
-      MetricFamily conns{"shunt_relay_connections_total",
-                         "Connections handed to the relay, by outcome.", MetricType::Counter, {}};
-      for (const auto& [result, v] :
-           std::vector<std::pair<std::string, uint64_t>>{{"accepted", st.accepted},
-                                                         {"refused", st.refused},
-                                                         {"over_capacity", st.over_capacity},
-                                                         {"over_pod_budget", st.over_pod_budget},
-                                                         {"upstream_failed", st.upstream_failed},
-                                                         {"connect_timeout", st.connect_timeouts},
-                                                         {"half_close_timeout", st.half_close_timeouts},
-                                                         {"idle_timeout", st.idle_timeouts},
-                                                         {"reset", st.resets},
-                                                         {"policy_closed", st.policy_closed}}) {
-        ClientMetric m;
-        m.label = {{"result", result}};
-        m.counter.value = static_cast<double>(v);
-        conns.metric.push_back(std::move(m));
-      }
-      relay_families.push_back(std::move(conns));
-      MetricFamily bytes{"shunt_relay_bytes_total", "Bytes the relay moved, by direction.",
-                         MetricType::Counter, {}};
-      for (const auto& [dir, v] : std::vector<std::pair<std::string, uint64_t>>{
-               {"to_upstream", st.bytes_to_upstream}, {"to_downstream", st.bytes_to_downstream}}) {
-        ClientMetric m;
-        m.label = {{"direction", dir}};
-        m.counter.value = static_cast<double>(v);
-        bytes.metric.push_back(std::move(m));
-      }
-      relay_families.push_back(std::move(bytes));
-      MetricFamily l7{"shunt_relay_l7_total",
-                      "Connections to ports that need L7 (access policies with L7 rules) and their "
-                      "HTTP requests, by outcome.",
-                      MetricType::Counter, {}};
-      for (const auto& [result, v] : std::vector<std::pair<std::string, uint64_t>>{
-               {"http1_connection", st.http1_connections},
-               {"http2_connection", st.http2_connections},
-               {"opaque_connection", st.opaque_l7},
-               {"opaque_refused", st.opaque_refused},
-               {"not_http", st.not_http},
-               {"tunnel", st.tunnels},
-               {"request", st.http_requests},
-               {"request_denied", st.http_denied},
-               {"request_refused", st.http_refused},
-               {"bad_response", st.http_bad_responses}}) {
-        ClientMetric m;
-        m.label = {{"result", result}};
-        m.counter.value = static_cast<double>(v);
-        l7.metric.push_back(std::move(m));
-      }
-      relay_families.push_back(std::move(l7));
+        return f;
+      };
+      relay_families.push_back(by_label(
+          "shunt_relay_pipes",
+          "Splice pipes of the relay: in_use (held by connections with bytes in flight), pooled "
+          "(empty, kept for the next ones).",
+          MetricType::Gauge, "state", {{"in_use", st.pipes_in_use}, {"pooled", st.pipes_pooled}}));
+      relay_families.push_back(by_label(
+          "shunt_relay_pipe_failures_total",
+          "Times no splice pipe could be made (the descriptor limit): those bytes were copied "
+          "through user space instead.",
+          MetricType::Counter, "", {{"", st.pipe_failures}}));
+      relay_families.push_back(by_label(
+          "shunt_relay_buffer_budget_waits_total",
+          "Times a connection stopped reading because its pod held --capture-max-buffered-per-pod "
+          "bytes in the relay.",
+          MetricType::Counter, "", {{"", st.buffer_budget_waits}}));
+      relay_families.push_back(by_label("shunt_relay_connections_total",
+                                        "Connections handed to the relay, by outcome.",
+                                        MetricType::Counter, "result",
+                                        {{"accepted", st.accepted},
+                                         {"refused", st.refused},
+                                         {"over_capacity", st.over_capacity},
+                                         {"over_pod_budget", st.over_pod_budget},
+                                         {"upstream_failed", st.upstream_failed},
+                                         {"connect_timeout", st.connect_timeouts},
+                                         {"half_close_timeout", st.half_close_timeouts},
+                                         {"idle_timeout", st.idle_timeouts},
+                                         {"reset", st.resets},
+                                         {"policy_closed", st.policy_closed}}));
+      relay_families.push_back(by_label("shunt_relay_bytes_total",
+                                        "Bytes the relay moved, by direction.", MetricType::Counter,
+                                        "direction",
+                                        {{"to_upstream", st.bytes_to_upstream},
+                                         {"to_downstream", st.bytes_to_downstream}}));
+      relay_families.push_back(by_label(
+          "shunt_relay_l7_total",
+          "Connections to ports that need L7 (access policies with L7 rules) and their HTTP "
+          "requests, by outcome.",
+          MetricType::Counter, "result",
+          {{"http1_connection", st.http1_connections},
+           {"http2_connection", st.http2_connections},
+           {"opaque_connection", st.opaque_l7},
+           {"opaque_refused", st.opaque_refused},
+           {"not_http", st.not_http},
+           {"tunnel", st.tunnels},
+           {"request", st.http_requests},
+           {"request_denied", st.http_denied},
+           {"request_refused", st.http_refused},
+           {"bad_response", st.http_bad_responses}}));
       // By source (namespace, workload), destination pod and policy.
       auto by_policy = [](const char* name, const char* help,
                           const std::map<CaptureReconciler::DeniedKey, uint64_t>& counts) {

@@ -272,6 +272,9 @@ s.serve_forever()
     });
   }
 
+  // kPyLoad from `from` against the server pod's 8080 until `stop` exists, in the background.
+  std::thread RunLoad(const testbed::Pod& from, const std::string& stop, std::string* out);
+
   // The client pod's Python client against the server pod, in the background.
   std::thread RunClient(const std::string& addr, std::string* out) {
     return std::thread([this, addr, out] {
@@ -541,6 +544,16 @@ while not os.path.exists(stop):
 print(ok, fail)
 )";
 
+std::thread CaptureTest::RunLoad(const testbed::Pod& from, const std::string& stop,
+                                 std::string* out) {
+  return std::thread([this, &from, stop, out] {
+    auto r = bed_->Run(from, {"/usr/bin/python3", "-c", kPyLoad, Server().ipv4, "8080", stop,
+                              "peer " + from.ipv4 + "\nhello"},
+                       60s);
+    *out = r.ok() ? r->out + r->err : r.status().ToString();
+  });
+}
+
 // Replacing the agent as a rolling update with maxSurge does (the new one starts while the old
 // one runs): the new agent takes over the capture listeners, with no moment without one (a
 // denied client never gets through, an allowed one never fails), and the old one relays its
@@ -559,17 +572,9 @@ TEST_F(CaptureTest, ANewAgentTakesOverTheListenersAndTheOldOneDrainsItsConnectio
   ASSERT_TRUE(shunt::test::Eventually([&] { return Metric("shunt_relay_active_connections") == 1; },
                                       5s, 50ms));
   const std::string stop = bed_->work_dir() + "/handoff-stop";
-  auto load = [&](const testbed::Pod& from, std::string* out) {
-    return std::thread([this, &from, stop, out] {
-      auto r = bed_->Run(from, {"/usr/bin/python3", "-c", kPyLoad, Server().ipv4, "8080", stop,
-                                "peer " + from.ipv4 + "\nhello"},
-                         60s);
-      *out = r.ok() ? r->out + r->err : r.status().ToString();
-    });
-  };
   std::string allowed_out, denied_out;
-  std::thread allowed_load = load(Client(), &allowed_out);
-  std::thread denied_load = load(denied, &denied_out);
+  std::thread allowed_load = RunLoad(Client(), stop, &allowed_out);
+  std::thread denied_load = RunLoad(denied, stop, &denied_out);
   absl::SleepFor(absl::Milliseconds(300));
 
   e2e::AgentProcess successor(*bed_, bed_->node(0), bed_->work_dir() + "/policy.json",
@@ -627,17 +632,9 @@ TEST_F(CaptureTest, AStopSignalBeforeTheSuccessorAskedWaitsForItAndHandsOver) {
                 {{denied.name, {{"role", "denied"}}}});
   if (HasFatalFailure()) return;
   const std::string stop = bed_->work_dir() + "/early-stop";
-  auto load = [&](const testbed::Pod& from, std::string* out) {
-    return std::thread([this, &from, stop, out] {
-      auto r = bed_->Run(from, {"/usr/bin/python3", "-c", kPyLoad, Server().ipv4, "8080", stop,
-                                "peer " + from.ipv4 + "\nhello"},
-                         60s);
-      *out = r.ok() ? r->out + r->err : r.status().ToString();
-    });
-  };
   std::string allowed_out, denied_out;
-  std::thread allowed_load = load(Client(), &allowed_out);
-  std::thread denied_load = load(denied, &denied_out);
+  std::thread allowed_load = RunLoad(Client(), stop, &allowed_out);
+  std::thread denied_load = RunLoad(denied, stop, &denied_out);
   struct Joined {
     std::string stop;
     std::thread* a;
@@ -720,6 +717,9 @@ TEST_F(CaptureTest, AnAgentStartedWhileTheOldOneDrainsGetsItsPortsAndServes) {
   ASSERT_TRUE(m.ok()) << m.status();
   EXPECT_GE(e2e::SumSamples(*m, "shunt_relay_connections_total", {{"result", "accepted"}}), 1)
       << "served by the new agent";
+  auto page = successor.Get("/metrics", e2e::kMetricsPort);
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_EQ(e2e::MetricsProblems(page->body), "") << "the relay's families, as promtool reads them";
   // The old agent's connection lived on through all this, to its end.
   ASSERT_TRUE(WriteFileAtomic(go, "").ok());
   hold.join();
