@@ -544,6 +544,19 @@ while not os.path.exists(stop):
 print(ok, fail)
 )";
 
+// What RunLoad printed ("<ok> <failed>") for an allowed client (all served) and a denied one
+// (none served); `lapse` says what a denied success would mean.
+void ExpectServedAndRefused(const std::string& allowed_out, const std::string& denied_out,
+                            const std::string& lapse) {
+  int ok = -1, fail = -1;
+  ASSERT_EQ(sscanf(allowed_out.c_str(), "%d %d", &ok, &fail), 2) << allowed_out;
+  EXPECT_GT(ok, 0);
+  EXPECT_EQ(fail, 0) << "an allowed connection failed across the handoff";
+  ASSERT_EQ(sscanf(denied_out.c_str(), "%d %d", &ok, &fail), 2) << denied_out;
+  EXPECT_EQ(ok, 0) << "a denied client got through: " << lapse;
+  EXPECT_GT(fail, 0);
+}
+
 std::thread CaptureTest::RunLoad(const testbed::Pod& from, const std::string& stop,
                                  std::string* out) {
   return std::thread([this, &from, stop, out] {
@@ -593,13 +606,7 @@ TEST_F(CaptureTest, ANewAgentTakesOverTheListenersAndTheOldOneDrainsItsConnectio
   ASSERT_TRUE(WriteFileAtomic(stop, "").ok());
   allowed_load.join();
   denied_load.join();
-  int ok = -1, fail = -1;
-  ASSERT_EQ(sscanf(allowed_out.c_str(), "%d %d", &ok, &fail), 2) << allowed_out;
-  EXPECT_GT(ok, 0);
-  EXPECT_EQ(fail, 0) << "an allowed connection failed during the handoff";
-  ASSERT_EQ(sscanf(denied_out.c_str(), "%d %d", &ok, &fail), 2) << denied_out;
-  EXPECT_EQ(ok, 0) << "a denied client got through: a moment without a listener";
-  EXPECT_GT(fail, 0);
+  ExpectServedAndRefused(allowed_out, denied_out, "a moment without a listener");
   EXPECT_GT(metric("shunt_arrival_denied_connections_total", {{"policy", "default/deny-role"}}), 0);
 
   // The old agent's open connection goes on to its end, not reset; then it exits on SIGTERM.
@@ -662,13 +669,7 @@ TEST_F(CaptureTest, AStopSignalBeforeTheSuccessorAskedWaitsForItAndHandsOver) {
   ASSERT_TRUE(WriteFileAtomic(stop, "").ok());
   allowed_load.join();
   denied_load.join();
-  int ok = -1, fail = -1;
-  ASSERT_EQ(sscanf(allowed_out.c_str(), "%d %d", &ok, &fail), 2) << allowed_out;
-  EXPECT_GT(ok, 0);
-  EXPECT_EQ(fail, 0) << "an allowed connection failed across the handoff";
-  ASSERT_EQ(sscanf(denied_out.c_str(), "%d %d", &ok, &fail), 2) << denied_out;
-  EXPECT_EQ(ok, 0) << "a denied client got through: the capture lapsed at the stop signal";
-  EXPECT_GT(fail, 0);
+  ExpectServedAndRefused(allowed_out, denied_out, "the capture lapsed at the stop signal");
   EXPECT_NE(agent_->Stderr().find("listener(s) handed over"), std::string::npos)
       << agent_->Stderr();
   EXPECT_NE(successor.Stderr().find("took over 2 capture listener(s)"), std::string::npos)
