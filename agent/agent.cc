@@ -1,6 +1,7 @@
 #include "agent/agent.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/resource.h>
 
@@ -151,6 +152,19 @@ class AgentCollector : public prometheus::Collectable {
                                          {"idle_timeout", st.idle_timeouts},
                                          {"reset", st.resets},
                                          {"policy_closed", st.policy_closed}}));
+      std::vector<std::pair<std::string, uint64_t>> per_loop[2];
+      for (size_t i = 0; i < st.accepted_by_loop.size(); ++i) {
+        per_loop[0].emplace_back(std::to_string(i), st.accepted_by_loop[i]);
+        per_loop[1].emplace_back(std::to_string(i), st.active_by_loop[i]);
+      }
+      relay_families.push_back(by_label(
+          "shunt_relay_loop_connections_total",
+          "Connections each of the relay's event loops (--proxy-loops) accepted: how the kernel "
+          "spread them.",
+          MetricType::Counter, "loop", per_loop[0]));
+      relay_families.push_back(by_label("shunt_relay_loop_active_connections",
+                                        "Connections each event loop carries now.",
+                                        MetricType::Gauge, "loop", per_loop[1]));
       relay_families.push_back(by_label("shunt_relay_bytes_total",
                                         "Bytes the relay moved, by direction.", MetricType::Counter,
                                         "direction",
@@ -533,12 +547,20 @@ int RunAgent(const AgentConfig& config) {
     RelayOptions ro;
     ro.max_connections_per_group = std::max<uint32_t>(1, config.capture_max_connections_per_pod);
     ro.max_buffered_per_group = std::max<uint64_t>(64 << 10, config.capture_max_buffered_per_pod);
+    ro.loops = config.proxy_loops;
+    if (ro.loops == 0) {
+      cpu_set_t cpus;
+      CPU_ZERO(&cpus);
+      ro.loops = sched_getaffinity(0, sizeof(cpus), &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
+    }
+    ro.loops = std::clamp<size_t>(ro.loops, 1, 64);
     auto r = TcpRelay::Start(ro);
     if (!r.ok()) {
       SHUNT_LOG(ERROR) << "relay: " << r.status().message();
       return 1;
     }
     relay = std::move(*r);
+    SHUNT_LOG(INFO) << "relay: " << relay->loops() << " event loop(s)";
     CaptureReconciler::Options co;
     co.node_name = config.node_name;
     co.cgroup_root = fc.cgroup_root;

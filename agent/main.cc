@@ -58,6 +58,9 @@ ABSL_FLAG(bool, capture, false,
           "enforced there yet.");
 ABSL_FLAG(uint32_t, capture_port, 15008,
           "Port of the agent's transparent listener inside each captured pod's namespace.");
+ABSL_FLAG(uint32_t, proxy_loops, 0,
+          "Event loops (threads) of the relay; each serves every capture listener and keeps the "
+          "connections it accepted. 0: one per CPU the agent may run on (its affinity mask).");
 ABSL_FLAG(uint32_t, capture_max_connections_per_pod, 16384,
           "Relayed connections one captured pod may have at once; beyond it its new ones are "
           "reset, counted (one pod flooded does not take the others' share).");
@@ -138,6 +141,7 @@ int main(int argc_in, char** argv_in) {
     }
     config.capture_port = static_cast<uint16_t>(absl::GetFlag(FLAGS_capture_port));
     config.capture_max_connections_per_pod = absl::GetFlag(FLAGS_capture_max_connections_per_pod);
+    config.proxy_loops = absl::GetFlag(FLAGS_proxy_loops);
     config.capture_max_buffered_per_pod = absl::GetFlag(FLAGS_capture_max_buffered_per_pod);
     config.handoff_socket = absl::GetFlag(FLAGS_handoff_socket);
     config.handoff_wait = absl::Milliseconds(std::max(0, absl::GetFlag(FLAGS_handoff_wait_ms)));

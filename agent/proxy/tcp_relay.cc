@@ -16,12 +16,13 @@
 #include "agent/proxy/sniff.h"
 #include "common/errno_status.h"
 #include "common/log.h"
+#include "common/status_macros.h"
 
 namespace shunt::agent {
 
 // Side 0: the accepted (downstream) socket; side 1: the upstream one. pipe[d] carries direction
 // d, from fd[d] to fd[1 - d].
-struct TcpRelay::Conn {
+struct RelayLoop::Conn {
   UniqueFd fd[2];
   UniqueFd pipe_r[2], pipe_w[2];
   size_t pending[2] = {0, 0};     // bytes in pipe[d]
@@ -64,6 +65,24 @@ struct TcpRelay::Conn {
   RelayDecision::Protocol protocol = RelayDecision::Protocol::kSniff;
   bool http2 = false;   // its session is HTTP/2
   size_t buffered = 0;  // as last accounted in its group
+};
+
+struct RelayLoop::Counters {
+  std::atomic<uint64_t> accepted{0}, refused{0}, over_capacity{0}, over_pod_budget{0},
+      upstream_failed{0}, connect_timeouts{0}, half_close_timeouts{0}, idle_timeouts{0},
+      resets{0}, policy_closed{0}, active{0}, bytes_to_upstream{0}, bytes_to_downstream{0},
+      buffered{0}, buffer_budget_waits{0}, http1_connections{0}, http2_connections{0},
+      pipes_in_use{0}, pipes_pooled{0}, pipes_created{0}, pipe_failures{0}, opaque_l7{0},
+      opaque_refused{0}, not_http{0}, tunnels{0}, http_requests{0}, http_denied{0},
+      http_refused{0}, http_bad_responses{0};
+};
+
+struct RelayShared {
+  RelayLoop::Counters counters;
+  mutable absl::Mutex mu;
+  std::map<uint64_t, size_t> active_by_group ABSL_GUARDED_BY(mu);
+  absl::Mutex tuples_mu;
+  std::set<std::string> tuples ABSL_GUARDED_BY(tuples_mu);
 };
 
 namespace {
@@ -112,8 +131,82 @@ void ResetFd(UniqueFd& fd) {
 
 }  // namespace
 
+TcpRelay::TcpRelay() : shared_(std::make_unique<RelayShared>()) {}
+
+TcpRelay::~TcpRelay() { Stop(); }
+
 absl::StatusOr<std::unique_ptr<TcpRelay>> TcpRelay::Start(RelayOptions options) {
-  std::unique_ptr<TcpRelay> r(new TcpRelay(options));
+  std::unique_ptr<TcpRelay> r(new TcpRelay());
+  const size_t n = std::max<size_t>(1, options.loops);
+  // Each loop its share of a pod's buffer budget and of the pipe pool.
+  RelayOptions each = options;
+  each.max_buffered_per_group = std::max<size_t>(1, options.max_buffered_per_group / n);
+  each.pipe_pool = options.pipe_pool / n;
+  for (size_t i = 0; i < n; ++i) {
+    auto loop = RelayLoop::Start(each, r->shared_.get());
+    if (!loop.ok()) return loop.status();
+    r->loops_.push_back(std::move(*loop));
+  }
+  return r;
+}
+
+void TcpRelay::Stop() {
+  for (auto& l : loops_) l->Stop();
+}
+
+absl::Status TcpRelay::AddListener(UniqueFd listener, RelayDecide decide, uint64_t group) {
+  if (!listener.valid()) return absl::InvalidArgumentError("relay: no listener");
+  const int fd = listener.get();
+  // One descriptor per loop (of one socket: its wake-ups go to one waiting loop at a time).
+  std::vector<UniqueFd> fds;
+  fds.push_back(std::move(listener));
+  for (size_t i = 1; i < loops_.size(); ++i) {
+    UniqueFd dup(fcntl(fd, F_DUPFD_CLOEXEC, 0));
+    if (!dup.valid()) return ErrnoStatus(errno, "relay: dup a listener for a loop");
+    fds.push_back(std::move(dup));
+  }
+  auto shared_decide = std::make_shared<const RelayDecide>(std::move(decide));
+  std::vector<int> raw;
+  for (auto& f : fds) raw.push_back(f.get());
+  {
+    absl::MutexLock l(&mu_);
+    listener_fds_[fd] = raw;
+  }
+  for (size_t i = 0; i < loops_.size(); ++i) {
+    RETURN_IF_ERROR(loops_[i]->AddListener(std::move(fds[i]), shared_decide, group));
+  }
+  return absl::OkStatus();
+}
+
+void TcpRelay::RemoveListener(int listener_fd) {
+  std::vector<int> fds;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = listener_fds_.find(listener_fd);
+    if (it == listener_fds_.end()) return;
+    fds = std::move(it->second);
+    listener_fds_.erase(it);
+  }
+  for (size_t i = 0; i < loops_.size() && i < fds.size(); ++i) loops_[i]->RemoveListener(fds[i]);
+}
+
+void TcpRelay::Recheck() {
+  for (auto& l : loops_) l->Recheck();
+}
+
+void TcpRelay::Drain() {
+  for (auto& l : loops_) l->Drain();
+}
+
+size_t TcpRelay::ActiveIn(uint64_t group) const {
+  absl::MutexLock l(&shared_->mu);
+  auto it = shared_->active_by_group.find(group);
+  return it == shared_->active_by_group.end() ? 0 : it->second;
+}
+
+absl::StatusOr<std::unique_ptr<RelayLoop>> RelayLoop::Start(RelayOptions options,
+                                                           RelayShared* shared) {
+  std::unique_ptr<RelayLoop> r(new RelayLoop(options, shared));
   r->epoll_ = UniqueFd(epoll_create1(EPOLL_CLOEXEC));
   if (!r->epoll_.valid()) return ErrnoStatus(errno, "relay: epoll_create1");
   r->wake_ = UniqueFd(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
@@ -128,11 +221,12 @@ absl::StatusOr<std::unique_ptr<TcpRelay>> TcpRelay::Start(RelayOptions options) 
   return r;
 }
 
-TcpRelay::TcpRelay(RelayOptions options) : options_(options) {}
+RelayLoop::RelayLoop(RelayOptions options, RelayShared* shared)
+    : options_(options), shared_(shared), counters_(shared->counters) {}
 
-TcpRelay::~TcpRelay() { Stop(); }
+RelayLoop::~RelayLoop() { Stop(); }
 
-void TcpRelay::Stop() {
+void RelayLoop::Stop() {
   if (stop_.exchange(true)) return;
   const uint64_t one = 1;
   if (write(wake_.get(), &one, sizeof(one)) < 0) {
@@ -140,13 +234,14 @@ void TcpRelay::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-absl::Status TcpRelay::AddListener(UniqueFd listener, RelayDecide decide, uint64_t group) {
+absl::Status RelayLoop::AddListener(UniqueFd listener, std::shared_ptr<const RelayDecide> decide,
+                                    uint64_t group) {
   if (!listener.valid()) return absl::InvalidArgumentError("relay: no listener");
   const int fd = listener.get();
   {
     absl::MutexLock l(&mu_);
-    pending_add_[fd] = std::make_shared<Listener>(Listener{
-        std::move(listener), std::make_shared<const RelayDecide>(std::move(decide)), group});
+    pending_add_[fd] =
+        std::make_shared<Listener>(Listener{std::move(listener), std::move(decide), group});
   }
   const uint64_t one = 1;
   if (write(wake_.get(), &one, sizeof(one)) < 0) {
@@ -154,7 +249,7 @@ absl::Status TcpRelay::AddListener(UniqueFd listener, RelayDecide decide, uint64
   return absl::OkStatus();
 }
 
-void TcpRelay::RemoveListener(int listener_fd) {
+void RelayLoop::RemoveListener(int listener_fd) {
   {
     absl::MutexLock l(&mu_);
     pending_remove_.push_back(listener_fd);
@@ -164,21 +259,21 @@ void TcpRelay::RemoveListener(int listener_fd) {
   }
 }
 
-void TcpRelay::Recheck() {
+void RelayLoop::Recheck() {
   recheck_ = true;
   const uint64_t one = 1;
   if (write(wake_.get(), &one, sizeof(one)) < 0) {
   }
 }
 
-void TcpRelay::Drain() {
+void RelayLoop::Drain() {
   drain_ = true;
   const uint64_t one = 1;
   if (write(wake_.get(), &one, sizeof(one)) < 0) {
   }
 }
 
-void TcpRelay::RecheckOpen() {
+void RelayLoop::RecheckOpen() {
   std::vector<Conn*> denied;
   for (auto& [p, c] : conns_) {
     if (!c->decide) continue;
@@ -209,15 +304,36 @@ void TcpRelay::RecheckOpen() {
   }
 }
 
-size_t TcpRelay::ActiveIn(uint64_t group) const {
-  absl::MutexLock l(&mu_);
-  auto it = active_by_group_.find(group);
-  return it == active_by_group_.end() ? 0 : it->second;
+void RelayLoop::GroupAdded(uint64_t group) {
+  absl::MutexLock l(&shared_->mu);
+  ++shared_->active_by_group[group];
+}
+
+void RelayLoop::GroupRemoved(uint64_t group) {
+  absl::MutexLock l(&shared_->mu);
+  auto g = shared_->active_by_group.find(group);
+  if (g != shared_->active_by_group.end() && --g->second == 0) shared_->active_by_group.erase(g);
+}
+
+bool RelayLoop::GroupFull(uint64_t group) const {
+  absl::MutexLock l(&shared_->mu);
+  auto g = shared_->active_by_group.find(group);
+  return g != shared_->active_by_group.end() && g->second >= options_.max_connections_per_group;
+}
+
+bool RelayLoop::TakeTuple(const std::string& key) {
+  absl::MutexLock l(&shared_->tuples_mu);
+  return shared_->tuples.insert(key).second;
+}
+
+void RelayLoop::FreeTuple(const std::string& key) {
+  absl::MutexLock l(&shared_->tuples_mu);
+  shared_->tuples.erase(key);
 }
 
 RelayStats TcpRelay::stats() const {
   RelayStats s;
-  const Counters& c = counters_;
+  const RelayLoop::Counters& c = shared_->counters;
   s.accepted = c.accepted.load();
   s.refused = c.refused.load();
   s.over_capacity = c.over_capacity.load();
@@ -247,10 +363,14 @@ RelayStats TcpRelay::stats() const {
   s.pipes_pooled = c.pipes_pooled.load();
   s.pipes_created = c.pipes_created.load();
   s.pipe_failures = c.pipe_failures.load();
+  for (const auto& l : loops_) {
+    s.accepted_by_loop.push_back(l->accepted());
+    s.active_by_loop.push_back(l->active());
+  }
   return s;
 }
 
-void TcpRelay::Loop() {
+void RelayLoop::Loop() {
   epoll_event events[256];
   absl::Time last_sweep = absl::Now();
   while (!stop_.load()) {
@@ -268,7 +388,7 @@ void TcpRelay::Loop() {
         absl::MutexLock l(&mu_);
         for (auto& [fd, lst] : pending_add_) {
           epoll_event ev{};
-          ev.events = EPOLLIN;
+          ev.events = EPOLLIN | EPOLLEXCLUSIVE;  // one loop woken per arrival
           ev.data.u64 = (static_cast<uint64_t>(fd) << 1) | kListenerTag;
           if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) == 0) {
             live_listeners_[fd] = lst;
@@ -327,7 +447,7 @@ void TcpRelay::Loop() {
       }
       if (live_listeners_.count(it->first)) {
         epoll_event ev{};
-        ev.events = EPOLLIN;
+        ev.events = EPOLLIN | EPOLLEXCLUSIVE;
         ev.data.u64 = (static_cast<uint64_t>(it->first) << 1) | kListenerTag;
         epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, it->first, &ev);
       }
@@ -341,17 +461,17 @@ void TcpRelay::Loop() {
   for (auto& [p, c] : conns_) {
     ResetFd(c->fd[0]);
     ResetFd(c->fd[1]);
+    --counters_.active;
+    --active_here_;
+    GroupRemoved(c->group);
+    FreeTuple(c->tuples[0]);
+    FreeTuple(c->tuples[1]);
   }
-  counters_.active = 0;
   conns_.clear();
-  {
-    absl::MutexLock l(&mu_);
-    active_by_group_.clear();
-  }
   live_listeners_.clear();
 }
 
-void TcpRelay::Accept(int listener_fd) {
+void RelayLoop::Accept(int listener_fd) {
   auto it = live_listeners_.find(listener_fd);
   if (it == live_listeners_.end()) return;
   std::shared_ptr<Listener> lst = it->second;
@@ -373,19 +493,15 @@ void TcpRelay::Accept(int listener_fd) {
       return;
     }
     ++counters_.accepted;
-    if (conns_.size() >= options_.max_connections) {
+    if (counters_.active.load() >= options_.max_connections) {
       ++counters_.over_capacity;
       ResetFd(down);
       continue;
     }
-    {
-      absl::MutexLock l(&mu_);
-      auto g = active_by_group_.find(lst->group);
-      if (g != active_by_group_.end() && g->second >= options_.max_connections_per_group) {
-        ++counters_.over_pod_budget;
-        ResetFd(down);
-        continue;
-      }
+    if (GroupFull(lst->group)) {
+      ++counters_.over_pod_budget;
+      ResetFd(down);
+      continue;
     }
     sockaddr_storage peer{}, local{};
     socklen_t len = sizeof(peer);
@@ -409,12 +525,13 @@ void TcpRelay::Accept(int listener_fd) {
       const uint16_t port = static_cast<uint16_t>(1024 + rng_() % (32768 - 1024));
       sockaddr_storage as = d.as;
       SetPort(as, port);
-      if (tuples_.count(TupleKey(as, d.to)) || port == PortOf(peer)) continue;
+      if (port == PortOf(peer) || !TakeTuple(TupleKey(as, d.to))) continue;
       up = ConnectTransparent(d.netns_fd, as, d.to, d.mark);
       if (up.ok()) {
         d.as = as;
         break;
       }
+      FreeTuple(TupleKey(as, d.to));
       // EADDRINUSE (a listener of the pod on that port, say): another port.
       if (up.status().message().find("in use") == std::string::npos) break;
     }
@@ -455,16 +572,14 @@ void TcpRelay::Accept(int listener_fd) {
     raw->peer = peer;
     raw->local = local;
     raw->decide = lst->decide;
-    {
-      absl::MutexLock l(&mu_);
-      ++active_by_group_[raw->group];
-    }
+    GroupAdded(raw->group);
     raw->tuples[0] = client_tuple;
-    raw->tuples[1] = TupleKey(d.as, d.to);
-    tuples_.insert(raw->tuples[0]);
-    tuples_.insert(raw->tuples[1]);
+    raw->tuples[1] = TupleKey(d.as, d.to);  // taken above
+    TakeTuple(raw->tuples[0]);
     conns_[raw] = std::move(c);
     ++counters_.active;
+    ++accepted_here_;
+    ++active_here_;
     if (raw->mode == Conn::Mode::kSplice) {
       Interest(raw);
     } else {
@@ -473,13 +588,13 @@ void TcpRelay::Accept(int listener_fd) {
   }
 }
 
-void TcpRelay::OnEvent(Conn* c, int side, uint32_t events) {
+void RelayLoop::OnEvent(Conn* c, int side, uint32_t events) {
   if (c->closed) return;  // by an earlier event of this batch (freed after it)
   HandleEvent(c, side, events);
   Account(c);
 }
 
-void TcpRelay::HandleEvent(Conn* c, int side, uint32_t events) {
+void RelayLoop::HandleEvent(Conn* c, int side, uint32_t events) {
   if (events & EPOLLHUP) c->hup[side] = true;
   if (events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP | EPOLLERR)) c->readable[side] = true;
   if (!c->connecting && (events & EPOLLERR)) {
@@ -520,7 +635,7 @@ void TcpRelay::HandleEvent(Conn* c, int side, uint32_t events) {
   Interest(c);
 }
 
-bool TcpRelay::StepOverUrgent(Conn* c, int d) {
+bool RelayLoop::StepOverUrgent(Conn* c, int d) {
   const int src = c->fd[d].get(), dst = c->fd[1 - d].get();
   int at_mark = 0;
   char byte;
@@ -536,7 +651,7 @@ bool TcpRelay::StepOverUrgent(Conn* c, int d) {
   return true;
 }
 
-bool TcpRelay::AcquirePipe(Conn* c, int d) {
+bool RelayLoop::AcquirePipe(Conn* c, int d) {
   if (c->pipe_w[d].valid()) return true;
   if (!pipe_pool_.empty()) {
     c->pipe_r[d] = std::move(pipe_pool_.back().first);
@@ -563,7 +678,7 @@ bool TcpRelay::AcquirePipe(Conn* c, int d) {
   return true;
 }
 
-void TcpRelay::ReleasePipe(Conn* c, int d) {
+void RelayLoop::ReleasePipe(Conn* c, int d) {
   if (!c->pipe_w[d].valid() || c->pending[d] != 0) return;
   --counters_.pipes_in_use;
   if (pipe_pool_.size() < options_.pipe_pool) {
@@ -574,14 +689,14 @@ void TcpRelay::ReleasePipe(Conn* c, int d) {
   c->pipe_w[d].Reset();
 }
 
-bool TcpRelay::Pump(Conn* c, int d) {
+bool RelayLoop::Pump(Conn* c, int d) {
   const bool alive = PumpPipe(c, d);
   // Empty: back to the pool (an idle connection holds no pipe).
   if (alive && c->pending[d] == 0) ReleasePipe(c, d);
   return alive;
 }
 
-bool TcpRelay::PumpPipe(Conn* c, int d) {
+bool RelayLoop::PumpPipe(Conn* c, int d) {
   if (c->connecting || c->shut[d]) return true;
   const int src = c->fd[d].get(), dst = c->fd[1 - d].get();
   for (int i = 0; i < 16; ++i) {
@@ -678,7 +793,7 @@ bool TcpRelay::PumpPipe(Conn* c, int d) {
   return true;
 }
 
-void TcpRelay::Interest(Conn* c) {
+void RelayLoop::Interest(Conn* c) {
   for (int side = 0; side < 2; ++side) {
     uint32_t want = 0;
     if (c->connecting) {
@@ -697,7 +812,7 @@ void TcpRelay::Interest(Conn* c) {
   }
 }
 
-void TcpRelay::Watch(Conn* c, int side, uint32_t want, bool keep) {
+void RelayLoop::Watch(Conn* c, int side, uint32_t want, bool keep) {
   if (!keep) {
     if (c->in_epoll[side]) {
       epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c->fd[side].get(), nullptr);
@@ -715,7 +830,7 @@ void TcpRelay::Watch(Conn* c, int side, uint32_t want, bool keep) {
   c->events[side] = want;
 }
 
-void TcpRelay::Close(Conn* c, bool reset) {
+void RelayLoop::Close(Conn* c, bool reset) {
   auto it = conns_.find(c);
   if (it == conns_.end()) return;
   for (int side = 0; side < 2; ++side) {
@@ -740,14 +855,10 @@ void TcpRelay::Close(Conn* c, bool reset) {
     }
   }
   --counters_.active;
-  {
-    absl::MutexLock l(&mu_);
-    if (auto g = active_by_group_.find(c->group); g != active_by_group_.end() && --g->second == 0) {
-      active_by_group_.erase(g);
-    }
-  }
-  tuples_.erase(c->tuples[0]);
-  tuples_.erase(c->tuples[1]);
+  --active_here_;
+  GroupRemoved(c->group);
+  FreeTuple(c->tuples[0]);
+  FreeTuple(c->tuples[1]);
   // Events of this batch may still point at it: freed after the batch, so that no new
   // connection takes its address meanwhile.
   c->closed = true;
@@ -759,14 +870,14 @@ void TcpRelay::Close(Conn* c, bool reset) {
   conns_.erase(it);
 }
 
-bool TcpRelay::MayRead(Conn* c) {
+bool RelayLoop::MayRead(Conn* c) {
   GroupBytes& g = group_bytes_[c->group];
   if (g.bytes < options_.max_buffered_per_group) return true;
   if (g.held.insert(c).second) ++counters_.buffer_budget_waits;
   return false;
 }
 
-void TcpRelay::Account(Conn* c) {
+void RelayLoop::Account(Conn* c) {
   size_t now = 0;
   if (!c->closed) {
     now = c->pending[0] + c->pending[1] + c->unsent[0].size() + c->unsent[1].size();
@@ -788,7 +899,7 @@ void TcpRelay::Account(Conn* c) {
   if (g.bytes == 0 && g.held.empty()) group_bytes_.erase(c->group);
 }
 
-bool TcpRelay::StartSession(Conn* c, bool http2) {
+bool RelayLoop::StartSession(Conn* c, bool http2) {
   L7Authorize authorize = c->authorize;
   ExchangeSink exchanges = c->exchanges;
   Counters* counters = &counters_;
@@ -825,15 +936,15 @@ bool TcpRelay::StartSession(Conn* c, bool http2) {
   return true;
 }
 
-bool TcpRelay::DrainsByReading(const Conn* c, int side) {
+bool RelayLoop::DrainsByReading(const Conn* c, int side) {
   return c->session && c->session->held_towards(side) > 0;
 }
 
-size_t TcpRelay::OutputBudget(const Conn* c) const {
+size_t RelayLoop::OutputBudget(const Conn* c) const {
   return c->http2 ? options_.http2.output_budget : options_.http1.output_budget;
 }
 
-bool TcpRelay::PumpUser(Conn* c) {
+bool RelayLoop::PumpUser(Conn* c) {
   if (c->connecting) return true;
   char buf[64 << 10];
   bool progress = false;
@@ -1008,7 +1119,7 @@ bool TcpRelay::PumpUser(Conn* c) {
   return true;
 }
 
-void TcpRelay::InterestUser(Conn* c) {
+void RelayLoop::InterestUser(Conn* c) {
   for (int side = 0; side < 2; ++side) {
     uint32_t want = 0;
     if (c->connecting) {
@@ -1030,7 +1141,7 @@ void TcpRelay::InterestUser(Conn* c) {
   }
 }
 
-void TcpRelay::Sweep(absl::Time now) {
+void RelayLoop::Sweep(absl::Time now) {
   std::vector<std::pair<Conn*, int>> expired;  // 0 connect, 1 half-close, 2 idle
   for (auto& [p, c] : conns_) {
     if (c->connecting) {

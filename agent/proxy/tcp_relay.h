@@ -7,7 +7,10 @@
 // http2/h2_session.h) that decides each request; anything else, or a server that speaks first,
 // is opaque (where the policy allows opaque bytes there; else it is reset).
 //
-// One epoll loop on a thread of its own. Backpressure: a side is read only while its pipe towards
+// Event loops (RelayOptions::loops, the agent gives one per CPU), each on a thread of its own
+// with its own connections: every loop watches every listener (EPOLLEXCLUSIVE: one loop is woken
+// per arrival, an idle one first), and a connection stays on the loop that accepted it, so its
+// bytes are never touched by two threads. Backpressure: a side is read only while its pipe towards
 // the other is empty, so a slow reader holds back its writer (at most a pipe, 1 MiB, is in
 // flight per direction) instead of the relay buffering. Half-closes are passed on (a FIN becomes
 // a shutdown(SHUT_WR) once what came before it is written), a reset becomes a reset, and every
@@ -62,6 +65,10 @@ struct RelayOptions {
   // Empty splice pipes kept for the next connections with bytes to move (two descriptors each);
   // beyond, an emptied pipe is closed.
   size_t pipe_pool = 256;
+  // Event loops (threads). A pod's buffer budget and the pipe pool are shared out among them
+  // evenly (its connections are spread by the kernel's wake-ups); the connection limits are
+  // the relay's, whichever loop holds a connection.
+  size_t loops = 1;
 };
 
 // What to do with an accepted connection (`peer`: the client, `local`: where it connected).
@@ -127,7 +134,14 @@ struct RelayStats {
   uint64_t pipes_pooled = 0;
   uint64_t pipes_created = 0;
   uint64_t pipe_failures = 0;
+  // Connections each event loop accepted and carries now (how the kernel spread them).
+  std::vector<uint64_t> accepted_by_loop, active_by_loop;
 };
+
+// What the loops of one relay share: its counters, its connections per group, the 4-tuples of
+// its connections (no upstream may take a live connection's, whichever loop holds it).
+struct RelayShared;
+class RelayLoop;
 
 // The process must ignore SIGPIPE (a splice to a socket its peer reset raises it otherwise):
 // the agent does.
@@ -138,26 +152,56 @@ class TcpRelay {
   TcpRelay(const TcpRelay&) = delete;
   TcpRelay& operator=(const TcpRelay&) = delete;
 
-  // Serves `listener` (non-blocking, listening); `decide` runs on the relay's thread. The relay
+  // Serves `listener` (non-blocking, listening); `decide` runs on the relay's threads (any of
+  // them, at once: it must be thread-safe, as must the callbacks of its decisions). The relay
   // owns the listener until RemoveListener (which closes it; open connections go on).
   // `group` tags its connections (ActiveIn: a pod being released waits for its own to end).
   absl::Status AddListener(UniqueFd listener, RelayDecide decide, uint64_t group = 0);
   void RemoveListener(int listener_fd);
   size_t ActiveIn(uint64_t group) const;
-  // Every open connection is decided again (RelayCheck::kPolicyChange) on the relay's thread, soon;
-  // the ones now refused are closed with a reset both ways, counted (policy_closed). Calls made
+  // Every open connection is decided again (RelayCheck::kPolicyChange) on its loop, soon; the
+  // ones now refused are closed with a reset both ways, counted (policy_closed). Calls made
   // before it ran are one.
   void Recheck();
   // The agent is going away: HTTP connections end after their current response (idle ones now);
-  // opaque ones are left to end by themselves. Soon, on the relay's thread.
+  // opaque ones are left to end by themselves. Soon, on each loop.
   void Drain();
   RelayStats stats() const;
+  size_t loops() const { return loops_.size(); }
   void Stop();
 
-  struct Conn;  // one relayed connection (tcp_relay.cc)
+ private:
+  TcpRelay();
+  std::unique_ptr<RelayShared> shared_;
+  std::vector<std::unique_ptr<RelayLoop>> loops_;
+  mutable absl::Mutex mu_;
+  // A listener as given -> its descriptor in each loop (the first is it, the others dups).
+  std::map<int, std::vector<int>> listener_fds_ ABSL_GUARDED_BY(mu_);
+};
+
+// One of a relay's event loops (tcp_relay.cc): its own epoll, thread and connections.
+class RelayLoop {
+ public:
+  static absl::StatusOr<std::unique_ptr<RelayLoop>> Start(RelayOptions options,
+                                                          RelayShared* shared);
+  ~RelayLoop();  // Stop()
+  RelayLoop(const RelayLoop&) = delete;
+  RelayLoop& operator=(const RelayLoop&) = delete;
+
+  absl::Status AddListener(UniqueFd listener, std::shared_ptr<const RelayDecide> decide,
+                           uint64_t group);
+  void RemoveListener(int listener_fd);
+  void Recheck();
+  void Drain();
+  void Stop();
+  uint64_t accepted() const { return accepted_here_.load(std::memory_order_relaxed); }
+  uint64_t active() const { return active_here_.load(std::memory_order_relaxed); }
+
+  struct Conn;      // one relayed connection (tcp_relay.cc)
+  struct Counters;  // the relay's, in its RelayShared (tcp_relay.cc)
 
  private:
-  explicit TcpRelay(RelayOptions options);
+  RelayLoop(RelayOptions options, RelayShared* shared);
   void Loop();
   void Accept(int listener_fd);
   void Sweep(absl::Time now);
@@ -199,6 +243,7 @@ class TcpRelay {
   std::atomic<bool> drain_{false};
   bool draining_ = false;  // the loop's
 
+  RelayShared* const shared_;
   mutable absl::Mutex mu_;
   // Listeners: fd -> decision; added and removed from other threads, used on the loop's.
   struct Listener {
@@ -206,20 +251,17 @@ class TcpRelay {
     std::shared_ptr<const RelayDecide> decide;  // its connections keep it (Recheck)
     uint64_t group = 0;
   };
-  std::map<uint64_t, size_t> active_by_group_ ABSL_GUARDED_BY(mu_);
-  std::map<int, std::shared_ptr<Listener>> listeners_ ABSL_GUARDED_BY(mu_);
   std::map<int, std::shared_ptr<Listener>> pending_add_ ABSL_GUARDED_BY(mu_);
   std::vector<int> pending_remove_ ABSL_GUARDED_BY(mu_);
-  struct Counters {
-    std::atomic<uint64_t> accepted{0}, refused{0}, over_capacity{0}, over_pod_budget{0},
-        upstream_failed{0}, connect_timeouts{0}, half_close_timeouts{0}, idle_timeouts{0},
-        resets{0}, policy_closed{0}, active{0}, bytes_to_upstream{0}, bytes_to_downstream{0},
-        buffered{0}, buffer_budget_waits{0}, http1_connections{0}, http2_connections{0},
-        pipes_in_use{0}, pipes_pooled{0}, pipes_created{0}, pipe_failures{0},
-        opaque_l7{0}, opaque_refused{0}, not_http{0}, tunnels{0}, http_requests{0}, http_denied{0},
-        http_refused{0}, http_bad_responses{0};
-  };
-  Counters counters_;
+  Counters& counters_;  // shared_'s
+  std::atomic<uint64_t> accepted_here_{0}, active_here_{0};  // this loop's connections
+  // Connections per group, over all loops.
+  void GroupAdded(uint64_t group);
+  void GroupRemoved(uint64_t group);
+  bool GroupFull(uint64_t group) const;
+  // 4-tuples of the relay's live connections (TupleKey): taken (false if one is already), freed.
+  bool TakeTuple(const std::string& key);
+  void FreeTuple(const std::string& key);
 
   // The loop's own (no lock).
   std::map<Conn*, std::unique_ptr<Conn>> conns_;
@@ -235,7 +277,6 @@ class TcpRelay {
     std::set<Conn*> held;  // not reading for the budget: pumped again once under it
   };
   std::map<uint64_t, GroupBytes> group_bytes_;
-  std::set<std::string> tuples_;  // 4-tuples of the live connections' both sides (TupleKey)
   std::mt19937 rng_{std::random_device{}()};
   std::vector<std::pair<int, absl::Time>> paused_listeners_;  // out of descriptors: until then
   std::map<int, std::shared_ptr<Listener>> live_listeners_;

@@ -19,6 +19,8 @@
 #include <atomic>
 #include <cerrno>
 #include <filesystem>
+#include <functional>
+#include <iostream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -66,6 +68,7 @@ class RelayTest : public ::testing::Test {
     RelayOptions o;
     o.connect_timeout = absl::Seconds(2);
     o.pipe_pool = pipe_pool_;
+    o.loops = loops_;
     auto r = TcpRelay::Start(o);
     ASSERT_TRUE(r.ok()) << r.status();
     relay_ = std::move(*r);
@@ -102,6 +105,7 @@ class RelayTest : public ::testing::Test {
   }
 
   size_t pipe_pool_ = RelayOptions().pipe_pool;  // before SetUp
+  size_t loops_ = 1;
   UniqueFd netns_;
   std::unique_ptr<TcpRelay> relay_;
   UniqueFd backend_;
@@ -300,12 +304,13 @@ TEST(RelayBudget, APodOverItsConnectionBudgetIsResetWhileAnotherIsServed) {
   EXPECT_EQ((*relay)->stats().over_pod_budget, 1u);
 }
 
-TEST_F(RelayTest, AThousandConcurrentConnectionsEachGetTheirOwnBytesBack) {
-  std::atomic<bool> done{false};
+// What the 1000 concurrent connections below do, on a relay of `loops` event loops.
+void ThousandConcurrentConnections(const std::function<UniqueFd()>& accept_backend,
+                                   uint16_t front_port) {
   std::thread echo([&] {
     std::vector<std::thread> ts;
     for (int i = 0; i < 1000; ++i) {
-      UniqueFd s = AcceptBackend();
+      UniqueFd s = accept_backend();
       if (!s.valid()) break;
       ts.emplace_back([fd = s.Release()] {
         UniqueFd s(fd);
@@ -313,12 +318,11 @@ TEST_F(RelayTest, AThousandConcurrentConnectionsEachGetTheirOwnBytesBack) {
         WriteAll(s.get(), got);
       });
     }
-    for (auto& t : ts) t.join();
-    done = true;
+    for (auto& th : ts) th.join();
   });
   std::vector<UniqueFd> clients;
   for (int i = 0; i < 1000; ++i) {
-    clients.push_back(Connect(front_port_));
+    clients.push_back(Connect(front_port));
     WriteAll(clients.back().get(), "conn " + std::to_string(i) + std::string(4000, 'x'));
     shutdown(clients.back().get(), SHUT_WR);
   }
@@ -328,8 +332,39 @@ TEST_F(RelayTest, AThousandConcurrentConnectionsEachGetTheirOwnBytesBack) {
   }
   echo.join();
   EXPECT_EQ(ok, 1000);
+}
+
+TEST_F(RelayTest, AThousandConcurrentConnectionsEachGetTheirOwnBytesBack) {
+  ThousandConcurrentConnections([this] { return AcceptBackend(); }, front_port_);
   EXPECT_EQ(relay_->stats().accepted, 1000u);
   EXPECT_TRUE(shunt::test::Eventually([&] { return relay_->stats().active == 0; }, 10s));
+}
+
+// Several event loops: each watches the listener; a connection stays on the loop that accepted
+// it. The counts are the relay's whichever loop counted, and every loop's add up to them.
+class RelayTwoLoops : public RelayTest {
+ protected:
+  void SetUp() override {
+    loops_ = 2;
+    RelayTest::SetUp();
+  }
+};
+
+TEST_F(RelayTwoLoops, AThousandConcurrentConnectionsSpreadOverTheLoopsEachGetTheirOwnBytesBack) {
+  ASSERT_EQ(relay_->loops(), 2u);
+  ThousandConcurrentConnections([this] { return AcceptBackend(); }, front_port_);
+  const RelayStats st = relay_->stats();
+  EXPECT_EQ(st.accepted, 1000u);
+  ASSERT_EQ(st.accepted_by_loop.size(), 2u);
+  EXPECT_EQ(st.accepted_by_loop[0] + st.accepted_by_loop[1], 1000u);
+  std::cout << "accepted by loop: " << st.accepted_by_loop[0] << " " << st.accepted_by_loop[1]
+            << "\n";
+  EXPECT_TRUE(shunt::test::Eventually(
+      [&] {
+        const RelayStats s = relay_->stats();
+        return s.active == 0 && s.active_by_loop[0] == 0 && s.active_by_loop[1] == 0;
+      },
+      10s));
 }
 
 
