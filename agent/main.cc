@@ -54,8 +54,8 @@ ABSL_FLAG(bool, fastpath_protect, true,
 ABSL_FLAG(bool, capture, false,
           "Capture inbound TCP connections of meshed pods inside their network namespaces "
           "(TPROXY) into the agent's relay, which connects to the pod as the client "
-          "(docs/capture.md). Off by default while the proxy is being built: no policy is "
-          "enforced there yet.");
+          "(docs/capture.md), which enforces access policy where connections arrive. Off by "
+          "default until the proxy meets its performance targets (README).");
 ABSL_FLAG(uint32_t, capture_port, 15008,
           "Port of the agent's transparent listener inside each captured pod's namespace.");
 ABSL_FLAG(uint32_t, proxy_loops, 0,

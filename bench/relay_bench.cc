@@ -44,6 +44,9 @@ ABSL_FLAG(bool, wrk, true, "Also measure HTTP/1.1 keep-alive req/s with wrk (if 
 ABSL_FLAG(int, wrk_connections, 16, "wrk's keep-alive connections (one wrk thread).");
 ABSL_FLAG(bool, h2load, true, "Also measure HTTP/2 req/s with h2load (if installed).");
 ABSL_FLAG(int, fixed_rps_seconds, 10, "Duration of the fixed 1000 req/s run (CPU, RSS); 0: off.");
+ABSL_FLAG(int, threads, 1,
+          "Threads of each proxy: shunt's --proxy-loops, HAProxy's nbthread, nginx's "
+          "worker_processes (the load generators and servers are the same either way).");
 ABSL_FLAG(int, idle_connections, 10000, "Idle connections held for the memory figure; 0: off.");
 
 namespace {
@@ -186,12 +189,13 @@ class PeerCapture {
   bool route_ = false, rule_ = false, table_ = false;
 };
 
-// HAProxy in TCP mode, one thread, defaults otherwise (no splice): a transparent listener
+// HAProxy in TCP mode, --threads threads, defaults otherwise (no splice): a transparent listener
 // (IP_TRANSPARENT), the upstream to the connection's original destination from the client's IP.
 absl::StatusOr<ProcessPtr> StartHaproxy(Testbed& bed, const Pod& pod) {
   const std::string cfg = absl::StrCat(bed.work_dir(), "/", pod.name, "-haproxy.cfg");
   RETURN_IF_ERROR(WriteFile(
-      cfg, absl::StrCat("global\n  nbthread 1\n  maxconn 9000\n", "defaults\n  mode tcp\n",
+      cfg, absl::StrCat("global\n  nbthread ", absl::GetFlag(FLAGS_threads),
+                        "\n  maxconn 9000\n", "defaults\n  mode tcp\n",
                         "  timeout connect 10s\n  timeout client 10m\n  timeout server 10m\n",
                         "listen relay\n  bind 0.0.0.0:", kPeerPort, " transparent\n",
                         "  source 0.0.0.0 usesrc clientip\n",
@@ -208,8 +212,9 @@ std::string NginxDir(Testbed& bed, const Pod& pod, const std::string& role) {
   return dir;
 }
 
-std::string NginxMain(const std::string& dir) {
-  return absl::StrCat("pid ", dir, "/nginx.pid;\nuser root;\nworker_processes 1;\ndaemon off;\n",
+std::string NginxMain(const std::string& dir, int workers = 1) {
+  return absl::StrCat("pid ", dir, "/nginx.pid;\nuser root;\nworker_processes ", workers,
+                      ";\ndaemon off;\n",
                       "error_log ", dir, "/error.log warn;\n",
                       "events { worker_connections 4096; }\n");
 }
@@ -244,7 +249,7 @@ absl::StatusOr<ProcessPtr> StartNginxStream(Testbed& bed, const Pod& pod) {
   }
   const std::string conf = dir + "/nginx.conf";
   RETURN_IF_ERROR(WriteFile(
-      conf, absl::StrCat(load, NginxMain(dir), "stream {\n  server {\n    listen ", kPeerPort,
+      conf, absl::StrCat(load, NginxMain(dir, absl::GetFlag(FLAGS_threads)), "stream {\n  server {\n    listen ", kPeerPort,
                          ";\n    proxy_pass $server_addr:$server_port;\n",
                          "    proxy_bind $remote_addr transparent;\n    proxy_half_close on;\n",
                          "    proxy_timeout 10m;\n  }\n}\n")));
@@ -425,7 +430,9 @@ int main(int argc, char** argv) {
   const Pod& meshed = bed.pod(0, 0);
   auto policy = bed.WritePolicyFile("policy.json", {{meshed.name, true}});
   if (!policy.ok()) return 1;
-  shunt::e2e::AgentProcess agent(bed, bed.node(0), *policy, {"--capture"});
+  shunt::e2e::AgentProcess agent(
+      bed, bed.node(0), *policy,
+      {"--capture", absl::StrCat("--proxy-loops=", absl::GetFlag(FLAGS_threads))});
   if (absl::Status s = agent.Start(); !s.ok()) return fail("agent", s);
   for (int i = 0; i < 100; ++i) {  // until the pod is captured
     auto m = agent.Scrape();
@@ -553,7 +560,9 @@ int main(int argc, char** argv) {
               rounds, std::thread::hardware_concurrency());
   std::printf(
       "shunt, haproxy, nginx: in the server pod's namespace, TPROXY in, upstream as the client's "
-      "IP,\none thread (shunt's relay, HAProxy nbthread 1) or one worker process (nginx) each\n");
+      "IP,\n%d thread(s) each (shunt's relay --proxy-loops, HAProxy nbthread, nginx "
+      "worker_processes)\n",
+      absl::GetFlag(FLAGS_threads));
   const std::vector<std::string> cols = {"direct", "shunt", "haproxy", "nginx"};
   std::printf("%-34s", "metric");
   for (const auto& c : cols) std::printf(" %10s", c.c_str());
@@ -633,9 +642,10 @@ int main(int argc, char** argv) {
   auto vs_haproxy = [&](const char* what, std::map<std::string, std::vector<double>>& v) {
     if (v.empty()) return;
     const double h = Median(v["haproxy"]), x = Median(v["shunt"]);
-    std::printf("  %s at least HAProxy's (1 thread each; HAProxy in TCP mode): shunt %.0f, "
+    std::printf("  %s at least HAProxy's (%d thread(s) each; HAProxy in TCP mode): shunt %.0f, "
                 "HAProxy %.0f: %.2fx: %s\n",
-                what, x, h, h > 0 ? x / h : 0, h > 0 && x >= h ? "met" : "not met");
+                what, absl::GetFlag(FLAGS_threads), x, h, h > 0 ? x / h : 0,
+                h > 0 && x >= h ? "met" : "not met");
   };
   vs_haproxy("HTTP/1.1 req/s (shunt reading every request)", rps_l7);
   vs_haproxy("HTTP/2 req/s (shunt reading every stream)", h2rps);
