@@ -289,6 +289,27 @@ s.serve_forever()
   std::vector<testbed::ProcessPtr> servers_;
   CaptureOptions options_;
   std::unique_ptr<e2e::AgentProcess> agent_;
+  // Nothing of the capture in the server pod's namespace: no table of ours, no ip rule or route
+  // of its table, no listener on its port, and a new connection goes straight to the server.
+  void ExpectNoCaptureLeft() {
+    auto installed = CaptureInstalled(netns_.get());
+    ASSERT_TRUE(installed.ok());
+    EXPECT_FALSE(*installed) << "the pod's table";
+    for (const char* v : {"-4", "-6"}) {
+      auto r = bed_->Run(Server(), {"ip", v, "rule", "show"}, 10s);
+      ASSERT_TRUE(r.ok());
+      EXPECT_EQ(r->out.find("1441"), std::string::npos) << r->out;
+      r = bed_->Run(Server(), {"ip", v, "route", "show", "table", "1441"}, 10s);
+      ASSERT_TRUE(r.ok());
+      EXPECT_EQ(r->out, "") << "the capture's table is empty";
+    }
+    auto ls = bed_->Run(Server(), {"ss", "-Hltn", "sport", "= :15008"}, 10s);
+    ASSERT_TRUE(ls.ok());
+    EXPECT_EQ(ls->out, "") << "a listener on the capture's port is left";
+    std::string out;
+    RunClient(Server().ipv4, &out).join();
+    EXPECT_EQ(out, "peer " + Client().ipv4 + "\nhello") << "straight to the server";
+  }
 };
 
 TEST_F(CaptureTest, AConnectionFromAnotherNodeIsCapturedAndTheServerSeesTheClientsAddress) {
@@ -374,20 +395,7 @@ TEST_F(CaptureTest, RemovedItLeavesNoTableRuleOrRouteAndNothingIsCaptured) {
   EXPECT_NE(rules->out.find("lookup 1441"), std::string::npos) << rules->out;
   ASSERT_TRUE(RemoveCapture(netns_.get(), options_).ok());
   ASSERT_TRUE(RemoveCapture(netns_.get(), options_).ok()) << "idempotent";
-  auto installed = CaptureInstalled(netns_.get());
-  ASSERT_TRUE(installed.ok());
-  EXPECT_FALSE(*installed);
-  for (const char* v : {"-4", "-6"}) {
-    auto r = bed_->Run(Server(), {"ip", v, "rule", "show"}, 10s);
-    ASSERT_TRUE(r.ok());
-    EXPECT_EQ(r->out.find("1441"), std::string::npos) << r->out;
-    r = bed_->Run(Server(), {"ip", v, "route", "show", "table", "1441"}, 10s);
-    ASSERT_TRUE(r.ok());
-    EXPECT_EQ(r->out, "") << "the capture's table is empty";
-  }
-  std::string out;
-  RunClient(Server().ipv4, &out).join();
-  EXPECT_EQ(out, "peer " + Client().ipv4 + "\nhello") << "straight to the server";
+  ExpectNoCaptureLeft();
 }
 
 // The agent with --capture: a meshed pod's inbound connections from another node go through the
@@ -450,9 +458,7 @@ TEST_F(CaptureTest, TheAgentRelaysAMeshedPodsInboundConnectionsAsTheClient) {
   EXPECT_EQ(out, "peer " + Client().ipv4 + "\nhello") << "served again, as the client";
   agent_->Kill();
   ASSERT_TRUE(e2e::UninstallAgent(*bed_, bed_->node(0)).ok());
-  auto installed = CaptureInstalled(netns_.get());
-  ASSERT_TRUE(installed.ok());
-  EXPECT_FALSE(*installed) << "uninstall removed the pod's table";
+  ExpectNoCaptureLeft();  // the agent's uninstall: table, rules, routes, listener
 }
 
 // A pod that leaves the mesh while the relay carries one of its connections: no new connection
