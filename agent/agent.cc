@@ -548,6 +548,8 @@ int RunAgent(const AgentConfig& config) {
     ro.max_connections_per_group = std::max<uint32_t>(1, config.capture_max_connections_per_pod);
     ro.max_buffered_per_group = std::max<uint64_t>(64 << 10, config.capture_max_buffered_per_pod);
     ro.loops = config.proxy_loops;
+    ro.keepalive_idle = absl::Seconds(config.capture_keepalive_s);
+    ro.user_timeout = absl::Milliseconds(config.capture_user_timeout_ms);
     if (ro.loops == 0) {
       cpu_set_t cpus;
       CPU_ZERO(&cpus);

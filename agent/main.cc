@@ -58,6 +58,13 @@ ABSL_FLAG(bool, capture, false,
           "default until the proxy meets its performance targets (README).");
 ABSL_FLAG(uint32_t, capture_port, 15008,
           "Port of the agent's transparent listener inside each captured pod's namespace.");
+ABSL_FLAG(uint32_t, capture_keepalive_s, 60,
+          "TCP keepalive of both sockets of every relayed connection: idle seconds before the "
+          "first probe (then 6 probes 10 s apart); a peer gone without a FIN or reset is found and "
+          "its connection reset. 0: off.");
+ABSL_FLAG(uint32_t, capture_user_timeout_ms, 120000,
+          "TCP_USER_TIMEOUT of both sockets of every relayed connection: bytes unacknowledged for "
+          "this long end it (instead of ~15 minutes of retransmissions). 0: the kernel's.");
 ABSL_FLAG(uint32_t, proxy_loops, 0,
           "Event loops (threads) of the relay; each serves every capture listener and keeps the "
           "connections it accepted. 0: one per CPU the agent may run on (its affinity mask).");
@@ -142,6 +149,8 @@ int main(int argc_in, char** argv_in) {
     config.capture_port = static_cast<uint16_t>(absl::GetFlag(FLAGS_capture_port));
     config.capture_max_connections_per_pod = absl::GetFlag(FLAGS_capture_max_connections_per_pod);
     config.proxy_loops = absl::GetFlag(FLAGS_proxy_loops);
+    config.capture_keepalive_s = absl::GetFlag(FLAGS_capture_keepalive_s);
+    config.capture_user_timeout_ms = absl::GetFlag(FLAGS_capture_user_timeout_ms);
     config.capture_max_buffered_per_pod = absl::GetFlag(FLAGS_capture_max_buffered_per_pod);
     config.handoff_socket = absl::GetFlag(FLAGS_handoff_socket);
     config.handoff_wait = absl::Milliseconds(std::max(0, absl::GetFlag(FLAGS_handoff_wait_ms)));

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/sockios.h>
+#include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
@@ -119,6 +120,22 @@ std::string TupleKey(const sockaddr_storage& from, const sockaddr_storage& to) {
            std::string(reinterpret_cast<const char*>(&a->sin6_port), 2);
   };
   return part(from) + ">" + part(to);
+}
+
+// TCP keepalive and TCP_USER_TIMEOUT of a relayed socket (RelayOptions).
+void SetLiveness(int fd, const RelayOptions& o) {
+  const int secs = static_cast<int>(absl::ToInt64Seconds(o.keepalive_idle));
+  if (secs > 0) {
+    const int one = 1;
+    const int interval = std::max<int>(1, static_cast<int>(absl::ToInt64Seconds(o.keepalive_interval)));
+    const int count = std::max(1, o.keepalive_count);
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &secs, sizeof(secs));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count));
+  }
+  const unsigned ms = static_cast<unsigned>(absl::ToInt64Milliseconds(o.user_timeout));
+  if (ms > 0) setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof(ms));
 }
 
 // Closes with a reset: what a peer that went away abruptly gets from the kernel too.
@@ -558,6 +575,7 @@ void RelayLoop::Accept(int listener_fd) {
       // Urgent data inline: splice stops at an urgent mark, recv (below) steps over it.
       const int one = 1;
       setsockopt(raw->fd[side].get(), SOL_SOCKET, SO_OOBINLINE, &one, sizeof(one));
+      SetLiveness(raw->fd[side].get(), options_);
     }
     raw->group = lst->group;
     if (d.l7) {

@@ -49,6 +49,15 @@ struct RelayOptions {
   // After one side ended its stream (FIN), the other has this long to end its own.
   absl::Duration half_close_timeout = absl::Seconds(60);
   absl::Duration idle_timeout = absl::ZeroDuration();  // no byte either way for this long; 0: off
+  // Both sockets of every connection: TCP keepalive (a peer that vanished without a FIN or a
+  // reset, a node gone, is found and its connection reset instead of held for ever: after idle,
+  // then `keepalive_count` probes `keepalive_interval` apart; 0: off) and TCP_USER_TIMEOUT (bytes
+  // sent and not acknowledged for this long end the connection, instead of the kernel's ~15
+  // minutes of retransmissions; 0: the kernel's).
+  absl::Duration keepalive_idle = absl::Seconds(60);
+  absl::Duration keepalive_interval = absl::Seconds(10);
+  int keepalive_count = 6;
+  absl::Duration user_timeout = absl::Seconds(120);
   size_t max_connections = 65536;  // beyond it new connections are reset, counted
   // Per listener group (a pod): one pod flooded with connections does not take the others'
   // share. Beyond it the pod's new connections are reset, counted (over_pod_budget).

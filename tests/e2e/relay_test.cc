@@ -334,6 +334,58 @@ void ThousandConcurrentConnections(const std::function<UniqueFd()>& accept_backe
   EXPECT_EQ(ok, 1000);
 }
 
+// Both of the relay's sockets of a connection carry TCP keepalive (a peer gone without a FIN or
+// a reset is found) and TCP_USER_TIMEOUT (bytes unacknowledged for long end it), as configured;
+// the programs' own sockets are left as they made them.
+TEST_F(RelayTest, BothSocketsOfARelayedConnectionHaveKeepaliveAndAUserTimeout) {
+  UniqueFd c = Connect(front_port_);
+  UniqueFd s = AcceptBackend();
+  ASSERT_TRUE(c.valid() && s.valid());
+  WriteAll(c.get(), "x");
+  char b;
+  ASSERT_EQ(recv(s.get(), &b, 1, MSG_WAITALL), 1);
+  int relay_sockets = 0;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+    const int fd = std::stoi(e.path().filename().string());
+    int listening = 0;
+    socklen_t len = sizeof(listening);
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || listening) continue;
+    sockaddr_storage local{}, peer{};
+    socklen_t ll = sizeof(local), pl = sizeof(peer);
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) != 0 ||
+        getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0) {
+      continue;
+    }
+    auto port = [](const sockaddr_storage& a) {
+      return ntohs(reinterpret_cast<const sockaddr_in*>(&a)->sin_port);
+    };
+    const bool downstream = port(local) == front_port_;
+    const bool upstream = port(peer) == upstream_port_.load();
+    int keepalive = -1, idle = -1, interval = -1, count = -1;
+    unsigned user_timeout = 0;
+    len = sizeof(int);
+    getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &keepalive, &len);
+    getsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, &len);
+    getsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, &len);
+    getsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, &len);
+    len = sizeof(user_timeout);
+    getsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, &len);
+    if (fd == c.get() || fd == s.get()) {
+      EXPECT_EQ(keepalive, 0) << "a program's socket";
+      EXPECT_EQ(user_timeout, 0u);
+      continue;
+    }
+    if (!downstream && !upstream) continue;
+    ++relay_sockets;
+    EXPECT_EQ(keepalive, 1) << (downstream ? "downstream" : "upstream");
+    EXPECT_EQ(idle, 60);
+    EXPECT_EQ(interval, 10);
+    EXPECT_EQ(count, 6);
+    EXPECT_EQ(user_timeout, 120000u);
+  }
+  EXPECT_EQ(relay_sockets, 2) << "the relay's downstream and upstream sockets";
+}
+
 TEST_F(RelayTest, AThousandConcurrentConnectionsEachGetTheirOwnBytesBack) {
   ThousandConcurrentConnections([this] { return AcceptBackend(); }, front_port_);
   EXPECT_EQ(relay_->stats().accepted, 1000u);
