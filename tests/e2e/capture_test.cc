@@ -461,6 +461,56 @@ TEST_F(CaptureTest, TheAgentRelaysAMeshedPodsInboundConnectionsAsTheClient) {
   ExpectNoCaptureLeft();  // the agent's uninstall: table, rules, routes, listener
 }
 
+// A client that vanishes without a FIN or a reset (its node lost: every packet of its pod's
+// namespace dropped from now on): the relay's keepalive and TCP_USER_TIMEOUT find it, and the
+// server's connection is reset instead of held open for ever. (Without them, the server still
+// waits after 60 s: checked by hand, --capture-keepalive-s=0 --capture-user-timeout-ms=0.)
+constexpr char kPyVanish[] = R"(
+import os, socket, sys, time
+role, addr, port, ready = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+if role == "server":
+    ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("0.0.0.0", port)); ls.listen(1); open(ready, "w").close()
+    c, _ = ls.accept(); c.settimeout(60); assert c.recv(1) == b"x"; c.sendall(b"y")
+    t = time.monotonic()
+    try:
+        d = c.recv(1); print("eof" if not d else "data")
+    except ConnectionResetError: print("reset after %.0f s" % (time.monotonic() - t))
+    except socket.timeout: print("timeout")
+    sys.exit(0)
+c = socket.create_connection((addr, port), timeout=20); c.sendall(b"x"); assert c.recv(1) == b"y"
+open(ready, "w").close(); time.sleep(90)
+)";
+
+TEST_F(CaptureTest, AClientThatVanishesIsFoundByKeepaliveAndItsServerConnectionReset) {
+  StartCapturingAgent({"--capture-keepalive-s=1", "--capture-user-timeout-ms=2000"});
+  if (HasFatalFailure()) return;
+  const std::string dir = bed_->work_dir();
+  auto server = bed_->Spawn(Server(), {"/usr/bin/python3", "-c", kPyVanish, "server", "-", "8093",
+                                       dir + "/vanish-server"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_TRUE(e2e::WaitForFile(dir + "/vanish-server")) << (*server)->Stderr();
+  auto client = bed_->Spawn(Client(), {"/usr/bin/python3", "-c", kPyVanish, "client",
+                                       Server().ipv4, "8093", dir + "/vanish-client"});
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE(e2e::WaitForFile(dir + "/vanish-client")) << (*client)->Stderr();
+  EXPECT_EQ(Metric("shunt_relay_active_connections"), 1) << "relayed";
+  // The client's node is gone: nothing in or out of its pod's namespace from now on.
+  auto drop = bed_->Run(Client(), {"nft", "add table inet shunt_test_vanish; "
+                                          "add chain inet shunt_test_vanish in { type filter hook "
+                                          "input priority -300; policy drop; }; "
+                                          "add chain inet shunt_test_vanish out { type filter hook "
+                                          "output priority -300; policy drop; }"},
+                        10s);
+  ASSERT_TRUE(drop.ok() && drop->exit_code == 0) << (drop.ok() ? drop->err : "");
+  auto done = (*server)->Wait(60s);
+  ASSERT_TRUE(done.ok()) << "the server still waits: the vanished client's connection is held";
+  EXPECT_NE((*server)->Stdout().find("reset after"), std::string::npos)
+      << (*server)->Stdout() << (*server)->Stderr();
+  EXPECT_TRUE(shunt::test::Eventually(
+      [&] { return Metric("shunt_relay_active_connections") == 0; }, 5s, 50ms));
+}  // the client: killed with its Process
+
 // A pod that leaves the mesh while the relay carries one of its connections: no new connection
 // is captured, the open one goes on to its end (its replies still come to the relay), then the
 // pod's table goes.
