@@ -179,6 +179,7 @@ class AgentCollector : public prometheus::Collectable {
            {"http2_connection", st.http2_connections},
            {"opaque_connection", st.opaque_l7},
            {"opaque_refused", st.opaque_refused},
+           {"empty", st.empty_l7},
            {"not_http", st.not_http},
            {"tunnel", st.tunnels},
            {"request", st.http_requests},

@@ -74,7 +74,7 @@ struct RelayLoop::Counters {
       resets{0}, policy_closed{0}, active{0}, bytes_to_upstream{0}, bytes_to_downstream{0},
       buffered{0}, buffer_budget_waits{0}, http1_connections{0}, http2_connections{0},
       pipes_in_use{0}, pipes_pooled{0}, pipes_created{0}, pipe_failures{0}, opaque_l7{0},
-      opaque_refused{0}, not_http{0}, tunnels{0}, http_requests{0}, http_denied{0},
+      opaque_refused{0}, empty_l7{0}, not_http{0}, tunnels{0}, http_requests{0}, http_denied{0},
       http_refused{0}, http_bad_responses{0};
 };
 
@@ -370,6 +370,7 @@ RelayStats TcpRelay::stats() const {
   s.http2_connections = c.http2_connections.load();
   s.opaque_l7 = c.opaque_l7.load();
   s.opaque_refused = c.opaque_refused.load();
+  s.empty_l7 = c.empty_l7.load();
   s.not_http = c.not_http.load();
   s.tunnels = c.tunnels.load();
   s.http_requests = c.http_requests.load();
@@ -1084,6 +1085,16 @@ bool RelayLoop::PumpUser(Conn* c) {
         if (server_spoke && what == Sniffed::kHttp1) what = Sniffed::kOther;
       } else if (c->eof[0]) {
         what = Sniffed::kOther;
+      }
+      // The client ended without a byte and the server said nothing (a TCP probe, a port scan,
+      // a client that gave up): where opaque bytes are not admitted there is nothing to pass
+      // on, and nothing that was refused. Both sides get an orderly end; counted apart, not as
+      // a denial of its source.
+      if (what == Sniffed::kOther && c->unsent[0].empty() && !server_spoke &&
+          (!c->opaque_allow || c->protocol == RelayDecision::Protocol::kHttp)) {
+        ++counters_.empty_l7;
+        Close(c, /*reset=*/false);
+        return false;
       }
       if (what == Sniffed::kHttp1 || what == Sniffed::kHttp2) {
         if (!StartSession(c, what == Sniffed::kHttp2)) return false;

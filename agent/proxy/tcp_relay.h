@@ -130,6 +130,7 @@ struct RelayStats {
   uint64_t http2_connections = 0;  // sniffed as HTTP/2 (h2c prior knowledge: gRPC) and read as such
   uint64_t opaque_l7 = 0;          // sniffed as something else: opaque, where allowed
   uint64_t opaque_refused = 0;     // ... reset: the policy does not admit it as opaque bytes
+  uint64_t empty_l7 = 0;  // ended by the client before a byte either way: closed, not refused
   uint64_t not_http = 0;           // declared HTTP (appProtocol), spoke something else: reset
   uint64_t tunnels = 0;            // HTTP that became opaque (101, CONNECT)
   uint64_t http_requests = 0;      // exchanges finished, all outcomes

@@ -674,6 +674,22 @@ TEST_F(RelayTest, OpaqueBytesWhereTheL7PolicyAdmitsNoneAreReset) {
   EXPECT_EQ(std::string(buf), "GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
 }
 
+// A client that connects to an L7 port and ends without a byte (a TCP probe, a port scan): both
+// sides get an orderly end, and it is no denial of its source (nothing was said to deny).
+TEST_F(RelayTest, AClientThatEndsBeforeAByteOnAnLSevenPortIsClosedNotCountedAsRefused) {
+  l7_ = true;
+  opaque_allow_ = false;
+  UniqueFd c = Connect(front_port_);
+  UniqueFd s = AcceptBackend();
+  ASSERT_EQ(shutdown(c.get(), SHUT_WR), 0);
+  EXPECT_EQ(ErrorAtEnd(c.get()), 0) << "an orderly end, not a reset";
+  EXPECT_EQ(ErrorAtEnd(s.get()), 0);
+  const RelayStats st = relay_->stats();
+  EXPECT_EQ(st.empty_l7, 1u);
+  EXPECT_EQ(st.opaque_refused, 0u);
+  EXPECT_EQ(st.refused, 0u);
+}
+
 TEST_F(RelayTest, AnUpgradeBecomesATunnelThatCarriesAMebibyteBothWays) {
   l7_ = true;
   UniqueFd c = Connect(front_port_);
