@@ -205,6 +205,27 @@ absl::StatusOr<ProcessPtr> StartHaproxy(Testbed& bed, const Pod& pod) {
   return p;
 }
 
+// HAProxy as an HTTP proxy, where shunt reads HTTP (L7 like for like): `mode http`, the same
+// transparent listener and upstream as the client; an HTTP/2 client's preface makes the
+// frontend HTTP/2 (HAProxy upgrades on it), and the origin's HTTP/2 port (kH2Port, h2c only) is
+// spoken to in HTTP/2, the others in HTTP/1.1 with keep-alive.
+absl::StatusOr<ProcessPtr> StartHaproxyHttp(Testbed& bed, const Pod& pod) {
+  const std::string cfg = absl::StrCat(bed.work_dir(), "/", pod.name, "-haproxy-http.cfg");
+  RETURN_IF_ERROR(WriteFile(
+      cfg,
+      absl::StrCat("global\n  nbthread ", absl::GetFlag(FLAGS_threads), "\n  maxconn 9000\n",
+                   "defaults\n  mode http\n  timeout connect 10s\n  timeout client 10m\n",
+                   "  timeout server 10m\n  timeout http-keep-alive 10m\n",
+                   "frontend relay\n  bind 0.0.0.0:", kPeerPort, " transparent\n",
+                   "  use_backend h2 if { dst_port ", kH2Port, " }\n  default_backend h1\n",
+                   "backend h1\n  source 0.0.0.0 usesrc clientip\n  server o 0.0.0.0\n",
+                   "backend h2\n  source 0.0.0.0 usesrc clientip\n",
+                   "  server o 0.0.0.0 proto h2\n")));
+  ASSIGN_OR_RETURN(ProcessPtr p, bed.Spawn(pod, {"haproxy", "-db", "-f", cfg}));
+  RETURN_IF_ERROR(Listening(bed, pod, kPeerPort, *p));
+  return p;
+}
+
 // nginx's files of one instance: its own prefix, pid and logs under the run's work dir.
 std::string NginxDir(Testbed& bed, const Pod& pod, const std::string& role) {
   std::string dir = absl::StrCat(bed.work_dir(), "/", pod.name, "-nginx-", role);
@@ -729,6 +750,45 @@ int main(int argc, char** argv) {
       (*server)->Stop(SIGTERM, std::chrono::seconds(5)).IgnoreError();
       std::this_thread::sleep_for(std::chrono::seconds(5));  // closed before the next one's baseline
     }
+  }
+
+  // L7 like for like: shunt reading every request against HAProxy as an HTTP proxy (above it is
+  // HAProxy's TCP relay, which reads no request), same pod, same capture, rounds interleaved.
+  if ((wrk || h2load) && haproxy_pid > 0) {
+    for (auto& s : servers) {
+      if (s->pid() == haproxy_pid) s->Stop(SIGTERM, std::chrono::seconds(5)).IgnoreError();
+    }
+    auto http = StartHaproxyHttp(bed, *paths[2].server);
+    if (!http.ok()) return fail("haproxy (http mode)", http.status());
+    std::map<std::string, std::vector<double>> h1, h2;
+    for (int r = 0; r < rounds; ++r) {
+      for (int k = 0; k < 2; ++k) {
+        const Path& p = paths[(k + r) % 2 == 0 ? 1 : 2];
+        const std::string ip = p.server->ipv4;
+        const std::string name = p.name == std::string("shunt") ? "shunt" : "haproxy";
+        if (wrk) {
+          h1[name].push_back(Wrk(bed, *p.client, ip, seconds,
+                                 absl::GetFlag(FLAGS_wrk_connections), kHttpL7Port));
+        }
+        if (h2load) {
+          h2[name].push_back(H2load(bed, *p.client,
+                                    absl::StrCat("http://", ip, ":", kH2Port, "/"),
+                                    {"-c16", "-m10", "-D", absl::StrCat(seconds)}, seconds));
+        }
+      }
+    }
+    std::printf("\nL7 like for like: shunt reading every request, HAProxy in HTTP mode (mode http, "
+                "the same capture), %d thread(s) each, %d rounds (median):\n",
+                absl::GetFlag(FLAGS_threads), rounds);
+    auto like = [&](const char* what, std::map<std::string, std::vector<double>>& v) {
+      if (v.empty()) return;
+      const double x = Median(v["shunt"]), h = Median(v["haproxy"]);
+      std::printf("  %-28s shunt %9.0f  HAProxy %9.0f  %.2fx: %s\n", what, x, h,
+                  h > 0 ? x / h : 0, h > 0 && x >= h ? "met" : "not met");
+    };
+    like("HTTP/1.1 req/s (wrk)", h1);
+    like("HTTP/2 h2c req/s (h2load)", h2);
+    (*http)->Stop(SIGTERM, std::chrono::seconds(5)).IgnoreError();
   }
 
   std::printf("through the proxies, not around them: shunt relayed %.0f bytes to the server pod",
