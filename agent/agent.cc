@@ -159,8 +159,8 @@ class AgentCollector : public prometheus::Collectable {
       }
       relay_families.push_back(by_label(
           "shunt_relay_loop_connections_total",
-          "Connections each of the relay's event loops (--proxy-loops) accepted: how the kernel "
-          "spread them.",
+          "Connections each of the relay's event loops (--proxy-loops) took and relayed (refused "
+          "and failed ones not counted): how the kernel spread them.",
           MetricType::Counter, "loop", per_loop[0]));
       relay_families.push_back(by_label("shunt_relay_loop_active_connections",
                                         "Connections each event loop carries now.",

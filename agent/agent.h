@@ -38,7 +38,7 @@ struct AgentConfig {
   uint16_t capture_port = 15008;
   uint32_t capture_max_connections_per_pod = 16384;
   uint32_t capture_keepalive_s = 60;        // relayed sockets' TCP keepalive idle; 0: off
-  uint32_t capture_user_timeout_ms = 120000;  // their TCP_USER_TIMEOUT; 0: the kernel's
+  uint32_t capture_user_timeout_ms = 0;  // their TCP_USER_TIMEOUT; 0: the kernel's
   uint32_t proxy_loops = 0;  // the relay's event loops (threads); 0: one per CPU it may use
   uint64_t capture_max_buffered_per_pod = 64 << 20;
   // Where this agent hands its capture listeners to its successor (empty: no handoff).

@@ -62,9 +62,11 @@ ABSL_FLAG(uint32_t, capture_keepalive_s, 60,
           "TCP keepalive of both sockets of every relayed connection: idle seconds before the "
           "first probe (then 6 probes 10 s apart); a peer gone without a FIN or reset is found and "
           "its connection reset. 0: off.");
-ABSL_FLAG(uint32_t, capture_user_timeout_ms, 120000,
+ABSL_FLAG(uint32_t, capture_user_timeout_ms, 0,
           "TCP_USER_TIMEOUT of both sockets of every relayed connection: bytes unacknowledged for "
-          "this long end it (instead of ~15 minutes of retransmissions). 0: the kernel's.");
+          "this long end it (instead of ~15 minutes of retransmissions). Since Linux 5.11 it also "
+          "ends a connection whose reader keeps a zero window that long (a paused consumer): "
+          "hence off by default. 0: the kernel's.");
 ABSL_FLAG(uint32_t, proxy_loops, 0,
           "Event loops (threads) of the relay; each serves every capture listener and keeps the "
           "connections it accepted. 0: one per CPU the agent may run on (its affinity mask).");

@@ -274,7 +274,13 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
       d.mark = mark;
       return d;
     };
-    if (absl::Status s = relay_.AddListener(std::move(*l), decide, group); !s.ok()) return s;
+    if (absl::Status s = relay_.AddListener(std::move(*l), decide, group); !s.ok()) {
+      // (a dup for one of the relay's loops failed: out of descriptors) As for a listener that
+      // could not be opened: nothing of the pod's capture left, so that the next pass retries.
+      for (int added : listeners) relay_.RemoveListener(added);
+      RemoveCapture(shared->get(), options_.capture).IgnoreError();
+      return absl::Status(s.code(), absl::StrCat("pod ", uid, ": ", s.message()));
+    }
     listeners.push_back(fd);
     families.push_back(family);
   }

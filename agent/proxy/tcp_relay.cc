@@ -124,18 +124,23 @@ std::string TupleKey(const sockaddr_storage& from, const sockaddr_storage& to) {
 
 // TCP keepalive and TCP_USER_TIMEOUT of a relayed socket (RelayOptions).
 void SetLiveness(int fd, const RelayOptions& o) {
-  const int secs = static_cast<int>(absl::ToInt64Seconds(o.keepalive_idle));
+  constexpr int64_t kMaxKeepaliveSeconds = 32767;  // MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL
+  const int secs = static_cast<int>(
+      std::min(absl::ToInt64Seconds(o.keepalive_idle), kMaxKeepaliveSeconds));
+  bool ok = true;
   if (secs > 0) {
     const int one = 1;
-    const int interval = std::max<int>(1, static_cast<int>(absl::ToInt64Seconds(o.keepalive_interval)));
-    const int count = std::max(1, o.keepalive_count);
-    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &secs, sizeof(secs));
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count));
+    const int interval = static_cast<int>(std::clamp<int64_t>(
+        absl::ToInt64Seconds(o.keepalive_interval), 1, kMaxKeepaliveSeconds));
+    const int count = std::clamp(o.keepalive_count, 1, 127);  // MAX_TCP_KEEPCNT
+    ok = setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) == 0 &&
+         setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &secs, sizeof(secs)) == 0 &&
+         setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval)) == 0 &&
+         setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count)) == 0;
   }
   const unsigned ms = static_cast<unsigned>(absl::ToInt64Milliseconds(o.user_timeout));
-  if (ms > 0) setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof(ms));
+  if (ms > 0) ok = setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof(ms)) == 0 && ok;
+  if (!ok) SHUNT_LOG_EVERY_N_SEC(WARNING, 60) << ErrnoStatus(errno, "relay: TCP keepalive options");
 }
 
 // Closes with a reset: what a peer that went away abruptly gets from the kernel too.
@@ -157,7 +162,10 @@ absl::StatusOr<std::unique_ptr<TcpRelay>> TcpRelay::Start(RelayOptions options) 
   const size_t n = std::max<size_t>(1, options.loops);
   // Each loop its share of a pod's buffer budget and of the pipe pool.
   RelayOptions each = options;
-  each.max_buffered_per_group = std::max<size_t>(1, options.max_buffered_per_group / n);
+  // A share is at least a few pipes' worth (or the whole budget, if smaller): a pod whose
+  // connections the kernel gave to one loop is not starved on a node of many CPUs.
+  each.max_buffered_per_group = std::max<size_t>(
+      options.max_buffered_per_group / n, std::min<size_t>(options.max_buffered_per_group, 4 * kChunk));
   each.pipe_pool = options.pipe_pool / n;
   for (size_t i = 0; i < n; ++i) {
     auto loop = RelayLoop::Start(each, r->shared_.get());
@@ -168,6 +176,7 @@ absl::StatusOr<std::unique_ptr<TcpRelay>> TcpRelay::Start(RelayOptions options) 
 }
 
 void TcpRelay::Stop() {
+  for (auto& l : loops_) l->RequestStop();  // all at once, then each joined
   for (auto& l : loops_) l->Stop();
 }
 
@@ -243,11 +252,15 @@ RelayLoop::RelayLoop(RelayOptions options, RelayShared* shared)
 
 RelayLoop::~RelayLoop() { Stop(); }
 
-void RelayLoop::Stop() {
-  if (stop_.exchange(true)) return;
+void RelayLoop::RequestStop() {
+  stop_ = true;
   const uint64_t one = 1;
   if (write(wake_.get(), &one, sizeof(one)) < 0) {
   }
+}
+
+void RelayLoop::Stop() {
+  RequestStop();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -539,6 +552,13 @@ void RelayLoop::Accept(int listener_fd) {
     // usual ephemeral range (32768-60999), where clients' ports come from.
     absl::StatusOr<UniqueFd> up = absl::UnavailableError("no free port");
     const std::string client_tuple = TupleKey(peer, local);
+    // Taken first, so that no loop picks it for an upstream meanwhile. Taken already: another
+    // loop's upstream has it (the client reused a port an upstream of ours holds), reset.
+    if (!TakeTuple(client_tuple)) {
+      ++counters_.upstream_failed;
+      ResetFd(down);
+      continue;
+    }
     for (int attempt = 0; attempt < 32; ++attempt) {
       const uint16_t port = static_cast<uint16_t>(1024 + rng_() % (32768 - 1024));
       sockaddr_storage as = d.as;
@@ -556,6 +576,7 @@ void RelayLoop::Accept(int listener_fd) {
     if (!up.ok()) {
       ++counters_.upstream_failed;
       SHUNT_LOG_EVERY_N_SEC(WARNING, 10) << "relay: " << up.status().message();
+      FreeTuple(client_tuple);
       ResetFd(down);
       continue;
     }
@@ -593,8 +614,7 @@ void RelayLoop::Accept(int listener_fd) {
     raw->decide = lst->decide;
     GroupAdded(raw->group);
     raw->tuples[0] = client_tuple;
-    raw->tuples[1] = TupleKey(d.as, d.to);  // taken above
-    TakeTuple(raw->tuples[0]);
+    raw->tuples[1] = TupleKey(d.as, d.to);  // both taken above
     conns_[raw] = std::move(c);
     ++counters_.active;
     ++accepted_here_;

@@ -51,13 +51,16 @@ struct RelayOptions {
   absl::Duration idle_timeout = absl::ZeroDuration();  // no byte either way for this long; 0: off
   // Both sockets of every connection: TCP keepalive (a peer that vanished without a FIN or a
   // reset, a node gone, is found and its connection reset instead of held for ever: after idle,
-  // then `keepalive_count` probes `keepalive_interval` apart; 0: off) and TCP_USER_TIMEOUT (bytes
-  // sent and not acknowledged for this long end the connection, instead of the kernel's ~15
-  // minutes of retransmissions; 0: the kernel's).
+  // then `keepalive_count` probes `keepalive_interval` apart; 0: off; at most 32767 s) and
+  // TCP_USER_TIMEOUT (bytes sent and not acknowledged for this long end the connection, instead
+  // of the kernel's ~15 minutes of retransmissions; 0: the kernel's). Off by default: since
+  // Linux 5.11 it also ends a connection whose reader keeps a zero window that long (a consumer
+  // that pauses), which the same connection made directly survives. With it, keepalive ends an
+  // idle connection once that long passed without an answer.
   absl::Duration keepalive_idle = absl::Seconds(60);
   absl::Duration keepalive_interval = absl::Seconds(10);
   int keepalive_count = 6;
-  absl::Duration user_timeout = absl::Seconds(120);
+  absl::Duration user_timeout = absl::ZeroDuration();
   size_t max_connections = 65536;  // beyond it new connections are reset, counted
   // Per listener group (a pod): one pod flooded with connections does not take the others'
   // share. Beyond it the pod's new connections are reset, counted (over_pod_budget).
@@ -144,7 +147,8 @@ struct RelayStats {
   uint64_t pipes_pooled = 0;
   uint64_t pipes_created = 0;
   uint64_t pipe_failures = 0;
-  // Connections each event loop accepted and carries now (how the kernel spread them).
+  // Connections each event loop relayed (refused and failed ones not counted) and carries now:
+  // how the kernel spread them.
   std::vector<uint64_t> accepted_by_loop, active_by_loop;
 };
 
@@ -203,6 +207,7 @@ class RelayLoop {
   void RemoveListener(int listener_fd);
   void Recheck();
   void Drain();
+  void RequestStop();  // the loop ends soon (Stop joins it)
   void Stop();
   uint64_t accepted() const { return accepted_here_.load(std::memory_order_relaxed); }
   uint64_t active() const { return active_here_.load(std::memory_order_relaxed); }
