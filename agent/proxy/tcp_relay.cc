@@ -213,7 +213,13 @@ void TcpRelay::RemoveListener(int listener_fd) {
     fds = std::move(it->second);
     listener_fds_.erase(it);
   }
-  for (size_t i = 0; i < loops_.size() && i < fds.size(); ++i) loops_[i]->RemoveListener(fds[i]);
+  std::vector<uint64_t> tickets;
+  for (size_t i = 0; i < loops_.size() && i < fds.size(); ++i) {
+    tickets.push_back(loops_[i]->RemoveListener(fds[i]));
+  }
+  // Synchronous: a stopping agent that surrendered its listeners then waits for stats().active
+  // to fall to 0; a connection a loop accepts after that check would be reset at its exit.
+  for (size_t i = 0; i < tickets.size(); ++i) loops_[i]->WaitRemoved(tickets[i], absl::Seconds(5));
 }
 
 void TcpRelay::Recheck() {
@@ -279,14 +285,25 @@ absl::Status RelayLoop::AddListener(UniqueFd listener, std::shared_ptr<const Rel
   return absl::OkStatus();
 }
 
-void RelayLoop::RemoveListener(int listener_fd) {
+uint64_t RelayLoop::RemoveListener(int listener_fd) {
+  uint64_t ticket;
   {
     absl::MutexLock l(&mu_);
     pending_remove_.push_back(listener_fd);
+    ticket = ++removal_ticket_;
   }
   const uint64_t one = 1;
   if (write(wake_.get(), &one, sizeof(one)) < 0) {
   }
+  return ticket;
+}
+
+void RelayLoop::WaitRemoved(uint64_t ticket, absl::Duration timeout) {
+  absl::MutexLock l(&mu_);
+  auto done = [this, ticket]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return removals_done_ >= ticket || stop_.load();
+  };
+  mu_.AwaitWithTimeout(absl::Condition(&done), timeout);
 }
 
 void RelayLoop::Recheck() {
@@ -416,26 +433,40 @@ void RelayLoop::Loop() {
         uint64_t v;
         while (read(wake_.get(), &v, sizeof(v)) > 0) {
         }
-        absl::MutexLock l(&mu_);
-        for (auto& [fd, lst] : pending_add_) {
-          epoll_event ev{};
-          ev.events = EPOLLIN | EPOLLEXCLUSIVE;  // one loop woken per arrival
-          ev.data.u64 = (static_cast<uint64_t>(fd) << 1) | kListenerTag;
-          if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) == 0) {
-            live_listeners_[fd] = lst;
-          } else {
-            SHUNT_LOG(ERROR) << ErrnoStatus(errno, "relay: add a listener");
+        std::vector<int> removed;
+        uint64_t removals_upto = 0;
+        {
+          absl::MutexLock l(&mu_);
+          for (auto& [fd, lst] : pending_add_) {
+            epoll_event ev{};
+            ev.events = EPOLLIN | EPOLLEXCLUSIVE;  // one loop woken per arrival
+            ev.data.u64 = (static_cast<uint64_t>(fd) << 1) | kListenerTag;
+            if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) == 0) {
+              live_listeners_[fd] = lst;
+            } else {
+              SHUNT_LOG(ERROR) << ErrnoStatus(errno, "relay: add a listener");
+            }
           }
+          pending_add_.clear();
+          removed.swap(pending_remove_);
+          removals_upto = removal_ticket_;
         }
-        pending_add_.clear();
-        for (int fd : pending_remove_) {
+        for (int fd : removed) {
           epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
+          // What waits in its queue is taken now: with EPOLLEXCLUSIVE the kernel may have woken
+          // only this loop for it (another process's epoll on the same socket, a successor
+          // agent's, was not), and once out of this epoll no one would be told of it until the
+          // next arrival; if this was the socket's last descriptor, it would be reset.
+          Accept(fd, /*batch=*/1 << 16);
           live_listeners_.erase(fd);  // closes it
           paused_listeners_.erase(std::remove_if(paused_listeners_.begin(), paused_listeners_.end(),
                                                  [fd](const auto& p) { return p.first == fd; }),
                                   paused_listeners_.end());
         }
-        pending_remove_.clear();
+        if (!removed.empty()) {
+          absl::MutexLock l(&mu_);
+          removals_done_ = std::max(removals_done_, removals_upto);
+        }
       } else if (tag & kListenerTag) {
         Accept(static_cast<int>(tag >> 1));
       } else {
@@ -502,11 +533,11 @@ void RelayLoop::Loop() {
   live_listeners_.clear();
 }
 
-void RelayLoop::Accept(int listener_fd) {
+void RelayLoop::Accept(int listener_fd, int batch) {
   auto it = live_listeners_.find(listener_fd);
   if (it == live_listeners_.end()) return;
   std::shared_ptr<Listener> lst = it->second;
-  for (int i = 0; i < 64; ++i) {  // then the others' turn
+  for (int i = 0; i < batch; ++i) {  // then the others' turn
     UniqueFd down(accept4(listener_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
     if (!down.valid()) {
       if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {

@@ -168,7 +168,9 @@ class TcpRelay {
 
   // Serves `listener` (non-blocking, listening); `decide` runs on the relay's threads (any of
   // them, at once: it must be thread-safe, as must the callbacks of its decisions). The relay
-  // owns the listener until RemoveListener (which closes it; open connections go on).
+  // owns the listener until RemoveListener, which returns once every loop took the connections
+  // queued on it and closed it (open connections go on, and count in stats().active); never
+  // called from a decision.
   // `group` tags its connections (ActiveIn: a pod being released waits for its own to end).
   absl::Status AddListener(UniqueFd listener, RelayDecide decide, uint64_t group = 0);
   void RemoveListener(int listener_fd);
@@ -204,7 +206,10 @@ class RelayLoop {
 
   absl::Status AddListener(UniqueFd listener, std::shared_ptr<const RelayDecide> decide,
                            uint64_t group);
-  void RemoveListener(int listener_fd);
+  // Returns a ticket: WaitRemoved(ticket) returns once the loop took what was queued on the
+  // listener and closed it (its connections then count in the relay's active ones).
+  uint64_t RemoveListener(int listener_fd);
+  void WaitRemoved(uint64_t ticket, absl::Duration timeout);
   void Recheck();
   void Drain();
   void RequestStop();  // the loop ends soon (Stop joins it)
@@ -218,7 +223,7 @@ class RelayLoop {
  private:
   RelayLoop(RelayOptions options, RelayShared* shared);
   void Loop();
-  void Accept(int listener_fd);
+  void Accept(int listener_fd, int batch = 64);  // at most `batch` connections, then return
   void Sweep(absl::Time now);
   void OnEvent(Conn* c, int side, uint32_t events);  // HandleEvent, then Account
   void HandleEvent(Conn* c, int side, uint32_t events);
@@ -268,6 +273,8 @@ class RelayLoop {
   };
   std::map<int, std::shared_ptr<Listener>> pending_add_ ABSL_GUARDED_BY(mu_);
   std::vector<int> pending_remove_ ABSL_GUARDED_BY(mu_);
+  uint64_t removal_ticket_ ABSL_GUARDED_BY(mu_) = 0;  // removals asked
+  uint64_t removals_done_ ABSL_GUARDED_BY(mu_) = 0;   // ... and done
   Counters& counters_;  // shared_'s
   std::atomic<uint64_t> accepted_here_{0}, active_here_{0};  // this loop's connections
   // Connections per group, over all loops.

@@ -583,6 +583,7 @@ constexpr char kPyLoad[] = R"(
 import socket, sys, os, time
 addr, port, stop, expect = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 ok = fail = 0
+why = []
 while not os.path.exists(stop):
     try:
         c = socket.create_connection((addr, port), timeout=10)
@@ -593,11 +594,11 @@ while not os.path.exists(stop):
             got += d
         c.close()
         if got.decode() == expect: ok += 1
-        else: fail += 1
-    except OSError:
-        fail += 1
+        else: fail += 1; why.append("%.3f got %r" % (time.time(), got[:40]))
+    except OSError as e:
+        fail += 1; why.append("%.3f %r" % (time.time(), e))
     time.sleep(0.005)
-print(ok, fail)
+print(ok, fail, *why[:5])
 )";
 
 // What RunLoad printed ("<ok> <failed>") for an allowed client (all served) and a denied one
@@ -607,7 +608,7 @@ void ExpectServedAndRefused(const std::string& allowed_out, const std::string& d
   int ok = -1, fail = -1;
   ASSERT_EQ(sscanf(allowed_out.c_str(), "%d %d", &ok, &fail), 2) << allowed_out;
   EXPECT_GT(ok, 0);
-  EXPECT_EQ(fail, 0) << "an allowed connection failed across the handoff";
+  EXPECT_EQ(fail, 0) << "an allowed connection failed across the handoff: " << allowed_out;
   ASSERT_EQ(sscanf(denied_out.c_str(), "%d %d", &ok, &fail), 2) << denied_out;
   EXPECT_EQ(ok, 0) << "a denied client got through: " << lapse;
   EXPECT_GT(fail, 0);
@@ -726,6 +727,9 @@ TEST_F(CaptureTest, AStopSignalBeforeTheSuccessorAskedWaitsForItAndHandsOver) {
   allowed_load.join();
   denied_load.join();
   ExpectServedAndRefused(allowed_out, denied_out, "the capture lapsed at the stop signal");
+  if (HasFailure()) {
+    ADD_FAILURE() << "old agent:\n" << agent_->Stderr() << "\nsuccessor:\n" << successor.Stderr();
+  }
   EXPECT_NE(agent_->Stderr().find("listener(s) handed over"), std::string::npos)
       << agent_->Stderr();
   EXPECT_NE(successor.Stderr().find("took over 2 capture listener(s)"), std::string::npos)
