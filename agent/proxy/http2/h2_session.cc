@@ -25,11 +25,65 @@ constexpr uint32_t kMaxWindow = (1u << 31) - 1;
 
 std::string_view View(const uint8_t* p, size_t n) { return {reinterpret_cast<const char*>(p), n}; }
 
+// Where a header block is laid out for nghttp2, which copies it when it is submitted: one per
+// thread (a session is used by one thread), reused by every submit.
+std::vector<nghttp2_nv>& NvaScratch() {
+  thread_local std::vector<nghttp2_nv> nva;
+  return nva;
+}
+
 }  // namespace
 
-struct Http2Session::Field {
-  std::string name, value;
-  uint8_t flags = NGHTTP2_NV_FLAG_NONE;  // NO_INDEX kept: never-indexed fields stay so
+// A header block's fields: names and values in one buffer, so that a block costs two allocations
+// (reused while the block is), not two per field.
+class Http2Session::Fields {
+ public:
+  bool empty() const { return refs_.empty(); }
+  void clear() {
+    bytes_.clear();
+    refs_.clear();
+  }
+  // NO_INDEX is kept: never-indexed fields stay so.
+  void Add(std::string_view name, std::string_view value, uint8_t flags) {
+    if (refs_.empty()) {
+      bytes_.reserve(256);
+      refs_.reserve(8);
+    }
+    refs_.push_back({static_cast<uint32_t>(bytes_.size()), static_cast<uint32_t>(name.size()),
+                     static_cast<uint32_t>(value.size()),
+                     static_cast<uint8_t>(flags & NGHTTP2_NV_FLAG_NO_INDEX)});
+    bytes_.append(name);
+    bytes_.append(value);
+  }
+  // The first field of that name, or nullptr.
+  const std::string_view* Find(std::string_view name, std::string_view* value) const {
+    for (const Ref& r : refs_) {
+      if (std::string_view(bytes_.data() + r.offset, r.name_len) == name) {
+        *value = std::string_view(bytes_.data() + r.offset + r.name_len, r.value_len);
+        return value;
+      }
+    }
+    return nullptr;
+  }
+  // The fields as nghttp2 takes them (it copies them when they are submitted), into `nva`;
+  // valid until this block changes.
+  const std::vector<nghttp2_nv>& Nva(std::vector<nghttp2_nv>& nva) const {
+    nva.clear();
+    uint8_t* base = reinterpret_cast<uint8_t*>(const_cast<char*>(bytes_.data()));
+    for (const Ref& r : refs_) {
+      nva.push_back({base + r.offset, base + r.offset + r.name_len, r.name_len, r.value_len,
+                     r.flags});
+    }
+    return nva;
+  }
+
+ private:
+  struct Ref {
+    uint32_t offset, name_len, value_len;
+    uint8_t flags;
+  };
+  std::string bytes_;
+  std::vector<Ref> refs_;
 };
 
 namespace {
@@ -68,7 +122,7 @@ class ByteQueue {
 // One header block being received, bounded by max_header_list_size (RFC 9113 6.5.2 counting):
 // beyond it fields are counted, not kept, and the block is refused once complete.
 struct Http2Session::HeaderBlock {
-  std::vector<Field> fields;
+  Fields fields;
   size_t bytes = 0;
   bool oversize = false;
 
@@ -84,11 +138,10 @@ struct Http2Session::HeaderBlock {
       fields.clear();
       return;
     }
-    fields.push_back({std::string(name), std::string(value),
-                      static_cast<uint8_t>(flags & NGHTTP2_NV_FLAG_NO_INDEX)});
+    fields.Add(name, value, flags);
   }
-  std::vector<Field> Take() {
-    std::vector<Field> taken = std::move(fields);
+  Fields Take() {
+    Fields taken = std::move(fields);
     fields.clear();
     return taken;
   }
@@ -111,7 +164,7 @@ struct Http2Session::Stream {
   bool req_end = false;       // END_STREAM received from the client
   bool request_sent = false;  // the request HEADERS reached the server's side of the wire
   ByteQueue req_body;
-  std::vector<Field> req_trailers;
+  Fields req_trailers;
 
   // Server -> client.
   bool final_received = false;   // final (non-1xx) response head from the server
@@ -120,7 +173,7 @@ struct Http2Session::Stream {
   bool resp_end = false;         // the response body is complete (what is left is in resp_body)
   bool resp_end_sent = false;    // END_STREAM framed towards the client
   ByteQueue resp_body;
-  std::vector<Field> resp_trailers;
+  Fields resp_trailers;
 
   bool client_closed = false;
   bool recorded = false;
@@ -141,6 +194,7 @@ class Http2Session::Callbacks {
       stream->client_id = frame->hd.stream_id;
       stream->opened = self.Now();
       stream->record.first_byte = absl::InfinitePast();
+      if (frame->hd.stream_id == self.last_client_id_) self.last_client_id_ = 0;
       self.streams_[frame->hd.stream_id] = std::move(stream);
     }
     if (Stream* s = self.ByClientId(frame->hd.stream_id)) {
@@ -255,7 +309,7 @@ class Http2Session::Callbacks {
   // One DATA frame's payload from |body| towards |session|, giving the window back on the
   // session it came from; at the end the trailers, or END_STREAM.
   static ssize_t ReadBody(Http2Session& self, nghttp2_session* session, int32_t stream_id,
-                          ByteQueue& body, size_t& held, bool end, std::vector<Field>& trailers,
+                          ByteQueue& body, size_t& held, bool end, Fields& trailers,
                           nghttp2_session* source, int32_t source_id, uint8_t* buf, size_t length,
                           uint32_t* data_flags) {
     const size_t n = body.Read(buf, std::min(length, kMaxDataChunk));
@@ -265,7 +319,7 @@ class Http2Session::Callbacks {
       if (end) {
         *data_flags |= NGHTTP2_DATA_FLAG_EOF;
         if (!trailers.empty()) {
-          std::vector<nghttp2_nv> nva = Nva(trailers);
+          const std::vector<nghttp2_nv>& nva = trailers.Nva(NvaScratch());
           if (nghttp2_submit_trailer(session, stream_id, nva.data(), nva.size()) == 0) {
             *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
           }
@@ -373,23 +427,6 @@ class Http2Session::Callbacks {
     return n;
   }
 
-  static const Field* Find(const std::vector<Field>& fields, std::string_view name) {
-    for (const Field& f : fields) {
-      if (f.name == name) return &f;
-    }
-    return nullptr;
-  }
-
-  static std::vector<nghttp2_nv> Nva(const std::vector<Field>& fields) {
-    std::vector<nghttp2_nv> nva;
-    nva.reserve(fields.size());
-    for (const Field& f : fields) {
-      nva.push_back({reinterpret_cast<uint8_t*>(const_cast<char*>(f.name.data())),
-                     reinterpret_cast<uint8_t*>(const_cast<char*>(f.value.data())), f.name.size(),
-                     f.value.size(), f.flags});
-    }
-    return nva;
-  }
 };
 
 namespace {
@@ -526,16 +563,39 @@ Http2Session::~Http2Session() {
   EmitDone();
 }
 
-absl::Time Http2Session::Now() const { return options_.clock ? options_.clock() : absl::Now(); }
+// Within a slice of input, the time it was read: its events are stamped with it (one clock read
+// per slice, not several per stream).
+absl::Time Http2Session::Now() const {
+  if (in_slice_) return slice_time_;
+  return options_.clock ? options_.clock() : absl::Now();
+}
 
+// nghttp2 calls back several times per frame (once per header field) for one stream: the last
+// stream looked up on each side is kept (forgotten when its ids are).
 Http2Session::Stream* Http2Session::ByClientId(int32_t id) {
+  if (id == last_client_id_ && id != 0) return last_client_;
   auto it = streams_.find(id);
-  return it == streams_.end() ? nullptr : it->second.get();
+  if (it == streams_.end()) return nullptr;
+  last_client_id_ = id;
+  last_client_ = it->second.get();
+  return last_client_;
 }
 
 Http2Session::Stream* Http2Session::ByServerId(int32_t id) {
+  if (id == last_server_id_ && id != 0) return last_server_;
   auto it = server_to_client_.find(id);
-  return it == server_to_client_.end() ? nullptr : ByClientId(it->second);
+  if (it == server_to_client_.end()) return nullptr;
+  Stream* s = ByClientId(it->second);
+  if (s != nullptr) {
+    last_server_id_ = id;
+    last_server_ = s;
+  }
+  return s;
+}
+
+void Http2Session::ForgetServerId(int32_t id) {
+  server_to_client_.erase(id);
+  if (id == last_server_id_) last_server_id_ = 0;
 }
 
 void Http2Session::Touch(Stream& s) {
@@ -549,15 +609,15 @@ void Http2Session::OnRequestHead(Stream& s, bool end_stream) {
   s.req_end = end_stream;
   s.record.start = Now();
   const bool oversize = s.client_block.oversize;
-  std::vector<Field> head = s.client_block.Take();
-  auto value = [&](std::string_view name) -> std::string {
-    const Field* f = Callbacks::Find(head, name);
-    return f == nullptr ? std::string() : f->value;
+  Fields head = s.client_block.Take();
+  auto value = [&](std::string_view name) -> std::string_view {
+    std::string_view v;
+    return head.Find(name, &v) == nullptr ? std::string_view() : v;
   };
   L7Request& req = s.record.request;
   req.method = value(":method");
-  req.path = value(":path");
-  if (size_t q = req.path.find('?'); q != std::string::npos) req.path.resize(q);
+  std::string_view path = value(":path");
+  req.path = path.substr(0, path.find('?'));
   req.authority = value(":authority");
   if (req.authority.empty()) req.authority = value("host");
   req.grpc = IsGrpc(value("content-type"));
@@ -591,7 +651,7 @@ void Http2Session::OnRequestHead(Stream& s, bool end_stream) {
     }
     return;
   }
-  std::vector<nghttp2_nv> nva = Callbacks::Nva(head);
+  const std::vector<nghttp2_nv>& nva = head.Nva(NvaScratch());
   nghttp2_data_provider body{};
   body.read_callback = &Callbacks::UpRead;
   const int32_t sid = nghttp2_submit_request(up_, nullptr, nva.data(), nva.size(),
@@ -604,6 +664,7 @@ void Http2Session::OnRequestHead(Stream& s, bool end_stream) {
   }
   s.server_id = sid;
   s.upstream = Stream::Upstream::kOpen;
+  if (sid == last_server_id_) last_server_id_ = 0;
   server_to_client_[sid] = s.client_id;
 }
 
@@ -613,7 +674,7 @@ void Http2Session::OnRequestTrailers(Stream& s) {
     ResetClient(s, NGHTTP2_ENHANCE_YOUR_CALM);
     return;
   }
-  std::vector<Field> trailers = s.client_block.Take();
+  Fields trailers = s.client_block.Take();
   if (s.upstream == Stream::Upstream::kOpen) s.req_trailers = std::move(trailers);
   OnRequestEnd(s);
 }
@@ -673,7 +734,7 @@ void Http2Session::OnClientStreamEndSent(Stream& s) {
 
 void Http2Session::OnResponseHead(Stream& s, bool end_stream) {
   const bool oversize = s.server_block.oversize;
-  std::vector<Field> block = s.server_block.Take();
+  Fields block = s.server_block.Take();
   if (oversize) {
     ResetServer(s, NGHTTP2_CANCEL);
     if (!s.client_closed) {
@@ -688,9 +749,8 @@ void Http2Session::OnResponseHead(Stream& s, bool end_stream) {
   if (s.record.first_byte == absl::InfinitePast()) s.record.first_byte = Now();
   auto grpc_status = [&] {
     int status = -1;
-    if (const Field* f = Callbacks::Find(block, "grpc-status")) {
-      if (!absl::SimpleAtoi(f->value, &status)) status = -1;
-    }
+    std::string_view v;
+    if (block.Find("grpc-status", &v) != nullptr && !absl::SimpleAtoi(absl::string_view(v.data(), v.size()), &status)) status = -1;
     return status;
   };
   if (s.final_received) {
@@ -700,10 +760,10 @@ void Http2Session::OnResponseHead(Stream& s, bool end_stream) {
     return;
   }
   int status = 0;
-  if (const Field* f = Callbacks::Find(block, ":status")) {
-    if (!absl::SimpleAtoi(f->value, &status)) status = 0;
+  if (std::string_view v; block.Find(":status", &v) != nullptr && !absl::SimpleAtoi(absl::string_view(v.data(), v.size()), &status)) {
+    status = 0;
   }
-  std::vector<nghttp2_nv> nva = Callbacks::Nva(block);
+  const std::vector<nghttp2_nv>& nva = block.Nva(NvaScratch());
   if (status >= 100 && status < 200) {
     if (!s.client_closed && !s.local) {
       nghttp2_submit_headers(down_, NGHTTP2_FLAG_NONE, s.client_id, nullptr, nva.data(), nva.size(),
@@ -749,7 +809,7 @@ void Http2Session::OnServerStreamGone(Stream& s, uint32_t error_code) {
   if (s.upstream != Stream::Upstream::kOpen) return;
   Touch(s);
   s.upstream = Stream::Upstream::kClosed;
-  server_to_client_.erase(s.server_id);
+  ForgetServerId(s.server_id);
   DropRequestBody(s);
   if (!s.client_closed && !s.local) {
     if (s.resp_end && error_code == NGHTTP2_NO_ERROR) {
@@ -781,21 +841,22 @@ void Http2Session::AnswerLocally(Stream& s, int status, int grpc_status, std::st
   s.record.grpc_status = grpc_status;
   DropResponseBody(s);
   const std::string status_text = absl::StrCat(status);
-  std::vector<Field> head = {{":status", status_text}};
+  Fields head;
+  head.Add(":status", status_text, NGHTTP2_NV_FLAG_NONE);
   if (grpc_status >= 0) {
     // gRPC trailers-only: one HEADERS with END_STREAM.
-    head.push_back({"content-type", "application/grpc"});
-    head.push_back({"grpc-status", absl::StrCat(grpc_status)});
-    head.push_back({"grpc-message", std::string(message)});
+    head.Add("content-type", "application/grpc", NGHTTP2_NV_FLAG_NONE);
+    head.Add("grpc-status", absl::StrCat(grpc_status), NGHTTP2_NV_FLAG_NONE);
+    head.Add("grpc-message", message, NGHTTP2_NV_FLAG_NONE);
     message = {};
   } else if (!message.empty()) {
-    head.push_back({"content-type", "text/plain; charset=utf-8"});
-    head.push_back({"content-length", absl::StrCat(message.size())});
+    head.Add("content-type", "text/plain; charset=utf-8", NGHTTP2_NV_FLAG_NONE);
+    head.Add("content-length", absl::StrCat(message.size()), NGHTTP2_NV_FLAG_NONE);
   }
   s.resp_body.Append(message);
   held_[kToClient] += message.size();
   s.resp_end = true;
-  std::vector<nghttp2_nv> nva = Callbacks::Nva(head);
+  const std::vector<nghttp2_nv>& nva = head.Nva(NvaScratch());
   nghttp2_data_provider body{};
   body.read_callback = &Callbacks::DownRead;
   if (nghttp2_submit_response(down_, s.client_id, nva.data(), nva.size(),
@@ -860,14 +921,17 @@ void Http2Session::MaybeFinish(Stream& s) {
   if (!s.client_closed || s.upstream == Stream::Upstream::kOpen) return;
   DropRequestBody(s);
   DropResponseBody(s);
-  if (s.server_id != 0) server_to_client_.erase(s.server_id);
+  if (s.server_id != 0) ForgetServerId(s.server_id);
+  if (s.client_id == last_client_id_) last_client_id_ = 0;
   streams_.erase(s.client_id);  // s is gone
 }
 
 void Http2Session::EmitRecord(Stream& s) {
   s.recorded = true;
   s.record.end = Now();
-  done_records_.emplace_back(s.client_id, s.record);
+  // Recorded once the client's half closed (or the session ends): nothing reads the record
+  // after that.
+  done_records_.emplace_back(s.client_id, std::move(s.record));
 }
 
 void Http2Session::EmitDone() {
@@ -892,7 +956,7 @@ void Http2Session::UpstreamLost() {
     Stream* s = ByClientId(id);
     if (s == nullptr || s->upstream != Stream::Upstream::kOpen) continue;
     s->upstream = Stream::Upstream::kClosed;
-    server_to_client_.erase(s->server_id);
+    ForgetServerId(s->server_id);
     DropRequestBody(*s);
     if (!s->client_closed && !s->local) {
       if (s->resp_end) {
@@ -983,6 +1047,8 @@ size_t Http2Session::Feed(bool client, std::string_view data) {
     ++slice_epoch_;
     touched_.clear();
     const absl::Time t0 = Now();
+    slice_time_ = t0;
+    in_slice_ = true;
     const ssize_t rv =
         nghttp2_session_mem_recv(session, reinterpret_cast<const uint8_t*>(data.data() + taken), n);
     if (rv < 0) {
@@ -1004,6 +1070,7 @@ size_t Http2Session::Feed(bool client, std::string_view data) {
       taken += static_cast<size_t>(rv);
       Flush();
     }
+    in_slice_ = false;
     ShareTime(Now() - t0);
     EmitDone();
   }

@@ -116,7 +116,7 @@ class Http2Session : public L7Session {
 
  private:
   struct Stream;
-  struct Field;
+  class Fields;
   struct HeaderBlock;
   class Callbacks;
   friend class Callbacks;
@@ -127,6 +127,7 @@ class Http2Session : public L7Session {
   absl::Time Now() const;
   Stream* ByClientId(int32_t id);
   Stream* ByServerId(int32_t id);
+  void ForgetServerId(int32_t id);
   void Touch(Stream& s);
 
   // Called by the nghttp2 callbacks (h2_session.cc).
@@ -175,6 +176,9 @@ class Http2Session : public L7Session {
 
   absl::flat_hash_map<int32_t, std::unique_ptr<Stream>> streams_;  // by client stream id
   absl::flat_hash_map<int32_t, int32_t> server_to_client_;
+  int32_t last_client_id_ = 0, last_server_id_ = 0;  // 0: none (stream ids are positive)
+  Stream* last_client_ = nullptr;
+  Stream* last_server_ = nullptr;
   enum { kToClient = 0, kToServer = 1 };
   size_t held_[2] = {0, 0};  // DATA waiting for that side's window, per direction
 
@@ -194,6 +198,8 @@ class Http2Session : public L7Session {
   // Streams that had an event in the current input slice, sharing its processing time.
   std::vector<int32_t> touched_;
   uint64_t slice_epoch_ = 0;
+  bool in_slice_ = false;
+  absl::Time slice_time_;
   std::vector<std::pair<int32_t, ExchangeRecord>> done_records_;
 };
 
