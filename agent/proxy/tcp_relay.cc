@@ -140,7 +140,9 @@ void SetLiveness(int fd, const RelayOptions& o) {
   }
   const unsigned ms = static_cast<unsigned>(absl::ToInt64Milliseconds(o.user_timeout));
   if (ms > 0) ok = setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof(ms)) == 0 && ok;
-  if (!ok) SHUNT_LOG_EVERY_N_SEC(WARNING, 60) << ErrnoStatus(errno, "relay: TCP keepalive options");
+  if (!ok) {
+    SHUNT_LOG_EVERY_N_SEC(WARNING, 60) << ErrnoStatus(errno, "relay: TCP keepalive options");
+  }
 }
 
 // Closes with a reset: what a peer that went away abruptly gets from the kernel too.
@@ -628,6 +630,11 @@ void RelayLoop::Accept(int listener_fd, int batch) {
       // Urgent data inline: splice stops at an urgent mark, recv (below) steps over it.
       const int one = 1;
       setsockopt(raw->fd[side].get(), SOL_SOCKET, SO_OOBINLINE, &one, sizeof(one));
+      // Bytes go on as they come, as a router would pass them: the endpoints' own Nagle already
+      // shaped their segments, and a second one here would hold a small write back until the
+      // previous one is acknowledged (an HTTP/2 connection's interleaved frames, a small reply
+      // behind a large one).
+      setsockopt(raw->fd[side].get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
       SetLiveness(raw->fd[side].get(), options_);
     }
     raw->group = lst->group;

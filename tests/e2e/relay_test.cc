@@ -336,9 +336,11 @@ void ThousandConcurrentConnections(const std::function<UniqueFd()>& accept_backe
 }
 
 // Both of the relay's sockets of a connection carry TCP keepalive (a peer gone without a FIN or
-// a reset is found) and TCP_USER_TIMEOUT (bytes unacknowledged for long end it), as configured;
-// the programs' own sockets are left as they made them.
-TEST_F(RelayTest, BothSocketsOfARelayedConnectionHaveKeepaliveAndAUserTimeout) {
+// a reset is found) and TCP_USER_TIMEOUT (bytes unacknowledged for long end it), as configured,
+// and TCP_NODELAY (bytes go on as they come: without it, an HTTP/2 connection's small frames
+// waited behind the previous write's acknowledgement, and HTTP/2 through the relay ran at 0.8x
+// HAProxy's instead of 1.2x); the programs' own sockets are left as they made them.
+TEST_F(RelayTest, BothSocketsOfARelayedConnectionHaveKeepaliveAUserTimeoutAndNoDelay) {
   UniqueFd c = Connect(front_port_);
   UniqueFd s = AcceptBackend();
   ASSERT_TRUE(c.valid() && s.valid());
@@ -362,9 +364,10 @@ TEST_F(RelayTest, BothSocketsOfARelayedConnectionHaveKeepaliveAndAUserTimeout) {
     };
     const bool downstream = port(local) == front_port_;
     const bool upstream = port(peer) == upstream_port_.load();
-    int keepalive = -1, idle = -1, interval = -1, count = -1;
+    int keepalive = -1, idle = -1, interval = -1, count = -1, nodelay = -1;
     unsigned user_timeout = 0;
     len = sizeof(int);
+    getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, &len);
     getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &keepalive, &len);
     getsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, &len);
     getsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, &len);
@@ -374,6 +377,7 @@ TEST_F(RelayTest, BothSocketsOfARelayedConnectionHaveKeepaliveAndAUserTimeout) {
     if (fd == c.get() || fd == s.get()) {
       EXPECT_EQ(keepalive, 0) << "a program's socket";
       EXPECT_EQ(user_timeout, 0u);
+      EXPECT_EQ(nodelay, 0);
       continue;
     }
     if (!downstream && !upstream) continue;
@@ -383,6 +387,7 @@ TEST_F(RelayTest, BothSocketsOfARelayedConnectionHaveKeepaliveAndAUserTimeout) {
     EXPECT_EQ(interval, 10);
     EXPECT_EQ(count, 6);
     EXPECT_EQ(user_timeout, 30000u);
+    EXPECT_EQ(nodelay, 1);
   }
   EXPECT_EQ(relay_sockets, 2) << "the relay's downstream and upstream sockets";
 }
