@@ -12,6 +12,9 @@
 // HAProxy),
 // the ratios against direct and the latency each proxy adds, and issue 9's targets. Not a test:
 // it asserts nothing and is run by hand (README).
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <csignal>
 #include <cstdio>
@@ -23,9 +26,6 @@
 #include <regex>
 #include <sstream>
 #include <thread>
-
-#include <sys/resource.h>
-#include <unistd.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -47,6 +47,9 @@ ABSL_FLAG(int, fixed_rps_seconds, 10, "Duration of the fixed 1000 req/s run (CPU
 ABSL_FLAG(int, threads, 1,
           "Threads of each proxy: shunt's --proxy-loops, HAProxy's nbthread, nginx's "
           "worker_processes (the load generators and servers are the same either way).");
+ABSL_FLAG(bool, paths, true,
+          "Measure the four paths side by side (bulk, latency, HTTP through the TCP relays); "
+          "false: only the fixed-rate, idle and L7 like-for-like sections.");
 ABSL_FLAG(int, idle_connections, 10000, "Idle connections held for the memory figure; 0: off.");
 
 namespace {
@@ -194,8 +197,8 @@ class PeerCapture {
 absl::StatusOr<ProcessPtr> StartHaproxy(Testbed& bed, const Pod& pod) {
   const std::string cfg = absl::StrCat(bed.work_dir(), "/", pod.name, "-haproxy.cfg");
   RETURN_IF_ERROR(WriteFile(
-      cfg, absl::StrCat("global\n  nbthread ", absl::GetFlag(FLAGS_threads),
-                        "\n  maxconn 9000\n", "defaults\n  mode tcp\n",
+      cfg, absl::StrCat("global\n  nbthread ", absl::GetFlag(FLAGS_threads), "\n  maxconn 9000\n",
+                        "defaults\n  mode tcp\n",
                         "  timeout connect 10s\n  timeout client 10m\n  timeout server 10m\n",
                         "listen relay\n  bind 0.0.0.0:", kPeerPort, " transparent\n",
                         "  source 0.0.0.0 usesrc clientip\n",
@@ -212,15 +215,14 @@ absl::StatusOr<ProcessPtr> StartHaproxy(Testbed& bed, const Pod& pod) {
 absl::StatusOr<ProcessPtr> StartHaproxyHttp(Testbed& bed, const Pod& pod) {
   const std::string cfg = absl::StrCat(bed.work_dir(), "/", pod.name, "-haproxy-http.cfg");
   RETURN_IF_ERROR(WriteFile(
-      cfg,
-      absl::StrCat("global\n  nbthread ", absl::GetFlag(FLAGS_threads), "\n  maxconn 9000\n",
-                   "defaults\n  mode http\n  timeout connect 10s\n  timeout client 10m\n",
-                   "  timeout server 10m\n  timeout http-keep-alive 10m\n",
-                   "frontend relay\n  bind 0.0.0.0:", kPeerPort, " transparent\n",
-                   "  use_backend h2 if { dst_port ", kH2Port, " }\n  default_backend h1\n",
-                   "backend h1\n  source 0.0.0.0 usesrc clientip\n  server o 0.0.0.0\n",
-                   "backend h2\n  source 0.0.0.0 usesrc clientip\n",
-                   "  server o 0.0.0.0 proto h2\n")));
+      cfg, absl::StrCat("global\n  nbthread ", absl::GetFlag(FLAGS_threads), "\n  maxconn 9000\n",
+                        "defaults\n  mode http\n  timeout connect 10s\n  timeout client 10m\n",
+                        "  timeout server 10m\n  timeout http-keep-alive 10m\n",
+                        "frontend relay\n  bind 0.0.0.0:", kPeerPort, " transparent\n",
+                        "  use_backend h2 if { dst_port ", kH2Port, " }\n  default_backend h1\n",
+                        "backend h1\n  source 0.0.0.0 usesrc clientip\n  server o 0.0.0.0\n",
+                        "backend h2\n  source 0.0.0.0 usesrc clientip\n",
+                        "  server o 0.0.0.0 proto h2\n")));
   ASSIGN_OR_RETURN(ProcessPtr p, bed.Spawn(pod, {"haproxy", "-db", "-f", cfg}));
   RETURN_IF_ERROR(Listening(bed, pod, kPeerPort, *p));
   return p;
@@ -235,8 +237,7 @@ std::string NginxDir(Testbed& bed, const Pod& pod, const std::string& role) {
 
 std::string NginxMain(const std::string& dir, int workers = 1) {
   return absl::StrCat("pid ", dir, "/nginx.pid;\nuser root;\nworker_processes ", workers,
-                      ";\ndaemon off;\n",
-                      "error_log ", dir, "/error.log warn;\n",
+                      ";\ndaemon off;\n", "error_log ", dir, "/error.log warn;\n",
                       "events { worker_connections 4096; }\n");
 }
 
@@ -270,7 +271,8 @@ absl::StatusOr<ProcessPtr> StartNginxStream(Testbed& bed, const Pod& pod) {
   }
   const std::string conf = dir + "/nginx.conf";
   RETURN_IF_ERROR(WriteFile(
-      conf, absl::StrCat(load, NginxMain(dir, absl::GetFlag(FLAGS_threads)), "stream {\n  server {\n    listen ", kPeerPort,
+      conf, absl::StrCat(load, NginxMain(dir, absl::GetFlag(FLAGS_threads)),
+                         "stream {\n  server {\n    listen ", kPeerPort,
                          ";\n    proxy_pass $server_addr:$server_port;\n",
                          "    proxy_bind $remote_addr transparent;\n    proxy_half_close on;\n",
                          "    proxy_timeout 10m;\n  }\n}\n")));
@@ -469,14 +471,14 @@ int main(int argc, char** argv) {
     for (auto& w : doc["workloads"]) {
       if (w["name"] == meshed.name) w["labels"] = {{"bench", "shunt"}};
     }
-    doc["accessPolicies"] = nlohmann::json::array(
-        {{{"namespace", "default"},
-          {"name", "l7-read"},
-          {"action", "DENY"},
-          {"target", {{"matchLabels", {{"bench", "shunt"}}}}},
-          {"from", nlohmann::json::array()},
-          {"ports", {{{"from", kHttpL7Port}}, {{"from", kH2Port}}}},
-          {"l7", {{{"paths", {"/admin*"}}}}}}});
+    doc["accessPolicies"] =
+        nlohmann::json::array({{{"namespace", "default"},
+                                {"name", "l7-read"},
+                                {"action", "DENY"},
+                                {"target", {{"matchLabels", {{"bench", "shunt"}}}}},
+                                {"from", nlohmann::json::array()},
+                                {"ports", {{{"from", kHttpL7Port}}, {{"from", kH2Port}}}},
+                                {"l7", {{{"paths", {"/admin*"}}}}}}});
     if (absl::Status w = WriteFile(*policy + ".tmp", doc.dump()); !w.ok()) return fail("policy", w);
     std::filesystem::rename(*policy + ".tmp", *policy);
     for (int i = 0; i < 200; ++i) {
@@ -541,136 +543,136 @@ int main(int argc, char** argv) {
   const std::string secs = absl::StrCat("--seconds=", seconds);
   const std::string count = absl::StrCat("--count=", absl::GetFlag(FLAGS_pingpong_count));
   std::map<std::string, std::vector<double>> gbps, iperf, p50, p99, rps, rps_l7, h2rps;
-  for (int r = 0; r < rounds; ++r) {
-    std::string line = absl::StrCat("round ", r + 1, ":");
-    for (size_t k = 0; k < paths.size(); ++k) {
-      const Path& p = paths[(k + r) % paths.size()];  // each round starts with another path
-      const std::string& ip = p.server->ipv4;
-      gbps[p.name].push_back(
-          Num(Client(bed, *p.client, {"bulk", absl::StrCat("--to=", ip, ":", kSinkPort), secs}),
-              "gbit_per_s"));
-      if (iperf3) iperf[p.name].push_back(Iperf3(bed, *p.client, ip, seconds));
-      auto pp = Client(bed, *p.client,
-                       {"pingpong", absl::StrCat("--to=", ip, ":", kEchoPort), "--size=1024", count,
-                        "--warmup=1000"});
-      p50[p.name].push_back(Num(pp, "p50_us"));
-      p99[p.name].push_back(Num(pp, "p99_us"));
-      if (wrk) {
-        rps[p.name].push_back(
-            Wrk(bed, *p.client, ip, seconds, absl::GetFlag(FLAGS_wrk_connections)));
-        rps_l7[p.name].push_back(Wrk(bed, *p.client, ip, seconds,
-                                     absl::GetFlag(FLAGS_wrk_connections), kHttpL7Port));
+  if (absl::GetFlag(FLAGS_paths)) {
+    for (int r = 0; r < rounds; ++r) {
+      std::string line = absl::StrCat("round ", r + 1, ":");
+      for (size_t k = 0; k < paths.size(); ++k) {
+        const Path& p = paths[(k + r) % paths.size()];  // each round starts with another path
+        const std::string& ip = p.server->ipv4;
+        gbps[p.name].push_back(
+            Num(Client(bed, *p.client, {"bulk", absl::StrCat("--to=", ip, ":", kSinkPort), secs}),
+                "gbit_per_s"));
+        if (iperf3) iperf[p.name].push_back(Iperf3(bed, *p.client, ip, seconds));
+        auto pp = Client(bed, *p.client,
+                         {"pingpong", absl::StrCat("--to=", ip, ":", kEchoPort), "--size=1024",
+                          count, "--warmup=1000"});
+        p50[p.name].push_back(Num(pp, "p50_us"));
+        p99[p.name].push_back(Num(pp, "p99_us"));
+        if (wrk) {
+          rps[p.name].push_back(
+              Wrk(bed, *p.client, ip, seconds, absl::GetFlag(FLAGS_wrk_connections)));
+          rps_l7[p.name].push_back(
+              Wrk(bed, *p.client, ip, seconds, absl::GetFlag(FLAGS_wrk_connections), kHttpL7Port));
+        }
+        if (h2load) {
+          h2rps[p.name].push_back(H2load(bed, *p.client,
+                                         absl::StrCat("http://", ip, ":", kH2Port, "/"),
+                                         {"-c16", "-m10", "-D", absl::StrCat(seconds)}, seconds));
+        }
+        char figures[96];
+        std::snprintf(figures, sizeof(figures), " %s %.2f Gbit/s p50 %.1f us |", p.name,
+                      gbps[p.name].back(), p50[p.name].back());
+        line += figures;
       }
-      if (h2load) {
-        h2rps[p.name].push_back(H2load(bed, *p.client, absl::StrCat("http://", ip, ":", kH2Port, "/"),
-                                       {"-c16", "-m10", "-D", absl::StrCat(seconds)}, seconds));
+      std::fprintf(stderr, "%s\n", line.c_str());
+    }
+
+    std::printf("cross-node pod-to-pod, %d interleaved rounds (median), 1024 B messages, %u CPUs\n",
+                rounds, std::thread::hardware_concurrency());
+    std::printf(
+        "shunt, haproxy, nginx: in the server pod's namespace, TPROXY in, upstream as the client's "
+        "IP,\n%d thread(s) each (shunt's relay --proxy-loops, HAProxy nbthread, nginx "
+        "worker_processes)\n",
+        absl::GetFlag(FLAGS_threads));
+    const std::vector<std::string> cols = {"direct", "shunt", "haproxy", "nginx"};
+    std::printf("%-34s", "metric");
+    for (const auto& c : cols) std::printf(" %10s", c.c_str());
+    std::printf("\n");
+    auto row = [&](const char* metric, std::map<std::string, std::vector<double>>& v) {
+      if (v.empty()) return;
+      std::printf("%-34s", metric);
+      for (const auto& c : cols) std::printf(" %10.2f", Median(v[c]));
+      std::printf("\n");
+    };
+    row("bulk throughput (Gbit/s)", gbps);
+    row("iperf3 throughput (Gbit/s)", iperf);
+    row("req/resp p50 latency (us)", p50);
+    row("req/resp p99 latency (us)", p99);
+    row("HTTP/1.1 keep-alive (req/s)", rps);
+    row("HTTP/1.1, shunt L7 (req/s)", rps_l7);
+    row("HTTP/2 h2c, shunt L7 (req/s)", h2rps);
+
+    std::printf("\n%-34s %10s", "against direct", "");
+    for (size_t i = 1; i < cols.size(); ++i) std::printf(" %10s", cols[i].c_str());
+    std::printf("\n");
+    auto ratio = [&](const char* metric, std::map<std::string, std::vector<double>>& v) {
+      if (v.empty()) return;
+      const double d = Median(v["direct"]);
+      std::printf("%-34s %10s", metric, "");
+      for (size_t i = 1; i < cols.size(); ++i) {
+        std::printf(" %9.2fx", d > 0 ? Median(v[cols[i]]) / d : 0);
       }
-      char figures[96];
-      std::snprintf(figures, sizeof(figures), " %s %.2f Gbit/s p50 %.1f us |", p.name,
-                    gbps[p.name].back(), p50[p.name].back());
-      line += figures;
+      std::printf("\n");
+    };
+    auto added = [&](const char* metric, std::map<std::string, std::vector<double>>& v) {
+      const double d = Median(v["direct"]);
+      std::printf("%-34s %10s", metric, "");
+      for (size_t i = 1; i < cols.size(); ++i) std::printf(" %+10.2f", Median(v[cols[i]]) - d);
+      std::printf("\n");
+    };
+    ratio("bulk throughput", gbps);
+    ratio("iperf3 throughput", iperf);
+    ratio("req/resp p50 latency", p50);
+    ratio("req/resp p99 latency", p99);
+    ratio("HTTP/1.1 req/s (shunt: opaque TCP)", rps);
+    ratio("HTTP/1.1 req/s (shunt: L7)", rps_l7);
+    ratio("HTTP/2 req/s (shunt: L7)", h2rps);
+    added("added p50 latency (us)", p50);
+    added("added p99 latency (us)", p99);
+
+    // Issue 9's targets, said plainly (nothing asserted).
+    const double add_shunt = Median(p50["shunt"]) - Median(p50["direct"]);
+    const double add_haproxy = Median(p50["haproxy"]) - Median(p50["direct"]);
+    std::printf("\nissue 9 targets:\n");
+    auto verdict = [](double shunt_added, double haproxy_added) -> std::string {
+      if (haproxy_added <= 0) return "HAProxy added nothing above direct in this run: not judged";
+      const double share = shunt_added / haproxy_added;
+      char out[64];
+      std::snprintf(out, sizeof(out), "%.2fx of HAProxy's (target <= 0.50x): %s", share,
+                    share <= 0.5 ? "met" : "not met");
+      return out;
+    };
+    const double add_shunt99 = Median(p99["shunt"]) - Median(p99["direct"]);
+    const double add_haproxy99 = Median(p99["haproxy"]) - Median(p99["direct"]);
+    std::printf(
+        "  opaque TCP adds at most half the latency HAProxy adds: p50 shunt %+.2f us, HAProxy "
+        "%+.2f us: %s\n",
+        add_shunt, add_haproxy, verdict(add_shunt, add_haproxy).c_str());
+    std::printf("    (p99: shunt %+.2f us, HAProxy %+.2f us: %s)\n", add_shunt99, add_haproxy99,
+                verdict(add_shunt99, add_haproxy99).c_str());
+    const double bulk =
+        Median(gbps["direct"]) > 0 ? Median(gbps["shunt"]) / Median(gbps["direct"]) : 0;
+    std::printf("  at least 0.9x direct bulk throughput: shunt %.2fx (testpeer bulk): %s", bulk,
+                bulk >= 0.9 ? "met" : "not met");
+    if (iperf3) {
+      const double ib =
+          Median(iperf["direct"]) > 0 ? Median(iperf["shunt"]) / Median(iperf["direct"]) : 0;
+      std::printf("; %.2fx (iperf3): %s", ib, ib >= 0.9 ? "met" : "not met");
     }
-    std::fprintf(stderr, "%s\n", line.c_str());
-  }
-
-  auto m = agent.Scrape();
-  const double relayed =
-      m.ok() ? shunt::e2e::SumSamples(*m, "shunt_relay_bytes_total", {{"direction", "to_upstream"}})
-             : 0;
-  std::printf("cross-node pod-to-pod, %d interleaved rounds (median), 1024 B messages, %u CPUs\n",
-              rounds, std::thread::hardware_concurrency());
-  std::printf(
-      "shunt, haproxy, nginx: in the server pod's namespace, TPROXY in, upstream as the client's "
-      "IP,\n%d thread(s) each (shunt's relay --proxy-loops, HAProxy nbthread, nginx "
-      "worker_processes)\n",
-      absl::GetFlag(FLAGS_threads));
-  const std::vector<std::string> cols = {"direct", "shunt", "haproxy", "nginx"};
-  std::printf("%-34s", "metric");
-  for (const auto& c : cols) std::printf(" %10s", c.c_str());
-  std::printf("\n");
-  auto row = [&](const char* metric, std::map<std::string, std::vector<double>>& v) {
-    if (v.empty()) return;
-    std::printf("%-34s", metric);
-    for (const auto& c : cols) std::printf(" %10.2f", Median(v[c]));
     std::printf("\n");
-  };
-  row("bulk throughput (Gbit/s)", gbps);
-  row("iperf3 throughput (Gbit/s)", iperf);
-  row("req/resp p50 latency (us)", p50);
-  row("req/resp p99 latency (us)", p99);
-  row("HTTP/1.1 keep-alive (req/s)", rps);
-  row("HTTP/1.1, shunt L7 (req/s)", rps_l7);
-  row("HTTP/2 h2c, shunt L7 (req/s)", h2rps);
+    auto vs_haproxy = [&](const char* what, std::map<std::string, std::vector<double>>& v) {
+      if (v.empty()) return;
+      const double h = Median(v["haproxy"]), x = Median(v["shunt"]);
+      std::printf(
+          "  %s at least HAProxy's (%d thread(s) each; HAProxy in TCP mode): shunt %.0f, "
+          "HAProxy %.0f: %.2fx: %s\n",
+          what, absl::GetFlag(FLAGS_threads), x, h, h > 0 ? x / h : 0,
+          h > 0 && x >= h ? "met" : "not met");
+    };
+    vs_haproxy("HTTP/1.1 req/s (shunt reading every request)", rps_l7);
+    vs_haproxy("HTTP/2 req/s (shunt reading every stream)", h2rps);
 
-  std::printf("\n%-34s %10s", "against direct", "");
-  for (size_t i = 1; i < cols.size(); ++i) std::printf(" %10s", cols[i].c_str());
-  std::printf("\n");
-  auto ratio = [&](const char* metric, std::map<std::string, std::vector<double>>& v) {
-    if (v.empty()) return;
-    const double d = Median(v["direct"]);
-    std::printf("%-34s %10s", metric, "");
-    for (size_t i = 1; i < cols.size(); ++i) {
-      std::printf(" %9.2fx", d > 0 ? Median(v[cols[i]]) / d : 0);
-    }
-    std::printf("\n");
-  };
-  auto added = [&](const char* metric, std::map<std::string, std::vector<double>>& v) {
-    const double d = Median(v["direct"]);
-    std::printf("%-34s %10s", metric, "");
-    for (size_t i = 1; i < cols.size(); ++i) std::printf(" %+10.2f", Median(v[cols[i]]) - d);
-    std::printf("\n");
-  };
-  ratio("bulk throughput", gbps);
-  ratio("iperf3 throughput", iperf);
-  ratio("req/resp p50 latency", p50);
-  ratio("req/resp p99 latency", p99);
-  ratio("HTTP/1.1 req/s (shunt: opaque TCP)", rps);
-  ratio("HTTP/1.1 req/s (shunt: L7)", rps_l7);
-  ratio("HTTP/2 req/s (shunt: L7)", h2rps);
-  added("added p50 latency (us)", p50);
-  added("added p99 latency (us)", p99);
-
-  // Issue 9's targets, said plainly (nothing asserted).
-  const double add_shunt = Median(p50["shunt"]) - Median(p50["direct"]);
-  const double add_haproxy = Median(p50["haproxy"]) - Median(p50["direct"]);
-  std::printf("\nissue 9 targets:\n");
-  auto verdict = [](double shunt_added, double haproxy_added) -> std::string {
-    if (haproxy_added <= 0) return "HAProxy added nothing above direct in this run: not judged";
-    const double share = shunt_added / haproxy_added;
-    char out[64];
-    std::snprintf(out, sizeof(out), "%.2fx of HAProxy's (target <= 0.50x): %s", share,
-                  share <= 0.5 ? "met" : "not met");
-    return out;
-  };
-  const double add_shunt99 = Median(p99["shunt"]) - Median(p99["direct"]);
-  const double add_haproxy99 = Median(p99["haproxy"]) - Median(p99["direct"]);
-  std::printf(
-      "  opaque TCP adds at most half the latency HAProxy adds: p50 shunt %+.2f us, HAProxy "
-      "%+.2f us: %s\n",
-      add_shunt, add_haproxy, verdict(add_shunt, add_haproxy).c_str());
-  std::printf("    (p99: shunt %+.2f us, HAProxy %+.2f us: %s)\n", add_shunt99, add_haproxy99,
-              verdict(add_shunt99, add_haproxy99).c_str());
-  const double bulk =
-      Median(gbps["direct"]) > 0 ? Median(gbps["shunt"]) / Median(gbps["direct"]) : 0;
-  std::printf("  at least 0.9x direct bulk throughput: shunt %.2fx (testpeer bulk): %s", bulk,
-              bulk >= 0.9 ? "met" : "not met");
-  if (iperf3) {
-    const double ib =
-        Median(iperf["direct"]) > 0 ? Median(iperf["shunt"]) / Median(iperf["direct"]) : 0;
-    std::printf("; %.2fx (iperf3): %s", ib, ib >= 0.9 ? "met" : "not met");
-  }
-  std::printf("\n");
-  auto vs_haproxy = [&](const char* what, std::map<std::string, std::vector<double>>& v) {
-    if (v.empty()) return;
-    const double h = Median(v["haproxy"]), x = Median(v["shunt"]);
-    std::printf("  %s at least HAProxy's (%d thread(s) each; HAProxy in TCP mode): shunt %.0f, "
-                "HAProxy %.0f: %.2fx: %s\n",
-                what, absl::GetFlag(FLAGS_threads), x, h, h > 0 ? x / h : 0,
-                h > 0 && x >= h ? "met" : "not met");
-  };
-  vs_haproxy("HTTP/1.1 req/s (shunt reading every request)", rps_l7);
-  vs_haproxy("HTTP/2 req/s (shunt reading every stream)", h2rps);
-
+  }  // --paths
   // The agent's CPU and memory at a fixed 1000 req/s (h2load: 10 keep-alive HTTP/1.1
   // connections, 100 req/s each), through shunt's L7 port, its opaque port, and HAProxy.
   const int fixed = absl::GetFlag(FLAGS_fixed_rps_seconds);
@@ -682,10 +684,10 @@ int main(int argc, char** argv) {
       int port;
       pid_t pid;
     };
-    const std::vector<Fixed> runs = {{"shunt, L7 (every request read)", &paths[1], kHttpL7Port,
-                                      agent.pid()},
-                                     {"shunt, opaque TCP", &paths[1], kHttpPort, agent.pid()},
-                                     {"HAProxy, TCP mode", &paths[2], kHttpPort, haproxy_pid}};
+    const std::vector<Fixed> runs = {
+        {"shunt, L7 (every request read)", &paths[1], kHttpL7Port, agent.pid()},
+        {"shunt, opaque TCP", &paths[1], kHttpPort, agent.pid()},
+        {"HAProxy, TCP mode", &paths[2], kHttpPort, haproxy_pid}};
     for (const Fixed& f : runs) {
       const double cpu0 = CpuSeconds(f.pid);
       const auto t0 = std::chrono::steady_clock::now();
@@ -695,12 +697,13 @@ int main(int argc, char** argv) {
       const double wall =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       const double vcpu = (CpuSeconds(f.pid) - cpu0) / wall;
-      std::printf("  %-32s %7.0f req/s  %.3f vCPU  RSS %.1f MB, of it private %.1f MB%s\n",
-                  f.name, got, vcpu, RssKiB(f.pid) / 1024.0, RssKiB(f.pid, "RssAnon:") / 1024.0,
+      std::printf("  %-32s %7.0f req/s  %.3f vCPU  RSS %.1f MB, of it private %.1f MB%s\n", f.name,
+                  got, vcpu, RssKiB(f.pid) / 1024.0, RssKiB(f.pid, "RssAnon:") / 1024.0,
                   f.pid == agent.pid() ? " (the whole agent: fast path, policy, metrics too)" : "");
     }
-    std::printf("  target (issue 9): at most 0.05 vCPU and 12 MB per 1000 req/s (RSS counts the "
-                "shared libraries' pages, shared with other processes; private: anonymous pages)\n");
+    std::printf(
+        "  target (issue 9): at most 0.05 vCPU and 12 MB per 1000 req/s (RSS counts the "
+        "shared libraries' pages, shared with other processes; private: anonymous pages)\n");
   }
 
   // Memory held by idle connections through shunt and through HAProxy.
@@ -708,17 +711,19 @@ int main(int argc, char** argv) {
   const int idle_n = std::min<int>(absl::GetFlag(FLAGS_idle_connections),
                                    static_cast<int>((nofile.rlim_cur - 2000) / 2));
   if (idle_n > 0) {
-    std::printf("\n%d idle connections held open (asked %d; the descriptor limit here is %llu: "
-                "two per idle relayed connection):\n",
-                idle_n, absl::GetFlag(FLAGS_idle_connections),
-                static_cast<unsigned long long>(nofile.rlim_cur));
+    std::printf(
+        "\n%d idle connections held open (asked %d; the descriptor limit here is %llu: "
+        "two per idle relayed connection):\n",
+        idle_n, absl::GetFlag(FLAGS_idle_connections),
+        static_cast<unsigned long long>(nofile.rlim_cur));
     for (const Path* p : {&paths[1], &paths[2]}) {
       const pid_t pid = std::string(p->name) == "shunt" ? agent.pid() : haproxy_pid;
       const std::string tag = absl::StrCat(bed.work_dir(), "/idle-", p->name);
       auto server = bed.Spawn(*p->server, {"/usr/bin/python3", "-c", kPyIdleServer,
                                            absl::StrCat(kIdlePort), tag + "-server"});
       if (!server.ok()) return fail("idle server", server.status());
-      if (!shunt::e2e::WaitForFile(tag + "-server")) return fail("idle server", absl::DeadlineExceededError("not up"));
+      if (!shunt::e2e::WaitForFile(tag + "-server"))
+        return fail("idle server", absl::DeadlineExceededError("not up"));
       const double rss0 = RssKiB(pid), cpu0 = CpuSeconds(pid);
       auto avail = [] {
         std::ifstream f("/proc/meminfo");
@@ -728,9 +733,9 @@ int main(int argc, char** argv) {
         return 0.0;
       };
       const double avail0 = avail();
-      auto client = bed.Spawn(*p->client, {"/usr/bin/python3", "-c", kPyIdleClient,
-                                           p->server->ipv4, absl::StrCat(kIdlePort),
-                                           absl::StrCat(idle_n), tag + "-ready", tag + "-stop"});
+      auto client = bed.Spawn(*p->client, {"/usr/bin/python3", "-c", kPyIdleClient, p->server->ipv4,
+                                           absl::StrCat(kIdlePort), absl::StrCat(idle_n),
+                                           tag + "-ready", tag + "-stop"});
       if (!client.ok()) return fail("idle client", client.status());
       std::string counts;
       for (int i = 0; i < 600 && counts.empty(); ++i) {
@@ -741,14 +746,16 @@ int main(int argc, char** argv) {
       if (counts.empty()) counts = "(not all open within 60 s)";
       std::this_thread::sleep_for(std::chrono::seconds(1));
       const double rss1 = RssKiB(pid), avail1 = avail();
-      std::printf("  %-8s connected/failed %-12s process RSS %+.1f MB (%.1f KB each), node memory "
-                  "%+.1f MB (%.1f KB each; both sides' sockets, pipes), %.2f CPU s to open them\n",
-                  p->name, counts.c_str(), (rss1 - rss0) / 1024.0, (rss1 - rss0) / idle_n,
-                  (avail0 - avail1) / 1024.0, (avail0 - avail1) / idle_n, CpuSeconds(pid) - cpu0);
+      std::printf(
+          "  %-8s connected/failed %-12s process RSS %+.1f MB (%.1f KB each), node memory "
+          "%+.1f MB (%.1f KB each; both sides' sockets, pipes), %.2f CPU s to open them\n",
+          p->name, counts.c_str(), (rss1 - rss0) / 1024.0, (rss1 - rss0) / idle_n,
+          (avail0 - avail1) / 1024.0, (avail0 - avail1) / idle_n, CpuSeconds(pid) - cpu0);
       WriteFile(tag + "-stop", "").IgnoreError();
       (*client)->Stop(SIGTERM, std::chrono::seconds(20)).IgnoreError();
       (*server)->Stop(SIGTERM, std::chrono::seconds(5)).IgnoreError();
-      std::this_thread::sleep_for(std::chrono::seconds(5));  // closed before the next one's baseline
+      std::this_thread::sleep_for(
+          std::chrono::seconds(5));  // closed before the next one's baseline
     }
   }
 
@@ -762,6 +769,7 @@ int main(int argc, char** argv) {
     // ~65k to ~12-17k req/s from its second run on (state of its own we did not pin down; its
     // first run is the one reported, the comparison most favourable to it).
     std::map<std::string, std::vector<double>> h1, h2;
+    std::map<std::string, std::map<std::string, std::vector<double>>> cpu;  // us per request
     bool ran = true;
     for (int r = 0; r < rounds && ran; ++r) {
       for (int k = 0; k < 2 && ran; ++k) {
@@ -769,7 +777,7 @@ int main(int argc, char** argv) {
         const std::string ip = p.server->ipv4;
         const std::string name = p.name == std::string("shunt") ? "shunt" : "haproxy";
         // One measurement (wrk or h2load), through a HAProxy of its own when it is HAProxy's.
-        auto measure = [&](auto run) {
+        auto measure = [&](const std::string& what, auto run) {
           ProcessPtr http;
           if (name == "haproxy") {
             auto h = StartHaproxyHttp(bed, *p.server);
@@ -781,41 +789,58 @@ int main(int argc, char** argv) {
             }
             http = std::move(*h);
           }
+          // CPU per request of the proxy's process (the whole agent for shunt).
+          const pid_t pid = http ? http->pid() : agent.pid();
+          const double cpu0 = CpuSeconds(pid);
           const double v = run();
+          if (v > 0) cpu[what][name].push_back((CpuSeconds(pid) - cpu0) * 1e6 / (v * seconds));
           if (http) http->Stop(SIGTERM, std::chrono::seconds(5)).IgnoreError();
           return v;
         };
         if (wrk) {
-          h1[name].push_back(measure([&] {
+          h1[name].push_back(measure("h1", [&] {
             return Wrk(bed, *p.client, ip, seconds, absl::GetFlag(FLAGS_wrk_connections),
                        kHttpL7Port);
           }));
         }
         if (h2load && ran) {
-          h2[name].push_back(measure([&] {
+          h2[name].push_back(measure("h2", [&] {
             return H2load(bed, *p.client, absl::StrCat("http://", ip, ":", kH2Port, "/"),
                           {"-c16", "-m10", "-D", absl::StrCat(seconds)}, seconds);
           }));
         }
-        std::fprintf(stderr, "L7 like for like, round %d: %s HTTP/1.1 %.0f req/s, HTTP/2 %.0f req/s\n",
+        std::fprintf(stderr,
+                     "L7 like for like, round %d: %s HTTP/1.1 %.0f req/s, HTTP/2 %.0f req/s\n",
                      r + 1, name.c_str(), h1[name].empty() ? 0 : h1[name].back(),
                      h2[name].empty() ? 0 : h2[name].back());
       }
     }
     if (!ran) h1.clear(), h2.clear();
-    std::printf("\nL7 like for like: shunt reading every request, HAProxy in HTTP mode (mode http, "
-                "the same capture), %d thread(s) each, %d rounds (median):\n",
-                absl::GetFlag(FLAGS_threads), rounds);
-    auto like = [&](const char* what, std::map<std::string, std::vector<double>>& v) {
+    std::printf(
+        "\nL7 like for like: shunt reading every request, HAProxy in HTTP mode (mode http, "
+        "the same capture), %d thread(s) each, %d rounds (median):\n",
+        absl::GetFlag(FLAGS_threads), rounds);
+    auto like = [&](const char* what, std::map<std::string, std::vector<double>>& v,
+                    const std::string& key) {
       if (v.empty()) return;
       const double x = Median(v["shunt"]), h = Median(v["haproxy"]);
-      std::printf("  %-28s shunt %9.0f  HAProxy %9.0f  %.2fx: %s\n", what, x, h,
-                  h > 0 ? x / h : 0, h > 0 && x >= h ? "met" : "not met");
+      std::printf("  %-28s shunt %9.0f  HAProxy %9.0f  %.2fx: %s\n", what, x, h, h > 0 ? x / h : 0,
+                  h > 0 && x >= h ? "met" : "not met");
+      auto& c = cpu[key];
+      if (!c["shunt"].empty() && !c["haproxy"].empty()) {
+        const double cx = Median(c["shunt"]), ch = Median(c["haproxy"]);
+        std::printf("  %-28s shunt %9.2f  HAProxy %9.2f  %.2fx\n", "  CPU us per request", cx, ch,
+                    ch > 0 ? cx / ch : 0);
+      }
     };
-    like("HTTP/1.1 req/s (wrk)", h1);
-    like("HTTP/2 h2c req/s (h2load)", h2);
+    like("HTTP/1.1 req/s (wrk)", h1, "h1");
+    like("HTTP/2 h2c req/s (h2load)", h2, "h2");
   }
 
+  auto m = agent.Scrape();
+  const double relayed = m.ok() ? shunt::e2e::SumSamples(*m, "shunt_relay_bytes_total",
+                                                         {{"direction", "to_upstream"}})
+                                : 0;
   std::printf("through the proxies, not around them: shunt relayed %.0f bytes to the server pod",
               relayed);
   for (auto& [name, c] : captures)
