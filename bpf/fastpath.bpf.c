@@ -52,6 +52,16 @@ const volatile __u8 shunt_protect = 1;
  * stays on the stack for as long as it keeps the stream full (the agent sets both). */
 const volatile __u32 shunt_max_queued_idle = 10 << 20;
 const volatile __u32 shunt_max_queued = 160 << 20;
+/* 1 where TCP drops in-window segments of a receiver whose receive memory is full, instead of
+ * advertising a zero window (measured on Linux 6.1; 6.18 advertises the zero window). Bytes
+ * redirected into a socket are charged to its receive memory (sk_rmem_alloc): a sender that
+ * falls back to the stack while the receiver's sockmap queue fills its sk_rcvbuf has the
+ * segments it sent within the advertised window dropped, retransmitted only after a timeout,
+ * and its RST, whose sequence number then is past what the receiver got, may be ignored (a
+ * server waiting for the client to go waits forever). There the queue is held under a quarter
+ * of the receiver's sk_rcvbuf (TCP advertises half of it as its window, and a window's
+ * segments may take twice their size). */
+const volatile __u8 shunt_rcvbuf_bound = 0;
 /* 1 where FIONREAD users cannot be seen (no fentry on tcp_ioctl / tcp_bpf_ioctl) but reads of
  * every socket can (sock_recv_length): FIONREAD of a socket in the sockhash counts one of its two
  * queues only, so a socket enters it only if both its class and its peer's read safely before
@@ -607,6 +617,7 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 		v->reader = reader;
 		v->drained = 0;
 		v->last_read = 0;
+		v->sk_rcvbuf = (__u32)tp->inet_conn.icsk_inet.sk.sk_rcvbuf;
 		st->slot = slot;
 		struct shunt_reader_ref ref = {.cookie = st->cookie, .slot = slot};
 		/* Never over another socket's entry (nor its peer taken out for it). */
@@ -860,7 +871,8 @@ int shunt_sk_msg(struct sk_msg_md *msg)
 	/* Under TCP memory pressure no queue grows past a few messages: charging the receiver at the
 	 * hard limit would fail the send (ENOMEM), where TCP would make the sender wait. */
 	if ((after > shunt_max_queued_idle && (after > v->rcvbuf || !reading(v))) ||
-	    (after > SHUNT_QUEUED_FREE && tcp_memory_pressure(tp))) {
+	    (after > SHUNT_QUEUED_FREE && tcp_memory_pressure(tp)) ||
+	    (shunt_rcvbuf_bound && v->sk_rcvbuf && after > v->sk_rcvbuf / 4)) {
 		count_msg(st, SHUNT_MSG_FALLBACK_PEER_BACKLOG, size);
 		return SK_PASS;
 	}
@@ -954,6 +966,10 @@ static __always_inline void after_read(struct sock *sk, struct shunt_sock_state 
 	__u32 now = (__u32)bpf_jiffies64();
 	if (v->last_read != now)
 		v->last_read = now ? now : 1;
+	/* Autotuning grows it as the application reads what TCP queued. */
+	__u32 rb = (__u32)tp->inet_conn.icsk_inet.sk.sk_rcvbuf;
+	if (shunt_rcvbuf_bound && v->sk_rcvbuf != rb)
+		v->sk_rcvbuf = rb;
 	/* Each write below takes the line from the sender's CPU: none that changes nothing. */
 	if (psock_queue_empty(sk)) {
 		if (v->queued)

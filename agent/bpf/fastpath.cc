@@ -5,6 +5,7 @@
 #include <bpf/libbpf.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -144,6 +145,17 @@ uint64_t TcpMaxBufferedBytes() {
 // whole time slice ahead (tens of MB at tens of Gbit/s), and a sender that meets the bound stays
 // on the stack for as long as it keeps the stream full (bytes it sent there must be read before it
 // may redirect again). TCP's memory pressure stops the growth node-wide (fastpath.bpf.c).
+// Whether TCP on this kernel drops in-window segments for a receiver whose receive memory is
+// full rather than advertising a zero window (shunt_rcvbuf_bound in bpf/fastpath.bpf.c): measured
+// on Linux 6.1 (it drops) and 6.18 (zero window); kernels in between are taken to drop until
+// measured, which costs only the sockmap queue's depth there.
+bool TcpDropsWhenReceiveMemoryIsFull() {
+  struct utsname u;
+  int major = 0, minor = 0;
+  if (uname(&u) != 0 || sscanf(u.release, "%d.%d", &major, &minor) != 2) return true;
+  return major < 6 || (major == 6 && minor < 18);
+}
+
 uint32_t MaxQueuedBytes() {
   return static_cast<uint32_t>(std::min<uint64_t>(16 * TcpMaxBufferedBytes(), 1u << 30));
 }
@@ -220,6 +232,8 @@ absl::Status Fastpath::Load() {
   skel_->rodata->shunt_max_queued = config_.max_queued ? config_.max_queued : MaxQueuedBytes();
   skel_->rodata->shunt_max_queued_idle = static_cast<uint32_t>(
       std::min<uint64_t>(TcpMaxBufferedBytes(), skel_->rodata->shunt_max_queued));
+  rcvbuf_bound_ = config_.protect && TcpDropsWhenReceiveMemoryIsFull();
+  skel_->rodata->shunt_rcvbuf_bound = rcvbuf_bound_ ? 1 : 0;
   if (config_.protect) {
     if (CanTrace("tcp_bpf_recvmsg", BPF_TRACE_FENTRY) &&
         CanTrace("tcp_bpf_recvmsg", BPF_TRACE_FEXIT)) {
@@ -306,7 +320,11 @@ absl::Status Fastpath::AttachTracing() {
                                          trace_ioctl_ && trace_bpf_ioctl_ ? " and " : "",
                                          trace_bpf_ioctl_ ? "tcp_bpf_ioctl" : "")
                           : std::string("; FIONREAD readers not seen"))
-                  << (unlearned_plain_ ? "; first connections of a class stay plain TCP" : "");
+                  << (unlearned_plain_ ? "; first connections of a class stay plain TCP" : "")
+                  << (rcvbuf_bound_ ? "; a receiver's sockmap queue stays under a quarter of its "
+                                      "receive buffer (TCP here drops what it advertised room "
+                                      "for once that memory is full)"
+                                    : "");
   return absl::OkStatus();
 }
 

@@ -128,6 +128,7 @@ class Fastpath {
   ReadTracking read_tracking_ = ReadTracking::kOff;
   bool trace_splice_ = false;     // fentry on tcp_splice_read
   bool space_adjust_ = false;     // else tp_btf/tcp_rcv_space_adjust in the splice syscall
+  bool rcvbuf_bound_ = false;     // shunt_rcvbuf_bound: queues held under the receive buffer
   bool unlearned_plain_ = false;  // shunt_unlearned_plain: FIONREAD unseen, reads seen
   bool trace_ioctl_ = false;      // fentry on tcp_ioctl (FIONREAD of sockhash members on 6.1)
   bool trace_bpf_ioctl_ = false;  // fentry on tcp_bpf_ioctl (theirs where it exists)

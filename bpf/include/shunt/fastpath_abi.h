@@ -130,7 +130,9 @@ struct shunt_reader_view {
 	__u8 drained;     /* seen empty after the drain settled (uninstall): may leave the sockhash */
 	__u8 pad[2];
 	__u32 last_read;  /* jiffies (low 32 bits) of its last read; 0 before the first */
-	__u64 pad2[4];
+	__u32 sk_rcvbuf;  /* its sk_rcvbuf as of its insertion or last read; 0: unknown */
+	__u32 pad3;
+	__u64 pad2[3];
 };
 /* A socket's slot is searched from its cookie's, this many slots on. */
 #define SHUNT_SLOT_PROBES 8
