@@ -6,7 +6,6 @@
 // SHUNT_COMPAT_CONNS overrides the number of connections (for a quick local run),
 // SHUNT_COMPAT_BYTES the bytes per connection (DefaultBytes).
 #include <gtest/gtest.h>
-#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -54,17 +53,6 @@ std::string CaseName(const ::testing::TestParamInfo<CompatCase>& info) {
 
 void PrintTo(const CompatCase& c, std::ostream* os) {
   *os << c.name << "/" << c.io << "/" << FamilyName(c.family);
-}
-
-// Whether the agent holds a receiver's sockmap queue under a quarter of its receive buffer here
-// (kernels before 6.18, whose TCP drops in-window segments once the receive memory is full:
-// TcpDropsWhenReceiveMemoryIsFull in agent/bpf/fastpath.cc). A stream that outruns its reader
-// then takes the stack after a few KiB.
-bool QueueBoundByReceiveBuffer() {
-  utsname u{};
-  int major = 0, minor = 0;
-  if (uname(&u) != 0 || sscanf(u.release, "%d.%d", &major, &minor) != 2) return true;
-  return major < 6 || (major == 6 && minor < 18);
 }
 
 int Conns() {
@@ -419,7 +407,7 @@ TEST(CompatOrdinaryPrograms, PythonHalfCloseSameMeshedAndUnmeshed) {
   // Each client writes its 1 MiB in one sendall(), faster than the server reads: where the
   // queue is bound by the receive buffer (128 KiB at first), only the first KiB of each are
   // redirected (measured on 6.1: 335 KiB of the 50 MiB).
-  EXPECT_GT(redirected() - before, QueueBoundByReceiveBuffer() ? 0 : 1 << 20)
+  EXPECT_GT(redirected() - before, FastpathQueueBoundByReceiveBuffer() ? 0 : 1 << 20)
       << "the clients with a timeout were not spliced";
   EXPECT_EQ(plain, absl::StrCat("{'got 1048576\\n': ", Conns(), "}\n"));
   EXPECT_EQ(meshed, plain);

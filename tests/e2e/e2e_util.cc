@@ -1,3 +1,4 @@
+#include <sys/utsname.h>
 #include "tests/e2e/e2e_util.h"
 
 #include <arpa/inet.h>
@@ -344,6 +345,21 @@ absl::StatusOr<testbed::Output> UninstallAgent(testbed::Testbed& bed, const test
                        {AgentBinary(), "--uninstall", "--node-name=" + node.name,
                         "--cgroup-root=" + node.cgroup_root},
                        std::chrono::seconds(30));
+}
+
+bool FastpathQueueBoundByReceiveBuffer() {
+  utsname u{};
+  int major = 0, minor = 0;
+  if (uname(&u) != 0 || sscanf(u.release, "%d.%d", &major, &minor) != 2) return true;
+  return major < 6 || (major == 6 && minor < 18);
+}
+
+uint64_t MustBeSpliced(uint64_t bytes) {
+  return FastpathQueueBoundByReceiveBuffer() ? bytes / 8 : bytes;
+}
+
+uint64_t MayTakeTheStack(uint64_t bytes, uint64_t unbound) {
+  return FastpathQueueBoundByReceiveBuffer() ? bytes * 7 / 8 : unbound;
 }
 
 }  // namespace shunt::e2e

@@ -82,6 +82,17 @@ std::string MetricsProblems(const std::string& text);
 // Waits (10 s at most) for a program to create `path`, its sign that it is ready.
 bool WaitForFile(const std::string& path);
 
+// Whether the agent holds a receiver's sockmap queue under a quarter of its receive buffer on this
+// kernel (before 6.18, whose TCP drops in-window segments once a receiver's memory is full:
+// TcpDropsWhenReceiveMemoryIsFull in agent/bpf/fastpath.cc, docs/fastpath.md). A stream that
+// outruns its reader there takes the stack after a few KiB and stays on it while the pipe is full.
+bool FastpathQueueBoundByReceiveBuffer();
+// Of `bytes` a test sends in a stream faster than its reader: what must at least be spliced (all
+// of it, or an eighth where the queue is bound by the receive buffer: measured on 6.1, 23 to 94%
+// of bulk streams were), and what may cross the veths (`unbound` where it is not).
+uint64_t MustBeSpliced(uint64_t bytes);
+uint64_t MayTakeTheStack(uint64_t bytes, uint64_t unbound);
+
 // The shunt-agent this build made, or $SHUNT_AGENT_BINARY where set (benchmarks of another build).
 std::string AgentBinary();
 std::string TestpeerBinary();
