@@ -17,6 +17,7 @@
 #include "agent/bpf/fastpath.h"
 #include "agent/capture/capture_reconciler.h"
 #include "agent/capture/handoff.h"
+#include "agent/supervisor.h"
 #include "agent/proxy/tcp_relay.h"
 #include "agent/bpf/kernel_probe.h"
 #include "agent/bpf/socklb.h"
@@ -371,6 +372,21 @@ int RunAgent(const AgentConfig& config) {
     }
   }
 
+  // Under --supervise: the listeners of the agent before this one, if it crashed (a predecessor
+  // that handed over had them, and the supervisor's copies are then stale).
+  std::unique_ptr<KeeperClient> keeper;
+  if (config.keeper_fd >= 0) {
+    keeper = std::make_unique<KeeperClient>(config.keeper_fd);
+    auto kept = keeper->Take();
+    if (!kept.ok()) {
+      SHUNT_LOG(WARNING) << kept.status().message() << ": starting without them";
+    } else if (inherited.empty() && !kept->empty()) {
+      SHUNT_LOG(INFO) << "took " << kept->size() << " capture listener(s) the supervisor kept "
+                      << "across the restart";
+      inherited = std::move(*kept);
+    }
+  }
+
   if (absl::Status s = CheckKernel(); !s.ok()) {
     SHUNT_LOG(ERROR) << s.message();
     return 2;
@@ -570,6 +586,7 @@ int RunAgent(const AgentConfig& config) {
     co.resync = config.resync;
     co.capture.port = config.capture_port;
     co.inherited = std::move(inherited);
+    if (keeper) co.on_listeners = [k = keeper.get()](std::vector<HandedListener> l) { k->Set(l); };
     capture = std::make_unique<CaptureReconciler>(std::move(co), store, *relay);
     if (absl::Status s = capture->Start(); !s.ok()) {
       SHUNT_LOG(WARNING) << "first capture pass: " << s.message();
@@ -732,6 +749,7 @@ int RunAgent(const AgentConfig& config) {
     exposer.reset();
     std::vector<HandedListener> handed;
     if (capture) handed = capture->Surrender();
+    if (keeper) keeper->Set({});  // the successor's now
     {
       absl::MutexLock l(&w.mu);
       w.handed = std::move(handed);
@@ -751,6 +769,7 @@ int RunAgent(const AgentConfig& config) {
       capture->Stop();
       capture->ReleaseAll();
     }
+    if (keeper) keeper->Set({});
   }
   // A successor that asks from now on gets no listener (they are released), but the ports: it
   // serves its own metrics and probes while this one drains.

@@ -43,6 +43,8 @@ struct AgentConfig {
   uint64_t capture_max_buffered_per_pod = 64 << 20;
   // Where this agent hands its capture listeners to its successor (empty: no handoff).
   std::string handoff_socket;
+  // The socket pair end of the supervising process (--supervise, supervisor.h); -1: none.
+  int keeper_fd = -1;
   absl::Duration drain_timeout = absl::Seconds(25);  // after SIGTERM, for relayed connections
   // After SIGTERM with no successor yet, how long to go on serving while one may be starting.
   absl::Duration handoff_wait = absl::Seconds(5);

@@ -8,6 +8,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "agent/agent.h"
+#include "agent/supervisor.h"
 #include "common/flags.h"
 #include "common/log.h"
 
@@ -102,6 +103,10 @@ ABSL_FLAG(uint32_t, policy_destinations_map_size, 16384,
 ABSL_FLAG(uint32_t, max_metric_series, 10000, "Cap on workload-pair series; beyond: \"other\".");
 ABSL_FLAG(bool, uninstall, false,
           "Remove every program, link, pin and map this node's agent created, then exit.");
+ABSL_FLAG(bool, supervise, false,
+          "Run the agent as the child of a small supervising process that starts it again at "
+          "once when it crashes and keeps its capture listeners open meanwhile (docs/agent.md).");
+ABSL_FLAG(int, keeper_fd, -1, "Internal: the supervising process's socket (--supervise).");
 ABSL_FLAG(bool, version, false, "Print the version and exit.");
 ABSL_FLAG(bool, verbose, false, "Debug logging.");
 
@@ -179,6 +184,23 @@ int main(int argc_in, char** argv_in) {
       config.handoff_socket.clear();
     }
     if (absl::GetFlag(FLAGS_uninstall)) return shunt::agent::UninstallAgent(config);
+    if (absl::GetFlag(FLAGS_supervise)) {
+      // The same command line for the child, less --supervise (and any --keeper-fd).
+      std::vector<std::string> child;
+      for (int i = 0; i < argc; ++i) {
+        std::string_view a(argv[i]);
+        std::string_view name = a;
+        while (!name.empty() && name.front() == '-') name.remove_prefix(1);
+        name = name.substr(0, name.find('='));
+        if (i > 0 && (name == "supervise" || name == "nosupervise" || name == "keeper_fd" ||
+                      name == "keeper-fd")) {
+          continue;
+        }
+        child.emplace_back(a);
+      }
+      return shunt::agent::Supervise(std::move(child));
+    }
+    config.keeper_fd = absl::GetFlag(FLAGS_keeper_fd);
     return shunt::agent::RunAgent(config);
   });
 }

@@ -394,6 +394,18 @@ absl::Status CaptureReconciler::ReconcileOnce() {
     if (rechecked_version_ != 0) relay_.Recheck();
     rechecked_version_ = snapshot->version;
   }
+  if (options_.on_listeners) {
+    std::vector<std::tuple<std::string, ino_t, int, int>> now;
+    for (const auto& [uid, p] : pods_) {
+      for (size_t i = 0; i < p.listeners.size(); ++i) {
+        now.emplace_back(uid, p.netns_ino, p.families[i], p.listeners[i]);
+      }
+    }
+    if (now != published_) {
+      options_.on_listeners(DuplicateListeners());
+      published_ = std::move(now);
+    }
+  }
   std::map<std::string, std::set<std::string>> uids;
   for (const auto& [uid, p] : pods_) {
     if (p.netns != nullptr) uids[uid] = std::set<std::string>(p.l7_ports.begin(), p.l7_ports.end());
@@ -404,9 +416,7 @@ absl::Status CaptureReconciler::ReconcileOnce() {
   return first;
 }
 
-std::vector<HandedListener> CaptureReconciler::Surrender() {
-  loop_.Stop();
-  absl::MutexLock pass(&pass_mu_);
+std::vector<HandedListener> CaptureReconciler::DuplicateListeners() {
   std::vector<HandedListener> out;
   for (auto& [uid, p] : pods_) {
     for (size_t i = 0; i < p.listeners.size(); ++i) {
@@ -417,13 +427,22 @@ std::vector<HandedListener> CaptureReconciler::Surrender() {
       h.port = options_.capture.port;
       h.fd = UniqueFd(fcntl(p.listeners[i], F_DUPFD_CLOEXEC, 0));
       if (!h.fd.valid()) {
-        SHUNT_LOG(ERROR) << "pod " << uid << ": duplicate a listener for the handoff: "
-                         << std::strerror(errno);
+        SHUNT_LOG(ERROR) << "pod " << uid << ": duplicate a listener: " << std::strerror(errno);
       } else {
         out.push_back(std::move(h));
       }
-      relay_.RemoveListener(p.listeners[i]);  // the relay's copy; the socket lives on in `out`
     }
+  }
+  return out;
+}
+
+std::vector<HandedListener> CaptureReconciler::Surrender() {
+  loop_.Stop();
+  absl::MutexLock pass(&pass_mu_);
+  std::vector<HandedListener> out = DuplicateListeners();
+  for (auto& [uid, p] : pods_) {
+    // The relay's copy; the socket lives on in `out`.
+    for (int fd : p.listeners) relay_.RemoveListener(fd);
   }
   pods_.clear();
   releasing_.clear();  // the successor's to finish (their pods are not meshed: not captured)

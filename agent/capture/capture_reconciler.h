@@ -7,6 +7,7 @@
 
 #include <sys/types.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -38,6 +39,9 @@ class CaptureReconciler {
     // Listeners handed over by the agent this one replaces (handoff.h): a pod found in the same
     // namespace is served on them instead of new ones; those not taken by the first pass close.
     std::vector<HandedListener> inherited;
+    // Called after a pass that changed the set of listeners, with duplicates of all of them (the
+    // supervisor keeps them across a crash of this process: supervisor.h).
+    std::function<void(std::vector<HandedListener>)> on_listeners;
   };
   CaptureReconciler(Options options, PolicyStore& store, TcpRelay& relay);
   ~CaptureReconciler();  // Stop(); what is captured stays (a restarted agent takes it over)
@@ -99,6 +103,10 @@ class CaptureReconciler {
   std::vector<std::pair<std::string, Pod>> releasing_ ABSL_GUARDED_BY(pass_mu_);
   uint64_t next_group_ ABSL_GUARDED_BY(pass_mu_) = 1;
   uint64_t rechecked_version_ ABSL_GUARDED_BY(pass_mu_) = 0;  // the policy open connections had
+  // The listeners last given to on_listeners: (pod, namespace, family, descriptor).
+  std::vector<std::tuple<std::string, ino_t, int, int>> published_ ABSL_GUARDED_BY(pass_mu_);
+  // Duplicates of every listener of pods_.
+  std::vector<HandedListener> DuplicateListeners() ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
   mutable absl::Mutex mu_;
   size_t captured_ ABSL_GUARDED_BY(mu_) = 0;
   // Captured pods, each with the L7 ports its table has.

@@ -17,6 +17,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/errno_status.h"
+#include "common/status_macros.h"
 #include "common/log.h"
 
 namespace shunt::agent {
@@ -64,6 +65,15 @@ absl::Status SendMessage(int fd, const std::string& text, int pass_fd) {
 }
 
 }  // namespace
+
+absl::Status SendListeners(int fd, const std::vector<HandedListener>& listeners) {
+  for (const auto& l : listeners) {
+    RETURN_IF_ERROR(SendMessage(
+        fd, absl::StrCat("L ", l.pod_uid, " ", l.netns_ino, " ", l.family, " ", l.port, "\n"),
+        l.fd.get()));
+  }
+  return SendMessage(fd, kEnd, -1);
+}
 
 absl::StatusOr<std::unique_ptr<HandoffServer>> HandoffServer::Start(const std::string& path,
                                                                     Surrender surrender) {
@@ -122,15 +132,7 @@ void HandoffServer::Serve() {
     }
     SHUNT_LOG(INFO) << "handoff: a new agent takes over: handing over the capture listeners";
     std::vector<HandedListener> listeners = surrender_();
-    absl::Status s;
-    for (const auto& l : listeners) {
-      s = SendMessage(c.get(),
-                      absl::StrCat("L ", l.pod_uid, " ", l.netns_ino, " ", l.family, " ", l.port,
-                                   "\n"),
-                      l.fd.get());
-      if (!s.ok()) break;
-    }
-    if (s.ok()) s = SendMessage(c.get(), kEnd, -1);
+    absl::Status s = SendListeners(c.get(), listeners);
     if (!s.ok()) {
       // The successor went away mid-way: the listeners are gone from this agent too (its policy
       // work stopped); what it received it serves, the rest is reached directly (fail open) until
@@ -161,6 +163,11 @@ absl::StatusOr<std::vector<HandedListener>> TakeOver(const std::string& path,
     return ErrnoStatus(errno, "handoff: send");
   }
   if (reached) *reached = true;
+  return ReceiveListeners(fd.get());
+}
+
+absl::StatusOr<std::vector<HandedListener>> ReceiveListeners(int fd) {
+  std::vector<HandedListener> out;
   while (true) {
     char text[kMaxMessage + 1] = {};
     iovec iov{text, kMaxMessage};
@@ -170,9 +177,9 @@ absl::StatusOr<std::vector<HandedListener>> TakeOver(const std::string& path,
     msg.msg_iovlen = 1;
     msg.msg_control = control;
     msg.msg_controllen = sizeof(control);
-    const ssize_t n = recvmsg(fd.get(), &msg, MSG_CMSG_CLOEXEC);
+    const ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
     if (n < 0) return ErrnoStatus(errno, "handoff: receive");
-    if (n == 0) return absl::UnavailableError("handoff: the old agent went away mid-way");
+    if (n == 0) return absl::UnavailableError("handoff: the peer went away mid-way");
     std::vector<UniqueFd> fds;
     for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
       if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;

@@ -72,4 +72,10 @@ absl::StatusOr<std::vector<HandedListener>> TakeOver(const std::string& path,
                                                      absl::Duration timeout,
                                                      bool* reached = nullptr);
 
+// The messages both protocols share: each listener as "L <pod uid> <netns inode> <family> <port>"
+// with its descriptor, then "END". Also what the supervising process (supervisor.h) and its agent
+// exchange over their socket pair.
+absl::Status SendListeners(int fd, const std::vector<HandedListener>& listeners);
+absl::StatusOr<std::vector<HandedListener>> ReceiveListeners(int fd);
+
 }  // namespace shunt::agent

@@ -461,6 +461,69 @@ TEST_F(CaptureTest, TheAgentRelaysAMeshedPodsInboundConnectionsAsTheClient) {
   ExpectNoCaptureLeft();  // the agent's uninstall: table, rules, routes, listener
 }
 
+// The capture listener's socket inode in the server pod (ss), 0 when none listens.
+uint64_t ListenerInode(testbed::Testbed& bed, const testbed::Pod& pod) {
+  auto out = bed.Run(pod, {"ss", "-Htlne", "sport = :15008"}, 10s);
+  if (!out.ok()) return 0;
+  const size_t at = out->out.find("ino:");
+  return at == std::string::npos ? 0 : strtoull(out->out.c_str() + at + 4, nullptr, 10);
+}
+
+// The supervised agent's process (the supervisor's child), -1 while none runs.
+pid_t AgentChild(pid_t supervisor) {
+  auto text = ReadFileToString(absl::StrCat("/proc/", supervisor, "/task/", supervisor, "/children"));
+  if (!text.ok() || text->empty()) return -1;
+  return static_cast<pid_t>(strtol(text->c_str(), nullptr, 10));
+}
+
+// --supervise: the agent killed (SIGKILL, as the OOM killer or a crash ends it) is started again
+// by its supervisor, which kept the capture listeners open meanwhile: the listening socket is the
+// same one before and after (no SYN of a new connection met a closed port, so none waited for
+// its 1 s retransmission: shunt-bench-restart measures the time), and a connection made right
+// after the kill is served, as the client, by the new agent.
+TEST_F(CaptureTest, ASupervisedAgentKilledIsStartedAgainOnTheListenersItsSupervisorKept) {
+  StartCapturingAgent({"--supervise", "--handoff-wait-ms=0"});
+  if (HasFatalFailure()) return;
+  std::string out;
+  RunClient(Server().ipv4, &out).join();
+  EXPECT_EQ(out, "peer " + Client().ipv4 + "\nhello") << agent_->Stderr();
+  const pid_t supervisor = agent_->pid();
+  pid_t first = -1;
+  ASSERT_TRUE(shunt::test::Eventually([&] { return (first = AgentChild(supervisor)) > 0; }, 10s,
+                                      50ms));
+  const uint64_t inode = ListenerInode(*bed_, Server());
+  ASSERT_NE(inode, 0u) << "no capture listener in the server pod";
+  // The agent told its supervisor about the listener in its first capture pass, before it
+  // counted the pod captured (what StartCapturingAgent waited for).
+
+  ASSERT_EQ(kill(first, SIGKILL), 0);
+  RunClient(Server().ipv4, &out).join();  // during the restart
+  EXPECT_EQ(out, "peer " + Client().ipv4 + "\nhello") << agent_->Stderr();
+  pid_t second = -1;
+  EXPECT_TRUE(shunt::test::Eventually(
+      [&] { return (second = AgentChild(supervisor)) > 0 && second != first; }, 10s, 50ms));
+  EXPECT_EQ(kill(supervisor, 0), 0) << "the supervisor runs on";
+  EXPECT_EQ(ListenerInode(*bed_, Server()), inode) << "the same listening socket, kept";
+  EXPECT_NE(agent_->Stderr().find("capture listener(s) the supervisor kept"), std::string::npos)
+      << agent_->Stderr();
+  EXPECT_TRUE(shunt::test::Eventually(
+      [&] { return Metric("shunt_relay_connections_total", {{"result", "accepted"}}) >= 1; }, 10s,
+      50ms))
+      << "the connection made during the restart went through the new agent's relay";
+
+  // A stop signal goes to the agent, and the supervisor ends with it, not starting it again.
+  EXPECT_TRUE(agent_->Stop().ok()) << agent_->Stderr();
+  EXPECT_TRUE(shunt::test::Eventually([&] { return kill(second, 0) != 0; }, 10s, 100ms));
+  const std::string log = agent_->Stderr();
+  size_t starts = 0;
+  for (size_t at = log.find("supervisor: agent started"); at != std::string::npos;
+       at = log.find("supervisor: agent started", at + 1)) {
+    ++starts;
+  }
+  EXPECT_EQ(starts, 2u) << log;
+  EXPECT_NE(log.find("stopping"), std::string::npos) << log;
+}
+
 // A client that vanishes without a FIN or a reset (its node lost: every packet of its pod's
 // namespace dropped from now on): the relay's keepalive and TCP_USER_TIMEOUT find it, and the
 // server's connection is reset instead of held open for ever. (Without them, the server still
