@@ -380,7 +380,7 @@ int RunAgent(const AgentConfig& config) {
     auto kept = keeper->Take();
     if (!kept.ok()) {
       SHUNT_LOG(WARNING) << kept.status().message() << ": starting without them";
-    } else if (inherited.empty() && !kept->empty()) {
+    } else if (!predecessor && inherited.empty() && !kept->empty()) {
       SHUNT_LOG(INFO) << "took " << kept->size() << " capture listener(s) the supervisor kept "
                       << "across the restart";
       inherited = std::move(*kept);

@@ -184,7 +184,7 @@ int main(int argc_in, char** argv_in) {
       config.handoff_socket.clear();
     }
     if (absl::GetFlag(FLAGS_uninstall)) return shunt::agent::UninstallAgent(config);
-    if (absl::GetFlag(FLAGS_supervise)) {
+    if (absl::GetFlag(FLAGS_supervise) && absl::GetFlag(FLAGS_keeper_fd) < 0) {
       // The same command line for the child, less --supervise (and any --keeper-fd).
       std::vector<std::string> child;
       for (int i = 0; i < argc; ++i) {
@@ -198,6 +198,8 @@ int main(int argc_in, char** argv_in) {
         }
         child.emplace_back(a);
       }
+      // Also when --supervise came from a flag file or the environment: one supervisor only.
+      child.emplace_back("--nosupervise");
       return shunt::agent::Supervise(std::move(child));
     }
     config.keeper_fd = absl::GetFlag(FLAGS_keeper_fd);

@@ -102,6 +102,10 @@ int Supervise(std::vector<std::string> argv) {
       return 1;
     }
     UniqueFd keeper(pair[0]), child_end(pair[1]);
+    // An agent stopped between a "SET" and its "END" does not hold the supervisor (its signals,
+    // its reaping) for ever.
+    timeval t{5, 0};
+    setsockopt(keeper.get(), SOL_SOCKET, SO_RCVTIMEO, &t, sizeof(t));
     const absl::Time started = absl::Now();
     const pid_t child = StartAgent(argv, child_end.get(), original);
     if (child < 0) {
@@ -131,6 +135,12 @@ int Supervise(std::vector<std::string> argv) {
       }
       const pid_t w = waitpid(child, &status, WNOHANG);
       exited = w == child;
+    }
+    // What the agent said before it went and was not read yet: its last set is the one to keep.
+    while (keeper.valid()) {
+      pollfd p{keeper.get(), POLLIN, 0};
+      if (poll(&p, 1, 0) <= 0 || !(p.revents & (POLLIN | POLLHUP | POLLERR))) break;
+      if (!ServeKeeper(keeper.get(), held)) keeper.Reset();
     }
     if (stop_signal != 0) {
       return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);

@@ -59,9 +59,13 @@ const volatile __u32 shunt_max_queued = 160 << 20;
  * segments it sent within the advertised window dropped, retransmitted only after a timeout,
  * and its RST, whose sequence number then is past what the receiver got, may be ignored (a
  * server waiting for the client to go waits forever). There the queue is held under a quarter
- * of the receiver's sk_rcvbuf (TCP advertises half of it as its window, and a window's
- * segments may take twice their size). */
+ * of the receiver's sk_rcvbuf: room for the window TCP advertises (half of it) in segments up to
+ * half again their size; a quarter is what the compatibility suite measured drop-free on 6.1,
+ * not a bound derived for every traffic shape. */
 const volatile __u8 shunt_rcvbuf_bound = 0;
+/* The sk_rcvbuf taken for a reader view that has none (written by an older agent's programs,
+ * which did not record it): tcp_rmem[1], a new socket's (set by the agent). */
+const volatile __u32 shunt_rcvbuf_default = 131072;
 /* 1 where FIONREAD users cannot be seen (no fentry on tcp_ioctl / tcp_bpf_ioctl) but reads of
  * every socket can (sock_recv_length): FIONREAD of a socket in the sockhash counts one of its two
  * queues only, so a socket enters it only if both its class and its peer's read safely before
@@ -872,7 +876,8 @@ int shunt_sk_msg(struct sk_msg_md *msg)
 	 * hard limit would fail the send (ENOMEM), where TCP would make the sender wait. */
 	if ((after > shunt_max_queued_idle && (after > v->rcvbuf || !reading(v))) ||
 	    (after > SHUNT_QUEUED_FREE && tcp_memory_pressure(tp)) ||
-	    (shunt_rcvbuf_bound && v->sk_rcvbuf && after > v->sk_rcvbuf / 4)) {
+	    (shunt_rcvbuf_bound &&
+	     after > (v->sk_rcvbuf ? v->sk_rcvbuf : shunt_rcvbuf_default) / 4)) {
 		count_msg(st, SHUNT_MSG_FALLBACK_PEER_BACKLOG, size);
 		return SK_PASS;
 	}

@@ -141,10 +141,6 @@ uint64_t TcpMaxBufferedBytes() {
   return total ? total : 10u << 20;  // Linux defaults: 6 MiB + 4 MiB
 }
 
-// A receiver that is reading may fall 16 times further behind: a sender on the reader's CPU runs a
-// whole time slice ahead (tens of MB at tens of Gbit/s), and a sender that meets the bound stays
-// on the stack for as long as it keeps the stream full (bytes it sent there must be read before it
-// may redirect again). TCP's memory pressure stops the growth node-wide (fastpath.bpf.c).
 // Whether TCP on this kernel drops in-window segments for a receiver whose receive memory is
 // full rather than advertising a zero window (shunt_rcvbuf_bound in bpf/fastpath.bpf.c): measured
 // on Linux 6.1 (it drops) and 6.18 (zero window); kernels in between are taken to drop until
@@ -156,6 +152,19 @@ bool TcpDropsWhenReceiveMemoryIsFull() {
   return major < 6 || (major == 6 && minor < 18);
 }
 
+// The default receive buffer of a new TCP socket (tcp_rmem[1]).
+uint32_t TcpDefaultReceiveBuffer() {
+  uint64_t lo = 0, def = 0, hi = 0;
+  FILE* f = fopen("/proc/sys/net/ipv4/tcp_rmem", "r");
+  const bool ok = f && fscanf(f, "%lu %lu %lu", &lo, &def, &hi) == 3;
+  if (f) fclose(f);
+  return ok && def > 0 ? static_cast<uint32_t>(std::min<uint64_t>(def, 1u << 30)) : 131072;
+}
+
+// A receiver that is reading may fall 16 times further behind: a sender on the reader's CPU runs a
+// whole time slice ahead (tens of MB at tens of Gbit/s), and a sender that meets the bound stays
+// on the stack for as long as it keeps the stream full (bytes it sent there must be read before it
+// may redirect again). TCP's memory pressure stops the growth node-wide (fastpath.bpf.c).
 uint32_t MaxQueuedBytes() {
   return static_cast<uint32_t>(std::min<uint64_t>(16 * TcpMaxBufferedBytes(), 1u << 30));
 }
@@ -234,6 +243,7 @@ absl::Status Fastpath::Load() {
       std::min<uint64_t>(TcpMaxBufferedBytes(), skel_->rodata->shunt_max_queued));
   rcvbuf_bound_ = config_.protect && TcpDropsWhenReceiveMemoryIsFull();
   skel_->rodata->shunt_rcvbuf_bound = rcvbuf_bound_ ? 1 : 0;
+  skel_->rodata->shunt_rcvbuf_default = TcpDefaultReceiveBuffer();
   if (config_.protect) {
     if (CanTrace("tcp_bpf_recvmsg", BPF_TRACE_FENTRY) &&
         CanTrace("tcp_bpf_recvmsg", BPF_TRACE_FEXIT)) {

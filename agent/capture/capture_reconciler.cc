@@ -401,7 +401,7 @@ absl::Status CaptureReconciler::ReconcileOnce() {
         now.emplace_back(uid, p.netns_ino, p.families[i], p.listeners[i]);
       }
     }
-    if (now != published_) {
+    if (!published_ || now != *published_) {
       options_.on_listeners(DuplicateListeners());
       published_ = std::move(now);
     }

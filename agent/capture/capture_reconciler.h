@@ -10,6 +10,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <tuple>
@@ -104,7 +105,10 @@ class CaptureReconciler {
   uint64_t next_group_ ABSL_GUARDED_BY(pass_mu_) = 1;
   uint64_t rechecked_version_ ABSL_GUARDED_BY(pass_mu_) = 0;  // the policy open connections had
   // The listeners last given to on_listeners: (pod, namespace, family, descriptor).
-  std::vector<std::tuple<std::string, ino_t, int, int>> published_ ABSL_GUARDED_BY(pass_mu_);
+  // None before the first pass: that one always publishes (an empty set too: what a supervisor
+  // kept for pods gone while no agent ran is let go).
+  std::optional<std::vector<std::tuple<std::string, ino_t, int, int>>> published_
+      ABSL_GUARDED_BY(pass_mu_);
   // Duplicates of every listener of pods_.
   std::vector<HandedListener> DuplicateListeners() ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
   mutable absl::Mutex mu_;

@@ -238,21 +238,25 @@ TEST_P(CompatTest, SameOutcomesMeshedAndUnmeshed) {
   ++port;
   double before = Redirected();
   double backlog_before = Fallbacks("peer_backlog");
-  const int64_t meshed_drops_before = ReceiveDrops(bed.pod(0, 1));
+  // Both ends receive (bidir, the replies).
+  auto drops = [&](int a, int b) { return ReceiveDrops(bed.pod(0, a)) + ReceiveDrops(bed.pod(0, b)); };
+  const int64_t meshed_drops_before = drops(0, 1);
   auto meshed = RunPair(bed.pod(0, 0), bed.pod(0, 1), port);
   ASSERT_TRUE(meshed.ok()) << meshed.status();
-  const int64_t meshed_drops = ReceiveDrops(bed.pod(0, 1)) - meshed_drops_before;
+  const int64_t meshed_drops = drops(0, 1) - meshed_drops_before;
   double redirected = Redirected() - before;
   double backlog = Fallbacks("peer_backlog") - backlog_before;
-  const int64_t plain_drops_before = ReceiveDrops(bed.pod(0, 3));
+  const int64_t plain_drops_before = drops(2, 3);
   auto plain = RunPair(bed.pod(0, 2), bed.pod(0, 3), port);
   ASSERT_TRUE(plain.ok()) << plain.status();
-  const int64_t plain_drops = ReceiveDrops(bed.pod(0, 3)) - plain_drops_before;
-  ASSERT_GE(meshed_drops_before, 0) << "no TcpExt counters in the server pod";
+  const int64_t plain_drops = drops(2, 3) - plain_drops_before;
+  ASSERT_GE(meshed_drops_before, 0) << "no TcpExt counters in the pods";
+  ASSERT_GE(plain_drops_before, 0) << "no TcpExt counters in the pods";
   // The receiver's TCP never drops what it advertised room for because the sockmap queue took
-  // its memory: the sender's RST would then be past what it received, and be ignored.
-  EXPECT_EQ(meshed_drops, plain_drops) << "TCP receive drops (RcvPruned + TCPRcvQDrop + "
-                                          "TCPOFODrop) in the server pod, meshed vs unmeshed";
+  // its memory: the sender's RST would then be past what it received, and be ignored. (No more
+  // than unmeshed: plain TCP between two pods of one node drops none, measured.)
+  EXPECT_LE(meshed_drops, plain_drops) << "TCP receive drops (RcvPruned + TCPRcvQDrop + "
+                                          "TCPOFODrop) in the two pods, meshed vs unmeshed";
 
   const nlohmann::json ok = {{"ok", Conns()}};
   // The unmeshed run is the reference: TCP as the kernel defines it, all "ok".
@@ -405,7 +409,7 @@ TEST(CompatOrdinaryPrograms, PythonHalfCloseSameMeshedAndUnmeshed) {
   const double before = redirected();
   const std::string meshed = run(bed.pod(0, 0), bed.pod(0, 1), 22002);
   // Each client writes its 1 MiB in one sendall(), faster than the server reads: where the
-  // queue is bound by the receive buffer (128 KiB at first), only the first KiB of each are
+  // queue is bound by the receive buffer (128 KiB at first), only the first tens of KiB of each are
   // redirected (measured on 6.1: 335 KiB of the 50 MiB).
   EXPECT_GT(redirected() - before, FastpathQueueBoundByReceiveBuffer() ? 0 : 1 << 20)
       << "the clients with a timeout were not spliced";
