@@ -100,14 +100,6 @@ void Report(const Phase& p, double baseline_max) {
               baseline_max > 0 ? max / baseline_max : 0);
 }
 
-// The supervised agent's process (the supervisor's child), -1 while none runs.
-pid_t AgentChild(pid_t supervisor) {
-  auto text = shunt::ReadFileToString(
-      absl::StrCat("/proc/", supervisor, "/task/", supervisor, "/children"));
-  if (!text.ok() || text->empty()) return -1;
-  return static_cast<pid_t>(strtol(text->c_str(), nullptr, 10));
-}
-
 double MaxLatency(const Phase& p) {
   double m = 0;
   for (const auto& a : p.attempts) m = std::max(m, a.latency * 1e3);
@@ -194,12 +186,12 @@ int main(int argc, char** argv) {
   }
   double skilled_at = 0, srelayed_after = 0;
   Phase supervised = run("sigkill (supervised)", [&] {
-    const pid_t first = AgentChild(agent->pid());
+    const pid_t first = shunt::e2e::SupervisedAgentPid(agent->pid());
     skilled_at = Monotonic();
     if (first > 0) kill(first, SIGKILL);
     // The new agent's counters start at 0: relayed again once its own count moved.
     while (Monotonic() - skilled_at < 10) {
-      const pid_t now = AgentChild(agent->pid());
+      const pid_t now = shunt::e2e::SupervisedAgentPid(agent->pid());
       if (now > 0 && now != first && relayed(*agent) >= 1) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }

@@ -113,6 +113,9 @@ class Fastpath {
 
   const FastpathConfig& config() const { return config_; }
   ReadTracking read_tracking() const { return read_tracking_; }
+  // Whether a receiver's sockmap queue is held under a quarter of its receive buffer (kernels
+  // whose TCP drops in-window segments once a receiver's memory is full: docs/fastpath.md).
+  bool queue_bound_by_receive_buffer() const { return rcvbuf_bound_; }
 
  private:
   explicit Fastpath(FastpathConfig config) : config_(std::move(config)) {}

@@ -74,6 +74,11 @@ std::vector<MetricFamily> FastpathCollector::Collect() const {
                        MetricType::Gauge);
   auto capacity = Family("shunt_bpf_map_capacity_entries", "Configured size of each BPF map.",
                          MetricType::Gauge);
+  auto rcvbuf_bound = Family(
+      "shunt_sockmap_queue_bound_by_receive_buffer",
+      "1 where a receiver's sockmap queue is held under a quarter of its receive buffer (this "
+      "kernel's TCP drops in-window segments once a receiver's memory is full).",
+      MetricType::Gauge);
   auto errors = Family("shunt_metrics_collect_error",
                        "1 when reading the BPF counters failed in this scrape.",
                        MetricType::Gauge);
@@ -158,8 +163,11 @@ std::vector<MetricFamily> FastpathCollector::Collect() const {
   capacity.metric.push_back(Sample({{"map", SHUNT_MAP_SOCK_STATS}}, c.stats_size, false));
   folded.metric.push_back(Sample({}, folded_count, false));
   errors.metric.push_back(Sample({}, collect_error, false));
+  rcvbuf_bound.metric.push_back(
+      Sample({}, fastpath_.queue_bound_by_receive_buffer() ? 1 : 0, false));
 
-  return {red_msgs, red_bytes, fb_msgs, fb_bytes, sockets, sock_events, folded, capacity, errors};
+  return {red_msgs, red_bytes, fb_msgs,  fb_bytes,     sockets,
+          sock_events, folded, capacity, rcvbuf_bound, errors};
 }
 
 }  // namespace shunt::agent

@@ -469,13 +469,6 @@ uint64_t ListenerInode(testbed::Testbed& bed, const testbed::Pod& pod) {
   return at == std::string::npos ? 0 : strtoull(out->out.c_str() + at + 4, nullptr, 10);
 }
 
-// The supervised agent's process (the supervisor's child), -1 while none runs.
-pid_t AgentChild(pid_t supervisor) {
-  auto text = ReadFileToString(absl::StrCat("/proc/", supervisor, "/task/", supervisor, "/children"));
-  if (!text.ok() || text->empty()) return -1;
-  return static_cast<pid_t>(strtol(text->c_str(), nullptr, 10));
-}
-
 // --supervise: the agent killed (SIGKILL, as the OOM killer or a crash ends it) is started again
 // by its supervisor, which kept the capture listeners open meanwhile: the listening socket is the
 // same one before and after (no SYN of a new connection met a closed port, so none waited for
@@ -489,7 +482,7 @@ TEST_F(CaptureTest, ASupervisedAgentKilledIsStartedAgainOnTheListenersItsSupervi
   EXPECT_EQ(out, "peer " + Client().ipv4 + "\nhello") << agent_->Stderr();
   const pid_t supervisor = agent_->pid();
   pid_t first = -1;
-  ASSERT_TRUE(shunt::test::Eventually([&] { return (first = AgentChild(supervisor)) > 0; }, 10s,
+  ASSERT_TRUE(shunt::test::Eventually([&] { return (first = e2e::SupervisedAgentPid(supervisor)) > 0; }, 10s,
                                       50ms));
   const uint64_t inode = ListenerInode(*bed_, Server());
   ASSERT_NE(inode, 0u) << "no capture listener in the server pod";
@@ -501,7 +494,7 @@ TEST_F(CaptureTest, ASupervisedAgentKilledIsStartedAgainOnTheListenersItsSupervi
   EXPECT_EQ(out, "peer " + Client().ipv4 + "\nhello") << agent_->Stderr();
   pid_t second = -1;
   EXPECT_TRUE(shunt::test::Eventually(
-      [&] { return (second = AgentChild(supervisor)) > 0 && second != first; }, 10s, 50ms));
+      [&] { return (second = e2e::SupervisedAgentPid(supervisor)) > 0 && second != first; }, 10s, 50ms));
   EXPECT_EQ(kill(supervisor, 0), 0) << "the supervisor runs on";
   EXPECT_EQ(ListenerInode(*bed_, Server()), inode) << "the same listening socket, kept";
   EXPECT_NE(agent_->Stderr().find("capture listener(s) the supervisor kept"), std::string::npos)

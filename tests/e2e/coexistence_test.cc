@@ -111,7 +111,7 @@ TEST_F(CoexistenceTest, ForeignSockOpsProgramKeepsRunningAndSurvivesUninstall) {
   EXPECT_GE(foreign.count(), before + 2) << "both ends of the connection ran the foreign program";
   auto m = agent.Scrape();
   ASSERT_TRUE(m.ok());
-  EXPECT_GE(SumSamples(*m, "shunt_sockmap_redirected_bytes_total"), MustBeSpliced(1 << 20))
+  EXPECT_GE(SumSamples(*m, "shunt_sockmap_redirected_bytes_total"), MustBeSpliced(agent, 1 << 20))
       << "and shunt's program ran too";
 
   agent.Kill();

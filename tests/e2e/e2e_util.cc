@@ -1,4 +1,3 @@
-#include <sys/utsname.h>
 #include "tests/e2e/e2e_util.h"
 
 #include <arpa/inet.h>
@@ -17,6 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/errno_status.h"
+#include "common/files.h"
 
 namespace shunt::e2e {
 namespace {
@@ -347,19 +347,24 @@ absl::StatusOr<testbed::Output> UninstallAgent(testbed::Testbed& bed, const test
                        std::chrono::seconds(30));
 }
 
-bool FastpathQueueBoundByReceiveBuffer() {
-  utsname u{};
-  int major = 0, minor = 0;
-  if (uname(&u) != 0 || sscanf(u.release, "%d.%d", &major, &minor) != 2) return true;
-  return major < 6 || (major == 6 && minor < 18);
+bool FastpathQueueBoundByReceiveBuffer(const AgentProcess& agent) {
+  auto m = agent.Scrape();
+  // Unknown (no scrape): the looser expectation, so that the assertions after it say what failed.
+  return !m.ok() || SumSamples(*m, "shunt_sockmap_queue_bound_by_receive_buffer") != 0;
 }
 
-uint64_t MustBeSpliced(uint64_t bytes) {
-  return FastpathQueueBoundByReceiveBuffer() ? bytes / 8 : bytes;
+pid_t SupervisedAgentPid(pid_t supervisor) {
+  auto text = ReadFileToString(absl::StrCat("/proc/", supervisor, "/task/", supervisor, "/children"));
+  if (!text.ok() || text->empty()) return -1;
+  return static_cast<pid_t>(strtol(text->c_str(), nullptr, 10));
 }
 
-uint64_t MayTakeTheStack(uint64_t bytes, uint64_t unbound) {
-  return FastpathQueueBoundByReceiveBuffer() ? bytes * 7 / 8 : unbound;
+uint64_t MustBeSpliced(const AgentProcess& agent, uint64_t bytes) {
+  return FastpathQueueBoundByReceiveBuffer(agent) ? bytes / 8 : bytes;
+}
+
+uint64_t MayTakeTheStack(const AgentProcess& agent, uint64_t bytes, uint64_t unbound) {
+  return FastpathQueueBoundByReceiveBuffer(agent) ? bytes * 7 / 8 : unbound;
 }
 
 }  // namespace shunt::e2e

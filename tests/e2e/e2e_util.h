@@ -82,16 +82,18 @@ std::string MetricsProblems(const std::string& text);
 // Waits (10 s at most) for a program to create `path`, its sign that it is ready.
 bool WaitForFile(const std::string& path);
 
-// Whether the agent holds a receiver's sockmap queue under a quarter of its receive buffer on this
-// kernel (before 6.18, whose TCP drops in-window segments once a receiver's memory is full:
-// TcpDropsWhenReceiveMemoryIsFull in agent/bpf/fastpath.cc, docs/fastpath.md). A stream that
-// outruns its reader there takes the stack after a few KiB and stays on it while the pipe is full.
-bool FastpathQueueBoundByReceiveBuffer();
+// Whether `agent` holds a receiver's sockmap queue under a quarter of its receive buffer (its
+// shunt_sockmap_queue_bound_by_receive_buffer gauge: kernels before 6.18, whose TCP drops
+// in-window segments once a receiver's memory is full, docs/fastpath.md). A stream that outruns
+// its reader there takes the stack after a few tens of KiB and stays on it while the pipe is full.
+bool FastpathQueueBoundByReceiveBuffer(const AgentProcess& agent);
+// The agent process a `--supervise`d agent's supervisor runs (its child), -1 while none runs.
+pid_t SupervisedAgentPid(pid_t supervisor);
 // Of `bytes` a test sends in a stream faster than its reader: what must at least be spliced (all
 // of it, or an eighth where the queue is bound by the receive buffer: measured on 6.1, 23 to 94%
 // of bulk streams were), and what may cross the veths (`unbound` where it is not).
-uint64_t MustBeSpliced(uint64_t bytes);
-uint64_t MayTakeTheStack(uint64_t bytes, uint64_t unbound);
+uint64_t MustBeSpliced(const AgentProcess& agent, uint64_t bytes);
+uint64_t MayTakeTheStack(const AgentProcess& agent, uint64_t bytes, uint64_t unbound);
 
 // The shunt-agent this build made, or $SHUNT_AGENT_BINARY where set (benchmarks of another build).
 std::string AgentBinary();

@@ -154,9 +154,9 @@ TEST_P(FastpathTest, MeshedPodsAreSplicedInTheKernel) {
   auto after1 = bed_->PodLinkStats(P(1));
   ASSERT_TRUE(after0.ok() && after1.ok());
   // The payload never crossed the veths: only the handshake, ACKs and FIN did.
-  EXPECT_LT(after0->tx_bytes - before0->tx_bytes, MayTakeTheStack(payload, payload / 100));
-  EXPECT_LT(after1->rx_bytes - before1->rx_bytes, MayTakeTheStack(payload, payload / 100));
-  EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1)), MustBeSpliced(payload));
+  EXPECT_LT(after0->tx_bytes - before0->tx_bytes, MayTakeTheStack(*agent_, payload, payload / 100));
+  EXPECT_LT(after1->rx_bytes - before1->rx_bytes, MayTakeTheStack(*agent_, payload, payload / 100));
+  EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1)), MustBeSpliced(*agent_, payload));
   EXPECT_GT(Redirected("shunt_sockmap_redirected_messages_total", P(0), P(1)), 0);
   // The reply went the other way through the redirect too.
   EXPECT_GT(Redirected("shunt_sockmap_redirected_bytes_total", P(1), P(0)), 0);
@@ -319,9 +319,9 @@ TEST_P(FastpathTest, DualStackServerWithIpv4ClientIsRedirected) {
   EXPECT_EQ(Verify(P(0), "[" + P(1).ipv6 + "]:8085", payload).value("ok", 0), 1);
   auto after = bed_->PodLinkStats(P(1));
   ASSERT_TRUE(after.ok());
-  EXPECT_LT(after->rx_bytes - before->rx_bytes, MayTakeTheStack(2 * payload, payload / 50));
+  EXPECT_LT(after->rx_bytes - before->rx_bytes, MayTakeTheStack(*agent_, 2 * payload, payload / 50));
   EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1)),
-            MustBeSpliced(2 * payload));
+            MustBeSpliced(*agent_, 2 * payload));
 }
 
 TEST_P(FastpathTest, LoopbackInTwoPodsNeverCrosses) {
@@ -350,8 +350,8 @@ TEST_P(FastpathTest, LoopbackInTwoPodsNeverCrosses) {
   EXPECT_EQ(WEXITSTATUS(*w0), 0) << s0->Stdout();
   EXPECT_EQ(WEXITSTATUS(*w1), 0) << s1->Stdout();
   // Inside each pod, loopback traffic was redirected -- to the same pod.
-  EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(0)), MustBeSpliced(32 * kMiB));
-  EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(1), P(1)), MustBeSpliced(32 * kMiB));
+  EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(0)), MustBeSpliced(*agent_, 32 * kMiB));
+  EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(1), P(1)), MustBeSpliced(*agent_, 32 * kMiB));
   EXPECT_EQ(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1)), 0);
   EXPECT_EQ(Redirected("shunt_sockmap_redirected_bytes_total", P(1), P(0)), 0);
 }
@@ -385,11 +385,11 @@ TEST_P(FastpathTest, AgentKilledAndRestartedMidTransfer) {
   EXPECT_EQ(r.value("ok", 0), 1) << (*client)->Stdout();
   // Counters survived the restart (pinned maps) and the spliced path carried the payload.
   const double carried = Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1));
-  EXPECT_GE(carried, MustBeSpliced(payload));
+  EXPECT_GE(carried, MustBeSpliced(*agent_, payload));
   // New connections after the restart are redirected too.
   EXPECT_EQ(Verify(P(0), P(1).ipv4 + ":8086", 4 * kMiB).value("ok", 0), 1);
   EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1)),
-            carried + MustBeSpliced(4 * kMiB));
+            carried + MustBeSpliced(*agent_, 4 * kMiB));
 }
 
 // Uninstalling the agent in the middle of checksummed transfers between meshed pods loses and
@@ -419,7 +419,7 @@ TEST_P(FastpathTest, UninstallMidTransferLosesNothing) {
   // faster than its reader is spliced for its first tens of KiB at most (measured on 6.1: 64
   // bytes of the four), then takes the stack: there this test does not cover bytes waiting in a
   // sockmap queue at uninstall, only that the transfers are intact.
-  const double want = FastpathQueueBoundByReceiveBuffer() ? 0 : 8 * kMiB;
+  const double want = FastpathQueueBoundByReceiveBuffer(*agent_) ? 0 : 8 * kMiB;
   for (int i = 0; i < 200 && spliced <= want; ++i) {
     std::this_thread::sleep_for(50ms);
     spliced = Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1));
@@ -471,7 +471,7 @@ TEST_P(FastpathTest, MalformedPolicyKeepsThePreviousStateInForce) {
   const double before = Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1));
   EXPECT_EQ(Verify(P(0), P(1).ipv4 + ":8087", 4 * kMiB).value("ok", 0), 1);
   EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1)),
-            before + MustBeSpliced(4 * kMiB));
+            before + MustBeSpliced(*agent_, 4 * kMiB));
 }
 
 TEST_P(FastpathTest, HealthAndReadiness) {
@@ -639,7 +639,7 @@ TEST_P(HijackTest, AnotherPodCannotTakeOverASplicedConnectionsKeys) {
   // The pair was spliced both ways (the bytes queued unread were at risk) ...
   // (Where the queue is bound by the receive buffer, the 100000 bytes sent at once to a
   // reader that has not read take the stack: the 1000 before them were at risk.)
-  const double sent_at_risk = FastpathQueueBoundByReceiveBuffer() ? 1000 : 101000;
+  const double sent_at_risk = FastpathQueueBoundByReceiveBuffer(*agent_) ? 1000 : 101000;
   EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1)), sent_at_risk);
   EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(1), P(0)), sent_at_risk);
   // ... and the third pod's sockets were turned away for their addresses, before anything else.
