@@ -12,29 +12,29 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
-#include "common/admin_server.h"
 #include "agent/bpf/fastpath.h"
-#include "agent/capture/capture_reconciler.h"
-#include "agent/capture/handoff.h"
-#include "agent/supervisor.h"
-#include "agent/proxy/tcp_relay.h"
 #include "agent/bpf/kernel_probe.h"
 #include "agent/bpf/socklb.h"
+#include "agent/capture/capture_reconciler.h"
+#include "agent/capture/handoff.h"
 #include "agent/dataplane/enforcement.h"
-#include "agent/dataplane/service_policy.h"
-#include "agent/metrics/socklb_collector.h"
 #include "agent/dataplane/local_dataplane.h"
+#include "agent/dataplane/service_policy.h"
 #include "agent/metrics/fastpath_collector.h"
+#include "agent/metrics/socklb_collector.h"
 #include "agent/policy/controller_source.h"
 #include "agent/policy/file_source.h"
 #include "agent/policy/policy_store.h"
+#include "agent/proxy/tcp_relay.h"
+#include "agent/supervisor.h"
+#include "common/admin_server.h"
 #include "common/cgroup.h"
 #include "common/files.h"
 #include "common/log.h"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
-#include "absl/cleanup/cleanup.h"
 
 namespace shunt::agent {
 namespace {

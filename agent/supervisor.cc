@@ -149,23 +149,28 @@ int Supervise(std::vector<std::string> argv) {
       SHUNT_LOG(INFO) << "supervisor: the agent exited with " << WEXITSTATUS(status);
       return WEXITSTATUS(status);
     }
-    const std::string how = WIFSIGNALED(status) ? absl::StrCat("killed by signal ", WTERMSIG(status))
-                                                : absl::StrCat("exited with ", WEXITSTATUS(status));
+    const std::string how = WIFSIGNALED(status)
+                                ? absl::StrCat("killed by signal ", WTERMSIG(status))
+                                : absl::StrCat("exited with ", WEXITSTATUS(status));
     if (absl::Now() - started >= kStableRun) backoff = absl::ZeroDuration();
     SHUNT_LOG(WARNING) << "supervisor: the agent was " << how << "; starting it again"
-                       << (backoff > absl::ZeroDuration() ? absl::StrCat(" in ", absl::FormatDuration(backoff)) : " now")
+                       << (backoff > absl::ZeroDuration()
+                               ? absl::StrCat(" in ", absl::FormatDuration(backoff))
+                               : " now")
                        << ", " << held.size() << " capture listener(s) kept open meanwhile";
     // The wait, still answering a stop signal.
     const absl::Time until = absl::Now() + backoff;
     while (absl::Now() < until) {
       pollfd p{signals.get(), POLLIN, 0};
-      poll(&p, 1, static_cast<int>(std::max<int64_t>(1, absl::ToInt64Milliseconds(until - absl::Now()))));
+      poll(&p, 1,
+           static_cast<int>(std::max<int64_t>(1, absl::ToInt64Milliseconds(until - absl::Now()))));
       signalfd_siginfo si{};
       while (read(signals.get(), &si, sizeof(si)) == sizeof(si)) {
         if (si.ssi_signo != SIGCHLD) return 0;  // stopped while no agent runs
       }
     }
-    backoff = backoff == absl::ZeroDuration() ? absl::Seconds(1) : std::min(backoff * 2, kMaxBackoff);
+    backoff =
+        backoff == absl::ZeroDuration() ? absl::Seconds(1) : std::min(backoff * 2, kMaxBackoff);
   }
 }
 

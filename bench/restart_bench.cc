@@ -212,10 +212,11 @@ int main(int argc, char** argv) {
               "opened in between were served (without a listener the pod's table drops a new "
               "SYN, the client's TCP sends it again after 1 s: none reaches the pod unenforced)\n",
               ready_after * 1e3, captured_after * 1e3, relayed_after * 1e3, gap_direct);
-  std::printf("sigkill (supervised): a new connection relayed by the restarted agent %.0f ms after "
-              "the kill (the listeners kept by the supervisor: a SYN in between waits in their "
-              "backlog, not for its retransmission)\n",
-              srelayed_after * 1e3);
+  std::printf(
+      "sigkill (supervised): a new connection relayed by the restarted agent %.0f ms after "
+      "the kill (the listeners kept by the supervisor: a SYN in between waits in their "
+      "backlog, not for its retransmission)\n",
+      srelayed_after * 1e3);
   agent->Kill();
   shunt::e2e::UninstallAgent(bed, bed.node(0)).IgnoreError();
   return 0;

@@ -319,10 +319,10 @@ absl::Status Fastpath::AttachTracing() {
   }
   SHUNT_LOG(INFO) << "fast path: reads of spliced sockets seen through "
                   << ReadTrackingName(read_tracking_)
-                  << (!config_.protect     ? ""
-                      : trace_splice_      ? "; splice(2) through tcp_splice_read"
-                      : space_adjust_      ? "; splice(2) through tcp_rcv_space_adjust"
-                                           : "; splice(2) readers not seen")
+                  << (!config_.protect ? ""
+                      : trace_splice_  ? "; splice(2) through tcp_splice_read"
+                      : space_adjust_  ? "; splice(2) through tcp_rcv_space_adjust"
+                                       : "; splice(2) readers not seen")
                   << (!config_.protect ? ""
                       : trace_ioctl_ || trace_bpf_ioctl_
                           ? absl::StrCat("; FIONREAD readers through ",

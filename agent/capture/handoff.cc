@@ -17,8 +17,8 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/errno_status.h"
-#include "common/status_macros.h"
 #include "common/log.h"
+#include "common/status_macros.h"
 
 namespace shunt::agent {
 namespace {

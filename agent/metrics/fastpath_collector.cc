@@ -166,8 +166,8 @@ std::vector<MetricFamily> FastpathCollector::Collect() const {
   rcvbuf_bound.metric.push_back(
       Sample({}, fastpath_.queue_bound_by_receive_buffer() ? 1 : 0, false));
 
-  return {red_msgs, red_bytes, fb_msgs,  fb_bytes,     sockets,
-          sock_events, folded, capacity, rcvbuf_bound, errors};
+  return {red_msgs,    red_bytes, fb_msgs,  fb_bytes,     sockets,
+          sock_events, folded,    capacity, rcvbuf_bound, errors};
 }
 
 }  // namespace shunt::agent

@@ -482,8 +482,8 @@ TEST_F(CaptureTest, ASupervisedAgentKilledIsStartedAgainOnTheListenersItsSupervi
   EXPECT_EQ(out, "peer " + Client().ipv4 + "\nhello") << agent_->Stderr();
   const pid_t supervisor = agent_->pid();
   pid_t first = -1;
-  ASSERT_TRUE(shunt::test::Eventually([&] { return (first = e2e::SupervisedAgentPid(supervisor)) > 0; }, 10s,
-                                      50ms));
+  ASSERT_TRUE(shunt::test::Eventually(
+      [&] { return (first = e2e::SupervisedAgentPid(supervisor)) > 0; }, 10s, 50ms));
   const uint64_t inode = ListenerInode(*bed_, Server());
   ASSERT_NE(inode, 0u) << "no capture listener in the server pod";
   // The agent told its supervisor about the listener in its first capture pass, before it
@@ -494,14 +494,17 @@ TEST_F(CaptureTest, ASupervisedAgentKilledIsStartedAgainOnTheListenersItsSupervi
   EXPECT_EQ(out, "peer " + Client().ipv4 + "\nhello") << agent_->Stderr();
   pid_t second = -1;
   EXPECT_TRUE(shunt::test::Eventually(
-      [&] { return (second = e2e::SupervisedAgentPid(supervisor)) > 0 && second != first; }, 10s, 50ms));
+      [&] { return (second = e2e::SupervisedAgentPid(supervisor)) > 0 && second != first; }, 10s,
+      50ms));
   EXPECT_EQ(kill(supervisor, 0), 0) << "the supervisor runs on";
   EXPECT_EQ(ListenerInode(*bed_, Server()), inode) << "the same listening socket, kept";
   EXPECT_NE(agent_->Stderr().find("capture listener(s) the supervisor kept"), std::string::npos)
       << agent_->Stderr();
   EXPECT_TRUE(shunt::test::Eventually(
-      [&] { return Metric("shunt_relay_connections_total", {{"result", "accepted"}}) >= 1; }, 10s,
-      50ms))
+      [&] {
+        return Metric("shunt_relay_connections_total", {{"result", "accepted"}}) >= 1;
+      },
+      10s, 50ms))
       << "the connection made during the restart went through the new agent's relay";
 
   // A stop signal goes to the agent, and the supervisor ends with it, not starting it again.

@@ -204,8 +204,8 @@ class CompatTest : public ::testing::TestWithParam<CompatCase> {
   // segments it had advertised room for and dropped for want of memory (RcvPruned, RcvQDrop, and
   // OFODrop for those that came after one). Plain TCP between two pods of one node drops none.
   int64_t ReceiveDrops(const Pod& pod) {
-    auto out = CompatEnv::Get().bed().Run(pod, {"cat", "/proc/net/netstat"},
-                                          std::chrono::seconds(10));
+    auto out =
+        CompatEnv::Get().bed().Run(pod, {"cat", "/proc/net/netstat"}, std::chrono::seconds(10));
     if (!out.ok() || out->exit_code != 0) return -1;
     std::vector<std::string> lines = absl::StrSplit(out->out, '\n');
     for (size_t i = 0; i + 1 < lines.size(); ++i) {
@@ -239,7 +239,9 @@ TEST_P(CompatTest, SameOutcomesMeshedAndUnmeshed) {
   double before = Redirected();
   double backlog_before = Fallbacks("peer_backlog");
   // Both ends receive (bidir, the replies).
-  auto drops = [&](int a, int b) { return ReceiveDrops(bed.pod(0, a)) + ReceiveDrops(bed.pod(0, b)); };
+  auto drops = [&](int a, int b) {
+    return ReceiveDrops(bed.pod(0, a)) + ReceiveDrops(bed.pod(0, b));
+  };
   const int64_t meshed_drops_before = drops(0, 1);
   auto meshed = RunPair(bed.pod(0, 0), bed.pod(0, 1), port);
   ASSERT_TRUE(meshed.ok()) << meshed.status();
@@ -411,7 +413,8 @@ TEST(CompatOrdinaryPrograms, PythonHalfCloseSameMeshedAndUnmeshed) {
   // Each client writes its 1 MiB in one sendall(), faster than the server reads: where the
   // queue is bound by the receive buffer (128 KiB at first), only the first tens of KiB of each are
   // redirected (measured on 6.1: 335 KiB of the 50 MiB).
-  EXPECT_GT(redirected() - before, FastpathQueueBoundByReceiveBuffer(CompatEnv::Get().agent()) ? 0 : 1 << 20)
+  EXPECT_GT(redirected() - before,
+            FastpathQueueBoundByReceiveBuffer(CompatEnv::Get().agent()) ? 0 : 1 << 20)
       << "the clients with a timeout were not spliced";
   EXPECT_EQ(plain, absl::StrCat("{'got 1048576\\n': ", Conns(), "}\n"));
   EXPECT_EQ(meshed, plain);

@@ -354,7 +354,8 @@ bool FastpathQueueBoundByReceiveBuffer(const AgentProcess& agent) {
 }
 
 pid_t SupervisedAgentPid(pid_t supervisor) {
-  auto text = ReadFileToString(absl::StrCat("/proc/", supervisor, "/task/", supervisor, "/children"));
+  auto text =
+      ReadFileToString(absl::StrCat("/proc/", supervisor, "/task/", supervisor, "/children"));
   if (!text.ok() || text->empty()) return -1;
   return static_cast<pid_t>(strtol(text->c_str(), nullptr, 10));
 }

@@ -156,7 +156,8 @@ TEST_P(FastpathTest, MeshedPodsAreSplicedInTheKernel) {
   // The payload never crossed the veths: only the handshake, ACKs and FIN did.
   EXPECT_LT(after0->tx_bytes - before0->tx_bytes, MayTakeTheStack(*agent_, payload, payload / 100));
   EXPECT_LT(after1->rx_bytes - before1->rx_bytes, MayTakeTheStack(*agent_, payload, payload / 100));
-  EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1)), MustBeSpliced(*agent_, payload));
+  EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1)),
+            MustBeSpliced(*agent_, payload));
   EXPECT_GT(Redirected("shunt_sockmap_redirected_messages_total", P(0), P(1)), 0);
   // The reply went the other way through the redirect too.
   EXPECT_GT(Redirected("shunt_sockmap_redirected_bytes_total", P(1), P(0)), 0);
@@ -319,7 +320,8 @@ TEST_P(FastpathTest, DualStackServerWithIpv4ClientIsRedirected) {
   EXPECT_EQ(Verify(P(0), "[" + P(1).ipv6 + "]:8085", payload).value("ok", 0), 1);
   auto after = bed_->PodLinkStats(P(1));
   ASSERT_TRUE(after.ok());
-  EXPECT_LT(after->rx_bytes - before->rx_bytes, MayTakeTheStack(*agent_, 2 * payload, payload / 50));
+  EXPECT_LT(after->rx_bytes - before->rx_bytes,
+            MayTakeTheStack(*agent_, 2 * payload, payload / 50));
   EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1)),
             MustBeSpliced(*agent_, 2 * payload));
 }
@@ -350,8 +352,10 @@ TEST_P(FastpathTest, LoopbackInTwoPodsNeverCrosses) {
   EXPECT_EQ(WEXITSTATUS(*w0), 0) << s0->Stdout();
   EXPECT_EQ(WEXITSTATUS(*w1), 0) << s1->Stdout();
   // Inside each pod, loopback traffic was redirected -- to the same pod.
-  EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(0)), MustBeSpliced(*agent_, 32 * kMiB));
-  EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(1), P(1)), MustBeSpliced(*agent_, 32 * kMiB));
+  EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(0)),
+            MustBeSpliced(*agent_, 32 * kMiB));
+  EXPECT_GE(Redirected("shunt_sockmap_redirected_bytes_total", P(1), P(1)),
+            MustBeSpliced(*agent_, 32 * kMiB));
   EXPECT_EQ(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1)), 0);
   EXPECT_EQ(Redirected("shunt_sockmap_redirected_bytes_total", P(1), P(0)), 0);
 }
