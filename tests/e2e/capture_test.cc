@@ -1238,7 +1238,9 @@ print(ok, denied)
   std::printf("soak: %d rounds, %.0f connections relayed; agent RSS %ld -> %ld KiB, fds %ld -> %ld\n",
               rounds, accepted, rss0, rss1, fds0, fds1);
   EXPECT_GE(rounds, 1);
-  EXPECT_EQ(fds1, fds0) << "every connection's descriptors (two sockets, four pipe ends) closed";
+  // A leak would be one per connection (thousands); a descriptor of the agent's own may be open
+  // at either sample (a scrape's socket, a pass's /proc or namespace file: 62 -> 61 on 6.1 once).
+  EXPECT_LE(fds1, fds0 + 2) << "every connection's descriptors (two sockets, four pipe ends) closed";
   EXPECT_LT(rss1 - rss0, 8 * 1024) << "memory flat: at most 8 MiB of growth";
   EXPECT_EQ(Metric("shunt_relay_connections_total", {{"result", "reset"}}), 0);
 }
