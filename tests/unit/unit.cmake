@@ -24,11 +24,11 @@ shunt_test(http1_session_test SOURCES unit/http1_session_test.cc LIBS shunt_prox
 shunt_test(sniff_test SOURCES unit/sniff_test.cc LIBS shunt_proxy)
 add_test(NAME Http1Fuzz
          COMMAND ${PROJECT_SOURCE_DIR}/scripts/run-http1-fuzz.sh ${CMAKE_CURRENT_BINARY_DIR}/http1_fuzz 45)
-set_tests_properties(Http1Fuzz PROPERTIES LABELS unit TIMEOUT 300)
+set_tests_properties(Http1Fuzz PROPERTIES LABELS unit TIMEOUT 300 ENVIRONMENT SHUNT_FUZZ_SEED=1)
 
 # The transparent proxy's HTTP/2 and gRPC session, and its fuzz target run for a fixed minute
 # (ASan, UBSan: scripts/run-h2-fuzz.sh).
 shunt_test(h2_session_test SOURCES unit/h2_session_test.cc LIBS shunt_http2)
 add_test(NAME Http2Fuzz
          COMMAND ${PROJECT_SOURCE_DIR}/scripts/run-h2-fuzz.sh ${CMAKE_CURRENT_BINARY_DIR}/h2_fuzz 60)
-set_tests_properties(Http2Fuzz PROPERTIES LABELS unit TIMEOUT 300)
+set_tests_properties(Http2Fuzz PROPERTIES LABELS unit TIMEOUT 300 ENVIRONMENT SHUNT_FUZZ_SEED=1)
