@@ -32,14 +32,19 @@ struct RelayLoop::Conn {
   bool connecting = true;
   uint32_t events[2] = {0, 0};  // registered with epoll
   bool in_epoll[2] = {false, false};
-  bool hup[2] = {false, false};      // a hang-up was seen (level-triggered: it cannot be masked)
+  bool hup[2] = {false, false};  // a hang-up was seen (level-triggered: it cannot be masked)
   // fd[d] may have bytes (or its end) to read: set by epoll's report, cleared when a read found
   // its receive queue empty (EAGAIN, or fewer bytes than asked). Epoll is level-triggered, so a
   // read skipped on false costs at most one more epoll_wait, never a lost wake-up; it saves the
   // read that would fail with EAGAIN after each message (half the relay's syscalls for small
   // request/response exchanges).
   bool readable[2] = {true, true};
-  bool closed = false;               // freed after the current batch of events
+  bool closed = false;  // freed after the current batch of events
+  // fd[x] was reset (or failed otherwise): nothing more is written to it, and what it sent
+  // before its reset is still read and passed on (a server's last response before it reset, as
+  // its client would have had it directly); then the other side is reset (FinishAbort).
+  bool aborted[2] = {false, false};
+  bool abort_waiting = false;        // ... waiting for the other side to send what it was given
   std::string tuples[2];             // the client's 4-tuple, the upstream's (TupleKey)
   uint64_t group = 0;                // its listener's
   sockaddr_storage peer{}, local{};  // the client, where it connected
@@ -70,12 +75,12 @@ struct RelayLoop::Conn {
 
 struct RelayLoop::Counters {
   std::atomic<uint64_t> accepted{0}, refused{0}, over_capacity{0}, over_pod_budget{0},
-      upstream_failed{0}, connect_timeouts{0}, half_close_timeouts{0}, idle_timeouts{0},
-      resets{0}, policy_closed{0}, active{0}, bytes_to_upstream{0}, bytes_to_downstream{0},
-      buffered{0}, buffer_budget_waits{0}, http1_connections{0}, http2_connections{0},
-      pipes_in_use{0}, pipes_pooled{0}, pipes_created{0}, pipe_failures{0}, opaque_l7{0},
-      opaque_refused{0}, empty_l7{0}, not_http{0}, tunnels{0}, http_requests{0}, http_denied{0},
-      http_refused{0}, http_bad_responses{0};
+      upstream_failed{0}, connect_timeouts{0}, half_close_timeouts{0}, idle_timeouts{0}, resets{0},
+      policy_closed{0}, active{0}, bytes_to_upstream{0}, bytes_to_downstream{0}, buffered{0},
+      buffer_budget_waits{0}, http1_connections{0}, http2_connections{0}, pipes_in_use{0},
+      pipes_pooled{0}, pipes_created{0}, pipe_failures{0}, opaque_l7{0}, opaque_refused{0},
+      empty_l7{0}, not_http{0}, tunnels{0}, http_requests{0}, http_denied{0}, http_refused{0},
+      http_bad_responses{0};
 };
 
 struct RelayShared {
@@ -125,13 +130,13 @@ std::string TupleKey(const sockaddr_storage& from, const sockaddr_storage& to) {
 // TCP keepalive and TCP_USER_TIMEOUT of a relayed socket (RelayOptions).
 void SetLiveness(int fd, const RelayOptions& o) {
   constexpr int64_t kMaxKeepaliveSeconds = 32767;  // MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL
-  const int secs = static_cast<int>(
-      std::min(absl::ToInt64Seconds(o.keepalive_idle), kMaxKeepaliveSeconds));
+  const int secs =
+      static_cast<int>(std::min(absl::ToInt64Seconds(o.keepalive_idle), kMaxKeepaliveSeconds));
   bool ok = true;
   if (secs > 0) {
     const int one = 1;
-    const int interval = static_cast<int>(std::clamp<int64_t>(
-        absl::ToInt64Seconds(o.keepalive_interval), 1, kMaxKeepaliveSeconds));
+    const int interval = static_cast<int>(
+        std::clamp<int64_t>(absl::ToInt64Seconds(o.keepalive_interval), 1, kMaxKeepaliveSeconds));
     const int count = std::clamp(o.keepalive_count, 1, 127);  // MAX_TCP_KEEPCNT
     ok = setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) == 0 &&
          setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &secs, sizeof(secs)) == 0 &&
@@ -166,8 +171,9 @@ absl::StatusOr<std::unique_ptr<TcpRelay>> TcpRelay::Start(RelayOptions options) 
   RelayOptions each = options;
   // A share is at least a few pipes' worth (or the whole budget, if smaller): a pod whose
   // connections the kernel gave to one loop is not starved on a node of many CPUs.
-  each.max_buffered_per_group = std::max<size_t>(
-      options.max_buffered_per_group / n, std::min<size_t>(options.max_buffered_per_group, 4 * kChunk));
+  each.max_buffered_per_group =
+      std::max<size_t>(options.max_buffered_per_group / n,
+                       std::min<size_t>(options.max_buffered_per_group, 4 * kChunk));
   each.pipe_pool = options.pipe_pool / n;
   for (size_t i = 0; i < n; ++i) {
     auto loop = RelayLoop::Start(each, r->shared_.get());
@@ -239,7 +245,7 @@ size_t TcpRelay::ActiveIn(uint64_t group) const {
 }
 
 absl::StatusOr<std::unique_ptr<RelayLoop>> RelayLoop::Start(RelayOptions options,
-                                                           RelayShared* shared) {
+                                                            RelayShared* shared) {
   std::unique_ptr<RelayLoop> r(new RelayLoop(options, shared));
   r->epoll_ = UniqueFd(epoll_create1(EPOLL_CLOEXEC));
   if (!r->epoll_.valid()) return ErrnoStatus(errno, "relay: epoll_create1");
@@ -675,10 +681,9 @@ void RelayLoop::HandleEvent(Conn* c, int side, uint32_t events) {
   if (events & EPOLLHUP) c->hup[side] = true;
   if (events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP | EPOLLERR)) c->readable[side] = true;
   if (!c->connecting && (events & EPOLLERR)) {
-    // A reset (or another error) on one side: passed on to the other.
-    ++counters_.resets;
-    Close(c, /*reset=*/true);
-    return;
+    // A reset (or another error) on one side: passed on to the other once what it sent before
+    // is (reads of it return its queued bytes first, then the error).
+    if (!Aborted(c, side)) return;
   }
   if (c->connecting) {
     if (side != 1 && !(events & (EPOLLERR | EPOLLHUP))) return;
@@ -773,16 +778,60 @@ bool RelayLoop::Pump(Conn* c, int d) {
   return alive;
 }
 
+bool RelayLoop::Aborted(Conn* c, int x) {
+  if (!c->aborted[x]) {
+    c->aborted[x] = true;
+    c->readable[x] = true;  // its queue, up to the error
+    // What was on its way to it will never be read: dropped, and its sender no longer read.
+    c->unsent[1 - x].clear();
+    if (c->pending[1 - x] > 0) {
+      c->pending[1 - x] = 0;
+      c->pipe_r[1 - x].Reset();
+      c->pipe_w[1 - x].Reset();
+      --counters_.pipes_in_use;
+    }
+  }
+  if (c->aborted[1 - x] || c->closed) {  // both gone: nothing to pass on
+    if (!c->closed) {
+      ++counters_.resets;
+      Close(c, /*reset=*/true);
+    }
+    return false;
+  }
+  return true;
+}
+
+bool RelayLoop::FinishAbort(Conn* c, int x) {
+  // Everything fd[x] sent before its reset is in the other side's send queue: reset it once that
+  // queue is on the wire (the reset follows the bytes, as it would have followed them from fd[x]
+  // directly); until then its EPOLLOUT says when (TCP_NOTSENT_LOWAT 1: writable once nothing is
+  // unsent). Bounded by the half-close timeout (Sweep).
+  const int live = c->fd[1 - x].get();
+  int unsent = 0;
+  if (ioctl(live, SIOCOUTQNSD, &unsent) == 0 && unsent > 0) {
+    if (!c->abort_waiting) {
+      const int one = 1;
+      setsockopt(live, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &one, sizeof(one));
+      c->abort_waiting = true;
+    }
+    return true;
+  }
+  ++counters_.resets;
+  Close(c, /*reset=*/true);
+  return false;
+}
+
 bool RelayLoop::PumpPipe(Conn* c, int d) {
   if (c->connecting || c->shut[d]) return true;
+  if (c->aborted[1 - d]) return true;  // towards a reset side: nothing more (Aborted dropped it)
   const int src = c->fd[d].get(), dst = c->fd[1 - d].get();
   for (int i = 0; i < 16; ++i) {
     bool read_blocked = false;
     // Bytes of this direction in user space (read without a pipe, an urgent byte): out first,
     // in their place in the stream.
     while (!c->unsent[d].empty()) {
-      const ssize_t n = send(dst, c->unsent[d].data(), c->unsent[d].size(),
-                             MSG_NOSIGNAL | MSG_DONTWAIT);
+      const ssize_t n =
+          send(dst, c->unsent[d].data(), c->unsent[d].size(), MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n > 0) {
         c->unsent[d].erase(0, static_cast<size_t>(n));
         c->last_activity = absl::Now();
@@ -790,9 +839,7 @@ bool RelayLoop::PumpPipe(Conn* c, int d) {
       } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
         return true;  // the other side's buffer is full: wait until it is writable
       } else {
-        ++counters_.resets;
-        Close(c, /*reset=*/true);
-        return false;
+        return Aborted(c, 1 - d);  // the other side is gone
       }
     }
     if (c->pending[d] == 0 && !c->eof[d] && !MayRead(c)) return true;
@@ -810,11 +857,7 @@ bool RelayLoop::PumpPipe(Conn* c, int d) {
       }
       if (n < 0 && errno == EAGAIN) c->readable[d] = false;
       if (n < 0 && (errno == EAGAIN || errno == EINTR)) return true;
-      if (n < 0) {
-        ++counters_.resets;
-        Close(c, /*reset=*/true);
-        return false;
-      }
+      if (n < 0 && !Aborted(c, d)) return false;
       c->eof[d] = true;
       if (c->half_closed_at == absl::InfiniteFuture()) c->half_closed_at = absl::Now();
     }
@@ -838,10 +881,10 @@ bool RelayLoop::PumpPipe(Conn* c, int d) {
       } else if (err == EAGAIN || err == EINTR) {
         read_blocked = true;
         if (err == EAGAIN) c->readable[d] = false;
-      } else {  // ECONNRESET...: a reset is passed on
-        ++counters_.resets;
-        Close(c, /*reset=*/true);
-        return false;
+      } else {  // ECONNRESET...: its queue is read (the error comes after it); passed on after it
+        if (!Aborted(c, d)) return false;
+        c->eof[d] = true;
+        if (c->half_closed_at == absl::InfiniteFuture()) c->half_closed_at = absl::Now();
       }
     }
     if (c->pending[d] > 0) {
@@ -854,13 +897,12 @@ bool RelayLoop::PumpPipe(Conn* c, int d) {
       } else if (m < 0 && (errno == EAGAIN || errno == EINTR)) {
         return true;  // the other side's buffer is full: wait until it is writable
       } else {
-        ++counters_.resets;
-        Close(c, /*reset=*/true);
-        return false;
+        return Aborted(c, 1 - d);  // the other side is gone
       }
       if (c->pending[d] > 0) return true;
     }
     if (c->eof[d] && c->pending[d] == 0 && c->unsent[d].empty()) {
+      if (c->aborted[d]) return FinishAbort(c, d);
       shutdown(dst, SHUT_WR);
       c->shut[d] = true;
       return true;
@@ -876,15 +918,21 @@ void RelayLoop::Interest(Conn* c) {
     if (c->connecting) {
       if (side == 1) want = EPOLLOUT;
       // The client: only errors and hang-ups (reported anyway) until the upstream is there.
+    } else if (c->aborted[side]) {
+      if (c->pending[side] == 0 && c->unsent[side].empty() && !c->eof[side]) want = EPOLLIN;
     } else {
-      if (c->pending[side] == 0 && c->unsent[side].empty() && !c->eof[side] && MayRead(c)) {
+      if (c->pending[side] == 0 && c->unsent[side].empty() && !c->eof[side] && MayRead(c) &&
+          !c->aborted[1 - side]) {
         want |= EPOLLIN;
       }
-      if (c->pending[1 - side] > 0 || !c->unsent[1 - side].empty()) want |= EPOLLOUT;
+      if (c->pending[1 - side] > 0 || !c->unsent[1 - side].empty() || c->abort_waiting) {
+        want |= EPOLLOUT;
+      }
     }
     // A socket with nothing to wait for out of epoll: once hung up (or done both ways), its
     // level-triggered hang-up would wake the loop until the other side drained.
-    const bool done_with = !c->connecting && c->eof[side] && c->shut[1 - side];
+    const bool done_with =
+        !c->connecting && c->eof[side] && (c->shut[1 - side] || c->aborted[side]);
     Watch(c, side, want, /*keep=*/!done_with && (want != 0 || !c->hup[side]));
   }
 }
@@ -1035,6 +1083,7 @@ bool RelayLoop::PumpUser(Conn* c) {
       } else if (c->mode == Conn::Mode::kRaw) {
         out = &c->unsent[1 - side];
       }
+      if (out && c->aborted[side]) out->clear();  // never read now
       while (out && !out->empty() && !(c->mode == Conn::Mode::kRaw && c->shut[1 - side])) {
         const ssize_t n =
             send(c->fd[side].get(), out->data(), out->size(), MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -1046,9 +1095,9 @@ bool RelayLoop::PumpUser(Conn* c) {
         } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
           break;
         } else {
-          ++counters_.resets;
-          Close(c, /*reset=*/true);
-          return false;
+          if (!Aborted(c, side)) return false;  // gone: what it sent before is still passed on
+          out->clear();
+          progress = true;
         }
       }
     }
@@ -1093,7 +1142,8 @@ bool RelayLoop::PumpUser(Conn* c) {
     // other side is within budget (backpressure: a slow reader holds its writer back).
     for (int d = 0; d < 2; ++d) {
       if (c->eof[d] || c->unsent[d].size() >= options_.max_unsent) continue;
-      if (!c->readable[d]) continue;  // epoll tells when there is more
+      if (!c->readable[d]) continue;    // epoll tells when there is more
+      if (c->aborted[1 - d]) continue;  // towards a reset side
       if (!DrainsByReading(c, d) && !MayRead(c)) continue;
       if (c->session) {
         const std::string& towards = d == 0 ? c->session->to_server : c->session->to_client;
@@ -1111,10 +1161,11 @@ bool RelayLoop::PumpUser(Conn* c) {
         progress = true;
       } else if (errno == EAGAIN) {
         c->readable[d] = false;
-      } else if (errno != EINTR) {
-        ++counters_.resets;
-        Close(c, /*reset=*/true);
-        return false;
+      } else if (errno != EINTR) {  // a reset: what it sent before was read; passed on, then it
+        if (!Aborted(c, d)) return false;
+        c->eof[d] = true;
+        c->half_closed_at = std::min(c->half_closed_at, absl::Now());
+        progress = true;
       }
     }
     if (c->mode == Conn::Mode::kSniff) {
@@ -1185,7 +1236,8 @@ bool RelayLoop::PumpUser(Conn* c) {
             progress = true;
           }
         }
-        if (c->eof[d] && c->unsent[d].empty() && !c->told_closed[d] && !s.tunnel) {
+        if (c->eof[d] && c->unsent[d].empty() && !c->told_closed[d] && !s.tunnel &&
+            !c->aborted[d]) {  // a reset is passed on as a reset, not as an end
           c->told_closed[d] = true;
           d == 0 ? s.ClientClosed() : s.ServerClosed();
           progress = true;
@@ -1197,6 +1249,15 @@ bool RelayLoop::PumpUser(Conn* c) {
   // Still moving after its share of the loop: taken up again after this batch of events (it may
   // wait on nothing epoll reports, e.g. bytes already read for a session that can take them).
   if (progress) again_.push_back(c);
+  // A side that was reset, read to its end, and all it sent that could be passed on was given to
+  // the other side (a partial message the session still holds can never complete): that one
+  // is reset once it sent it.
+  for (int x = 0; x < 2 && !progress; ++x) {
+    if (!c->aborted[x] || !c->eof[x]) continue;
+    const std::string* toward =
+        c->session ? (x == 1 ? &c->session->to_client : &c->session->to_server) : &c->unsent[x];
+    if (toward->empty() || c->mode == Conn::Mode::kSniff) return FinishAbort(c, x);
+  }
   // Done both ways: each side ended its stream and was sent the end of the other's.
   if (c->shut[0] && c->shut[1] && c->eof[0] && c->eof[1] &&
       (!c->session || (c->session->to_client.empty() && c->session->to_server.empty()))) {
@@ -1211,8 +1272,12 @@ void RelayLoop::InterestUser(Conn* c) {
     uint32_t want = 0;
     if (c->connecting) {
       if (side == 1) want = EPOLLOUT;
+    } else if (c->aborted[side]) {
+      if (!c->eof[side]) want = EPOLLIN;  // its rest, up to the error
     } else {
-      bool read = !c->eof[side] && c->unsent[side].size() < options_.max_unsent;
+      bool read =
+          !c->eof[side] && c->unsent[side].size() < options_.max_unsent && !c->aborted[1 - side];
+      if (c->abort_waiting) want |= EPOLLOUT;
       if (c->session) {
         const std::string& towards = side == 0 ? c->session->to_server : c->session->to_client;
         read = read && towards.size() < OutputBudget(c);

@@ -133,12 +133,12 @@ struct RelayStats {
   uint64_t http2_connections = 0;  // sniffed as HTTP/2 (h2c prior knowledge: gRPC) and read as such
   uint64_t opaque_l7 = 0;          // sniffed as something else: opaque, where allowed
   uint64_t opaque_refused = 0;     // ... reset: the policy does not admit it as opaque bytes
-  uint64_t empty_l7 = 0;  // ended by the client before a byte either way: closed, not refused
-  uint64_t not_http = 0;           // declared HTTP (appProtocol), spoke something else: reset
-  uint64_t tunnels = 0;            // HTTP that became opaque (101, CONNECT)
-  uint64_t http_requests = 0;      // exchanges finished, all outcomes
-  uint64_t http_denied = 0;        // answered 403 by policy
-  uint64_t http_refused = 0;       // requests the framer refused (400, 414, 431, 501, 505)
+  uint64_t empty_l7 = 0;       // ended by the client before a byte either way: closed, not refused
+  uint64_t not_http = 0;       // declared HTTP (appProtocol), spoke something else: reset
+  uint64_t tunnels = 0;        // HTTP that became opaque (101, CONNECT)
+  uint64_t http_requests = 0;  // exchanges finished, all outcomes
+  uint64_t http_denied = 0;    // answered 403 by policy
+  uint64_t http_refused = 0;   // requests the framer refused (400, 414, 431, 501, 505)
   uint64_t http_bad_responses = 0;  // responses it refused (502)
   // Splice pipes: held by connections with bytes in flight, kept empty in a small pool between
   // uses (an idle connection holds none: two descriptors, not six). Copied: moved through user
@@ -252,6 +252,12 @@ class RelayLoop {
   bool StepOverUrgent(Conn* c, int d);
   void Interest(Conn* c);
   void Close(Conn* c, bool reset);
+  // Side x was reset (or failed): marked so (Conn::aborted), what was on its way to it dropped;
+  // false if the connection was closed (the other side had gone too).
+  bool Aborted(Conn* c, int x);
+  // All that side x sent before its reset was given to the other side: reset that one once it
+  // is sent (false: closed now).
+  bool FinishAbort(Conn* c, int x);
   void RecheckOpen();
 
   const RelayOptions options_;
@@ -273,9 +279,9 @@ class RelayLoop {
   };
   std::map<int, std::shared_ptr<Listener>> pending_add_ ABSL_GUARDED_BY(mu_);
   std::vector<int> pending_remove_ ABSL_GUARDED_BY(mu_);
-  uint64_t removal_ticket_ ABSL_GUARDED_BY(mu_) = 0;  // removals asked
-  uint64_t removals_done_ ABSL_GUARDED_BY(mu_) = 0;   // ... and done
-  Counters& counters_;  // shared_'s
+  uint64_t removal_ticket_ ABSL_GUARDED_BY(mu_) = 0;         // removals asked
+  uint64_t removals_done_ ABSL_GUARDED_BY(mu_) = 0;          // ... and done
+  Counters& counters_;                                       // shared_'s
   std::atomic<uint64_t> accepted_here_{0}, active_here_{0};  // this loop's connections
   // Connections per group, over all loops.
   void GroupAdded(uint64_t group);

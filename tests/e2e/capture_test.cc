@@ -570,6 +570,65 @@ TEST_F(CaptureTest, AClientThatVanishesIsFoundByKeepaliveAndItsServerConnectionR
       [&] { return Metric("shunt_relay_active_connections") == 0; }, 5s, 50ms));
 }  // the client: killed with its Process
 
+// A server that answers an upload it does not read (413) and closes: the kernel resets the
+// connection right behind the answer (bytes unread at close). Directly, the client reads the
+// answer, then the reset. Through the relay, also when the relay had not passed a byte of the
+// answer on when the reset came (here: the agent stopped meanwhile).
+constexpr char kPyAnswerThenReset[] = R"(
+import os, socket, sys, time
+role, addr, port, dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+def wait(f):
+    for _ in range(3000):
+        if os.path.exists(f): return
+        time.sleep(0.01)
+    sys.exit("no " + f)
+if role == "server":
+    ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("0.0.0.0", port)); ls.listen(1); open(dir + "/listening", "w").close()
+    c, _ = ls.accept(); head = b""
+    while not head.endswith(b"\r\n\r\n"): head += c.recv(1)
+    open(dir + "/got-head", "w").close(); wait(dir + "/answer")
+    body = bytes((i * 7 + i // 251) % 26 + 97 for i in range(60000))
+    c.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    c.close()  # the upload's bytes unread: a reset
+    open(dir + "/closed", "w").close(); sys.exit(0)
+c = socket.create_connection((addr, port), timeout=20)
+c.sendall(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10000000\r\n\r\n" + b"u" * 20000)
+got = b""
+try:
+    while True:
+        d = c.recv(65536)
+        if not d: print(len(got), "eof"); break
+        got += d
+except ConnectionResetError: print(len(got), "reset")
+)";
+
+TEST_F(CaptureTest, AServersAnswerBeforeItsResetReachesTheClientThenTheReset) {
+  StartCapturingAgent();
+  if (HasFatalFailure()) return;
+  const std::string dir = bed_->work_dir();
+  auto server = bed_->Spawn(Server(), {"/usr/bin/python3", "-c", kPyAnswerThenReset, "server", "-",
+                                       "8094", dir});
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_TRUE(e2e::WaitForFile(dir + "/listening")) << (*server)->Stderr();
+  auto client = bed_->Spawn(Client(), {"/usr/bin/python3", "-c", kPyAnswerThenReset, "client",
+                                       Server().ipv4, "8094", dir});
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE(e2e::WaitForFile(dir + "/got-head")) << (*server)->Stderr() << (*client)->Stderr();
+  // The answer and the reset reach the relay's socket while the relay does not run.
+  ASSERT_EQ(kill(agent_->pid(), SIGSTOP), 0);
+  std::ofstream(dir + "/answer").close();
+  const bool closed = e2e::WaitForFile(dir + "/closed");
+  std::this_thread::sleep_for(200ms);
+  ASSERT_EQ(kill(agent_->pid(), SIGCONT), 0);
+  ASSERT_TRUE(closed) << (*server)->Stderr();
+  auto done = (*client)->Wait(30s);
+  ASSERT_TRUE(done.ok());
+  const size_t head = std::string("HTTP/1.1 413 Payload Too Large\r\nContent-Length: 60000\r\n\r\n").size();
+  EXPECT_EQ((*client)->Stdout(), absl::StrCat(head + 60000, " reset\n")) << (*client)->Stderr();
+  EXPECT_EQ(Metric("shunt_relay_connections_total", {{"result", "reset"}}), 1);
+}
+
 // A pod that leaves the mesh while the relay carries one of its connections: no new connection
 // is captured, the open one goes on to its end (its replies still come to the relay), then the
 // pod's table goes.

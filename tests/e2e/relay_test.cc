@@ -2,17 +2,17 @@
 // programs see through it is what they see without it -- half-closes both ways, a reset, a
 // server that speaks first, many connections at once -- and refusals and failed upstreams are
 // resets, counted.
-#include "agent/proxy/tcp_relay.h"
-
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -26,7 +26,9 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "agent/capture/netns.h"
+#include "agent/proxy/tcp_relay.h"
 #include "tests/e2e/relay_util.h"
 #include "tests/test_util.h"
 
@@ -77,23 +79,23 @@ class RelayTest : public ::testing::Test {
     UniqueFd front = Listen(true);
     front_port_ = PortOf(front.get());
     ASSERT_TRUE(relay_
-                    ->AddListener(std::move(front),
-                                  [this](const sockaddr_storage&, const sockaddr_storage&,
-                                         RelayCheck when) {
-                                    RelayDecision d;
-                                    d.allow = when == RelayCheck::kArrival ? allow_.load()
-                                                                           : allow_open_.load();
-                                    d.netns_fd = netns_.get();
-                                    d.as = Loopback(0);
-                                    d.to = Loopback(upstream_port_.load());
-                                    if (l7_) {  // as an L7 rule "DENY /admin*" makes it
-                                      d.l7 = true;
-                                      d.opaque_allow = opaque_allow_.load();
-                                      d.authorize = DenyAdmin();
-                                      d.exchanges = RecordInto(mu_, records_);
-                                    }
-                                    return d;
-                                  })
+                    ->AddListener(
+                        std::move(front),
+                        [this](const sockaddr_storage&, const sockaddr_storage&, RelayCheck when) {
+                          RelayDecision d;
+                          d.allow =
+                              when == RelayCheck::kArrival ? allow_.load() : allow_open_.load();
+                          d.netns_fd = netns_.get();
+                          d.as = Loopback(0);
+                          d.to = Loopback(upstream_port_.load());
+                          if (l7_) {  // as an L7 rule "DENY /admin*" makes it
+                            d.l7 = true;
+                            d.opaque_allow = opaque_allow_.load();
+                            d.authorize = DenyAdmin();
+                            d.exchanges = RecordInto(mu_, records_);
+                          }
+                          return d;
+                        })
                     .ok());
     upstream_port_ = PortOf(backend_.get());
   }
@@ -113,7 +115,7 @@ class RelayTest : public ::testing::Test {
   uint16_t front_port_ = 0;
   std::atomic<uint16_t> upstream_port_{0};
   std::atomic<bool> allow_{true};
-  std::atomic<bool> allow_open_{true};  // the decision for open connections on a Recheck
+  std::atomic<bool> allow_open_{true};    // the decision for open connections on a Recheck
   std::atomic<bool> l7_{false};           // the port needs L7 (set before connecting)
   std::atomic<bool> opaque_allow_{true};  // ... and admits opaque bytes
   absl::Mutex mu_;
@@ -201,6 +203,105 @@ TEST_F(RelayTest, AResetWhileBytesWaitIsPassedOn) {
   EXPECT_TRUE(shunt::test::Eventually([&] { return relay_->stats().active == 0; }, 5s));
 }
 
+// A client that reads slowly, its receive window shut: what the server sent is held by the
+// relay (its pipe, its sockets' queues). A connection made with a small receive buffer.
+UniqueFd ConnectWithSmallWindow(uint16_t port) {
+  UniqueFd fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  const int small = 8192;
+  setsockopt(fd.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+  sockaddr_storage a = Loopback(port);
+  EXPECT_EQ(connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(sockaddr_in)), 0);
+  timeval tv{10, 0};
+  setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  return fd;
+}
+
+// Until every byte `fd` wrote was acknowledged by its peer (left it, for good).
+bool AllAcknowledged(int fd) {
+  return shunt::test::Eventually(
+      [&] {
+        int q = -1;
+        return ioctl(fd, SIOCOUTQ, &q) == 0 && q == 0;
+      },
+      5s, 5ms);
+}
+
+std::string Pattern(size_t n) {
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>('a' + (i * 7 + i / 251) % 26);
+  return s;
+}
+
+// A server that resets after its last bytes left it (one that answers and closes with a request
+// unread sends its reset right behind its answer): its client reads every byte of it, then the
+// reset -- as it would have read what reached it directly -- also when the relay still held them
+// (the client slow to read) when the reset came.
+TEST_F(RelayTest, WhatTheServerSentBeforeItsResetReachesTheClientThenTheReset) {
+  UniqueFd c = ConnectWithSmallWindow(front_port_);
+  UniqueFd s = AcceptBackend();
+  ASSERT_TRUE(s.valid());
+  const std::string answer = Pattern(160 << 10);
+  WriteAll(s.get(), answer);
+  ASSERT_TRUE(AllAcknowledged(s.get())) << "the relay took all of it";
+  Abort(s);
+  int err = 0;
+  const std::string got = ReadAll(c.get(), &err);
+  EXPECT_EQ(got.size(), answer.size());
+  EXPECT_TRUE(got == answer) << "the bytes, in order";
+  EXPECT_EQ(err, ECONNRESET) << "then the reset";
+  EXPECT_TRUE(shunt::test::Eventually([&] { return relay_->stats().active == 0; }, 5s));
+  EXPECT_GE(relay_->stats().resets, 1u);
+}
+
+// The same for a client's last bytes before its reset, towards the server.
+TEST_F(RelayTest, WhatTheClientSentBeforeItsResetReachesTheServerThenTheReset) {
+  UniqueFd c = Connect(front_port_);
+  UniqueFd s(accept4(backend_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  ASSERT_TRUE(s.valid());
+  const int small = 8192;
+  setsockopt(s.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+  timeval tv{10, 0};
+  setsockopt(s.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  const std::string upload = Pattern(160 << 10);
+  WriteAll(c.get(), upload);
+  ASSERT_TRUE(AllAcknowledged(c.get())) << "the relay took all of it";
+  Abort(c);
+  int err = 0;
+  const std::string got = ReadAll(s.get(), &err);
+  EXPECT_EQ(got.size(), upload.size());
+  EXPECT_TRUE(got == upload) << "the bytes, in order";
+  EXPECT_EQ(err, ECONNRESET) << "then the reset";
+  EXPECT_TRUE(shunt::test::Eventually([&] { return relay_->stats().active == 0; }, 5s));
+}
+
+// On a port read as HTTP/1.1: a server that answers an upload it did not read (413) and resets
+// (the kernel's answer to a close with bytes unread). The client gets the whole answer, then the
+// reset, as it would directly.
+TEST_F(RelayTest, AnAnswerBeforeTheServersResetOnAnLSevenPortReachesTheClientThenTheReset) {
+  l7_ = true;
+  UniqueFd c = ConnectWithSmallWindow(front_port_);
+  UniqueFd s = AcceptBackend();
+  ASSERT_TRUE(s.valid());
+  WriteAll(c.get(), "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000000\r\n\r\n");
+  WriteAll(c.get(), std::string(1000, 'b'));
+  std::string head;
+  char ch;
+  while (!absl::EndsWith(head, "\r\n\r\n") && read(s.get(), &ch, 1) == 1) head += ch;
+  ASSERT_TRUE(absl::StartsWith(head, "POST /upload HTTP/1.1\r\n")) << head;
+  const std::string body = Pattern(96 << 10);
+  const std::string answer = absl::StrCat(
+      "HTTP/1.1 413 Payload Too Large\r\nContent-Length: ", body.size(), "\r\n\r\n", body);
+  WriteAll(s.get(), answer);
+  ASSERT_TRUE(AllAcknowledged(s.get())) << "the relay took all of it";
+  Abort(s);
+  int err = 0;
+  const std::string got = ReadAll(c.get(), &err);
+  ASSERT_TRUE(absl::StartsWith(got, "HTTP/1.1 413 Payload Too Large\r\n")) << got.substr(0, 200);
+  EXPECT_TRUE(absl::EndsWith(got, body)) << got.size() << " bytes";
+  EXPECT_EQ(err, ECONNRESET) << "then the reset";
+  EXPECT_TRUE(shunt::test::Eventually([&] { return relay_->stats().active == 0; }, 5s));
+}
+
 TEST_F(RelayTest, RefusedAndFailedUpstreamsAreResetsAndCounted) {
   allow_ = false;
   {
@@ -251,17 +352,18 @@ void AddTwoPods(TcpRelay& relay, int netns_fd, uint16_t backend_port, uint16_t f
     UniqueFd l = Listen(true);
     front[g] = PortOf(l.get());
     ASSERT_TRUE(relay
-                    .AddListener(std::move(l),
-                                 [netns_fd, backend_port](const sockaddr_storage&,
-                                                          const sockaddr_storage&, RelayCheck) {
-                                   RelayDecision d;
-                                   d.allow = true;
-                                   d.netns_fd = netns_fd;
-                                   d.as = Loopback(0);
-                                   d.to = Loopback(backend_port);
-                                   return d;
-                                 },
-                                 /*group=*/g + 1)
+                    .AddListener(
+                        std::move(l),
+                        [netns_fd, backend_port](const sockaddr_storage&, const sockaddr_storage&,
+                                                 RelayCheck) {
+                          RelayDecision d;
+                          d.allow = true;
+                          d.netns_fd = netns_fd;
+                          d.as = Loopback(0);
+                          d.to = Loopback(backend_port);
+                          return d;
+                        },
+                        /*group=*/g + 1)
                     .ok());
   }
 }
@@ -426,7 +528,6 @@ TEST_F(RelayTwoLoops, AThousandConcurrentConnectionsSpreadOverTheLoopsEachGetThe
       },
       10s));
 }
-
 
 namespace {
 int OpenDescriptors() {
@@ -607,16 +708,15 @@ TEST_F(RelayTest, CurlThroughAnLSevenPortGetsItsAnswersAndA403ForADeniedPathOnOn
   upstream_port_ = l7::StartPythonServer(server);
   const std::string base = "http://127.0.0.1:" + std::to_string(front_port_);
   // One curl, three URLs: one connection (curl reuses it), the denied one in the middle.
-  const std::string out = Output(
-      "timeout 20 curl -s -w '|%{http_code}|%{num_connects}\n' " + base + "/one " + base +
-      "/admin/secret " + base + "/two");
+  const std::string out = Output("timeout 20 curl -s -w '|%{http_code}|%{num_connects}\n' " + base +
+                                 "/one " + base + "/admin/secret " + base + "/two");
   EXPECT_EQ(out,
             "hello /one|200|1\n"
             "access denied\n|403|0\n"
             "hello /two|200|0\n");
   // A body (the re-chunking of chunked ones: http1_session_test; Python's server reads none).
-  const std::string posted = Output(
-      "head -c 300000 /dev/zero | timeout 20 curl -s --data-binary @- " + base + "/upload");
+  const std::string posted =
+      Output("head -c 300000 /dev/zero | timeout 20 curl -s --data-binary @- " + base + "/upload");
   EXPECT_EQ(posted, "300000");
   EXPECT_TRUE(shunt::test::Eventually([&] { return relay_->stats().active == 0; }, 5s));
   const RelayStats st = relay_->stats();
@@ -808,8 +908,8 @@ TEST(RelayBudget, APodOverItsBufferBudgetIsHeldBackUntilItsReadersCatchUp) {
   UniqueFd held = Connect(front[0]);
   UniqueFd held_server(accept4(backend.get(), nullptr, nullptr, SOCK_CLOEXEC));
   WriteAll(held.get(), "held");
-  EXPECT_TRUE(shunt::test::Eventually(
-      [&] { return (*relay)->stats().buffer_budget_waits >= 1; }, 5s));
+  EXPECT_TRUE(
+      shunt::test::Eventually([&] { return (*relay)->stats().buffer_budget_waits >= 1; }, 5s));
   pollfd p{held_server.get(), POLLIN, 0};
   EXPECT_EQ(poll(&p, 1, 200), 0) << "pod 1 over its budget: not read";
   EXPECT_LE((*relay)->stats().buffered, 1u + (1u << 20)) << "at most a read beyond it";
