@@ -683,6 +683,13 @@ void RelayLoop::HandleEvent(Conn* c, int side, uint32_t events) {
   if (!c->connecting && (events & EPOLLERR)) {
     // A reset (or another error) on one side: passed on to the other once what it sent before
     // is (reads of it return its queued bytes first, then the error).
+    // On a connection read in user space (an L7 port) a reset is passed on at once (its
+    // session's state is not drained through: docs/capture.md, Known gaps).
+    if (c->mode != Conn::Mode::kSplice) {
+      ++counters_.resets;
+      Close(c, /*reset=*/true);
+      return;
+    }
     if (!Aborted(c, side)) return;
   }
   if (c->connecting) {
@@ -782,6 +789,8 @@ bool RelayLoop::Aborted(Conn* c, int x) {
   if (!c->aborted[x]) {
     c->aborted[x] = true;
     c->readable[x] = true;  // its queue, up to the error
+    // Bounded as a half-closed connection is (Sweep), also while its rest waits for room.
+    if (c->half_closed_at == absl::InfiniteFuture()) c->half_closed_at = absl::Now();
     // What was on its way to it will never be read: dropped, and its sender no longer read.
     c->unsent[1 - x].clear();
     if (c->pending[1 - x] > 0) {
@@ -822,7 +831,17 @@ bool RelayLoop::FinishAbort(Conn* c, int x) {
 }
 
 bool RelayLoop::PumpPipe(Conn* c, int d) {
-  if (c->connecting || c->shut[d]) return true;
+  if (c->connecting) return true;
+  if (c->shut[d]) {
+    // Its end passed on already (a FIN, then a reset): the other side, shut for writing, is
+    // reset at once (its EPOLLOUT would be ready for ever: nothing to wait on).
+    if (c->aborted[d]) {
+      ++counters_.resets;
+      Close(c, /*reset=*/true);
+      return false;
+    }
+    return true;
+  }
   if (c->aborted[1 - d]) return true;  // towards a reset side: nothing more (Aborted dropped it)
   const int src = c->fd[d].get(), dst = c->fd[1 - d].get();
   for (int i = 0; i < 16; ++i) {
@@ -919,7 +938,10 @@ void RelayLoop::Interest(Conn* c) {
       if (side == 1) want = EPOLLOUT;
       // The client: only errors and hang-ups (reported anyway) until the upstream is there.
     } else if (c->aborted[side]) {
-      if (c->pending[side] == 0 && c->unsent[side].empty() && !c->eof[side]) want = EPOLLIN;
+      // Its rest, up to the error, as any read: while its pipe is empty and its group may read.
+      if (c->pending[side] == 0 && c->unsent[side].empty() && !c->eof[side] && MayRead(c)) {
+        want = EPOLLIN;
+      }
     } else {
       if (c->pending[side] == 0 && c->unsent[side].empty() && !c->eof[side] && MayRead(c) &&
           !c->aborted[1 - side]) {
@@ -1083,7 +1105,6 @@ bool RelayLoop::PumpUser(Conn* c) {
       } else if (c->mode == Conn::Mode::kRaw) {
         out = &c->unsent[1 - side];
       }
-      if (out && c->aborted[side]) out->clear();  // never read now
       while (out && !out->empty() && !(c->mode == Conn::Mode::kRaw && c->shut[1 - side])) {
         const ssize_t n =
             send(c->fd[side].get(), out->data(), out->size(), MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -1095,9 +1116,9 @@ bool RelayLoop::PumpUser(Conn* c) {
         } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
           break;
         } else {
-          if (!Aborted(c, side)) return false;  // gone: what it sent before is still passed on
-          out->clear();
-          progress = true;
+          ++counters_.resets;
+          Close(c, /*reset=*/true);
+          return false;
         }
       }
     }
@@ -1142,8 +1163,7 @@ bool RelayLoop::PumpUser(Conn* c) {
     // other side is within budget (backpressure: a slow reader holds its writer back).
     for (int d = 0; d < 2; ++d) {
       if (c->eof[d] || c->unsent[d].size() >= options_.max_unsent) continue;
-      if (!c->readable[d]) continue;    // epoll tells when there is more
-      if (c->aborted[1 - d]) continue;  // towards a reset side
+      if (!c->readable[d]) continue;  // epoll tells when there is more
       if (!DrainsByReading(c, d) && !MayRead(c)) continue;
       if (c->session) {
         const std::string& towards = d == 0 ? c->session->to_server : c->session->to_client;
@@ -1161,11 +1181,10 @@ bool RelayLoop::PumpUser(Conn* c) {
         progress = true;
       } else if (errno == EAGAIN) {
         c->readable[d] = false;
-      } else if (errno != EINTR) {  // a reset: what it sent before was read; passed on, then it
-        if (!Aborted(c, d)) return false;
-        c->eof[d] = true;
-        c->half_closed_at = std::min(c->half_closed_at, absl::Now());
-        progress = true;
+      } else if (errno != EINTR) {
+        ++counters_.resets;
+        Close(c, /*reset=*/true);
+        return false;
       }
     }
     if (c->mode == Conn::Mode::kSniff) {
@@ -1236,8 +1255,7 @@ bool RelayLoop::PumpUser(Conn* c) {
             progress = true;
           }
         }
-        if (c->eof[d] && c->unsent[d].empty() && !c->told_closed[d] && !s.tunnel &&
-            !c->aborted[d]) {  // a reset is passed on as a reset, not as an end
+        if (c->eof[d] && c->unsent[d].empty() && !c->told_closed[d] && !s.tunnel) {
           c->told_closed[d] = true;
           d == 0 ? s.ClientClosed() : s.ServerClosed();
           progress = true;
@@ -1249,15 +1267,6 @@ bool RelayLoop::PumpUser(Conn* c) {
   // Still moving after its share of the loop: taken up again after this batch of events (it may
   // wait on nothing epoll reports, e.g. bytes already read for a session that can take them).
   if (progress) again_.push_back(c);
-  // A side that was reset, read to its end, and all it sent that could be passed on was given to
-  // the other side (a partial message the session still holds can never complete): that one
-  // is reset once it sent it.
-  for (int x = 0; x < 2 && !progress; ++x) {
-    if (!c->aborted[x] || !c->eof[x]) continue;
-    const std::string* toward =
-        c->session ? (x == 1 ? &c->session->to_client : &c->session->to_server) : &c->unsent[x];
-    if (toward->empty() || c->mode == Conn::Mode::kSniff) return FinishAbort(c, x);
-  }
   // Done both ways: each side ended its stream and was sent the end of the other's.
   if (c->shut[0] && c->shut[1] && c->eof[0] && c->eof[1] &&
       (!c->session || (c->session->to_client.empty() && c->session->to_server.empty()))) {
@@ -1272,12 +1281,8 @@ void RelayLoop::InterestUser(Conn* c) {
     uint32_t want = 0;
     if (c->connecting) {
       if (side == 1) want = EPOLLOUT;
-    } else if (c->aborted[side]) {
-      if (!c->eof[side]) want = EPOLLIN;  // its rest, up to the error
     } else {
-      bool read =
-          !c->eof[side] && c->unsent[side].size() < options_.max_unsent && !c->aborted[1 - side];
-      if (c->abort_waiting) want |= EPOLLOUT;
+      bool read = !c->eof[side] && c->unsent[side].size() < options_.max_unsent;
       if (c->session) {
         const std::string& towards = side == 0 ? c->session->to_server : c->session->to_client;
         read = read && towards.size() < OutputBudget(c);
