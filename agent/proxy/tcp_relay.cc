@@ -1303,7 +1303,8 @@ void RelayLoop::Sweep(absl::Time now) {
   for (auto& [p, c] : conns_) {
     if (c->connecting) {
       if (now > c->connect_deadline) expired.push_back({p, 0});
-    } else if ((c->eof[0] || c->eof[1] || c->shut[0] || c->shut[1]) &&
+    } else if ((c->eof[0] || c->eof[1] || c->shut[0] || c->shut[1] || c->aborted[0] ||
+                c->aborted[1]) &&
                now - std::max(c->half_closed_at, c->last_activity) > options_.half_close_timeout) {
       // Bounded: no pile-up of half-closed pairs; a half-closed stream still moving is not cut.
       expired.push_back({p, 1});
