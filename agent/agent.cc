@@ -18,6 +18,7 @@
 #include "agent/bpf/kernel_probe.h"
 #include "agent/bpf/socklb.h"
 #include "agent/capture/capture_reconciler.h"
+#include "agent/metrics/request_metrics.h"
 #include "agent/capture/handoff.h"
 #include "agent/dataplane/enforcement.h"
 #include "agent/dataplane/local_dataplane.h"
@@ -40,6 +41,16 @@ namespace shunt::agent {
 namespace {
 
 // Agent-level series: build info, policy state. Read at scrape time from their owners.
+// The relay's request metrics (metrics/request_metrics.h), at scrape time.
+class RequestCollector : public prometheus::Collectable {
+ public:
+  explicit RequestCollector(std::shared_ptr<const metrics::RequestMetrics> m) : m_(std::move(m)) {}
+  std::vector<prometheus::MetricFamily> Collect() const override { return m_->Collect(); }
+
+ private:
+  std::shared_ptr<const metrics::RequestMetrics> m_;
+};
+
 class AgentCollector : public prometheus::Collectable {
  public:
   AgentCollector(const AgentConfig& config, const PolicyStore& store, const Reconciler& reconciler,
@@ -560,6 +571,9 @@ int RunAgent(const AgentConfig& config) {
   }
   std::unique_ptr<TcpRelay> relay;
   std::unique_ptr<CaptureReconciler> capture;
+  // What the relay reads at L7 (held by the relay's decisions too: they may outlive `capture`).
+  auto request_metrics = std::make_shared<metrics::RequestMetrics>(config.max_metric_series,
+                                                                   config.istio_metrics);
   if (config.capture) {
     RelayOptions ro;
     ro.max_connections_per_group = std::max<uint32_t>(1, config.capture_max_connections_per_pod);
@@ -587,6 +601,7 @@ int RunAgent(const AgentConfig& config) {
     co.capture.port = config.capture_port;
     co.inherited = std::move(inherited);
     if (keeper) co.on_listeners = [k = keeper.get()](std::vector<HandedListener> l) { k->Set(l); };
+    co.requests = request_metrics;
     capture = std::make_unique<CaptureReconciler>(std::move(co), store, *relay);
     if (absl::Status s = capture->Start(); !s.ok()) {
       SHUNT_LOG(WARNING) << "first capture pass: " << s.message();
@@ -654,6 +669,9 @@ int RunAgent(const AgentConfig& config) {
   exposer->RegisterCollectable(registry_collector);
   exposer->RegisterCollectable(agent_collector);
   exposer->RegisterCollectable(socklb_collector);
+  // (The exposer holds collectables by weak pointers: this one lives as long as the others.)
+  auto request_collector = std::make_shared<RequestCollector>(request_metrics);
+  if (capture) exposer->RegisterCollectable(request_collector);
   auto admin = AdminServer::Start(config.admin_addr, ready);
   while (!admin.ok() && absl::Now() < bind_deadline) {
     absl::SleepFor(absl::Milliseconds(100));

@@ -56,6 +56,8 @@ struct AgentConfig {
   uint32_t policy_sources_size = 4096;
   uint32_t policy_dests_size = 16384;
   size_t max_metric_series = 10000;
+  // Also export the relay's request metrics under Istio's names and units (docs/metrics.md).
+  bool istio_metrics = false;
 };
 
 // <bpffs>/shunt/<node-name>: where this agent pins its maps, links and programs.

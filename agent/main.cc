@@ -101,6 +101,10 @@ ABSL_FLAG(uint32_t, policy_sources_map_size, 4096,
 ABSL_FLAG(uint32_t, policy_destinations_map_size, 16384,
           "Pod IPs targeted by access policies; beyond: not protected.");
 ABSL_FLAG(uint32_t, max_metric_series, 10000, "Cap on workload-pair series; beyond: \"other\".");
+ABSL_FLAG(bool, istio_metrics, false,
+          "Also export the requests the relay reads under Istio's standard metric names and "
+          "units (istio_requests_total, istio_request_duration_milliseconds, ...), for Kiali and "
+          "Istio's dashboards (docs/metrics.md).");
 ABSL_FLAG(bool, uninstall, false,
           "Remove every program, link, pin and map this node's agent created, then exit.");
 ABSL_FLAG(bool, supervise, false,
@@ -164,6 +168,7 @@ int main(int argc_in, char** argv_in) {
     config.drain_timeout = absl::Milliseconds(std::max(0, absl::GetFlag(FLAGS_drain_timeout_ms)));
     config.fastpath_max_queued = absl::GetFlag(FLAGS_fastpath_max_queued_bytes);
     config.max_metric_series = absl::GetFlag(FLAGS_max_metric_series);
+    config.istio_metrics = absl::GetFlag(FLAGS_istio_metrics);
     config.lb_services_size = absl::GetFlag(FLAGS_lb_services_map_size);
     config.lb_slots_size = absl::GetFlag(FLAGS_lb_slots_map_size);
     config.lb_max_slots = absl::GetFlag(FLAGS_lb_max_slots);

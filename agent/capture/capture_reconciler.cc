@@ -12,6 +12,7 @@
 #include <optional>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "agent/capture/netns.h"
 #include "agent/dataplane/service_policy.h"
@@ -91,6 +92,27 @@ CaptureReconciler::CaptureReconciler(Options options, PolicyStore& store, TcpRel
 }
 
 CaptureReconciler::~CaptureReconciler() { Stop(); }
+
+std::pair<std::string, std::string> ServiceByAuthority(
+    const std::vector<std::pair<std::string, std::string>>& services, std::string_view authority) {
+  if (services.empty()) return {};
+  // The host, without its port (and an IPv6 literal's brackets: then no Service name).
+  std::string host = absl::AsciiStrToLower(std::string(authority));
+  if (!host.empty() && host[0] == '[') {
+    host.clear();
+  } else if (size_t colon = host.rfind(':'); colon != std::string::npos) {
+    host.resize(colon);
+  }
+  if (!host.empty() && host.back() == '.') host.pop_back();
+  for (const auto& [ns, name] : services) {
+    const std::string in_ns = absl::StrCat(name, ".", ns);
+    if (host == name || host == in_ns || host == absl::StrCat(in_ns, ".svc") ||
+        absl::StartsWith(host, absl::StrCat(in_ns, ".svc."))) {
+      return {ns, name};
+    }
+  }
+  return services.front();
+}
 
 absl::Status CaptureReconciler::Start() {
   absl::Status s = ReconcileOnce();
@@ -200,7 +222,8 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
     PolicyStore* store = &store_;
     std::shared_ptr<Denied> denied = denied_;
     std::string pod_name = uid;
-    auto decide = [shared, mark, port, store, denied, uid, pod_name](
+    std::shared_ptr<metrics::RequestMetrics> requests = options_.requests;
+    auto decide = [shared, mark, port, store, denied, uid, pod_name, requests](
                       const sockaddr_storage& peer, const sockaddr_storage& local,
                       RelayCheck when) {
       RelayDecision d;
@@ -258,7 +281,27 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
             return v;
           };
           const DeniedKey who{a.source_namespace, a.source_workload, dest, ""};
-          d.exchanges = [denied, who](const ExchangeRecord& r) {
+          // Every request read, by source, destination and response (metrics/request_metrics.h).
+          metrics::RequestKey base;
+          base.source_namespace = a.source_namespace;
+          base.source_workload = a.source_workload;
+          if (const auto* w = WorkloadOf(*snapshot, uid)) {
+            base.destination_namespace = w->namespace_();
+            base.destination_workload = w->owner().empty() ? w->name() : w->owner();
+            base.destination_pod = w->name();
+          }
+          auto services = ServicesOf(*snapshot, uid, to_port);
+          d.exchanges = [denied, who, requests, base = std::move(base),
+                         services = std::move(services)](const ExchangeRecord& r) {
+            if (requests) {
+              metrics::RequestKey k = base;
+              std::tie(k.service_namespace, k.service_name) =
+                  ServiceByAuthority(services, r.request.authority);
+              k.grpc = r.request.grpc;
+              k.response_code = r.status;
+              k.grpc_status = r.grpc_status;
+              requests->Record(k, r);
+            }
             if (!r.denied) return;
             DeniedKey key = who;
             std::get<3>(key) = r.policy;
@@ -339,6 +382,7 @@ void CaptureReconciler::FinishReleases() {
       SHUNT_LOG_EVERY_N_SEC(WARNING, 10)
           << "pod " << it->first << ": remove the capture: " << s.message();
     }
+    if (options_.requests) options_.requests->ForgetDestinationPod(it->second.ns, it->second.name);
     it = releasing_.erase(it);
   }
 }
@@ -381,6 +425,10 @@ absl::Status CaptureReconciler::ReconcileOnce() {
   for (const auto& [uid, ips] : want) {
     Pod& pod = pods_[uid];
     pod.want_l7_ports = want_l7[uid];
+    if (const auto* w = WorkloadOf(*snapshot, uid)) {
+      pod.ns = w->namespace_();
+      pod.name = w->name();
+    }
     absl::Status s = Capture(uid, cgroups->at(uid), ips, pod);
     if (s.ok()) s = Refresh(uid, pod);
     if (!s.ok() && first.ok()) first = s;

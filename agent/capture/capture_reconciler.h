@@ -22,6 +22,7 @@
 #include "agent/capture/handoff.h"
 #include "agent/capture/pod_capture.h"
 #include "agent/dataplane/reconcile_loop.h"
+#include "agent/metrics/request_metrics.h"
 #include "agent/policy/policy_store.h"
 #include "agent/proxy/tcp_relay.h"
 #include "common/unique_fd.h"
@@ -43,6 +44,8 @@ class CaptureReconciler {
     // Called after a pass that changed the set of listeners, with duplicates of all of them (the
     // supervisor keeps them across a crash of this process: supervisor.h).
     std::function<void(std::vector<HandedListener>)> on_listeners;
+    // Where the requests read at L7 are recorded (null: nowhere).
+    std::shared_ptr<metrics::RequestMetrics> requests;
   };
   CaptureReconciler(Options options, PolicyStore& store, TcpRelay& relay);
   ~CaptureReconciler();  // Stop(); what is captured stays (a restarted agent takes it over)
@@ -84,6 +87,7 @@ class CaptureReconciler {
     std::vector<std::string> mesh_sources;  // as its table has them
     std::vector<std::string> l7_ports;      // as its table has them
     std::vector<std::string> want_l7_ports;  // as the pass's policy has them
+    std::string ns, name;                    // the pod's (its series go with it)
   };
   CaptureOptions ForPod(const Pod& pod) const;
   absl::Status Capture(const std::string& uid, const std::string& cgroup,
@@ -133,6 +137,12 @@ class CaptureReconciler {
   };
   std::shared_ptr<Denied> denied_ = std::make_shared<Denied>();
 };
+
+// Of the Services that serve a pod's port (sorted), the one a request names in its Host or
+// :authority ("name", "name.ns", "name.ns.svc", "name.ns.svc.<cluster domain>"), else the first;
+// ("", "") for none. Never the authority itself: only a name from policy.
+std::pair<std::string, std::string> ServiceByAuthority(
+    const std::vector<std::pair<std::string, std::string>>& services, std::string_view authority);
 
 // A process of the cgroup at `dir` or below (0: none yet).
 pid_t AnyProcessOf(const std::string& dir);

@@ -848,6 +848,9 @@ struct ArrivalIndex {
   absl::flat_hash_map<std::array<uint32_t, 4>, const Workload*> by_ip;  // v4-mapped: the first
   // "<uid>/<port>": the appProtocol the Services say of it ("" where two say different things).
   absl::flat_hash_map<std::string, std::string> app_protocol;
+  // "<uid>/<port>": the Services with that pod and port among their endpoints, as (namespace,
+  // name), sorted, without repeats.
+  absl::flat_hash_map<std::string, std::vector<std::pair<std::string, std::string>>> services;
   // Each `from` clause's ipBlocks, parsed.
   absl::flat_hash_map<const void*, std::vector<std::pair<IpKey, int>>> blocks;
   // The access policies with fields this agent does not know (read through reflection: once).
@@ -873,6 +876,13 @@ const ArrivalIndex& IndexOf(const PolicySnapshot& snapshot) {
     for (const auto& s : bundle.services()) {
       for (const auto& e : s.endpoints()) {
         for (const auto& ep : e.ports()) {
+          if (!e.workload_uid().empty()) {
+            auto& v = x->services[absl::StrCat(e.workload_uid(), "/", ep.port())];
+            std::pair<std::string, std::string> sn{s.namespace_(), s.name()};
+            if (std::find(v.begin(), v.end(), sn) == v.end()) {
+              v.insert(std::upper_bound(v.begin(), v.end(), sn), std::move(sn));
+            }
+          }
           for (const auto& sp : s.ports()) {
             if (sp.name() != ep.name() || sp.app_protocol().empty()) continue;
             // Two Services that say different things of one port: neither is believed (sniffed).
@@ -997,6 +1007,21 @@ std::string AppProtocolOf(const PolicySnapshot& snapshot, const std::string& uid
   const ArrivalIndex& index = IndexOf(snapshot);
   auto it = index.app_protocol.find(absl::StrCat(uid, "/", port));
   return it == index.app_protocol.end() ? "" : it->second;
+}
+
+std::vector<std::pair<std::string, std::string>> ServicesOf(const PolicySnapshot& snapshot,
+                                                            const std::string& uid,
+                                                            uint16_t port) {
+  const ArrivalIndex& index = IndexOf(snapshot);
+  auto it = index.services.find(absl::StrCat(uid, "/", port));
+  return it == index.services.end() ? std::vector<std::pair<std::string, std::string>>{}
+                                    : it->second;
+}
+
+const Workload* WorkloadOf(const PolicySnapshot& snapshot, const std::string& uid) {
+  const ArrivalIndex& index = IndexOf(snapshot);
+  auto it = index.by_uid.find(uid);
+  return it == index.by_uid.end() ? nullptr : it->second;
 }
 
 std::vector<std::string> L7PortsOf(const shunt::v1::PolicyBundle& bundle, const Workload& w) {

@@ -259,6 +259,12 @@ std::vector<std::string> PathViewsForPolicy(std::string_view path);
 // name that pod on that port, lower-cased ("" when none says, or when two say different
 // things).
 std::string AppProtocolOf(const PolicySnapshot& snapshot, const std::string& uid, uint16_t port);
+// The Services that have pod `uid` on `port` among their endpoints, as (namespace, name), sorted.
+std::vector<std::pair<std::string, std::string>> ServicesOf(const PolicySnapshot& snapshot,
+                                                            const std::string& uid,
+                                                            uint16_t port);
+// The workload of pod `uid` in the snapshot (nullptr: none); valid as long as the snapshot is.
+const shunt::v1::Workload* WorkloadOf(const PolicySnapshot& snapshot, const std::string& uid);
 // The ports of workload `w` that access policies with L7 rules cover, for the capture (nft
 // syntax: "8081", "9000-9010"; "*": every port), sorted, without repeats.
 std::vector<std::string> L7PortsOf(const shunt::v1::PolicyBundle& bundle,

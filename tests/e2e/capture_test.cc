@@ -17,6 +17,8 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <set>
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -215,6 +217,9 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.do_GET()
 s = http.server.ThreadingHTTPServer(("", 8081), H)
 open(sys.argv[2], "w").close()
 s.serve_forever()
@@ -235,7 +240,7 @@ s.serve_forever()
     if (!m.ok()) return m.status().ToString();
     for (const auto& s : *m) {
       if (s.name.rfind("shunt_relay", 0) != 0 && s.name.rfind("shunt_capture", 0) != 0 &&
-          s.name.rfind("shunt_policy_denied", 0) != 0) {
+          s.name.rfind("shunt_policy_denied", 0) != 0 && s.name.rfind("shunt_request", 0) != 0) {
         continue;
       }
       absl::StrAppend(&out, s.name);
@@ -1149,6 +1154,56 @@ TEST_F(CaptureTest, AnLSevenDenyAnswers403ToItsPathsAndLetsTheRestThroughOnOneCo
     EXPECT_EQ(PolicyMetric("shunt_policy_denied_requests_total", *from, "default/no-admin"),
               1);
   }
+  // Every request read is counted, by source, destination and response, exactly: what one more
+  // curl of the client sends (a 5000-byte body posted, two GETs, one of them denied).
+  const std::map<std::string, std::string> from_client = {
+      {"source_workload", Client().name},
+      {"source_workload_namespace", "default"},
+      {"destination_workload", Server().name},
+      {"destination_pod", Server().name},
+      {"reporter", "destination"},
+      {"request_protocol", "http"}};
+  auto with = [&](std::map<std::string, std::string> m, std::string k, std::string v) {
+    m[std::move(k)] = std::move(v);
+    return m;
+  };
+  const double ok_before = Metric("shunt_requests_total", with(from_client, "response_code", "200"));
+  const double denied_before =
+      Metric("shunt_requests_total", with(from_client, "response_code", "403"));
+  const double in_before = Metric("shunt_request_bytes_total", from_client);
+  const double out_before = Metric("shunt_response_bytes_total", from_client);
+  const double timed_before = Metric("shunt_request_duration_seconds_count", from_client);
+  EXPECT_GE(ok_before, 2) << RelayMetrics();
+  auto posted = bed_->Run(Client(),
+                          {"/bin/sh", "-c",
+                           "head -c 5000 /dev/zero | /usr/bin/curl -s --data-binary @- " + base +
+                               "/hello && /usr/bin/curl -s " + base + "/admin/users " + base +
+                               "/bye"},
+                          20s);
+  ASSERT_TRUE(posted.ok());
+  const std::string hello = "/hello from " + Client().ipv4, bye = "/bye from " + Client().ipv4;
+  EXPECT_EQ(posted->out, hello + "access denied\n" + bye) << posted->err;
+  EXPECT_TRUE(shunt::test::Eventually(
+      [&] {
+        return Metric("shunt_requests_total", with(from_client, "response_code", "200")) ==
+               ok_before + 2;
+      },
+      5s, 50ms))
+      << "an exchange is recorded once its connection's loop finished it" << RelayMetrics();
+  EXPECT_EQ(Metric("shunt_requests_total", with(from_client, "response_code", "200")),
+            ok_before + 2);
+  EXPECT_EQ(Metric("shunt_requests_total", with(from_client, "response_code", "403")),
+            denied_before + 1);
+  EXPECT_EQ(Metric("shunt_request_bytes_total", from_client), in_before + 5000)
+      << "the body posted; the GETs have none";
+  EXPECT_EQ(Metric("shunt_response_bytes_total", from_client), out_before + hello.size() + bye.size())
+      << "what the server sent (the 403 is the proxy's)";
+  EXPECT_EQ(Metric("shunt_request_duration_seconds_count", from_client), timed_before + 3);
+  auto page = agent_->Get("/metrics", e2e::kMetricsPort);
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_EQ(e2e::MetricsProblems(page->body), "") << "as promtool reads them";
+  EXPECT_EQ(page->body.find(Client().ipv4), std::string::npos) << "never an address as a label";
+  EXPECT_EQ(page->body.find("/admin"), std::string::npos) << "never a path as a label";
   // The neighbour's other connections are still the fast path's.
   const double relayed = Metric("shunt_relay_connections_total", {{"result", "accepted"}});
   auto py = bed_->Run(Neighbour(), {"/usr/bin/python3", "-c", kPyPeer, "client", Server().ipv4,
@@ -1173,6 +1228,92 @@ TEST_F(CaptureTest, AnLSevenDenyAnswers403ToItsPathsAndLetsTheRestThroughOnOneCo
 // HTTP/2 across nodes: nginx speaking h2c in the server pod, curl and h2load (nghttp2's) in a
 // client pod of the other node; the server's agent reads every stream (the preface sniffed) and
 // answers the denied path 403 in place, on the same connection as the allowed ones.
+// A real Prometheus server scrapes the agent: what it stores of the request metrics is what the
+// agent counted, and the queries Kiali's graph and Istio's dashboards run (with --istio-metrics)
+// find the traffic, its denied requests and its latency.
+TEST_F(CaptureTest, ARealPrometheusScrapesTheRequestsAndKialisGraphQueriesFindThem) {
+  StartCapturingAgent({"--resync-ms=100", "--istio-metrics"});
+  if (HasFatalFailure()) return;
+  StartHttpServer(/*echo=*/true);
+  if (HasFatalFailure()) return;
+  auto prom = e2e::PrometheusServer::Start(*bed_, bed_->node(0),
+                                           {"127.0.0.1:" + std::to_string(e2e::kMetricsPort)});
+  ASSERT_TRUE(prom.ok()) << prom.status();
+  ASSERT_TRUE((*prom)->WaitForFreshScrape(20s).ok()) << (*prom)->Stderr();
+  nlohmann::json policy = Deny("no-admin", {{{"namespaces", {"default"}}}});
+  policy[0]["l7"] = {{{"paths", {"/admin*"}}}};
+  policy[0]["ports"] = {{{"from", 8081}}};
+  WritePolicies(policy, 2);
+  if (HasFatalFailure()) return;
+  const std::string base = "http://" + Server().ipv4 + ":8081";
+  auto curl = [&](const std::vector<std::string>& paths) {
+    std::vector<std::string> argv = {"/usr/bin/curl", "-s", "-w", "%{http_code}\n"};
+    for (const auto& p : paths) {  // (one -o per URL)
+      argv.insert(argv.end(), {"-o", "/dev/null", base + p});
+    }
+    auto r = bed_->Run(Client(), argv, 20s);
+    return r.ok() ? r->out : r.status().ToString();
+  };
+  // Until the L7 rule is in force (the request series exist, scraped once at least).
+  std::string last;
+  ASSERT_TRUE(shunt::test::Eventually(
+      [&] { return (last = curl({"/hello", "/admin"})) == "200\n403\n"; }, 10s, 100ms))
+      << last << RelayMetrics();
+  ASSERT_TRUE((*prom)->WaitForFreshScrape(10s).ok());
+  // Then traffic Prometheus sees grow: rates over it are not 0.
+  EXPECT_EQ(curl({"/a", "/b", "/c", "/admin/x", "/d"}), "200\n200\n200\n403\n200\n");
+  ASSERT_TRUE((*prom)->WaitForFreshScrape(10s).ok());
+
+  // What Prometheus holds is what the agent counts.
+  auto m = agent_->Scrape();
+  ASSERT_TRUE(m.ok());
+  for (const char* code : {"200", "403"}) {
+    SCOPED_TRACE(code);
+    const double agent_count = e2e::SumSamples(
+        *m, "shunt_requests_total", {{"source_workload", Client().name}, {"response_code", code}});
+    auto q = (*prom)->Query(absl::StrCat("sum(shunt_requests_total{source_workload=\"",
+                                         Client().name, "\",response_code=\"", code, "\"})"));
+    ASSERT_TRUE(q.ok()) << q.status();
+    ASSERT_EQ(q->size(), 1u) << q->dump();
+    EXPECT_EQ(std::stod((*q)[0]["value"][1].get<std::string>()), agent_count);
+    EXPECT_GE(agent_count, std::string(code) == "200" ? 5 : 2);
+  }
+  // Kiali's graph: the namespace's HTTP traffic, per edge and response code.
+  auto graph = (*prom)->Query(
+      "sum(rate(istio_requests_total{reporter=\"destination\",destination_workload_namespace="
+      "\"default\"}[60s])) by (source_cluster,source_workload_namespace,source_workload,"
+      "source_canonical_service,source_canonical_revision,destination_cluster,"
+      "destination_service_namespace,destination_service,destination_service_name,"
+      "destination_workload_namespace,destination_workload,destination_canonical_service,"
+      "destination_canonical_revision,request_protocol,response_code,grpc_response_status,"
+      "response_flags) > 0");
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  std::set<std::string> edges;
+  for (const auto& s : *graph) {
+    const auto& l = s["metric"];
+    edges.insert(absl::StrCat(l.value("source_workload", ""), " -> ",
+                              l.value("destination_workload", ""), " ",
+                              l.value("request_protocol", ""), " ", l.value("response_code", "")));
+  }
+  const std::string edge = Client().name + " -> " + Server().name + " http ";
+  EXPECT_TRUE(edges.count(edge + "200") && edges.count(edge + "403")) << graph->dump();
+  // Istio's dashboards: latency quantiles per workload, from its milliseconds histogram; and
+  // ours in seconds.
+  for (const std::string& query :
+       {std::string("histogram_quantile(0.95, sum(rate(istio_request_duration_milliseconds_bucket{"
+                    "reporter=\"destination\"}[60s])) by (le, source_workload, "
+                    "destination_workload))"),
+        std::string("histogram_quantile(0.99, sum by (le) (rate("
+                    "shunt_request_duration_seconds_bucket[60s])))")}) {
+    SCOPED_TRACE(query);
+    auto q = (*prom)->Query(query);
+    ASSERT_TRUE(q.ok()) << q.status();
+    ASSERT_FALSE(q->empty());
+    const double v = std::stod((*q)[0]["value"][1].get<std::string>());
+    EXPECT_TRUE(std::isfinite(v) && v > 0) << q->dump();
+  }
+}
+
 TEST_F(CaptureTest, HttpTwoFromAnotherNodeIsReadStreamByStreamAndADeniedPathGets403) {
   StartCapturingAgent();
   if (HasFatalFailure()) return;

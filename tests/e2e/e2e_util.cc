@@ -9,6 +9,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
+#include <fstream>
+#include <filesystem>
 #include <atomic>
 #include <thread>
 
@@ -16,6 +19,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/errno_status.h"
 #include "common/files.h"
 
@@ -196,6 +201,106 @@ std::string MetricsProblems(const std::string& text) {
     if (n > 1) out += key + " is there " + std::to_string(n) + " times\n";
   }
   return out;
+}
+
+std::string UrlEncode(const std::string& s) {
+  static const char* hex = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : s) {
+    if (isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<PrometheusServer>> PrometheusServer::Start(
+    testbed::Testbed& bed, const testbed::Node& node, const std::vector<std::string>& targets,
+    int port) {
+  std::string prometheus = "/var/cache/shunt-tools/prometheus/usr/bin/prometheus";
+  if (access(prometheus.c_str(), X_OK) != 0) prometheus = "/usr/bin/prometheus";
+  if (access(prometheus.c_str(), X_OK) != 0) {
+    return absl::FailedPreconditionError(
+        "prometheus is needed (Debian package prometheus; scripts/setup.sh)");
+  }
+  const std::string dir = absl::StrCat(bed.work_dir(), "/prometheus-", node.name, "-", port);
+  std::error_code ec;
+  std::filesystem::create_directories(dir + "/data", ec);
+  if (ec) return absl::InternalError(absl::StrCat("mkdir ", dir, ": ", ec.message()));
+  std::string config =
+      "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n  evaluation_interval: 1s\n"
+      "scrape_configs:\n  - job_name: shunt\n    static_configs:\n      - targets: [";
+  for (size_t i = 0; i < targets.size(); ++i) {
+    absl::StrAppend(&config, i ? ", " : "", "'", targets[i], "'");
+  }
+  absl::StrAppend(&config, "]\n");
+  {
+    std::ofstream f(dir + "/prometheus.yml");
+    f << config;
+    if (!f) return absl::InternalError("cannot write " + dir + "/prometheus.yml");
+  }
+  std::unique_ptr<PrometheusServer> p(new PrometheusServer(node, port));
+  auto proc = bed.SpawnOnNode(
+      node, {prometheus, "--config.file=" + dir + "/prometheus.yml",
+             "--storage.tsdb.path=" + dir + "/data",
+             absl::StrCat("--web.listen-address=127.0.0.1:", port), "--log.level=warn"});
+  if (!proc.ok()) return proc.status();
+  p->process_ = std::move(*proc);
+  // Ready once its API answers.
+  for (int i = 0; i < 300; ++i) {
+    auto r = HttpGetInNetns(node.netns, "127.0.0.1", port, "/-/ready");
+    if (r.ok() && r->code == 200) return p;
+    if (!p->process_->Running()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return absl::UnavailableError("prometheus did not become ready: " + p->process_->Stderr());
+}
+
+PrometheusServer::~PrometheusServer() {
+  if (process_ && process_->Running()) process_->Stop(SIGTERM, std::chrono::seconds(10)).IgnoreError();
+}
+
+std::string PrometheusServer::Stderr() const { return process_ ? process_->Stderr() : ""; }
+
+absl::StatusOr<nlohmann::json> PrometheusServer::Query(const std::string& promql) const {
+  auto r = HttpGetInNetns(node_.netns, "127.0.0.1", port_, "/api/v1/query?query=" + UrlEncode(promql));
+  if (!r.ok()) return r.status();
+  auto j = nlohmann::json::parse(r->body, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) {
+    return absl::InternalError(absl::StrCat("prometheus answered ", r->code, ": ", r->body));
+  }
+  if (j.value("status", "") != "success") {
+    return absl::InvalidArgumentError(absl::StrCat(promql, ": ", j.value("errorType", ""), ": ",
+                                                   j.value("error", r->body)));
+  }
+  return j["data"]["result"];
+}
+
+absl::Status PrometheusServer::WaitForFreshScrape(std::chrono::milliseconds timeout) const {
+  const double since = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::string last;
+  while (std::chrono::steady_clock::now() < deadline) {
+    // Each target's last scrape: up == 1, at a time after `since`.
+    auto r = Query("up");
+    if (r.ok() && !r->empty()) {
+      bool fresh = true;
+      for (const auto& s : *r) {
+        const double at = s["value"][0].get<double>();
+        if (s["value"][1].get<std::string>() != "1" || at <= since + 1) fresh = false;
+      }
+      if (fresh) return absl::OkStatus();
+      last = r->dump();
+    } else if (!r.ok()) {
+      last = r.status().ToString();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  return absl::DeadlineExceededError("no fresh scrape of every target: " + last + " " + Stderr());
 }
 
 bool WaitForFile(const std::string& path) {

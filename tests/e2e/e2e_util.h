@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -78,6 +79,32 @@ absl::StatusOr<testbed::Output> UninstallAgent(testbed::Testbed& bed, const test
 // (Debian's, unpacked by scripts/setup.sh) and every series that is there more than once
 // (promtool 2.42 does not look for that). Empty: nothing.
 std::string MetricsProblems(const std::string& text);
+
+// A real Prometheus server (Debian's `prometheus`, unpacked by scripts/setup.sh) in `node`'s
+// network namespace, on 127.0.0.1:`port` there, scraping `targets` ("127.0.0.1:15090": host:port
+// in that namespace) every second; its data in the test bed's work dir. Stopped at destruction
+// (and by the test bed's teardown if the test ends first).
+class PrometheusServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<PrometheusServer>> Start(
+      testbed::Testbed& bed, const testbed::Node& node, const std::vector<std::string>& targets,
+      int port = 19090);
+  ~PrometheusServer();
+  // An instant query's result (the API's data.result: a vector of {metric, value}), or the
+  // error the API returned.
+  absl::StatusOr<nlohmann::json> Query(const std::string& promql) const;
+  // Until every target's latest scrape succeeded (up == 1) and was taken after this call.
+  absl::Status WaitForFreshScrape(std::chrono::milliseconds timeout) const;
+  std::string Stderr() const;
+
+ private:
+  PrometheusServer(const testbed::Node& node, int port) : node_(node), port_(port) {}
+  const testbed::Node& node_;
+  const int port_;
+  testbed::ProcessPtr process_;
+};
+// Percent-encodes `s` for a URL's query.
+std::string UrlEncode(const std::string& s);
 
 // Waits (10 s at most) for a program to create `path`, its sign that it is ready.
 bool WaitForFile(const std::string& path);

@@ -1,0 +1,182 @@
+#include "agent/metrics/request_metrics.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <string>
+
+#include "agent/capture/capture_reconciler.h"
+#include "prometheus/text_serializer.h"
+
+namespace shunt::agent::metrics {
+namespace {
+
+RequestKey Key(std::string source, int code) {
+  RequestKey k;
+  k.source_namespace = "default";
+  k.source_workload = std::move(source);
+  k.destination_namespace = "shop";
+  k.destination_workload = "cart";
+  k.destination_pod = "cart-1";
+  k.service_namespace = "shop";
+  k.service_name = "cart";
+  k.response_code = code;
+  return k;
+}
+
+ExchangeRecord Exchange(absl::Duration took, uint64_t in, uint64_t out) {
+  ExchangeRecord r;
+  r.start = absl::FromUnixSeconds(1000);
+  r.end = r.start + took;
+  r.request_bytes = in;
+  r.response_bytes = out;
+  return r;
+}
+
+const prometheus::MetricFamily* Find(const std::vector<prometheus::MetricFamily>& fs,
+                                     const std::string& name) {
+  for (const auto& f : fs) {
+    if (f.name == name) return &f;
+  }
+  return nullptr;
+}
+
+std::map<std::string, std::string> LabelsOf(const prometheus::ClientMetric& m) {
+  std::map<std::string, std::string> out;
+  for (const auto& l : m.label) out[l.name] = l.value;
+  return out;
+}
+
+TEST(RequestMetrics, CountsBytesAndDurationsPerSourceDestinationAndResponse) {
+  RequestMetrics m(100, /*istio=*/false);
+  m.Record(Key("web", 200), Exchange(absl::Milliseconds(3), 10, 1000));
+  m.Record(Key("web", 200), Exchange(absl::Milliseconds(40), 20, 2000));
+  m.Record(Key("web", 403), Exchange(absl::Microseconds(100), 0, 14));
+  const auto fs = m.Collect();
+  const auto* requests = Find(fs, "shunt_requests_total");
+  ASSERT_NE(requests, nullptr);
+  ASSERT_EQ(requests->metric.size(), 2u);
+  // Sorted by key: 200 before 403.
+  EXPECT_EQ(requests->metric[0].counter.value, 2);
+  EXPECT_EQ(requests->metric[1].counter.value, 1);
+  auto l = LabelsOf(requests->metric[0]);
+  EXPECT_EQ(l["reporter"], "destination");
+  EXPECT_EQ(l["source_workload"], "web");
+  EXPECT_EQ(l["source_workload_namespace"], "default");
+  EXPECT_EQ(l["destination_workload"], "cart");
+  EXPECT_EQ(l["destination_service_name"], "cart");
+  EXPECT_EQ(l["request_protocol"], "http");
+  EXPECT_EQ(l["response_code"], "200");
+  EXPECT_EQ(l["grpc_response_status"], "");
+  EXPECT_EQ(Find(fs, "shunt_request_bytes_total")->metric[0].counter.value, 30);
+  EXPECT_EQ(Find(fs, "shunt_response_bytes_total")->metric[0].counter.value, 3000);
+  const auto& h = Find(fs, "shunt_request_duration_seconds")->metric[0].histogram;
+  EXPECT_EQ(h.sample_count, 2u);
+  EXPECT_NEAR(h.sample_sum, 0.043, 1e-9);
+  // 3 ms in (0.0025, 0.005], 40 ms in (0.025, 0.05]: cumulative counts.
+  std::map<double, uint64_t> cumulative;
+  for (const auto& b : h.bucket) cumulative[b.upper_bound] = b.cumulative_count;
+  EXPECT_EQ(cumulative[0.0025], 0u);
+  EXPECT_EQ(cumulative[0.005], 1u);
+  EXPECT_EQ(cumulative[0.025], 1u);
+  EXPECT_EQ(cumulative[0.05], 2u);
+  EXPECT_EQ(cumulative[std::numeric_limits<double>::infinity()], 2u);
+  EXPECT_EQ(Find(fs, "istio_requests_total"), nullptr) << "only with --istio-metrics";
+}
+
+TEST(RequestMetrics, IstioNamesUnitsAndLabelsWhenAsked) {
+  RequestMetrics m(100, /*istio=*/true);
+  RequestKey k = Key("", 200);  // a source the workload table does not know
+  k.source_namespace = "";
+  k.grpc = true;
+  k.grpc_status = 7;
+  m.Record(k, Exchange(absl::Milliseconds(7), 5, 600));
+  const auto fs = m.Collect();
+  const auto* requests = Find(fs, "istio_requests_total");
+  ASSERT_NE(requests, nullptr);
+  auto l = LabelsOf(requests->metric.at(0));
+  EXPECT_EQ(l["source_workload"], "unknown");
+  EXPECT_EQ(l["destination_service"], "cart.shop.svc.cluster.local");
+  EXPECT_EQ(l["request_protocol"], "grpc");
+  EXPECT_EQ(l["grpc_response_status"], "7");
+  const auto& ms = Find(fs, "istio_request_duration_milliseconds")->metric.at(0).histogram;
+  EXPECT_NEAR(ms.sample_sum, 7, 1e-9);
+  std::map<double, uint64_t> cumulative;
+  for (const auto& b : ms.bucket) cumulative[b.upper_bound] = b.cumulative_count;
+  EXPECT_EQ(cumulative[5], 0u);
+  EXPECT_EQ(cumulative[10], 1u);
+  const auto& bytes = Find(fs, "istio_response_bytes")->metric.at(0).histogram;
+  EXPECT_EQ(bytes.sample_sum, 600);
+  cumulative.clear();
+  for (const auto& b : bytes.bucket) cumulative[b.upper_bound] = b.cumulative_count;
+  EXPECT_EQ(cumulative[500], 0u);
+  EXPECT_EQ(cumulative[1000], 1u);
+}
+
+TEST(RequestMetrics, BeyondTheCapLabelSetsFoldIntoOtherAndAreCounted) {
+  RequestMetrics m(3, false);
+  for (int i = 0; i < 10; ++i) m.Record(Key("w" + std::to_string(i), 200), Exchange({}, 1, 1));
+  EXPECT_EQ(m.folded(), 7u);
+  const auto fs = m.Collect();
+  const auto* requests = Find(fs, "shunt_requests_total");
+  ASSERT_EQ(requests->metric.size(), 4u) << "three, then one for all the others";
+  double total = 0;
+  bool other = false;
+  for (const auto& s : requests->metric) {
+    total += s.counter.value;
+    if (LabelsOf(s)["source_workload"] == "other") {
+      other = true;
+      EXPECT_EQ(s.counter.value, 7);
+    }
+  }
+  EXPECT_TRUE(other);
+  EXPECT_EQ(total, 10) << "nothing lost";
+  EXPECT_EQ(Find(fs, "shunt_request_metrics_folded_total")->metric.at(0).counter.value, 7);
+}
+
+TEST(RequestMetrics, APodThatLeftHasNoSeriesLeft) {
+  RequestMetrics m(100, false);
+  m.Record(Key("web", 200), Exchange({}, 1, 1));
+  RequestKey other = Key("web", 200);
+  other.destination_pod = "cart-2";
+  m.Record(other, Exchange({}, 1, 1));
+  m.ForgetDestinationPod("shop", "cart-1");
+  const auto fs = m.Collect();
+  const auto* requests = Find(fs, "shunt_requests_total");
+  ASSERT_EQ(requests->metric.size(), 1u);
+  EXPECT_EQ(LabelsOf(requests->metric[0])["destination_pod"], "cart-2");
+}
+
+TEST(RequestMetrics, TheTextIsWhatPrometheusReads) {
+  RequestMetrics m(100, true);
+  m.Record(Key("web", 200), Exchange(absl::Milliseconds(1), 1, 2));
+  const std::string text = prometheus::TextSerializer().Serialize(m.Collect());
+  EXPECT_NE(text.find("# TYPE shunt_request_duration_seconds histogram"), std::string::npos);
+  EXPECT_NE(text.find("shunt_request_duration_seconds_bucket{"), std::string::npos);
+  EXPECT_NE(text.find("le=\"+Inf\"} 1"), std::string::npos) << text;
+}
+
+}  // namespace
+}  // namespace shunt::agent::metrics
+
+namespace shunt::agent {
+namespace {
+
+TEST(ServiceByAuthority, TheServiceARequestNamesElseTheFirstNeverTheAuthority) {
+  const std::vector<std::pair<std::string, std::string>> two = {{"shop", "cart"},
+                                                                {"shop", "cart-canary"}};
+  using P = std::pair<std::string, std::string>;
+  EXPECT_EQ(ServiceByAuthority(two, "cart-canary"), (P{"shop", "cart-canary"}));
+  EXPECT_EQ(ServiceByAuthority(two, "cart-canary.shop:8080"), (P{"shop", "cart-canary"}));
+  EXPECT_EQ(ServiceByAuthority(two, "CART-CANARY.shop.svc.cluster.local."),
+            (P{"shop", "cart-canary"}));
+  EXPECT_EQ(ServiceByAuthority(two, "cart.shop.svc"), (P{"shop", "cart"}));
+  EXPECT_EQ(ServiceByAuthority(two, "cart-canary.other"), (P{"shop", "cart"}))
+      << "another namespace's";
+  EXPECT_EQ(ServiceByAuthority(two, "10.0.0.7:8080"), (P{"shop", "cart"}));
+  EXPECT_EQ(ServiceByAuthority(two, "[fd00::7]:8080"), (P{"shop", "cart"}));
+  EXPECT_EQ(ServiceByAuthority({}, "cart"), (P{"", ""}));
+}
+
+}  // namespace
+}  // namespace shunt::agent
