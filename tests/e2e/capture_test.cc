@@ -1358,6 +1358,26 @@ TEST_F(CaptureTest, HttpTwoFromAnotherNodeIsReadStreamByStreamAndADeniedPathGets
   EXPECT_GE(Metric("shunt_relay_l7_total", {{"result", "http2_connection"}}), 10);
   EXPECT_EQ(PolicyMetric("shunt_policy_denied_requests_total", Client(), "default/no-admin"),
             201);
+  // Each stream is a request in the request metrics: h2load's 2000 and 200 exactly, on top of
+  // curl's (those of the wait above included: one per try that reached the server).
+  const std::map<std::string, std::string> from = {{"source_workload", Client().name},
+                                                   {"destination_workload", Server().name},
+                                                   {"request_protocol", "http"}};
+  auto code = [&](const char* c) {
+    auto m = from;
+    m["response_code"] = c;
+    return Metric("shunt_requests_total", m);
+  };
+  const double curl_ok = code("200") - 2000;
+  EXPECT_GE(curl_ok, 1);
+  EXPECT_LE(curl_ok, 100) << "one per try at most";
+  EXPECT_EQ(code("403"), 201);
+  EXPECT_EQ(Metric("shunt_request_duration_seconds_count", from), code("200") + code("403"));
+  auto ok_from = from;
+  ok_from["response_code"] = "200";
+  EXPECT_EQ(Metric("shunt_response_bytes_total", ok_from),
+            std::string("hello /one\n").size() * code("200"))
+      << "nginx's body of each";
 }
 
 // Resident memory (KiB) and open descriptors of a process.
