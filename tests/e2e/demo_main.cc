@@ -185,6 +185,10 @@ int RunDemo() {
   Say("\n-- 2. other node (" + api2.name + "): TPROXY in its namespace, relayed by " +
       bed.node(1).name + "'s agent as the client --");
   auto srv2 = demo.Server(api2, {"--port=9090", "--mode=verify"});
+  // A real Prometheus server scraping that agent (Debian's, unpacked by scripts/setup.sh).
+  auto prom = shunt::e2e::PrometheusServer::Start(
+      bed, bed.node(1), {"127.0.0.1:" + std::to_string(shunt::e2e::kMetricsPort)});
+  if (!prom.ok()) Say("(no Prometheus server: " + std::string(prom.status().message()) + ")");
   Say("16 MiB checksummed: " + demo.Client(front, {"verify", "--to=" + api2.ipv4 + ":9090",
                                                   "--bytes=16M", "--seed=2"})
                                    .dump());
@@ -257,6 +261,22 @@ http.server.ThreadingHTTPServer(("", 8081), H).serve_forever()
                           sample.value));
     }
   }
+  if (prom.ok() && (*prom)->WaitForFreshScrape(10s).ok()) {
+    const std::string query =
+        "sum by (source_workload, destination_workload, response_code) (shunt_requests_total)";
+    Say("  Prometheus (scraping " + bed.node(1).name + "'s agent every second): " + query);
+    if (auto q = (*prom)->Query(query); q.ok()) {
+      for (const auto& row : *q) {
+        const auto& l = row["metric"];
+        Say(absl::StrFormat("    %s -> %s  %s  %s requests", l.value("source_workload", ""),
+                            l.value("destination_workload", ""), l.value("response_code", ""),
+                            row["value"][1].get<std::string>()));
+      }
+    } else {
+      Say("    query failed: " + std::string(q.status().message()));
+    }
+  }
+  prom = absl::UnavailableError("stopped");  // (the server stops here)
   demo.Delete("deny-cross.json");
 
   Say("\n-- 3. throughput, 3 s each, client on CPU 0, server on the last CPU: plain (" + c.name +
