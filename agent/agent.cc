@@ -44,11 +44,18 @@ namespace {
 // The relay's request metrics (metrics/request_metrics.h), at scrape time.
 class RequestCollector : public prometheus::Collectable {
  public:
-  explicit RequestCollector(std::shared_ptr<const metrics::RequestMetrics> m) : m_(std::move(m)) {}
-  std::vector<prometheus::MetricFamily> Collect() const override { return m_->Collect(); }
+  RequestCollector(std::shared_ptr<const metrics::RequestMetrics> requests,
+                   std::shared_ptr<const metrics::ConnectionMetrics> connections)
+      : requests_(std::move(requests)), connections_(std::move(connections)) {}
+  std::vector<prometheus::MetricFamily> Collect() const override {
+    auto out = requests_->Collect();
+    for (auto& f : connections_->Collect()) out.push_back(std::move(f));
+    return out;
+  }
 
  private:
-  std::shared_ptr<const metrics::RequestMetrics> m_;
+  std::shared_ptr<const metrics::RequestMetrics> requests_;
+  std::shared_ptr<const metrics::ConnectionMetrics> connections_;
 };
 
 class AgentCollector : public prometheus::Collectable {
@@ -574,6 +581,8 @@ int RunAgent(const AgentConfig& config) {
   // What the relay reads at L7 (held by the relay's decisions too: they may outlive `capture`).
   auto request_metrics = std::make_shared<metrics::RequestMetrics>(config.max_metric_series,
                                                                    config.istio_metrics);
+  auto connection_metrics = std::make_shared<metrics::ConnectionMetrics>(config.max_metric_series,
+                                                                         config.istio_metrics);
   if (config.capture) {
     RelayOptions ro;
     ro.max_connections_per_group = std::max<uint32_t>(1, config.capture_max_connections_per_pod);
@@ -602,6 +611,7 @@ int RunAgent(const AgentConfig& config) {
     co.inherited = std::move(inherited);
     if (keeper) co.on_listeners = [k = keeper.get()](std::vector<HandedListener> l) { k->Set(l); };
     co.requests = request_metrics;
+    co.connections = connection_metrics;
     capture = std::make_unique<CaptureReconciler>(std::move(co), store, *relay);
     if (absl::Status s = capture->Start(); !s.ok()) {
       SHUNT_LOG(WARNING) << "first capture pass: " << s.message();
@@ -670,7 +680,7 @@ int RunAgent(const AgentConfig& config) {
   exposer->RegisterCollectable(agent_collector);
   exposer->RegisterCollectable(socklb_collector);
   // (The exposer holds collectables by weak pointers: this one lives as long as the others.)
-  auto request_collector = std::make_shared<RequestCollector>(request_metrics);
+  auto request_collector = std::make_shared<RequestCollector>(request_metrics, connection_metrics);
   if (capture) exposer->RegisterCollectable(request_collector);
   auto admin = AdminServer::Start(config.admin_addr, ready);
   while (!admin.ok() && absl::Now() < bind_deadline) {

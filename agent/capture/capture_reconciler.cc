@@ -223,7 +223,8 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
     std::shared_ptr<Denied> denied = denied_;
     std::string pod_name = uid;
     std::shared_ptr<metrics::RequestMetrics> requests = options_.requests;
-    auto decide = [shared, mark, port, store, denied, uid, pod_name, requests](
+    std::shared_ptr<metrics::ConnectionMetrics> connections = options_.connections;
+    auto decide = [shared, mark, port, store, denied, uid, pod_name, requests, connections](
                       const sockaddr_storage& peer, const sockaddr_storage& local,
                       RelayCheck when) {
       RelayDecision d;
@@ -252,6 +253,21 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
                         {a.source_namespace, a.source_workload, dest, a.policy});
           d.reason = a.policy;
           return d;
+        }
+        // Its L4 counters (metrics/request_metrics.h), shared by the connections of one source
+        // and destination; a policy change's decision keeps the connection's own.
+        if (connections && when == RelayCheck::kArrival) {
+          metrics::ConnectionKey k;
+          k.source_namespace = a.source_namespace;
+          k.source_workload = a.source_workload;
+          if (const auto* w = WorkloadOf(*snapshot, uid)) {
+            k.destination_namespace = w->namespace_();
+            k.destination_workload = w->owner().empty() ? w->name() : w->owner();
+            k.destination_pod = w->name();
+          }
+          const auto services = ServicesOf(*snapshot, uid, to_port);
+          if (!services.empty()) std::tie(k.service_namespace, k.service_name) = services.front();
+          d.counters = connections->For(k);
         }
         if (a.l7) {
           d.l7 = true;
@@ -383,6 +399,9 @@ void CaptureReconciler::FinishReleases() {
           << "pod " << it->first << ": remove the capture: " << s.message();
     }
     if (options_.requests) options_.requests->ForgetDestinationPod(it->second.ns, it->second.name);
+    if (options_.connections) {
+      options_.connections->ForgetDestinationPod(it->second.ns, it->second.name);
+    }
     it = releasing_.erase(it);
   }
 }

@@ -46,6 +46,8 @@ class CaptureReconciler {
     std::function<void(std::vector<HandedListener>)> on_listeners;
     // Where the requests read at L7 are recorded (null: nowhere).
     std::shared_ptr<metrics::RequestMetrics> requests;
+    // ... and the connections it relays (null: not counted).
+    std::shared_ptr<metrics::ConnectionMetrics> connections;
   };
   CaptureReconciler(Options options, PolicyStore& store, TcpRelay& relay);
   ~CaptureReconciler();  // Stop(); what is captured stays (a restarted agent takes it over)

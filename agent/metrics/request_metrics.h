@@ -21,6 +21,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "agent/proxy/l7_session.h"
+#include "agent/proxy/tcp_relay.h"
 #include "prometheus/metric_family.h"
 
 namespace shunt::agent::metrics {
@@ -77,6 +78,40 @@ class RequestMetrics {
   mutable absl::Mutex mu_;
   std::map<RequestKey, Series> series_ ABSL_GUARDED_BY(mu_);
   uint64_t folded_ ABSL_GUARDED_BY(mu_) = 0;  // requests recorded under "other"
+};
+
+// The connections the relay carries (every captured one, opaque or read at L7), per source
+// workload -> destination workload, pod and service (the first of policy's Services that serve
+// the port: no request names one at L4): opened (its upstream connected), closed, bytes each way
+// as they move (shunt_tcp_*; with `istio` also Istio's istio_tcp_*). Same caps and removal as
+// RequestMetrics.
+struct ConnectionKey {
+  std::string source_namespace, source_workload;
+  std::string destination_namespace, destination_workload, destination_pod;
+  std::string service_namespace, service_name;
+  auto Tie() const {
+    return std::tie(source_namespace, source_workload, destination_namespace, destination_workload,
+                    destination_pod, service_namespace, service_name);
+  }
+  bool operator<(const ConnectionKey& o) const { return Tie() < o.Tie(); }
+};
+
+class ConnectionMetrics {
+ public:
+  ConnectionMetrics(size_t max_series, bool istio) : max_series_(max_series), istio_(istio) {}
+  // The counters the relay's connections of `key` share (those of the set "other" beyond the
+  // cap, counted in folded()).
+  std::shared_ptr<ConnectionCounters> For(const ConnectionKey& key);
+  void ForgetDestinationPod(const std::string& ns, const std::string& name);
+  std::vector<prometheus::MetricFamily> Collect() const;
+  uint64_t folded() const;  // connections counted under "other"
+
+ private:
+  const size_t max_series_;
+  const bool istio_;
+  mutable absl::Mutex mu_;
+  std::map<ConnectionKey, std::shared_ptr<ConnectionCounters>> series_ ABSL_GUARDED_BY(mu_);
+  uint64_t folded_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace shunt::agent::metrics

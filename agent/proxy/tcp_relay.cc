@@ -67,6 +67,7 @@ struct RelayLoop::Conn {
   L7Authorize authorize;
   ExchangeSink exchanges;
   std::function<void()> opaque_refused;
+  std::shared_ptr<ConnectionCounters> l4;  // its decision's (null: none)
   bool opaque_allow = true;
   RelayDecision::Protocol protocol = RelayDecision::Protocol::kSniff;
   bool http2 = false;   // its session is HTTP/2
@@ -529,6 +530,7 @@ void RelayLoop::Loop() {
     }
   }
   for (auto& [p, c] : conns_) {
+    if (c->l4 && !c->connecting) c->l4->closed.fetch_add(1, std::memory_order_relaxed);
     ResetFd(c->fd[0]);
     ResetFd(c->fd[1]);
     --counters_.active;
@@ -653,6 +655,7 @@ void RelayLoop::Accept(int listener_fd, int batch) {
       raw->opaque_allow = d.opaque_allow;
       raw->protocol = d.protocol;
     }
+    raw->l4 = std::move(d.counters);
     raw->peer = peer;
     raw->local = local;
     raw->decide = lst->decide;
@@ -704,6 +707,7 @@ void RelayLoop::HandleEvent(Conn* c, int side, uint32_t events) {
         return;
       }
       c->connecting = false;
+      if (c->l4) c->l4->opened.fetch_add(1, std::memory_order_relaxed);
     } else if (side == 0) {  // the client went away before the upstream was up
       Close(c, true);
       return;
@@ -854,7 +858,7 @@ bool RelayLoop::PumpPipe(Conn* c, int d) {
       if (n > 0) {
         c->unsent[d].erase(0, static_cast<size_t>(n));
         c->last_activity = absl::Now();
-        (d == 0 ? counters_.bytes_to_upstream : counters_.bytes_to_downstream) += n;
+        Moved(c, d, n);
       } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
         return true;  // the other side's buffer is full: wait until it is writable
       } else {
@@ -912,7 +916,7 @@ bool RelayLoop::PumpPipe(Conn* c, int d) {
       if (m > 0) {
         c->pending[d] -= static_cast<size_t>(m);
         c->last_activity = absl::Now();
-        (d == 0 ? counters_.bytes_to_upstream : counters_.bytes_to_downstream) += m;
+        Moved(c, d, m);
       } else if (m < 0 && (errno == EAGAIN || errno == EINTR)) {
         return true;  // the other side's buffer is full: wait until it is writable
       } else {
@@ -977,9 +981,18 @@ void RelayLoop::Watch(Conn* c, int side, uint32_t want, bool keep) {
   c->events[side] = want;
 }
 
+void RelayLoop::Moved(Conn* c, int d, ssize_t n) {
+  (d == 0 ? counters_.bytes_to_upstream : counters_.bytes_to_downstream) += n;
+  if (c->l4) {
+    (d == 0 ? c->l4->to_upstream : c->l4->to_downstream)
+        .fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
+  }
+}
+
 void RelayLoop::Close(Conn* c, bool reset) {
   auto it = conns_.find(c);
   if (it == conns_.end()) return;
+  if (c->l4 && !c->connecting) c->l4->closed.fetch_add(1, std::memory_order_relaxed);
   for (int side = 0; side < 2; ++side) {
     if (c->fd[side].valid() && c->in_epoll[side]) {
       epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c->fd[side].get(), nullptr);
@@ -1110,7 +1123,7 @@ bool RelayLoop::PumpUser(Conn* c) {
             send(c->fd[side].get(), out->data(), out->size(), MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n > 0) {
           out->erase(0, static_cast<size_t>(n));
-          (side == 1 ? counters_.bytes_to_upstream : counters_.bytes_to_downstream) += n;
+          Moved(c, 1 - side, n);
           c->last_activity = absl::Now();
           progress = true;
         } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {

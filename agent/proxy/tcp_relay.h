@@ -84,6 +84,15 @@ struct RelayOptions {
 };
 
 // What to do with an accepted connection (`peer`: the client, `local`: where it connected).
+// What the relay counts of the connections whose decisions share it (their L4 metrics): each
+// connection holds it from its decision on and updates it as its bytes move.
+struct ConnectionCounters {
+  std::atomic<uint64_t> opened{0};  // relayed: the upstream connected
+  std::atomic<uint64_t> closed{0};  // of those, ended (however)
+  std::atomic<uint64_t> to_upstream{0};    // bytes client -> server
+  std::atomic<uint64_t> to_downstream{0};  // bytes server -> client
+};
+
 struct RelayDecision {
   bool allow = false;
   std::string reason;  // when refused, for the log and counters
@@ -105,6 +114,7 @@ struct RelayDecision {
   L7Authorize authorize;
   ExchangeSink exchanges;
   std::function<void()> opaque_refused;
+  std::shared_ptr<ConnectionCounters> counters;  // null: not counted
 };
 // When a decision is asked: for a connection just accepted, or for an open one again after a
 // policy change (Recheck: refused, it is closed with a reset).
@@ -252,6 +262,8 @@ class RelayLoop {
   bool StepOverUrgent(Conn* c, int d);
   void Interest(Conn* c);
   void Close(Conn* c, bool reset);
+  // n bytes of direction d moved: counted (the relay's, the connection's decision's).
+  void Moved(Conn* c, int d, ssize_t n);
   // Side x was reset (or failed): marked so (Conn::aborted), what was on its way to it dropped;
   // false if the connection was closed (the other side had gone too).
   bool Aborted(Conn* c, int x);

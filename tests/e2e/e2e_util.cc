@@ -285,13 +285,12 @@ absl::Status PrometheusServer::WaitForFreshScrape(std::chrono::milliseconds time
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   std::string last;
   while (std::chrono::steady_clock::now() < deadline) {
-    // Each target's last scrape: up == 1, at a time after `since`.
-    auto r = Query("up");
+    // Each target's last scrape (the time of its `up` sample) after `since`, and up == 1.
+    auto r = Query("timestamp(up) * up");
     if (r.ok() && !r->empty()) {
       bool fresh = true;
       for (const auto& s : *r) {
-        const double at = s["value"][0].get<double>();
-        if (s["value"][1].get<std::string>() != "1" || at <= since + 1) fresh = false;
+        if (std::stod(s["value"][1].get<std::string>()) <= since) fresh = false;
       }
       if (fresh) return absl::OkStatus();
       last = r->dump();

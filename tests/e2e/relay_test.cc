@@ -86,6 +86,7 @@ class RelayTest : public ::testing::Test {
                           d.allow =
                               when == RelayCheck::kArrival ? allow_.load() : allow_open_.load();
                           d.netns_fd = netns_.get();
+                          d.counters = l4_;
                           d.as = Loopback(0);
                           d.to = Loopback(upstream_port_.load());
                           if (l7_) {  // as an L7 rule "DENY /admin*" makes it
@@ -115,6 +116,7 @@ class RelayTest : public ::testing::Test {
   uint16_t front_port_ = 0;
   std::atomic<uint16_t> upstream_port_{0};
   std::atomic<bool> allow_{true};
+  std::shared_ptr<ConnectionCounters> l4_ = std::make_shared<ConnectionCounters>();
   std::atomic<bool> allow_open_{true};    // the decision for open connections on a Recheck
   std::atomic<bool> l7_{false};           // the port needs L7 (set before connecting)
   std::atomic<bool> opaque_allow_{true};  // ... and admits opaque bytes
@@ -295,6 +297,37 @@ TEST_F(RelayTest, AClientThatEndedItsStreamThenResetHasItsServerResetAtOnce) {
   }
   EXPECT_TRUE(err == ECONNRESET || err == EPIPE) << strerror(err) << " (EAGAIN: still held)";
   EXPECT_TRUE(shunt::test::Eventually([&] { return relay_->stats().active == 0; }, 5s));
+}
+
+// The counters a decision shares: connections opened (the upstream connected) and closed, and
+// every byte each way.
+TEST_F(RelayTest, TheDecisionsCountersHaveItsConnectionsAndTheirBytesEachWay) {
+  {
+    UniqueFd c = Connect(front_port_);
+    UniqueFd s = AcceptBackend();
+    ASSERT_TRUE(s.valid());
+    WriteAll(c.get(), std::string(1000, 'u'));
+    shutdown(c.get(), SHUT_WR);
+    EXPECT_EQ(ReadAll(s.get()).size(), 1000u);
+    WriteAll(s.get(), std::string(3000, 'd'));
+    s.Reset();
+    EXPECT_EQ(ReadAll(c.get()).size(), 3000u);
+  }
+  EXPECT_TRUE(shunt::test::Eventually([&] { return relay_->stats().active == 0; }, 5s));
+  EXPECT_EQ(l4_->opened.load(), 1u);
+  EXPECT_EQ(l4_->closed.load(), 1u);
+  EXPECT_EQ(l4_->to_upstream.load(), 1000u);
+  EXPECT_EQ(l4_->to_downstream.load(), 3000u);
+  // An upstream that is not there: never opened, so never closed either.
+  upstream_port_ = PortOf(Listen(false).get());  // (closed at once: refused)
+  {
+    UniqueFd c = Connect(front_port_);
+    EXPECT_EQ(ErrorAtEnd(c.get()), ECONNRESET);
+  }
+  EXPECT_TRUE(shunt::test::Eventually([&] { return relay_->stats().active == 0; }, 5s));
+  EXPECT_EQ(l4_->opened.load(), 1u);
+  EXPECT_EQ(l4_->closed.load(), 1u);
+  EXPECT_EQ(l4_->to_upstream.load() + l4_->to_downstream.load(), 4000u);
 }
 
 TEST_F(RelayTest, RefusedAndFailedUpstreamsAreResetsAndCounted) {

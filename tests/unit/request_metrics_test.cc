@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <set>
 #include <string>
 
 #include "agent/capture/capture_reconciler.h"
@@ -154,6 +155,81 @@ TEST(RequestMetrics, TheTextIsWhatPrometheusReads) {
   EXPECT_NE(text.find("# TYPE shunt_request_duration_seconds histogram"), std::string::npos);
   EXPECT_NE(text.find("shunt_request_duration_seconds_bucket{"), std::string::npos);
   EXPECT_NE(text.find("le=\"+Inf\"} 1"), std::string::npos) << text;
+}
+
+TEST(RequestMetrics, TwoPodsOfOneWorkloadAreOneIstioSeriesAndUpstreamChosenValuesAreBounded) {
+  RequestMetrics m(100, /*istio=*/true);
+  RequestKey a = Key("web", 200);
+  RequestKey b = a;
+  b.destination_pod = "cart-2";  // another replica of cart
+  m.Record(a, Exchange(absl::Milliseconds(1), 0, 10));
+  m.Record(b, Exchange(absl::Milliseconds(1), 0, 20));
+  RequestKey odd = Key("web", 200);
+  odd.grpc = true;
+  odd.grpc_status = 123456;  // what a broken server may put in grpc-status
+  m.Record(odd, Exchange({}, 0, 0));
+  const auto fs = m.Collect();
+  EXPECT_EQ(Find(fs, "shunt_requests_total")->metric.size(), 3u) << "ours: per pod";
+  const auto* istio = Find(fs, "istio_requests_total");
+  ASSERT_EQ(istio->metric.size(), 2u) << "Istio's: per workload";
+  std::set<std::string> statuses;
+  for (const auto& s : istio->metric) {
+    auto l = LabelsOf(s);
+    statuses.insert(l["grpc_response_status"]);
+    if (l["request_protocol"] == "http") EXPECT_EQ(s.counter.value, 2);
+  }
+  EXPECT_EQ(statuses, (std::set<std::string>{"", "2"})) << "out of gRPC's range: UNKNOWN";
+  const auto& bytes = Find(fs, "istio_response_bytes")->metric;
+  double sum = 0;
+  for (const auto& s : bytes) sum += s.histogram.sample_sum;
+  EXPECT_EQ(sum, 30);
+}
+
+TEST(ConnectionMetrics, SharedCountersPerSourceAndDestinationTcpLabelsAndTheCap) {
+  ConnectionMetrics m(2, /*istio=*/true);
+  ConnectionKey a;
+  a.source_namespace = "default";
+  a.source_workload = "web";
+  a.destination_namespace = "shop";
+  a.destination_workload = "cart";
+  a.destination_pod = "cart-1";
+  auto c1 = m.For(a);
+  auto c2 = m.For(a);
+  EXPECT_EQ(c1, c2) << "one series per key";
+  c1->opened += 2;
+  c1->closed += 1;
+  c1->to_upstream += 100;
+  c2->to_downstream += 7;
+  ConnectionKey b = a;
+  b.source_workload = "api";
+  m.For(b)->opened += 1;
+  ConnectionKey c = a;
+  c.source_workload = "batch";
+  auto folded = m.For(c);  // the third: over the cap
+  folded->opened += 5;
+  EXPECT_EQ(m.folded(), 1u);
+  const auto fs = m.Collect();
+  const auto* opened = Find(fs, "shunt_tcp_connections_opened_total");
+  ASSERT_NE(opened, nullptr);
+  double total = 0;
+  for (const auto& s : opened->metric) {
+    auto l = LabelsOf(s);
+    EXPECT_EQ(l["request_protocol"], "tcp");
+    EXPECT_EQ(l.count("response_code"), 0u);
+    total += s.counter.value;
+  }
+  EXPECT_EQ(total, 8);
+  EXPECT_EQ(Find(fs, "shunt_tcp_received_bytes_total")->metric.size(), 3u);
+  const auto* istio = Find(fs, "istio_tcp_sent_bytes_total");
+  ASSERT_NE(istio, nullptr);
+  bool seven = false;
+  for (const auto& s : istio->metric) seven |= s.counter.value == 7;
+  EXPECT_TRUE(seven);
+  m.ForgetDestinationPod("shop", "cart-1");
+  const auto after = m.Collect();
+  for (const auto& s : Find(after, "shunt_tcp_connections_opened_total")->metric) {
+    EXPECT_EQ(LabelsOf(s)["destination_pod"], "other") << "only the folded set is left";
+  }
 }
 
 }  // namespace
