@@ -93,6 +93,20 @@ CaptureReconciler::CaptureReconciler(Options options, PolicyStore& store, TcpRel
 
 CaptureReconciler::~CaptureReconciler() { Stop(); }
 
+namespace {
+
+// A metrics key's destination: the captured pod's namespace, workload (its owner) and name.
+template <typename Key>
+void SetDestination(Key& key, const PolicySnapshot& snapshot, const std::string& uid) {
+  if (const auto* w = WorkloadOf(snapshot, uid)) {
+    key.destination_namespace = w->namespace_();
+    key.destination_workload = w->owner().empty() ? w->name() : w->owner();
+    key.destination_pod = w->name();
+  }
+}
+
+}  // namespace
+
 std::pair<std::string, std::string> ServiceByAuthority(
     const std::vector<std::pair<std::string, std::string>>& services, std::string_view authority) {
   if (services.empty()) return {};
@@ -260,11 +274,7 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
           metrics::ConnectionKey k;
           k.source_namespace = a.source_namespace;
           k.source_workload = a.source_workload;
-          if (const auto* w = WorkloadOf(*snapshot, uid)) {
-            k.destination_namespace = w->namespace_();
-            k.destination_workload = w->owner().empty() ? w->name() : w->owner();
-            k.destination_pod = w->name();
-          }
+          SetDestination(k, *snapshot, uid);
           const auto services = ServicesOf(*snapshot, uid, to_port);
           if (!services.empty()) std::tie(k.service_namespace, k.service_name) = services.front();
           d.counters = connections->For(k);
@@ -301,11 +311,7 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
           metrics::RequestKey base;
           base.source_namespace = a.source_namespace;
           base.source_workload = a.source_workload;
-          if (const auto* w = WorkloadOf(*snapshot, uid)) {
-            base.destination_namespace = w->namespace_();
-            base.destination_workload = w->owner().empty() ? w->name() : w->owner();
-            base.destination_pod = w->name();
-          }
+          SetDestination(base, *snapshot, uid);
           auto services = ServicesOf(*snapshot, uid, to_port);
           d.exchanges = [denied, who, requests, base = std::move(base),
                          services = std::move(services)](const ExchangeRecord& r) {

@@ -37,6 +37,18 @@ ClientMetric::Histogram Histogram(const std::array<uint64_t, N>& buckets,
 
 std::string OrUnknown(const std::string& s) { return s.empty() ? "unknown" : s; }
 
+// The series of one destination pod out of `series` (keyed by RequestKey or ConnectionKey).
+template <typename Map>
+void EraseDestinationPod(Map& series, const std::string& ns, const std::string& name) {
+  for (auto it = series.begin(); it != series.end();) {
+    if (it->first.destination_namespace == ns && it->first.destination_pod == name) {
+      it = series.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
 // shunt's own labels (docs/metrics.md).
 std::vector<ClientMetric::Label> Labels(const RequestKey& k) {
   return {{"reporter", "destination"},
@@ -124,13 +136,7 @@ void RequestMetrics::Record(const RequestKey& in, const ExchangeRecord& r) {
 
 void RequestMetrics::ForgetDestinationPod(const std::string& ns, const std::string& name) {
   absl::MutexLock l(&mu_);
-  for (auto it = series_.begin(); it != series_.end();) {
-    if (it->first.destination_namespace == ns && it->first.destination_pod == name) {
-      it = series_.erase(it);
-    } else {
-      ++it;
-    }
-  }
+  EraseDestinationPod(series_, ns, name);
 }
 
 uint64_t RequestMetrics::folded() const {
@@ -250,13 +256,7 @@ std::shared_ptr<ConnectionCounters> ConnectionMetrics::For(const ConnectionKey& 
 
 void ConnectionMetrics::ForgetDestinationPod(const std::string& ns, const std::string& name) {
   absl::MutexLock l(&mu_);
-  for (auto it = series_.begin(); it != series_.end();) {
-    if (it->first.destination_namespace == ns && it->first.destination_pod == name) {
-      it = series_.erase(it);
-    } else {
-      ++it;
-    }
-  }
+  EraseDestinationPod(series_, ns, name);
 }
 
 uint64_t ConnectionMetrics::folded() const {
