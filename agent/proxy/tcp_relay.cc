@@ -804,7 +804,10 @@ bool RelayLoop::Aborted(Conn* c, int x) {
       --counters_.pipes_in_use;
     }
   }
-  if (c->aborted[1 - x] || c->closed) {  // both gone: nothing to pass on
+  // Both gone, or x had ended its stream already (its FIN passed on: nothing of it is left to
+  // pass on): the other side is reset now, whichever event told of it first (a failed write
+  // towards x is seen while moving the other direction).
+  if (c->aborted[1 - x] || c->closed || c->shut[x]) {
     if (!c->closed) {
       ++counters_.resets;
       Close(c, /*reset=*/true);
