@@ -282,9 +282,14 @@ void ControllerPolicySource::Session() {
           absl::MutexLock l(&mu_);
           held_ = next;
           version_ = resp.system_version_info();
-          sync_ = absl::OkStatus();
         }
         on_update_(std::move(bundle));  // enforce first, then save (off this path)
+        {
+          // In sync once the policy is in the store, not before (readiness said so a moment
+          // early: a 100000-workload state read as in sync with none in force yet).
+          absl::MutexLock l(&mu_);
+          sync_ = absl::OkStatus();
+        }
         if (options_.enforcement) {
           // ACK once the kernel holds it, saying what it could not enforce.
           *answer.mutable_enforcement() = options_.enforcement(options_.enforcement_wait);
