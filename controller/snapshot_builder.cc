@@ -436,7 +436,8 @@ absl::Status ValidateCost(const shunt::v1::ApiCostPolicy& p) {
   }
   auto check_model = [](const shunt::v1::ModelPrice& m, const std::string& where) -> absl::Status {
     for (const std::string* d : {&m.per_million_input(), &m.per_million_cached_input(),
-                                 &m.per_million_output(), &m.per_million_reasoning()}) {
+                                 &m.per_million_output(), &m.per_million_reasoning(),
+                                 &m.per_million_cache_creation()}) {
       if (!ValidDecimal(*d)) {
         return absl::InvalidArgumentError(
             absl::StrCat(where, ": \"", *d, "\" is not a decimal price"));

@@ -197,7 +197,8 @@ NodePtr ApiCostPolicySpec() {
                 {"perMillionInput", Str(32, kDecimal)},
                 {"perMillionCachedInput", Str(32, kDecimal)},
                 {"perMillionOutput", Str(32, kDecimal)},
-                {"perMillionReasoning", Str(32, kDecimal)}},
+                {"perMillionReasoning", Str(32, kDecimal)},
+                {"perMillionCacheCreation", Str(32, kDecimal)}},
                std::move(required));
   };
   return Obj({{"service", Str(63, kDnsLabel)},

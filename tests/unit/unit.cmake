@@ -34,3 +34,10 @@ shunt_test(h2_session_test SOURCES unit/h2_session_test.cc LIBS shunt_http2)
 add_test(NAME Http2Fuzz
          COMMAND ${PROJECT_SOURCE_DIR}/scripts/run-h2-fuzz.sh ${CMAKE_CURRENT_BINARY_DIR}/h2_fuzz 60)
 set_tests_properties(Http2Fuzz PROPERTIES LABELS unit TIMEOUT 300 ENVIRONMENT SHUNT_FUZZ_SEED=1)
+
+# Per-pod API cost below the proxy: prices, usage readers, ApiCostPolicy; the readers' fuzz
+# target for a fixed 30 s (ASan, UBSan: scripts/run-cost-fuzz.sh).
+shunt_test(cost_test SOURCES unit/cost_test.cc LIBS shunt_cost)
+add_test(NAME CostFuzz
+         COMMAND ${PROJECT_SOURCE_DIR}/scripts/run-cost-fuzz.sh ${CMAKE_CURRENT_BINARY_DIR}/cost_fuzz 30)
+set_tests_properties(CostFuzz PROPERTIES LABELS unit TIMEOUT 300 ENVIRONMENT SHUNT_FUZZ_SEED=1)
