@@ -18,6 +18,7 @@
 #include "agent/bpf/kernel_probe.h"
 #include "agent/bpf/socklb.h"
 #include "agent/capture/capture_reconciler.h"
+#include "agent/metrics/cost_metrics.h"
 #include "agent/metrics/request_metrics.h"
 #include "agent/capture/handoff.h"
 #include "agent/dataplane/enforcement.h"
@@ -45,17 +46,22 @@ namespace {
 class RequestCollector : public prometheus::Collectable {
  public:
   RequestCollector(std::shared_ptr<const metrics::RequestMetrics> requests,
-                   std::shared_ptr<const metrics::ConnectionMetrics> connections)
-      : requests_(std::move(requests)), connections_(std::move(connections)) {}
+                   std::shared_ptr<const metrics::ConnectionMetrics> connections,
+                   std::shared_ptr<const metrics::CostMetrics> costs)
+      : requests_(std::move(requests)),
+        connections_(std::move(connections)),
+        costs_(std::move(costs)) {}
   std::vector<prometheus::MetricFamily> Collect() const override {
     auto out = requests_->Collect();
     for (auto& f : connections_->Collect()) out.push_back(std::move(f));
+    for (auto& f : costs_->Collect()) out.push_back(std::move(f));
     return out;
   }
 
  private:
   std::shared_ptr<const metrics::RequestMetrics> requests_;
   std::shared_ptr<const metrics::ConnectionMetrics> connections_;
+  std::shared_ptr<const metrics::CostMetrics> costs_;
 };
 
 class AgentCollector : public prometheus::Collectable {
@@ -583,6 +589,7 @@ int RunAgent(const AgentConfig& config) {
                                                                    config.istio_metrics);
   auto connection_metrics = std::make_shared<metrics::ConnectionMetrics>(config.max_metric_series,
                                                                          config.istio_metrics);
+  auto cost_metrics = std::make_shared<metrics::CostMetrics>(config.max_metric_series);
   if (config.capture) {
     RelayOptions ro;
     ro.max_connections_per_group = std::max<uint32_t>(1, config.capture_max_connections_per_pod);
@@ -612,6 +619,7 @@ int RunAgent(const AgentConfig& config) {
     if (keeper) co.on_listeners = [k = keeper.get()](std::vector<HandedListener> l) { k->Set(l); };
     co.requests = request_metrics;
     co.connections = connection_metrics;
+    co.costs = cost_metrics;
     capture = std::make_unique<CaptureReconciler>(std::move(co), store, *relay);
     if (absl::Status s = capture->Start(); !s.ok()) {
       SHUNT_LOG(WARNING) << "first capture pass: " << s.message();
@@ -680,7 +688,8 @@ int RunAgent(const AgentConfig& config) {
   exposer->RegisterCollectable(agent_collector);
   exposer->RegisterCollectable(socklb_collector);
   // (The exposer holds collectables by weak pointers: this one lives as long as the others.)
-  auto request_collector = std::make_shared<RequestCollector>(request_metrics, connection_metrics);
+  auto request_collector = std::make_shared<RequestCollector>(request_metrics, connection_metrics,
+                                                             cost_metrics);
   if (capture) exposer->RegisterCollectable(request_collector);
   auto admin = AdminServer::Start(config.admin_addr, ready);
   while (!admin.ok() && absl::Now() < bind_deadline) {

@@ -15,6 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "agent/capture/netns.h"
+#include "agent/cost/cost_observer.h"
 #include "agent/dataplane/service_policy.h"
 #include "agent/policy/pod_cgroups.h"
 #include "common/log.h"
@@ -238,7 +239,8 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
     std::string pod_name = uid;
     std::shared_ptr<metrics::RequestMetrics> requests = options_.requests;
     std::shared_ptr<metrics::ConnectionMetrics> connections = options_.connections;
-    auto decide = [shared, mark, port, store, denied, uid, pod_name, requests, connections](
+    std::shared_ptr<metrics::CostMetrics> costs = options_.costs;
+    auto decide = [shared, mark, port, store, denied, uid, pod_name, requests, connections, costs](
                       const sockaddr_storage& peer, const sockaddr_storage& local,
                       RelayCheck when) {
       RelayDecision d;
@@ -313,8 +315,40 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
           base.source_workload = a.source_workload;
           SetDestination(base, *snapshot, uid);
           auto services = ServicesOf(*snapshot, uid, to_port);
-          d.exchanges = [denied, who, requests, base = std::move(base),
+          // The Services of the port an ApiCostPolicy prices: each request to one of them is
+          // read for its cost (agent/cost/), charged to the calling pod.
+          std::map<std::pair<std::string, std::string>, std::shared_ptr<const cost::CostPolicy>>
+              priced;
+          if (costs) {
+            for (const auto& sn : services) {
+              if (auto p = CostPolicyOf(*snapshot, sn.first, sn.second)) priced[sn] = std::move(p);
+            }
+          }
+          if (!priced.empty()) {
+            d.observe = [services, priced](const L7Request& r) -> std::unique_ptr<BodyObserver> {
+              auto it = priced.find(ServiceByAuthority(services, r.authority));
+              if (it == priced.end()) return nullptr;
+              return std::make_unique<cost::CostObserver>(it->second);
+            };
+          }
+          metrics::CostKey payer;
+          payer.source_namespace = a.source_namespace;
+          payer.source_workload = a.source_workload;
+          payer.source_pod = a.source_pod;
+          d.exchanges = [denied, who, requests, costs, payer = std::move(payer),
+                         base = std::move(base),
                          services = std::move(services)](const ExchangeRecord& r) {
+            if (costs && r.observer) {
+              auto* o = static_cast<cost::CostObserver*>(r.observer.get());
+              const cost::Charge charge = o->Finish(r);
+              metrics::CostKey k = payer;
+              std::tie(k.service_namespace, k.service_name) =
+                  ServiceByAuthority(services, r.request.authority);
+              k.route = charge.route;
+              k.model = charge.model;
+              k.currency = o->policy().currency();
+              costs->Record(k, charge);
+            }
             if (requests) {
               metrics::RequestKey k = base;
               std::tie(k.service_namespace, k.service_name) =
@@ -416,6 +450,13 @@ absl::Status CaptureReconciler::ReconcileOnce() {
   absl::MutexLock pass(&pass_mu_);
   auto snapshot = store_.Current();
   if (!snapshot) return absl::OkStatus();
+  if (options_.costs && snapshot->version != costs_retained_version_) {
+    // The calling pods gone from the cluster: their cost series go (once per policy version).
+    std::set<std::pair<std::string, std::string>> pods;
+    for (const auto& w : snapshot->bundle.workloads()) pods.emplace(w.namespace_(), w.name());
+    options_.costs->RetainSourcePods(pods);
+    costs_retained_version_ = snapshot->version;
+  }
   auto cgroups = FindPodCgroups(options_.cgroup_root);
   if (!cgroups.ok()) return cgroups.status();
   std::map<std::string, std::vector<std::string>> want;  // uid -> its IPs

@@ -22,6 +22,7 @@
 #include "agent/capture/handoff.h"
 #include "agent/capture/pod_capture.h"
 #include "agent/dataplane/reconcile_loop.h"
+#include "agent/metrics/cost_metrics.h"
 #include "agent/metrics/request_metrics.h"
 #include "agent/policy/policy_store.h"
 #include "agent/proxy/tcp_relay.h"
@@ -48,6 +49,8 @@ class CaptureReconciler {
     std::shared_ptr<metrics::RequestMetrics> requests;
     // ... and the connections it relays (null: not counted).
     std::shared_ptr<metrics::ConnectionMetrics> connections;
+    // ... and what each calling pod spent on priced Services (null: not accounted).
+    std::shared_ptr<metrics::CostMetrics> costs;
   };
   CaptureReconciler(Options options, PolicyStore& store, TcpRelay& relay);
   ~CaptureReconciler();  // Stop(); what is captured stays (a restarted agent takes it over)
@@ -109,6 +112,7 @@ class CaptureReconciler {
   std::map<std::string, Pod> pods_ ABSL_GUARDED_BY(pass_mu_);
   std::vector<std::pair<std::string, Pod>> releasing_ ABSL_GUARDED_BY(pass_mu_);
   uint64_t next_group_ ABSL_GUARDED_BY(pass_mu_) = 1;
+  uint64_t costs_retained_version_ ABSL_GUARDED_BY(pass_mu_) = 0;
   uint64_t rechecked_version_ ABSL_GUARDED_BY(pass_mu_) = 0;  // the policy open connections had
   // The listeners last given to on_listeners: (pod, namespace, family, descriptor).
   // None before the first pass: that one always publishes (an empty set too: what a supervisor

@@ -855,7 +855,21 @@ struct ArrivalIndex {
   absl::flat_hash_map<const void*, std::vector<std::pair<IpKey, int>>> blocks;
   // The access policies with fields this agent does not know (read through reflection: once).
   absl::flat_hash_set<const void*> not_understood;
+  // "<namespace>/<service>": its ApiCostPolicy, compiled.
+  absl::flat_hash_map<std::string, std::shared_ptr<const cost::CostPolicy>> costs;
 };
+
+// The ApiCostPolicies of `bundle` by "<namespace>/<service>": of several for one Service, the
+// first by name (the controller reports the others).
+std::map<std::string, const shunt::v1::ApiCostPolicy*> PricedServices(
+    const shunt::v1::PolicyBundle& bundle) {
+  std::map<std::string, const shunt::v1::ApiCostPolicy*> out;
+  for (const auto& p : bundle.api_cost_policies()) {
+    const shunt::v1::ApiCostPolicy*& slot = out[absl::StrCat(p.namespace_(), "/", p.service())];
+    if (slot == nullptr || p.name() < slot->name()) slot = &p;
+  }
+  return out;
+}
 
 std::array<uint32_t, 4> IpBytes(const IpKey& k) { return {k.addr[0], k.addr[1], k.addr[2], k.addr[3]}; }
 
@@ -904,6 +918,12 @@ const ArrivalIndex& IndexOf(const PolicySnapshot& snapshot) {
         }
       }
     }
+    for (const auto& [key, p] : PricedServices(bundle)) {
+      auto compiled = cost::CostPolicy::Compile(*p);
+      if (compiled.ok()) {
+        x->costs[key] = std::make_shared<const cost::CostPolicy>(std::move(*compiled));
+      }
+    }
     snapshot.derived.value = std::move(x);
   }
   // Kept alive by the snapshot, which the caller holds.
@@ -935,6 +955,16 @@ ArrivalDecision Decide(const PolicySnapshot& snapshot, const std::string& dest_u
   } else {
     out.source_namespace = src->namespace_();
     out.source_workload = src->owner().empty() ? src->name() : src->owner();
+    out.source_pod = src->name();
+  }
+  // A priced Service on this port: every request is read (its cost).
+  if (!index.costs.empty()) {
+    if (auto it = index.services.find(absl::StrCat(dest_uid, "/", port));
+        it != index.services.end()) {
+      for (const auto& [ns, name] : it->second) {
+        out.l7 |= index.costs.contains(absl::StrCat(ns, "/", name));
+      }
+    }
   }
   // Every reading of the path a server may make: a DENY matches when one of them does, an ALLOW
   // admits only when all of them do.
@@ -1024,8 +1054,31 @@ const Workload* WorkloadOf(const PolicySnapshot& snapshot, const std::string& ui
   return it == index.by_uid.end() ? nullptr : it->second;
 }
 
+std::shared_ptr<const cost::CostPolicy> CostPolicyOf(const PolicySnapshot& snapshot,
+                                                     const std::string& ns,
+                                                     const std::string& name) {
+  const ArrivalIndex& index = IndexOf(snapshot);
+  auto it = index.costs.find(absl::StrCat(ns, "/", name));
+  return it == index.costs.end() ? nullptr : it->second;
+}
+
 std::vector<std::string> L7PortsOf(const shunt::v1::PolicyBundle& bundle, const Workload& w) {
   std::set<std::string> ports;
+  if (bundle.api_cost_policies_size() > 0) {
+    const auto priced = PricedServices(bundle);
+    for (const auto& s : bundle.services()) {
+      if (s.namespace_() != w.namespace_() ||
+          !priced.contains(absl::StrCat(s.namespace_(), "/", s.name()))) {
+        continue;
+      }
+      for (const auto& e : s.endpoints()) {
+        if (e.workload_uid() != w.uid()) continue;
+        for (const auto& ep : e.ports()) {
+          if (ep.port() > 0 && ep.port() <= 65535) ports.insert(absl::StrCat(ep.port()));
+        }
+      }
+    }
+  }
   for (const auto& p : bundle.access_policies()) {
     if (p.l7_size() == 0 || p.namespace_() != w.namespace_() || !LabelsMatch(p.target(), w)) {
       continue;

@@ -28,6 +28,7 @@
 #include "absl/time/time.h"
 #include "agent/bpf/fastpath.h"  // IpKey, ParseIpKey
 #include "agent/bpf/socklb.h"
+#include "agent/cost/cost_policy.h"
 #include "agent/dataplane/local_dataplane.h"  // WorkloadDirectory
 #include "agent/dataplane/reconcile_loop.h"
 #include "agent/policy/policy_store.h"
@@ -231,8 +232,11 @@ struct ArrivalDecision {
   bool allowed = true;
   std::string policy;  // the deciding policy, "namespace/name" (denied: the DENY or an ALLOW)
   std::string source_namespace, source_workload;  // of the source's workload ("" unknown)
+  std::string source_pod;                         // its pod's name ("" unknown)
   std::string destination_pod;                    // the captured pod's name
-  bool l7 = false;  // a policy with L7 rules targets the pod on that port: read it as HTTP
+  // A policy with L7 rules targets the pod on that port, or an ApiCostPolicy prices a Service
+  // it serves there: read it as HTTP.
+  bool l7 = false;
 };
 ArrivalDecision DecideArrival(const PolicySnapshot& snapshot, const std::string& dest_uid,
                               const IpKey& source, uint16_t port,
@@ -265,8 +269,15 @@ std::vector<std::pair<std::string, std::string>> ServicesOf(const PolicySnapshot
                                                             uint16_t port);
 // The workload of pod `uid` in the snapshot (nullptr: none); valid as long as the snapshot is.
 const shunt::v1::Workload* WorkloadOf(const PolicySnapshot& snapshot, const std::string& uid);
-// The ports of workload `w` that access policies with L7 rules cover, for the capture (nft
-// syntax: "8081", "9000-9010"; "*": every port), sorted, without repeats.
+// The ports of workload `w` that access policies with L7 rules cover, and those where it serves
+// a Service an ApiCostPolicy prices, for the capture (nft syntax: "8081", "9000-9010"; "*":
+// every port), sorted, without repeats.
+// The ApiCostPolicy that prices Service `name` of `ns`, compiled (null: none, or it does not
+// compile; of several for one Service, the first by name). Kept alive by the snapshot's index
+// and shared with whoever holds it.
+std::shared_ptr<const cost::CostPolicy> CostPolicyOf(const PolicySnapshot& snapshot,
+                                                     const std::string& ns,
+                                                     const std::string& name);
 std::vector<std::string> L7PortsOf(const shunt::v1::PolicyBundle& bundle,
                                    const shunt::v1::Workload& w);
 

@@ -144,6 +144,7 @@ class Http1Session::RequestEvents final : public http1::ParserCallbacks {
     }
     s_.discard_request_ = false;
     s_.request_chunked_ = head.framing.kind == BodyKind::kChunked;
+    if (s_.observe) e.record.observer = s_.observe(e.record.request);
     s_.to_server += http1::SerializeRequestHead(head);
     s_.responses_.ExpectResponseTo(head.method);
     s_.queue_.push_back(std::move(e));
@@ -153,6 +154,9 @@ class Http1Session::RequestEvents final : public http1::ParserCallbacks {
   Action OnBody(std::string_view data) override {
     if (!s_.queue_.empty() && s_.in_request_) s_.queue_.back().record.request_bytes += data.size();
     if (s_.discard_request_) return Action::kContinue;
+    if (!s_.queue_.empty() && s_.in_request_) {
+      if (BodyObserver* o = s_.queue_.back().record.observer.get()) o->RequestBody(data);
+    }
     if (s_.request_chunked_) {
       s_.to_server += http1::ChunkHeader(data.size());
       s_.to_server.append(data);
@@ -205,6 +209,12 @@ class Http1Session::ResponseEvents final : public http1::ParserCallbacks {
     s_.response_tunnel_ = head.tunnel;
     if (!head.interim) {
       e.record.status = head.status;
+      if (BodyObserver* o = e.record.observer.get()) {
+        const http1::Header* type = http1::FindHeader(head.headers, "content-type");
+        const http1::Header* encoding = http1::FindHeader(head.headers, "content-encoding");
+        o->ResponseHead(head.status, type ? std::string_view(type->value) : std::string_view(),
+                        encoding ? std::string_view(encoding->value) : std::string_view());
+      }
       s_.response_head_sent_ = true;
       s_.response_chunked_ = head.framing.kind == BodyKind::kChunked;
       s_.response_trailers_sent_ = false;
@@ -225,6 +235,7 @@ class Http1Session::ResponseEvents final : public http1::ParserCallbacks {
   }
   Action OnBody(std::string_view data) override {
     s_.queue_.front().record.response_bytes += data.size();
+    if (BodyObserver* o = s_.queue_.front().record.observer.get()) o->ResponseBody(data);
     if (s_.response_chunked_) {
       s_.to_client += http1::ChunkHeader(data.size());
       s_.to_client.append(data);

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -33,6 +34,22 @@ struct L7Verdict {
 };
 using L7Authorize = std::function<L7Verdict(const L7Request&)>;
 
+// Reads the bodies of one exchange as they pass through (decoded: without HTTP/1.1's chunk
+// framing; HTTP/2's DATA payloads), for what the proxy accounts beyond counts (per-pod API cost:
+// agent/cost/). Made for each request the policy lets through (L7Session::observe); told of the
+// final response's head, then of each body slice in order; never holds the session up, never
+// changes a byte. Its findings are read from the record once the exchange is over.
+class BodyObserver {
+ public:
+  virtual ~BodyObserver() = default;
+  virtual void RequestBody(std::string_view data) = 0;
+  // The final response's status and its Content-Type and Content-Encoding ("" when absent).
+  virtual void ResponseHead(int status, std::string_view content_type,
+                            std::string_view content_encoding) = 0;
+  virtual void ResponseBody(std::string_view data) = 0;
+};
+using ObserverFactory = std::function<std::unique_ptr<BodyObserver>(const L7Request&)>;
+
 // One request and its response, as the metrics issue exports it.
 struct ExchangeRecord {
   L7Request request;
@@ -49,6 +66,8 @@ struct ExchangeRecord {
   absl::Time end;               // response complete (or broken)
   // The time the proxy itself spent on this exchange's bytes (parsing, serialising).
   absl::Duration proxy_time;
+  // What read its bodies (null: nothing did).
+  std::shared_ptr<BodyObserver> observer;
 };
 using ExchangeSink = std::function<void(const ExchangeRecord&)>;
 
@@ -87,6 +106,10 @@ class L7Session {
   // peer's WINDOW_UPDATE. The relay reads that side even when its pod is over its buffer budget,
   // since nothing else frees those bytes (what the read may bring is bounded by the windows).
   virtual size_t held_towards(int /*side*/) const { return 0; }
+
+  // Set by the relay before the first bytes: makes the observer of each request let through
+  // (unset, or returning null: its bodies are not read).
+  ObserverFactory observe;
 
   // Outputs: the relay writes them out and erases what it wrote.
   std::string to_client, to_server;

@@ -66,6 +66,7 @@ struct RelayLoop::Conn {
   bool told_closed[2] = {false, false};
   L7Authorize authorize;
   ExchangeSink exchanges;
+  ObserverFactory observe;
   std::function<void()> opaque_refused;
   std::shared_ptr<ConnectionCounters> l4;  // its decision's (null: none)
   bool opaque_allow = true;
@@ -651,6 +652,7 @@ void RelayLoop::Accept(int listener_fd, int batch) {
       raw->l7 = true;
       raw->authorize = std::move(d.authorize);
       raw->exchanges = std::move(d.exchanges);
+      raw->observe = std::move(d.observe);
       raw->opaque_refused = std::move(d.opaque_refused);
       raw->opaque_allow = d.opaque_allow;
       raw->protocol = d.protocol;
@@ -1093,6 +1095,7 @@ bool RelayLoop::StartSession(Conn* c, bool http2) {
     c->session = std::make_unique<Http1Session>(o, std::move(authorize), std::move(sink));
     ++counters_.http1_connections;
   }
+  c->session->observe = c->observe;
   c->mode = Conn::Mode::kSession;
   c->http2 = http2;
   if (draining_) c->session->Drain();

@@ -113,6 +113,7 @@ struct RelayDecision {
   enum class Protocol : uint8_t { kSniff, kHttp, kHttp2 } protocol = Protocol::kSniff;
   L7Authorize authorize;
   ExchangeSink exchanges;
+  ObserverFactory observe;  // reads the bodies of each request let through (null: none)
   std::function<void()> opaque_refused;
   std::shared_ptr<ConnectionCounters> counters;  // null: not counted
 };

@@ -1238,6 +1238,219 @@ TEST_F(CaptureTest, AnLSevenDenyAnswers403ToItsPathsAndLetsTheRestThroughOnOneCo
   EXPECT_GE(Metric("shunt_relay_l7_total", {{"result", "opaque_refused"}}), 1);
 }
 
+// Per-pod API cost where the requests arrive (agent/cost/, COST_MODEL.md): an OpenAI- and
+// Anthropic-compatible server of the suite's own in the server pod, priced by an ApiCostPolicy
+// on its Service, called by curl from a pod of another node and by Python's urllib from a meshed
+// pod of the server's own node (whose connections to a priced port are captured too: the fast
+// path cannot read usage). What each calling pod is charged is what the upstream reported,
+// priced exactly: JSON and streamed (server-sent events, chunked) responses, usage in a final
+// chunk that still has choices, Anthropic's cumulative message_delta, cached and cache-creation
+// tokens, a gzip response, an unlisted model (unpriced), a 500 (its route price only, failed),
+// a success without usage (usage_missing).
+TEST_F(CaptureTest, EachCallingPodIsChargedWhatTheUpstreamReportedExactly) {
+  StartCapturingAgent({"--resync-ms=100"}, {{Neighbour().name, true}});
+  if (HasFatalFailure()) return;
+  static constexpr char kLlmServer[] = R"PY(
+import http.server, json, sys, gzip
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def send(self, code, doc, extra=()):
+        body = json.dumps(doc).encode()
+        if ("gzip", "1") in extra: body = gzip.compress(body)
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        if ("gzip", "1") in extra: self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def events(self, events):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for e in events:
+            d = e.encode()
+            self.wfile.write(b"%x\r\n" % len(d) + d + b"\r\n")
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+    def do_POST(self):
+        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+        if self.path == "/v1/chat/completions":
+            if req.get("fail"):
+                return self.send(500, {"error": {"message": "overloaded"}})
+            if req.get("nousage"):
+                return self.send(200, {"model": "gpt-4o-2024-08-06", "choices": []})
+            if req.get("stream"):
+                def chunk(choices, usage=None):
+                    return "data: " + json.dumps({"model": "gpt-4o-2024-08-06", "choices": choices,
+                                                  "usage": usage}) + "\n\n"
+                return self.events([
+                    chunk([{"delta": {"content": "usage: {\"prompt_tokens\": 1}"}}]),
+                    chunk([{"delta": {}, "finish_reason": "stop"}],
+                          {"prompt_tokens": 12, "completion_tokens": 7,
+                           "prompt_tokens_details": {"cached_tokens": 4}}),
+                    "data: [DONE]\n\n"])
+            gz = ("gzip", "1") if "gzip" in self.headers.get("Accept-Encoding", "") else ("", "")
+            return self.send(200, {"model": "gpt-4o-2024-08-06",
+                                   "choices": [{"message": {"content": "hi"}}],
+                                   "usage": {"prompt_tokens": 1000, "completion_tokens": 500,
+                                             "prompt_tokens_details": {"cached_tokens": 200}}},
+                             [gz])
+        if self.path == "/v1/messages":
+            ev = lambda t, d: "event: %s\ndata: %s\n\n" % (t, json.dumps(d))
+            return self.events([
+                ev("message_start", {"type": "message_start", "message": {
+                    "model": "claude-sonnet-4-5", "usage": {
+                        "input_tokens": 25, "cache_read_input_tokens": 1000,
+                        "cache_creation_input_tokens": 300, "output_tokens": 1}}}),
+                ev("content_block_delta", {"type": "content_block_delta",
+                                           "delta": {"type": "text_delta", "text": "hi"}}),
+                ev("message_delta", {"type": "message_delta", "usage": {"output_tokens": 42}}),
+                ev("message_stop", {"type": "message_stop"})])
+        if self.path == "/v1/embeddings":
+            return self.send(200, {"model": req.get("model"), "data": [{"embedding": [0.5]}],
+                                   "usage": {"prompt_tokens": 8, "total_tokens": 8}})
+        self.send(404, {})
+s = http.server.ThreadingHTTPServer(("", 8090), H)
+open(sys.argv[1], "w").close()
+s.serve_forever()
+)PY";
+  const std::string ready = bed_->work_dir() + "/llm-server";
+  auto llm = bed_->Spawn(Server(), {"/usr/bin/python3", "-c", kLlmServer, ready});
+  ASSERT_TRUE(llm.ok()) << llm.status();
+  servers_.push_back(std::move(*llm));
+  ASSERT_TRUE(e2e::WaitForFile(ready)) << servers_.back()->Stderr();
+
+  // The policy: the server pod behind Service "llm" (port 8090), priced in USD.
+  std::map<std::string, bool> meshed = {{Server().name, true}, {Neighbour().name, true}};
+  auto path = bed_->WritePolicyFile("policy.json", meshed);
+  ASSERT_TRUE(path.ok()) << path.status();
+  auto text = ReadFileToString(*path);
+  ASSERT_TRUE(text.ok());
+  nlohmann::json doc = nlohmann::json::parse(*text);
+  doc["services"] = {{{"namespace", "default"},
+                      {"name", "llm"},
+                      {"vips", nlohmann::json::array()},
+                      {"ports", {{{"name", "http"}, {"port", 80}, {"targetPort", 8090}}}},
+                      {"endpoints",
+                       {{{"ips", {Server().ipv4, Server().ipv6}},
+                         {"workloadUid", Server().uid},
+                         {"ready", true},
+                         {"ports", {{{"name", "http"}, {"port", 8090}}}}}}}}};
+  doc["apiCostPolicies"] = nlohmann::json::parse(R"({"namespace": "default", "name": "llm-prices",
+      "service": "llm", "currency": "USD",
+      "routes": [{"name": "chat", "method": "POST", "pathPrefix": "/v1/chat/completions",
+                  "perRequest": "0.001"},
+                 {"name": "embeddings", "method": "POST", "pathPrefix": "/v1/embeddings",
+                  "perRequest": "0.0001"}],
+      "models": [{"model": "gpt-4o", "perMillionInput": "2.50", "perMillionCachedInput": "1.25",
+                  "perMillionOutput": "10.00"},
+                 {"model": "claude-sonnet-4-5", "perMillionInput": "3", "perMillionOutput": "15",
+                  "perMillionCachedInput": "0.30", "perMillionCacheCreation": "3.75"}]})");
+  doc["apiCostPolicies"] = nlohmann::json::array({doc["apiCostPolicies"]});
+  ASSERT_TRUE(WriteFileAtomic(*path, doc.dump()).ok());
+  ASSERT_TRUE(shunt::test::Eventually([&] { return Metric("shunt_policy_version") >= 2; }, 10s,
+                                      50ms));
+  // The capture sends the priced port to the relay once the pod's table has it.
+  const std::string url = "http://" + Server().ipv4 + ":8090";
+  const std::string chat = "'" + url + "/v1/chat/completions'";
+  auto post = [&](const std::string& body, const std::string& where,
+                  const std::string& extra = "") {
+    return "/usr/bin/curl -s -o /dev/null -w '%{http_code} ' -H 'Content-Type: application/json' " +
+           extra + " -d '" + body + "' " + where + "; ";
+  };
+  const std::string calls =
+      post(R"({"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]})", chat) +
+      post(R"({"model":"gpt-4o","stream":true,"messages":[]})", chat) +
+      post(R"({"model":"claude-sonnet-4-5","max_tokens":10,"stream":true,"messages":[]})",
+           "'" + url + "/v1/messages'") +
+      post(R"({"model":"text-embedding-3-small","input":"hi"})", "'" + url + "/v1/embeddings'") +
+      post(R"({"model":"gpt-4o","fail":true})", chat) +
+      post(R"({"model":"gpt-4o","nousage":true})", chat) +
+      post(R"({"model":"gpt-4o","messages":[]})", chat, "-H 'Accept-Encoding: gzip'");
+  const std::map<std::string, std::string> client = {{"source_pod", Client().name},
+                                                     {"source_workload_namespace", "default"}};
+  // The first pass may come before the capture sends 8090 to the relay: until then the calls
+  // are not seen by it (and not charged): the calls are made again until they are.
+  std::string out;
+  ASSERT_TRUE(shunt::test::Eventually(
+      [&] {
+        auto r = bed_->Run(Client(), {"/bin/sh", "-c", calls}, 30s);
+        out = r.ok() ? r->out : r.status().ToString();
+        return Metric("shunt_api_requests_total", client) > 0;
+      },
+      10s, 200ms))
+      << out << RelayMetrics();
+  EXPECT_EQ(out, "200 200 200 200 500 200 200 ");
+  // From now on, exactly: one more round of the same calls from the client, two from the
+  // neighbour (Python's urllib, no curl).
+  auto cost = [&](const std::map<std::string, std::string>& who) {
+    auto m = agent_->Scrape();
+    return m.ok() ? e2e::SumSamples(*m, "shunt_api_cost_total", who) : -1.0;
+  };
+  const double client_before = cost(client);
+  const double requests_before = Metric("shunt_api_requests_total", client);
+  auto r = bed_->Run(Client(), {"/bin/sh", "-c", calls}, 30s);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->out, "200 200 200 200 500 200 200 ");
+  const std::string py = "import json, urllib.request\n"
+                         "for i in range(2):\n"
+                         "    q = urllib.request.Request('" + url + "/v1/chat/completions', "
+                         "data=json.dumps({'model': 'gpt-4o', 'messages': []}).encode(), "
+                         "headers={'Content-Type': 'application/json'})\n"
+                         "    print(json.load(urllib.request.urlopen(q, timeout=10))['usage']"
+                         "['prompt_tokens'])\n";
+  auto n = bed_->Run(Neighbour(), {"/usr/bin/python3", "-c", py}, 30s);
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(n->out, "1000\n1000\n") << n->err;
+  ASSERT_TRUE(shunt::test::Eventually(
+      [&] { return Metric("shunt_api_requests_total", client) == requests_before + 7; }, 5s, 50ms))
+      << RelayMetrics();
+  // In nano-USD, request by request:
+  //   chat JSON:   route 0.001 + 800 * 2.50/M + 200 * 1.25/M + 500 * 10/M  = 8,250,000 (twice:
+  //                once gzip-encoded)
+  //   chat stream: 0.001 + 8 * 2.50/M + 4 * 1.25/M + 7 * 10/M               = 1,095,000
+  //   messages:    no route; 25 * 3/M + 1000 * 0.30/M + 300 * 3.75/M + 42 * 15/M = 2,130,000
+  //   embeddings:  route 0.0001, model not listed (unpriced)                  =   100,000
+  //   500:         its route price only (failed)                             = 1,000,000
+  //   no usage:    its route price (usage_missing, never guessed)            = 1,000,000
+  const double client_round = 21'825'000 / 1e9;
+  EXPECT_NEAR(cost(client) - client_before, client_round, 1e-12);
+  EXPECT_NEAR(cost({{"source_pod", Neighbour().name}}), 2 * 8'250'000 / 1e9, 1e-12)
+      << "the neighbour's two calls, its own series";
+  auto with = [](std::map<std::string, std::string> m,
+                 std::initializer_list<std::pair<const std::string, std::string>> more) {
+    for (const auto& [k, v] : more) m[k] = v;
+    return m;
+  };
+  // By outcome, over both rounds of the client's calls.
+  EXPECT_EQ(Metric("shunt_api_requests_total", with(client, {{"result", "priced"}})), 8);
+  EXPECT_EQ(Metric("shunt_api_requests_total", with(client, {{"result", "failed"}})), 2);
+  EXPECT_EQ(Metric("shunt_api_requests_total", with(client, {{"result", "usage_missing"}})), 2);
+  EXPECT_EQ(Metric("shunt_api_requests_total",
+                   with(client, {{"result", "unpriced"}, {"model", "other"},
+                                 {"route", "embeddings"}})),
+            2);
+  // Tokens by type, as billed: gpt-4o's input without the cached ones, Anthropic's cumulative
+  // output (42, not 1 + 42).
+  auto tokens = [&](const std::string& model, const std::string& type) {
+    return Metric("shunt_api_tokens_total", with(client, {{"model", model}, {"type", type}}));
+  };
+  EXPECT_EQ(tokens("gpt-4o", "input"), 2 * (800 + 8 + 800));
+  EXPECT_EQ(tokens("gpt-4o", "cached_input"), 2 * (200 + 4 + 200));
+  EXPECT_EQ(tokens("gpt-4o", "output"), 2 * (500 + 7 + 500));
+  EXPECT_EQ(tokens("claude-sonnet-4-5", "output"), 2 * 42);
+  EXPECT_EQ(tokens("claude-sonnet-4-5", "cache_creation_input"), 2 * 300);
+  EXPECT_EQ(tokens("claude-sonnet-4-5", "cached_input"), 2 * 1000);
+  auto page = agent_->Get("/metrics", e2e::kMetricsPort);
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_EQ(e2e::MetricsProblems(page->body), "") << "as promtool reads them";
+  EXPECT_EQ(page->body.find("/v1/"), std::string::npos) << "never a path as a label";
+  EXPECT_EQ(page->body.find(Client().ipv4), std::string::npos) << "never an address as a label";
+  EXPECT_NE(page->body.find("currency=\"USD\""), std::string::npos);
+}
+
 // HTTP/2 across nodes: nginx speaking h2c in the server pod, curl and h2load (nghttp2's) in a
 // client pod of the other node; the server's agent reads every stream (the preface sniffed) and
 // answers the denied path 403 in place, on the same connection as the allowed ones.

@@ -380,3 +380,74 @@ TEST(CostPolicyTest, RefusesAPriceThatIsNotADecimal) {
 
 }  // namespace
 }  // namespace shunt::agent::cost
+
+#include <zlib.h>
+
+#include "agent/cost/cost_observer.h"
+
+namespace shunt::agent::cost {
+namespace {
+
+std::string Gzip(const std::string& in) {
+  z_stream z{};
+  EXPECT_EQ(deflateInit2(&z, 6, Z_DEFLATED, MAX_WBITS + 16, 8, Z_DEFAULT_STRATEGY), Z_OK);
+  std::string out(compressBound(in.size()) + 64, '\0');
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
+  z.avail_in = static_cast<uInt>(in.size());
+  z.next_out = reinterpret_cast<Bytef*>(out.data());
+  z.avail_out = static_cast<uInt>(out.size());
+  EXPECT_EQ(deflate(&z, Z_FINISH), Z_STREAM_END);
+  out.resize(z.total_out);
+  deflateEnd(&z);
+  return out;
+}
+
+// The proxy's reader of one exchange: the request's model, the response decoded (gzip in any
+// slicing), media types and encodings it does not read counted as such.
+TEST(CostObserverTest, ReadsTheModelAndTheUsageThroughGzip) {
+  auto policy = CostPolicy::Compile(Example());
+  ASSERT_TRUE(policy.ok());
+  auto shared = std::make_shared<const CostPolicy>(std::move(*policy));
+  const std::string body =
+      R"({"model":"gpt-4o-2024-08-06","usage":{"prompt_tokens":1000,"completion_tokens":500,
+          "prompt_tokens_details":{"cached_tokens":200}}})";
+  const std::string gz = Gzip(body + std::string(100000, ' '));  // more than one inflate buffer
+  ExchangeRecord r;
+  r.request = {.method = "POST", .path = "/v1/chat/completions", .authority = "llm"};
+  r.status = 200;
+  r.response_bytes = gz.size();
+  for (size_t step : {size_t{1}, size_t{7}, gz.size()}) {
+    CostObserver o(shared);
+    o.RequestBody(R"({"model":)");
+    o.RequestBody(R"("gpt-4o","messages":[]})");
+    o.ResponseHead(200, "Application/JSON; charset=utf-8", "gzip");
+    for (size_t i = 0; i < gz.size(); i += step) o.ResponseBody(std::string_view(gz).substr(i, step));
+    const Charge c = o.Finish(r);
+    EXPECT_EQ(c.result, CostResult::kPriced) << step;
+    EXPECT_EQ(c.model, "gpt-4o");
+    EXPECT_EQ(c.tokens.input, 800u);
+    EXPECT_EQ(c.nano, 7'250'000u + (gz.size() * 120'000'000ull * 2 + (1ull << 30)) / (1ull << 31))
+        << "tokens and 0.12 per GiB of the body as it went, rounded once";
+    EXPECT_EQ(o.unread(), "");
+  }
+  for (const auto& [type, encoding, why] :
+       std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"text/html", "", "media_type"}, {"application/json", "br", "encoding"}}) {
+    CostObserver o(shared);
+    o.RequestBody(R"({"model":"gpt-4o"})");
+    o.ResponseHead(200, type, encoding);
+    o.ResponseBody(body);
+    const Charge c = o.Finish(r);
+    EXPECT_EQ(c.result, CostResult::kUsageMissing) << type << " " << encoding;
+    EXPECT_EQ(o.unread(), why);
+  }
+  CostObserver bad(shared);  // not gzip at all
+  bad.RequestBody(R"({"model":"gpt-4o"})");
+  bad.ResponseHead(200, "application/json", "gzip");
+  bad.ResponseBody(body);
+  EXPECT_EQ(bad.Finish(r).result, CostResult::kUsageMissing);
+  EXPECT_EQ(bad.unread(), "encoding");
+}
+
+}  // namespace
+}  // namespace shunt::agent::cost

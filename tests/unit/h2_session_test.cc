@@ -1014,3 +1014,45 @@ TEST(H2Options, CreateRejectsWindowsThatCanDeadlock) {
 
 }  // namespace
 }  // namespace shunt::agent
+
+namespace shunt::agent {
+namespace {
+
+class RecordingObserver final : public BodyObserver {
+ public:
+  void RequestBody(std::string_view d) override { request += d; }
+  void ResponseHead(int s, std::string_view type, std::string_view encoding) override {
+    status = s;
+    head = std::string(type) + "|" + std::string(encoding);
+  }
+  void ResponseBody(std::string_view d) override { response += d; }
+  std::string request, response, head;
+  int status = 0;
+};
+
+// HTTP/2: the observer of a stream sees its DATA payloads each way and its final response head.
+TEST_F(H2Test, AnObserverSeesAStreamsBodiesAndItsResponseHead) {
+  Start();
+  session_->observe = [](const L7Request&) -> std::unique_ptr<BodyObserver> {
+    return std::make_unique<RecordingObserver>();
+  };
+  const int32_t id = client_->Request(Post("/v1/embeddings"), "{\"model\":\"m\"}", true);
+  Pump();
+  ASSERT_EQ(server_->requests.size(), 1u);
+  server_->Respond(server_->requests[0],
+                   {{":status", "200"}, {"content-type", "application/json"},
+                    {"content-encoding", "gzip"}},
+                   "{\"usage\":{}}");
+  Pump();
+  EXPECT_EQ(client_->streams[id].data, "{\"usage\":{}}");
+  ASSERT_EQ(records_.size(), 1u);
+  auto* o = dynamic_cast<RecordingObserver*>(records_[0].observer.get());
+  ASSERT_NE(o, nullptr);
+  EXPECT_EQ(o->request, "{\"model\":\"m\"}");
+  EXPECT_EQ(o->status, 200);
+  EXPECT_EQ(o->head, "application/json|gzip");
+  EXPECT_EQ(o->response, "{\"usage\":{}}");
+}
+
+}  // namespace
+}  // namespace shunt::agent

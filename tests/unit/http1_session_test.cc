@@ -374,3 +374,54 @@ TEST(TargetPath, IsThePathWithoutQueryInEveryForm) {
 
 }  // namespace
 }  // namespace shunt::agent
+
+namespace shunt::agent {
+namespace {
+
+// What reads a request's bodies for its cost (l7_session.h BodyObserver): everything it is
+// shown, in order.
+class Recording final : public BodyObserver {
+ public:
+  void RequestBody(std::string_view d) override { request += d; }
+  void ResponseHead(int s, std::string_view type, std::string_view encoding) override {
+    status = s;
+    head = std::string(type) + "|" + std::string(encoding);
+  }
+  void ResponseBody(std::string_view d) override { response += d; }
+  std::string request, response, head;
+  int status = 0;
+};
+
+// Bodies as they are, not as they were framed: chunked ones decoded; interim responses are not
+// the response; a denied request is never observed.
+TEST_F(Session, AnObserverSeesEachLetThroughExchangesDecodedBodies) {
+  std::vector<std::string> observed;
+  session_->observe = [&](const L7Request& r) -> std::unique_ptr<BodyObserver> {
+    observed.push_back(r.path);
+    return std::make_unique<Recording>();
+  };
+  EXPECT_EQ(Client("POST /v1/chat HTTP/1.1\r\nHost: llm\r\nTransfer-Encoding: chunked\r\n"
+                   "Expect: 100-continue\r\n\r\n"
+                   "5\r\n{\"a\":\r\n3\r\n 1}\r\n0\r\n\r\n"
+                   "GET /admin HTTP/1.1\r\nHost: llm\r\n\r\n"),
+            "");
+  ToServer();
+  EXPECT_EQ(Server("HTTP/1.1 100 Continue\r\n\r\n"
+                   "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                   "Content-Encoding: identity\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   "6\r\ndata: \r\n4\r\n{}\n\n\r\n0\r\n\r\n"),
+            "");
+  ToClient();
+  ASSERT_EQ(records_.size(), 2u) << "the 403 in place of the second";
+  auto* o = dynamic_cast<Recording*>(records_[0].observer.get());
+  ASSERT_NE(o, nullptr);
+  EXPECT_EQ(o->request, "{\"a\": 1}");
+  EXPECT_EQ(o->status, 200);
+  EXPECT_EQ(o->head, "text/event-stream|identity");
+  EXPECT_EQ(o->response, "data: {}\n\n");
+  EXPECT_EQ(records_[1].observer, nullptr) << "denied: never observed";
+  EXPECT_EQ(observed, std::vector<std::string>{"/v1/chat"});
+}
+
+}  // namespace
+}  // namespace shunt::agent

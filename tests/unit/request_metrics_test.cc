@@ -7,6 +7,7 @@
 #include <string>
 
 #include "agent/capture/capture_reconciler.h"
+#include "agent/metrics/cost_metrics.h"
 #include "prometheus/text_serializer.h"
 
 namespace shunt::agent::metrics {
@@ -230,6 +231,56 @@ TEST(ConnectionMetrics, SharedCountersPerSourceAndDestinationTcpLabelsAndTheCap)
   for (const auto& s : Find(after, "shunt_tcp_connections_opened_total")->metric) {
     EXPECT_EQ(LabelsOf(s)["destination_pod"], "other") << "only the folded set is left";
   }
+}
+
+
+// Per-pod API cost: nano-units summed exactly, exported in whole units; tokens and outcomes; the
+// cap folds sources into "other" (counted); a calling pod gone takes its series.
+TEST(CostMetrics, SumsNanoUnitsExactlyFoldsAtTheCapAndForgetsPodsThatLeft) {
+  CostMetrics m(/*max_series=*/2);
+  auto key = [](std::string pod) {
+    CostKey k{.source_namespace = "default", .source_workload = "web", .source_pod = pod,
+              .service_namespace = "ai", .service_name = "llm", .route = "chat",
+              .model = "gpt-4o", .currency = "USD"};
+    return k;
+  };
+  cost::Charge c{.nano = 1'000'000'001, .route = "chat", .model = "gpt-4o"};
+  c.tokens.input = 10;
+  c.tokens.output = 3;
+  m.Record(key("web-1"), c);
+  m.Record(key("web-1"), c);
+  cost::Charge failed{.nano = 7, .route = "chat", .model = "gpt-4o",
+                      .result = cost::CostResult::kFailed};
+  m.Record(key("web-2"), failed);
+  m.Record(key("web-3"), failed);  // a third series: over the cap
+  EXPECT_EQ(m.TotalNano("USD"), 2'000'000'002u + 14u);
+  EXPECT_EQ(m.folded(), 1u);
+  const auto fs = m.Collect();
+  const auto* cost = Find(fs, "shunt_api_cost_total");
+  ASSERT_NE(cost, nullptr);
+  ASSERT_EQ(cost->metric.size(), 3u);
+  std::map<std::string, double> by_pod;
+  for (const auto& s : cost->metric) {
+    EXPECT_EQ(LabelsOf(s)["currency"], "USD");
+    by_pod[LabelsOf(s)["source_pod"]] = s.counter.value;
+  }
+  EXPECT_EQ(by_pod["web-1"], 2'000'000'002 / 1e9);
+  EXPECT_EQ(by_pod["other"], 7 / 1e9);
+  const auto* tokens = Find(fs, "shunt_api_tokens_total");
+  ASSERT_NE(tokens, nullptr);
+  double input = 0;
+  for (const auto& s : tokens->metric) {
+    if (LabelsOf(s)["type"] == "input") input += s.counter.value;
+  }
+  EXPECT_EQ(input, 20);
+  const auto* requests = Find(fs, "shunt_api_requests_total");
+  ASSERT_NE(requests, nullptr);
+  std::map<std::string, double> by_result;
+  for (const auto& s : requests->metric) by_result[LabelsOf(s)["result"]] += s.counter.value;
+  EXPECT_EQ(by_result["priced"], 2);
+  EXPECT_EQ(by_result["failed"], 2);
+  m.RetainSourcePods({{"default", "web-2"}});
+  EXPECT_EQ(m.TotalNano("USD"), 14u) << "web-1 left; web-2 and the folded set stay";
 }
 
 }  // namespace

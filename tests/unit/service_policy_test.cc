@@ -1076,3 +1076,36 @@ TEST(NormalizePathForPolicy, DecodesMergesAndResolvesDotSegments) {
 
 }  // namespace
 }  // namespace shunt::agent
+
+namespace shunt::agent {
+namespace {
+
+// A Service an ApiCostPolicy prices (issue 10): its pods' ports are read at L7 (captured, also
+// from the node's own meshed pods) and the calling pod is named for the bill.
+TEST(CostPolicyOf, APricedServicesPortsAreReadAtLSevenAndThePayerNamed) {
+  PolicySnapshot s = Bundle(kApiService);
+  auto priced = google::protobuf::util::JsonStringToMessage(
+      R"({"namespace": "default", "name": "prices", "service": "api", "currency": "EUR",
+          "routes": [{"name": "all", "perRequest": "0.5"}]})",
+      s.bundle.add_api_cost_policies());
+  ASSERT_TRUE(priced.ok());
+  const IpKey a = Ip("10.0.0.1"), stranger = Ip("203.0.113.9");
+  ArrivalDecision r = DecideArrival(s, "b", a, 8080);
+  EXPECT_TRUE(r.allowed);
+  EXPECT_TRUE(r.l7) << "the priced Service's port";
+  EXPECT_EQ(r.source_pod, "a");
+  EXPECT_FALSE(DecideArrival(s, "b", a, 9090).l7) << "another port of the pod";
+  EXPECT_EQ(DecideArrival(s, "b", stranger, 8080).source_pod, "") << "an address only";
+  EXPECT_FALSE(DecideArrival(Bundle(kApiService), "b", a, 8080).l7) << "not priced";
+  auto policy = CostPolicyOf(s, "default", "api");
+  ASSERT_NE(policy, nullptr);
+  EXPECT_EQ(policy->currency(), "EUR");
+  EXPECT_EQ(CostPolicyOf(s, "default", "other"), nullptr);
+  const auto& b = s.bundle.workloads(1);
+  ASSERT_EQ(b.uid(), "b");
+  EXPECT_EQ(L7PortsOf(s.bundle, b), std::vector<std::string>{"8080"});
+  EXPECT_TRUE(L7PortsOf(s.bundle, s.bundle.workloads(0)).empty()) << "a serves no priced Service";
+}
+
+}  // namespace
+}  // namespace shunt::agent

@@ -23,7 +23,7 @@ shunt_test(http1_framer_test SOURCES unit/http1_framer_test.cc LIBS shunt_http1)
 shunt_test(http1_session_test SOURCES unit/http1_session_test.cc LIBS shunt_proxy)
 shunt_test(sniff_test SOURCES unit/sniff_test.cc LIBS shunt_proxy)
 shunt_test(request_metrics_test SOURCES unit/request_metrics_test.cc
-           LIBS shunt_request_metrics shunt_capture_reconciler)
+           LIBS shunt_request_metrics shunt_capture_reconciler shunt_cost_metrics)
 add_test(NAME Http1Fuzz
          COMMAND ${PROJECT_SOURCE_DIR}/scripts/run-http1-fuzz.sh ${CMAKE_CURRENT_BINARY_DIR}/http1_fuzz 45)
 set_tests_properties(Http1Fuzz PROPERTIES LABELS unit TIMEOUT 300 ENVIRONMENT SHUNT_FUZZ_SEED=1)
@@ -37,7 +37,7 @@ set_tests_properties(Http2Fuzz PROPERTIES LABELS unit TIMEOUT 300 ENVIRONMENT SH
 
 # Per-pod API cost below the proxy: prices, usage readers, ApiCostPolicy; the readers' fuzz
 # target for a fixed 30 s (ASan, UBSan: scripts/run-cost-fuzz.sh).
-shunt_test(cost_test SOURCES unit/cost_test.cc LIBS shunt_cost)
+shunt_test(cost_test SOURCES unit/cost_test.cc LIBS shunt_cost ZLIB::ZLIB)
 add_test(NAME CostFuzz
          COMMAND ${PROJECT_SOURCE_DIR}/scripts/run-cost-fuzz.sh ${CMAKE_CURRENT_BINARY_DIR}/cost_fuzz 30)
 set_tests_properties(CostFuzz PROPERTIES LABELS unit TIMEOUT 300 ENVIRONMENT SHUNT_FUZZ_SEED=1)

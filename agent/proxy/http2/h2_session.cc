@@ -651,6 +651,7 @@ void Http2Session::OnRequestHead(Stream& s, bool end_stream) {
     }
     return;
   }
+  if (observe) s.record.observer = observe(req);
   const std::vector<nghttp2_nv>& nva = head.Nva(NvaScratch());
   nghttp2_data_provider body{};
   body.read_callback = &Callbacks::UpRead;
@@ -688,6 +689,9 @@ void Http2Session::OnRequestData(Stream& s, const uint8_t* data, size_t len) {
   Touch(s);
   s.record.request_bytes += len;
   if (s.upstream == Stream::Upstream::kOpen && !s.local) {
+    if (BodyObserver* o = s.record.observer.get()) {
+      o->RequestBody(std::string_view(reinterpret_cast<const char*>(data), len));
+    }
     s.req_body.Append(View(data, len));
     held_[kToServer] += len;
     nghttp2_session_resume_data(up_, s.server_id);
@@ -775,6 +779,12 @@ void Http2Session::OnResponseHead(Stream& s, bool end_stream) {
   if (s.client_closed || s.local) return;
   s.record.status = status;
   if (int g = grpc_status(); g >= 0) s.record.grpc_status = g;
+  if (BodyObserver* o = s.record.observer.get()) {
+    std::string_view type, encoding;
+    if (block.Find("content-type", &type) == nullptr) type = {};
+    if (block.Find("content-encoding", &encoding) == nullptr) encoding = {};
+    o->ResponseHead(status, type, encoding);
+  }
   s.resp_end = end_stream;
   nghttp2_data_provider body{};
   body.read_callback = &Callbacks::DownRead;
@@ -792,6 +802,9 @@ void Http2Session::OnResponseData(Stream& s, const uint8_t* data, size_t len) {
   if (s.client_closed || s.local || !s.final_submitted) {
     nghttp2_session_consume(up_, s.server_id, len);
     return;
+  }
+  if (BodyObserver* o = s.record.observer.get()) {
+    o->ResponseBody(std::string_view(reinterpret_cast<const char*>(data), len));
   }
   s.resp_body.Append(View(data, len));
   held_[kToClient] += len;

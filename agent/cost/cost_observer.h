@@ -1,0 +1,45 @@
+// The proxy's reader of one priced exchange (a BodyObserver, l7_session.h): the request body's
+// `model`, the response's usage (JSON or server-sent events; gzip and deflate decoded as they
+// pass, with a bound on what they expand to), then the request's price (cost_policy.h). Holds a
+// few kilobytes whatever the bodies' sizes.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+#include "agent/cost/cost_policy.h"
+#include "agent/cost/usage.h"
+#include "agent/proxy/l7_session.h"
+
+namespace shunt::agent::cost {
+
+class CostObserver final : public BodyObserver {
+ public:
+  // Bytes a compressed response may expand to before the rest is not read (usage missing).
+  static constexpr uint64_t kMaxInflated = uint64_t{256} << 20;
+
+  explicit CostObserver(std::shared_ptr<const CostPolicy> policy);
+  ~CostObserver() override;
+
+  void RequestBody(std::string_view data) override;
+  void ResponseHead(int status, std::string_view content_type,
+                    std::string_view content_encoding) override;
+  void ResponseBody(std::string_view data) override;
+
+  // The exchange is over: what it costs.
+  Charge Finish(const ExchangeRecord& r);
+  const CostPolicy& policy() const { return *policy_; }
+  // Why the response was not read for usage ("" it was, or it did not need to be).
+  std::string_view unread() const { return unread_; }
+
+ private:
+  struct Inflater;
+  std::shared_ptr<const CostPolicy> policy_;
+  RequestReader request_;
+  std::unique_ptr<UsageReader> response_;
+  std::unique_ptr<Inflater> inflater_;
+  std::string_view unread_;
+};
+
+}  // namespace shunt::agent::cost
