@@ -211,6 +211,15 @@ class AgentCollector : public prometheus::Collectable {
            {"request_denied", st.http_denied},
            {"request_refused", st.http_refused},
            {"bad_response", st.http_bad_responses}}));
+      relay_families.push_back(by_label(
+          "shunt_relay_usage_drains_total",
+          "Responses to priced requests read on after their client went (the upstream bills "
+          "them; their usage comes at their end), by outcome: started, complete (charged as "
+          "any), cut (its time or byte bound ran out).",
+          MetricType::Counter, "result",
+          {{"started", st.usage_drains},
+           {"complete", st.usage_drains_complete},
+           {"cut", st.usage_drains_cut}}));
       // By source (namespace, workload), destination pod and policy.
       auto by_policy = [](const char* name, const char* help,
                           const std::map<CaptureReconciler::DeniedKey, uint64_t>& counts) {

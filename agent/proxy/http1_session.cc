@@ -404,6 +404,28 @@ size_t Http1Session::FromClient(std::string_view data) {
 }
 
 size_t Http1Session::FromServer(std::string_view data) {
+  const size_t n = FeedServer(data);
+  UpdateDrained();
+  return n;
+}
+
+bool Http1Session::ClientGone() {
+  client_gone_ = true;
+  client_done_ = true;
+  waiting_client = false;
+  to_client.clear();
+  UpdateDrained();
+  return !drained;
+}
+
+void Http1Session::UpdateDrained() {
+  if (!client_gone_) return;
+  // Read on only for the response at the front: forwarded whole, priced (observed), not over.
+  drained = server_done_ || queue_.empty() || queue_.front().local_status != 0 ||
+            !queue_.front().complete || queue_.front().record.observer == nullptr;
+}
+
+size_t Http1Session::FeedServer(std::string_view data) {
   if (server_done_) return data.size();
   size_t taken = 0;
   while (taken < data.size()) {
@@ -473,6 +495,7 @@ void Http1Session::ServerClosed() {
   // it would be taken for the missing one.
   for (Exchange& e : queue_) Finish(e);
   queue_.clear();
+  UpdateDrained();
   client_done_ = true;
   waiting_client = false;
   ShutBoth();

@@ -51,6 +51,9 @@ class Http1Session final : public L7Session {
   void CloseIdle() override;
   void SetAuthorize(L7Authorize authorize) override;
   void SetTunnelsAllowed(bool allowed) override { tunnels_ = allowed; }
+  // Reads on for the response at the front when it is priced (observed) and its request went
+  // to the server whole.
+  bool ClientGone() override;
 
   // How many exchanges are waiting for their response (for tests and the relay's drain).
   size_t in_flight() const { return queue_.size(); }
@@ -68,6 +71,8 @@ class Http1Session final : public L7Session {
   class RequestEvents;
   class ResponseEvents;
 
+  size_t FeedServer(std::string_view data);
+  void UpdateDrained();     // after ClientGone: sets `drained` once the front is over
   void EmitLocalAnswers();  // answers of the proxy at the head of the queue, in order
   void Finish(Exchange& e);
   void ShutBoth();
@@ -102,6 +107,7 @@ class Http1Session final : public L7Session {
   bool tunnels_ = true;          // options_.tunnels, then as SetTunnelsAllowed says
 
   bool draining_ = false;
+  bool client_gone_ = false;
 };
 
 // The path of a request target, without query, for policy ("/a/b" of "http://h/a/b?x", "*").

@@ -93,6 +93,13 @@ class L7Session {
   // that moment would fail (most clients do not retry it).
   virtual bool Idle() const { return false; }
   virtual void CloseIdle() {}
+  // The client's connection is gone (reset, or its writes fail): nothing more comes from it or
+  // reaches it. Returns whether the session reads the server on: a response to a priced request
+  // (one with an observer) is on its way, whose usage comes at its end and which the upstream
+  // bills anyway. Then the relay discards to_client and feeds the server's bytes until
+  // `drained` is set (the response ended; its exchange is recorded as any other) or its bounds
+  // run out. False: the connection is reset at once.
+  virtual bool ClientGone() { return false; }
   // Policy changed: requests from now on are authorized with this (an open HTTP connection is
   // not closed for a policy that denies some of its requests; the requests are).
   virtual void SetAuthorize(L7Authorize authorize) = 0;
@@ -124,6 +131,8 @@ class L7Session {
   // True while the session waits for the other side before it can take more of a side's bytes
   // (an Upgrade waiting for its response, too many pipelined requests): not an error.
   bool waiting_client = false, waiting_server = false;
+  // After ClientGone: what it read the server on for is over (the relay ends the connection).
+  bool drained = false;
 };
 
 }  // namespace shunt::agent

@@ -64,6 +64,11 @@ struct RelayLoop::Conn {
   std::unique_ptr<L7Session> session;
   std::string unsent[2];  // read from fd[d], not taken yet
   bool told_closed[2] = {false, false};
+  // Its client is gone and its session reads the server on for a priced response's usage
+  // (LoseClient): nothing more is read from or written to fd[0].
+  bool client_gone = false;
+  absl::Time gone_deadline;
+  uint64_t gone_read = 0;  // bytes read from the server since
   L7Authorize authorize;
   ExchangeSink exchanges;
   ObserverFactory observe;
@@ -82,7 +87,7 @@ struct RelayLoop::Counters {
       buffer_budget_waits{0}, http1_connections{0}, http2_connections{0}, pipes_in_use{0},
       pipes_pooled{0}, pipes_created{0}, pipe_failures{0}, opaque_l7{0}, opaque_refused{0},
       empty_l7{0}, not_http{0}, tunnels{0}, http_requests{0}, http_denied{0}, http_refused{0},
-      http_bad_responses{0};
+      http_bad_responses{0}, usage_drains{0}, usage_drains_complete{0}, usage_drains_cut{0};
 };
 
 struct RelayShared {
@@ -417,6 +422,9 @@ RelayStats TcpRelay::stats() const {
   s.http_denied = c.http_denied.load();
   s.http_refused = c.http_refused.load();
   s.http_bad_responses = c.http_bad_responses.load();
+  s.usage_drains = c.usage_drains.load();
+  s.usage_drains_complete = c.usage_drains_complete.load();
+  s.usage_drains_cut = c.usage_drains_cut.load();
   s.pipes_in_use = c.pipes_in_use.load();
   s.pipes_pooled = c.pipes_pooled.load();
   s.pipes_created = c.pipes_created.load();
@@ -691,11 +699,20 @@ void RelayLoop::HandleEvent(Conn* c, int side, uint32_t events) {
     // On a connection read in user space (an L7 port) a reset is passed on at once (its
     // session's state is not drained through: docs/capture.md, Known gaps).
     if (c->mode != Conn::Mode::kSplice) {
-      ++counters_.resets;
-      Close(c, /*reset=*/true);
+      if (side == 0 && c->session) {
+        if (!LoseClient(c)) return;  // else the server is read on (a priced response's usage)
+      } else {
+        ++counters_.resets;
+        Close(c, /*reset=*/true);
+        return;
+      }
+    } else if (!Aborted(c, side)) {
       return;
     }
-    if (!Aborted(c, side)) return;
+  }
+  if (c->client_gone && side == 0) {
+    Watch(c, 0, 0, /*keep=*/false);  // (an event of the batch it was dropped in)
+    return;
   }
   if (c->connecting) {
     if (side != 1 && !(events & (EPOLLERR | EPOLLHUP))) return;
@@ -1124,6 +1141,10 @@ bool RelayLoop::PumpUser(Conn* c) {
       } else if (c->mode == Conn::Mode::kRaw) {
         out = &c->unsent[1 - side];
       }
+      if (out && side == 0 && c->client_gone) {
+        out->clear();  // no one to read it
+        continue;
+      }
       while (out && !out->empty() && !(c->mode == Conn::Mode::kRaw && c->shut[1 - side])) {
         const ssize_t n =
             send(c->fd[side].get(), out->data(), out->size(), MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -1133,6 +1154,10 @@ bool RelayLoop::PumpUser(Conn* c) {
           c->last_activity = absl::Now();
           progress = true;
         } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+          break;
+        } else if (side == 0 && c->session) {
+          if (!LoseClient(c)) return false;
+          progress = true;
           break;
         } else {
           ++counters_.resets;
@@ -1194,12 +1219,21 @@ bool RelayLoop::PumpUser(Conn* c) {
         c->last_activity = absl::Now();
         progress = true;
         if (static_cast<size_t>(n) < sizeof(buf)) c->readable[d] = false;
+        if (c->client_gone && (c->gone_read += static_cast<uint64_t>(n)) >
+                                  options_.usage_drain_bytes) {
+          ++counters_.usage_drains_cut;
+          Close(c, /*reset=*/true);
+          return false;
+        }
       } else if (n == 0) {
         c->eof[d] = true;
         c->half_closed_at = std::min(c->half_closed_at, absl::Now());
         progress = true;
       } else if (errno == EAGAIN) {
         c->readable[d] = false;
+      } else if (errno != EINTR && d == 0 && c->session) {
+        if (!LoseClient(c)) return false;
+        progress = true;
       } else if (errno != EINTR) {
         ++counters_.resets;
         Close(c, /*reset=*/true);
@@ -1281,6 +1315,12 @@ bool RelayLoop::PumpUser(Conn* c) {
         }
       }
     }
+    if (c->client_gone && c->session && c->session->drained) {
+      // The priced response read to its end: its exchange recorded, the server's side ended.
+      ++counters_.usage_drains_complete;
+      Close(c, /*reset=*/false);
+      return false;
+    }
     if (!progress) break;
   }
   // Still moving after its share of the loop: taken up again after this batch of events (it may
@@ -1295,9 +1335,34 @@ bool RelayLoop::PumpUser(Conn* c) {
   return true;
 }
 
+bool RelayLoop::LoseClient(Conn* c) {
+  if (c->client_gone) return true;
+  if (!c->session || c->session->tunnel || !c->session->ClientGone()) {
+    ++counters_.resets;
+    Close(c, /*reset=*/true);
+    return false;
+  }
+  ++counters_.usage_drains;
+  c->client_gone = true;
+  c->gone_deadline = absl::Now() + options_.usage_drain_time;
+  c->gone_read = 0;
+  Watch(c, 0, 0, /*keep=*/false);
+  c->unsent[0].clear();
+  c->eof[0] = c->told_closed[0] = true;  // (its session was told by ClientGone)
+  c->shut[1] = true;                     // nothing more is written to it
+  c->session->to_client.clear();
+  c->half_closed_at = std::min(c->half_closed_at, absl::Now());
+  again_.push_back(c);  // what the server sent already is taken on after this batch
+  return true;
+}
+
 void RelayLoop::InterestUser(Conn* c) {
   for (int side = 0; side < 2; ++side) {
     uint32_t want = 0;
+    if (side == 0 && c->client_gone) {
+      Watch(c, 0, 0, /*keep=*/false);
+      continue;
+    }
     if (c->connecting) {
       if (side == 1) want = EPOLLOUT;
     } else {
@@ -1318,10 +1383,12 @@ void RelayLoop::InterestUser(Conn* c) {
 }
 
 void RelayLoop::Sweep(absl::Time now) {
-  std::vector<std::pair<Conn*, int>> expired;  // 0 connect, 1 half-close, 2 idle
+  std::vector<std::pair<Conn*, int>> expired;  // 0 connect, 1 half-close, 2 idle, 3 usage drain
   for (auto& [p, c] : conns_) {
     if (c->connecting) {
       if (now > c->connect_deadline) expired.push_back({p, 0});
+    } else if (c->client_gone && now > c->gone_deadline) {
+      expired.push_back({p, 3});
     } else if ((c->eof[0] || c->eof[1] || c->shut[0] || c->shut[1] || c->aborted[0] ||
                 c->aborted[1]) &&
                now - std::max(c->half_closed_at, c->last_activity) > options_.half_close_timeout) {
@@ -1353,7 +1420,8 @@ void RelayLoop::Sweep(absl::Time now) {
   for (auto [p, why] : expired) {
     (why == 0   ? counters_.connect_timeouts
      : why == 1 ? counters_.half_close_timeouts
-                : counters_.idle_timeouts) += 1;
+     : why == 2 ? counters_.idle_timeouts
+                : counters_.usage_drains_cut) += 1;
     if (why == 0) ++counters_.upstream_failed;
     Close(p, /*reset=*/true);
   }

@@ -49,6 +49,12 @@ struct RelayOptions {
   // After one side ended its stream (FIN), the other has this long to end its own.
   absl::Duration half_close_timeout = absl::Seconds(60);
   absl::Duration idle_timeout = absl::ZeroDuration();  // no byte either way for this long; 0: off
+  // A client of an L7 connection gone (reset, or its writes failing) while the response to a
+  // priced request is on its way (L7Session::ClientGone: its usage comes at its end, and the
+  // upstream bills it anyway): the server's response is read on, discarded, for at most this
+  // long and this many bytes, then the server's side is closed (reset if cut short).
+  absl::Duration usage_drain_time = absl::Seconds(120);
+  uint64_t usage_drain_bytes = uint64_t{64} << 20;
   // Both sockets of every connection: TCP keepalive (a peer that vanished without a FIN or a
   // reset, a node gone, is found and its connection reset instead of held for ever: after idle,
   // then `keepalive_count` probes `keepalive_interval` apart; 0: off; at most 32767 s) and
@@ -151,6 +157,9 @@ struct RelayStats {
   uint64_t http_denied = 0;    // answered 403 by policy
   uint64_t http_refused = 0;   // requests the framer refused (400, 414, 431, 501, 505)
   uint64_t http_bad_responses = 0;  // responses it refused (502)
+  // Priced responses read on after their client went (usage_drain_*): started, read to their
+  // end, cut by the bounds.
+  uint64_t usage_drains = 0, usage_drains_complete = 0, usage_drains_cut = 0;
   // Splice pipes: held by connections with bytes in flight, kept empty in a small pool between
   // uses (an idle connection holds none: two descriptors, not six). Copied: moved through user
   // space because no pipe could be had (the descriptor limit).
@@ -271,6 +280,10 @@ class RelayLoop {
   // All that side x sent before its reset was given to the other side: reset that one once it
   // is sent (false: closed now).
   bool FinishAbort(Conn* c, int x);
+  // The client of a session connection is gone (reset, its writes failing): where its session
+  // still reads the server for a priced response (usage_drain_*), the client side is dropped
+  // and the server read on (true); else both sides are reset (false: closed).
+  bool LoseClient(Conn* c);
   void RecheckOpen();
 
   const RelayOptions options_;

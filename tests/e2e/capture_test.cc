@@ -1251,7 +1251,7 @@ TEST_F(CaptureTest, EachCallingPodIsChargedWhatTheUpstreamReportedExactly) {
   StartCapturingAgent({"--resync-ms=100"}, {{Neighbour().name, true}});
   if (HasFatalFailure()) return;
   static constexpr char kLlmServer[] = R"PY(
-import http.server, json, sys, gzip
+import http.server, json, sys, gzip, time
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def log_message(self, *a): pass
@@ -1270,6 +1270,9 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         for e in events:
+            if isinstance(e, float):
+                time.sleep(e)
+                continue
             d = e.encode()
             self.wfile.write(b"%x\r\n" % len(d) + d + b"\r\n")
             self.wfile.flush()
@@ -1285,6 +1288,12 @@ class H(http.server.BaseHTTPRequestHandler):
                 def chunk(choices, usage=None):
                     return "data: " + json.dumps({"model": "gpt-4o-2024-08-06", "choices": choices,
                                                   "usage": usage}) + "\n\n"
+                if req.get("slow"):  # a long stream its client leaves early
+                    return self.events([chunk([{"delta": {"content": "first"}}]), 1.0] +
+                                       [chunk([{"delta": {"content": "x" * 1000}}])] * 50 + [
+                        chunk([], {"prompt_tokens": 12, "completion_tokens": 7,
+                                   "prompt_tokens_details": {"cached_tokens": 4}}),
+                        "data: [DONE]\n\n"])
                 return self.events([
                     chunk([{"delta": {"content": "usage: {\"prompt_tokens\": 1}"}}]),
                     chunk([{"delta": {}, "finish_reason": "stop"}],
@@ -1449,6 +1458,40 @@ s.serve_forever()
   EXPECT_EQ(page->body.find("/v1/"), std::string::npos) << "never a path as a label";
   EXPECT_EQ(page->body.find(Client().ipv4), std::string::npos) << "never an address as a label";
   EXPECT_NE(page->body.find("currency=\"USD\""), std::string::npos);
+
+  // A client that leaves a stream early (a reset; a plain close with bytes unread): the upstream
+  // bills the whole stream, so the agent reads it on to its usage and charges it, as any.
+  const std::string leaver = "import json, socket, struct, sys\n"
+                             "body = json.dumps({'model': 'gpt-4o', 'stream': True, 'slow': True,"
+                             " 'messages': []}).encode()\n"
+                             "for mode in ('reset', 'close'):\n"
+                             "    s = socket.create_connection(('" + Server().ipv4 + "', 8090))\n"
+                             "    s.sendall(b'POST /v1/chat/completions HTTP/1.1\\r\\nHost: llm"
+                             "\\r\\nContent-Type: application/json\\r\\nContent-Length: %d"
+                             "\\r\\n\\r\\n' % len(body) + body)\n"
+                             "    got = b''\n"
+                             "    while b'first' not in got: got += s.recv(65536)\n"
+                             "    if mode == 'reset':\n"
+                             "        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,"
+                             " struct.pack('ii', 1, 0))\n"
+                             "    s.close()\n"
+                             "    print(mode)\n";
+  const double left_before = cost(client);
+  const double drains_before =
+      Metric("shunt_relay_usage_drains_total", {{"result", "complete"}});
+  auto left = bed_->Run(Client(), {"/usr/bin/python3", "-c", leaver}, 30s);
+  ASSERT_TRUE(left.ok());
+  EXPECT_EQ(left->out, "reset\nclose\n") << left->err;
+  EXPECT_TRUE(shunt::test::Eventually(
+      [&] {
+        return Metric("shunt_relay_usage_drains_total", {{"result", "complete"}}) ==
+               drains_before + 2;
+      },
+      10s, 100ms))
+      << RelayMetrics();
+  EXPECT_EQ(Metric("shunt_relay_usage_drains_total", {{"result", "cut"}}), 0);
+  EXPECT_NEAR(cost(client) - left_before, 2 * 1'095'000 / 1e9, 1e-12)
+      << "each stream charged whole: route, 8 input, 4 cached, 7 output";
 }
 
 // HTTP/2 across nodes: nginx speaking h2c in the server pod, curl and h2load (nghttp2's) in a

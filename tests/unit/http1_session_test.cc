@@ -425,3 +425,46 @@ TEST_F(Session, AnObserverSeesEachLetThroughExchangesDecodedBodies) {
 
 }  // namespace
 }  // namespace shunt::agent
+
+namespace shunt::agent {
+namespace {
+
+// A client gone while the response to a priced (observed) request streams: the session reads
+// the server on to the end of that response, discarding it, and records the exchange whole;
+// without an observer, or before its request was whole, it does not.
+TEST_F(Session, AClientGoneMidResponseHasItsPricedResponseReadToItsEnd) {
+  session_->observe = [](const L7Request& r) -> std::unique_ptr<BodyObserver> {
+    if (r.path != "/priced") return nullptr;
+    return std::make_unique<Recording>();
+  };
+  EXPECT_EQ(Client("GET /priced HTTP/1.1\r\nHost: llm\r\n\r\n"), "");
+  ToServer();
+  EXPECT_EQ(Server("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                   "Transfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n"),
+            "");
+  ToClient();
+  EXPECT_TRUE(session_->ClientGone());
+  EXPECT_FALSE(session_->drained);
+  EXPECT_EQ(Server("4\r\nlast\r\n0\r\n\r\n"), "");
+  EXPECT_TRUE(session_->drained);
+  ASSERT_EQ(records_.size(), 1u);
+  EXPECT_EQ(records_[0].status, 200);
+  auto* o = dynamic_cast<Recording*>(records_[0].observer.get());
+  ASSERT_NE(o, nullptr);
+  EXPECT_EQ(o->response, "firstlast") << "read to its end";
+  EXPECT_EQ(records_[0].response_bytes, 9u);
+  // Not priced: nothing to read on for.
+  Make();
+  EXPECT_EQ(Client("GET /free HTTP/1.1\r\nHost: llm\r\n\r\n"), "");
+  EXPECT_FALSE(session_->ClientGone());
+  // Priced but the request was not whole (its body cut): the server never answers it.
+  Make();
+  session_->observe = [](const L7Request&) -> std::unique_ptr<BodyObserver> {
+    return std::make_unique<Recording>();
+  };
+  EXPECT_EQ(Client("POST /priced HTTP/1.1\r\nHost: llm\r\nContent-Length: 10\r\n\r\nabc"), "");
+  EXPECT_FALSE(session_->ClientGone());
+}
+
+}  // namespace
+}  // namespace shunt::agent
