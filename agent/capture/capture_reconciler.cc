@@ -325,10 +325,13 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
             }
           }
           if (!priced.empty()) {
+            // Priced by the Service its Host names, if that one is priced; else by the first
+            // priced one (a Host naming another Service of the same port, or none, does not
+            // make a request free: the pod serves the priced API whatever the name).
             d.observe = [services, priced](const L7Request& r) -> std::unique_ptr<BodyObserver> {
               auto it = priced.find(ServiceByAuthority(services, r.authority));
-              if (it == priced.end()) return nullptr;
-              return std::make_unique<cost::CostObserver>(it->second);
+              if (it == priced.end()) it = priced.begin();
+              return std::make_unique<cost::CostObserver>(it->second, it->first);
             };
           }
           metrics::CostKey payer;
@@ -338,12 +341,11 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
           d.exchanges = [denied, who, requests, costs, payer = std::move(payer),
                          base = std::move(base),
                          services = std::move(services)](const ExchangeRecord& r) {
-            if (costs && r.observer) {
-              auto* o = static_cast<cost::CostObserver*>(r.observer.get());
+            auto* o = costs ? dynamic_cast<cost::CostObserver*>(r.observer.get()) : nullptr;
+            if (o && !r.not_forwarded) {  // (a stream refused before the server saw it: retried)
               const cost::Charge charge = o->Finish(r);
               metrics::CostKey k = payer;
-              std::tie(k.service_namespace, k.service_name) =
-                  ServiceByAuthority(services, r.request.authority);
+              std::tie(k.service_namespace, k.service_name) = o->service();
               k.route = charge.route;
               k.model = charge.model;
               k.currency = o->policy().currency();

@@ -19,8 +19,9 @@ struct CostObserver::Inflater {
   }
 };
 
-CostObserver::CostObserver(std::shared_ptr<const CostPolicy> policy)
-    : policy_(std::move(policy)) {}
+CostObserver::CostObserver(std::shared_ptr<const CostPolicy> policy,
+                           std::pair<std::string, std::string> service)
+    : policy_(std::move(policy)), service_(std::move(service)) {}
 
 CostObserver::~CostObserver() = default;
 
@@ -106,7 +107,10 @@ Charge CostObserver::Finish(const ExchangeRecord& r) {
                   .grpc_status = r.grpc_status,
                   .request_bytes = r.request_bytes,
                   .response_bytes = r.response_bytes,
-                  .request_model = request_.model(),
+                  // Believed only from a body that parsed whole (one that did not may say
+                  // two things; the upstream's reading is not known): else the response's.
+                  .request_model = request_.whole() ? std::string_view(request_.model())
+                                                    : std::string_view(),
                   .response = response_.get()};
   return policy_->Price(f);
 }

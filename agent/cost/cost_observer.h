@@ -6,7 +6,9 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <string_view>
+#include <utility>
 
 #include "agent/cost/cost_policy.h"
 #include "agent/cost/usage.h"
@@ -19,9 +21,12 @@ class CostObserver final : public BodyObserver {
   // Bytes a compressed response may expand to before the rest is not read (usage missing).
   static constexpr uint64_t kMaxInflated = uint64_t{256} << 20;
 
-  explicit CostObserver(std::shared_ptr<const CostPolicy> policy);
+  // `service`: the priced Service (namespace, name) the request is charged to.
+  CostObserver(std::shared_ptr<const CostPolicy> policy,
+               std::pair<std::string, std::string> service = {});
   ~CostObserver() override;
 
+  bool ReadsResponse() const override { return policy_->prices_tokens(); }
   void RequestBody(std::string_view data) override;
   void ResponseHead(int status, std::string_view content_type,
                     std::string_view content_encoding) override;
@@ -30,12 +35,14 @@ class CostObserver final : public BodyObserver {
   // The exchange is over: what it costs.
   Charge Finish(const ExchangeRecord& r);
   const CostPolicy& policy() const { return *policy_; }
+  const std::pair<std::string, std::string>& service() const { return service_; }
   // Why the response was not read for usage ("" it was, or it did not need to be).
   std::string_view unread() const { return unread_; }
 
  private:
   struct Inflater;
   std::shared_ptr<const CostPolicy> policy_;
+  std::pair<std::string, std::string> service_;
   RequestReader request_;
   std::unique_ptr<UsageReader> response_;
   std::unique_ptr<Inflater> inflater_;

@@ -121,8 +121,8 @@ Charge CostPolicy::Price(const ExchangeFacts& f) const {
     amount.Add(f.request_bytes, route->per_gib_request, kGiB);
     amount.Add(f.response_bytes, route->per_gib_response, kGiB);
   }
-  const bool succeeded =
-      f.status >= 200 && f.status < 300 && (!f.grpc || f.grpc_status == 0 || f.grpc_status == -1);
+  // gRPC: only a status of 0 is a success (none at all: the call broke before its trailers).
+  const bool succeeded = f.status >= 200 && f.status < 300 && (!f.grpc || f.grpc_status == 0);
   const bool has_usage = f.response && f.response->usage().any();
   const bool token_request = !f.request_model.empty() || has_usage;
   if (token_request) {

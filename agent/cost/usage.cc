@@ -9,32 +9,6 @@ namespace {
 
 bool Space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
-// RFC 8259's number: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
-bool ValidNumber(std::string_view s) {
-  size_t i = 0;
-  auto digits = [&] {
-    const size_t from = i;
-    while (i < s.size() && s[i] >= '0' && s[i] <= '9') ++i;
-    return i > from;
-  };
-  if (i < s.size() && s[i] == '-') ++i;
-  if (i < s.size() && s[i] == '0') {
-    ++i;
-  } else if (!digits()) {
-    return false;
-  }
-  if (i < s.size() && s[i] == '.') {
-    ++i;
-    if (!digits()) return false;
-  }
-  if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
-    ++i;
-    if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
-    if (!digits()) return false;
-  }
-  return i == s.size();
-}
-
 void AppendUtf8(std::string& out, uint32_t cp) {
   if (cp < 0x80) {
     out += static_cast<char>(cp);
@@ -68,7 +42,13 @@ void JsonScanner::BeginValue(char c) {
   switch (c) {
     case '{':
     case '[':
-      if (path_.size() >= kMaxDepth) return Fail();
+      if (path_.size() >= kMaxDepth) {
+        // Deeper than any usage: its brackets are matched, nothing in it is read (an echoed
+        // tool schema may be this deep; the usage after it still counts).
+        skip_depth_ = 1;
+        state_ = State::kSkip;
+        return;
+      }
       path_.push_back(Level{.array = c == '[', .key = {}, .overlong = false});
       state_ = c == '{' ? State::kFirstKey : State::kValue;
       array_open_ = c == '[';  // "]" may close it at once
@@ -92,6 +72,7 @@ void JsonScanner::BeginValue(char c) {
       if (c == '-' || (c >= '0' && c <= '9')) {
         text_.assign(1, c);
         cut_ = false;
+        number_ = c == '-' ? Number::kMinus : c == '0' ? Number::kZero : Number::kInt;
         state_ = State::kNumber;
         return;
       }
@@ -238,18 +219,69 @@ void JsonScanner::Feed(std::string_view data) {
         }
         break;
       }
-      case State::kNumber:
-        if ((c >= '0' && c <= '9') || c == '-' || c == '+' || c == '.' || c == 'e' || c == 'E') {
-          if (text_.size() < 64) {
-            text_ += c;
-          } else {
-            return Fail();  // no number is this long
-          }
-          break;
+      case State::kNumber: {
+        // RFC 8259's grammar, a byte at a time; any length (what is handed over is cut).
+        const bool digit = c >= '0' && c <= '9';
+        const bool exp = c == 'e' || c == 'E';
+        Number next = Number::kEnd;
+        switch (number_) {
+          case Number::kMinus:
+            next = c == '0' ? Number::kZero : digit ? Number::kInt : Number::kBad;
+            break;
+          case Number::kZero:
+            next = c == '.' ? Number::kDot : exp ? Number::kE : digit ? Number::kBad : Number::kEnd;
+            break;
+          case Number::kInt:
+            next = digit ? Number::kInt : c == '.' ? Number::kDot : exp ? Number::kE : Number::kEnd;
+            break;
+          case Number::kDot:
+            next = digit ? Number::kFrac : Number::kBad;
+            break;
+          case Number::kFrac:
+            next = digit ? Number::kFrac : exp ? Number::kE : Number::kEnd;
+            break;
+          case Number::kE:
+            next = (c == '+' || c == '-') ? Number::kESign : digit ? Number::kExp : Number::kBad;
+            break;
+          case Number::kESign:
+          case Number::kExp:
+            next = digit ? Number::kExp : number_ == Number::kExp ? Number::kEnd : Number::kBad;
+            break;
+          default:
+            next = Number::kBad;
         }
-        if (!ValidNumber(text_)) return Fail();
-        EndScalar(Kind::kNumber);
-        continue;  // this byte ends the number and is read again in the state after it
+        if (next == Number::kBad) return Fail();
+        if (next == Number::kEnd) {
+          EndScalar(Kind::kNumber);
+          continue;  // this byte ends the number and is read again in the state after it
+        }
+        number_ = next;
+        if (text_.size() < 32) {
+          text_ += c;
+        } else {
+          cut_ = true;
+        }
+        break;
+      }
+      case State::kSkip:
+        if (c == '"') {
+          state_ = State::kSkipString;
+        } else if (c == '{' || c == '[') {
+          if (++skip_depth_ > (uint64_t{1} << 40)) return Fail();
+        } else if (c == '}' || c == ']') {
+          if (--skip_depth_ == 0) EndValue();
+        }
+        break;
+      case State::kSkipString:
+        if (c == '\\') {
+          state_ = State::kSkipEscape;
+        } else if (c == '"') {
+          state_ = State::kSkip;
+        }
+        break;
+      case State::kSkipEscape:
+        state_ = State::kSkipString;
+        break;
       case State::kLiteral:
         if (c != literal_[literal_at_]) return Fail();
         if (++literal_at_ == literal_.size()) {
@@ -271,7 +303,8 @@ void JsonScanner::Feed(std::string_view data) {
 
 bool JsonScanner::Finish() {
   if (state_ == State::kNumber && path_.empty()) {
-    if (ValidNumber(text_)) {
+    if (number_ == Number::kZero || number_ == Number::kInt || number_ == Number::kFrac ||
+        number_ == Number::kExp) {
       EndScalar(Kind::kNumber);
     } else {
       Fail();
@@ -312,7 +345,9 @@ void UsageReader::StartDocument() {
 
 void UsageReader::EndDocument() {
   if (!doc_) return;
-  if (format_ == Format::kEventStream && data_start_ == "[DONE]") {
+  std::string_view start = data_start_;
+  while (!start.empty() && (start.back() == ' ' || start.back() == '\t')) start.remove_suffix(1);
+  if (format_ == Format::kEventStream && start == "[DONE]") {
     done_ = true;
   } else if (doc_->Finish()) {
     ++documents_;
@@ -351,7 +386,7 @@ void UsageReader::OnScalar(const std::vector<JsonScanner::Level>& path, JsonScan
     return;
   }
   if (n < base + 2 || keys[base] != "usage" || kind != JsonScanner::Kind::kNumber) return;
-  const std::optional<uint64_t> v = Count(text);
+  const std::optional<uint64_t> v = cut ? std::nullopt : Count(text);
   if (!v) return;
   auto is = [&](std::initializer_list<std::string_view> rest) {
     if (rest.size() != n - base - 1) return false;
@@ -406,6 +441,16 @@ void UsageReader::Feed(std::string_view body) {
     }
   };
   size_t i = 0;
+  // A byte order mark at the start of the stream is not part of its first field's name.
+  static constexpr unsigned char kBom[] = {0xEF, 0xBB, 0xBF};
+  while (bom_ < 3 && i < body.size()) {
+    if (static_cast<unsigned char>(body[i]) != kBom[bom_]) {
+      bom_ = 3;
+      break;
+    }
+    ++bom_;
+    ++i;
+  }
   while (i < body.size()) {
     const char c = body[i];
     if (after_cr_) {

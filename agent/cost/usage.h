@@ -28,7 +28,7 @@ namespace shunt::agent::cost {
 
 class JsonScanner {
  public:
-  static constexpr size_t kMaxDepth = 64;
+  static constexpr size_t kMaxDepth = 64;  // deeper containers are skipped, not read
   static constexpr size_t kMaxKey = 64;      // longer keys are kept as "overlong" (match nothing)
   static constexpr size_t kMaxString = 256;  // string values handed over: longer ones are cut
   enum class Kind { kString, kNumber, kTrue, kFalse, kNull };
@@ -63,8 +63,13 @@ class JsonScanner {
     kNumber,
     kLiteral,
     kDone,           // the root value ended: only whitespace may follow
+    kSkip,           // inside a container deeper than kMaxDepth: brackets and strings matched
+    kSkipString,
+    kSkipEscape,
     kError,
   };
+  // Where in a number's grammar the last byte left it.
+  enum class Number { kMinus, kZero, kInt, kDot, kFrac, kE, kESign, kExp, kEnd, kBad };
   void Fail() { state_ = State::kError; }
   void BeginValue(char c);
   void EndScalar(Kind kind);
@@ -81,6 +86,8 @@ class JsonScanner {
   uint32_t unicode_ = 0;
   std::string_view literal_;  // "true", "false", "null": the one being read
   size_t literal_at_ = 0;
+  Number number_ = Number::kInt;
+  uint64_t skip_depth_ = 0;
 };
 
 // Token counts as an API reported them: unset when the response never said.
@@ -140,6 +147,7 @@ class UsageReader {
   bool data_lines_ = false;  // the event has had a data line (a second one adds a "\n")
   bool data_space_ = false;  // skipping the one space after "data:"
   std::string data_start_;   // the first bytes of the event's data, to see "[DONE]"
+  int bom_ = 0;              // bytes of a byte order mark skipped at the start (3: done)
 };
 
 // What a request body says (OpenAI-compatible and Anthropic APIs alike): its top-level `model`

@@ -38,7 +38,7 @@ void CostMetrics::Record(const CostKey& key, const cost::Charge& charge) {
     }
   }
   Series& s = it->second;
-  s.nano += charge.nano;
+  s.nano = charge.nano > UINT64_MAX - s.nano ? UINT64_MAX : s.nano + charge.nano;  // saturates
   ++s.requests[static_cast<size_t>(charge.result)];
   s.input += charge.tokens.input;
   s.cached_input += charge.tokens.cached_input;
@@ -96,11 +96,10 @@ std::vector<MetricFamily> CostMetrics::Collect() const {
     folded = folded_;
   }
   for (const auto& [k, s] : series) {
+    // The currency on every family: a policy whose currency changed has series of each.
     auto labels = Labels(k);
-    auto with_currency = labels;
-    with_currency.push_back({"currency", k.currency});
-    cost.metric.push_back(
-        Sample(with_currency, static_cast<double>(s.nano) / cost::kNanoPerUnit, true));
+    labels.push_back({"currency", k.currency});
+    cost.metric.push_back(Sample(labels, static_cast<double>(s.nano) / cost::kNanoPerUnit, true));
     const std::pair<const char*, uint64_t> types[] = {{"input", s.input},
                                                       {"cached_input", s.cached_input},
                                                       {"cache_creation_input", s.cache_creation},

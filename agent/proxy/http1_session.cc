@@ -145,6 +145,19 @@ class Http1Session::RequestEvents final : public http1::ParserCallbacks {
     s_.discard_request_ = false;
     s_.request_chunked_ = head.framing.kind == BodyKind::kChunked;
     if (s_.observe) e.record.observer = s_.observe(e.record.request);
+    if (e.record.observer && e.record.observer->ReadsResponse()) {
+      // Only codings its reader decodes (an absent field would admit any).
+      std::string all;  // several fields are one list (RFC 9110 5.3)
+      for (const http1::Header& h : head.headers) {
+        if (absl::EqualsIgnoreCase(h.name, "accept-encoding")) {
+          absl::StrAppend(&all, all.empty() ? "" : ", ", h.value);
+        }
+      }
+      std::erase_if(head.headers, [](const http1::Header& h) {
+        return absl::EqualsIgnoreCase(h.name, "accept-encoding");
+      });
+      head.headers.push_back({"Accept-Encoding", ReadableAcceptEncoding(all)});
+    }
     s_.to_server += http1::SerializeRequestHead(head);
     s_.responses_.ExpectResponseTo(head.method);
     s_.queue_.push_back(std::move(e));

@@ -42,6 +42,10 @@ using L7Authorize = std::function<L7Verdict(const L7Request&)>;
 class BodyObserver {
  public:
   virtual ~BodyObserver() = default;
+  // Whether it reads the response's body: then the request's Accept-Encoding is narrowed to
+  // the codings it can decode (ReadableAcceptEncoding), so that a client cannot make its
+  // response unreadable by asking for another.
+  virtual bool ReadsResponse() const { return false; }
   virtual void RequestBody(std::string_view data) = 0;
   // The final response's status and its Content-Type and Content-Encoding ("" when absent).
   virtual void ResponseHead(int status, std::string_view content_type,
@@ -49,6 +53,35 @@ class BodyObserver {
   virtual void ResponseBody(std::string_view data) = 0;
 };
 using ObserverFactory = std::function<std::unique_ptr<BodyObserver>(const L7Request&)>;
+
+// An Accept-Encoding value narrowed to the codings a BodyObserver decodes (gzip, x-gzip,
+// deflate, identity, with their weights; "*" as gzip and deflate); "identity" when none is
+// left (an absent field would admit any coding, RFC 9110 12.5.3).
+inline std::string ReadableAcceptEncoding(std::string_view value) {
+  std::string out;
+  auto trim = [](std::string_view v) {
+    while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+    return v;
+  };
+  while (!value.empty()) {
+    const size_t comma = value.find(',');
+    const std::string_view item = trim(value.substr(0, comma));
+    value.remove_prefix(comma == std::string_view::npos ? value.size() : comma + 1);
+    std::string coding(trim(item.substr(0, item.find(';'))));
+    for (char& c : coding) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
+    std::string_view keep;
+    if (coding == "gzip" || coding == "x-gzip" || coding == "deflate" || coding == "identity") {
+      keep = item;
+    } else if (coding == "*") {
+      keep = "gzip, deflate";
+    }
+    if (keep.empty()) continue;
+    if (!out.empty()) out += ", ";
+    out += keep;
+  }
+  return out.empty() ? "identity" : out;
+}
 
 // One request and its response, as the metrics issue exports it.
 struct ExchangeRecord {
@@ -66,6 +99,9 @@ struct ExchangeRecord {
   absl::Time end;               // response complete (or broken)
   // The time the proxy itself spent on this exchange's bytes (parsing, serialising).
   absl::Duration proxy_time;
+  // The request never reached the server (an HTTP/2 stream refused before it was sent: the
+  // client retries it).
+  bool not_forwarded = false;
   // What read its bodies (null: nothing did).
   std::shared_ptr<BodyObserver> observer;
 };

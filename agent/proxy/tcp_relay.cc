@@ -71,6 +71,8 @@ struct RelayLoop::Conn {
   uint64_t gone_read = 0;  // bytes read from the server since
   L7Authorize authorize;
   ExchangeSink exchanges;
+  // What its session's sink calls: replaced by a policy change's decision (RecheckOpen).
+  std::shared_ptr<ExchangeSink> live_exchanges;
   ObserverFactory observe;
   std::function<void()> opaque_refused;
   std::shared_ptr<ConnectionCounters> l4;  // its decision's (null: none)
@@ -354,6 +356,14 @@ void RelayLoop::RecheckOpen() {
     if (d.authorize) {
       c->authorize = d.authorize;
       if (c->session) c->session->SetAuthorize(d.authorize);
+    }
+    if (as_http) {
+      // What its requests are recorded and priced by from now on (an ApiCostPolicy added,
+      // changed or removed applies to the next request of an open connection).
+      c->observe = d.observe;
+      c->exchanges = d.exchanges;
+      if (c->session) c->session->observe = d.observe;
+      if (c->live_exchanges) *c->live_exchanges = d.exchanges;
     }
   }
   for (Conn* c : denied) {
@@ -1083,16 +1093,16 @@ void RelayLoop::Account(Conn* c) {
 
 bool RelayLoop::StartSession(Conn* c, bool http2) {
   L7Authorize authorize = c->authorize;
-  ExchangeSink exchanges = c->exchanges;
+  c->live_exchanges = std::make_shared<ExchangeSink>(c->exchanges);
   Counters* counters = &counters_;
-  ExchangeSink sink = [counters, exchanges](const ExchangeRecord& r) {
+  ExchangeSink sink = [counters, exchanges = c->live_exchanges](const ExchangeRecord& r) {
     ++counters->http_requests;
     if (r.denied) {
       ++counters->http_denied;
     } else if (r.proxy_answered) {
       ++(r.status == 502 ? counters->http_bad_responses : counters->http_refused);
     }
-    if (exchanges) exchanges(r);
+    if (*exchanges) (*exchanges)(r);
   };
   if (http2) {
     Http2Options o = options_.http2;

@@ -1492,6 +1492,41 @@ s.serve_forever()
   EXPECT_EQ(Metric("shunt_relay_usage_drains_total", {{"result", "cut"}}), 0);
   EXPECT_NEAR(cost(client) - left_before, 2 * 1'095'000 / 1e9, 1e-12)
       << "each stream charged whole: route, 8 input, 4 cached, 7 output";
+
+  // New prices apply to the next request of a connection already open (a client's pool).
+  const std::string step = bed_->work_dir() + "/cost-step";
+  const std::string pooled =
+      "import http.client, json, os, time\n"
+      "c = http.client.HTTPConnection('" + Server().ipv4 + "', 8090, timeout=20)\n"
+      "def call():\n"
+      "    c.request('POST', '/v1/embeddings', json.dumps({'input': 'x'}),"
+      " {'Content-Type': 'application/json'})\n"
+      "    r = c.getresponse(); r.read(); return r.status\n"
+      "print(call())\n"
+      "open('" + step + "', 'w').close()\n"
+      "while not os.path.exists('" + step + ".go'): time.sleep(0.01)\n"
+      "print(call())\n";
+  std::string pooled_out;
+  std::thread pool([&] {
+    auto p = bed_->Run(Client(), {"/usr/bin/python3", "-c", pooled}, 30s);
+    pooled_out = p.ok() ? p->out + p->err : p.status().ToString();
+  });
+  const bool stepped = e2e::WaitForFile(step);
+  const double before_change = cost(client);
+  doc["apiCostPolicies"][0]["routes"][1]["perRequest"] = "0.5";
+  doc["apiCostPolicies"][0]["routes"][1]["name"] = "embeddings-v2";
+  EXPECT_TRUE(WriteFileAtomic(*path, doc.dump()).ok());
+  EXPECT_TRUE(shunt::test::Eventually([&] { return Metric("shunt_policy_version") >= 3; }, 10s,
+                                      50ms));
+  EXPECT_TRUE(WriteFileAtomic(step + ".go", "").ok());
+  pool.join();
+  ASSERT_TRUE(stepped) << pooled_out;
+  EXPECT_EQ(pooled_out, "200\n200\n");
+  EXPECT_TRUE(shunt::test::Eventually(
+      [&] { return std::abs(cost(client) - before_change - 0.5) < 1e-9; }, 5s, 50ms))
+      << "the second request on the same connection, at the new price: "
+      << cost(client) - before_change;
+  EXPECT_EQ(Metric("shunt_api_requests_total", with(client, {{"route", "embeddings-v2"}})), 1);
 }
 
 // HTTP/2 across nodes: nginx speaking h2c in the server pod, curl and h2load (nghttp2's) in a

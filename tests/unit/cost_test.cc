@@ -97,15 +97,11 @@ TEST(JsonScannerTest, RefusesWhatIsNotJson) {
     Scan({bad}, &whole);
     EXPECT_FALSE(whole) << bad;
   }
-  std::string deep(65, '[');
-  deep += std::string(65, ']');
-  bool whole = true;
-  Scan({deep}, &whole);
-  EXPECT_FALSE(whole) << "deeper than kMaxDepth";
-  std::string ok_deep(64, '[');
-  ok_deep += std::string(64, ']');
-  Scan({ok_deep}, &whole);
-  EXPECT_TRUE(whole);
+  for (const char* bad : {"[[[[", "[\"]\"", "[1]]", "-01", "1.e5", "1e", "1e+", "--1"}) {
+    bool whole = true;
+    Scan({bad}, &whole);
+    EXPECT_FALSE(whole) << bad;
+  }
 }
 
 TEST(JsonScannerTest, LongKeysAndStringsAreCutNotKept) {
@@ -125,6 +121,27 @@ class Body : public UsageReader {
     Finish();
   }
 };
+
+// What is deeper than kMaxDepth, or longer than a cap, is skipped or cut, never an error: the
+// usage after it still counts (a Responses API body echoes the client's tool schemas, which may
+// be that deep; an Anthropic tool_use input is output the client can steer).
+TEST(JsonScannerTest, DeepContainersAndLongNumbersAreSkippedNotFailed) {
+  std::string deep = "{\"tools\":" + std::string(200, '[') + "{\"a\":\"]}\\\"[\"}" +
+                     std::string(200, ']') + ",\"n\":" + std::string(100, '7') +
+                     ",\"usage\":{\"prompt_tokens\":5}}";
+  bool whole = false;
+  const auto seen = Scan({deep}, &whole);
+  EXPECT_TRUE(whole);
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0], "n.=" + std::string(32, '7') + "(cut)");
+  EXPECT_EQ(seen[1], "usage.prompt_tokens.=5");
+  Body r(UsageReader::Format::kJson, {deep});
+  EXPECT_EQ(r.usage().input, 5u);
+  std::string ok_deep(64, '[');
+  ok_deep += std::string(64, ']');
+  Scan({ok_deep}, &whole);
+  EXPECT_TRUE(whole);
+}
 
 TEST(UsageReaderTest, OpenAiChatCompletionJson) {
   const std::string body = R"({"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o-2024-08-06",
@@ -251,6 +268,14 @@ TEST(UsageReaderTest, ADocumentThatDoesNotParseWholeGivesNothing) {
   EXPECT_FALSE(elsewhere.usage().any());
   Body empty(UsageReader::Format::kJson, {});
   EXPECT_EQ(empty.bad_documents(), 0u) << "no body: nothing to count";
+}
+
+TEST(UsageReaderTest, AByteOrderMarkAndADoneWithSpacesAreRead) {
+  Body r(UsageReader::Format::kEventStream,
+         {"\xEF\xBB", "\xBF" "data: {\"usage\":{\"prompt_tokens\":3}}\n\ndata: [DONE]  \n\n"});
+  EXPECT_EQ(r.usage().input, 3u);
+  EXPECT_TRUE(r.done());
+  EXPECT_EQ(r.bad_documents(), 0u);
 }
 
 TEST(RequestReaderTest, ModelAndStream) {
@@ -440,6 +465,19 @@ TEST(CostObserverTest, ReadsTheModelAndTheUsageThroughGzip) {
     const Charge c = o.Finish(r);
     EXPECT_EQ(c.result, CostResult::kUsageMissing) << type << " " << encoding;
     EXPECT_EQ(o.unread(), why);
+  }
+  // A request body that does not parse whole is not believed (it may name two models, and the
+  // upstream's reading is not known): the response's model prices it.
+  {
+    CostObserver o(shared);
+    o.RequestBody(R"({"model":"o3-mini","x":NaN,"model":"gpt-4o"})");
+    o.ResponseHead(200, "application/json", "");
+    o.ResponseBody(R"({"model":"gpt-4o","usage":{"prompt_tokens":1000000}})");
+    ExchangeRecord plain = r;
+    plain.response_bytes = 0;
+    const Charge c = o.Finish(plain);
+    EXPECT_EQ(c.model, "gpt-4o");
+    EXPECT_EQ(c.nano, 2'500'000'000u) << "1M input at 2.50 (not o3-mini's 1.10)";
   }
   CostObserver bad(shared);  // not gzip at all
   bad.RequestBody(R"({"model":"gpt-4o"})");

@@ -468,3 +468,44 @@ TEST_F(Session, AClientGoneMidResponseHasItsPricedResponseReadToItsEnd) {
 
 }  // namespace
 }  // namespace shunt::agent
+
+namespace shunt::agent {
+namespace {
+
+TEST(ReadableAcceptEncoding, KeepsTheCodingsAReaderDecodes) {
+  EXPECT_EQ(ReadableAcceptEncoding("gzip, deflate, br, zstd"), "gzip, deflate");
+  EXPECT_EQ(ReadableAcceptEncoding("br;q=1.0, GZIP;q=0.5"), "GZIP;q=0.5");
+  EXPECT_EQ(ReadableAcceptEncoding("br"), "identity");
+  EXPECT_EQ(ReadableAcceptEncoding(""), "identity");
+  EXPECT_EQ(ReadableAcceptEncoding("*;q=0.1"), "gzip, deflate");
+  EXPECT_EQ(ReadableAcceptEncoding(" identity ,zstd"), "identity");
+}
+
+class ReadingObserver final : public BodyObserver {
+ public:
+  bool ReadsResponse() const override { return true; }
+  void RequestBody(std::string_view) override {}
+  void ResponseHead(int, std::string_view, std::string_view) override {}
+  void ResponseBody(std::string_view) override {}
+};
+
+// A request whose response is read for its usage asks only for codings the reader decodes:
+// a client cannot make its response unreadable (and free) with "br".
+TEST_F(Session, AnObservedRequestAsksOnlyForCodingsItsReaderDecodes) {
+  session_->observe = [](const L7Request& r) -> std::unique_ptr<BodyObserver> {
+    if (r.path == "/free") return nullptr;
+    return std::make_unique<ReadingObserver>();
+  };
+  EXPECT_EQ(Client("GET /a HTTP/1.1\r\nHost: llm\r\nAccept-Encoding: br\r\n"
+                   "Accept-Encoding: gzip;q=0.5\r\n\r\n"
+                   "GET /b HTTP/1.1\r\nHost: llm\r\n\r\n"
+                   "GET /free HTTP/1.1\r\nHost: llm\r\nAccept-Encoding: br\r\n\r\n"),
+            "");
+  EXPECT_EQ(ToServer(),
+            "GET /a HTTP/1.1\r\nHost: llm\r\nAccept-Encoding: gzip;q=0.5\r\n\r\n"
+            "GET /b HTTP/1.1\r\nHost: llm\r\nAccept-Encoding: identity\r\n\r\n"
+            "GET /free HTTP/1.1\r\nHost: llm\r\nAccept-Encoding: br\r\n\r\n");
+}
+
+}  // namespace
+}  // namespace shunt::agent

@@ -65,6 +65,27 @@ class Http2Session::Fields {
     }
     return nullptr;
   }
+  // Every field called `name` (lower case, as HTTP/2 has them) as one list, joined by ", ".
+  std::string JoinAll(std::string_view name) const {
+    std::string out;
+    for (const Ref& r : refs_) {
+      if (std::string_view(bytes_.data() + r.offset, r.name_len) != name) continue;
+      if (!out.empty()) out += ", ";
+      out.append(bytes_.data() + r.offset + r.name_len, r.value_len);
+    }
+    return out;
+  }
+  // The fields called `name` replaced by one with `value`, at the end.
+  void Replace(std::string_view name, std::string_view value) {
+    Fields kept;
+    for (const Ref& r : refs_) {
+      const std::string_view n(bytes_.data() + r.offset, r.name_len);
+      if (n != name) kept.Add(n, std::string_view(bytes_.data() + r.offset + r.name_len,
+                                                  r.value_len), r.flags);
+    }
+    kept.Add(name, value, NGHTTP2_NV_FLAG_NONE);
+    *this = std::move(kept);
+  }
   // The fields as nghttp2 takes them (it copies them when they are submitted), into `nva`;
   // valid until this block changes.
   const std::vector<nghttp2_nv>& Nva(std::vector<nghttp2_nv>& nva) const {
@@ -652,6 +673,10 @@ void Http2Session::OnRequestHead(Stream& s, bool end_stream) {
     return;
   }
   if (observe) s.record.observer = observe(req);
+  if (s.record.observer && s.record.observer->ReadsResponse()) {
+    // Only codings its reader decodes (an absent field would admit any).
+    head.Replace("accept-encoding", ReadableAcceptEncoding(head.JoinAll("accept-encoding")));
+  }
   const std::vector<nghttp2_nv>& nva = head.Nva(NvaScratch());
   nghttp2_data_provider body{};
   body.read_callback = &Callbacks::UpRead;
@@ -897,6 +922,8 @@ void Http2Session::SetTunnelsAllowed(bool allowed) {
 }
 
 void Http2Session::ResetClient(Stream& s, uint32_t error_code) {
+  // Refused: the server did not process it (RFC 9113 8.7), the client may send it again.
+  if (error_code == NGHTTP2_REFUSED_STREAM) s.record.not_forwarded = true;
   if (!s.client_closed) {
     nghttp2_submit_rst_stream(down_, NGHTTP2_FLAG_NONE, s.client_id, error_code);
   }
