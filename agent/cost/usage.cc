@@ -2,12 +2,30 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <initializer_list>
 
 namespace shunt::agent::cost {
 namespace {
 
 bool Space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+// How many bytes from p on are plain string content (not '"', '\\' or a control character),
+// eight at a time: string content is most of an LLM body's bytes.
+size_t PlainRun(const char* p, size_t n) {
+  constexpr uint64_t kOnes = 0x0101010101010101ULL, kHigh = 0x8080808080808080ULL;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    const uint64_t quote = w ^ (kOnes * '"'), slash = w ^ (kOnes * '\\');
+    const uint64_t special = ((quote - kOnes) & ~quote) | ((slash - kOnes) & ~slash) |
+                             ((w - kOnes * 0x20) & ~w);
+    if (special & kHigh) break;  // one of these eight: found byte by byte below
+  }
+  while (i < n && p[i] != '"' && p[i] != '\\' && static_cast<unsigned char>(p[i]) >= 0x20) ++i;
+  return i;
+}
 
 void AppendUtf8(std::string& out, uint32_t cp) {
   if (cp < 0x80) {
@@ -83,7 +101,7 @@ void JsonScanner::BeginValue(char c) {
 }
 
 void JsonScanner::EndScalar(Kind kind) {
-  if (on_scalar_) on_scalar_(path_, kind, text_, cut_);
+  if (on_scalar_ && path_.size() <= report_depth_) on_scalar_(path_, kind, text_, cut_);
   EndValue();
 }
 
@@ -139,13 +157,21 @@ void JsonScanner::Feed(std::string_view data) {
         break;
       }
       case State::kString: {
-        // A run of plain bytes at once.
-        size_t j = i;
-        while (j < data.size() && data[j] != '"' && data[j] != '\\' &&
-               static_cast<unsigned char>(data[j]) >= 0x20) {
-          ++j;
+        // A run of plain bytes at once. A string not kept is only looked through for its end
+        // (memchr speed: the content of messages is most of an LLM body): a control character
+        // in it is not looked for (it changes no structure).
+        const size_t cap = Cap();
+        size_t j;
+        if (text_.size() >= cap) {  // nothing more of it is kept
+          const char* p = data.data() + i;
+          const size_t n = data.size() - i;
+          const void* q = std::memchr(p, '"', n);
+          const size_t to_quote = q ? static_cast<size_t>(static_cast<const char*>(q) - p) : n;
+          const void* b = std::memchr(p, '\\', to_quote);
+          j = i + (b ? static_cast<size_t>(static_cast<const char*>(b) - p) : to_quote);
+        } else {
+          j = i + PlainRun(data.data() + i, data.size() - i);
         }
-        const size_t cap = in_key_ ? kMaxKey : kMaxString;
         if (j > i) {
           const size_t room = text_.size() < cap ? cap - text_.size() : 0;
           if (j - i > room) cut_ = true;
@@ -189,7 +215,7 @@ void JsonScanner::Feed(std::string_view data) {
           default:
             return Fail();
         }
-        if (text_.size() < (in_key_ ? kMaxKey : kMaxString)) {
+        if (text_.size() < Cap()) {
           text_ += out;
         } else {
           cut_ = true;
@@ -210,7 +236,7 @@ void JsonScanner::Feed(std::string_view data) {
         }
         unicode_ = unicode_ << 4 | v;
         if (--unicode_left_ == 0) {
-          if (text_.size() + 3 <= (in_key_ ? kMaxKey : kMaxString)) {
+          if (text_.size() + 3 <= Cap()) {
             AppendUtf8(text_, unicode_);
           } else {
             cut_ = true;
@@ -301,6 +327,14 @@ void JsonScanner::Feed(std::string_view data) {
   }
 }
 
+void JsonScanner::Reset() {
+  state_ = State::kValue;
+  path_.clear();
+  in_key_ = array_open_ = cut_ = false;
+  text_.clear();
+  skip_depth_ = 0;
+}
+
 bool JsonScanner::Finish() {
   if (state_ == State::kNumber && path_.empty()) {
     if (number_ == Number::kZero || number_ == Number::kInt || number_ == Number::kFrac ||
@@ -336,20 +370,48 @@ Usage::Billable Usage::Bill(bool reasoning_apart) const {
 UsageReader::UsageReader(Format format) : format_(format) {}
 
 void UsageReader::StartDocument() {
-  doc_.emplace([this](const std::vector<JsonScanner::Level>& path, JsonScanner::Kind kind,
-                      std::string_view text, bool cut) { OnScalar(path, kind, text, cut); });
   pending_ = Usage{};
   pending_model_.clear();
   doc_has_bytes_ = false;
+  in_doc_ = true;
+  if (format_ == Format::kEventStream) {  // the scanner only once the event may need it
+    event_.clear();
+    event_streaming_ = false;
+    return;
+  }
+  StartScanner();
+}
+
+void UsageReader::StartScanner() {
+  if (doc_) {
+    doc_->Reset();  // one scanner for every event of a stream: its buffers kept
+  } else {
+    // Nothing it reads is deeper than 4: "response", "usage", "*_details", the count.
+    doc_.emplace([this](const std::vector<JsonScanner::Level>& path, JsonScanner::Kind kind,
+                        std::string_view text, bool cut) { OnScalar(path, kind, text, cut); },
+                 4);
+  }
 }
 
 void UsageReader::EndDocument() {
-  if (!doc_) return;
+  if (!in_doc_) return;
+  in_doc_ = false;
   std::string_view start = data_start_;
   while (!start.empty() && (start.back() == ' ' || start.back() == '\t')) start.remove_suffix(1);
   if (format_ == Format::kEventStream && start == "[DONE]") {
     done_ = true;
-  } else if (doc_->Finish()) {
+    return;
+  }
+  if (format_ == Format::kEventStream && !event_streaming_) {
+    // Most events of a stream carry no usage (content deltas): looked through, not parsed.
+    if (!MayCarryUsage(event_)) {
+      ++documents_;
+      return;
+    }
+    StartScanner();
+    doc_->Feed(event_);
+  }
+  if (doc_->Finish()) {
     ++documents_;
     auto set = [](std::optional<uint64_t>& to, const std::optional<uint64_t>& from) {
       if (from) to = from;
@@ -364,7 +426,6 @@ void UsageReader::EndDocument() {
   } else if (doc_has_bytes_ || format_ == Format::kEventStream) {
     ++bad_;
   }
-  doc_.reset();
 }
 
 void UsageReader::OnScalar(const std::vector<JsonScanner::Level>& path, JsonScanner::Kind kind,
@@ -417,12 +478,42 @@ void UsageReader::FeedEventBytes(std::string_view data) {
   if (data.empty()) return;
   if (data_start_.size() < 8) data_start_.append(data.substr(0, 8 - data_start_.size()));
   doc_has_bytes_ = true;
-  doc_->Feed(data);
+  if (event_streaming_) {
+    doc_->Feed(data);
+  } else if (event_.size() + data.size() <= kEventBuffer) {
+    event_.append(data);
+  } else {  // a large event: read as it comes
+    event_streaming_ = true;
+    StartScanner();
+    doc_->Feed(event_);
+    event_.clear();
+    doc_->Feed(data);
+  }
+}
+
+bool UsageReader::MayCarryUsage(std::string_view event) const {
+  // A usage object (not "usage":null, which every chunk of some streams has), or while no model
+  // is known, the model.
+  static constexpr std::string_view kUsage = "\"usage\"";
+  for (const char* p = event.data(); ;) {
+    const size_t left = static_cast<size_t>(event.data() + event.size() - p);
+    const void* hit = memmem(p, left, kUsage.data(), kUsage.size());
+    if (hit == nullptr) break;
+    const size_t at = static_cast<size_t>(static_cast<const char*>(hit) - event.data());
+    p = static_cast<const char*>(hit) + kUsage.size();
+    size_t i = at + kUsage.size();
+    while (i < event.size() && Space(event[i])) ++i;
+    if (i >= event.size() || event[i] != ':') continue;
+    ++i;
+    while (i < event.size() && Space(event[i])) ++i;
+    if (i < event.size() && event[i] == '{') return true;
+  }
+  return model_.empty() && memmem(event.data(), event.size(), "\"model\"", 7) != nullptr;
 }
 
 void UsageReader::Feed(std::string_view body) {
   if (format_ == Format::kJson) {
-    if (!doc_) StartDocument();
+    if (!in_doc_) StartDocument();
     if (!body.empty()) doc_has_bytes_ = true;
     doc_->Feed(body);
     return;
@@ -534,6 +625,6 @@ RequestReader::RequestReader()
         } else if (path[0].key == "stream") {
           stream_ = kind == JsonScanner::Kind::kTrue;
         }
-      }) {}
+      }, 1) {}
 
 }  // namespace shunt::agent::cost

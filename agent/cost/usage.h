@@ -30,7 +30,7 @@ class JsonScanner {
  public:
   static constexpr size_t kMaxDepth = 64;  // deeper containers are skipped, not read
   static constexpr size_t kMaxKey = 64;      // longer keys are kept as "overlong" (match nothing)
-  static constexpr size_t kMaxString = 256;  // string values handed over: longer ones are cut
+  static constexpr size_t kMaxString = 128;  // string values handed over: longer ones are cut
   enum class Kind { kString, kNumber, kTrue, kFalse, kNull };
   struct Level {
     bool array = false;
@@ -42,11 +42,18 @@ class JsonScanner {
   using OnScalar = std::function<void(const std::vector<Level>& path, Kind kind,
                                       std::string_view text, bool cut)>;
 
-  explicit JsonScanner(OnScalar on_scalar) : on_scalar_(std::move(on_scalar)) {}
+  // `report_depth`: scalars deeper than this many containers are not handed over, and their
+  // strings (and the keys at those depths) not kept: read at the speed of skipping them.
+  explicit JsonScanner(OnScalar on_scalar, size_t report_depth = kMaxDepth)
+      : on_scalar_(std::move(on_scalar)), report_depth_(report_depth) {
+    path_.reserve(8);
+  }
   // Bytes of the document, in any slices. After an error the rest is ignored.
   void Feed(std::string_view data);
   // The document ended (the body, or the event): whether it was one whole JSON value.
   bool Finish();
+  // Ready for another document (its buffers kept).
+  void Reset();
   bool failed() const { return state_ == State::kError; }
   bool complete() const { return state_ == State::kDone; }
 
@@ -71,11 +78,16 @@ class JsonScanner {
   // Where in a number's grammar the last byte left it.
   enum class Number { kMinus, kZero, kInt, kDot, kFrac, kE, kESign, kExp, kEnd, kBad };
   void Fail() { state_ = State::kError; }
+  // What of the string being read is kept: nothing deeper than report_depth_.
+  size_t Cap() const {
+    return path_.size() > report_depth_ ? 0 : in_key_ ? kMaxKey : kMaxString;
+  }
   void BeginValue(char c);
   void EndScalar(Kind kind);
   void EndValue();  // a value (scalar or container) ended at the current level
 
   OnScalar on_scalar_;
+  size_t report_depth_;
   State state_ = State::kValue;
   std::vector<Level> path_;
   bool in_key_ = false;      // the string being read is a key
@@ -122,13 +134,16 @@ class UsageReader {
   const Usage& usage() const { return usage_; }
   // The model the response names (`model`, `message.model`, `response.model`; "" none).
   const std::string& model() const { return model_; }
-  uint64_t documents() const { return documents_; }      // JSON documents read whole
+  // JSON documents read whole (events without a usage object, looked through, included).
+  uint64_t documents() const { return documents_; }
   uint64_t bad_documents() const { return bad_; }        // cut, malformed or over a cap
   bool done() const { return done_; }                    // the stream said [DONE]
 
  private:
   void StartDocument();
+  void StartScanner();
   void EndDocument();
+  bool MayCarryUsage(std::string_view event) const;
   void OnScalar(const std::vector<JsonScanner::Level>& path, JsonScanner::Kind kind,
                 std::string_view text, bool cut);
   void FeedEventBytes(std::string_view data);
@@ -138,6 +153,12 @@ class UsageReader {
   Usage usage_, pending_;  // pending_: of the document being read (applied once it is whole)
   std::string model_, pending_model_;
   bool doc_has_bytes_ = false;
+  bool in_doc_ = false;  // a document is being read
+  // Event stream: an event's data is kept (up to kEventBuffer) and parsed only if it may carry
+  // usage; a larger one is parsed as it comes.
+  static constexpr size_t kEventBuffer = 8 << 10;
+  std::string event_;
+  bool event_streaming_ = false;
   uint64_t documents_ = 0, bad_ = 0;
   bool done_ = false;
   // Event stream: where in a line we are.
