@@ -276,8 +276,105 @@ http.server.ThreadingHTTPServer(("", 8081), H).serve_forever()
       Say("    query failed: " + std::string(q.status().message()));
     }
   }
-  prom = absl::UnavailableError("stopped");  // (the server stops here)
   demo.Delete("deny-cross.json");
+
+  Say("\n-- 2b. per-pod API cost: an OpenAI-compatible service on " + api2.name +
+      " priced by an ApiCostPolicy; the payer is the calling pod, known by the mesh --");
+  auto llm = bed.Spawn(api2, {"/usr/bin/python3", "-c", R"PY(
+import http.server, json
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_POST(self):
+        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        usage = {"prompt_tokens": 1200, "completion_tokens": 350,
+                 "prompt_tokens_details": {"cached_tokens": 1000}}
+        if req.get("stream"):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for d in [{"choices": [{"delta": {"content": "Hello"}}], "usage": None},
+                      {"choices": [], "usage": usage}]:
+                e = ("data: " + json.dumps(dict(d, model=req["model"])) + "\n\n").encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(e), e))
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        body = json.dumps({"model": req["model"], "choices": [{"message": {"content": "Hi"}}],
+                           "usage": usage}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+http.server.ThreadingHTTPServer(("", 8090), H).serve_forever()
+)PY"});
+  demo.Apply("llm.json",
+             {{"apiVersion", "v1"}, {"kind", "List"},
+              {"items",
+               {{{"apiVersion", "v1"}, {"kind", "Service"},
+                 {"metadata", {{"namespace", "default"}, {"name", "llm"}}},
+                 {"spec", {{"selector", {{"app", "api"}, {"version", "v2"}}},
+                           {"ports", {{{"name", "http"}, {"port", 80}, {"targetPort", 8090}}}}}}},
+                {{"apiVersion", "discovery.k8s.io/v1"}, {"kind", "EndpointSlice"},
+                 {"metadata", {{"namespace", "default"}, {"name", "llm-1"},
+                               {"labels", {{"kubernetes.io/service-name", "llm"}}}}},
+                 {"addressType", "IPv4"},
+                 {"ports", {{{"name", "http"}, {"port", 8090}}}},
+                 {"endpoints", {{{"addresses", {api2.ipv4}},
+                                 {"nodeName", bed.node(1).name},
+                                 {"targetRef", {{"kind", "Pod"}, {"uid", api2.uid}}}}}}},
+                {{"apiVersion", "policy.shunt.dev/v1alpha1"}, {"kind", "ApiCostPolicy"},
+                 {"metadata", {{"namespace", "default"}, {"name", "llm-prices"}}},
+                 {"spec", {{"service", "llm"}, {"currency", "USD"},
+                           {"routes", {{{"name", "chat"}, {"method", "POST"},
+                                        {"pathPrefix", "/v1/chat/completions"},
+                                        {"perRequest", "0.0001"}}}},
+                           {"models", {{{"model", "gpt-4o"}, {"perMillionInput", "2.50"},
+                                        {"perMillionCachedInput", "1.25"},
+                                        {"perMillionOutput", "10"}}}}}}}}}});
+  const std::string chat = "http://" + api2.ipv4 + ":8090/v1/chat/completions";
+  auto ask = [&](const Pod& from, bool stream) {
+    const std::string body = absl::StrCat(R"({"model":"gpt-4o","stream":)",
+                                          stream ? "true" : "false", R"(,"messages":[]})");
+    auto r = bed.Run(from, {"/usr/bin/curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                            "-H", "Content-Type: application/json", "-d", body, chat},
+                     20s);
+    return r.ok() ? r->out : std::string(r.status().message());
+  };
+  auto charged = [&](const Pod& from) {
+    auto m = agents[1]->Scrape();
+    return m.ok() ? SumSamples(*m, "shunt_api_cost_total", {{"source_pod", from.name}}) : -1.0;
+  };
+  for (int i = 0; i < 100 && charged(front) <= 0; ++i) {  // until node 1's agent prices the port
+    ask(front, false);
+    std::this_thread::sleep_for(100ms);
+  }
+  const double front_before = charged(front), c_before = charged(c);
+  for (int i = 0; i < 3; ++i) ask(front, i == 2);
+  ask(c, false);
+  Say("3 chat calls from " + front.name + " (one streamed) and 1 from " + c.name +
+      " (unmeshed), each reporting 1200 prompt tokens (1000 of them cached) and 350 completion "
+      "tokens:");
+  Say(absl::StrFormat("  expected per call: 0.0001 (route) + 200 x 2.50/M + 1000 x 1.25/M + "
+                      "350 x 10/M = 0.00535 USD"));
+  Say(absl::StrFormat("  charged on %s: %s %.6f USD, %s %.6f USD", bed.node(1).name, front.name,
+                      charged(front) - front_before, c.name, charged(c) - c_before));
+  if (prom.ok() && (*prom)->WaitForFreshScrape(10s).ok()) {
+    const std::string query = "sum by (source_pod, model) (shunt_api_cost_total)";
+    Say("  Prometheus (every call: " + front.name + "'s first, made while the policy reached " +
+        bed.node(1).name + ", too): " + query);
+    if (auto q = (*prom)->Query(query); q.ok()) {
+      for (const auto& row : *q) {
+        const auto& l = row["metric"];
+        Say(absl::StrFormat("    %-10s %-8s %s USD", l.value("source_pod", ""),
+                            l.value("model", ""), row["value"][1].get<std::string>()));
+      }
+    }
+  }
+  llm = absl::UnavailableError("stopped");
+  demo.Delete("llm.json");
+  prom = absl::UnavailableError("stopped");  // (the server stops here)
 
   Say("\n-- 3. throughput, 3 s each, client on CPU 0, server on the last CPU: plain (" + c.name +
       " -> " + d.name + ") vs shunt (" + front.name + " -> " + api1.name + ") --");
