@@ -100,3 +100,20 @@ if [ ! -x "$TOOLS_CACHE/prometheus/usr/bin/promtool" ]; then
   trap - EXIT
 fi
 echo "setup: promtool: $("$TOOLS_CACHE/prometheus/usr/bin/promtool" --version 2>&1 | head -1)"
+
+# The dashboards' schema check (scripts/check-dashboards.sh): Grafana's published schema types and
+# the TypeScript compiler, from the npm registry, pinned, into a cache of their own (not global).
+NPM_CACHE=$TOOLS_CACHE/npm
+if [ ! -x "$NPM_CACHE/node_modules/.bin/tsc" ] || [ ! -d "$NPM_CACHE/node_modules/@grafana/schema" ]; then
+  if ! command -v npm >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    [ -n "${updated:-}" ] || apt-get update -qq
+    apt-get install -y -qq nodejs npm
+  fi
+  echo "setup: installing @grafana/schema and typescript into $NPM_CACHE"
+  mkdir -p "$NPM_CACHE"
+  (cd "$NPM_CACHE" && [ -f package.json ] || echo '{"private": true}' > "$NPM_CACHE/package.json")
+  npm install --prefix "$NPM_CACHE" --no-audit --no-fund --silent \
+    @grafana/schema@13.2.3 typescript@7.0.2
+fi
+echo "setup: tsc $("$NPM_CACHE/node_modules/.bin/tsc" --version)"

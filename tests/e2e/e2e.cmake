@@ -42,6 +42,13 @@ if(TARGET shunt-controller)
   target_compile_definitions(control_plane_test PRIVATE
     SHUNT_CONTROLLER_BIN="$<TARGET_FILE:shunt-controller>")
   add_dependencies(control_plane_test shunt-agent shunt-testpeer shunt-controller)
+
+  # The Grafana dashboards' every query against a real Prometheus scraping the test bed.
+  shunt_test(dashboards_test KERNEL SOURCES e2e/dashboards_test.cc LIBS shunt_e2e_util
+             nlohmann_json::nlohmann_json)
+  target_compile_definitions(dashboards_test PRIVATE
+    SHUNT_CONTROLLER_BIN="$<TARGET_FILE:shunt-controller>" SHUNT_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
+  add_dependencies(dashboards_test shunt-agent shunt-testpeer shunt-controller)
 endif()
 
 # Verifier cost of every BPF program against bpf/verifier_baseline.txt.

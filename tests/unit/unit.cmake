@@ -41,3 +41,13 @@ shunt_test(cost_test SOURCES unit/cost_test.cc LIBS shunt_cost ZLIB::ZLIB)
 add_test(NAME CostFuzz
          COMMAND ${PROJECT_SOURCE_DIR}/scripts/run-cost-fuzz.sh ${CMAKE_CURRENT_BINARY_DIR}/cost_fuzz 30)
 set_tests_properties(CostFuzz PROPERTIES LABELS unit TIMEOUT 300 ENVIRONMENT SHUNT_FUZZ_SEED=1)
+
+# The Grafana dashboards (deploy/grafana): the committed JSON is what generate.py writes, and it
+# type-checks against Grafana's published schema (npm @grafana/schema, offline from setup.sh's
+# cache). Every panel's query runs against a real Prometheus in tests/e2e (DashboardsTest).
+add_test(NAME DashboardsGenerated
+         COMMAND sh -c "rm -rf '${CMAKE_CURRENT_BINARY_DIR}/dashboards' && mkdir -p '${CMAKE_CURRENT_BINARY_DIR}/dashboards' && python3 '${PROJECT_SOURCE_DIR}/deploy/grafana/generate.py' '${CMAKE_CURRENT_BINARY_DIR}/dashboards' && diff -r -x '*.py' '${PROJECT_SOURCE_DIR}/deploy/grafana' '${CMAKE_CURRENT_BINARY_DIR}/dashboards' -x __pycache__")
+set_tests_properties(DashboardsGenerated PROPERTIES LABELS unit TIMEOUT 60)
+add_test(NAME DashboardSchema
+         COMMAND ${PROJECT_SOURCE_DIR}/scripts/check-dashboards.sh ${CMAKE_CURRENT_BINARY_DIR}/dashboard-schema)
+set_tests_properties(DashboardSchema PROPERTIES LABELS unit TIMEOUT 120)
