@@ -350,6 +350,25 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
               k.model = charge.model;
               k.currency = o->policy().currency();
               costs->Record(k, charge);
+              if (!charge.model.empty()) {  // an LLM call: the GenAI conventions' metrics too
+                metrics::GenAiKey g{.source_namespace = k.source_namespace,
+                                    .source_workload = k.source_workload,
+                                    .service_namespace = k.service_namespace,
+                                    .service_name = k.service_name,
+                                    .model = charge.model,
+                                    .operation = metrics::GenAiOperation(r.request.path)};
+                const auto& t = charge.tokens;
+                metrics::GenAiCall call{
+                    .input_tokens = t.input + t.cached_input + t.cache_creation,
+                    .output_tokens = t.output + t.reasoning,
+                    .usage = charge.tokens_priced || charge.result == cost::CostResult::kUnpriced,
+                    .seconds = r.end > r.start ? absl::ToDoubleSeconds(r.end - r.start) : 0.0};
+                if (o->first_event() != absl::InfinitePast()) {
+                  call.first_token_seconds =
+                      std::max(0.0, absl::ToDoubleSeconds(o->first_event() - r.start));
+                }
+                costs->RecordGenAi(g, call);
+              }
             }
             if (requests) {
               metrics::RequestKey k = base;

@@ -7,6 +7,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/strip.h"
+#include "absl/time/clock.h"
 
 namespace shunt::agent::cost {
 
@@ -63,10 +64,12 @@ void CostObserver::ResponseHead(int status, std::string_view content_type,
     return;
   }
   response_ = std::make_unique<UsageReader>(format);
+  stream_ = format == UsageReader::Format::kEventStream;
 }
 
 void CostObserver::ResponseBody(std::string_view data) {
   if (!response_) return;
+  if (stream_ && first_event_ == absl::InfinitePast() && !data.empty()) first_event_ = absl::Now();
   if (!inflater_) {
     response_->Feed(data);
     return;

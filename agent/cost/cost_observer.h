@@ -10,6 +10,7 @@
 #include <string_view>
 #include <utility>
 
+#include "absl/time/time.h"
 #include "agent/cost/cost_policy.h"
 #include "agent/cost/usage.h"
 #include "agent/proxy/l7_session.h"
@@ -38,6 +39,9 @@ class CostObserver final : public BodyObserver {
   const std::pair<std::string, std::string>& service() const { return service_; }
   // Why the response was not read for usage ("" it was, or it did not need to be).
   std::string_view unread() const { return unread_; }
+  // When a streamed (server-sent events) response's first body bytes came (InfinitePast: not a
+  // stream, or none came).
+  absl::Time first_event() const { return first_event_; }
 
  private:
   struct Inflater;
@@ -47,6 +51,8 @@ class CostObserver final : public BodyObserver {
   std::unique_ptr<UsageReader> response_;
   std::unique_ptr<Inflater> inflater_;
   std::string_view unread_;
+  bool stream_ = false;
+  absl::Time first_event_ = absl::InfinitePast();
 };
 
 }  // namespace shunt::agent::cost

@@ -1,5 +1,9 @@
 #include "agent/metrics/cost_metrics.h"
 
+#include <algorithm>
+#include <limits>
+#include <tuple>
+
 #include "agent/metrics/families.h"
 
 namespace shunt::agent::metrics {
@@ -21,7 +25,68 @@ std::vector<ClientMetric::Label> Labels(const CostKey& k) {
           {"model", k.model}};
 }
 
+template <size_t N>
+void Observe(std::array<uint64_t, N>& buckets, const std::array<double, N>& bounds, double v) {
+  auto it = std::lower_bound(bounds.begin(), bounds.end(), v);
+  if (it != bounds.end()) ++buckets[static_cast<size_t>(it - bounds.begin())];
+}
+
+template <size_t N>
+ClientMetric::Histogram Histogram(const std::array<uint64_t, N>& buckets,
+                                  const std::array<double, N>& bounds, uint64_t count, double sum) {
+  ClientMetric::Histogram h;
+  h.sample_count = count;
+  h.sample_sum = sum;
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < N; ++i) {
+    cumulative += buckets[i];
+    h.bucket.push_back({cumulative, bounds[i]});
+  }
+  h.bucket.push_back({count, std::numeric_limits<double>::infinity()});
+  return h;
+}
+
+bool EndsWith(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
 }  // namespace
+
+std::string GenAiOperation(std::string_view path) {
+  while (!path.empty() && path.back() == '/') path.remove_suffix(1);
+  if (EndsWith(path, "/chat/completions") || EndsWith(path, "/responses") ||
+      EndsWith(path, "/messages")) {
+    return "chat";
+  }
+  if (EndsWith(path, "/completions")) return "text_completion";
+  if (EndsWith(path, "/embeddings")) return "embeddings";
+  return "other";
+}
+
+void CostMetrics::RecordGenAi(const GenAiKey& in, const GenAiCall& call) {
+  absl::MutexLock l(&mu_);
+  GenAiKey key = in;
+  if (gen_ai_.find(key) == gen_ai_.end() && gen_ai_.size() >= max_series_) {
+    key.source_namespace = key.source_workload = "other";
+    ++folded_;
+  }
+  GenAiSeries& s = gen_ai_[key];
+  ++s.calls;
+  s.seconds += call.seconds;
+  Observe(s.duration, kGenAiDurationBuckets, call.seconds);
+  if (call.usage) {
+    ++s.with_usage;
+    s.input += call.input_tokens;
+    s.output += call.output_tokens;
+    Observe(s.input_buckets, kGenAiTokenBuckets, static_cast<double>(call.input_tokens));
+    Observe(s.output_buckets, kGenAiTokenBuckets, static_cast<double>(call.output_tokens));
+  }
+  if (call.first_token_seconds >= 0) {
+    ++s.streams;
+    s.first_token_seconds += call.first_token_seconds;
+    Observe(s.first_token, kGenAiFirstTokenBuckets, call.first_token_seconds);
+  }
+}
 
 void CostMetrics::Record(const CostKey& key, const cost::Charge& charge) {
   absl::MutexLock l(&mu_);
@@ -54,6 +119,16 @@ void CostMetrics::RetainSourcePods(const std::set<std::pair<std::string, std::st
     const bool keep = k.source_pod.empty() || k.source_pod == "other" ||
                       pods.contains({k.source_namespace, k.source_pod});
     it = keep ? std::next(it) : series_.erase(it);
+  }
+  // The GenAI series are per workload: kept while a pod of theirs is (the workload table's
+  // names: a pod's owner, or the pod itself).
+  std::set<std::pair<std::string, std::string>> workloads;
+  for (const auto& [k, s] : series_) workloads.emplace(k.source_namespace, k.source_workload);
+  for (auto it = gen_ai_.begin(); it != gen_ai_.end();) {
+    const GenAiKey& k = it->first;
+    const bool keep = k.source_workload.empty() || k.source_workload == "other" ||
+                      workloads.contains({k.source_namespace, k.source_workload});
+    it = keep ? std::next(it) : gen_ai_.erase(it);
   }
 }
 
@@ -119,13 +194,66 @@ std::vector<MetricFamily> CostMetrics::Collect() const {
       requests.metric.push_back(Sample(std::move(l), static_cast<double>(s.requests[r]), true));
     }
   }
+  MetricFamily tokens_h = Family(
+      "gen_ai_client_token_usage",
+      "OpenTelemetry GenAI: tokens per call as the API reported them (gen_ai_token_type input: "
+      "cached included; output: reasoning included), per calling workload.",
+      MetricType::Histogram);
+  MetricFamily duration_h =
+      Family("gen_ai_client_operation_duration_seconds",
+             "OpenTelemetry GenAI: a call's duration, request head to response end, seconds.",
+             MetricType::Histogram);
+  MetricFamily first_token_h = Family(
+      "gen_ai_server_time_to_first_token_seconds",
+      "OpenTelemetry GenAI: a streamed call's time to its first event, from the request head, "
+      "seconds (measured where the call arrives, next to the server).",
+      MetricType::Histogram);
+  std::map<GenAiKey, GenAiSeries> gen_ai;
+  {
+    absl::MutexLock l(&mu_);
+    gen_ai = gen_ai_;
+  }
+  for (const auto& [k, s] : gen_ai) {
+    const std::vector<ClientMetric::Label> labels = {
+        {"source_workload_namespace", OrUnknown(k.source_namespace)},
+        {"source_workload", OrUnknown(k.source_workload)},
+        {"destination_service_namespace", k.service_namespace},
+        {"destination_service_name", k.service_name},
+        {"gen_ai_request_model", k.model},
+        {"gen_ai_operation_name", k.operation}};
+    ClientMetric m;
+    m.label = labels;
+    m.histogram = Histogram(s.duration, kGenAiDurationBuckets, s.calls, s.seconds);
+    duration_h.metric.push_back(m);
+    if (s.with_usage > 0) {
+      for (const auto& [type, buckets, sum] :
+           {std::tuple{"input", &s.input_buckets, s.input},
+            std::tuple{"output", &s.output_buckets, s.output}}) {
+        ClientMetric t;
+        t.label = labels;
+        t.label.push_back({"gen_ai_token_type", type});
+        t.histogram =
+            Histogram(*buckets, kGenAiTokenBuckets, s.with_usage, static_cast<double>(sum));
+        tokens_h.metric.push_back(std::move(t));
+      }
+    }
+    if (s.streams > 0) {
+      ClientMetric f;
+      f.label = labels;
+      f.histogram =
+          Histogram(s.first_token, kGenAiFirstTokenBuckets, s.streams, s.first_token_seconds);
+      first_token_h.metric.push_back(std::move(f));
+    }
+  }
   MetricFamily folded_family =
       Family("shunt_api_cost_metrics_folded_total",
              "Priced requests recorded under the source \"other\": the cost metrics' series cap "
              "(--max-metric-series) was reached.",
              MetricType::Counter);
   folded_family.metric.push_back(Sample({}, static_cast<double>(folded), true));
-  return {std::move(cost), std::move(tokens), std::move(requests), std::move(folded_family)};
+  return {std::move(cost),     std::move(tokens),     std::move(requests),
+          std::move(tokens_h), std::move(duration_h), std::move(first_token_h),
+          std::move(folded_family)};
 }
 
 }  // namespace shunt::agent::metrics

@@ -12,6 +12,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <vector>
 
@@ -34,11 +35,44 @@ struct CostKey {
   bool operator<(const CostKey& o) const { return Tie() < o.Tie(); }
 };
 
+// One LLM call, for the OpenTelemetry GenAI conventions' metrics (gen_ai_*), per calling
+// workload (not pod: these are histograms), destination Service, model (as policy names it) and
+// operation (chat, text_completion, embeddings, other: from the path).
+struct GenAiKey {
+  std::string source_namespace, source_workload;
+  std::string service_namespace, service_name;
+  std::string model, operation;
+  auto Tie() const {
+    return std::tie(source_namespace, source_workload, service_namespace, service_name, model,
+                    operation);
+  }
+  bool operator<(const GenAiKey& o) const { return Tie() < o.Tie(); }
+};
+struct GenAiCall {
+  uint64_t input_tokens = 0, output_tokens = 0;  // all input (cached too), all output
+  bool usage = false;                            // the response reported them
+  double seconds = 0;                            // request head to response end
+  double first_token_seconds = -1;               // a stream's first event (-1: not a stream)
+};
+// The operation a path names ("/v1/chat/completions": chat; ".../completions": text_completion;
+// ".../embeddings": embeddings; ".../responses", ".../messages": chat; else other).
+std::string GenAiOperation(std::string_view path);
+
+// OpenTelemetry GenAI buckets: token counts 1, 4, 16, ... 4^13; durations 0.01 ... 81.92 s;
+// time to first token 0.001 ... 10 s.
+inline constexpr std::array<double, 14> kGenAiTokenBuckets = {
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864};
+inline constexpr std::array<double, 14> kGenAiDurationBuckets = {
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92};
+inline constexpr std::array<double, 16> kGenAiFirstTokenBuckets = {
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0};
+
 class CostMetrics {
  public:
   explicit CostMetrics(size_t max_series) : max_series_(max_series) {}
 
   void Record(const CostKey& key, const cost::Charge& charge);
+  void RecordGenAi(const GenAiKey& key, const GenAiCall& call);
   // The calling pods still in the cluster, as (namespace, name): every other pod's series go.
   void RetainSourcePods(const std::set<std::pair<std::string, std::string>>& pods);
   std::vector<prometheus::MetricFamily> Collect() const;
@@ -54,9 +88,21 @@ class CostMetrics {
     std::array<uint64_t, kResults> requests{};
     uint64_t input = 0, cached_input = 0, cache_creation = 0, output = 0, reasoning = 0;
   };
+  struct GenAiSeries {
+    uint64_t calls = 0;
+    double seconds = 0;
+    std::array<uint64_t, kGenAiDurationBuckets.size()> duration{};
+    uint64_t with_usage = 0;  // calls whose tokens are in the token histograms
+    uint64_t input = 0, output = 0;
+    std::array<uint64_t, kGenAiTokenBuckets.size()> input_buckets{}, output_buckets{};
+    uint64_t streams = 0;
+    double first_token_seconds = 0;
+    std::array<uint64_t, kGenAiFirstTokenBuckets.size()> first_token{};
+  };
   const size_t max_series_;
   mutable absl::Mutex mu_;
   std::map<CostKey, Series> series_ ABSL_GUARDED_BY(mu_);
+  std::map<GenAiKey, GenAiSeries> gen_ai_ ABSL_GUARDED_BY(mu_);
   uint64_t folded_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

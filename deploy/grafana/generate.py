@@ -8,7 +8,11 @@ and tests/e2e/dashboards_test.cc runs every panel's query against a real Prometh
 Panels are described panel by panel in docs/dashboards.md.
 """
 import json, os, sys
-OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = sys.argv[1] if len(sys.argv) > 1 else HERE
+# The panel-by-panel description goes to docs/ (or next to the JSON when OUT_DIR is given).
+DOCS = os.path.join(OUT, "dashboards.md") if len(sys.argv) > 1 else os.path.join(
+    HERE, "..", "..", "docs", "dashboards.md")
 DS = {"type": "prometheus", "uid": "${datasource}"}
 def var_ds():
     return {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
@@ -122,6 +126,13 @@ c.panel("table", "Tokens by model and type", "In the time range.",
         [(f'sum by (model, type) (increase(shunt_api_tokens_total{{{S}}}[$__range]))', "")], w=12)
 c.panel("timeseries", "Requests per second by outcome", "priced, failed (non-2xx: route price only), unpriced, usage_missing.",
         [(f'sum by (result) (rate(shunt_api_requests_total{{{S}}}{R}))', "{{result}}")], w=12)
+c.row("LLM calls (OpenTelemetry GenAI)")
+c.panel("timeseries", "Time to first token (p50, p95)", "Streamed calls: from the request head to the first event, measured where the call arrives (gen_ai_server_time_to_first_token_seconds).",
+        [(f'histogram_quantile({q}, sum by (le, gen_ai_request_model) (rate(gen_ai_server_time_to_first_token_seconds_bucket{{{S}}}{R})))', f"p{int(q*100)} {{{{gen_ai_request_model}}}}") for q in (0.5, 0.95)], unit="s", w=12)
+c.panel("timeseries", "Call duration (p50, p95)", "Request head to response end, by model and operation (gen_ai_client_operation_duration_seconds).",
+        [(f'histogram_quantile({q}, sum by (le, gen_ai_request_model, gen_ai_operation_name) (rate(gen_ai_client_operation_duration_seconds_bucket{{{S}}}{R})))', f"p{int(q*100)} {{{{gen_ai_request_model}}}} {{{{gen_ai_operation_name}}}}") for q in (0.5, 0.95)], unit="s", w=12)
+c.panel("timeseries", "Tokens per call (mean) by type", "gen_ai_client_token_usage: input (cached included) and output (reasoning included) per call that reported usage.",
+        [(f'sum by (gen_ai_token_type) (rate(gen_ai_client_token_usage_sum{{{S}}}{R})) / sum by (gen_ai_token_type) (rate(gen_ai_client_token_usage_count{{{S}}}{R}))', "{{gen_ai_token_type}}")], w=12)
 c.panel("timeseries", "Responses read on after their client left", "The upstream bills a stream whose client went away: shunt reads it to its usage (complete) or to its bound (cut).",
         [(f'sum by (result) (rate(shunt_relay_usage_drains_total{R}))', "{{result}}")], w=12)
 c.save(os.path.join(OUT, "api-cost.json"))
@@ -163,3 +174,45 @@ a.panel("timeseries", "Relay: buffered bytes and budget waits", "Bytes the relay
 a.panel("timeseries", "Metric series folded into other", "Label sets beyond --max-metric-series (requests, connections, cost).",
         [(f'sum by (instance) (rate(shunt_request_metrics_folded_total{{{I}}}{R}) + rate(shunt_tcp_metrics_folded_total{{{I}}}{R}) + rate(shunt_api_cost_metrics_folded_total{{{I}}}{R}))', "{{instance}}")], unit="ops", w=12)
 a.save(os.path.join(OUT, "agent-health.json"))
+
+
+# ---- docs/dashboards.md
+def docs(dashboards):
+    out = ["# Grafana dashboards", "",
+           "Three dashboards ship in [deploy/grafana/](../deploy/grafana/) as Grafana JSON (schemaVersion 39;",
+           "they go into the Helm chart once it exists): import them into Grafana with a Prometheus data",
+           "source that scrapes every agent (`--metrics-addr`) and the controller. They are written by",
+           "`deploy/grafana/generate.py`, as this page is (edit it, not the JSON: `ctest -R",
+           "DashboardsGenerated` fails when they differ), type-checked against Grafana's published schema",
+           "(`@grafana/schema`, offline: `scripts/check-dashboards.sh`, `ctest -R DashboardSchema`), and",
+           "every panel's query is run against a real Prometheus server scraping a 2-node test bed after",
+           "traffic of each kind went through it, with the template variables set to All and to the first",
+           "value each variable finds: none may fail or be empty",
+           "(`DashboardsTest.EveryPanelsQueryFindsTheTrafficInARealPrometheus`). Metrics and labels:",
+           "[metrics.md](metrics.md).", ""]
+    for f, d in dashboards:
+        out.append(f"## {d['title']} (`{f}.json`, uid `{d['uid']}`)")
+        out.append(d["description"])
+        out.append("")
+        vars_ = [v for v in d["templating"]["list"] if v["type"] == "query"]
+        out.append("Variables: " + ", ".join(
+            f"`{v['name']}` (`{v['query']['query']}`, multi, All = `{v['allValue']}`)" for v in vars_)
+            + "; `datasource` (a Prometheus data source).")
+        out.append("")
+        out.append("| panel | shows | query |")
+        out.append("| --- | --- | --- |")
+        for p in d["panels"]:
+            if p["type"] == "row":
+                out.append(f"| **{p['title']}** | | |")
+                continue
+            q = "<br>".join("`" + t["expr"].replace("|", "\\|") + "`" for t in p["targets"])
+            out.append(f"| {p['title']} ({p['type']}, {p['fieldConfig']['defaults']['unit']}) | "
+                       f"{p['description']} | {q} |")
+        out.append("")
+    out.append("A family that has no series while all is well (no fast-path fallback, every policy")
+    out.append("enforced) is given a zero series from `shunt_agent_info`, so that its panel shows 0")
+    out.append("rather than \"No data\".")
+    with open(DOCS, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+docs([("mesh-overview", m.d), ("api-cost", c.d), ("agent-health", a.d)])

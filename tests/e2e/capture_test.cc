@@ -1400,6 +1400,17 @@ s.serve_forever()
   };
   const double client_before = cost(client);
   const double requests_before = Metric("shunt_api_requests_total", client);
+  const std::map<std::string, std::string> client_workload = {
+      {"source_workload", Client().name}, {"source_workload_namespace", "default"}};
+  auto gen_ai = [&](const std::string& name, std::map<std::string, std::string> m) {
+    m.insert(client_workload.begin(), client_workload.end());
+    return Metric(name, m);
+  };
+  const double input_before = gen_ai("gen_ai_client_token_usage_sum", {{"gen_ai_token_type", "input"}});
+  const double output_before =
+      gen_ai("gen_ai_client_token_usage_sum", {{"gen_ai_token_type", "output"}});
+  const double streams_before = gen_ai("gen_ai_server_time_to_first_token_seconds_count", {});
+  const double calls_before = gen_ai("gen_ai_client_operation_duration_seconds_count", {});
   auto r = bed_->Run(Client(), {"/bin/sh", "-c", calls}, 30s);
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->out, "200 200 200 200 500 200 200 ");
@@ -1426,6 +1437,17 @@ s.serve_forever()
   //   no usage:    its route price (usage_missing, never guessed)            = 1,000,000
   const double client_round = 21'825'000 / 1e9;
   EXPECT_NEAR(cost(client) - client_before, client_round, 1e-12);
+  // The OpenTelemetry GenAI histograms of the same calls, per calling workload: every input
+  // token (cached and cache writes too: 1000, 12, 25 + 1000 + 300, 8, 1000) and output token
+  // (500, 7, 42, 0, 500) of the calls that reported usage; two streams (chat, messages) timed to
+  // their first event; seven calls timed (every one that named a model).
+  EXPECT_EQ(gen_ai("gen_ai_client_token_usage_sum", {{"gen_ai_token_type", "input"}}) - input_before,
+            3345);
+  EXPECT_EQ(
+      gen_ai("gen_ai_client_token_usage_sum", {{"gen_ai_token_type", "output"}}) - output_before,
+      1049);
+  EXPECT_EQ(gen_ai("gen_ai_server_time_to_first_token_seconds_count", {}) - streams_before, 2);
+  EXPECT_EQ(gen_ai("gen_ai_client_operation_duration_seconds_count", {}) - calls_before, 7);
   EXPECT_NEAR(cost({{"source_pod", Neighbour().name}}), 2 * 8'250'000 / 1e9, 1e-12)
       << "the neighbour's two calls, its own series";
   auto with = [](std::map<std::string, std::string> m,

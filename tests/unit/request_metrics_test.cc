@@ -283,6 +283,47 @@ TEST(CostMetrics, SumsNanoUnitsExactlyFoldsAtTheCapAndForgetsPodsThatLeft) {
   EXPECT_EQ(m.TotalNano("USD"), 14u) << "web-1 left; web-2 and the folded set stay";
 }
 
+
+// The OpenTelemetry GenAI conventions' histograms, per calling workload: tokens by type (calls
+// with usage only), durations, a stream's time to its first event.
+TEST(CostMetrics, GenAiHistogramsFollowTheConventionsBuckets) {
+  EXPECT_EQ(GenAiOperation("/v1/chat/completions"), "chat");
+  EXPECT_EQ(GenAiOperation("/v1/completions"), "text_completion");
+  EXPECT_EQ(GenAiOperation("/v1/embeddings/"), "embeddings");
+  EXPECT_EQ(GenAiOperation("/v1/messages"), "chat");
+  EXPECT_EQ(GenAiOperation("/v1/models"), "other");
+  CostMetrics m(10);
+  const GenAiKey k{.source_namespace = "default", .source_workload = "web",
+                   .service_namespace = "ai", .service_name = "llm", .model = "gpt-4o",
+                   .operation = "chat"};
+  m.RecordGenAi(k, {.input_tokens = 100, .output_tokens = 3, .usage = true, .seconds = 0.3,
+                    .first_token_seconds = 0.05});
+  m.RecordGenAi(k, {.input_tokens = 0, .output_tokens = 0, .usage = false, .seconds = 2});
+  const auto fs = m.Collect();
+  const auto* tokens = Find(fs, "gen_ai_client_token_usage");
+  ASSERT_NE(tokens, nullptr);
+  ASSERT_EQ(tokens->metric.size(), 2u);  // input, output
+  for (const auto& t : tokens->metric) {
+    EXPECT_EQ(t.histogram.sample_count, 1u) << "only the call with usage";
+    EXPECT_EQ(t.histogram.bucket.size(), kGenAiTokenBuckets.size() + 1);
+    const bool input = LabelsOf(t)["gen_ai_token_type"] == "input";
+    EXPECT_EQ(t.histogram.sample_sum, input ? 100 : 3);
+    EXPECT_EQ(t.histogram.bucket[input ? 4 : 1].cumulative_count, 1u) << "100 <= 256, 3 <= 4";
+    EXPECT_EQ(t.histogram.bucket[input ? 3 : 0].cumulative_count, 0u) << "100 > 64, 3 > 1";
+    EXPECT_EQ(LabelsOf(t)["gen_ai_request_model"], "gpt-4o");
+    EXPECT_EQ(LabelsOf(t)["source_workload"], "web");
+  }
+  const auto* duration = Find(fs, "gen_ai_client_operation_duration_seconds");
+  ASSERT_NE(duration, nullptr);
+  ASSERT_EQ(duration->metric.size(), 1u);
+  EXPECT_EQ(duration->metric[0].histogram.sample_count, 2u);
+  EXPECT_DOUBLE_EQ(duration->metric[0].histogram.sample_sum, 2.3);
+  const auto* first = Find(fs, "gen_ai_server_time_to_first_token_seconds");
+  ASSERT_NE(first, nullptr);
+  ASSERT_EQ(first->metric.size(), 1u);
+  EXPECT_EQ(first->metric[0].histogram.sample_count, 1u);
+}
+
 }  // namespace
 }  // namespace shunt::agent::metrics
 

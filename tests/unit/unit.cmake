@@ -46,7 +46,7 @@ set_tests_properties(CostFuzz PROPERTIES LABELS unit TIMEOUT 300 ENVIRONMENT SHU
 # type-checks against Grafana's published schema (npm @grafana/schema, offline from setup.sh's
 # cache). Every panel's query runs against a real Prometheus in tests/e2e (DashboardsTest).
 add_test(NAME DashboardsGenerated
-         COMMAND sh -c "rm -rf '${CMAKE_CURRENT_BINARY_DIR}/dashboards' && mkdir -p '${CMAKE_CURRENT_BINARY_DIR}/dashboards' && python3 '${PROJECT_SOURCE_DIR}/deploy/grafana/generate.py' '${CMAKE_CURRENT_BINARY_DIR}/dashboards' && diff -r -x '*.py' '${PROJECT_SOURCE_DIR}/deploy/grafana' '${CMAKE_CURRENT_BINARY_DIR}/dashboards' -x __pycache__")
+         COMMAND sh -c "rm -rf '${CMAKE_CURRENT_BINARY_DIR}/dashboards' && mkdir -p '${CMAKE_CURRENT_BINARY_DIR}/dashboards' && python3 '${PROJECT_SOURCE_DIR}/deploy/grafana/generate.py' '${CMAKE_CURRENT_BINARY_DIR}/dashboards' && diff -r -x '*.py' -x dashboards.md -x __pycache__ '${PROJECT_SOURCE_DIR}/deploy/grafana' '${CMAKE_CURRENT_BINARY_DIR}/dashboards' && diff '${PROJECT_SOURCE_DIR}/docs/dashboards.md' '${CMAKE_CURRENT_BINARY_DIR}/dashboards/dashboards.md'")
 set_tests_properties(DashboardsGenerated PROPERTIES LABELS unit TIMEOUT 60)
 add_test(NAME DashboardSchema
          COMMAND ${PROJECT_SOURCE_DIR}/scripts/check-dashboards.sh ${CMAKE_CURRENT_BINARY_DIR}/dashboard-schema)
