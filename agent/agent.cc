@@ -215,11 +215,13 @@ class AgentCollector : public prometheus::Collectable {
           "shunt_relay_usage_drains_total",
           "Responses to priced requests read on after their client went (the upstream bills "
           "them; their usage comes at their end), by outcome: started, complete (charged as "
-          "any), cut (its time or byte bound ran out).",
+          "any), cut (its time or byte bound ran out), broken (the server ended or was reset "
+          "first: its tokens are not charged).",
           MetricType::Counter, "result",
           {{"started", st.usage_drains},
            {"complete", st.usage_drains_complete},
-           {"cut", st.usage_drains_cut}}));
+           {"cut", st.usage_drains_cut},
+           {"broken", st.usage_drains_broken}}));
       // By source (namespace, workload), destination pod and policy.
       auto by_policy = [](const char* name, const char* help,
                           const std::map<CaptureReconciler::DeniedKey, uint64_t>& counts) {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs every Debian package shunt needs to build, test, benchmark and run the demo, and caches
 # the second kernel the kernel tests run on (Debian 12's own 6.1, in a VM: scripts/vm/).
-# Idempotent and non-interactive; only Debian packages, by name.
+# Idempotent and non-interactive; Debian packages by name, and two pinned npm packages (the
+# dashboards' schema check) into a cache of their own.
 set -euo pipefail
 
 PACKAGES=(
@@ -104,16 +105,18 @@ echo "setup: promtool: $("$TOOLS_CACHE/prometheus/usr/bin/promtool" --version 2>
 # The dashboards' schema check (scripts/check-dashboards.sh): Grafana's published schema types and
 # the TypeScript compiler, from the npm registry, pinned, into a cache of their own (not global).
 NPM_CACHE=$TOOLS_CACHE/npm
-if [ ! -x "$NPM_CACHE/node_modules/.bin/tsc" ] || [ ! -d "$NPM_CACHE/node_modules/@grafana/schema" ]; then
+NPM_PACKAGES="@grafana/schema@13.2.3 typescript@7.0.2"
+if [ "$(cat "$NPM_CACHE/.packages" 2>/dev/null)" != "$NPM_PACKAGES" ]; then
   if ! command -v npm >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     [ -n "${updated:-}" ] || apt-get update -qq
-    apt-get install -y -qq nodejs npm
+    apt-get install -y -qq --no-install-recommends nodejs npm
   fi
   echo "setup: installing @grafana/schema and typescript into $NPM_CACHE"
   mkdir -p "$NPM_CACHE"
   (cd "$NPM_CACHE" && [ -f package.json ] || echo '{"private": true}' > "$NPM_CACHE/package.json")
-  npm install --prefix "$NPM_CACHE" --no-audit --no-fund --silent \
-    @grafana/schema@13.2.3 typescript@7.0.2
+  # shellcheck disable=SC2086  # one word per package
+  npm install --prefix "$NPM_CACHE" --no-audit --no-fund --silent --save-exact $NPM_PACKAGES
+  echo "$NPM_PACKAGES" > "$NPM_CACHE/.packages"
 fi
 echo "setup: tsc $("$NPM_CACHE/node_modules/.bin/tsc" --version)"

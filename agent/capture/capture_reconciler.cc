@@ -473,9 +473,12 @@ absl::Status CaptureReconciler::ReconcileOnce() {
   if (!snapshot) return absl::OkStatus();
   if (options_.costs && snapshot->version != costs_retained_version_) {
     // The calling pods gone from the cluster: their cost series go (once per policy version).
-    std::set<std::pair<std::string, std::string>> pods;
-    for (const auto& w : snapshot->bundle.workloads()) pods.emplace(w.namespace_(), w.name());
-    options_.costs->RetainSourcePods(pods);
+    std::set<std::pair<std::string, std::string>> pods, workloads;
+    for (const auto& w : snapshot->bundle.workloads()) {
+      pods.emplace(w.namespace_(), w.name());
+      workloads.emplace(w.namespace_(), w.owner().empty() ? w.name() : w.owner());
+    }
+    options_.costs->RetainSourcePods(pods, workloads);
     costs_retained_version_ = snapshot->version;
   }
   auto cgroups = FindPodCgroups(options_.cgroup_root);

@@ -25,27 +25,6 @@ std::vector<ClientMetric::Label> Labels(const CostKey& k) {
           {"model", k.model}};
 }
 
-template <size_t N>
-void Observe(std::array<uint64_t, N>& buckets, const std::array<double, N>& bounds, double v) {
-  auto it = std::lower_bound(bounds.begin(), bounds.end(), v);
-  if (it != bounds.end()) ++buckets[static_cast<size_t>(it - bounds.begin())];
-}
-
-template <size_t N>
-ClientMetric::Histogram Histogram(const std::array<uint64_t, N>& buckets,
-                                  const std::array<double, N>& bounds, uint64_t count, double sum) {
-  ClientMetric::Histogram h;
-  h.sample_count = count;
-  h.sample_sum = sum;
-  uint64_t cumulative = 0;
-  for (size_t i = 0; i < N; ++i) {
-    cumulative += buckets[i];
-    h.bucket.push_back({cumulative, bounds[i]});
-  }
-  h.bucket.push_back({count, std::numeric_limits<double>::infinity()});
-  return h;
-}
-
 bool EndsWith(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
 }
@@ -112,7 +91,8 @@ void CostMetrics::Record(const CostKey& key, const cost::Charge& charge) {
   s.reasoning += charge.tokens.reasoning;
 }
 
-void CostMetrics::RetainSourcePods(const std::set<std::pair<std::string, std::string>>& pods) {
+void CostMetrics::RetainSourcePods(const std::set<std::pair<std::string, std::string>>& pods,
+                                   const std::set<std::pair<std::string, std::string>>& workloads) {
   absl::MutexLock l(&mu_);
   for (auto it = series_.begin(); it != series_.end();) {
     const CostKey& k = it->first;
@@ -120,10 +100,7 @@ void CostMetrics::RetainSourcePods(const std::set<std::pair<std::string, std::st
                       pods.contains({k.source_namespace, k.source_pod});
     it = keep ? std::next(it) : series_.erase(it);
   }
-  // The GenAI series are per workload: kept while a pod of theirs is (the workload table's
-  // names: a pod's owner, or the pod itself).
-  std::set<std::pair<std::string, std::string>> workloads;
-  for (const auto& [k, s] : series_) workloads.emplace(k.source_namespace, k.source_workload);
+  // The GenAI series are per workload: kept while the workload table has it.
   for (auto it = gen_ai_.begin(); it != gen_ai_.end();) {
     const GenAiKey& k = it->first;
     const bool keep = k.source_workload.empty() || k.source_workload == "other" ||

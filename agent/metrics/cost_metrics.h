@@ -73,8 +73,10 @@ class CostMetrics {
 
   void Record(const CostKey& key, const cost::Charge& charge);
   void RecordGenAi(const GenAiKey& key, const GenAiCall& call);
-  // The calling pods still in the cluster, as (namespace, name): every other pod's series go.
-  void RetainSourcePods(const std::set<std::pair<std::string, std::string>>& pods);
+  // The calling pods still in the cluster, as (namespace, name), and their workloads (namespace,
+  // owner or pod name): every other pod's series go, and every other workload's GenAI series.
+  void RetainSourcePods(const std::set<std::pair<std::string, std::string>>& pods,
+                        const std::set<std::pair<std::string, std::string>>& workloads = {});
   std::vector<prometheus::MetricFamily> Collect() const;
 
   // Totals, for tests and the demo: nano-units spent over every series of `currency`.

@@ -2,6 +2,10 @@
 // (kernel counters read from BPF maps).
 #pragma once
 
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -31,6 +35,31 @@ inline prometheus::MetricFamily Family(std::string name, std::string help,
   f.help = std::move(help);
   f.type = type;
   return f;
+}
+
+// One observation into a histogram kept as per-bucket counts (not cumulative): the first bucket
+// whose upper bound holds v; above the last, only +Inf (the count).
+template <size_t N>
+void Observe(std::array<uint64_t, N>& buckets, const std::array<double, N>& bounds, double v) {
+  auto it = std::lower_bound(bounds.begin(), bounds.end(), v);
+  if (it != bounds.end()) ++buckets[static_cast<size_t>(it - bounds.begin())];
+}
+
+// Those counts as Prometheus' cumulative buckets, with +Inf.
+template <size_t N>
+prometheus::ClientMetric::Histogram Histogram(const std::array<uint64_t, N>& buckets,
+                                              const std::array<double, N>& bounds, uint64_t count,
+                                              double sum) {
+  prometheus::ClientMetric::Histogram h;
+  h.sample_count = count;
+  h.sample_sum = sum;
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < N; ++i) {
+    cumulative += buckets[i];
+    h.bucket.push_back({cumulative, bounds[i]});
+  }
+  h.bucket.push_back({count, std::numeric_limits<double>::infinity()});
+  return h;
 }
 
 }  // namespace shunt::agent::metrics

@@ -13,28 +13,6 @@ using prometheus::ClientMetric;
 using prometheus::MetricFamily;
 using prometheus::MetricType;
 
-template <size_t N>
-void Observe(std::array<uint64_t, N>& buckets, const std::array<double, N>& bounds, double v) {
-  // The first bucket whose upper bound holds v; above the last: only +Inf (the count).
-  auto it = std::lower_bound(bounds.begin(), bounds.end(), v);
-  if (it != bounds.end()) ++buckets[static_cast<size_t>(it - bounds.begin())];
-}
-
-template <size_t N>
-ClientMetric::Histogram Histogram(const std::array<uint64_t, N>& buckets,
-                                  const std::array<double, N>& bounds, uint64_t count, double sum) {
-  ClientMetric::Histogram h;
-  h.sample_count = count;
-  h.sample_sum = sum;
-  uint64_t cumulative = 0;
-  for (size_t i = 0; i < N; ++i) {
-    cumulative += buckets[i];
-    h.bucket.push_back({cumulative, bounds[i]});
-  }
-  h.bucket.push_back({count, std::numeric_limits<double>::infinity()});
-  return h;
-}
-
 std::string OrUnknown(const std::string& s) { return s.empty() ? "unknown" : s; }
 
 // The series of one destination pod out of `series` (keyed by RequestKey or ConnectionKey).

@@ -269,6 +269,7 @@ class Http1Session::ResponseEvents final : public http1::ParserCallbacks {
     if (s_.response_interim_) return Action::kContinue;  // the final response follows
     if (s_.response_tunnel_) return Action::kContinue;   // FromServer: kOpaque next
     if (s_.response_chunked_ && !s_.response_trailers_sent_) s_.to_client += http1::LastChunk();
+    if (s_.client_gone_ && s_.queue_.front().record.observer) s_.drained_whole = true;
     s_.Finish(s_.queue_.front());
     s_.queue_.pop_front();
     s_.response_head_sent_ = false;

@@ -167,8 +167,10 @@ class L7Session {
   // True while the session waits for the other side before it can take more of a side's bytes
   // (an Upgrade waiting for its response, too many pipelined requests): not an error.
   bool waiting_client = false, waiting_server = false;
-  // After ClientGone: what it read the server on for is over (the relay ends the connection).
+  // After ClientGone: what it read the server on for is over (the relay ends the connection);
+  // `drained_whole`: the response ended as framed (else the server ended first).
   bool drained = false;
+  bool drained_whole = false;
 };
 
 }  // namespace shunt::agent

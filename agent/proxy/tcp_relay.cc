@@ -69,6 +69,7 @@ struct RelayLoop::Conn {
   bool client_gone = false;
   absl::Time gone_deadline;
   uint64_t gone_read = 0;  // bytes read from the server since
+  bool drain_counted = false;  // its end is in usage_drains_complete, _cut or _broken
   L7Authorize authorize;
   ExchangeSink exchanges;
   // What its session's sink calls: replaced by a policy change's decision (RecheckOpen).
@@ -89,7 +90,8 @@ struct RelayLoop::Counters {
       buffer_budget_waits{0}, http1_connections{0}, http2_connections{0}, pipes_in_use{0},
       pipes_pooled{0}, pipes_created{0}, pipe_failures{0}, opaque_l7{0}, opaque_refused{0},
       empty_l7{0}, not_http{0}, tunnels{0}, http_requests{0}, http_denied{0}, http_refused{0},
-      http_bad_responses{0}, usage_drains{0}, usage_drains_complete{0}, usage_drains_cut{0};
+      http_bad_responses{0}, usage_drains{0}, usage_drains_complete{0}, usage_drains_cut{0},
+      usage_drains_broken{0};
 };
 
 struct RelayShared {
@@ -435,6 +437,7 @@ RelayStats TcpRelay::stats() const {
   s.usage_drains = c.usage_drains.load();
   s.usage_drains_complete = c.usage_drains_complete.load();
   s.usage_drains_cut = c.usage_drains_cut.load();
+  s.usage_drains_broken = c.usage_drains_broken.load();
   s.pipes_in_use = c.pipes_in_use.load();
   s.pipes_pooled = c.pipes_pooled.load();
   s.pipes_created = c.pipes_created.load();
@@ -1024,6 +1027,10 @@ void RelayLoop::Moved(Conn* c, int d, ssize_t n) {
 void RelayLoop::Close(Conn* c, bool reset) {
   auto it = conns_.find(c);
   if (it == conns_.end()) return;
+  if (c->client_gone && !c->drain_counted) {  // the server reset, a policy change, the loop's end
+    ++counters_.usage_drains_broken;
+    c->drain_counted = true;
+  }
   if (c->l4 && !c->connecting) c->l4->closed.fetch_add(1, std::memory_order_relaxed);
   for (int side = 0; side < 2; ++side) {
     if (c->fd[side].valid() && c->in_epoll[side]) {
@@ -1195,6 +1202,11 @@ bool RelayLoop::PumpUser(Conn* c) {
         c->half_closed_at = std::min(c->half_closed_at, absl::Now());
         progress = true;
       }
+      if (s.tunnel && c->client_gone) {  // a tunnel to no one
+        ++counters_.resets;
+        Close(c, /*reset=*/true);
+        return false;
+      }
       if (s.tunnel && s.to_client.empty() && s.to_server.empty()) {
         // 101 or CONNECT: the bytes the session did not take are the tunnel's first.
         ++counters_.tunnels;
@@ -1232,6 +1244,7 @@ bool RelayLoop::PumpUser(Conn* c) {
         if (c->client_gone && (c->gone_read += static_cast<uint64_t>(n)) >
                                   options_.usage_drain_bytes) {
           ++counters_.usage_drains_cut;
+          c->drain_counted = true;
           Close(c, /*reset=*/true);
           return false;
         }
@@ -1326,8 +1339,11 @@ bool RelayLoop::PumpUser(Conn* c) {
       }
     }
     if (c->client_gone && c->session && c->session->drained) {
-      // The priced response read to its end: its exchange recorded, the server's side ended.
-      ++counters_.usage_drains_complete;
+      // Over: the priced response read to its end (its exchange recorded, charged), or the
+      // server ended before it; the server's side ended.
+      ++(c->session->drained_whole ? counters_.usage_drains_complete
+                                   : counters_.usage_drains_broken);
+      c->drain_counted = true;
       Close(c, /*reset=*/false);
       return false;
     }
@@ -1397,8 +1413,10 @@ void RelayLoop::Sweep(absl::Time now) {
   for (auto& [p, c] : conns_) {
     if (c->connecting) {
       if (now > c->connect_deadline) expired.push_back({p, 0});
-    } else if (c->client_gone && now > c->gone_deadline) {
-      expired.push_back({p, 3});
+    } else if (c->client_gone) {
+      // Read on for a priced response: its own bound only (a slow completion may say nothing
+      // for longer than the half-close timeout).
+      if (now > c->gone_deadline) expired.push_back({p, 3});
     } else if ((c->eof[0] || c->eof[1] || c->shut[0] || c->shut[1] || c->aborted[0] ||
                 c->aborted[1]) &&
                now - std::max(c->half_closed_at, c->last_activity) > options_.half_close_timeout) {
@@ -1428,6 +1446,7 @@ void RelayLoop::Sweep(absl::Time now) {
     }
   }
   for (auto [p, why] : expired) {
+    if (why == 3) p->drain_counted = true;
     (why == 0   ? counters_.connect_timeouts
      : why == 1 ? counters_.half_close_timeouts
      : why == 2 ? counters_.idle_timeouts

@@ -158,8 +158,9 @@ struct RelayStats {
   uint64_t http_refused = 0;   // requests the framer refused (400, 414, 431, 501, 505)
   uint64_t http_bad_responses = 0;  // responses it refused (502)
   // Priced responses read on after their client went (usage_drain_*): started, read to their
-  // end, cut by the bounds.
+  // end, cut by the bounds, broken (the server's side ended first).
   uint64_t usage_drains = 0, usage_drains_complete = 0, usage_drains_cut = 0;
+  uint64_t usage_drains_broken = 0;  // the server ended (or was reset) before the response did
   // Splice pipes: held by connections with bytes in flight, kept empty in a small pool between
   // uses (an idle connection holds none: two descriptors, not six). Copied: moved through user
   // space because no pipe could be had (the descriptor limit).

@@ -54,7 +54,14 @@ class D:
         self.d["panels"].append(p)
         self.id += 1; self.x += w
         if self.x >= 24: self.x = 0; self.y += h
+    def check(self):
+        # What the schema types leave open: every query target has a refId and an expr.
+        for p in self.d["panels"]:
+            for t in p.get("targets", []):
+                assert set(t) <= {"refId", "datasource", "expr", "legendFormat", "instant", "range",
+                                  "format"} and t["refId"] and t["expr"], (p["title"], t)
     def save(self, path):
+        self.check()
         with open(path, "w") as f: json.dump(self.d, f, indent=2); f.write("\n")
 
 R = "[$__rate_interval]"
@@ -70,7 +77,7 @@ m.row("Requests (L7)")
 m.panel("stat", "Requests per second", "All requests to the selected Services, per second.",
         [(f'sum(rate(shunt_requests_total{{{SEL}}}{R}))', "req/s")], unit="reqps", w=6)
 m.panel("stat", "Success rate", "Share of requests answered with a status other than 5xx (0: no response).",
-        [(f'sum(rate(shunt_requests_total{{{SEL}, response_code!~"5..|0"}}{R})) / sum(rate(shunt_requests_total{{{SEL}}}{R}))', "success")], unit="percentunit", w=6)
+        [(f'(sum(rate(shunt_requests_total{{{SEL}, response_code!~"5..|0"}}{R})) or sum(rate(shunt_requests_total{{{SEL}}}{R})) * 0) / sum(rate(shunt_requests_total{{{SEL}}}{R}))', "success")], unit="percentunit", w=6)
 m.panel("stat", "p99 latency", "99th percentile of the request duration, from request head to response end.",
         [(f'histogram_quantile(0.99, sum by (le) (rate(shunt_request_duration_seconds_bucket{{{SEL}}}{R})))', "p99")], unit="s", w=6)
 m.panel("stat", "Denied requests per second", "Requests answered 403 (or PERMISSION_DENIED) by an AccessPolicy's L7 rules.",
@@ -80,9 +87,9 @@ m.panel("timeseries", "Requests per second by Service", "Per destination Service
 m.panel("timeseries", "Requests per second by response code", "HTTP status (0: the exchange broke) and gRPC status.",
         [(f'sum by (response_code, grpc_response_status) (rate(shunt_requests_total{{{SEL}}}{R}))', "{{response_code}} {{grpc_response_status}}")], unit="reqps")
 m.panel("timeseries", "Latency by Service (p50, p95, p99)", "Quantiles of shunt_request_duration_seconds.",
-        [(f'histogram_quantile({q}, sum by (le, destination_service_name) (rate(shunt_request_duration_seconds_bucket{{{SEL}}}{R})))', f"p{int(q*100)} {{{{destination_service_name}}}}") for q in (0.5, 0.95, 0.99)], unit="s", w=24)
+        [(f'histogram_quantile({q}, sum by (le, destination_service_namespace, destination_service_name) (rate(shunt_request_duration_seconds_bucket{{{SEL}}}{R})))', f"p{int(q*100)} {{{{destination_service_name}}}}.{{{{destination_service_namespace}}}}") for q in (0.5, 0.95, 0.99)], unit="s", w=24)
 m.panel("timeseries", "Success rate by source workload", "Non-5xx share, by calling workload.",
-        [(f'sum by (source_workload_namespace, source_workload) (rate(shunt_requests_total{{{SEL}, response_code!~"5..|0"}}{R})) / sum by (source_workload_namespace, source_workload) (rate(shunt_requests_total{{{SEL}}}{R}))', "{{source_workload}}.{{source_workload_namespace}}")], unit="percentunit")
+        [(f'(sum by (source_workload_namespace, source_workload) (rate(shunt_requests_total{{{SEL}, response_code!~"5..|0"}}{R})) or sum by (source_workload_namespace, source_workload) (rate(shunt_requests_total{{{SEL}}}{R})) * 0) / sum by (source_workload_namespace, source_workload) (rate(shunt_requests_total{{{SEL}}}{R}))', "{{source_workload}}.{{source_workload_namespace}}")], unit="percentunit")
 m.panel("timeseries", "Body bytes per second", "Request and response bodies of the selected Services.",
         [(f'sum(rate(shunt_request_bytes_total{{{SEL}}}{R}))', "requests"), (f'sum(rate(shunt_response_bytes_total{{{SEL}}}{R}))', "responses")], unit="Bps")
 m.row("TCP (L4)")
@@ -93,7 +100,7 @@ m.panel("timeseries", "Relayed TCP connections per second", "Opened (the upstrea
 m.panel("timeseries", "In-node fast path: bytes spliced per second", "Bytes moved socket to socket between meshed pods of one node (sk_msg), by destination workload.",
         [(f'sum by (destination_workload) (rate(shunt_sockmap_redirected_bytes_total{R}))', "{{destination_workload}}")], unit="Bps")
 m.panel("timeseries", "In-node fast path: fallback bytes per second by reason", "Sends of spliced sockets that took the normal path, and why.",
-        [(f'sum by (reason) (rate(shunt_sockmap_fallback_bytes_total{R})) or label_replace(sum(shunt_agent_info) * 0, "reason", "none", "", "")', "{{reason}}")], unit="Bps")
+        [(f'sum by (reason) (rate(shunt_sockmap_fallback_bytes_total{R})) or on() label_replace(sum(shunt_agent_info) * 0, "reason", "none", "", "")', "{{reason}}")], unit="Bps")
 m.save(os.path.join(OUT, "mesh-overview.json"))
 
 # ---- API cost
@@ -133,7 +140,7 @@ c.panel("timeseries", "Call duration (p50, p95)", "Request head to response end,
         [(f'histogram_quantile({q}, sum by (le, gen_ai_request_model, gen_ai_operation_name) (rate(gen_ai_client_operation_duration_seconds_bucket{{{S}}}{R})))', f"p{int(q*100)} {{{{gen_ai_request_model}}}} {{{{gen_ai_operation_name}}}}") for q in (0.5, 0.95)], unit="s", w=12)
 c.panel("timeseries", "Tokens per call (mean) by type", "gen_ai_client_token_usage: input (cached included) and output (reasoning included) per call that reported usage.",
         [(f'sum by (gen_ai_token_type) (rate(gen_ai_client_token_usage_sum{{{S}}}{R})) / sum by (gen_ai_token_type) (rate(gen_ai_client_token_usage_count{{{S}}}{R}))', "{{gen_ai_token_type}}")], w=12)
-c.panel("timeseries", "Responses read on after their client left", "The upstream bills a stream whose client went away: shunt reads it to its usage (complete) or to its bound (cut).",
+c.panel("timeseries", "Responses read on after their client left", "The upstream bills a stream whose client went away: shunt reads it to its usage (complete), to its bound (cut), or the server ends first (broken).",
         [(f'sum by (result) (rate(shunt_relay_usage_drains_total{R}))', "{{result}}")], w=12)
 c.save(os.path.join(OUT, "api-cost.json"))
 
@@ -163,7 +170,7 @@ a.panel("timeseries", "Sockets in the sockhash", "Spliced sockets now, per agent
 a.panel("timeseries", "Fast-path socket events per second", "Why sockets were kept off the fast path, evicted or found unsafe (docs/fastpath.md).",
         [(f'sum by (event) (rate(shunt_sockhash_socket_events_total{{{I}}}{R}))', "{{event}}")], unit="ops", w=12)
 a.panel("timeseries", "Fast-path fallback sends per second by reason", "Sends of spliced sockets that took the normal path.",
-        [(f'sum by (reason) (rate(shunt_sockmap_fallback_messages_total{{{I}}}{R})) or label_replace(sum(shunt_agent_info{{{I}}}) * 0, "reason", "none", "", "")', "{{reason}}")], unit="ops", w=12)
+        [(f'sum by (reason) (rate(shunt_sockmap_fallback_messages_total{{{I}}}{R})) or on() label_replace(sum(shunt_agent_info{{{I}}}) * 0, "reason", "none", "", "")', "{{reason}}")], unit="ops", w=12)
 a.row("Relay (TPROXY capture)")
 a.panel("timeseries", "Captured pods and relayed connections", "Pods whose inbound connections are captured, and the connections the relay carries now.",
         [(f'sum by (instance) (shunt_capture_pods{{{I}}})', "pods {{instance}}"), (f'sum by (instance) (shunt_relay_active_connections{{{I}}})', "connections {{instance}}")], w=12)

@@ -1504,16 +1504,16 @@ s.serve_forever()
   auto left = bed_->Run(Client(), {"/usr/bin/python3", "-c", leaver}, 30s);
   ASSERT_TRUE(left.ok());
   EXPECT_EQ(left->out, "reset\nclose\n") << left->err;
+  // Each stream charged whole (route, 8 input, 4 cached, 7 output). The reset one is read on
+  // by the agent; the closed one too, unless the rest of the stream fit in the socket buffers
+  // before the client's kernel answered the next bytes with a reset (then it simply ended).
   EXPECT_TRUE(shunt::test::Eventually(
-      [&] {
-        return Metric("shunt_relay_usage_drains_total", {{"result", "complete"}}) ==
-               drains_before + 2;
-      },
-      10s, 100ms))
-      << RelayMetrics();
+      [&] { return std::abs(cost(client) - left_before - 2 * 1'095'000 / 1e9) < 1e-12; }, 10s,
+      100ms))
+      << cost(client) - left_before << "\n" << RelayMetrics();
+  EXPECT_GE(Metric("shunt_relay_usage_drains_total", {{"result", "complete"}}), drains_before + 1);
   EXPECT_EQ(Metric("shunt_relay_usage_drains_total", {{"result", "cut"}}), 0);
-  EXPECT_NEAR(cost(client) - left_before, 2 * 1'095'000 / 1e9, 1e-12)
-      << "each stream charged whole: route, 8 input, 4 cached, 7 output";
+  EXPECT_EQ(Metric("shunt_relay_usage_drains_total", {{"result", "broken"}}), 0);
 
   // New prices apply to the next request of a connection already open (a client's pool).
   const std::string step = bed_->work_dir() + "/cost-step";

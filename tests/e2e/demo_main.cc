@@ -351,13 +351,16 @@ http.server.ThreadingHTTPServer(("", 8090), H).serve_forever()
     std::this_thread::sleep_for(100ms);
   }
   const double front_before = charged(front), c_before = charged(c);
-  for (int i = 0; i < 3; ++i) ask(front, i == 2);
-  ask(c, false);
+  std::string codes;
+  for (int i = 0; i < 3; ++i) codes += ask(front, i == 2) + " ";
+  codes += ask(c, false);
+  if (!llm.ok()) Say("  (the service did not start: " + std::string(llm.status().message()) + ")");
+  Say("  HTTP status of the four calls: " + codes);
   Say("3 chat calls from " + front.name + " (one streamed) and 1 from " + c.name +
       " (unmeshed), each reporting 1200 prompt tokens (1000 of them cached) and 350 completion "
       "tokens:");
   Say(absl::StrFormat("  expected per call: 0.0001 (route) + 200 x 2.50/M + 1000 x 1.25/M + "
-                      "350 x 10/M = 0.00535 USD"));
+                      "350 x 10/M = 0.00535 USD: %s 0.016050, %s 0.005350", front.name, c.name));
   Say(absl::StrFormat("  charged on %s: %s %.6f USD, %s %.6f USD", bed.node(1).name, front.name,
                       charged(front) - front_before, c.name, charged(c) - c_before));
   if (prom.ok() && (*prom)->WaitForFreshScrape(10s).ok()) {

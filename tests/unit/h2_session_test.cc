@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/unit/recording_observer.h"
 
 namespace shunt::agent {
 namespace {
@@ -1018,17 +1019,6 @@ TEST(H2Options, CreateRejectsWindowsThatCanDeadlock) {
 namespace shunt::agent {
 namespace {
 
-class RecordingObserver final : public BodyObserver {
- public:
-  void RequestBody(std::string_view d) override { request += d; }
-  void ResponseHead(int s, std::string_view type, std::string_view encoding) override {
-    status = s;
-    head = std::string(type) + "|" + std::string(encoding);
-  }
-  void ResponseBody(std::string_view d) override { response += d; }
-  std::string request, response, head;
-  int status = 0;
-};
 
 // HTTP/2: the observer of a stream sees its DATA payloads each way and its final response head.
 TEST_F(H2Test, AnObserverSeesAStreamsBodiesAndItsResponseHead) {

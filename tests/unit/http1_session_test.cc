@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/unit/recording_observer.h"
+
 #include <string>
 #include <vector>
 
@@ -378,19 +380,6 @@ TEST(TargetPath, IsThePathWithoutQueryInEveryForm) {
 namespace shunt::agent {
 namespace {
 
-// What reads a request's bodies for its cost (l7_session.h BodyObserver): everything it is
-// shown, in order.
-class Recording final : public BodyObserver {
- public:
-  void RequestBody(std::string_view d) override { request += d; }
-  void ResponseHead(int s, std::string_view type, std::string_view encoding) override {
-    status = s;
-    head = std::string(type) + "|" + std::string(encoding);
-  }
-  void ResponseBody(std::string_view d) override { response += d; }
-  std::string request, response, head;
-  int status = 0;
-};
 
 // Bodies as they are, not as they were framed: chunked ones decoded; interim responses are not
 // the response; a denied request is never observed.
@@ -398,7 +387,7 @@ TEST_F(Session, AnObserverSeesEachLetThroughExchangesDecodedBodies) {
   std::vector<std::string> observed;
   session_->observe = [&](const L7Request& r) -> std::unique_ptr<BodyObserver> {
     observed.push_back(r.path);
-    return std::make_unique<Recording>();
+    return std::make_unique<RecordingObserver>();
   };
   EXPECT_EQ(Client("POST /v1/chat HTTP/1.1\r\nHost: llm\r\nTransfer-Encoding: chunked\r\n"
                    "Expect: 100-continue\r\n\r\n"
@@ -413,7 +402,7 @@ TEST_F(Session, AnObserverSeesEachLetThroughExchangesDecodedBodies) {
             "");
   ToClient();
   ASSERT_EQ(records_.size(), 2u) << "the 403 in place of the second";
-  auto* o = dynamic_cast<Recording*>(records_[0].observer.get());
+  auto* o = dynamic_cast<RecordingObserver*>(records_[0].observer.get());
   ASSERT_NE(o, nullptr);
   EXPECT_EQ(o->request, "{\"a\": 1}");
   EXPECT_EQ(o->status, 200);
@@ -435,7 +424,7 @@ namespace {
 TEST_F(Session, AClientGoneMidResponseHasItsPricedResponseReadToItsEnd) {
   session_->observe = [](const L7Request& r) -> std::unique_ptr<BodyObserver> {
     if (r.path != "/priced") return nullptr;
-    return std::make_unique<Recording>();
+    return std::make_unique<RecordingObserver>();
   };
   EXPECT_EQ(Client("GET /priced HTTP/1.1\r\nHost: llm\r\n\r\n"), "");
   ToServer();
@@ -447,12 +436,24 @@ TEST_F(Session, AClientGoneMidResponseHasItsPricedResponseReadToItsEnd) {
   EXPECT_FALSE(session_->drained);
   EXPECT_EQ(Server("4\r\nlast\r\n0\r\n\r\n"), "");
   EXPECT_TRUE(session_->drained);
+  EXPECT_TRUE(session_->drained_whole);
   ASSERT_EQ(records_.size(), 1u);
   EXPECT_EQ(records_[0].status, 200);
-  auto* o = dynamic_cast<Recording*>(records_[0].observer.get());
+  auto* o = dynamic_cast<RecordingObserver*>(records_[0].observer.get());
   ASSERT_NE(o, nullptr);
   EXPECT_EQ(o->response, "firstlast") << "read to its end";
   EXPECT_EQ(records_[0].response_bytes, 9u);
+  // The server ends before the response does: over, not whole (its tokens are not charged).
+  Make();
+  session_->observe = [](const L7Request&) -> std::unique_ptr<BodyObserver> {
+    return std::make_unique<RecordingObserver>();
+  };
+  EXPECT_EQ(Client("GET /priced HTTP/1.1\r\nHost: llm\r\n\r\n"), "");
+  EXPECT_EQ(Server("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n"), "");
+  EXPECT_TRUE(session_->ClientGone());
+  session_->ServerClosed();
+  EXPECT_TRUE(session_->drained);
+  EXPECT_FALSE(session_->drained_whole);
   // Not priced: nothing to read on for.
   Make();
   EXPECT_EQ(Client("GET /free HTTP/1.1\r\nHost: llm\r\n\r\n"), "");
@@ -460,7 +461,7 @@ TEST_F(Session, AClientGoneMidResponseHasItsPricedResponseReadToItsEnd) {
   // Priced but the request was not whole (its body cut): the server never answers it.
   Make();
   session_->observe = [](const L7Request&) -> std::unique_ptr<BodyObserver> {
-    return std::make_unique<Recording>();
+    return std::make_unique<RecordingObserver>();
   };
   EXPECT_EQ(Client("POST /priced HTTP/1.1\r\nHost: llm\r\nContent-Length: 10\r\n\r\nabc"), "");
   EXPECT_FALSE(session_->ClientGone());
