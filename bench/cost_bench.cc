@@ -138,17 +138,11 @@ double Run(int requests, const std::string& request, const std::string& response
                                          .currency = "USD"};
         costs->Record(k, charge);
         // And the GenAI histograms, as the agent records every LLM call.
-        const auto& t = charge.tokens;
         costs->RecordGenAi(
             {.source_namespace = "default", .source_workload = "web", .service_namespace = "ai",
              .service_name = "llm", .model = charge.model,
              .operation = shunt::agent::metrics::GenAiOperation(r.request.path)},
-            {.input_tokens = t.input + t.cached_input + t.cache_creation,
-             .output_tokens = t.output + t.reasoning, .usage = charge.tokens_priced,
-             .seconds = absl::ToDoubleSeconds(r.end - r.start),
-             .first_token_seconds = o->first_event() == absl::InfinitePast()
-                                        ? -1.0
-                                        : absl::ToDoubleSeconds(o->first_event() - r.start)});
+            shunt::agent::metrics::GenAiCallOf(charge, r.start, r.end, o->first_event()));
         if (charge.result == shunt::agent::cost::CostResult::kPriced) ++*priced;
       });
   if (accounting) {

@@ -357,17 +357,8 @@ absl::Status CaptureReconciler::Capture(const std::string& uid, const std::strin
                                     .service_name = k.service_name,
                                     .model = charge.model,
                                     .operation = metrics::GenAiOperation(r.request.path)};
-                const auto& t = charge.tokens;
-                metrics::GenAiCall call{
-                    .input_tokens = t.input + t.cached_input + t.cache_creation,
-                    .output_tokens = t.output + t.reasoning,
-                    .usage = charge.tokens_priced || charge.result == cost::CostResult::kUnpriced,
-                    .seconds = r.end > r.start ? absl::ToDoubleSeconds(r.end - r.start) : 0.0};
-                if (o->first_event() != absl::InfinitePast()) {
-                  call.first_token_seconds =
-                      std::max(0.0, absl::ToDoubleSeconds(o->first_event() - r.start));
-                }
-                costs->RecordGenAi(g, call);
+                costs->RecordGenAi(g, metrics::GenAiCallOf(charge, r.start, r.end,
+                                                           o->first_event()));
               }
             }
             if (requests) {

@@ -13,8 +13,6 @@ using prometheus::ClientMetric;
 using prometheus::MetricFamily;
 using prometheus::MetricType;
 
-std::string OrUnknown(const std::string& s) { return s.empty() ? "unknown" : s; }
-
 std::vector<ClientMetric::Label> Labels(const CostKey& k) {
   return {{"source_workload_namespace", OrUnknown(k.source_namespace)},
           {"source_workload", OrUnknown(k.source_workload)},
@@ -30,6 +28,19 @@ bool EndsWith(std::string_view s, std::string_view suffix) {
 }
 
 }  // namespace
+
+GenAiCall GenAiCallOf(const cost::Charge& charge, absl::Time start, absl::Time end,
+                      absl::Time first_event) {
+  const cost::Usage::Billable& t = charge.tokens;
+  GenAiCall call{.input_tokens = t.input + t.cached_input + t.cache_creation,
+                 .output_tokens = t.output + t.reasoning,
+                 .usage = charge.tokens_priced || charge.result == cost::CostResult::kUnpriced,
+                 .seconds = end > start ? absl::ToDoubleSeconds(end - start) : 0.0};
+  if (first_event != absl::InfinitePast()) {
+    call.first_token_seconds = std::max(0.0, absl::ToDoubleSeconds(first_event - start));
+  }
+  return call;
+}
 
 std::string GenAiOperation(std::string_view path) {
   while (!path.empty() && path.back() == '/') path.remove_suffix(1);

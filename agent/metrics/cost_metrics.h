@@ -18,6 +18,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "agent/cost/cost_policy.h"
 #include "prometheus/metric_family.h"
 
@@ -54,6 +55,11 @@ struct GenAiCall {
   double seconds = 0;                            // request head to response end
   double first_token_seconds = -1;               // a stream's first event (-1: not a stream)
 };
+// A priced call's GenAI figures: its tokens as billed (input: cached and cache writes too;
+// output: reasoning too; reported when it was priced or its model unpriced), its duration from
+// `start` to `end`, and a stream's first event (`first_event`, InfinitePast: none).
+GenAiCall GenAiCallOf(const cost::Charge& charge, absl::Time start, absl::Time end,
+                      absl::Time first_event);
 // The operation a path names ("/v1/chat/completions": chat; ".../completions": text_completion;
 // ".../embeddings": embeddings; ".../responses", ".../messages": chat; else other).
 std::string GenAiOperation(std::string_view path);

@@ -37,6 +37,9 @@ inline prometheus::MetricFamily Family(std::string name, std::string help,
   return f;
 }
 
+// A label value from the workload table, "unknown" where it had none.
+inline std::string OrUnknown(const std::string& s) { return s.empty() ? "unknown" : s; }
+
 // One observation into a histogram kept as per-bucket counts (not cumulative): the first bucket
 // whose upper bound holds v; above the last, only +Inf (the count).
 template <size_t N>

@@ -13,8 +13,6 @@ using prometheus::ClientMetric;
 using prometheus::MetricFamily;
 using prometheus::MetricType;
 
-std::string OrUnknown(const std::string& s) { return s.empty() ? "unknown" : s; }
-
 // The series of one destination pod out of `series` (keyed by RequestKey or ConnectionKey).
 template <typename Map>
 void EraseDestinationPod(Map& series, const std::string& ns, const std::string& name) {
