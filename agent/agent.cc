@@ -19,6 +19,9 @@
 #include "agent/bpf/socklb.h"
 #include "agent/capture/capture_reconciler.h"
 #include "agent/metrics/cost_metrics.h"
+#include "agent/metrics/l4_metrics.h"
+#include "agent/metrics/families.h"
+#include "agent/metrics/l4_reader.h"
 #include "agent/metrics/request_metrics.h"
 #include "agent/capture/handoff.h"
 #include "agent/dataplane/enforcement.h"
@@ -45,20 +48,29 @@ namespace {
 // The relay's request metrics (metrics/request_metrics.h), at scrape time.
 class RequestCollector : public prometheus::Collectable {
  public:
+  // The relay's three (null without the capture) and the kernel's L4 metrics.
   RequestCollector(std::shared_ptr<const metrics::RequestMetrics> requests,
                    std::shared_ptr<const metrics::ConnectionMetrics> connections,
-                   std::shared_ptr<const metrics::CostMetrics> costs)
+                   std::shared_ptr<const metrics::CostMetrics> costs,
+                   std::shared_ptr<const metrics::L4Metrics> l4)
       : requests_(std::move(requests)),
         connections_(std::move(connections)),
-        costs_(std::move(costs)) {}
+        costs_(std::move(costs)),
+        l4_(std::move(l4)) {}
   std::vector<prometheus::MetricFamily> Collect() const override {
-    auto out = requests_->Collect();
-    for (auto& f : connections_->Collect()) out.push_back(std::move(f));
-    for (auto& f : costs_->Collect()) out.push_back(std::move(f));
-    return out;
+    std::vector<prometheus::MetricFamily> out;
+    if (requests_) {
+      out = requests_->Collect();
+      for (auto& f : connections_->Collect()) out.push_back(std::move(f));
+      for (auto& f : costs_->Collect()) out.push_back(std::move(f));
+    }
+    // Istio's TCP families come from both: the relay's destination view, the kernel's source one.
+    for (auto& f : l4_->Collect()) out.push_back(std::move(f));
+    return metrics::MergeFamilies(std::move(out));
   }
 
  private:
+  std::shared_ptr<const metrics::L4Metrics> l4_;
   std::shared_ptr<const metrics::RequestMetrics> requests_;
   std::shared_ptr<const metrics::ConnectionMetrics> connections_;
   std::shared_ptr<const metrics::CostMetrics> costs_;
@@ -450,6 +462,7 @@ int RunAgent(const AgentConfig& config) {
   fc.stats_size = config.stats_size;
   fc.listeners_size = config.listeners_size;
   fc.protect = config.fastpath_protect;
+  fc.connection_metrics = config.connection_metrics;
   fc.max_queued = config.fastpath_max_queued;
   auto fastpath = Fastpath::Install(fc);
   if (!fastpath.ok()) {
@@ -601,6 +614,38 @@ int RunAgent(const AgentConfig& config) {
   auto connection_metrics = std::make_shared<metrics::ConnectionMetrics>(config.max_metric_series,
                                                                          config.istio_metrics);
   auto cost_metrics = std::make_shared<metrics::CostMetrics>(config.max_metric_series);
+  // The kernel's L4 metrics of every connection of a meshed pod (metrics/l4_metrics.h), read
+  // from the fast path's ring buffer ten times a second; a local pod's series go when it left.
+  auto l4_metrics =
+      std::make_shared<metrics::L4Metrics>(config.max_metric_series, config.istio_metrics);
+  std::unique_ptr<metrics::L4EventReader> l4_reader;
+  absl::StatusOr<std::unique_ptr<metrics::L4EventReader>> l4_started =
+      absl::FailedPreconditionError("--connection-metrics=false");
+  if (config.connection_metrics) l4_started = metrics::L4EventReader::Start(
+      (*fastpath)->l4_events_fd(),
+      [&store, &reconciler, l4_metrics, last_retain = absl::InfinitePast()](
+          const std::vector<shunt_l4_event>& events) mutable {
+        auto dir = reconciler.directory();
+        static const WorkloadDirectory kNone;
+        if (!events.empty()) {
+          PolicySnapshotPtr snapshot = store.Current();
+          for (const auto& e : events) {
+            l4_metrics->Record(metrics::L4KeyOf(e, snapshot.get(), dir ? *dir : kNone), e);
+          }
+        }
+        if (dir && absl::Now() - last_retain > absl::Seconds(5)) {
+          std::set<std::pair<std::string, std::string>> pods;
+          for (const auto& [id, w] : *dir) pods.emplace(w.k8s_namespace, w.name);
+          l4_metrics->Retain(pods);
+          last_retain = absl::Now();
+        }
+      },
+      absl::Milliseconds(100));
+  if (l4_started.ok()) {
+    l4_reader = std::move(*l4_started);
+  } else {
+    SHUNT_LOG(WARNING) << "connection metrics off: " << l4_started.status().message();
+  }
   if (config.capture) {
     RelayOptions ro;
     ro.max_connections_per_group = std::max<uint32_t>(1, config.capture_max_connections_per_pod);
@@ -699,9 +744,11 @@ int RunAgent(const AgentConfig& config) {
   exposer->RegisterCollectable(agent_collector);
   exposer->RegisterCollectable(socklb_collector);
   // (The exposer holds collectables by weak pointers: this one lives as long as the others.)
-  auto request_collector = std::make_shared<RequestCollector>(request_metrics, connection_metrics,
-                                                             cost_metrics);
-  if (capture) exposer->RegisterCollectable(request_collector);
+  auto request_collector =
+      capture ? std::make_shared<RequestCollector>(request_metrics, connection_metrics,
+                                                   cost_metrics, l4_metrics)
+              : std::make_shared<RequestCollector>(nullptr, nullptr, nullptr, l4_metrics);
+  exposer->RegisterCollectable(request_collector);
   auto admin = AdminServer::Start(config.admin_addr, ready);
   while (!admin.ok() && absl::Now() < bind_deadline) {
     absl::SleepFor(absl::Milliseconds(100));

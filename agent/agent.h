@@ -33,6 +33,7 @@ struct AgentConfig {
   uint32_t stats_size = 16384;
   uint32_t listeners_size = 16384;
   bool fastpath_protect = true;
+  bool connection_metrics = true;  // the kernel's L4 metrics (docs/metrics.md)
   // In-pod capture of inbound connections into the agent's relay (docs/capture.md).
   bool capture = false;
   uint16_t capture_port = 15008;

@@ -52,6 +52,10 @@ ABSL_FLAG(bool, fastpath_protect, true,
           "(docs/fastpath.md). false: splice every meshed pair whatever its programs do, as "
           "before; for benchmarks only, it breaks blocking, splice(2), SO_RCVLOWAT and "
           "MSG_WAITALL readers.");
+ABSL_FLAG(bool, connection_metrics, true,
+          "Measure every TCP connection of a meshed pod in the kernel (docs/metrics.md, "
+          "shunt_connection*): an event at its start and end, and a per-socket byte count of "
+          "what the fast path splices. false: none of it (its cost is in README).");
 ABSL_FLAG(bool, capture, false,
           "Capture inbound TCP connections of meshed pods inside their network namespaces "
           "(TPROXY) into the agent's relay, which connects to the pod as the client "
@@ -152,6 +156,7 @@ int main(int argc_in, char** argv_in) {
     config.stats_size = absl::GetFlag(FLAGS_stats_map_size);
     config.listeners_size = absl::GetFlag(FLAGS_listeners_map_size);
     config.fastpath_protect = absl::GetFlag(FLAGS_fastpath_protect);
+    config.connection_metrics = absl::GetFlag(FLAGS_connection_metrics);
     config.capture = absl::GetFlag(FLAGS_capture);
     if (absl::GetFlag(FLAGS_capture_port) == 0 || absl::GetFlag(FLAGS_capture_port) > 65535) {
       SHUNT_LOG(ERROR) << "--capture-port must be 1-65535";

@@ -36,6 +36,8 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define TCP_ESTABLISHED_STATE 1 /* TCP_ESTABLISHED */
 #define TCP_CLOSE_STATE 7       /* TCP_CLOSE */
+#define TCP_FIN_WAIT1_STATE 4   /* TCP_FIN_WAIT1 */
+#define TCP_LAST_ACK_STATE 9    /* TCP_LAST_ACK */
 #define SHUNT_O_NONBLOCK 00004000
 #define SHUNT_MSG_DONTWAIT 0x40
 #define SHUNT_MSG_PEEK 0x2
@@ -44,6 +46,8 @@ char LICENSE[] SEC("license") = "GPL";
 /* 0: the fast path as it was before the protections (every meshed pair spliced, whatever its
  * programs do); for benchmarks only (--fastpath-protect=false). */
 const volatile __u8 shunt_protect = 1;
+/* 0: no L4 metrics (--connection-metrics=false): no per-connection state, no events. */
+const volatile __u8 shunt_l4_metrics = 1;
 /* Bytes that may wait unread in a receiver's sockmap queue before its senders take the stack (and
  * TCP's flow control). A receiver that has not read lately may hold what TCP would buffer at most
  * for a connection (shunt_max_queued_idle: the node's tcp_rmem + tcp_wmem maxima); one that is
@@ -100,6 +104,21 @@ struct {
 
 #include "shunt/map_ops.bpf.h"
 #include "shunt/pods_map.bpf.h"
+#include "shunt/lbsk_map.bpf.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct shunt_l4_conn);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} shunt_l4_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, SHUNT_L4_RING_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} shunt_l4ev_v1 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -322,6 +341,219 @@ static __always_inline const struct shunt_pod *pod_of_sock(struct bpf_sock *bsk)
 		(t)->remote_port = (ctx)->remote_port;    \
 	} while (0)
 
+/* L4 metrics of every TCP connection of a meshed pod (docs/metrics.md): its state from connect()
+ * (or establishment, accepted) on, an event when it is established and one when it ends, with
+ * TCP's own counters (bytes acknowledged and received, retransmissions, smoothed RTT) and the
+ * bytes the fast path moved around TCP. Loopback connections (inside one pod) are not mesh
+ * traffic: not measured. */
+
+/* The connection's addresses into an event, read from the socket itself (BTF: the context's
+ * fields cannot be read through a computed offset); -1 for a loopback or non-IP one. */
+static __always_inline int l4_addresses(struct bpf_sock_ops *skops, struct shunt_l4_event *e)
+{
+	struct bpf_sock *bsk = skops->sk;
+	if (!bsk)
+		return -1;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(bsk);
+	if (!tp)
+		return -1;
+	const struct sock_common *c = &tp->inet_conn.icsk_inet.sk.__sk_common;
+	__u32 local[4];
+	if (c->skc_family == SHUNT_AF_INET) {
+		shunt_ip_from_v4(e->remote_ip, c->skc_daddr);
+		shunt_ip_from_v4(local, c->skc_rcv_saddr);
+	} else if (c->skc_family == SHUNT_AF_INET6) {
+		for (int i = 0; i < 4; i++) {
+			e->remote_ip[i] = c->skc_v6_daddr.in6_u.u6_addr32[i];
+			local[i] = c->skc_v6_rcv_saddr.in6_u.u6_addr32[i];
+		}
+	} else {
+		return -1;
+	}
+	if (shunt_ip_is_loopback(e->remote_ip) || shunt_ip_is_loopback(local))
+		return -1;
+	e->local_port = c->skc_num;
+	e->remote_port = SHUNT_NTOHS(c->skc_dport);
+	return 0;
+}
+
+/* Sends the connection's event of `kind`; counted where the ring is full. */
+static __always_inline void l4_send(struct bpf_sock_ops *skops, struct shunt_l4_conn *c, __u8 kind,
+				    __u64 now)
+{
+	struct bpf_sock *bsk = skops->sk;
+	if (!bsk)
+		return;
+	struct shunt_l4_event *e = bpf_ringbuf_reserve(&shunt_l4ev_v1, sizeof(*e), 0);
+	if (!e) {
+		count_sock_event(c->workload_id, SHUNT_SOCK_L4_LOST);
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	if (l4_addresses(skops, e)) {
+		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+		return;
+	}
+	e->kind = kind;
+	e->flags = (__u8)c->flags;
+	e->workload_id = c->workload_id;
+	e->setup_us = c->setup_us;
+	if (c->flags & SHUNT_L4_VIP) {
+		const struct shunt_lb_sock *lb = bpf_sk_storage_get(&shunt_lbsk_v1, bsk, 0, 0);
+		if (lb) {
+			for (int i = 0; i < 4; i++)
+				e->vip[i] = lb->vip[i];
+			e->vip_port = lb->vip_port;
+		} else {
+			e->flags &= ~SHUNT_L4_VIP;
+		}
+	}
+	if (kind != SHUNT_L4_EV_OPENED) {
+		e->duration_ns = c->start_ns && now > c->start_ns ? now - c->start_ns : 0;
+		__u64 received = c->spliced_received;
+		struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v3, bsk, 0, 0);
+		if (st) {
+			const struct shunt_reader_view *v = own_view(st);
+			if (v && v->delivered > received)
+				received = v->delivered;
+		}
+		/* TCP's counters include the sequence numbers a SYN and a FIN take: an active
+		 * socket's SYN is in bytes acknowledged, so is its FIN once acknowledged; the peer's
+		 * FIN (SOCK_DONE) is in bytes received. Payload only here. */
+		__u64 acked = skops->bytes_acked, got = skops->bytes_received;
+		struct tcp_sock *tp = bpf_skc_to_tcp_sock(bsk);
+		if (tp) {
+			if (!(c->flags & SHUNT_L4_PASSIVE) && acked)
+				acked--;
+			if ((c->flags & SHUNT_L4_FIN_SENT) && tp->snd_una == tp->write_seq && acked)
+				acked--;
+			if ((tp->inet_conn.icsk_inet.sk.__sk_common.skc_flags &
+			     (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE))) &&
+			    got)
+				got--;
+		}
+		e->bytes_sent = acked + c->spliced_sent;
+		e->bytes_received = got + received;
+		e->srtt_us = skops->srtt_us >> 3;
+		e->retrans = skops->total_retrans;
+	}
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+}
+
+/* A meshed pod's socket whose connection is measured from now: its state, and its state changes
+ * seen from now on (its end). */
+static __always_inline struct shunt_l4_conn *l4_start(struct bpf_sock_ops *skops,
+						      const struct shunt_pod *pod, __u32 flags,
+						      __u64 now)
+{
+	struct bpf_sock *bsk = skops->sk;
+	if (!bsk)
+		return NULL;
+	struct shunt_l4_conn *c =
+		bpf_sk_storage_get(&shunt_l4_v1, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!c) {
+		count_sock_event(pod->workload_id, SHUNT_SOCK_L4_NO_STORAGE);
+		return NULL;
+	}
+	c->start_ns = now;
+	c->spliced_sent = 0;
+	c->spliced_received = 0;
+	c->workload_id = pod->workload_id;
+	c->setup_us = 0;
+	c->flags = flags;
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	return c;
+}
+
+/* connect() of a meshed pod's socket: the start of its setup time. */
+static __always_inline void l4_on_connect(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *bsk = skops->sk;
+	if (!bsk || !shunt_l4_metrics)
+		return;
+	const struct shunt_pod *pod = pod_of_sock(bsk);
+	if (!pod || !(pod->flags & SHUNT_POD_MESHED))
+		return;
+	struct shunt_l4_event probe = {};
+	if (l4_addresses(skops, &probe))
+		return; /* loopback */
+	l4_start(skops, pod, 0, bpf_ktime_get_ns());
+}
+
+static __always_inline void l4_on_established(struct bpf_sock_ops *skops,
+					      const struct shunt_pod *pod)
+{
+	struct bpf_sock *bsk = skops->sk;
+	if (!bsk || !shunt_l4_metrics)
+		return;
+	__u64 now = bpf_ktime_get_ns();
+	struct shunt_l4_conn *c;
+	if (skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
+		struct shunt_l4_event probe = {};
+		if (l4_addresses(skops, &probe))
+			return; /* loopback */
+		c = l4_start(skops, pod, SHUNT_L4_PASSIVE, now);
+		if (!c)
+			return;
+		/* The handshake's round trip, as measured by the SYN-ACK's acknowledgement. */
+		c->setup_us = skops->srtt_us >> 3;
+		c->start_ns = now - (__u64)c->setup_us * 1000;
+	} else {
+		c = bpf_sk_storage_get(&shunt_l4_v1, bsk, 0, 0);
+		if (!c)
+			return; /* loopback, or connected before the agent came */
+		__u64 setup = now > c->start_ns ? now - c->start_ns : 0;
+		c->setup_us = setup / 1000 > 0xffffffffULL ? 0xffffffffu : (__u32)(setup / 1000);
+		c->start_ns = now;
+		if (bpf_sk_storage_get(&shunt_lbsk_v1, bsk, 0, 0))
+			c->flags |= SHUNT_L4_VIP;
+	}
+	c->flags |= SHUNT_L4_OPENED;
+	l4_send(skops, c, SHUNT_L4_EV_OPENED, now);
+}
+
+/* Its end (TCP_CLOSE): a connection that was established, or a connect() that never was. */
+static __always_inline void l4_on_state_change(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *bsk = skops->sk;
+	if (!bsk || !shunt_l4_metrics)
+		return;
+	struct shunt_l4_conn *c = bpf_sk_storage_get(&shunt_l4_v1, bsk, 0, 0);
+	if (!c || (c->flags & SHUNT_L4_CLOSED))
+		return;
+	/* Its FIN goes out as it enters FIN_WAIT1 or LAST_ACK (a close() that resets does not). */
+	if (skops->args[1] == TCP_FIN_WAIT1_STATE || skops->args[1] == TCP_LAST_ACK_STATE) {
+		c->flags |= SHUNT_L4_FIN_SENT;
+		return;
+	}
+	if (skops->args[1] != TCP_CLOSE_STATE)
+		return;
+	c->flags |= SHUNT_L4_CLOSED;
+	l4_send(skops, c, (c->flags & SHUNT_L4_OPENED) ? SHUNT_L4_EV_CLOSED : SHUNT_L4_EV_FAILED,
+		bpf_ktime_get_ns());
+}
+
+/* Before a socket's reader view goes (it leaves the sockhash): the bytes redirected into it. */
+static __always_inline void l4_keep_delivered(struct bpf_sock *bsk, const struct shunt_sock_state *st)
+{
+	const struct shunt_reader_view *v = own_view(st);
+	if (!shunt_l4_metrics || !v || !v->delivered)
+		return;
+	struct shunt_l4_conn *c = bpf_sk_storage_get(&shunt_l4_v1, bsk, 0, 0);
+	if (c)
+		c->spliced_received = v->delivered;
+}
+
+/* A send of this socket that the fast path moved into its peer. */
+static __always_inline void l4_spliced(struct bpf_sock *bsk, __u32 size)
+{
+	if (!shunt_l4_metrics)
+		return;
+	struct shunt_l4_conn *c = bpf_sk_storage_get(&shunt_l4_v1, bsk, 0, 0);
+	if (c)
+		c->spliced_sent += size; /* sends of one socket are serialised by its lock */
+}
+
 
 /* The file flags of the socket's file; blocking (0) when it has none (a kernel socket). */
 static __always_inline int sock_nonblocking(struct sock *sk)
@@ -512,16 +744,13 @@ static __always_inline void plain_for_life(struct bpf_sock_ops *skops, __u32 sel
 	sock_state_init(st, skops, self, peer, SHUNT_SOCK_PLAIN, SHUNT_READER_UNKNOWN, netns, key);
 }
 
-static __always_inline void on_established(struct bpf_sock_ops *skops)
+static __always_inline void on_established(struct bpf_sock_ops *skops, const struct shunt_pod *pod)
 {
 	struct bpf_sock *bsk = skops->sk;
 	if (!bsk)
 		return;
 	if (draining())
 		return;
-	const struct shunt_pod *pod = pod_of_sock(bsk);
-	if (!pod || !(pod->flags & SHUNT_POD_MESHED))
-		return; /* not a meshed local pod: untouched */
 	__u32 self = pod->workload_id;
 
 	struct shunt_sock_tuple t = {};
@@ -618,6 +847,7 @@ static __always_inline void on_established(struct bpf_sock_ops *skops)
 		/* The bound while it reads (shunt_sk_msg: less once it stops). */
 		v->rcvbuf = shunt_max_queued;
 		v->queued = 0;
+		v->delivered = 0;
 		v->reader = reader;
 		v->drained = 0;
 		v->last_read = 0;
@@ -693,6 +923,7 @@ static __always_inline void on_state_change(struct bpf_sock_ops *skops)
 	if (skops->args[1] == TCP_CLOSE_STATE) {
 		if (in_sockhash(st)) {
 			st->in_map = 0; /* the kernel unlinks a closed socket from the sockhash itself */
+			l4_keep_delivered(sk, st);
 			reader_remove(&st->key, st->cookie);
 			count_sock_event(st->src_workload, SHUNT_SOCK_REMOVED);
 		}
@@ -706,6 +937,7 @@ static __always_inline void on_state_change(struct bpf_sock_ops *skops)
 	 * shunt_sockhash_sockets counts what the sockhash holds. shutdown() leaves it in. */
 	if (unlinked(sk)) {
 		st->in_map = 0;
+		l4_keep_delivered(sk, st);
 		reader_remove(&st->key, st->cookie);
 		count_sock_event(st->src_workload, SHUNT_SOCK_REMOVED);
 		return;
@@ -720,6 +952,7 @@ static __always_inline void on_state_change(struct bpf_sock_ops *skops)
 	if (shunt_protect && !(st->flags & SHUNT_SKST_EVER_SAFE) &&
 	    skops->args[1] != TCP_ESTABLISHED_STATE /* an accepted socket's, after its callback */ &&
 	    !reads_nonblocking(sk, st)) {
+		l4_keep_delivered(sk, st);
 		reader_remove(&st->key, st->cookie);
 		if (bpf_map_delete_elem(&shunt_sk_v1, &st->key) == 0) {
 			st->in_map = 0;
@@ -736,11 +969,24 @@ int shunt_sockops(struct bpf_sock_ops *skops)
 		if (shunt_protect)
 			on_listen(skops);
 		break;
-	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
-	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		on_established(skops);
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		l4_on_connect(skops);
 		break;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: {
+		struct bpf_sock *bsk = skops->sk;
+		if (!bsk)
+			break;
+		const struct shunt_pod *pod = pod_of_sock(bsk);
+		if (!pod || !(pod->flags & SHUNT_POD_MESHED))
+			break; /* not a meshed local pod: untouched */
+		l4_on_established(skops, pod);
+		on_established(skops, pod);
+		break;
+	}
 	case BPF_SOCK_OPS_STATE_CB:
+		/* First: its reader view, gone once it leaves the sockhash, holds its spliced bytes. */
+		l4_on_state_change(skops);
 		on_state_change(skops);
 		break;
 	}
@@ -782,6 +1028,7 @@ static __always_inline int sk_msg_unprotected(struct sk_msg_md *msg, struct shun
 	if (bpf_msg_redirect_hash(msg, &shunt_sk_v1, (void *)peer, BPF_F_INGRESS) == SK_PASS) {
 		st->mode = SHUNT_SOCK_REDIRECT;
 		count_msg(st, SHUNT_MSG_REDIRECTED, size);
+		l4_spliced(msg->sk, size);
 		return SK_PASS;
 	}
 	if (st->mode == SHUNT_SOCK_UNDECIDED) {
@@ -885,6 +1132,8 @@ int shunt_sk_msg(struct sk_msg_md *msg)
 	if (bpf_msg_redirect_hash(msg, &shunt_sk_v1, &peer, BPF_F_INGRESS) == SK_PASS) {
 		st->mode = SHUNT_SOCK_REDIRECT;
 		count_msg(st, SHUNT_MSG_REDIRECTED, size);
+		v->delivered += size; /* only this socket sends into its peer */
+		l4_spliced(sk, size);
 		return SK_PASS;
 	}
 	__sync_fetch_and_sub(&v->queued, size);

@@ -47,13 +47,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } shunt_slot_v1 SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct shunt_lb_sock);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} shunt_lbsk_v1 SEC(".maps");
+#include "shunt/lbsk_map.bpf.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

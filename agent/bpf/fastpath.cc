@@ -30,7 +30,9 @@ constexpr const char* kMapNames[] = {
     SHUNT_MAP_SOCKHASH,  SHUNT_MAP_SOCKSTATE,    SHUNT_MAP_READERS,
     SHUNT_MAP_READER_SLOTS, SHUNT_MAP_LISTENERS, SHUNT_MAP_CONTROL,
     SHUNT_MAP_PODS,      SHUNT_MAP_PENDING_PODS, SHUNT_MAP_ENDPOINTS,    SHUNT_MAP_MSG_STATS,
-    SHUNT_MAP_SOCK_STATS, "shunt_skst_v1", "shunt_skst_v2", "shunt_rdr_v1"};
+    SHUNT_MAP_SOCK_STATS, SHUNT_MAP_L4, SHUNT_MAP_L4_EVENTS,
+    // Shared with socklb (which unpins it too): the Service address of rewritten sockets.
+    "shunt_lbsk_v1", "shunt_skst_v1", "shunt_skst_v2", "shunt_rdr_v1"};
 
 
 // Sums a per-CPU value array of `n` u64 words per CPU into `out`.
@@ -237,6 +239,7 @@ absl::Status Fastpath::Load() {
     RETURN_IF_ERROR(LibbpfStatus(bpf_map__set_max_entries(s.map, s.size), "set map size"));
   }
   skel_->rodata->shunt_protect = config_.protect ? 1 : 0;
+  skel_->rodata->shunt_l4_metrics = config_.connection_metrics ? 1 : 0;
   skel_->rodata->shunt_reader_slots = reader_slots;
   skel_->rodata->shunt_max_queued = config_.max_queued ? config_.max_queued : MaxQueuedBytes();
   skel_->rodata->shunt_max_queued_idle = static_cast<uint32_t>(
@@ -388,6 +391,8 @@ Fastpath::~Fastpath() {
   if (cgroup_fd_ >= 0) close(cgroup_fd_);
   if (skel_) shunt_fastpath__destroy(skel_);
 }
+
+int Fastpath::l4_events_fd() const { return bpf_map__fd(skel_->maps.shunt_l4ev_v1); }
 
 absl::Status Fastpath::UpsertPod(uint64_t cgroup_id, const shunt_pod& pod) {
   return LibbpfStatus(

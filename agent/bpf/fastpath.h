@@ -34,6 +34,8 @@ struct FastpathConfig {
   // Splice only sockets whose reads the sockmap receive path serves like TCP (docs/fastpath.md).
   // false: the fast path as it was before, every meshed pair spliced; for benchmarks only.
   bool protect = true;
+  // The L4 metrics of every connection of a meshed pod (metrics/l4_metrics.h).
+  bool connection_metrics = true;
   // Bytes a reading receiver may have queued by redirects; 0: tcp_rmem + tcp_wmem maxima.
   uint32_t max_queued = 0;
 };
@@ -110,6 +112,9 @@ class Fastpath {
   absl::StatusOr<std::vector<SockStat>> ReadSockStats() const;
   // Drops the counters of a workload that left the node (so its series disappear).
   absl::Status DeleteStatsOf(uint32_t workload_id);
+
+  // The connection events' ring buffer (metrics/l4_reader.h).
+  int l4_events_fd() const;
 
   const FastpathConfig& config() const { return config_; }
   ReadTracking read_tracking() const { return read_tracking_; }

@@ -857,6 +857,9 @@ struct ArrivalIndex {
   absl::flat_hash_set<const void*> not_understood;
   // "<namespace>/<service>": its ApiCostPolicy, compiled.
   absl::flat_hash_map<std::string, std::shared_ptr<const cost::CostPolicy>> costs;
+  // A Service address and port (v4-mapped, then the port): that Service, the first by
+  // namespace and name where two claim one.
+  absl::flat_hash_map<std::array<uint32_t, 5>, std::pair<std::string, std::string>> by_vip;
 };
 
 // The ApiCostPolicies of `bundle` by "<namespace>/<service>": of several for one Service, the
@@ -909,6 +912,19 @@ const ArrivalIndex& IndexOf(const PolicySnapshot& snapshot) {
       }
     }
     for (const std::string& key : conflicting) x->app_protocol[key] = "";
+    for (const auto& s : bundle.services()) {
+      for (const auto& vip : s.vips()) {
+        auto key = ParseIpKey(vip);
+        if (!key.ok()) continue;
+        for (const auto& sp : s.ports()) {
+          std::array<uint32_t, 5> k = {key->addr[0], key->addr[1], key->addr[2], key->addr[3],
+                                       sp.port()};
+          std::pair<std::string, std::string> sn{s.namespace_(), s.name()};
+          auto [it, fresh] = x->by_vip.emplace(k, sn);
+          if (!fresh && sn < it->second) it->second = std::move(sn);
+        }
+      }
+    }
     for (const auto& p : bundle.access_policies()) {
       if (HasUnknownFields(p)) x->not_understood.insert(&p);
       for (const auto& f : p.from()) {
@@ -1046,6 +1062,20 @@ std::vector<std::pair<std::string, std::string>> ServicesOf(const PolicySnapshot
   auto it = index.services.find(absl::StrCat(uid, "/", port));
   return it == index.services.end() ? std::vector<std::pair<std::string, std::string>>{}
                                     : it->second;
+}
+
+const Workload* WorkloadByIp(const PolicySnapshot& snapshot, const IpKey& ip) {
+  const ArrivalIndex& index = IndexOf(snapshot);
+  auto it = index.by_ip.find(IpBytes(ip));
+  return it == index.by_ip.end() ? nullptr : it->second;
+}
+
+std::pair<std::string, std::string> ServiceAt(const PolicySnapshot& snapshot, const IpKey& vip,
+                                              uint16_t port) {
+  const ArrivalIndex& index = IndexOf(snapshot);
+  auto it = index.by_vip.find(
+      std::array<uint32_t, 5>{vip.addr[0], vip.addr[1], vip.addr[2], vip.addr[3], port});
+  return it == index.by_vip.end() ? std::pair<std::string, std::string>{} : it->second;
 }
 
 const Workload* WorkloadOf(const PolicySnapshot& snapshot, const std::string& uid) {

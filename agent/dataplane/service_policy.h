@@ -269,6 +269,12 @@ std::vector<std::pair<std::string, std::string>> ServicesOf(const PolicySnapshot
                                                             uint16_t port);
 // The workload of pod `uid` in the snapshot (nullptr: none); valid as long as the snapshot is.
 const shunt::v1::Workload* WorkloadOf(const PolicySnapshot& snapshot, const std::string& uid);
+// The workload whose pod has IP `ip` (nullptr: none; hostNetwork pods are not found by their
+// node's IP); valid as long as the snapshot is.
+const shunt::v1::Workload* WorkloadByIp(const PolicySnapshot& snapshot, const IpKey& ip);
+// The Service whose address `vip` and port `port` are, as (namespace, name) (empty: none).
+std::pair<std::string, std::string> ServiceAt(const PolicySnapshot& snapshot, const IpKey& vip,
+                                              uint16_t port);
 // The ports of workload `w` that access policies with L7 rules cover, and those where it serves
 // a Service an ApiCostPolicy prices, for the capture (nft syntax: "8081", "9000-9010"; "*":
 // every port), sorted, without repeats.

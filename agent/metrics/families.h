@@ -65,4 +65,20 @@ prometheus::ClientMetric::Histogram Histogram(const std::array<uint64_t, N>& buc
   return h;
 }
 
+// Families of one name made one (two sources of one family, e.g. Istio's TCP series: the text
+// format allows each name once), in the order of their first appearance.
+inline std::vector<prometheus::MetricFamily> MergeFamilies(std::vector<prometheus::MetricFamily> in) {
+  std::vector<prometheus::MetricFamily> out;
+  for (auto& f : in) {
+    auto it = std::find_if(out.begin(), out.end(),
+                           [&](const prometheus::MetricFamily& o) { return o.name == f.name; });
+    if (it == out.end()) {
+      out.push_back(std::move(f));
+    } else {
+      for (auto& m : f.metric) it->metric.push_back(std::move(m));
+    }
+  }
+  return out;
+}
+
 }  // namespace shunt::agent::metrics

@@ -129,7 +129,8 @@ std::vector<MetricFamily> FastpathCollector::Collect() const {
         "peer_not_local",  "stats_full",    "skip_blocking",    "skip_learned",
         "skip_rcvlowat",   "read_blocking", "read_splice",      "read_rcvlowat",
         "evicted",         "unprotected",   "read_fionread",    "skip_unlearned",
-        "skip_foreign_address", "insert_collision", "reader_slots_full"};
+        "skip_foreign_address", "insert_collision", "reader_slots_full",
+        "connection_event_lost", "connection_not_measured"};
     static_assert(std::size(kEvents) == SHUNT_SOCK_EVENT_MAX);
     for (const auto& s : *socks) {
       if (s.key.event == SHUNT_SOCK_INSERTED) in_out[s.key.workload_id].first += s.value;

@@ -69,7 +69,7 @@ R = "[$__rate_interval]"
 # zero series (from shunt_agent_info, always there), so that its panel shows 0, not "No data".
 # ---- Mesh overview
 m = D("shunt-mesh-overview", "shunt / Mesh overview",
-      "Requests, success rate, latency and TCP traffic where shunt's agents see them: HTTP and gRPC read at L7 where they arrive (reporter=destination), connections the relay carries, bytes the in-node fast path splices.")
+      "Requests, success rate, latency and TCP traffic where shunt's agents see them: HTTP and gRPC read at L7 where they arrive (reporter=destination), every TCP connection of meshed pods from the kernel, connections the relay carries, bytes the in-node fast path splices.")
 m.var("namespace", "Namespace", "label_values(shunt_requests_total, destination_service_namespace)")
 m.var("service", "Service", 'label_values(shunt_requests_total{destination_service_namespace=~"$namespace"}, destination_service_name)')
 SEL = 'destination_service_namespace=~"$namespace", destination_service_name=~"$service"'
@@ -93,9 +93,15 @@ m.panel("timeseries", "Success rate by source workload", "Non-5xx share, by call
 m.panel("timeseries", "Body bytes per second", "Request and response bodies of the selected Services.",
         [(f'sum(rate(shunt_request_bytes_total{{{SEL}}}{R}))', "requests"), (f'sum(rate(shunt_response_bytes_total{{{SEL}}}{R}))', "responses")], unit="Bps")
 m.row("TCP (L4)")
-m.panel("timeseries", "Relayed TCP bytes per second by workload", "Every connection the relay carries where it arrives (opaque or read at L7).",
-        [(f'sum by (destination_workload) (rate(shunt_tcp_received_bytes_total{{{SEL}}}{R}))', "{{destination_workload}} in"), (f'sum by (destination_workload) (rate(shunt_tcp_sent_bytes_total{{{SEL}}}{R}))', "{{destination_workload}} out")], unit="Bps")
-m.panel("timeseries", "Relayed TCP connections per second", "Opened (the upstream connected) and closed.",
+m.panel("timeseries", "TCP bytes per second by workload", "Every TCP connection arriving at a meshed pod (spliced in the node, relayed, or plain), measured by the kernel at the server's end (reporter=destination) when the connection ends: in = client to server.",
+        [(f'sum by (destination_workload) (rate(shunt_connection_received_bytes_total{{reporter="destination", {SEL}}}{R}))', "{{destination_workload}} in"), (f'sum by (destination_workload) (rate(shunt_connection_sent_bytes_total{{reporter="destination", {SEL}}}{R}))', "{{destination_workload}} out")], unit="Bps")
+m.panel("timeseries", "TCP connections per second", "Established and ended at meshed servers (reporter=destination), and connect() calls of meshed clients that never established.",
+        [(f'sum(rate(shunt_connections_opened_total{{reporter="destination", {SEL}}}{R}))', "opened"), (f'sum(rate(shunt_connections_closed_total{{reporter="destination", {SEL}}}{R}))', "closed"), (f'sum(rate(shunt_connection_failures_total{{reporter="source", {SEL}}}{R})) or on() sum(shunt_agent_info) * 0', "failed connects")], unit="cps")
+m.panel("timeseries", "Connection setup and TCP round-trip time (p50, p99)", "Setup: the handshake's round trip at meshed servers; RTT: TCP's smoothed round-trip time at a connection's end.",
+        [(f'histogram_quantile({q}, sum by (le) (rate(shunt_connection_{h}_seconds_bucket{{reporter="destination", {SEL}}}{R})))', f"{n} p{int(q*100)}") for h, n in (("setup", "setup"), ("rtt", "RTT")) for q in (0.5, 0.99)], unit="s")
+m.panel("timeseries", "TCP retransmissions per second by workload", "Segments retransmitted by meshed servers' sockets, by destination workload.",
+        [(f'sum by (destination_workload) (rate(shunt_connection_retransmitted_segments_total{{reporter="destination", {SEL}}}{R}))', "{{destination_workload}}")], unit="ops")
+m.panel("timeseries", "Relayed TCP connections per second", "Connections the relay carries where they arrive (its upstream connected), opened and closed.",
         [(f'sum(rate(shunt_tcp_connections_opened_total{{{SEL}}}{R}))', "opened"), (f'sum(rate(shunt_tcp_connections_closed_total{{{SEL}}}{R}))', "closed")], unit="cps")
 m.panel("timeseries", "In-node fast path: bytes spliced per second", "Bytes moved socket to socket between meshed pods of one node (sk_msg), by destination workload.",
         [(f'sum by (destination_workload) (rate(shunt_sockmap_redirected_bytes_total{R}))', "{{destination_workload}}")], unit="Bps")
@@ -179,7 +185,7 @@ a.panel("timeseries", "Relay connections per second by outcome", "accepted, refu
 a.panel("timeseries", "Relay: buffered bytes and budget waits", "Bytes the relay holds, and reads held back by a pod's buffer budget.",
         [(f'sum by (instance) (shunt_relay_buffered_bytes{{{I}}})', "buffered {{instance}}"), (f'sum by (instance) (rate(shunt_relay_buffer_budget_waits_total{{{I}}}{R}))', "waits/s {{instance}}")], w=12)
 a.panel("timeseries", "Metric series folded into other", "Label sets beyond --max-metric-series (requests, connections, cost).",
-        [(f'sum by (instance) (rate(shunt_request_metrics_folded_total{{{I}}}{R}) + rate(shunt_tcp_metrics_folded_total{{{I}}}{R}) + rate(shunt_api_cost_metrics_folded_total{{{I}}}{R}))', "{{instance}}")], unit="ops", w=12)
+        [(f'sum by (instance) (rate({{__name__=~"shunt_(request|tcp|connection|api_cost)_metrics_folded_total", {I}}}{R}))', "{{instance}}")], unit="ops", w=12)
 a.save(os.path.join(OUT, "agent-health.json"))
 
 

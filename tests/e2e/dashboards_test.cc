@@ -276,6 +276,8 @@ TEST(DashboardsTest, EveryPanelsQueryFindsTheTrafficInARealPrometheus) {
                         "sum(gen_ai_server_time_to_first_token_seconds_count)",
                         "sum(shunt_sockmap_redirected_bytes_total)",
                         "sum(shunt_tcp_connections_opened_total)",
+                        "sum(shunt_connections_opened_total{reporter=\"source\"})",
+                        "sum(shunt_connection_received_bytes_total{reporter=\"destination\"})",
                         "sum(shunt_controller_acks_total)"}) {
     auto r = (*prom)->Query(std::string(q) + " > 0");
     ASSERT_TRUE(r.ok()) << q << ": " << r.status();
@@ -317,7 +319,7 @@ TEST(DashboardsTest, EveryPanelsQueryFindsTheTrafficInARealPrometheus) {
       }
     }
   }
-  EXPECT_GE(queries, 90u) << "3 dashboards, 47 queries, each with both fillings";
+  EXPECT_GE(queries, 120u) << "3 dashboards, 60 queries, each with both fillings";
 }
 
 }  // namespace

@@ -320,6 +320,163 @@ TEST_P(FastpathTest, UnmeshedPodIsUntouched) {
             2);
 }
 
+// An ordinary non-blocking program (Python's selectors): a server that reads to the end, then
+// answers and closes; a client that connects, sends, shuts down its side and reads the answer.
+constexpr char kPyL4Peer[] = R"(
+import selectors, socket, sys
+mode, host, port, count, send_n, reply_n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+fam = socket.AF_INET6 if ':' in host else socket.AF_INET
+def pump(s, out, want_eof):
+    sel = selectors.DefaultSelector()
+    got = 0
+    while True:
+        ev = selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0)
+        sel.register(s, ev)
+        sel.select(10)
+        sel.unregister(s)
+        if out:
+            try:
+                out = out[s.send(out):]
+            except BlockingIOError:
+                pass
+            if not out and not want_eof:
+                return got
+            continue
+        try:
+            b = s.recv(65536)
+        except BlockingIOError:
+            continue
+        if not b:
+            return got
+        got += len(b)
+if mode == 'server':
+    l = socket.socket(fam)
+    l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    l.setblocking(False)
+    l.bind((host, port))
+    l.listen(64)
+    print('ready', flush=True)
+    for _ in range(count):
+        sel = selectors.DefaultSelector(); sel.register(l, selectors.EVENT_READ); sel.select(30)
+        c, _ = l.accept()
+        c.setblocking(False)
+        got = pump(c, b'', True)
+        assert got == send_n, got
+        pump(c, b'r' * reply_n, False)
+        c.close()
+else:
+    for _ in range(count):
+        s = socket.socket(fam)
+        s.setblocking(False)
+        err = s.connect_ex((host, port))
+        sel = selectors.DefaultSelector(); sel.register(s, selectors.EVENT_WRITE); sel.select(10)
+        err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            print('refused', err, flush=True)
+            s.close()
+            continue
+        pump(s, b'c' * send_n, False)
+        s.shutdown(socket.SHUT_WR)
+        got = pump(s, b'', True)
+        assert got == reply_n, got
+        s.close()
+    print('done', flush=True)
+)";
+
+// The kernel's L4 metrics (docs/metrics.md) of every connection of a meshed pod: to a meshed
+// pod of the node (spliced once its classes are learned), to an unmeshed one (plain TCP), and a
+// connect() refused: each end counted by its meshed pod, bytes exactly what the programs moved.
+TEST_P(FastpathTest, EveryConnectionOfAMeshedPodIsMeasuredByTheKernelSplicedOrNot) {
+  if (access("/usr/bin/python3", X_OK) != 0) GTEST_FAIL() << "python3 is needed (scripts/setup.sh)";
+  constexpr int kMeshed = 4, kPlain = 2;
+  constexpr uint64_t kSend = 300000, kReply = 5000;
+  auto server = [&](const Pod& pod, int port, int conns) {
+    auto p = bed_->Spawn(pod, {"/usr/bin/python3", "-c", kPyL4Peer, "server", "::",
+                               absl::StrCat(port), absl::StrCat(conns), absl::StrCat(kSend),
+                               absl::StrCat(kReply)});
+    EXPECT_TRUE(p.ok()) << p.status();
+    return p.ok() ? std::move(*p) : nullptr;
+  };
+  auto meshed = server(P(1), 8095, kMeshed);
+  auto plain = server(P(2), 8096, kPlain);
+  ASSERT_TRUE(meshed && plain);
+  auto listening = [&](const Pod& pod, int port) {
+    for (int i = 0; i < 100; ++i) {
+      auto out = bed_->Run(pod, {"ss", "-Hltn", absl::StrCat("sport = :", port)}, 10s);
+      if (out.ok() && out->out.find("LISTEN") != std::string::npos) return true;
+      std::this_thread::sleep_for(100ms);
+    }
+    return false;
+  };
+  ASSERT_TRUE(listening(P(1), 8095) && listening(P(2), 8096));
+  auto client = [&](const std::string& host, int port, int conns) {
+    auto r = bed_->Run(P(0), {"/usr/bin/python3", "-c", kPyL4Peer, "client", host,
+                              absl::StrCat(port), absl::StrCat(conns), absl::StrCat(kSend),
+                              absl::StrCat(kReply)},
+                       60s);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->exit_code, 0) << r->out << r->err;
+  };
+  client(P(1).ipv4, 8095, kMeshed);
+  client(P(2).ipv6, 8096, kPlain);
+  client(P(1).ipv4, 8099, 1);  // nothing listens there: refused
+
+  const std::map<std::string, std::string> to_meshed = {{"source_pod", P(0).name},
+                                                        {"destination_pod", P(1).name}};
+  auto with = [](std::map<std::string, std::string> m, const std::string& reporter) {
+    m["reporter"] = reporter;
+    return m;
+  };
+  std::vector<Sample> s;
+  for (auto deadline = std::chrono::steady_clock::now() + 15s;
+       std::chrono::steady_clock::now() < deadline; std::this_thread::sleep_for(200ms)) {
+    auto scraped = agent_->Scrape();
+    ASSERT_TRUE(scraped.ok()) << scraped.status();
+    s = *scraped;
+    if (SumSamples(s, "shunt_connections_closed_total", {{"source_pod", P(0).name}}) >=
+            2 * kMeshed + kPlain &&
+        SumSamples(s, "shunt_connection_failures_total", {{"source_pod", P(0).name}}) >= 1) {
+      break;
+    }
+  }
+  for (const char* reporter : {"source", "destination"}) {
+    SCOPED_TRACE(reporter);
+    const auto m = with(to_meshed, reporter);
+    EXPECT_EQ(SumSamples(s, "shunt_connections_opened_total", m), kMeshed);
+    EXPECT_EQ(SumSamples(s, "shunt_connections_closed_total", m), kMeshed);
+    EXPECT_EQ(SumSamples(s, "shunt_connection_received_bytes_total", m), kMeshed * kSend);
+    EXPECT_EQ(SumSamples(s, "shunt_connection_sent_bytes_total", m), kMeshed * kReply);
+    EXPECT_EQ(SumSamples(s, "shunt_connection_duration_seconds_count", m), kMeshed);
+    EXPECT_EQ(SumSamples(s, "shunt_connection_rtt_seconds_count", m), kMeshed);
+  }
+  // Setup: the client's connect(), the server's handshake round trip (both measured here).
+  EXPECT_EQ(SumSamples(s, "shunt_connection_setup_seconds_count", with(to_meshed, "source")),
+            kMeshed);
+  EXPECT_EQ(SumSamples(s, "shunt_connection_setup_seconds_count", with(to_meshed, "destination")),
+            kMeshed);
+  EXPECT_GT(SumSamples(s, "shunt_connection_setup_seconds_sum", with(to_meshed, "source")), 0);
+  EXPECT_GT(SumSamples(s, "shunt_connection_duration_seconds_sum", with(to_meshed, "source")), 0);
+  // Spliced in the kernel: those bytes never touched TCP, and are counted all the same.
+  EXPECT_GT(Redirected("shunt_sockmap_redirected_bytes_total", P(0), P(1)) +
+                Redirected("shunt_sockmap_redirected_bytes_total", P(1), P(0)),
+            0)
+      << FastpathCounterSummary(s);
+  // To the unmeshed pod (over IPv6): its client's end only.
+  const std::map<std::string, std::string> to_plain = {{"source_pod", P(0).name},
+                                                       {"destination_pod", P(2).name}};
+  EXPECT_EQ(SumSamples(s, "shunt_connections_opened_total", with(to_plain, "source")), kPlain);
+  EXPECT_EQ(SumSamples(s, "shunt_connection_received_bytes_total", with(to_plain, "source")),
+            kPlain * kSend);
+  EXPECT_EQ(SumSamples(s, "shunt_connection_sent_bytes_total", with(to_plain, "source")),
+            kPlain * kReply);
+  EXPECT_EQ(SumSamples(s, "shunt_connections_opened_total", with(to_plain, "destination")), 0);
+  // The refused connect(): a failure, never an opened connection.
+  EXPECT_EQ(SumSamples(s, "shunt_connection_failures_total", with(to_meshed, "source")), 1);
+  EXPECT_EQ(SumSamples(s, "shunt_sockhash_socket_events_total",
+                       {{"event", "connection_event_lost"}}),
+            0);
+}
+
 TEST_P(FastpathTest, DualStackServerWithIpv4ClientIsRedirected) {
   auto server = Server(P(1), 8085, "verify", 3, "::");
   ASSERT_TRUE(server);

@@ -36,6 +36,7 @@ static_assert(offsetof(shunt_reader_view, queued) == 16);
 static_assert(offsetof(shunt_reader_view, reader) == 24);
 static_assert(offsetof(shunt_reader_view, drained) == 25);
 static_assert(offsetof(shunt_reader_view, last_read) == 28);
+static_assert(offsetof(shunt_reader_view, delivered) == 40);
 static_assert(sizeof(shunt_listener_key) == 16);
 static_assert(offsetof(shunt_listener_key, port) == 8);
 static_assert(offsetof(shunt_listener_key, kind) == 10);
@@ -43,6 +44,14 @@ static_assert(sizeof(shunt_listener) == 8);
 static_assert(sizeof(shunt_msg_stats_key) == 16);
 static_assert(sizeof(shunt_msg_stats) == 16);
 static_assert(sizeof(shunt_sock_stats_key) == 8);
+static_assert(sizeof(shunt_l4_conn) == 40);
+static_assert(offsetof(shunt_l4_conn, workload_id) == 24);
+static_assert(sizeof(shunt_l4_event) == 80);
+static_assert(offsetof(shunt_l4_event, workload_id) == 8);
+static_assert(offsetof(shunt_l4_event, remote_ip) == 16);
+static_assert(offsetof(shunt_l4_event, vip) == 32);
+static_assert(offsetof(shunt_l4_event, duration_ns) == 48);
+static_assert(offsetof(shunt_l4_event, srtt_us) == 72);
 
 // socklb
 static_assert(sizeof(shunt_svc_key) == 20);

@@ -22,8 +22,9 @@ shunt_test(policy_stream_tls_test SOURCES unit/policy_stream_tls_test.cc
 shunt_test(http1_framer_test SOURCES unit/http1_framer_test.cc LIBS shunt_http1)
 shunt_test(http1_session_test SOURCES unit/http1_session_test.cc LIBS shunt_proxy)
 shunt_test(sniff_test SOURCES unit/sniff_test.cc LIBS shunt_proxy)
+shunt_test(l4_metrics_test SOURCES unit/l4_metrics_test.cc LIBS shunt_l4_metrics)
 shunt_test(request_metrics_test SOURCES unit/request_metrics_test.cc
-           LIBS shunt_request_metrics shunt_capture_reconciler shunt_cost_metrics)
+           LIBS shunt_request_metrics shunt_capture_reconciler shunt_cost_metrics shunt_l4_metrics)
 add_test(NAME Http1Fuzz
          COMMAND ${PROJECT_SOURCE_DIR}/scripts/run-http1-fuzz.sh ${CMAKE_CURRENT_BINARY_DIR}/http1_fuzz 45)
 set_tests_properties(Http1Fuzz PROPERTIES LABELS unit TIMEOUT 300 ENVIRONMENT SHUNT_FUZZ_SEED=1)

@@ -132,7 +132,8 @@ struct shunt_reader_view {
 	__u32 last_read;  /* jiffies (low 32 bits) of its last read; 0 before the first */
 	__u32 sk_rcvbuf;  /* its sk_rcvbuf as of its insertion or last read; 0: unknown */
 	__u32 pad3;
-	__u64 pad2[3];
+	__u64 delivered;  /* bytes redirected into it, ever (its connection's L4 metrics) */
+	__u64 pad2[2];
 };
 /* A socket's slot is searched from its cookie's, this many slots on. */
 #define SHUNT_SLOT_PROBES 8
@@ -214,12 +215,63 @@ enum shunt_sock_event {
 	SHUNT_SOCK_INSERT_COLLISION = 17, /* its key is in the sockhash already (another socket's):
 					   * never displaced, normal path */
 	SHUNT_SOCK_SLOTS_FULL = 18,     /* no free reader slot near its own: normal path */
-	SHUNT_SOCK_EVENT_MAX = 19,
+	SHUNT_SOCK_L4_LOST = 19,        /* a connection event found the events ring full: that
+					 * connection's opening or end is not in the L4 metrics */
+	SHUNT_SOCK_L4_NO_STORAGE = 20,  /* no per-connection state could be made: not measured */
+	SHUNT_SOCK_EVENT_MAX = 21,
 };
 
 struct shunt_sock_stats_key {
 	__u32 workload_id;
 	__u32 event; /* enum shunt_sock_event */
+};
+
+/* L4 metrics of every TCP connection of a meshed pod (docs/metrics.md): per-socket state from its
+ * connect() or accept on, and an event at its establishment and at its end, which the agent reads
+ * from a ring buffer and aggregates by source and destination. The end carries the socket's
+ * totals: TCP's own counters plus the bytes the fast path moved around TCP (sk_msg redirects). */
+#define SHUNT_MAP_L4 "shunt_l4_v1"        /* per-socket connection state (sk_storage) */
+#define SHUNT_MAP_L4_EVENTS "shunt_l4ev_v1" /* connection events (ring buffer) */
+#define SHUNT_L4_RING_BYTES (2 << 20)
+
+/* shunt_l4_conn.flags and shunt_l4_event.flags */
+#define SHUNT_L4_PASSIVE 0x1 /* accepted: the pod is the destination */
+#define SHUNT_L4_OPENED 0x2  /* established (its opening event was sent) */
+#define SHUNT_L4_VIP 0x4     /* connect() to a Service address the agent rewrote (vip, vip_port) */
+#define SHUNT_L4_CLOSED 0x8  /* its end was sent */
+#define SHUNT_L4_FIN_SENT 0x10 /* it sent its FIN (FIN_WAIT1 or LAST_ACK) */
+
+struct shunt_l4_conn {
+	__u64 start_ns;     /* connect() (active), or the SYN's arrival estimated (passive) */
+	__u64 spliced_sent; /* bytes this socket's sends moved into its peer by redirect */
+	__u64 spliced_received; /* bytes redirected into it, as of when it left the sockhash */
+	__u32 workload_id;  /* its pod's */
+	__u32 setup_us;     /* connect() to established; passive: the handshake's round trip */
+	__u32 flags;        /* SHUNT_L4_* */
+	__u32 pad;
+};
+
+enum shunt_l4_event_kind {
+	SHUNT_L4_EV_OPENED = 0,
+	SHUNT_L4_EV_CLOSED = 1,  /* an established connection ended */
+	SHUNT_L4_EV_FAILED = 2,  /* a connect() that never established (refused, timed out, reset) */
+};
+
+struct shunt_l4_event {
+	__u8 kind;          /* enum shunt_l4_event_kind */
+	__u8 flags;         /* SHUNT_L4_* */
+	__u16 local_port;   /* host order */
+	__u16 remote_port;  /* host order */
+	__u16 vip_port;     /* host order; with SHUNT_L4_VIP */
+	__u32 workload_id;  /* the pod's (the reporter's) */
+	__u32 setup_us;
+	__u32 remote_ip[4]; /* network order, IPv4 v4-mapped */
+	__u32 vip[4];       /* the Service address connect() named; with SHUNT_L4_VIP */
+	__u64 duration_ns;  /* CLOSED: established (passive: SYN) to end */
+	__u64 bytes_sent;   /* CLOSED: TCP's bytes acknowledged + the spliced bytes sent */
+	__u64 bytes_received; /* CLOSED: TCP's bytes received + the spliced bytes received */
+	__u32 srtt_us;      /* CLOSED: smoothed round-trip time at the end */
+	__u32 retrans;      /* CLOSED: segments retransmitted */
 };
 
 #endif /* SHUNT_FASTPATH_ABI_H */
