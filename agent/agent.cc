@@ -70,10 +70,10 @@ class RequestCollector : public prometheus::Collectable {
   }
 
  private:
-  std::shared_ptr<const metrics::L4Metrics> l4_;
   std::shared_ptr<const metrics::RequestMetrics> requests_;
   std::shared_ptr<const metrics::ConnectionMetrics> connections_;
   std::shared_ptr<const metrics::CostMetrics> costs_;
+  std::shared_ptr<const metrics::L4Metrics> l4_;
 };
 
 class AgentCollector : public prometheus::Collectable {
@@ -627,12 +627,12 @@ int RunAgent(const AgentConfig& config) {
           const std::vector<shunt_l4_event>& events) mutable {
         auto dir = reconciler.directory();
         static const WorkloadDirectory kNone;
-        if (!events.empty()) {
-          PolicySnapshotPtr snapshot = store.Current();
-          for (const auto& e : events) {
-            l4_metrics->Record(metrics::L4KeyOf(e, snapshot.get(), dir ? *dir : kNone), e);
-          }
-        }
+        PolicySnapshotPtr snapshot;
+        auto key_of = [&](const shunt_l4_event& e) {
+          if (!snapshot) snapshot = store.Current();
+          return metrics::L4KeyOf(e, snapshot.get(), dir ? *dir : kNone);
+        };
+        for (const auto& e : events) l4_metrics->Record(e, key_of);
         if (dir && absl::Now() - last_retain > absl::Seconds(5)) {
           std::set<std::pair<std::string, std::string>> pods;
           for (const auto& [id, w] : *dir) pods.emplace(w.k8s_namespace, w.name);

@@ -349,14 +349,8 @@ static __always_inline const struct shunt_pod *pod_of_sock(struct bpf_sock *bsk)
 
 /* The connection's addresses into an event, read from the socket itself (BTF: the context's
  * fields cannot be read through a computed offset); -1 for a loopback or non-IP one. */
-static __always_inline int l4_addresses(struct bpf_sock_ops *skops, struct shunt_l4_event *e)
+static __always_inline int l4_addresses(struct tcp_sock *tp, struct shunt_l4_event *e)
 {
-	struct bpf_sock *bsk = skops->sk;
-	if (!bsk)
-		return -1;
-	struct tcp_sock *tp = bpf_skc_to_tcp_sock(bsk);
-	if (!tp)
-		return -1;
 	const struct sock_common *c = &tp->inet_conn.icsk_inet.sk.__sk_common;
 	__u32 local[4];
 	if (c->skc_family == SHUNT_AF_INET) {
@@ -377,66 +371,52 @@ static __always_inline int l4_addresses(struct bpf_sock_ops *skops, struct shunt
 	return 0;
 }
 
+/* The connection's counters into `e`: payload bytes each way (TCP's and the fast path's),
+ * its duration, smoothed RTT and retransmissions. */
+static __always_inline void l4_counters(struct tcp_sock *tp, const struct shunt_l4_conn *c,
+					struct shunt_l4_event *e, __u64 now)
+{
+	e->duration_ns = c->start_ns && now > c->start_ns ? now - c->start_ns : 0;
+	/* TCP's counters include the sequence numbers a SYN and a FIN take: an active socket's SYN
+	 * is in its bytes acknowledged, so is its FIN once acknowledged; the peer's FIN (SOCK_DONE)
+	 * is in its bytes received. Payload only here. */
+	__u64 acked = tp->bytes_acked, got = tp->bytes_received;
+	if (!(c->flags & SHUNT_L4_PASSIVE) && acked)
+		acked--;
+	if ((c->flags & SHUNT_L4_FIN_SENT) && tp->snd_una == tp->write_seq && acked)
+		acked--;
+	if ((tp->inet_conn.icsk_inet.sk.__sk_common.skc_flags &
+	     (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE))) &&
+	    got)
+		got--;
+	/* Redirected into it: its reader view counts them while it is in the sockhash. */
+	__u64 spliced_in = c->spliced_received;
+	struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v3, tp, 0, 0);
+	if (st) {
+		const struct shunt_reader_view *v = own_view(st);
+		if (v && v->delivered > spliced_in)
+			spliced_in = v->delivered;
+	}
+	e->bytes_sent = acked + c->spliced_sent;
+	e->bytes_received = got + spliced_in;
+	e->srtt_us = tp->srtt_us >> 3;
+	e->retrans = tp->total_retrans;
+}
+
 /* Sends the connection's event of `kind`; counted where the ring is full. */
-static __always_inline void l4_send(struct bpf_sock_ops *skops, struct shunt_l4_conn *c, __u8 kind,
+static __always_inline void l4_send(struct tcp_sock *tp, struct shunt_l4_conn *c, __u8 kind,
 				    __u64 now)
 {
-	struct bpf_sock *bsk = skops->sk;
-	if (!bsk)
-		return;
 	struct shunt_l4_event *e = bpf_ringbuf_reserve(&shunt_l4ev_v1, sizeof(*e), 0);
 	if (!e) {
-		count_sock_event(c->workload_id, SHUNT_SOCK_L4_LOST);
+		count_sock_event(c->ev.workload_id, SHUNT_SOCK_L4_LOST);
 		return;
 	}
-	__builtin_memset(e, 0, sizeof(*e));
-	if (l4_addresses(skops, e)) {
-		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
-		return;
-	}
+	*e = c->ev;
 	e->kind = kind;
 	e->flags = (__u8)c->flags;
-	e->workload_id = c->workload_id;
-	e->setup_us = c->setup_us;
-	if (c->flags & SHUNT_L4_VIP) {
-		const struct shunt_lb_sock *lb = bpf_sk_storage_get(&shunt_lbsk_v1, bsk, 0, 0);
-		if (lb) {
-			for (int i = 0; i < 4; i++)
-				e->vip[i] = lb->vip[i];
-			e->vip_port = lb->vip_port;
-		} else {
-			e->flags &= ~SHUNT_L4_VIP;
-		}
-	}
-	if (kind != SHUNT_L4_EV_OPENED) {
-		e->duration_ns = c->start_ns && now > c->start_ns ? now - c->start_ns : 0;
-		__u64 received = c->spliced_received;
-		struct shunt_sock_state *st = bpf_sk_storage_get(&shunt_skst_v3, bsk, 0, 0);
-		if (st) {
-			const struct shunt_reader_view *v = own_view(st);
-			if (v && v->delivered > received)
-				received = v->delivered;
-		}
-		/* TCP's counters include the sequence numbers a SYN and a FIN take: an active
-		 * socket's SYN is in bytes acknowledged, so is its FIN once acknowledged; the peer's
-		 * FIN (SOCK_DONE) is in bytes received. Payload only here. */
-		__u64 acked = skops->bytes_acked, got = skops->bytes_received;
-		struct tcp_sock *tp = bpf_skc_to_tcp_sock(bsk);
-		if (tp) {
-			if (!(c->flags & SHUNT_L4_PASSIVE) && acked)
-				acked--;
-			if ((c->flags & SHUNT_L4_FIN_SENT) && tp->snd_una == tp->write_seq && acked)
-				acked--;
-			if ((tp->inet_conn.icsk_inet.sk.__sk_common.skc_flags &
-			     (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE))) &&
-			    got)
-				got--;
-		}
-		e->bytes_sent = acked + c->spliced_sent;
-		e->bytes_received = got + received;
-		e->srtt_us = skops->srtt_us >> 3;
-		e->retrans = skops->total_retrans;
-	}
+	if (kind != SHUNT_L4_EV_OPENED)
+		l4_counters(tp, c, e, now);
 	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 }
 
@@ -455,11 +435,12 @@ static __always_inline struct shunt_l4_conn *l4_start(struct bpf_sock_ops *skops
 		count_sock_event(pod->workload_id, SHUNT_SOCK_L4_NO_STORAGE);
 		return NULL;
 	}
+	__builtin_memset(&c->ev, 0, sizeof(c->ev));
+	c->ev.workload_id = pod->workload_id;
+	c->ev.cookie = bpf_get_socket_cookie(skops);
 	c->start_ns = now;
 	c->spliced_sent = 0;
 	c->spliced_received = 0;
-	c->workload_id = pod->workload_id;
-	c->setup_us = 0;
 	c->flags = flags;
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 	return c;
@@ -474,8 +455,9 @@ static __always_inline void l4_on_connect(struct bpf_sock_ops *skops)
 	const struct shunt_pod *pod = pod_of_sock(bsk);
 	if (!pod || !(pod->flags & SHUNT_POD_MESHED))
 		return;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(bsk);
 	struct shunt_l4_event probe = {};
-	if (l4_addresses(skops, &probe))
+	if (!tp || l4_addresses(tp, &probe))
 		return; /* loopback */
 	l4_start(skops, pod, 0, bpf_ktime_get_ns());
 }
@@ -486,33 +468,44 @@ static __always_inline void l4_on_established(struct bpf_sock_ops *skops,
 	struct bpf_sock *bsk = skops->sk;
 	if (!bsk || !shunt_l4_metrics)
 		return;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(bsk);
+	if (!tp)
+		return;
 	__u64 now = bpf_ktime_get_ns();
 	struct shunt_l4_conn *c;
 	if (skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
 		struct shunt_l4_event probe = {};
-		if (l4_addresses(skops, &probe))
+		if (l4_addresses(tp, &probe))
 			return; /* loopback */
 		c = l4_start(skops, pod, SHUNT_L4_PASSIVE, now);
 		if (!c)
 			return;
 		/* The handshake's round trip, as measured by the SYN-ACK's acknowledgement. */
-		c->setup_us = skops->srtt_us >> 3;
-		c->start_ns = now - (__u64)c->setup_us * 1000;
+		c->ev.setup_us = skops->srtt_us >> 3;
+		c->start_ns = now - (__u64)c->ev.setup_us * 1000;
 	} else {
 		c = bpf_sk_storage_get(&shunt_l4_v1, bsk, 0, 0);
 		if (!c)
 			return; /* loopback, or connected before the agent came */
 		__u64 setup = now > c->start_ns ? now - c->start_ns : 0;
-		c->setup_us = setup / 1000 > 0xffffffffULL ? 0xffffffffu : (__u32)(setup / 1000);
+		c->ev.setup_us = setup / 1000 > 0xffffffffULL ? 0xffffffffu : (__u32)(setup / 1000);
 		c->start_ns = now;
-		if (bpf_sk_storage_get(&shunt_lbsk_v1, bsk, 0, 0))
+		const struct shunt_lb_sock *lb = bpf_sk_storage_get(&shunt_lbsk_v1, bsk, 0, 0);
+		if (lb) {
+			for (int i = 0; i < 4; i++)
+				c->ev.vip[i] = lb->vip[i];
+			c->ev.vip_port = lb->vip_port;
 			c->flags |= SHUNT_L4_VIP;
+		}
 	}
+	if (l4_addresses(tp, &c->ev))
+		return;
 	c->flags |= SHUNT_L4_OPENED;
-	l4_send(skops, c, SHUNT_L4_EV_OPENED, now);
+	l4_send(tp, c, SHUNT_L4_EV_OPENED, now);
 }
 
-/* Its end (TCP_CLOSE): a connection that was established, or a connect() that never was. */
+/* Its FIN going out, and its end (TCP_CLOSE): a connection that was established, or a
+ * connect() that never was. */
 static __always_inline void l4_on_state_change(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *bsk = skops->sk;
@@ -528,9 +521,18 @@ static __always_inline void l4_on_state_change(struct bpf_sock_ops *skops)
 	}
 	if (skops->args[1] != TCP_CLOSE_STATE)
 		return;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(bsk);
+	if (!tp)
+		return;
 	c->flags |= SHUNT_L4_CLOSED;
-	l4_send(skops, c, (c->flags & SHUNT_L4_OPENED) ? SHUNT_L4_EV_CLOSED : SHUNT_L4_EV_FAILED,
-		bpf_ktime_get_ns());
+	if (!(c->flags & SHUNT_L4_OPENED)) {
+		/* Never established: its addresses were not taken yet. */
+		if (l4_addresses(tp, &c->ev))
+			return;
+		l4_send(tp, c, SHUNT_L4_EV_FAILED, bpf_ktime_get_ns());
+		return;
+	}
+	l4_send(tp, c, SHUNT_L4_EV_CLOSED, bpf_ktime_get_ns());
 }
 
 /* Before a socket's reader view goes (it leaves the sockhash): the bytes redirected into it. */
@@ -553,6 +555,7 @@ static __always_inline void l4_spliced(struct bpf_sock *bsk, __u32 size)
 	if (c)
 		c->spliced_sent += size; /* sends of one socket are serialised by its lock */
 }
+
 
 
 /* The file flags of the socket's file; blocking (0) when it has none (a kernel socket). */

@@ -394,6 +394,7 @@ Fastpath::~Fastpath() {
 
 int Fastpath::l4_events_fd() const { return bpf_map__fd(skel_->maps.shunt_l4ev_v1); }
 
+
 absl::Status Fastpath::UpsertPod(uint64_t cgroup_id, const shunt_pod& pod) {
   return LibbpfStatus(
       bpf_map_update_elem(bpf_map__fd(skel_->maps.shunt_pods_v1), &cgroup_id, &pod, BPF_ANY),

@@ -102,25 +102,26 @@ L4Key L4KeyOf(const shunt_l4_event& e, const PolicySnapshot* snapshot,
   return k;
 }
 
-void L4Metrics::Record(const L4Key& key, const shunt_l4_event& e) {
+std::map<L4Key, L4Metrics::Series>::iterator L4Metrics::SeriesFor(const L4Key& key) {
+  auto it = series_.find(key);
+  if (it != series_.end()) return it;
+  if (series_.size() < max_series_) return series_.emplace(key, Series{}).first;
+  L4Key other;
+  other.destination_reporter = key.destination_reporter;
+  other.source_namespace = other.source_workload = other.source_pod = "other";
+  other.destination_namespace = other.destination_workload = other.destination_pod = "other";
+  other.service_namespace = other.service_name = "other";
+  ++folded_;
+  it = series_.find(other);
+  return it != series_.end() ? it : series_.emplace(other, Series{}).first;
+}
+
+void L4Metrics::Record(const shunt_l4_event& e, const KeyFn& key_of) {
   absl::MutexLock l(&mu_);
   ++events_;
-  auto it = series_.find(key);
-  if (it == series_.end()) {
-    if (series_.size() >= max_series_) {
-      L4Key other;
-      other.destination_reporter = key.destination_reporter;
-      other.source_namespace = other.source_workload = other.source_pod = "other";
-      other.destination_namespace = other.destination_workload = other.destination_pod = "other";
-      other.service_namespace = other.service_name = "other";
-      it = series_.find(other);
-      if (it == series_.end()) it = series_.emplace(other, Series{}).first;
-      ++folded_;
-    } else {
-      it = series_.emplace(key, Series{}).first;
-    }
-  }
-  Series& s = it->second;
+  auto open = open_.find(e.cookie);
+  const L4Key key = open != open_.end() ? open->second : key_of(e);
+  Series& s = SeriesFor(key)->second;
   const bool server = key.destination_reporter;
   switch (e.kind) {
     case SHUNT_L4_EV_OPENED: {
@@ -131,6 +132,9 @@ void L4Metrics::Record(const L4Key& key, const shunt_l4_event& e) {
         ++s.setups;
         s.setup_sum += setup;
         Observe(s.setup, kConnectionSetupBuckets, setup);
+      }
+      if (open == open_.end() && open_.size() < max_open_) {
+        open_.emplace(e.cookie, key);
       }
       break;
     }
@@ -157,22 +161,31 @@ void L4Metrics::Record(const L4Key& key, const shunt_l4_event& e) {
     default:
       break;
   }
+  if (e.kind != SHUNT_L4_EV_OPENED && open != open_.end()) open_.erase(open);
+}
+
+size_t L4Metrics::open() const {
+  absl::MutexLock l(&mu_);
+  return open_.size();
 }
 
 void L4Metrics::Retain(const std::set<std::pair<std::string, std::string>>& local_pods) {
-  absl::MutexLock l(&mu_);
-  for (auto it = series_.begin(); it != series_.end();) {
-    const L4Key& k = it->first;
+  auto gone = [&](const L4Key& k) {
     const auto& pod = k.destination_reporter
                           ? std::make_pair(k.destination_namespace, k.destination_pod)
                           : std::make_pair(k.source_namespace, k.source_pod);
     // "other" and a reporter the directory no longer knew (a late event) stay: bounded.
-    if (!pod.second.empty() && pod.second != "other" && !local_pods.count(pod)) {
+    return !pod.second.empty() && pod.second != "other" && !local_pods.count(pod);
+  };
+  absl::MutexLock l(&mu_);
+  for (auto it = series_.begin(); it != series_.end();) {
+    if (gone(it->first)) {
       it = series_.erase(it);
     } else {
       ++it;
     }
   }
+  absl::erase_if(open_, [&](const auto& o) { return gone(o.second); });
 }
 
 uint64_t L4Metrics::folded() const {
@@ -186,11 +199,11 @@ uint64_t L4Metrics::events() const {
 }
 
 std::vector<MetricFamily> L4Metrics::Collect() const {
-  std::vector<std::pair<L4Key, Series>> series;
+  std::map<L4Key, Series> series;
   uint64_t folded = 0;
   {
     absl::MutexLock l(&mu_);
-    series.assign(series_.begin(), series_.end());
+    series = series_;
     folded = folded_;
   }
   enum { kOpened, kClosed, kFailed, kToServer, kToClient, kRetrans, kDuration, kSetup, kRtt };

@@ -14,6 +14,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <set>
 #include <string>
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "agent/dataplane/local_dataplane.h"
 #include "agent/policy/policy_store.h"
@@ -64,15 +66,23 @@ L4Key L4KeyOf(const shunt_l4_event& e, const PolicySnapshot* snapshot,
 
 class L4Metrics : public prometheus::Collectable {
  public:
-  L4Metrics(size_t max_series, bool istio) : max_series_(max_series), istio_(istio) {}
+  using KeyFn = std::function<L4Key(const shunt_l4_event&)>;
+  // `max_open`: open connections whose label set is kept (beyond: resolved again at the end).
+  L4Metrics(size_t max_series, bool istio, size_t max_open = 1 << 18)
+      : max_series_(max_series), istio_(istio), max_open_(max_open) {}
 
-  // One event of the kernel's, under `key`.
-  void Record(const L4Key& key, const shunt_l4_event& e);
-  // The series whose reporting pod (namespace, name) is not in `local_pods` go.
+  // One event of the kernel's. A connection keeps the label set it got when it was first seen
+  // (its opening, or its first record), so that all its figures go to one series; `key_of`
+  // makes it.
+  void Record(const shunt_l4_event& e, const KeyFn& key_of);
+
+  // The series (and the open connections) whose reporting pod (namespace, name) is not in
+  // `local_pods` go.
   void Retain(const std::set<std::pair<std::string, std::string>>& local_pods);
   std::vector<prometheus::MetricFamily> Collect() const override;
   uint64_t folded() const;  // events recorded under "other"
   uint64_t events() const;  // events recorded
+  size_t open() const;      // open connections whose label set is kept
 
  private:
   struct Series {
@@ -84,10 +94,14 @@ class L4Metrics : public prometheus::Collectable {
     std::array<uint64_t, kConnectionSetupBuckets.size()> setup{};
     std::array<uint64_t, kRttBuckets.size()> rtt{};
   };
+  std::map<L4Key, Series>::iterator SeriesFor(const L4Key& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   const size_t max_series_;
   const bool istio_;
+  const size_t max_open_;
   mutable absl::Mutex mu_;
   std::map<L4Key, Series> series_ ABSL_GUARDED_BY(mu_);
+  // The label set of each open connection, by socket cookie.
+  absl::flat_hash_map<uint64_t, L4Key> open_ ABSL_GUARDED_BY(mu_);
   uint64_t folded_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t events_ ABSL_GUARDED_BY(mu_) = 0;
 };

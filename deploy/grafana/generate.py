@@ -185,7 +185,7 @@ a.panel("timeseries", "Relay connections per second by outcome", "accepted, refu
 a.panel("timeseries", "Relay: buffered bytes and budget waits", "Bytes the relay holds, and reads held back by a pod's buffer budget.",
         [(f'sum by (instance) (shunt_relay_buffered_bytes{{{I}}})', "buffered {{instance}}"), (f'sum by (instance) (rate(shunt_relay_buffer_budget_waits_total{{{I}}}{R}))', "waits/s {{instance}}")], w=12)
 a.panel("timeseries", "Metric series folded into other", "Label sets beyond --max-metric-series (requests, connections, cost).",
-        [(f'sum by (instance) (rate({{__name__=~"shunt_(request|tcp|connection|api_cost)_metrics_folded_total", {I}}}{R}))', "{{instance}}")], unit="ops", w=12)
+        [(" + ".join(f'(sum by (instance) (rate(shunt_{fam}_metrics_folded_total{{{I}}}{R})) or on(instance) sum by (instance) (shunt_agent_info{{{I}}}) * 0)' for fam in ("request", "tcp", "connection", "api_cost")), "{{instance}}")], unit="ops", w=12)
 a.save(os.path.join(OUT, "agent-health.json"))
 
 

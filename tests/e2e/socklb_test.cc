@@ -260,6 +260,28 @@ TEST_P(SockLbTest, WeightedSplitOverTwoThousandConnectionsAndGetpeernameShowsThe
   EXPECT_EQ(Count(r, "peers", vip6), 50u) << r.dump();
 }
 
+// The kernel's connection metrics (docs/metrics.md) name the Service whose address the client
+// connected to, not merely one that has the backend's port: two Services with the same pods.
+TEST_P(SockLbTest, ConnectionMetricsNameTheServiceTheClientConnectedTo) {
+  ASSERT_TRUE(WritePolicy({ApiService("api", {kVip4}), ApiService("api-b", {kVip4Other})}, {}, {}));
+  AwaitEntries("services", 2);
+  constexpr int kConns = 20;
+  json r = Probe(P(0), absl::StrCat(kVip4Other, ":80"), kConns);
+  ASSERT_EQ(r.value("connected", -1), kConns) << r.dump();
+  const std::map<std::string, std::string> to_b = {
+      {"reporter", "source"}, {"source_pod", P(0).name}, {"destination_service_name", "api-b"}};
+  double closed = 0;
+  for (int i = 0; i < 100 && closed < kConns; ++i) {
+    closed = Metric("shunt_connections_closed_total", to_b);
+    if (closed < kConns) std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_EQ(closed, kConns);
+  EXPECT_EQ(Metric("shunt_connections_opened_total", to_b), kConns);
+  EXPECT_EQ(Metric("shunt_connections_opened_total",
+                   {{"reporter", "source"}, {"destination_service_name", "api"}}),
+            0);
+}
+
 TEST_P(SockLbTest, PolicyAppliesToTheBackendBehindAVip) {
   json deny = {{"namespace", "default"},
                {"name", "deny-v2"},

@@ -44,14 +44,16 @@ static_assert(sizeof(shunt_listener) == 8);
 static_assert(sizeof(shunt_msg_stats_key) == 16);
 static_assert(sizeof(shunt_msg_stats) == 16);
 static_assert(sizeof(shunt_sock_stats_key) == 8);
-static_assert(sizeof(shunt_l4_conn) == 40);
-static_assert(offsetof(shunt_l4_conn, workload_id) == 24);
-static_assert(sizeof(shunt_l4_event) == 80);
+static_assert(sizeof(shunt_l4_conn) == 120);
+static_assert(offsetof(shunt_l4_conn, start_ns) == 88);
+static_assert(offsetof(shunt_l4_conn, flags) == 112);
+static_assert(sizeof(shunt_l4_event) == 88);
+static_assert(offsetof(shunt_l4_event, cookie) == 48);
 static_assert(offsetof(shunt_l4_event, workload_id) == 8);
 static_assert(offsetof(shunt_l4_event, remote_ip) == 16);
 static_assert(offsetof(shunt_l4_event, vip) == 32);
-static_assert(offsetof(shunt_l4_event, duration_ns) == 48);
-static_assert(offsetof(shunt_l4_event, srtt_us) == 72);
+static_assert(offsetof(shunt_l4_event, duration_ns) == 56);
+static_assert(offsetof(shunt_l4_event, srtt_us) == 80);
 
 // socklb
 static_assert(sizeof(shunt_svc_key) == 20);

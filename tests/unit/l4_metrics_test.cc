@@ -139,13 +139,19 @@ TEST(L4Metrics, CountsEachEndsViewBytesByDirectionHistogramsAndIstiosSourceView)
   closed.retrans = 2;
   shunt_l4_event failed = open;
   failed.kind = SHUNT_L4_EV_FAILED;
-  for (const auto* e : {&open, &closed, &open, &closed, &failed}) m.Record(L4KeyOf(*e, &s, dir), *e);
+  auto key_of = [&](const shunt_l4_event& x) { return L4KeyOf(x, &s, dir); };
+  closed.cookie = 1;
+  shunt_l4_event closed2 = closed;
+  closed2.cookie = 2;
+  failed.cookie = 3;
+  for (const auto* e : {&open, &closed, &open, &closed2, &failed}) m.Record(*e, key_of);
   // web-1 as the server of cart-7: its view, bytes by direction the same way.
   shunt_l4_event served = Event(SHUNT_L4_EV_CLOSED, true, "10.0.1.7", 9090, 51000);
   served.bytes_received = 700;  // client to server
   served.bytes_sent = 9;
   served.duration_ns = 1'000'000;
-  m.Record(L4KeyOf(served, &s, dir), served);
+  served.cookie = 4;
+  m.Record(served, key_of);
 
   const auto fs = m.Collect();
   auto value = [&](const std::string& name, const std::string& reporter) {
@@ -178,8 +184,12 @@ TEST(L4Metrics, CountsEachEndsViewBytesByDirectionHistogramsAndIstiosSourceView)
     EXPECT_DOUBLE_EQ(x.histogram.sample_sum, 5.0);
     // 2.5 s: in the bucket up to 5 s, not in the one up to 1 s.
     for (const auto& b : x.histogram.bucket) {
-      if (b.upper_bound == 1) EXPECT_EQ(b.cumulative_count, 0u);
-      if (b.upper_bound == 5) EXPECT_EQ(b.cumulative_count, 2u);
+      if (b.upper_bound == 1) {
+        EXPECT_EQ(b.cumulative_count, 0u);
+      }
+      if (b.upper_bound == 5) {
+        EXPECT_EQ(b.cumulative_count, 2u);
+      }
     }
   }
   const auto* setup = Find(fs, "shunt_connection_setup_seconds");
@@ -206,6 +216,36 @@ TEST(L4Metrics, CountsEachEndsViewBytesByDirectionHistogramsAndIstiosSourceView)
   EXPECT_NE(text.find("# TYPE shunt_connection_rtt_seconds histogram"), std::string::npos);
 }
 
+TEST(L4Metrics, AConnectionKeepsTheLabelsItOpenedWith) {
+  L4Metrics m(100, /*istio=*/false);
+  PolicySnapshot s = Snapshot();
+  const WorkloadDirectory dir = Directory();
+  int resolved = 0;
+  auto key_of = [&](const shunt_l4_event& x) {
+    ++resolved;
+    return L4KeyOf(x, &s, dir);
+  };
+  shunt_l4_event open = Event(SHUNT_L4_EV_OPENED, false, "10.0.1.7", 40000, 8080);
+  open.cookie = 7;
+  m.Record(open, key_of);
+  EXPECT_EQ(m.open(), 1u);
+  // The peer's pod left the workload table meanwhile: the end still counts where it opened.
+  s.bundle.mutable_workloads()->RemoveLast();
+  s.derived = {};
+  shunt_l4_event closed = open;
+  closed.kind = SHUNT_L4_EV_CLOSED;
+  closed.bytes_sent = 6000;
+  m.Record(closed, key_of);
+  EXPECT_EQ(resolved, 1);
+  EXPECT_EQ(m.open(), 0u);
+  for (const auto& f : m.Collect()) {
+    if (f.name != "shunt_connection_received_bytes_total") continue;
+    ASSERT_EQ(f.metric.size(), 1u);
+    EXPECT_EQ(LabelsOf(f.metric[0])["destination_pod"], "cart-7");
+    EXPECT_EQ(f.metric[0].counter.value, 6000);
+  }
+}
+
 TEST(L4Metrics, BeyondTheCapFoldsIntoOtherAndAPodThatLeftHasNoSeriesLeft) {
   L4Metrics m(2, /*istio=*/false);
   auto key = [](const std::string& pod) {
@@ -217,7 +257,10 @@ TEST(L4Metrics, BeyondTheCapFoldsIntoOtherAndAPodThatLeftHasNoSeriesLeft) {
   };
   shunt_l4_event e{};
   e.kind = SHUNT_L4_EV_OPENED;
-  for (const char* pod : {"web-1", "web-2", "web-3", "web-4"}) m.Record(key(pod), e);
+  for (const char* pod : {"web-1", "web-2", "web-3", "web-4"}) {
+    ++e.cookie;
+    m.Record(e, [&](const shunt_l4_event&) { return key(pod); });
+  }
   EXPECT_EQ(m.folded(), 2u);
   auto pods = [&] {
     std::set<std::string> out;

@@ -241,16 +241,6 @@ struct shunt_sock_stats_key {
 #define SHUNT_L4_CLOSED 0x8  /* its end was sent */
 #define SHUNT_L4_FIN_SENT 0x10 /* it sent its FIN (FIN_WAIT1 or LAST_ACK) */
 
-struct shunt_l4_conn {
-	__u64 start_ns;     /* connect() (active), or the SYN's arrival estimated (passive) */
-	__u64 spliced_sent; /* bytes this socket's sends moved into its peer by redirect */
-	__u64 spliced_received; /* bytes redirected into it, as of when it left the sockhash */
-	__u32 workload_id;  /* its pod's */
-	__u32 setup_us;     /* connect() to established; passive: the handshake's round trip */
-	__u32 flags;        /* SHUNT_L4_* */
-	__u32 pad;
-};
-
 enum shunt_l4_event_kind {
 	SHUNT_L4_EV_OPENED = 0,
 	SHUNT_L4_EV_CLOSED = 1,  /* an established connection ended */
@@ -267,11 +257,23 @@ struct shunt_l4_event {
 	__u32 setup_us;
 	__u32 remote_ip[4]; /* network order, IPv4 v4-mapped */
 	__u32 vip[4];       /* the Service address connect() named; with SHUNT_L4_VIP */
+	__u64 cookie;       /* the socket's cookie: one connection's events */
 	__u64 duration_ns;  /* CLOSED: established (passive: SYN) to end */
-	__u64 bytes_sent;   /* CLOSED: TCP's bytes acknowledged + the spliced bytes sent */
-	__u64 bytes_received; /* CLOSED: TCP's bytes received + the spliced bytes received */
-	__u32 srtt_us;      /* CLOSED: smoothed round-trip time at the end */
+	__u64 bytes_sent;   /* CLOSED: payload, TCP's acknowledged + the spliced bytes sent */
+	__u64 bytes_received; /* CLOSED: payload, TCP's + the spliced bytes received */
+	__u32 srtt_us;      /* CLOSED: smoothed round-trip time */
 	__u32 retrans;      /* CLOSED: segments retransmitted */
+};
+
+/* A connection's state (sk_storage): its event as filled at establishment, its counters. */
+struct shunt_l4_conn {
+	struct shunt_l4_event ev;
+	__u64 start_ns;     /* established (active; connect() until then), or the SYN's arrival
+			     * estimated (passive) */
+	__u64 spliced_sent; /* bytes this socket's sends moved into its peer by redirect */
+	__u64 spliced_received; /* bytes redirected into it, as of when it left the sockhash */
+	__u32 flags;        /* SHUNT_L4_* */
+	__u32 pad;
 };
 
 #endif /* SHUNT_FASTPATH_ABI_H */
