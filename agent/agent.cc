@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "agent/bpf/fastpath.h"
 #include "agent/bpf/kernel_probe.h"
@@ -627,12 +628,14 @@ int RunAgent(const AgentConfig& config) {
           const std::vector<shunt_l4_event>& events) mutable {
         auto dir = reconciler.directory();
         static const WorkloadDirectory kNone;
-        PolicySnapshotPtr snapshot;
+        PolicySnapshotPtr snapshot = store.Current();
         auto key_of = [&](const shunt_l4_event& e) {
-          if (!snapshot) snapshot = store.Current();
           return metrics::L4KeyOf(e, snapshot.get(), dir ? *dir : kNone);
         };
-        for (const auto& e : events) l4_metrics->Record(e, key_of);
+        // Label sets made once per policy version and directory.
+        const uint64_t generation =
+            absl::HashOf(snapshot ? snapshot->version : 0, static_cast<const void*>(dir.get()));
+        for (const auto& e : events) l4_metrics->Record(e, key_of, generation);
         if (dir && absl::Now() - last_retain > absl::Seconds(5)) {
           std::set<std::pair<std::string, std::string>> pods;
           for (const auto& [id, w] : *dir) pods.emplace(w.k8s_namespace, w.name);

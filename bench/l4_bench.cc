@@ -21,6 +21,9 @@ ABSL_FLAG(int, rounds, 5, "Interleaved rounds per path; the median is reported."
 ABSL_FLAG(int, conns, 3000, "Short connections per connection-rate run.");
 ABSL_FLAG(int, seconds, 2, "Duration of each bulk throughput run.");
 ABSL_FLAG(int, pingpong_count, 10000, "Request/response exchanges per latency run.");
+ABSL_FLAG(bool, swap_nodes, false,
+          "Measure on node 1 and leave node 0 unmeasured (the other way round): a check that "
+          "the difference is the metrics', not the nodes'.");
 
 namespace {
 
@@ -40,8 +43,9 @@ int main(int argc, char** argv) {
   auto policy = bed.WritePolicyFile(
       "policy.json", {{a.name, true}, {b.name, true}, {c.name, true}, {d.name, true}});
   if (!policy.ok()) return 1;
-  AgentProcess measured(bed, bed.node(0), *policy, {});
-  AgentProcess unmeasured(bed, bed.node(1), *policy, {"--connection-metrics=false"});
+  const bool swap = absl::GetFlag(FLAGS_swap_nodes);
+  AgentProcess measured(bed, bed.node(swap ? 1 : 0), *policy, {});
+  AgentProcess unmeasured(bed, bed.node(swap ? 0 : 1), *policy, {"--connection-metrics=false"});
   for (AgentProcess* ag : {&measured, &unmeasured}) {
     if (absl::Status s = ag->Start(); !s.ok()) {
       std::fprintf(stderr, "agent: %s\n", std::string(s.message()).c_str());
@@ -53,7 +57,8 @@ int main(int argc, char** argv) {
     const Pod* client;
     const Pod* server;
   };
-  const std::vector<Path> paths = {{"off", &c, &d}, {"on", &a, &b}};
+  const std::vector<Path> paths = {{"off", swap ? &a : &c, swap ? &b : &d},
+                                   {"on", swap ? &c : &a, swap ? &d : &b}};
   std::vector<shunt::testbed::ProcessPtr> servers;
   for (const auto& p : paths) {
     for (const auto& [port, mode] : std::vector<std::pair<int, std::string>>{
@@ -76,7 +81,10 @@ int main(int argc, char** argv) {
   const int rounds = absl::GetFlag(FLAGS_rounds), conns = absl::GetFlag(FLAGS_conns);
   std::map<std::string, std::vector<double>> cps, gbps, p50;
   for (int r = 0; r < rounds; ++r) {
-    for (const auto& p : paths) {
+    // Each round in the other order: neither goes first throughout.
+    std::vector<Path> order = paths;
+    if (r % 2) std::swap(order[0], order[1]);
+    for (const auto& p : order) {
       const auto t0 = std::chrono::steady_clock::now();
       auto probe = shunt::bench::Client(
           bed, *p.client,

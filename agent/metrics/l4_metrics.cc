@@ -102,27 +102,62 @@ L4Key L4KeyOf(const shunt_l4_event& e, const PolicySnapshot* snapshot,
   return k;
 }
 
-std::map<L4Key, L4Metrics::Series>::iterator L4Metrics::SeriesFor(const L4Key& key) {
+L4Metrics::SeriesPtr L4Metrics::SeriesFor(const L4Key& key) {
   auto it = series_.find(key);
-  if (it != series_.end()) return it;
-  if (series_.size() < max_series_) return series_.emplace(key, Series{}).first;
-  L4Key other;
-  other.destination_reporter = key.destination_reporter;
-  other.source_namespace = other.source_workload = other.source_pod = "other";
-  other.destination_namespace = other.destination_workload = other.destination_pod = "other";
-  other.service_namespace = other.service_name = "other";
-  ++folded_;
-  it = series_.find(other);
-  return it != series_.end() ? it : series_.emplace(other, Series{}).first;
+  if (it != series_.end()) return it->second;
+  L4Key k = key;
+  if (series_.size() >= max_series_) {
+    k = L4Key{};
+    k.destination_reporter = key.destination_reporter;
+    k.source_namespace = k.source_workload = k.source_pod = "other";
+    k.destination_namespace = k.destination_workload = k.destination_pod = "other";
+    k.service_namespace = k.service_name = "other";
+    ++folded_;
+    it = series_.find(k);
+    if (it != series_.end()) return it->second;
+  }
+  auto s = std::make_shared<Series>();
+  s->key = k;
+  series_.emplace(k, s);
+  return s;
 }
 
-void L4Metrics::Record(const shunt_l4_event& e, const KeyFn& key_of) {
+L4Metrics::Identity L4Metrics::IdentityOf(const shunt_l4_event& e) {
+  const bool passive = (e.flags & SHUNT_L4_PASSIVE) != 0;
+  const bool vip = (e.flags & SHUNT_L4_VIP) != 0;
+  return {e.workload_id,
+          static_cast<uint32_t>(passive) | (static_cast<uint32_t>(vip) << 1),
+          e.remote_ip[0],
+          e.remote_ip[1],
+          e.remote_ip[2],
+          e.remote_ip[3],
+          passive ? e.local_port : e.remote_port,  // the server's port (not the ephemeral one)
+          vip ? e.vip[0] : 0u,
+          vip ? e.vip[1] : 0u,
+          vip ? e.vip[2] : 0u,
+          vip ? e.vip[3] : 0u,
+          vip ? e.vip_port : 0u};
+}
+
+void L4Metrics::Record(const shunt_l4_event& e, const KeyFn& key_of, uint64_t generation) {
   absl::MutexLock l(&mu_);
   ++events_;
+  if (generation != generation_) {
+    made_.clear();
+    generation_ = generation;
+  }
   auto open = open_.find(e.cookie);
-  const L4Key key = open != open_.end() ? open->second : key_of(e);
-  Series& s = SeriesFor(key)->second;
-  const bool server = key.destination_reporter;
+  SeriesPtr series;
+  if (open != open_.end()) {
+    series = open->second;
+  } else {
+    SeriesPtr& made = made_[IdentityOf(e)];
+    if (made == nullptr || made->gone) made = SeriesFor(key_of(e));
+    series = made;
+  }
+  if (series->gone) return;  // its pod left: nothing more is shown for it
+  Series& s = *series;
+  const bool server = s.key.destination_reporter;
   switch (e.kind) {
     case SHUNT_L4_EV_OPENED: {
       ++s.opened;
@@ -133,9 +168,7 @@ void L4Metrics::Record(const shunt_l4_event& e, const KeyFn& key_of) {
         s.setup_sum += setup;
         Observe(s.setup, kConnectionSetupBuckets, setup);
       }
-      if (open == open_.end() && open_.size() < max_open_) {
-        open_.emplace(e.cookie, key);
-      }
+      if (open == open_.end() && open_.size() < max_open_) open_.emplace(e.cookie, series);
       break;
     }
     case SHUNT_L4_EV_CLOSED: {
@@ -164,11 +197,6 @@ void L4Metrics::Record(const shunt_l4_event& e, const KeyFn& key_of) {
   if (e.kind != SHUNT_L4_EV_OPENED && open != open_.end()) open_.erase(open);
 }
 
-size_t L4Metrics::open() const {
-  absl::MutexLock l(&mu_);
-  return open_.size();
-}
-
 void L4Metrics::Retain(const std::set<std::pair<std::string, std::string>>& local_pods) {
   auto gone = [&](const L4Key& k) {
     const auto& pod = k.destination_reporter
@@ -180,12 +208,14 @@ void L4Metrics::Retain(const std::set<std::pair<std::string, std::string>>& loca
   absl::MutexLock l(&mu_);
   for (auto it = series_.begin(); it != series_.end();) {
     if (gone(it->first)) {
+      it->second->gone = true;
       it = series_.erase(it);
     } else {
       ++it;
     }
   }
-  absl::erase_if(open_, [&](const auto& o) { return gone(o.second); });
+  absl::erase_if(open_, [](const auto& o) { return o.second->gone; });
+  absl::erase_if(made_, [](const auto& m) { return m.second->gone; });
 }
 
 uint64_t L4Metrics::folded() const {
@@ -198,12 +228,18 @@ uint64_t L4Metrics::events() const {
   return events_;
 }
 
+size_t L4Metrics::open() const {
+  absl::MutexLock l(&mu_);
+  return open_.size();
+}
+
 std::vector<MetricFamily> L4Metrics::Collect() const {
-  std::map<L4Key, Series> series;
+  std::vector<std::pair<L4Key, Series>> series;
   uint64_t folded = 0;
   {
     absl::MutexLock l(&mu_);
-    series = series_;
+    series.reserve(series_.size());
+    for (const auto& [k, s] : series_) series.emplace_back(k, *s);
     folded = folded_;
   }
   enum { kOpened, kClosed, kFailed, kToServer, kToClient, kRetrans, kDuration, kSetup, kRtt };

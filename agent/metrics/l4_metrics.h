@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <tuple>
@@ -71,10 +72,11 @@ class L4Metrics : public prometheus::Collectable {
   L4Metrics(size_t max_series, bool istio, size_t max_open = 1 << 18)
       : max_series_(max_series), istio_(istio), max_open_(max_open) {}
 
-  // One event of the kernel's. A connection keeps the label set it got when it was first seen
-  // (its opening, or its first record), so that all its figures go to one series; `key_of`
-  // makes it.
-  void Record(const shunt_l4_event& e, const KeyFn& key_of);
+  // One event of the kernel's. A connection keeps the label set it got when it opened, so that
+  // all its figures go to one series; `key_of` makes it. Label sets are kept per reporting pod,
+  // peer and server port while `generation` (the workload table's and policy's version) stays:
+  // most events then cost a hash lookup.
+  void Record(const shunt_l4_event& e, const KeyFn& key_of, uint64_t generation = 0);
 
   // The series (and the open connections) whose reporting pod (namespace, name) is not in
   // `local_pods` go.
@@ -86,6 +88,8 @@ class L4Metrics : public prometheus::Collectable {
 
  private:
   struct Series {
+    L4Key key;
+    bool gone = false;  // out of series_ (its pod left): what still comes to it is dropped
     uint64_t opened = 0, closed = 0, failed = 0;
     uint64_t to_server = 0, to_client = 0, retransmits = 0;
     double duration_sum = 0, setup_sum = 0, rtt_sum = 0;
@@ -94,14 +98,22 @@ class L4Metrics : public prometheus::Collectable {
     std::array<uint64_t, kConnectionSetupBuckets.size()> setup{};
     std::array<uint64_t, kRttBuckets.size()> rtt{};
   };
-  std::map<L4Key, Series>::iterator SeriesFor(const L4Key& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  using SeriesPtr = std::shared_ptr<Series>;
+  SeriesPtr SeriesFor(const L4Key& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // What decides an event's labels: the reporter, its flags, the peer, the server's port, the
+  // Service address.
+  using Identity = std::array<uint32_t, 12>;
+  static Identity IdentityOf(const shunt_l4_event& e);
   const size_t max_series_;
   const bool istio_;
   const size_t max_open_;
   mutable absl::Mutex mu_;
-  std::map<L4Key, Series> series_ ABSL_GUARDED_BY(mu_);
-  // The label set of each open connection, by socket cookie.
-  absl::flat_hash_map<uint64_t, L4Key> open_ ABSL_GUARDED_BY(mu_);
+  std::map<L4Key, SeriesPtr> series_ ABSL_GUARDED_BY(mu_);
+  // The series of each open connection, by socket cookie.
+  absl::flat_hash_map<uint64_t, SeriesPtr> open_ ABSL_GUARDED_BY(mu_);
+  // Label sets already made, while `generation_` holds.
+  absl::flat_hash_map<Identity, SeriesPtr> made_ ABSL_GUARDED_BY(mu_);
+  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t folded_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t events_ ABSL_GUARDED_BY(mu_) = 0;
 };

@@ -244,6 +244,20 @@ TEST(L4Metrics, AConnectionKeepsTheLabelsItOpenedWith) {
     EXPECT_EQ(LabelsOf(f.metric[0])["destination_pod"], "cart-7");
     EXPECT_EQ(f.metric[0].counter.value, 6000);
   }
+  // The next connection to the same peer and port: its labels as made, while the policy and
+  // directory are the same (generation); made again once they changed.
+  open.cookie = 8;
+  m.Record(open, key_of, /*generation=*/0);
+  EXPECT_EQ(resolved, 1);
+  open.cookie = 9;
+  m.Record(open, key_of, /*generation=*/1);
+  EXPECT_EQ(resolved, 2);
+  std::set<std::string> pods;
+  for (const auto& f : m.Collect()) {
+    if (f.name != "shunt_connections_opened_total") continue;
+    for (const auto& x : f.metric) pods.insert(LabelsOf(x)["destination_pod"]);
+  }
+  EXPECT_EQ(pods, (std::set<std::string>{"cart-7", "unknown"}));
 }
 
 TEST(L4Metrics, BeyondTheCapFoldsIntoOtherAndAPodThatLeftHasNoSeriesLeft) {
@@ -259,6 +273,7 @@ TEST(L4Metrics, BeyondTheCapFoldsIntoOtherAndAPodThatLeftHasNoSeriesLeft) {
   e.kind = SHUNT_L4_EV_OPENED;
   for (const char* pod : {"web-1", "web-2", "web-3", "web-4"}) {
     ++e.cookie;
+    ++e.workload_id;  // each pod its own
     m.Record(e, [&](const shunt_l4_event&) { return key(pod); });
   }
   EXPECT_EQ(m.folded(), 2u);
