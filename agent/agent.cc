@@ -13,7 +13,6 @@
 #include <thread>
 
 #include "absl/cleanup/cleanup.h"
-#include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "agent/bpf/fastpath.h"
 #include "agent/bpf/kernel_probe.h"
@@ -575,7 +574,15 @@ int RunAgent(const AgentConfig& config) {
   lb_options.directory = [&reconciler] { return reconciler.directory(); };
   ServicePolicyReconciler service_policy(lb_options, store, lb_writer);
   late_enforcement.Set([&](absl::Duration wait) {
-    return AwaitEnforcement(store, reconciler, service_policy, wait);
+    Enforcement e = AwaitEnforcement(store, reconciler, service_policy, wait);
+    // And the ApiCostPolicies this node does not keep in force (for their CR status only:
+    // /readyz and shunt_agent_synced are about access policy).
+    if (auto snapshot = store.Current()) {
+      for (auto& part : CostPoliciesNotEnforced(*snapshot, config.node_name, config.capture)) {
+        e.not_enforced.push_back(std::move(part));
+      }
+    }
+    return e;
   });
   absl::Cleanup unhook_enforcement = [&late_enforcement] { late_enforcement.Set(nullptr); };
   if (absl::Status s = service_policy.Start(); !s.ok()) {
@@ -624,17 +631,22 @@ int RunAgent(const AgentConfig& config) {
       absl::FailedPreconditionError("--connection-metrics=false");
   if (config.connection_metrics) l4_started = metrics::L4EventReader::Start(
       (*fastpath)->l4_events_fd(),
-      [&store, &reconciler, l4_metrics, last_retain = absl::InfinitePast()](
-          const std::vector<shunt_l4_event>& events) mutable {
+      [&store, &reconciler, l4_metrics, last_retain = absl::InfinitePast(),
+       last_snapshot = PolicySnapshotPtr(), last_dir = std::shared_ptr<const WorkloadDirectory>(),
+       generation = uint64_t{0}](const std::vector<shunt_l4_event>& events) mutable {
         auto dir = reconciler.directory();
         static const WorkloadDirectory kNone;
         PolicySnapshotPtr snapshot = store.Current();
         auto key_of = [&](const shunt_l4_event& e) {
           return metrics::L4KeyOf(e, snapshot.get(), dir ? *dir : kNone);
         };
-        // Label sets made once per policy version and directory.
-        const uint64_t generation =
-            absl::HashOf(snapshot ? snapshot->version : 0, static_cast<const void*>(dir.get()));
+        // Label sets made once per policy snapshot and directory (held here: a new one is never
+        // taken for the old at its address).
+        if (snapshot != last_snapshot || dir != last_dir) {
+          last_snapshot = snapshot;
+          last_dir = dir;
+          ++generation;
+        }
         for (const auto& e : events) l4_metrics->Record(e, key_of, generation);
         if (dir && absl::Now() - last_retain > absl::Seconds(5)) {
           std::set<std::pair<std::string, std::string>> pods;
@@ -808,6 +820,9 @@ int RunAgent(const AgentConfig& config) {
     }
   }
   auto stop_policy_work = [&] {
+    // The connection events' ring takes one reader: a successor's (what comes meanwhile waits in
+    // the pinned ring for it).
+    l4_reader.reset();
     if (source) source->Stop();
     reconciler.Stop();  // before the policy pass its hook runs (stop_fast_path does it again)
     service_policy.Stop();

@@ -477,12 +477,11 @@ static __always_inline void l4_on_established(struct bpf_sock_ops *skops,
 		struct shunt_l4_event probe = {};
 		if (l4_addresses(tp, &probe))
 			return; /* loopback */
+		/* No setup time: what a server's socket knows of its handshake is the SYN-ACK's
+		 * round trip from TCP timestamps, in whole milliseconds. */
 		c = l4_start(skops, pod, SHUNT_L4_PASSIVE, now);
 		if (!c)
 			return;
-		/* The handshake's round trip, as measured by the SYN-ACK's acknowledgement. */
-		c->ev.setup_us = skops->srtt_us >> 3;
-		c->start_ns = now - (__u64)c->ev.setup_us * 1000;
 	} else {
 		c = bpf_sk_storage_get(&shunt_l4_v1, bsk, 0, 0);
 		if (!c)
@@ -490,16 +489,23 @@ static __always_inline void l4_on_established(struct bpf_sock_ops *skops,
 		__u64 setup = now > c->start_ns ? now - c->start_ns : 0;
 		c->ev.setup_us = setup / 1000 > 0xffffffffULL ? 0xffffffffu : (__u32)(setup / 1000);
 		c->start_ns = now;
-		const struct shunt_lb_sock *lb = bpf_sk_storage_get(&shunt_lbsk_v1, bsk, 0, 0);
-		if (lb) {
-			for (int i = 0; i < 4; i++)
-				c->ev.vip[i] = lb->vip[i];
-			c->ev.vip_port = lb->vip_port;
-			c->flags |= SHUNT_L4_VIP;
-		}
 	}
 	if (l4_addresses(tp, &c->ev))
 		return;
+	/* The Service address connect() named, if the socket load balancer sent this very
+	 * connection to its backend (not an earlier connect() of the socket that failed). */
+	const struct shunt_lb_sock *lb =
+		skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
+			? bpf_sk_storage_get(&shunt_lbsk_v1, bsk, 0, 0)
+			: NULL;
+	if (lb && lb->backend_port == c->ev.remote_port && lb->backend[0] == c->ev.remote_ip[0] &&
+	    lb->backend[1] == c->ev.remote_ip[1] && lb->backend[2] == c->ev.remote_ip[2] &&
+	    lb->backend[3] == c->ev.remote_ip[3]) {
+		for (int i = 0; i < 4; i++)
+			c->ev.vip[i] = lb->vip[i];
+		c->ev.vip_port = lb->vip_port;
+		c->flags |= SHUNT_L4_VIP;
+	}
 	c->flags |= SHUNT_L4_OPENED;
 	l4_send(tp, c, SHUNT_L4_EV_OPENED, now);
 }

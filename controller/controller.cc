@@ -87,13 +87,15 @@ void Controller::WriteStatuses(std::vector<PolicyStatus> statuses) {
   std::map<ObjectKey, std::string> now;
   std::map<ObjectKey, int64_t> settled_now;
   for (auto& st : statuses) {
-    if (st.accepted && st.key.kind == Kind::kAccessPolicy) {
+    // What agents report of the policies they enforce (AccessPolicy in the kernel,
+    // ApiCostPolicy in the relay).
+    if (st.accepted && (st.key.kind == Kind::kAccessPolicy || st.key.kind == Kind::kApiCostPolicy)) {
       if (auto it = not_enforced.find(st.resource_key); it != not_enforced.end()) {
         st.not_enforced = it->second;
       }
       // A node none of whose access policies is known enforced (its maps not written yet).
       if (auto it = not_enforced.find(PolicyServer::kEveryAccessPolicy);
-          it != not_enforced.end()) {
+          st.key.kind == Kind::kAccessPolicy && it != not_enforced.end()) {
         for (const auto& [node, why] : it->second) {
           std::string& r = st.not_enforced[node];
           absl::StrAppend(&r, r.empty() ? "" : "; ", why);

@@ -57,7 +57,8 @@ shunt::v1::EnforcementReport ToReport(const Enforcement& e) {
     if (part.policy.empty()) continue;
     std::vector<std::string> ns_name = absl::StrSplit(part.policy, absl::MaxSplits('/', 1));
     if (ns_name.size() != 2) continue;
-    n->mutable_key()->set_kind(shunt::v1::ResourceKey::ACCESS_POLICY);
+    n->mutable_key()->set_kind(part.cost ? shunt::v1::ResourceKey::API_COST_POLICY
+                                         : shunt::v1::ResourceKey::ACCESS_POLICY);
     n->mutable_key()->set_namespace_(ns_name[0]);
     n->mutable_key()->set_name(ns_name[1]);
   }

@@ -37,7 +37,7 @@ inline constexpr absl::Duration kEnforcementGrace = absl::Seconds(5);
 Enforcement AwaitEnforcement(const PolicyStore& store, const Reconciler& fast_path,
                              const ServicePolicyReconciler& policy, absl::Duration wait);
 
-// For the controller: policies by key (AccessPolicy), node-wide parts without one.
+// For the controller: policies by key (AccessPolicy, ApiCostPolicy), node-wide parts without one.
 shunt::v1::EnforcementReport ToReport(const Enforcement& e);
 // "ns/name: reason; node: reason" for /readyz and logs; at most `max_parts`, then "(+N more)".
 std::string DescribeNotEnforced(const std::vector<NotEnforcedPart>& parts, size_t max_parts = 8);

@@ -1064,6 +1064,38 @@ std::vector<std::pair<std::string, std::string>> ServicesOf(const PolicySnapshot
                                     : it->second;
 }
 
+std::vector<NotEnforcedPart> CostPoliciesNotEnforced(const PolicySnapshot& snapshot,
+                                                     std::string_view node, bool capture) {
+  std::vector<NotEnforcedPart> out;
+  const auto& bundle = snapshot.bundle;
+  absl::flat_hash_set<std::string> local;  // meshed pods of this node, by uid
+  for (const auto& w : bundle.workloads()) {
+    if (w.node() == node && w.meshed() && !w.host_network()) local.insert(w.uid());
+  }
+  for (const auto& p : bundle.api_cost_policies()) {
+    NotEnforcedPart part{.policy = absl::StrCat(p.namespace_(), "/", p.name()), .reason = "", .cost = true};
+    if (auto compiled = cost::CostPolicy::Compile(p); !compiled.ok()) {
+      part.reason = absl::StrCat("does not compile on this agent: ", compiled.status().message());
+      out.push_back(std::move(part));
+      continue;
+    }
+    if (capture) continue;
+    bool served_here = false;
+    for (const auto& s : bundle.services()) {
+      if (s.namespace_() != p.namespace_() || s.name() != p.service()) continue;
+      for (const auto& e : s.endpoints()) served_here |= local.count(e.workload_uid()) > 0;
+    }
+    if (served_here) {
+      part.reason =
+          "the agent runs without --capture: calls to the Service's pods on this node are not "
+          "read, nobody is charged for them";
+      out.push_back(std::move(part));
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 const Workload* WorkloadByIp(const PolicySnapshot& snapshot, const IpKey& ip) {
   const ArrivalIndex& index = IndexOf(snapshot);
   auto it = index.by_ip.find(IpBytes(ip));

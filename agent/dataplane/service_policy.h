@@ -85,6 +85,7 @@ struct NotEnforcedPart {
   std::string reason;
   // Node-wide, and no access policy of the node is known enforced (maps not written, not yet).
   bool every_access_policy = false;
+  bool cost = false;  // `policy` names an ApiCostPolicy (not an AccessPolicy)
   auto operator<=>(const NotEnforcedPart&) const = default;
 };
 
@@ -284,6 +285,13 @@ std::pair<std::string, std::string> ServiceAt(const PolicySnapshot& snapshot, co
 std::shared_ptr<const cost::CostPolicy> CostPolicyOf(const PolicySnapshot& snapshot,
                                                      const std::string& ns,
                                                      const std::string& name);
+// The ApiCostPolicies of `snapshot` not in force on `node`, and why (the CR's status, through
+// the ACK): one that does not compile here (a newer controller's), and, where the relay is off
+// (`capture` false), one whose Service has meshed pods of this node among its endpoints (their
+// calls are not read: nobody is charged for them). A policy whose Service has no pod here has
+// nothing to do here: in force.
+std::vector<NotEnforcedPart> CostPoliciesNotEnforced(const PolicySnapshot& snapshot,
+                                                     std::string_view node, bool capture);
 std::vector<std::string> L7PortsOf(const shunt::v1::PolicyBundle& bundle,
                                    const shunt::v1::Workload& w);
 

@@ -106,18 +106,19 @@ L4Metrics::SeriesPtr L4Metrics::SeriesFor(const L4Key& key) {
   auto it = series_.find(key);
   if (it != series_.end()) return it->second;
   L4Key k = key;
-  if (series_.size() >= max_series_) {
+  const bool other = series_.size() >= max_series_;
+  if (other) {
     k = L4Key{};
     k.destination_reporter = key.destination_reporter;
     k.source_namespace = k.source_workload = k.source_pod = "other";
     k.destination_namespace = k.destination_workload = k.destination_pod = "other";
     k.service_namespace = k.service_name = "other";
-    ++folded_;
     it = series_.find(k);
     if (it != series_.end()) return it->second;
   }
   auto s = std::make_shared<Series>();
   s->key = k;
+  s->other = other;
   series_.emplace(k, s);
   return s;
 }
@@ -142,7 +143,8 @@ L4Metrics::Identity L4Metrics::IdentityOf(const shunt_l4_event& e) {
 void L4Metrics::Record(const shunt_l4_event& e, const KeyFn& key_of, uint64_t generation) {
   absl::MutexLock l(&mu_);
   ++events_;
-  if (generation != generation_) {
+  // Bounded: peers outside the cluster (a NodePort's clients) are many, their labels few.
+  if (generation != generation_ || made_.size() >= 4 * max_series_ + 1024) {
     made_.clear();
     generation_ = generation;
   }
@@ -156,14 +158,15 @@ void L4Metrics::Record(const shunt_l4_event& e, const KeyFn& key_of, uint64_t ge
     series = made;
   }
   if (series->gone) return;  // its pod left: nothing more is shown for it
+  if (series->other) ++folded_;
   Series& s = *series;
   const bool server = s.key.destination_reporter;
   switch (e.kind) {
     case SHUNT_L4_EV_OPENED: {
       ++s.opened;
       const double setup = e.setup_us / 1e6;
-      // A server's setup is the handshake's round trip: none measured, none observed.
-      if (!server || e.setup_us > 0) {
+      // A server's end measures no setup (bpf/fastpath.bpf.c).
+      if (!server) {
         ++s.setups;
         s.setup_sum += setup;
         Observe(s.setup, kConnectionSetupBuckets, setup);
@@ -251,8 +254,8 @@ std::vector<MetricFamily> L4Metrics::Collect() const {
       Family("shunt_connections_closed_total", "Of those, the ones that ended.",
              MetricType::Counter),
       Family("shunt_connection_failures_total",
-             "connect() calls of meshed pods that never established (refused, timed out, "
-             "reset).",
+             "connect() calls of meshed pods that never established (refused, timed out, reset, "
+             "abandoned).",
              MetricType::Counter),
       Family("shunt_connection_received_bytes_total",
              "Bytes of ended connections, client to server (TCP's and the fast path's).",
@@ -262,11 +265,10 @@ std::vector<MetricFamily> L4Metrics::Collect() const {
              MetricType::Counter),
       Family("shunt_connection_retransmitted_segments_total",
              "TCP segments the reporting socket retransmitted.", MetricType::Counter),
-      Family("shunt_connection_duration_seconds",
-             "From establishment (a server: the SYN) to the end, seconds.",
+      Family("shunt_connection_duration_seconds", "From establishment to the end, seconds.",
              MetricType::Histogram),
       Family("shunt_connection_setup_seconds",
-             "connect() to established (a server: the handshake's round trip), seconds.",
+             "A client's connect() to established, seconds (a server's end: none).",
              MetricType::Histogram),
       Family("shunt_connection_rtt_seconds",
              "TCP's smoothed round-trip time at a connection's end, seconds.",

@@ -89,7 +89,8 @@ class L4Metrics : public prometheus::Collectable {
  private:
   struct Series {
     L4Key key;
-    bool gone = false;  // out of series_ (its pod left): what still comes to it is dropped
+    bool gone = false;   // out of series_ (its pod left): what still comes to it is dropped
+    bool other = false;  // the label set "other" (beyond the cap)
     uint64_t opened = 0, closed = 0, failed = 0;
     uint64_t to_server = 0, to_client = 0, retransmits = 0;
     double duration_sum = 0, setup_sum = 0, rtt_sum = 0;

@@ -261,9 +261,10 @@ nlohmann::json KubernetesStatusWriter::ConditionsPatch(const PolicyStatus& statu
   condition["observedGeneration"] = status.observed_generation;
   condition["lastTransitionTime"] = time(transition);
   nlohmann::json conditions = nlohmann::json::array({condition});
-  // Agents report what they do not enforce of access policies (the kinds they enforce in the
-  // kernel); for the others Enforced would say nothing.
-  if (status.accepted && status.key.kind == Kind::kAccessPolicy) {
+  // Agents report what they do not enforce of access policies (in the kernel) and of API cost
+  // policies (in the relay); for the other kinds Enforced would say nothing.
+  if (status.accepted &&
+      (status.key.kind == Kind::kAccessPolicy || status.key.kind == Kind::kApiCostPolicy)) {
     nlohmann::json enforced = nlohmann::json::object();
     enforced["type"] = "Enforced";
     enforced["observedGeneration"] = status.observed_generation;

@@ -75,6 +75,10 @@ class KubeToAgentTest : public ::testing::Test {
         if (maps_not_written_) {
           e.not_enforced.push_back({"", "the access policy maps were not written: test", true});
         }
+        // And what of the API cost policies is not in force here, as the agent says it.
+        for (auto& part : agent::CostPoliciesNotEnforced(*snapshot, "node-a", capture_)) {
+          e.not_enforced.push_back(std::move(part));
+        }
       }
       return agent::ToReport(e);
     };
@@ -143,6 +147,7 @@ class KubeToAgentTest : public ::testing::Test {
   agent::PolicyStore store_;
   std::atomic<uint32_t> dests_limit_{1u << 20};
   std::atomic<bool> maps_not_written_{false};
+  std::atomic<bool> capture_{true};  // the agent of node-a runs --capture
   std::string agent_address_;
 };
 
@@ -312,6 +317,59 @@ TEST_F(KubeToAgentTest, WhatAnAgentDoesNotEnforceIsInThePolicysStatus) {
 
   ASSERT_TRUE(kube_.Delete(ObjectKey{Kind::kAccessPolicy, "default", "deny-00"}).ok());
   EXPECT_TRUE(Eventually([&] { return Condition(Kind::kAccessPolicy, "deny-63", "Enforced") == "True"; }));
+}
+
+// An ApiCostPolicy's Enforced condition: False, naming the node, while the agent of a node with
+// pods of its Service runs without --capture (their calls are not read); True once it does, and
+// for a Service with no pod on the reporting node.
+TEST_F(KubeToAgentTest, AnApiCostPolicyIsNotInForceWhereItsPodsAreNotCaptured) {
+  capture_ = false;
+  ASSERT_TRUE(kube_.Create(Obj("v1", "Namespace", "default",
+                               {{"metadata", {{"name", "default"},
+                                              {"labels", {{"shunt.dev/mesh", "enabled"}}}}}}))
+                  .ok());
+  auto pod = kube_.Create(Obj("v1", "Pod", "llm-0",
+                              {{"spec", {{"nodeName", "node-a"}}},
+                               {"status", {{"phase", "Running"}, {"podIP", "198.18.0.5"}}}}));
+  ASSERT_TRUE(pod.ok());
+  const std::string uid = (*pod)["metadata"]["uid"];  // the API server's
+  for (const char* name : {"llm", "elsewhere"}) {
+    ASSERT_TRUE(kube_.Create(Obj("v1", "Service", name,
+                                 {{"spec", {{"clusterIP", std::string(name) == "llm"
+                                                              ? "198.18.255.20"
+                                                              : "198.18.255.21"},
+                                            {"ports", {{{"port", 80}}}}}}}))
+                    .ok());
+  }
+  json slice = Obj("discovery.k8s.io/v1", "EndpointSlice", "llm-1",
+                   {{"addressType", "IPv4"},
+                    {"endpoints", {{{"addresses", {"198.18.0.5"}},
+                                    {"targetRef", {{"kind", "Pod"}, {"name", "llm-0"},
+                                                   {"uid", uid}}}}}}});
+  slice["metadata"]["labels"] = {{"kubernetes.io/service-name", "llm"}};
+  ASSERT_TRUE(kube_.Create(slice).ok());
+  for (const auto& [name, service] : {std::pair{"price", "llm"}, {"price-elsewhere", "elsewhere"}}) {
+    ASSERT_TRUE(kube_.Create(Cr("ApiCostPolicy", name,
+                                {{"service", service},
+                                 {"currency", "USD"},
+                                 {"routes", {{{"name", "all"}, {"perRequest", "0.01"}}}}}))
+                    .ok());
+  }
+  ASSERT_TRUE(Eventually([&] { return Condition(Kind::kApiCostPolicy, "price", "Enforced") == "False"; }, 20s))
+      << Accepted(Kind::kApiCostPolicy, "price") << " "
+      << Condition(Kind::kApiCostPolicy, "price", "Accepted", "message") << " "
+      << Condition(Kind::kApiCostPolicy, "price", "Enforced") << "\n"
+      << Bundle().DebugString();
+  const std::string why = Condition(Kind::kApiCostPolicy, "price", "Enforced", "message");
+  EXPECT_NE(why.find("node-a: the agent runs without --capture"), std::string::npos) << why;
+  EXPECT_EQ(Condition(Kind::kApiCostPolicy, "price", "Enforced", "reason"), "NotEnforced");
+  EXPECT_EQ(Accepted(Kind::kApiCostPolicy, "price"), "True");
+  // Its Service has no pod on node-a: nothing to do there.
+  EXPECT_TRUE(Eventually([&] { return Condition(Kind::kApiCostPolicy, "price-elsewhere", "Enforced") == "True"; }));
+  // The agent captures now (no new version: its report alone).
+  capture_ = true;
+  EXPECT_TRUE(Eventually([&] { return Condition(Kind::kApiCostPolicy, "price", "Enforced") == "True"; }));
+  EXPECT_TRUE(agent_->InSync().ok());
 }
 
 // A generation no report covers yet is Enforced Unknown, not True because nobody said otherwise:

@@ -12,6 +12,7 @@
 
 #include "agent/bpf/fastpath.h"
 #include "prometheus/text_serializer.h"
+#include "tests/unit/metric_families.h"
 
 namespace shunt::agent::metrics {
 namespace {
@@ -60,19 +61,8 @@ shunt_l4_event Event(uint8_t kind, bool passive, const std::string& remote, uint
   return e;
 }
 
-const prometheus::MetricFamily* Find(const std::vector<prometheus::MetricFamily>& fs,
-                                     const std::string& name) {
-  for (const auto& f : fs) {
-    if (f.name == name) return &f;
-  }
-  return nullptr;
-}
-
-std::map<std::string, std::string> LabelsOf(const prometheus::ClientMetric& m) {
-  std::map<std::string, std::string> out;
-  for (const auto& l : m.label) out[l.name] = l.value;
-  return out;
-}
+using families_test::Find;
+using families_test::LabelsOf;
 
 TEST(L4KeyOf, AClientsServiceIsTheAddressItConnectedToElseTheServerPodsPort) {
   const PolicySnapshot s = Snapshot();
@@ -199,7 +189,7 @@ TEST(L4Metrics, CountsEachEndsViewBytesByDirectionHistogramsAndIstiosSourceView)
       EXPECT_EQ(x.histogram.sample_count, 2u);
       EXPECT_NEAR(x.histogram.sample_sum, 0.0003, 1e-12);
     } else {
-      EXPECT_EQ(x.histogram.sample_count, 0u);  // a server's handshake that measured nothing
+      EXPECT_EQ(x.histogram.sample_count, 0u);  // a server's end measures none
     }
   }
   // Istio's: the source's view only (the destination's is the relay's), no pod label.

@@ -9,6 +9,7 @@
 #include "agent/capture/capture_reconciler.h"
 #include "agent/metrics/cost_metrics.h"
 #include "prometheus/text_serializer.h"
+#include "tests/unit/metric_families.h"
 
 namespace shunt::agent::metrics {
 namespace {
@@ -35,19 +36,8 @@ ExchangeRecord Exchange(absl::Duration took, uint64_t in, uint64_t out) {
   return r;
 }
 
-const prometheus::MetricFamily* Find(const std::vector<prometheus::MetricFamily>& fs,
-                                     const std::string& name) {
-  for (const auto& f : fs) {
-    if (f.name == name) return &f;
-  }
-  return nullptr;
-}
-
-std::map<std::string, std::string> LabelsOf(const prometheus::ClientMetric& m) {
-  std::map<std::string, std::string> out;
-  for (const auto& l : m.label) out[l.name] = l.value;
-  return out;
-}
+using families_test::Find;
+using families_test::LabelsOf;
 
 TEST(RequestMetrics, CountsBytesAndDurationsPerSourceDestinationAndResponse) {
   RequestMetrics m(100, /*istio=*/false);
