@@ -578,7 +578,8 @@ int RunAgent(const AgentConfig& config) {
     // And the ApiCostPolicies this node does not keep in force (for their CR status only:
     // /readyz and shunt_agent_synced are about access policy).
     if (auto snapshot = store.Current()) {
-      for (auto& part : CostPoliciesNotEnforced(*snapshot, config.node_name, config.capture)) {
+      for (auto& part : CostPoliciesNotEnforced(*snapshot, config.node_name, config.capture,
+                                                lb_options.captured)) {
         e.not_enforced.push_back(std::move(part));
       }
     }

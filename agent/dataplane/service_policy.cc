@@ -843,6 +843,12 @@ bool L7Matches(const AccessPolicy& p, std::string_view method, std::string_view 
 
 // What the relay looks up per connection and per request, from a snapshot's bundle once (not a
 // scan of every workload, with every IP parsed, per request).
+struct CostPlacement {
+  const shunt::v1::ApiCostPolicy* policy = nullptr;
+  std::string problem;  // it cannot be in force anywhere: why ("" none)
+  std::vector<const shunt::v1::Workload*> pods;  // its Service's endpoints' pods
+};
+
 struct ArrivalIndex {
   absl::flat_hash_map<std::string, const Workload*> by_uid;  // the last of a uid, as a scan finds
   absl::flat_hash_map<std::array<uint32_t, 4>, const Workload*> by_ip;  // v4-mapped: the first
@@ -857,6 +863,8 @@ struct ArrivalIndex {
   absl::flat_hash_set<const void*> not_understood;
   // "<namespace>/<service>": its ApiCostPolicy, compiled.
   absl::flat_hash_map<std::string, std::shared_ptr<const cost::CostPolicy>> costs;
+  // Each ApiCostPolicy: what keeps it out of force everywhere, and its Service's pods.
+  std::vector<CostPlacement> cost_policies;
   // A Service address and port (v4-mapped, then the port): that Service, the first by
   // namespace and name where two claim one.
   absl::flat_hash_map<std::array<uint32_t, 5>, std::pair<std::string, std::string>> by_vip;
@@ -934,11 +942,37 @@ const ArrivalIndex& IndexOf(const PolicySnapshot& snapshot) {
         }
       }
     }
-    for (const auto& [key, p] : PricedServices(bundle)) {
+    const auto priced = PricedServices(bundle);
+    for (const auto& [key, p] : priced) {
       auto compiled = cost::CostPolicy::Compile(*p);
       if (compiled.ok()) {
         x->costs[key] = std::make_shared<const cost::CostPolicy>(std::move(*compiled));
       }
+    }
+    for (const auto& p : bundle.api_cost_policies()) {
+      CostPlacement c{.policy = &p};
+      const std::string key = absl::StrCat(p.namespace_(), "/", p.service());
+      const auto first = priced.find(key);
+      if (HasUnknownFields(p)) {
+        c.problem = "has fields this agent does not know (a newer controller's): not applied";
+      } else if (first != priced.end() && first->second != &p) {
+        c.problem = absl::StrCat("ApiCostPolicy ", first->second->namespace_(), "/",
+                                 first->second->name(),
+                                 " prices the same Service (the first by name): not applied");
+      } else if (auto compiled = cost::CostPolicy::Compile(p); !compiled.ok()) {
+        c.problem = absl::StrCat("does not compile on this agent: ", compiled.status().message());
+      }
+      for (const auto& svc : bundle.services()) {
+        if (svc.namespace_() != p.namespace_() || svc.name() != p.service()) continue;
+        for (const auto& e : svc.endpoints()) {
+          auto w = x->by_uid.find(e.workload_uid());
+          if (w != x->by_uid.end() &&
+              std::find(c.pods.begin(), c.pods.end(), w->second) == c.pods.end()) {
+            c.pods.push_back(w->second);
+          }
+        }
+      }
+      x->cost_policies.push_back(std::move(c));
     }
     snapshot.derived.value = std::move(x);
   }
@@ -1065,32 +1099,30 @@ std::vector<std::pair<std::string, std::string>> ServicesOf(const PolicySnapshot
 }
 
 std::vector<NotEnforcedPart> CostPoliciesNotEnforced(const PolicySnapshot& snapshot,
-                                                     std::string_view node, bool capture) {
+                                                     std::string_view node, bool capture,
+                                                     const CapturedFn& captured) {
   std::vector<NotEnforcedPart> out;
-  const auto& bundle = snapshot.bundle;
-  absl::flat_hash_set<std::string> local;  // meshed pods of this node, by uid
-  for (const auto& w : bundle.workloads()) {
-    if (w.node() == node && w.meshed() && !w.host_network()) local.insert(w.uid());
-  }
-  for (const auto& p : bundle.api_cost_policies()) {
-    NotEnforcedPart part{.policy = absl::StrCat(p.namespace_(), "/", p.name()), .reason = "", .cost = true};
-    if (auto compiled = cost::CostPolicy::Compile(p); !compiled.ok()) {
-      part.reason = absl::StrCat("does not compile on this agent: ", compiled.status().message());
-      out.push_back(std::move(part));
-      continue;
+  for (const CostPlacement& c : IndexOf(snapshot).cost_policies) {
+    NotEnforcedPart part{.policy = absl::StrCat(c.policy->namespace_(), "/", c.policy->name()),
+                         .reason = c.problem,
+                         .cost = true};
+    if (part.reason.empty()) {
+      std::vector<std::string> missed;
+      for (const Workload* w : c.pods) {
+        if (w->node() != node || !w->meshed() || w->host_network()) continue;
+        if (!capture || !captured || !captured(w->uid(), L7PortsOf(snapshot.bundle, *w))) {
+          missed.push_back(w->name());
+        }
+      }
+      if (!missed.empty()) {
+        part.reason =
+            capture ? absl::StrCat("not captured yet (calls not read, nobody charged): pod ",
+                                   absl::StrJoin(missed, ", "))
+                    : "the agent runs without --capture: calls to the Service's pods on this "
+                      "node are not read, nobody is charged for them";
+      }
     }
-    if (capture) continue;
-    bool served_here = false;
-    for (const auto& s : bundle.services()) {
-      if (s.namespace_() != p.namespace_() || s.name() != p.service()) continue;
-      for (const auto& e : s.endpoints()) served_here |= local.count(e.workload_uid()) > 0;
-    }
-    if (served_here) {
-      part.reason =
-          "the agent runs without --capture: calls to the Service's pods on this node are not "
-          "read, nobody is charged for them";
-      out.push_back(std::move(part));
-    }
+    if (!part.reason.empty()) out.push_back(std::move(part));
   }
   std::sort(out.begin(), out.end());
   return out;

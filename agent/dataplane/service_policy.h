@@ -286,12 +286,17 @@ std::shared_ptr<const cost::CostPolicy> CostPolicyOf(const PolicySnapshot& snaps
                                                      const std::string& ns,
                                                      const std::string& name);
 // The ApiCostPolicies of `snapshot` not in force on `node`, and why (the CR's status, through
-// the ACK): one that does not compile here (a newer controller's), and, where the relay is off
-// (`capture` false), one whose Service has meshed pods of this node among its endpoints (their
-// calls are not read: nobody is charged for them). A policy whose Service has no pod here has
+// the ACK): one this agent cannot read (fields it does not know: a newer controller's; prices
+// that do not compile), one that another policy of its Service shadows (the first by name
+// prices it), and one whose Service has meshed pods of this node among its endpoints that are
+// not captured with their L7 ports (`captured`, false for all where the relay is off: their
+// calls are not read, nobody is charged for them). A policy whose Service has no pod here has
 // nothing to do here: in force.
+using CapturedFn =
+    std::function<bool(const std::string& uid, const std::vector<std::string>& l7_ports)>;
 std::vector<NotEnforcedPart> CostPoliciesNotEnforced(const PolicySnapshot& snapshot,
-                                                     std::string_view node, bool capture);
+                                                     std::string_view node, bool capture,
+                                                     const CapturedFn& captured);
 std::vector<std::string> L7PortsOf(const shunt::v1::PolicyBundle& bundle,
                                    const shunt::v1::Workload& w);
 

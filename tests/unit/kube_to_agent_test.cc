@@ -76,7 +76,9 @@ class KubeToAgentTest : public ::testing::Test {
           e.not_enforced.push_back({"", "the access policy maps were not written: test", true});
         }
         // And what of the API cost policies is not in force here, as the agent says it.
-        for (auto& part : agent::CostPoliciesNotEnforced(*snapshot, "node-a", capture_)) {
+        for (auto& part : agent::CostPoliciesNotEnforced(
+                 *snapshot, "node-a", capture_,
+                 [](const std::string&, const std::vector<std::string>&) { return true; })) {
           e.not_enforced.push_back(std::move(part));
         }
       }

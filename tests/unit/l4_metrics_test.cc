@@ -267,6 +267,11 @@ TEST(L4Metrics, BeyondTheCapFoldsIntoOtherAndAPodThatLeftHasNoSeriesLeft) {
     m.Record(e, [&](const shunt_l4_event&) { return key(pod); });
   }
   EXPECT_EQ(m.folded(), 2u);
+  // Each event counts, not each label set: web-4's connection ends.
+  shunt_l4_event end = e;
+  end.kind = SHUNT_L4_EV_CLOSED;
+  m.Record(end, [&](const shunt_l4_event&) { return key("web-4"); });
+  EXPECT_EQ(m.folded(), 3u);
   auto pods = [&] {
     std::set<std::string> out;
     for (const auto& f : m.Collect()) {

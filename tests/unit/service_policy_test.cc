@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/cgroup.h"
 
 namespace shunt::agent {
@@ -1082,6 +1083,58 @@ namespace {
 
 // A Service an ApiCostPolicy prices (issue 10): its pods' ports are read at L7 (captured, also
 // from the node's own meshed pods) and the calling pod is named for the bill.
+// What an agent reports of the ApiCostPolicies on its node (their CR's Enforced condition).
+TEST(CostPoliciesNotEnforced, WherePodsOfThePricedServiceAreNotReadAndWhatCannotApply) {
+  PolicySnapshot s = Bundle(kApiService);
+  for (const char* json :
+       {R"({"namespace": "default", "name": "prices", "service": "api", "currency": "EUR",
+            "routes": [{"name": "all", "perRequest": "0.5"}]})",
+        R"({"namespace": "default", "name": "prices-too", "service": "api", "currency": "EUR"})",
+        R"({"namespace": "default", "name": "nowhere", "service": "absent", "currency": "EUR"})"}) {
+    ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(json, s.bundle.add_api_cost_policies())
+                    .ok());
+  }
+  std::vector<std::string> asked;
+  auto captured = [&](bool yes) {
+    return [&asked, yes](const std::string& uid, const std::vector<std::string>& ports) {
+      asked.push_back(uid + ":" + absl::StrJoin(ports, ","));
+      return yes;
+    };
+  };
+  auto describe = [](const std::vector<NotEnforcedPart>& parts) {
+    std::vector<std::string> out;
+    for (const auto& p : parts) {
+      EXPECT_TRUE(p.cost);
+      out.push_back(p.policy + ": " + p.reason);
+    }
+    return out;
+  };
+  // Captured with the priced port: in force; the shadowed one never is; pod c is on n2.
+  auto parts = describe(CostPoliciesNotEnforced(s, kNode, true, captured(true)));
+  ASSERT_EQ(parts.size(), 1u) << absl::StrJoin(parts, "\n");
+  EXPECT_NE(parts[0].find("default/prices-too: ApiCostPolicy default/prices prices the same"),
+            std::string::npos)
+      << parts[0];
+  EXPECT_EQ(asked, (std::vector<std::string>{"b:8080"})) << "b, with its priced port";
+  // Not captured (yet), or no capture at all: named.
+  parts = describe(CostPoliciesNotEnforced(s, kNode, true, captured(false)));
+  ASSERT_EQ(parts.size(), 2u);
+  EXPECT_EQ(parts[0], "default/prices: not captured yet (calls not read, nobody charged): pod b");
+  parts = describe(CostPoliciesNotEnforced(s, kNode, false, captured(true)));
+  ASSERT_EQ(parts.size(), 2u);
+  EXPECT_NE(parts[0].find("default/prices: the agent runs without --capture"), std::string::npos);
+  // Node n2 (pod c) does not capture either; a node with no pod of it has nothing to do.
+  EXPECT_EQ(CostPoliciesNotEnforced(s, "n2", false, nullptr).size(), 2u);
+  EXPECT_EQ(CostPoliciesNotEnforced(s, "n3", false, nullptr).size(), 1u) << "only the shadowed";
+  // Prices this agent cannot read: nowhere in force.
+  s.bundle.mutable_api_cost_policies(0)->mutable_routes(0)->set_per_request("0.5.5");
+  s.derived = {};
+  parts = describe(CostPoliciesNotEnforced(s, "n3", false, nullptr));
+  ASSERT_EQ(parts.size(), 2u);
+  EXPECT_NE(parts[0].find("default/prices: does not compile on this agent"), std::string::npos)
+      << parts[0];
+}
+
 TEST(CostPolicyOf, APricedServicesPortsAreReadAtLSevenAndThePayerNamed) {
   PolicySnapshot s = Bundle(kApiService);
   auto priced = google::protobuf::util::JsonStringToMessage(
