@@ -452,6 +452,23 @@ http.server.ThreadingHTTPServer(("", 8090), H).serve_forever()
       }
       Say(absl::StrFormat("  %-40s {%s} %.0f", s.name, labels, s.value));
     }
+    // Every connection of the node's meshed pods, from the kernel: each one counted where it
+    // arrived (reporter=destination), spliced or not, bytes client to server.
+    Say("  the kernel's L4 metrics, at the servers' end (docs/metrics.md):");
+    for (const auto& s : *samples) {
+      if ((s.name != "shunt_connections_opened_total" &&
+           s.name != "shunt_connection_received_bytes_total") ||
+          s.value <= 0 || s.labels.count("reporter") == 0 ||
+          s.labels.at("reporter") != "destination") {
+        continue;
+      }
+      std::string labels;
+      for (const char* k : {"source_pod", "destination_pod", "destination_service_name"}) {
+        auto it = s.labels.find(k);
+        if (it != s.labels.end()) absl::StrAppend(&labels, labels.empty() ? "" : ",", k, "=", it->second);
+      }
+      Say(absl::StrFormat("  %-40s {%s} %.0f", s.name, labels, s.value));
+    }
   }
   Say("\n-- 7. uninstall: every program, link, pin and map removed --");
   for (size_t i = 0; i < agents.size(); ++i) {
