@@ -943,6 +943,10 @@ const ArrivalIndex& IndexOf(const PolicySnapshot& snapshot) {
       }
     }
     const auto priced = PricedServices(bundle);
+    absl::flat_hash_map<std::string, const shunt::v1::Service*> service_by_name;
+    for (const auto& svc : bundle.services()) {
+      service_by_name.emplace(absl::StrCat(svc.namespace_(), "/", svc.name()), &svc);
+    }
     for (const auto& [key, p] : priced) {
       auto compiled = cost::CostPolicy::Compile(*p);
       if (compiled.ok()) {
@@ -962,9 +966,8 @@ const ArrivalIndex& IndexOf(const PolicySnapshot& snapshot) {
       } else if (auto compiled = cost::CostPolicy::Compile(p); !compiled.ok()) {
         c.problem = absl::StrCat("does not compile on this agent: ", compiled.status().message());
       }
-      for (const auto& svc : bundle.services()) {
-        if (svc.namespace_() != p.namespace_() || svc.name() != p.service()) continue;
-        for (const auto& e : svc.endpoints()) {
+      if (auto svc = service_by_name.find(key); svc != service_by_name.end()) {
+        for (const auto& e : svc->second->endpoints()) {
           auto w = x->by_uid.find(e.workload_uid());
           if (w != x->by_uid.end() &&
               std::find(c.pods.begin(), c.pods.end(), w->second) == c.pods.end()) {

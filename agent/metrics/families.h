@@ -81,4 +81,37 @@ inline std::vector<prometheus::MetricFamily> MergeFamilies(std::vector<prometheu
   return out;
 }
 
+// Istio's standard labels as its proxies report them (no mTLS identity here: principals
+// unknown, security policy none; no pods: a workload's pods add up into one series), up to and
+// with request_protocol; a request's response labels come next, then `IstioTrailingLabels`.
+// Source and Service values are "unknown" where empty; the destination's are as given.
+inline std::vector<prometheus::ClientMetric::Label> IstioLabels(
+    const std::string& reporter, const std::string& source_namespace,
+    const std::string& source_workload, const std::string& destination_namespace,
+    const std::string& destination_workload, const std::string& service_namespace,
+    const std::string& service_name, const std::string& protocol) {
+  const std::string service =
+      service_name.empty() ? "unknown"
+                           : service_name + "." + service_namespace + ".svc.cluster.local";
+  return {{"reporter", reporter},
+          {"source_workload", OrUnknown(source_workload)},
+          {"source_workload_namespace", OrUnknown(source_namespace)},
+          {"source_canonical_service", OrUnknown(source_workload)},
+          {"source_canonical_revision", "latest"},
+          {"source_principal", "unknown"},
+          {"destination_workload", destination_workload},
+          {"destination_workload_namespace", destination_namespace},
+          {"destination_canonical_service", destination_workload},
+          {"destination_canonical_revision", "latest"},
+          {"destination_principal", "unknown"},
+          {"destination_service", service},
+          {"destination_service_name", OrUnknown(service_name)},
+          {"destination_service_namespace", OrUnknown(service_namespace)},
+          {"request_protocol", protocol}};
+}
+inline void IstioTrailingLabels(std::vector<prometheus::ClientMetric::Label>& labels) {
+  labels.push_back({"response_flags", "-"});
+  labels.push_back({"connection_security_policy", "none"});
+}
+
 }  // namespace shunt::agent::metrics

@@ -33,29 +33,16 @@ std::vector<ClientMetric::Label> Labels(const L4Key& k) {
           {"request_protocol", "tcp"}};
 }
 
-// Istio's standard TCP labels (no pods: a workload's pods add up into one series).
-std::vector<std::pair<std::string, std::string>> IstioLabels(const L4Key& k) {
-  const std::string service =
-      k.service_name.empty()
-          ? "unknown"
-          : absl::StrCat(k.service_name, ".", k.service_namespace, ".svc.cluster.local");
-  return {{"reporter", k.destination_reporter ? "destination" : "source"},
-          {"source_workload", OrUnknown(k.source_workload)},
-          {"source_workload_namespace", OrUnknown(k.source_namespace)},
-          {"source_canonical_service", OrUnknown(k.source_workload)},
-          {"source_canonical_revision", "latest"},
-          {"source_principal", "unknown"},
-          {"destination_workload", OrUnknown(k.destination_workload)},
-          {"destination_workload_namespace", OrUnknown(k.destination_namespace)},
-          {"destination_canonical_service", OrUnknown(k.destination_workload)},
-          {"destination_canonical_revision", "latest"},
-          {"destination_principal", "unknown"},
-          {"destination_service", service},
-          {"destination_service_name", OrUnknown(k.service_name)},
-          {"destination_service_namespace", OrUnknown(k.service_namespace)},
-          {"request_protocol", "tcp"},
-          {"response_flags", "-"},
-          {"connection_security_policy", "none"}};
+// Istio's standard TCP labels.
+std::vector<std::pair<std::string, std::string>> IstioTcpLabels(const L4Key& k) {
+  auto labels = IstioLabels(k.destination_reporter ? "destination" : "source", k.source_namespace,
+                            k.source_workload, OrUnknown(k.destination_namespace),
+                            OrUnknown(k.destination_workload), k.service_namespace,
+                            k.service_name, "tcp");
+  IstioTrailingLabels(labels);
+  std::vector<std::pair<std::string, std::string>> out;
+  for (auto& l : labels) out.emplace_back(std::move(l.name), std::move(l.value));
+  return out;
 }
 
 }  // namespace
@@ -293,7 +280,7 @@ std::vector<MetricFamily> L4Metrics::Collect() const {
     m.histogram = Histogram(s.rtt, kRttBuckets, s.rtts, s.rtt_sum);
     out[kRtt].metric.push_back(std::move(m));
     if (istio_ && !k.destination_reporter) {
-      auto& sum = istio[IstioLabels(k)];
+      auto& sum = istio[IstioTcpLabels(k)];
       sum[0] += s.opened;
       sum[1] += s.closed;
       sum[2] += s.to_server;

@@ -41,31 +41,17 @@ std::vector<ClientMetric::Label> Labels(const RequestKey& k) {
 }
 
 // Istio's standard labels, as its sidecars and ztunnel's waypoints report them at the
-// destination (no mTLS identity here: principals unknown, security policy none).
+// destination.
 std::vector<ClientMetric::Label> IstioLabels(const RequestKey& k) {
-  const std::string service =
-      k.service_name.empty()
-          ? "unknown"
-          : absl::StrCat(k.service_name, ".", k.service_namespace, ".svc.cluster.local");
-  return {{"reporter", "destination"},
-          {"source_workload", OrUnknown(k.source_workload)},
-          {"source_workload_namespace", OrUnknown(k.source_namespace)},
-          {"source_canonical_service", OrUnknown(k.source_workload)},
-          {"source_canonical_revision", "latest"},
-          {"source_principal", "unknown"},
-          {"destination_workload", k.destination_workload},
-          {"destination_workload_namespace", k.destination_namespace},
-          {"destination_canonical_service", k.destination_workload},
-          {"destination_canonical_revision", "latest"},
-          {"destination_principal", "unknown"},
-          {"destination_service", service},
-          {"destination_service_name", OrUnknown(k.service_name)},
-          {"destination_service_namespace", OrUnknown(k.service_namespace)},
-          {"request_protocol", k.grpc ? "grpc" : "http"},
-          {"response_code", absl::StrCat(k.response_code)},
-          {"grpc_response_status", k.grpc_status < 0 ? "" : absl::StrCat(k.grpc_status)},
-          {"response_flags", "-"},
-          {"connection_security_policy", "none"}};
+  auto labels = metrics::IstioLabels("destination", k.source_namespace, k.source_workload,
+                                     k.destination_namespace, k.destination_workload,
+                                     k.service_namespace, k.service_name,
+                                     k.grpc ? "grpc" : "http");
+  labels.push_back({"response_code", absl::StrCat(k.response_code)});
+  labels.push_back(
+      {"grpc_response_status", k.grpc_status < 0 ? "" : absl::StrCat(k.grpc_status)});
+  IstioTrailingLabels(labels);
+  return labels;
 }
 
 }  // namespace
